@@ -1,0 +1,144 @@
+/* smtp/smtp.h — the SMTP receiver (RFC 5321, SPEC §2).
+ *
+ * Two layers:
+ *  - smtp_session_*: the protocol as a pure state machine.  Bytes in (smtp_session_feed), replies
+ *    out (smtp_session_take_output), events through the ops callbacks.  No sockets, no clock but
+ *    time(2) for the Received: date, so unit tests drive it directly.
+ *  - smtp_server_*: listeners and connections on a libuv loop, timeouts, connection caps; it owns
+ *    the sessions and hands each finished transaction to the engine.
+ *
+ * Uses only util/. */
+#ifndef INLET_SMTP_H
+#define INLET_SMTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "util/id.h"
+
+struct domain_set;
+
+/* ---------------------------------------------------------------------------------------------
+ * A finished transaction: everything the engine needs to commit a message. */
+struct smtp_txn {
+    char id[ID_LEN + 1];     /* message id: in Received: and in "250 2.0.0 Ok: queued as <id>" */
+    char *sender;            /* MAIL FROM address without <>; "" for the null sender */
+    char **rcpts;            /* accepted RCPT addresses without <>, de-duplicated, in order */
+    size_t nrcpts;
+    char *helo;              /* HELO/EHLO argument */
+    char *peer_ip;           /* client address, printable */
+    char *tls;               /* "none" (or "TLSv1.3 <cipher>" once STARTTLS exists) */
+    bool smtputf8;           /* MAIL FROM had SMTPUTF8 */
+    int64_t received_at_ms;  /* when DATA ended */
+    uint8_t *data;           /* our Received: header, then the message exactly as received
+                                (dot-unstuffed, CRLFs kept, bare LF/CR kept) */
+    size_t len;
+    size_t reserved;         /* bytes of the in-flight budget this txn holds (see ops.reserve) */
+};
+/* Frees every field and the struct.  NULL is fine. */
+void smtp_txn_free(struct smtp_txn *txn);
+
+enum smtp_commit_status {
+    SMTP_COMMIT_OK,       /* 250 2.0.0 Ok: queued as <id> */
+    SMTP_COMMIT_TEMPFAIL, /* 451 4.3.0 Error: queue file write error (storage unavailable) */
+    SMTP_COMMIT_NOSPACE,  /* 452 4.3.1 Insufficient system storage */
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * The session (pure). */
+struct smtp_session;
+
+struct smtp_session_config {
+    const char *hostname;              /* greeting, EHLO reply, Received: "by" */
+    const struct domain_set *domains;  /* hosted domains; not owned */
+    size_t max_message_size;           /* bytes of message data (excluding our Received:) */
+    unsigned max_recipients;
+    unsigned max_hops;                 /* more Received: headers than this → 554 5.4.6 */
+};
+
+struct smtp_session_ops {
+    /* End of DATA without error.  The callee takes `txn` (free it with smtp_txn_free) and must
+     * later call smtp_session_commit_done() — possibly from inside this call.  Until then
+     * smtp_session_feed() consumes nothing. */
+    void (*commit)(void *ctx, struct smtp_txn *txn);
+    /* Optional.  Extra check for a recipient in a hosted domain (postmaster is never asked).
+     * Return NULL to accept, or a complete reply line without CRLF ("550 5.1.1 No such
+     * recipient") to refuse it. */
+    const char *(*check_rcpt)(void *ctx, const char *addr);
+    /* Optional.  Take (delta > 0) or give back (delta < 0) bytes of the global in-flight message
+     * budget.  Returns false when taking would exceed it: the transaction then fails with
+     * 452 4.3.1 after the end of data.  A txn handed to commit() carries its reservation in
+     * txn->reserved; whoever frees the txn gives it back. */
+    bool (*reserve)(void *ctx, ssize_t delta);
+};
+
+struct smtp_session *smtp_session_new(const struct smtp_session_config *cfg, const char *peer_ip,
+                                      const struct smtp_session_ops *ops, void *ctx);
+/* Frees the session and any transaction in progress (giving back its reservation). */
+void smtp_session_free(struct smtp_session *s);
+/* Queues the 220 greeting. */
+void smtp_session_start(struct smtp_session *s);
+/* Consumes client bytes.  Returns how many were consumed; fewer than len means the session cannot
+ * take more now (a commit is in flight, the output buffer is full, or the session is closing):
+ * the caller keeps the rest and feeds it again after smtp_session_commit_done() or after writing
+ * the output.  Partial lines are buffered inside the session (bounded by SMTP_LINE_MAX). */
+size_t smtp_session_feed(struct smtp_session *s, const char *data, size_t len);
+/* The commit of the transaction handed to ops.commit finished: queues the reply for `status`
+ * (`id` is the txn's id) and returns to the ready state. */
+void smtp_session_commit_done(struct smtp_session *s, enum smtp_commit_status status);
+/* No input within the timeout: queues "421 4.4.2 <host> Error: timeout exceeded" and closes. */
+void smtp_session_timeout(struct smtp_session *s);
+/* The server is stopping: when no transaction is in progress, queues
+ * "421 4.3.2 <host> Service shutting down" and closes now; otherwise does so as soon as the
+ * transaction in progress ends (after its 250, or at RSET/QUIT/error). */
+void smtp_session_shutdown(struct smtp_session *s);
+
+/* Replies queued so far, handed over to the caller (free() it); NULL when there are none. */
+char *smtp_session_take_output(struct smtp_session *s, size_t *len);
+/* True once the session has said its last word (221 or 421): write the output, then close. */
+bool smtp_session_closing(const struct smtp_session *s);
+/* True between MAIL FROM and the end of the transaction (incl. DATA and a commit in flight). */
+bool smtp_session_in_transaction(const struct smtp_session *s);
+/* True while a commit handed to ops.commit has not been answered. */
+bool smtp_session_committing(const struct smtp_session *s);
+const char *smtp_session_state_name(const struct smtp_session *s);
+
+/* ---------------------------------------------------------------------------------------------
+ * The server (libuv). */
+struct smtp_server;
+struct smtp_commit; /* a commit in flight; survives the connection closing */
+typedef struct uv_loop_s uv_loop_t;
+
+struct smtp_server_config {
+    struct smtp_session_config session;
+    const char *const *listen;   /* "HOST:PORT" strings, already validated */
+    size_t nlisten;
+    unsigned max_connections;
+    unsigned max_connections_per_ip;
+    unsigned timeout_seconds;
+    int64_t inflight_bytes_max;
+};
+
+struct smtp_server_ops {
+    /* Commit `txn` (owned by the callee) durably, then call smtp_commit_done(c, status) on the
+     * loop thread. */
+    void (*commit)(void *ctx, struct smtp_commit *c, struct smtp_txn *txn);
+    const char *(*check_rcpt)(void *ctx, const char *addr); /* optional, see session ops */
+    /* Called once after smtp_server_stop() when the last connection has closed. */
+    void (*stopped)(void *ctx);
+};
+
+/* Binds every listener and logs one line per listener when it is ready.  NULL with *err. */
+struct smtp_server *smtp_server_start(uv_loop_t *loop, const struct smtp_server_config *cfg,
+                                      const struct smtp_server_ops *ops, void *ctx, char **err);
+/* Loop thread only.  The connection may have gone away meanwhile; the reply is then dropped. */
+void smtp_commit_done(struct smtp_commit *c, enum smtp_commit_status status);
+/* Stops accepting; idle sessions get 421 and close; sessions in a transaction finish it.  After
+ * `grace_seconds` the rest are closed.  ops.stopped runs when no connection and no commit is left. */
+void smtp_server_stop(struct smtp_server *srv, unsigned grace_seconds);
+/* Frees a stopped server (after ops.stopped). */
+void smtp_server_free(struct smtp_server *srv);
+
+#endif

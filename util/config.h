@@ -1,0 +1,54 @@
+/* util/config.h — every setting of inlet, declared once in a table (util/config.c).
+ *
+ * Each setting has a command-line option `--name`, an environment variable INLET_NAME (upper case,
+ * '-' → '_'), and a key `name` (without dashes) in group [inlet] of a GLib key file.  Precedence:
+ * command line > environment > file > default.  List settings repeat on the command line and are
+ * comma-separated in the environment and the file; a higher source replaces a list as a whole. */
+#ifndef INLET_UTIL_CONFIG_H
+#define INLET_UTIL_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct domain_set;
+
+struct strlist {
+    char **items;
+    size_t count;
+};
+
+struct inlet_config {
+    char *config_file;
+    struct strlist smtp_listen;
+    struct strlist http_listen;
+    char *data_dir;
+    char *database;
+    struct strlist domains;
+    char *hostname;
+    int64_t max_message_size;
+    int64_t max_recipients;
+    int64_t max_connections;
+    int64_t max_connections_per_ip;
+    int64_t smtp_timeout;
+    int64_t max_hops;
+    int64_t shutdown_grace;
+    int64_t min_free_disk;
+    char *log_level;
+
+    /* Derived by config_load() after validation. */
+    struct domain_set *domain_set;
+    int log_level_value;
+};
+
+/* Loads defaults, then the file, the environment and argv[0..argc-1] (options only, the subcommand
+ * already removed), and validates everything.  0 on success; -1 with *err (malloc'd, possibly
+ * several lines, one per problem).  `cfg` must be freed with config_free() either way. */
+int config_load(struct inlet_config *cfg, int argc, char **argv, char **err);
+void config_free(struct inlet_config *cfg);
+/* The options section of --help, generated from the table. */
+void config_print_help(FILE *out);
+/* "key=value" for every setting, as `inlet check-config` shows them. */
+void config_print(const struct inlet_config *cfg, FILE *out);
+
+#endif

@@ -1,0 +1,17 @@
+/* util/net.h — listener addresses. */
+#ifndef INLET_UTIL_NET_H
+#define INLET_UTIL_NET_H
+
+#include <stdbool.h>
+#include <sys/socket.h>
+
+/* Parses "HOST:PORT" or "[IPv6]:PORT" (numeric host, or "localhost", or "*" / "0.0.0.0" / "[::]"
+ * for wildcards) into `out`.  0, or -1 with *err (malloc'd). */
+int net_parse_listen(const char *spec, struct sockaddr_storage *out, char **err);
+/* "127.0.0.1:2525" / "[::1]:2525" into out (at least 64 bytes). */
+void net_format(const struct sockaddr *sa, char *out, size_t outsz);
+/* Just the address, no port (at least 48 bytes). */
+void net_format_ip(const struct sockaddr *sa, char *out, size_t outsz);
+bool net_is_wildcard(const struct sockaddr *sa);
+
+#endif
