@@ -13,5 +13,9 @@ void net_format(const struct sockaddr *sa, char *out, size_t outsz);
 /* Just the address, no port (at least 48 bytes). */
 void net_format_ip(const struct sockaddr *sa, char *out, size_t outsz);
 bool net_is_wildcard(const struct sockaddr *sa);
+/* A non-blocking listening TCP socket bound to `spec` (IPv6 sockets are IPv6-only, so [::] and
+ * 0.0.0.0 can both be given).  Plain sockets first, so that a failure is reported before any
+ * event-loop handle exists.  0, or -1 with *err (malloc'd) naming the address and the reason. */
+int net_listen(const char *spec, int *fd_out, char **err);
 
 #endif

@@ -1,0 +1,236 @@
+/* engine/engine.c — `inlet serve`: storage, SMTP, HTTP, signals, and the path from a finished
+ * SMTP transaction to its durable commit and back to the 250.
+ *
+ * Threads: the libuv loop (SMTP I/O, signals, commit completions), the storage writer (group
+ * commit), and libmicrohttpd's pool.  A commit completes on the writer thread; it is queued here
+ * under a mutex and uv_async_send() wakes the loop, which answers the client. */
+#include "engine/engine.h"
+
+#include <glib.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <uv.h>
+
+#include "api/api.h"
+#include "message/message.h"
+#include "smtp/smtp.h"
+#include "storage/store.h"
+#include "util/config.h"
+#include "util/limits.h"
+#include "util/log.h"
+
+struct engine {
+    struct inlet_config *cfg;
+    uv_loop_t loop;
+    struct store *store;
+    struct smtp_server *smtp;
+    struct api_server *api;
+    uv_signal_t sigterm, sigint;
+    uv_async_t commits_async;
+    pthread_mutex_t done_lock;
+    struct pending_commit *done; /* completed by the writer, not yet answered */
+};
+
+/* One message between the end of DATA and its reply. */
+struct pending_commit {
+    struct engine *engine;
+    struct smtp_commit *commit;
+    enum store_status status;
+    char id[ID_LEN + 1];
+    size_t size, nrcpts;
+    struct pending_commit *next;
+};
+
+/* Writer thread. */
+static void on_stored(void *arg, enum store_status status)
+{
+    struct pending_commit *p = arg;
+    struct engine *e = p->engine;
+    p->status = status;
+    pthread_mutex_lock(&e->done_lock);
+    p->next = e->done;
+    e->done = p;
+    pthread_mutex_unlock(&e->done_lock);
+    uv_async_send(&e->commits_async);
+}
+
+static enum smtp_commit_status smtp_status(enum store_status st)
+{
+    switch (st) {
+    case STORE_OK: return SMTP_COMMIT_OK;
+    case STORE_ERR_FULL: return SMTP_COMMIT_NOSPACE;
+    case STORE_ERR_IO: break;
+    }
+    return SMTP_COMMIT_TEMPFAIL;
+}
+
+/* Loop thread: answer every commit the writer finished. */
+static void on_commits_done(uv_async_t *h)
+{
+    struct engine *e = h->data;
+    pthread_mutex_lock(&e->done_lock);
+    struct pending_commit *list = e->done;
+    e->done = NULL;
+    pthread_mutex_unlock(&e->done_lock);
+    while (list) {
+        struct pending_commit *p = list;
+        list = p->next;
+        if (p->status == STORE_OK)
+            log_info("smtp", "queued id=%s size=%zu rcpts=%zu", p->id, p->size, p->nrcpts);
+        else
+            log_warn("smtp", "not queued id=%s size=%zu reason=%s", p->id, p->size,
+                     p->status == STORE_ERR_FULL ? "disk-full" : "storage-error");
+        smtp_commit_done(p->commit, smtp_status(p->status)); /* its session may be gone: fine */
+        g_free(p);
+    }
+}
+
+/* Loop thread: a transaction ended with the final dot; hand its bytes to the writer without
+ * copying them (the pointers move from the txn to the store message). */
+static void on_smtp_commit(void *ctx, struct smtp_commit *commit, struct smtp_txn *txn)
+{
+    struct engine *e = ctx;
+    struct pending_commit *p = g_new0(struct pending_commit, 1);
+    p->engine = e;
+    p->commit = commit;
+    memcpy(p->id, txn->id, sizeof p->id);
+    p->size = txn->len;
+    p->nrcpts = txn->nrcpts;
+
+    struct store_message *m = g_new0(struct store_message, 1);
+    memcpy(m->id, txn->id, sizeof m->id);
+    m->received_at_ms = txn->received_at_ms;
+    m->sender = g_steal_pointer(&txn->sender);
+    m->rcpts = g_steal_pointer(&txn->rcpts);
+    m->nrcpts = txn->nrcpts;
+    txn->nrcpts = 0;
+    m->remote_ip = g_steal_pointer(&txn->peer_ip);
+    m->helo = g_steal_pointer(&txn->helo);
+    m->tls = g_steal_pointer(&txn->tls);
+    m->data = g_steal_pointer(&txn->data);
+    m->len = txn->len;
+    smtp_txn_free(txn);
+    store_accept(e->store, m, on_stored, p);
+}
+
+static void on_smtp_stopped(void *ctx)
+{
+    struct engine *e = ctx;
+    /* Every commit has been answered: nothing else keeps the loop running. */
+    uv_close((uv_handle_t *)&e->commits_async, NULL);
+    uv_close((uv_handle_t *)&e->sigterm, NULL);
+    uv_close((uv_handle_t *)&e->sigint, NULL);
+}
+
+static const struct smtp_server_ops smtp_ops = {
+    .commit = on_smtp_commit,
+    .stopped = on_smtp_stopped,
+};
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct engine *e = h->data;
+    if (!e->smtp) return;
+    log_info("engine", "stopping signal=%s grace=%llds", signum == SIGTERM ? "SIGTERM" : "SIGINT",
+             (long long)e->cfg->shutdown_grace);
+    uv_signal_stop(&e->sigterm);
+    uv_signal_stop(&e->sigint);
+    api_server_stop(e->api);
+    e->api = NULL;
+    smtp_server_stop(e->smtp, (unsigned)e->cfg->shutdown_grace);
+}
+
+static int start_storage(struct engine *e)
+{
+    char *err = NULL;
+    e->store = store_open(e->cfg->data_dir, e->cfg->database, &err);
+    if (!e->store) {
+        log_error("engine", "cannot open storage: %s", err);
+        g_free(err);
+        return -1;
+    }
+    int64_t recovered = 0;
+    if (store_count_unprocessed(e->store, &recovered) < 0) {
+        log_error("engine", "cannot count unprocessed messages");
+        return -1;
+    }
+    /* Routing them comes with the routes issue; until then they wait, counted. */
+    log_info("engine", "recovered=%lld", (long long)recovered);
+    return 0;
+}
+
+static int start_listeners(struct engine *e)
+{
+    struct inlet_config *cfg = e->cfg;
+    char *err = NULL;
+    struct api_config api_cfg = {
+        .listen = (const char *const *)cfg->http_listen.items,
+        .nlisten = cfg->http_listen.count,
+        .data_dir = cfg->data_dir,
+        .min_free_disk = cfg->min_free_disk,
+    };
+    e->api = api_server_start(&api_cfg, e->store, &err);
+    if (!e->api) goto fail;
+    struct smtp_server_config smtp_cfg = {
+        .session = {
+            .hostname = cfg->hostname,
+            .domains = cfg->domain_set,
+            .max_message_size = (size_t)cfg->max_message_size,
+            .max_recipients = (unsigned)cfg->max_recipients,
+            .max_hops = (unsigned)cfg->max_hops,
+        },
+        .listen = (const char *const *)cfg->smtp_listen.items,
+        .nlisten = cfg->smtp_listen.count,
+        .max_connections = (unsigned)cfg->max_connections,
+        .max_connections_per_ip = (unsigned)cfg->max_connections_per_ip,
+        .timeout_seconds = (unsigned)cfg->smtp_timeout,
+        .inflight_bytes_max = LIMIT_INFLIGHT_BYTES,
+    };
+    e->smtp = smtp_server_start(&e->loop, &smtp_cfg, &smtp_ops, e, &err);
+    if (!e->smtp) goto fail;
+    return 0;
+fail:
+    log_error("engine", "%s", err);
+    g_free(err);
+    return -1;
+}
+
+int engine_serve(struct inlet_config *cfg)
+{
+    struct engine e = {.cfg = cfg};
+    int status = 1;
+    /* A client that closes early must not kill us; libcurl (deliveries) wants it too. */
+    signal(SIGPIPE, SIG_IGN);
+    if (cfg->domains.count == 0)
+        log_warn("engine", "no --domain given: every recipient will be refused (550 5.7.1)");
+    message_lib_init(); /* before any thread that parses exists */
+    pthread_mutex_init(&e.done_lock, NULL);
+    uv_loop_init(&e.loop);
+    uv_async_init(&e.loop, &e.commits_async, on_commits_done);
+    e.commits_async.data = &e;
+    uv_signal_init(&e.loop, &e.sigterm);
+    uv_signal_init(&e.loop, &e.sigint);
+    e.sigterm.data = e.sigint.data = &e;
+
+    if (start_storage(&e) < 0 || start_listeners(&e) < 0) {
+        api_server_stop(e.api);
+        e.api = NULL;
+        on_smtp_stopped(&e);
+        uv_run(&e.loop, UV_RUN_DEFAULT);
+        goto out;
+    }
+    uv_signal_start(&e.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&e.sigint, on_signal, SIGINT);
+    log_info("engine", "ready version=%s domains=%zu", INLET_VERSION, cfg->domains.count);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    status = 0;
+out:
+    smtp_server_free(e.smtp);
+    store_close(e.store); /* after the loop: every commit has been answered */
+    uv_loop_close(&e.loop);
+    pthread_mutex_destroy(&e.done_lock);
+    message_lib_shutdown();
+    if (status == 0) log_info("engine", "stopped");
+    return status;
+}

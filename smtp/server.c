@@ -1,0 +1,446 @@
+/* smtp/server.c — listeners and connections on a libuv loop (see smtp.h).
+ *
+ * The server owns one `struct conn` per client: its socket, its idle timer and its session.  All
+ * reads go through one loop-wide buffer (SMTP_READ_CHUNK): libuv asks for a buffer only when a
+ * socket is readable and hands the bytes to us at once, so an idle connection holds no buffer at
+ * all — just the conn, the session and libuv's handles.
+ *
+ * A commit outlives its connection: `struct smtp_commit` keeps the in-flight budget reservation
+ * and a pointer back to the conn that is cleared when the conn closes, so a 250 that arrives
+ * after the client left is dropped, never written to a freed session. */
+#include "smtp/smtp.h"
+
+#include <glib.h>
+#include <unistd.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "util/limits.h"
+#include "util/log.h"
+#include "util/net.h"
+
+struct conn;
+
+struct smtp_commit {
+    struct smtp_server *srv;
+    struct conn *conn; /* NULL once the connection has closed */
+    size_t reserved;   /* in-flight bytes the txn held; given back when the commit ends */
+};
+
+struct conn {
+    struct conn *prev, *next;
+    struct smtp_server *srv;
+    uint64_t id;
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    int open_handles;
+    struct smtp_session *session; /* NULL for a connection refused at accept */
+    char ip[64];
+    char *pending; /* input the session could not take yet (waiting for a commit or a write) */
+    size_t pending_len;
+    struct smtp_commit *commit;
+    unsigned writes_in_flight;
+    bool reading, closing, in_feed;
+};
+
+struct smtp_server {
+    uv_loop_t *loop;
+    struct smtp_server_config cfg;
+    const struct smtp_server_ops *ops;
+    void *ctx;
+    uv_tcp_t listeners[LIMIT_LISTENERS_MAX];
+    size_t nlisteners, listeners_open;
+    struct conn *conns;
+    unsigned nconns;
+    GHashTable *per_ip; /* ip string → connection count */
+    int64_t inflight_bytes;
+    unsigned commits_in_flight;
+    uint64_t next_conn_id;
+    bool stopping, stopped_called, grace_timer_open;
+    uv_timer_t grace_timer;
+    char read_buf[SMTP_READ_CHUNK];
+    bool read_buf_lent;
+};
+
+struct write_req {
+    uv_write_t req;
+    char *data;
+    struct conn *conn;
+};
+
+static void conn_close(struct conn *c);
+static void conn_flush(struct conn *c);
+static void conn_resume(struct conn *c);
+
+/* ---------------------------------------------------------------------------------------------
+ * Session callbacks. */
+
+static void session_commit(void *ctx, struct smtp_txn *txn)
+{
+    struct conn *c = ctx;
+    struct smtp_server *srv = c->srv;
+    struct smtp_commit *commit = g_new0(struct smtp_commit, 1);
+    commit->srv = srv;
+    commit->conn = c;
+    commit->reserved = txn->reserved;
+    txn->reserved = 0; /* the commit holds it now */
+    c->commit = commit;
+    srv->commits_in_flight++;
+    srv->ops->commit(srv->ctx, commit, txn);
+}
+
+static const char *session_check_rcpt(void *ctx, const char *addr)
+{
+    struct conn *c = ctx;
+    return c->srv->ops->check_rcpt ? c->srv->ops->check_rcpt(c->srv->ctx, addr) : NULL;
+}
+
+static bool session_reserve(void *ctx, ssize_t delta)
+{
+    struct smtp_server *srv = ((struct conn *)ctx)->srv;
+    if (delta > 0 && srv->inflight_bytes + delta > srv->cfg.inflight_bytes_max) return false;
+    srv->inflight_bytes += delta;
+    return true;
+}
+
+static const struct smtp_session_ops session_ops = {
+    .commit = session_commit,
+    .check_rcpt = session_check_rcpt,
+    .reserve = session_reserve,
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Stopping. */
+
+static void maybe_stopped(struct smtp_server *srv)
+{
+    if (!srv->stopping || srv->stopped_called) return;
+    if (srv->nconns > 0 || srv->commits_in_flight > 0 || srv->listeners_open > 0) return;
+    if (srv->grace_timer_open) {
+        uv_timer_stop(&srv->grace_timer);
+        uv_close((uv_handle_t *)&srv->grace_timer, NULL);
+        srv->grace_timer_open = false;
+    }
+    srv->stopped_called = true;
+    log_info("smtp", "stopped");
+    if (srv->ops->stopped) srv->ops->stopped(srv->ctx);
+}
+
+void smtp_commit_done(struct smtp_commit *commit, enum smtp_commit_status status)
+{
+    struct smtp_server *srv = commit->srv;
+    struct conn *c = commit->conn;
+    srv->inflight_bytes -= (int64_t)commit->reserved;
+    srv->commits_in_flight--;
+    g_free(commit);
+    if (c) {
+        c->commit = NULL;
+        smtp_session_commit_done(c->session, status);
+        /* Inside feed (a synchronous commit) the caller flushes and resumes itself. */
+        if (!c->in_feed) {
+            conn_flush(c);
+            conn_resume(c);
+        }
+    }
+    maybe_stopped(srv);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Connection I/O. */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    if (--c->open_handles > 0) return;
+    struct smtp_server *srv = c->srv;
+    if (c->prev) c->prev->next = c->next;
+    else srv->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    srv->nconns--;
+    unsigned n = GPOINTER_TO_UINT(g_hash_table_lookup(srv->per_ip, c->ip));
+    if (n <= 1) g_hash_table_remove(srv->per_ip, c->ip);
+    else g_hash_table_insert(srv->per_ip, g_strdup(c->ip), GUINT_TO_POINTER(n - 1));
+    log_debug("smtp", "conn=%llu disconnected ip=%s", (unsigned long long)c->id, c->ip);
+    smtp_session_free(c->session);
+    g_free(c->pending);
+    g_free(c);
+    maybe_stopped(srv);
+}
+
+static void conn_close(struct conn *c)
+{
+    if (c->open_handles == 0 || uv_is_closing((uv_handle_t *)&c->tcp)) return;
+    if (c->commit) c->commit->conn = NULL; /* the reply, when it comes, has nowhere to go */
+    c->commit = NULL;
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct write_req *w = (struct write_req *)req;
+    struct conn *c = w->conn;
+    g_free(w->data);
+    g_free(w);
+    c->writes_in_flight--;
+    if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
+    if (status < 0 || (c->closing && c->writes_in_flight == 0)) {
+        conn_close(c);
+        return;
+    }
+    if (c->writes_in_flight == 0) conn_resume(c); /* output backpressure may have stopped input */
+}
+
+static void conn_write(struct conn *c, char *take_data, size_t len)
+{
+    struct write_req *w = g_new0(struct write_req, 1);
+    w->data = take_data;
+    w->conn = c;
+    uv_buf_t buf = uv_buf_init(take_data, (unsigned)len);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, on_write) < 0) {
+        g_free(take_data);
+        g_free(w);
+        conn_close(c);
+        return;
+    }
+    c->writes_in_flight++;
+}
+
+static void conn_flush(struct conn *c)
+{
+    if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
+    size_t len = 0;
+    char *out = smtp_session_take_output(c->session, &len);
+    if (out) conn_write(c, out, len);
+    if (smtp_session_closing(c->session)) {
+        c->closing = true;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+        if (c->writes_in_flight == 0) conn_close(c);
+    }
+}
+
+/* Feeds bytes to the session; whatever it cannot take now is kept in c->pending and reading
+ * stops until conn_resume(). */
+static void conn_feed(struct conn *c, const char *data, size_t len)
+{
+    c->in_feed = true;
+    size_t used = smtp_session_feed(c->session, data, len);
+    c->in_feed = false;
+    if (used < len && !smtp_session_closing(c->session)) {
+        char *rest = g_malloc(len - used);
+        memcpy(rest, data + used, len - used);
+        g_free(c->pending);
+        c->pending = rest;
+        c->pending_len = len - used;
+        if (c->reading) uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+    conn_flush(c);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct conn *c = h->data;
+    struct smtp_server *srv = c->srv;
+    /* One read at a time on this loop, consumed before the next alloc: one buffer serves all. */
+    srv->read_buf_lent = true;
+    *buf = uv_buf_init(srv->read_buf, sizeof srv->read_buf);
+}
+
+static void conn_resume(struct conn *c)
+{
+    if (c->closing || uv_is_closing((uv_handle_t *)&c->tcp)) return;
+    if (c->pending) {
+        char *data = c->pending;
+        size_t len = c->pending_len;
+        c->pending = NULL;
+        c->pending_len = 0;
+        conn_feed(c, data, len); /* may put part of it back into c->pending */
+        g_free(data);
+        if (c->pending || c->closing) return;
+    }
+    if (!c->reading && !smtp_session_committing(c->session)) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = true;
+    }
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *c = stream->data;
+    c->srv->read_buf_lent = false;
+    if (nread == 0) return;
+    if (nread < 0) {
+        log_debug("smtp", "conn=%llu read ended: %s", (unsigned long long)c->id, uv_strerror((int)nread));
+        conn_close(c);
+        return;
+    }
+    uv_timer_again(&c->timer);
+    conn_feed(c, buf->base, (size_t)nread);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    /* Waiting for our own storage is not the client's idleness. */
+    if (smtp_session_committing(c->session)) return;
+    log_info("smtp", "conn=%llu timeout ip=%s state=%s", (unsigned long long)c->id, c->ip,
+             smtp_session_state_name(c->session));
+    smtp_session_timeout(c->session);
+    conn_flush(c);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Accepting. */
+
+static void refuse(struct conn *c, const char *why)
+{
+    char *line = g_strdup_printf("421 4.7.0 %s Error: too many connections\r\n", c->srv->cfg.session.hostname);
+    log_warn("smtp", "conn=%llu refused ip=%s reason=\"%s\"", (unsigned long long)c->id, c->ip, why);
+    c->closing = true;
+    conn_write(c, line, strlen(line));
+}
+
+static void on_connection(uv_stream_t *listener, int status)
+{
+    struct smtp_server *srv = listener->data;
+    if (status < 0) {
+        log_warn("smtp", "accept failed: %s", uv_strerror(status));
+        return;
+    }
+    struct conn *c = g_new0(struct conn, 1);
+    c->srv = srv;
+    c->id = ++srv->next_conn_id;
+    uv_tcp_init(srv->loop, &c->tcp);
+    uv_timer_init(srv->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->open_handles = 2;
+    c->next = srv->conns;
+    if (srv->conns) srv->conns->prev = c;
+    srv->conns = c;
+    srv->nconns++;
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp) < 0) {
+        snprintf(c->ip, sizeof c->ip, "unknown");
+        conn_close(c);
+        return;
+    }
+    struct sockaddr_storage ss;
+    int sslen = sizeof ss;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0)
+        net_format_ip((struct sockaddr *)&ss, c->ip, sizeof c->ip);
+    else
+        snprintf(c->ip, sizeof c->ip, "unknown");
+    unsigned per_ip = GPOINTER_TO_UINT(g_hash_table_lookup(srv->per_ip, c->ip)) + 1;
+    g_hash_table_insert(srv->per_ip, g_strdup(c->ip), GUINT_TO_POINTER(per_ip));
+    uv_tcp_nodelay(&c->tcp, 1);
+
+    if (srv->nconns > srv->cfg.max_connections) {
+        refuse(c, "max-connections");
+        return;
+    }
+    if (per_ip > srv->cfg.max_connections_per_ip) {
+        refuse(c, "max-connections-per-ip");
+        return;
+    }
+    c->session = smtp_session_new(&srv->cfg.session, c->ip, &session_ops, c);
+    log_debug("smtp", "conn=%llu connected ip=%s", (unsigned long long)c->id, c->ip);
+    uint64_t timeout_ms = (uint64_t)srv->cfg.timeout_seconds * 1000;
+    uv_timer_start(&c->timer, on_timeout, timeout_ms, timeout_ms);
+    smtp_session_start(c->session);
+    conn_flush(c);
+    conn_resume(c);
+}
+
+static void start_listener(struct smtp_server *srv, int fd)
+{
+    uv_tcp_t *l = &srv->listeners[srv->nlisteners++];
+    uv_tcp_init(srv->loop, l);
+    l->data = srv;
+    srv->listeners_open++;
+    uv_tcp_open(l, fd);
+    uv_listen((uv_stream_t *)l, 511, on_connection);
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    uv_tcp_getsockname(l, (struct sockaddr *)&ss, &len);
+    char addr[80];
+    net_format((struct sockaddr *)&ss, addr, sizeof addr);
+    log_info("smtp", "listening addr=%s", addr);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    struct smtp_server *srv = h->data;
+    srv->listeners_open--;
+    maybe_stopped(srv);
+}
+
+static void close_listeners(struct smtp_server *srv)
+{
+    for (size_t i = 0; i < srv->nlisteners; i++)
+        if (!uv_is_closing((uv_handle_t *)&srv->listeners[i]))
+            uv_close((uv_handle_t *)&srv->listeners[i], on_listener_closed);
+}
+
+struct smtp_server *smtp_server_start(uv_loop_t *loop, const struct smtp_server_config *cfg,
+                                      const struct smtp_server_ops *ops, void *ctx, char **err)
+{
+    int fds[LIMIT_LISTENERS_MAX];
+    size_t nfds = 0;
+    if (cfg->nlisten > LIMIT_LISTENERS_MAX) {
+        *err = g_strdup("too many SMTP listeners");
+        return NULL;
+    }
+    for (; nfds < cfg->nlisten; nfds++) {
+        if (net_listen(cfg->listen[nfds], &fds[nfds], err) < 0) {
+            while (nfds > 0) close(fds[--nfds]);
+            return NULL;
+        }
+    }
+    struct smtp_server *srv = g_new0(struct smtp_server, 1);
+    srv->loop = loop;
+    srv->cfg = *cfg;
+    srv->ops = ops;
+    srv->ctx = ctx;
+    srv->per_ip = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    for (size_t i = 0; i < nfds; i++) start_listener(srv, fds[i]);
+    return srv;
+}
+
+static void on_grace_over(uv_timer_t *t)
+{
+    struct smtp_server *srv = t->data;
+    for (struct conn *c = srv->conns; c; c = c->next) {
+        log_warn("smtp", "conn=%llu closed at shutdown state=%s", (unsigned long long)c->id,
+                 c->session ? smtp_session_state_name(c->session) : "refused");
+        conn_close(c);
+    }
+}
+
+void smtp_server_stop(struct smtp_server *srv, unsigned grace_seconds)
+{
+    if (srv->stopping) return;
+    srv->stopping = true;
+    close_listeners(srv);
+    for (struct conn *c = srv->conns, *next; c; c = next) {
+        next = c->next; /* conn_flush may start closing c */
+        if (!c->session || c->closing) continue;
+        smtp_session_shutdown(c->session);
+        conn_flush(c);
+    }
+    uv_timer_init(srv->loop, &srv->grace_timer);
+    srv->grace_timer.data = srv;
+    srv->grace_timer_open = true;
+    uv_timer_start(&srv->grace_timer, on_grace_over, (uint64_t)grace_seconds * 1000, 0);
+    maybe_stopped(srv);
+}
+
+void smtp_server_free(struct smtp_server *srv)
+{
+    if (!srv) return;
+    g_hash_table_destroy(srv->per_ip);
+    g_free(srv);
+}

@@ -1,0 +1,507 @@
+/* storage/store.c — the storage face: database URL, data directory, and the group-commit writer.
+ *
+ * store_accept() appends to a queue (mutex + condition variable).  One writer thread takes
+ * everything queued, up to STORE_BATCH_MAX_MESSAGES messages or STORE_BATCH_MAX_BYTES bytes (at
+ * least one message, however large), and hands it to the backend as one transaction.  While that
+ * COMMIT and its sync run, new messages pile up in the queue and form the next batch: under load
+ * one fsync covers many messages, and an idle store commits a lone message at once.
+ *
+ * A failed batch (disk full, I/O error, database locked too long) gets its status in every
+ * message's callback and nothing of it is in the database; the writer goes on with the next
+ * batch, so accepting resumes by itself when the cause goes away.  A message that alone cannot be
+ * stored (duplicate id: should never happen; a body above the backend's size limit) fails alone
+ * and the rest of its batch commits (see backend.h).
+ *
+ * Locks: `mu` guards the queue, `stopping` and the statistics; `write_mu` is held by the writer
+ * around each batch (uncontended; it lets a test look at the write connection safely).  No lock
+ * is held while a callback runs. */
+#include "storage/store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "storage/backend.h"
+#include "util/limits.h"
+#include "util/log.h"
+
+_Static_assert(STORE_BATCH_MAX_MESSAGES > 0, "a batch holds at least one message");
+_Static_assert(STORE_BATCH_MAX_BYTES > 0, "a batch holds at least one byte");
+
+#define STORE_DB_FILE "inlet.db"
+
+struct store_entry {
+    struct store_message *msg;
+    store_done_fn done;
+    void *arg;
+    struct store_entry *next;
+};
+
+struct store {
+    const struct store_backend *ops;
+    void *be;
+    char *path;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    struct store_entry *head, **tail;
+    bool stopping;
+    struct store_stats stats;
+
+    pthread_mutex_t write_mu;
+    pthread_t writer;
+    bool writer_started;
+
+    /* The batch being written; only the writer thread touches these. */
+    struct store_entry *batch[STORE_BATCH_MAX_MESSAGES];
+    struct store_message *msgs[STORE_BATCH_MAX_MESSAGES];
+    enum store_status status[STORE_BATCH_MAX_MESSAGES];
+};
+
+static void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_err(char **err, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!err) return;
+    va_start(ap, fmt);
+    if (vasprintf(err, fmt, ap) < 0) *err = NULL;
+    va_end(ap);
+}
+
+void store_free_message(struct store_message *msg)
+{
+    if (!msg) return;
+    free(msg->sender);
+    if (msg->rcpts) {
+        for (size_t i = 0; i < msg->nrcpts; i++) free(msg->rcpts[i]);
+        free(msg->rcpts);
+    }
+    free(msg->remote_ip);
+    free(msg->helo);
+    free(msg->tls);
+    free(msg->data);
+    free(msg);
+}
+
+/* ---- JSON ----------------------------------------------------------------------------------- */
+
+static size_t json_escaped_len(const char *s)
+{
+    size_t n = 0;
+
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\' || *p == '\n' || *p == '\r' || *p == '\t' || *p == '\b' ||
+            *p == '\f')
+            n += 2;
+        else if (*p < 0x20 || *p == 0x7f)
+            n += 6;
+        else
+            n += 1;
+    }
+    return n;
+}
+
+static char *json_escape_into(char *out, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        switch (*p) {
+        case '"': *out++ = '\\'; *out++ = '"'; break;
+        case '\\': *out++ = '\\'; *out++ = '\\'; break;
+        case '\n': *out++ = '\\'; *out++ = 'n'; break;
+        case '\r': *out++ = '\\'; *out++ = 'r'; break;
+        case '\t': *out++ = '\\'; *out++ = 't'; break;
+        case '\b': *out++ = '\\'; *out++ = 'b'; break;
+        case '\f': *out++ = '\\'; *out++ = 'f'; break;
+        default:
+            if (*p < 0x20 || *p == 0x7f) {
+                /* DEL needs no escape in JSON; escaping it keeps the text printable. */
+                memcpy(out, "\\u00", 4);
+                out[4] = hex[*p >> 4];
+                out[5] = hex[*p & 0xf];
+                out += 6;
+            } else {
+                *out++ = (char)*p;
+            }
+        }
+    }
+    return out;
+}
+
+char *store_json_string_array(char *const *items, size_t n)
+{
+    size_t len = 3; /* [ ] NUL */
+    char *out, *p;
+
+    for (size_t i = 0; i < n; i++) len += json_escaped_len(items[i] ? items[i] : "") + 3;
+    out = malloc(len);
+    if (!out) return NULL;
+    p = out;
+    *p++ = '[';
+    for (size_t i = 0; i < n; i++) {
+        if (i) *p++ = ',';
+        *p++ = '"';
+        p = json_escape_into(p, items[i] ? items[i] : "");
+        *p++ = '"';
+    }
+    *p++ = ']';
+    *p = '\0';
+    return out;
+}
+
+/* ---- files ---------------------------------------------------------------------------------- */
+
+/* Makes a new directory entry durable. */
+static void fsync_parent(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *copy;
+    int fd;
+
+    if (!slash)
+        copy = strdup(".");
+    else
+        copy = strndup(path, slash == path ? 1 : (size_t)(slash - path));
+    if (!copy) return;
+    fd = open(copy, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+    free(copy);
+}
+
+/* mkdir 0700 (whatever the umask), or leave an existing directory as it is. */
+static int make_data_dir(const char *dir, char **err)
+{
+    struct stat sb;
+
+    if (mkdir(dir, 0700) == 0) {
+        if (chmod(dir, 0700) < 0) {
+            set_err(err, "cannot set the mode of data directory %s: %s", dir, strerror(errno));
+            return -1;
+        }
+        fsync_parent(dir);
+        return 0;
+    }
+    if (errno != EEXIST) {
+        set_err(err, "cannot create data directory %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (stat(dir, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
+        set_err(err, "data directory %s exists and is not a directory", dir);
+        return -1;
+    }
+    return 0;
+}
+
+/* Creates the database file 0600 before the backend opens it (SQLite would apply the umask); an
+ * existing file is left as it is. */
+static int make_db_file(const char *path, char **err)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+
+    if (fd < 0) {
+        if (errno == EEXIST) return 0;
+        set_err(err, "cannot create database %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (fchmod(fd, 0600) < 0 || fsync(fd) < 0) {
+        set_err(err, "cannot set up database %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    fsync_parent(path);
+    return 0;
+}
+
+/* Picks the backend and its location from the database URL.  *location is malloc'd. */
+static int parse_database(const char *data_dir, const char *database,
+                          const struct store_backend **ops, char **location, char **err)
+{
+    *ops = NULL;
+    *location = NULL;
+    if (!database || !*database) {
+        if (!data_dir || !*data_dir) {
+            set_err(err, "no data directory and no database URL");
+            return -1;
+        }
+        if (asprintf(location, "%s/%s", data_dir, STORE_DB_FILE) < 0) {
+            *location = NULL;
+            set_err(err, "out of memory");
+            return -1;
+        }
+        *ops = &store_sqlite_backend;
+        return 0;
+    }
+    if (strncmp(database, "sqlite:", 7) == 0) {
+        if (!database[7]) {
+            set_err(err, "database URL \"sqlite:\" names no file");
+            return -1;
+        }
+        *location = strdup(database + 7);
+        if (!*location) {
+            set_err(err, "out of memory");
+            return -1;
+        }
+        *ops = &store_sqlite_backend;
+        return 0;
+    }
+    if (strncmp(database, "postgresql://", 13) == 0 || strncmp(database, "postgres://", 11) == 0) {
+        set_err(err, "PostgreSQL backend is not available in this build yet");
+        return -1;
+    }
+    set_err(err, "unsupported database URL \"%s\" (expected sqlite:PATH or postgresql://...)",
+            database);
+    return -1;
+}
+
+/* ---- writer --------------------------------------------------------------------------------- */
+
+static double elapsed_ms(const struct timespec *a, const struct timespec *b)
+{
+    return (double)(b->tv_sec - a->tv_sec) * 1e3 + (double)(b->tv_nsec - a->tv_nsec) / 1e6;
+}
+
+static void run_batch(struct store *st, size_t n)
+{
+    struct timespec t0, t1;
+    enum store_status rc;
+    char *err = NULL;
+    size_t ok = 0, ok_bytes = 0;
+
+    for (size_t i = 0; i < n; i++) st->msgs[i] = st->batch[i]->msg;
+
+    pthread_mutex_lock(&st->write_mu);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    rc = st->ops->write_batch(st->be, st->msgs, n, st->status, &err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    pthread_mutex_unlock(&st->write_mu);
+
+    if (rc == STORE_OK) {
+        for (size_t i = 0; i < n; i++) {
+            if (st->status[i] != STORE_OK) continue;
+            ok++;
+            ok_bytes += st->msgs[i]->len;
+        }
+        log_debug("storage", "commit messages=%zu bytes=%zu ms=%.1f", ok, ok_bytes,
+                  elapsed_ms(&t0, &t1));
+    } else {
+        char esc[512];
+        const char *e = err ? err : "out of memory";
+
+        for (size_t i = 0; i < n; i++) st->status[i] = rc;
+        log_warn("storage", "commit failed messages=%zu error=\"%s\"", n,
+                 log_escape(esc, sizeof esc, e, strlen(e), 400));
+    }
+    free(err);
+
+    pthread_mutex_lock(&st->mu);
+    if (rc == STORE_OK) {
+        st->stats.batches++;
+        st->stats.messages += ok;
+        st->stats.bytes += ok_bytes;
+    } else {
+        st->stats.failed_batches++;
+    }
+    pthread_mutex_unlock(&st->mu);
+
+    for (size_t i = 0; i < n; i++) {
+        struct store_entry *e = st->batch[i];
+
+        e->done(e->arg, st->status[i]);
+        store_free_message(e->msg);
+        free(e);
+        st->batch[i] = NULL;
+        st->msgs[i] = NULL;
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    struct store *st = arg;
+
+    pthread_mutex_lock(&st->mu);
+    for (;;) {
+        size_t n = 0, bytes = 0;
+
+        while (!st->head && !st->stopping) pthread_cond_wait(&st->cond, &st->mu);
+        if (!st->head) break; /* stopping and drained */
+        while (st->head && n < STORE_BATCH_MAX_MESSAGES &&
+               (n == 0 || bytes + st->head->msg->len <= (size_t)STORE_BATCH_MAX_BYTES)) {
+            struct store_entry *e = st->head;
+
+            st->head = e->next;
+            e->next = NULL;
+            bytes += e->msg->len;
+            st->batch[n++] = e;
+        }
+        if (!st->head) st->tail = &st->head;
+        pthread_mutex_unlock(&st->mu);
+        run_batch(st, n);
+        pthread_mutex_lock(&st->mu);
+    }
+    pthread_mutex_unlock(&st->mu);
+    return NULL;
+}
+
+/* ---- face ----------------------------------------------------------------------------------- */
+
+static void store_free(struct store *st)
+{
+    if (!st) return;
+    if (st->be) st->ops->close(st->be);
+    pthread_cond_destroy(&st->cond);
+    pthread_mutex_destroy(&st->mu);
+    pthread_mutex_destroy(&st->write_mu);
+    free(st->path);
+    free(st);
+}
+
+struct store *store_open(const char *data_dir, const char *database, char **err)
+{
+    const struct store_backend *ops;
+    struct store *st = NULL;
+    char *location = NULL;
+    sigset_t all, old;
+    int rc;
+
+    if (err) *err = NULL;
+    if (parse_database(data_dir, database, &ops, &location, err) < 0) goto fail;
+    if (data_dir && *data_dir && make_data_dir(data_dir, err) < 0) goto fail;
+    if (make_db_file(location, err) < 0) goto fail;
+
+    st = calloc(1, sizeof *st);
+    if (!st) {
+        set_err(err, "out of memory");
+        goto fail;
+    }
+    st->ops = ops;
+    st->path = location;
+    location = NULL;
+    st->tail = &st->head;
+    pthread_mutex_init(&st->mu, NULL);
+    pthread_mutex_init(&st->write_mu, NULL);
+    pthread_cond_init(&st->cond, NULL);
+
+    st->be = ops->open(st->path, err);
+    if (!st->be) goto fail;
+
+    /* The writer takes no signals: they belong to the thread that set up their handling. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&st->writer, NULL, writer_main, st);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        set_err(err, "cannot start the storage writer thread: %s", strerror(rc));
+        goto fail;
+    }
+    st->writer_started = true;
+
+    log_info("storage", "ready backend=%s path=%s schema=%d", ops->kind, st->path,
+             store_schema_version());
+    return st;
+
+fail:
+    free(location);
+    store_free(st);
+    return NULL;
+}
+
+void store_close(struct store *st)
+{
+    if (!st) return;
+    pthread_mutex_lock(&st->mu);
+    st->stopping = true;
+    pthread_cond_broadcast(&st->cond);
+    pthread_mutex_unlock(&st->mu);
+    if (st->writer_started) pthread_join(st->writer, NULL);
+    store_free(st);
+}
+
+void store_accept(struct store *st, struct store_message *msg, store_done_fn done, void *arg)
+{
+    struct store_entry *e = malloc(sizeof *e);
+
+    if (!e) {
+        log_warn("storage", "queue failed error=\"out of memory\"");
+        store_free_message(msg);
+        done(arg, STORE_ERR_IO);
+        return;
+    }
+    *e = (struct store_entry){.msg = msg, .done = done, .arg = arg};
+
+    pthread_mutex_lock(&st->mu);
+    if (st->stopping) {
+        /* A caller bug (accept after close began); still answer exactly once. */
+        pthread_mutex_unlock(&st->mu);
+        free(e);
+        store_free_message(msg);
+        done(arg, STORE_ERR_IO);
+        return;
+    }
+    *st->tail = e;
+    st->tail = &e->next;
+    pthread_cond_signal(&st->cond);
+    pthread_mutex_unlock(&st->mu);
+}
+
+int store_count_unprocessed(struct store *st, int64_t *count)
+{
+    char *err = NULL;
+
+    if (st->ops->count_unprocessed(st->be, count, &err) < 0) {
+        char esc[512];
+        const char *e = err ? err : "out of memory";
+
+        log_warn("storage", "count failed error=\"%s\"",
+                 log_escape(esc, sizeof esc, e, strlen(e), 400));
+        free(err);
+        return -1;
+    }
+    return 0;
+}
+
+int store_check_writable(struct store *st, char **reason)
+{
+    return st->ops->check_writable(st->be, reason);
+}
+
+const char *store_backend_name(const struct store *st)
+{
+    return st->ops->name(st->be);
+}
+
+const char *store_path(const struct store *st)
+{
+    return st->path;
+}
+
+void store_get_stats(struct store *st, struct store_stats *out)
+{
+    pthread_mutex_lock(&st->mu);
+    *out = st->stats;
+    pthread_mutex_unlock(&st->mu);
+}
+
+int store_test_writer_query(struct store *st, const char *sql, char *out, size_t outsz)
+{
+    int rc;
+
+    pthread_mutex_lock(&st->write_mu);
+    rc = st->ops->writer_query(st->be, sql, out, outsz);
+    pthread_mutex_unlock(&st->write_mu);
+    return rc;
+}

@@ -1,0 +1,688 @@
+"""Black-box harness: runs the real `inlet` binary and talks to it.
+
+Standard library only.  Environment:
+  INLET_BIN         path of the binary (required)
+  INLET_SHIM        path of libsyncshim.so (tests that need it skip without it)
+  INLET_SANITIZED   "1": the binary is built with sanitizers, every wait is longer
+  INLET_BB_VERBOSE  "1": print the daemon's log after every test, not only after failures
+  INLET_BB_TMPDIR   where temporary data dirs go (default: the system's temp dir)
+
+Every daemon is started with a fresh temporary data dir, SMTP and HTTP on 127.0.0.1 port 0 (the
+real ports are read back from the log), `--domain example.com` and `--hostname mx.inlet.test`
+unless the test says otherwise.  Every daemon is stopped by its PID when the test ends, whatever
+happened; every wait is bounded.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+INLET_BIN = os.environ.get("INLET_BIN", "")
+INLET_SHIM = os.environ.get("INLET_SHIM", "")
+SANITIZED = os.environ.get("INLET_SANITIZED", "") == "1"
+VERBOSE = os.environ.get("INLET_BB_VERBOSE", "") == "1"
+# Every timeout is multiplied by this: sanitizer builds are several times slower.
+SLOW = 4.0 if SANITIZED else 1.0
+
+HOSTNAME = "mx.inlet.test"
+ID_RE = re.compile(r"^[0-9a-f]{24}$")
+QUEUED_RE = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9a-f]{24})$")
+
+LOG_LINE_RE = re.compile(r"^(\S+) (error|warn|info|debug) (\S+)(?: (.*))?$")
+KV_RE = re.compile(r'([A-Za-z0-9_.-]+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def timeout(seconds):
+    return seconds * SLOW
+
+
+def parse_kv(text):
+    out = {}
+    for k, v in KV_RE.findall(text or ""):
+        if len(v) >= 2 and v[0] == '"' and v[-1] == '"':
+            v = v[1:-1]
+        out[k] = v
+    return out
+
+
+class LogLine:
+    def __init__(self, raw):
+        self.raw = raw
+        m = LOG_LINE_RE.match(raw)
+        if m:
+            self.time, self.level, self.topic, rest = m.group(1), m.group(2), m.group(3), m.group(4) or ""
+            self.rest = rest
+            self.kv = parse_kv(rest)
+            self.ok = True
+        else:
+            self.time = self.level = self.topic = self.rest = ""
+            self.kv = {}
+            self.ok = False
+
+    def __repr__(self):
+        return "LogLine(%r)" % self.raw
+
+
+def free_port(host="127.0.0.1"):
+    """A port that was free a moment ago (for tests that must name a port in advance)."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ipv6_loopback_available():
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def split_addr(addr):
+    """'127.0.0.1:25' or '[::1]:25' -> (host, port)."""
+    m = re.match(r"^\[(.*)\]:(\d+)$", addr)
+    if m:
+        return m.group(1), int(m.group(2))
+    host, _, port = addr.rpartition(":")
+    return host, int(port)
+
+
+def run_cli(args, env=None, timeout_s=20, cwd=None):
+    """Runs `inlet ARGS` to completion; returns CompletedProcess (text, stdout/stderr captured)."""
+    return subprocess.run([INLET_BIN] + list(args), env=clean_env(env), cwd=cwd,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          timeout=timeout(timeout_s), text=True, errors="replace")
+
+
+def clean_env(extra=None):
+    """The test's environment without any INLET_* variable (the binary would read them as
+    settings) and without a stray LD_PRELOAD, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INLET_") and k != "LD_PRELOAD"}
+    if extra:
+        env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+class Daemon:
+    """One `inlet serve` process.  Create it through InletTestCase.daemon() so it is cleaned up."""
+
+    def __init__(self, workdir, args=None, env=None, domains=("example.com",), defaults=True,
+                 shim=False, shim_enospc=None, data_dir=None, umask=None, log_level=None):
+        self.workdir = workdir
+        self.data_dir = data_dir or os.path.join(workdir, "data")
+        self.extra_args = list(args or [])
+        self.extra_env = dict(env or {})
+        self.domains = list(domains or [])
+        self.defaults = defaults
+        self.shim = shim
+        self.shim_log = os.path.join(workdir, "shim.log") if shim else None
+        self.shim_enospc = shim_enospc
+        self.umask = umask
+        self.log_level = log_level
+        self.proc = None
+        self.logs = []       # every log file this daemon wrote, in order
+        self.log_path = None
+        self.smtp_addrs = []
+        self.http_addrs = []
+        self.starts = 0
+        self.returncode = None
+
+    # -- command line ------------------------------------------------------------------------
+    def argv(self):
+        a = [INLET_BIN, "serve"]
+        if self.defaults:
+            a += ["--smtp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+                  "--data-dir", self.data_dir, "--hostname", HOSTNAME]
+            for d in self.domains:
+                a += ["--domain", d]
+        if self.log_level:
+            a += ["--log-level", self.log_level]
+        return a + self.extra_args
+
+    def environ(self):
+        env = clean_env(self.extra_env)
+        if self.shim:
+            if not INLET_SHIM or not os.path.exists(INLET_SHIM):
+                raise unittest.SkipTest("INLET_SHIM not set or missing: cannot preload the sync shim")
+            env["LD_PRELOAD"] = INLET_SHIM
+            env["INLET_SHIM_LOG"] = self.shim_log
+            os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+            env["INLET_SHIM_DATADIR"] = os.path.realpath(self.data_dir)
+            if self.shim_enospc:
+                env["INLET_SHIM_ENOSPC"] = self.shim_enospc
+            asan = env.get("ASAN_OPTIONS", "")
+            env["ASAN_OPTIONS"] = (asan + ":" if asan else "") + "verify_asan_link_order=0"
+        return env
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def spawn(self):
+        """Starts the process without waiting for anything."""
+        assert self.proc is None or self.proc.poll() is not None, "daemon already running"
+        self.starts += 1
+        self.log_path = os.path.join(self.workdir, "inlet.%d.log" % self.starts)
+        self.logs.append(self.log_path)
+        self.smtp_addrs, self.http_addrs = [], []
+        self.returncode = None
+        logf = open(self.log_path, "wb")
+        umask = self.umask
+
+        def pre():
+            if umask is not None:
+                os.umask(umask)
+
+        try:
+            self.proc = subprocess.Popen(self.argv(), env=self.environ(), cwd=self.workdir,
+                                         stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                         preexec_fn=pre if umask is not None else None)
+        finally:
+            logf.close()
+        return self
+
+    def start(self, ready_timeout=10):
+        """Starts and waits (bounded) for `engine ready`; fails with the log otherwise."""
+        self.spawn()
+        self.wait_ready(ready_timeout)
+        return self
+
+    def wait_ready(self, ready_timeout=10):
+        line = self.wait_log(lambda l: l.topic == "engine" and l.rest.startswith("ready"),
+                             ready_timeout, what="'engine ready'")
+        assert line is not None
+        for l in self.lines():
+            if l.level == "info" and l.topic == "smtp" and l.rest.startswith("listening"):
+                self.smtp_addrs.append(split_addr(l.kv["addr"]))
+            if l.level == "info" and l.topic == "http" and l.rest.startswith("listening"):
+                self.http_addrs.append(split_addr(l.kv["addr"]))
+        if not self.smtp_addrs:
+            raise AssertionError("no 'smtp listening addr=' line before 'engine ready'\n" + self.log_text())
+        return self
+
+    def expect_exit(self, exit_timeout=10):
+        """Waits (bounded) for the process to exit on its own; returns the exit status."""
+        try:
+            self.returncode = self.proc.wait(timeout(exit_timeout))
+        except subprocess.TimeoutExpired:
+            raise AssertionError("inlet did not exit within %ss\n%s" % (exit_timeout, self.log_text()))
+        return self.returncode
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig):
+        if self.running():
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, sig=signal.SIGTERM, stop_timeout=10):
+        """SIGTERM (or sig), bounded wait, then SIGKILL.  Returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, sig)
+                self.returncode = self.proc.wait(timeout(stop_timeout))
+            except subprocess.TimeoutExpired:
+                self.kill9()
+                raise AssertionError("inlet ignored signal %d for %ss\n%s" % (sig, stop_timeout, self.log_text()))
+            except ProcessLookupError:
+                self.returncode = self.proc.wait(timeout(5))
+        else:
+            self.returncode = self.proc.returncode
+        return self.returncode
+
+    def kill9(self):
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout(10))
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc is not None:
+            self.returncode = self.proc.returncode
+
+    def restart(self, ready_timeout=10):
+        """Starts again on the same data dir (after stop() or kill9())."""
+        if self.running():
+            self.stop()
+        return self.start(ready_timeout)
+
+    # -- addresses ------------------------------------------------------------------------------
+    @property
+    def smtp_port(self):
+        return self.smtp_addrs[0][1]
+
+    @property
+    def smtp_host(self):
+        return self.smtp_addrs[0][0]
+
+    @property
+    def http_port(self):
+        return self.http_addrs[0][1]
+
+    @property
+    def db_path(self):
+        return os.path.join(self.data_dir, "inlet.db")
+
+    # -- log ------------------------------------------------------------------------------------
+    def log_text(self, path=None):
+        try:
+            with open(path or self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except (OSError, TypeError):
+            return ""
+
+    def lines(self, path=None):
+        return [LogLine(l) for l in self.log_text(path).splitlines()]
+
+    def all_log_text(self):
+        return "".join("==== %s\n%s" % (p, self.log_text(p)) for p in self.logs)
+
+    def wait_log(self, pred, wait_s=10, what="log line", after=0):
+        """Waits (bounded) until a log line (index >= after) satisfies pred; returns it.  Fails
+        when the process exits first or the time is up."""
+        deadline = time.monotonic() + timeout(wait_s)
+        while True:
+            lines = self.lines()
+            for l in lines[after:]:
+                if pred(l):
+                    return l
+            if self.proc.poll() is not None:
+                # One last read: the line may have been written right before exiting.
+                for l in self.lines()[after:]:
+                    if pred(l):
+                        return l
+                raise AssertionError("inlet exited (status %s) before %s\n%s"
+                                     % (self.proc.returncode, what, self.log_text()))
+            if time.monotonic() > deadline:
+                raise AssertionError("no %s within %ss\n%s" % (what, wait_s, self.log_text()))
+            time.sleep(0.02)
+
+    def find_lines(self, level=None, topic=None, startswith=None):
+        out = []
+        for l in self.lines():
+            if level and l.level != level:
+                continue
+            if topic and l.topic != topic:
+                continue
+            if startswith and not l.rest.startswith(startswith):
+                continue
+            out.append(l)
+        return out
+
+    # -- shim ------------------------------------------------------------------------------------
+    def shim_events(self):
+        events = []
+        if not self.shim_log or not os.path.exists(self.shim_log):
+            return events
+        with open(self.shim_log, "rb") as f:
+            for raw in f.read().decode("latin-1").splitlines():
+                parts = raw.split(" ")
+                if len(parts) < 3 or not parts[0].isdigit():
+                    continue
+                ev = {"seq": int(parts[0]), "kind": parts[1]}
+                for p in parts[2:]:
+                    k, _, v = p.partition("=")
+                    ev[k] = v
+                for k in ("fd", "rc", "tid"):
+                    if k in ev:
+                        ev[k] = int(ev[k])
+                for k in ("tail", "head"):
+                    if k in ev:
+                        ev[k] = unescape(ev[k])
+                events.append(ev)
+        events.sort(key=lambda e: e["seq"])
+        return events
+
+    # -- clients --------------------------------------------------------------------------------
+    def session(self, read_greeting=True, addr_index=0, source=None, sock_timeout=10):
+        host, port = self.smtp_addrs[addr_index]
+        s = RawSession(host, port, sock_timeout, source=source)
+        if read_greeting:
+            code, lines = s.reply()
+            assert code == 220, "greeting %r" % lines
+        return s
+
+    def smtp(self, addr_index=0, smtp_timeout=10):
+        import smtplib
+        host, port = self.smtp_addrs[addr_index]
+        return smtplib.SMTP(host, port, local_hostname="client.example.test", timeout=timeout(smtp_timeout))
+
+    def db(self):
+        return open_db(self.db_path)
+
+    def http_get(self, path, http_timeout=10):
+        """(status, headers, body bytes)."""
+        url = "http://127.0.0.1:%d%s" % (self.http_port, path)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout(http_timeout)) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+
+
+def unescape(s):
+    out = bytearray()
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s):
+            n = s[i + 1]
+            if n == "r":
+                out += b"\r"; i += 2
+            elif n == "n":
+                out += b"\n"; i += 2
+            elif n == "t":
+                out += b"\t"; i += 2
+            elif n == "\\":
+                out += b"\\"; i += 2
+            elif n == "x" and i + 3 < len(s):
+                out.append(int(s[i + 2:i + 4], 16)); i += 4
+            else:
+                out += c.encode("latin-1"); i += 1
+        else:
+            out += c.encode("latin-1"); i += 1
+    return bytes(out)
+
+
+def open_db(path):
+    """A connection to the daemon's database (it may be running: WAL readers do not block it)."""
+    if not os.path.exists(path):
+        raise AssertionError("database %s does not exist" % path)
+    con = sqlite3.connect(path, timeout=timeout(10))
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def query(path, sql, params=()):
+    con = open_db(path)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
+
+
+RECEIVED_RE = re.compile(
+    rb"^Received: from (?P<helo>[^ \r\n]+) \(\[(?P<ip>[^\]]+)\]\)\r\n"
+    rb"\tby (?P<host>[^ \r\n]+) \(inlet\) with ESMTP id (?P<id>[0-9a-f]{24})\r\n"
+    rb"\t\(TLS (?P<tls>[^)]*)\);\r\n"
+    rb"\t(?P<date>[^\r\n]+)\r\n")
+
+
+def split_received(raw):
+    """(match of our Received: header, bytes after it); fails when raw does not start with it."""
+    m = RECEIVED_RE.match(raw)
+    if not m:
+        raise AssertionError("raw does not start with inlet's Received: header: %r" % raw[:300])
+    return m, raw[m.end():]
+
+
+# ---------------------------------------------------------------------------------------------
+class RawSession:
+    """SMTP over a plain socket: send exact bytes, read replies (multi-line aware) with timeouts."""
+
+    def __init__(self, host, port, sock_timeout=10, source=None):
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_STREAM)
+        self.timeout = timeout(sock_timeout)
+        self.sock.settimeout(self.timeout)
+        if source:
+            self.sock.bind((source, 0))
+        self.sock.connect((host, port))
+        self.buf = b""
+        self.eof = False
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.sock.sendall(data)
+
+    def _fill(self, deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("timed out waiting for the server")
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        return True
+
+    def line(self, wait_s=None):
+        """One reply line without CRLF; None at EOF."""
+        deadline = time.monotonic() + (self.timeout if wait_s is None else timeout(wait_s))
+        while b"\r\n" not in self.buf:
+            if self.eof or not self._fill(deadline):
+                return None
+        l, _, self.buf = self.buf.partition(b"\r\n")
+        return l
+
+    def reply(self, wait_s=None):
+        """(code, [lines]) of one complete reply; (None, lines) at EOF."""
+        lines = []
+        while True:
+            l = self.line(wait_s)
+            if l is None:
+                return None, lines
+            lines.append(l)
+            if len(l) < 4 or not l[:3].isdigit():
+                raise AssertionError("malformed reply line %r" % l)
+            if l[3:4] == b" " or len(l) == 3:
+                return int(l[:3]), lines
+            if l[3:4] != b"-":
+                raise AssertionError("malformed reply line %r" % l)
+
+    def replies(self, n, wait_s=None):
+        return [self.reply(wait_s) for _ in range(n)]
+
+    def cmd(self, line, wait_s=None):
+        """Sends one command line (CRLF added) and returns (code, lines)."""
+        if isinstance(line, str):
+            line = line.encode("utf-8")
+        self.send(line + b"\r\n")
+        return self.reply(wait_s)
+
+    def nothing_within(self, seconds):
+        """True when no byte arrives within `seconds` (used only to show a reply is NOT sent)."""
+        if self.buf:
+            return False
+        self.sock.settimeout(seconds)
+        try:
+            chunk = self.sock.recv(65536)
+        except socket.timeout:
+            return True
+        except ConnectionResetError:
+            self.eof = True
+            return False
+        finally:
+            self.sock.settimeout(self.timeout)
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        return False
+
+    def closed_by_peer(self, wait_s=5):
+        """True when the server closes the connection within wait_s (pending data discarded)."""
+        deadline = time.monotonic() + timeout(wait_s)
+        self.buf = b""
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return False
+            except (ConnectionResetError, BrokenPipeError):
+                return True
+            if not chunk:
+                return True
+        return False
+
+    def transaction(self, sender, rcpts, body, ehlo="client.example.test", mail_params=""):
+        """EHLO (when ehlo), MAIL, RCPTs, DATA, body (must end with CRLF, already dot-stuffed),
+        end of data.  Returns the final (code, lines)."""
+        if ehlo:
+            code, lines = self.cmd("EHLO " + ehlo)
+            assert code == 250, lines
+        code, lines = self.cmd("MAIL FROM:<%s>%s" % (sender, mail_params))
+        assert code == 250, lines
+        for r in rcpts:
+            code, lines = self.cmd("RCPT TO:<%s>" % r)
+            assert code == 250, (r, lines)
+        code, lines = self.cmd("DATA")
+        assert code == 354, lines
+        self.send(body + b".\r\n")
+        return self.reply()
+
+
+def queued_id(lines):
+    """The id of a '250 2.0.0 Ok: queued as <id>' reply; fails otherwise."""
+    assert lines, "no reply"
+    m = QUEUED_RE.match(lines[-1])
+    if not m:
+        raise AssertionError("not a '250 2.0.0 Ok: queued as <24 hex>' reply: %r" % lines)
+    return m.group(1).decode()
+
+
+def dot_stuff(body):
+    """Dot-stuffs a CRLF message for DATA (only after CRLF, as the server unstuffs)."""
+    if body.startswith(b"."):
+        body = b"." + body
+    return body.replace(b"\r\n.", b"\r\n..")
+
+
+def make_message(subject="test", body_text="hello", sender="alice@sender.test", to="bob@example.com",
+                 extra_headers=b""):
+    return (b"From: <" + sender.encode() + b">\r\n" +
+            b"To: <" + to.encode() + b">\r\n" +
+            b"Subject: " + subject.encode() + b"\r\n" +
+            b"Message-ID: <" + os.urandom(8).hex().encode() + b"@sender.test>\r\n" +
+            extra_headers +
+            b"\r\n" + body_text.encode() + b"\r\n")
+
+
+# ---------------------------------------------------------------------------------------------
+class InletTestCase(unittest.TestCase):
+    """Base class: requires INLET_BIN; stops every daemon it started, by PID, even on failure,
+    and prints its log when the test failed."""
+
+    maxDiff = 4000
+
+    @classmethod
+    def setUpClass(cls):
+        if not INLET_BIN:
+            raise unittest.SkipTest("INLET_BIN is not set")
+        if not os.access(INLET_BIN, os.X_OK):
+            raise AssertionError("INLET_BIN=%s is not an executable" % INLET_BIN)
+
+    def setUp(self):
+        base = os.environ.get("INLET_BB_TMPDIR") or None
+        self.tmp = tempfile.mkdtemp(prefix="inlet-bb-", dir=base)
+        self.daemons = []
+        self.addCleanup(self._cleanup)
+
+    def tmp_path(self, *parts):
+        return os.path.join(self.tmp, *parts)
+
+    def daemon(self, *a, start=True, **kw):
+        """A daemon (started unless start=False) in this test's temporary directory."""
+        workdir = os.path.join(self.tmp, "d%d" % len(self.daemons))
+        os.makedirs(workdir, exist_ok=True)
+        d = Daemon(workdir, *a, **kw)
+        self.daemons.append(d)
+        if start:
+            d.start()
+        return d
+
+    def _failed(self):
+        outcome = getattr(self, "_outcome", None)
+        if outcome is None:
+            return True
+        errors = getattr(outcome, "errors", None)
+        if errors is not None:  # Python <= 3.10
+            return any(exc for _, exc in errors)
+        result = getattr(outcome, "result", None)
+        if result is None or not getattr(outcome, "success", True):
+            return True
+        for test, _ in list(getattr(result, "errors", [])) + list(getattr(result, "failures", [])):
+            if test is self or getattr(test, "test_case", None) is self:
+                return True
+        return False
+
+    def _cleanup(self):
+        failed = self._failed()
+        for d in self.daemons:
+            if not d.running():
+                continue
+            try:
+                rc = d.stop(stop_timeout=5)
+                if rc != 0:
+                    sys.stderr.write("%s: daemon pid %d exited with status %s on SIGTERM at cleanup\n"
+                                     % (self.id(), d.proc.pid, rc))
+                    failed = True
+            except Exception as e:  # stop() already fell back to SIGKILL; keep stopping the others
+                sys.stderr.write("%s: cleanup of pid %s: %s\n" % (self.id(), d.proc.pid, str(e)[:300]))
+                d.kill9()
+                failed = True
+        if failed or VERBOSE:
+            for i, d in enumerate(self.daemons):
+                sys.stderr.write("\n---- %s: daemon %d (%s), exit status %s ----\n%s\n" % (
+                    self.id(), i, " ".join(d.argv()[1:]), d.returncode, d.all_log_text()[-20000:]))
+        if failed and os.environ.get("INLET_BB_KEEP"):
+            sys.stderr.write("kept %s\n" % self.tmp)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- assertions ---------------------------------------------------------------------------
+    def assertReply(self, reply, code, prefix=None):
+        c, lines = reply
+        self.assertEqual(c, code, "expected %d, got %r" % (code, lines))
+        if prefix is not None:
+            if isinstance(prefix, str):
+                prefix = prefix.encode()
+            self.assertTrue(lines[-1].startswith(prefix), "expected %r..., got %r" % (prefix, lines))
+
+    def messages(self, d):
+        return query(d.db_path, "SELECT * FROM messages ORDER BY received_at, id")
+
+    def message(self, d, msg_id):
+        rows = query(d.db_path, "SELECT * FROM messages WHERE id = ?", (msg_id,))
+        self.assertEqual(len(rows), 1, "message %s in the database" % msg_id)
+        return rows[0]
+
+
+def main():
+    unittest.main(verbosity=2)

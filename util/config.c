@@ -1,0 +1,325 @@
+/* util/config.c — the settings table and its three sources (see config.h). */
+#include "util/config.h"
+
+#include <errno.h>
+#include <glib.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "util/domains.h"
+#include "util/limits.h"
+#include "util/log.h"
+#include "util/net.h"
+
+enum setting_type { SET_STR, SET_LIST, SET_INT };
+
+struct setting {
+    const char *name; /* option name without dashes: also the key-file key */
+    enum setting_type type;
+    size_t offset;    /* into struct inlet_config */
+    const char *def;  /* default, as text (lists comma-separated); NULL for none */
+    int64_t min, max; /* SET_INT bounds */
+    const char *metavar;
+    const char *help;
+};
+
+#define OFF(field) offsetof(struct inlet_config, field)
+
+/* Every setting of inlet, in the order --help shows them. */
+static const struct setting settings[] = {
+    {"config", SET_STR, OFF(config_file), NULL, 0, 0, "FILE",
+     "key file with an [inlet] group; keys are the option names"},
+    {"smtp-listen", SET_LIST, OFF(smtp_listen), "127.0.0.1:2525", 0, 0, "HOST:PORT",
+     "SMTP listener (repeatable; IPv6 as [::1]:2525)"},
+    {"http-listen", SET_LIST, OFF(http_listen), "127.0.0.1:8025", 0, 0, "HOST:PORT",
+     "HTTP API listener (repeatable)"},
+    {"data-dir", SET_STR, OFF(data_dir), "./inlet-data", 0, 0, "DIR",
+     "data folder, created 0700 (SQLite database inside)"},
+    {"database", SET_STR, OFF(database), "", 0, 0, "URL",
+     "database: empty for SQLite in the data dir, or sqlite:PATH"},
+    {"domain", SET_LIST, OFF(domains), NULL, 0, 0, "NAME",
+     "hosted domain (repeatable); *.example.com hosts every subdomain"},
+    {"hostname", SET_STR, OFF(hostname), "", 0, 0, "NAME",
+     "name in the SMTP greeting and Received: headers (default: the host name)"},
+    {"max-message-size", SET_INT, OFF(max_message_size), "26214400", LIMIT_MESSAGE_SIZE_MIN,
+     LIMIT_MESSAGE_SIZE_MAX, "BYTES", "largest message accepted, advertised in EHLO SIZE"},
+    {"max-recipients", SET_INT, OFF(max_recipients), "100", 1, LIMIT_RECIPIENTS_MAX, "N",
+     "recipients per SMTP transaction"},
+    {"max-connections", SET_INT, OFF(max_connections), "1000", 1, LIMIT_CONNECTIONS_MAX, "N",
+     "SMTP connections at once"},
+    {"max-connections-per-ip", SET_INT, OFF(max_connections_per_ip), "50", 1,
+     LIMIT_CONNECTIONS_MAX, "N", "SMTP connections at once from one client address"},
+    {"smtp-timeout", SET_INT, OFF(smtp_timeout), "300", 1, LIMIT_TIMEOUT_MAX, "SECONDS",
+     "idle time allowed per SMTP command or data chunk"},
+    {"max-hops", SET_INT, OFF(max_hops), "50", 1, LIMIT_HOPS_MAX, "N",
+     "Received: headers allowed before 554 5.4.6 (mail loop)"},
+    {"shutdown-grace", SET_INT, OFF(shutdown_grace), "30", 0, LIMIT_TIMEOUT_MAX, "SECONDS",
+     "on SIGTERM, time given to SMTP transactions in flight"},
+    {"min-free-disk", SET_INT, OFF(min_free_disk), "104857600", 0, INT64_MAX, "BYTES",
+     "free space under the data dir below which /healthz answers 503"},
+    {"log-level", SET_STR, OFF(log_level), "info", 0, 0, "LEVEL", "error, warn, info or debug"},
+};
+#define NSETTINGS (sizeof settings / sizeof settings[0])
+
+static void *field(struct inlet_config *cfg, const struct setting *s)
+{
+    return (char *)cfg + s->offset;
+}
+
+static const struct setting *find_setting(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NSETTINGS; i++)
+        if (strlen(settings[i].name) == len && strncmp(settings[i].name, name, len) == 0)
+            return &settings[i];
+    return NULL;
+}
+
+static void strlist_clear(struct strlist *l)
+{
+    for (size_t i = 0; i < l->count; i++) g_free(l->items[i]);
+    g_free(l->items);
+    l->items = NULL;
+    l->count = 0;
+}
+
+static void strlist_push(struct strlist *l, const char *item)
+{
+    l->items = g_renew(char *, l->items, l->count + 1);
+    l->items[l->count++] = g_strdup(item);
+}
+
+/* Sets one setting from text.  `append` adds to a list instead of replacing it (repeated
+ * command-line options).  Problems go to `errors`, prefixed with where the value came from. */
+static void set_value(struct inlet_config *cfg, const struct setting *s, const char *value,
+                      bool append, const char *origin, GString *errors)
+{
+    switch (s->type) {
+    case SET_STR: {
+        char **p = field(cfg, s);
+        g_free(*p);
+        *p = g_strdup(value);
+        break;
+    }
+    case SET_LIST: {
+        struct strlist *l = field(cfg, s);
+        if (!append) strlist_clear(l);
+        char **parts = g_strsplit(value, ",", -1);
+        for (char **p = parts; *p; p++) {
+            char *item = g_strstrip(*p);
+            if (*item) strlist_push(l, item);
+        }
+        g_strfreev(parts);
+        break;
+    }
+    case SET_INT: {
+        char *end;
+        errno = 0;
+        long long v = strtoll(value, &end, 10);
+        if (errno || end == value || *end != '\0') {
+            g_string_append_printf(errors, "%s: --%s: \"%s\" is not a whole number\n", origin,
+                                   s->name, value);
+        } else if (v < s->min || v > s->max) {
+            g_string_append_printf(errors, "%s: --%s: %lld is out of range (%lld..%lld)\n",
+                                   origin, s->name, v, (long long)s->min, (long long)s->max);
+        } else {
+            *(int64_t *)field(cfg, s) = v;
+        }
+        break;
+    }
+    }
+}
+
+static void load_defaults(struct inlet_config *cfg, GString *errors)
+{
+    for (size_t i = 0; i < NSETTINGS; i++)
+        if (settings[i].def) set_value(cfg, &settings[i], settings[i].def, false, "default", errors);
+}
+
+static void load_file(struct inlet_config *cfg, const char *path, GString *errors)
+{
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autoptr(GError) gerr = NULL;
+    if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &gerr)) {
+        g_string_append_printf(errors, "config file %s: %s\n", path, gerr->message);
+        return;
+    }
+    gsize nkeys = 0;
+    g_auto(GStrv) keys = g_key_file_get_keys(kf, "inlet", &nkeys, NULL);
+    for (gsize k = 0; k < nkeys; k++) {
+        /* Accept smtp_listen as well as smtp-listen. */
+        g_autofree char *name = g_strdelimit(g_strdup(keys[k]), "_", '-');
+        const struct setting *s = find_setting(name, strlen(name));
+        if (!s || s->offset == OFF(config_file)) {
+            g_string_append_printf(errors, "config file %s: unknown key \"%s\"\n", path, keys[k]);
+            continue;
+        }
+        g_autofree char *value = g_key_file_get_string(kf, "inlet", keys[k], NULL);
+        if (value) set_value(cfg, s, g_strstrip(value), false, path, errors);
+    }
+}
+
+static void load_env(struct inlet_config *cfg, GString *errors)
+{
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        char var[64] = "INLET_";
+        size_t n = strlen(var);
+        for (const char *p = settings[i].name; *p && n < sizeof var - 1; p++)
+            var[n++] = *p == '-' ? '_' : g_ascii_toupper(*p);
+        var[n] = '\0';
+        const char *value = getenv(var);
+        if (value) set_value(cfg, &settings[i], value, false, var, errors);
+    }
+}
+
+/* Options: --name VALUE or --name=VALUE.  `apply` false only finds --config. */
+static void load_argv(struct inlet_config *cfg, int argc, char **argv, bool apply, GString *errors)
+{
+    bool list_seen[NSETTINGS] = {false};
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strncmp(arg, "--", 2) != 0) {
+            if (apply) g_string_append_printf(errors, "unexpected argument \"%s\"\n", arg);
+            continue;
+        }
+        const char *name = arg + 2, *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const struct setting *s = find_setting(name, len);
+        const char *value = eq ? eq + 1 : (i + 1 < argc ? argv[i + 1] : NULL);
+        if (!s) {
+            if (apply) g_string_append_printf(errors, "unknown option \"%.*s\"\n", (int)len, arg);
+            continue;
+        }
+        if (!value) {
+            if (apply) g_string_append_printf(errors, "option --%s needs a value\n", s->name);
+            continue;
+        }
+        if (!eq) i++;
+        bool is_config = s->offset == OFF(config_file);
+        if (apply != is_config) {
+            size_t idx = (size_t)(s - settings);
+            set_value(cfg, s, value, s->type == SET_LIST && list_seen[idx], "command line", errors);
+            list_seen[idx] = true;
+        }
+    }
+}
+
+static void validate_listeners(const struct strlist *l, const char *what, GString *errors)
+{
+    if (l->count == 0) g_string_append_printf(errors, "--%s: at least one listener is needed\n", what);
+    if (l->count > LIMIT_LISTENERS_MAX)
+        g_string_append_printf(errors, "--%s: more than %d listeners\n", what, LIMIT_LISTENERS_MAX);
+    for (size_t i = 0; i < l->count; i++) {
+        struct sockaddr_storage ss;
+        char *err = NULL;
+        if (net_parse_listen(l->items[i], &ss, &err) < 0) {
+            g_string_append_printf(errors, "--%s: %s\n", what, err);
+            g_free(err);
+        }
+    }
+}
+
+static void validate(struct inlet_config *cfg, GString *errors)
+{
+    validate_listeners(&cfg->smtp_listen, "smtp-listen", errors);
+    validate_listeners(&cfg->http_listen, "http-listen", errors);
+    cfg->domain_set = domain_set_new();
+    for (size_t i = 0; i < cfg->domains.count; i++) {
+        char *err = NULL;
+        if (domain_set_add(cfg->domain_set, cfg->domains.items[i], &err) < 0) {
+            g_string_append_printf(errors, "--domain: %s\n", err);
+            g_free(err);
+        }
+    }
+    cfg->log_level_value = log_level_parse(cfg->log_level);
+    if (cfg->log_level_value < 0)
+        g_string_append_printf(errors, "--log-level: \"%s\" is not error, warn, info or debug\n",
+                               cfg->log_level);
+    if (!*cfg->data_dir) g_string_append(errors, "--data-dir must not be empty\n");
+    if (!*cfg->hostname) {
+        char host[256] = "localhost";
+        gethostname(host, sizeof host - 1);
+        host[sizeof host - 1] = '\0';
+        g_free(cfg->hostname);
+        cfg->hostname = g_strdup(host);
+    }
+    for (const char *p = cfg->hostname; *p; p++) {
+        if (!g_ascii_isalnum(*p) && *p != '.' && *p != '-' && *p != '_') {
+            g_string_append_printf(errors, "--hostname: \"%s\" is not a host name\n", cfg->hostname);
+            break;
+        }
+    }
+}
+
+int config_load(struct inlet_config *cfg, int argc, char **argv, char **err)
+{
+    GString *errors = g_string_new(NULL);
+    memset(cfg, 0, sizeof *cfg);
+    load_defaults(cfg, errors);
+    /* The file comes below the environment and the command line, but its name comes from them. */
+    const char *env_config = getenv("INLET_CONFIG");
+    if (env_config) cfg->config_file = g_strdup(env_config);
+    load_argv(cfg, argc, argv, false, errors);
+    if (cfg->config_file && *cfg->config_file) load_file(cfg, cfg->config_file, errors);
+    load_env(cfg, errors);
+    load_argv(cfg, argc, argv, true, errors);
+    if (errors->len == 0) validate(cfg, errors);
+    if (errors->len > 0) {
+        g_string_truncate(errors, errors->len - 1); /* last newline */
+        *err = g_string_free(errors, FALSE);
+        return -1;
+    }
+    g_string_free(errors, TRUE);
+    return 0;
+}
+
+void config_free(struct inlet_config *cfg)
+{
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        if (settings[i].type == SET_STR) {
+            char **p = field(cfg, &settings[i]);
+            g_free(*p);
+            *p = NULL;
+        } else if (settings[i].type == SET_LIST) {
+            strlist_clear(field(cfg, &settings[i]));
+        }
+    }
+    domain_set_free(cfg->domain_set);
+    cfg->domain_set = NULL;
+}
+
+void config_print_help(FILE *out)
+{
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const struct setting *s = &settings[i];
+        char opt[64];
+        snprintf(opt, sizeof opt, "--%s %s", s->name, s->metavar);
+        fprintf(out, "  %-34s %s", opt, s->help);
+        if (s->def && *s->def) fprintf(out, " [%s]", s->def);
+        fprintf(out, "\n");
+    }
+    fprintf(out, "\nEvery option can also be set as INLET_<NAME> in the environment (upper case, '-' as '_'),\n"
+                 "or as a key in the [inlet] group of the --config file; lists are comma-separated there.\n"
+                 "Precedence: command line > environment > config file > default.\n");
+}
+
+void config_print(const struct inlet_config *cfg, FILE *out)
+{
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const struct setting *s = &settings[i];
+        const void *f = (const char *)cfg + s->offset;
+        fprintf(out, "%s=", s->name);
+        if (s->type == SET_STR) {
+            const char *v = *(char *const *)f;
+            fprintf(out, "%s", v ? v : "");
+        } else if (s->type == SET_INT) {
+            fprintf(out, "%lld", (long long)*(const int64_t *)f);
+        } else {
+            const struct strlist *l = f;
+            for (size_t k = 0; k < l->count; k++) fprintf(out, "%s%s", k ? "," : "", l->items[k]);
+        }
+        fprintf(out, "\n");
+    }
+}

@@ -1,0 +1,114 @@
+/* util/log.c — see log.h. */
+#include "util/log.h"
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util/limits.h"
+
+static atomic_int current_level = LOG_INFO;
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+void log_set_level(enum log_level level)
+{
+    atomic_store(&current_level, (int)level);
+}
+
+bool log_enabled(enum log_level level)
+{
+    return (int)level <= atomic_load(&current_level);
+}
+
+int log_level_parse(const char *name)
+{
+    for (size_t i = 0; i < sizeof level_names / sizeof level_names[0]; i++)
+        if (strcmp(name, level_names[i]) == 0) return (int)i;
+    return -1;
+}
+
+static size_t format_time(char *out, size_t outsz)
+{
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t n = strftime(out, outsz, "%Y-%m-%dT%H:%M:%S", &tm);
+    int m = snprintf(out + n, outsz - n, ".%03ldZ", ts.tv_nsec / 1000000);
+    return n + (m > 0 ? (size_t)m : 0);
+}
+
+static void vlog(const char *level, const char *topic, const char *fmt, va_list ap)
+{
+    char line[LOG_LINE_MAX];
+    size_t n = format_time(line, sizeof line);
+    int m = snprintf(line + n, sizeof line - n, " %s %s ", level, topic);
+    if (m > 0) n += (size_t)m;
+    if (n < sizeof line) {
+        m = vsnprintf(line + n, sizeof line - n, fmt, ap);
+        if (m > 0) n += (size_t)m;
+    }
+    if (n >= sizeof line - 1) { /* cut: mark it so an operator knows */
+        n = sizeof line - 5;
+        memcpy(line + n, "...", 3);
+        n += 3;
+    }
+    line[n++] = '\n';
+    /* One write per line so that lines from several threads never interleave. */
+    ssize_t w = write(STDERR_FILENO, line, n);
+    (void)w;
+}
+
+void log_write(enum log_level level, const char *topic, const char *fmt, ...)
+{
+    if (!log_enabled(level)) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(level_names[level], topic, fmt, ap);
+    va_end(ap);
+}
+
+void fatal(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog("fatal", "inlet", fmt, ap);
+    va_end(ap);
+    exit(1);
+}
+
+const char *log_escape(char *out, size_t outsz, const char *in, size_t len, size_t max)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0, i = 0;
+    if (outsz == 0) return out;
+    for (; i < len && i < max; i++) {
+        unsigned char c = (unsigned char)in[i];
+        char esc[4];
+        size_t k = 0;
+        if (c == '"' || c == '\\') {
+            esc[k++] = '\\';
+            esc[k++] = (char)c;
+        } else if (c < 0x20 || c >= 0x7f) {
+            esc[k++] = '\\';
+            esc[k++] = 'x';
+            esc[k++] = hex[c >> 4];
+            esc[k++] = hex[c & 15];
+        } else {
+            esc[k++] = (char)c;
+        }
+        if (o + k + 4 > outsz) break; /* keep room for "..." and NUL */
+        memcpy(out + o, esc, k);
+        o += k;
+    }
+    if (i < len && o + 4 <= outsz) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o] = '\0';
+    return out;
+}
