@@ -106,12 +106,7 @@ fail:
 void api_server_stop(struct api_server *api)
 {
     if (!api) return;
-    for (size_t i = 0; i < api->ndaemons; i++) {
-        /* MHD does not close a socket it was given. */
-        const union MHD_DaemonInfo *info = MHD_get_daemon_info(api->daemons[i], MHD_DAEMON_INFO_LISTEN_FD);
-        int fd = info ? info->listen_fd : -1;
-        MHD_stop_daemon(api->daemons[i]);
-        if (fd >= 0) close(fd);
-    }
+    /* MHD_stop_daemon closes the listening socket too, even one given with LISTEN_SOCKET. */
+    for (size_t i = 0; i < api->ndaemons; i++) MHD_stop_daemon(api->daemons[i]);
     g_free(api);
 }

@@ -24,6 +24,9 @@
 #include "util/limits.h"
 #include "util/log.h"
 
+/* What Received: and txn->tls say until STARTTLS exists. */
+#define TLS_NONE "none"
+
 enum smtp_state {
     SMTP_STATE_CONNECTED,  /* before HELO/EHLO */
     SMTP_STATE_GREETED,    /* after HELO/EHLO, no transaction */
@@ -516,8 +519,9 @@ static const char *mail_params(const struct smtp_session *s, const char *p, bool
     const char *w;
     size_t n;
     for (p = next_word(p, &w, &n); n > 0; p = next_word(p, &w, &n)) {
-        if (n > 5 && g_ascii_strncasecmp(w, "SIZE=", 5) == 0) {
+        if (n >= 5 && g_ascii_strncasecmp(w, "SIZE=", 5) == 0) {
             unsigned long long size = 0;
+            if (n == 5) return R_MAIL_SYNTAX;
             for (size_t i = 5; i < n; i++) {
                 if (!g_ascii_isdigit(w[i])) return R_MAIL_SYNTAX;
                 if (size <= s->cfg.max_message_size) size = size * 10 + (unsigned)(w[i] - '0');
@@ -672,9 +676,9 @@ static bool write_received(struct smtp_session *s)
     const char *proto = !s->esmtp ? "SMTP" : t->smtputf8 ? "UTF8SMTP" : "ESMTP";
     bool v6 = strchr(s->peer_ip, ':') != NULL;
 #define RECEIVED_FMT                                                                                \
-    "Received: from %s ([%s%s])\r\n\tby %s (inlet) with %s id %s\r\n\t(TLS none);\r\n\t%s\r\n"
+    "Received: from %s ([%s%s])\r\n\tby %s (inlet) with %s id %s\r\n\t(TLS %s);\r\n\t%s\r\n"
     int n = snprintf(NULL, 0, RECEIVED_FMT, helo, v6 ? "IPv6:" : "", s->peer_ip, s->hostname, proto,
-                     t->id, date);
+                     t->id, TLS_NONE, date);
     bool ok = n > 0;
     t->received_len = ok ? (size_t)n : 0;
     if (ok && !data_reserve(s, (size_t)n + 1)) {
@@ -683,7 +687,7 @@ static bool write_received(struct smtp_session *s)
     }
     if (ok) {
         snprintf((char *)t->data, (size_t)n + 1, RECEIVED_FMT, helo, v6 ? "IPv6:" : "", s->peer_ip,
-                 s->hostname, proto, t->id, date);
+                 s->hostname, proto, t->id, TLS_NONE, date);
         t->len = (size_t)n;
     }
     free(helo);
@@ -963,7 +967,7 @@ static struct smtp_txn *txn_handover(struct smtp_session *s)
     txn->nrcpts = t->nrcpts;
     txn->helo = xstrdup(s->helo);
     txn->peer_ip = xstrdup(s->peer_ip);
-    txn->tls = xstrdup("none");
+    txn->tls = xstrdup(TLS_NONE);
     txn->smtputf8 = t->smtputf8;
     txn->received_at_ms = clock_now_ms();
     /* Give back the slack of the last doubling: the txn may wait a while for its commit. */
