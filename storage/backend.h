@@ -35,6 +35,10 @@ struct store_backend {
     enum store_status (*write_batch)(void *be, struct store_message *const *msgs, size_t n,
                                      enum store_status *status, char **err);
 
+    /* Called by the writer when the queue is empty after a batch: time for housekeeping that
+     * would otherwise delay a commit (the SQLite WAL checkpoint).  May be NULL. */
+    void (*idle)(void *be);
+
     int (*count_unprocessed)(void *be, int64_t *count, char **err);
     /* 0, or -1 with *reason (malloc'd). */
     int (*check_writable)(void *be, char **reason);
@@ -64,6 +68,6 @@ int store_test_writer_query(struct store *st, const char *sql, char *out, size_t
 /* JSON array of strings, e.g. ["a@b.example","c@d.example"]: `"`, `\` and control characters
  * escaped (\" \\ \n \r \t \b \f, else \u00XX); every other byte, UTF-8 included, kept as is.
  * Returns a malloc'd string or NULL when out of memory. */
-char *store_json_string_array(char *const *items, size_t n);
+char *store_json_string_array(const char *const *items, size_t n);
 
 #endif

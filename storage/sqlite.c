@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "storage/backend.h"
@@ -24,6 +25,11 @@
 
 #define SQLITE_BUSY_TIMEOUT_MS 5000
 #define SQLITE_PROBE_TIMEOUT_MS 2000
+/* WAL checkpoints: when the writer is idle and the WAL holds this many frames (pages), or at once
+ * inside a commit when it holds the larger number (so a writer that is never idle still bounds
+ * the WAL; journal_size_limit then cuts the file back). */
+#define SQLITE_CHECKPOINT_IDLE_FRAMES 1000
+#define SQLITE_CHECKPOINT_FORCE_FRAMES 16384
 
 struct sqlite_be {
     char *path;
@@ -32,6 +38,7 @@ struct sqlite_be {
 
     sqlite3 *wdb;
     sqlite3_stmt *insert;
+    int wal_frames; /* frames in the WAL after the last commit (writer thread only) */
 
     pthread_mutex_t rmu;
     sqlite3 *rdb;
@@ -189,8 +196,14 @@ static int migrate(sqlite3 *db, const char *path, int *version_out, char **err)
     for (;;) {
         int v;
 
-        if (exec_sql(db, "BEGIN IMMEDIATE", NULL, 0, err) < 0) goto fail;
-        if (read_version(db, &v, err) < 0) goto rollback;
+        if (exec_sql(db, "BEGIN IMMEDIATE", NULL, 0, err) < 0 || read_version(db, &v, err) < 0) {
+            char *e = *err;
+
+            *err = NULL;
+            set_err(err, "cannot read the schema version of %s: %s", path, e ? e : "out of memory");
+            free(e);
+            goto rollback;
+        }
         if (v > latest) {
             set_err(err,
                     "database schema version %d is newer than this inlet supports (%d); "
@@ -222,11 +235,43 @@ static int migrate(sqlite3 *db, const char *path, int *version_out, char **err)
 
 rollback:
     if (!sqlite3_get_autocommit(db)) exec_sql(db, "ROLLBACK", NULL, 0, NULL);
-fail:
     return -1;
 }
 
 /* ---- open / close --------------------------------------------------------------------------- */
+
+/* Replaces SQLite's automatic checkpoint, which would run inside whichever COMMIT crosses 1000
+ * frames and so delay that batch's replies. */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    struct sqlite_be *be = arg;
+
+    be->wal_frames = frames;
+    if (frames >= SQLITE_CHECKPOINT_FORCE_FRAMES) {
+        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        be->wal_frames = 0;
+    }
+    return SQLITE_OK;
+}
+
+static void sqlite_idle(void *arg)
+{
+    struct sqlite_be *be = arg;
+    struct timespec t0, t1;
+    int log_frames = 0, done_frames = 0, rc;
+
+    if (be->wal_frames < SQLITE_CHECKPOINT_IDLE_FRAMES) return;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    rc = sqlite3_wal_checkpoint_v2(be->wdb, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_frames,
+                                   &done_frames);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    be->wal_frames = 0;
+    if (rc != SQLITE_OK)
+        log_warn("storage", "checkpoint failed error=\"%s\"", sqlite3_errmsg(be->wdb));
+    else
+        log_debug("storage", "checkpoint frames=%d copied=%d ms=%.1f", log_frames, done_frames,
+                  (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+}
 
 static int setup_writer(struct sqlite_be *be, char **err)
 {
@@ -246,6 +291,7 @@ static int setup_writer(struct sqlite_be *be, char **err)
         pragma(be->wdb, be->path, "PRAGMA foreign_keys = ON", NULL, err) < 0)
         return -1;
     if (migrate(be->wdb, be->path, &version, err) < 0) return -1;
+    sqlite3_wal_hook(be->wdb, wal_hook, be);
     if (sqlite3_prepare_v3(be->wdb, insert_sql, -1, SQLITE_PREPARE_PERSISTENT, &be->insert,
                            NULL) != SQLITE_OK) {
         set_err(err, "cannot prepare the message insert: %s", sqlite3_errmsg(be->wdb));
@@ -351,7 +397,7 @@ static enum store_status classify(sqlite3 *db, int rc)
 static int insert_one(struct sqlite_be *be, const struct store_message *m)
 {
     sqlite3_stmt *s = be->insert;
-    char *rcpts = store_json_string_array(m->rcpts, m->nrcpts);
+    char *rcpts = store_json_string_array((const char *const *)m->rcpts, m->nrcpts);
     int rc;
 
     if (!rcpts) return SQLITE_NOMEM;
@@ -506,6 +552,7 @@ const struct store_backend store_sqlite_backend = {
     .close = sqlite_close,
     .name = sqlite_name,
     .write_batch = sqlite_write_batch,
+    .idle = sqlite_idle,
     .count_unprocessed = sqlite_count_unprocessed,
     .check_writable = sqlite_check_writable,
     .writer_query = sqlite_writer_query,

@@ -139,7 +139,7 @@ static char *json_escape_into(char *out, const char *s)
     return out;
 }
 
-char *store_json_string_array(char *const *items, size_t n)
+char *store_json_string_array(const char *const *items, size_t n)
 {
     size_t len = 3; /* [ ] NUL */
     char *out, *p;
@@ -165,10 +165,13 @@ char *store_json_string_array(char *const *items, size_t n)
 /* Makes a new directory entry durable. */
 static void fsync_parent(const char *path)
 {
-    const char *slash = strrchr(path, '/');
+    size_t len = strlen(path);
+    const char *slash;
     char *copy;
     int fd;
 
+    while (len > 1 && path[len - 1] == '/') len--;
+    slash = memrchr(path, '/', len);
     if (!slash)
         copy = strdup(".");
     else
@@ -238,7 +241,10 @@ static int parse_database(const char *data_dir, const char *database,
             set_err(err, "no data directory and no database URL");
             return -1;
         }
-        if (asprintf(location, "%s/%s", data_dir, STORE_DB_FILE) < 0) {
+        int len = (int)strlen(data_dir);
+
+        while (len > 1 && data_dir[len - 1] == '/') len--;
+        if (asprintf(location, "%.*s/%s", len, data_dir, STORE_DB_FILE) < 0) {
             *location = NULL;
             set_err(err, "out of memory");
             return -1;
@@ -352,6 +358,13 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&st->mu);
         run_batch(st, n);
         pthread_mutex_lock(&st->mu);
+        if (!st->head && st->ops->idle) {
+            pthread_mutex_unlock(&st->mu);
+            pthread_mutex_lock(&st->write_mu);
+            st->ops->idle(st->be);
+            pthread_mutex_unlock(&st->write_mu);
+            pthread_mutex_lock(&st->mu);
+        }
     }
     pthread_mutex_unlock(&st->mu);
     return NULL;

@@ -13,8 +13,9 @@ static int check_count, check_failed;
 
 #define CHECK(cond, ...)                                                                            \
     do {                                                                                            \
+        int check_c_ = !!(cond);                                                                    \
         check_count++;                                                                              \
-        if (cond) {                                                                                 \
+        if (check_c_) {                                                                                 \
             printf("ok %d - ", check_count);                                                        \
         } else {                                                                                    \
             check_failed++;                                                                         \
@@ -22,7 +23,7 @@ static int check_count, check_failed;
         }                                                                                           \
         printf(__VA_ARGS__);                                                                        \
         printf("\n");                                                                               \
-        if (!(cond)) printf("#   at %s:%d: %s\n", __FILE__, __LINE__, #cond);                        \
+        if (!check_c_) printf("#   at %s:%d: %s\n", __FILE__, __LINE__, #cond);                     \
     } while (0)
 
 #define CHECK_STR(got, want, ...)                                                                   \

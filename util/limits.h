@@ -26,7 +26,8 @@
 
 /* Settings bounds (min, max) — checked by util/config.c. */
 #define LIMIT_MESSAGE_SIZE_MIN 1024LL
-#define LIMIT_MESSAGE_SIZE_MAX (1024LL * 1024 * 1024)
+/* SQLite keeps a value of at most 1,000,000,000 bytes: stay well below it. */
+#define LIMIT_MESSAGE_SIZE_MAX (512LL * 1024 * 1024)
 #define LIMIT_RECIPIENTS_MAX 10000
 #define LIMIT_CONNECTIONS_MAX 100000
 #define LIMIT_HOPS_MAX 500

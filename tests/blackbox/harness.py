@@ -224,7 +224,7 @@ class Daemon:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
-    def signal(self, sig):
+    def send_signal(self, sig):
         if self.running():
             os.kill(self.proc.pid, sig)
 
@@ -421,7 +421,7 @@ def query(path, sql, params=()):
 
 RECEIVED_RE = re.compile(
     rb"^Received: from (?P<helo>[^ \r\n]+) \(\[(?P<ip>[^\]]+)\]\)\r\n"
-    rb"\tby (?P<host>[^ \r\n]+) \(inlet\) with ESMTP id (?P<id>[0-9a-f]{24})\r\n"
+    rb"\tby (?P<host>[^ \r\n]+) \(inlet\) with (?P<proto>[A-Z0-9]+) id (?P<id>[0-9a-f]{24})\r\n"
     rb"\t\(TLS (?P<tls>[^)]*)\);\r\n"
     rb"\t(?P<date>[^\r\n]+)\r\n")
 
@@ -443,9 +443,13 @@ class RawSession:
         self.sock = socket.socket(fam, socket.SOCK_STREAM)
         self.timeout = timeout(sock_timeout)
         self.sock.settimeout(self.timeout)
-        if source:
-            self.sock.bind((source, 0))
-        self.sock.connect((host, port))
+        try:
+            if source:
+                self.sock.bind((source, 0))
+            self.sock.connect((host, port))
+        except OSError:
+            self.sock.close()
+            raise
         self.buf = b""
         self.eof = False
 

@@ -114,7 +114,8 @@ class Precedence(InletTestCase):
                     "domain = file.test, file2.test\n" % (self.p_file, self.tmp_path("data")))
 
     def start(self, env=None, args=()):
-        return self.daemon(args=["--config", self.conf] + list(args), env=env, defaults=False)
+        return self.daemon(args=["--config", self.conf] + list(args), env=env, defaults=False,
+                           data_dir=self.tmp_path("data"))
 
     def test_file_only(self):
         d = self.start()
@@ -167,9 +168,10 @@ class Listeners(InletTestCase):
     def test_ipv6_listener(self):
         if not harness.ipv6_loopback_available():
             self.skipTest("::1 is not available on this machine")
-        d = self.daemon(defaults=False, args=[
+        data = self.tmp_path("data")
+        d = self.daemon(defaults=False, data_dir=data, args=[
             "--smtp-listen", "[::1]:0", "--smtp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-            "--data-dir", self.tmp_path("data"), "--domain", "example.com", "--hostname", HOSTNAME])
+            "--data-dir", data, "--domain", "example.com", "--hostname", HOSTNAME])
         hosts = sorted(h for h, _ in d.smtp_addrs)
         self.assertEqual(hosts, ["127.0.0.1", "::1"], d.smtp_addrs)
         lines = [l.raw for l in d.find_lines("info", "smtp", "listening")]
@@ -247,7 +249,7 @@ class Signals(InletTestCase):
         body = make_message(subject="in flight", body_text="first half\r\nsecond half")
         half = len(body) // 2
         s.send(body[:half])
-        d.signal(signal.SIGTERM)
+        d.send_signal(signal.SIGTERM)
         d.wait_log(lambda l: l.topic == "engine" and l.rest.startswith("stopping"), 10,
                    "'engine stopping'", after=0)
         # Stopped accepting: a new connection is refused or told 421.
@@ -279,7 +281,7 @@ class Signals(InletTestCase):
         s = d.session()
         self.addCleanup(s.close)
         self.assertReply(s.cmd("EHLO c.test"), 250)
-        d.signal(signal.SIGTERM)
+        d.send_signal(signal.SIGTERM)
         code, lines = s.reply(10)
         self.assertEqual(code, 421, lines)
         self.assertTrue(lines[-1].startswith(b"421 4.3.2"), lines)
@@ -287,7 +289,7 @@ class Signals(InletTestCase):
 
     def test_sigint_exits_0(self):
         d = self.daemon()
-        d.signal(signal.SIGINT)
+        d.send_signal(signal.SIGINT)
         self.assertEqual(d.expect_exit(10), 0, d.log_text())
         self.assertTrue(d.find_lines("info", "engine", "stopping"), "no 'engine stopping' line")
 

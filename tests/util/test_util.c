@@ -1,0 +1,215 @@
+/* Unit tests of util/: settings precedence and validation, hosted domains, listener addresses,
+ * log escaping, dates and ids. */
+#include <glib.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "util/clock.h"
+#include "util/config.h"
+#include "util/domains.h"
+#include "util/id.h"
+#include "util/log.h"
+#include "util/net.h"
+
+static void clear_env(void)
+{
+    const char *vars[] = {"INLET_CONFIG", "INLET_SMTP_LISTEN", "INLET_HOSTNAME", "INLET_DOMAIN",
+                          "INLET_MAX_RECIPIENTS", "INLET_LOG_LEVEL"};
+    for (size_t i = 0; i < G_N_ELEMENTS(vars); i++) unsetenv(vars[i]);
+}
+
+static int load(struct inlet_config *cfg, char **err, int argc, ...)
+{
+    char *argv[32];
+    va_list ap;
+    va_start(ap, argc);
+    for (int i = 0; i < argc; i++) argv[i] = va_arg(ap, char *);
+    va_end(ap);
+    *err = NULL;
+    return config_load(cfg, argc, argv, err);
+}
+
+static void test_defaults(void)
+{
+    struct inlet_config cfg;
+    char *err;
+    clear_env();
+    CHECK(load(&cfg, &err, 0) == 0, "defaults load");
+    CHECK(cfg.smtp_listen.count == 1 && strcmp(cfg.smtp_listen.items[0], "127.0.0.1:2525") == 0,
+          "default smtp-listen is 127.0.0.1:2525");
+    CHECK_STR(cfg.http_listen.items[0], "127.0.0.1:8025", "default http-listen");
+    CHECK_STR(cfg.data_dir, "./inlet-data", "default data dir");
+    CHECK(cfg.max_message_size == 26214400, "default max-message-size 25 MiB");
+    CHECK(cfg.max_recipients == 100 && cfg.max_hops == 50 && cfg.smtp_timeout == 300,
+          "default recipients, hops, timeout");
+    CHECK(cfg.max_connections == 1000 && cfg.max_connections_per_ip == 50, "default connection caps");
+    CHECK(cfg.log_level_value == LOG_INFO, "default log level info");
+    CHECK(cfg.hostname && *cfg.hostname, "hostname defaults to the host name");
+    config_free(&cfg);
+}
+
+static void test_precedence(void)
+{
+    struct inlet_config cfg;
+    char *err;
+    char path[] = "/tmp/inlet-test-config-XXXXXX";
+    int fd = mkstemp(path);
+    const char *text = "[inlet]\nsmtp-listen = 127.0.0.1:1001, [::1]:1002\nhostname = from-file\n"
+                       "max_recipients = 7\nlog-level = warn\ndomain = file.example\n";
+    CHECK(write(fd, text, strlen(text)) == (ssize_t)strlen(text), "config file written");
+    close(fd);
+    clear_env();
+
+    CHECK(load(&cfg, &err, 2, "--config", path) == 0, "file loads");
+    CHECK(cfg.smtp_listen.count == 2 && strcmp(cfg.smtp_listen.items[1], "[::1]:1002") == 0,
+          "file list is comma-separated");
+    CHECK_STR(cfg.hostname, "from-file", "file beats default");
+    CHECK(cfg.max_recipients == 7, "underscore key accepted in the file");
+    config_free(&cfg);
+
+    setenv("INLET_HOSTNAME", "from-env", 1);
+    setenv("INLET_SMTP_LISTEN", "127.0.0.1:2001", 1);
+    CHECK(load(&cfg, &err, 2, "--config", path) == 0, "file + env load");
+    CHECK_STR(cfg.hostname, "from-env", "environment beats file");
+    CHECK(cfg.smtp_listen.count == 1, "environment list replaces the file's list");
+    CHECK(cfg.log_level_value == LOG_WARN, "file value kept where env is silent");
+    config_free(&cfg);
+
+    CHECK(load(&cfg, &err, 7, "--config", path, "--hostname=from-cli", "--smtp-listen",
+               "127.0.0.1:3001", "--smtp-listen", "127.0.0.1:3002") == 0,
+          "file + env + cli load");
+    CHECK_STR(cfg.hostname, "from-cli", "command line beats environment");
+    CHECK(cfg.smtp_listen.count == 2 && strcmp(cfg.smtp_listen.items[0], "127.0.0.1:3001") == 0 &&
+              strcmp(cfg.smtp_listen.items[1], "127.0.0.1:3002") == 0,
+          "repeated command-line list options accumulate and replace the env list");
+    config_free(&cfg);
+
+    setenv("INLET_CONFIG", path, 1);
+    unsetenv("INLET_HOSTNAME");
+    CHECK(load(&cfg, &err, 0) == 0 && strcmp(cfg.hostname, "from-file") == 0,
+          "INLET_CONFIG names the file");
+    config_free(&cfg);
+    clear_env();
+    unlink(path);
+}
+
+static void test_errors(void)
+{
+    struct inlet_config cfg;
+    char *err;
+    clear_env();
+    CHECK(load(&cfg, &err, 2, "--max-recipients", "0") < 0 && strstr(err, "out of range"),
+          "int below min rejected: %s", err ? err : "");
+    g_free(err);
+    config_free(&cfg);
+    CHECK(load(&cfg, &err, 2, "--max-message-size", "12x") < 0 && strstr(err, "whole number"),
+          "non-number rejected");
+    g_free(err);
+    config_free(&cfg);
+    CHECK(load(&cfg, &err, 1, "--bogus=1") < 0 && strstr(err, "unknown option"), "unknown option");
+    g_free(err);
+    config_free(&cfg);
+    CHECK(load(&cfg, &err, 1, "--domain") < 0 && strstr(err, "needs a value"), "missing value");
+    g_free(err);
+    config_free(&cfg);
+    CHECK(load(&cfg, &err, 4, "--smtp-listen", "nonsense", "--domain", "bad..name") < 0 &&
+              strstr(err, "smtp-listen") && strstr(err, "bad..name"),
+          "every problem is reported at once");
+    g_free(err);
+    config_free(&cfg);
+    CHECK(load(&cfg, &err, 2, "--log-level", "loud") < 0 && strstr(err, "log-level"), "bad log level");
+    g_free(err);
+    config_free(&cfg);
+    setenv("INLET_MAX_RECIPIENTS", "-3", 1);
+    CHECK(load(&cfg, &err, 0) < 0 && strstr(err, "INLET_MAX_RECIPIENTS"),
+          "an environment error names the variable");
+    g_free(err);
+    config_free(&cfg);
+    clear_env();
+}
+
+static void test_domains(void)
+{
+    struct domain_set *set = domain_set_new();
+    char *err = NULL;
+    CHECK(domain_set_add(set, "Example.COM", &err) == 0, "add exact");
+    CHECK(domain_set_add(set, "*.sub.example.org", &err) == 0, "add wildcard");
+    CHECK(domain_set_add(set, "bücher.example", &err) == 0, "add IDN");
+    CHECK(domain_set_add(set, "not a domain", &err) < 0, "spaces rejected");
+    g_free(err);
+    err = NULL;
+    CHECK(domain_set_add(set, "-bad.example", &err) < 0, "leading hyphen rejected");
+    g_free(err);
+    struct {
+        const char *domain;
+        bool hosted;
+    } cases[] = {
+        {"example.com", true},          {"EXAMPLE.com", true},     {"example.com.", true},
+        {"a.example.com", false},       {"sub.example.org", false}, {"a.sub.example.org", true},
+        {"x.y.sub.example.org", true},  {"bücher.example", true},   {"BÜCHER.example", true},
+        {"xn--bcher-kva.example", true}, {"example.co", false},     {"", false},
+        {"[127.0.0.1]", false},
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(cases); i++)
+        CHECK(domain_set_hosts(set, cases[i].domain, strlen(cases[i].domain)) == cases[i].hosted,
+              "hosts(\"%s\") == %d", cases[i].domain, cases[i].hosted);
+    CHECK(domain_set_count(set) == 3, "count");
+    domain_set_free(set);
+}
+
+static void test_net(void)
+{
+    struct sockaddr_storage ss;
+    char *err = NULL, out[80];
+    CHECK(net_parse_listen("127.0.0.1:2525", &ss, &err) == 0, "ipv4");
+    net_format((struct sockaddr *)&ss, out, sizeof out);
+    CHECK_STR(out, "127.0.0.1:2525", "ipv4 round trip");
+    CHECK(net_parse_listen("[::1]:25", &ss, &err) == 0, "ipv6");
+    net_format((struct sockaddr *)&ss, out, sizeof out);
+    CHECK_STR(out, "[::1]:25", "ipv6 round trip");
+    CHECK(net_parse_listen("*:25", &ss, &err) == 0 && net_is_wildcard((struct sockaddr *)&ss), "wildcard");
+    CHECK(net_parse_listen("[::]:25", &ss, &err) == 0 && net_is_wildcard((struct sockaddr *)&ss), "ipv6 wildcard");
+    const char *bad[] = {"127.0.0.1", "127.0.0.1:99999", "host.example:25", "[::1:25", "1.2.3.4:-1", ":"};
+    for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+        err = NULL;
+        CHECK(net_parse_listen(bad[i], &ss, &err) < 0 && err, "rejects \"%s\"", bad[i]);
+        g_free(err);
+    }
+}
+
+static void test_log_escape(void)
+{
+    char out[64];
+    CHECK_STR(log_escape(out, sizeof out, "a\r\n\"b\\", 6, 100), "a\\x0d\\x0a\\\"b\\\\", "escapes controls and quotes");
+    CHECK_STR(log_escape(out, sizeof out, "abcdefgh", 8, 4), "abcd...", "cut at max");
+    char small[8];
+    log_escape(small, sizeof small, "\x01\x02\x03", 3, 100);
+    CHECK(strlen(small) < sizeof small, "never overflows a small buffer");
+}
+
+static void test_clock_and_ids(void)
+{
+    char date[40];
+    clock_rfc5322(date, sizeof date, 1700000000);
+    CHECK_STR(date, "Tue, 14 Nov 2023 22:13:20 +0000", "RFC 5322 date in UTC");
+    char a[ID_LEN + 1], b[ID_LEN + 1];
+    id_generate(a);
+    id_generate(b);
+    CHECK(strlen(a) == ID_LEN && strspn(a, "0123456789abcdef") == ID_LEN, "id is 24 lowercase hex");
+    CHECK(strcmp(a, b) != 0, "ids differ");
+}
+
+int main(void)
+{
+    test_defaults();
+    test_precedence();
+    test_errors();
+    test_domains();
+    test_net();
+    test_log_escape();
+    test_clock_and_ids();
+    return check_done();
+}
