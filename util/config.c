@@ -189,7 +189,7 @@ static void load_argv(struct inlet_config *cfg, int argc, char **argv, bool appl
         const struct setting *s = find_setting(name, len);
         const char *value = eq ? eq + 1 : (i + 1 < argc ? argv[i + 1] : NULL);
         if (!s) {
-            if (apply) g_string_append_printf(errors, "unknown option \"%.*s\"\n", (int)len, arg);
+            if (apply) g_string_append_printf(errors, "unknown option \"--%.*s\"\n", (int)len, name);
             continue;
         }
         if (!value) {

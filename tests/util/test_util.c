@@ -109,7 +109,7 @@ static void test_errors(void)
           "non-number rejected");
     g_free(err);
     config_free(&cfg);
-    CHECK(load(&cfg, &err, 1, "--bogus=1") < 0 && strstr(err, "unknown option"), "unknown option");
+    CHECK(load(&cfg, &err, 1, "--bogus=1") < 0 && strstr(err, "unknown option \"--bogus\""), "unknown option named in full");
     g_free(err);
     config_free(&cfg);
     CHECK(load(&cfg, &err, 1, "--domain") < 0 && strstr(err, "needs a value"), "missing value");
