@@ -13,7 +13,6 @@ unless the test says otherwise.  Every daemon is stopped by its PID when the tes
 happened; every wait is bounded.
 """
 
-import json
 import os
 import re
 import shutil
@@ -647,20 +646,21 @@ class InletTestCase(unittest.TestCase):
         return False
 
     def _cleanup(self):
+        """Stops every daemon still running (SIGTERM, bounded wait, SIGKILL).  A daemon that does
+        not exit 0 on SIGTERM (a crash, or a sanitizer report at exit) fails the test."""
         failed = self._failed()
+        problems = []
         for d in self.daemons:
             if not d.running():
                 continue
             try:
                 rc = d.stop(stop_timeout=5)
                 if rc != 0:
-                    sys.stderr.write("%s: daemon pid %d exited with status %s on SIGTERM at cleanup\n"
-                                     % (self.id(), d.proc.pid, rc))
-                    failed = True
+                    problems.append("daemon pid %d exited with status %s on SIGTERM" % (d.proc.pid, rc))
             except Exception as e:  # stop() already fell back to SIGKILL; keep stopping the others
-                sys.stderr.write("%s: cleanup of pid %s: %s\n" % (self.id(), d.proc.pid, str(e)[:300]))
                 d.kill9()
-                failed = True
+                problems.append("daemon pid %d: %s" % (d.proc.pid, str(e).splitlines()[0][:300]))
+        failed = failed or bool(problems)
         if failed or VERBOSE:
             for i, d in enumerate(self.daemons):
                 sys.stderr.write("\n---- %s: daemon %d (%s), exit status %s ----\n%s\n" % (
@@ -669,6 +669,8 @@ class InletTestCase(unittest.TestCase):
             sys.stderr.write("kept %s\n" % self.tmp)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+        if problems:
+            raise AssertionError("at cleanup: " + "; ".join(problems))
 
     # -- assertions ---------------------------------------------------------------------------
     def assertReply(self, reply, code, prefix=None):

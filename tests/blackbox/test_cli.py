@@ -5,7 +5,7 @@ import signal
 import socket
 import sqlite3
 import stat
-import unittest
+import urllib.request
 
 import harness
 from harness import HOSTNAME, InletTestCase, make_message, queued_id, run_cli
@@ -164,6 +164,23 @@ class Listeners(InletTestCase):
             with d.session(addr_index=i) as s:
                 self.assertReply(s.cmd("EHLO c.test"), 250)
                 self.assertReply(s.cmd("QUIT"), 221)
+
+    def test_two_http_listeners(self):
+        d = self.daemon(args=["--http-listen", "127.0.0.1:0"])
+        self.assertEqual(len(d.http_addrs), 2, d.http_addrs)
+        for host, port in d.http_addrs:
+            with urllib.request.urlopen("http://%s:%d/healthz" % (host, port),
+                                        timeout=harness.timeout(10)) as r:
+                self.assertEqual(r.status, 200)
+
+    def test_listener_list_from_environment(self):
+        d = self.daemon(defaults=False, data_dir=self.tmp_path("data"),
+                        env={"INLET_SMTP_LISTEN": "127.0.0.1:0,127.0.0.1:0",
+                             "INLET_HTTP_LISTEN": "127.0.0.1:0",
+                             "INLET_DATA_DIR": self.tmp_path("data"),
+                             "INLET_DOMAIN": "example.com"})
+        self.assertEqual(len(d.smtp_addrs), 2, d.smtp_addrs)
+        self.assertTrue(os.path.exists(d.db_path))
 
     def test_ipv6_listener(self):
         if not harness.ipv6_loopback_available():

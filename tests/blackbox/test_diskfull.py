@@ -5,7 +5,6 @@ writes and syncs of the files under the data dir fail with ENOSPC."""
 
 import json
 import os
-import sqlite3
 
 import harness
 from harness import InletTestCase, make_message, queued_id

@@ -4,7 +4,6 @@ import email.utils
 import json
 import os
 import shutil
-import smtplib
 import subprocess
 import time
 
