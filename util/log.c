@@ -42,6 +42,7 @@ static size_t format_time(char *out, size_t outsz)
     return n + (m > 0 ? (size_t)m : 0);
 }
 
+__attribute__((format(printf, 3, 0)))
 static void vlog(const char *level, const char *topic, const char *fmt, va_list ap)
 {
     char line[LOG_LINE_MAX];

@@ -14,6 +14,7 @@
 #include "tests/check.h"
 #include "util/domains.h"
 #include "util/limits.h"
+#include "util/log.h"
 
 #define HOST "mx.example.net"
 #define GREETING "220 " HOST " ESMTP inlet\r\n"
@@ -850,6 +851,8 @@ static void test_committing_takes_nothing(void)
 int main(void)
 {
     char *err = NULL;
+    /* INLET_TEST_DEBUG=1 runs everything with debug logging (the transition and command logs). */
+    if (getenv("INLET_TEST_DEBUG")) log_set_level(LOG_DEBUG);
     hosted = domain_set_new();
     if (domain_set_add(hosted, "example.com", &err) != 0 ||
         domain_set_add(hosted, "*.sub.example.org", &err) != 0) {
