@@ -50,6 +50,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return api_reply_error(conn, MHD_HTTP_NOT_FOUND, "Not found");
 }
 
+__attribute__((format(printf, 2, 0)))
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     char line[512];
