@@ -11,6 +11,7 @@
 #include "smtp/smtp.h"
 
 #include <glib.h>
+#include <stdio.h>
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -347,6 +348,9 @@ static void on_connection(uv_stream_t *listener, int status)
         return;
     }
     c->session = smtp_session_new(&srv->cfg.session, c->ip, &session_ops, c);
+    char tag[24];
+    snprintf(tag, sizeof tag, "%llu", (unsigned long long)c->id);
+    smtp_session_set_log_tag(c->session, tag);
     log_debug("smtp", "conn=%llu connected ip=%s", (unsigned long long)c->id, c->ip);
     uint64_t timeout_ms = (uint64_t)srv->cfg.timeout_seconds * 1000;
     uv_timer_start(&c->timer, on_timeout, timeout_ms, timeout_ms);

@@ -86,6 +86,7 @@ struct smtp_session {
     struct smtp_session_config cfg; /* cfg.hostname points at `hostname` */
     char *hostname;
     char *peer_ip;
+    char tag[24];           /* the connection's id in log lines */
     struct smtp_session_ops ops;
     void *ctx;
 
@@ -128,7 +129,7 @@ static char *xstrdup(const char *s)
 static void enter_state(struct smtp_session *s, enum smtp_state next)
 {
     if (s->state == next) return;
-    log_debug("smtp", "session=%p state %s -> %s", (void *)s, state_names[s->state],
+    log_debug("smtp", "conn=%s state %s -> %s", s->tag, state_names[s->state],
               state_names[next]);
     s->state = next;
 }
@@ -559,7 +560,7 @@ static void cmd_mail(struct smtp_session *s, const char *arg)
     s->txn.sender = xstrdup(path.null ? "" : path.addr);
     s->txn.smtputf8 = smtputf8;
     char esc[LOG_CLIENT_BYTES_MAX * 4 + 8];
-    log_debug("smtp", "session=%p mail from=<%s>%s", (void *)s,
+    log_debug("smtp", "conn=%s mail from=<%s>%s", s->tag,
               log_escape(esc, sizeof esc, s->txn.sender, strlen(s->txn.sender),
                          LOG_CLIENT_BYTES_MAX),
               smtputf8 ? " smtputf8" : "");
@@ -704,7 +705,7 @@ static void cmd_data(struct smtp_session *s, const char *arg)
     id_generate(t->id);
     t->dstate = DATA_BOL; /* the start of DATA counts as just after a CRLF */
     write_received(s);    /* on failure the error is recorded and answered after the dot */
-    log_debug("smtp", "session=%p data id=%s rcpts=%zu", (void *)s, t->id, t->nrcpts);
+    log_debug("smtp", "conn=%s data id=%s rcpts=%zu", s->tag, t->id, t->nrcpts);
     enter_state(s, SMTP_STATE_DATA);
     reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
@@ -796,7 +797,7 @@ static void process_line(struct smtp_session *s, const char *raw, size_t n)
     line[n] = '\0';
 
     char esc[LOG_CLIENT_BYTES_MAX * 4 + 8];
-    log_debug("smtp", "session=%p cmd=\"%s\"", (void *)s,
+    log_debug("smtp", "conn=%s cmd=\"%s\"", s->tag,
               log_escape(esc, sizeof esc, line, n, LOG_CLIENT_BYTES_MAX));
 
     /* NUL, CR, other controls: never part of a well-formed command (and never let a NUL cut a
@@ -834,7 +835,7 @@ static void line_too_long(struct smtp_session *s)
     free(s->line);
     s->line = NULL;
     s->line_len = 0;
-    log_debug("smtp", "session=%p command line too long", (void *)s);
+    log_debug("smtp", "conn=%s command line too long", s->tag);
     reply_bad(s, "500 5.5.2 Line too long");
 }
 
@@ -987,7 +988,7 @@ static struct smtp_txn *txn_handover(struct smtp_session *s)
 static void end_of_data(struct smtp_session *s)
 {
     struct transaction *t = &s->txn;
-    log_debug("smtp", "session=%p end of data id=%s bytes=%zu hops=%u error=%d", (void *)s, t->id,
+    log_debug("smtp", "conn=%s end of data id=%s bytes=%zu hops=%u error=%d", s->tag, t->id,
               t->message_bytes, t->hop.hops, (int)t->error);
     if (t->error != DATA_OK) {
         reply_data_error(s);
@@ -1007,7 +1008,7 @@ void smtp_session_commit_done(struct smtp_session *s, enum smtp_commit_status st
 {
     if (!s->commit_in_flight) return;
     s->commit_in_flight = false;
-    log_debug("smtp", "session=%p commit id=%s status=%d", (void *)s, s->committed_id,
+    log_debug("smtp", "conn=%s commit id=%s status=%d", s->tag, s->committed_id,
               (int)status);
     if (s->state != SMTP_STATE_COMMITTING) return; /* timed out meanwhile: already said 421 */
     switch (status) {
@@ -1034,7 +1035,13 @@ struct smtp_session *smtp_session_new(const struct smtp_session_config *cfg, con
     s->ops = *ops;
     s->ctx = ctx;
     s->state = SMTP_STATE_CONNECTED;
+    snprintf(s->tag, sizeof s->tag, "-");
     return s;
+}
+
+void smtp_session_set_log_tag(struct smtp_session *s, const char *tag)
+{
+    snprintf(s->tag, sizeof s->tag, "%s", tag);
 }
 
 void smtp_session_free(struct smtp_session *s)

@@ -78,6 +78,8 @@ struct smtp_session *smtp_session_new(const struct smtp_session_config *cfg, con
                                       const struct smtp_session_ops *ops, void *ctx);
 /* Frees the session and any transaction in progress (giving back its reservation). */
 void smtp_session_free(struct smtp_session *s);
+/* The connection id that the session's log lines carry (conn=<tag>); "-" until set. */
+void smtp_session_set_log_tag(struct smtp_session *s, const char *tag);
 /* Queues the 220 greeting. */
 void smtp_session_start(struct smtp_session *s);
 /* Consumes client bytes.  Returns how many were consumed; fewer than len means the session cannot
