@@ -22,6 +22,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.error
@@ -578,6 +579,47 @@ def queued_id(lines):
     if not m:
         raise AssertionError("not a '250 2.0.0 Ok: queued as <24 hex>' reply: %r" % lines)
     return m.group(1).decode()
+
+
+def run_concurrent(daemon, sessions, per_session, make, sock_timeout=60):
+    """Runs `sessions` SMTP sessions at once (released together by a barrier after EHLO), each
+    sending `per_session` transactions.  make(w, i) returns (sender, rcpts, wire_body, info).
+    Returns {queued id: info}; raises AssertionError naming every worker that failed."""
+    results, errors = {}, []
+    lock = threading.Lock()
+    barrier = threading.Barrier(sessions, timeout=timeout(30))
+
+    def worker(w):
+        try:
+            with daemon.session(sock_timeout=sock_timeout) as s:
+                code, lines = s.cmd("EHLO worker%d.test" % w)
+                assert code == 250, lines
+                barrier.wait()
+                for i in range(per_session):
+                    sender, rcpts, body, info = make(w, i)
+                    code, lines = s.transaction(sender, rcpts, body, ehlo=None)
+                    assert code == 250, (w, i, lines)
+                    with lock:
+                        results[queued_id(lines)] = info
+                code, lines = s.cmd("QUIT")
+                assert code == 221, lines
+        except Exception as e:  # reported by the caller's thread
+            with lock:
+                errors.append("worker %d: %r" % (w, e))
+            try:
+                barrier.abort()
+            except Exception:
+                pass
+
+    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout(120))
+    assert not [t for t in threads if t.is_alive()], "workers still running"
+    assert not errors, errors
+    assert len(results) == sessions * per_session, "ids are not unique"
+    return results
 
 
 def dot_stuff(body):

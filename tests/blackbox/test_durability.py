@@ -3,7 +3,6 @@
 
 import json
 import os
-import threading
 
 import harness
 from harness import InletTestCase, dot_stuff, make_message, queued_id
@@ -28,44 +27,14 @@ def varied_body(n):
 class Concurrent(InletTestCase):
     def test_200_messages_over_10_sessions(self):
         d = self.daemon()
-        results = {}   # id -> (body, rcpt)
-        errors = []
-        lock = threading.Lock()
-        barrier = threading.Barrier(SESSIONS, timeout=harness.timeout(30))
 
-        def worker(w):
-            try:
-                with d.session(sock_timeout=60) as s:
-                    code, lines = s.cmd("EHLO worker%d.test" % w)
-                    assert code == 250, lines
-                    barrier.wait()
-                    for i in range(PER_SESSION):
-                        n = w * PER_SESSION + i
-                        body = varied_body(n)
-                        rcpt = "r%d@example.com" % n
-                        code, lines = s.transaction("s%d@sender.test" % n, [rcpt], dot_stuff(body), ehlo=None)
-                        assert code == 250, (n, lines)
-                        with lock:
-                            results[queued_id(lines)] = (body, rcpt, n)
-                    code, lines = s.cmd("QUIT")
-                    assert code == 221, lines
-            except Exception as e:  # reported by the main thread
-                with lock:
-                    errors.append("worker %d: %r" % (w, e))
-                try:
-                    barrier.abort()
-                except Exception:
-                    pass
+        def make(w, i):
+            n = w * PER_SESSION + i
+            body = varied_body(n)
+            rcpt = "r%d@example.com" % n
+            return "s%d@sender.test" % n, [rcpt], dot_stuff(body), (body, rcpt, n)
 
-        threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(SESSIONS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(harness.timeout(120))
-        self.assertFalse([t for t in threads if t.is_alive()], "workers still running")
-        self.assertEqual(errors, [])
-        self.assertEqual(len(results), SESSIONS * PER_SESSION, "ids are not unique")
-
+        results = harness.run_concurrent(d, SESSIONS, PER_SESSION, make)
         rows = harness.query(d.db_path, "SELECT id, sender, recipients, raw, state FROM messages")
         self.assertEqual(len(rows), SESSIONS * PER_SESSION)
         for row in rows:

@@ -10,10 +10,9 @@ concurrent sessions the test shows, by the order of events and not by timing:
 
 import bisect
 import os
-import threading
 
 import harness
-from harness import InletTestCase, make_message, queued_id
+from harness import InletTestCase, make_message
 
 SESSIONS = 10
 PER_SESSION = 15
@@ -23,39 +22,11 @@ QUEUED = b"250 2.0.0 Ok: queued as "
 
 class SyncOrder(InletTestCase):
     def load(self, d):
-        ids, errors = [], []
-        lock = threading.Lock()
-        barrier = threading.Barrier(SESSIONS, timeout=harness.timeout(30))
+        def make(w, i):
+            body = make_message(subject="w%d m%d" % (w, i), body_text="x" * (100 * i))
+            return "a@b.test", ["x@example.com"], body, None
 
-        def worker(w):
-            try:
-                with d.session(sock_timeout=60) as s:
-                    code, lines = s.cmd("EHLO w%d.test" % w)
-                    assert code == 250, lines
-                    barrier.wait()
-                    for i in range(PER_SESSION):
-                        body = make_message(subject="w%d m%d" % (w, i), body_text="x" * (100 * i))
-                        code, lines = s.transaction("a@b.test", ["x@example.com"], body, ehlo=None)
-                        assert code == 250, lines
-                        with lock:
-                            ids.append(queued_id(lines))
-                    assert s.cmd("QUIT")[0] == 221
-            except Exception as e:
-                with lock:
-                    errors.append("worker %d: %r" % (w, e))
-                try:
-                    barrier.abort()
-                except Exception:
-                    pass
-
-        threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(SESSIONS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(harness.timeout(120))
-        self.assertFalse([t for t in threads if t.is_alive()], "workers still running")
-        self.assertEqual(errors, [])
-        return ids
+        return list(harness.run_concurrent(d, SESSIONS, PER_SESSION, make))
 
     def test_sync_before_250_and_group_commit(self):
         d = self.daemon(shim=True, log_level="debug")
