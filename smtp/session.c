@@ -622,7 +622,7 @@ static void cmd_rcpt(struct smtp_session *s, const char *arg)
     }
     bool postmaster;
     if (!rcpt_hosted(s, &path, &postmaster)) {
-        reply(s, "550 5.7.1 Relaying denied");
+        reply_bad(s, "550 5.7.1 Relaying denied"); /* probing counts as an error */
         return;
     }
     for (size_t i = 0; i < s->txn.nrcpts; i++) {

@@ -826,6 +826,29 @@ static void test_backpressure(void)
     end_session(&f);
 }
 
+/* Recipient probing (relay attempts) counts toward the error limit like a bad command. */
+static void test_relay_probing_limited(void)
+{
+    static const struct session_case c = {.name = "relay probing"};
+    struct fake f;
+    struct smtp_session *s = new_session(&f, &c);
+    GString *in = g_string_new(START_IN);
+    for (int i = 0; i < SMTP_MAX_BAD_COMMANDS + 5; i++)
+        g_string_append_printf(in, "RCPT TO:<user%d@elsewhere.example>\r\n", i);
+    smtp_session_feed(s, in->str, in->len);
+    size_t olen;
+    char *out = smtp_session_take_output(s, &olen);
+    size_t denied = 0;
+    for (const char *p = out; (p = strstr(p, "550 5.7.1 Relaying denied")); p++) denied++;
+    CHECK(denied == SMTP_MAX_BAD_COMMANDS, "%zu relay denials before the limit", denied);
+    CHECK(out && g_str_has_suffix(out, "421 4.7.0 " HOST " Error: too many errors\r\n"),
+          "then 421 4.7.0 too many errors");
+    CHECK(smtp_session_closing(s), "and the session closes");
+    free(out);
+    g_string_free(in, TRUE);
+    end_session(&f);
+}
+
 static void test_committing_takes_nothing(void)
 {
     static const struct session_case c = {.name = "committing"};
@@ -866,6 +889,7 @@ int main(void)
     test_every_split();
     test_backpressure();
     test_committing_takes_nothing();
+    test_relay_probing_limited();
     domain_set_free(hosted);
     return check_done();
 }
