@@ -1,8 +1,10 @@
-/* message/message.c — see message.h. */
+/* message/message.c — see message.h: library lifetime, accessors, the reserved-name rule. */
 #include "message/message.h"
 
-#include <gmime/gmime.h>
 #include <stdio.h>
+#include <string.h>
+
+#include "message/internal.h"
 
 void message_lib_init(void)
 {
@@ -18,4 +20,91 @@ void message_lib_version(char *out, size_t outsz)
 {
     snprintf(out, outsz, "GMime %u.%u.%u", gmime_major_version, gmime_minor_version,
              gmime_micro_version);
+}
+
+const char *message_from(const struct message *m) { return m->from; }
+const char *message_subject(const struct message *m) { return m->subject; }
+const char *message_message_id(const struct message *m) { return m->message_id; }
+const char *message_body_plain(const struct message *m) { return m->body_plain; }
+const char *message_body_html(const struct message *m) { return m->body_html; }
+const char *message_stripped_text(const struct message *m) { return m->stripped_text; }
+const char *message_stripped_signature(const struct message *m) { return m->stripped_signature; }
+const char *message_stripped_html(const struct message *m) { return m->stripped_html; }
+
+size_t message_header_count(const struct message *m)
+{
+    return m->headers->len;
+}
+
+void message_header(const struct message *m, size_t i, const char **name, const char **value)
+{
+    const struct message_header_rec *r = &g_array_index(m->headers, struct message_header_rec, i);
+    *name = r->name;
+    *value = r->value;
+}
+
+const char *message_header_first(const struct message *m, const char *name)
+{
+    for (guint i = 0; i < m->headers->len; i++) {
+        const struct message_header_rec *r =
+            &g_array_index(m->headers, struct message_header_rec, i);
+        if (g_ascii_strcasecmp(r->name, name) == 0) return r->value;
+    }
+    return NULL;
+}
+
+size_t message_attachment_count(const struct message *m)
+{
+    return m->attachments->len;
+}
+
+const struct message_attachment *message_attachment(const struct message *m, size_t i)
+{
+    return &g_array_index(m->attachments, struct message_attachment_rec, i).pub;
+}
+
+int message_attachment_bytes(const struct message *m, size_t i, uint8_t **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    if (i >= m->attachments->len) return -1;
+    GByteArray *ba =
+        part_bytes(m, g_array_index(m->attachments, struct message_attachment_rec, i).part);
+    *len = ba->len;
+    /* GLib >= 2.46: g_malloc is malloc, so the caller may free() this. */
+    *out = g_byte_array_free(ba, FALSE);
+    if (!*out) *out = g_malloc(1);
+    return 0;
+}
+
+size_t message_warning_count(const struct message *m)
+{
+    return m->warnings->len;
+}
+
+const char *message_warning(const struct message *m, size_t i)
+{
+    return g_ptr_array_index(m->warnings, i);
+}
+
+/* SPEC §3: the field names of the parsed message and the delivery fields. */
+static const char *const reserved_names[] = {
+    "recipient",     "sender",         "from",           "subject",
+    "message-id",    "body-plain",     "body-html",      "stripped-text",
+    "stripped-signature", "stripped-html", "message-headers", "attachments",
+    "content-id-map", "parse-warnings", "timestamp",     "token",
+    "signature",     "domain",         "recipients",     "message-url",
+    "attachment-count", "body-mime",
+};
+
+bool message_reserved_name(const char *name)
+{
+    if (!name) return false;
+    for (size_t i = 0; i < G_N_ELEMENTS(reserved_names); i++)
+        if (g_ascii_strcasecmp(name, reserved_names[i]) == 0) return true;
+    /* attachment-N, N any run of decimal digits */
+    if (g_ascii_strncasecmp(name, "attachment-", 11) != 0 || !name[11]) return false;
+    for (const char *p = name + 11; *p; p++)
+        if (!g_ascii_isdigit(*p)) return false;
+    return true;
 }

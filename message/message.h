@@ -1,17 +1,85 @@
-/* message/message.h — MIME parsing with GMime into inlet's message model (SPEC §3).
+/* message/message.h — MIME parsing with GMime into inlet's message model, and its encodings
+ * (SPEC §3; the JSON shape of SPEC §5).
  *
- * This issue brings only the library's lifetime: GMime must be initialised once, before any
- * thread that parses starts.  The model, the parser and the JSON encodings come with the parse
- * issue.  Uses only util/. */
+ * A parsed message is immutable and owned by whoever called message_parse(); it may be read
+ * from any thread, one thread at a time (GMime objects are not thread-safe).  GMime must be
+ * initialised once with message_lib_init() before any thread that parses starts.
+ * Uses only util/ (plus GMime and jansson). */
 #ifndef INLET_MESSAGE_H
 #define INLET_MESSAGE_H
 
+#include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Once per process, before any worker thread starts. */
 void message_lib_init(void);
 void message_lib_shutdown(void);
 /* "GMime 3.2.13" */
 void message_lib_version(char *out, size_t outsz);
+
+struct message;
+
+/* One leaf part that is not a body: attachments, inline images, forwarded message/rfc822 parts,
+ * in MIME tree order.  Strings are UTF-8, never NULL ("" when absent). */
+struct message_attachment {
+    const char *name;         /* filename (RFC 2231 / RFC 2047 decoded), or "" */
+    const char *content_type; /* "image/png" (type/subtype only, lower case) */
+    const char *content_id;   /* "<id@host>" with the angle brackets as in the header, or "" */
+    const char *disposition;  /* "attachment", "inline" or "" */
+    size_t size;              /* decoded size in bytes */
+};
+
+/* Parses `data` (len bytes) without copying it: `data` must stay valid and unchanged until
+ * message_free().  Never fails on input: a message that is not MIME at all still gives a message
+ * (headers that parsed, the rest as body-plain) and parse-warnings that say what was wrong.
+ * Returns NULL only when memory runs out. */
+struct message *message_parse(const uint8_t *data, size_t len);
+void message_free(struct message *m);
+
+/* Decoded header values, UTF-8. */
+const char *message_from(const struct message *m);
+const char *message_subject(const struct message *m);
+const char *message_message_id(const struct message *m); /* without <> */
+const char *message_body_plain(const struct message *m);
+const char *message_body_html(const struct message *m);
+const char *message_stripped_text(const struct message *m);
+const char *message_stripped_signature(const struct message *m);
+const char *message_stripped_html(const struct message *m);
+
+/* Every header in order, repeats kept, values unfolded and RFC 2047-decoded. */
+size_t message_header_count(const struct message *m);
+void message_header(const struct message *m, size_t i, const char **name, const char **value);
+/* The first header named `name` (case-insensitive), or NULL. */
+const char *message_header_first(const struct message *m, const char *name);
+
+size_t message_attachment_count(const struct message *m);
+const struct message_attachment *message_attachment(const struct message *m, size_t i);
+/* The decoded bytes of attachment i (malloc'd, *len bytes; free()), or -1 if it cannot be
+ * decoded (then *out is NULL). */
+int message_attachment_bytes(const struct message *m, size_t i, uint8_t **out, size_t *len);
+
+/* parse-warnings (SPEC §3, extension): limits hit, malformed structure. */
+size_t message_warning_count(const struct message *m);
+const char *message_warning(const struct message *m, size_t i);
+
+/* The envelope and delivery facts that the JSON carries besides the message itself. */
+struct message_json_options {
+    const char *recipient;          /* "" when unknown */
+    const char *sender;             /* "" for the null sender */
+    const char *id;                 /* inlet message id, "" when none */
+    size_t inline_attachments_max;  /* total decoded attachment bytes inlined as base64; an
+                                       attachment past the budget gets "content": null */
+};
+
+/* The webhook JSON of SPEC §5 (json format) without timestamp, token and signature: every field
+ * present, in a fixed order, so the same message always gives the same bytes.  `domain` is the
+ * recipient's domain, lower case.  New reference; NULL only when memory runs out. */
+json_t *message_to_json(const struct message *m, const struct message_json_options *opts);
+
+/* SPEC §3 reserved names: true when a header called `name` must not be emitted as its own
+ * field (it stays in message-headers).  The one rule every per-header encoding uses. */
+bool message_reserved_name(const char *name);
 
 #endif

@@ -1,0 +1,64 @@
+/* message/internal.h — what the files of message/ share; never included outside message/. */
+#ifndef INLET_MESSAGE_INTERNAL_H
+#define INLET_MESSAGE_INTERNAL_H
+
+#include <gmime/gmime.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "message/message.h"
+
+struct message_header_rec {
+    char *name;  /* as in the message (case kept), UTF-8 */
+    char *value; /* unfolded, RFC 2047-decoded, UTF-8 */
+};
+
+struct message_attachment_rec {
+    struct message_attachment pub; /* strings point into the fields below */
+    char *name, *content_type, *content_id, *disposition;
+    GMimeObject *part; /* a GMimePart or a GMimeMessagePart (one reference held) */
+};
+
+struct message {
+    GMimeMessage *gm;              /* NULL when GMime found no message at all */
+    GMimeStream *stream;           /* what GMime parsed: over the caller's bytes, never a copy */
+    GByteArray *wrap;              /* wraps the caller's bytes for the stream; data not owned */
+    GMimeParserOptions *options;   /* of this parse; kept while GMime objects live */
+    bool crlf;                     /* the input's first line ends with CR LF */
+    char *from, *subject, *message_id;
+    char *body_plain, *body_html;
+    char *stripped_text, *stripped_signature, *stripped_html;
+    GArray *headers;        /* struct message_header_rec */
+    GArray *attachments;    /* struct message_attachment_rec */
+    GPtrArray *warnings;    /* char *, no duplicates */
+};
+
+/* Adds a parse warning unless the same text is already there. */
+void message_warn(struct message *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* text.c — everything ends as valid UTF-8 without NUL bytes. */
+/* Converts `len` bytes in `charset` (NULL or "" when the part named none) to UTF-8: bytes that do not
+ * decode become U+FFFD, NUL becomes U+FFFD.  *unknown is set when iconv does not know the charset
+ * (the bytes are then read as windows-1252); *replaced when any U+FFFD was produced.  g_free(). */
+char *text_to_utf8(const char *bytes, size_t len, const char *charset, bool *unknown,
+                   bool *replaced);
+/* Valid UTF-8 copy of `len` bytes: invalid sequences and NUL become U+FFFD.  g_free(). */
+char *text_sanitize(const char *bytes, size_t len, bool *replaced);
+
+/* prescan.c — the bounded look at the raw bytes before GMime sees them (see prescan.c). */
+struct prescan {
+    size_t head_start; /* GMime gets [head_start, head_end) ... */
+    size_t head_end;
+    bool separator;    /* ... then "\n" when the header block had no empty line ... */
+    size_t body_start; /* ... then [body_start, end) */
+    size_t end;
+};
+void prescan_run(struct message *m, const uint8_t *data, size_t len, struct prescan *out);
+
+/* walk.c — bodies and attachments from the GMime tree. */
+void walk_message(struct message *m, GMimeMessage *gm);
+/* Decoded bytes of a leaf or the bytes of a forwarded message (g_malloc'd == malloc'd). */
+GByteArray *part_bytes(const struct message *m, GMimeObject *part);
+
+#endif

@@ -1,0 +1,325 @@
+/* tests/message/test_message.c — html2text, the reserved-name rule, UTF-8 sanitizing, limits
+ * (deep nesting, many parts, many headers), the attachment-bytes accessor and the JSON encoding. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "message/html2text.h"
+#include "message/internal.h"
+#include "message/message.h"
+#include "util/limits.h"
+
+static void test_html2text(void)
+{
+    static const struct {
+        const char *html, *text, *what;
+    } cases[] = {
+        {.html = "", .text = "", .what = "empty"},
+        {.html = "plain words", .text = "plain words", .what = "no tags"},
+        {.html = "<p>a</p><p>b</p>", .text = "a\n\nb", .what = "paragraphs: one blank line"},
+        {.html = "a<br>b<br/>c<br><br><br><br>d", .text = "a\nb\nc\n\nd", .what = "br, at most one blank line"},
+        {.html = "<div>a</div><div>b</div>", .text = "a\nb", .what = "div ends a line"},
+        {.html = "<ul><li>x</li><li>y</li></ul>after", .text = "x\ny\n\nafter", .what = "list items"},
+        {.html = "<h1>T</h1>body", .text = "T\n\nbody", .what = "heading"},
+        {.html = "<table><tr><td>a</td><td>b</td></tr><tr><th>c</th></tr></table>",
+         .text = "a b\nc", .what = "table cells and rows"},
+        {.html = "<blockquote>q</blockquote>t", .text = "q\n\nt", .what = "blockquote"},
+        {.html = "  lots \r\n\t of   space  ", .text = "lots of space", .what = "whitespace collapsed"},
+        {.html = "<script>var a = '<p>x</p>';</script>ok<style>p{}</style>!", .text = "ok!",
+         .what = "script and style dropped"},
+        {.html = "<SCRIPT type=x>bad()</ScRiPt>ok", .text = "ok", .what = "case-insensitive close"},
+        {.html = "<title>T</title>text", .text = "text", .what = "title dropped"},
+        {.html = "a<!-- <p>c</p> -->b", .text = "ab", .what = "comment dropped"},
+        {.html = "<!DOCTYPE html><?xml x?>t", .text = "t", .what = "declarations dropped"},
+        {.html = "&amp;&lt;&gt;&quot;&apos;", .text = "&<>\"'", .what = "basic entities"},
+        {.html = "caf&eacute; &Uuml;ber &szlig; &copy;", .text = "café Über ß ©", .what = "latin-1 entities"},
+        {.html = "&hellip;&mdash;&rsquo;&euro;", .text = "…—’€", .what = "typographic entities"},
+        {.html = "&#233;&#xE9;&#X1F600;", .text = "éé😀", .what = "numeric entities"},
+        {.html = "&#0;&#xD800;&#x110000;", .text = "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD",
+         .what = "invalid code points"},
+        {.html = "a&nbsp;&nbsp;b", .text = "a  b", .what = "nbsp kept as spaces"},
+        {.html = "AT&T &unknown; & x", .text = "AT&T &unknown; & x", .what = "not entities"},
+        {.html = "1 < 2 and 3 > 2", .text = "1 < 2 and 3 > 2", .what = "bare < and >"},
+        {.html = "<a href=\"x>y\" title='>'>link</a>", .text = "link", .what = "quoted > in attributes"},
+        {.html = "<pre>  a\n    b</pre>c", .text = "  a\n    b\n\nc", .what = "pre keeps white space"},
+        {.html = "x&shy;y", .text = "xy", .what = "soft hyphen dropped"},
+        {.html = "<p>unterminated <b", .text = "unterminated", .what = "tag cut at the end"},
+        {.html = "<script>never closed", .text = "", .what = "script cut at the end"},
+        {.html = "&#", .text = "&#", .what = "lone &#"},
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+        char *t = html_to_text(cases[i].html, strlen(cases[i].html));
+        CHECK_STR(t, cases[i].text, "html2text: %s", cases[i].what);
+        g_free(t);
+    }
+}
+
+static void test_reserved(void)
+{
+    static const struct {
+        const char *name;
+        bool reserved;
+    } cases[] = {
+        {"recipient", true},      {"Recipient", true},       {"SENDER", true},
+        {"from", true},           {"Subject", true},         {"Message-Id", true},
+        {"body-plain", true},     {"Body-HTML", true},       {"stripped-text", true},
+        {"stripped-signature", true}, {"stripped-html", true}, {"message-headers", true},
+        {"attachments", true},    {"content-id-map", true},  {"parse-warnings", true},
+        {"timestamp", true},      {"Token", true},           {"signature", true},
+        {"domain", true},         {"recipients", true},      {"message-url", true},
+        {"attachment-count", true}, {"attachment-1", true},  {"Attachment-42", true},
+        {"attachment-007", true}, {"body-mime", true},       {"attachment-", false},
+        {"attachment-1a", false}, {"attachment-x", false},   {"attachment", false},
+        {"To", false},            {"X-Mailer", false},       {"Received", false},
+        {"Content-Type", false},  {"recipient ", false},     {"froms", false},
+        {"", false},              {"signatures", false},     {"message-id-x", false},
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(cases); i++)
+        CHECK(message_reserved_name(cases[i].name) == cases[i].reserved, "reserved \"%s\" = %d",
+              cases[i].name, cases[i].reserved);
+    CHECK(!message_reserved_name(NULL), "reserved NULL = 0");
+}
+
+static void test_sanitize(void)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"ok", "ok"},
+        {"\xC3\xA9", "\xC3\xA9"},
+        {"a\xFF" "b", "a\xEF\xBF\xBD" "b"},
+        {"\xE2\x82", "\xEF\xBF\xBD"},                       /* truncated: one U+FFFD */
+        {"\xE2\x82x", "\xEF\xBF\xBDx"},
+        {"\xC0\xAF", "\xEF\xBF\xBD\xEF\xBF\xBD"},           /* overlong: one per byte */
+        {"\xF0\x9F\x98", "\xEF\xBF\xBD"},
+        {"\xF4\x90\x80\x80", "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"}, /* > U+10FFFF */
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+        bool replaced = false;
+        char *s = text_sanitize(cases[i].in, strlen(cases[i].in), &replaced);
+        CHECK_STR(s, cases[i].out, "sanitize case %zu", i);
+        CHECK(replaced == (strcmp(cases[i].in, cases[i].out) != 0), "sanitize case %zu: replaced flag", i);
+        g_free(s);
+    }
+    bool replaced = false;
+    char *s = text_sanitize("a\0b", 3, &replaced);
+    CHECK_STR(s, "a\xEF\xBF\xBD" "b", "NUL becomes U+FFFD");
+    g_free(s);
+    bool unknown = false;
+    s = text_to_utf8("caf\xE9", 4, "no-such-charset-x", &unknown, &replaced);
+    CHECK(unknown, "unknown charset reported");
+    CHECK_STR(s, "caf\xC3\xA9", "unknown charset read as windows-1252");
+    g_free(s);
+    s = text_to_utf8("\x1B$B$\"\x1B(B", 8, "iso-2022-jp", &unknown, &replaced);
+    CHECK(!unknown, "iso-2022-jp known");
+    CHECK_STR(s, "\xE3\x81\x82", "iso-2022-jp via iconv");
+    g_free(s);
+    replaced = false;
+    s = text_to_utf8("\x1B$B$", 4, "iso-2022-jp", &unknown, &replaced);
+    CHECK(replaced && g_utf8_validate(s, -1, NULL), "truncated iso-2022-jp: U+FFFD, valid UTF-8");
+    g_free(s);
+}
+
+static bool has_warning(const struct message *m, const char *prefix)
+{
+    for (size_t i = 0; i < message_warning_count(m); i++)
+        if (strncmp(message_warning(m, i), prefix, strlen(prefix)) == 0) return true;
+    return false;
+}
+
+static struct message *parse_string(GString *s)
+{
+    return message_parse((const uint8_t *)s->str, s->len);
+}
+
+static void test_deep_nesting(void)
+{
+    GString *s = g_string_new("Subject: deep\r\n");
+    for (int i = 0; i < 100000; i++)
+        g_string_append_printf(s, "Content-Type: multipart/mixed; boundary=\"b%d\"\r\n\r\n--b%d\r\n", i, i);
+    g_string_append(s, "Content-Type: text/plain\r\n\r\nbottom\r\n");
+    for (int i = 99999; i >= 0; i--) g_string_append_printf(s, "--b%d--\r\n", i);
+    struct message *m = parse_string(s);
+    CHECK(m != NULL, "100,000 nested multiparts: parsed");
+    CHECK(has_warning(m, "mime depth limit 32 reached"), "100,000 nested multiparts: depth warning");
+    CHECK(has_warning(m, "mime part limit 1000 reached"), "100,000 nested multiparts: the pre-scan cut");
+    CHECK_STR(message_body_plain(m), "", "100,000 nested multiparts: the bottom body is too deep");
+    CHECK_STR(message_subject(m), "deep", "100,000 nested multiparts: headers kept");
+    message_free(m);
+    g_string_free(s, TRUE);
+
+    s = g_string_new("");
+    for (int i = 0; i < 100000; i++) g_string_append(s, "Subject: x\r\nContent-Type: message/rfc822\r\n\r\n");
+    g_string_append(s, "Content-Type: text/plain\r\n\r\nbottom\r\n");
+    m = parse_string(s);
+    CHECK(m != NULL && message_attachment_count(m) == 1, "100,000 nested message/rfc822: one attachment");
+    message_free(m);
+    g_string_free(s, TRUE);
+}
+
+static void test_many_parts(void)
+{
+    GString *s = g_string_new("Subject: many\nContent-Type: multipart/mixed; boundary=p\n\n");
+    for (int i = 0; i < 50000; i++) g_string_append(s, "--p\nContent-Type: image/gif\n\nx\n");
+    g_string_append(s, "--p--\n");
+    struct message *m = parse_string(s);
+    CHECK(message_attachment_count(m) == LIMIT_MIME_PARTS - 1,
+          "50,000 parts: the multipart and %d leaves kept (%zu)", LIMIT_MIME_PARTS - 1,
+          message_attachment_count(m));
+    CHECK(has_warning(m, "mime part limit 1000 reached: later parts ignored"), "50,000 parts: warning");
+    message_free(m);
+    g_string_free(s, TRUE);
+
+    /* multipart/alternative with parts on the walker's side of the limit (no pre-scan cut) */
+    s = g_string_new("Subject: nest\nContent-Type: multipart/mixed; boundary=p\n\n");
+    for (int i = 0; i < 600; i++)
+        g_string_append(s, "--p\nContent-Type: multipart/mixed; boundary=q\n\n--q\n\nx\n--q--\n");
+    g_string_append(s, "--p--\n");
+    m = parse_string(s);
+    CHECK(has_warning(m, "mime part limit 1000 reached"), "600 multiparts of one part each: walker limit");
+    message_free(m);
+    g_string_free(s, TRUE);
+}
+
+static void test_header_limits(void)
+{
+    GString *s = g_string_new("From: a@example.org\r\n");
+    for (int i = 0; i < LIMIT_HEADER_COUNT + 5; i++) g_string_append_printf(s, "X-H: %d\r\n", i);
+    g_string_append(s, "Subject: after the limit\r\n\r\nbody\r\n");
+    struct message *m = parse_string(s);
+    CHECK(message_header_count(m) == LIMIT_HEADER_COUNT, "header count capped (%zu)",
+          message_header_count(m));
+    CHECK(has_warning(m, "header count limit 10000 reached"), "header count warning");
+    CHECK_STR(message_body_plain(m), "body\r\n", "header count limit: body kept");
+    CHECK_STR(message_subject(m), "", "header count limit: later Subject ignored");
+    message_free(m);
+    g_string_free(s, TRUE);
+
+    s = g_string_new("From: a@example.org\r\nX-Big: ");
+    for (int i = 0; i < 20000; i++) g_string_append(s, "0123456789012345678901234567890123456789012345678901234567890123\r\n ");
+    g_string_append(s, "end\r\nSubject: s\r\n\r\nbody\r\n");
+    m = parse_string(s);
+    CHECK(message_header_count(m) == 1, "header bytes: the big field and later ones ignored");
+    CHECK(has_warning(m, "header bytes limit 1048576 reached"), "header bytes warning");
+    CHECK_STR(message_body_plain(m), "body\r\n", "header bytes limit: body kept");
+    message_free(m);
+    g_string_free(s, TRUE);
+
+    s = g_string_new("Subject: parts\nContent-Type: multipart/mixed; boundary=p\n\n--p\n");
+    for (int i = 0; i < LIMIT_HEADER_COUNT + 1; i++) g_string_append(s, "X-P: y\n");
+    g_string_append(s, "\nbody\n--p--\n");
+    m = parse_string(s);
+    CHECK(has_warning(m, "part header limit"), "part header count limit");
+    message_free(m);
+    g_string_free(s, TRUE);
+}
+
+static const char attach_msg[] =
+    "From: =?utf-8?q?Ren=C3=A9?= <r@example.org>\r\n"
+    "Subject: attachments\r\n"
+    "Message-ID: <a1@example.org>\r\n"
+    "Content-Type: multipart/mixed; boundary=z\r\n"
+    "\r\n"
+    "--z\r\n"
+    "Content-Type: text/plain\r\n"
+    "\r\n"
+    "hi\r\n"
+    "--z\r\n"
+    "Content-Type: application/octet-stream\r\n"
+    "Content-Disposition: attachment; filename=a.bin\r\n"
+    "Content-Transfer-Encoding: base64\r\n"
+    "\r\n"
+    "AAECAwQ=\r\n"
+    "--z\r\n"
+    "Content-Type: IMAGE/PNG\r\n"
+    "Content-ID: <img@x>\r\n"
+    "Content-Disposition: inline\r\n"
+    "Content-Transfer-Encoding: quoted-printable\r\n"
+    "\r\n"
+    "png=00=FF\r\n"
+    "--z\r\n"
+    "Content-Type: message/rfc822\r\n"
+    "\r\n"
+    "Subject: in\r\n"
+    "\r\n"
+    "inner\r\n"
+    "--z--\r\n";
+
+static void test_attachments_and_json(void)
+{
+    struct message *m = message_parse((const uint8_t *)attach_msg, sizeof attach_msg - 1);
+    CHECK_STR(message_from(m), "René <r@example.org>", "from decoded");
+    CHECK_STR(message_message_id(m), "a1@example.org", "message-id without <>");
+    CHECK_STR(message_header_first(m, "subject"), "attachments", "header_first ignores case");
+    CHECK(message_header_first(m, "X-None") == NULL, "header_first: absent is NULL");
+    CHECK(message_attachment_count(m) == 3, "three attachments");
+    uint8_t *b = NULL;
+    size_t len = 0;
+    CHECK(message_attachment_bytes(m, 0, &b, &len) == 0 && len == 5 &&
+              memcmp(b, "\x00\x01\x02\x03\x04", 5) == 0, "base64 attachment bytes");
+    free(b);
+    const struct message_attachment *a = message_attachment(m, 1);
+    CHECK_STR(a->content_type, "image/png", "content type lower case");
+    CHECK_STR(a->content_id, "<img@x>", "content-id with brackets");
+    CHECK_STR(a->disposition, "inline", "disposition inline");
+    CHECK_STR(message_attachment(m, 0)->disposition, "attachment", "disposition attachment");
+    CHECK(message_attachment_bytes(m, 1, &b, &len) == 0 && len == 5 && a->size == 5 &&
+              memcmp(b, "png\x00\xFF", 5) == 0, "quoted-printable attachment bytes, binary kept");
+    free(b);
+    a = message_attachment(m, 2);
+    CHECK_STR(a->name, "in.eml", "forwarded message named after its subject");
+    CHECK(message_attachment_bytes(m, 2, &b, &len) == 0 && len == a->size &&
+              len == strlen("Subject: in\r\n\r\ninner") &&
+              memcmp(b, "Subject: in\r\n\r\ninner", len) == 0, "forwarded message bytes");
+    free(b);
+    CHECK(message_attachment_bytes(m, 3, &b, &len) == -1 && b == NULL, "out of range: -1, NULL");
+
+    struct message_json_options o = {.recipient = "Bob@Example.COM", .sender = "s\xFF@x",
+                                     .id = "id1", .inline_attachments_max = 6};
+    json_t *j = message_to_json(m, &o);
+    char *d1 = json_dumps(j, JSON_PRESERVE_ORDER | JSON_COMPACT);
+    json_t *j2 = message_to_json(m, &o);
+    char *d2 = json_dumps(j2, JSON_PRESERVE_ORDER | JSON_COMPACT);
+    CHECK(d1 && d2 && strcmp(d1, d2) == 0, "same JSON bytes twice");
+    CHECK_STR(json_string_value(json_object_get(j, "domain")), "example.com", "domain lower case");
+    CHECK_STR(json_string_value(json_object_get(j, "sender")), "s\xEF\xBF\xBD@x", "invalid UTF-8 option sanitized");
+    json_t *atts = json_object_get(j, "attachments");
+    CHECK(json_is_string(json_object_get(json_array_get(atts, 0), "content")), "first attachment inlined");
+    CHECK(json_is_null(json_object_get(json_array_get(atts, 1), "content")), "past the budget: content null");
+    CHECK(json_is_null(json_object_get(json_array_get(atts, 2), "content")), "after the budget ran out: null");
+    json_t *cid = json_object_get(json_object_get(j, "content-id-map"), "<img@x>");
+    CHECK(json_integer_value(json_object_get(cid, "index")) == 1, "content-id-map index");
+    static const char *const keys[] = {"recipient", "sender", "from", "subject", "message-id",
+                                       "domain", "body-plain", "body-html", "stripped-text",
+                                       "stripped-signature", "stripped-html", "message-headers",
+                                       "attachments", "content-id-map", "parse-warnings", "id"};
+    const char *p = d1;
+    bool ordered = json_object_size(j) == G_N_ELEMENTS(keys);
+    for (size_t i = 0; i < G_N_ELEMENTS(keys) && ordered; i++) {
+        char *k = g_strdup_printf("\"%s\":", keys[i]);
+        const char *at = strstr(p, k);
+        ordered = at != NULL;
+        if (at) p = at;
+        g_free(k);
+    }
+    CHECK(ordered, "every key present, in SPEC §5 order");
+    free(d1);
+    free(d2);
+    json_decref(j);
+    json_decref(j2);
+    message_free(m);
+}
+
+int main(void)
+{
+    message_lib_init();
+    test_html2text();
+    test_reserved();
+    test_sanitize();
+    test_attachments_and_json();
+    test_header_limits();
+    test_many_parts();
+    test_deep_nesting();
+    message_lib_shutdown();
+    return check_done();
+}
