@@ -109,3 +109,40 @@ size_t domain_set_count(const struct domain_set *set)
 {
     return g_hash_table_size(set->exact) + g_hash_table_size(set->wildcard);
 }
+
+static bool has_xn_label(const char *s)
+{
+    for (const char *p = s; *p; p++) {
+        if ((p == s || p[-1] == '.') && strncmp(p, "xn--", 4) == 0) return true;
+    }
+    return false;
+}
+
+char *domain_to_ulabel(const char *domain, size_t len)
+{
+    if (memchr(domain, '\0', len)) return NULL;
+    char *lower = malloc(len + 1);
+    if (!lower) return NULL;
+    bool ascii = true;
+    for (size_t i = 0; i < len; i++) {
+        lower[i] = g_ascii_tolower(domain[i]);
+        if ((unsigned char)domain[i] >= 0x80) ascii = false;
+    }
+    lower[len] = '\0';
+    if (ascii && !has_xn_label(lower)) return lower;
+
+    /* Through the A-label, so that UTS #46 maps upper case and compatibility forms, then back. */
+    char *alabel = NULL, *ulabel = NULL;
+    if (idn2_to_ascii_8z(lower, &alabel, IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL) != IDN2_OK ||
+        idn2_to_unicode_8z8z(alabel, &ulabel, 0) != IDN2_OK) {
+        idn2_free(alabel);
+        idn2_free(ulabel);
+        return lower;
+    }
+    idn2_free(alabel);
+    char *out = strdup(ulabel);
+    idn2_free(ulabel);
+    if (!out) return lower;
+    free(lower);
+    return out;
+}

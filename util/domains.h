@@ -19,4 +19,11 @@ int domain_set_add(struct domain_set *set, const char *pattern, char **err);
 bool domain_set_hosts(const struct domain_set *set, const char *domain, size_t len);
 size_t domain_set_count(const struct domain_set *set);
 
+/* The lower-case Unicode form of `domain` (len bytes, UTF-8 or ASCII, any case), as routes match
+ * it: A-labels ("xn--...") become U-labels, upper case becomes lower case (UTS #46 mapping through
+ * libidn2).  When the conversion fails (not a valid IDN), the domain with only its ASCII letters
+ * lower-cased.  Pure ASCII without an "xn--" label costs no libidn2 call.  Malloc'd (free());
+ * NULL only when memory ran out or `domain` holds a NUL byte. */
+char *domain_to_ulabel(const char *domain, size_t len);
+
 #endif

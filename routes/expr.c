@@ -1,0 +1,216 @@
+/* routes/expr.c — the expression grammar of SPEC §4:
+ *
+ *   expression := filter { "and" filter }          ("and" in any case)
+ *   filter     := match_recipient(STRING) | match_header(STRING, STRING) | catch_all() | catchall()
+ *
+ * Function names are lower case as written here.  Nothing else is accepted: "or", "not" and
+ * parentheses around filters are errors.  Errors read "expression: position N: ..." with N the
+ * 0-based byte offset of the offending token (for a regex error, of the byte of the pattern
+ * PCRE2 or the Python check points at). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "routes/internal.h"
+#include "util/limits.h"
+
+#define WHAT "expression"
+
+struct parser {
+    struct lexer lx;
+    struct token tok;
+    char **err;
+};
+
+static int advance(struct parser *p)
+{
+    if (lex_next(&p->lx, &p->tok) < 0) {
+        *p->err = strdup("out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+static bool tok_is(const struct parser *p, const char *word)
+{
+    return p->tok.kind == TOK_IDENT && p->tok.len == strlen(word) &&
+           strncmp(p->lx.src + p->tok.pos, word, p->tok.len) == 0;
+}
+
+static int expected(struct parser *p, const char *what)
+{
+    char found[64];
+    if (p->tok.kind == TOK_BAD && (p->lx.src[p->tok.pos] == '"' || p->lx.src[p->tok.pos] == '\'')) {
+        *p->err = route_errorf(WHAT, p->tok.pos, "missing closing quote");
+        return -1;
+    }
+    token_describe(&p->lx, &p->tok, found, sizeof found);
+    *p->err = route_errorf(WHAT, p->tok.pos, "expected %s, found %s", what, found);
+    return -1;
+}
+
+static int expect(struct parser *p, enum tok_kind kind, const char *what)
+{
+    if (p->tok.kind != kind) return expected(p, what);
+    return advance(p);
+}
+
+/* The current token must be a STRING holding a regex: compiles it into f->re. */
+static int parse_regex(struct parser *p, struct route_filter *f)
+{
+    if (p->tok.kind != TOK_STRING) return expected(p, "a string");
+    char msg[300];
+    size_t off = 0;
+    if (regex_compile(p->tok.str, p->tok.slen, &f->re, msg, sizeof msg, &off) < 0) {
+        *p->err = route_errorf(WHAT, p->tok.map[off <= p->tok.slen ? off : p->tok.slen],
+                               "bad regular expression: %s", msg);
+        return -1;
+    }
+    return advance(p);
+}
+
+static int parse_filter(struct parser *p, struct route_filter *f)
+{
+    char found[64];
+    f->pos = p->tok.pos;
+    if (tok_is(p, "match_recipient")) {
+        f->kind = FILTER_RECIPIENT;
+    } else if (tok_is(p, "match_header")) {
+        f->kind = FILTER_HEADER;
+    } else if (tok_is(p, "catch_all") || tok_is(p, "catchall")) {
+        f->kind = FILTER_CATCH_ALL;
+    } else if (p->tok.kind == TOK_IDENT) {
+        token_describe(&p->lx, &p->tok, found, sizeof found);
+        *p->err = route_errorf(WHAT, p->tok.pos, "unknown function %s", found);
+        return -1;
+    } else {
+        return expected(p, "match_recipient, match_header or catch_all");
+    }
+    if (advance(p) < 0 || expect(p, TOK_LPAREN, "'('") < 0) return -1;
+    if (f->kind == FILTER_HEADER) {
+        if (p->tok.kind != TOK_STRING) return expected(p, "a string");
+        if (p->tok.slen == 0) {
+            *p->err = route_errorf(WHAT, p->tok.pos, "empty header name");
+            return -1;
+        }
+        f->header = strdup(p->tok.str);
+        if (!f->header) {
+            *p->err = strdup("out of memory");
+            return -1;
+        }
+        if (advance(p) < 0 || expect(p, TOK_COMMA, "','") < 0) return -1;
+    }
+    if (f->kind != FILTER_CATCH_ALL && parse_regex(p, f) < 0) return -1;
+    return expect(p, TOK_RPAREN, "')'");
+}
+
+/* Route-wide numbering and the name map (a later group of the same name wins). */
+static int number_groups(struct route_expr *e, char **err)
+{
+    uint32_t next = 1;
+    size_t cap = 0;
+    for (size_t i = 0; i < e->nfilters; i++) {
+        struct route_filter *f = &e->filters[i];
+        f->first_group = next;
+        next += f->re.ncaptures;
+        if (next - 1 > ROUTE_CAPTURES_MAX) {
+            *err = route_errorf(WHAT, f->pos, "more than %d groups in one route", ROUTE_CAPTURES_MAX);
+            return -1;
+        }
+        for (size_t k = 0; k < f->re.nnames; k++) {
+            const char *name = f->re.names[k];
+            const uint32_t g = f->first_group + f->re.name_groups[k] - 1;
+            size_t j = 0;
+            while (j < e->nnames && strcmp(e->names[j], name) != 0) j++;
+            if (j == e->nnames) {
+                if (e->nnames == cap) {
+                    cap = cap ? 2 * cap : 8;
+                    char **nn = realloc(e->names, cap * sizeof *nn);
+                    if (nn) e->names = nn;
+                    uint32_t *ng = realloc(e->name_groups, cap * sizeof *ng);
+                    if (ng) e->name_groups = ng;
+                    if (!nn || !ng) goto oom;
+                }
+                e->names[j] = strdup(name);
+                if (!e->names[j]) goto oom;
+                e->nnames++;
+            }
+            e->name_groups[j] = g;
+        }
+    }
+    e->ngroups = next - 1;
+    return 0;
+oom:
+    *err = strdup("out of memory");
+    return -1;
+}
+
+int expr_parse(const char *src, struct route_expr *out, char **err)
+{
+    memset(out, 0, sizeof *out);
+    *err = NULL;
+    const size_t len = strlen(src);
+    if (len > ROUTE_EXPRESSION_MAX) {
+        *err = route_errorf(WHAT, ROUTE_EXPRESSION_MAX, "longer than %d bytes", ROUTE_EXPRESSION_MAX);
+        return -1;
+    }
+    struct parser p = {.lx = {.src = src, .len = len}, .err = err};
+    if (advance(&p) < 0) goto bad;
+    if (p.tok.kind == TOK_END) {
+        *err = route_errorf(WHAT, p.tok.pos, "empty expression");
+        goto bad;
+    }
+    out->filters = calloc(ROUTE_FILTERS_MAX, sizeof *out->filters);
+    if (!out->filters) {
+        *err = strdup("out of memory");
+        goto bad;
+    }
+    for (;;) {
+        if (out->nfilters == ROUTE_FILTERS_MAX) {
+            *err = route_errorf(WHAT, p.tok.pos, "more than %d filters", ROUTE_FILTERS_MAX);
+            goto bad;
+        }
+        if (parse_filter(&p, &out->filters[out->nfilters++]) < 0) goto bad;
+        if (p.tok.kind == TOK_END) break;
+        if (p.tok.kind == TOK_IDENT && p.tok.len == 3 && strncasecmp(src + p.tok.pos, "and", 3) == 0) {
+            if (advance(&p) < 0) goto bad;
+            continue;
+        }
+        expected(&p, "'and' or end of expression");
+        goto bad;
+    }
+    token_clear(&p.tok);
+    if (number_groups(out, err) < 0) {
+        expr_free(out);
+        return -1;
+    }
+    return 0;
+bad:
+    token_clear(&p.tok);
+    expr_free(out);
+    if (!*err) *err = strdup("out of memory");
+    return -1;
+}
+
+void expr_free(struct route_expr *e)
+{
+    if (!e) return;
+    for (size_t i = 0; i < e->nfilters; i++) {
+        free(e->filters[i].header);
+        regex_free(&e->filters[i].re);
+    }
+    free(e->filters);
+    for (size_t i = 0; i < e->nnames; i++) free(e->names[i]);
+    free(e->names);
+    free(e->name_groups);
+    memset(e, 0, sizeof *e);
+}
+
+uint32_t expr_group_by_name(const struct route_expr *e, const char *name, size_t len)
+{
+    for (size_t i = 0; i < e->nnames; i++) {
+        if (strlen(e->names[i]) == len && memcmp(e->names[i], name, len) == 0) return e->name_groups[i];
+    }
+    return 0;
+}

@@ -1,0 +1,170 @@
+/* routes/internal.h — what the files of routes/ share; not a face: nothing outside routes/
+ * includes it except the tests of routes/.
+ *
+ * Positions in error messages are 0-based byte offsets into the expression or the action string
+ * as the API received it (Python's re.error counts the same way); actions are named by their
+ * 0-based index in the route's action list: "actions[1]: position 8: ...". */
+#ifndef INLET_ROUTES_INTERNAL_H
+#define INLET_ROUTES_INTERNAL_H
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "routes/routes.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * Lexer shared by the expression and the action parsers (routes/lex.c). */
+
+enum tok_kind { TOK_END, TOK_IDENT, TOK_STRING, TOK_LPAREN, TOK_RPAREN, TOK_COMMA, TOK_EQUALS, TOK_BAD };
+
+struct token {
+    enum tok_kind kind;
+    size_t pos;      /* offset of the token's first byte in the source */
+    size_t len;      /* raw length in the source */
+    /* TOK_STRING: the contents with only the enclosing quote unescaped, and for each byte of
+     * `str` its offset in the source (map[slen] is the closing quote).  Malloc'd. */
+    char *str;
+    size_t slen;
+    size_t *map;
+};
+
+struct lexer {
+    const char *src;
+    size_t len;
+    size_t pos;
+};
+
+/* Next token; a TOK_STRING without its closing quote is TOK_BAD at the opening quote, a byte
+ * that starts no token is TOK_BAD at that byte.  -1 only when memory ran out. */
+int lex_next(struct lexer *lx, struct token *tok);
+void token_clear(struct token *tok);
+/* "'('", "end of input", "'foo'" (identifier), "string": for "expected X, found Y" messages. */
+void token_describe(const struct lexer *lx, const struct token *tok, char *out, size_t outsz);
+
+/* "<what>: position <pos>: <message>", malloc'd. */
+char *route_errorf(const char *what, size_t pos, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---------------------------------------------------------------------------------------------
+ * One compiled regex (routes/regex.c). */
+
+struct route_regex {
+    pcre2_code *code;
+    uint32_t ncaptures;      /* capture groups in this pattern */
+    size_t nnames;
+    char **names;            /* named groups, in the order of their group numbers */
+    uint32_t *name_groups;   /* their numbers within this pattern */
+};
+
+/* Rewrites the Python pattern `pat` (len bytes) for PCRE2 and compiles it anchored, UTF, UCP
+ * (unless (?a)), MATCH_INVALID_UTF, JIT when available.  0, or -1 with `err` (a message) and
+ * *erroff (offset in `pat`). */
+int regex_compile(const char *pat, size_t len, struct route_regex *out, char *err, size_t errsz,
+                  size_t *erroff);
+void regex_free(struct route_regex *re);
+/* pcre2_match's answer: > 0 matched (captures in md), PCRE2_ERROR_NOMATCH, or another error
+ * (match/depth/heap limit, JIT stack). */
+int regex_match(const struct route_regex *re, pcre2_match_data *md, pcre2_match_context *mc,
+                const char *subject, size_t len);
+/* The Python-to-PCRE2 rewrite alone (tests): malloc'd, with *options the compile options taken
+ * from leading global flags; NULL with err/erroff on a pattern Python rejects. */
+char *regex_rewrite(const char *pat, size_t len, size_t *outlen, uint32_t *options, size_t **map,
+                    char *err, size_t errsz, size_t *erroff);
+
+/* ---------------------------------------------------------------------------------------------
+ * The parsed expression (routes/expr.c). */
+
+enum filter_kind { FILTER_RECIPIENT, FILTER_HEADER, FILTER_CATCH_ALL };
+
+struct route_filter {
+    enum filter_kind kind;
+    size_t pos;              /* of the function name in the expression */
+    char *header;            /* FILTER_HEADER: the header name */
+    struct route_regex re;   /* FILTER_RECIPIENT, FILTER_HEADER */
+    uint32_t first_group;    /* route-wide number of this filter's group 1 */
+};
+
+struct route_expr {
+    struct route_filter *filters;
+    size_t nfilters;
+    uint32_t ngroups;        /* groups across all filters: numbered 1..ngroups */
+    size_t nnames;
+    char **names;            /* distinct group names in order of first appearance */
+    uint32_t *name_groups;   /* the route-wide group each name refers to (the last one wins) */
+};
+
+/* NULL with *err (malloc'd) on any error. */
+int expr_parse(const char *src, struct route_expr *out, char **err);
+void expr_free(struct route_expr *e);
+/* Route-wide group of `name`, or 0. */
+uint32_t expr_group_by_name(const struct route_expr *e, const char *name, size_t len);
+
+/* ---------------------------------------------------------------------------------------------
+ * Actions (routes/actions.c). */
+
+/* A string with capture references: literal pieces and group numbers. */
+struct tmpl_part {
+    uint32_t group;          /* 0: literal */
+    char *lit;
+    size_t len;
+};
+
+struct route_tmpl {
+    struct tmpl_part *parts;
+    size_t nparts;
+    char *text;              /* the template as written (trimmed), for messages */
+};
+
+struct route_dest {
+    enum route_dest_kind kind;
+    struct route_tmpl t;
+};
+
+enum action_kind { ACTION_FORWARD, ACTION_STORE, ACTION_STOP };
+
+struct route_action {
+    enum action_kind kind;
+    struct route_dest *dests;     /* ACTION_FORWARD */
+    size_t ndests;
+    enum route_format format;     /* ACTION_FORWARD, ACTION_STORE (the notify POST) */
+    bool has_notify;              /* ACTION_STORE */
+    struct route_tmpl notify;
+};
+
+int action_parse(const char *src, size_t index, const struct route_expr *e,
+                 struct route_action *out, char **err);
+void action_free(struct route_action *a);
+const char *route_format_suffix(enum route_format f);
+
+/* Substitutes captures into `t`: URL templates percent-encode the values.  Malloc'd, or NULL
+ * when memory ran out or the result is longer than ROUTE_TARGET_MAX (*too_long set). */
+struct route_capture {
+    const char *s;           /* NULL: did not participate */
+    size_t len;
+};
+char *tmpl_resolve(const struct route_tmpl *t, bool url, const struct route_capture *caps,
+                   bool *too_long);
+
+/* ---------------------------------------------------------------------------------------------
+ * The compiled route (routes/table.c). */
+
+struct route {
+    struct route_def def;         /* deep copy: its strings are the own_* below */
+    char *own_id, *own_description, *own_expression;
+    char **own_actions;
+    struct route_expr expr;
+    struct route_action *actions;
+    size_t nactions;
+    bool has_stop;
+    bool has_recipient_filter;
+    /* What a hit lists: "1".."ngroups", then every distinct name; the group each reads. */
+    size_t ncapnames;
+    char **capnames;
+    uint32_t *capgroups;
+};
+
+#endif

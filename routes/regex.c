@@ -1,0 +1,346 @@
+/* routes/regex.c — Python `re` patterns compiled with PCRE2 (SPEC §4 "Expression language").
+ *
+ * The pattern is checked and rewritten where Python and PCRE2 read the same text differently,
+ * then compiled once with PCRE2_UTF | PCRE2_UCP | PCRE2_ANCHORED | PCRE2_MATCH_INVALID_UTF
+ * (Python's re.match: anchored at the start only; `$` matches at the end or before a final
+ * newline in both).  The rewrite, outside character classes unless said otherwise:
+ *
+ *   {,n}  {,}        -> {0,n}  {0,}     (quantifiers; PCRE2 10.42 reads {,n} as literal text)
+ *   \Z               -> \z              (Python's \Z is the very end; PCRE2's allows a final \n)
+ *   \v (also in [])  -> \x0b            (Python: the VT character; PCRE2: any vertical space)
+ *   \uXXXX \UXXXXXXXX (also in []) -> \x{...}
+ *   [ inside []      -> \[              (Python: a literal '['; PCRE2: POSIX [:class:])
+ *   leading (?aiLmsux) groups -> compile options: i CASELESS, m MULTILINE, s DOTALL,
+ *                       x EXTENDED, u nothing (the default), a: no PCRE2_UCP (\w \d \s \b are
+ *                       ASCII; case-insensitive matching of non-ASCII letters still folds
+ *                       them, unlike Python: PCRE2 10.42 has no switch for that)
+ *
+ * and rejects, with Python's wording, what Python 3.11 rejects and PCRE2 would take with
+ * another meaning: a global flag group anywhere but at the start ("global flags not at the start
+ * of the expression", an error since Python 3.11), (?-i) without ':', (?L), (?au), an escape
+ * of an ASCII letter Python does not know (\h \K \p \Q \R \X \G ...), \N{...} (named
+ * characters: not supported), \x \u \U without their 2/4/8 hex digits, (*VERB) and (?...)
+ * extensions Python lacks ((?<name>, (?R), (?|, (?&...)).  (?P<name>...), (?P=name), scoped
+ * flags (?i:...), lookarounds, atomic groups, possessive quantifiers and conditionals are
+ * passed through: PCRE2 reads them as Python does. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "routes/internal.h"
+#include "util/limits.h"
+
+struct rw {
+    char *out;
+    size_t *map;
+    size_t n;
+};
+
+static void emit(struct rw *w, const char *s, size_t len, size_t src)
+{
+    for (size_t i = 0; i < len; i++) {
+        w->out[w->n] = s[i];
+        w->map[w->n++] = src;
+    }
+}
+
+static bool is_hex(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+static bool hex_run(const char *p, size_t avail, size_t n)
+{
+    if (avail < n) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!is_hex(p[i])) return false;
+    return true;
+}
+
+static int fail(char *err, size_t errsz, size_t *erroff, size_t off, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int fail(char *err, size_t errsz, size_t *erroff, size_t off, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errsz, fmt, ap);
+    va_end(ap);
+    *erroff = off;
+    return -1;
+}
+
+/* Leading global flag groups: (?aiLmsux...) repeated.  Returns the offset after them. */
+static int leading_flags(const char *pat, size_t len, uint32_t *options, size_t *after, char *err,
+                         size_t errsz, size_t *erroff)
+{
+    size_t i = 0;
+    bool a = false, u = false;
+    *options = PCRE2_UCP;
+    while (i + 2 < len && pat[i] == '(' && pat[i + 1] == '?') {
+        size_t k = i + 2;
+        while (k < len && strchr("aiLmsux", pat[k]) && pat[k]) k++;
+        if (k == i + 2 || k >= len || pat[k] != ')') break;
+        for (size_t j = i + 2; j < k; j++) {
+            switch (pat[j]) {
+            case 'i': *options |= PCRE2_CASELESS; break;
+            case 'm': *options |= PCRE2_MULTILINE; break;
+            case 's': *options |= PCRE2_DOTALL; break;
+            case 'x': *options |= PCRE2_EXTENDED; break;
+            case 'u': u = true; break;
+            case 'a': a = true; break;
+            default:
+                return fail(err, errsz, erroff, j,
+                            "bad inline flags: cannot use 'L' flag with a str pattern");
+            }
+        }
+        i = k + 1;
+    }
+    if (a && u)
+        return fail(err, errsz, erroff, 0, "bad inline flags: flags 'a', 'u' and 'L' are incompatible");
+    if (a) *options &= ~(uint32_t)PCRE2_UCP;
+    *after = i;
+    return 0;
+}
+
+/* What may follow "(?" in Python 3.11.  Returns 0, or -1 with the error set. */
+static int check_extension(const char *pat, size_t len, size_t i, char *err, size_t errsz,
+                           size_t *erroff)
+{
+    size_t k = i + 2;
+    if (k >= len) return fail(err, errsz, erroff, i, "unexpected end of pattern");
+    const char c = pat[k];
+    if (c == ':' || c == '=' || c == '!' || c == '#' || c == '(' || c == '>') return 0;
+    if (c == 'P' && k + 1 < len && (pat[k + 1] == '<' || pat[k + 1] == '=')) return 0;
+    if (c == '<' && k + 1 < len && (pat[k + 1] == '=' || pat[k + 1] == '!')) return 0;
+    if (c == '-' || strchr("aiLmsux", c)) {
+        size_t e = k;
+        while (e < len && pat[e] && strchr("aiLmsux-", pat[e])) e++;
+        if (e < len && pat[e] == ':') return 0;
+        if (e < len && pat[e] == ')') {
+            if (memchr(pat + k, '-', e - k)) return fail(err, errsz, erroff, e, "missing :");
+            return fail(err, errsz, erroff, i, "global flags not at the start of the expression");
+        }
+        return fail(err, errsz, erroff, e, "missing -, : or )");
+    }
+    if ((c == 'P' || c == '<') && k + 1 < len && (unsigned char)pat[k + 1] >= 0x21 && (unsigned char)pat[k + 1] < 0x7f)
+        return fail(err, errsz, erroff, k, "unknown extension ?%c%c", c, pat[k + 1]);
+    if ((unsigned char)c >= 0x21 && (unsigned char)c < 0x7f)
+        return fail(err, errsz, erroff, k, "unknown extension ?%c", c);
+    return fail(err, errsz, erroff, k, "unknown extension");
+}
+
+/* One backslash escape at pat[i] == '\\'.  Returns the bytes consumed, or 0 with the error set. */
+static size_t rewrite_escape(const char *pat, size_t len, size_t i, bool in_class, struct rw *w,
+                             char *err, size_t errsz, size_t *erroff)
+{
+    if (i + 1 >= len) {
+        fail(err, errsz, erroff, i, "bad escape (end of pattern)");
+        return 0;
+    }
+    const char d = pat[i + 1];
+    char buf[16];
+    switch (d) {
+    case 'Z':
+        if (in_class) break;
+        emit(w, "\\z", 2, i);
+        return 2;
+    case 'v':
+        emit(w, "\\x0b", 4, i);
+        return 2;
+    case 'x':
+        if (!hex_run(pat + i + 2, len - i - 2, 2)) {
+            fail(err, errsz, erroff, i, "incomplete escape \\x");
+            return 0;
+        }
+        emit(w, pat + i, 4, i);
+        return 4;
+    case 'u':
+    case 'U': {
+        size_t n = d == 'u' ? 4 : 8;
+        if (!hex_run(pat + i + 2, len - i - 2, n)) {
+            fail(err, errsz, erroff, i, "incomplete escape \\%c", d);
+            return 0;
+        }
+        snprintf(buf, sizeof buf, "\\x{%.*s}", (int)n, pat + i + 2);
+        emit(w, buf, strlen(buf), i);
+        return 2 + n;
+    }
+    case 'N':
+        fail(err, errsz, erroff, i, "bad escape \\N: named characters are not supported");
+        return 0;
+    default: break;
+    }
+    if ((d >= 'a' && d <= 'z') || (d >= 'A' && d <= 'Z')) {
+        const char *known = in_class ? "abfnrtdDsSwW" : "abfnrtdDsSwWABZ";
+        if (!strchr(known, d)) {
+            fail(err, errsz, erroff, i, "bad escape \\%c", d);
+            return 0;
+        }
+    }
+    emit(w, pat + i, 2, i);
+    return 2;
+}
+
+char *regex_rewrite(const char *pat, size_t len, size_t *outlen, uint32_t *options, size_t **mapp,
+                    char *err, size_t errsz, size_t *erroff)
+{
+    struct rw w = {.out = malloc(2 * len + 16), .map = malloc((2 * len + 16) * sizeof(size_t))};
+    if (!w.out || !w.map) {
+        fail(err, errsz, erroff, 0, "out of memory");
+        goto bad;
+    }
+    size_t i = 0;
+    if (leading_flags(pat, len, options, &i, err, errsz, erroff) < 0) goto bad;
+    const bool verbose = *options & PCRE2_EXTENDED;
+    bool in_class = false;
+    while (i < len) {
+        const char c = pat[i];
+        if (c == '\\') {
+            size_t n = rewrite_escape(pat, len, i, in_class, &w, err, errsz, erroff);
+            if (n == 0) goto bad;
+            i += n;
+        } else if (in_class) {
+            if (c == ']') in_class = false;
+            if (c == '[') {
+                emit(&w, "\\[", 2, i);
+            } else {
+                emit(&w, &c, 1, i);
+            }
+            i++;
+        } else if (c == '[') {
+            in_class = true;
+            emit(&w, &c, 1, i++);
+            if (i < len && pat[i] == '^') emit(&w, pat + i, 1, i), i++;
+            if (i < len && pat[i] == ']') emit(&w, pat + i, 1, i), i++;
+        } else if (c == '{' && i + 1 < len && pat[i + 1] == ',') {
+            size_t j = i + 2;
+            while (j < len && pat[j] >= '0' && pat[j] <= '9') j++;
+            if (j < len && pat[j] == '}') {
+                emit(&w, "{0,", 3, i);
+                emit(&w, pat + i + 2, j + 1 - (i + 2), i + 2);
+                i = j + 1;
+            } else {
+                emit(&w, &c, 1, i++);
+            }
+        } else if (c == '(' && i + 1 < len && pat[i + 1] == '*') {
+            fail(err, errsz, erroff, i + 1, "nothing to repeat");
+            goto bad;
+        } else if (c == '(' && i + 1 < len && pat[i + 1] == '?') {
+            if (check_extension(pat, len, i, err, errsz, erroff) < 0) goto bad;
+            emit(&w, "(?", 2, i);
+            i += 2;
+        } else if (c == '#' && verbose) {
+            while (i < len && pat[i] != '\n') emit(&w, pat + i, 1, i), i++;
+        } else {
+            emit(&w, &c, 1, i++);
+        }
+    }
+    w.out[w.n] = '\0';
+    w.map[w.n] = len;
+    *outlen = w.n;
+    *mapp = w.map;
+    return w.out;
+bad:
+    free(w.out);
+    free(w.map);
+    return NULL;
+}
+
+static int cmp_group(const void *a, const void *b)
+{
+    const uint8_t *x = *(const uint8_t *const *)a, *y = *(const uint8_t *const *)b;
+    return (int)((x[0] << 8) | x[1]) - (int)((y[0] << 8) | y[1]);
+}
+
+static int read_names(struct route_regex *re)
+{
+    uint32_t count = 0, entry = 0;
+    PCRE2_SPTR table = NULL;
+    pcre2_pattern_info(re->code, PCRE2_INFO_NAMECOUNT, &count);
+    if (count == 0) return 0;
+    pcre2_pattern_info(re->code, PCRE2_INFO_NAMEENTRYSIZE, &entry);
+    pcre2_pattern_info(re->code, PCRE2_INFO_NAMETABLE, &table);
+    const uint8_t **rows = malloc(count * sizeof *rows);
+    re->names = calloc(count, sizeof *re->names);
+    re->name_groups = calloc(count, sizeof *re->name_groups);
+    if (!rows || !re->names || !re->name_groups) {
+        free(rows);
+        return -1;
+    }
+    for (uint32_t k = 0; k < count; k++) rows[k] = table + (size_t)k * entry;
+    qsort(rows, count, sizeof *rows, cmp_group);
+    for (uint32_t k = 0; k < count; k++) {
+        re->name_groups[k] = ((uint32_t)rows[k][0] << 8) | rows[k][1];
+        re->names[k] = strdup((const char *)rows[k] + 2);
+        if (!re->names[k]) {
+            free(rows);
+            return -1;
+        }
+        re->nnames = k + 1;
+    }
+    free(rows);
+    return 0;
+}
+
+int regex_compile(const char *pat, size_t len, struct route_regex *out, char *err, size_t errsz,
+                  size_t *erroff)
+{
+    memset(out, 0, sizeof *out);
+    uint32_t flags = 0;
+    size_t rlen = 0, *map = NULL;
+    char *rw = regex_rewrite(pat, len, &rlen, &flags, &map, err, errsz, erroff);
+    if (!rw) return -1;
+
+    pcre2_compile_context *cc = pcre2_compile_context_create(NULL);
+    if (!cc) {
+        free(rw);
+        free(map);
+        return fail(err, errsz, erroff, 0, "out of memory");
+    }
+    pcre2_set_newline(cc, PCRE2_NEWLINE_LF);
+    pcre2_set_bsr(cc, PCRE2_BSR_UNICODE);
+    int ec = 0;
+    PCRE2_SIZE eo = 0;
+    out->code = pcre2_compile((PCRE2_SPTR)rw, rlen,
+                              flags | PCRE2_UTF | PCRE2_ANCHORED | PCRE2_MATCH_INVALID_UTF |
+                                  PCRE2_NEVER_BACKSLASH_C,
+                              &ec, &eo, cc);
+    pcre2_compile_context_free(cc);
+    if (!out->code) {
+        PCRE2_UCHAR msg[256];
+        if (pcre2_get_error_message(ec, msg, sizeof msg) < 0) snprintf((char *)msg, sizeof msg, "error %d", ec);
+        fail(err, errsz, erroff, eo <= rlen ? map[eo] : len, "%s", (const char *)msg);
+        free(rw);
+        free(map);
+        return -1;
+    }
+    free(rw);
+    free(map);
+    if (route_jit_available()) pcre2_jit_compile(out->code, PCRE2_JIT_COMPLETE);
+    pcre2_pattern_info(out->code, PCRE2_INFO_CAPTURECOUNT, &out->ncaptures);
+    if (out->ncaptures > ROUTE_CAPTURES_MAX) {
+        regex_free(out);
+        return fail(err, errsz, erroff, 0, "more than %d groups", ROUTE_CAPTURES_MAX);
+    }
+    if (read_names(out) < 0) {
+        regex_free(out);
+        return fail(err, errsz, erroff, 0, "out of memory");
+    }
+    return 0;
+}
+
+void regex_free(struct route_regex *re)
+{
+    if (!re) return;
+    pcre2_code_free(re->code);
+    for (size_t i = 0; i < re->nnames; i++) free(re->names[i]);
+    free(re->names);
+    free(re->name_groups);
+    memset(re, 0, sizeof *re);
+}
+
+int regex_match(const struct route_regex *re, pcre2_match_data *md, pcre2_match_context *mc,
+                const char *subject, size_t len)
+{
+    return pcre2_match(re->code, (PCRE2_SPTR)subject, len, 0, 0, md, mc);
+}

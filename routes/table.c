@@ -1,0 +1,184 @@
+/* routes/table.c — compiling one route, and the immutable reference-counted route table. */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "routes/internal.h"
+#include "util/limits.h"
+
+static char *dup_or_empty(const char *s, bool *oom)
+{
+    char *d = strdup(s ? s : "");
+    if (!d) *oom = true;
+    return d;
+}
+
+static int copy_def(struct route *r, const struct route_def *src)
+{
+    bool oom = false;
+    r->def = *src;
+    r->def.id = r->own_id = dup_or_empty(src->id, &oom);
+    r->def.description = r->own_description = dup_or_empty(src->description, &oom);
+    r->def.expression = r->own_expression = dup_or_empty(src->expression, &oom);
+    r->def.nactions = 0;
+    r->own_actions = calloc(src->nactions ? src->nactions : 1, sizeof *r->own_actions);
+    r->def.actions = (const char *const *)r->own_actions;
+    if (!r->own_actions) return -1;
+    for (size_t i = 0; i < src->nactions; i++) {
+        r->own_actions[i] = dup_or_empty(src->actions[i], &oom);
+        r->def.nactions = i + 1;
+    }
+    return oom ? -1 : 0;
+}
+
+static void free_def(struct route *r)
+{
+    free(r->own_id);
+    free(r->own_description);
+    free(r->own_expression);
+    if (r->own_actions) {
+        for (size_t i = 0; i < r->def.nactions; i++) free(r->own_actions[i]);
+        free(r->own_actions);
+    }
+}
+
+/* "1".."ngroups" then every distinct name. */
+static int build_capnames(struct route *r)
+{
+    const size_t n = r->expr.ngroups + r->expr.nnames;
+    r->capnames = calloc(n ? n : 1, sizeof *r->capnames);
+    r->capgroups = calloc(n ? n : 1, sizeof *r->capgroups);
+    if (!r->capnames || !r->capgroups) return -1;
+    for (uint32_t g = 1; g <= r->expr.ngroups; g++) {
+        char num[16];
+        snprintf(num, sizeof num, "%u", g);
+        r->capnames[r->ncapnames] = strdup(num);
+        if (!r->capnames[r->ncapnames]) return -1;
+        r->capgroups[r->ncapnames++] = g;
+    }
+    for (size_t i = 0; i < r->expr.nnames; i++) {
+        r->capnames[r->ncapnames] = strdup(r->expr.names[i]);
+        if (!r->capnames[r->ncapnames]) return -1;
+        r->capgroups[r->ncapnames++] = r->expr.name_groups[i];
+    }
+    return 0;
+}
+
+struct route *route_compile(const struct route_def *def, char **err)
+{
+    *err = NULL;
+    struct route *r = calloc(1, sizeof *r);
+    if (!r || copy_def(r, def) < 0) goto oom;
+    if (def->nactions > ROUTE_ACTIONS_MAX) {
+        *err = route_errorf("actions", 0, "more than %d actions", ROUTE_ACTIONS_MAX);
+        goto bad;
+    }
+    if (expr_parse(r->def.expression, &r->expr, err) < 0) goto bad;
+    for (size_t i = 0; i < r->expr.nfilters; i++)
+        r->has_recipient_filter |= r->expr.filters[i].kind == FILTER_RECIPIENT;
+    r->actions = calloc(def->nactions ? def->nactions : 1, sizeof *r->actions);
+    if (!r->actions) goto oom;
+    size_t store_at = SIZE_MAX;
+    for (size_t i = 0; i < def->nactions; i++) {
+        if (action_parse(r->def.actions[i], i, &r->expr, &r->actions[i], err) < 0) goto bad;
+        r->nactions++;
+        if (r->actions[i].kind == ACTION_STOP) r->has_stop = true;
+        if (r->actions[i].kind == ACTION_STORE) {
+            if (store_at != SIZE_MAX) {
+                char what[32];
+                snprintf(what, sizeof what, "actions[%zu]", i);
+                *err = route_errorf(what, 0, "store() already given in actions[%zu]", store_at);
+                goto bad;
+            }
+            store_at = i;
+        }
+    }
+    if (build_capnames(r) < 0) goto oom;
+    return r;
+oom:
+    if (!*err) *err = strdup("out of memory");
+bad:
+    route_free(r);
+    return NULL;
+}
+
+void route_free(struct route *r)
+{
+    if (!r) return;
+    expr_free(&r->expr);
+    for (size_t i = 0; i < r->nactions; i++) action_free(&r->actions[i]);
+    free(r->actions);
+    for (size_t i = 0; i < r->ncapnames; i++) free(r->capnames[i]);
+    free(r->capnames);
+    free(r->capgroups);
+    free_def(r);
+    free(r);
+}
+
+const struct route_def *route_get_def(const struct route *r)
+{
+    return &r->def;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The table. */
+
+struct route_table {
+    atomic_size_t refs;
+    size_t n;
+    struct route **routes;   /* in evaluation order */
+};
+
+static int cmp_route(const void *a, const void *b)
+{
+    const struct route *x = *(struct route *const *)a, *y = *(struct route *const *)b;
+    if (x->def.priority != y->def.priority) return x->def.priority < y->def.priority ? -1 : 1;
+    if (x->def.seq != y->def.seq) return x->def.seq < y->def.seq ? -1 : 1;
+    return 0;
+}
+
+struct route_table *route_table_new(struct route **take_routes, size_t n)
+{
+    struct route_table *t = calloc(1, sizeof *t);
+    struct route **rs = calloc(n ? n : 1, sizeof *rs);
+    if (!t || !rs) {
+        free(t);
+        free(rs);
+        for (size_t i = 0; i < n; i++) route_free(take_routes[i]);
+        return NULL;
+    }
+    memcpy(rs, take_routes, n * sizeof *rs);
+    /* Equal (priority, seq) pairs do not happen (seq is unique); qsort is not stable, so such
+     * routes would come in an unspecified order. */
+    qsort(rs, n, sizeof *rs, cmp_route);
+    t->routes = rs;
+    t->n = n;
+    atomic_init(&t->refs, 1);
+    return t;
+}
+
+struct route_table *route_table_ref(struct route_table *t)
+{
+    if (t) atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+    return t;
+}
+
+void route_table_unref(struct route_table *t)
+{
+    if (!t) return;
+    if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
+    for (size_t i = 0; i < t->n; i++) route_free(t->routes[i]);
+    free(t->routes);
+    free(t);
+}
+
+size_t route_table_count(const struct route_table *t)
+{
+    return t ? t->n : 0;
+}
+
+const struct route *route_table_at(const struct route_table *t, size_t i)
+{
+    return t && i < t->n ? t->routes[i] : NULL;
+}
