@@ -19,8 +19,9 @@ static char *disk_problem(const struct api_config *cfg)
     return NULL;
 }
 
-enum MHD_Result api_health(struct api_server *api, struct MHD_Connection *conn)
+enum MHD_Result api_health(struct api_server *api, struct api_request *req)
 {
+    struct MHD_Connection *conn = req->conn;
     char *reason = disk_problem(&api->cfg);
     if (!reason) store_check_writable(api->store, &reason);
     if (reason) {

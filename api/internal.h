@@ -1,23 +1,106 @@
-/* api/internal.h — shared by the api/ sources only; not a face. */
+/* api/internal.h — shared by the api/ sources only; not a face.
+ *
+ * How a request travels (api/server.c):
+ *   1. libmicrohttpd reads the request line: on_uri() allocates the struct api_request (the
+ *      request context, MHD's req_cls) and keeps the raw URI, query string included.
+ *   2. Headers read, first call of the access handler: the path is matched against the endpoint
+ *      table (api/server.c `endpoints[]`), path parameters taken, the query string parsed
+ *      (api/form.c, so repeated values stay in order), credentials checked when the endpoint needs
+ *      them, Content-Length checked against API_BODY_MAX.  Any failure is answered right there,
+ *      before a byte of the body is read: 401, 404, 405, 413, 400 (query), 414 (URI).
+ *   3. The body is accumulated (bounded by API_BODY_MAX, and by API_BODIES_INFLIGHT_MAX for all
+ *      requests together), then parsed as a form when it has one of the form content types.
+ *   4. The handler runs, on one of MHD's pool threads, and queues exactly one reply with
+ *      api_reply_json()/api_reply_error().  It may block (e.g. on a storage write through the
+ *      writer thread, one group commit): with API_THREADS pool threads that is acceptable for
+ *      now; suspending the connection and resuming it from the writer's callback is the later
+ *      improvement.
+ *   5. MHD's completion callback frees the request. */
 #ifndef INLET_API_INTERNAL_H
 #define INLET_API_INTERNAL_H
 
 #include <jansson.h>
 #include <microhttpd.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 #include "api/api.h"
+#include "api/form.h"
+#include "util/limits.h"
+
+#define API_AUTH_DIGEST_LEN 32
+
+/* The expected credentials, kept only as an HMAC under a per-process random key (api/auth.c). */
+struct api_auth {
+    unsigned char hmac_key[API_AUTH_DIGEST_LEN];
+    unsigned char want[API_AUTH_DIGEST_LEN];
+};
 
 struct api_server {
     struct MHD_Daemon *daemons[16];
     size_t ndaemons;
     struct api_config cfg;
     struct store *store;
+    struct api_auth auth;
+    atomic_llong body_bytes; /* request body bytes held by every request (API_BODIES_INFLIGHT_MAX) */
 };
+
+struct api_request;
+
+/* An endpoint's handler: runs once the whole request is read and checked; must queue one reply
+ * on req->conn (api_reply_json/api_reply_error) and return what that returned. */
+typedef enum MHD_Result (*api_handler_fn)(struct api_server *api, struct api_request *req);
+
+struct api_endpoint {
+    const char *method;     /* "GET" (also answers HEAD), "POST", "PUT", "DELETE" */
+    const char *pattern;    /* "/v3/routes/:id": literal segments and ":name" parameters; the
+                             * first row that matches wins, so list "/v3/routes/match" before
+                             * "/v3/routes/:id" */
+    api_handler_fn handler;
+    bool needs_auth;        /* false only for /healthz */
+};
+
+/* One request (libmicrohttpd's req_cls).  Everything a handler reads is here. */
+struct api_request {
+    struct MHD_Connection *conn;
+    const char *method;                 /* as received, e.g. "POST" (MHD's, valid during the request) */
+    char *uri;                          /* the raw request target, query included */
+    char *path;                         /* the raw path (no query, not decoded) */
+    const struct api_endpoint *endpoint;
+    size_t nparams;                     /* path parameters (use api_param()) */
+    char param_names[API_PARAMS_MAX][32];
+    char *param_values[API_PARAMS_MAX]; /* percent-decoded, no NUL inside */
+    struct form query;                  /* the query string's fields, in order */
+    struct form body;                   /* a form body's fields, in order (empty otherwise) */
+    const char *content_type;           /* the Content-Type header, or NULL */
+    uint8_t *raw;                       /* the body's bytes (NULL when empty) */
+    size_t len;
+
+    /* Plumbing (api/server.c). */
+    size_t cap;
+    long long reserved; /* bytes of api->body_bytes this request holds */
+    int stage;
+    bool uri_too_long;
+};
+
+/* The value of path parameter `name` (":name" in the pattern), or NULL. */
+const char *api_param(const struct api_request *req, const char *name);
 
 /* Queues `body` (taken; its reference is dropped) as the JSON answer with `status`. */
 enum MHD_Result api_reply_json(struct MHD_Connection *conn, unsigned status, json_t *body);
+/* {"message": message} with `status`. */
 enum MHD_Result api_reply_error(struct MHD_Connection *conn, unsigned status, const char *message);
 
-enum MHD_Result api_health(struct api_server *api, struct MHD_Connection *conn);
+/* api/auth.c */
+void api_auth_init(struct api_auth *auth, const char *api_key);
+/* True when `authorization` (the header's value, may be NULL) is Basic with user "api" and the
+ * API key as the password.  Compares digests in constant time. */
+bool api_auth_check(const struct api_auth *auth, const char *authorization);
+/* a[0..n-1] == b[0..n-1], in time that depends only on n. */
+bool api_ct_equal(const void *a, const void *b, size_t n);
+
+/* Endpoints. */
+enum MHD_Result api_health(struct api_server *api, struct api_request *req);
 
 #endif

@@ -1,6 +1,8 @@
-/* api/server.c — libmicrohttpd daemons, request dispatch and JSON replies. */
+/* api/server.c — libmicrohttpd daemons, the request plumbing (see internal.h), dispatch by
+ * method and path through the endpoint table, and JSON replies. */
 #include <errno.h>
 #include <glib.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -10,11 +12,27 @@
 #include "util/log.h"
 #include "util/net.h"
 
-enum MHD_Result api_reply_json(struct MHD_Connection *conn, unsigned status, json_t *body)
+_Static_assert(API_BODY_MAX <= API_BODIES_INFLIGHT_MAX, "one body fits the in-flight budget");
+
+static enum MHD_Result api_root(struct api_server *api, struct api_request *req);
+
+/* Every endpoint.  The first row whose pattern matches the path and whose method matches the
+ * request's wins; a path that matches rows of other methods only gets 405 with Allow. */
+static const struct api_endpoint endpoints[] = {
+    {"GET", "/healthz", api_health, false},
+    {"GET", "/", api_root, true},
+};
+
+enum { STAGE_NEW, STAGE_BODY, STAGE_REPLIED };
+
+/* ---- replies -------------------------------------------------------------------------------- */
+
+static struct MHD_Response *json_response(json_t *body)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     if (!text) text = strdup("{\"message\": \"Internal error\"}");
+    if (!text) return NULL;
     size_t len = strlen(text);
     /* JSON answers end with a newline so that curl output stays readable. */
     char *withnl = realloc(text, len + 2);
@@ -24,10 +42,26 @@ enum MHD_Result api_reply_json(struct MHD_Connection *conn, unsigned status, jso
         text = withnl;
     }
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return NULL;
+    }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    return resp;
+}
+
+static enum MHD_Result queue(struct MHD_Connection *conn, unsigned status,
+                             struct MHD_Response *resp)
+{
+    if (!resp) return MHD_NO;
     enum MHD_Result r = MHD_queue_response(conn, status, resp);
     MHD_destroy_response(resp);
     return r;
+}
+
+enum MHD_Result api_reply_json(struct MHD_Connection *conn, unsigned status, json_t *body)
+{
+    return queue(conn, status, json_response(body));
 }
 
 enum MHD_Result api_reply_error(struct MHD_Connection *conn, unsigned status, const char *message)
@@ -35,20 +69,322 @@ enum MHD_Result api_reply_error(struct MHD_Connection *conn, unsigned status, co
     return api_reply_json(conn, status, json_pack("{s:s}", "message", message));
 }
 
+static enum MHD_Result reply_unauthorized(struct MHD_Connection *conn)
+{
+    struct MHD_Response *resp =
+        json_response(json_pack("{s:s}", "message", "Invalid credentials"));
+    if (resp) MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Basic realm=\"inlet\"");
+    return queue(conn, MHD_HTTP_UNAUTHORIZED, resp);
+}
+
+static enum MHD_Result reply_not_allowed(struct MHD_Connection *conn, const char *allow)
+{
+    struct MHD_Response *resp = json_response(json_pack("{s:s}", "message", "Method not allowed"));
+    if (resp) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    return queue(conn, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
+}
+
+/* GET / : a small JSON answer (not Mailgun's "Mailgun Magnificent API" text, which mailgun.js
+ * turns into an error). */
+static enum MHD_Result api_root(struct api_server *api, struct api_request *req)
+{
+    return api_reply_json(req->conn, MHD_HTTP_OK, json_pack("{s:s}", "message", "inlet"));
+}
+
+const char *api_param(const struct api_request *req, const char *name)
+{
+    for (size_t i = 0; i < req->nparams; i++)
+        if (strcmp(req->param_names[i], name) == 0) return req->param_values[i];
+    return NULL;
+}
+
+/* ---- routing -------------------------------------------------------------------------------- */
+
+static void clear_params(struct api_request *req)
+{
+    for (size_t i = 0; i < req->nparams; i++) free(req->param_values[i]);
+    req->nparams = 0;
+}
+
+/* Matches `path` against `pattern`; on a match the parameters are in req (decoded). */
+static bool match_path(struct api_request *req, const char *pattern, const char *path)
+{
+    const char *p = pattern, *s = path;
+
+    clear_params(req);
+    while (*p && *s) {
+        const char *pe = strchrnul(p, '/'), *se = strchrnul(s, '/');
+        size_t plen = (size_t)(pe - p), slen = (size_t)(se - s);
+
+        if (p[0] == ':' && plen > 1) {
+            char *v;
+            long n;
+
+            if (slen == 0 || req->nparams == API_PARAMS_MAX) goto no;
+            v = malloc(slen + 1);
+            if (!v) goto no;
+            n = form_percent_decode(v, s, slen, 0);
+            if (n < 0 || memchr(v, '\0', (size_t)n)) {
+                free(v);
+                goto no;
+            }
+            v[n] = '\0';
+            snprintf(req->param_names[req->nparams], sizeof req->param_names[0], "%.*s",
+                     (int)(plen - 1), p + 1);
+            req->param_values[req->nparams++] = v;
+        } else if (plen != slen || memcmp(p, s, plen) != 0) {
+            goto no;
+        }
+        p = pe;
+        s = se;
+        if (*p == '/' && *s == '/') {
+            p++;
+            s++;
+        } else if (*p || *s) {
+            goto no;
+        }
+    }
+    if (!*p && !*s) return true;
+no:
+    clear_params(req);
+    return false;
+}
+
+static bool method_matches(const char *want, const char *got)
+{
+    return strcmp(want, got) == 0 || (strcmp(want, "GET") == 0 && strcmp(got, "HEAD") == 0);
+}
+
+/* Finds the endpoint.  *known: the path matched some row (of another method, maybe); allow:
+ * the methods of those rows ("GET, POST"); *auth: whether the answer needs credentials. */
+static const struct api_endpoint *route(struct api_request *req, const char *method, bool *known,
+                                        char *allow, size_t allowsz, bool *auth)
+{
+    const struct api_endpoint *found = NULL;
+    size_t alen = 0;
+
+    *known = false;
+    *auth = true;
+    allow[0] = '\0';
+    for (size_t i = 0; i < G_N_ELEMENTS(endpoints) && !found; i++) {
+        const struct api_endpoint *ep = &endpoints[i];
+        if (!match_path(req, ep->pattern, req->path)) continue;
+        if (method_matches(ep->method, method)) {
+            found = ep;
+            break;
+        }
+        if (!*known) *auth = false;
+        *known = true;
+        *auth = *auth || ep->needs_auth;
+        if (!strstr(allow, ep->method)) {
+            int n = snprintf(allow + alen, allowsz - alen, "%s%s", alen ? ", " : "", ep->method);
+            if (n > 0 && (size_t)n < allowsz - alen) alen += (size_t)n;
+        }
+    }
+    if (found) *auth = found->needs_auth;
+    else clear_params(req);
+    return found;
+}
+
+/* ---- request life cycle --------------------------------------------------------------------- */
+
+/* Called by MHD with the raw request target, before anything else: creates the request. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    struct api_request *req = calloc(1, sizeof *req);
+    if (!req) return NULL;
+    size_t len = strlen(uri);
+    if (len > API_URI_MAX) {
+        req->uri_too_long = true;
+        len = 0;
+    }
+    req->uri = strndup(uri, len);
+    if (!req->uri) {
+        free(req);
+        return NULL;
+    }
+    size_t plen = strcspn(req->uri, "?#");
+    req->path = strndup(req->uri, plen);
+    if (!req->path) {
+        free(req->uri);
+        free(req);
+        return NULL;
+    }
+    return req;
+}
+
+static void request_free(struct api_server *api, struct api_request *req)
+{
+    if (!req) return;
+    if (req->reserved) atomic_fetch_sub(&api->body_bytes, req->reserved);
+    clear_params(req);
+    form_free(&req->query);
+    form_free(&req->body);
+    free(req->raw);
+    free(req->path);
+    free(req->uri);
+    free(req);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    request_free(cls, *req_cls);
+    *req_cls = NULL;
+}
+
+/* Takes `n` bytes of the in-flight body budget for this request. */
+static bool reserve(struct api_server *api, struct api_request *req, long long n)
+{
+    long long before = atomic_fetch_add(&api->body_bytes, n);
+    if (before + n > API_BODIES_INFLIGHT_MAX) {
+        atomic_fetch_sub(&api->body_bytes, n);
+        return false;
+    }
+    req->reserved += n;
+    return true;
+}
+
+static unsigned form_http_status(enum form_status st)
+{
+    switch (st) {
+    case FORM_OK: break;
+    case FORM_ERR_SYNTAX:
+    case FORM_ERR_LIMIT: return MHD_HTTP_BAD_REQUEST;
+    case FORM_ERR_TYPE: return MHD_HTTP_UNSUPPORTED_MEDIA_TYPE;
+    case FORM_ERR_NOMEM: return MHD_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    return MHD_HTTP_OK;
+}
+
+static enum MHD_Result reply_form_error(struct api_request *req, enum form_status st, char *err,
+                                        const char *where)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s: %s", where, err ? err : "malformed");
+    free(err);
+    return api_reply_error(req->conn, form_http_status(st), msg);
+}
+
+/* First call, headers read: everything that can be answered before the body. */
+static enum MHD_Result begin(struct api_server *api, struct api_request *req)
+{
+    struct MHD_Connection *conn = req->conn;
+    char allow[64];
+    bool known, auth;
+
+    req->stage = STAGE_REPLIED; /* unless we get to the end */
+    if (req->uri_too_long) return api_reply_error(conn, MHD_HTTP_URI_TOO_LONG, "URI too long");
+    req->endpoint = route(req, req->method, &known, allow, sizeof allow, &auth);
+    if (auth && !api_auth_check(&api->auth, MHD_lookup_connection_value(
+                                                conn, MHD_HEADER_KIND,
+                                                MHD_HTTP_HEADER_AUTHORIZATION)))
+        return reply_unauthorized(conn);
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (errno || end == cl || *end || n > (unsigned long long)API_BODY_MAX)
+            return api_reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "Request body too large");
+        if (n > 0 && req->endpoint) {
+            if (!reserve(api, req, (long long)n))
+                return api_reply_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                       "Too many request bodies in progress; retry later");
+            req->raw = malloc(n);
+            if (!req->raw)
+                return api_reply_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "Out of memory");
+            req->cap = n;
+        }
+    }
+
+    if (!req->endpoint) {
+        if (known) return reply_not_allowed(conn, allow);
+        return api_reply_error(conn, MHD_HTTP_NOT_FOUND, "Not found");
+    }
+
+    const char *q = strchr(req->uri, '?');
+    if (q) {
+        char *err = NULL;
+        size_t qlen = strcspn(q + 1, "#");
+        enum form_status st = form_parse_urlencoded(&req->query, (const uint8_t *)q + 1, qlen, &err);
+        if (st != FORM_OK) return reply_form_error(req, st, err, "Query string");
+    }
+    req->content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                    MHD_HTTP_HEADER_CONTENT_TYPE);
+    req->stage = STAGE_BODY;
+    return MHD_YES;
+}
+
+/* A chunk of the body.  MHD_NO closes the connection: a body that grows past API_BODY_MAX (only
+ * possible without Content-Length, i.e. chunked) is not read further.  libmicrohttpd 0.9.75
+ * cannot queue a reply while the body is being received, so that client gets no 413, only the
+ * close; a body announced too large by Content-Length gets its 413 before a byte is read. */
+static enum MHD_Result take_body(struct api_server *api, struct api_request *req, const char *data,
+                                 size_t n)
+{
+    if (req->len + n > (size_t)API_BODY_MAX) {
+        log_info("http", "request body over the limit: connection closed limit=%lld",
+                 (long long)API_BODY_MAX);
+        return MHD_NO;
+    }
+    if (req->len + n > req->cap) {
+        size_t cap = req->cap ? req->cap : 16384;
+        while (cap < req->len + n) cap *= 2;
+        if (cap > (size_t)API_BODY_MAX) cap = (size_t)API_BODY_MAX;
+        if (!reserve(api, req, (long long)(cap - req->cap))) return MHD_NO;
+        uint8_t *nb = realloc(req->raw, cap);
+        if (!nb) return MHD_NO;
+        req->raw = nb;
+        req->cap = cap;
+    }
+    memcpy(req->raw + req->len, data, n);
+    req->len += n;
+    return MHD_YES;
+}
+
+/* Last call, the whole body read: parse it and run the handler. */
+static enum MHD_Result finish(struct api_server *api, struct api_request *req)
+{
+    req->stage = STAGE_REPLIED;
+    /* An empty body is no form at all, whatever its Content-Type says (some clients send
+     * multipart/form-data on a GET); the handler then sees no fields. */
+    if (req->len > 0) {
+        char *err = NULL;
+        enum form_status st = form_parse(&req->body, req->content_type, req->raw, req->len, &err);
+        if (st != FORM_OK) return reply_form_error(req, st, err, "Request body");
+    }
+    return req->endpoint->handler(api, req);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **req_cls)
 {
     struct api_server *api = cls;
-    /* Request bodies come with the routes API; until then any body is refused unread. */
-    if (*upload_data_size > 0) return api_reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "Request body not accepted here");
-    if (strcmp(url, "/healthz") == 0) {
-        if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
-            return api_reply_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "Method not allowed");
-        return api_health(api, conn);
+    struct api_request *req = *req_cls;
+
+    if (!req) return MHD_NO; /* on_uri could not allocate: close */
+    switch (req->stage) {
+    case STAGE_NEW:
+        req->conn = conn;
+        req->method = method;
+        return begin(api, req);
+    case STAGE_BODY:
+        if (*upload_data_size > 0) {
+            size_t n = *upload_data_size;
+            *upload_data_size = 0;
+            return take_body(api, req, upload_data, n);
+        }
+        return finish(api, req);
+    default:
+        *upload_data_size = 0; /* answered already: whatever still comes is dropped */
+        return MHD_YES;
     }
-    return api_reply_error(conn, MHD_HTTP_NOT_FOUND, "Not found");
 }
+
+/* ---- daemons -------------------------------------------------------------------------------- */
 
 __attribute__((format(printf, 2, 0)))
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -72,6 +408,8 @@ static int start_daemon(struct api_server *api, const char *spec, char **err)
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)API_CONNECTIONS_MAX,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)API_CONNECTIONS_PER_IP_MAX,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)API_TIMEOUT_SECONDS,
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, api,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, api,
         MHD_OPTION_END);
     if (!d) {
         close(fd);
@@ -89,9 +427,16 @@ static int start_daemon(struct api_server *api, const char *spec, char **err)
 
 struct api_server *api_server_start(const struct api_config *cfg, struct store *store, char **err)
 {
+    if (!cfg->api_key || !*cfg->api_key) {
+        *err = g_strdup("no API key: the API is never served without one");
+        return NULL;
+    }
     struct api_server *api = g_new0(struct api_server, 1);
     api->cfg = *cfg;
+    api->cfg.api_key = NULL; /* kept only as a digest */
     api->store = store;
+    atomic_init(&api->body_bytes, 0);
+    api_auth_init(&api->auth, cfg->api_key);
     if (cfg->nlisten > G_N_ELEMENTS(api->daemons)) {
         *err = g_strdup("too many HTTP listeners");
         goto fail;
@@ -109,5 +454,6 @@ void api_server_stop(struct api_server *api)
     if (!api) return;
     /* MHD_stop_daemon closes the listening socket too, even one given with LISTEN_SOCKET. */
     for (size_t i = 0; i < api->ndaemons; i++) MHD_stop_daemon(api->daemons[i]);
+    memset(&api->auth, 0, sizeof api->auth);
     g_free(api);
 }

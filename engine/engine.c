@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "api/api.h"
+#include "engine/keys.h"
 #include "message/message.h"
 #include "smtp/smtp.h"
 #include "storage/store.h"
@@ -26,6 +27,7 @@ struct engine {
     struct store *store;
     struct smtp_server *smtp;
     struct api_server *api;
+    struct engine_keys keys;
     uv_signal_t sigterm, sigint;
     uv_async_t commits_async;
     pthread_mutex_t done_lock;
@@ -160,6 +162,30 @@ static int start_storage(struct engine *e)
     return 0;
 }
 
+/* The keys (SPEC §1): generated into the database on first start unless both are given by
+ * settings; the database's are mirrored into <data-dir>/keys.  Only the path is logged. */
+static int start_keys(struct engine *e)
+{
+    char *err = NULL, *path = NULL;
+    if (keys_resolve(e->store, e->cfg, true, &e->keys, &err) < 0) {
+        log_error("engine", "%s", err);
+        g_free(err);
+        return -1;
+    }
+    if (!e->keys.stored_api) {
+        log_info("engine", "keys source=settings");
+        return 0;
+    }
+    if (keys_write_file(e->cfg->data_dir, &e->keys, &path, &err) < 0) {
+        log_error("engine", "%s", err);
+        g_free(err);
+        return -1;
+    }
+    log_info("engine", "keys file=%s", path);
+    g_free(path);
+    return 0;
+}
+
 static int start_listeners(struct engine *e)
 {
     struct inlet_config *cfg = e->cfg;
@@ -169,6 +195,7 @@ static int start_listeners(struct engine *e)
         .nlisten = cfg->http_listen.count,
         .data_dir = cfg->data_dir,
         .min_free_disk = cfg->min_free_disk,
+        .api_key = e->keys.api_key,
     };
     e->api = api_server_start(&api_cfg, e->store, &err);
     if (!e->api) goto fail;
@@ -213,7 +240,7 @@ int engine_serve(struct inlet_config *cfg)
     uv_signal_init(&e.loop, &e.sigint);
     e.sigterm.data = e.sigint.data = &e;
 
-    if (start_storage(&e) < 0 || start_listeners(&e) < 0) {
+    if (start_storage(&e) < 0 || start_keys(&e) < 0 || start_listeners(&e) < 0) {
         api_server_stop(e.api);
         e.api = NULL;
         on_smtp_stopped(&e);
@@ -228,6 +255,7 @@ int engine_serve(struct inlet_config *cfg)
 out:
     smtp_server_free(e.smtp);
     store_close(e.store); /* after the loop: every commit has been answered */
+    keys_clear(&e.keys);
     uv_loop_close(&e.loop);
     pthread_mutex_destroy(&e.done_lock);
     message_lib_shutdown();

@@ -7,4 +7,8 @@ struct inlet_config;
 /* Runs the engine until SIGTERM/SIGINT; returns the process exit status. */
 int engine_serve(struct inlet_config *cfg);
 
+/* `inlet keys`: prints "api_key=..." and "signing_key=..." (the keys `inlet serve` uses with
+ * these settings: a setting's, else the database's); 1 with a message when there are none yet. */
+int engine_print_keys(struct inlet_config *cfg);
+
 #endif

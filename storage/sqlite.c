@@ -433,8 +433,34 @@ static bool message_only_error(int rc)
            rc == SQLITE_NOMEM;
 }
 
+/* Runs one job under savepoint "job": RELEASE when it succeeds, ROLLBACK TO (then RELEASE) when
+ * it fails, so that only its own changes go.  -1 only when the savepoint itself failed: then the
+ * transaction cannot go on. */
+static int run_job(struct sqlite_be *be, struct store_job *job)
+{
+    char *jerr = NULL;
+
+    if (sqlite3_exec(be->wdb, "SAVEPOINT job", NULL, NULL, NULL) != SQLITE_OK) return -1;
+    if (job->run(&store_sqlite_backend, be, job->arg, &jerr) == 0) {
+        free(jerr);
+        if (sqlite3_exec(be->wdb, "RELEASE job", NULL, NULL, NULL) != SQLITE_OK) return -1;
+        job->status = STORE_OK;
+        job->err = NULL;
+        return 0;
+    }
+    job->status = STORE_ERR_IO;
+    job->err = jerr ? jerr : strdup("job failed");
+    if (sqlite3_get_autocommit(be->wdb)) return -1; /* the whole transaction went */
+    if (sqlite3_exec(be->wdb, "ROLLBACK TO job", NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_exec(be->wdb, "RELEASE job", NULL, NULL, NULL) != SQLITE_OK)
+        return -1;
+    return 0;
+}
+
 static enum store_status sqlite_write_batch(void *arg, struct store_message *const *msgs, size_t n,
-                                            enum store_status *status, char **err)
+                                            enum store_status *status,
+                                            struct store_job *const *jobs, size_t njobs,
+                                            char **err)
 {
     struct sqlite_be *be = arg;
     enum store_status ret;
@@ -459,10 +485,19 @@ static enum store_status sqlite_write_batch(void *arg, struct store_message *con
         }
         goto fail;
     }
+    for (size_t i = 0; i < njobs; i++) {
+        if (run_job(be, jobs[i]) < 0) goto fail_jobs;
+    }
     rc = sqlite3_exec(be->wdb, "COMMIT", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) goto fail;
+    if (rc != SQLITE_OK) goto fail_jobs;
     return STORE_OK;
 
+fail_jobs:
+    /* The jobs' results are not set on failure: drop what run_job left. */
+    for (size_t i = 0; i < njobs; i++) {
+        free(jobs[i]->err);
+        jobs[i]->err = NULL;
+    }
 fail:
     /* Read the error before ROLLBACK replaces it. */
     rc = sqlite3_extended_errcode(be->wdb);
@@ -470,6 +505,71 @@ fail:
     set_err(err, "%s", sqlite3_errmsg(be->wdb));
     if (!sqlite3_get_autocommit(be->wdb)) sqlite3_exec(be->wdb, "ROLLBACK", NULL, NULL, NULL);
     return ret;
+}
+
+/* ---- meta rows ------------------------------------------------------------------------------ */
+
+/* Runs `sql` with text parameters ?1 (and ?2); the first column of the first row, if any, goes
+ * to *out (malloc'd).  SQLITE_DONE, or the error code. */
+static int meta_stmt(sqlite3 *db, const char *sql, const char *p1, const char *p2, char **out)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &stmt, NULL);
+
+    if (rc != SQLITE_OK) return rc;
+    sqlite3_bind_text(stmt, 1, p1, -1, SQLITE_STATIC);
+    if (p2) sqlite3_bind_text(stmt, 2, p2, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        if (out && !*out) {
+            const unsigned char *t = sqlite3_column_text(stmt, 0);
+
+            *out = strdup(t ? (const char *)t : "");
+            if (!*out) {
+                rc = SQLITE_NOMEM;
+                break;
+            }
+        }
+    }
+    sqlite3_finalize(stmt);
+    return rc;
+}
+
+static int sqlite_meta_set_if_absent(void *arg, const char *key, const char *value, char **winner,
+                                     char **err)
+{
+    struct sqlite_be *be = arg;
+    int rc;
+
+    *winner = NULL;
+    rc = meta_stmt(be->wdb,
+                   "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                   key, value, NULL);
+    if (rc == SQLITE_DONE)
+        rc = meta_stmt(be->wdb, "SELECT value FROM meta WHERE key = ?1", key, NULL, winner);
+    if (rc == SQLITE_DONE && *winner) return 0;
+    set_err(err, "%s", rc == SQLITE_DONE ? "the row is not there after the insert"
+                                         : sqlite3_errmsg(be->wdb));
+    free(*winner);
+    *winner = NULL;
+    return -1;
+}
+
+static int sqlite_meta_get(void *arg, const char *key, char **value, char **err)
+{
+    struct sqlite_be *be = arg;
+    int rc;
+
+    *value = NULL;
+    pthread_mutex_lock(&be->rmu);
+    rc = meta_stmt(be->rdb, "SELECT value FROM meta WHERE key = ?1", key, NULL, value);
+    if (rc != SQLITE_DONE) set_err(err, "%s", sqlite3_errmsg(be->rdb));
+    pthread_mutex_unlock(&be->rmu);
+    if (rc != SQLITE_DONE) {
+        free(*value);
+        *value = NULL;
+        return -EIO;
+    }
+    return *value ? 0 : -ENOENT;
 }
 
 /* ---- reads and checks ----------------------------------------------------------------------- */
@@ -552,6 +652,8 @@ const struct store_backend store_sqlite_backend = {
     .close = sqlite_close,
     .name = sqlite_name,
     .write_batch = sqlite_write_batch,
+    .meta_set_if_absent = sqlite_meta_set_if_absent,
+    .meta_get = sqlite_meta_get,
     .idle = sqlite_idle,
     .count_unprocessed = sqlite_count_unprocessed,
     .check_writable = sqlite_check_writable,

@@ -39,11 +39,21 @@ _Static_assert(STORE_BATCH_MAX_BYTES > 0, "a batch holds at least one byte");
 
 #define STORE_DB_FILE "inlet.db"
 
+/* One queued write: a message (msg, done, arg) or a job (job, waiter). */
 struct store_entry {
     struct store_message *msg;
     store_done_fn done;
     void *arg;
+    struct store_job *job;
+    struct job_waiter *waiter;
     struct store_entry *next;
+};
+
+/* Where the thread that queued a job sleeps until the writer finished it. */
+struct job_waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
 };
 
 struct store {
@@ -61,10 +71,12 @@ struct store {
     pthread_t writer;
     bool writer_started;
 
-    /* The batch being written; only the writer thread touches these. */
+    /* The batch being written; only the writer thread touches these.  batch[] holds message and
+     * job entries together, msgs[] and jobs[] the ones of each kind. */
     struct store_entry *batch[STORE_BATCH_MAX_MESSAGES];
     struct store_message *msgs[STORE_BATCH_MAX_MESSAGES];
     enum store_status status[STORE_BATCH_MAX_MESSAGES];
+    struct store_job *jobs[STORE_BATCH_MAX_MESSAGES];
 };
 
 static void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -281,18 +293,35 @@ static double elapsed_ms(const struct timespec *a, const struct timespec *b)
     return (double)(b->tv_sec - a->tv_sec) * 1e3 + (double)(b->tv_nsec - a->tv_nsec) / 1e6;
 }
 
-static void run_batch(struct store *st, size_t n)
+static void job_finish(struct store_entry *e)
+{
+    struct job_waiter *w = e->waiter;
+
+    pthread_mutex_lock(&w->mu);
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    /* The waiter (on the caller's stack) may be gone from here on. */
+}
+
+/* Writes the batch[0..nentries-1] (messages and jobs) in one transaction, then answers each. */
+static void run_batch(struct store *st, size_t nentries)
 {
     struct timespec t0, t1;
     enum store_status rc;
     char *err = NULL;
-    size_t ok = 0, ok_bytes = 0;
+    size_t n = 0, njobs = 0, ok = 0, ok_bytes = 0;
 
-    for (size_t i = 0; i < n; i++) st->msgs[i] = st->batch[i]->msg;
+    for (size_t i = 0; i < nentries; i++) {
+        if (st->batch[i]->job)
+            st->jobs[njobs++] = st->batch[i]->job;
+        else
+            st->msgs[n++] = st->batch[i]->msg;
+    }
 
     pthread_mutex_lock(&st->write_mu);
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    rc = st->ops->write_batch(st->be, st->msgs, n, st->status, &err);
+    rc = st->ops->write_batch(st->be, st->msgs, n, st->status, st->jobs, njobs, &err);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     pthread_mutex_unlock(&st->write_mu);
 
@@ -302,14 +331,18 @@ static void run_batch(struct store *st, size_t n)
             ok++;
             ok_bytes += st->msgs[i]->len;
         }
-        log_debug("storage", "commit messages=%zu bytes=%zu ms=%.1f", ok, ok_bytes,
+        log_debug("storage", "commit messages=%zu bytes=%zu jobs=%zu ms=%.1f", ok, ok_bytes, njobs,
                   elapsed_ms(&t0, &t1));
     } else {
         char esc[512];
         const char *e = err ? err : "out of memory";
 
         for (size_t i = 0; i < n; i++) st->status[i] = rc;
-        log_warn("storage", "commit failed messages=%zu error=\"%s\"", n,
+        for (size_t i = 0; i < njobs; i++) {
+            st->jobs[i]->status = rc;
+            st->jobs[i]->err = strdup(e);
+        }
+        log_warn("storage", "commit failed messages=%zu jobs=%zu error=\"%s\"", n, njobs,
                  log_escape(esc, sizeof esc, e, strlen(e), 400));
     }
     free(err);
@@ -324,15 +357,25 @@ static void run_batch(struct store *st, size_t n)
     }
     pthread_mutex_unlock(&st->mu);
 
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0, m = 0; i < nentries; i++) {
         struct store_entry *e = st->batch[i];
 
-        e->done(e->arg, st->status[i]);
-        store_free_message(e->msg);
+        if (e->job) {
+            job_finish(e);
+        } else {
+            e->done(e->arg, st->status[m++]);
+            store_free_message(e->msg);
+        }
         free(e);
         st->batch[i] = NULL;
-        st->msgs[i] = NULL;
     }
+    for (size_t i = 0; i < n; i++) st->msgs[i] = NULL;
+    for (size_t i = 0; i < njobs; i++) st->jobs[i] = NULL;
+}
+
+static size_t entry_bytes(const struct store_entry *e)
+{
+    return e->msg ? e->msg->len : 0;
 }
 
 static void *writer_main(void *arg)
@@ -346,12 +389,12 @@ static void *writer_main(void *arg)
         while (!st->head && !st->stopping) pthread_cond_wait(&st->cond, &st->mu);
         if (!st->head) break; /* stopping and drained */
         while (st->head && n < STORE_BATCH_MAX_MESSAGES &&
-               (n == 0 || bytes + st->head->msg->len <= (size_t)STORE_BATCH_MAX_BYTES)) {
+               (n == 0 || bytes + entry_bytes(st->head) <= (size_t)STORE_BATCH_MAX_BYTES)) {
             struct store_entry *e = st->head;
 
             st->head = e->next;
             e->next = NULL;
-            bytes += e->msg->len;
+            bytes += entry_bytes(e);
             st->batch[n++] = e;
         }
         if (!st->head) st->tail = &st->head;
@@ -469,6 +512,108 @@ void store_accept(struct store *st, struct store_message *msg, store_done_fn don
     st->tail = &e->next;
     pthread_cond_signal(&st->cond);
     pthread_mutex_unlock(&st->mu);
+}
+
+void store_run_job(struct store *st, struct store_job *job)
+{
+    struct job_waiter w = {.done = false};
+    struct store_entry *e = malloc(sizeof *e);
+
+    job->status = STORE_ERR_IO;
+    job->err = NULL;
+    if (!e) {
+        job->err = strdup("out of memory");
+        return;
+    }
+    *e = (struct store_entry){.job = job, .waiter = &w};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+
+    pthread_mutex_lock(&st->mu);
+    if (st->stopping) {
+        pthread_mutex_unlock(&st->mu);
+        free(e);
+        job->err = strdup("storage is closing");
+    } else {
+        *st->tail = e;
+        st->tail = &e->next;
+        pthread_cond_signal(&st->cond);
+        pthread_mutex_unlock(&st->mu);
+        pthread_mutex_lock(&w.mu);
+        while (!w.done) pthread_cond_wait(&w.cv, &w.mu);
+        pthread_mutex_unlock(&w.mu);
+    }
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+}
+
+/* ---- meta rows ------------------------------------------------------------------------------ */
+
+struct meta_set {
+    const char *key, *value;
+    char *winner;
+};
+
+static int run_meta_set(const struct store_backend *ops, void *be, void *arg, char **err)
+{
+    struct meta_set *m = arg;
+
+    return ops->meta_set_if_absent(be, m->key, m->value, &m->winner, err);
+}
+
+static void log_store_error(const char *what, const char *key, const char *e)
+{
+    char esc[512];
+
+    e = e ? e : "out of memory";
+    log_warn("storage", "%s failed key=%s error=\"%s\"", what, key,
+             log_escape(esc, sizeof esc, e, strlen(e), 400));
+}
+
+int store_get_meta(struct store *st, const char *key, char **value)
+{
+    char *err = NULL;
+    int rc;
+
+    *value = NULL;
+    rc = st->ops->meta_get(st->be, key, value, &err);
+    if (rc < 0 && rc != -ENOENT) {
+        log_store_error("meta read", key, err);
+        rc = -EIO;
+    }
+    free(err);
+    return rc;
+}
+
+int store_set_meta_if_absent(struct store *st, const char *key, const char *value, char **winner)
+{
+    struct meta_set m = {.key = key, .value = value};
+    struct store_job job = {.run = run_meta_set, .arg = &m};
+
+    *winner = NULL;
+    store_run_job(st, &job);
+    if (job.status != STORE_OK) {
+        /* A batch that failed as a whole left no winner; a job that failed alone may have one. */
+        free(m.winner);
+        log_store_error("meta write", key, job.err);
+        free(job.err);
+        return job.status == STORE_ERR_FULL ? -ENOSPC : -EIO;
+    }
+    free(job.err);
+    *winner = m.winner;
+    return 0;
+}
+
+bool store_exists(const char *data_dir, const char *database)
+{
+    const struct store_backend *ops;
+    char *location = NULL;
+    bool exists;
+
+    if (parse_database(data_dir, database, &ops, &location, NULL) < 0) return true; /* let open say why */
+    exists = access(location, F_OK) == 0;
+    free(location);
+    return exists;
 }
 
 int store_count_unprocessed(struct store *st, int64_t *count)

@@ -14,6 +14,7 @@
 #ifndef INLET_STORAGE_STORE_H
 #define INLET_STORAGE_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -55,6 +56,24 @@ void store_close(struct store *st);
 
 /* Queues `msg` for the next batch.  `done` is always called exactly once. */
 void store_accept(struct store *st, struct store_message *msg, store_done_fn done, void *arg);
+
+/* Meta rows: settings every node shares, e.g. "api_key" and "signing_key" (SPEC §1).
+ *
+ * store_get_meta: 0 with *value (malloc'd), -ENOENT when there is no such row (*value NULL), -EIO
+ * on a storage error (logged).  Any thread; reads what has been committed.
+ *
+ * store_set_meta_if_absent: writes (key, value) unless the key exists, through the writer thread
+ * (a job in the next batch, under its own savepoint) and waits for the durable commit; 0 with
+ * *winner (malloc'd) = the value now stored: `value`, or the one another writer (another node, or
+ * an earlier start) put there first.  -EIO or -ENOSPC (logged) when it could not be written.
+ * Blocks the calling thread for one group commit; never call it from a store callback. */
+int store_get_meta(struct store *st, const char *key, char **value);
+int store_set_meta_if_absent(struct store *st, const char *key, const char *value, char **winner);
+
+/* Whether the database named by (data_dir, database) as for store_open() exists already (for
+ * SQLite: the file), so that a read-only command does not create one.  True for a URL it cannot
+ * tell about (store_open() then says what is wrong). */
+bool store_exists(const char *data_dir, const char *database);
 
 /* Messages committed but not yet processed (state 'accepted'): found again at start-up. */
 int store_count_unprocessed(struct store *st, int64_t *count);

@@ -61,8 +61,22 @@ static const struct setting settings[] = {
     {"min-free-disk", SET_INT, OFF(min_free_disk), "104857600", 0, INT64_MAX, "BYTES",
      "free space under the data dir below which /healthz answers 503"},
     {"log-level", SET_STR, OFF(log_level), "info", 0, 0, "LEVEL", "error, warn, info or debug"},
+    {"api-key", SET_STR, OFF(api_key), NULL, 0, 0, "KEY",
+     "HTTP Basic password of user api (default: generated on first start, kept in the database)"},
+    {"api-key-file", SET_STR, OFF(api_key_file), NULL, 0, 0, "FILE",
+     "file holding the API key (its first line, or its api_key= line)"},
+    {"signing-key", SET_STR, OFF(signing_key), NULL, 0, 0, "KEY",
+     "HMAC key of webhook signatures (default: generated, kept in the database)"},
+    {"signing-key-file", SET_STR, OFF(signing_key_file), NULL, 0, 0, "FILE",
+     "file holding the signing key (its first line, or its signing_key= line)"},
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
+
+/* Keys are never printed: check-config shows "(set)". */
+static bool is_secret(const struct setting *s)
+{
+    return s->offset == OFF(api_key) || s->offset == OFF(signing_key);
+}
 
 static void *field(struct inlet_config *cfg, const struct setting *s)
 {
@@ -221,8 +235,78 @@ static void validate_listeners(const struct strlist *l, const char *what, GStrin
     }
 }
 
+/* A key must be visible ASCII (no spaces: it goes into HTTP Basic and key files), 1..KEY_MAX. */
+static bool key_valid(const char *key)
+{
+    size_t n = strlen(key);
+    if (n == 0 || n > KEY_MAX) return false;
+    for (const char *p = key; *p; p++)
+        if (*p < 0x21 || *p > 0x7e) return false;
+    return true;
+}
+
+/* The key in `path`: the value of a line `<label>=...` when there is one (so <data-dir>/keys of
+ * another node can be given as it is), else the first line; surrounding white space dropped.
+ * NULL with the problem in errors. */
+static char *read_key_file(const char *path, const char *label, const char *opt, GString *errors)
+{
+    char *text = NULL;
+    gsize len = 0;
+    g_autoptr(GError) gerr = NULL;
+    if (!g_file_get_contents(path, &text, &len, &gerr)) {
+        g_string_append_printf(errors, "--%s: %s\n", opt, gerr->message);
+        return NULL;
+    }
+    if (len > 64 * 1024 || memchr(text, '\0', len)) {
+        g_string_append_printf(errors, "--%s: %s is not a key file\n", opt, path);
+        g_free(text);
+        return NULL;
+    }
+    char **lines = g_strsplit(text, "\n", -1);
+    g_free(text);
+    char *key = NULL;
+    size_t llen = strlen(label);
+    for (char **l = lines; *l && !key; l++) {
+        char *line = g_strstrip(*l);
+        if (strncmp(line, label, llen) == 0 && line[llen] == '=') key = g_strdup(g_strstrip(line + llen + 1));
+    }
+    if (!key && lines[0]) key = g_strdup(g_strstrip(lines[0]));
+    g_strfreev(lines);
+    if (!key || !*key) {
+        g_string_append_printf(errors, "--%s: %s holds no key\n", opt, path);
+        g_free(key);
+        return NULL;
+    }
+    return key;
+}
+
+/* --X-key and --X-key-file: at most one of them; the file is read now, so that check-config
+ * reports a missing or empty file. */
+static void validate_key(char **key, char **file, const char *opt, const char *label,
+                         GString *errors)
+{
+    if (*key && !**key) g_clear_pointer(key, g_free); /* an empty value means "not given" */
+    if (*file && !**file) g_clear_pointer(file, g_free);
+    if (*key && *file) {
+        g_string_append_printf(errors, "--%s and --%s-file are both given; use one\n", opt, opt);
+        return;
+    }
+    if (*file) {
+        char fileopt[64];
+        snprintf(fileopt, sizeof fileopt, "%s-file", opt);
+        *key = read_key_file(*file, label, fileopt, errors);
+        if (!*key) return;
+    }
+    if (*key && !key_valid(*key))
+        g_string_append_printf(errors,
+                               "--%s: a key is 1 to %d visible ASCII characters (no spaces)\n",
+                               opt, KEY_MAX);
+}
+
 static void validate(struct inlet_config *cfg, GString *errors)
 {
+    validate_key(&cfg->api_key, &cfg->api_key_file, "api-key", "api_key", errors);
+    validate_key(&cfg->signing_key, &cfg->signing_key_file, "signing-key", "signing_key", errors);
     validate_listeners(&cfg->smtp_listen, "smtp-listen", errors);
     validate_listeners(&cfg->http_listen, "http-listen", errors);
     cfg->domain_set = domain_set_new();
@@ -313,7 +397,7 @@ void config_print(const struct inlet_config *cfg, FILE *out)
         fprintf(out, "%s=", s->name);
         if (s->type == SET_STR) {
             const char *v = *(char *const *)f;
-            fprintf(out, "%s", v ? v : "");
+            fprintf(out, "%s", is_secret(s) ? (v ? "(set)" : "") : v ? v : "");
         } else if (s->type == SET_INT) {
             fprintf(out, "%lld", (long long)*(const int64_t *)f);
         } else {

@@ -35,6 +35,13 @@ struct inlet_config {
     int64_t shutdown_grace;
     int64_t min_free_disk;
     char *log_level;
+    /* Keys (SPEC §1).  After config_load() api_key/signing_key hold the key from the option or
+     * the environment or the first line of the file (NULL when none is given: `inlet serve` then
+     * uses the database's, generating them on first start). */
+    char *api_key;
+    char *api_key_file;
+    char *signing_key;
+    char *signing_key_file;
 
     /* Derived by config_load() after validation. */
     struct domain_set *domain_set;
@@ -48,7 +55,7 @@ int config_load(struct inlet_config *cfg, int argc, char **argv, char **err);
 void config_free(struct inlet_config *cfg);
 /* The options section of --help, generated from the table. */
 void config_print_help(FILE *out);
-/* "key=value" for every setting, as `inlet check-config` shows them. */
+/* "key=value" for every setting, as `inlet check-config` shows them; a key shows as "(set)". */
 void config_print(const struct inlet_config *cfg, FILE *out);
 
 #endif

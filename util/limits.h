@@ -56,5 +56,69 @@
 #define API_CONNECTIONS_PER_IP_MAX 32
 #define API_TIMEOUT_SECONDS 30
 #define API_THREADS 2
+/* A request body (SPEC §7): 413 above it, checked on Content-Length before any byte is read and
+ * again while the body streams in. */
+#define API_BODY_MAX (50LL * 1024 * 1024)
+/* Request body bytes held in memory by every API request together; above it a request is
+ * answered 503 before its body is read (Content-Length known) or closed (chunked). */
+#define API_BODIES_INFLIGHT_MAX (256LL * 1024 * 1024)
+/* Bytes of a request's URI (path and query) we look at; MHD's memory pool bounds it anyway. */
+#define API_URI_MAX 8192
+/* Path parameters (`:id`) in one endpoint pattern. */
+#define API_PARAMS_MAX 4
+/* The Authorization header we decode (Basic, base64 of "api:KEY"). */
+#define API_AUTH_HEADER_MAX 1024
+
+/* Request bodies and query strings (api/form.c): fields in one form (query or body), bytes of a
+ * field name, multipart parts, the header block of one part, and a multipart boundary. */
+#define FORM_FIELDS_MAX 1000
+#define FORM_NAME_MAX 256
+#define FORM_PARTS_MAX 1000
+#define FORM_PART_HEADERS_MAX 8192
+#define FORM_BOUNDARY_MAX 200
+/* The filename and content type of a file part. */
+#define FORM_FILENAME_MAX 1024
+
+/* API and signing keys given by a setting: visible ASCII, this many bytes at most. */
+#define KEY_MAX 512
+/* Generated keys: random bytes (64 lowercase hex characters). */
+#define KEY_RANDOM_BYTES 32
+
+_Static_assert(API_BODY_MAX < LIMIT_INFLIGHT_BYTES, "a request body fits the memory budget");
+
+/* Routes (SPEC §4).  The expression and each action are at most 4 KiB (Mailgun's limit). */
+#define ROUTE_EXPRESSION_MAX 4096
+#define ROUTE_ACTION_MAX 4096
+/* Filters joined by "and" in one expression. */
+#define ROUTE_FILTERS_MAX 32
+/* Actions of one route, destinations of one forward(). */
+#define ROUTE_ACTIONS_MAX 16
+#define ROUTE_DESTINATIONS_MAX 64
+/* Capture groups of one route, counted across all its filters (templates reach \99 at most). */
+#define ROUTE_CAPTURES_MAX 100
+/* PCRE2 match context: backtracking steps and depth per match attempt, heap for the
+ * interpreter (KiB); the JIT ignores the depth limit, so its stack is bounded instead
+ * (start and maximum size, bytes, one stack per matcher). */
+#define ROUTE_MATCH_LIMIT 1000000
+#define ROUTE_DEPTH_LIMIT 10000
+#define ROUTE_HEAP_LIMIT_KIB (20 * 1024)
+#define ROUTE_JIT_STACK_START (32 * 1024)
+#define ROUTE_JIT_STACK_MAX (512 * 1024)
+/* A resolved destination or notify URL after capture substitution. */
+#define ROUTE_TARGET_MAX 8192
+
+/* MIME parsing (message/, SPEC §3).  Over any of these the message is still parsed up to the limit
+ * and parse-warnings says what was cut. */
+/* Nesting of multiparts; GMime has its own guard (1024 levels) below which it recurses. */
+#define LIMIT_MIME_DEPTH 32
+/* MIME parts (multiparts and leaves) of one message.  GMime holds ~1.3 KiB per part, so a
+ * pre-scan cuts the input at the delimiter line that would open part LIMIT_MIME_PARTS + 1. */
+#define LIMIT_MIME_PARTS 1000
+/* Header fields and bytes of the top-level header block, and again of all part header blocks
+ * together. */
+#define LIMIT_HEADER_COUNT 10000
+#define LIMIT_HEADER_BYTES (1024 * 1024)
+/* Decoded bytes of all parts together (bodies after conversion to UTF-8, attachments). */
+#define LIMIT_MIME_DECODED_BYTES (256LL * 1024 * 1024)
 
 #endif

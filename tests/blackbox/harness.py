@@ -368,6 +368,39 @@ class Daemon:
     def db(self):
         return open_db(self.db_path)
 
+    def keys(self):
+        """{"api_key": ..., "signing_key": ...} from <data-dir>/keys (written by `inlet serve`)."""
+        out = {}
+        with open(os.path.join(self.data_dir, "keys")) as f:
+            for line in f:
+                k, _, v = line.rstrip("\n").partition("=")
+                out[k] = v
+        return out
+
+    def http(self, method, path, body=None, headers=None, auth=True, http_timeout=10):
+        """One HTTP request to the first HTTP listener; (status, headers, body bytes).
+        auth=True: Basic "api" with the key of <data-dir>/keys; a string: that key; a tuple:
+        (user, password); None or False: no Authorization header."""
+        import base64
+        import http.client
+        hdrs = dict(headers or {})
+        if auth:
+            if auth is True:
+                auth = ("api", self.keys()["api_key"])
+            elif isinstance(auth, str):
+                auth = ("api", auth)
+            token = base64.b64encode(("%s:%s" % auth).encode()).decode()
+            hdrs["Authorization"] = "Basic " + token
+        if isinstance(body, str):
+            body = body.encode()
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout(http_timeout))
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+            r = conn.getresponse()
+            return r.status, r.headers, r.read()
+        finally:
+            conn.close()
+
     def http_get(self, path, http_timeout=10):
         """(status, headers, body bytes)."""
         url = "http://127.0.0.1:%d%s" % (self.http_port, path)

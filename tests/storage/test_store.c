@@ -582,6 +582,148 @@ out:
     tmpdir_free(tmp);
 }
 
+/* ---- meta rows and jobs -------------------------------------------------------------------- */
+
+static void test_meta(void)
+{
+    char *tmp = tmpdir_new(), *err = NULL, *v = NULL, *winner = NULL;
+    char *other = join(tmp, "other");
+
+    CHECK(!store_exists(tmp, NULL), "store_exists: not before the first open");
+    CHECK(!store_exists(NULL, "sqlite:/nonexistent/dir/x.db"), "store_exists: sqlite URL, no file");
+    struct store *st = store_open(tmp, NULL, &err);
+    CHECK(st != NULL, "open");
+    if (!st) goto out;
+    CHECK(store_exists(tmp, NULL), "store_exists after open");
+    CHECK(store_get_meta(st, "api_key", &v) == -ENOENT && !v, "absent key: -ENOENT");
+    CHECK(store_set_meta_if_absent(st, "api_key", "first", &winner) == 0, "set if absent");
+    CHECK_STR(winner, "first", "the first value wins");
+    free(winner);
+    winner = NULL;
+    CHECK(store_set_meta_if_absent(st, "api_key", "second", &winner) == 0, "set again");
+    CHECK_STR(winner, "first", "a second writer gets the stored value");
+    free(winner);
+    winner = NULL;
+    CHECK(store_get_meta(st, "api_key", &v) == 0, "get");
+    CHECK_STR(v, "first", "get reads the stored value");
+    free(v);
+    v = NULL;
+    CHECK(store_get_meta(st, "schema_version", &v) == 0 && v && strtol(v, NULL, 10) == store_schema_version(),
+          "schema_version is a meta row too");
+    free(v);
+    v = NULL;
+    store_close(st);
+
+    st = store_open(tmp, NULL, &err);
+    CHECK(st && store_get_meta(st, "api_key", &v) == 0, "get after reopen");
+    CHECK_STR(v, "first", "durable across reopen");
+    free(v);
+    v = NULL;
+    store_close(st);
+out:
+    free(err);
+    free(other);
+    tmpdir_free(tmp);
+}
+
+/* Test jobs: one that sleeps (holding the writer so that what comes next forms one batch), one
+ * that fails after writing (its write must be rolled back), one that writes a meta row. */
+static int job_sleep(const struct store_backend *ops, void *be, void *arg, char **err)
+{
+    struct timespec ts = {0, 300 * 1000 * 1000};
+
+    nanosleep(&ts, NULL);
+    return 0;
+}
+
+static int job_fail(const struct store_backend *ops, void *be, void *arg, char **err)
+{
+    char *w = NULL;
+
+    if (ops->meta_set_if_absent(be, "job_fail_wrote", "x", &w, err) == 0) free(w);
+    *err = strdup("this job fails on purpose");
+    return -1;
+}
+
+static int job_ok(const struct store_backend *ops, void *be, void *arg, char **err)
+{
+    char *w = NULL;
+    int rc = ops->meta_set_if_absent(be, "job_ok_wrote", "y", &w, err);
+
+    free(w);
+    return rc;
+}
+
+struct job_thread {
+    struct store *st;
+    struct store_job job;
+    pthread_t t;
+};
+
+static void *job_thread_main(void *arg)
+{
+    struct job_thread *j = arg;
+
+    store_run_job(j->st, &j->job);
+    return NULL;
+}
+
+static void test_jobs_savepoint(void)
+{
+    char *tmp = tmpdir_new(), *err = NULL, *v = NULL;
+    struct store *st = store_open(tmp, NULL, &err);
+    struct job_thread j[3] = {
+        {.job = {.run = job_sleep}}, {.job = {.run = job_fail}}, {.job = {.run = job_ok}}};
+    struct slot s[4];
+    struct waiter w;
+    struct store_stats before, after;
+    struct timespec ts = {0, 50 * 1000 * 1000};
+
+    CHECK(st != NULL, "open");
+    if (!st) goto out;
+    waiter_init(&w);
+    for (int i = 0; i < 4; i++) s[i] = (struct slot){.w = &w, .status = 99};
+    for (int i = 0; i < 3; i++) j[i].st = st;
+    pthread_create(&j[0].t, NULL, job_thread_main, &j[0]);
+    nanosleep(&ts, NULL); /* the writer is now inside job_sleep */
+    store_get_stats(st, &before);
+    store_accept(st, make_msg(11, 1, 10), on_done, &s[0]);
+    store_accept(st, make_msg(11, 2, 10), on_done, &s[1]);
+    pthread_create(&j[1].t, NULL, job_thread_main, &j[1]);
+    pthread_create(&j[2].t, NULL, job_thread_main, &j[2]);
+    nanosleep(&ts, NULL);
+    store_accept(st, make_msg(11, 3, 10), on_done, &s[2]);
+    for (int i = 0; i < 3; i++) pthread_join(j[i].t, NULL);
+    CHECK(waiter_wait(&w, 3, 30), "message callbacks");
+    store_get_stats(st, &after);
+    CHECK(j[0].job.status == STORE_OK, "sleeping job ok");
+    CHECK(after.batches - before.batches == 2, "the messages and jobs queued meanwhile formed one "
+          "batch (%llu batches)", (unsigned long long)(after.batches - before.batches));
+    CHECK(j[1].job.status == STORE_ERR_IO && j[1].job.err &&
+              !strcmp(j[1].job.err, "this job fails on purpose"),
+          "failing job: its error (%s)", j[1].job.err ? j[1].job.err : "(null)");
+    CHECK(j[2].job.status == STORE_OK && !j[2].job.err, "the job after it commits");
+    CHECK(s[0].status == STORE_OK && s[1].status == STORE_OK && s[2].status == STORE_OK,
+          "the messages of the same batch commit (%d %d %d)", s[0].status, s[1].status,
+          s[2].status);
+    CHECK(store_get_meta(st, "job_fail_wrote", &v) == -ENOENT, "the failing job's write rolled back");
+    free(v);
+    v = NULL;
+    CHECK(store_get_meta(st, "job_ok_wrote", &v) == 0, "the other job's write is there");
+    CHECK_STR(v, "y", "its value");
+    free(v);
+    free(j[1].job.err);
+    free(j[2].job.err);
+    free(j[0].job.err);
+    int64_t n = -1;
+    CHECK(store_count_unprocessed(st, &n) == 0 && n == 3, "three messages (%lld)", (long long)n);
+    store_close(st);
+    waiter_destroy(&w);
+out:
+    free(err);
+    tmpdir_free(tmp);
+}
+
 /* Root ignores file modes; dropping the capabilities that let it (for this thread only, from the
  * effective set, so they can be taken back) makes the chmod count. */
 static int set_dac_caps(bool on)
@@ -763,6 +905,8 @@ int main(void)
     test_group_commit();
     test_close_drains();
     test_failures();
+    test_meta();
+    test_jobs_savepoint();
     test_readonly_modes();
     run_child("read-only mount: open fails or reports not writable", child_readonly_mount);
     run_child("disk full: STORE_ERR_FULL, then accepting resumes", child_disk_full);

@@ -1,0 +1,245 @@
+"""REST API plumbing: keys (SPEC §1), authentication, errors, body limit (SPEC §7).
+
+Body parsing (urlencoded and multipart) is covered by the unit tests of api/form.c; the endpoints
+that take bodies come with the routes API and are tested there."""
+
+import json
+import os
+import re
+import socket
+import stat
+
+import harness
+from harness import InletTestCase, run_cli
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def read_keys_file(path):
+    with open(path) as f:
+        text = f.read()
+    lines = text.splitlines()
+    return text, dict(l.split("=", 1) for l in lines if "=" in l), lines
+
+
+def raw_http(d, request, wait_s=10):
+    """Sends raw request bytes; returns (status, headers dict lower-case, body bytes) of the
+    reply read until the server closes or the body is complete."""
+    with socket.create_connection(("127.0.0.1", d.http_port), timeout=harness.timeout(wait_s)) as s:
+        s.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for l in lines[1:]:
+            k, _, v = l.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        want = int(headers.get("content-length", "0"))
+        while len(body) < want:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return status, headers, body
+
+
+class Keys(InletTestCase):
+    def test_generated_on_first_start_and_kept(self):
+        d = self.daemon()
+        path = os.path.join(d.data_dir, "keys")
+        self.assertTrue(os.path.exists(path), "no %s" % path)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        text, keys, lines = read_keys_file(path)
+        self.assertEqual([l.split("=")[0] for l in lines], ["api_key", "signing_key"], text)
+        for k in ("api_key", "signing_key"):
+            self.assertRegex(keys[k], HEX64)
+        self.assertNotEqual(keys["api_key"], keys["signing_key"])
+
+        # The log names the file, never a key.
+        line = d.wait_log(lambda l: l.topic == "engine" and l.rest.startswith("keys "), 5,
+                          what="'engine keys file='")
+        self.assertEqual(line.kv.get("file"), path, line.raw)
+        log = d.log_text()
+        for k in keys.values():
+            self.assertNotIn(k, log)
+
+        # Kept in the database (meta rows), so that every node shares them.
+        rows = dict((r["key"], r["value"]) for r in harness.query(d.db_path, "SELECT key, value FROM meta"))
+        self.assertEqual(rows.get("api_key"), keys["api_key"])
+        self.assertEqual(rows.get("signing_key"), keys["signing_key"])
+
+        # `inlet keys` prints them, while the server runs and after.
+        r = run_cli(["keys", "--data-dir", d.data_dir])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, "api_key=%s\nsigning_key=%s\n" % (keys["api_key"], keys["signing_key"]))
+
+        # Same keys after a restart, even with the file gone (the database has them).
+        d.stop()
+        os.unlink(path)
+        d.start()
+        _, keys2, _ = read_keys_file(path)
+        self.assertEqual(keys2, keys)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        for k in keys.values():
+            self.assertNotIn(k, d.all_log_text())
+        status, _, _ = d.http("GET", "/", auth=keys["api_key"])
+        self.assertEqual(status, 200)
+        d.stop()
+        r = run_cli(["keys", "--database", "sqlite:" + d.db_path])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("api_key=%s\n" % keys["api_key"], r.stdout)
+
+    def test_keys_before_first_start(self):
+        data = self.tmp_path("never-started")
+        r = run_cli(["keys", "--data-dir", data])
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertEqual(r.stdout, "")
+        self.assertIn("no keys yet", r.stderr)
+        self.assertFalse(os.path.exists(data), "inlet keys created the data dir")
+
+    def test_api_key_setting_wins_and_is_not_stored(self):
+        d = self.daemon(args=["--api-key", "operator-chosen-key-1"])
+        status, _, body = d.http("GET", "/", auth="operator-chosen-key-1")
+        self.assertEqual(status, 200, body)
+        stored = d.keys()
+        self.assertRegex(stored["api_key"], HEX64)
+        status, _, _ = d.http("GET", "/", auth=stored["api_key"])
+        self.assertEqual(status, 401, "the stored key must not work when --api-key is given")
+        rows = dict((r["key"], r["value"]) for r in harness.query(d.db_path, "SELECT key, value FROM meta"))
+        self.assertNotIn("operator-chosen-key-1", rows.values())
+        self.assertNotIn("operator-chosen-key-1", d.log_text())
+        r = run_cli(["keys", "--data-dir", d.data_dir, "--api-key", "operator-chosen-key-1"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, "api_key=operator-chosen-key-1\nsigning_key=%s\n" % stored["signing_key"])
+
+    def test_key_files_and_environment(self):
+        kf = self.tmp_path("api.key")
+        with open(kf, "w") as f:
+            f.write("  file-key-123  \n")
+        sf = self.tmp_path("other-node-keys")
+        with open(sf, "w") as f:
+            f.write("api_key=not-this-one\nsigning_key=sign-from-file\n")
+        d = self.daemon(args=["--api-key-file", kf, "--signing-key-file", sf])
+        self.assertEqual(d.http("GET", "/", auth="file-key-123")[0], 200)
+        self.assertTrue(d.find_lines("info", "engine", "keys source=settings"), d.log_text())
+        self.assertFalse(os.path.exists(os.path.join(d.data_dir, "keys")),
+                         "no keys file when both keys come from settings")
+        r = run_cli(["keys", "--api-key-file", kf, "--signing-key-file", sf,
+                     "--data-dir", self.tmp_path("unused")])
+        self.assertEqual(r.stdout, "api_key=file-key-123\nsigning_key=sign-from-file\n", r.stderr)
+        d2 = self.daemon(env={"INLET_API_KEY": "env-key-456"})
+        self.assertEqual(d2.http("GET", "/", auth="env-key-456")[0], 200)
+
+    def test_check_config_hides_keys_and_reports_problems(self):
+        r = run_cli(["check-config", "--api-key", "very-secret-value", "--data-dir", self.tmp_path("d")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("very-secret-value", r.stdout + r.stderr)
+        self.assertIn("api-key=(set)", r.stdout)
+        kf = self.tmp_path("k")
+        with open(kf, "w") as f:
+            f.write("x\n")
+        cases = [
+            (["--api-key", "a", "--api-key-file", kf], "api-key"),
+            (["--api-key-file", self.tmp_path("missing")], "api-key-file"),
+            (["--signing-key", "has space"], "signing-key"),
+            (["--api-key", "x" * 600], "api-key"),
+        ]
+        for args, word in cases:
+            r = run_cli(["check-config"] + args)
+            self.assertEqual(r.returncode, 1, (args, r.stdout, r.stderr))
+            self.assertIn(word, r.stderr, args)
+
+
+class Auth(InletTestCase):
+    def setUp(self):
+        super().setUp()
+        self.d = self.daemon()
+        self.key = self.d.keys()["api_key"]
+
+    def assert_401(self, status, headers, body):
+        self.assertEqual(status, 401, body)
+        self.assertEqual(headers.get("WWW-Authenticate"), 'Basic realm="inlet"')
+        self.assertTrue(headers.get("Content-Type", "").startswith("application/json"))
+        self.assertEqual(json.loads(body), {"message": "Invalid credentials"})
+
+    def test_credentials(self):
+        d = self.d
+        self.assert_401(*d.http("GET", "/", auth=None))
+        self.assert_401(*d.http("GET", "/", auth="wrong"))
+        self.assert_401(*d.http("GET", "/", auth=self.key[:-1]))
+        self.assert_401(*d.http("GET", "/", auth=self.key + "0"))
+        self.assert_401(*d.http("GET", "/", auth=("someone", self.key)))
+        self.assert_401(*d.http("GET", "/", auth=("API", self.key)))
+        self.assert_401(*d.http("GET", "/", headers={"Authorization": "Bearer " + self.key}, auth=None))
+        # Unknown paths need credentials too: nothing is told to a stranger.
+        self.assert_401(*d.http("GET", "/v3/nothing", auth=None))
+        status, headers, body = d.http("GET", "/", auth=self.key)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(body), {"message": "inlet"})
+
+    def test_healthz_needs_no_credentials(self):
+        status, _, body = self.d.http("GET", "/healthz", auth=None)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(self.d.http("GET", "/healthz", auth="wrong")[0], 200)
+
+    def test_unauthenticated_body_is_not_read(self):
+        # Headers announce a body that never comes: the 401 must arrive anyway.
+        status, headers, body = raw_http(self.d, b"POST /v3/routes HTTP/1.1\r\nHost: x\r\n"
+                                                 b"Content-Type: application/x-www-form-urlencoded\r\n"
+                                                 b"Content-Length: 1000000\r\n\r\n")
+        self.assertEqual(status, 401, body)
+        self.assertEqual(json.loads(body), {"message": "Invalid credentials"})
+
+
+class Errors(InletTestCase):
+    def test_not_found_and_method_not_allowed(self):
+        d = self.daemon()
+        status, headers, body = d.http("GET", "/v3/no-such-thing")
+        self.assertEqual(status, 404, body)
+        self.assertTrue(headers.get("Content-Type", "").startswith("application/json"))
+        self.assertEqual(json.loads(body), {"message": "Not found"})
+        status, headers, body = d.http("DELETE", "/healthz")
+        self.assertEqual(status, 405, body)
+        self.assertEqual(headers.get("Allow"), "GET")
+        self.assertEqual(json.loads(body), {"message": "Method not allowed"})
+        status, _, body = d.http("POST", "/", body="a=1",
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(status, 405, body)
+        # HEAD is answered like GET, without a body.
+        status, _, body = d.http("HEAD", "/healthz", auth=None)
+        self.assertEqual((status, body), (200, b""))
+
+    def test_bad_query_string(self):
+        d = self.daemon()
+        status, _, body = d.http("GET", "/?a=%zz")
+        self.assertEqual(status, 400, body)
+        self.assertIn("percent-encoding", json.loads(body)["message"])
+
+    def test_body_over_50_mib(self):
+        d = self.daemon()
+        auth = "Basic " + __import__("base64").b64encode(("api:" + d.keys()["api_key"]).encode()).decode()
+        for path in (b"/", b"/v3/routes"):
+            # Only the headers: the answer must not wait for 50 MiB.
+            req = (b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth.encode() +
+                   b"\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                   b"Content-Length: 52428801\r\n\r\n")
+            status, headers, body = raw_http(d, req)
+            self.assertEqual(status, 413, body)
+            self.assertEqual(json.loads(body), {"message": "Request body too large"})
+        # Exactly 50 MiB announced is not refused up front (404/405 here: no such endpoint yet).
+        req = (b"POST /v3/x HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth.encode() +
+               b"\r\nContent-Length: 52428800\r\n\r\n")
+        status, _, body = raw_http(d, req)
+        self.assertNotEqual(status, 413, body)
+        # The server is still fine.
+        self.assertEqual(d.http("GET", "/healthz")[0], 200)
+
+
+if __name__ == "__main__":
+    harness.main()
