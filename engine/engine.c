@@ -45,8 +45,9 @@ struct pending_commit {
 };
 
 /* Writer thread. */
-static void on_stored(void *arg, enum store_status status)
+static void on_stored(void *arg, enum store_status status, struct store_message *msg)
 {
+    store_free_message(msg); /* the routing pipeline will take it from here */
     struct pending_commit *p = arg;
     struct engine *e = p->engine;
     p->status = status;
@@ -62,7 +63,9 @@ static enum smtp_commit_status smtp_status(enum store_status st)
     switch (st) {
     case STORE_OK: return SMTP_COMMIT_OK;
     case STORE_ERR_FULL: return SMTP_COMMIT_NOSPACE;
-    case STORE_ERR_IO: break;
+    case STORE_ERR_IO:
+    case STORE_ERR_NOT_FOUND:
+    case STORE_ERR_QUOTA: break;
     }
     return SMTP_COMMIT_TEMPFAIL;
 }

@@ -40,6 +40,9 @@ struct route;
  * "expression: position 17: expected ',' or ')'" or "action 2: group 'user' is not defined in
  * the expression" — the text of the API's 400 answer. */
 struct route *route_compile(const struct route_def *def, char **err);
+/* Routes are reference-counted so that a new table after one API change reuses the compiled
+ * routes of the old one.  route_free drops one reference. */
+struct route *route_ref(struct route *r);
 void route_free(struct route *r);
 const struct route_def *route_get_def(const struct route *r);
 
@@ -56,6 +59,24 @@ void route_table_unref(struct route_table *t);
 size_t route_table_count(const struct route_table *t);
 /* In evaluation order. */
 const struct route *route_table_at(const struct route_table *t, size_t i);
+/* The same route, for taking a reference (route_ref) into a new table. */
+struct route *route_table_get(const struct route_table *t, size_t i);
+
+/* ---------------------------------------------------------------------------------------------
+ * The registry: the one current table, shared by the API (which replaces it on every change)
+ * and the engine (which evaluates against it).  Thread-safe. */
+struct route_registry;
+/* Starts with an empty table. */
+struct route_registry *route_registry_new(void);
+void route_registry_free(struct route_registry *reg);
+/* The current table with a reference taken (route_table_unref when done); never NULL. */
+struct route_table *route_registry_current(struct route_registry *reg);
+/* Makes `take` the current table; holders of the old one keep it until they let go. */
+void route_registry_publish(struct route_registry *reg, struct route_table *take);
+/* Serialises writers: the API holds it from compiling a change until it is published, so two
+ * changes never publish tables built from the same old one. */
+void route_registry_lock(struct route_registry *reg);
+void route_registry_unlock(struct route_registry *reg);
 
 /* ---------------------------------------------------------------------------------------------
  * Matching. */

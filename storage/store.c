@@ -363,8 +363,14 @@ static void run_batch(struct store *st, size_t nentries)
         if (e->job) {
             job_finish(e);
         } else {
-            e->done(e->arg, st->status[m++]);
-            store_free_message(e->msg);
+            enum store_status status = st->status[m++];
+            /* A committed message goes back to the caller (the pipeline parses it next). */
+            if (status == STORE_OK) {
+                e->done(e->arg, status, e->msg);
+            } else {
+                store_free_message(e->msg);
+                e->done(e->arg, status, NULL);
+            }
         }
         free(e);
         st->batch[i] = NULL;
@@ -494,7 +500,7 @@ void store_accept(struct store *st, struct store_message *msg, store_done_fn don
     if (!e) {
         log_warn("storage", "queue failed error=\"out of memory\"");
         store_free_message(msg);
-        done(arg, STORE_ERR_IO);
+        done(arg, STORE_ERR_IO, NULL);
         return;
     }
     *e = (struct store_entry){.msg = msg, .done = done, .arg = arg};
@@ -505,7 +511,7 @@ void store_accept(struct store *st, struct store_message *msg, store_done_fn don
         pthread_mutex_unlock(&st->mu);
         free(e);
         store_free_message(msg);
-        done(arg, STORE_ERR_IO);
+        done(arg, STORE_ERR_IO, NULL);
         return;
     }
     *st->tail = e;

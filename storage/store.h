@@ -26,6 +26,8 @@ enum store_status {
     STORE_OK = 0,
     STORE_ERR_IO = -1,    /* storage unavailable or failed: SMTP 451 4.3.0 */
     STORE_ERR_FULL = -2,  /* disk full (SQLITE_FULL, ENOSPC): SMTP 452 4.3.1 */
+    STORE_ERR_NOT_FOUND = -3, /* no such row (route id, message id) */
+    STORE_ERR_QUOTA = -4,     /* the routes table already holds --route-quota routes */
 };
 
 /* A message to commit.  The store takes ownership of the struct and every pointer in it (all
@@ -44,8 +46,11 @@ struct store_message {
 };
 
 /* Runs on the writer thread once the message's batch committed (STORE_OK) or failed; the caller
- * moves the result to its own thread.  Must not block. */
-typedef void (*store_done_fn)(void *arg, enum store_status status);
+ * moves the result to its own thread.  Must not block.  On STORE_OK `msg` is the committed
+ * message handed back (owned by the callee from now on: free with store_free_message), so the
+ * pipeline parses the bytes it already has instead of reading them back; otherwise `msg` is
+ * NULL (the store freed it). */
+typedef void (*store_done_fn)(void *arg, enum store_status status, struct store_message *msg);
 
 /* Opens (creating if needed) the database: `database` NULL/"" → SQLite file inlet.db in
  * `data_dir`; "sqlite:PATH" → that file.  Creates data_dir 0700 and the database 0600, sets WAL
@@ -97,5 +102,77 @@ struct store_stats {
 void store_get_stats(struct store *st, struct store_stats *out);
 
 void store_free_message(struct store_message *msg);
+
+/* ---------------------------------------------------------------------------------------------
+ * Routes (SPEC §4, §7).  Writes go through the writer (a job in the next batch); the caller
+ * blocks until its batch committed. */
+struct store_route {
+    char id[ID_LEN + 1];
+    int32_t priority;
+    int64_t seq;          /* creation order; assigned by store_route_insert */
+    char *description;
+    char *expression;
+    char **actions;
+    size_t nactions;
+    int64_t created_at;   /* Unix seconds */
+};
+void store_routes_free(struct store_route *routes, size_t n);
+/* Every route in evaluation order (priority, then seq).  0, or -1 with *err. */
+int store_routes_load(struct store *st, struct store_route **out, size_t *n, char **err);
+/* Inserts `r` (id, fields and created_at set by the caller) and writes its seq back, unless the
+ * table already holds `quota` routes (STORE_ERR_QUOTA; checked inside the same transaction). */
+enum store_status store_route_insert(struct store *st, struct store_route *r, int64_t quota,
+                                     char **err);
+/* Replaces priority, description, expression and actions of route r->id (seq and created_at are
+ * kept).  STORE_ERR_NOT_FOUND when there is no such route. */
+enum store_status store_route_update(struct store *st, const struct store_route *r, char **err);
+enum store_status store_route_delete(struct store *st, const char *id, char **err);
+
+/* ---------------------------------------------------------------------------------------------
+ * The outcome of routing one message (SPEC §4), written in one transaction with the message's
+ * state going from 'accepted' to 'routed': a crash before it leaves the message to be routed
+ * again at start-up; after it, the plan is durable.  JSON fields are ready-made JSON text. */
+struct store_recipient_outcome {
+    const char *recipient;
+    const char *outcome;        /* "routed" (some route matched) or "dropped" */
+    const char *routes_json;    /* [{"id": ..., "captures": {...}, "actions": [...]}, ...] */
+    const char *warnings_json;  /* ["...", ...] */
+};
+struct store_delivery_plan {
+    char id[ID_LEN + 1];        /* X-Inlet-Delivery: stays the same across retries */
+    const char *recipient;
+    const char *kind;           /* "url" or "address" */
+    const char *target;
+    const char *format;         /* "json", "mailgun", "mime" or "" for the default */
+    const char *route_ids_json; /* ["<route id>", ...] */
+};
+struct store_copy_plan {
+    char key[48];               /* storage key: URL-safe, >= 128 random bits */
+    const char *recipient;
+    const char *domain;         /* recipient's domain, lower case */
+    const char *route_id;       /* "" for a postmaster copy no route asked for */
+    const char *notify;         /* notify URL or NULL */
+    const char *format;         /* notify format, "" for the default */
+    int64_t expires_at;         /* Unix seconds */
+};
+struct store_outcome {
+    const char *message_id;
+    const char *parse_warnings_json;
+    const struct store_recipient_outcome *recipients;
+    size_t nrecipients;
+    const struct store_delivery_plan *deliveries;
+    size_t ndeliveries;
+    const struct store_copy_plan *copies;
+    size_t ncopies;
+    int64_t now;                /* Unix seconds: created_at, and next_attempt_at of deliveries */
+};
+/* Idempotent: a message that is no longer 'accepted' is left as it is (STORE_OK). */
+enum store_status store_write_outcome(struct store *st, const struct store_outcome *o, char **err);
+/* Ids of messages still 'accepted', oldest first, at most `max` (malloc'd array of malloc'd
+ * strings; free each and the array). */
+int store_list_unprocessed(struct store *st, char ***ids, size_t *n, size_t max, char **err);
+/* Loads one message with its envelope and bytes.  STORE_ERR_NOT_FOUND when absent. */
+enum store_status store_load_message(struct store *st, const char *id, struct store_message **out,
+                                     char **err);
 
 #endif

@@ -89,8 +89,9 @@ static void waiter_destroy(struct waiter *w)
     pthread_cond_destroy(&w->cv);
 }
 
-static void on_done(void *arg, enum store_status status)
+static void on_done(void *arg, enum store_status status, struct store_message *msg)
 {
+    store_free_message(msg);
     struct slot *s = arg;
 
     pthread_mutex_lock(&s->w->mu);
