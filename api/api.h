@@ -2,8 +2,9 @@
  *
  * A thread pool with epoll per listener.  Every endpoint but GET /healthz needs HTTP Basic
  * credentials (user "api", the API key); request bodies are urlencoded or multipart forms
- * (api/form.h).  The routes, stored messages, events and metrics endpoints come with their issues.
- * Uses util/ and storage/. */
+ * (api/form.h).  The routes endpoints (SPEC §7) are in api/routes.c; stored messages, events and
+ * metrics come with their issues.  Uses util/, storage/, routes/ and message/ (the dry run
+ * POST /v3/routes/test parses the message it is given). */
 #ifndef INLET_API_H
 #define INLET_API_H
 
@@ -11,6 +12,7 @@
 #include <stdint.h>
 
 struct api_server;
+struct route_registry;
 struct store;
 
 struct api_config {
@@ -19,6 +21,13 @@ struct api_config {
     const char *data_dir;      /* statvfs'd by /healthz */
     int64_t min_free_disk;     /* bytes; below it /healthz answers 503 */
     const char *api_key;       /* HTTP Basic password of user "api"; required (copied as a digest) */
+    /* The routes the engine evaluates (routes/routes.h): the /v3/routes endpoints replace its
+     * table on every change, before they answer, so the next message follows the change.  The
+     * engine creates it, fills it with api_routes_load() and passes it here; it must outlive the
+     * server.  NULL: the server keeps a registry of its own, loaded from the store at start (for
+     * a process that serves the API alone; nothing would route by it). */
+    struct route_registry *routes;
+    int64_t route_quota;       /* --route-quota: POST /v3/routes refuses the route past this many */
 };
 
 /* Starts every listener and logs one line per listener.  NULL with *err (malloc'd); also when
@@ -26,5 +35,13 @@ struct api_config {
 struct api_server *api_server_start(const struct api_config *cfg, struct store *store, char **err);
 /* Stops accepting, finishes requests in progress, frees.  NULL is fine. */
 void api_server_stop(struct api_server *api);
+
+/* Loads every stored route into `reg` (store_routes_load, each route compiled once, one table
+ * published): the engine calls it at start, before the listeners.  A stored route that does not
+ * compile (it compiled when it was created, so only a downgrade or a hand-edited database can do
+ * this) is logged as an error and skipped; the others load.  0 (and *loaded, may be NULL), or -1
+ * with *err (malloc'd) when the store cannot be read or memory ran out (the registry keeps its
+ * table then). */
+int api_routes_load(struct route_registry *reg, struct store *st, size_t *loaded, char **err);
 
 #endif

@@ -43,6 +43,8 @@ struct api_server {
     struct api_config cfg;
     struct store *store;
     struct api_auth auth;
+    struct route_registry *routes; /* cfg.routes, or the server's own (own_routes) */
+    bool own_routes;
     atomic_llong body_bytes; /* request body bytes held by every request (API_BODIES_INFLIGHT_MAX) */
 };
 
@@ -102,5 +104,15 @@ bool api_ct_equal(const void *a, const void *b, size_t n);
 
 /* Endpoints. */
 enum MHD_Result api_health(struct api_server *api, struct api_request *req);
+/* api/routes.c: /v3/routes (SPEC §7). */
+enum MHD_Result api_routes_list(struct api_server *api, struct api_request *req);
+enum MHD_Result api_routes_create(struct api_server *api, struct api_request *req);
+enum MHD_Result api_routes_get(struct api_server *api, struct api_request *req);
+enum MHD_Result api_routes_update(struct api_server *api, struct api_request *req);
+enum MHD_Result api_routes_delete(struct api_server *api, struct api_request *req);
+enum MHD_Result api_routes_match(struct api_server *api, struct api_request *req);
+enum MHD_Result api_routes_test(struct api_server *api, struct api_request *req);
+/* "Wed, 15 Feb 2012 13:03:31 GMT" (RFC 1123, fixed English names); out holds >= 32 bytes. */
+void api_rfc1123(char *out, size_t outsz, int64_t unix_seconds);
 
 #endif

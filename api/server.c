@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "api/internal.h"
+#include "routes/routes.h"
 #include "util/limits.h"
 #include "util/log.h"
 #include "util/net.h"
@@ -21,6 +22,14 @@ static enum MHD_Result api_root(struct api_server *api, struct api_request *req)
 static const struct api_endpoint endpoints[] = {
     {"GET", "/healthz", api_health, false},
     {"GET", "/", api_root, true},
+    {"GET", "/v3/routes", api_routes_list, true},
+    {"POST", "/v3/routes", api_routes_create, true},
+    /* Before "/v3/routes/:id", which would take "match" and "test" as ids. */
+    {"GET", "/v3/routes/match", api_routes_match, true},
+    {"POST", "/v3/routes/test", api_routes_test, true},
+    {"GET", "/v3/routes/:id", api_routes_get, true},
+    {"PUT", "/v3/routes/:id", api_routes_update, true},
+    {"DELETE", "/v3/routes/:id", api_routes_delete, true},
 };
 
 enum { STAGE_NEW, STAGE_BODY, STAGE_REPLIED };
@@ -437,6 +446,18 @@ struct api_server *api_server_start(const struct api_config *cfg, struct store *
     api->store = store;
     atomic_init(&api->body_bytes, 0);
     api_auth_init(&api->auth, cfg->api_key);
+    api->routes = cfg->routes;
+    if (!api->routes) {
+        api->routes = route_registry_new();
+        api->own_routes = true;
+        size_t n = 0;
+        if (!api->routes) {
+            *err = g_strdup("out of memory");
+            goto fail;
+        }
+        if (api_routes_load(api->routes, store, &n, err) < 0) goto fail;
+        log_info("http", "routes loaded=%zu registry=own", n);
+    }
     if (cfg->nlisten > G_N_ELEMENTS(api->daemons)) {
         *err = g_strdup("too many HTTP listeners");
         goto fail;
@@ -454,6 +475,7 @@ void api_server_stop(struct api_server *api)
     if (!api) return;
     /* MHD_stop_daemon closes the listening socket too, even one given with LISTEN_SOCKET. */
     for (size_t i = 0; i < api->ndaemons; i++) MHD_stop_daemon(api->daemons[i]);
+    if (api->own_routes) route_registry_free(api->routes);
     memset(&api->auth, 0, sizeof api->auth);
     g_free(api);
 }

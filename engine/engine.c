@@ -1,9 +1,15 @@
-/* engine/engine.c — `inlet serve`: storage, SMTP, HTTP, signals, and the path from a finished
- * SMTP transaction to its durable commit and back to the 250.
+/* engine/engine.c — `inlet serve`: storage, routes, SMTP, HTTP, signals, and the path from a
+ * finished SMTP transaction to its durable commit, back to the 250 and on to the pipeline.
  *
- * Threads: the libuv loop (SMTP I/O, signals, commit completions), the storage writer (group
- * commit), and libmicrohttpd's pool.  A commit completes on the writer thread; it is queued here
- * under a mutex and uv_async_send() wakes the loop, which answers the client. */
+ * Threads: the libuv loop (SMTP I/O, the RCPT-time route check, signals, commit completions), the
+ * storage writer (group commit), the pipeline's workers (parse and route, engine/pipeline.h) and
+ * libmicrohttpd's pool.  A commit completes on the writer thread; it is queued here under a mutex
+ * and uv_async_send() wakes the loop, which answers the client and hands the committed message
+ * to the pipeline.
+ *
+ * Shutdown (SIGTERM/SIGINT): the API stops, then SMTP (transactions in flight finish within
+ * --shutdown-grace), then the pipeline (messages in a worker's hands finish, queued ones stay
+ * 'accepted' for the next start), then the store. */
 #include "engine/engine.h"
 
 #include <glib.h>
@@ -14,7 +20,9 @@
 
 #include "api/api.h"
 #include "engine/keys.h"
+#include "engine/pipeline.h"
 #include "message/message.h"
+#include "routes/routes.h"
 #include "smtp/smtp.h"
 #include "storage/store.h"
 #include "util/config.h"
@@ -28,6 +36,10 @@ struct engine {
     struct smtp_server *smtp;
     struct api_server *api;
     struct engine_keys keys;
+    struct route_registry *routes;
+    struct route_matcher *rcpt_matcher; /* the loop's, for the RCPT-time check */
+    struct pipeline *pipeline;
+    int64_t recovered;
     uv_signal_t sigterm, sigint;
     uv_async_t commits_async;
     pthread_mutex_t done_lock;
@@ -39,6 +51,7 @@ struct pending_commit {
     struct engine *engine;
     struct smtp_commit *commit;
     enum store_status status;
+    struct store_message *msg; /* committed: for the pipeline */
     char id[ID_LEN + 1];
     size_t size, nrcpts;
     struct pending_commit *next;
@@ -47,10 +60,10 @@ struct pending_commit {
 /* Writer thread. */
 static void on_stored(void *arg, enum store_status status, struct store_message *msg)
 {
-    store_free_message(msg); /* the routing pipeline will take it from here */
     struct pending_commit *p = arg;
     struct engine *e = p->engine;
     p->status = status;
+    p->msg = msg; /* the loop hands it to the pipeline */
     pthread_mutex_lock(&e->done_lock);
     p->next = e->done;
     e->done = p;
@@ -87,6 +100,7 @@ static void on_commits_done(uv_async_t *h)
             log_warn("smtp", "not queued id=%s size=%zu reason=%s", p->id, p->size,
                      p->status == STORE_ERR_FULL ? "disk-full" : "storage-error");
         smtp_commit_done(p->commit, smtp_status(p->status)); /* its session may be gone: fine */
+        if (p->msg) pipeline_submit(e->pipeline, p->msg);
         g_free(p);
     }
 }
@@ -119,17 +133,39 @@ static void on_smtp_commit(void *ctx, struct smtp_commit *commit, struct smtp_tx
     store_accept(e->store, m, on_stored, p);
 }
 
-static void on_smtp_stopped(void *ctx)
+static void on_pipeline_stopped(void *ctx)
 {
     struct engine *e = ctx;
-    /* Every commit has been answered: nothing else keeps the loop running. */
+    /* Nothing else keeps the loop running. */
     uv_close((uv_handle_t *)&e->commits_async, NULL);
     uv_close((uv_handle_t *)&e->sigterm, NULL);
     uv_close((uv_handle_t *)&e->sigint, NULL);
 }
 
+static void on_smtp_stopped(void *ctx)
+{
+    struct engine *e = ctx;
+    /* Every commit has been answered and handed to the pipeline: let it finish. */
+    if (e->pipeline)
+        pipeline_stop(e->pipeline, (unsigned)e->cfg->shutdown_grace, on_pipeline_stopped, e);
+    else
+        on_pipeline_stopped(e);
+}
+
+/* Loop thread: SPEC §2/§4 "could match".  Postmaster is never asked (the session accepts it). */
+static const char *on_check_rcpt(void *ctx, const char *addr)
+{
+    struct engine *e = ctx;
+    if (!e->cfg->reject_unrouted) return NULL;
+    struct route_table *t = route_registry_current(e->routes);
+    const bool could = route_could_match(t, e->rcpt_matcher, addr);
+    route_table_unref(t);
+    return could ? NULL : "550 5.1.1 No such recipient";
+}
+
 static const struct smtp_server_ops smtp_ops = {
     .commit = on_smtp_commit,
+    .check_rcpt = on_check_rcpt,
     .stopped = on_smtp_stopped,
 };
 
@@ -155,13 +191,49 @@ static int start_storage(struct engine *e)
         g_free(err);
         return -1;
     }
-    int64_t recovered = 0;
-    if (store_count_unprocessed(e->store, &recovered) < 0) {
+    if (store_count_unprocessed(e->store, &e->recovered) < 0) {
         log_error("engine", "cannot count unprocessed messages");
         return -1;
     }
-    /* Routing them comes with the routes issue; until then they wait, counted. */
-    log_info("engine", "recovered=%lld", (long long)recovered);
+    /* Committed before this start and not routed yet: the pipeline's first scan routes them. */
+    log_info("engine", "recovered=%lld", (long long)e->recovered);
+    return 0;
+}
+
+/* The route table from the store, shared by the API (which replaces it on every change), the
+ * pipeline and the RCPT check; then the pipeline, whose first scan is the recovery. */
+static int start_routing(struct engine *e)
+{
+    char *err = NULL;
+    size_t loaded = 0;
+    e->routes = route_registry_new();
+    e->rcpt_matcher = route_matcher_new();
+    if (!e->routes || !e->rcpt_matcher) {
+        log_error("engine", "out of memory");
+        return -1;
+    }
+    if (api_routes_load(e->routes, e->store, &loaded, &err) < 0) {
+        log_error("engine", "cannot load the routes: %s", err ? err : "?");
+        g_free(err);
+        return -1;
+    }
+    log_info("engine", "routes loaded=%zu reject_unrouted=%s", loaded, e->cfg->reject_unrouted ? "yes" : "no");
+    if (loaded == 0 && e->cfg->reject_unrouted && e->cfg->domains.count > 0)
+        log_warn("engine", "no routes yet: every recipient but postmaster is refused (550 5.1.1) until a route "
+                           "is created (POST /v3/routes) or --reject-unrouted no is given");
+    /* Test hooks (tests/blackbox): hold the workers, so that messages stay 'accepted'; a shorter
+     * retry period than PIPELINE_RETRY_SECONDS.  Not settings: nothing in production uses them. */
+    const char *pause = getenv("INLET_TEST_PAUSE_PIPELINE");
+    const char *retry = getenv("INLET_TEST_RETRY_SECONDS");
+    struct pipeline_config pc = {
+        .store = e->store,
+        .routes = e->routes,
+        .store_ttl = e->cfg->store_ttl,
+        .recovered = e->recovered,
+        .paused = pause && strcmp(pause, "1") == 0,
+        .retry_seconds = retry ? (unsigned)g_ascii_strtoull(retry, NULL, 10) % 3600 : 0,
+    };
+    e->pipeline = pipeline_start(&e->loop, &pc);
     return 0;
 }
 
@@ -199,6 +271,8 @@ static int start_listeners(struct engine *e)
         .data_dir = cfg->data_dir,
         .min_free_disk = cfg->min_free_disk,
         .api_key = e->keys.api_key,
+        .routes = e->routes,
+        .route_quota = cfg->route_quota,
     };
     e->api = api_server_start(&api_cfg, e->store, &err);
     if (!e->api) goto fail;
@@ -243,10 +317,10 @@ int engine_serve(struct inlet_config *cfg)
     uv_signal_init(&e.loop, &e.sigint);
     e.sigterm.data = e.sigint.data = &e;
 
-    if (start_storage(&e) < 0 || start_keys(&e) < 0 || start_listeners(&e) < 0) {
+    if (start_storage(&e) < 0 || start_keys(&e) < 0 || start_routing(&e) < 0 || start_listeners(&e) < 0) {
         api_server_stop(e.api);
         e.api = NULL;
-        on_smtp_stopped(&e);
+        on_smtp_stopped(&e); /* SMTP is the last to start: it did not */
         uv_run(&e.loop, UV_RUN_DEFAULT);
         goto out;
     }
@@ -257,7 +331,10 @@ int engine_serve(struct inlet_config *cfg)
     status = 0;
 out:
     smtp_server_free(e.smtp);
-    store_close(e.store); /* after the loop: every commit has been answered */
+    pipeline_free(e.pipeline); /* its workers are joined */
+    store_close(e.store); /* after the loop: every commit has been answered and routed or left */
+    route_registry_free(e.routes); /* after the API and the workers */
+    route_matcher_free(e.rcpt_matcher);
     keys_clear(&e.keys);
     uv_loop_close(&e.loop);
     pthread_mutex_destroy(&e.done_lock);

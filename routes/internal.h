@@ -10,6 +10,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -153,6 +154,7 @@ char *tmpl_resolve(const struct route_tmpl *t, bool url, const struct route_capt
  * The compiled route (routes/table.c). */
 
 struct route {
+    atomic_size_t refs;           /* route_ref / route_free (tables share routes) */
     struct route_def def;         /* deep copy: its strings are the own_* below */
     char *own_id, *own_description, *own_expression;
     char **own_actions;

@@ -69,7 +69,9 @@ struct route *route_compile(const struct route_def *def, char **err)
 {
     *err = NULL;
     struct route *r = calloc(1, sizeof *r);
-    if (!r || copy_def(r, def) < 0) goto oom;
+    if (!r) goto oom;
+    atomic_init(&r->refs, 1);
+    if (copy_def(r, def) < 0) goto oom;
     if (def->nactions > ROUTE_ACTIONS_MAX) {
         *err = route_errorf("actions", 0, "more than %d actions", ROUTE_ACTIONS_MAX);
         goto bad;
@@ -103,9 +105,18 @@ bad:
     return NULL;
 }
 
+struct route *route_ref(struct route *r)
+{
+    if (r) atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+    return r;
+}
+
+/* Drops one reference; the last one frees.  acq_rel: every use of the route by a thread that
+ * dropped its reference happens before the free. */
 void route_free(struct route *r)
 {
     if (!r) return;
+    if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1) return;
     expr_free(&r->expr);
     for (size_t i = 0; i < r->nactions; i++) action_free(&r->actions[i]);
     free(r->actions);
@@ -148,7 +159,7 @@ struct route_table *route_table_new(struct route **take_routes, size_t n)
         for (size_t i = 0; i < n; i++) route_free(take_routes[i]);
         return NULL;
     }
-    memcpy(rs, take_routes, n * sizeof *rs);
+    if (n) memcpy(rs, take_routes, n * sizeof *rs);
     /* Equal (priority, seq) pairs do not happen (seq is unique); qsort is not stable, so such
      * routes would come in an unspecified order. */
     qsort(rs, n, sizeof *rs, cmp_route);
@@ -179,6 +190,11 @@ size_t route_table_count(const struct route_table *t)
 }
 
 const struct route *route_table_at(const struct route_table *t, size_t i)
+{
+    return t && i < t->n ? t->routes[i] : NULL;
+}
+
+struct route *route_table_get(const struct route_table *t, size_t i)
 {
     return t && i < t->n ? t->routes[i] : NULL;
 }

@@ -19,6 +19,15 @@
 
 struct store_backend;
 
+/* WAL checkpoints since open (SQLite): runs of the checkpointer thread, frames they copied, and
+ * the writer's own RESTART checkpoints when the WAL passed its cap (the safety valve). */
+struct store_checkpoint_stats {
+    uint64_t runs;
+    uint64_t frames_copied;
+    uint64_t valves;
+    uint64_t valve_failures;
+};
+
 /* A write other than a message (meta rows today; routes and deliveries later), queued like a
  * message and run by the writer inside the next batch's transaction.  The backend runs each job
  * under a savepoint of its own: a job that fails is rolled back alone and the messages and other
@@ -60,22 +69,46 @@ struct store_backend {
      * now, ours or the one that was there.  0 or -1 with *err. */
     int (*meta_set_if_absent)(void *be, const char *key, const char *value, char **winner,
                               char **err);
+    /* Routes.  `actions_json` is r's actions as store_json_string_array() wrote them.  Each
+     * returns 0 with *result (STORE_OK, or STORE_ERR_QUOTA / STORE_ERR_NOT_FOUND when nothing was
+     * written), or -1 with *err on a database error. */
+    int (*route_insert)(void *be, const struct store_route *r, const char *actions_json,
+                        int64_t quota, enum store_status *result, int64_t *seq, char **err);
+    int (*route_update)(void *be, const struct store_route *r, const char *actions_json,
+                        enum store_status *result, char **err);
+    int (*route_delete)(void *be, const char *id, enum store_status *result, char **err);
+    /* The outcome of one message (store_write_outcome): 0 with *result STORE_OK (written, or
+     * nothing to do: the message is no longer 'accepted') or STORE_ERR_NOT_FOUND (no such
+     * message, nothing written); -1 with *err when a row could not be written (the job's
+     * savepoint then takes back what was). */
+    int (*write_outcome)(void *be, const struct store_outcome *o, enum store_status *result,
+                         char **err);
 
     /* Reads (any thread): meta row `key` into *value (malloc'd): 0, -ENOENT when there is no such
      * row, or -EIO with *err. */
     int (*meta_get)(void *be, const char *key, char **value, char **err);
 
-    /* Called by the writer when the queue is empty after a batch: time for housekeeping that
-     * would otherwise delay a commit (the SQLite WAL checkpoint).  May be NULL. */
-    void (*idle)(void *be);
+    /* Called by the writer after every batch, once the batch's callbacks ran (write lock of
+     * store.c held): housekeeping that must not delay a reply (SQLite: the WAL safety valve).
+     * May be NULL. */
+    void (*after_batch)(void *be);
 
     int (*count_unprocessed)(void *be, int64_t *count, char **err);
+    /* Reads (any thread; each ends its read transaction before returning). */
+    /* Every route in evaluation order: 0 with *out (malloc'd, store_routes_free) and *n, or -1. */
+    int (*routes_load)(void *be, struct store_route **out, size_t *n, char **err);
+    /* Ids of 'accepted' messages, oldest first (received_at, then id), at most max. */
+    int (*list_unprocessed)(void *be, char ***ids, size_t *n, size_t max, char **err);
+    /* 0 with *out, -ENOENT when there is no such message, -1 with *err. */
+    int (*load_message)(void *be, const char *id, struct store_message **out, char **err);
     /* 0, or -1 with *reason (malloc'd). */
     int (*check_writable)(void *be, char **reason);
 
     /* Runs `sql` on the write connection and copies the first column of the first row, as text,
      * into out.  For tests (PRAGMA values that only the write connection can tell). */
     int (*writer_query)(void *be, const char *sql, char *out, size_t outsz);
+    /* Checkpoint counters since open (for tests).  May be NULL. */
+    void (*checkpoint_stats)(void *be, struct store_checkpoint_stats *out);
 };
 
 extern const struct store_backend store_sqlite_backend;
@@ -95,6 +128,9 @@ const struct store_migration *store_migrations(size_t *count);
  * races a batch.  0 or -1. */
 int store_test_writer_query(struct store *st, const char *sql, char *out, size_t outsz);
 
+/* Test hook (store.c): the backend's checkpoint counters (all zero when it keeps none). */
+void store_test_checkpoint_stats(struct store *st, struct store_checkpoint_stats *out);
+
 /* Queues `job` for the next batch and waits (condition variable) until its batch committed or
  * failed; then job->status and job->err (malloc'd, the caller frees it) are set.  Blocks the
  * calling thread for one commit; must not be called from the writer thread (a job's run). */
@@ -104,5 +140,11 @@ void store_run_job(struct store *st, struct store_job *job);
  * escaped (\" \\ \n \r \t \b \f, else \u00XX); every other byte, UTF-8 included, kept as is.
  * Returns a malloc'd string or NULL when out of memory. */
 char *store_json_string_array(const char *const *items, size_t n);
+
+/* Parses a JSON array of strings (what store_json_string_array writes; any JSON array of strings
+ * is read: whitespace, every escape, \uXXXX with surrogate pairs).  0 with *items (malloc'd array
+ * of malloc'd strings; NULL when the array is empty) and *n; -1 when `json` is not such an array,
+ * a string holds \u0000 or a lone surrogate, or memory ran out (nothing to free then). */
+int store_json_parse_string_array(const char *json, char ***items, size_t *n);
 
 #endif

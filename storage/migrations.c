@@ -31,6 +31,67 @@ static const struct store_migration migrations[] = {
             "CREATE INDEX messages_accepted ON messages (received_at) WHERE state = 'accepted';",
         .postgres_sql = NULL,
     },
+    {
+        .version = 2,
+        .description = "routes and routing outcomes",
+        .sqlite_sql =
+            /* seq keeps creation order (SPEC §4: ties in priority go by creation, never by id);
+             * AUTOINCREMENT so that a deleted route's seq is never given to a new one. */
+            "CREATE TABLE routes ("
+            "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+            "  id TEXT NOT NULL UNIQUE,"
+            "  priority INTEGER NOT NULL,"
+            "  description TEXT NOT NULL,"
+            "  expression TEXT NOT NULL,"
+            "  actions TEXT NOT NULL," /* JSON array of strings */
+            "  created_at INTEGER NOT NULL"  /* Unix seconds */
+            ");"
+            "CREATE INDEX routes_order ON routes (priority, seq);"
+            /* The evaluation of each envelope recipient (JSON text as the engine made it). */
+            "CREATE TABLE recipients ("
+            "  message_id TEXT NOT NULL,"
+            "  recipient TEXT NOT NULL,"
+            "  outcome TEXT NOT NULL,"  /* routed | dropped */
+            "  routes TEXT NOT NULL,"   /* JSON: matched routes, captures, actions */
+            "  warnings TEXT NOT NULL," /* JSON array of strings */
+            "  PRIMARY KEY (message_id, recipient)"
+            ");"
+            /* The durable retry queue (SPEC §5): one row per planned delivery. */
+            "CREATE TABLE deliveries ("
+            "  id TEXT PRIMARY KEY,"         /* X-Inlet-Delivery */
+            "  message_id TEXT NOT NULL,"
+            "  recipient TEXT NOT NULL,"
+            "  route_ids TEXT NOT NULL,"     /* JSON array of route ids */
+            "  kind TEXT NOT NULL,"          /* url | address */
+            "  target TEXT NOT NULL,"
+            "  format TEXT NOT NULL,"        /* json | mailgun | mime | '' (default) */
+            "  state TEXT NOT NULL DEFAULT 'pending',"
+            "  attempts INTEGER NOT NULL DEFAULT 0,"
+            "  next_attempt_at INTEGER NOT NULL," /* Unix seconds */
+            "  lease_until INTEGER,"
+            "  last_status INTEGER,"
+            "  last_error TEXT,"
+            "  created_at INTEGER NOT NULL"
+            ");"
+            "CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending';"
+            "CREATE INDEX deliveries_message ON deliveries (message_id);"
+            /* Stored copies (SPEC §6). */
+            "CREATE TABLE stored ("
+            "  key TEXT PRIMARY KEY,"
+            "  message_id TEXT NOT NULL,"
+            "  recipient TEXT NOT NULL,"
+            "  domain TEXT NOT NULL,"
+            "  route_id TEXT NOT NULL,"      /* '' for a postmaster copy no route asked for */
+            "  notify TEXT,"                 /* notify URL or NULL */
+            "  format TEXT NOT NULL,"
+            "  expires_at INTEGER NOT NULL," /* Unix seconds */
+            "  created_at INTEGER NOT NULL"
+            ");"
+            "CREATE INDEX stored_expires ON stored (expires_at);"
+            "CREATE INDEX stored_message ON stored (message_id);"
+            "ALTER TABLE messages ADD COLUMN parse_warnings TEXT NOT NULL DEFAULT '[]';",
+        .postgres_sql = NULL,
+    },
 };
 
 const struct store_migration *store_migrations(size_t *count)

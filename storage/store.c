@@ -172,6 +172,171 @@ char *store_json_string_array(const char *const *items, size_t n)
     return out;
 }
 
+/* Appends the UTF-8 encoding of code point `c` (< 0x110000, not a surrogate). */
+static char *utf8_put(char *out, unsigned long c)
+{
+    if (c < 0x80) {
+        *out++ = (char)c;
+    } else if (c < 0x800) {
+        *out++ = (char)(0xc0 | (c >> 6));
+        *out++ = (char)(0x80 | (c & 0x3f));
+    } else if (c < 0x10000) {
+        *out++ = (char)(0xe0 | (c >> 12));
+        *out++ = (char)(0x80 | ((c >> 6) & 0x3f));
+        *out++ = (char)(0x80 | (c & 0x3f));
+    } else {
+        *out++ = (char)(0xf0 | (c >> 18));
+        *out++ = (char)(0x80 | ((c >> 12) & 0x3f));
+        *out++ = (char)(0x80 | ((c >> 6) & 0x3f));
+        *out++ = (char)(0x80 | (c & 0x3f));
+    }
+    return out;
+}
+
+static int hex4(const char *p, unsigned long *out)
+{
+    unsigned long v = 0;
+
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (unsigned long)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (unsigned long)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (unsigned long)(c - 'A' + 10);
+        else return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Parses the JSON string at *pp (at its opening quote) into a malloc'd C string; *pp moves past
+ * the closing quote.  NULL when malformed (or out of memory: *oom set). */
+static char *json_parse_string(const char **pp, bool *oom)
+{
+    const char *p = *pp + 1, *q;
+    char *out, *o;
+
+    /* An escape never yields more bytes than it takes, so the source length bounds the result. */
+    for (q = p; *q && *q != '"'; q++)
+        if (*q == '\\' && q[1]) q++;
+    if (*q != '"') return NULL;
+    out = malloc((size_t)(q - p) + 1);
+    if (!out) {
+        *oom = true;
+        return NULL;
+    }
+    o = out;
+    while (*p != '"') {
+        unsigned char c = (unsigned char)*p;
+
+        if (c < 0x20) goto bad; /* raw control character */
+        if (c != '\\') {
+            *o++ = (char)c;
+            p++;
+            continue;
+        }
+        p++;
+        switch (*p) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '/': *o++ = '/'; break;
+        case 'b': *o++ = '\b'; break;
+        case 'f': *o++ = '\f'; break;
+        case 'n': *o++ = '\n'; break;
+        case 'r': *o++ = '\r'; break;
+        case 't': *o++ = '\t'; break;
+        case 'u': {
+            unsigned long cp, lo;
+
+            if (hex4(p + 1, &cp) < 0) goto bad;
+            p += 4;
+            if (cp >= 0xd800 && cp <= 0xdbff) {
+                if (p[1] != '\\' || p[2] != 'u' || hex4(p + 3, &lo) < 0 || lo < 0xdc00 ||
+                    lo > 0xdfff)
+                    goto bad;
+                p += 6;
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            } else if ((cp >= 0xdc00 && cp <= 0xdfff) || cp == 0) {
+                goto bad; /* lone low surrogate; NUL cannot be in a C string */
+            }
+            o = utf8_put(o, cp);
+            break;
+        }
+        default: goto bad;
+        }
+        p++;
+    }
+    *o = '\0';
+    *pp = p + 1;
+    return out;
+
+bad:
+    free(out);
+    return NULL;
+}
+
+static const char *json_ws(const char *p)
+{
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+    return p;
+}
+
+int store_json_parse_string_array(const char *json, char ***items, size_t *n)
+{
+    const char *p;
+    char **v = NULL;
+    size_t count = 0, cap = 0;
+    bool oom = false;
+
+    *items = NULL;
+    *n = 0;
+    if (!json) return -1;
+    p = json_ws(json);
+    if (*p++ != '[') return -1;
+    p = json_ws(p);
+    if (*p == ']') {
+        p = json_ws(p + 1);
+        return *p ? -1 : 0;
+    }
+    for (;;) {
+        char *item;
+
+        if (*p != '"') goto bad;
+        item = json_parse_string(&p, &oom);
+        if (!item) goto bad;
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 4;
+            char **nv = realloc(v, ncap * sizeof *nv);
+
+            if (!nv) {
+                free(item);
+                goto bad;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        v[count++] = item;
+        p = json_ws(p);
+        if (*p == ',') {
+            p = json_ws(p + 1);
+            continue;
+        }
+        if (*p != ']') goto bad;
+        p = json_ws(p + 1);
+        if (*p) goto bad;
+        break;
+    }
+    *items = v;
+    *n = count;
+    return 0;
+
+bad:
+    for (size_t i = 0; i < count; i++) free(v[i]);
+    free(v);
+    return -1;
+}
+
 /* ---- files ---------------------------------------------------------------------------------- */
 
 /* Makes a new directory entry durable. */
@@ -406,14 +571,13 @@ static void *writer_main(void *arg)
         if (!st->head) st->tail = &st->head;
         pthread_mutex_unlock(&st->mu);
         run_batch(st, n);
-        pthread_mutex_lock(&st->mu);
-        if (!st->head && st->ops->idle) {
-            pthread_mutex_unlock(&st->mu);
+        /* After the callbacks, so that housekeeping never delays this batch's replies. */
+        if (st->ops->after_batch) {
             pthread_mutex_lock(&st->write_mu);
-            st->ops->idle(st->be);
+            st->ops->after_batch(st->be);
             pthread_mutex_unlock(&st->write_mu);
-            pthread_mutex_lock(&st->mu);
         }
+        pthread_mutex_lock(&st->mu);
     }
     pthread_mutex_unlock(&st->mu);
     return NULL;
@@ -610,6 +774,168 @@ int store_set_meta_if_absent(struct store *st, const char *key, const char *valu
     return 0;
 }
 
+/* ---- routes -------------------------------------------------------------------------------- */
+
+void store_routes_free(struct store_route *routes, size_t n)
+{
+    if (!routes) return;
+    for (size_t i = 0; i < n; i++) {
+        free(routes[i].description);
+        free(routes[i].expression);
+        if (routes[i].actions) {
+            for (size_t k = 0; k < routes[i].nactions; k++) free(routes[i].actions[k]);
+            free(routes[i].actions);
+        }
+    }
+    free(routes);
+}
+
+int store_routes_load(struct store *st, struct store_route **out, size_t *n, char **err)
+{
+    if (err) *err = NULL;
+    *out = NULL;
+    *n = 0;
+    return st->ops->routes_load(st->be, out, n, err) < 0 ? -1 : 0;
+}
+
+/* One route write (insert, update or delete) as a job. */
+struct route_write {
+    enum { ROUTE_INSERT, ROUTE_UPDATE, ROUTE_DELETE } op;
+    const struct store_route *r;
+    const char *id;
+    const char *actions_json;
+    int64_t quota;
+    enum store_status result;
+    int64_t seq;
+};
+
+static int run_route_write(const struct store_backend *ops, void *be, void *arg, char **err)
+{
+    struct route_write *w = arg;
+
+    switch (w->op) {
+    case ROUTE_INSERT:
+        return ops->route_insert(be, w->r, w->actions_json, w->quota, &w->result, &w->seq, err);
+    case ROUTE_UPDATE: return ops->route_update(be, w->r, w->actions_json, &w->result, err);
+    case ROUTE_DELETE: return ops->route_delete(be, w->id, &w->result, err);
+    }
+    return -1;
+}
+
+/* Runs `w` through the writer; the status the caller gets.  *err only with an I/O or disk-full
+ * status. */
+static enum store_status route_write_run(struct store *st, struct route_write *w, char **err)
+{
+    struct store_job job = {.run = run_route_write, .arg = w};
+
+    w->result = STORE_ERR_IO;
+    store_run_job(st, &job);
+    if (job.status != STORE_OK) {
+        if (err) *err = job.err ? job.err : strdup("out of memory");
+        else free(job.err);
+        return job.status;
+    }
+    free(job.err);
+    return w->result;
+}
+
+static char *route_actions_json(const struct store_route *r, char **err)
+{
+    char *json = store_json_string_array((const char *const *)r->actions, r->actions ? r->nactions : 0);
+
+    if (!json) set_err(err, "out of memory");
+    return json;
+}
+
+enum store_status store_route_insert(struct store *st, struct store_route *r, int64_t quota,
+                                     char **err)
+{
+    struct route_write w = {.op = ROUTE_INSERT, .r = r, .quota = quota};
+    char *json;
+    enum store_status rc;
+
+    if (err) *err = NULL;
+    if (!(json = route_actions_json(r, err))) return STORE_ERR_IO;
+    w.actions_json = json;
+    rc = route_write_run(st, &w, err);
+    free(json);
+    if (rc == STORE_OK) r->seq = w.seq;
+    return rc;
+}
+
+enum store_status store_route_update(struct store *st, const struct store_route *r, char **err)
+{
+    struct route_write w = {.op = ROUTE_UPDATE, .r = r};
+    char *json;
+    enum store_status rc;
+
+    if (err) *err = NULL;
+    if (!(json = route_actions_json(r, err))) return STORE_ERR_IO;
+    w.actions_json = json;
+    rc = route_write_run(st, &w, err);
+    free(json);
+    return rc;
+}
+
+enum store_status store_route_delete(struct store *st, const char *id, char **err)
+{
+    struct route_write w = {.op = ROUTE_DELETE, .id = id};
+
+    if (err) *err = NULL;
+    return route_write_run(st, &w, err);
+}
+
+/* ---- routing outcomes ----------------------------------------------------------------------- */
+
+struct outcome_write {
+    const struct store_outcome *o;
+    enum store_status result;
+};
+
+static int run_outcome(const struct store_backend *ops, void *be, void *arg, char **err)
+{
+    struct outcome_write *w = arg;
+
+    return ops->write_outcome(be, w->o, &w->result, err);
+}
+
+enum store_status store_write_outcome(struct store *st, const struct store_outcome *o, char **err)
+{
+    struct outcome_write w = {.o = o, .result = STORE_ERR_IO};
+    struct store_job job = {.run = run_outcome, .arg = &w};
+
+    if (err) *err = NULL;
+    store_run_job(st, &job);
+    if (job.status != STORE_OK) {
+        if (err) *err = job.err ? job.err : strdup("out of memory");
+        else free(job.err);
+        return job.status;
+    }
+    free(job.err);
+    return w.result;
+}
+
+int store_list_unprocessed(struct store *st, char ***ids, size_t *n, size_t max, char **err)
+{
+    if (err) *err = NULL;
+    *ids = NULL;
+    *n = 0;
+    if (max == 0) return 0;
+    return st->ops->list_unprocessed(st->be, ids, n, max, err) < 0 ? -1 : 0;
+}
+
+enum store_status store_load_message(struct store *st, const char *id, struct store_message **out,
+                                     char **err)
+{
+    int rc;
+
+    if (err) *err = NULL;
+    *out = NULL;
+    rc = st->ops->load_message(st->be, id, out, err);
+    if (rc == -ENOENT) return STORE_ERR_NOT_FOUND;
+    return rc < 0 ? STORE_ERR_IO : STORE_OK;
+}
+
 bool store_exists(const char *data_dir, const char *database)
 {
     const struct store_backend *ops;
@@ -668,4 +994,10 @@ int store_test_writer_query(struct store *st, const char *sql, char *out, size_t
     rc = st->ops->writer_query(st->be, sql, out, outsz);
     pthread_mutex_unlock(&st->write_mu);
     return rc;
+}
+
+void store_test_checkpoint_stats(struct store *st, struct store_checkpoint_stats *out)
+{
+    *out = (struct store_checkpoint_stats){0};
+    if (st->ops->checkpoint_stats) st->ops->checkpoint_stats(st->be, out);
 }

@@ -105,7 +105,9 @@ void store_free_message(struct store_message *msg);
 
 /* ---------------------------------------------------------------------------------------------
  * Routes (SPEC §4, §7).  Writes go through the writer (a job in the next batch); the caller
- * blocks until its batch committed. */
+ * blocks until its batch committed.  For every function below that takes `char **err` (may be
+ * NULL): *err is set (malloc'd) exactly when the result is STORE_ERR_IO / STORE_ERR_FULL (or -1),
+ * and NULL otherwise (STORE_ERR_QUOTA and STORE_ERR_NOT_FOUND carry no message). */
 struct store_route {
     char id[ID_LEN + 1];
     int32_t priority;
@@ -166,12 +168,18 @@ struct store_outcome {
     size_t ncopies;
     int64_t now;                /* Unix seconds: created_at, and next_attempt_at of deliveries */
 };
-/* Idempotent: a message that is no longer 'accepted' is left as it is (STORE_OK). */
+/* Idempotent: a message that is no longer 'accepted' is left as it is (STORE_OK);
+ * STORE_ERR_NOT_FOUND (nothing written) when there is no message o->message_id.  Atomic with
+ * nothing else: a row that cannot be written (e.g. a delivery id already used) fails this outcome
+ * alone (STORE_ERR_IO, nothing of it written, the message stays 'accepted') while the rest of its
+ * batch commits.  NULL JSON fields are written as "[]", a NULL format as "", a NULL notify as SQL
+ * NULL. */
 enum store_status store_write_outcome(struct store *st, const struct store_outcome *o, char **err);
 /* Ids of messages still 'accepted', oldest first, at most `max` (malloc'd array of malloc'd
  * strings; free each and the array). */
 int store_list_unprocessed(struct store *st, char ***ids, size_t *n, size_t max, char **err);
-/* Loads one message with its envelope and bytes.  STORE_ERR_NOT_FOUND when absent. */
+/* Loads one message with its envelope and bytes (copied out: the read transaction ends before
+ * this returns; data is never NULL, even for an empty body).  STORE_ERR_NOT_FOUND when absent. */
 enum store_status store_load_message(struct store *st, const char *id, struct store_message **out,
                                      char **err);
 

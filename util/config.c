@@ -14,7 +14,7 @@
 #include "util/log.h"
 #include "util/net.h"
 
-enum setting_type { SET_STR, SET_LIST, SET_INT };
+enum setting_type { SET_STR, SET_LIST, SET_INT, SET_BOOL };
 
 struct setting {
     const char *name; /* option name without dashes: also the key-file key */
@@ -60,7 +60,13 @@ static const struct setting settings[] = {
      "on SIGTERM, time given to SMTP transactions in flight"},
     {"min-free-disk", SET_INT, OFF(min_free_disk), "104857600", 0, INT64_MAX, "BYTES",
      "free space under the data dir below which /healthz answers 503"},
+    {"route-quota", SET_INT, OFF(route_quota), "1000", 0, ROUTE_QUOTA_MAX, "N",
+     "routes at most; POST /v3/routes answers 400 past it"},
     {"log-level", SET_STR, OFF(log_level), "info", 0, 0, "LEVEL", "error, warn, info or debug"},
+    {"reject-unrouted", SET_BOOL, OFF(reject_unrouted), "yes", 0, 0, "yes|no",
+     "refuse at RCPT (550 5.1.1) a hosted recipient that no route could match"},
+    {"store-ttl", SET_INT, OFF(store_ttl), "259200", 1, 315360000, "SECONDS",
+     "how long a copy kept by store() can be fetched"},
     {"api-key", SET_STR, OFF(api_key), NULL, 0, 0, "KEY",
      "HTTP Basic password of user api (default: generated on first start, kept in the database)"},
     {"api-key-file", SET_STR, OFF(api_key_file), NULL, 0, 0, "FILE",
@@ -126,6 +132,16 @@ static void set_value(struct inlet_config *cfg, const struct setting *s, const c
             if (*item) strlist_push(l, item);
         }
         g_strfreev(parts);
+        break;
+    }
+    case SET_BOOL: {
+        bool *b = field(cfg, s);
+        if (g_ascii_strcasecmp(value, "yes") == 0 || g_ascii_strcasecmp(value, "true") == 0)
+            *b = true;
+        else if (g_ascii_strcasecmp(value, "no") == 0 || g_ascii_strcasecmp(value, "false") == 0)
+            *b = false;
+        else
+            g_string_append_printf(errors, "%s: --%s: \"%s\" is not yes or no\n", origin, s->name, value);
         break;
     }
     case SET_INT: {
@@ -400,6 +416,8 @@ void config_print(const struct inlet_config *cfg, FILE *out)
             fprintf(out, "%s", is_secret(s) ? (v ? "(set)" : "") : v ? v : "");
         } else if (s->type == SET_INT) {
             fprintf(out, "%lld", (long long)*(const int64_t *)f);
+        } else if (s->type == SET_BOOL) {
+            fprintf(out, "%s", *(const bool *)f ? "yes" : "no");
         } else {
             const struct strlist *l = f;
             for (size_t k = 0; k < l->count; k++) fprintf(out, "%s%s", k ? "," : "", l->items[k]);

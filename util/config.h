@@ -34,7 +34,10 @@ struct inlet_config {
     int64_t max_hops;
     int64_t shutdown_grace;
     int64_t min_free_disk;
+    int64_t route_quota;
     char *log_level;
+    bool reject_unrouted;  /* RCPT that no route could match → 550 5.1.1 (SPEC §2, §4) */
+    int64_t store_ttl;     /* seconds a stored copy is kept (SPEC §6) */
     /* Keys (SPEC §1).  After config_load() api_key/signing_key hold the key from the option or
      * the environment or the first line of the file (NULL when none is given: `inlet serve` then
      * uses the database's, generating them on first start). */

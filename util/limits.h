@@ -89,6 +89,12 @@ _Static_assert(API_BODY_MAX < LIMIT_INFLIGHT_BYTES, "a request body fits the mem
 /* Routes (SPEC §4).  The expression and each action are at most 4 KiB (Mailgun's limit). */
 #define ROUTE_EXPRESSION_MAX 4096
 #define ROUTE_ACTION_MAX 4096
+/* A route's description (Mailgun: "arbitrary string"; inlet bounds it like the others). */
+#define ROUTE_DESCRIPTION_MAX 4096
+/* --route-quota: routes in the table at most (0 refuses every new route, as Mailgun's free plan). */
+#define ROUTE_QUOTA_MAX 1000000
+/* The API's dry run (POST /v3/routes/test): recipients of one request. */
+#define ROUTE_TEST_RECIPIENTS_MAX 1000
 /* Filters joined by "and" in one expression. */
 #define ROUTE_FILTERS_MAX 32
 /* Actions of one route, destinations of one forward(). */

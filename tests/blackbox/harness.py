@@ -8,9 +8,9 @@ Standard library only.  Environment:
   INLET_BB_TMPDIR   where temporary data dirs go (default: the system's temp dir)
 
 Every daemon is started with a fresh temporary data dir, SMTP and HTTP on 127.0.0.1 port 0 (the
-real ports are read back from the log), `--domain example.com` and `--hostname mx.inlet.test`
-unless the test says otherwise.  Every daemon is stopped by its PID when the test ends, whatever
-happened; every wait is bounded.
+real ports are read back from the log), `--domain example.com`, `--hostname mx.inlet.test` and
+`--reject-unrouted no` unless the test says otherwise.  Every daemon is stopped by its PID when
+the test ends, whatever happened; every wait is bounded.
 """
 
 import os
@@ -151,6 +151,11 @@ class Daemon:
                   "--data-dir", self.data_dir, "--hostname", HOSTNAME]
             for d in self.domains:
                 a += ["--domain", d]
+        # Also with defaults=False: tests that send to hosted recipients need no route then; a test
+        # of the RCPT check gives --reject-unrouted (or INLET_REJECT_UNROUTED) itself.
+        if "INLET_REJECT_UNROUTED" not in self.extra_env and not any(
+                x == "--reject-unrouted" or x.startswith("--reject-unrouted=") for x in self.extra_args):
+            a += ["--reject-unrouted", "no"]
         if self.log_level:
             a += ["--log-level", self.log_level]
         return a + self.extra_args

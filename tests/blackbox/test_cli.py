@@ -1,6 +1,7 @@
 """Command line, settings, listeners, data dir, schema version, graceful stop (SPEC §1, §8)."""
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -220,10 +221,16 @@ class DataDir(InletTestCase):
             self.assertEqual(mode & 0o077, 0, "%s is mode %o (must be 0600)" % (name, mode))
         self.assertEqual(stat.S_IMODE(os.stat(d.db_path).st_mode), 0o600)
 
+    def binary_schema(self):
+        """The schema version the binary writes, as `inlet --version` states it."""
+        m = re.search(r"schema (\d+)", harness.run_cli(["--version"]).stdout)
+        self.assertIsNotNone(m, "inlet --version names no schema")
+        return m.group(1)
+
     def test_schema(self):
         d = self.daemon()
         rows = harness.query(d.db_path, "SELECT value FROM meta WHERE key = 'schema_version'")
-        self.assertEqual([str(r[0]) for r in rows], ["1"])
+        self.assertEqual([str(r[0]) for r in rows], [self.binary_schema()])
         cols = [r[1] for r in harness.query(d.db_path, "PRAGMA table_info(messages)")]
         for c in ("id", "received_at", "sender", "recipients", "remote_ip", "helo", "tls", "size", "raw",
                   "state"):
@@ -251,7 +258,7 @@ class DataDir(InletTestCase):
         self.assertEqual(d.stop(), 0)
         d.start()
         rows = harness.query(d.db_path, "SELECT value FROM meta WHERE key = 'schema_version'")
-        self.assertEqual([str(r[0]) for r in rows], ["1"])
+        self.assertEqual([str(r[0]) for r in rows], [self.binary_schema()])
 
 
 class Signals(InletTestCase):

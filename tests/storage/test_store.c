@@ -1,6 +1,8 @@
-/* tests/storage/test_store.c — storage/: files and modes, PRAGMAs, schema versions, URLs, group
- * commit from several threads (rows read back byte for byte with sqlite3), draining on close,
- * per-message and per-batch failures, a read-only database, a full disk.
+/* tests/storage/test_store.c — storage/: files and modes, PRAGMAs, schema versions and the
+ * migration 1 → 2, URLs, group commit from several threads (rows read back byte for byte with
+ * sqlite3), draining on close, per-message and per-batch failures, routes, routing outcomes (atomic,
+ * idempotent, failing alone in a batch), message loads, the checkpointer thread and its safety
+ * valve, a read-only database, a full disk.
  *
  * Every case gets its own directory under /tmp, removed afterwards.  The read-only and disk-full
  * cases need a private mount namespace (tmpfs, read-only bind) and run in a child process; without
@@ -725,6 +727,792 @@ out:
     tmpdir_free(tmp);
 }
 
+/* ---- JSON arrays read back ------------------------------------------------------------------ */
+
+static void test_json_parse(void)
+{
+    static const char *const round[][4] = {
+        {"a@b.example", NULL},
+        {"x\"y", "back\\slash", "", NULL},
+        {"\n\r\t\b\f\x01\x1f\x7f", "\xe2\x82\xac@\xc3\xa9.example", "\xff\xfe raw bytes", NULL},
+        {"forward(\"http://h.example/\\1?a=b&c\")", "stop()", NULL},
+    };
+    for (size_t i = 0; i < sizeof round / sizeof round[0]; i++) {
+        size_t n = 0, got_n = 99;
+        char **got = NULL;
+
+        while (round[i][n]) n++;
+        char *json = store_json_string_array(round[i], n);
+        int rc = store_json_parse_string_array(json, &got, &got_n);
+        bool same = rc == 0 && got_n == n;
+        for (size_t k = 0; same && k < n; k++) same = !strcmp(got[k], round[i][k]);
+        CHECK(same, "json round trip case %zu (%s)", i, json);
+        for (size_t k = 0; rc == 0 && k < got_n; k++) free(got[k]);
+        free(got);
+        free(json);
+    }
+
+    static const struct {
+        const char *in;
+        size_t n;
+        const char *first, *last;
+    } ok[] = {
+        {"[]", 0, NULL, NULL},
+        {" [ ] ", 0, NULL, NULL},
+        {" [ \"a\" ,\t\"b\"\n] ", 2, "a", "b"},
+        {"[\"\\/\\u00e9\\u20AC\\ud83d\\ude00\"]", 1, "/\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", NULL},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        char **got = NULL;
+        size_t n = 99;
+        int rc = store_json_parse_string_array(ok[i].in, &got, &n);
+
+        CHECK(rc == 0 && n == ok[i].n && (n == 0) == (got == NULL), "json parse ok %zu: %s", i,
+              ok[i].in);
+        if (rc == 0 && n && ok[i].first) CHECK_STR(got[0], ok[i].first, "json parse %zu first", i);
+        if (rc == 0 && n > 1 && ok[i].last) CHECK_STR(got[n - 1], ok[i].last, "json parse %zu last", i);
+        for (size_t k = 0; rc == 0 && k < n; k++) free(got[k]);
+        free(got);
+    }
+
+    static const char *const bad[] = {
+        "", "[", "]", "[\"a\"", "[\"a\",]", "[,]", "[\"a\" \"b\"]", "[\"a\"] x", "[1]",
+        "[\"\\u0000\"]", "[\"\\ud800\"]", "[\"\\udc00\"]", "[\"\\ud800\\u0041\"]", "[\"\\x41\"]",
+        "[\"\\u12\"]", "[\"raw\ncontrol\"]", "{\"a\":1}", "[\"a\\",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char **got = (char **)1;
+        size_t n = 99;
+        int rc = store_json_parse_string_array(bad[i], &got, &n);
+
+        CHECK(rc == -1 && !got && n == 0, "json parse refuses %zu: %s", i, bad[i]);
+    }
+    char **got = NULL;
+    size_t n = 0;
+    CHECK(store_json_parse_string_array(NULL, &got, &n) == -1, "json parse refuses NULL");
+}
+
+/* ---- migrations ----------------------------------------------------------------------------- */
+
+/* The schema of version 1 exactly as released (migrations.c step 1). */
+static const char v1_schema[] =
+    "PRAGMA journal_mode = WAL;"
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "CREATE TABLE messages (id TEXT PRIMARY KEY, received_at INTEGER NOT NULL,"
+    " sender TEXT NOT NULL, recipients TEXT NOT NULL, remote_ip TEXT NOT NULL,"
+    " helo TEXT NOT NULL, tls TEXT NOT NULL, size INTEGER NOT NULL, raw BLOB NOT NULL,"
+    " state TEXT NOT NULL DEFAULT 'accepted');"
+    "CREATE INDEX messages_accepted ON messages (received_at) WHERE state = 'accepted';"
+    "INSERT INTO meta VALUES ('schema_version', '1'), ('api_key', 'k1');"
+    "INSERT INTO messages (id, received_at, sender, recipients, remote_ip, helo, tls, size, raw)"
+    " VALUES ('0000000100000000000000aa', 1700000000000, 'old@example.org',"
+    " '[\"a@example.com\",\"b\\\"q@example.com\"]', '192.0.2.1', 'mx', 'none', 3, x'00ff41');";
+
+/* Column names of `table` joined by commas (PRAGMA table_info order). */
+static void table_columns(sqlite3 *db, const char *table, char *out, size_t outsz)
+{
+    char sql[128];
+    sqlite3_stmt *s = NULL;
+    size_t used = 0;
+
+    out[0] = '\0';
+    snprintf(sql, sizeof sql, "PRAGMA table_info(%s)", table);
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK) return;
+    while (sqlite3_step(s) == SQLITE_ROW && used < outsz) {
+        int w = snprintf(out + used, outsz - used, "%s%s", used ? "," : "",
+                         (const char *)sqlite3_column_text(s, 1));
+        if (w < 0) break;
+        used += (size_t)w;
+    }
+    sqlite3_finalize(s);
+}
+
+static void test_migration_v1(void)
+{
+    char *tmp = tmpdir_new(), *dbpath = join(tmp, "inlet.db"), *err = NULL, buf[512];
+    sqlite3 *db = NULL;
+
+    int rc = sqlite3_open(dbpath, &db);
+    if (rc == SQLITE_OK) rc = sqlite3_exec(db, v1_schema, NULL, NULL, NULL);
+    CHECK(rc == SQLITE_OK, "build a version 1 database by hand (%s)", db ? sqlite3_errmsg(db) : "");
+    sqlite3_close(db);
+    chmod(dbpath, 0600);
+
+    struct store *st = store_open(tmp, NULL, &err);
+    CHECK(st != NULL, "open a version 1 database (%s)", err ? err : "ok");
+    if (!st) goto out;
+    CHECK(store_schema_version() == 2, "this binary writes schema 2");
+
+    db = raw_open(dbpath);
+    bool q = db && raw_query(db, "SELECT value FROM meta WHERE key = 'schema_version'", buf, sizeof buf);
+    CHECK(q && !strcmp(buf, "2"), "upgraded to schema_version 2 (%s)", buf);
+    q = db && raw_query(db, "SELECT value FROM meta WHERE key = 'api_key'", buf, sizeof buf);
+    CHECK(q && !strcmp(buf, "k1"), "meta rows kept");
+    static const struct {
+        const char *table, *cols;
+    } tables[] = {
+        {"routes", "seq,id,priority,description,expression,actions,created_at"},
+        {"recipients", "message_id,recipient,outcome,routes,warnings"},
+        {"deliveries", "id,message_id,recipient,route_ids,kind,target,format,state,attempts,"
+                       "next_attempt_at,lease_until,last_status,last_error,created_at"},
+        {"stored", "key,message_id,recipient,domain,route_id,notify,format,expires_at,created_at"},
+        {"messages", "id,received_at,sender,recipients,remote_ip,helo,tls,size,raw,state,"
+                     "parse_warnings"},
+    };
+    for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
+        table_columns(db, tables[i].table, buf, sizeof buf);
+        CHECK_STR(buf, tables[i].cols, "table %s columns", tables[i].table);
+    }
+    q = db && raw_query(db,
+                        "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_master"
+                        " WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name)",
+                        buf, sizeof buf);
+    CHECK_STR(buf, "deliveries_due,deliveries_message,messages_accepted,routes_order,"
+                   "stored_expires,stored_message", "indexes");
+    q = db && raw_query(db, "SELECT sql FROM sqlite_master WHERE name = 'deliveries_due'", buf,
+                        sizeof buf);
+    CHECK(q && strstr(buf, "WHERE state = 'pending'"), "deliveries_due is partial (%s)", buf);
+    q = db && raw_query(db, "SELECT parse_warnings || state FROM messages", buf, sizeof buf);
+    CHECK(q && !strcmp(buf, "[]accepted"), "the old message: parse_warnings '[]' (%s)", buf);
+    sqlite3_close(db);
+
+    /* The old row reads back through the new code. */
+    struct store_message *m = NULL;
+    enum store_status ls = store_load_message(st, "0000000100000000000000aa", &m, &err);
+    CHECK(ls == STORE_OK && m, "load the version 1 message");
+    if (m) {
+        CHECK(m->nrcpts == 2 && !strcmp(m->rcpts[0], "a@example.com") &&
+                  !strcmp(m->rcpts[1], "b\"q@example.com"),
+              "its recipients");
+        CHECK(m->len == 3 && !memcmp(m->data, "\x00\xff\x41", 3), "its bytes");
+    }
+    store_free_message(m);
+    char **ids = NULL;
+    size_t n = 0;
+    rc = store_list_unprocessed(st, &ids, &n, 10, &err);
+    CHECK(rc == 0 && n == 1 && !strcmp(ids[0], "0000000100000000000000aa"), "listed unprocessed");
+    for (size_t i = 0; i < n; i++) free(ids[i]);
+    free(ids);
+    store_close(st);
+
+    /* A second open finds version 2 and changes nothing. */
+    st = store_open(tmp, NULL, &err);
+    CHECK(st != NULL, "reopen at version 2");
+    store_close(st);
+out:
+    free(err);
+    free(dbpath);
+    tmpdir_free(tmp);
+}
+
+/* ---- routes --------------------------------------------------------------------------------- */
+
+static void route_fill(struct store_route *r, unsigned k, int32_t priority, char **actions,
+                       size_t nactions)
+{
+    *r = (struct store_route){.priority = priority, .actions = actions, .nactions = nactions,
+                              .created_at = 1700000000 + k};
+    snprintf(r->id, sizeof r->id, "%024x", 0xa00000u + k);
+    if (asprintf(&r->description, "route %u \"quoted\" \\ é", k) < 0) exit(1);
+    if (asprintf(&r->expression, "match_recipient(\"r%u@.*\\\\.example\")", k) < 0) exit(1);
+}
+
+/* "id,id,..." of the loaded routes, in order. */
+static void route_order(struct store *st, char *out, size_t outsz, size_t *n_out)
+{
+    struct store_route *v = NULL;
+    size_t n = 0, used = 0;
+    char *err = NULL;
+
+    out[0] = '\0';
+    if (store_routes_load(st, &v, &n, &err) < 0) {
+        snprintf(out, outsz, "error: %s", err ? err : "?");
+        free(err);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        used += (size_t)snprintf(out + used, outsz - used, "%s%s", i ? "," : "", v[i].id + 18);
+    if (n_out) *n_out = n;
+    store_routes_free(v, n);
+}
+
+static void test_routes(void)
+{
+    char *tmp = tmpdir_new(), *dbpath = join(tmp, "inlet.db"), *err = NULL, buf[256];
+    struct store *st = store_open(tmp, NULL, &err);
+    static char a0[] = "forward(\"http://h.example/\\1\")", a1[] = "store(notify=\"https://n.example/x\")",
+                a2[] = "stop()", a3[] = "w\x01\xc3\xa9\"\\";
+    char *acts[] = {a0, a1, a2, a3};
+    struct store_route r[6];
+    enum store_status rc;
+
+    CHECK(st != NULL, "open");
+    if (!st) goto out;
+    struct store_route *v = (struct store_route *)1;
+    size_t n = 99;
+    CHECK(store_routes_load(st, &v, &n, &err) == 0 && n == 0, "no routes at first");
+    store_routes_free(v, n);
+
+    /* Priorities 5, 0, 5, -1: seq gives the tie order. */
+    static const int32_t prio[] = {5, 0, 5, -1, 0, 7};
+    for (unsigned k = 0; k < 4; k++) {
+        route_fill(&r[k], k, prio[k], k == 1 ? NULL : acts, k == 1 ? 0 : 4 - k % 3);
+        rc = store_route_insert(st, &r[k], 4, &err);
+        CHECK(rc == STORE_OK && !err, "insert route %u (quota 4): %d", k, rc);
+    }
+    CHECK(r[0].seq > 0 && r[1].seq > r[0].seq && r[2].seq > r[1].seq && r[3].seq > r[2].seq,
+          "seq assigned in insertion order (%lld %lld %lld %lld)", (long long)r[0].seq,
+          (long long)r[1].seq, (long long)r[2].seq, (long long)r[3].seq);
+    route_fill(&r[4], 4, prio[4], acts, 1);
+    int64_t seq_before = r[4].seq;
+    rc = store_route_insert(st, &r[4], 4, &err);
+    CHECK(rc == STORE_ERR_QUOTA && !err && r[4].seq == seq_before, "the fifth at quota 4: QUOTA");
+    rc = store_route_insert(st, &r[4], 5, &err);
+    CHECK(rc == STORE_OK, "with quota 5 it fits exactly");
+    route_fill(&r[5], 5, prio[5], acts, 2);
+    rc = store_route_insert(st, &r[5], 5, &err);
+    CHECK(rc == STORE_ERR_QUOTA, "quota 5 full");
+    rc = store_route_insert(st, &r[5], 0, &err);
+    CHECK(rc == STORE_ERR_QUOTA, "quota 0: QUOTA");
+
+    size_t nr = 0;
+    route_order(st, buf, sizeof buf, &nr);
+    CHECK_STR(buf, "a00003,a00001,a00004,a00000,a00002", "evaluation order: priority, then seq");
+
+    /* Fields read back exactly. */
+    v = NULL;
+    n = 0;
+    CHECK(store_routes_load(st, &v, &n, &err) == 0 && n == 5, "load 5");
+    bool same = n == 5;
+    for (size_t i = 0; same && i < n; i++) {
+        const struct store_route *want = NULL;
+        for (unsigned k = 0; k < 5; k++)
+            if (!strcmp(r[k].id, v[i].id)) want = &r[k];
+        same = want && want->priority == v[i].priority && want->seq == v[i].seq &&
+               want->created_at == v[i].created_at &&
+               !strcmp(want->description, v[i].description) &&
+               !strcmp(want->expression, v[i].expression) && want->nactions == v[i].nactions &&
+               (v[i].nactions == 0) == (v[i].actions == NULL);
+        for (size_t a = 0; same && a < v[i].nactions; a++)
+            same = !strcmp(want->actions[a], v[i].actions[a]);
+    }
+    CHECK(same, "every field reads back as written");
+    store_routes_free(v, n);
+
+    sqlite3 *db = raw_open(dbpath);
+    bool q = db && raw_query(db, "SELECT actions FROM routes WHERE id = '000000000000000000a00000'",
+                             buf, sizeof buf);
+    char *want_json = store_json_string_array((const char *const *)acts, 4);
+    CHECK(q && !strcmp(buf, want_json), "actions column is the JSON array (%s)", buf);
+    free(want_json);
+    q = db && raw_query(db, "SELECT actions FROM routes WHERE id = '000000000000000000a00001'", buf,
+                        sizeof buf);
+    CHECK(q && !strcmp(buf, "[]"), "no actions: [] (%s)", buf);
+    sqlite3_close(db);
+
+    /* A duplicate id is a storage error, with a message. */
+    struct store_route dup = r[0];
+    rc = store_route_insert(st, &dup, 100, &err);
+    CHECK(rc == STORE_ERR_IO && err && strstr(err, "UNIQUE"), "duplicate id: IO (%s)",
+          err ? err : "(null)");
+    free(err);
+    err = NULL;
+
+    /* Update: priority and fields change, seq and created_at stay; the order follows. */
+    struct store_route up = r[2];
+    up.priority = -5;
+    up.created_at = 1;
+    static char changed[] = "changed", catch_all[] = "catch_all()", stop[] = "stop()";
+    up.description = changed;
+    up.expression = catch_all;
+    char *one[] = {stop};
+    up.actions = one;
+    up.nactions = 1;
+    rc = store_route_update(st, &up, &err);
+    CHECK(rc == STORE_OK && !err, "update route 2");
+    route_order(st, buf, sizeof buf, NULL);
+    CHECK_STR(buf, "a00002,a00003,a00001,a00004,a00000", "order after the update");
+    v = NULL;
+    CHECK(store_routes_load(st, &v, &n, &err) == 0 && n == 5, "reload");
+    if (n == 5)
+        CHECK(v[0].priority == -5 && v[0].seq == r[2].seq && v[0].created_at == r[2].created_at &&
+                  !strcmp(v[0].description, "changed") && !strcmp(v[0].expression, "catch_all()") &&
+                  v[0].nactions == 1 && !strcmp(v[0].actions[0], "stop()"),
+              "updated fields; seq and created_at kept");
+    store_routes_free(v, n);
+    /* Same values again: still found (a row matched, nothing changed). */
+    rc = store_route_update(st, &up, &err);
+    CHECK(rc == STORE_OK, "update with the same values: OK");
+
+    struct store_route ghost = r[5];
+    snprintf(ghost.id, sizeof ghost.id, "%s", "ffffffffffffffffffffffff");
+    rc = store_route_update(st, &ghost, &err);
+    CHECK(rc == STORE_ERR_NOT_FOUND && !err, "update unknown: NOT_FOUND");
+    rc = store_route_delete(st, "ffffffffffffffffffffffff", &err);
+    CHECK(rc == STORE_ERR_NOT_FOUND && !err, "delete unknown: NOT_FOUND");
+
+    rc = store_route_delete(st, r[4].id, &err);
+    CHECK(rc == STORE_OK, "delete the last one");
+    rc = store_route_delete(st, r[4].id, &err);
+    CHECK(rc == STORE_ERR_NOT_FOUND, "delete it again: NOT_FOUND");
+    /* Room again under quota 5; a deleted seq is never reused. */
+    rc = store_route_insert(st, &r[5], 5, &err);
+    CHECK(rc == STORE_OK && r[5].seq > r[4].seq, "insert after a delete: new seq %lld > %lld",
+          (long long)r[5].seq, (long long)r[4].seq);
+    store_close(st);
+
+    st = store_open(tmp, NULL, &err);
+    route_order(st, buf, sizeof buf, &nr);
+    CHECK_STR(buf, "a00002,a00003,a00001,a00000,a00005", "the same order after reopen");
+    store_close(st);
+out:
+    for (unsigned k = 0; k < 6; k++) {
+        free(r[k].description);
+        free(r[k].expression);
+    }
+    free(err);
+    free(dbpath);
+    tmpdir_free(tmp);
+}
+
+/* ---- routing outcomes ----------------------------------------------------------------------- */
+
+/* Checks the message handed back by the done callback against make_msg(a, b, len). */
+struct back_slot {
+    struct waiter *w;
+    unsigned a, b;
+    size_t len;
+    int status;
+    bool got_msg, bytes_ok;
+};
+
+static void on_done_back(void *arg, enum store_status status, struct store_message *msg)
+{
+    struct back_slot *s = arg;
+    char id[ID_LEN + 1];
+    bool ok = msg != NULL;
+
+    make_id(id, s->a, s->b);
+    ok = ok && !strcmp(msg->id, id) && msg->len == s->len && msg->nrcpts == 3 &&
+         !strcmp(msg->rcpts[1], rcpt_fixed[0]);
+    for (size_t k = 0; ok && k < s->len; k++) ok = msg->data[k] == body_byte(s->a, s->b, k);
+    store_free_message(msg);
+    pthread_mutex_lock(&s->w->mu);
+    s->status = status;
+    s->got_msg = msg != NULL;
+    s->bytes_ok = ok;
+    s->w->called++;
+    pthread_cond_broadcast(&s->w->cv);
+    pthread_mutex_unlock(&s->w->mu);
+}
+
+static int64_t count_rows(sqlite3 *db, const char *sql)
+{
+    char buf[32];
+
+    if (!raw_query(db, sql, buf, sizeof buf)) return -1;
+    return strtoll(buf, NULL, 10);
+}
+
+static void test_outcome(void)
+{
+    char *tmp = tmpdir_new(), *dbpath = join(tmp, "inlet.db"), *err = NULL, buf[512];
+    struct store *st = store_open(tmp, NULL, &err);
+    struct back_slot s[6];
+    struct waiter w;
+    char id[6][ID_LEN + 1];
+
+    CHECK(st != NULL, "open");
+    if (!st) goto out;
+    waiter_init(&w);
+    /* received_at: 3 and 1 tie, 4 and 0 tie; list order: (1,3 by id), 5, (0,4 by id), 2. */
+    static const int64_t at[] = {2000, 1000, 3000, 1000, 2000, 1500};
+    for (unsigned b = 0; b < 6; b++) {
+        size_t len = b == 5 ? 0 : 1000 + b * 333;
+        struct store_message *m = make_msg(21, b, len);
+
+        m->received_at_ms = at[b];
+        if (b == 5) { /* the null sender */
+            free(m->sender);
+            m->sender = xstrdup("");
+        }
+        make_id(id[b], 21, b);
+        s[b] = (struct back_slot){.w = &w, .a = 21, .b = b, .len = len, .status = 99};
+        store_accept(st, m, on_done_back, &s[b]);
+    }
+    /* A duplicate: fails, and its callback gets no message. */
+    struct back_slot dup = {.w = &w, .a = 21, .b = 0, .len = 5, .status = 99};
+    store_accept(st, make_msg(21, 0, 5), on_done_back, &dup);
+    CHECK(waiter_wait(&w, 7, 30), "callbacks");
+    bool all = true;
+    for (unsigned b = 0; b < 6; b++) all = all && s[b].status == STORE_OK && s[b].got_msg && s[b].bytes_ok;
+    CHECK(all, "STORE_OK hands back the committed message, bytes and envelope intact");
+    CHECK(dup.status == STORE_ERR_IO && !dup.got_msg, "a failed message: no message handed back");
+
+    char **ids = NULL;
+    size_t n = 0;
+    int rc = store_list_unprocessed(st, &ids, &n, 100, &err);
+    char got[256] = "";
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        strcat(got, i ? "," : "");
+        strcat(got, ids[i] + 22);
+    }
+    CHECK(rc == 0 && n == 6, "six unprocessed");
+    CHECK_STR(got, "01,03,05,00,04,02", "oldest first, ties by id");
+    for (size_t i = 0; i < n; i++) free(ids[i]);
+    free(ids);
+    rc = store_list_unprocessed(st, &ids, &n, 2, &err);
+    CHECK(rc == 0 && n == 2 && !strcmp(ids[0], id[1]) && !strcmp(ids[1], id[3]), "limit 2");
+    for (size_t i = 0; i < n; i++) free(ids[i]);
+    free(ids);
+    rc = store_list_unprocessed(st, &ids, &n, 0, &err);
+    CHECK(rc == 0 && n == 0 && !ids, "limit 0: nothing");
+
+    /* load_message: byte for byte, and the envelope. */
+    struct store_message *m = NULL;
+    enum store_status ls = store_load_message(st, id[2], &m, &err);
+    CHECK(ls == STORE_OK && m, "load message 2");
+    if (m) {
+        bool bytes = m->len == s[2].len;
+        for (size_t k = 0; bytes && k < m->len; k++) bytes = m->data[k] == body_byte(21, 2, k);
+        CHECK(bytes, "load: bytes exact (%zu)", m->len);
+        CHECK(!strcmp(m->id, id[2]) && m->received_at_ms == 3000 &&
+                  !strcmp(m->sender, "sender@example.org") && m->nrcpts == 3 &&
+                  !strcmp(m->rcpts[0], "u21.2@example.com") && !strcmp(m->rcpts[1], rcpt_fixed[0]) &&
+                  !strcmp(m->rcpts[2], rcpt_fixed[1]) && !strcmp(m->remote_ip, "192.0.2.7") &&
+                  !strcmp(m->helo, "mx.example.org") && !strcmp(m->tls, "none"),
+              "load: envelope exact");
+    }
+    store_free_message(m);
+    m = NULL;
+    ls = store_load_message(st, id[5], &m, &err);
+    CHECK(ls == STORE_OK && m && m->len == 0 && m->data && !strcmp(m->sender, ""),
+          "load: empty body, null sender");
+    store_free_message(m);
+    m = (struct store_message *)1;
+    ls = store_load_message(st, "ffffffffffffffffffffffff", &m, &err);
+    CHECK(ls == STORE_ERR_NOT_FOUND && !m && !err, "load unknown: NOT_FOUND");
+
+    /* The outcome of message 1. */
+    const struct store_recipient_outcome ro[] = {
+        {.recipient = "u21.1@example.com", .outcome = "routed",
+         .routes_json = "[{\"id\": \"r1\", \"captures\": {}, \"actions\": [\"stop()\"]}]",
+         .warnings_json = "[]"},
+        {.recipient = rcpt_fixed[0], .outcome = "dropped", .routes_json = "[]",
+         .warnings_json = "[\"w \\\"1\\\"\"]"},
+    };
+    const struct store_delivery_plan dp[] = {
+        {.id = "d00000000000000000000001", .recipient = "u21.1@example.com", .kind = "url",
+         .target = "http://h.example/x", .format = "", .route_ids_json = "[\"r1\",\"r2\"]"},
+        {.id = "d00000000000000000000002", .recipient = "u21.1@example.com", .kind = "address",
+         .target = "a@b.example", .format = "mime", .route_ids_json = "[\"r1\"]"},
+    };
+    const struct store_copy_plan cp[] = {
+        {.key = "KEYaaaaaaaaaaaaaaaaaaaaa", .recipient = "u21.1@example.com", .domain = "example.com",
+         .route_id = "r1", .notify = NULL, .format = "", .expires_at = 1800000000},
+        {.key = "KEYbbbbbbbbbbbbbbbbbbbbb", .recipient = "u21.1@example.com", .domain = "example.com",
+         .route_id = "", .notify = "https://n.example/\xc3\xa9", .format = "json",
+         .expires_at = 1800000001},
+    };
+    struct store_outcome o = {.message_id = id[1], .parse_warnings_json = "[\"bad header\"]",
+                              .recipients = ro, .nrecipients = 2, .deliveries = dp,
+                              .ndeliveries = 2, .copies = cp, .ncopies = 2, .now = 1750000000};
+    enum store_status os = store_write_outcome(st, &o, &err);
+    CHECK(os == STORE_OK && !err, "write the outcome (%s)", err ? err : "ok");
+
+    sqlite3 *db = raw_open(dbpath);
+    raw_query(db, "SELECT state || ' ' || parse_warnings FROM messages WHERE id = '000000150000000000000001'",
+              buf, sizeof buf);
+    CHECK_STR(buf, "routed [\"bad header\"]", "message routed, parse_warnings stored");
+    raw_query(db, "SELECT group_concat(recipient || '|' || outcome || '|' || routes || '|' || warnings, '#')"
+                  " FROM (SELECT * FROM recipients WHERE message_id = '000000150000000000000001' ORDER BY outcome DESC)",
+              buf, sizeof buf);
+    char want[512];
+    snprintf(want, sizeof want, "u21.1@example.com|routed|%s|[]#%s|dropped|[]|%s", ro[0].routes_json,
+             rcpt_fixed[0], ro[1].warnings_json);
+    CHECK_STR(buf, want, "recipients rows");
+    raw_query(db,
+              "SELECT group_concat(id || '|' || message_id || '|' || recipient || '|' || route_ids"
+              " || '|' || kind || '|' || target || '|' || format || '|' || state || '|' || attempts"
+              " || '|' || next_attempt_at || '|' || created_at || '|' || typeof(lease_until) || '|'"
+              " || typeof(last_status) || '|' || typeof(last_error), '#')"
+              " FROM (SELECT * FROM deliveries ORDER BY id)",
+              buf, sizeof buf);
+    CHECK_STR(buf,
+              "d00000000000000000000001|000000150000000000000001|u21.1@example.com|[\"r1\",\"r2\"]|url|"
+              "http://h.example/x||pending|0|1750000000|1750000000|null|null|null#"
+              "d00000000000000000000002|000000150000000000000001|u21.1@example.com|[\"r1\"]|address|"
+              "a@b.example|mime|pending|0|1750000000|1750000000|null|null|null",
+              "deliveries rows");
+    raw_query(db,
+              "SELECT group_concat(key || '|' || message_id || '|' || recipient || '|' || domain || '|'"
+              " || route_id || '|' || coalesce(notify, 'NULL') || '|' || format || '|' || expires_at"
+              " || '|' || created_at, '#') FROM (SELECT * FROM stored ORDER BY key)",
+              buf, sizeof buf);
+    CHECK_STR(buf,
+              "KEYaaaaaaaaaaaaaaaaaaaaa|000000150000000000000001|u21.1@example.com|example.com|r1|"
+              "NULL||1800000000|1750000000#"
+              "KEYbbbbbbbbbbbbbbbbbbbbb|000000150000000000000001|u21.1@example.com|example.com||"
+              "https://n.example/\xc3\xa9|json|1800000001|1750000000",
+              "stored rows");
+
+    /* Again, even with another plan: a no-op. */
+    struct store_outcome o2 = o;
+    o2.parse_warnings_json = "[\"other\"]";
+    o2.ndeliveries = 1;
+    o2.now = 1;
+    os = store_write_outcome(st, &o2, &err);
+    CHECK(os == STORE_OK && !err, "second outcome of the same message: STORE_OK");
+    CHECK(count_rows(db, "SELECT count(*) FROM recipients") == 2 &&
+              count_rows(db, "SELECT count(*) FROM deliveries") == 2 &&
+              count_rows(db, "SELECT count(*) FROM stored") == 2 &&
+              count_rows(db, "SELECT count(*) FROM messages WHERE parse_warnings = '[\"bad header\"]'") == 1,
+          "... and nothing written");
+    struct store_outcome o3 = {.message_id = "ffffffffffffffffffffffff", .now = 1};
+    os = store_write_outcome(st, &o3, &err);
+    CHECK(os == STORE_ERR_NOT_FOUND && !err, "outcome of an unknown message: NOT_FOUND");
+
+    /* A message that matched nothing: no rows but its recipients, still routed. */
+    const struct store_recipient_outcome drop[] = {
+        {.recipient = "u21.3@example.com", .outcome = "dropped", .routes_json = "[]",
+         .warnings_json = "[]"}};
+    struct store_outcome o4 = {.message_id = id[3], .parse_warnings_json = "[]",
+                               .recipients = drop, .nrecipients = 1, .now = 5};
+    os = store_write_outcome(st, &o4, &err);
+    CHECK(os == STORE_OK, "dropped outcome");
+    rc = store_list_unprocessed(st, &ids, &n, 100, &err);
+    got[0] = '\0';
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        strcat(got, i ? "," : "");
+        strcat(got, ids[i] + 22);
+        free(ids[i]);
+    }
+    free(ids);
+    CHECK_STR(got, "05,00,04,02", "routed messages leave the unprocessed list");
+    int64_t cnt = -1;
+    CHECK(store_count_unprocessed(st, &cnt) == 0 && cnt == 4, "count_unprocessed 4");
+    sqlite3_close(db);
+    store_close(st);
+    waiter_destroy(&w);
+out:
+    free(err);
+    free(dbpath);
+    tmpdir_free(tmp);
+}
+
+struct outcome_thread {
+    struct store *st;
+    const struct store_outcome *o;
+    enum store_status status;
+    char *err;
+    pthread_t t;
+};
+
+static void *outcome_thread_main(void *arg)
+{
+    struct outcome_thread *ot = arg;
+
+    ot->status = store_write_outcome(ot->st, ot->o, &ot->err);
+    return NULL;
+}
+
+/* A failing outcome job (a duplicate delivery id in its plan) writes nothing and leaves the
+ * message 'accepted', while a message and a good outcome in the same batch commit. */
+static void test_outcome_fails_alone(void)
+{
+    char *tmp = tmpdir_new(), *dbpath = join(tmp, "inlet.db"), *err = NULL, buf[128];
+    struct store *st = store_open(tmp, NULL, &err);
+    struct slot s[3];
+    struct waiter w;
+    char id[3][ID_LEN + 1];
+    struct store_stats before, after;
+    struct timespec ts = {0, 50 * 1000 * 1000};
+
+    CHECK(st != NULL, "open");
+    if (!st) goto out;
+    waiter_init(&w);
+    for (unsigned b = 0; b < 3; b++) {
+        s[b] = (struct slot){.w = &w, .status = 99};
+        make_id(id[b], 23, b);
+    }
+    store_accept(st, make_msg(23, 0, 100), on_done, &s[0]);
+    store_accept(st, make_msg(23, 1, 100), on_done, &s[1]);
+    CHECK(waiter_wait(&w, 2, 30), "two messages committed");
+
+    const struct store_recipient_outcome ro[] = {
+        {.recipient = "u23.0@example.com", .outcome = "routed", .routes_json = "[]",
+         .warnings_json = "[]"}};
+    const struct store_delivery_plan dp[] = {
+        {.id = "dddddddddddddddddddddddd", .recipient = "u23.0@example.com", .kind = "url",
+         .target = "http://a.example/", .format = "", .route_ids_json = "[\"r\"]"},
+        {.id = "dddddddddddddddddddddddd", .recipient = "u23.0@example.com", .kind = "url",
+         .target = "http://b.example/", .format = "", .route_ids_json = "[\"r\"]"},
+    };
+    const struct store_copy_plan cp[] = {
+        {.key = "K0", .recipient = "u23.0@example.com", .domain = "example.com", .route_id = "r",
+         .format = "", .expires_at = 9}};
+    struct store_outcome bad = {.message_id = id[0], .parse_warnings_json = "[]", .recipients = ro,
+                                .nrecipients = 1, .deliveries = dp, .ndeliveries = 2,
+                                .copies = cp, .ncopies = 1, .now = 7};
+    const struct store_recipient_outcome ro1[] = {
+        {.recipient = "u23.1@example.com", .outcome = "routed", .routes_json = "[]",
+         .warnings_json = "[]"}};
+    struct store_outcome good = {.message_id = id[1], .parse_warnings_json = "[]",
+                                 .recipients = ro1, .nrecipients = 1, .deliveries = dp,
+                                 .ndeliveries = 1, .now = 7};
+
+    /* Hold the writer in a sleeping job so that what comes next forms one batch. */
+    struct job_thread sleeper = {.st = st, .job = {.run = job_sleep}};
+    struct outcome_thread ob = {.st = st, .o = &bad, .status = 99};
+    struct outcome_thread og = {.st = st, .o = &good, .status = 99};
+    pthread_create(&sleeper.t, NULL, job_thread_main, &sleeper);
+    nanosleep(&ts, NULL);
+    store_get_stats(st, &before);
+    pthread_create(&ob.t, NULL, outcome_thread_main, &ob);
+    nanosleep(&ts, NULL);
+    store_accept(st, make_msg(23, 2, 100), on_done, &s[2]);
+    pthread_create(&og.t, NULL, outcome_thread_main, &og);
+    pthread_join(sleeper.t, NULL);
+    pthread_join(ob.t, NULL);
+    pthread_join(og.t, NULL);
+    CHECK(waiter_wait(&w, 3, 30), "the third message answered");
+    store_get_stats(st, &after);
+    CHECK(after.batches - before.batches == 2, "one batch after the sleeper (%llu batches)",
+          (unsigned long long)(after.batches - before.batches));
+    CHECK(ob.status == STORE_ERR_IO && ob.err && strstr(ob.err, "dddddddddddddddddddddddd") &&
+              strstr(ob.err, "UNIQUE"),
+          "the failing outcome: STORE_ERR_IO naming the delivery (%s)", ob.err ? ob.err : "(null)");
+    CHECK(og.status == STORE_OK && !og.err, "the good outcome in the same batch: OK");
+    CHECK(s[2].status == STORE_OK, "the message in the same batch commits");
+
+    sqlite3 *db = raw_open(dbpath);
+    raw_query(db, "SELECT state || parse_warnings FROM messages WHERE id = '000000170000000000000000'",
+              buf, sizeof buf);
+    CHECK_STR(buf, "accepted[]", "the failed outcome's message is still accepted");
+    CHECK(count_rows(db, "SELECT count(*) FROM recipients WHERE message_id = '000000170000000000000000'") == 0 &&
+              count_rows(db, "SELECT count(*) FROM deliveries WHERE message_id = '000000170000000000000000'") == 0 &&
+              count_rows(db, "SELECT count(*) FROM stored") == 0,
+          "... and none of its rows is there");
+    CHECK(count_rows(db, "SELECT count(*) FROM deliveries WHERE message_id = '000000170000000000000001'") == 1 &&
+              count_rows(db, "SELECT count(*) FROM messages WHERE state = 'routed'") == 1,
+          "the good outcome's rows are");
+    CHECK(count_rows(db, "SELECT count(*) FROM messages WHERE id = '000000170000000000000002'") == 1,
+          "the message of the batch is there");
+    sqlite3_close(db);
+
+    /* Fixed, it goes through. */
+    bad.ndeliveries = 1;
+    struct store_delivery_plan dp2 = dp[0];
+    dp2.id[0] = 'e';
+    bad.deliveries = &dp2;
+    enum store_status os = store_write_outcome(st, &bad, &err);
+    CHECK(os == STORE_OK, "the same message with a good plan: OK");
+    int64_t cnt = -1;
+    CHECK(store_count_unprocessed(st, &cnt) == 0 && cnt == 1, "one left unprocessed");
+    free(ob.err);
+    free(og.err);
+    free(sleeper.job.err);
+    store_close(st);
+    waiter_destroy(&w);
+out:
+    free(err);
+    free(dbpath);
+    tmpdir_free(tmp);
+}
+
+/* ---- checkpoints ---------------------------------------------------------------------------- */
+
+static off_t file_size(const char *path)
+{
+    struct stat sb;
+
+    return stat(path, &sb) == 0 ? sb.st_size : -1;
+}
+
+static void test_checkpointer(void)
+{
+    char *tmp = tmpdir_new(), *dbpath = join(tmp, "inlet.db"), *walpath = join(tmp, "inlet.db-wal");
+    char *err = NULL;
+    struct store *st = store_open(tmp, NULL, &err);
+    struct store_checkpoint_stats cs;
+    enum { BIG = 24, BIG_LEN = 4 * 1024 * 1024 };
+    static struct slot slots[BIG + 20];
+    struct waiter w;
+    int ok = 0;
+
+    CHECK(st != NULL, "open");
+    if (!st) goto out;
+    waiter_init(&w);
+    /* 1,200+ frames in one commit: the checkpointer wakes, although the writer keeps no idle
+     * time for it. */
+    slots[0] = (struct slot){.w = &w};
+    store_accept(st, make_msg(31, 0, 5 * 1024 * 1024), on_done, &slots[0]);
+    CHECK(waiter_wait(&w, 1, 30) && slots[0].status == STORE_OK, "a 5 MiB message");
+    store_test_checkpoint_stats(st, &cs);
+    for (int i = 0; i < 100 && cs.runs == 0; i++) {
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        store_test_checkpoint_stats(st, &cs);
+    }
+    CHECK(cs.runs >= 1 && cs.frames_copied >= 1000 && cs.valves == 0,
+          "the checkpointer thread ran (runs %llu, copied %llu)", (unsigned long long)cs.runs,
+          (unsigned long long)cs.frames_copied);
+
+    /* 96 MiB more, queued while a job holds the writer, so that the next batch is a full one
+     * (64 MiB, more frames than the cap by itself): the WAL passes its cap; the writer's valve
+     * bounds it. */
+    static struct store_message *big[BIG + 1];
+    for (unsigned b = 1; b <= BIG; b++) big[b] = make_msg(31, b, BIG_LEN);
+    struct job_thread sleeper = {.st = st, .job = {.run = job_sleep}};
+    struct timespec ts = {0, 50 * 1000 * 1000};
+    pthread_create(&sleeper.t, NULL, job_thread_main, &sleeper);
+    nanosleep(&ts, NULL);
+    for (unsigned b = 1; b <= BIG; b++) {
+        slots[b] = (struct slot){.w = &w};
+        store_accept(st, big[b], on_done, &slots[b]);
+    }
+    pthread_join(sleeper.t, NULL);
+    free(sleeper.job.err);
+    CHECK(waiter_wait(&w, 1 + BIG, 120), "the big messages answered");
+    for (unsigned b = 0; b <= BIG; b++) ok += slots[b].status == STORE_OK;
+    CHECK(ok == 1 + BIG, "all committed (%d)", ok);
+    store_test_checkpoint_stats(st, &cs);
+    CHECK(cs.valves >= 1, "the safety valve ran (%llu valves, %llu failed, %llu runs)",
+          (unsigned long long)cs.valves, (unsigned long long)cs.valve_failures,
+          (unsigned long long)cs.runs);
+    off_t wal = file_size(walpath);
+    /* Cap (16384 frames) plus at most one batch (64 MiB), 4 KiB pages plus 24-byte headers. */
+    CHECK(wal > 0 && wal <= (off_t)(16384 + 16384 + 64) * (4096 + 24) + 32,
+          "WAL bounded while busy (%lld bytes)", (long long)wal);
+    /* A small commit after the valve starts the WAL over, cut to journal_size_limit. */
+    slots[BIG + 1] = (struct slot){.w = &w};
+    store_accept(st, make_msg(31, BIG + 1, 100), on_done, &slots[BIG + 1]);
+    CHECK(waiter_wait(&w, BIG + 2, 30) && slots[BIG + 1].status == STORE_OK, "a small one");
+    wal = file_size(walpath);
+    CHECK(wal >= 0 && wal <= 67108864 + 64 * (4096 + 24), "WAL back under 64 MiB (%lld bytes)",
+          (long long)wal);
+
+    /* Rows intact, and the WAL folded away on close. */
+    sqlite3 *db = raw_open(dbpath);
+    const char *diff = NULL;
+    for (unsigned b = 1; b <= BIG && !diff; b += 7) diff = row_differs(db, 31, b, BIG_LEN);
+    CHECK(!diff, "big rows byte for byte (%s)", diff ? diff : "none");
+    sqlite3_close(db);
+    store_close(st);
+    CHECK(file_size(walpath) <= 0, "close: WAL truncated (%lld)", (long long)file_size(walpath));
+    st = store_open(tmp, NULL, &err);
+    int64_t n = -1;
+    CHECK(st && store_count_unprocessed(st, &n) == 0 && n == BIG + 2, "reopen: all there (%lld)",
+          (long long)n);
+    store_close(st);
+    waiter_destroy(&w);
+out:
+    free(err);
+    free(walpath);
+    free(dbpath);
+    tmpdir_free(tmp);
+}
+
 /* Root ignores file modes; dropping the capabilities that let it (for this thread only, from the
  * effective set, so they can be taken back) makes the chmod count. */
 static int set_dac_caps(bool on)
@@ -908,6 +1696,12 @@ int main(void)
     test_failures();
     test_meta();
     test_jobs_savepoint();
+    test_json_parse();
+    test_migration_v1();
+    test_routes();
+    test_outcome();
+    test_outcome_fails_alone();
+    test_checkpointer();
     test_readonly_modes();
     run_child("read-only mount: open fails or reports not writable", child_readonly_mount);
     run_child("disk full: STORE_ERR_FULL, then accepting resumes", child_disk_full);

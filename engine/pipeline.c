@@ -1,0 +1,418 @@
+/* engine/pipeline.c — see pipeline.h.
+ *
+ * State, under one mutex:
+ *   live     messages handed over by the loop after their commit (bytes in memory);
+ *   ids      ids of the current scan page, loaded from the store by the worker that takes one;
+ *   inflight every id in `live`, in `ids` or in a worker's hands, so that a scan never queues a
+ *            message twice (a scan may still meet a message whose commit callback is on its way
+ *            to the loop; writing its outcome twice is harmless: store_write_outcome leaves a
+ *            message that is no longer 'accepted' as it is).
+ *
+ * A scan ("pass") lists the oldest 'accepted' ids, PIPELINE_SCAN_PAGE at a time, skipping those
+ * in flight; the next page is listed when the workers have taken the previous one.  A pass ends
+ * when a page comes back short, or after a failure (storage trouble: the retry timer starts a new
+ * pass PIPELINE_RETRY_SECONDS later, so a failing database is not hammered). */
+#include "engine/pipeline.h"
+
+#include <glib.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/plan.h"
+#include "message/message.h"
+#include "routes/routes.h"
+#include "storage/store.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+struct pipeline {
+    struct store *store;
+    struct route_registry *routes;
+    int64_t store_ttl;
+    int64_t recovered;
+    unsigned retry_seconds;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    GQueue live;               /* struct store_message * */
+    size_t live_bytes;
+    GQueue ids;                /* char * (g_malloc'd) */
+    GHashTable *inflight;      /* id → itself (owned) */
+    bool stopping, paused;
+
+    bool need_pass;            /* start a pass as soon as a worker is free */
+    bool retry_wanted;         /* a write failed: the retry timer starts a pass */
+    bool pass_active, more_pages, listing, pass_failed, initial_pass;
+    size_t pass_pending;       /* ids of this pass queued or in a worker's hands */
+    size_t pass_routed, pass_failures;
+    int64_t pass_started_ms;
+    bool overflow_logged;
+
+    pthread_t threads[PIPELINE_WORKERS];
+    size_t nthreads;
+    size_t exited;             /* workers that left their loop */
+
+    /* Loop side. */
+    uv_loop_t *loop;
+    uv_timer_t retry_timer, grace_timer;
+    uv_async_t exited_async;
+    uv_signal_t resume_signal; /* test hook: SIGUSR1 ends the pause */
+    int handles_open;
+    void (*stopped)(void *);
+    void *stopped_arg;
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Routing one message (worker thread). */
+
+static enum store_status route_message(struct pipeline *p, struct route_matcher *matcher,
+                                       const struct store_message *sm, bool recovered)
+{
+    const int64_t t0 = g_get_monotonic_time(); /* microseconds */
+    struct message *m = message_parse(sm->data, sm->len);
+    if (!m) {
+        log_warn("engine", "not routed id=%s reason=out-of-memory (stays accepted)", sm->id);
+        return STORE_ERR_IO;
+    }
+    struct route_table *t = route_registry_current(p->routes);
+    struct plan plan;
+    enum store_status st = STORE_ERR_IO;
+    const int64_t now = clock_now_ms() / 1000;
+    if (plan_build(&plan, sm, m, t, matcher, now, p->store_ttl) < 0) {
+        log_warn("engine", "not routed id=%s reason=out-of-memory (stays accepted)", sm->id);
+    } else {
+        char *err = NULL;
+        st = store_write_outcome(p->store, &plan.outcome, &err);
+        if (st == STORE_ERR_NOT_FOUND) {
+            log_debug("engine", "not routed id=%s reason=message-gone", sm->id);
+            st = STORE_OK; /* deleted meanwhile: nothing to route */
+        } else if (st == STORE_OK) {
+            for (size_t i = 0; i < plan.outcome.nrecipients; i++) {
+                const struct store_recipient_outcome *r = &plan.outcome.recipients[i];
+                if (strcmp(r->outcome, "dropped") != 0) continue;
+                char esc[400];
+                log_info("engine", "dropped id=%s rcpt=%s", sm->id,
+                         log_escape(esc, sizeof esc, r->recipient, strlen(r->recipient), 320));
+            }
+            log_info("engine", "routed id=%s rcpts=%zu deliveries=%zu stored=%zu dropped=%zu ms=%.1f%s", sm->id,
+                     plan.outcome.nrecipients, plan.outcome.ndeliveries, plan.outcome.ncopies, plan.ndropped,
+                     (double)(g_get_monotonic_time() - t0) / 1000.0, recovered ? " via=scan" : "");
+        } else {
+            log_warn("engine", "not routed id=%s reason=%s error=\"%s\" (stays accepted; retried in %ds)", sm->id,
+                     st == STORE_ERR_FULL ? "disk-full" : "storage-error", err ? err : "", p->retry_seconds);
+        }
+        g_free(err);
+    }
+    plan_clear(&plan);
+    route_table_unref(t);
+    message_free(m);
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Scans (worker thread, called and returning with the lock held). */
+
+static void end_pass(struct pipeline *p)
+{
+    p->pass_active = false;
+    if (p->initial_pass) {
+        p->initial_pass = false;
+        log_info("engine", "recovery finished routed=%zu failed=%zu ms=%lld", p->pass_routed, p->pass_failures,
+                 (long long)(clock_monotonic_ms() - p->pass_started_ms));
+    } else if (p->pass_routed || p->pass_failures) {
+        log_info("engine", "scan finished routed=%zu failed=%zu", p->pass_routed, p->pass_failures);
+    }
+}
+
+static void list_page(struct pipeline *p)
+{
+    const size_t skip = g_hash_table_size(p->inflight);
+    const size_t max = PIPELINE_SCAN_PAGE + skip;
+    p->listing = true;
+    pthread_mutex_unlock(&p->lock);
+    char **ids = NULL, *err = NULL;
+    size_t n = 0;
+    int rc = store_list_unprocessed(p->store, &ids, &n, max, &err);
+    pthread_mutex_lock(&p->lock);
+    p->listing = false;
+    if (rc < 0) {
+        log_warn("engine", "cannot list unprocessed messages: %s (retried in %ds)", err ? err : "?",
+                 p->retry_seconds);
+        g_free(err);
+        p->pass_failed = true;
+        p->retry_wanted = true;
+        p->more_pages = false;
+    } else {
+        size_t added = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (!g_hash_table_contains(p->inflight, ids[i])) {
+                char *id = g_strdup(ids[i]);
+                g_hash_table_add(p->inflight, id);
+                g_queue_push_tail(&p->ids, g_strdup(id));
+                added++;
+            }
+            free(ids[i]);
+        }
+        free(ids);
+        p->pass_pending += added;
+        /* A full page may have more behind it; a page of nothing new ends the pass (whatever is
+         * in flight is being routed anyway). */
+        p->more_pages = !p->pass_failed && n == max && added > 0;
+    }
+    if (p->pass_pending == 0 && !p->more_pages) end_pass(p);
+    pthread_cond_broadcast(&p->cond);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Workers. */
+
+static void forget(struct pipeline *p, const char *id)
+{
+    g_hash_table_remove(p->inflight, id);
+}
+
+static void *worker_main(void *arg)
+{
+    struct pipeline *p = arg;
+    struct route_matcher *matcher = route_matcher_new();
+    if (!matcher) fatal("engine: cannot allocate a route matcher");
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        if (p->stopping) break;
+        if (p->paused) {
+            pthread_cond_wait(&p->cond, &p->lock);
+            continue;
+        }
+        struct store_message *msg = g_queue_pop_head(&p->live);
+        if (msg) {
+            p->live_bytes -= msg->len;
+            pthread_mutex_unlock(&p->lock);
+            enum store_status st = route_message(p, matcher, msg, false);
+            pthread_mutex_lock(&p->lock);
+            forget(p, msg->id);
+            if (st != STORE_OK) p->retry_wanted = true;
+            store_free_message(msg); /* under the lock: cheap, and keeps the loop simple */
+            continue;
+        }
+        char *id = g_queue_pop_head(&p->ids);
+        if (id) {
+            pthread_mutex_unlock(&p->lock);
+            struct store_message *sm = NULL;
+            char *err = NULL;
+            enum store_status st = store_load_message(p->store, id, &sm, &err);
+            if (st == STORE_OK) {
+                st = route_message(p, matcher, sm, true);
+            } else if (st == STORE_ERR_NOT_FOUND) {
+                st = STORE_OK; /* gone meanwhile: nothing to route */
+            } else {
+                log_warn("engine", "cannot load message id=%s: %s (stays accepted; retried in %ds)", id,
+                         err ? err : "?", p->retry_seconds);
+            }
+            g_free(err);
+            store_free_message(sm);
+            pthread_mutex_lock(&p->lock);
+            forget(p, id);
+            g_free(id);
+            if (st == STORE_OK) {
+                p->pass_routed++;
+            } else {
+                /* Storage trouble: the pass stops here (its other ids stay 'accepted' for the
+                 * retry), so a failing database gets one attempt per period, not a page of them. */
+                p->pass_failures++;
+                p->pass_failed = true;
+                p->retry_wanted = true;
+                p->more_pages = false;
+                char *left;
+                while ((left = g_queue_pop_head(&p->ids))) {
+                    forget(p, left);
+                    g_free(left);
+                    p->pass_pending--;
+                }
+            }
+            if (--p->pass_pending == 0 && !p->more_pages && !p->listing) end_pass(p);
+            continue;
+        }
+        if (!p->listing && p->pass_active && p->more_pages) {
+            list_page(p);
+            continue;
+        }
+        if (!p->listing && !p->pass_active && p->need_pass) {
+            p->need_pass = false;
+            p->pass_active = true;
+            p->pass_failed = false;
+            p->pass_routed = p->pass_failures = 0;
+            p->pass_started_ms = clock_monotonic_ms();
+            list_page(p);
+            continue;
+        }
+        pthread_cond_wait(&p->cond, &p->lock);
+    }
+    p->exited++;
+    pthread_mutex_unlock(&p->lock);
+    route_matcher_free(matcher);
+    uv_async_send(&p->exited_async);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Loop side. */
+
+static void on_retry_timer(uv_timer_t *h)
+{
+    struct pipeline *p = h->data;
+    pthread_mutex_lock(&p->lock);
+    if (p->retry_wanted && !p->stopping) {
+        p->retry_wanted = false;
+        p->need_pass = true;
+        pthread_cond_broadcast(&p->cond);
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void on_resume_signal(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    struct pipeline *p = h->data;
+    uv_signal_stop(h);
+    log_info("engine", "pipeline resumed (SIGUSR1)");
+    pthread_mutex_lock(&p->lock);
+    p->paused = false;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct pipeline *p = h->data;
+    if (--p->handles_open == 0 && p->stopped) p->stopped(p->stopped_arg);
+}
+
+static void free_queues(struct pipeline *p)
+{
+    struct store_message *msg;
+    while ((msg = g_queue_pop_head(&p->live))) store_free_message(msg);
+    p->live_bytes = 0;
+    char *id;
+    while ((id = g_queue_pop_head(&p->ids))) g_free(id);
+}
+
+static void on_worker_exited(uv_async_t *h)
+{
+    struct pipeline *p = h->data;
+    pthread_mutex_lock(&p->lock);
+    bool all = p->exited == p->nthreads;
+    size_t left = g_queue_get_length(&p->live) + g_queue_get_length(&p->ids);
+    pthread_mutex_unlock(&p->lock);
+    if (!all || !p->stopping) return;
+    for (size_t i = 0; i < p->nthreads; i++) pthread_join(p->threads[i], NULL);
+    p->nthreads = 0;
+    free_queues(p);
+    log_info("engine", "pipeline stopped left_accepted=%zu", left);
+    uv_close((uv_handle_t *)&p->exited_async, on_handle_closed);
+    uv_close((uv_handle_t *)&p->retry_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&p->grace_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&p->resume_signal, on_handle_closed);
+}
+
+static void on_grace_timer(uv_timer_t *h)
+{
+    (void)h;
+    /* A worker is stuck (a commit that does not return): its message is not committed, so it is
+     * still 'accepted' and will be routed at the next start.  Leaving now loses nothing. */
+    log_warn("engine", "pipeline still busy after the shutdown grace: exiting now (messages in progress stay "
+                       "accepted)");
+    _exit(0);
+}
+
+struct pipeline *pipeline_start(uv_loop_t *loop, const struct pipeline_config *cfg)
+{
+    struct pipeline *p = g_new0(struct pipeline, 1);
+    p->store = cfg->store;
+    p->routes = cfg->routes;
+    p->store_ttl = cfg->store_ttl;
+    p->recovered = cfg->recovered;
+    p->paused = cfg->paused;
+    p->retry_seconds = cfg->retry_seconds ? cfg->retry_seconds : PIPELINE_RETRY_SECONDS;
+    p->loop = loop;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    g_queue_init(&p->live);
+    g_queue_init(&p->ids);
+    p->inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    uv_timer_init(loop, &p->retry_timer);
+    uv_timer_init(loop, &p->grace_timer);
+    uv_async_init(loop, &p->exited_async, on_worker_exited);
+    uv_signal_init(loop, &p->resume_signal);
+    p->retry_timer.data = p->grace_timer.data = p->exited_async.data = p->resume_signal.data = p;
+    p->handles_open = 4;
+    /* The start-up pass is the recovery. */
+    p->need_pass = true;
+    p->initial_pass = true;
+    if (p->paused) {
+        log_warn("engine", "pipeline paused by INLET_TEST_PAUSE_PIPELINE (test hook): messages stay accepted "
+                           "until SIGUSR1");
+        uv_signal_start(&p->resume_signal, on_resume_signal, SIGUSR1);
+    }
+    for (size_t i = 0; i < PIPELINE_WORKERS; i++) {
+        int rc = pthread_create(&p->threads[i], NULL, worker_main, p);
+        /* At start-up, before any listener: nothing is lost by giving up. */
+        if (rc != 0) fatal("engine: cannot start a pipeline worker: %s", g_strerror(rc));
+        p->nthreads++;
+    }
+    uv_timer_start(&p->retry_timer, on_retry_timer, (uint64_t)p->retry_seconds * 1000,
+                   (uint64_t)p->retry_seconds * 1000);
+    log_info("engine", "pipeline started workers=%zu", p->nthreads);
+    return p;
+}
+
+void pipeline_submit(struct pipeline *p, struct store_message *msg)
+{
+    pthread_mutex_lock(&p->lock);
+    const size_t n = g_queue_get_length(&p->live);
+    const bool room = n == 0 || (n < PIPELINE_QUEUE_MAX && p->live_bytes + msg->len <= PIPELINE_QUEUE_BYTES_MAX);
+    if (p->stopping || !room || g_hash_table_contains(p->inflight, msg->id)) {
+        if (!p->stopping && !room) {
+            /* Left to a scan as soon as a worker is free. */
+            p->need_pass = true;
+            if (!p->overflow_logged)
+                log_warn("engine", "pipeline queue full: messages stay accepted and are routed by the next scan");
+            p->overflow_logged = true;
+        }
+        pthread_mutex_unlock(&p->lock);
+        store_free_message(msg);
+        return;
+    }
+    p->overflow_logged = false;
+    g_hash_table_add(p->inflight, g_strdup(msg->id));
+    g_queue_push_tail(&p->live, msg);
+    p->live_bytes += msg->len;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+void pipeline_stop(struct pipeline *p, unsigned grace_seconds, void (*stopped)(void *), void *arg)
+{
+    p->stopped = stopped;
+    p->stopped_arg = arg;
+    pthread_mutex_lock(&p->lock);
+    p->stopping = true;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    uv_timer_stop(&p->retry_timer);
+    uv_signal_stop(&p->resume_signal);
+    uv_timer_start(&p->grace_timer, on_grace_timer, (uint64_t)grace_seconds * 1000 + 1000, 0);
+    uv_async_send(&p->exited_async); /* in case every worker is gone already */
+}
+
+void pipeline_free(struct pipeline *p)
+{
+    if (!p) return;
+    free_queues(p);
+    g_hash_table_destroy(p->inflight);
+    pthread_cond_destroy(&p->cond);
+    pthread_mutex_destroy(&p->lock);
+    g_free(p);
+}

@@ -1,0 +1,65 @@
+/* engine/pipeline.h — from a committed message to its routing outcome (SPEC §4; DESIGN "Accept
+ * fast, route after").  Internal to engine/.
+ *
+ *   committed message ─▶ parse (GMime) ─▶ evaluate each envelope recipient against the current
+ *   route table ─▶ store_write_outcome(): one transaction, state accepted → routed
+ *
+ * Threads.  PIPELINE_WORKERS worker threads take messages from one bounded queue; each owns its
+ * route_matcher, parses, evaluates and writes on its own (a GMime object never leaves the thread
+ * that parsed it).  The libuv loop thread only enqueues (pipeline_submit) and runs two timers.
+ *
+ * Nothing is lost: a message is 'accepted' in the database until its outcome commits, and every
+ * 'accepted' message that is not in the pipeline's hands is found again by a *scan*
+ * (store_list_unprocessed, a page at a time; each message loaded by a worker when its turn
+ * comes).  A scan runs at start-up (recovery), when the queue was full and a message had to be
+ * left to it, and every PIPELINE_RETRY_SECONDS after an outcome could not be written. */
+#ifndef INLET_ENGINE_PIPELINE_H
+#define INLET_ENGINE_PIPELINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+struct pipeline;
+struct route_registry;
+struct store;
+struct store_message;
+
+/* Fixed: routing is cheap next to the commit it waits for (one writer), so two workers keep the
+ * writer busy while one parses; more would only hold more messages in memory. */
+#define PIPELINE_WORKERS 2
+/* Messages waiting for a worker: at most this many, and this many bytes (one message is always
+ * taken when the queue is empty).  Beyond it a message is left 'accepted' for the next scan. */
+#define PIPELINE_QUEUE_MAX 1000
+#define PIPELINE_QUEUE_BYTES_MAX (128 * 1024 * 1024)
+/* Ids listed per page of a scan. */
+#define PIPELINE_SCAN_PAGE 1000
+/* After a failed outcome write, the next scan comes at most this much later. */
+#define PIPELINE_RETRY_SECONDS 30
+
+struct pipeline_config {
+    struct store *store;
+    struct route_registry *routes;
+    int64_t store_ttl;          /* seconds: expires_at of stored copies */
+    int64_t recovered;          /* 'accepted' messages counted at start (for the log) */
+    bool paused;                /* test hook INLET_TEST_PAUSE_PIPELINE=1: workers take nothing
+                                   until the process gets SIGUSR1 */
+    unsigned retry_seconds;     /* 0: PIPELINE_RETRY_SECONDS (test hook INLET_TEST_RETRY_SECONDS) */
+};
+
+/* Starts the workers and the start-up scan (recovery).  Exits the process (fatal) when a worker
+ * thread cannot be created: that happens before any listener, so nothing is lost. */
+struct pipeline *pipeline_start(uv_loop_t *loop, const struct pipeline_config *cfg);
+/* Loop thread.  Takes `msg` (just committed, STORE_OK).  When the queue is full, or the pipeline
+ * is stopping, the message is freed and stays 'accepted' for a scan or the next start. */
+void pipeline_submit(struct pipeline *p, struct store_message *msg);
+/* Loop thread.  Workers finish the message in hand (up to `grace_seconds`), queued messages are
+ * left 'accepted'; then the workers are joined and `stopped(arg)` runs on the loop.  If a worker
+ * is still busy after the grace, the process exits 0 at once (its message stays 'accepted'). */
+void pipeline_stop(struct pipeline *p, unsigned grace_seconds, void (*stopped)(void *), void *arg);
+/* After `stopped` ran. */
+void pipeline_free(struct pipeline *p);
+
+#endif

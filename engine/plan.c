@@ -1,0 +1,286 @@
+/* engine/plan.c — see plan.h. */
+#include "engine/plan.h"
+
+#include <glib.h>
+#include <jansson.h>
+#include <string.h>
+
+#include "message/message.h"
+#include "routes/routes.h"
+#include "util/id.h"
+
+bool plan_is_postmaster(const char *rcpt)
+{
+    const char *at = strrchr(rcpt, '@');
+    size_t local = at ? (size_t)(at - rcpt) : strlen(rcpt);
+    return local == 10 && g_ascii_strncasecmp(rcpt, "postmaster", 10) == 0;
+}
+
+bool plan_url_is_mime(const char *url)
+{
+    const char *p = strstr(url, "://");
+    p = p ? p + 3 : url;
+    p += strcspn(p, "/?#"); /* past the authority */
+    size_t len = strcspn(p, "?#");
+    return len >= 4 && memcmp(p + len - 4, "mime", 4) == 0;
+}
+
+void plan_storage_key(char out[25])
+{
+    static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    unsigned char raw[18];
+    random_bytes(raw, sizeof raw);
+    for (size_t i = 0, o = 0; i < sizeof raw; i += 3) {
+        uint32_t v = (uint32_t)raw[i] << 16 | (uint32_t)raw[i + 1] << 8 | raw[i + 2];
+        out[o++] = b64url[(v >> 18) & 63];
+        out[o++] = b64url[(v >> 12) & 63];
+        out[o++] = b64url[(v >> 6) & 63];
+        out[o++] = b64url[v & 63];
+    }
+    out[24] = '\0';
+}
+
+static const char *format_name(enum route_format f)
+{
+    switch (f) {
+    case ROUTE_FORMAT_JSON: return "json";
+    case ROUTE_FORMAT_MAILGUN: return "mailgun";
+    case ROUTE_FORMAT_DEFAULT: break;
+    }
+    return "";
+}
+
+/* Keeps `s` (malloc'd; NULL means out of memory) for the plan's lifetime. */
+static const char *keep(struct plan *p, char *s)
+{
+    if (s) g_ptr_array_add(p->strings, s);
+    return s;
+}
+
+static const char *keep_json(struct plan *p, json_t *j)
+{
+    if (!j) return NULL;
+    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    return keep(p, s);
+}
+
+/* A JSON string of `s`, invalid UTF-8 repaired (U+FFFD): captures and addresses carry client
+ * bytes.  NULL only when memory ran out. */
+static json_t *jstr(const char *s)
+{
+    if (g_utf8_validate(s, -1, NULL)) return json_string(s);
+    char *valid = g_utf8_make_valid(s, -1);
+    json_t *j = json_string(valid);
+    g_free(valid);
+    return j;
+}
+
+static json_t *string_array(char *const *items, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < n; i++) {
+        if (json_array_append_new(a, jstr(items[i])) < 0) {
+            json_decref(a);
+            return NULL;
+        }
+    }
+    return a;
+}
+
+/* [{"id", "captures": {name: value}, "actions": [resolved]}, ...] */
+static json_t *routes_json(const struct route_result *r)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < r->nhits; i++) {
+        const struct route_hit *h = &r->hits[i];
+        json_t *caps = json_object();
+        for (size_t k = 0; caps && k < h->ncaptures; k++) {
+            if (json_object_set_new(caps, h->capture_names[k], jstr(h->capture_values[k])) < 0) {
+                json_decref(caps);
+                caps = NULL;
+            }
+        }
+        json_t *actions = string_array(h->actions, h->nactions);
+        json_t *o = json_object();
+        /* set_new takes the value even when it fails. */
+        bool ok = o && caps && actions;
+        if (o) {
+            ok = json_object_set_new(o, "id", jstr(h->route_id)) == 0 && ok;
+            ok = json_object_set_new(o, "captures", caps ? caps : json_null()) == 0 && ok;
+            ok = json_object_set_new(o, "actions", actions ? actions : json_null()) == 0 && ok;
+        } else {
+            json_decref(caps);
+            json_decref(actions);
+        }
+        if (!ok || json_array_append_new(a, o) < 0) {
+            if (ok) o = NULL; /* append_new took it */
+            json_decref(o);
+            json_decref(a);
+            return NULL;
+        }
+    }
+    return a;
+}
+
+/* The recipient's domain, lower case ("" without '@'). */
+static char *rcpt_domain(const char *rcpt)
+{
+    const char *at = strrchr(rcpt, '@');
+    if (!at) return g_strdup("");
+    return g_utf8_validate(at + 1, -1, NULL) ? g_utf8_strdown(at + 1, -1) : g_ascii_strdown(at + 1, -1);
+}
+
+/* Growable arrays of the outcome. */
+struct vec {
+    size_t n, cap;
+};
+static void *vec_push(void *arr, struct vec *v, size_t elem)
+{
+    if (v->n == v->cap) {
+        v->cap = v->cap ? v->cap * 2 : 4;
+        arr = g_realloc_n(arr, v->cap, elem);
+    }
+    memset((char *)arr + v->n * elem, 0, elem);
+    v->n++;
+    return arr;
+}
+
+struct builder {
+    struct plan *p;
+    struct vec rcpts, deliveries, copies;
+    int64_t expires_at;
+};
+
+static int add_deliveries(struct builder *b, const char *rcpt, const struct route_result *r)
+{
+    struct plan *p = b->p;
+    const size_t first = b->deliveries.n; /* this recipient's deliveries start here */
+    for (size_t i = 0; i < r->ndeliveries; i++) {
+        const struct route_delivery *d = &r->deliveries[i];
+        const bool url = d->kind == ROUTE_DEST_URL;
+        const char *format = url && plan_url_is_mime(d->target) ? "mime" : format_name(d->format);
+        /* Two formats of one URL can both become "mime": one delivery, every route id. */
+        struct store_delivery_plan *same = NULL;
+        for (size_t k = first; k < b->deliveries.n && !same; k++) {
+            struct store_delivery_plan *x = &p->deliveries[k];
+            if (strcmp(x->kind, url ? "url" : "address") == 0 && strcmp(x->target, d->target) == 0 &&
+                strcmp(x->format, format) == 0)
+                same = x;
+        }
+        if (same) {
+            json_t *ids = json_loads(same->route_ids_json, 0, NULL);
+            if (!ids) return -1;
+            for (size_t k = 0; k < d->nroute_ids; k++) {
+                bool have = false;
+                for (size_t j = 0; j < json_array_size(ids) && !have; j++)
+                    have = strcmp(json_string_value(json_array_get(ids, j)), d->route_ids[k]) == 0;
+                if (!have) json_array_append_new(ids, jstr(d->route_ids[k]));
+            }
+            if (!(same->route_ids_json = keep_json(p, ids))) return -1;
+            continue;
+        }
+        p->deliveries = vec_push(p->deliveries, &b->deliveries, sizeof *p->deliveries);
+        struct store_delivery_plan *x = &p->deliveries[b->deliveries.n - 1];
+        id_generate(x->id);
+        x->recipient = rcpt;
+        x->kind = url ? "url" : "address";
+        x->format = format;
+        x->target = keep(p, g_strdup(d->target));
+        x->route_ids_json = keep_json(p, string_array(d->route_ids, d->nroute_ids));
+        if (!x->target || !x->route_ids_json) return -1;
+    }
+    return 0;
+}
+
+static int add_copy(struct builder *b, const char *rcpt, const char *domain, const char *route_id,
+                    const char *notify, enum route_format format)
+{
+    struct plan *p = b->p;
+    p->copies = vec_push(p->copies, &b->copies, sizeof *p->copies);
+    struct store_copy_plan *c = &p->copies[b->copies.n - 1];
+    plan_storage_key(c->key);
+    c->recipient = rcpt;
+    c->domain = domain;
+    c->route_id = keep(p, g_strdup(route_id));
+    c->notify = notify ? keep(p, g_strdup(notify)) : NULL;
+    c->format = format_name(format);
+    c->expires_at = b->expires_at;
+    return c->route_id && (!notify || c->notify) ? 0 : -1;
+}
+
+static int plan_recipient(struct builder *b, const char *rcpt, struct route_message *rm,
+                          const struct route_table *t, struct route_matcher *matcher)
+{
+    struct plan *p = b->p;
+    struct route_result r;
+    rm->recipient = rcpt;
+    int rc = route_evaluate(t, matcher, rm, &r);
+    if (rc == 0) {
+        p->rcpts = vec_push(p->rcpts, &b->rcpts, sizeof *p->rcpts);
+        struct store_recipient_outcome *o = &p->rcpts[b->rcpts.n - 1];
+        const bool postmaster_copy = r.nhits == 0 && plan_is_postmaster(rcpt);
+        o->recipient = rcpt;
+        /* A postmaster copy that no route asked for is kept, so it is not dropped either. */
+        o->outcome = r.nhits > 0 || postmaster_copy ? "routed" : "dropped";
+        o->routes_json = keep_json(p, routes_json(&r));
+        o->warnings_json = keep_json(p, string_array(r.warnings, r.nwarnings));
+        const char *domain = keep(p, rcpt_domain(rcpt));
+        if (!o->routes_json || !o->warnings_json || !domain) rc = -1;
+        if (rc == 0) rc = add_deliveries(b, rcpt, &r);
+        for (size_t i = 0; rc == 0 && i < r.nstores; i++)
+            rc = add_copy(b, rcpt, domain, r.stores[i].route_id, r.stores[i].notify, r.stores[i].format);
+        if (rc == 0 && postmaster_copy) rc = add_copy(b, rcpt, domain, "", NULL, ROUTE_FORMAT_DEFAULT);
+        if (strcmp(o->outcome, "dropped") == 0)
+            p->ndropped++;
+        else
+            p->nrouted++;
+    }
+    route_result_clear(&r);
+    return rc;
+}
+
+int plan_build(struct plan *p, const struct store_message *sm, const struct message *m,
+               const struct route_table *t, struct route_matcher *matcher, int64_t now, int64_t store_ttl)
+{
+    memset(p, 0, sizeof *p);
+    GPtrArray *strings = g_ptr_array_new_with_free_func(free);
+    p->strings = strings;
+    struct builder b = {.p = p, .expires_at = now + store_ttl};
+
+    const size_t nh = message_header_count(m);
+    const char **names = g_new0(const char *, nh + 1), **values = g_new0(const char *, nh + 1);
+    for (size_t i = 0; i < nh; i++) message_header(m, i, &names[i], &values[i]);
+    struct route_message rm = {.nheaders = nh, .header_names = names, .header_values = values};
+
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < sm->nrcpts; i++)
+        rc = plan_recipient(&b, sm->rcpts[i], &rm, t, matcher);
+    g_free(names);
+    g_free(values);
+
+    json_t *warnings = json_array();
+    for (size_t i = 0; warnings && i < message_warning_count(m); i++)
+        json_array_append_new(warnings, jstr(message_warning(m, i)));
+    struct store_outcome *o = &p->outcome;
+    o->message_id = sm->id;
+    o->parse_warnings_json = keep_json(p, warnings);
+    if (!o->parse_warnings_json) rc = -1;
+    o->recipients = p->rcpts;
+    o->nrecipients = b.rcpts.n;
+    o->deliveries = p->deliveries;
+    o->ndeliveries = b.deliveries.n;
+    o->copies = p->copies;
+    o->ncopies = b.copies.n;
+    o->now = now;
+    return rc;
+}
+
+void plan_clear(struct plan *p)
+{
+    g_free(p->rcpts);
+    g_free(p->deliveries);
+    g_free(p->copies);
+    if (p->strings) g_ptr_array_free(p->strings, TRUE);
+    memset(p, 0, sizeof *p);
+}

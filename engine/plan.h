@@ -1,0 +1,43 @@
+/* engine/plan.h — the routing outcome of one parsed message (SPEC §4): per envelope recipient the
+ * matched routes, the planned deliveries and the stored copies, in the shape store_write_outcome()
+ * takes.  Pure: no I/O, no threads; the caller supplies the table, a matcher and the clock.
+ * Internal to engine/. */
+#ifndef INLET_ENGINE_PLAN_H
+#define INLET_ENGINE_PLAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "storage/store.h"
+
+struct message;
+struct route_matcher;
+struct route_table;
+
+struct plan {
+    struct store_outcome outcome;   /* points into the arrays below */
+    struct store_recipient_outcome *rcpts;
+    struct store_delivery_plan *deliveries;
+    struct store_copy_plan *copies;
+    size_t nrouted, ndropped;
+    void *strings;                  /* GPtrArray of every string the outcome points to */
+};
+
+/* Fills `p` for message `sm` (its id and recipients) parsed as `m`.  0, or -1 when memory ran
+ * out (`p` must be cleared either way). */
+int plan_build(struct plan *p, const struct store_message *sm, const struct message *m,
+               const struct route_table *t, struct route_matcher *matcher, int64_t now,
+               int64_t store_ttl);
+void plan_clear(struct plan *p);
+
+/* Whether `rcpt` is RFC 5321's postmaster: the bare "postmaster" or local part "postmaster",
+ * ignoring case. */
+bool plan_is_postmaster(const char *rcpt);
+/* The delivery format of a URL whose path (not query, not fragment) ends in "mime": SPEC §5's
+ * raw variant. */
+bool plan_url_is_mime(const char *url);
+/* A storage key: base64url without padding of 18 random bytes (144 bits), 24 characters. */
+void plan_storage_key(char out[25]);
+
+#endif
