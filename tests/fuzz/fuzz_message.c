@@ -1,0 +1,213 @@
+/* tests/fuzz/fuzz_message.c — the inbound path from bytes to JSON: message_parse, every accessor,
+ * the decoded bytes of every attachment, message_to_json and json_dumps, then free.
+ *
+ * Besides "no crash, no leak, no sanitizer report" it aborts when the message model breaks its own
+ * contract (message.h, SPEC §3/§5): a NULL or non-UTF-8 string from an accessor, an attachment
+ * whose decoded bytes are not `size` bytes long, message_header_first disagreeing with the header
+ * list, a NULL JSON document (NULL means only "out of memory"), or a document that does not carry
+ * every field.  Built with libFuzzer when -DINLET_LIBFUZZER, otherwise as a program that runs every
+ * file named on its command line ("-q": one summary line instead of one line per file).
+ *
+ * libFuzzer run (the first directory is the writable working corpus, the others are read):
+ *   CC=clang meson setup build-fuzz -Dfuzzing=true -Db_sanitize=address,undefined -Db_lundef=false
+ *   ninja -C build-fuzz tests/fuzz/fuzz-message-libfuzzer && mkdir -p /tmp/fz
+ *   UBSAN_OPTIONS=halt_on_error=1 build-fuzz/tests/fuzz/fuzz-message-libfuzzer -max_len=200000 \
+ *     -rss_limit_mb=2048 -timeout=10 -max_total_time=180 /tmp/fz tests/fuzz/message-seeds \
+ *     ../shared/corpus/messages
+ * A crash's reproducer goes into message-seeds/ (and the list in meson.build) as a regression seed. */
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "message/message.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static const char *current_input = "(libFuzzer input)";
+
+static void fail(const char *what, const char *detail)
+{
+    fprintf(stderr, "fuzz-message: %s: %s%s%s\n", current_input, what, detail ? ": " : "",
+            detail ? detail : "");
+    abort();
+}
+
+/* Strict UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF). */
+static bool utf8_valid(const char *str)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    while (*s) {
+        unsigned c = *s;
+        size_t n;
+        unsigned cp;
+        if (c < 0x80) {
+            s++;
+            continue;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            n = 1;
+            cp = c & 0x1F;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            n = 2;
+            cp = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        for (size_t i = 1; i <= n; i++) {
+            if ((s[i] & 0xC0) != 0x80) return false;
+            cp = (cp << 6) | (s[i] & 0x3F);
+        }
+        if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+            (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        s += n + 1;
+    }
+    return true;
+}
+
+static void check_str(const char *what, const char *s)
+{
+    if (!s) fail(what, "NULL string");
+    if (!utf8_valid(s)) fail(what, "not valid UTF-8");
+}
+
+static void exercise_accessors(const struct message *m)
+{
+    check_str("from", message_from(m));
+    check_str("subject", message_subject(m));
+    check_str("message-id", message_message_id(m));
+    check_str("body-plain", message_body_plain(m));
+    check_str("body-html", message_body_html(m));
+    check_str("stripped-text", message_stripped_text(m));
+    check_str("stripped-signature", message_stripped_signature(m));
+    check_str("stripped-html", message_stripped_html(m));
+
+    const size_t nh = message_header_count(m);
+    bool have_from = false;
+    for (size_t i = 0; i < nh; i++) {
+        const char *name = NULL, *value = NULL;
+        message_header(m, i, &name, &value);
+        check_str("header name", name);
+        check_str("header value", value);
+        (void)message_reserved_name(name);
+        if (strcasecmp(name, "From") == 0) have_from = true;
+        const char *first = message_header_first(m, name);
+        if (!first) fail("message_header_first", "NULL for a header that is in the list");
+        check_str("message_header_first", first);
+    }
+    if (have_from != (message_header_first(m, "from") != NULL))
+        fail("message_header_first(\"from\")", "disagrees with the header list");
+    if (message_header_first(m, "X-Fuzz-Surely-Absent-Header") && nh == 0)
+        fail("message_header_first", "found a header in a message without headers");
+
+    const size_t na = message_attachment_count(m);
+    for (size_t i = 0; i < na; i++) {
+        const struct message_attachment *a = message_attachment(m, i);
+        if (!a) fail("message_attachment", "NULL for an index below the count");
+        check_str("attachment name", a->name);
+        check_str("attachment content-type", a->content_type);
+        check_str("attachment content-id", a->content_id);
+        check_str("attachment disposition", a->disposition);
+        uint8_t *bytes = NULL;
+        size_t len = 12345;
+        if (message_attachment_bytes(m, i, &bytes, &len) == 0) {
+            if (!bytes && len > 0) fail("message_attachment_bytes", "0 with NULL bytes");
+            if (len != a->size) {
+                char d[96];
+                snprintf(d, sizeof d, "decoded %zu bytes, size says %zu", len, a->size);
+                fail("message_attachment_bytes", d);
+            }
+            free(bytes);
+        } else if (bytes) {
+            fail("message_attachment_bytes", "-1 but *out is not NULL");
+        }
+    }
+    const size_t nw = message_warning_count(m);
+    for (size_t i = 0; i < nw; i++) check_str("parse-warning", message_warning(m, i));
+}
+
+static const char *const json_fields[] = {
+    "recipient",     "sender",         "from",          "subject",
+    "message-id",    "domain",         "body-plain",    "body-html",
+    "stripped-text", "stripped-signature", "stripped-html", "message-headers",
+    "attachments",   "content-id-map", "parse-warnings", "id",
+};
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static bool inited;
+    if (!inited) {
+        message_lib_init();
+        inited = true;
+    }
+    struct message *m = message_parse(data, size);
+    if (!m) fail("message_parse", "NULL");
+    exercise_accessors(m);
+
+    /* A small inline budget, so that both "content" paths (inlined and null) run. */
+    const struct message_json_options opts = {
+        .recipient = "Bob@Example.COM",
+        .sender = "alice@example.org",
+        .id = "fuzz",
+        .inline_attachments_max = 4096,
+    };
+    json_t *j = message_to_json(m, &opts);
+    if (!j) fail("message_to_json", "NULL");
+    if (!json_is_object(j)) fail("message_to_json", "not an object");
+    for (size_t i = 0; i < sizeof json_fields / sizeof json_fields[0]; i++)
+        if (!json_object_get(j, json_fields[i])) fail("message_to_json: field missing", json_fields[i]);
+    char *s = json_dumps(j, JSON_COMPACT);
+    if (!s) fail("json_dumps", "NULL");
+    if (!utf8_valid(s)) fail("json_dumps", "output is not valid UTF-8");
+    free(s);
+    json_decref(j);
+    message_free(m);
+    return 0;
+}
+
+#ifndef INLET_LIBFUZZER
+int main(int argc, char **argv)
+{
+    bool quiet = false;
+    int done = 0;
+    setvbuf(stdout, NULL, _IOLBF, 0); /* "FILE: ok" must be out before a crash on the next file */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-q") == 0) {
+            quiet = true;
+            continue;
+        }
+        FILE *fp = fopen(argv[i], "rb");
+        if (!fp) {
+            perror(argv[i]);
+            return 1;
+        }
+        size_t cap = 1 << 16, len = 0;
+        uint8_t *buf = malloc(cap);
+        size_t n;
+        while (buf && (n = fread(buf + len, 1, cap - len, fp)) > 0) {
+            len += n;
+            if (len == cap) {
+                uint8_t *nb = realloc(buf, cap *= 2);
+                if (!nb) free(buf);
+                buf = nb;
+            }
+        }
+        fclose(fp);
+        if (!buf) return 1;
+        current_input = argv[i];
+        LLVMFuzzerTestOneInput(buf, len);
+        free(buf);
+        done++;
+        if (!quiet) printf("%s: ok\n", argv[i]);
+    }
+    if (quiet) printf("fuzz-message: %d inputs ok\n", done);
+    return 0;
+}
+#endif
