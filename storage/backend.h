@@ -19,11 +19,13 @@
 
 struct store_backend;
 
-/* WAL checkpoints since open (SQLite): runs of the checkpointer thread, frames they copied, and
- * the writer's own RESTART checkpoints when the WAL passed its cap (the safety valve). */
+/* WAL checkpoints since open (SQLite): runs of the checkpointer thread, what the last successful
+ * one reported (frames in the WAL, frames of it checkpointed), and the writer's own RESTART
+ * checkpoints when the WAL passed its cap (the safety valve), done or failed (busy). */
 struct store_checkpoint_stats {
     uint64_t runs;
-    uint64_t frames_copied;
+    uint64_t last_log_frames;
+    uint64_t last_checkpointed_frames;
     uint64_t valves;
     uint64_t valve_failures;
 };

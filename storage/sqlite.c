@@ -76,7 +76,8 @@ struct sqlite_be {
     pthread_mutex_t cmu;
     pthread_cond_t ckpt_cv;   /* the checkpointer waits here for work */
     pthread_cond_t ckpt_idle; /* the writer waits here for a run to end (valve) */
-    bool ckpt_wanted;         /* a commit left >= IDLE_FRAMES frames since the last run began */
+    bool ckpt_wanted;         /* a commit left IDLE_FRAMES frames more than the last run saw */
+    int ckpt_last_log;        /* frames in the WAL at the end of the last run (or valve: 0) */
     bool ckpt_running;
     bool ckpt_hold;           /* the writer's valve is due or running: start no run */
     bool ckpt_stop;
@@ -294,7 +295,10 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
     be->wal_frames = frames;
     if (frames >= SQLITE_CHECKPOINT_IDLE_FRAMES && be->ckpt_started) {
         pthread_mutex_lock(&be->cmu);
-        if (!be->ckpt_wanted) {
+        /* Each run copies at least IDLE_FRAMES new frames (fewer, larger runs: fewer syncs);
+         * frames below the last count mean the WAL started over. */
+        if (!be->ckpt_wanted && (frames < be->ckpt_last_log ||
+                                 frames - be->ckpt_last_log >= SQLITE_CHECKPOINT_IDLE_FRAMES)) {
             be->ckpt_wanted = true;
             pthread_cond_signal(&be->ckpt_cv);
         }
@@ -335,7 +339,11 @@ static void *checkpointer_main(void *arg)
         pthread_mutex_lock(&be->cmu);
         be->ckpt_running = false;
         be->cstats.runs++;
-        if (rc == SQLITE_OK && done_frames > 0) be->cstats.frames_copied += (uint64_t)done_frames;
+        if (rc == SQLITE_OK) {
+            be->ckpt_last_log = log_frames;
+            be->cstats.last_log_frames = (uint64_t)log_frames;
+            be->cstats.last_checkpointed_frames = (uint64_t)done_frames;
+        }
         pthread_cond_broadcast(&be->ckpt_idle);
     }
     pthread_mutex_unlock(&be->cmu);
@@ -378,7 +386,8 @@ static void sqlite_after_batch(void *arg)
     be->ckpt_hold = false;
     if (rc == SQLITE_OK) {
         be->cstats.valves++;
-        be->ckpt_wanted = false; /* everything is copied */
+        be->ckpt_wanted = false; /* everything is copied; the next commit starts the WAL over */
+        be->ckpt_last_log = 0;
     } else {
         be->cstats.valve_failures++;
     }
@@ -989,7 +998,12 @@ static int sqlite_write_outcome(void *arg, const struct store_outcome *o,
         const char *t[] = {o->message_id, nz(o->parse_warnings_json, "[]")};
 
         rc = bind_texts(s, 1, t, 2);
-        rc = rc == SQLITE_OK ? step_reset(s) : (sqlite3_reset(s), sqlite3_clear_bindings(s), rc);
+        if (rc == SQLITE_OK) {
+            rc = step_reset(s);
+        } else {
+            sqlite3_reset(s);
+            sqlite3_clear_bindings(s);
+        }
     }
     if (rc != SQLITE_DONE) goto fail;
     if (sqlite3_changes(be->wdb) == 0) {
