@@ -6,7 +6,12 @@
  *
  * A PCRE2 failure other than "no match" (match limit, depth or heap limit, JIT stack) makes the
  * filter false for route_evaluate and route_match_address, with a warning in the result; for
- * route_could_match it counts as a possible match (an RCPT is not refused on a limit). */
+ * route_could_match it counts as a possible match (an RCPT is not refused on a limit).
+ *
+ * All three walk only the candidates the table's prefilter leaves for the normalised recipient
+ * (routes/internal.h, "The table and its prefilter"): a skipped route's key is not a prefix of
+ * the recipient, so its match_recipient filter could not match and it would have added nothing,
+ * which keeps catch_all() ("no earlier route matched") and stop() exactly as in a full walk. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +21,10 @@
 #include "util/limits.h"
 #include "util/log.h"
 
+struct cursor {
+    const uint32_t *p, *end;
+};
+
 struct route_matcher {
     pcre2_match_data *md;
     pcre2_match_context *mc;
@@ -23,6 +32,11 @@ struct route_matcher {
     char *rcpt;                 /* the normalised recipient */
     size_t rcptlen, rcptcap;
     struct route_capture caps[ROUTE_CAPTURES_MAX + 1];
+    /* The candidate walk (below): a heap of cursors, one per candidate list; grown only when a
+     * table has more key lengths than any before (at most 1 + the number of its routes). */
+    struct cursor *heap;
+    size_t heapcap;
+    size_t last_candidates;
 };
 
 struct route_matcher *route_matcher_new(void)
@@ -53,6 +67,7 @@ void route_matcher_free(struct route_matcher *m)
     pcre2_match_context_free(m->mc);
     pcre2_jit_stack_free(m->js);
     free(m->rcpt);
+    free(m->heap);
     free(m);
 }
 
@@ -110,6 +125,87 @@ static bool ascii_caseeq(const char *a, const char *b)
         if (x != y) return false;
         if (!x) return true;
     }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The candidates for m->rcpt, in evaluation order (see "The table and its prefilter" in
+ * routes/internal.h): the table's always list merged with the bucket of every key length that
+ * is a prefix of the recipient.  The lists are disjoint and each ascending; a binary heap of
+ * their cursors yields the positions in order (one list, the common case, costs no sifting).
+ * Without the prefilter (turned off, or no memory for the heap) every route is a candidate. */
+
+struct cand {
+    const struct route_table *t;
+    bool full;
+    size_t i;                /* full: the next position */
+    struct cursor *h;
+    size_t k;                /* cursors in the heap */
+};
+
+static void sift_down(struct cursor *h, size_t k, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, min = i;
+        if (l < k && *h[l].p < *h[min].p) min = l;
+        if (l + 1 < k && *h[l + 1].p < *h[min].p) min = l + 1;
+        if (min == i) return;
+        const struct cursor tmp = h[i];
+        h[i] = h[min];
+        h[min] = tmp;
+        i = min;
+    }
+}
+
+static void cand_begin(struct cand *c, const struct route_table *t, struct route_matcher *m)
+{
+    *c = (struct cand){.t = t, .full = true};
+    m->last_candidates = 0;
+    if (!t || !t->prefilter) return;
+    const struct route_index *idx = &t->idx;
+    if (idx->nlens + 1 > m->heapcap) {
+        struct cursor *nh = realloc(m->heap, (idx->nlens + 1) * sizeof *nh);
+        if (!nh) return;
+        m->heap = nh;
+        m->heapcap = idx->nlens + 1;
+    }
+    c->h = m->heap;
+    if (idx->nalways) c->h[c->k++] = (struct cursor){idx->always, idx->always + idx->nalways};
+    uint64_t h = prefix_hash_init();
+    size_t hashed = 0;
+    for (size_t j = 0; j < idx->nlens && idx->lens[j] <= m->rcptlen; j++) {
+        const size_t len = idx->lens[j];
+        while (hashed < len) h = prefix_hash_step(h, (unsigned char)m->rcpt[hashed++]);
+        const struct prefix_slot *s = route_index_find(idx, h, m->rcpt, len);
+        if (s) c->h[c->k++] = (struct cursor){idx->positions + s->start, idx->positions + s->start + s->count};
+    }
+    for (size_t i = c->k / 2; i-- > 0;) sift_down(c->h, c->k, i);
+    c->full = false;
+}
+
+/* The next candidate's position, or SIZE_MAX. */
+static size_t cand_next(struct cand *c, struct route_matcher *m)
+{
+    if (c->full) {
+        if (c->i >= route_table_count(c->t)) return SIZE_MAX;
+        m->last_candidates++;
+        return c->i++;
+    }
+    if (c->k == 0) return SIZE_MAX;
+    struct cursor *top = &c->h[0];
+    const size_t v = *top->p++;
+    if (top->p == top->end) {
+        c->h[0] = c->h[--c->k];
+        sift_down(c->h, c->k, 0);
+    } else if (c->k > 1) {
+        sift_down(c->h, c->k, 0);
+    }
+    m->last_candidates++;
+    return v;
+}
+
+size_t route_matcher_last_candidates(const struct route_matcher *m)
+{
+    return m->last_candidates;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -397,7 +493,9 @@ int route_evaluate(const struct route_table *t, struct route_matcher *m, const s
     if (set_rcpt(m, msg->recipient ? msg->recipient : "") < 0) return -1;
     int oom = 0;
     bool matched_any = false;
-    for (size_t i = 0; i < route_table_count(t); i++) {
+    struct cand c;
+    cand_begin(&c, t, m);
+    for (size_t i; (i = cand_next(&c, m)) != SIZE_MAX;) {
         const struct route *r = route_table_at(t, i);
         bool all = true;
         for (size_t k = 0; k < r->expr.nfilters && all; k++)
@@ -465,7 +563,9 @@ bool route_could_match(const struct route_table *t, struct route_matcher *m, con
 {
     /* Out of memory: say yes, the message is then routed (or dropped) after DATA. */
     if (set_rcpt(m, recipient) < 0) return true;
-    for (size_t i = 0; i < route_table_count(t); i++)
+    struct cand c;
+    cand_begin(&c, t, m);
+    for (size_t i; (i = cand_next(&c, m)) != SIZE_MAX;)
         if (recipient_filters_match(m, route_table_at(t, i), true, true)) return true;
     return false;
 }
@@ -473,7 +573,9 @@ bool route_could_match(const struct route_table *t, struct route_matcher *m, con
 const struct route *route_match_address(const struct route_table *t, struct route_matcher *m, const char *address)
 {
     if (set_rcpt(m, address) < 0) return NULL;
-    for (size_t i = 0; i < route_table_count(t); i++) {
+    struct cand c;
+    cand_begin(&c, t, m);
+    for (size_t i; (i = cand_next(&c, m)) != SIZE_MAX;) {
         const struct route *r = route_table_at(t, i);
         if (recipient_filters_match(m, r, false, false)) return r;
     }

@@ -67,6 +67,20 @@ static int parse_regex(struct parser *p, struct route_filter *f)
                                "bad regular expression: %s", msg);
         return -1;
     }
+    if (f->kind == FILTER_RECIPIENT) {
+        char *pfx = malloc(p->tok.slen + 1);
+        if (!pfx) {
+            *p->err = strdup("out of memory");
+            return -1;
+        }
+        f->prefixlen = regex_literal_prefix(p->tok.str, p->tok.slen, pfx);
+        if (f->prefixlen == 0) {
+            free(pfx);
+        } else {
+            pfx[f->prefixlen] = '\0';
+            f->prefix = pfx;
+        }
+    }
     return advance(p);
 }
 
@@ -198,6 +212,7 @@ void expr_free(struct route_expr *e)
     if (!e) return;
     for (size_t i = 0; i < e->nfilters; i++) {
         free(e->filters[i].header);
+        free(e->filters[i].prefix);
         regex_free(&e->filters[i].re);
     }
     free(e->filters);

@@ -75,6 +75,15 @@ int regex_match(const struct route_regex *re, pcre2_match_data *md, pcre2_match_
  * from leading global flags; NULL with err/erroff on a pattern Python rejects. */
 char *regex_rewrite(const char *pat, size_t len, size_t *outlen, uint32_t *options, size_t **map,
                     char *err, size_t errsz, size_t *erroff);
+/* The literal text every match of the (compiled, valid) Python pattern `pat` must start with,
+ * copied to `out` (room for `len` bytes, not NUL-terminated); its length, 0 when none is
+ * certain.  Rules (conservative: in doubt, none): after an optional leading '^', ASCII
+ * characters that stand for themselves and backslash-escaped ASCII punctuation ("\." -> "."),
+ * up to the first other character (metacharacter, class, group, any other escape, non-ASCII);
+ * a literal followed by a quantifier (? * + {) is dropped and ends the prefix.  No prefix at
+ * all when the pattern has a top-level '|', or any inline flag group ((?i) (?x) (?i:...) ...),
+ * or a structure the scan does not follow. */
+size_t regex_literal_prefix(const char *pat, size_t len, char *out);
 
 /* ---------------------------------------------------------------------------------------------
  * The parsed expression (routes/expr.c). */
@@ -87,6 +96,10 @@ struct route_filter {
     char *header;            /* FILTER_HEADER: the header name */
     struct route_regex re;   /* FILTER_RECIPIENT, FILTER_HEADER */
     uint32_t first_group;    /* route-wide number of this filter's group 1 */
+    /* FILTER_RECIPIENT: regex_literal_prefix of the pattern (the table's prefilter); NULL and 0
+     * when it has none. */
+    char *prefix;
+    size_t prefixlen;
 };
 
 struct route_expr {
@@ -163,10 +176,66 @@ struct route {
     size_t nactions;
     bool has_stop;
     bool has_recipient_filter;
+    /* The prefilter key (routes/table.c): the prefix of the route's first filter other than
+     * catch_all() when that is a match_recipient with a literal prefix (points into it), else
+     * NULL.  Only the first such filter may serve: a filter evaluated before the key could add a
+     * warning (a PCRE2 limit) even when the key then fails, and a skipped route adds none. */
+    const char *key;
+    size_t keylen;
     /* What a hit lists: "1".."ngroups", then every distinct name; the group each reads. */
     size_t ncapnames;
     char **capnames;
     uint32_t *capgroups;
 };
+
+/* ---------------------------------------------------------------------------------------------
+ * The table and its prefilter (routes/table.c).
+ *
+ * A route with a key (above) can only match a recipient whose normalised form starts with that
+ * key: such routes sit in a hash map from key to their positions (ascending); every other route
+ * is an "always" candidate.  For one recipient the candidates are the always list merged, in
+ * position order, with the buckets of every key length that is a prefix of the recipient; the
+ * evaluation then runs over the candidates only.  Skipped routes could not have matched and
+ * would have added nothing (no hit, no warning), so results are those of the full walk. */
+
+struct prefix_slot {
+    uint64_t hash;
+    const char *key;         /* NULL: empty slot */
+    uint32_t keylen;
+    uint32_t start, count;   /* its positions: idx->positions[start .. start + count) */
+};
+
+struct route_index {
+    uint32_t *always;        /* positions of the routes without a key, ascending */
+    size_t nalways;
+    uint32_t *positions;     /* the buckets' positions, bucket by bucket, each ascending */
+    struct prefix_slot *slots;
+    size_t mask;             /* slots: mask + 1 of them (a power of two); 0 slots when no keys */
+    uint32_t *lens;          /* the distinct key lengths, ascending */
+    size_t nlens;
+};
+
+struct route_table {
+    atomic_size_t refs;
+    size_t n;
+    struct route **routes;   /* in evaluation order */
+    bool prefilter;          /* idx is built and used */
+    struct route_index idx;
+};
+
+uint64_t prefix_hash_init(void);
+uint64_t prefix_hash_step(uint64_t h, unsigned char c);
+/* The slot for (key, keylen, hash) or NULL. */
+const struct prefix_slot *route_index_find(const struct route_index *idx, uint64_t hash, const char *key,
+                                           size_t keylen);
+
+/* Test hooks.  route_table_set_prefilter(t, false) makes evaluation walk every route (the
+ * reference the prefilter is checked against); true turns it back on when the index was built.
+ * Not for use while other threads evaluate against `t`. */
+void route_table_set_prefilter(struct route_table *t, bool on);
+bool route_table_prefilter(const struct route_table *t);
+/* How many routes the last route_evaluate / route_could_match / route_match_address on `m`
+ * considered as candidates (the whole table without the prefilter). */
+size_t route_matcher_last_candidates(const struct route_matcher *m);
 
 #endif

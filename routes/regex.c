@@ -344,3 +344,86 @@ int regex_match(const struct route_regex *re, pcre2_match_data *md, pcre2_match_
 {
     return pcre2_match(re->code, (PCRE2_SPTR)subject, len, 0, 0, md, mc);
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * The required literal prefix (the route table's prefilter, routes/table.c).
+ *
+ * Conservative by design: any doubt gives no prefix, and no prefix only costs speed. */
+
+/* Whether the pattern has an alternation at the top level (outside every group and class), or
+ * a structure this scan does not follow (unbalanced parentheses, an unterminated class): both
+ * mean "no prefix".  Classes follow Python: after '[' an optional '^', then a ']' first is
+ * literal; a (?#...) comment runs to the first ')'. */
+static bool top_level_alternation_or_odd(const char *p, size_t len)
+{
+    size_t depth = 0, i = 0;
+    while (i < len) {
+        const char c = p[i];
+        if (c == '\\') {
+            i += 2;
+        } else if (c == '[') {
+            i++;
+            if (i < len && p[i] == '^') i++;
+            if (i < len && p[i] == ']') i++;
+            while (i < len && p[i] != ']') i += p[i] == '\\' ? 2 : 1;
+            if (i >= len) return true;
+            i++;
+        } else if (c == '(' && i + 2 < len && p[i + 1] == '?' && p[i + 2] == '#') {
+            const char *e = memchr(p + i, ')', len - i);
+            if (!e) return true;
+            i = (size_t)(e - p) + 1;
+        } else if (c == '(') {
+            depth++;
+            i++;
+        } else if (c == ')') {
+            if (depth == 0) return true;
+            depth--;
+            i++;
+        } else if (c == '|' && depth == 0) {
+            return true;
+        } else {
+            i++;
+        }
+    }
+    return depth != 0 || i != len;
+}
+
+/* A character that stands for itself outside a class in Python and in PCRE2 (no flags). */
+static bool plain_literal(unsigned char c)
+{
+    return c >= 0x20 && c < 0x7f && !strchr("\\.^$*+?{}[]()|", c);
+}
+
+size_t regex_literal_prefix(const char *pat, size_t len, char *out)
+{
+    /* Any flag, global or scoped ((?i) (?x) (?i:...) (?-i:...)), changes what a literal
+     * matches (case, verbose whitespace): no prefix. */
+    for (size_t i = 0; i + 2 < len; i++)
+        if (pat[i] == '(' && pat[i + 1] == '?' && strchr("aiLmsux-", pat[i + 2]) && pat[i + 2]) return 0;
+    if (memchr(pat, '\0', len)) return 0;
+    if (top_level_alternation_or_odd(pat, len)) return 0;
+    size_t i = 0, n = 0;
+    if (i < len && pat[i] == '^') i++;
+    while (i < len) {
+        char c;
+        size_t adv;
+        const unsigned char u = (unsigned char)pat[i];
+        if (plain_literal(u)) {
+            c = (char)u;
+            adv = 1;
+        } else if (u == '\\' && i + 1 < len && (unsigned char)pat[i + 1] > 0x20 && (unsigned char)pat[i + 1] < 0x7f &&
+                   !((pat[i + 1] >= '0' && pat[i + 1] <= '9') || ((pat[i + 1] | 0x20) >= 'a' && (pat[i + 1] | 0x20) <= 'z'))) {
+            c = pat[i + 1];
+            adv = 2;
+        } else {
+            break;
+        }
+        /* A quantified literal is not required: drop it and stop.  A (?#...) comment between
+         * an item and its quantifier is skipped by both Python and PCRE2: treat it as one. */
+        if (i + adv < len && strchr("?*+{", pat[i + adv])) break;
+        if (i + adv + 2 < len && pat[i + adv] == '(' && pat[i + adv + 1] == '?' && pat[i + adv + 2] == '#') break;
+        out[n++] = c;
+        i += adv;
+    }
+    return n;
+}
