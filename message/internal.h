@@ -45,16 +45,41 @@ char *text_to_utf8(const char *bytes, size_t len, const char *charset, bool *unk
                    bool *replaced);
 /* Valid UTF-8 copy of `len` bytes: invalid sequences and NUL become U+FFFD.  g_free(). */
 char *text_sanitize(const char *bytes, size_t len, bool *replaced);
+/* Header bytes without a declared charset (raw 8-bit): text_sanitize() when text_mostly_utf8(),
+ * else windows-1252.  text_mostly_utf8: valid UTF-8, or at least one valid multi-byte sequence
+ * and fewer invalid bytes than bytes in valid multi-byte sequences.  g_free(). */
+char *text_undeclared(const char *bytes, size_t len);
+bool text_mostly_utf8(const char *bytes, size_t len);
+/* windows-1252 to UTF-8, NUL as U+FFFD.  g_free(). */
+char *text_windows1252(const char *bytes, size_t len);
 
 /* prescan.c — the bounded look at the raw bytes before GMime sees them (see prescan.c). */
 struct prescan {
     size_t head_start; /* GMime gets [head_start, head_end) ... */
     size_t head_end;
     bool separator;    /* ... then "\n" when the header block had no empty line ... */
-    size_t body_start; /* ... then [body_start, end) */
+    size_t body_start; /* ... then [body_start, end), with "\n" inserted before each split */
     size_t end;
+    GArray *splits;    /* size_t, ascending, in (body_start, end): a part header block without
+                          its empty line ends there; prescan_free() */
 };
 void prescan_run(struct message *m, const uint8_t *data, size_t len, struct prescan *out);
+void prescan_free(struct prescan *ps);
+
+/* header.c — header values (see header.c for the rules).  All return UTF-8 without NUL; g_free(). */
+/* CR and LF removed, white space trimmed at both ends. */
+char *header_unfold(const char *raw, size_t len);
+/* An unfolded value, RFC 2047 decoded, raw 8-bit text read by text_undeclared(). */
+char *header_decode_unfolded(const char *s, size_t n);
+/* A raw value as GMime keeps it (NULL gives ""): unfolded and decoded. */
+char *header_decode(const char *raw);
+/* Parameter `param` of the first header `header` of `obj`, read from its raw value (so it is
+ * found when GMime could not parse the rest of the field), RFC 2231 / RFC 2047 decoded; NULL when
+ * absent. */
+char *header_param(const struct message *m, GMimeObject *obj, const char *header,
+                   const char *param);
+/* The decoded Subject of the message whose bytes are d[0..len), or "". */
+char *header_subject_of_bytes(const uint8_t *d, size_t len);
 
 /* walk.c — bodies and attachments from the GMime tree. */
 void walk_message(struct message *m, GMimeMessage *gm);

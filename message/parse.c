@@ -84,14 +84,23 @@ static GMimeStream *input_stream(struct message *m, const uint8_t *data, size_t 
     m->wrap = g_byte_array_new_take((guint8 *)(uintptr_t)data, len);
     GMimeStream *base = g_mime_stream_mem_new_with_byte_array(m->wrap);
     g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(base), FALSE);
-    if (ps->head_start == 0 && !ps->separator && ps->head_end == ps->body_start && ps->end == len)
+    if (ps->head_start == 0 && !ps->separator && ps->head_end == ps->body_start && ps->end == len &&
+        ps->splits->len == 0)
         return base;
     GMimeStream *cat = g_mime_stream_cat_new();
     if (ps->head_end > ps->head_start)
         cat_add(cat, g_mime_stream_substream(base, (gint64)ps->head_start, (gint64)ps->head_end));
     if (ps->separator) cat_add(cat, g_mime_stream_mem_new_with_buffer("\n", 1));
-    if (ps->end > ps->body_start)
-        cat_add(cat, g_mime_stream_substream(base, (gint64)ps->body_start, (gint64)ps->end));
+    size_t from = ps->body_start;
+    for (guint i = 0; i < ps->splits->len; i++) {
+        size_t at = g_array_index(ps->splits, size_t, i);
+        if (at <= from || at >= ps->end) continue;
+        cat_add(cat, g_mime_stream_substream(base, (gint64)from, (gint64)at));
+        cat_add(cat, g_mime_stream_mem_new_with_buffer("\n", 1));
+        from = at;
+    }
+    if (ps->end > from)
+        cat_add(cat, g_mime_stream_substream(base, (gint64)from, (gint64)ps->end));
     g_object_unref(base);
     return cat;
 }
@@ -101,8 +110,9 @@ static char *header_text(const char *s)
     return s ? text_sanitize(s, strlen(s), NULL) : g_strdup("");
 }
 
-/* message-headers: the top-level header list, in order, decoded values (GMime unfolds them:
- * CR LF before white space is removed, the white space kept, RFC 5322 §2.2.3). */
+/* message-headers: the top-level header list, in order, values unfolded (CR LF before white space
+ * removed, the white space kept, RFC 5322 §2.2.3) and decoded by header.c from GMime's raw value
+ * (not GMime's decoded value: see header.c). */
 static void collect_headers(struct message *m)
 {
     GMimeHeaderList *list = g_mime_object_get_header_list(GMIME_OBJECT(m->gm));
@@ -110,7 +120,7 @@ static void collect_headers(struct message *m)
     for (int i = 0; i < n && i < LIMIT_HEADER_COUNT; i++) {
         GMimeHeader *h = g_mime_header_list_get_header_at(list, i);
         struct message_header_rec r = {.name = header_text(g_mime_header_get_name(h)),
-                                       .value = header_text(g_mime_header_get_value(h))};
+                                       .value = header_decode(g_mime_header_get_raw_value(h))};
         g_array_append_val(m->headers, r);
     }
 }
@@ -158,6 +168,7 @@ struct message *message_parse(const uint8_t *data, size_t len)
     struct prescan ps;
     prescan_run(m, data, len, &ps);
     m->stream = input_stream(m, data, len, &ps);
+    prescan_free(&ps);
     m->options = parser_options(m);
     GMimeParser *parser = g_mime_parser_new_with_stream(m->stream);
     g_mime_parser_set_format(parser, GMIME_FORMAT_MESSAGE);

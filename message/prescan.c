@@ -15,7 +15,11 @@
  *  - the rest: lines "--boundary" for every boundary= declared in a header block seen so far
  *    are delimiters; the input is cut before the delimiter that would open part
  *    LIMIT_MIME_PARTS + 1, or before a part header line that brings all part header blocks
- *    together over LIMIT_HEADER_COUNT / LIMIT_HEADER_BYTES.
+ *    together over LIMIT_HEADER_COUNT / LIMIT_HEADER_BYTES.  A part header block (after a
+ *    delimiter, or the header of a message/rfc822 part) ends like the top-level one: at a line
+ *    that is neither a field nor a continuation (unless the next line is a field again); when no
+ *    empty line is there, GMime gets one inserted (a split): without it, GMime 3.2.13 takes the
+ *    body for more header lines and drops them, or loses the whole part and everything after it.
  * Each cut adds a parse warning. */
 #include <string.h>
 
@@ -28,7 +32,8 @@ struct scan {
     const uint8_t *d;
     size_t len;
     GHashTable *boundaries; /* char * -> itself */
-    bool inner_message;     /* the header block just read announced message/rfc822 */
+    bool inner_message;     /* the header block just read announced message/rfc822 ... */
+    bool inner_encoded;     /* ... and base64 or quoted-printable: its body is no header block */
 };
 
 /* End of the line at pos without its CR LF; *next is the start of the following line. */
@@ -70,6 +75,9 @@ static void header_line(struct scan *s, const uint8_t *p, size_t n)
 {
     if (find_ci(p, n, "message/rfc822") || find_ci(p, n, "message/global"))
         s->inner_message = true;
+    if (find_ci(p, n, "content-transfer-encoding") &&
+        (find_ci(p, n, "base64") || find_ci(p, n, "quoted-printable")))
+        s->inner_encoded = true;
     const uint8_t *b = find_ci(p, n, "boundary");
     if (!b) return;
     const uint8_t *e = p + n, *q = b + 8;
@@ -201,8 +209,8 @@ static void scan_top(struct message *m, struct scan *s, struct prescan *out)
 static void scan_body(struct message *m, struct scan *s, struct prescan *out)
 {
     size_t pos = out->body_start, next, opens = 0, hcount = 0, hbytes = 0;
-    bool in_headers = s->inner_message, in_field = false;
-    s->inner_message = false;
+    bool in_headers = s->inner_message && !s->inner_encoded, in_field = false;
+    s->inner_message = s->inner_encoded = false;
     out->end = s->len;
     for (; pos < s->len; pos = next) {
         size_t e = line_end(s, pos, &next);
@@ -213,17 +221,22 @@ static void scan_body(struct message *m, struct scan *s, struct prescan *out)
             return;
         }
         if (delim) {
-            in_headers = delim == 1, in_field = false, s->inner_message = false;
+            in_headers = delim == 1, in_field = false;
+            s->inner_message = s->inner_encoded = false;
             continue;
         }
         if (!in_headers) continue;
         if (e == pos) { /* end of a part header block */
-            in_headers = s->inner_message, in_field = false, s->inner_message = false;
+            in_headers = s->inner_message && !s->inner_encoded, in_field = false;
+            s->inner_message = s->inner_encoded = false;
             continue;
         }
         bool cont = in_field && is_wsp(s->d[pos]);
         if (!cont && !is_field(s->d + pos, e - pos)) {
-            in_headers = false;
+            if (!line_starts_body(s, pos, next)) continue; /* a stray line: GMime drops it */
+            g_array_append_val(out->splits, pos);
+            message_warn(m, "no empty line after a part header: the rest of the part is its body");
+            in_headers = false, s->inner_message = s->inner_encoded = false;
             continue;
         }
         in_field = true;
@@ -243,8 +256,14 @@ void prescan_run(struct message *m, const uint8_t *data, size_t len, struct pres
 {
     struct scan s = {.d = data, .len = len,
                      .boundaries = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL)};
-    *out = (struct prescan){0};
+    *out = (struct prescan){.splits = g_array_new(FALSE, FALSE, sizeof(size_t))};
     scan_top(m, &s, out);
     scan_body(m, &s, out);
     g_hash_table_destroy(s.boundaries);
+}
+
+void prescan_free(struct prescan *ps)
+{
+    if (ps->splits) g_array_unref(ps->splits);
+    ps->splits = NULL;
 }

@@ -6,8 +6,13 @@
  *    (Unicode §3.9 "best practice", what Python's errors="replace" does);
  *  - "iso-8859-1"/"latin1" and charsets iconv does not know: windows-1252 (its superset, as the
  *    WHATWG encoding standard reads latin1 labels); an unknown charset is reported to the caller;
- *  - anything else through iconv (charset names mapped by GMime), U+FFFD for each byte iconv
- *    rejects, one U+FFFD for a truncated sequence at the end;
+ *  - anything else through iconv (charset names mapped by GMime, then the aliases of
+ *    charset_alias() for labels iconv knows under another name, e.g. x-mac-cyrillic), U+FFFD for
+ *    each byte iconv rejects, one U+FFFD for a truncated sequence at the end;
+ *  - header text without a charset (raw 8-bit bytes, text_undeclared()): UTF-8 when it is valid
+ *    UTF-8 or mostly is (at least one valid multi-byte sequence, and fewer invalid bytes than bytes
+ *    in valid multi-byte sequences: each invalid byte run becomes U+FFFD, as Python reads it),
+ *    else windows-1252 (a lone latin-1 byte);
  *  - NUL bytes become U+FFFD: JSON can carry \u0000, but many consumers (C strings, PostgreSQL
  *    text) cannot, and a NUL in a mail body is never meant. */
 #include <errno.h>
@@ -65,6 +70,36 @@ static const uint16_t cp1252_high[32] = {
     0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x009D, 0x017E, 0x0178,
 };
 
+/* Length of the complete, valid multi-byte UTF-8 sequence at p, or 0. */
+static size_t valid_seq_len(const unsigned char *p, size_t n)
+{
+    unsigned c = p[0];
+    size_t need = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    return need && need <= n && invalid_len(p, n) == need ? need : 0;
+}
+
+bool text_mostly_utf8(const char *bytes, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)bytes;
+    size_t valid = 0, invalid = 0;
+    for (size_t i = 0; i < len;) {
+        if (p[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t k = valid_seq_len(p + i, len - i);
+        if (k) {
+            valid += k;
+            i += k;
+        } else {
+            k = invalid_len(p + i, len - i);
+            invalid += k;
+            i += k;
+        }
+    }
+    return invalid == 0 || (valid > 0 && invalid < valid);
+}
+
 static char *cp1252_to_utf8(const char *bytes, size_t len, bool *replaced)
 {
     GString *out = g_string_sized_new(len + len / 4 + 1);
@@ -87,6 +122,17 @@ static bool charset_is(const char *cs, const char *const *names)
     for (; *names; names++)
         if (g_ascii_strcasecmp(cs, *names) == 0) return true;
     return false;
+}
+
+char *text_windows1252(const char *bytes, size_t len)
+{
+    return cp1252_to_utf8(bytes, len, NULL);
+}
+
+char *text_undeclared(const char *bytes, size_t len)
+{
+    return text_mostly_utf8(bytes, len) ? text_sanitize(bytes, len, NULL)
+                                        : cp1252_to_utf8(bytes, len, NULL);
 }
 
 /* iconv from `cd` into UTF-8; bytes iconv rejects become U+FFFD. */
@@ -124,6 +170,32 @@ static char *iconv_to_utf8(iconv_t cd, const char *bytes, size_t len, bool *repl
     return valid;
 }
 
+/* Labels that iconv knows under another name (GMime's own mapping is tried first). */
+static const char *charset_alias(const char *cs)
+{
+    static const char *const aliases[][2] = {
+        {"x-mac-cyrillic", "MAC-CYRILLIC"}, {"x-mac-ukrainian", "MAC-UK"},
+        {"x-mac-roman", "MACINTOSH"},       {"x-mac-ce", "MAC-CENTRALEUROPE"},
+        {"x-mac-centraleurroman", "MAC-CENTRALEUROPE"}, {"x-mac-icelandic", "MAC-IS"},
+        {"x-sjis", "SHIFT_JIS"},            {"x-euc-jp", "EUC-JP"},
+        {"x-gbk", "GBK"},                   {"x-euc-tw", "EUC-TW"},
+        {"unicodebig", "UTF-16BE"},         {"unicodelittle", "UTF-16LE"},
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(aliases); i++)
+        if (g_ascii_strcasecmp(cs, aliases[i][0]) == 0) return aliases[i][1];
+    return NULL;
+}
+
+static iconv_t open_to_utf8(const char *charset)
+{
+    iconv_t cd = g_mime_iconv_open("UTF-8", charset);
+    const char *alias = cd == (iconv_t)-1 ? charset_alias(charset) : NULL;
+    if (alias) cd = g_mime_iconv_open("UTF-8", alias);
+    if (cd == (iconv_t)-1 && g_ascii_strncasecmp(charset, "x-", 2) == 0 && charset[2])
+        cd = g_mime_iconv_open("UTF-8", charset + 2);
+    return cd;
+}
+
 char *text_to_utf8(const char *bytes, size_t len, const char *charset, bool *unknown,
                    bool *replaced)
 {
@@ -132,13 +204,13 @@ char *text_to_utf8(const char *bytes, size_t len, const char *charset, bool *unk
     static const char *const latin1_names[] = {"iso-8859-1", "iso8859-1", "iso_8859-1", "latin1",
                                                "l1", "windows-1252", "cp1252", "x-cp1252", NULL};
     *unknown = false;
-    if (!charset || !*charset || charset_is(charset, utf8_names))
+    const char *mapped = charset && *charset ? g_mime_charset_iconv_name(charset) : NULL;
+    if (!charset || !*charset || charset_is(charset, utf8_names) ||
+        (mapped && charset_is(mapped, utf8_names)))
         return text_sanitize(bytes, len, replaced);
-    const char *mapped = g_mime_charset_iconv_name(charset);
     if (charset_is(charset, latin1_names) || (mapped && charset_is(mapped, latin1_names)))
         return cp1252_to_utf8(bytes, len, replaced);
-    if (mapped && charset_is(mapped, utf8_names)) return text_sanitize(bytes, len, replaced);
-    iconv_t cd = g_mime_iconv_open("UTF-8", charset);
+    iconv_t cd = open_to_utf8(charset);
     if (cd == (iconv_t)-1) {
         *unknown = true;
         return cp1252_to_utf8(bytes, len, replaced);
@@ -147,3 +219,4 @@ char *text_to_utf8(const char *bytes, size_t len, const char *charset, bool *unk
     g_mime_iconv_close(cd);
     return s;
 }
+

@@ -14,7 +14,10 @@
  *    dropped; attachments of every alternative (text/calendar, images of a related child) stay;
  *  - multipart/related: the root (the child whose Content-ID is the start= parameter, else the
  *    first) is walked as usual; all leaves of the other children are attachments (inline images);
- *  - any other multipart (mixed, digest, signed, report, unknown): every child, in order.
+ *  - any other multipart (mixed, digest, signed, report, unknown): every child, in order;
+ *  - a multipart in which GMime found no part and no close delimiter (its boundary never
+ *    matched, or it has none) is text: its undecoded body is a plain body (SPEC §3: what is not
+ *    valid MIME is still read), with a parse warning.
  * Then bodies are decoded, converted to UTF-8 and joined in item order (build() below).
  * Limits: multipart nesting deeper than LIMIT_MIME_DEPTH and parts past LIMIT_MIME_PARTS are
  * ignored with a parse warning. */
@@ -23,7 +26,8 @@
 #include "message/internal.h"
 #include "util/limits.h"
 
-enum item_kind { ITEM_PLAIN, ITEM_HTML, ITEM_ATTACH };
+/* ITEM_RAW: a multipart in which GMime found no part at all (plain text: its raw body) */
+enum item_kind { ITEM_PLAIN, ITEM_HTML, ITEM_ATTACH, ITEM_RAW };
 
 struct item {
     enum item_kind kind;
@@ -80,7 +84,7 @@ static void walk_alternative(struct walker *w, GMimeMultipart *mp, int depth, bo
         walk(w, g_mime_multipart_get_part(mp, i), depth + 1, related, sub);
         for (guint j = 0; j < sub->len; j++) {
             enum item_kind k = g_array_index(sub, struct item, j).kind;
-            if (k == ITEM_PLAIN) last_plain = i;
+            if (k == ITEM_PLAIN || k == ITEM_RAW) last_plain = i;
             if (k == ITEM_HTML) last_html = i;
         }
     }
@@ -88,7 +92,7 @@ static void walk_alternative(struct walker *w, GMimeMultipart *mp, int depth, bo
         GArray *sub = g_ptr_array_index(subs, i);
         for (guint j = 0; j < sub->len; j++) {
             struct item *it = &g_array_index(sub, struct item, j);
-            if ((it->kind == ITEM_PLAIN && i != last_plain) ||
+            if (((it->kind == ITEM_PLAIN || it->kind == ITEM_RAW) && i != last_plain) ||
                 (it->kind == ITEM_HTML && i != last_html))
                 continue;
             g_array_append_val(items, *it);
@@ -133,6 +137,20 @@ static void walk(struct walker *w, GMimeObject *obj, int depth, bool related, GA
     }
     GMimeMultipart *mp = GMIME_MULTIPART(obj);
     int n = g_mime_multipart_get_count(mp);
+    if (n == 0) {
+        /* No delimiter matched (e.g. a boundary longer than GMime can match): GMime keeps the
+         * whole body as the prologue and no close delimiter (no epilogue).  SPEC §3: what is
+         * not valid MIME is still text, so it is a plain body, undecoded. */
+        const char *prologue = g_mime_multipart_get_prologue(mp);
+        bool text = false;
+        for (const char *p = prologue; p && *p && !text; p++) text = !g_ascii_isspace(*p);
+        if (!related && text && !g_mime_multipart_get_epilogue(mp)) {
+            message_warn(w->m, "multipart without any part (no delimiter found): its body kept "
+                               "as text");
+            add(items, ITEM_RAW, obj);
+        }
+        return;
+    }
     if (type_is(obj, "multipart", "alternative")) {
         walk_alternative(w, mp, depth, related, items);
     } else if (type_is(obj, "multipart", "related")) {
@@ -190,24 +208,41 @@ static size_t part_size(const struct message *m, GMimeObject *part)
     return n;
 }
 
-/* Name of an attachment: its filename; for a forwarded message, the inner subject + ".eml". */
-static char *attachment_name(GMimeObject *part)
+static bool is_message_type(GMimeObject *part)
 {
-    const char *name = NULL;
-    if (GMIME_IS_PART(part)) {
-        name = g_mime_part_get_filename(GMIME_PART(part));
-    } else {
-        name = g_mime_object_get_content_disposition_parameter(part, "filename");
-        if (!name || !*name) name = g_mime_object_get_content_type_parameter(part, "name");
+    return type_is(part, "message", "rfc822") || type_is(part, "message", "global") ||
+           type_is(part, "message", "news");
+}
+
+/* Name of an attachment: its filename (Content-Disposition filename=, else Content-Type name=,
+ * read from the raw fields by header_param(): so a name survives a Content-Type GMime could not
+ * parse, and raw 8-bit names are read as header text); for a forwarded message, the inner
+ * subject + ".eml", else "message.eml" (also when the message is base64-encoded, which
+ * RFC 2046 §5.2.1 forbids but mailers do, and GMime keeps as an opaque part). */
+static char *attachment_name(const struct message *m, GMimeObject *part)
+{
+    char *name = header_param(m, part, "Content-Disposition", "filename");
+    if (!name || !*name) {
+        g_free(name);
+        name = header_param(m, part, "Content-Type", "name");
     }
-    if (name && *name) return text_sanitize(name, strlen(name), NULL);
-    if (!GMIME_IS_MESSAGE_PART(part)) return g_strdup("");
-    GMimeMessage *inner = g_mime_message_part_get_message(GMIME_MESSAGE_PART(part));
-    const char *subject = inner ? g_mime_message_get_subject(inner) : NULL;
-    if (!subject || !*subject) return g_strdup("message.eml");
-    char *s = text_sanitize(subject, strlen(subject), NULL);
-    char *r = g_strconcat(s, ".eml", NULL);
-    g_free(s);
+    if (name && *name) return name;
+    g_free(name);
+    char *subject = NULL;
+    if (GMIME_IS_MESSAGE_PART(part)) {
+        GMimeMessage *inner = g_mime_message_part_get_message(GMIME_MESSAGE_PART(part));
+        GMimeHeaderList *list = inner ? g_mime_object_get_header_list(GMIME_OBJECT(inner)) : NULL;
+        GMimeHeader *h = list ? g_mime_header_list_get_header(list, "Subject") : NULL;
+        subject = h ? header_decode(g_mime_header_get_raw_value(h)) : NULL;
+    } else if (GMIME_IS_PART(part) && is_message_type(part)) {
+        GByteArray *ba = part_bytes(m, part);
+        subject = header_subject_of_bytes(ba->data, ba->len);
+        g_byte_array_unref(ba);
+    } else {
+        return g_strdup("");
+    }
+    char *r = subject && *subject ? g_strconcat(subject, ".eml", NULL) : g_strdup("message.eml");
+    g_free(subject);
     return r;
 }
 
@@ -235,7 +270,7 @@ static void add_attachment(struct message *m, GMimeObject *part, size_t size)
     a.disposition = g_strdup(!disp || !*disp                               ? ""
                              : g_ascii_strcasecmp(disp, "inline") == 0 ? "inline"
                                                                         : "attachment");
-    a.name = attachment_name(part);
+    a.name = attachment_name(m, part);
     a.pub = (struct message_attachment){.name = a.name, .content_type = a.content_type,
                                         .content_id = a.content_id, .disposition = a.disposition,
                                         .size = size};
@@ -282,8 +317,14 @@ static void build(struct message *m, GArray *items)
         struct item *it = &g_array_index(items, struct item, i);
         size_t size = 0;
         char *text = NULL;
-        if (it->kind == ITEM_ATTACH) size = part_size(m, it->obj);
-        else size = strlen(text = body_text(m, it->obj));
+        if (it->kind == ITEM_ATTACH) {
+            size = part_size(m, it->obj);
+        } else if (it->kind == ITEM_RAW) {
+            const char *raw = g_mime_multipart_get_prologue(GMIME_MULTIPART(it->obj));
+            size = strlen(text = text_sanitize(raw, strlen(raw), NULL));
+        } else {
+            size = strlen(text = body_text(m, it->obj));
+        }
         decoded += (long long)size;
         if (decoded > LIMIT_MIME_DECODED_BYTES) {
             message_warn(m, "decoded size limit %lld reached: later parts ignored",
@@ -292,7 +333,7 @@ static void build(struct message *m, GArray *items)
             break;
         }
         if (it->kind == ITEM_ATTACH) add_attachment(m, it->obj, size);
-        else join(it->kind == ITEM_PLAIN ? &plain : &html, text, m->crlf ? "\r\n" : "\n");
+        else join(it->kind == ITEM_HTML ? &html : &plain, text, m->crlf ? "\r\n" : "\n");
         g_free(text);
     }
     m->body_plain = plain ? g_string_free(plain, FALSE) : g_strdup("");

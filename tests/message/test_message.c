@@ -1,5 +1,6 @@
 /* tests/message/test_message.c — html2text, the reserved-name rule, UTF-8 sanitizing, limits
- * (deep nesting, many parts, many headers), the attachment-bytes accessor and the JSON encoding. */
+ * (deep nesting, many parts, many headers), the attachment-bytes accessor and the JSON encoding,
+ * RFC 2047 header decoding, undeclared 8-bit header text, part headers without an empty line. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -310,12 +311,138 @@ static void test_attachments_and_json(void)
     message_free(m);
 }
 
+/* header.c: RFC 2047 decoding of an unfolded value (see header.c for the rules). */
+static void test_header_decode(void)
+{
+    static const struct {
+        const char *in, *out, *what;
+    } cases[] = {
+        {"", "", "empty"},
+        {"plain text", "plain text", "no encoded word"},
+        {"=?utf-8?B?w6k=?= =?utf-8?B?w6g=?= =?utf-8?B?w6A=?=", "\xC3\xA9\xC3\xA8\xC3\xA0",
+         "padded base64 words of one charset: each decoded on its own"},
+        {"=?UTF-8?B?44CQ6YeN6KaB?= =?UTF-8?B?5Y+w6Zu7MTA1?=", "\xE3\x80\x90\xE9\x87\x8D\xE8\xA6\x81"
+         "\xE5\x8F\xB0\xE9\x9B\xBB" "105", "unpadded words"},
+        {"=?gb2312?B?1tA=?= =?gb2312?B?zsQ=?=", "\xE4\xB8\xAD\xE6\x96\x87", "gb2312, padded"},
+        {"=?utf-8?B?4oI=?= =?utf-8?B?rA==?=", "\xE2\x82\xAC", "a character split across two words"},
+        {"=?utf-8?q?=E2?= =?utf-8?q?=82=AC?=", "\xE2\x82\xAC", "split, Q"},
+        {"=?utf-8?q?=E2?= =?iso-8859-1?q?=E9?=", "\xEF\xBF\xBD\xC3\xA9",
+         "a cut character is not joined across charsets"},
+        {"=?utf-8?q?a?= b =?utf-8?q?c?=\t =?utf-8?q?d?= e", "a b cd e",
+         "white space only between two encoded words is dropped"},
+        {"abc=?utf-8?q?d=C3=A9f?=ghi", "abcd\xC3\xA9" "fghi", "glued to other text"},
+        {"=?utf-8?q?x?==?utf-8?q?y?=", "xy", "two words glued together"},
+        {"\"=?utf-8?q?Ren=C3=A9e?= D\" <r@x>", "\"Ren\xC3\xA9" "e D\" <r@x>", "inside a quoted string"},
+        {"=?utf-8?B?YQBi?=", "a\xEF\xBF\xBD" "b", "decoded NUL: U+FFFD, not the end"},
+        {"=?utf-8?q?a=00b?=", "a\xEF\xBF\xBD" "b", "decoded NUL, Q"},
+        {"=?unicodebig?B?AGEAAABi?=", "a\xEF\xBF\xBD" "b", "UTF-16 NUL (unicodebig)"},
+        {"=?utf-16be?B?2D3eAA==?=", "\xF0\x9F\x98\x80", "UTF-16 surrogate pair"},
+        {"=?utf-8?q?a=FFb?=", "a\xEF\xBF\xBD" "b", "invalid UTF-8 in a word"},
+        {"=?utf-8?q?a_b=3F=?=", "a b?=", "Q: underscore, hex, a lone '='"},
+        {"=?utf-8*en?q?hi?=", "hi", "RFC 2231 language suffix"},
+        {"=?utf-8?x?abc?=", "=?utf-8?x?abc?=", "unknown encoding: literal"},
+        {"=??q?abc?=", "=??q?abc?=", "empty charset: literal"},
+        {"=?utf-8?q?a b?=", "=?utf-8?q?a b?=", "white space inside: literal"},
+        {"=?utf-8?q?unterminated", "=?utf-8?q?unterminated", "unterminated: literal"},
+        {"=?utf-8?B?", "=?utf-8?B?", "cut short"},
+        {"=?", "=?", "just =?"},
+        {"=?aaaaaaaa?q?xx=?b?q?yy =?utf-8?q?ok?=", "=?aaaaaaaa?q?xx=?b?q?yy ok",
+         "words that never end, then one that does"},
+        {"=?b?q?x=?aaaaaaaa?q?y =?utf-8?q?ok?=", "=?b?q?x=?aaaaaaaa?q?y ok",
+         "a later start before the known dead end"},
+        {"=?x-unknown?q?abc?=", "abc", "unknown charset: windows-1252"},
+        {"=?x-mac-cyrillic?q?=8F=F0=E8?=", "\xD0\x9F\xD1\x80\xD0\xB8", "x-mac-cyrillic alias"},
+        {"=?utf-8?B?w6k?=", "\xC3\xA9", "missing padding"},
+        {"=?utf-8?B?w6!k=?=", "\xC3\xA9", "a character outside the alphabet is skipped"},
+        {"\xD0\xAE\xD1\x80\xD0\xB8\xD0\xB9 \xD0", "\xD0\xAE\xD1\x80\xD0\xB8\xD0\xB9 \xEF\xBF\xBD",
+         "raw, mostly UTF-8: U+FFFD for the bad byte"},
+        {"Caf\xE9", "Caf\xC3\xA9", "raw latin-1: windows-1252"},
+        {"\x93quoted\x94 =?utf-8?q?=C3=A9?=", "\xE2\x80\x9Cquoted\xE2\x80\x9D \xC3\xA9",
+         "raw windows-1252 beside an encoded word"},
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+        char *d = header_decode_unfolded(cases[i].in, strlen(cases[i].in));
+        CHECK_STR(d, cases[i].out, "header decode: %s", cases[i].what);
+        g_free(d);
+    }
+    char *d = header_decode(" =?utf-8?B?w6k=?=\r\n =?utf-8?B?w6g=?=\r\n");
+    CHECK_STR(d, "\xC3\xA9\xC3\xA8", "header_decode unfolds and trims");
+    g_free(d);
+    d = header_decode(NULL);
+    CHECK_STR(d, "", "header_decode(NULL)");
+    g_free(d);
+    static const char folded[] = "From: a\r\nSUBJECT : =?utf-8?q?x?=\r\n y\r\n\r\nSubject: body";
+    d = header_subject_of_bytes((const uint8_t *)folded, sizeof folded - 1);
+    CHECK_STR(d, "x y", "subject of bytes: folded, case-insensitive, obsolete space");
+    g_free(d);
+    static const char after[] = "From: a\n\nSubject: no";
+    d = header_subject_of_bytes((const uint8_t *)after, sizeof after - 1);
+    CHECK_STR(d, "", "subject of bytes: only the header block");
+    g_free(d);
+}
+
+static void test_mostly_utf8(void)
+{
+    static const struct {
+        const char *in;
+        bool utf8;
+    } cases[] = {
+        {"", true},
+        {"ascii", true},
+        {"\xC3\xA9t\xC3\xA9", true},
+        {"\xD0\xAE\xD1\x80\xD0\xB8\xD0\xB9 \xD0", true}, /* 6 valid bytes, 1 invalid */
+        {"\xC3\xA9 \xE9\xE8\xE0", false},                  /* 2 valid, 3 invalid */
+        {"caf\xE9", false},                                /* no valid sequence */
+        {"\xE2\x82\xAC\xFF", true},
+        {"\xC3\xA9\xFF\xFE", false},                       /* 2 against 2: not a minority */
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(cases); i++)
+        CHECK(text_mostly_utf8(cases[i].in, strlen(cases[i].in)) == cases[i].utf8,
+              "mostly utf-8 case %zu", i);
+    char *s = text_undeclared("Gr\xFC\xDF" "e", 5);
+    CHECK_STR(s, "Gr\xC3\xBC\xC3\x9F" "e", "undeclared latin-1");
+    g_free(s);
+    bool unknown = true;
+    s = text_to_utf8("\x8F\xF0\xE8\xE2\xE5\xF2", 6, "x-mac-cyrillic", &unknown, NULL);
+    CHECK(!unknown, "x-mac-cyrillic known (MAC-CYRILLIC)");
+    CHECK_STR(s, "\xD0\x9F\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82", "x-mac-cyrillic decoded");
+    g_free(s);
+    s = text_to_utf8("\x00\x61", 2, "unicodebig", &unknown, NULL);
+    CHECK(!unknown, "unicodebig known");
+    CHECK_STR(s, "a", "unicodebig decoded");
+    g_free(s);
+}
+
+/* A part whose header block has no empty line keeps its body (prescan inserts one for GMime). */
+static void test_part_header_without_blank_line(void)
+{
+    static const char msg[] =
+        "From: a@example.org\r\nContent-Type: multipart/mixed; boundary=\"q\"\r\n\r\n"
+        "--q\r\nContent-Type: text/plain\r\n\r\nOne.\r\n"
+        "--q\r\nContent-Type: application/zip; name=\"z.zip\"\r\nContent-Transfer-Encoding: base64\r\n"
+        "UEsDBA==\r\n\r\n--q--\r\n";
+    struct message *m = message_parse((const uint8_t *)msg, sizeof msg - 1);
+    CHECK(message_attachment_count(m) == 1, "the attachment is kept");
+    if (message_attachment_count(m) == 1) {
+        CHECK_STR(message_attachment(m, 0)->name, "z.zip", "its name");
+        CHECK(message_attachment(m, 0)->size == 4, "its decoded size");
+    }
+    bool warned = false;
+    for (size_t i = 0; i < message_warning_count(m); i++)
+        warned |= strstr(message_warning(m, i), "no empty line after a part header") != NULL;
+    CHECK(warned, "warning says what happened");
+    message_free(m);
+}
+
 int main(void)
 {
     message_lib_init();
     test_html2text();
     test_reserved();
     test_sanitize();
+    test_header_decode();
+    test_mostly_utf8();
+    test_part_header_without_blank_line();
     test_attachments_and_json();
     test_header_limits();
     test_many_parts();
