@@ -62,6 +62,12 @@ struct prescan {
     size_t end;
     GArray *splits;    /* size_t, ascending, in (body_start, end): a part header block without
                           its empty line ends there; prescan_free() */
+    GArray *cuts;      /* struct prescan_cut, ascending: a field over LIMIT_HEADER_FIELD_BYTES;
+                          prescan_free() */
+};
+/* GMime gets [.., at) "\n" [resume, ..): the excess of an over-long field is left out. */
+struct prescan_cut {
+    size_t at, resume;
 };
 void prescan_run(struct message *m, const uint8_t *data, size_t len, struct prescan *out);
 void prescan_free(struct prescan *ps);

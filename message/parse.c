@@ -77,6 +77,26 @@ static void cat_add(GMimeStream *cat, GMimeStream *part)
     g_object_unref(part);
 }
 
+static int edit_cmp(const void *a, const void *b)
+{
+    const struct prescan_cut *x = a, *y = b;
+    return (x->at > y->at) - (x->at < y->at);
+}
+
+/* Adds [from, to) of base to cat, with a "\n" at each edit in it (splits and cuts, ascending). */
+static void cat_range(GMimeStream *cat, GMimeStream *base, size_t from, size_t to,
+                      const GArray *edits)
+{
+    for (guint i = 0; i < edits->len; i++) {
+        const struct prescan_cut *c = &g_array_index(edits, struct prescan_cut, i);
+        if (c->at < from || c->at >= to) continue;
+        if (c->at > from) cat_add(cat, g_mime_stream_substream(base, (gint64)from, (gint64)c->at));
+        cat_add(cat, g_mime_stream_mem_new_with_buffer("\n", 1));
+        from = MAX(from, MIN(c->resume, to));
+    }
+    if (to > from) cat_add(cat, g_mime_stream_substream(base, (gint64)from, (gint64)to));
+}
+
 /* The stream GMime parses: the caller's bytes, spliced as prescan decided. */
 static GMimeStream *input_stream(struct message *m, const uint8_t *data, size_t len,
                                  const struct prescan *ps)
@@ -85,22 +105,24 @@ static GMimeStream *input_stream(struct message *m, const uint8_t *data, size_t 
     GMimeStream *base = g_mime_stream_mem_new_with_byte_array(m->wrap);
     g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(base), FALSE);
     if (ps->head_start == 0 && !ps->separator && ps->head_end == ps->body_start && ps->end == len &&
-        ps->splits->len == 0)
+        ps->splits->len == 0 && ps->cuts->len == 0)
         return base;
-    GMimeStream *cat = g_mime_stream_cat_new();
-    if (ps->head_end > ps->head_start)
-        cat_add(cat, g_mime_stream_substream(base, (gint64)ps->head_start, (gint64)ps->head_end));
-    if (ps->separator) cat_add(cat, g_mime_stream_mem_new_with_buffer("\n", 1));
-    size_t from = ps->body_start;
+    /* splits insert a line end; cuts insert one and leave bytes out */
+    GArray *edits = g_array_sized_new(FALSE, FALSE, sizeof(struct prescan_cut),
+                                      ps->splits->len + ps->cuts->len);
+    g_array_append_vals(edits, ps->cuts->data, ps->cuts->len);
     for (guint i = 0; i < ps->splits->len; i++) {
         size_t at = g_array_index(ps->splits, size_t, i);
-        if (at <= from || at >= ps->end) continue;
-        cat_add(cat, g_mime_stream_substream(base, (gint64)from, (gint64)at));
-        cat_add(cat, g_mime_stream_mem_new_with_buffer("\n", 1));
-        from = at;
+        if (at <= ps->body_start) continue;
+        struct prescan_cut c = {.at = at, .resume = at};
+        g_array_append_val(edits, c);
     }
-    if (ps->end > from)
-        cat_add(cat, g_mime_stream_substream(base, (gint64)from, (gint64)ps->end));
+    g_array_sort(edits, edit_cmp);
+    GMimeStream *cat = g_mime_stream_cat_new();
+    cat_range(cat, base, ps->head_start, ps->head_end, edits);
+    if (ps->separator) cat_add(cat, g_mime_stream_mem_new_with_buffer("\n", 1));
+    cat_range(cat, base, ps->body_start, ps->end, edits);
+    g_array_unref(edits);
     g_object_unref(base);
     return cat;
 }

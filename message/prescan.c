@@ -20,6 +20,10 @@
  *    that is neither a field nor a continuation (unless the next line is a field again); when no
  *    empty line is there, GMime gets one inserted (a split): without it, GMime 3.2.13 takes the
  *    body for more header lines and drops them, or loses the whole part and everything after it.
+ *  - any header field (top level or part) over LIMIT_HEADER_FIELD_BYTES: GMime gets its first
+ *    bytes only (cut at white space or a fold when one is near, never inside a UTF-8 sequence),
+ *    then a line end; the rest of the field is left out.  GMime 3.2.13 is quadratic in the
+ *    length of some fields (see util/limits.h).
  * Each cut adds a parse warning. */
 #include <string.h>
 
@@ -159,6 +163,49 @@ static bool line_starts_body(const struct scan *s, size_t pos, size_t next)
     return !is_field(s->d + next, e - next);
 }
 
+/* ---- over-long fields ------------------------------------------------------------------------ */
+
+/* Start of the first line at or after pos that does not continue the field (or len). */
+static size_t field_end(const struct scan *s, size_t pos)
+{
+    size_t next;
+    while (pos < s->len && is_wsp(s->d[pos])) line_end(s, pos, &next), pos = next;
+    return pos;
+}
+
+/* Where a field starting at fs is cut: at most fs + LIMIT_HEADER_FIELD_BYTES, at white space or a
+ * line end within the slack when there is one (before the CR LF of a fold), else not inside a
+ * UTF-8 sequence. */
+static size_t field_cut(const struct scan *s, size_t fs)
+{
+    size_t max = fs + LIMIT_HEADER_FIELD_BYTES, low = max - LIMIT_HEADER_FIELD_CUT_SLACK;
+    const uint8_t *d = s->d;
+    for (size_t c = max; c > low; c--) {
+        if (is_wsp(d[c]) || d[c] == '\r' || d[c] == '\n') {
+            while (c > fs && (d[c - 1] == '\r' || d[c - 1] == '\n')) c--;
+            return c;
+        }
+    }
+    size_t c = max;
+    while (c > low && (d[c] & 0xC0) == 0x80) c--;
+    return c;
+}
+
+/* A field [fs, ..) whose line [pos, e) takes it over LIMIT_HEADER_FIELD_BYTES: records the cut
+ * and returns where the next field starts. */
+static size_t cut_field(struct message *m, const struct scan *s, struct prescan *out, size_t fs,
+                        size_t next)
+{
+    struct prescan_cut c = {.at = field_cut(s, fs), .resume = field_end(s, next)};
+    g_array_append_val(out->cuts, c);
+    size_t n = 0;
+    while (n < 64 && s->d[fs + n] != ':' && !is_wsp(s->d[fs + n])) n++;
+    char *name = text_sanitize((const char *)s->d + fs, n, NULL);
+    message_warn(m, "header %s longer than %d bytes: cut", name, LIMIT_HEADER_FIELD_BYTES);
+    g_free(name);
+    return c.resume;
+}
+
 static void cut_headers(struct message *m, const struct scan *s, struct prescan *out,
                         size_t fields, size_t field_start, size_t pos)
 {
@@ -173,7 +220,7 @@ static void cut_headers(struct message *m, const struct scan *s, struct prescan 
 /* The top-level header block; sets head_start, head_end, separator, body_start. */
 static void scan_top(struct message *m, struct scan *s, struct prescan *out)
 {
-    size_t pos = out->head_start = head_start(s), field_start = pos, fields = 0, next;
+    size_t pos = out->head_start = head_start(s), field_start = pos, fields = 0, next, skipped = 0;
     if (s->len - pos >= 5 && memcmp(s->d + pos, "From ", 5) == 0) line_end(s, pos, &pos);
     for (;; pos = next) {
         if (pos >= s->len) {
@@ -197,9 +244,19 @@ static void scan_top(struct message *m, struct scan *s, struct prescan *out)
             return;
         }
         if (!cont) field_start = pos, fields++;
-        if (fields > LIMIT_HEADER_COUNT || next - out->head_start > LIMIT_HEADER_BYTES) {
+        bool over = e - field_start > LIMIT_HEADER_FIELD_BYTES;
+        size_t upto = over ? field_start + LIMIT_HEADER_FIELD_BYTES : next;
+        if (fields > LIMIT_HEADER_COUNT || upto - out->head_start - skipped > LIMIT_HEADER_BYTES) {
             cut_headers(m, s, out, fields, field_start, pos);
             return;
+        }
+        if (over) {
+            header_line(s, s->d + pos, upto > pos ? upto - pos : 0);
+            next = cut_field(m, s, out, field_start, next);
+            const struct prescan_cut *c =
+                &g_array_index(out->cuts, struct prescan_cut, out->cuts->len - 1);
+            skipped += c->resume - c->at; /* GMime does not see them */
+            continue;
         }
         header_line(s, s->d + pos, e - pos);
     }
@@ -208,7 +265,7 @@ static void scan_top(struct message *m, struct scan *s, struct prescan *out)
 /* Everything after the top-level header block; sets end. */
 static void scan_body(struct message *m, struct scan *s, struct prescan *out)
 {
-    size_t pos = out->body_start, next, opens = 0, hcount = 0, hbytes = 0;
+    size_t pos = out->body_start, next, opens = 0, hcount = 0, hbytes = 0, field_start = pos;
     bool in_headers = s->inner_message && !s->inner_encoded, in_field = false;
     s->inner_message = s->inner_encoded = false;
     out->end = s->len;
@@ -232,6 +289,7 @@ static void scan_body(struct message *m, struct scan *s, struct prescan *out)
             continue;
         }
         bool cont = in_field && is_wsp(s->d[pos]);
+        if (!cont) field_start = pos;
         if (!cont && !is_field(s->d + pos, e - pos)) {
             if (!line_starts_body(s, pos, next)) continue; /* a stray line: GMime drops it */
             g_array_append_val(out->splits, pos);
@@ -241,12 +299,19 @@ static void scan_body(struct message *m, struct scan *s, struct prescan *out)
         }
         in_field = true;
         hcount += !cont;
-        hbytes += next - pos;
+        bool over = e - field_start > LIMIT_HEADER_FIELD_BYTES;
+        size_t upto = over ? field_start + LIMIT_HEADER_FIELD_BYTES : next;
+        hbytes += upto > pos ? upto - pos : 0;
         if (hcount > LIMIT_HEADER_COUNT || hbytes > LIMIT_HEADER_BYTES) {
             message_warn(m, "part header limit (%d fields, %d bytes) reached: the rest of the "
                             "message ignored", LIMIT_HEADER_COUNT, LIMIT_HEADER_BYTES);
             out->end = pos;
             return;
+        }
+        if (over) {
+            header_line(s, s->d + pos, upto > pos ? upto - pos : 0);
+            next = cut_field(m, s, out, field_start, next);
+            continue;
         }
         header_line(s, s->d + pos, e - pos);
     }
@@ -256,7 +321,8 @@ void prescan_run(struct message *m, const uint8_t *data, size_t len, struct pres
 {
     struct scan s = {.d = data, .len = len,
                      .boundaries = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL)};
-    *out = (struct prescan){.splits = g_array_new(FALSE, FALSE, sizeof(size_t))};
+    *out = (struct prescan){.splits = g_array_new(FALSE, FALSE, sizeof(size_t)),
+                             .cuts = g_array_new(FALSE, FALSE, sizeof(struct prescan_cut))};
     scan_top(m, &s, out);
     scan_body(m, &s, out);
     g_hash_table_destroy(s.boundaries);
@@ -265,5 +331,6 @@ void prescan_run(struct message *m, const uint8_t *data, size_t len, struct pres
 void prescan_free(struct prescan *ps)
 {
     if (ps->splits) g_array_unref(ps->splits);
-    ps->splits = NULL;
+    if (ps->cuts) g_array_unref(ps->cuts);
+    ps->splits = ps->cuts = NULL;
 }
