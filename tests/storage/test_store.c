@@ -16,6 +16,7 @@
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <glib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -767,8 +768,10 @@ static void test_json_parse(void)
         size_t n = 99;
         int rc = store_json_parse_string_array(ok[i].in, &got, &n);
 
+        char *shown = g_strescape(ok[i].in, NULL); /* one TAP line: no raw newlines */
         CHECK(rc == 0 && n == ok[i].n && (n == 0) == (got == NULL), "json parse ok %zu: %s", i,
-              ok[i].in);
+              shown);
+        g_free(shown);
         if (rc == 0 && n && ok[i].first) CHECK_STR(got[0], ok[i].first, "json parse %zu first", i);
         if (rc == 0 && n > 1 && ok[i].last) CHECK_STR(got[n - 1], ok[i].last, "json parse %zu last", i);
         for (size_t k = 0; rc == 0 && k < n; k++) free(got[k]);
@@ -785,7 +788,9 @@ static void test_json_parse(void)
         size_t n = 99;
         int rc = store_json_parse_string_array(bad[i], &got, &n);
 
-        CHECK(rc == -1 && !got && n == 0, "json parse refuses %zu: %s", i, bad[i]);
+        char *shown = g_strescape(bad[i], NULL);
+        CHECK(rc == -1 && !got && n == 0, "json parse refuses %zu: %s", i, shown);
+        g_free(shown);
     }
     char **got = NULL;
     size_t n = 0;
