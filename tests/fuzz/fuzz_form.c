@@ -19,6 +19,8 @@
 #include "api/internal.h"
 #include "util/limits.h"
 
+#include "fuzz/fuzz_main.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void check_form(const struct form *f, enum form_status st, const char *err, size_t len)
@@ -81,29 +83,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(copy);
     return 0;
 }
-
-#ifndef INLET_LIBFUZZER
-int main(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++) {
-        FILE *fp = fopen(argv[i], "rb");
-        if (!fp) {
-            perror(argv[i]);
-            return 1;
-        }
-        size_t cap = 1 << 16, len = 0;
-        uint8_t *buf = malloc(cap);
-        size_t n;
-        while (buf && (n = fread(buf + len, 1, cap - len, fp)) > 0) {
-            len += n;
-            if (len == cap) buf = realloc(buf, cap *= 2);
-        }
-        fclose(fp);
-        if (!buf) return 1;
-        LLVMFuzzerTestOneInput(buf, len);
-        free(buf);
-        printf("%s: ok\n", argv[i]);
-    }
-    return 0;
-}
-#endif

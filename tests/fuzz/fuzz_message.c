@@ -26,13 +26,14 @@
 
 #include "message/message.h"
 
+#include "fuzz/fuzz_main.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static const char *current_input = "(libFuzzer input)";
 
 static void fail(const char *what, const char *detail)
 {
-    fprintf(stderr, "fuzz-message: %s: %s%s%s\n", current_input, what, detail ? ": " : "",
+    fprintf(stderr, "fuzz-message: %s: %s%s%s\n", fuzz_input_name, what, detail ? ": " : "",
             detail ? detail : "");
     abort();
 }
@@ -171,43 +172,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     message_free(m);
     return 0;
 }
-
-#ifndef INLET_LIBFUZZER
-int main(int argc, char **argv)
-{
-    bool quiet = false;
-    int done = 0;
-    setvbuf(stdout, NULL, _IOLBF, 0); /* "FILE: ok" must be out before a crash on the next file */
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "-q") == 0) {
-            quiet = true;
-            continue;
-        }
-        FILE *fp = fopen(argv[i], "rb");
-        if (!fp) {
-            perror(argv[i]);
-            return 1;
-        }
-        size_t cap = 1 << 16, len = 0;
-        uint8_t *buf = malloc(cap);
-        size_t n;
-        while (buf && (n = fread(buf + len, 1, cap - len, fp)) > 0) {
-            len += n;
-            if (len == cap) {
-                uint8_t *nb = realloc(buf, cap *= 2);
-                if (!nb) free(buf);
-                buf = nb;
-            }
-        }
-        fclose(fp);
-        if (!buf) return 1;
-        current_input = argv[i];
-        LLVMFuzzerTestOneInput(buf, len);
-        free(buf);
-        done++;
-        if (!quiet) printf("%s: ok\n", argv[i]);
-    }
-    if (quiet) printf("fuzz-message: %d inputs ok\n", done);
-    return 0;
-}
-#endif

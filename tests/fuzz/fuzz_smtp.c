@@ -16,6 +16,8 @@
 #include "util/domains.h"
 #include "util/log.h"
 
+#include "fuzz/fuzz_main.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 struct fuzz_ctx {
@@ -128,29 +130,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (f.reserved != 0) abort(); /* every reserved byte must come back */
     return 0;
 }
-
-#ifndef INLET_LIBFUZZER
-int main(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++) {
-        FILE *fp = fopen(argv[i], "rb");
-        if (!fp) {
-            perror(argv[i]);
-            return 1;
-        }
-        size_t cap = 1 << 16, len = 0;
-        uint8_t *buf = malloc(cap);
-        size_t n;
-        while (buf && (n = fread(buf + len, 1, cap - len, fp)) > 0) {
-            len += n;
-            if (len == cap) buf = realloc(buf, cap *= 2);
-        }
-        fclose(fp);
-        if (!buf) return 1;
-        LLVMFuzzerTestOneInput(buf, len);
-        free(buf);
-        printf("%s: ok\n", argv[i]);
-    }
-    return 0;
-}
-#endif

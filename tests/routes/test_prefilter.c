@@ -385,7 +385,7 @@ static void gen_expression(struct buf *e, bool *has_groups)
 static void gen_recipient(struct buf *b)
 {
     static const char *const pieces[] = {"a", "b", "ab", "ba", "x", "-", "A", "1", "_", ".", "+", "aa", "@", "|"};
-    static const char *const domains[] = {"ex.com", "EX.Com", "b.c", "b\xc3\xbc" "cher.example",
+    static const char *const domains[] = {"ex.com", "EX.Com", "b.c", ("b\xc3\xbc" "cher.example"),
                                           "XN--BCHER-KVA.example", "ex.com\n", ""};
     b->n = 0;
     b->s[0] = '\0';
