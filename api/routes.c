@@ -236,28 +236,6 @@ static struct route *find_route(const struct route_table *t, const char *id, siz
     return NULL;
 }
 
-/* The next table: `cur`'s routes (shared, each route_ref'd) without the one with id `drop_id`,
- * plus `add` (taken, may be NULL).  NULL when memory ran out (`add` is freed then). */
-static struct route_table *next_table(const struct route_table *cur, const char *drop_id,
-                                      struct route *add)
-{
-    size_t n = route_table_count(cur), k = 0;
-    struct route **rs = malloc((n + 1) * sizeof *rs);
-    if (!rs) {
-        route_free(add);
-        return NULL;
-    }
-    for (size_t i = 0; i < n; i++) {
-        struct route *r = route_table_get(cur, i);
-        if (drop_id && strcmp(route_get_def(r)->id, drop_id) == 0) continue;
-        rs[k++] = route_ref(r);
-    }
-    if (add) rs[k++] = add;
-    struct route_table *t = route_table_new(rs, k);
-    free(rs);
-    return t;
-}
-
 /* A store_route for `d` (strings borrowed: never freed through it). */
 static struct store_route store_view(const struct route_def *d)
 {
@@ -395,7 +373,7 @@ enum MHD_Result api_routes_create(struct api_server *api, struct api_request *re
         }
     }
     json_t *rj = route_json(route_get_def(r));
-    publish(api, next_table(cur, NULL, r));
+    publish(api, route_table_derive(cur, NULL, r));
     log_info("http", "route created id=%s", id);
     ret = api_reply_json(req->conn, MHD_HTTP_OK,
                          json_pack("{s:s, s:o}", "message", "Route has been created", "route", rj));
@@ -458,7 +436,7 @@ enum MHD_Result api_routes_update(struct api_server *api, struct api_request *re
     json_t *body = route_json(nd);
     json_object_set_new(body, "message", json_string("Route has been updated"));
     json_object_set_new(body, "route", route_json(nd));
-    publish(api, next_table(cur, id, r));
+    publish(api, route_table_derive(cur, id, r));
     log_info("http", "route updated id=%s", id);
     ret = api_reply_json(req->conn, MHD_HTTP_OK, body);
 out:
@@ -488,7 +466,7 @@ enum MHD_Result api_routes_delete(struct api_server *api, struct api_request *re
         goto out;
     }
     /* NOT_FOUND: another node deleted it; it goes from this table too. */
-    publish(api, next_table(cur, id, NULL));
+    publish(api, route_table_derive(cur, id, NULL));
     log_info("http", "route deleted id=%s", id);
     ret = api_reply_json(req->conn, MHD_HTTP_OK,
                          json_pack("{s:s, s:o}", "message", "Route has been deleted", "id", jstr(id)));

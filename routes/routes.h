@@ -61,6 +61,11 @@ size_t route_table_count(const struct route_table *t);
 const struct route *route_table_at(const struct route_table *t, size_t i);
 /* The same route, for taking a reference (route_ref) into a new table. */
 struct route *route_table_get(const struct route_table *t, size_t i);
+/* The table after one change: the routes of `old` (shared, route_ref'd, never recompiled) except
+ * the one with id `drop_id` (NULL: none), plus `add` (taken; NULL: none).  NULL when memory ran
+ * out (`add` is freed then). */
+struct route_table *route_table_derive(const struct route_table *old, const char *drop_id,
+                                       struct route *add);
 
 /* ---------------------------------------------------------------------------------------------
  * The registry: the one current table, shared by the API (which replaces it on every change)

@@ -331,3 +331,23 @@ struct route *route_table_get(const struct route_table *t, size_t i)
 {
     return t && i < t->n ? t->routes[i] : NULL;
 }
+
+struct route_table *route_table_derive(const struct route_table *old, const char *drop_id,
+                                       struct route *add)
+{
+    size_t n = route_table_count(old), k = 0;
+    struct route **rs = malloc((n + 1) * sizeof *rs);
+    if (!rs) {
+        route_free(add);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct route *r = route_table_get(old, i);
+        if (drop_id && strcmp(route_get_def(r)->id, drop_id) == 0) continue;
+        rs[k++] = route_ref(r);
+    }
+    if (add) rs[k++] = add;
+    struct route_table *t = route_table_new(rs, k);
+    free(rs);
+    return t;
+}

@@ -30,22 +30,6 @@ static struct route *mk(const char *id, int32_t prio, int64_t seq, const char *e
     return r;
 }
 
-/* A new table: the routes of `old` (each route_ref'd) except `drop_id`, plus `add` (taken). */
-static struct route_table *derive(const struct route_table *old, const char *drop_id, struct route *add)
-{
-    size_t n = route_table_count(old), k = 0;
-    struct route **rs = calloc(n + 1, sizeof *rs);
-    for (size_t i = 0; i < n; i++) {
-        struct route *r = route_table_get(old, i);
-        if (drop_id && strcmp(route_get_def(r)->id, drop_id) == 0) continue;
-        rs[k++] = route_ref(r);
-    }
-    if (add) rs[k++] = add;
-    struct route_table *t = route_table_new(rs, k);
-    free(rs);
-    return t;
-}
-
 static size_t hits(const struct route_table *t, const char *rcpt)
 {
     struct route_matcher *m = route_matcher_new();
@@ -76,7 +60,7 @@ static void test_reader_keeps_old(void)
 
     route_registry_lock(reg);
     struct route_table *cur = route_registry_current(reg);
-    struct route_table *t1 = derive(cur, NULL, a);
+    struct route_table *t1 = route_table_derive(cur, NULL, a);
     route_table_unref(cur);
     cur = route_registry_current(reg);
     route_table_unref(cur);
@@ -91,10 +75,10 @@ static void test_reader_keeps_old(void)
     route_registry_lock(reg);
     cur = route_registry_current(reg);
     struct route *a2 = mk("aaaaaaaaaaaaaaaaaaaaaaaa", 5, 1, "match_recipient('x@.*')", "stop()");
-    struct route_table *t2 = derive(cur, "aaaaaaaaaaaaaaaaaaaaaaaa", a2);
+    struct route_table *t2 = route_table_derive(cur, "aaaaaaaaaaaaaaaaaaaaaaaa", a2);
     route_table_unref(cur);
     cur = t2;
-    struct route_table *t3 = derive(cur, NULL, b);
+    struct route_table *t3 = route_table_derive(cur, NULL, b);
     route_table_unref(t2);
     route_registry_publish(reg, t3);
     route_registry_unlock(reg);
@@ -117,7 +101,7 @@ static void test_reader_keeps_old(void)
     /* Removing b: a table without it; b lives while `now` holds it. */
     route_registry_lock(reg);
     cur = route_registry_current(reg);
-    struct route_table *t4 = derive(cur, "bbbbbbbbbbbbbbbbbbbbbbbb", NULL);
+    struct route_table *t4 = route_table_derive(cur, "bbbbbbbbbbbbbbbbbbbbbbbb", NULL);
     route_table_unref(cur);
     route_registry_publish(reg, t4);
     route_registry_unlock(reg);
@@ -186,13 +170,13 @@ static void *writer(void *arg)
         struct route_table *t;
         if (r % 3 == 2 && first < next) {
             snprintf(oldest, sizeof oldest, "w%d-%ld", wa->w, first++);
-            t = derive(cur, oldest, NULL); /* remove this writer's oldest route */
+            t = route_table_derive(cur, oldest, NULL); /* remove this writer's oldest route */
         } else {
             snprintf(id, sizeof id, "w%d-%ld", wa->w, next++);
             long seq = atomic_fetch_add(&sh->seq, 1);
             struct route *nr = mk(id, (int32_t)(seq % 7) - 3, seq, "match_recipient('(?P<u>[^@]+)@example\\.com')",
                                   "forward('https://h.test/\\g<u>')");
-            t = derive(cur, NULL, nr);
+            t = route_table_derive(cur, NULL, nr);
         }
         route_table_unref(cur);
         route_registry_publish(sh->reg, t);
