@@ -28,6 +28,16 @@ struct api_config {
      * a process that serves the API alone; nothing would route by it). */
     struct route_registry *routes;
     int64_t route_quota;       /* --route-quota: POST /v3/routes refuses the route past this many */
+    const char *public_url;    /* --public-url: base of storage URLs and of the events' paging
+                                  URLs, no trailing '/' */
+    /* Hooks into the engine (api/ does not depend on engine/); each may be NULL.  They run on an
+     * MHD pool thread and must not block for long. */
+    void *hooks_arg;
+    /* New deliveries are due now (a resend, a dead-letter retry): deliver them without waiting
+     * for the next scan. */
+    void (*deliveries_due)(void *hooks_arg);
+    /* The Prometheus text of GET /metrics (malloc'd), or NULL when memory ran out. */
+    char *(*metrics)(void *hooks_arg);
 };
 
 /* Starts every listener and logs one line per listener.  NULL with *err (malloc'd); also when

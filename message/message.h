@@ -70,7 +70,12 @@ struct message_json_options {
     const char *sender;             /* "" for the null sender */
     const char *id;                 /* inlet message id, "" when none */
     size_t inline_attachments_max;  /* total decoded attachment bytes inlined as base64; an
-                                       attachment past the budget gets "content": null */
+                                       attachment past the budget gets "content": null, or
+                                       "url" when attachments_url is set */
+    const char *attachments_url;    /* NULL, or the storage URL of a copy of this message
+                                       (SPEC §6): an attachment past the budget then has
+                                       "url": "<attachments_url>/attachments/<i>" (0-based) and no
+                                       "content" */
 };
 
 /* The webhook JSON of SPEC §5 (json format) without timestamp, token and signature: every field
@@ -81,5 +86,70 @@ json_t *message_to_json(const struct message *m, const struct message_json_optio
 /* SPEC §3 reserved names: true when a header called `name` must not be emitted as its own
  * field (it stays in message-headers).  The one rule every per-header encoding uses. */
 bool message_reserved_name(const char *name);
+
+/* ---------------------------------------------------------------------------------------------
+ * Webhook POST bodies (SPEC §5) and the stored-message JSON (SPEC §6).
+ *
+ * A POST body is built once per delivery and signed afresh for every attempt: the body is the
+ * *fixed part* (every field but timestamp, token and signature) followed by a *tail* that
+ * message_post_tail() makes per attempt (the three signature fields and the closing bytes: "}"
+ * for JSON, the last boundary for multipart).  The fixed part is a list of segments so that big
+ * pieces are not copied: the exact message bytes (body-mime) are referenced, not copied. */
+enum message_post_format {
+    MESSAGE_POST_JSON,      /* application/json */
+    MESSAGE_POST_MAILGUN,   /* Mailgun's form: urlencoded when small and without attachments,
+                               else multipart/form-data (always multipart above 1 MiB) */
+    MESSAGE_POST_MIME,      /* Mailgun's raw MIME variant: multipart with body-mime */
+};
+
+struct message_post_segment {
+    const uint8_t *data;
+    size_t len;
+};
+
+struct message_post;
+
+struct message_post_options {
+    struct message_json_options json; /* recipient, sender, id, inline budget, attachments_url */
+    /* Notify POST of a stored copy (SPEC §6): when set, adds "message-url" and lists attachments
+     * as [{size, url, name, content-type}] (url = <message_url>/attachments/<i>), no content, in
+     * every format. */
+    const char *message_url;
+};
+
+/* Builds the fixed part.  `raw`/`raw_len` are the exact stored bytes of `m` (they must outlive
+ * the post: MESSAGE_POST_MIME references them).  `m` is only read during the call: the post
+ * does not refer to it afterwards.  NULL only when memory runs out. */
+struct message_post *message_post_new(const struct message *m, const uint8_t *raw, size_t raw_len,
+                                      enum message_post_format format,
+                                      const struct message_post_options *opts);
+void message_post_free(struct message_post *p);
+/* "application/json", "application/x-www-form-urlencoded" or
+ * "multipart/form-data; boundary=..." (the boundary: random, not in the body). */
+const char *message_post_content_type(const struct message_post *p);
+/* The fixed part's segments, in order. */
+size_t message_post_segment_count(const struct message_post *p);
+struct message_post_segment message_post_segment(const struct message_post *p, size_t i);
+/* Bytes of the fixed part (sum of the segments). */
+size_t message_post_fixed_len(const struct message_post *p);
+/* The tail for one attempt into `out` (at most MESSAGE_POST_TAIL_MAX bytes): the fields
+ * timestamp, token, signature, in that order, in the post's encoding, and the closing bytes.
+ * Returns its length. */
+#define MESSAGE_POST_TAIL_MAX 512
+size_t message_post_tail(const struct message_post *p, const char *timestamp, const char *token,
+                         const char *signature, char out[MESSAGE_POST_TAIL_MAX]);
+
+/* The stored-message JSON of SPEC §6 (GET <storage url>): recipients, sender, from, subject,
+ * bodies, attachments [{size, url, name, content-type}], message-headers, content-id-map
+ * (<cid> → {url, content-type, name, size}), and each non-reserved header as its own key (the
+ * first occurrence).  `storage_url` is the copy's URL (attachment URLs derive from it).  New
+ * reference; NULL only when memory runs out. */
+json_t *message_stored_json(const struct message *m, const char *recipient, const char *sender,
+                            const char *storage_url);
+/* body-mime of the Accept: message/rfc2822 answer (SPEC §6): the exact bytes when they are valid
+ * UTF-8 without NUL; otherwise the message re-encoded by GMime to 7-bit MIME (8-bit and binary
+ * parts as quoted-printable or base64).  malloc'd, NUL-terminated, *len bytes; NULL when memory
+ * runs out. */
+char *message_body_mime(const uint8_t *raw, size_t raw_len, size_t *len);
 
 #endif

@@ -183,4 +183,169 @@ int store_list_unprocessed(struct store *st, char ***ids, size_t *n, size_t max,
 enum store_status store_load_message(struct store *st, const char *id, struct store_message **out,
                                      char **err);
 
+/* ---------------------------------------------------------------------------------------------
+ * Writes without waiting.  store_submit_job() queues a write for the next batch like
+ * store_run_job() does, but returns at once; `done(arg, status, err)` runs on the writer thread
+ * once the batch committed (STORE_OK: durable) or the write failed (err malloc'd, owned by the
+ * callee; NULL with STORE_OK).  For the event loop, which must never wait for a commit. */
+typedef void (*store_write_done_fn)(void *arg, enum store_status status, char *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Deliveries (SPEC §5): the durable retry queue.  Rows are planned by store_write_outcome()
+ * (state 'pending', next_attempt_at = the outcome's `now`); every attempt is recorded with
+ * store_record_attempt().  States: pending → delivered | failed; failed → pending again only by
+ * store_delivery_retry() (the dead-letter replay, SPEC §7). */
+struct store_delivery {
+    char id[ID_LEN + 1];
+    char message_id[ID_LEN + 1];
+    char *recipient;
+    char *kind;             /* "url" or "address" */
+    char *target;
+    char *format;           /* "json", "mailgun", "mime" or "" (the default) */
+    char *route_ids_json;
+    char *state;            /* "pending", "delivered", "failed" */
+    int64_t attempts;
+    int64_t next_attempt_at; /* Unix seconds */
+    int64_t created_at;      /* Unix seconds */
+    int64_t updated_at;      /* Unix seconds: the end of the last attempt, or created_at */
+    int last_status;         /* HTTP status or SMTP reply code of the last attempt; 0 for none */
+    char *last_error;        /* "" when none */
+};
+void store_deliveries_free(struct store_delivery *d, size_t n);
+
+/* Pending deliveries with next_attempt_at <= now, ordered by (next_attempt_at, id), starting
+ * strictly after the cursor (after_at, after_id) (after_id "" = from the start), at most `max`.
+ * A read (any thread; short).  0 with *out (malloc'd array; NULL when none) and *n, or -1. */
+int store_deliveries_due(struct store *st, int64_t now, int64_t after_at, const char *after_id,
+                         size_t max, struct store_delivery **out, size_t *n, char **err);
+/* The smallest next_attempt_at of a pending delivery: 0 with *at, -ENOENT when none pending,
+ * -1 on error. */
+int store_deliveries_next_due(struct store *st, int64_t *at);
+/* One delivery by id: STORE_OK with *out (free with store_deliveries_free(out, 1)),
+ * STORE_ERR_NOT_FOUND, or STORE_ERR_IO with *err. */
+enum store_status store_delivery_get(struct store *st, const char *id, struct store_delivery **out,
+                                     char **err);
+
+/* Deliveries for the dead-letter view (SPEC §7): state `state` ("failed", "pending",
+ * "delivered"; NULL = any), newest update first, starting strictly after the cursor
+ * (before_updated_at, before_id) (before_id "" = from the newest), at most `max`. */
+int store_deliveries_list(struct store *st, const char *state, int64_t before_updated_at,
+                          const char *before_id, size_t max, struct store_delivery **out, size_t *n,
+                          char **err);
+
+/* One finished attempt of a delivery, and what follows from it.  Written in one transaction:
+ * the attempts row, the delivery's new state (attempts + 1, last_status, last_error,
+ * updated_at = the attempt's end, next_attempt_at for a retry) and the event (SPEC §7):
+ * "delivered", or "failed" with severity "temporary" (a retry follows) or "permanent". */
+struct store_attempt {
+    const char *delivery_id;
+    int64_t started_at_ms;   /* Unix milliseconds */
+    int64_t duration_ms;
+    int status;              /* HTTP status or SMTP reply code; 0 when there was none */
+    const char *error;       /* why it failed ("" when delivered): e.g. "HTTP 500", "timed out" */
+    const char *outcome;     /* "delivered", "retry" or "failed" */
+    int64_t next_attempt_at; /* Unix seconds, for "retry" */
+};
+/* Queued, not waited for (store_write_done_fn above; the struct and its strings are copied).
+ * STORE_ERR_NOT_FOUND when the delivery does not exist or is not 'pending' (nothing written). */
+void store_record_attempt(struct store *st, const struct store_attempt *a, store_write_done_fn done,
+                          void *arg);
+
+/* The dead-letter replay: a 'failed' delivery becomes 'pending', due at `now` (attempts kept; the
+ * retry schedule starts again from its first delay).  Waits for the commit.  STORE_ERR_NOT_FOUND
+ * when there is no such failed delivery, or its message bytes are gone (past
+ * --failed-retention). */
+enum store_status store_delivery_retry(struct store *st, const char *id, int64_t now, char **err);
+
+/* New deliveries that are not the routing outcome of a message: a stored message resent to
+ * addresses (SPEC §6 POST <storage url>).  Rows as store_write_outcome() writes them
+ * (next_attempt_at = now; kind, target, format and route_ids from each plan).  No event is
+ * written for them here.  Waits for the commit.  STORE_ERR_NOT_FOUND when there is no such
+ * message. */
+enum store_status store_deliveries_add(struct store *st, const char *message_id,
+                                       const struct store_delivery_plan *plans, size_t n,
+                                       int64_t now, char **err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Stored copies (SPEC §6). */
+struct store_copy {
+    char key[48];
+    char message_id[ID_LEN + 1];
+    char *recipient;
+    char *domain;
+    char *route_id;
+    char *notify;            /* NULL when none */
+    char *format;
+    int64_t expires_at;      /* Unix seconds */
+    int64_t created_at;
+};
+void store_copy_free(struct store_copy *c);
+/* The copy `key` unless it expired (expires_at <= now) or was deleted: STORE_OK with *copy and,
+ * when msg is not NULL, *msg (its message, bytes copied out as store_load_message does);
+ * STORE_ERR_NOT_FOUND; STORE_ERR_IO with *err. */
+enum store_status store_copy_get(struct store *st, const char *key, int64_t now,
+                                 struct store_copy **copy, struct store_message **msg, char **err);
+/* Deletes copy `key` (waits for the commit): STORE_OK, or STORE_ERR_NOT_FOUND when there was no
+ * such unexpired copy. */
+enum store_status store_copy_delete(struct store *st, const char *key, int64_t now, char **err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Events (SPEC §7): one row per thing that happened to a (message, recipient).  Written by the
+ * store itself: "accepted" per recipient a route matched and "stored" per copy, by
+ * store_write_outcome(); "delivered" / "failed" by store_record_attempt().  Ids increase in the
+ * order the rows were written. */
+struct store_event {
+    int64_t id;
+    int64_t ts_ms;           /* Unix milliseconds */
+    char *event;             /* "accepted", "stored", "delivered", "failed" */
+    char *severity;          /* "temporary" / "permanent" for "failed", else "" */
+    char message_id[ID_LEN + 1];
+    char *recipient;
+    char *domain;            /* recipient's domain, lower case */
+    char *delivery_id;       /* "" when none */
+    char *detail_json;       /* JSON object: route ids, target, status, error, attempt, key... */
+};
+void store_events_free(struct store_event *e, size_t n);
+struct store_event_query {
+    const char *domain;      /* required */
+    const char *event;       /* NULL = any */
+    const char *message_id;  /* NULL = any */
+    const char *recipient;   /* NULL = any; compared case-insensitively */
+    int64_t begin_ms, end_ms; /* inclusive bounds on ts_ms; 0 = unbounded */
+    bool ascending;          /* order by (ts_ms, id) ascending, else descending */
+    int64_t after_ts_ms;     /* cursor: rows strictly after (ascending) or before (descending) */
+    int64_t after_id;        /*   (after_ts_ms, after_id); after_id 0 = no cursor */
+    size_t limit;
+};
+int store_events_query(struct store *st, const struct store_event_query *q, struct store_event **out,
+                       size_t *n, char **err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Retention (SPEC §6).  One pass of the sweeper, as a job (waits for its commit; call it from a
+ * thread that may block): deletes at most `batch` rows of each kind: expired stored copies;
+ * events and delivered/pending-less history older than event_ttl; failed deliveries (and their
+ * attempts) older than failed_retention; messages whose bytes nothing needs any more (not
+ * 'accepted', no pending delivery, no unexpired copy, no failed delivery kept); then gives free
+ * pages back (incremental vacuum).  *more = true when some kind hit `batch` (run again soon). */
+struct store_sweep_result {
+    uint64_t copies, events, deliveries, messages, pages_freed;
+    bool more;
+};
+enum store_status store_sweep(struct store *st, int64_t now, int64_t event_ttl, int64_t failed_retention,
+                              size_t batch, struct store_sweep_result *out, char **err);
+
+/* Gauges for GET /metrics (a read; any thread). */
+struct store_gauges {
+    int64_t deliveries_pending, deliveries_due, deliveries_failed;
+    int64_t oldest_due_at;          /* Unix seconds of the oldest due pending delivery, 0 if none */
+    int64_t stored_copies, stored_bytes, stored_oldest_at; /* unexpired copies; bytes of their messages */
+    int64_t messages, database_bytes; /* messages rows; size of the database plus WAL */
+};
+int store_gauges(struct store *st, int64_t now, struct store_gauges *out, char **err);
+
+/* `inlet backup FILE` (SPEC §7 operations): a consistent copy of the whole database into `path`
+ * (SQLite: VACUUM INTO, from a read connection, while the writer goes on).  The file must not
+ * exist.  0, or -1 with *err. */
+int store_backup(struct store *st, const char *path, char **err);
+
 #endif

@@ -67,6 +67,33 @@ static const struct setting settings[] = {
      "refuse at RCPT (550 5.1.1) a hosted recipient that no route could match"},
     {"store-ttl", SET_INT, OFF(store_ttl), "259200", 1, 315360000, "SECONDS",
      "how long a copy kept by store() can be fetched"},
+    {"event-ttl", SET_INT, OFF(event_ttl), "604800", 1, 315360000, "SECONDS",
+     "how long events and delivery history are kept"},
+    {"failed-retention", SET_INT, OFF(failed_retention), "259200", 1, 315360000, "SECONDS",
+     "how long failed deliveries (and their message bytes) are kept for replay"},
+    {"public-url", SET_STR, OFF(public_url), "", 0, 0, "URL",
+     "base of storage URLs (default http://<first --http-listen>; required with a wildcard listener)"},
+    {"webhook-format", SET_STR, OFF(webhook_format), "json", 0, 0, "json|mailgun",
+     "default format of webhook POSTs"},
+    {"retry-schedule", SET_LIST, OFF(retry_schedule_text), "600,600,900,1800,3600,7200,14400", 0, 0,
+     "S1,S2,...", "seconds from a failed attempt to the next (each +-10% jitter); then failed"},
+    {"webhook-timeout", SET_INT, OFF(webhook_timeout), "60", 1, LIMIT_TIMEOUT_MAX, "SECONDS",
+     "whole webhook POST (or relay session) at most this long"},
+    {"webhook-connect-timeout", SET_INT, OFF(webhook_connect_timeout), "10", 1, LIMIT_TIMEOUT_MAX,
+     "SECONDS", "connecting to a webhook (or the relay) at most this long"},
+    {"inline-attachments-max", SET_INT, OFF(inline_attachments_max), "10485760", 0,
+     LIMIT_MESSAGE_SIZE_MAX, "BYTES", "attachment bytes inlined in a JSON POST; the rest by URL"},
+    {"relay", SET_STR, OFF(relay), "", 0, 0, "URL",
+     "smtp://[user@]host:port (or smtps://) for forward(\"address\") and resends"},
+    {"relay-password-file", SET_STR, OFF(relay_password_file), NULL, 0, 0, "FILE",
+     "file whose first line is the relay password"},
+    {"relay-tls", SET_STR, OFF(relay_tls), "opportunistic", 0, 0, "require|opportunistic",
+     "STARTTLS to the relay: required, or used when offered"},
+    {"bounce-address", SET_STR, OFF(bounce_address), "", 0, 0, "ADDR",
+     "envelope sender of forwards (default: the original sender)"},
+    {"tls-cert", SET_STR, OFF(tls_cert), NULL, 0, 0, "FILE",
+     "PEM certificate chain: enables STARTTLS (with --tls-key)"},
+    {"tls-key", SET_STR, OFF(tls_key), NULL, 0, 0, "FILE", "PEM private key of --tls-cert"},
     {"api-key", SET_STR, OFF(api_key), NULL, 0, 0, "KEY",
      "HTTP Basic password of user api (default: generated on first start, kept in the database)"},
     {"api-key-file", SET_STR, OFF(api_key_file), NULL, 0, 0, "FILE",
@@ -319,8 +346,93 @@ static void validate_key(char **key, char **file, const char *opt, const char *l
                                opt, KEY_MAX);
 }
 
+static void validate_retry_schedule(struct inlet_config *cfg, GString *errors)
+{
+    const struct strlist *l = &cfg->retry_schedule_text;
+    if (l->count > LIMIT_RETRIES_MAX) {
+        g_string_append_printf(errors, "--retry-schedule: more than %d retries\n", LIMIT_RETRIES_MAX);
+        return;
+    }
+    cfg->retry_schedule = g_new0(int64_t, l->count + 1);
+    cfg->retry_count = l->count;
+    for (size_t i = 0; i < l->count; i++) {
+        char *end = NULL;
+        const char *t = l->items[i];
+        gint64 v = g_ascii_strtoll(t, &end, 10);
+        if (!*t || *end || v < 1 || v > LIMIT_RETRY_DELAY_MAX) {
+            g_string_append_printf(errors, "--retry-schedule: \"%s\" is not a delay in seconds (1..%d)\n", t,
+                                   LIMIT_RETRY_DELAY_MAX);
+            return;
+        }
+        cfg->retry_schedule[i] = v;
+    }
+}
+
+/* The base of storage URLs: given, or http://<first HTTP listener> unless that is a wildcard
+ * address, which names no host a client could reach. */
+static void validate_public_url(struct inlet_config *cfg, GString *errors)
+{
+    char *u = cfg->public_url;
+    if (u && *u) {
+        if (!g_str_has_prefix(u, "http://") && !g_str_has_prefix(u, "https://"))
+            g_string_append_printf(errors, "--public-url: \"%s\" is not an http:// or https:// URL\n", u);
+        size_t n = strlen(u);
+        while (n > 0 && u[n - 1] == '/') u[--n] = '\0';
+        return;
+    }
+    if (cfg->http_listen.count == 0) return;
+    struct sockaddr_storage ss;
+    char *err = NULL;
+    if (net_parse_listen(cfg->http_listen.items[0], &ss, &err) < 0) {
+        g_free(err); /* reported by validate_listeners */
+        return;
+    }
+    if (net_is_wildcard((struct sockaddr *)&ss)) {
+        g_string_append_printf(errors, "--public-url is required when --http-listen is a wildcard address (%s)\n",
+                               cfg->http_listen.items[0]);
+        return;
+    }
+    g_free(cfg->public_url);
+    cfg->public_url = g_strdup_printf("http://%s", cfg->http_listen.items[0]);
+}
+
+static void validate_deliveries(struct inlet_config *cfg, GString *errors)
+{
+    if (strcmp(cfg->webhook_format, "json") != 0 && strcmp(cfg->webhook_format, "mailgun") != 0)
+        g_string_append_printf(errors, "--webhook-format: \"%s\" is not json or mailgun\n", cfg->webhook_format);
+    if (strcmp(cfg->relay_tls, "require") != 0 && strcmp(cfg->relay_tls, "opportunistic") != 0)
+        g_string_append_printf(errors, "--relay-tls: \"%s\" is not require or opportunistic\n", cfg->relay_tls);
+    if (*cfg->relay && !g_str_has_prefix(cfg->relay, "smtp://") && !g_str_has_prefix(cfg->relay, "smtps://"))
+        g_string_append_printf(errors, "--relay: \"%s\" is not an smtp:// or smtps:// URL\n", cfg->relay);
+    if (cfg->relay_password_file && *cfg->relay_password_file) {
+        cfg->relay_password = read_key_file(cfg->relay_password_file, "password", "relay-password-file", errors);
+        if (cfg->relay_password && !*cfg->relay) 
+            g_string_append(errors, "--relay-password-file is given without --relay\n");
+    }
+    if (*cfg->bounce_address && (strchr(cfg->bounce_address, '<') || strchr(cfg->bounce_address, '>') ||
+                                 strpbrk(cfg->bounce_address, " \r\n")))
+        g_string_append_printf(errors, "--bounce-address: \"%s\" is not a bare address\n", cfg->bounce_address);
+    validate_retry_schedule(cfg, errors);
+}
+
+static void validate_tls(struct inlet_config *cfg, GString *errors)
+{
+    const bool cert = cfg->tls_cert && *cfg->tls_cert, key = cfg->tls_key && *cfg->tls_key;
+    if (cert != key) {
+        g_string_append(errors, "--tls-cert and --tls-key go together\n");
+        return;
+    }
+    if (cert && access(cfg->tls_cert, R_OK) != 0)
+        g_string_append_printf(errors, "--tls-cert: cannot read %s: %s\n", cfg->tls_cert, g_strerror(errno));
+    if (key && access(cfg->tls_key, R_OK) != 0)
+        g_string_append_printf(errors, "--tls-key: cannot read %s: %s\n", cfg->tls_key, g_strerror(errno));
+}
+
 static void validate(struct inlet_config *cfg, GString *errors)
 {
+    validate_public_url(cfg, errors);
+    validate_deliveries(cfg, errors);
+    validate_tls(cfg, errors);
     validate_key(&cfg->api_key, &cfg->api_key_file, "api-key", "api_key", errors);
     validate_key(&cfg->signing_key, &cfg->signing_key_file, "signing-key", "signing_key", errors);
     validate_listeners(&cfg->smtp_listen, "smtp-listen", errors);
@@ -388,6 +500,10 @@ void config_free(struct inlet_config *cfg)
     }
     domain_set_free(cfg->domain_set);
     cfg->domain_set = NULL;
+    g_clear_pointer(&cfg->retry_schedule, g_free);
+    cfg->retry_count = 0;
+    if (cfg->relay_password) explicit_bzero(cfg->relay_password, strlen(cfg->relay_password));
+    g_clear_pointer(&cfg->relay_password, g_free);
 }
 
 void config_print_help(FILE *out)

@@ -38,6 +38,26 @@ struct inlet_config {
     char *log_level;
     bool reject_unrouted;  /* RCPT that no route could match → 550 5.1.1 (SPEC §2, §4) */
     int64_t store_ttl;     /* seconds a stored copy is kept (SPEC §6) */
+    int64_t event_ttl;     /* seconds events and delivery history are kept (SPEC §6, §7) */
+    int64_t failed_retention; /* seconds failed deliveries and their bytes are kept (SPEC §6) */
+    char *public_url;      /* base of storage URLs, no trailing '/'; derived from the first
+                              --http-listen when not given (SPEC §1) */
+    /* Deliveries (SPEC §5). */
+    char *webhook_format;  /* "json" or "mailgun" */
+    struct strlist retry_schedule_text;
+    int64_t *retry_schedule; /* derived: seconds, retry_count entries */
+    size_t retry_count;
+    int64_t webhook_timeout;
+    int64_t webhook_connect_timeout;
+    int64_t inline_attachments_max;
+    char *relay;           /* smtp://[user@]host:port or smtps://..., "" for none */
+    char *relay_password_file;
+    char *relay_password;  /* derived: the file's first line */
+    char *relay_tls;       /* "require" or "opportunistic" */
+    char *bounce_address;  /* "" → the original sender */
+    /* STARTTLS (SPEC §1): both or neither. */
+    char *tls_cert;
+    char *tls_key;
     /* Keys (SPEC §1).  After config_load() api_key/signing_key hold the key from the option or
      * the environment or the first line of the file (NULL when none is given: `inlet serve` then
      * uses the database's, generating them on first start). */

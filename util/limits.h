@@ -32,6 +32,9 @@
 #define LIMIT_CONNECTIONS_MAX 100000
 #define LIMIT_HOPS_MAX 500
 #define LIMIT_TIMEOUT_MAX 3600
+/* --retry-schedule: at most this many retries, each at most a week. */
+#define LIMIT_RETRIES_MAX 50
+#define LIMIT_RETRY_DELAY_MAX (7 * 24 * 3600)
 
 /* Message bytes held in memory by all SMTP sessions together (DATA in progress and messages
  * waiting for their commit).  Above it a new DATA gets 452 4.3.1 instead of exhausting memory:
