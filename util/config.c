@@ -368,8 +368,8 @@ static void validate_retry_schedule(struct inlet_config *cfg, GString *errors)
     }
 }
 
-/* The base of storage URLs: given, or http://<first HTTP listener> unless that is a wildcard
- * address, which names no host a client could reach. */
+/* The base of storage URLs: given, or (engine) http://<the first HTTP listener's bound address>,
+ * which a wildcard address cannot be: no client could reach "0.0.0.0". */
 static void validate_public_url(struct inlet_config *cfg, GString *errors)
 {
     char *u = cfg->public_url;
@@ -387,13 +387,9 @@ static void validate_public_url(struct inlet_config *cfg, GString *errors)
         g_free(err); /* reported by validate_listeners */
         return;
     }
-    if (net_is_wildcard((struct sockaddr *)&ss)) {
+    if (net_is_wildcard((struct sockaddr *)&ss))
         g_string_append_printf(errors, "--public-url is required when --http-listen is a wildcard address (%s)\n",
                                cfg->http_listen.items[0]);
-        return;
-    }
-    g_free(cfg->public_url);
-    cfg->public_url = g_strdup_printf("http://%s", cfg->http_listen.items[0]);
 }
 
 static void validate_deliveries(struct inlet_config *cfg, GString *errors)

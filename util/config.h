@@ -40,8 +40,8 @@ struct inlet_config {
     int64_t store_ttl;     /* seconds a stored copy is kept (SPEC §6) */
     int64_t event_ttl;     /* seconds events and delivery history are kept (SPEC §6, §7) */
     int64_t failed_retention; /* seconds failed deliveries and their bytes are kept (SPEC §6) */
-    char *public_url;      /* base of storage URLs, no trailing '/'; derived from the first
-                              --http-listen when not given (SPEC §1) */
+    char *public_url;      /* base of storage URLs, no trailing '/'; "" when not given: the
+                              engine derives it from the first HTTP listener once bound */
     /* Deliveries (SPEC §5). */
     char *webhook_format;  /* "json" or "mailgun" */
     struct strlist retry_schedule_text;
