@@ -44,6 +44,12 @@ struct store_job {
     char *err;
 };
 
+/* One sweeper pass (store_sweep). */
+struct store_sweep_args {
+    int64_t now, event_ttl, failed_retention; /* Unix seconds, seconds, seconds */
+    size_t batch;                             /* rows of each kind, at most */
+};
+
 struct store_backend {
     const char *kind; /* "sqlite" */
 
@@ -111,6 +117,39 @@ struct store_backend {
     int (*writer_query)(void *be, const char *sql, char *out, size_t outsz);
     /* Checkpoint counters since open (for tests).  May be NULL. */
     void (*checkpoint_stats)(void *be, struct store_checkpoint_stats *out);
+
+    /* ---- deliveries, stored copies, events, retention (SPEC §5–§7; store.h says what each
+     * does).  Typed operations for jobs (write connection, inside the job's savepoint): 0 with
+     * *result STORE_OK, or STORE_ERR_NOT_FOUND when nothing was written; -1 with *err on a
+     * database error. */
+    int (*record_attempt)(void *be, const struct store_attempt *a, enum store_status *result,
+                          char **err);
+    int (*delivery_retry)(void *be, const char *id, int64_t now, enum store_status *result,
+                          char **err);
+    int (*deliveries_add)(void *be, const char *message_id,
+                          const struct store_delivery_plan *plans, size_t n, int64_t now,
+                          enum store_status *result, char **err);
+    int (*copy_delete)(void *be, const char *key, int64_t now, enum store_status *result,
+                       char **err);
+    /* One sweeper pass, including the giving back of free pages: 0 with *out, or -1. */
+    int (*sweep)(void *be, const struct store_sweep_args *args, struct store_sweep_result *out,
+                 char **err);
+    /* Reads (any thread; each ends its read transaction before returning and copies every
+     * value out).  0 (or -ENOENT where store.h has a "not found"), or -1 with *err. */
+    int (*deliveries_due)(void *be, int64_t now, int64_t after_at, const char *after_id,
+                          size_t max, struct store_delivery **out, size_t *n, char **err);
+    int (*deliveries_next_due)(void *be, int64_t *at, char **err);
+    int (*delivery_get)(void *be, const char *id, struct store_delivery **out, char **err);
+    int (*deliveries_list)(void *be, const char *state, int64_t before_updated_at,
+                           const char *before_id, size_t max, struct store_delivery **out,
+                           size_t *n, char **err);
+    int (*copy_get)(void *be, const char *key, int64_t now, struct store_copy **copy,
+                    struct store_message **msg, char **err);
+    int (*events_query)(void *be, const struct store_event_query *q, struct store_event **out,
+                        size_t *n, char **err);
+    int (*gauges)(void *be, int64_t now, struct store_gauges *out, char **err);
+    /* A consistent copy of the database into `path`, created here (O_EXCL, 0600). */
+    int (*backup)(void *be, const char *path, char **err);
 };
 
 extern const struct store_backend store_sqlite_backend;
@@ -137,6 +176,23 @@ void store_test_checkpoint_stats(struct store *st, struct store_checkpoint_stats
  * failed; then job->status and job->err (malloc'd, the caller frees it) are set.  Blocks the
  * calling thread for one commit; must not be called from the writer thread (a job's run). */
 void store_run_job(struct store *st, struct store_job *job);
+
+/* ---- asynchronous jobs and the face's own helpers -------------------------------------------
+ *
+ * store_submit_job: queues `job` for the next batch like store_run_job, but returns at once.
+ * Ownership: `job` must be malloc'd; the store owns the struct from this call on and free()s it
+ * after `done` returned (job->arg stays the caller's: `done` is where to free it).  `done(arg,
+ * status, err)` runs exactly once: on the writer thread after the batch committed (status =
+ * job->status: STORE_OK, durable) or failed (err malloc'd, owned by the callee; NULL with
+ * STORE_OK), or at once on the calling thread when the store is closing or out of memory
+ * (STORE_ERR_IO, err set).  `done` must not block, nor call store_run_job() (it would wait for
+ * its own thread); it may submit further jobs.  The job's own result (e.g. a NOT_FOUND) travels
+ * in job->arg. */
+void store_submit_job(struct store *st, struct store_job *job, store_write_done_fn done,
+                      void *arg);
+
+/* The backend table and handle of an open store (for the face's files beside store.c). */
+const struct store_backend *store_backend_of(struct store *st, void **be);
 
 /* JSON array of strings, e.g. ["a@b.example","c@d.example"]: `"`, `\` and control characters
  * escaped (\" \\ \n \r \t \b \f, else \u00XX); every other byte, UTF-8 included, kept as is.

@@ -92,6 +92,71 @@ static const struct store_migration migrations[] = {
             "ALTER TABLE messages ADD COLUMN parse_warnings TEXT NOT NULL DEFAULT '[]';",
         .postgres_sql = NULL,
     },
+    {
+        .version = 3,
+        .description = "attempts, events, purge candidates",
+        .sqlite_sql =
+            /* Every finished attempt of a delivery (SPEC §5); goes with its delivery. */
+            "CREATE TABLE attempts ("
+            "  delivery_id TEXT NOT NULL,"
+            "  n INTEGER NOT NULL,"             /* 1, 2, ... */
+            "  started_at INTEGER NOT NULL,"    /* Unix milliseconds */
+            "  duration_ms INTEGER NOT NULL,"
+            "  status INTEGER,"                 /* HTTP status / SMTP reply code; NULL: none */
+            "  error TEXT NOT NULL,"            /* '' when delivered */
+            "  outcome TEXT NOT NULL,"          /* delivered | retry | failed */
+            "  PRIMARY KEY (delivery_id, n)"
+            ");"
+            /* What happened to a (message, recipient) (SPEC §7).  AUTOINCREMENT: ids follow the
+             * order of writing, never reused after the sweeper deleted the newest rows. */
+            "CREATE TABLE events ("
+            "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            "  ts INTEGER NOT NULL,"            /* Unix milliseconds */
+            "  event TEXT NOT NULL,"            /* accepted | stored | delivered | failed */
+            "  severity TEXT NOT NULL DEFAULT ''," /* temporary | permanent for failed */
+            "  message_id TEXT NOT NULL,"
+            "  recipient TEXT NOT NULL,"
+            "  domain TEXT NOT NULL,"           /* recipient's domain, lower case */
+            "  delivery_id TEXT NOT NULL DEFAULT '',"
+            "  detail TEXT NOT NULL DEFAULT '{}'" /* JSON object */
+            ");"
+            /* The events API reads one domain by time (the rowid id completes the order); the
+             * sweeper deletes by time; look-ups by message. */
+            "CREATE INDEX events_domain_ts ON events (domain, ts);"
+            "CREATE INDEX events_ts ON events (ts);"
+            "CREATE INDEX events_message ON events (message_id);"
+            /* The dead-letter list (state, newest update first) and the sweeper's history
+             * look-ups.  Rows written before this step: updated_at = created_at. */
+            "ALTER TABLE deliveries ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;"
+            "UPDATE deliveries SET updated_at = created_at;"
+            "CREATE INDEX deliveries_state_updated ON deliveries (state, updated_at, id);"
+            /* The stored copy a delivery refers to (store_delivery_plan.copy_key), '' for none. */
+            "ALTER TABLE deliveries ADD COLUMN copy_key TEXT NOT NULL DEFAULT '';"
+            /* Messages that may have become unneeded (SPEC §6 retention): the triggers below
+             * note a message whenever something that kept its bytes goes away, and the sweeper
+             * checks and purges only these, never scanning every message.  A message still
+             * needed is dropped from the list; whatever keeps it notes it again when it goes. */
+            "CREATE TABLE purge_candidates ("
+            "  message_id TEXT PRIMARY KEY"
+            ") WITHOUT ROWID;"
+            "CREATE TRIGGER purge_on_routed AFTER UPDATE OF state ON messages"
+            "  WHEN new.state <> 'accepted' BEGIN"
+            "  INSERT OR IGNORE INTO purge_candidates (message_id) VALUES (new.id);"
+            " END;"
+            "CREATE TRIGGER purge_on_delivery_end AFTER UPDATE OF state ON deliveries"
+            "  WHEN new.state = 'delivered' BEGIN"
+            "  INSERT OR IGNORE INTO purge_candidates (message_id) VALUES (new.message_id);"
+            " END;"
+            "CREATE TRIGGER purge_on_delivery_gone AFTER DELETE ON deliveries BEGIN"
+            "  INSERT OR IGNORE INTO purge_candidates (message_id) VALUES (old.message_id);"
+            " END;"
+            "CREATE TRIGGER purge_on_copy_gone AFTER DELETE ON stored BEGIN"
+            "  INSERT OR IGNORE INTO purge_candidates (message_id) VALUES (old.message_id);"
+            " END;"
+            "INSERT INTO purge_candidates (message_id)"
+            "  SELECT id FROM messages WHERE state <> 'accepted';",
+        .postgres_sql = NULL,
+    },
 };
 
 const struct store_migration *store_migrations(size_t *count)

@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "storage/backend.h"
+#include "storage/sqlite_int.h"
 #include "util/log.h"
 
 #define SQLITE_BUSY_TIMEOUT_MS 5000
@@ -51,41 +52,8 @@
 #define SQLITE_CHECKPOINT_FORCE_FRAMES 16384
 #define SQLITE_CHECKPOINT_VALVE_BUSY_MS 250
 
-struct sqlite_be {
-    char *path;
-    char *dir; /* directory of the database file (WAL and shm files live there) */
-    char name[64];
 
-    sqlite3 *wdb;
-    sqlite3_stmt *insert;
-    /* the outcome of one message (writer thread only) */
-    sqlite3_stmt *route_msg, *msg_exists, *ins_rcpt, *ins_delivery, *ins_stored;
-    int wal_frames; /* frames in the WAL after the last commit (writer thread only) */
-
-    pthread_mutex_t rmu;
-    sqlite3 *rdb;
-    sqlite3_stmt *count, *routes, *unprocessed, *load;
-
-    pthread_mutex_t pmu;
-    sqlite3 *pdb;
-
-    /* The checkpointer: cmu guards the flags and the counters below it. */
-    sqlite3 *cdb;
-    pthread_t ckpt;
-    bool ckpt_started;
-    pthread_mutex_t cmu;
-    pthread_cond_t ckpt_cv;   /* the checkpointer waits here for work */
-    pthread_cond_t ckpt_idle; /* the writer waits here for a run to end (valve) */
-    bool ckpt_wanted;         /* a commit left IDLE_FRAMES frames more than the last run saw */
-    int ckpt_last_log;        /* frames in the WAL at the end of the last run (or valve: 0) */
-    bool ckpt_running;
-    bool ckpt_hold;           /* the writer's valve is due or running: start no run */
-    bool ckpt_stop;
-    struct store_checkpoint_stats cstats;
-};
-
-static void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(char **err, const char *fmt, ...)
+void sq_set_err(char **err, const char *fmt, ...)
 {
     va_list ap;
 
@@ -97,7 +65,7 @@ static void set_err(char **err, const char *fmt, ...)
 }
 
 /* Runs every statement in `sql`; the first column of the first row, if any, goes to out. */
-static int exec_sql(sqlite3 *db, const char *sql, char *out, size_t outsz, char **err)
+int sq_exec(sqlite3 *db, const char *sql, char *out, size_t outsz, char **err)
 {
     const char *tail = sql;
     bool got = false;
@@ -108,7 +76,7 @@ static int exec_sql(sqlite3 *db, const char *sql, char *out, size_t outsz, char 
         int rc = sqlite3_prepare_v2(db, tail, -1, &stmt, &tail);
 
         if (rc != SQLITE_OK) {
-            set_err(err, "%s", sqlite3_errmsg(db));
+            sq_set_err(err, "%s", sqlite3_errmsg(db));
             return -1;
         }
         if (!stmt) continue; /* whitespace or comment */
@@ -121,7 +89,7 @@ static int exec_sql(sqlite3 *db, const char *sql, char *out, size_t outsz, char 
             }
         }
         if (rc != SQLITE_DONE) {
-            set_err(err, "%s", sqlite3_errmsg(db));
+            sq_set_err(err, "%s", sqlite3_errmsg(db));
             sqlite3_finalize(stmt);
             return -1;
         }
@@ -135,7 +103,7 @@ static int open_conn(const char *path, sqlite3 **db, char **err)
     int rc = sqlite3_open_v2(path, db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
 
     if (rc != SQLITE_OK) {
-        set_err(err, "cannot open database %s: %s", path,
+        sq_set_err(err, "cannot open database %s: %s", path,
                 *db ? sqlite3_errmsg(*db) : sqlite3_errstr(rc));
         sqlite3_close(*db);
         *db = NULL;
@@ -146,7 +114,7 @@ static int open_conn(const char *path, sqlite3 **db, char **err)
      * does not fail the journal_mode switch. */
     sqlite3_busy_timeout(*db, SQLITE_BUSY_TIMEOUT_MS);
     if (sqlite3_db_readonly(*db, "main") == 1) {
-        set_err(err, "database %s is read-only", path);
+        sq_set_err(err, "database %s is read-only", path);
         sqlite3_close(*db);
         *db = NULL;
         return -1;
@@ -158,16 +126,16 @@ static int pragma(sqlite3 *db, const char *path, const char *sql, const char *wa
 {
     char got[64];
 
-    if (exec_sql(db, sql, got, sizeof got, err) < 0) {
+    if (sq_exec(db, sql, got, sizeof got, err) < 0) {
         char *e = *err;
 
         *err = NULL;
-        set_err(err, "%s on %s failed: %s", sql, path, e ? e : "out of memory");
+        sq_set_err(err, "%s on %s failed: %s", sql, path, e ? e : "out of memory");
         free(e);
         return -1;
     }
     if (want && strcmp(got, want) != 0) {
-        set_err(err, "%s on %s returned \"%s\", not \"%s\"", sql, path, got, want);
+        sq_set_err(err, "%s on %s returned \"%s\", not \"%s\"", sql, path, got, want);
         return -1;
     }
     return 0;
@@ -181,20 +149,20 @@ static int read_version(sqlite3 *db, int *version, char **err)
     char *end;
     long v;
 
-    if (exec_sql(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+    if (sq_exec(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
                  buf, sizeof buf, err) < 0)
         return -1;
     if (strcmp(buf, "0") == 0) {
         *version = 0;
         return 0;
     }
-    if (exec_sql(db, "SELECT value FROM meta WHERE key = 'schema_version'", buf, sizeof buf,
+    if (sq_exec(db, "SELECT value FROM meta WHERE key = 'schema_version'", buf, sizeof buf,
                  err) < 0)
         return -1;
     errno = 0;
     v = strtol(buf, &end, 10);
     if (!buf[0] || *end || errno || v < 0 || v > INT_MAX) {
-        set_err(err, "database schema version \"%s\" is not a number", buf);
+        sq_set_err(err, "database schema version \"%s\" is not a number", buf);
         return -1;
     }
     *version = (int)v;
@@ -216,7 +184,7 @@ static int set_version(sqlite3 *db, int version, char **err)
         sqlite3_bind_text(stmt, 1, v, -1, SQLITE_TRANSIENT);
         rc = sqlite3_step(stmt);
     }
-    if (rc != SQLITE_DONE) set_err(err, "%s", sqlite3_errmsg(db));
+    if (rc != SQLITE_DONE) sq_set_err(err, "%s", sqlite3_errmsg(db));
     sqlite3_finalize(stmt);
     return rc == SQLITE_DONE ? 0 : -1;
 }
@@ -232,36 +200,36 @@ static int migrate(sqlite3 *db, const char *path, int *version_out, char **err)
     for (;;) {
         int v;
 
-        if (exec_sql(db, "BEGIN IMMEDIATE", NULL, 0, err) < 0 || read_version(db, &v, err) < 0) {
+        if (sq_exec(db, "BEGIN IMMEDIATE", NULL, 0, err) < 0 || read_version(db, &v, err) < 0) {
             char *e = *err;
 
             *err = NULL;
-            set_err(err, "cannot read the schema version of %s: %s", path, e ? e : "out of memory");
+            sq_set_err(err, "cannot read the schema version of %s: %s", path, e ? e : "out of memory");
             free(e);
             goto rollback;
         }
         if (v > latest) {
-            set_err(err,
+            sq_set_err(err,
                     "database schema version %d is newer than this inlet supports (%d); "
                     "upgrade inlet",
                     v, latest);
             goto rollback;
         }
         if (v == latest) {
-            exec_sql(db, "ROLLBACK", NULL, 0, NULL);
+            sq_exec(db, "ROLLBACK", NULL, 0, NULL);
             *version_out = v;
             return 0;
         }
         if ((size_t)v >= count || steps[v].version != v + 1 || !steps[v].sqlite_sql) {
-            set_err(err, "no migration from schema version %d", v);
+            sq_set_err(err, "no migration from schema version %d", v);
             goto rollback;
         }
-        if (exec_sql(db, steps[v].sqlite_sql, NULL, 0, err) < 0 ||
-            set_version(db, v + 1, err) < 0 || exec_sql(db, "COMMIT", NULL, 0, err) < 0) {
+        if (sq_exec(db, steps[v].sqlite_sql, NULL, 0, err) < 0 ||
+            set_version(db, v + 1, err) < 0 || sq_exec(db, "COMMIT", NULL, 0, err) < 0) {
             char *e = *err;
 
             *err = NULL;
-            set_err(err, "migration to schema version %d (%s) failed: %s", v + 1,
+            sq_set_err(err, "migration to schema version %d (%s) failed: %s", v + 1,
                     steps[v].description, e ? e : "out of memory");
             free(e);
             goto rollback;
@@ -270,7 +238,7 @@ static int migrate(sqlite3 *db, const char *path, int *version_out, char **err)
     }
 
 rollback:
-    if (!sqlite3_get_autocommit(db)) exec_sql(db, "ROLLBACK", NULL, 0, NULL);
+    if (!sqlite3_get_autocommit(db)) sq_exec(db, "ROLLBACK", NULL, 0, NULL);
     return -1;
 }
 
@@ -409,8 +377,29 @@ static int prepare_w(struct sqlite_be *be, sqlite3 *db, const char *sql, sqlite3
 {
     if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL) == SQLITE_OK)
         return 0;
-    set_err(err, "cannot prepare the %s on %s: %s", what, be->path, sqlite3_errmsg(db));
+    sq_set_err(err, "cannot prepare the %s on %s: %s", what, be->path, sqlite3_errmsg(db));
     return -1;
+}
+
+/* auto_vacuum=INCREMENTAL takes effect only on a database without tables (setup_writer sets it
+ * first thing, so a new database has it).  A database made before (auto_vacuum 0) is rebuilt
+ * once with VACUUM, which needs no transaction open and, for a while, room for a second copy. */
+static int ensure_incremental_vacuum(struct sqlite_be *be, char **err)
+{
+    struct timespec t0;
+    char mode[16];
+
+    if (sq_exec(be->wdb, "PRAGMA auto_vacuum", mode, sizeof mode, err) < 0) return -1;
+    if (strcmp(mode, "0") != 0) return 0;
+    log_info("storage", "vacuum path=%s reason=\"auto_vacuum=incremental, once\"", be->path);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (pragma(be->wdb, be->path, "PRAGMA auto_vacuum = INCREMENTAL", NULL, err) < 0 ||
+        pragma(be->wdb, be->path, "VACUUM", NULL, err) < 0 ||
+        pragma(be->wdb, be->path, "PRAGMA auto_vacuum", "2", err) < 0)
+        return -1;
+    log_info("storage", "vacuumed path=%s auto_vacuum=incremental ms=%.1f", be->path,
+             ms_since(&t0));
+    return 0;
 }
 
 static int setup_writer(struct sqlite_be *be, char **err)
@@ -430,7 +419,8 @@ static int setup_writer(struct sqlite_be *be, char **err)
         pragma(be->wdb, be->path, "PRAGMA journal_size_limit = 67108864", NULL, err) < 0 ||
         pragma(be->wdb, be->path, "PRAGMA foreign_keys = ON", NULL, err) < 0)
         return -1;
-    if (migrate(be->wdb, be->path, &version, err) < 0) return -1;
+    if (migrate(be->wdb, be->path, &version, err) < 0 || ensure_incremental_vacuum(be, err) < 0)
+        return -1;
     sqlite3_wal_hook(be->wdb, wal_hook, be);
     if (prepare_w(be, be->wdb, insert_sql, &be->insert, "message insert", err) < 0 ||
         prepare_w(be, be->wdb,
@@ -445,15 +435,15 @@ static int setup_writer(struct sqlite_be *be, char **err)
                   &be->ins_rcpt, "recipient insert", err) < 0 ||
         prepare_w(be, be->wdb,
                   "INSERT INTO deliveries (id, message_id, recipient, route_ids, kind, target,"
-                  " format, state, attempts, next_attempt_at, created_at)"
-                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8)",
+                  " format, state, attempts, next_attempt_at, created_at, updated_at, copy_key)"
+                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8, ?8, ?9)",
                   &be->ins_delivery, "delivery insert", err) < 0 ||
         prepare_w(be, be->wdb,
                   "INSERT INTO stored (key, message_id, recipient, domain, route_id, notify,"
                   " format, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                   &be->ins_stored, "stored copy insert", err) < 0)
         return -1;
-    return 0;
+    return sq_queue_prepare_writer(be, err);
 }
 
 static int setup_reader(struct sqlite_be *be, char **err)
@@ -481,6 +471,7 @@ static int setup_reader(struct sqlite_be *be, char **err)
 
     if (open_conn(be->path, &be->pdb, err) < 0) return -1;
     sqlite3_busy_timeout(be->pdb, SQLITE_PROBE_TIMEOUT_MS);
+    if (sq_queue_prepare_reader(be, err) < 0) return -1;
     return pragma(be->pdb, be->path, "PRAGMA journal_mode = WAL", "wal", err);
 }
 
@@ -504,7 +495,7 @@ static int setup_checkpointer(struct sqlite_be *be, char **err)
     rc = pthread_create(&be->ckpt, NULL, checkpointer_main, be);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
-        set_err(err, "cannot start the storage checkpointer thread: %s", strerror(rc));
+        sq_set_err(err, "cannot start the storage checkpointer thread: %s", strerror(rc));
         return -1;
     }
     be->ckpt_started = true;
@@ -525,6 +516,7 @@ static void sqlite_close(void *arg)
         be->ckpt_started = false;
     }
     sqlite3_close(be->cdb);
+    sq_queue_finalize(be); /* before the connections: a close with statements left fails */
     sqlite3_finalize(be->count);
     sqlite3_finalize(be->routes);
     sqlite3_finalize(be->unprocessed);
@@ -541,7 +533,7 @@ static void sqlite_close(void *arg)
         char *err = NULL;
 
         /* Fold the WAL into the database and cut it to zero while nothing else reads. */
-        if (exec_sql(be->wdb, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, 0, &err) < 0)
+        if (sq_exec(be->wdb, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, 0, &err) < 0)
             log_warn("storage", "checkpoint failed error=\"%s\"", err ? err : "out of memory");
         free(err);
         sqlite3_close(be->wdb);
@@ -562,12 +554,12 @@ static void *sqlite_open(const char *path, char **err)
     const char *slash;
 
     if (!sqlite3_threadsafe()) {
-        set_err(err, "the SQLite library was built without thread support");
+        sq_set_err(err, "the SQLite library was built without thread support");
         return NULL;
     }
     be = calloc(1, sizeof *be);
     if (!be) {
-        set_err(err, "out of memory");
+        sq_set_err(err, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&be->rmu, NULL);
@@ -580,7 +572,7 @@ static void *sqlite_open(const char *path, char **err)
     be->path = strdup(path);
     be->dir = !slash ? strdup(".") : strndup(path, slash == path ? 1 : (size_t)(slash - path));
     if (!be->path || !be->dir) {
-        set_err(err, "out of memory");
+        sq_set_err(err, "out of memory");
         goto fail;
     }
     if (setup_writer(be, err) < 0 || setup_reader(be, err) < 0 || setup_checkpointer(be, err) < 0)
@@ -719,7 +711,7 @@ fail:
     /* Read the error before ROLLBACK replaces it. */
     rc = sqlite3_extended_errcode(be->wdb);
     ret = classify(be->wdb, rc);
-    set_err(err, "%s", sqlite3_errmsg(be->wdb));
+    sq_set_err(err, "%s", sqlite3_errmsg(be->wdb));
     if (!sqlite3_get_autocommit(be->wdb)) sqlite3_exec(be->wdb, "ROLLBACK", NULL, NULL, NULL);
     return ret;
 }
@@ -764,7 +756,7 @@ static int sqlite_meta_set_if_absent(void *arg, const char *key, const char *val
     if (rc == SQLITE_DONE)
         rc = meta_stmt(be->wdb, "SELECT value FROM meta WHERE key = ?1", key, NULL, winner);
     if (rc == SQLITE_DONE && *winner) return 0;
-    set_err(err, "%s", rc == SQLITE_DONE ? "the row is not there after the insert"
+    sq_set_err(err, "%s", rc == SQLITE_DONE ? "the row is not there after the insert"
                                          : sqlite3_errmsg(be->wdb));
     free(*winner);
     *winner = NULL;
@@ -779,7 +771,7 @@ static int sqlite_meta_get(void *arg, const char *key, char **value, char **err)
     *value = NULL;
     pthread_mutex_lock(&be->rmu);
     rc = meta_stmt(be->rdb, "SELECT value FROM meta WHERE key = ?1", key, NULL, value);
-    if (rc != SQLITE_DONE) set_err(err, "%s", sqlite3_errmsg(be->rdb));
+    if (rc != SQLITE_DONE) sq_set_err(err, "%s", sqlite3_errmsg(be->rdb));
     pthread_mutex_unlock(&be->rmu);
     if (rc != SQLITE_DONE) {
         free(*value);
@@ -791,13 +783,13 @@ static int sqlite_meta_get(void *arg, const char *key, char **value, char **err)
 
 /* ---- routes -------------------------------------------------------------------------------- */
 
-static const char *nz(const char *s, const char *dflt)
+const char *sq_nz(const char *s, const char *dflt)
 {
     return s ? s : dflt;
 }
 
 /* Binds ?1..?n of `stmt` in order from a list of text values (NULL binds SQL NULL) */
-static int bind_texts(sqlite3_stmt *stmt, int first, const char *const *v, int n)
+int sq_bind_texts(sqlite3_stmt *stmt, int first, const char *const *v, int n)
 {
     int rc = SQLITE_OK;
 
@@ -808,7 +800,7 @@ static int bind_texts(sqlite3_stmt *stmt, int first, const char *const *v, int n
 }
 
 /* Steps a write statement once and resets it.  SQLITE_DONE, or the error code. */
-static int step_reset(sqlite3_stmt *stmt)
+int sq_step_reset(sqlite3_stmt *stmt)
 {
     int rc = sqlite3_step(stmt);
 
@@ -843,11 +835,11 @@ static int sqlite_route_insert(void *arg, const struct store_route *r, const cha
                             " created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                             -1, &stmt, NULL);
     if (rc == SQLITE_OK) {
-        const char *t[] = {nz(r->description, ""), nz(r->expression, ""), actions_json};
+        const char *t[] = {sq_nz(r->description, ""), sq_nz(r->expression, ""), actions_json};
 
         if ((rc = sqlite3_bind_text(stmt, 1, r->id, -1, SQLITE_STATIC)) == SQLITE_OK &&
             (rc = sqlite3_bind_int(stmt, 2, r->priority)) == SQLITE_OK &&
-            (rc = bind_texts(stmt, 3, t, 3)) == SQLITE_OK &&
+            (rc = sq_bind_texts(stmt, 3, t, 3)) == SQLITE_OK &&
             (rc = sqlite3_bind_int64(stmt, 6, r->created_at)) == SQLITE_OK)
             rc = sqlite3_step(stmt);
     }
@@ -858,7 +850,7 @@ static int sqlite_route_insert(void *arg, const struct store_route *r, const cha
     return 0;
 
 fail:
-    set_err(err, "cannot insert route %s: %s", r->id, sqlite3_errmsg(be->wdb));
+    sq_set_err(err, "cannot insert route %s: %s", r->id, sqlite3_errmsg(be->wdb));
     return -1;
 }
 
@@ -875,16 +867,16 @@ static int sqlite_route_update(void *arg, const struct store_route *r, const cha
                             " actions = ?5 WHERE id = ?1",
                             -1, &stmt, NULL);
     if (rc == SQLITE_OK) {
-        const char *t[] = {nz(r->description, ""), nz(r->expression, ""), actions_json};
+        const char *t[] = {sq_nz(r->description, ""), sq_nz(r->expression, ""), actions_json};
 
         if ((rc = sqlite3_bind_text(stmt, 1, r->id, -1, SQLITE_STATIC)) == SQLITE_OK &&
             (rc = sqlite3_bind_int(stmt, 2, r->priority)) == SQLITE_OK &&
-            (rc = bind_texts(stmt, 3, t, 3)) == SQLITE_OK)
+            (rc = sq_bind_texts(stmt, 3, t, 3)) == SQLITE_OK)
             rc = sqlite3_step(stmt);
     }
     sqlite3_finalize(stmt);
     if (rc != SQLITE_DONE) {
-        set_err(err, "cannot update route %s: %s", r->id, sqlite3_errmsg(be->wdb));
+        sq_set_err(err, "cannot update route %s: %s", r->id, sqlite3_errmsg(be->wdb));
         return -1;
     }
     *result = sqlite3_changes(be->wdb) == 0 ? STORE_ERR_NOT_FOUND : STORE_OK;
@@ -905,7 +897,7 @@ static int sqlite_route_delete(void *arg, const char *id, enum store_status *res
     }
     sqlite3_finalize(stmt);
     if (rc != SQLITE_DONE) {
-        set_err(err, "cannot delete route %s: %s", id, sqlite3_errmsg(be->wdb));
+        sq_set_err(err, "cannot delete route %s: %s", id, sqlite3_errmsg(be->wdb));
         return -1;
     }
     *result = sqlite3_changes(be->wdb) == 0 ? STORE_ERR_NOT_FOUND : STORE_OK;
@@ -913,7 +905,7 @@ static int sqlite_route_delete(void *arg, const char *id, enum store_status *res
 }
 
 /* Copies column `col` as text (NULL → ""). */
-static char *col_strdup(sqlite3_stmt *stmt, int col)
+char *sq_col_strdup(sqlite3_stmt *stmt, int col)
 {
     const unsigned char *t = sqlite3_column_text(stmt, col);
 
@@ -953,8 +945,8 @@ static int sqlite_routes_load(void *arg, struct store_route **out, size_t *n, ch
         r->priority = (int32_t)sqlite3_column_int(be->routes, 1);
         r->seq = sqlite3_column_int64(be->routes, 2);
         r->created_at = sqlite3_column_int64(be->routes, 6);
-        r->description = col_strdup(be->routes, 3);
-        r->expression = col_strdup(be->routes, 4);
+        r->description = sq_col_strdup(be->routes, 3);
+        r->expression = sq_col_strdup(be->routes, 4);
         count++; /* from here on store_routes_free frees what r holds */
         if (!r->description || !r->expression) {
             why = "out of memory";
@@ -962,16 +954,16 @@ static int sqlite_routes_load(void *arg, struct store_route **out, size_t *n, ch
         }
         if (store_json_parse_string_array(actions ? (const char *)actions : "", &r->actions,
                                           &r->nactions) < 0) {
-            set_err(err, "route %s: actions are not a JSON array of strings", r->id);
+            sq_set_err(err, "route %s: actions are not a JSON array of strings", r->id);
             why = "";
             break;
         }
     }
-    if (!why && rc != SQLITE_DONE) set_err(err, "cannot read the routes: %s", sqlite3_errmsg(be->rdb));
+    if (!why && rc != SQLITE_DONE) sq_set_err(err, "cannot read the routes: %s", sqlite3_errmsg(be->rdb));
     sqlite3_reset(be->routes);
     pthread_mutex_unlock(&be->rmu);
     if (why || rc != SQLITE_DONE) {
-        if (why && *why) set_err(err, "cannot read the routes: %s", why);
+        if (why && *why) sq_set_err(err, "cannot read the routes: %s", why);
         store_routes_free(v, count);
         return -1;
     }
@@ -995,11 +987,11 @@ static int sqlite_write_outcome(void *arg, const struct store_outcome *o,
     /* First the state: only an 'accepted' message gets an outcome, once. */
     s = be->route_msg;
     {
-        const char *t[] = {o->message_id, nz(o->parse_warnings_json, "[]")};
+        const char *t[] = {o->message_id, sq_nz(o->parse_warnings_json, "[]")};
 
-        rc = bind_texts(s, 1, t, 2);
+        rc = sq_bind_texts(s, 1, t, 2);
         if (rc == SQLITE_OK) {
-            rc = step_reset(s);
+            rc = sq_step_reset(s);
         } else {
             sqlite3_reset(s);
             sqlite3_clear_bindings(s);
@@ -1026,39 +1018,43 @@ static int sqlite_write_outcome(void *arg, const struct store_outcome *o,
     what = "recipient";
     for (size_t i = 0; i < o->nrecipients; i++) {
         const struct store_recipient_outcome *r = &o->recipients[i];
-        const char *t[] = {o->message_id, r->recipient, r->outcome, nz(r->routes_json, "[]"),
-                           nz(r->warnings_json, "[]")};
+        const char *t[] = {o->message_id, r->recipient, r->outcome, sq_nz(r->routes_json, "[]"),
+                           sq_nz(r->warnings_json, "[]")};
 
-        which = nz(r->recipient, "(null)");
-        rc = bind_texts(be->ins_rcpt, 1, t, 5);
-        rc = rc == SQLITE_OK ? step_reset(be->ins_rcpt) : rc;
+        which = sq_nz(r->recipient, "(null)");
+        rc = sq_bind_texts(be->ins_rcpt, 1, t, 5);
+        rc = rc == SQLITE_OK ? sq_step_reset(be->ins_rcpt) : rc;
         if (rc != SQLITE_DONE) goto fail_reset;
     }
     what = "delivery";
     for (size_t i = 0; i < o->ndeliveries; i++) {
         const struct store_delivery_plan *d = &o->deliveries[i];
-        const char *t[] = {d->id, o->message_id, d->recipient, nz(d->route_ids_json, "[]"),
-                           d->kind, d->target, nz(d->format, "")};
+        const char *t[] = {d->id, o->message_id, d->recipient, sq_nz(d->route_ids_json, "[]"),
+                           d->kind, d->target, sq_nz(d->format, "")};
 
         which = d->id;
-        rc = bind_texts(be->ins_delivery, 1, t, 7);
+        rc = sq_bind_texts(be->ins_delivery, 1, t, 7);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(be->ins_delivery, 8, o->now);
-        rc = rc == SQLITE_OK ? step_reset(be->ins_delivery) : rc;
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_text(be->ins_delivery, 9, sq_nz(d->copy_key, ""), -1, SQLITE_STATIC);
+        rc = rc == SQLITE_OK ? sq_step_reset(be->ins_delivery) : rc;
         if (rc != SQLITE_DONE) goto fail_reset;
     }
     what = "stored copy";
     for (size_t i = 0; i < o->ncopies; i++) {
         const struct store_copy_plan *c = &o->copies[i];
-        const char *t[] = {c->key, o->message_id, c->recipient, c->domain, nz(c->route_id, ""),
-                           c->notify, nz(c->format, "")};
+        const char *t[] = {c->key, o->message_id, c->recipient, c->domain, sq_nz(c->route_id, ""),
+                           c->notify, sq_nz(c->format, "")};
 
         which = c->key;
-        rc = bind_texts(be->ins_stored, 1, t, 7);
+        rc = sq_bind_texts(be->ins_stored, 1, t, 7);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(be->ins_stored, 8, c->expires_at);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(be->ins_stored, 9, o->now);
-        rc = rc == SQLITE_OK ? step_reset(be->ins_stored) : rc;
+        rc = rc == SQLITE_OK ? sq_step_reset(be->ins_stored) : rc;
         if (rc != SQLITE_DONE) goto fail_reset;
     }
+    rc = sq_outcome_events(be, o, &what, &which);
+    if (rc != SQLITE_DONE) goto fail;
     *result = STORE_OK;
     return 0;
 
@@ -1071,7 +1067,7 @@ fail_reset:
     sqlite3_reset(be->ins_stored);
     sqlite3_clear_bindings(be->ins_stored);
 fail:
-    set_err(err, "cannot write the outcome of message %s: %s %s: %s", o->message_id, what,
+    sq_set_err(err, "cannot write the outcome of message %s: %s %s: %s", o->message_id, what,
             which ? which : "(null)",
             rc == SQLITE_NOMEM ? "out of memory" : sqlite3_errmsg(be->wdb));
     return -1;
@@ -1103,15 +1099,15 @@ static int sqlite_list_unprocessed(void *arg, char ***ids, size_t *n, size_t max
             v = nv;
             cap = ncap;
         }
-        if (!(id = col_strdup(be->unprocessed, 0))) {
+        if (!(id = sq_col_strdup(be->unprocessed, 0))) {
             oom = true;
             break;
         }
         v[count++] = id;
     }
-    if (oom) set_err(err, "cannot list unprocessed messages: out of memory");
+    if (oom) sq_set_err(err, "cannot list unprocessed messages: out of memory");
     else if (rc != SQLITE_DONE)
-        set_err(err, "cannot list unprocessed messages: %s", sqlite3_errmsg(be->rdb));
+        sq_set_err(err, "cannot list unprocessed messages: %s", sqlite3_errmsg(be->rdb));
     sqlite3_reset(be->unprocessed);
     sqlite3_clear_bindings(be->unprocessed);
     pthread_mutex_unlock(&be->rmu);
@@ -1135,7 +1131,7 @@ static int sqlite_load_message(void *arg, const char *id, struct store_message *
 
     *out = NULL;
     if (!m) {
-        set_err(err, "cannot load message %s: out of memory", id);
+        sq_set_err(err, "cannot load message %s: out of memory", id);
         return -1;
     }
     snprintf(m->id, sizeof m->id, "%s", id);
@@ -1147,22 +1143,22 @@ static int sqlite_load_message(void *arg, const char *id, struct store_message *
         size_t len = (size_t)sqlite3_column_bytes(s, 6);
 
         m->received_at_ms = sqlite3_column_int64(s, 0);
-        m->sender = col_strdup(s, 1);
-        rcpts = col_strdup(s, 2);
-        m->remote_ip = col_strdup(s, 3);
-        m->helo = col_strdup(s, 4);
-        m->tls = col_strdup(s, 5);
+        m->sender = sq_col_strdup(s, 1);
+        rcpts = sq_col_strdup(s, 2);
+        m->remote_ip = sq_col_strdup(s, 3);
+        m->helo = sq_col_strdup(s, 4);
+        m->tls = sq_col_strdup(s, 5);
         m->len = len;
         m->data = malloc(len ? len : 1); /* never NULL, even for an empty body */
         if (m->data && len) memcpy(m->data, raw, len);
         if (!m->sender || !rcpts || !m->remote_ip || !m->helo || !m->tls || !m->data)
-            set_err(err, "cannot load message %s: out of memory", id);
+            sq_set_err(err, "cannot load message %s: out of memory", id);
         else
             ret = 0;
     } else if (rc == SQLITE_DONE) {
         ret = -ENOENT;
     } else {
-        set_err(err, "cannot load message %s: %s", id, sqlite3_errmsg(be->rdb));
+        sq_set_err(err, "cannot load message %s: %s", id, sqlite3_errmsg(be->rdb));
     }
     /* Ends the read transaction before anything else: the bytes are ours now. */
     sqlite3_reset(s);
@@ -1170,7 +1166,7 @@ static int sqlite_load_message(void *arg, const char *id, struct store_message *
     pthread_mutex_unlock(&be->rmu);
 
     if (ret == 0 && store_json_parse_string_array(rcpts, &m->rcpts, &m->nrcpts) < 0) {
-        set_err(err, "cannot load message %s: its recipients are not a JSON array of strings", id);
+        sq_set_err(err, "cannot load message %s: its recipients are not a JSON array of strings", id);
         ret = -1;
     }
     free(rcpts);
@@ -1192,7 +1188,7 @@ static int sqlite_count_unprocessed(void *arg, int64_t *count, char **err)
     pthread_mutex_lock(&be->rmu);
     rc = sqlite3_step(be->count);
     if (rc == SQLITE_ROW) *count = sqlite3_column_int64(be->count, 0);
-    else set_err(err, "%s", sqlite3_errmsg(be->rdb));
+    else sq_set_err(err, "%s", sqlite3_errmsg(be->rdb));
     sqlite3_reset(be->count);
     pthread_mutex_unlock(&be->rmu);
     return rc == SQLITE_ROW ? 0 : -1;
@@ -1202,7 +1198,7 @@ static int check_access(const char *path, bool must_exist, char **reason)
 {
     if (faccessat(AT_FDCWD, path, W_OK, AT_EACCESS) == 0) return 0;
     if (errno == ENOENT && !must_exist) return 0;
-    set_err(reason, "database is not writable: %s: %s", path, strerror(errno));
+    sq_set_err(reason, "database is not writable: %s: %s", path, strerror(errno));
     return -1;
 }
 
@@ -1220,23 +1216,23 @@ static int sqlite_check_writable(void *arg, char **reason)
         goto out;
     if (asprintf(&wal, "%s-wal", be->path) < 0) {
         wal = NULL;
-        set_err(reason, "database is not writable: out of memory");
+        sq_set_err(reason, "database is not writable: out of memory");
         goto out;
     }
     if (check_access(wal, false, reason) < 0) goto out;
     if (statvfs(be->dir, &sv) == 0 && (geteuid() == 0 ? sv.f_bfree : sv.f_bavail) == 0) {
-        set_err(reason, "database is not writable: %s: %s", be->dir, strerror(ENOSPC));
+        sq_set_err(reason, "database is not writable: %s: %s", be->dir, strerror(ENOSPC));
         goto out;
     }
 
     /* Then the lock: BEGIN IMMEDIATE takes the write lock (SQLITE_READONLY on a read-only
      * database, SQLITE_BUSY when someone holds it longer than the probe's timeout). */
     pthread_mutex_lock(&be->pmu);
-    if (exec_sql(be->pdb, "BEGIN IMMEDIATE", NULL, 0, &err) == 0) {
-        exec_sql(be->pdb, "ROLLBACK", NULL, 0, NULL);
+    if (sq_exec(be->pdb, "BEGIN IMMEDIATE", NULL, 0, &err) == 0) {
+        sq_exec(be->pdb, "ROLLBACK", NULL, 0, NULL);
         ret = 0;
     } else {
-        set_err(reason, "database is not writable: %s", err ? err : "out of memory");
+        sq_set_err(reason, "database is not writable: %s", err ? err : "out of memory");
     }
     pthread_mutex_unlock(&be->pmu);
 
@@ -1250,7 +1246,7 @@ static int sqlite_writer_query(void *arg, const char *sql, char *out, size_t out
 {
     struct sqlite_be *be = arg;
     char *err = NULL;
-    int rc = exec_sql(be->wdb, sql, out, outsz, &err);
+    int rc = sq_exec(be->wdb, sql, out, outsz, &err);
 
     free(err);
     return rc;
@@ -1276,4 +1272,17 @@ const struct store_backend store_sqlite_backend = {
     .check_writable = sqlite_check_writable,
     .writer_query = sqlite_writer_query,
     .checkpoint_stats = sqlite_checkpoint_stats,
+    .record_attempt = sq_record_attempt,
+    .delivery_retry = sq_delivery_retry,
+    .deliveries_add = sq_deliveries_add,
+    .copy_delete = sq_copy_delete,
+    .sweep = sq_sweep,
+    .deliveries_due = sq_deliveries_due,
+    .deliveries_next_due = sq_deliveries_next_due,
+    .delivery_get = sq_delivery_get,
+    .deliveries_list = sq_deliveries_list,
+    .copy_get = sq_copy_get,
+    .events_query = sq_events_query,
+    .gauges = sq_gauges,
+    .backup = sq_backup,
 };

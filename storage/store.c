@@ -39,13 +39,15 @@ _Static_assert(STORE_BATCH_MAX_BYTES > 0, "a batch holds at least one byte");
 
 #define STORE_DB_FILE "inlet.db"
 
-/* One queued write: a message (msg, done, arg) or a job (job, waiter). */
+/* One queued write: a message (msg, done, arg), a job someone waits for (job, waiter), or a job
+ * nobody waits for (job, job_done, arg; store_submit_job: the entry owns the job). */
 struct store_entry {
     struct store_message *msg;
     store_done_fn done;
     void *arg;
     struct store_job *job;
     struct job_waiter *waiter;
+    store_write_done_fn job_done;
     struct store_entry *next;
 };
 
@@ -525,8 +527,12 @@ static void run_batch(struct store *st, size_t nentries)
     for (size_t i = 0, m = 0; i < nentries; i++) {
         struct store_entry *e = st->batch[i];
 
-        if (e->job) {
+        if (e->job && e->waiter) {
             job_finish(e);
+        } else if (e->job) {
+            /* err goes to the callee; the job struct is ours (store_submit_job). */
+            e->job_done(e->arg, e->job->status, e->job->err);
+            free(e->job);
         } else {
             enum store_status status = st->status[m++];
             /* A committed message goes back to the caller (the pipeline parses it next). */
@@ -715,6 +721,38 @@ void store_run_job(struct store *st, struct store_job *job)
     }
     pthread_cond_destroy(&w.cv);
     pthread_mutex_destroy(&w.mu);
+}
+
+void store_submit_job(struct store *st, struct store_job *job, store_write_done_fn done,
+                      void *arg)
+{
+    struct store_entry *e = malloc(sizeof *e);
+    const char *why = "out of memory";
+
+    job->status = STORE_ERR_IO;
+    job->err = NULL;
+    if (e) {
+        *e = (struct store_entry){.job = job, .job_done = done, .arg = arg};
+        pthread_mutex_lock(&st->mu);
+        if (!st->stopping) {
+            *st->tail = e;
+            st->tail = &e->next;
+            pthread_cond_signal(&st->cond);
+            pthread_mutex_unlock(&st->mu);
+            return;
+        }
+        pthread_mutex_unlock(&st->mu);
+        free(e);
+        why = "storage is closing";
+    }
+    free(job);
+    done(arg, STORE_ERR_IO, strdup(why));
+}
+
+const struct store_backend *store_backend_of(struct store *st, void **be)
+{
+    *be = st->be;
+    return st->ops;
 }
 
 /* ---- meta rows ------------------------------------------------------------------------------ */

@@ -143,10 +143,14 @@ struct store_recipient_outcome {
 struct store_delivery_plan {
     char id[ID_LEN + 1];        /* X-Inlet-Delivery: stays the same across retries */
     const char *recipient;
-    const char *kind;           /* "url" or "address" */
+    const char *kind;           /* "url", "notify" (a store's notify POST) or "address" */
     const char *target;
     const char *format;         /* "json", "mailgun", "mime" or "" for the default */
     const char *route_ids_json; /* ["<route id>", ...] */
+    const char *copy_key;       /* NULL, or the stored copy this delivery refers to: the copy a
+                                   notify POST announces (kind "notify"), or the copy whose
+                                   attachment URLs a JSON POST gives for attachments past
+                                   --inline-attachments-max (kind "url") */
 };
 struct store_copy_plan {
     char key[48];               /* storage key: URL-safe, >= 128 random bits */
@@ -199,7 +203,7 @@ struct store_delivery {
     char id[ID_LEN + 1];
     char message_id[ID_LEN + 1];
     char *recipient;
-    char *kind;             /* "url" or "address" */
+    char *kind;             /* "url", "notify" or "address" */
     char *target;
     char *format;           /* "json", "mailgun", "mime" or "" (the default) */
     char *route_ids_json;
@@ -210,6 +214,7 @@ struct store_delivery {
     int64_t updated_at;      /* Unix seconds: the end of the last attempt, or created_at */
     int last_status;         /* HTTP status or SMTP reply code of the last attempt; 0 for none */
     char *last_error;        /* "" when none */
+    char *copy_key;          /* "" when none (see store_delivery_plan) */
 };
 void store_deliveries_free(struct store_delivery *d, size_t n);
 
@@ -251,8 +256,9 @@ struct store_attempt {
 void store_record_attempt(struct store *st, const struct store_attempt *a, store_write_done_fn done,
                           void *arg);
 
-/* The dead-letter replay: a 'failed' delivery becomes 'pending', due at `now` (attempts kept; the
- * retry schedule starts again from its first delay).  Waits for the commit.  STORE_ERR_NOT_FOUND
+/* The dead-letter replay: a 'failed' delivery becomes 'pending', due at `now` (attempts kept, so
+ * the deliverer, which retries while attempts <= the schedule's length, makes one attempt and
+ * fails it again if that attempt fails).  Waits for the commit.  STORE_ERR_NOT_FOUND
  * when there is no such failed delivery, or its message bytes are gone (past
  * --failed-retention). */
 enum store_status store_delivery_retry(struct store *st, const char *id, int64_t now, char **err);
@@ -291,7 +297,8 @@ enum store_status store_copy_delete(struct store *st, const char *key, int64_t n
 
 /* ---------------------------------------------------------------------------------------------
  * Events (SPEC §7): one row per thing that happened to a (message, recipient).  Written by the
- * store itself: "accepted" per recipient a route matched and "stored" per copy, by
+ * store itself: "accepted" per envelope recipient (detail {"outcome": "routed" | "dropped",
+ * "route_ids": [...]}) and "stored" per copy (detail {"key", "route_id", "expires_at"}), by
  * store_write_outcome(); "delivered" / "failed" by store_record_attempt().  Ids increase in the
  * order the rows were written. */
 struct store_event {

@@ -1,8 +1,9 @@
 /* tests/storage/test_store.c — storage/: files and modes, PRAGMAs, schema versions and the
- * migration 1 → 2, URLs, group commit from several threads (rows read back byte for byte with
- * sqlite3), draining on close, per-message and per-batch failures, routes, routing outcomes (atomic,
- * idempotent, failing alone in a batch), message loads, the checkpointer thread and its safety
- * valve, a read-only database, a full disk.
+ * migrations 1 → 3 (with the one-time VACUUM to auto_vacuum=INCREMENTAL), URLs, group commit
+ * from several threads (rows read back byte for byte with sqlite3), draining on close,
+ * per-message and per-batch failures, routes, routing outcomes (atomic, idempotent, failing alone
+ * in a batch), message loads, the checkpointer thread and its safety valve, a read-only database,
+ * a full disk.  Deliveries, copies, events and retention: test_deliveries.c.
  *
  * Every case gets its own directory under /tmp, removed afterwards.  The read-only and disk-full
  * cases need a private mount namespace (tmpfs, read-only bind) and run in a child process; without
@@ -846,11 +847,13 @@ static void test_migration_v1(void)
     struct store *st = store_open(tmp, NULL, &err);
     CHECK(st != NULL, "open a version 1 database (%s)", err ? err : "ok");
     if (!st) goto out;
-    CHECK(store_schema_version() == 2, "this binary writes schema 2");
+    CHECK(store_schema_version() == 3, "this binary writes schema 3");
 
     db = raw_open(dbpath);
     bool q = db && raw_query(db, "SELECT value FROM meta WHERE key = 'schema_version'", buf, sizeof buf);
-    CHECK(q && !strcmp(buf, "2"), "upgraded to schema_version 2 (%s)", buf);
+    CHECK(q && !strcmp(buf, "3"), "upgraded to schema_version 3 (%s)", buf);
+    q = db && raw_query(db, "PRAGMA auto_vacuum", buf, sizeof buf);
+    CHECK(q && !strcmp(buf, "2"), "auto_vacuum 0 became incremental (one VACUUM at open): %s", buf);
     q = db && raw_query(db, "SELECT value FROM meta WHERE key = 'api_key'", buf, sizeof buf);
     CHECK(q && !strcmp(buf, "k1"), "meta rows kept");
     static const struct {
@@ -859,7 +862,11 @@ static void test_migration_v1(void)
         {"routes", "seq,id,priority,description,expression,actions,created_at"},
         {"recipients", "message_id,recipient,outcome,routes,warnings"},
         {"deliveries", "id,message_id,recipient,route_ids,kind,target,format,state,attempts,"
-                       "next_attempt_at,lease_until,last_status,last_error,created_at"},
+                       "next_attempt_at,lease_until,last_status,last_error,created_at,updated_at,"
+                       "copy_key"},
+        {"attempts", "delivery_id,n,started_at,duration_ms,status,error,outcome"},
+        {"events", "id,ts,event,severity,message_id,recipient,domain,delivery_id,detail"},
+        {"purge_candidates", "message_id"},
         {"stored", "key,message_id,recipient,domain,route_id,notify,format,expires_at,created_at"},
         {"messages", "id,received_at,sender,recipients,remote_ip,helo,tls,size,raw,state,"
                      "parse_warnings"},
@@ -872,8 +879,9 @@ static void test_migration_v1(void)
                         "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_master"
                         " WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name)",
                         buf, sizeof buf);
-    CHECK_STR(buf, "deliveries_due,deliveries_message,messages_accepted,routes_order,"
-                   "stored_expires,stored_message", "indexes");
+    CHECK_STR(buf, "deliveries_due,deliveries_message,deliveries_state_updated,events_domain_ts,"
+                   "events_message,events_ts,messages_accepted,routes_order,stored_expires,"
+                   "stored_message", "indexes");
     q = db && raw_query(db, "SELECT sql FROM sqlite_master WHERE name = 'deliveries_due'", buf,
                         sizeof buf);
     CHECK(q && strstr(buf, "WHERE state = 'pending'"), "deliveries_due is partial (%s)", buf);
@@ -900,9 +908,9 @@ static void test_migration_v1(void)
     free(ids);
     store_close(st);
 
-    /* A second open finds version 2 and changes nothing. */
+    /* A second open finds version 3 and changes nothing. */
     st = store_open(tmp, NULL, &err);
-    CHECK(st != NULL, "reopen at version 2");
+    CHECK(st != NULL, "reopen at version 3");
     store_close(st);
 out:
     free(err);

@@ -1,0 +1,1136 @@
+/* storage/sqlite_queue.c — the SQLite backend's delivery queue, attempts, stored copies, events,
+ * retention, gauges and backups (SPEC §5–§7; what each does: store.h; the table: backend.h).
+ *
+ * Every statement is prepared once at open (tables below, checked then).  Writes run inside a
+ * job's savepoint on the write connection; reads take rmu, step, copy every value out, reset the
+ * statement (which ends the read transaction) and let go of rmu before any parsing.  Event detail
+ * objects are built by SQLite's JSON functions, so escaping is SQLite's.
+ *
+ * Retention (sq_sweep) deletes in batches through the indexes of schema step 3: expired copies
+ * (stored_expires), old events (events_ts), old delivered and failed deliveries with their
+ * attempts (deliveries_state_updated), and the messages noted in purge_candidates by the schema's
+ * triggers whenever something that kept them went away.  Then PRAGMA incremental_vacuum gives up
+ * to SQ_SWEEP_VACUUM_PAGES free pages back to the file system.  It runs inside the sweep job's
+ * savepoint (SQLite allows it in a transaction: the moved pages are written like any change, and
+ * a rolled-back sweep takes them back too); the file shrinks when the checkpointer copies the
+ * transaction into the database. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "storage/sqlite_int.h"
+#include "util/log.h"
+
+/* Free pages one sweeper pass gives back at most (16 MiB of 4 KiB pages): bounds the time the
+ * pass holds the writer; `more` asks for another pass when pages are left. */
+#define SQ_SWEEP_VACUUM_PAGES 4096
+#define SQ_STR_(x) #x
+#define SQ_STR(x) SQ_STR_(x)
+
+#define DELIVERY_COLS                                                                              \
+    "id, message_id, recipient, kind, target, format, route_ids, state, attempts,"                \
+    " next_attempt_at, created_at, updated_at, last_status, last_error, copy_key"
+#define EVENT_COLS "id, ts, event, severity, message_id, recipient, domain, delivery_id, detail"
+#define COPY_COLS                                                                                  \
+    "s.key, s.message_id, s.recipient, s.domain, s.route_id, s.notify, s.format, s.expires_at,"   \
+    " s.created_at, m.id IS NOT NULL"
+/* The ids of the routes in a recipient's routes JSON (?6): the "id" of each element that has a
+ * text one; [] when the JSON is not an array. */
+#define ROUTE_IDS_OF_6                                                                             \
+    "json((SELECT json_group_array(json_extract(j, fullkey || '.id')) FROM"                        \
+    " (SELECT CASE WHEN json_valid(?6) THEN CASE json_type(?6) WHEN 'array' THEN ?6 ELSE '[]' END" \
+    " ELSE '[]' END AS j), json_each(j) WHERE json_type(j, fullkey || '.id') = 'text'))"
+#define INSERT_EVENT                                                                               \
+    "INSERT INTO events (ts, event, severity, message_id, recipient, domain, delivery_id, detail) "
+
+static const char *const wq_sql[WQ_COUNT] = {
+    [WQ_EV_ACCEPTED] = INSERT_EVENT "VALUES (?1, 'accepted', '', ?2, ?3, ?4, '',"
+                                    " json_object('outcome', ?5, 'route_ids', " ROUTE_IDS_OF_6 "))",
+    [WQ_EV_STORED] = INSERT_EVENT "VALUES (?1, 'stored', '', ?2, ?3, ?4, '',"
+                                  " json_object('key', ?5, 'route_id', ?6, 'expires_at', ?7))",
+    [WQ_EV_ATTEMPT] =
+        INSERT_EVENT "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, json_patch(json_object('attempt', ?8,"
+                     " 'status', ?9, 'error', ?10, 'kind', ?11, 'target', ?12, 'duration_ms', ?13,"
+                     " 'route_ids', CASE WHEN json_valid(?14) THEN json(?14) ELSE json('[]') END),"
+                     " CASE WHEN ?15 IS NULL THEN '{}' ELSE json_object('next_attempt_at', ?15)"
+                     " END))",
+    [WQ_ATTEMPT_DELIVERY] = "SELECT message_id, recipient, route_ids, kind, target, attempts, state"
+                            " FROM deliveries WHERE id = ?1",
+    [WQ_INS_ATTEMPT] = "INSERT INTO attempts (delivery_id, n, started_at, duration_ms, status,"
+                       " error, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [WQ_UPD_ATTEMPT] = "UPDATE deliveries SET attempts = ?2, state = ?3, last_status = ?4,"
+                       " last_error = ?5, updated_at = ?6,"
+                       " next_attempt_at = coalesce(?7, next_attempt_at), lease_until = NULL"
+                       " WHERE id = ?1",
+    [WQ_RETRY] = "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, lease_until = NULL"
+                 " WHERE id = ?1 AND state = 'failed'"
+                 " AND EXISTS (SELECT 1 FROM messages WHERE messages.id = deliveries.message_id)",
+    [WQ_COPY_DELETE] = "DELETE FROM stored WHERE key = ?1 AND expires_at > ?2",
+    [WQ_SWEEP_COPIES] = "DELETE FROM stored WHERE key IN (SELECT key FROM stored"
+                        " WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)",
+    [WQ_SWEEP_EVENTS] = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < ?1"
+                        " ORDER BY ts LIMIT ?2)",
+    [WQ_SWEEP_ATTEMPTS] = "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries"
+                          " WHERE state = ?1 AND updated_at < ?2 ORDER BY updated_at, id LIMIT ?3)",
+    [WQ_SWEEP_DELIVERIES] = "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
+                            " WHERE state = ?1 AND updated_at < ?2 ORDER BY updated_at, id"
+                            " LIMIT ?3)",
+    [WQ_CANDIDATES] = "SELECT message_id FROM purge_candidates LIMIT 1",
+    /* The state test comes last: reading it walks past the message's bytes. */
+    [WQ_PURGE_MESSAGE] = "DELETE FROM messages WHERE id = ?1"
+                         " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = ?1"
+                         "  AND state IN ('pending', 'failed'))"
+                         " AND NOT EXISTS (SELECT 1 FROM stored WHERE message_id = ?1"
+                         "  AND expires_at > ?2)"
+                         " AND state <> 'accepted'",
+    [WQ_PURGE_RECIPIENTS] = "DELETE FROM recipients WHERE message_id = ?1",
+    [WQ_DROP_CANDIDATE] = "DELETE FROM purge_candidates WHERE message_id = ?1",
+    [WQ_FREELIST] = "PRAGMA freelist_count",
+    [WQ_VACUUM] = "PRAGMA incremental_vacuum(" SQ_STR(SQ_SWEEP_VACUUM_PAGES) ")",
+};
+
+static const char *const rq_sql[RQ_COUNT] = {
+    /* INDEXED BY: without statistics the planner would take deliveries_state_updated. */
+    [RQ_DUE] = "SELECT " DELIVERY_COLS " FROM deliveries INDEXED BY deliveries_due"
+               " WHERE state = 'pending' AND next_attempt_at <= ?1 AND next_attempt_at >= ?2"
+               " AND (next_attempt_at > ?2 OR id > ?3) ORDER BY next_attempt_at, id LIMIT ?4",
+    [RQ_NEXT_DUE] = "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due"
+                    " WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
+    [RQ_DELIVERY] = "SELECT " DELIVERY_COLS " FROM deliveries WHERE id = ?1",
+    [RQ_LIST_STATE] = "SELECT " DELIVERY_COLS " FROM deliveries WHERE state = ?1"
+                      " AND updated_at <= ?2 AND (updated_at < ?2 OR id < ?3)"
+                      " ORDER BY updated_at DESC, id DESC LIMIT ?4",
+    [RQ_LIST_ANY] = "SELECT " DELIVERY_COLS " FROM deliveries WHERE ?1 IS NULL"
+                    " AND updated_at <= ?2 AND (updated_at < ?2 OR id < ?3)"
+                    " ORDER BY updated_at DESC, id DESC LIMIT ?4",
+    [RQ_COPY] = "SELECT " COPY_COLS " FROM stored s LEFT JOIN messages m ON m.id = s.message_id"
+                " WHERE s.key = ?1 AND s.expires_at > ?2",
+    [RQ_COPY_MESSAGE] = "SELECT " COPY_COLS ", m.received_at, m.sender, m.recipients,"
+                        " m.remote_ip, m.helo, m.tls, m.raw"
+                        " FROM stored s LEFT JOIN messages m ON m.id = s.message_id"
+                        " WHERE s.key = ?1 AND s.expires_at > ?2",
+    /* ?2..?3: the time range, already narrowed to the cursor's side. */
+    [RQ_EVENTS_ASC] = "SELECT " EVENT_COLS " FROM events WHERE domain = ?1 AND ts >= ?2"
+                      " AND ts <= ?3 AND (?4 IS NULL OR event = ?4)"
+                      " AND (?5 IS NULL OR message_id = ?5)"
+                      " AND (?6 IS NULL OR recipient = ?6 COLLATE NOCASE)"
+                      " AND (ts > ?7 OR id > ?8) ORDER BY ts, id LIMIT ?9",
+    [RQ_EVENTS_DESC] = "SELECT " EVENT_COLS " FROM events WHERE domain = ?1 AND ts >= ?2"
+                       " AND ts <= ?3 AND (?4 IS NULL OR event = ?4)"
+                       " AND (?5 IS NULL OR message_id = ?5)"
+                       " AND (?6 IS NULL OR recipient = ?6 COLLATE NOCASE)"
+                       " AND (ts < ?7 OR id < ?8) ORDER BY ts DESC, id DESC LIMIT ?9",
+    /* One statement, one read transaction: the numbers agree with each other. */
+    [RQ_GAUGES] =
+        "SELECT (SELECT count(*) FROM deliveries INDEXED BY deliveries_due"
+        "  WHERE state = 'pending'),"
+        " (SELECT count(*) FROM deliveries INDEXED BY deliveries_due"
+        "  WHERE state = 'pending' AND next_attempt_at <= ?1),"
+        " (SELECT count(*) FROM deliveries WHERE state = 'failed'),"
+        " (SELECT coalesce(min(next_attempt_at), 0) FROM deliveries INDEXED BY deliveries_due"
+        "  WHERE state = 'pending' AND next_attempt_at <= ?1),"
+        " (SELECT count(*) FROM stored WHERE expires_at > ?1),"
+        " (SELECT coalesce(sum(size), 0) FROM messages WHERE id IN"
+        "  (SELECT message_id FROM stored WHERE expires_at > ?1)),"
+        " (SELECT coalesce(min(created_at), 0) FROM stored WHERE expires_at > ?1),"
+        " (SELECT count(*) FROM messages)",
+};
+
+/* ---- helpers -------------------------------------------------------------------------------- */
+
+static int prepare_table(struct sqlite_be *be, sqlite3 *db, const char *const *sql,
+                         sqlite3_stmt **out, size_t n, char **err)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (sqlite3_prepare_v3(db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &out[i], NULL) !=
+            SQLITE_OK) {
+            sq_set_err(err, "cannot prepare statement %zu of the delivery queue on %s: %s", i,
+                       be->path, sqlite3_errmsg(db));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int sq_queue_prepare_writer(struct sqlite_be *be, char **err)
+{
+    return prepare_table(be, be->wdb, wq_sql, be->wq, WQ_COUNT, err);
+}
+
+int sq_queue_prepare_reader(struct sqlite_be *be, char **err)
+{
+    return prepare_table(be, be->rdb, rq_sql, be->rq, RQ_COUNT, err);
+}
+
+void sq_queue_finalize(struct sqlite_be *be)
+{
+    for (size_t i = 0; i < WQ_COUNT; i++) {
+        sqlite3_finalize(be->wq[i]);
+        be->wq[i] = NULL;
+    }
+    for (size_t i = 0; i < RQ_COUNT; i++) {
+        sqlite3_finalize(be->rq[i]);
+        be->rq[i] = NULL;
+    }
+}
+
+static void finish(sqlite3_stmt *s)
+{
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+}
+
+static int64_t clamp_limit(size_t n)
+{
+    return n > (size_t)INT64_MAX ? INT64_MAX : (int64_t)n;
+}
+
+/* Binds ?first.. from 64-bit integers. */
+static int bind_ints(sqlite3_stmt *s, int first, const int64_t *v, int n)
+{
+    int rc = SQLITE_OK;
+
+    for (int i = 0; i < n && rc == SQLITE_OK; i++) rc = sqlite3_bind_int64(s, first + i, v[i]);
+    return rc;
+}
+
+static void copy_col(char *dst, size_t size, sqlite3_stmt *s, int col)
+{
+    const unsigned char *t = sqlite3_column_text(s, col);
+
+    snprintf(dst, size, "%s", t ? (const char *)t : "");
+}
+
+/* A malloc'd copy of `s` in ASCII lower case (NULL when out of memory). */
+static char *lower_dup(const char *s)
+{
+    char *d = strdup(s);
+
+    for (char *p = d; p && *p; p++)
+        if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
+    return d;
+}
+
+/* The recipient's domain (after the last '@'), lower case, malloc'd ("" without '@'). */
+static char *domain_of(const char *rcpt)
+{
+    const char *at = rcpt ? strrchr(rcpt, '@') : NULL;
+
+    return lower_dup(at ? at + 1 : "");
+}
+
+static const char *db_error(sqlite3 *db, int rc)
+{
+    return rc == SQLITE_NOMEM ? "out of memory" : sqlite3_errmsg(db);
+}
+
+/* ---- events of a routing outcome ------------------------------------------------------------ */
+
+static int event_accepted(struct sqlite_be *be, const struct store_outcome *o,
+                          const struct store_recipient_outcome *r)
+{
+    sqlite3_stmt *s = be->wq[WQ_EV_ACCEPTED];
+    char *domain = domain_of(r->recipient);
+    const char *t[] = {o->message_id, r->recipient, domain, sq_nz(r->outcome, ""),
+                       sq_nz(r->routes_json, "[]")};
+    int rc;
+
+    if (!domain) return SQLITE_NOMEM;
+    rc = sqlite3_bind_int64(s, 1, o->now * 1000);
+    if (rc == SQLITE_OK) rc = sq_bind_texts(s, 2, t, 5);
+    rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
+    finish(s);
+    free(domain);
+    return rc;
+}
+
+static int event_stored(struct sqlite_be *be, const struct store_outcome *o,
+                        const struct store_copy_plan *c)
+{
+    sqlite3_stmt *s = be->wq[WQ_EV_STORED];
+    char *domain = domain_of(c->recipient);
+    const char *t[] = {o->message_id, c->recipient, domain, c->key, sq_nz(c->route_id, "")};
+    int rc;
+
+    if (!domain) return SQLITE_NOMEM;
+    rc = sqlite3_bind_int64(s, 1, o->now * 1000);
+    if (rc == SQLITE_OK) rc = sq_bind_texts(s, 2, t, 5);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 7, c->expires_at);
+    rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
+    finish(s);
+    free(domain);
+    return rc;
+}
+
+int sq_outcome_events(struct sqlite_be *be, const struct store_outcome *o, const char **what,
+                      const char **which)
+{
+    int rc = SQLITE_DONE;
+
+    *what = "accepted event";
+    for (size_t i = 0; i < o->nrecipients && rc == SQLITE_DONE; i++) {
+        *which = sq_nz(o->recipients[i].recipient, "(null)");
+        rc = event_accepted(be, o, &o->recipients[i]);
+    }
+    *what = "stored event";
+    for (size_t i = 0; i < o->ncopies && rc == SQLITE_DONE; i++) {
+        *which = o->copies[i].key;
+        rc = event_stored(be, o, &o->copies[i]);
+    }
+    return rc;
+}
+
+/* ---- attempts ------------------------------------------------------------------------------- */
+
+/* The delivery an attempt is about, copied out of its row. */
+struct attempt_target {
+    char message_id[ID_LEN + 1];
+    char *recipient, *route_ids, *kind, *target;
+    int64_t attempts;
+    bool pending;
+};
+
+static void attempt_target_free(struct attempt_target *t)
+{
+    free(t->recipient);
+    free(t->route_ids);
+    free(t->kind);
+    free(t->target);
+}
+
+/* SQLITE_ROW with *t filled, SQLITE_DONE when there is no such delivery, or the error code. */
+static int attempt_target_load(struct sqlite_be *be, const char *id, struct attempt_target *t)
+{
+    sqlite3_stmt *s = be->wq[WQ_ATTEMPT_DELIVERY];
+    int rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+
+    if (rc == SQLITE_OK) rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        const unsigned char *state = sqlite3_column_text(s, 6);
+
+        copy_col(t->message_id, sizeof t->message_id, s, 0);
+        t->recipient = sq_col_strdup(s, 1);
+        t->route_ids = sq_col_strdup(s, 2);
+        t->kind = sq_col_strdup(s, 3);
+        t->target = sq_col_strdup(s, 4);
+        t->attempts = sqlite3_column_int64(s, 5);
+        t->pending = state && strcmp((const char *)state, "pending") == 0;
+        if (!t->recipient || !t->route_ids || !t->kind || !t->target) rc = SQLITE_NOMEM;
+    }
+    finish(s);
+    return rc;
+}
+
+/* What an attempt's outcome means for its delivery and its event. */
+struct attempt_effect {
+    const char *state, *event, *severity;
+    bool retry;
+};
+
+static int attempt_effect_of(const char *outcome, struct attempt_effect *e)
+{
+    if (outcome && strcmp(outcome, "delivered") == 0)
+        *e = (struct attempt_effect){"delivered", "delivered", "", false};
+    else if (outcome && strcmp(outcome, "retry") == 0)
+        *e = (struct attempt_effect){"pending", "failed", "temporary", true};
+    else if (outcome && strcmp(outcome, "failed") == 0)
+        *e = (struct attempt_effect){"failed", "failed", "permanent", false};
+    else
+        return -1;
+    return 0;
+}
+
+static int bind_status(sqlite3_stmt *s, int idx, int status)
+{
+    return status ? sqlite3_bind_int(s, idx, status) : sqlite3_bind_null(s, idx);
+}
+
+static int insert_attempt_row(struct sqlite_be *be, const struct store_attempt *a, int64_t n)
+{
+    sqlite3_stmt *s = be->wq[WQ_INS_ATTEMPT];
+    const int64_t v[] = {n, a->started_at_ms, a->duration_ms};
+    const char *t[] = {sq_nz(a->error, ""), a->outcome};
+    int rc = sqlite3_bind_text(s, 1, a->delivery_id, -1, SQLITE_STATIC);
+
+    if (rc == SQLITE_OK) rc = bind_ints(s, 2, v, 3);
+    if (rc == SQLITE_OK) rc = bind_status(s, 5, a->status);
+    if (rc == SQLITE_OK) rc = sq_bind_texts(s, 6, t, 2);
+    rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
+    finish(s);
+    return rc;
+}
+
+static int update_delivery_row(struct sqlite_be *be, const struct store_attempt *a, int64_t n,
+                               const struct attempt_effect *e, int64_t end_s)
+{
+    sqlite3_stmt *s = be->wq[WQ_UPD_ATTEMPT];
+    const char *t[] = {a->delivery_id};
+    int rc = sq_bind_texts(s, 1, t, 1);
+
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 2, n);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 3, e->state, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = bind_status(s, 4, a->status);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 5, sq_nz(a->error, ""), -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 6, end_s);
+    if (rc == SQLITE_OK && e->retry) rc = sqlite3_bind_int64(s, 7, a->next_attempt_at);
+    rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
+    finish(s);
+    return rc;
+}
+
+static int insert_attempt_event(struct sqlite_be *be, const struct store_attempt *a, int64_t n,
+                                const struct attempt_effect *e, const struct attempt_target *t)
+{
+    sqlite3_stmt *s = be->wq[WQ_EV_ATTEMPT];
+    char *domain = domain_of(t->recipient);
+    const char *t1[] = {e->event, e->severity, t->message_id, t->recipient, domain,
+                        a->delivery_id};
+    const char *t2[] = {sq_nz(a->error, ""), t->kind, t->target};
+    int rc;
+
+    if (!domain) return SQLITE_NOMEM;
+    rc = sqlite3_bind_int64(s, 1, a->started_at_ms + a->duration_ms);
+    if (rc == SQLITE_OK) rc = sq_bind_texts(s, 2, t1, 6);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 8, n);
+    if (rc == SQLITE_OK) rc = bind_status(s, 9, a->status);
+    if (rc == SQLITE_OK) rc = sq_bind_texts(s, 10, t2, 3);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 13, a->duration_ms);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 14, t->route_ids, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK && e->retry) rc = sqlite3_bind_int64(s, 15, a->next_attempt_at);
+    rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
+    finish(s);
+    free(domain);
+    return rc;
+}
+
+int sq_record_attempt(void *arg, const struct store_attempt *a, enum store_status *result,
+                      char **err)
+{
+    struct sqlite_be *be = arg;
+    struct attempt_target t = {.attempts = 0};
+    struct attempt_effect e;
+    const char *step = "delivery";
+    int64_t end_ms = a->started_at_ms + a->duration_ms, n;
+    int rc, ret = -1;
+
+    *result = STORE_ERR_IO;
+    if (attempt_effect_of(a->outcome, &e) < 0) {
+        sq_set_err(err, "attempt of delivery %s: unknown outcome \"%s\"", a->delivery_id,
+                   sq_nz(a->outcome, "(null)"));
+        return -1;
+    }
+    rc = attempt_target_load(be, a->delivery_id, &t);
+    if (rc == SQLITE_DONE || (rc == SQLITE_ROW && !t.pending)) {
+        *result = STORE_ERR_NOT_FOUND;
+        ret = 0;
+        goto out;
+    }
+    if (rc != SQLITE_ROW) goto fail;
+    n = t.attempts + 1;
+    step = "attempts row";
+    if ((rc = insert_attempt_row(be, a, n)) != SQLITE_DONE) goto fail;
+    step = "delivery update";
+    /* Floor division: the second in which the attempt ended. */
+    if ((rc = update_delivery_row(be, a, n, &e, end_ms / 1000 - (end_ms % 1000 < 0))) !=
+        SQLITE_DONE)
+        goto fail;
+    step = "event";
+    if ((rc = insert_attempt_event(be, a, n, &e, &t)) != SQLITE_DONE) goto fail;
+    *result = STORE_OK;
+    ret = 0;
+    goto out;
+
+fail:
+    sq_set_err(err, "cannot record an attempt of delivery %s: %s: %s", a->delivery_id, step,
+               db_error(be->wdb, rc));
+out:
+    attempt_target_free(&t);
+    return ret;
+}
+
+/* ---- other delivery writes ------------------------------------------------------------------ */
+
+int sq_delivery_retry(void *arg, const char *id, int64_t now, enum store_status *result,
+                      char **err)
+{
+    struct sqlite_be *be = arg;
+    sqlite3_stmt *s = be->wq[WQ_RETRY];
+    int rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+
+    *result = STORE_ERR_IO;
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 2, now);
+    rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
+    finish(s);
+    if (rc != SQLITE_DONE) {
+        sq_set_err(err, "cannot retry delivery %s: %s", id, db_error(be->wdb, rc));
+        return -1;
+    }
+    *result = sqlite3_changes(be->wdb) ? STORE_OK : STORE_ERR_NOT_FOUND;
+    return 0;
+}
+
+/* SQLITE_ROW when message `id` exists, SQLITE_DONE when not, or the error code. */
+static int message_exists(struct sqlite_be *be, const char *id)
+{
+    sqlite3_stmt *s = be->msg_exists;
+    int rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+
+    if (rc == SQLITE_OK) rc = sqlite3_step(s);
+    finish(s);
+    return rc;
+}
+
+int sq_deliveries_add(void *arg, const char *message_id, const struct store_delivery_plan *plans,
+                      size_t n, int64_t now, enum store_status *result, char **err)
+{
+    struct sqlite_be *be = arg;
+    sqlite3_stmt *s = be->ins_delivery;
+    const char *which = message_id;
+    int rc = message_exists(be, message_id);
+
+    *result = STORE_ERR_IO;
+    if (rc == SQLITE_DONE) {
+        *result = STORE_ERR_NOT_FOUND;
+        return 0;
+    }
+    if (rc != SQLITE_ROW) goto fail;
+    rc = SQLITE_DONE;
+    for (size_t i = 0; i < n && rc == SQLITE_DONE; i++) {
+        const struct store_delivery_plan *d = &plans[i];
+        const char *t[] = {d->id, message_id, d->recipient, sq_nz(d->route_ids_json, "[]"),
+                           d->kind, d->target, sq_nz(d->format, "")};
+
+        which = d->id;
+        rc = sq_bind_texts(s, 1, t, 7);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 8, now);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 9, sq_nz(d->copy_key, ""), -1, SQLITE_STATIC);
+        rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
+        finish(s);
+    }
+    if (rc != SQLITE_DONE) goto fail;
+    *result = STORE_OK;
+    return 0;
+
+fail:
+    sq_set_err(err, "cannot add deliveries to message %s: %s: %s", message_id, which,
+               db_error(be->wdb, rc));
+    return -1;
+}
+
+int sq_copy_delete(void *arg, const char *key, int64_t now, enum store_status *result,
+                   char **err)
+{
+    struct sqlite_be *be = arg;
+    sqlite3_stmt *s = be->wq[WQ_COPY_DELETE];
+    int rc = sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+
+    *result = STORE_ERR_IO;
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 2, now);
+    rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
+    finish(s);
+    if (rc != SQLITE_DONE) {
+        sq_set_err(err, "cannot delete stored copy %s: %s", key, db_error(be->wdb, rc));
+        return -1;
+    }
+    *result = sqlite3_changes(be->wdb) ? STORE_OK : STORE_ERR_NOT_FOUND;
+    return 0;
+}
+
+/* ---- retention ------------------------------------------------------------------------------ */
+
+/* Runs a bound DELETE; *deleted = rows it deleted (not counting its triggers' rows). */
+static int run_delete(struct sqlite_be *be, sqlite3_stmt *s, uint64_t *deleted)
+{
+    int rc = sq_step_reset(s);
+
+    finish(s);
+    if (rc == SQLITE_DONE) *deleted = (uint64_t)sqlite3_changes(be->wdb);
+    return rc;
+}
+
+/* Deliveries in `state` last updated before `before`, with their attempts. */
+static int sweep_deliveries(struct sqlite_be *be, const char *state, int64_t before, int64_t lim,
+                            uint64_t *deleted)
+{
+    sqlite3_stmt *s[] = {be->wq[WQ_SWEEP_ATTEMPTS], be->wq[WQ_SWEEP_DELIVERIES]};
+    uint64_t ignored;
+    int rc = SQLITE_DONE;
+
+    for (int i = 0; i < 2 && rc == SQLITE_DONE; i++) {
+        const int64_t v[] = {before, lim};
+
+        rc = sqlite3_bind_text(s[i], 1, state, -1, SQLITE_STATIC);
+        if (rc == SQLITE_OK) rc = bind_ints(s[i], 2, v, 2);
+        rc = rc == SQLITE_OK ? run_delete(be, s[i], i == 0 ? &ignored : deleted) : rc;
+        finish(s[i]);
+    }
+    return rc;
+}
+
+/* Checks one noted message and purges it (row and recipients rows) when nothing needs it; the
+ * note goes either way.  SQLITE_DONE (*purged set), SQLITE_EMPTY when no note is left, or the
+ * error code. */
+static int purge_one(struct sqlite_be *be, int64_t now, bool *purged)
+{
+    sqlite3_stmt *s = be->wq[WQ_CANDIDATES];
+    char *id = NULL;
+    uint64_t n = 0, ignored;
+    int rc = sqlite3_step(s);
+
+    if (rc == SQLITE_ROW && !(id = sq_col_strdup(s, 0))) rc = SQLITE_NOMEM;
+    finish(s);
+    if (rc == SQLITE_DONE) return SQLITE_EMPTY;
+    if (rc != SQLITE_ROW) return rc;
+    s = be->wq[WQ_PURGE_MESSAGE];
+    rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 2, now);
+    rc = rc == SQLITE_OK ? run_delete(be, s, &n) : rc;
+    if (rc == SQLITE_DONE && n) {
+        s = be->wq[WQ_PURGE_RECIPIENTS];
+        rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        rc = rc == SQLITE_OK ? run_delete(be, s, &ignored) : rc;
+    }
+    if (rc == SQLITE_DONE) {
+        s = be->wq[WQ_DROP_CANDIDATE];
+        rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        rc = rc == SQLITE_OK ? run_delete(be, s, &ignored) : rc;
+    }
+    finish(s);
+    free(id);
+    *purged = n > 0;
+    return rc;
+}
+
+static int freelist_count(struct sqlite_be *be, int64_t *pages)
+{
+    sqlite3_stmt *s = be->wq[WQ_FREELIST];
+    int rc = sqlite3_step(s);
+
+    if (rc == SQLITE_ROW) {
+        *pages = sqlite3_column_int64(s, 0);
+        rc = SQLITE_DONE;
+    }
+    finish(s);
+    return rc;
+}
+
+/* Gives up to SQ_SWEEP_VACUUM_PAGES free pages back; *left: free pages that remain. */
+static int give_pages_back(struct sqlite_be *be, uint64_t *freed, int64_t *left)
+{
+    int64_t before = 0;
+    int rc = freelist_count(be, &before);
+
+    *left = before;
+    if (rc != SQLITE_DONE || before == 0) return rc;
+    while ((rc = sqlite3_step(be->wq[WQ_VACUUM])) == SQLITE_ROW) {}
+    finish(be->wq[WQ_VACUUM]);
+    if (rc == SQLITE_DONE) rc = freelist_count(be, left);
+    if (rc == SQLITE_DONE && *left < before) *freed = (uint64_t)(before - *left);
+    return rc;
+}
+
+int sq_sweep(void *arg, const struct store_sweep_args *a, struct store_sweep_result *out,
+             char **err)
+{
+    struct sqlite_be *be = arg;
+    const int64_t lim = clamp_limit(a->batch), now = a->now;
+    const char *step = "stored copies";
+    uint64_t failed = 0;
+    int64_t left = 0;
+    int rc;
+
+    *out = (struct store_sweep_result){0};
+    rc = bind_ints(be->wq[WQ_SWEEP_COPIES], 1, (const int64_t[]){now, lim}, 2);
+    rc = rc == SQLITE_OK ? run_delete(be, be->wq[WQ_SWEEP_COPIES], &out->copies) : rc;
+    if (rc != SQLITE_DONE) goto fail;
+    step = "events";
+    rc = bind_ints(be->wq[WQ_SWEEP_EVENTS], 1,
+                   (const int64_t[]){(now - a->event_ttl) * 1000, lim}, 2);
+    rc = rc == SQLITE_OK ? run_delete(be, be->wq[WQ_SWEEP_EVENTS], &out->events) : rc;
+    if (rc != SQLITE_DONE) goto fail;
+    step = "deliveries";
+    rc = sweep_deliveries(be, "delivered", now - a->event_ttl, lim, &out->deliveries);
+    if (rc == SQLITE_DONE)
+        rc = sweep_deliveries(be, "failed", now - a->failed_retention, lim, &failed);
+    if (rc != SQLITE_DONE) goto fail;
+    out->more = out->copies >= (uint64_t)lim || out->events >= (uint64_t)lim ||
+                out->deliveries >= (uint64_t)lim || failed >= (uint64_t)lim;
+    out->deliveries += failed;
+    step = "messages";
+    for (int64_t i = 0; i < lim; i++) {
+        bool purged = false;
+
+        rc = purge_one(be, now, &purged);
+        if (rc == SQLITE_EMPTY) break;
+        if (rc != SQLITE_DONE) goto fail;
+        out->messages += purged;
+        if (i + 1 == lim) out->more = true; /* notes may be left */
+    }
+    step = "incremental vacuum";
+    rc = give_pages_back(be, &out->pages_freed, &left);
+    if (rc != SQLITE_DONE) goto fail;
+    if (left > 0) out->more = true;
+    return 0;
+
+fail:
+    finish(be->wq[WQ_SWEEP_COPIES]);
+    finish(be->wq[WQ_SWEEP_EVENTS]);
+    sq_set_err(err, "sweep failed: %s: %s", step, db_error(be->wdb, rc));
+    return -1;
+}
+
+/* ---- reads ---------------------------------------------------------------------------------- */
+
+typedef int (*row_fn)(sqlite3_stmt *s, void *elem);
+
+/* Steps the bound statement `s` (rmu held) and appends one zeroed element of `size` bytes per row,
+ * filled by `fn`, to *v.  Resets `s` (the read transaction ends).  0, or -1 with *err; either way
+ * *v and *n hold the elements read so far (the caller frees them). */
+static int collect(sqlite3 *db, sqlite3_stmt *s, size_t size, row_fn fn, void **v, size_t *n,
+                   const char *what, char **err)
+{
+    size_t cap = 0;
+    bool oom = false;
+    int rc;
+
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (*n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            void *nv = realloc(*v, ncap * size);
+
+            if (!nv) {
+                oom = true;
+                break;
+            }
+            *v = nv;
+            cap = ncap;
+        }
+        void *elem = (char *)*v + *n * size;
+
+        memset(elem, 0, size);
+        (*n)++;
+        if (fn(s, elem) < 0) {
+            oom = true;
+            break;
+        }
+    }
+    if (oom) sq_set_err(err, "cannot read %s: out of memory", what);
+    else if (rc != SQLITE_DONE) sq_set_err(err, "cannot read %s: %s", what, sqlite3_errmsg(db));
+    finish(s);
+    return oom || rc != SQLITE_DONE ? -1 : 0;
+}
+
+static int read_delivery(sqlite3_stmt *s, void *elem)
+{
+    struct store_delivery *d = elem;
+
+    copy_col(d->id, sizeof d->id, s, 0);
+    copy_col(d->message_id, sizeof d->message_id, s, 1);
+    d->recipient = sq_col_strdup(s, 2);
+    d->kind = sq_col_strdup(s, 3);
+    d->target = sq_col_strdup(s, 4);
+    d->format = sq_col_strdup(s, 5);
+    d->route_ids_json = sq_col_strdup(s, 6);
+    d->state = sq_col_strdup(s, 7);
+    d->attempts = sqlite3_column_int64(s, 8);
+    d->next_attempt_at = sqlite3_column_int64(s, 9);
+    d->created_at = sqlite3_column_int64(s, 10);
+    d->updated_at = sqlite3_column_int64(s, 11);
+    d->last_status = sqlite3_column_int(s, 12);
+    d->last_error = sq_col_strdup(s, 13);
+    d->copy_key = sq_col_strdup(s, 14);
+    return d->recipient && d->kind && d->target && d->format && d->route_ids_json && d->state &&
+                   d->last_error && d->copy_key
+               ? 0
+               : -1;
+}
+
+/* Runs a bound delivery query (rmu held) into *out / *n. */
+static int delivery_rows(struct sqlite_be *be, sqlite3_stmt *s, struct store_delivery **out,
+                         size_t *n, char **err)
+{
+    void *v = NULL;
+    int rc = collect(be->rdb, s, sizeof **out, read_delivery, &v, n, "deliveries", err);
+
+    if (rc < 0) {
+        store_deliveries_free(v, *n);
+        v = NULL;
+        *n = 0;
+    }
+    *out = v;
+    return rc;
+}
+
+int sq_deliveries_due(void *arg, int64_t now, int64_t after_at, const char *after_id, size_t max,
+                      struct store_delivery **out, size_t *n, char **err)
+{
+    struct sqlite_be *be = arg;
+    sqlite3_stmt *s = be->rq[RQ_DUE];
+    bool cursor = after_id && *after_id;
+    const int64_t v[] = {now, cursor ? after_at : INT64_MIN};
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    pthread_mutex_lock(&be->rmu);
+    rc = bind_ints(s, 1, v, 2);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 3, cursor ? after_id : "", -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 4, clamp_limit(max));
+    if (rc == SQLITE_OK) {
+        rc = delivery_rows(be, s, out, n, err);
+    } else {
+        finish(s);
+        sq_set_err(err, "cannot read due deliveries: %s", sqlite3_errmsg(be->rdb));
+        rc = -1;
+    }
+    pthread_mutex_unlock(&be->rmu);
+    return rc;
+}
+
+int sq_deliveries_next_due(void *arg, int64_t *at, char **err)
+{
+    struct sqlite_be *be = arg;
+    sqlite3_stmt *s = be->rq[RQ_NEXT_DUE];
+    int rc;
+
+    pthread_mutex_lock(&be->rmu);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) *at = sqlite3_column_int64(s, 0);
+    else if (rc != SQLITE_DONE)
+        sq_set_err(err, "cannot read the next due delivery: %s", sqlite3_errmsg(be->rdb));
+    finish(s);
+    pthread_mutex_unlock(&be->rmu);
+    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : -1;
+}
+
+int sq_delivery_get(void *arg, const char *id, struct store_delivery **out, char **err)
+{
+    struct sqlite_be *be = arg;
+    sqlite3_stmt *s = be->rq[RQ_DELIVERY];
+    size_t n = 0;
+    int rc;
+
+    *out = NULL;
+    pthread_mutex_lock(&be->rmu);
+    rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) {
+        rc = delivery_rows(be, s, out, &n, err);
+    } else {
+        finish(s);
+        sq_set_err(err, "cannot read delivery %s: %s", id, sqlite3_errmsg(be->rdb));
+        rc = -1;
+    }
+    pthread_mutex_unlock(&be->rmu);
+    return rc < 0 ? -1 : n == 0 ? -ENOENT : 0;
+}
+
+int sq_deliveries_list(void *arg, const char *state, int64_t before_updated_at,
+                       const char *before_id, size_t max, struct store_delivery **out, size_t *n,
+                       char **err)
+{
+    struct sqlite_be *be = arg;
+    sqlite3_stmt *s = be->rq[state ? RQ_LIST_STATE : RQ_LIST_ANY];
+    bool cursor = before_id && *before_id;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    pthread_mutex_lock(&be->rmu);
+    rc = state ? sqlite3_bind_text(s, 1, state, -1, SQLITE_STATIC) : sqlite3_bind_null(s, 1);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 2, cursor ? before_updated_at : INT64_MAX);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 3, cursor ? before_id : "", -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 4, clamp_limit(max));
+    if (rc == SQLITE_OK) {
+        rc = delivery_rows(be, s, out, n, err);
+    } else {
+        finish(s);
+        sq_set_err(err, "cannot list deliveries: %s", sqlite3_errmsg(be->rdb));
+        rc = -1;
+    }
+    pthread_mutex_unlock(&be->rmu);
+    return rc;
+}
+
+/* ---- stored copies -------------------------------------------------------------------------- */
+
+static int read_copy(sqlite3_stmt *s, struct store_copy *c)
+{
+    copy_col(c->key, sizeof c->key, s, 0);
+    copy_col(c->message_id, sizeof c->message_id, s, 1);
+    c->recipient = sq_col_strdup(s, 2);
+    c->domain = sq_col_strdup(s, 3);
+    c->route_id = sq_col_strdup(s, 4);
+    c->notify = sqlite3_column_type(s, 5) == SQLITE_NULL ? NULL : sq_col_strdup(s, 5);
+    c->format = sq_col_strdup(s, 6);
+    c->expires_at = sqlite3_column_int64(s, 7);
+    c->created_at = sqlite3_column_int64(s, 8);
+    return c->recipient && c->domain && c->route_id && c->format &&
+                   (c->notify || sqlite3_column_type(s, 5) == SQLITE_NULL)
+               ? 0
+               : -1;
+}
+
+/* The message columns of RQ_COPY_MESSAGE (from column 10); *rcpts: its recipients JSON. */
+static int read_copy_message(sqlite3_stmt *s, struct store_message *m, char **rcpts)
+{
+    const void *raw = sqlite3_column_blob(s, 16);
+    size_t len = (size_t)sqlite3_column_bytes(s, 16);
+
+    copy_col(m->id, sizeof m->id, s, 1);
+    m->received_at_ms = sqlite3_column_int64(s, 10);
+    m->sender = sq_col_strdup(s, 11);
+    *rcpts = sq_col_strdup(s, 12);
+    m->remote_ip = sq_col_strdup(s, 13);
+    m->helo = sq_col_strdup(s, 14);
+    m->tls = sq_col_strdup(s, 15);
+    m->len = len;
+    m->data = malloc(len ? len : 1); /* never NULL, even for an empty body */
+    if (m->data && len) memcpy(m->data, raw, len);
+    return m->sender && *rcpts && m->remote_ip && m->helo && m->tls && m->data ? 0 : -1;
+}
+
+/* Reads the copy row (rmu held): 0, -ENOENT (no such unexpired copy, or its message is gone), or
+ * -1 with *err. */
+static int copy_row(struct sqlite_be *be, const char *key, int64_t now, struct store_copy *c,
+                    struct store_message *m, char **rcpts, char **err)
+{
+    sqlite3_stmt *s = be->rq[m ? RQ_COPY_MESSAGE : RQ_COPY];
+    int rc = sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC), ret = -1;
+
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 2, now);
+    if (rc == SQLITE_OK) rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW && !sqlite3_column_int(s, 9)) {
+        ret = -ENOENT;
+    } else if (rc == SQLITE_ROW) {
+        if (read_copy(s, c) == 0 && (!m || read_copy_message(s, m, rcpts) == 0))
+            ret = 0;
+        else
+            sq_set_err(err, "cannot read stored copy %s: out of memory", key);
+    } else if (rc == SQLITE_DONE) {
+        ret = -ENOENT;
+    } else {
+        sq_set_err(err, "cannot read stored copy %s: %s", key, sqlite3_errmsg(be->rdb));
+    }
+    finish(s); /* ends the read transaction: the bytes are ours now */
+    return ret;
+}
+
+int sq_copy_get(void *arg, const char *key, int64_t now, struct store_copy **copy,
+                struct store_message **msg, char **err)
+{
+    struct sqlite_be *be = arg;
+    struct store_copy *c = calloc(1, sizeof *c);
+    struct store_message *m = msg ? calloc(1, sizeof *m) : NULL;
+    char *rcpts = NULL;
+    int ret = -1;
+
+    *copy = NULL;
+    if (msg) *msg = NULL;
+    if (!c || (msg && !m)) {
+        sq_set_err(err, "cannot read stored copy %s: out of memory", key);
+        goto out;
+    }
+    pthread_mutex_lock(&be->rmu);
+    ret = copy_row(be, key, now, c, m, &rcpts, err);
+    pthread_mutex_unlock(&be->rmu);
+    if (ret == 0 && m && store_json_parse_string_array(rcpts, &m->rcpts, &m->nrcpts) < 0) {
+        sq_set_err(err, "cannot read stored copy %s: the recipients of message %s are not a JSON"
+                        " array of strings", key, m->id);
+        ret = -1;
+    }
+    if (ret == 0) {
+        *copy = c;
+        c = NULL;
+        if (msg) *msg = m;
+        m = NULL;
+    }
+out:
+    free(rcpts);
+    store_copy_free(c);
+    store_free_message(m);
+    return ret;
+}
+
+/* ---- events --------------------------------------------------------------------------------- */
+
+static int read_event(sqlite3_stmt *s, void *elem)
+{
+    struct store_event *e = elem;
+
+    e->id = sqlite3_column_int64(s, 0);
+    e->ts_ms = sqlite3_column_int64(s, 1);
+    e->event = sq_col_strdup(s, 2);
+    e->severity = sq_col_strdup(s, 3);
+    copy_col(e->message_id, sizeof e->message_id, s, 4);
+    e->recipient = sq_col_strdup(s, 5);
+    e->domain = sq_col_strdup(s, 6);
+    e->delivery_id = sq_col_strdup(s, 7);
+    e->detail_json = sq_col_strdup(s, 8);
+    return e->event && e->severity && e->recipient && e->domain && e->delivery_id &&
+                   e->detail_json
+               ? 0
+               : -1;
+}
+
+/* Binds RQ_EVENTS_* for `q`; the cursor narrows the time range on its side, so that the index
+ * range starts at the cursor (deep pages stay cheap). */
+static int bind_event_query(sqlite3_stmt *s, const struct store_event_query *q,
+                            const char *domain)
+{
+    int64_t lo = q->begin_ms ? q->begin_ms : INT64_MIN, hi = q->end_ms ? q->end_ms : INT64_MAX;
+    int64_t cts = q->ascending ? INT64_MIN : INT64_MAX, cid = q->ascending ? 0 : INT64_MAX;
+    const char *t[] = {domain, q->event, q->message_id, q->recipient};
+    int rc;
+
+    if (q->after_id) {
+        cts = q->after_ts_ms;
+        cid = q->after_id;
+        if (q->ascending && cts > lo) lo = cts;
+        if (!q->ascending && cts < hi) hi = cts;
+    }
+    rc = sq_bind_texts(s, 1, t, 1);
+    if (rc == SQLITE_OK) rc = bind_ints(s, 2, (const int64_t[]){lo, hi}, 2);
+    if (rc == SQLITE_OK) rc = sq_bind_texts(s, 4, t + 1, 3);
+    if (rc == SQLITE_OK) rc = bind_ints(s, 7, (const int64_t[]){cts, cid, clamp_limit(q->limit)}, 3);
+    return rc;
+}
+
+int sq_events_query(void *arg, const struct store_event_query *q, struct store_event **out,
+                    size_t *n, char **err)
+{
+    struct sqlite_be *be = arg;
+    sqlite3_stmt *s = be->rq[q->ascending ? RQ_EVENTS_ASC : RQ_EVENTS_DESC];
+    char *domain = lower_dup(q->domain ? q->domain : "");
+    void *v = NULL;
+    int rc = -1;
+
+    *out = NULL;
+    *n = 0;
+    if (!domain) {
+        sq_set_err(err, "cannot read events: out of memory");
+        return -1;
+    }
+    pthread_mutex_lock(&be->rmu);
+    if (bind_event_query(s, q, domain) == SQLITE_OK) {
+        rc = collect(be->rdb, s, sizeof **out, read_event, &v, n, "events", err);
+    } else {
+        finish(s);
+        sq_set_err(err, "cannot read events: %s", sqlite3_errmsg(be->rdb));
+    }
+    pthread_mutex_unlock(&be->rmu);
+    free(domain);
+    if (rc < 0) {
+        store_events_free(v, *n);
+        *n = 0;
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* ---- gauges and backups --------------------------------------------------------------------- */
+
+static int64_t file_bytes(const char *path, const char *suffix)
+{
+    char *p = NULL;
+    struct stat sb;
+    int64_t size = 0;
+
+    if (asprintf(&p, "%s%s", path, suffix) < 0) return 0;
+    if (stat(p, &sb) == 0) size = (int64_t)sb.st_size;
+    free(p);
+    return size;
+}
+
+int sq_gauges(void *arg, int64_t now, struct store_gauges *out, char **err)
+{
+    struct sqlite_be *be = arg;
+    sqlite3_stmt *s = be->rq[RQ_GAUGES];
+    int rc;
+
+    *out = (struct store_gauges){0};
+    pthread_mutex_lock(&be->rmu);
+    rc = sqlite3_bind_int64(s, 1, now);
+    if (rc == SQLITE_OK) rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        int64_t *f[] = {&out->deliveries_pending, &out->deliveries_due, &out->deliveries_failed,
+                        &out->oldest_due_at, &out->stored_copies, &out->stored_bytes,
+                        &out->stored_oldest_at, &out->messages};
+
+        for (int i = 0; i < (int)(sizeof f / sizeof f[0]); i++) *f[i] = sqlite3_column_int64(s, i);
+    } else {
+        sq_set_err(err, "cannot read the gauges: %s", sqlite3_errmsg(be->rdb));
+    }
+    finish(s);
+    pthread_mutex_unlock(&be->rmu);
+    if (rc != SQLITE_ROW) return -1;
+    out->database_bytes = file_bytes(be->path, "") + file_bytes(be->path, "-wal");
+    return 0;
+}
+
+/* fsyncs `path`, then its directory. */
+static int sync_file_and_dir(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir = !slash ? strdup(".") : strndup(path, slash == path ? 1 : (size_t)(slash - path));
+    int fd = open(path, O_RDONLY | O_CLOEXEC), rc = -1;
+
+    if (fd >= 0 && fsync(fd) == 0) rc = 0;
+    if (fd >= 0) close(fd);
+    fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (fd < 0 || fsync(fd) < 0) rc = -1;
+    if (fd >= 0) close(fd);
+    free(dir);
+    return rc;
+}
+
+/* VACUUM INTO from a connection of its own, opened read-only (the shared read connection is
+ * query_only, which VACUUM INTO refuses, and must not be held for a whole copy). */
+static int vacuum_into(const struct sqlite_be *be, const char *path, char **err)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *s = NULL;
+    int rc = sqlite3_open_v2(be->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+
+    if (rc == SQLITE_OK) {
+        sqlite3_busy_timeout(db, 5000);
+        rc = sqlite3_prepare_v2(db, "VACUUM INTO ?1", -1, &s, NULL);
+    }
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 1, path, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_step(s);
+    if (rc != SQLITE_DONE)
+        sq_set_err(err, "cannot back up %s into %s: %s", be->path, path,
+                   db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int sq_backup(void *arg, const char *path, char **err)
+{
+    struct sqlite_be *be = arg;
+    /* Created here, empty and 0600 (the copy holds the keys); an existing file is refused. */
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+
+    if (fd < 0) {
+        sq_set_err(err, "cannot create backup file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    close(fd);
+    if (vacuum_into(be, path, err) < 0) goto fail;
+    if (sync_file_and_dir(path) < 0) {
+        sq_set_err(err, "cannot sync backup file %s: %s", path, strerror(errno));
+        goto fail;
+    }
+    log_info("storage", "backup path=%s bytes=%lld", path, (long long)file_bytes(path, ""));
+    return 0;
+
+fail:
+    unlink(path);
+    return -1;
+}
