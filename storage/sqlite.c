@@ -49,6 +49,9 @@
  * journal_size_limit) the writer runs a RESTART checkpoint itself, waiting at most
  * VALVE_BUSY_MS for readers to leave the WAL. */
 #define SQLITE_CHECKPOINT_IDLE_FRAMES 1000
+/* No commit for this long: the checkpointer copies the whole WAL back and truncates the file, so
+ * an idle database is database + empty WAL (what a steady load with pauses comes back to). */
+#define SQLITE_CHECKPOINT_TRUNCATE_IDLE_MS 1000
 #define SQLITE_CHECKPOINT_FORCE_FRAMES 16384
 #define SQLITE_CHECKPOINT_VALVE_BUSY_MS 250
 
@@ -261,6 +264,15 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
 
     (void)db, (void)name;
     be->wal_frames = frames;
+    if (be->ckpt_started) {
+        pthread_mutex_lock(&be->cmu);
+        be->commit_seq++;
+        if (!be->wal_dirty) {
+            be->wal_dirty = true;
+            pthread_cond_signal(&be->ckpt_cv); /* start the idle clock */
+        }
+        pthread_mutex_unlock(&be->cmu);
+    }
     if (frames >= SQLITE_CHECKPOINT_IDLE_FRAMES && be->ckpt_started) {
         pthread_mutex_lock(&be->cmu);
         /* Each run copies at least IDLE_FRAMES new frames (fewer, larger runs: fewer syncs);
@@ -285,16 +297,34 @@ static void *checkpointer_main(void *arg)
         int log_frames = 0, done_frames = 0, rc;
         double ms;
 
-        while (!be->ckpt_stop && (!be->ckpt_wanted || be->ckpt_hold))
-            pthread_cond_wait(&be->ckpt_cv, &be->cmu);
+        bool truncate = false;
+        while (!be->ckpt_stop && (!be->ckpt_wanted || be->ckpt_hold)) {
+            if (!be->wal_dirty || be->ckpt_hold) {
+                pthread_cond_wait(&be->ckpt_cv, &be->cmu);
+                continue;
+            }
+            const uint64_t seq = be->commit_seq;
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += (long)SQLITE_CHECKPOINT_TRUNCATE_IDLE_MS * 1000000L;
+            until.tv_sec += until.tv_nsec / 1000000000L;
+            until.tv_nsec %= 1000000000L;
+            if (pthread_cond_timedwait(&be->ckpt_cv, &be->cmu, &until) == ETIMEDOUT && seq == be->commit_seq &&
+                be->wal_dirty && !be->ckpt_hold && !be->ckpt_stop) {
+                truncate = true;
+                break;
+            }
+        }
         if (be->ckpt_stop) break;
         be->ckpt_wanted = false;
         be->ckpt_running = true;
+        const uint64_t seq_before = be->commit_seq;
         pthread_mutex_unlock(&be->cmu);
 
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        rc = sqlite3_wal_checkpoint_v2(be->cdb, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_frames,
-                                       &done_frames);
+        rc = sqlite3_wal_checkpoint_v2(be->cdb, NULL,
+                                       truncate ? SQLITE_CHECKPOINT_TRUNCATE : SQLITE_CHECKPOINT_PASSIVE,
+                                       &log_frames, &done_frames);
         ms = ms_since(&t0);
         /* BUSY: another checkpoint (another process's) holds the checkpoint lock; the next
          * commit wakes us again. */
@@ -307,7 +337,10 @@ static void *checkpointer_main(void *arg)
         pthread_mutex_lock(&be->cmu);
         be->ckpt_running = false;
         be->cstats.runs++;
-        if (rc == SQLITE_OK) {
+        if (rc == SQLITE_OK && truncate && be->commit_seq == seq_before) {
+            be->wal_dirty = false; /* empty until the next commit */
+            be->ckpt_last_log = 0;
+        } else if (rc == SQLITE_OK) {
             be->ckpt_last_log = log_frames;
             be->cstats.last_log_frames = (uint64_t)log_frames;
             be->cstats.last_checkpointed_frames = (uint64_t)done_frames;

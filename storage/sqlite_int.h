@@ -85,6 +85,8 @@ struct sqlite_be {
     bool ckpt_running;
     bool ckpt_hold;           /* the writer's valve is due or running: start no run */
     bool ckpt_stop;
+    uint64_t commit_seq;      /* commits so far (the idle check compares it across a wait) */
+    bool wal_dirty;           /* the WAL holds frames since the last TRUNCATE checkpoint */
     struct store_checkpoint_stats cstats;
 };
 

@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -68,6 +69,7 @@ struct store {
     struct store_entry *head, **tail;
     bool stopping;
     struct store_stats stats;
+    struct store_histograms hist;
 
     pthread_mutex_t write_mu;
     pthread_t writer;
@@ -472,6 +474,31 @@ static void job_finish(struct store_entry *e)
 }
 
 /* Writes the batch[0..nentries-1] (messages and jobs) in one transaction, then answers each. */
+static const double batch_bounds[STORE_BATCH_BUCKETS] = {1, 2, 4, 8, 16, 32, 64, INFINITY};
+static const double latency_bounds[STORE_LATENCY_BUCKETS] = {0.0005, 0.001, 0.002, 0.005, 0.01,
+                                                             0.025, 0.05, 0.1, 0.5, INFINITY};
+
+/* Under st->mu. */
+static void observe_batch(struct store_histograms *h, size_t entries, double seconds)
+{
+    for (size_t i = 0; i < STORE_BATCH_BUCKETS; i++)
+        if ((double)entries <= batch_bounds[i]) h->batch_counts[i]++;
+    for (size_t i = 0; i < STORE_LATENCY_BUCKETS; i++)
+        if (seconds <= latency_bounds[i]) h->latency_counts[i]++;
+    h->batch_sum += (double)entries;
+    h->latency_sum += seconds;
+    h->count++;
+}
+
+void store_get_histograms(struct store *st, struct store_histograms *out)
+{
+    pthread_mutex_lock(&st->mu);
+    *out = st->hist;
+    pthread_mutex_unlock(&st->mu);
+    memcpy(out->batch_bounds, batch_bounds, sizeof batch_bounds);
+    memcpy(out->latency_bounds, latency_bounds, sizeof latency_bounds);
+}
+
 static void run_batch(struct store *st, size_t nentries)
 {
     struct timespec t0, t1;
@@ -516,6 +543,7 @@ static void run_batch(struct store *st, size_t nentries)
 
     pthread_mutex_lock(&st->mu);
     if (rc == STORE_OK) {
+        observe_batch(&st->hist, nentries, elapsed_ms(&t0, &t1) / 1000.0);
         st->stats.batches++;
         st->stats.messages += ok;
         st->stats.bytes += ok_bytes;

@@ -101,6 +101,22 @@ struct store_stats {
 };
 void store_get_stats(struct store *st, struct store_stats *out);
 
+/* Histograms of committed batches (GET /metrics): entries (messages and jobs) per batch and
+ * seconds from BEGIN to the end of COMMIT (the fsync included).  Cumulative counts per upper
+ * bound, Prometheus style; the last bucket is +Inf. */
+#define STORE_BATCH_BUCKETS 8
+#define STORE_LATENCY_BUCKETS 10
+struct store_histograms {
+    double batch_bounds[STORE_BATCH_BUCKETS];     /* 1, 2, 4, ..., +Inf */
+    uint64_t batch_counts[STORE_BATCH_BUCKETS];
+    double batch_sum;
+    double latency_bounds[STORE_LATENCY_BUCKETS]; /* 0.0005 s ... +Inf */
+    uint64_t latency_counts[STORE_LATENCY_BUCKETS];
+    double latency_sum;
+    uint64_t count;
+};
+void store_get_histograms(struct store *st, struct store_histograms *out);
+
 void store_free_message(struct store_message *msg);
 
 /* ---------------------------------------------------------------------------------------------
