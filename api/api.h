@@ -2,8 +2,9 @@
  *
  * A thread pool with epoll per listener.  Every endpoint but GET /healthz needs HTTP Basic
  * credentials (user "api", the API key); request bodies are urlencoded or multipart forms
- * (api/form.h).  The routes endpoints (SPEC §7) are in api/routes.c; stored messages, events and
- * metrics come with their issues.  Uses util/, storage/, routes/ and message/ (the dry run
+ * (api/form.h).  The routes endpoints (SPEC §7) are in api/routes.c, stored copies (SPEC §6) in
+ * api/messages.c, events in api/events.c, the dead-letter list in api/deliveries.c, metrics in
+ * api/metrics.c.  Uses util/, storage/, routes/ and message/ (the dry run
  * POST /v3/routes/test parses the message it is given). */
 #ifndef INLET_API_H
 #define INLET_API_H
@@ -29,7 +30,8 @@ struct api_config {
     struct route_registry *routes;
     int64_t route_quota;       /* --route-quota: POST /v3/routes refuses the route past this many */
     const char *public_url;    /* --public-url: base of storage URLs and of the events' paging
-                                  URLs, no trailing '/' */
+                                  URLs (copied; a trailing '/' is dropped); NULL or "": derived
+                                  from the first listener (api_server_public_url) */
     /* Hooks into the engine (api/ does not depend on engine/); each may be NULL.  They run on an
      * MHD pool thread and must not block for long. */
     void *hooks_arg;
@@ -43,6 +45,10 @@ struct api_config {
 /* Starts every listener and logs one line per listener.  NULL with *err (malloc'd); also when
  * cfg->api_key is NULL or empty (the API is never served without a key). */
 struct api_server *api_server_start(const struct api_config *cfg, struct store *store, char **err);
+/* The base of storage URLs and paging URLs: cfg->public_url without a trailing '/', or, when
+ * that was NULL or "", "http://<first listener as bound>" (its real port, also for port 0).
+ * Valid until api_server_stop(). */
+const char *api_server_public_url(const struct api_server *api);
 /* Stops accepting, finishes requests in progress, frees.  NULL is fine. */
 void api_server_stop(struct api_server *api);
 

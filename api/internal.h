@@ -45,6 +45,7 @@ struct api_server {
     struct api_auth auth;
     struct route_registry *routes; /* cfg.routes, or the server's own (own_routes) */
     bool own_routes;
+    char *public_url; /* cfg.public_url, or "http://<first listener>" when none was given (owned) */
     atomic_llong body_bytes; /* request body bytes held by every request (API_BODIES_INFLIGHT_MAX) */
 };
 
@@ -114,5 +115,44 @@ enum MHD_Result api_routes_match(struct api_server *api, struct api_request *req
 enum MHD_Result api_routes_test(struct api_server *api, struct api_request *req);
 /* "Wed, 15 Feb 2012 13:03:31 GMT" (RFC 1123, fixed English names); out holds >= 32 bytes. */
 void api_rfc1123(char *out, size_t outsz, int64_t unix_seconds);
+
+/* api/messages.c: stored copies at <public-url>/v3/domains/<domain>/messages/<key> (SPEC §6). */
+enum MHD_Result api_stored_get(struct api_server *api, struct api_request *req);
+enum MHD_Result api_stored_raw(struct api_server *api, struct api_request *req);
+enum MHD_Result api_stored_attachment(struct api_server *api, struct api_request *req);
+enum MHD_Result api_stored_resend(struct api_server *api, struct api_request *req);
+enum MHD_Result api_stored_delete(struct api_server *api, struct api_request *req);
+/* RFC 6266 Content-Disposition for attachment `index` named `name` (UTF-8; "" gives
+ * "attachment-<index>"): attachment; filename="<ASCII fallback>" and, when the fallback is not
+ * the name itself, filename*=UTF-8''<percent-encoded>.  The fallback keeps printable ASCII but
+ * quote, backslash, slash and percent (one '_' per other character).  g_malloc'd. */
+char *api_content_disposition(const char *name, size_t index);
+/* api/events.c: GET /v3/<domain>/events[/<page token>] (SPEC §7, Mailgun's Events API shape). */
+enum MHD_Result api_events_list(struct api_server *api, struct api_request *req);
+/* api/deliveries.c: the dead-letter list and its replay (SPEC §7). */
+enum MHD_Result api_deliveries_list(struct api_server *api, struct api_request *req);
+enum MHD_Result api_deliveries_retry(struct api_server *api, struct api_request *req);
+/* api/metrics.c: GET /metrics (Prometheus text from the engine's hook). */
+enum MHD_Result api_metrics(struct api_server *api, struct api_request *req);
+
+/* Shared helpers (api/common.c). */
+/* Queues `take_body` (len bytes, malloc'd; freed by MHD once sent, also on failure) with
+ * `content_type` and `status`, without copying it. */
+enum MHD_Result api_reply_bytes(struct MHD_Connection *conn, unsigned status,
+                                const char *content_type, void *take_body, size_t len);
+/* A store error answered as 503 {"message": "Storage unavailable: <why>"} (logged); takes err. */
+enum MHD_Result api_reply_store_error(struct api_request *req, const char *what, int status,
+                                      char *take_err);
+/* A JSON string of `len` bytes; invalid UTF-8 becomes U+FFFD. */
+json_t *api_jstrn(const char *s, size_t len);
+/* The same for a NUL-terminated string (NULL gives ""). */
+json_t *api_jstr(const char *s);
+/* base64url without padding of n bytes (g_malloc'd), and back (NULL when not base64url). */
+char *api_b64url_encode(const void *data, size_t n);
+uint8_t *api_b64url_decode(const char *s, size_t *n);
+/* A query-string value percent-encoded for a URL (g_malloc'd). */
+char *api_url_escape(const char *s);
+/* Decimal digits only, no sign, fits in long long: 1; not digits: 0; too large: -1. */
+int api_parse_count(const char *s, long long *out);
 
 #endif

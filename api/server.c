@@ -30,6 +30,19 @@ static const struct api_endpoint endpoints[] = {
     {"GET", "/v3/routes/:id", api_routes_get, true},
     {"PUT", "/v3/routes/:id", api_routes_update, true},
     {"DELETE", "/v3/routes/:id", api_routes_delete, true},
+    /* Stored copies (SPEC §6): looked up by key alone, whatever the domain segment says. */
+    {"GET", "/v3/domains/:domain/messages/:key", api_stored_get, true},
+    {"POST", "/v3/domains/:domain/messages/:key", api_stored_resend, true},
+    {"DELETE", "/v3/domains/:domain/messages/:key", api_stored_delete, true},
+    {"GET", "/v3/domains/:domain/messages/:key/raw", api_stored_raw, true},
+    {"GET", "/v3/domains/:domain/messages/:key/attachments/:n", api_stored_attachment, true},
+    /* Events (Mailgun's shape): the page token of the paging URLs is a path segment. */
+    {"GET", "/v3/:domain/events", api_events_list, true},
+    {"GET", "/v3/:domain/events/:page", api_events_list, true},
+    /* The dead-letter list and its replay. */
+    {"GET", "/v3/deliveries", api_deliveries_list, true},
+    {"POST", "/v3/deliveries/:id/retry", api_deliveries_retry, true},
+    {"GET", "/metrics", api_metrics, true},
 };
 
 enum { STAGE_NEW, STAGE_BODY, STAGE_REPLIED };
@@ -38,7 +51,9 @@ enum { STAGE_NEW, STAGE_BODY, STAGE_REPLIED };
 
 static struct MHD_Response *json_response(json_t *body)
 {
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    /* Reals are the events' timestamps (seconds with milliseconds): 16 digits print them
+     * exactly, without %.17g's noise ("1700000000.1229999"). */
+    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(16)) : NULL;
     json_decref(body);
     if (!text) text = strdup("{\"message\": \"Internal error\"}");
     if (!text) return NULL;
@@ -431,6 +446,8 @@ static int start_daemon(struct api_server *api, const char *spec, char **err)
     char addr[80] = "?";
     if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0) net_format((struct sockaddr *)&ss, addr, sizeof addr);
     log_info("http", "listening addr=%s", addr);
+    /* No --public-url: the first listener as bound (its real port, also with port 0). */
+    if (!api->public_url) api->public_url = g_strdup_printf("http://%s", addr);
     return 0;
 }
 
@@ -444,6 +461,12 @@ struct api_server *api_server_start(const struct api_config *cfg, struct store *
     api->cfg = *cfg;
     api->cfg.api_key = NULL; /* kept only as a digest */
     api->store = store;
+    if (cfg->public_url && *cfg->public_url) {
+        api->public_url = g_strdup(cfg->public_url);
+        /* Paths are appended to it: no trailing '/'. */
+        size_t n = strlen(api->public_url);
+        while (n > 0 && api->public_url[n - 1] == '/') api->public_url[--n] = '\0';
+    }
     atomic_init(&api->body_bytes, 0);
     api_auth_init(&api->auth, cfg->api_key);
     api->routes = cfg->routes;
@@ -470,6 +493,11 @@ fail:
     return NULL;
 }
 
+const char *api_server_public_url(const struct api_server *api)
+{
+    return api->public_url ? api->public_url : "";
+}
+
 void api_server_stop(struct api_server *api)
 {
     if (!api) return;
@@ -477,5 +505,6 @@ void api_server_stop(struct api_server *api)
     for (size_t i = 0; i < api->ndaemons; i++) MHD_stop_daemon(api->daemons[i]);
     if (api->own_routes) route_registry_free(api->routes);
     memset(&api->auth, 0, sizeof api->auth);
+    g_free(api->public_url);
     g_free(api);
 }

@@ -15,11 +15,15 @@
 #include <glib.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <uv.h>
 
 #include "api/api.h"
+#include "engine/deliver.h"
 #include "engine/keys.h"
+#include "engine/metrics.h"
+#include "engine/sweeper.h"
 #include "engine/pipeline.h"
 #include "message/message.h"
 #include "routes/routes.h"
@@ -39,6 +43,9 @@ struct engine {
     struct route_registry *routes;
     struct route_matcher *rcpt_matcher; /* the loop's, for the RCPT-time check */
     struct pipeline *pipeline;
+    struct deliverer *deliver;
+    struct sweeper *sweeper;
+    atomic_bool smtp_ready;
     int64_t recovered;
     uv_signal_t sigterm, sigint;
     uv_async_t commits_async;
@@ -133,13 +140,32 @@ static void on_smtp_commit(void *ctx, struct smtp_commit *commit, struct smtp_tx
     store_accept(e->store, m, on_stored, p);
 }
 
-static void on_pipeline_stopped(void *ctx)
+static void on_sweeper_stopped(void *ctx)
 {
     struct engine *e = ctx;
     /* Nothing else keeps the loop running. */
     uv_close((uv_handle_t *)&e->commits_async, NULL);
     uv_close((uv_handle_t *)&e->sigterm, NULL);
     uv_close((uv_handle_t *)&e->sigint, NULL);
+}
+
+static void on_deliver_stopped(void *ctx)
+{
+    struct engine *e = ctx;
+    if (e->sweeper)
+        sweeper_stop(e->sweeper, on_sweeper_stopped, e);
+    else
+        on_sweeper_stopped(e);
+}
+
+static void on_pipeline_stopped(void *ctx)
+{
+    struct engine *e = ctx;
+    /* No worker offers deliveries any more: deliveries in flight finish within the grace. */
+    if (e->deliver)
+        deliver_stop(e->deliver, (unsigned)e->cfg->shutdown_grace, on_deliver_stopped, e);
+    else
+        on_deliver_stopped(e);
 }
 
 static void on_smtp_stopped(void *ctx)
@@ -221,6 +247,12 @@ static int start_routing(struct engine *e)
     if (loaded == 0 && e->cfg->reject_unrouted && e->cfg->domains.count > 0)
         log_warn("engine", "no routes yet: every recipient but postmaster is refused (550 5.1.1) until a route "
                            "is created (POST /v3/routes) or --reject-unrouted no is given");
+    return 0;
+}
+
+/* After the deliverer, which takes the deliveries the workers plan. */
+static int start_pipeline(struct engine *e)
+{
     /* Test hooks (tests/blackbox): hold the workers, so that messages stay 'accepted'; a shorter
      * retry period than PIPELINE_RETRY_SECONDS.  Not settings: nothing in production uses them. */
     const char *pause = getenv("INLET_TEST_PAUSE_PIPELINE");
@@ -228,6 +260,9 @@ static int start_routing(struct engine *e)
     struct pipeline_config pc = {
         .store = e->store,
         .routes = e->routes,
+        .deliver = e->deliver,
+        .inline_attachments_max = (size_t)e->cfg->inline_attachments_max,
+        .default_json = strcmp(e->cfg->webhook_format, "json") == 0,
         .store_ttl = e->cfg->store_ttl,
         .recovered = e->recovered,
         .paused = pause && strcmp(pause, "1") == 0,
@@ -261,7 +296,62 @@ static int start_keys(struct engine *e)
     return 0;
 }
 
-static int start_listeners(struct engine *e)
+/* Before the pipeline, which hands it the deliveries it plans. */
+static int start_deliveries(struct engine *e)
+{
+    const struct inlet_config *c = e->cfg;
+    struct deliver_config dc = {
+        .store = e->store,
+        .signing_key = e->keys.signing_key,
+        .default_format = c->webhook_format,
+        .retry_schedule = c->retry_schedule,
+        .retry_count = c->retry_count,
+        .timeout = c->webhook_timeout,
+        .connect_timeout = c->webhook_connect_timeout,
+        .inline_attachments_max = (size_t)c->inline_attachments_max,
+        .public_url = api_server_public_url(e->api),
+        .relay = c->relay,
+        .relay_password = c->relay_password,
+        .relay_tls_required = strcmp(c->relay_tls, "require") == 0,
+        .bounce_address = c->bounce_address,
+        .hostname = c->hostname,
+    };
+    e->deliver = deliver_start(&e->loop, &dc);
+    if (!e->deliver) {
+        log_error("engine", "cannot start the deliveries (libcurl)");
+        return -1;
+    }
+    /* Test hook: a shorter sweep period than SWEEP_SECONDS. */
+    const char *period = getenv("INLET_TEST_SWEEP_SECONDS");
+    struct sweeper_config sc = {
+        .store = e->store,
+        .event_ttl = c->event_ttl,
+        .failed_retention = c->failed_retention,
+        .period_seconds = period ? (unsigned)g_ascii_strtoull(period, NULL, 10) % 3600 : 0,
+    };
+    e->sweeper = sweeper_start(&e->loop, &sc);
+    return 0;
+}
+
+static char *hook_metrics(void *arg)
+{
+    struct engine *e = arg;
+    struct metrics_sources src = {
+        .store = e->store,
+        .pipeline = e->pipeline,
+        .deliver = e->deliver,
+        .smtp = atomic_load(&e->smtp_ready) ? e->smtp : NULL,
+    };
+    return metrics_render(&src);
+}
+
+static void hook_deliveries_due(void *arg)
+{
+    struct engine *e = arg;
+    deliver_kick(e->deliver);
+}
+
+static int start_api(struct engine *e)
 {
     struct inlet_config *cfg = e->cfg;
     char *err = NULL;
@@ -273,9 +363,25 @@ static int start_listeners(struct engine *e)
         .api_key = e->keys.api_key,
         .routes = e->routes,
         .route_quota = cfg->route_quota,
+        .public_url = cfg->public_url,
+        .hooks_arg = e,
+        .deliveries_due = hook_deliveries_due,
+        .metrics = hook_metrics,
     };
     e->api = api_server_start(&api_cfg, e->store, &err);
-    if (!e->api) goto fail;
+    if (!e->api) {
+        log_error("engine", "%s", err);
+        g_free(err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Last: from here on mail comes in. */
+static int start_smtp(struct engine *e)
+{
+    struct inlet_config *cfg = e->cfg;
+    char *err = NULL;
     struct smtp_server_config smtp_cfg = {
         .session = {
             .hostname = cfg->hostname,
@@ -290,9 +396,12 @@ static int start_listeners(struct engine *e)
         .max_connections_per_ip = (unsigned)cfg->max_connections_per_ip,
         .timeout_seconds = (unsigned)cfg->smtp_timeout,
         .inflight_bytes_max = LIMIT_INFLIGHT_BYTES,
+        .tls_cert = cfg->tls_cert && *cfg->tls_cert ? cfg->tls_cert : NULL,
+        .tls_key = cfg->tls_key && *cfg->tls_key ? cfg->tls_key : NULL,
     };
     e->smtp = smtp_server_start(&e->loop, &smtp_cfg, &smtp_ops, e, &err);
     if (!e->smtp) goto fail;
+    atomic_store(&e->smtp_ready, true); /* the metrics hook (API threads) may read it now */
     return 0;
 fail:
     log_error("engine", "%s", err);
@@ -317,7 +426,9 @@ int engine_serve(struct inlet_config *cfg)
     uv_signal_init(&e.loop, &e.sigint);
     e.sigterm.data = e.sigint.data = &e;
 
-    if (start_storage(&e) < 0 || start_keys(&e) < 0 || start_routing(&e) < 0 || start_listeners(&e) < 0) {
+    /* The API is up before the deliverer, which builds storage URLs from its address. */
+    if (start_storage(&e) < 0 || start_keys(&e) < 0 || start_routing(&e) < 0 || start_api(&e) < 0 ||
+        start_deliveries(&e) < 0 || start_pipeline(&e) < 0 || start_smtp(&e) < 0) {
         api_server_stop(e.api);
         e.api = NULL;
         on_smtp_stopped(&e); /* SMTP is the last to start: it did not */
@@ -332,6 +443,8 @@ int engine_serve(struct inlet_config *cfg)
 out:
     smtp_server_free(e.smtp);
     pipeline_free(e.pipeline); /* its workers are joined */
+    deliver_free(e.deliver);
+    sweeper_free(e.sweeper);
     store_close(e.store); /* after the loop: every commit has been answered and routed or left */
     route_registry_free(e.routes); /* after the API and the workers */
     route_matcher_free(e.rcpt_matcher);

@@ -22,6 +22,9 @@ static void usage(FILE *out)
             "                                           validate the settings and exit 0/1\n"
             "  inlet keys [--data-dir DIR | --database URL]\n"
             "                                           print the API key and the signing key\n"
+            "  inlet backup FILE [--data-dir DIR | --database URL]\n"
+            "                                           write a consistent copy of the database to\n"
+            "                                           FILE (safe while inlet serve runs)\n"
             "  inlet parse FILE [--recipient ADDR] [--sender ADDR] [--id ID]\n"
             "                                           print the parsed message as the webhook\n"
             "                                           JSON (SPEC §5, without signature fields)\n"
@@ -100,6 +103,44 @@ static int load_config(struct inlet_config *cfg, int argc, char **argv)
     return -1;
 }
 
+/* `inlet backup FILE [settings]`: SQLite's VACUUM INTO from a read transaction, so the copy is
+ * consistent while `inlet serve` goes on writing.  Restore = stop, put FILE as <data-dir>/inlet.db
+ * (no -wal beside it), start. */
+static int backup_command(int argc, char **argv)
+{
+    if (argc < 1 || argv[0][0] == '-') {
+        fprintf(stderr, "inlet backup: the backup file name is missing (inlet backup FILE [--data-dir DIR])\n");
+        return 2;
+    }
+    const char *file = argv[0];
+    struct inlet_config cfg;
+    int status = 1;
+    struct store *st = NULL;
+    char *err = NULL;
+    if (load_config(&cfg, argc - 1, argv + 1) < 0) goto out;
+    log_set_level(LOG_WARN);
+    if (!store_exists(cfg.data_dir, cfg.database)) {
+        fprintf(stderr, "inlet backup: there is no database in %s\n", cfg.data_dir);
+        goto out;
+    }
+    st = store_open(cfg.data_dir, cfg.database, &err);
+    if (!st) {
+        fprintf(stderr, "inlet backup: cannot open storage: %s\n", err);
+        goto out;
+    }
+    if (store_backup(st, file, &err) < 0) {
+        fprintf(stderr, "inlet backup: %s\n", err ? err : "failed");
+        goto out;
+    }
+    printf("backup written to %s\n", file);
+    status = 0;
+out:
+    g_free(err);
+    store_close(st);
+    config_free(&cfg);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -121,6 +162,13 @@ int main(int argc, char **argv)
             return 0;
         }
         return parse_command(argc - 2, argv + 2);
+    }
+    if (strcmp(cmd, "backup") == 0) {
+        if (argc > 2 && strcmp(argv[2], "--help") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        return backup_command(argc - 2, argv + 2);
     }
     if (strcmp(cmd, "serve") != 0 && strcmp(cmd, "check-config") != 0 &&
         strcmp(cmd, "keys") != 0) {

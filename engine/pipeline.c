@@ -17,10 +17,12 @@
 #include <glib.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "engine/deliver.h"
 #include "engine/plan.h"
 #include "message/message.h"
 #include "routes/routes.h"
@@ -31,7 +33,10 @@
 struct pipeline {
     struct store *store;
     struct route_registry *routes;
+    struct deliverer *deliver;
     int64_t store_ttl;
+    size_t inline_attachments_max;
+    bool default_json;
     int64_t recovered;
     unsigned retry_seconds;
 
@@ -51,6 +56,8 @@ struct pipeline {
     int64_t pass_started_ms;
     bool overflow_logged;
 
+    atomic_ullong n_routed, n_rcpt_routed, n_rcpt_dropped, n_failures;
+
     pthread_t threads[PIPELINE_WORKERS];
     size_t nthreads;
     size_t exited;             /* workers that left their loop */
@@ -68,9 +75,11 @@ struct pipeline {
 /* ---------------------------------------------------------------------------------------------
  * Routing one message (worker thread). */
 
+/* Routes *smp; when deliveries were planned, the deliverer may take the bytes (*smp = NULL). */
 static enum store_status route_message(struct pipeline *p, struct route_matcher *matcher,
-                                       const struct store_message *sm, bool recovered)
+                                       struct store_message **smp, bool recovered)
 {
+    const struct store_message *sm = *smp;
     const int64_t t0 = g_get_monotonic_time(); /* microseconds */
     struct message *m = message_parse(sm->data, sm->len);
     if (!m) {
@@ -80,16 +89,25 @@ static enum store_status route_message(struct pipeline *p, struct route_matcher 
     struct route_table *t = route_registry_current(p->routes);
     struct plan plan;
     enum store_status st = STORE_ERR_IO;
-    const int64_t now = clock_now_ms() / 1000;
-    if (plan_build(&plan, sm, m, t, matcher, now, p->store_ttl) < 0) {
+    const int64_t now_ms = clock_now_ms(), now = now_ms / 1000;
+    const struct plan_options opts = {
+        .store_ttl = p->store_ttl,
+        .inline_attachments_max = p->inline_attachments_max,
+        .default_json = p->default_json,
+    };
+    if (plan_build(&plan, sm, m, t, matcher, now, &opts) < 0) {
         log_warn("engine", "not routed id=%s reason=out-of-memory (stays accepted)", sm->id);
     } else {
         char *err = NULL;
+        plan.outcome.now_ms = now_ms;
         st = store_write_outcome(p->store, &plan.outcome, &err);
         if (st == STORE_ERR_NOT_FOUND) {
             log_debug("engine", "not routed id=%s reason=message-gone", sm->id);
             st = STORE_OK; /* deleted meanwhile: nothing to route */
         } else if (st == STORE_OK) {
+            atomic_fetch_add(&p->n_routed, 1);
+            atomic_fetch_add(&p->n_rcpt_routed, plan.nrouted);
+            atomic_fetch_add(&p->n_rcpt_dropped, plan.ndropped);
             for (size_t i = 0; i < plan.outcome.nrecipients; i++) {
                 const struct store_recipient_outcome *r = &plan.outcome.recipients[i];
                 if (strcmp(r->outcome, "dropped") != 0) continue;
@@ -100,7 +118,10 @@ static enum store_status route_message(struct pipeline *p, struct route_matcher 
             log_info("engine", "routed id=%s rcpts=%zu deliveries=%zu stored=%zu dropped=%zu ms=%.1f%s", sm->id,
                      plan.outcome.nrecipients, plan.outcome.ndeliveries, plan.outcome.ncopies, plan.ndropped,
                      (double)(g_get_monotonic_time() - t0) / 1000.0, recovered ? " via=scan" : "");
+            /* The message is parsed already: the deliveries' payloads are built here. */
+            deliver_offer(p->deliver, &plan.outcome, m, smp);
         } else {
+            atomic_fetch_add(&p->n_failures, 1);
             log_warn("engine", "not routed id=%s reason=%s error=\"%s\" (stays accepted; retried in %ds)", sm->id,
                      st == STORE_ERR_FULL ? "disk-full" : "storage-error", err ? err : "", p->retry_seconds);
         }
@@ -189,12 +210,14 @@ static void *worker_main(void *arg)
         struct store_message *msg = g_queue_pop_head(&p->live);
         if (msg) {
             p->live_bytes -= msg->len;
+            char id[ID_LEN + 1];
+            memcpy(id, msg->id, sizeof id);
             pthread_mutex_unlock(&p->lock);
-            enum store_status st = route_message(p, matcher, msg, false);
+            enum store_status st = route_message(p, matcher, &msg, false);
+            store_free_message(msg); /* NULL when the deliverer took it */
             pthread_mutex_lock(&p->lock);
-            forget(p, msg->id);
+            forget(p, id);
             if (st != STORE_OK) p->retry_wanted = true;
-            store_free_message(msg); /* under the lock: cheap, and keeps the loop simple */
             continue;
         }
         char *id = g_queue_pop_head(&p->ids);
@@ -204,7 +227,7 @@ static void *worker_main(void *arg)
             char *err = NULL;
             enum store_status st = store_load_message(p->store, id, &sm, &err);
             if (st == STORE_OK) {
-                st = route_message(p, matcher, sm, true);
+                st = route_message(p, matcher, &sm, true);
             } else if (st == STORE_ERR_NOT_FOUND) {
                 st = STORE_OK; /* gone meanwhile: nothing to route */
             } else {
@@ -332,6 +355,9 @@ struct pipeline *pipeline_start(uv_loop_t *loop, const struct pipeline_config *c
     struct pipeline *p = g_new0(struct pipeline, 1);
     p->store = cfg->store;
     p->routes = cfg->routes;
+    p->deliver = cfg->deliver;
+    p->inline_attachments_max = cfg->inline_attachments_max;
+    p->default_json = cfg->default_json;
     p->store_ttl = cfg->store_ttl;
     p->recovered = cfg->recovered;
     p->paused = cfg->paused;
@@ -415,4 +441,15 @@ void pipeline_free(struct pipeline *p)
     pthread_cond_destroy(&p->cond);
     pthread_mutex_destroy(&p->lock);
     g_free(p);
+}
+
+void pipeline_get_stats(struct pipeline *p, struct pipeline_stats *out)
+{
+    out->messages_routed = atomic_load(&p->n_routed);
+    out->recipients_routed = atomic_load(&p->n_rcpt_routed);
+    out->recipients_dropped = atomic_load(&p->n_rcpt_dropped);
+    out->outcome_failures = atomic_load(&p->n_failures);
+    pthread_mutex_lock(&p->lock);
+    out->queued = g_queue_get_length(&p->live) + g_queue_get_length(&p->ids);
+    pthread_mutex_unlock(&p->lock);
 }

@@ -23,6 +23,7 @@
 #include <uv.h>
 
 struct pipeline;
+struct deliverer;
 struct route_registry;
 struct store;
 struct store_message;
@@ -42,7 +43,10 @@ struct store_message;
 struct pipeline_config {
     struct store *store;
     struct route_registry *routes;
+    struct deliverer *deliver;  /* takes the payloads of planned deliveries (NULL: the due scan does) */
     int64_t store_ttl;          /* seconds: expires_at of stored copies */
+    size_t inline_attachments_max; /* --inline-attachments-max (plan_options) */
+    bool default_json;          /* --webhook-format json */
     int64_t recovered;          /* 'accepted' messages counted at start (for the log) */
     bool paused;                /* test hook INLET_TEST_PAUSE_PIPELINE=1: workers take nothing
                                    until the process gets SIGUSR1 */
@@ -61,5 +65,14 @@ void pipeline_submit(struct pipeline *p, struct store_message *msg);
 void pipeline_stop(struct pipeline *p, unsigned grace_seconds, void (*stopped)(void *), void *arg);
 /* After `stopped` ran. */
 void pipeline_free(struct pipeline *p);
+
+/* Counters since start, for GET /metrics (any thread). */
+struct pipeline_stats {
+    uint64_t messages_routed;      /* outcomes written */
+    uint64_t recipients_routed, recipients_dropped;
+    uint64_t outcome_failures;     /* outcomes that could not be written (retried) */
+    uint64_t queued;               /* messages waiting for a worker now */
+};
+void pipeline_get_stats(struct pipeline *p, struct pipeline_stats *out);
 
 #endif

@@ -150,6 +150,8 @@ struct builder {
     struct plan *p;
     struct vec rcpts, deliveries, copies;
     int64_t expires_at;
+    const struct plan_options *opts;
+    size_t attachment_bytes;    /* decoded bytes of every attachment of the message */
 };
 
 static int add_deliveries(struct builder *b, const char *rcpt, const struct route_result *r)
@@ -193,8 +195,9 @@ static int add_deliveries(struct builder *b, const char *rcpt, const struct rout
     return 0;
 }
 
+/* Adds a stored copy; *key_out (may be NULL) = its key, kept by the plan. */
 static int add_copy(struct builder *b, const char *rcpt, const char *domain, const char *route_id,
-                    const char *notify, enum route_format format)
+                    const char *notify, enum route_format format, const char **key_out)
 {
     struct plan *p = b->p;
     p->copies = vec_push(p->copies, &b->copies, sizeof *p->copies);
@@ -206,7 +209,47 @@ static int add_copy(struct builder *b, const char *rcpt, const char *domain, con
     c->notify = notify ? keep(p, g_strdup(notify)) : NULL;
     c->format = format_name(format);
     c->expires_at = b->expires_at;
-    return c->route_id && (!notify || c->notify) ? 0 : -1;
+    /* A copy of the key: the array moves when it grows. */
+    const char *key = keep(p, g_strdup(c->key));
+    if (key_out) *key_out = key;
+    return c->route_id && (!notify || c->notify) && key ? 0 : -1;
+}
+
+/* SPEC §6: the notify POST of a stored copy is a delivery like a forward (signed, retried), in
+ * the store's format; it is never merged with a forward to the same URL. */
+static int add_notify(struct builder *b, const char *rcpt, const char *route_id, const char *url,
+                      enum route_format format, const char *key)
+{
+    struct plan *p = b->p;
+    p->deliveries = vec_push(p->deliveries, &b->deliveries, sizeof *p->deliveries);
+    struct store_delivery_plan *x = &p->deliveries[b->deliveries.n - 1];
+    id_generate(x->id);
+    x->recipient = rcpt;
+    x->kind = "notify";
+    x->format = format_name(format);
+    x->target = keep(p, g_strdup(url));
+    json_t *ids = json_array();
+    if (ids) json_array_append_new(ids, jstr(route_id));
+    x->route_ids_json = keep_json(p, ids);
+    x->copy_key = key;
+    return x->target && x->route_ids_json ? 0 : -1;
+}
+
+/* SPEC §6: a JSON POST gives attachments past the inline budget by URL, from a stored copy kept
+ * for the store TTL.  One copy per recipient serves all its JSON deliveries. */
+static int add_attachment_copy(struct builder *b, const char *rcpt, const char *domain, size_t first)
+{
+    struct plan *p = b->p;
+    if (b->attachment_bytes <= b->opts->inline_attachments_max) return 0;
+    const char *key = NULL;
+    for (size_t k = first; k < b->deliveries.n; k++) {
+        struct store_delivery_plan *x = &p->deliveries[k];
+        const bool json = strcmp(x->format, "json") == 0 || (!*x->format && b->opts->default_json);
+        if (strcmp(x->kind, "url") != 0 || !json) continue;
+        if (!key && add_copy(b, rcpt, domain, "", NULL, ROUTE_FORMAT_DEFAULT, &key) < 0) return -1;
+        p->deliveries[k].copy_key = key; /* add_copy grew the copies, not the deliveries */
+    }
+    return 0;
 }
 
 static int plan_recipient(struct builder *b, const char *rcpt, struct route_message *rm,
@@ -227,10 +270,16 @@ static int plan_recipient(struct builder *b, const char *rcpt, struct route_mess
         o->warnings_json = keep_json(p, string_array(r.warnings, r.nwarnings));
         const char *domain = keep(p, rcpt_domain(rcpt));
         if (!o->routes_json || !o->warnings_json || !domain) rc = -1;
+        const size_t first = b->deliveries.n;
         if (rc == 0) rc = add_deliveries(b, rcpt, &r);
-        for (size_t i = 0; rc == 0 && i < r.nstores; i++)
-            rc = add_copy(b, rcpt, domain, r.stores[i].route_id, r.stores[i].notify, r.stores[i].format);
-        if (rc == 0 && postmaster_copy) rc = add_copy(b, rcpt, domain, "", NULL, ROUTE_FORMAT_DEFAULT);
+        if (rc == 0) rc = add_attachment_copy(b, rcpt, domain, first);
+        for (size_t i = 0; rc == 0 && i < r.nstores; i++) {
+            const char *key = NULL;
+            rc = add_copy(b, rcpt, domain, r.stores[i].route_id, r.stores[i].notify, r.stores[i].format, &key);
+            if (rc == 0 && r.stores[i].notify)
+                rc = add_notify(b, rcpt, r.stores[i].route_id, r.stores[i].notify, r.stores[i].format, key);
+        }
+        if (rc == 0 && postmaster_copy) rc = add_copy(b, rcpt, domain, "", NULL, ROUTE_FORMAT_DEFAULT, NULL);
         if (strcmp(o->outcome, "dropped") == 0)
             p->ndropped++;
         else
@@ -241,12 +290,14 @@ static int plan_recipient(struct builder *b, const char *rcpt, struct route_mess
 }
 
 int plan_build(struct plan *p, const struct store_message *sm, const struct message *m,
-               const struct route_table *t, struct route_matcher *matcher, int64_t now, int64_t store_ttl)
+               const struct route_table *t, struct route_matcher *matcher, int64_t now,
+               const struct plan_options *opts)
 {
     memset(p, 0, sizeof *p);
     GPtrArray *strings = g_ptr_array_new_with_free_func(free);
     p->strings = strings;
-    struct builder b = {.p = p, .expires_at = now + store_ttl};
+    struct builder b = {.p = p, .expires_at = now + opts->store_ttl, .opts = opts};
+    for (size_t i = 0; i < message_attachment_count(m); i++) b.attachment_bytes += message_attachment(m, i)->size;
 
     const size_t nh = message_header_count(m);
     const char **names = g_new0(const char *, nh + 1), **values = g_new0(const char *, nh + 1);

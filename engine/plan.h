@@ -24,11 +24,18 @@ struct plan {
     void *strings;                  /* GPtrArray of every string the outcome points to */
 };
 
+struct plan_options {
+    int64_t store_ttl;              /* seconds: expires_at of stored copies */
+    size_t inline_attachments_max;  /* a JSON POST inlines this many attachment bytes; past it
+                                       the plan adds a stored copy to fetch them from */
+    bool default_json;              /* --webhook-format json: format "" means JSON */
+};
+
 /* Fills `p` for message `sm` (its id and recipients) parsed as `m`.  0, or -1 when memory ran
  * out (`p` must be cleared either way). */
 int plan_build(struct plan *p, const struct store_message *sm, const struct message *m,
                const struct route_table *t, struct route_matcher *matcher, int64_t now,
-               int64_t store_ttl);
+               const struct plan_options *opts);
 void plan_clear(struct plan *p);
 
 /* Whether `rcpt` is RFC 5321's postmaster: the bare "postmaster" or local part "postmaster",

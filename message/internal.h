@@ -92,4 +92,15 @@ void walk_message(struct message *m, GMimeMessage *gm);
 /* Decoded bytes of a leaf or the bytes of a forwarded message (g_malloc'd == malloc'd). */
 GByteArray *part_bytes(const struct message *m, GMimeObject *part);
 
+/* json.c — shared with post.c and stored.c. */
+/* A JSON string of any caller text (NULL gives ""): invalid UTF-8 becomes U+FFFD instead of a
+ * missing field. */
+json_t *msg_jstr(const char *s);
+/* The recipient's domain, lower case ("" when there is no @).  g_free(). */
+char *msg_domain_of(const char *recipient);
+/* message-headers: [[name, value], ...]. */
+json_t *msg_headers_json(const struct message *m);
+/* "<base>/attachments/<i>", trailing slashes of base dropped.  g_free(). */
+char *msg_attachment_url(const char *base, size_t i);
+
 #endif

@@ -7,16 +7,25 @@
  *
  * A commit outlives its connection: `struct smtp_commit` keeps the in-flight budget reservation
  * and a pointer back to the conn that is cleared when the conn closes, so a 250 that arrives
- * after the client left is dropped, never written to a freed session. */
+ * after the client left is dropped, never written to a freed session.
+ *
+ * STARTTLS: the SSL_CTX is built once at start.  A connection gets its TLS state (tls.c, memory
+ * BIOs) only when its client says STARTTLS, so a plaintext connection holds none.  From then on
+ * socket bytes go through tls_pump(): ciphertext into the TLS object, plaintext out of it (one
+ * loop-wide buffer again) into the session; the session's replies are encrypted on their way out.
+ * The 220 to STARTTLS is the last plaintext written; every byte read after it is TLS. */
 #include "smtp/smtp.h"
 
+#include <errno.h>
 #include <glib.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
+#include "smtp/tls.h"
 #include "util/limits.h"
 #include "util/log.h"
 #include "util/net.h"
@@ -27,6 +36,14 @@ struct smtp_commit {
     struct smtp_server *srv;
     struct conn *conn; /* NULL once the connection has closed */
     size_t reserved;   /* in-flight bytes the txn held; given back when the commit ends */
+};
+
+/* A connection's TLS, once its client said STARTTLS. */
+enum tls_phase {
+    TLS_OFF,       /* plaintext (c->tls is NULL) */
+    TLS_ARMED,     /* STARTTLS accepted: the 220 still goes out in plaintext */
+    TLS_HANDSHAKE, /* 220 written: every byte read is the handshake */
+    TLS_ON,        /* handshake done: plaintext ⇄ TLS records */
 };
 
 struct conn {
@@ -41,8 +58,10 @@ struct conn {
     char *pending; /* input the session could not take yet (waiting for a commit or a write) */
     size_t pending_len;
     struct smtp_commit *commit;
+    struct smtp_tls *tls; /* NULL until STARTTLS; freed with the conn */
     unsigned writes_in_flight;
     bool reading, closing, in_feed;
+    uint8_t tls_phase; /* enum tls_phase; in the padding: idle conns are counted by the thousand */
 };
 
 struct smtp_server {
@@ -60,9 +79,38 @@ struct smtp_server {
     uint64_t next_conn_id;
     bool stopping, stopped_called, grace_timer_open;
     uv_timer_t grace_timer;
+    struct smtp_tls_ctx *tls_ctx; /* NULL: STARTTLS not offered */
     char read_buf[SMTP_READ_CHUNK];
     bool read_buf_lent;
+    char tls_plain[SMTP_TLS_PLAIN_CHUNK]; /* decrypted input, handed to one session at a time */
+    /* Metrics (written on the loop, read by API threads). */
+    atomic_ullong n_connections, n_open, n_tls;
+    atomic_ullong n_replies[600];
 };
+
+/* Counts the final line of every reply in `out` (SMTP: "250 ...", not "250-..."). */
+static void count_replies(struct smtp_server *srv, const char *out, size_t len)
+{
+    for (size_t i = 0; i < len;) {
+        const char *line = out + i;
+        const char *nl = memchr(line, '\n', len - i);
+        size_t n = nl ? (size_t)(nl - line) + 1 : len - i;
+        if (n >= 4 && g_ascii_isdigit(line[0]) && g_ascii_isdigit(line[1]) && g_ascii_isdigit(line[2]) &&
+            (line[3] == ' ' || line[3] == '\r')) {
+            int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+            if (code >= 200 && code < 600) atomic_fetch_add_explicit(&srv->n_replies[code], 1, memory_order_relaxed);
+        }
+        i += n;
+    }
+}
+
+void smtp_server_get_stats(struct smtp_server *srv, struct smtp_server_stats *out)
+{
+    out->connections = atomic_load_explicit(&srv->n_connections, memory_order_relaxed);
+    out->connections_open = atomic_load_explicit(&srv->n_open, memory_order_relaxed);
+    out->tls_started = atomic_load_explicit(&srv->n_tls, memory_order_relaxed);
+    for (size_t i = 0; i < 600; i++) out->replies[i] = atomic_load_explicit(&srv->n_replies[i], memory_order_relaxed);
+}
 
 struct write_req {
     uv_write_t req;
@@ -105,10 +153,29 @@ static bool session_reserve(void *ctx, ssize_t delta)
     return true;
 }
 
+/* The session accepted STARTTLS: the TLS state is made now, used after the 220 is written. */
+static int session_starttls(void *ctx)
+{
+    struct conn *c = ctx;
+    if (!c->srv->tls_ctx || c->tls) return -ENOTSUP;
+    c->tls = smtp_tls_new(c->srv->tls_ctx);
+    if (!c->tls) return -ENOMEM;
+    c->tls_phase = TLS_ARMED;
+    return 0;
+}
+
 static const struct smtp_session_ops session_ops = {
     .commit = session_commit,
     .check_rcpt = session_check_rcpt,
     .reserve = session_reserve,
+};
+
+/* With a certificate: STARTTLS offered. */
+static const struct smtp_session_ops session_ops_tls = {
+    .commit = session_commit,
+    .check_rcpt = session_check_rcpt,
+    .reserve = session_reserve,
+    .starttls = session_starttls,
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -159,11 +226,13 @@ static void on_handle_closed(uv_handle_t *h)
     else srv->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     srv->nconns--;
+    atomic_store_explicit(&srv->n_open, srv->nconns, memory_order_relaxed);
     unsigned n = GPOINTER_TO_UINT(g_hash_table_lookup(srv->per_ip, c->ip));
     if (n <= 1) g_hash_table_remove(srv->per_ip, c->ip);
     else g_hash_table_insert(srv->per_ip, g_strdup(c->ip), GUINT_TO_POINTER(n - 1));
     log_debug("smtp", "conn=%llu disconnected ip=%s", (unsigned long long)c->id, c->ip);
     smtp_session_free(c->session);
+    smtp_tls_free(c->tls);
     g_free(c->pending);
     g_free(c);
     maybe_stopped(srv);
@@ -209,17 +278,59 @@ static void conn_write(struct conn *c, char *take_data, size_t len)
     c->writes_in_flight++;
 }
 
+/* Stops reading; the connection closes once what is queued has been written. */
+static void conn_close_after_writes(struct conn *c)
+{
+    c->closing = true;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+    if (c->writes_in_flight == 0) conn_close(c);
+}
+
+/* Sends whatever ciphertext the TLS object has produced (handshake, records, alerts). */
+static void tls_send(struct conn *c)
+{
+    size_t len = 0;
+    char *out = smtp_tls_take_output(c->tls, &len);
+    if (out) conn_write(c, out, len);
+}
+
+static void tls_failed(struct conn *c, const char *what, const char *why)
+{
+    log_info("smtp", "conn=%llu tls %s failed ip=%s reason=\"%s\"", (unsigned long long)c->id, what,
+             c->ip, why);
+    tls_send(c); /* the alert, if OpenSSL made one */
+    conn_close_after_writes(c);
+}
+
 static void conn_flush(struct conn *c)
 {
-    if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
+    if (uv_is_closing((uv_handle_t *)&c->tcp) || c->closing) return;
     size_t len = 0;
     char *out = smtp_session_take_output(c->session, &len);
-    if (out) conn_write(c, out, len);
+    if (out) count_replies(c->srv, out, len);
+    if (out && c->tls_phase == TLS_ON) {
+        char why[256];
+        int rc = smtp_tls_write(c->tls, out, len, why, sizeof why);
+        free(out);
+        if (rc < 0) {
+            tls_failed(c, "write", why);
+            return;
+        }
+        tls_send(c);
+    } else if (out && c->tls_phase == TLS_HANDSHAKE) {
+        free(out); /* the session says nothing during the handshake; never plaintext now */
+    } else if (out) {
+        conn_write(c, out, len);
+    }
+    /* The 220 to STARTTLS has just been queued in plaintext: what is read from now on is TLS. */
+    if (c->tls_phase == TLS_ARMED) c->tls_phase = TLS_HANDSHAKE;
     if (smtp_session_closing(c->session)) {
-        c->closing = true;
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->reading = false;
-        if (c->writes_in_flight == 0) conn_close(c);
+        if (c->tls_phase == TLS_ON) {
+            smtp_tls_shutdown(c->tls);
+            tls_send(c);
+        }
+        conn_close_after_writes(c);
     }
 }
 
@@ -243,6 +354,7 @@ static void conn_feed(struct conn *c, const char *data, size_t len)
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void tls_pump(struct conn *c);
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -265,6 +377,10 @@ static void conn_resume(struct conn *c)
         g_free(data);
         if (c->pending || c->closing) return;
     }
+    if (c->tls_phase == TLS_ON) {
+        tls_pump(c); /* records already received but not yet decrypted */
+        if (c->pending || c->closing) return;
+    }
     if (!c->reading && !smtp_session_committing(c->session)) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = true;
     }
@@ -276,12 +392,75 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     c->srv->read_buf_lent = false;
     if (nread == 0) return;
     if (nread < 0) {
-        log_debug("smtp", "conn=%llu read ended: %s", (unsigned long long)c->id, uv_strerror((int)nread));
+        if (c->tls_phase == TLS_HANDSHAKE)
+            log_info("smtp", "conn=%llu tls handshake failed ip=%s reason=\"%s\"", (unsigned long long)c->id,
+                     c->ip, uv_strerror((int)nread));
+        else
+            log_debug("smtp", "conn=%llu read ended: %s", (unsigned long long)c->id, uv_strerror((int)nread));
         conn_close(c);
         return;
     }
     uv_timer_again(&c->timer);
+    if (c->tls_phase == TLS_HANDSHAKE || c->tls_phase == TLS_ON) {
+        if (smtp_tls_push(c->tls, buf->base, (size_t)nread) < 0) {
+            tls_failed(c, "read", "out of memory");
+            return;
+        }
+        tls_pump(c);
+        return;
+    }
     conn_feed(c, buf->base, (size_t)nread);
+}
+
+/* The handshake is done: the session starts over under TLS (RFC 3207 §4.2). */
+static void tls_established(struct conn *c)
+{
+    char desc[SMTP_TLS_DESC_MAX];
+    smtp_tls_describe(c->tls, desc, sizeof desc);
+    c->tls_phase = TLS_ON;
+    atomic_fetch_add_explicit(&c->srv->n_tls, 1, memory_order_relaxed);
+    log_info("smtp", "conn=%llu tls started ip=%s tls=%s", (unsigned long long)c->id, c->ip, desc);
+    smtp_session_tls_started(c->session, desc);
+}
+
+/* Moves TLS input on: the handshake while it lasts, then decrypted records into the session,
+ * until the TLS object needs more ciphertext or the session cannot take more (c->pending, which
+ * stops reading the socket: the ciphertext left in the TLS object is then at most one read). */
+static void tls_pump(struct conn *c)
+{
+    char why[256];
+    struct smtp_server *srv = c->srv;
+    if (c->tls_phase == TLS_HANDSHAKE) {
+        int rc = smtp_tls_handshake(c->tls, why, sizeof why);
+        if (rc < 0) {
+            tls_failed(c, "handshake", why);
+            return;
+        }
+        tls_send(c);
+        if (rc == 0) return;
+        tls_established(c);
+    }
+    while (!c->pending && !c->closing && !smtp_session_committing(c->session) &&
+           !uv_is_closing((uv_handle_t *)&c->tcp)) {
+        ssize_t n = smtp_tls_read(c->tls, srv->tls_plain, sizeof srv->tls_plain, why, sizeof why);
+        if (n == 0) break;
+        if (n < 0) {
+            log_debug("smtp", "conn=%llu tls read ended: %s", (unsigned long long)c->id, why);
+            tls_send(c);
+            conn_close_after_writes(c);
+            return;
+        }
+        conn_feed(c, srv->tls_plain, (size_t)n); /* flushes the replies, encrypted */
+    }
+    if (c->closing) return;
+    conn_flush(c);
+    if (!c->closing) tls_send(c); /* session tickets, a key update, with no reply to carry them */
+    /* While a commit is in flight nothing is decrypted: stop reading, so that the ciphertext
+     * waiting in the TLS object stays within one read (conn_resume starts again). */
+    if (smtp_session_committing(c->session) && c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
 }
 
 static void on_timeout(uv_timer_t *t)
@@ -302,6 +481,7 @@ static void refuse(struct conn *c, const char *why)
 {
     char *line = g_strdup_printf("421 4.7.0 %s Error: too many connections\r\n", c->srv->cfg.session.hostname);
     log_warn("smtp", "conn=%llu refused ip=%s reason=\"%s\"", (unsigned long long)c->id, c->ip, why);
+    count_replies(c->srv, line, strlen(line));
     c->closing = true;
     conn_write(c, line, strlen(line));
 }
@@ -324,6 +504,8 @@ static void on_connection(uv_stream_t *listener, int status)
     if (srv->conns) srv->conns->prev = c;
     srv->conns = c;
     srv->nconns++;
+    atomic_fetch_add_explicit(&srv->n_connections, 1, memory_order_relaxed);
+    atomic_store_explicit(&srv->n_open, srv->nconns, memory_order_relaxed);
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) < 0) {
         snprintf(c->ip, sizeof c->ip, "unknown");
         conn_close(c);
@@ -347,7 +529,7 @@ static void on_connection(uv_stream_t *listener, int status)
         refuse(c, "max-connections-per-ip");
         return;
     }
-    c->session = smtp_session_new(&srv->cfg.session, c->ip, &session_ops, c);
+    c->session = smtp_session_new(&srv->cfg.session, c->ip, srv->tls_ctx ? &session_ops_tls : &session_ops, c);
     char tag[24];
     snprintf(tag, sizeof tag, "%llu", (unsigned long long)c->id);
     smtp_session_set_log_tag(c->session, tag);
@@ -404,9 +586,19 @@ struct smtp_server *smtp_server_start(uv_loop_t *loop, const struct smtp_server_
             return NULL;
         }
     }
+    struct smtp_tls_ctx *tls_ctx = NULL;
+    if (cfg->tls_cert && cfg->tls_key) {
+        tls_ctx = smtp_tls_ctx_new(cfg->tls_cert, cfg->tls_key, err);
+        if (!tls_ctx) {
+            while (nfds > 0) close(fds[--nfds]);
+            return NULL;
+        }
+    }
     struct smtp_server *srv = g_new0(struct smtp_server, 1);
     srv->loop = loop;
     srv->cfg = *cfg;
+    srv->tls_ctx = tls_ctx;
+    if (tls_ctx) log_info("smtp", "starttls offered cert=%s", cfg->tls_cert);
     srv->ops = ops;
     srv->ctx = ctx;
     srv->per_ip = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -446,5 +638,6 @@ void smtp_server_free(struct smtp_server *srv)
 {
     if (!srv) return;
     g_hash_table_destroy(srv->per_ip);
+    smtp_tls_ctx_free(srv->tls_ctx);
     g_free(srv);
 }

@@ -24,7 +24,7 @@
 #include "util/limits.h"
 #include "util/log.h"
 
-/* What Received: and txn->tls say until STARTTLS exists. */
+/* What Received: and txn->tls say without STARTTLS. */
 #define TLS_NONE "none"
 
 enum smtp_state {
@@ -34,6 +34,7 @@ enum smtp_state {
     SMTP_STATE_RCPT,       /* at least one recipient accepted */
     SMTP_STATE_DATA,       /* reading message bytes up to <CRLF>.<CRLF> */
     SMTP_STATE_COMMITTING, /* ops.commit called, waiting for smtp_session_commit_done() */
+    SMTP_STATE_STARTTLS,   /* 220 to STARTTLS queued: input discarded until the handshake ends */
     SMTP_STATE_CLOSING,    /* 221 or 421 queued: nothing more is read */
     SMTP_STATE_COUNT
 };
@@ -42,7 +43,7 @@ static const char *const state_names[SMTP_STATE_COUNT] = {
     [SMTP_STATE_CONNECTED] = "connected", [SMTP_STATE_GREETED] = "greeted",
     [SMTP_STATE_MAIL] = "mail",           [SMTP_STATE_RCPT] = "rcpt",
     [SMTP_STATE_DATA] = "data",           [SMTP_STATE_COMMITTING] = "committing",
-    [SMTP_STATE_CLOSING] = "closing",
+    [SMTP_STATE_STARTTLS] = "starttls",   [SMTP_STATE_CLOSING] = "closing",
 };
 
 /* Where the DATA scanner is relative to the <CRLF>.<CRLF> terminator. */
@@ -86,17 +87,13 @@ struct smtp_session {
     struct smtp_session_config cfg; /* cfg.hostname points at `hostname` */
     char *hostname;
     char *peer_ip;
-    char tag[24];           /* the connection's id in log lines */
+    char tag[20];           /* the connection's id in log lines (a uint64 in decimal, cut) */
+    enum smtp_state state;
     struct smtp_session_ops ops;
     void *ctx;
 
-    enum smtp_state state;
-    bool esmtp;             /* EHLO rather than HELO */
-    bool shutdown_pending;  /* 421 as soon as no transaction is in progress */
-    bool commit_in_flight;  /* ops.commit called, commit_done not yet */
-    bool discarding;        /* skipping the rest of an over-long command line */
-    unsigned bad_commands;
     char *helo;
+    char *tls;              /* NULL in plaintext; "TLSv1.3:<cipher>" after STARTTLS */
 
     char *line;             /* partial command line, SMTP_LINE_MAX bytes, only while pending */
     size_t line_len;
@@ -106,7 +103,15 @@ struct smtp_session {
 
     struct transaction txn;
     char committed_id[ID_LEN + 1]; /* the id the pending commit reply names */
+    /* Last, in the padding after committed_id: an idle session is allocated by the thousand. */
+    uint16_t bad_commands;  /* up to SMTP_MAX_BAD_COMMANDS */
+    bool esmtp;             /* EHLO rather than HELO */
+    bool shutdown_pending;  /* 421 as soon as no transaction is in progress */
+    bool commit_in_flight;  /* ops.commit called, commit_done not yet */
+    bool discarding;        /* skipping the rest of an over-long command line */
 };
+
+_Static_assert(SMTP_MAX_BAD_COMMANDS < UINT16_MAX, "bad_commands is a uint16_t");
 
 /* ------------------------------------------------------------------------------------------
  * Small helpers */
@@ -191,7 +196,9 @@ static bool state_in_transaction(enum smtp_state st)
 /* A shutdown waits for the transaction in progress; called wherever one can end. */
 static void maybe_finish_shutdown(struct smtp_session *s)
 {
-    if (s->shutdown_pending && s->state != SMTP_STATE_CLOSING && !state_in_transaction(s->state))
+    /* During the handshake nothing can be said: the 421 waits for its end (or the grace timer). */
+    if (s->shutdown_pending && s->state != SMTP_STATE_CLOSING && s->state != SMTP_STATE_STARTTLS &&
+        !state_in_transaction(s->state))
         reply_close(s, "421 4.3.2", "Service shutting down");
 }
 
@@ -500,6 +507,7 @@ static void cmd_helo_ehlo(struct smtp_session *s, const char *arg, bool esmtp)
     reply(s, "250-SIZE %zu", s->cfg.max_message_size);
     reply(s, "250-8BITMIME");
     reply(s, "250-SMTPUTF8");
+    if (s->ops.starttls && !s->tls) reply(s, "250-STARTTLS");
     reply(s, "250 ENHANCEDSTATUSCODES");
 }
 
@@ -674,12 +682,16 @@ static bool write_received(struct smtp_session *s)
     char date[64];
     clock_rfc5322(date, sizeof date, time(NULL));
     char *helo = sanitize_helo(s->helo);
-    const char *proto = !s->esmtp ? "SMTP" : t->smtputf8 ? "UTF8SMTP" : "ESMTP";
+    /* RFC 3848 / RFC 6531 protocol names; "S" when the session is under TLS. */
+    const char *proto = !s->esmtp ? "SMTP"
+                        : t->smtputf8 ? (s->tls ? "UTF8SMTPS" : "UTF8SMTP")
+                                      : (s->tls ? "ESMTPS" : "ESMTP");
+    const char *tls = s->tls ? s->tls : TLS_NONE;
     bool v6 = strchr(s->peer_ip, ':') != NULL;
 #define RECEIVED_FMT                                                                                \
     "Received: from %s ([%s%s])\r\n\tby %s (inlet) with %s id %s\r\n\t(TLS %s);\r\n\t%s\r\n"
     int n = snprintf(NULL, 0, RECEIVED_FMT, helo, v6 ? "IPv6:" : "", s->peer_ip, s->hostname, proto,
-                     t->id, TLS_NONE, date);
+                     t->id, tls, date);
     bool ok = n > 0;
     t->received_len = ok ? (size_t)n : 0;
     if (ok && !data_reserve(s, (size_t)n + 1)) {
@@ -688,7 +700,7 @@ static bool write_received(struct smtp_session *s)
     }
     if (ok) {
         snprintf((char *)t->data, (size_t)n + 1, RECEIVED_FMT, helo, v6 ? "IPv6:" : "", s->peer_ip,
-                 s->hostname, proto, t->id, TLS_NONE, date);
+                 s->hostname, proto, t->id, tls, date);
         t->len = (size_t)n;
     }
     free(helo);
@@ -739,22 +751,53 @@ static void cmd_vrfy(struct smtp_session *s, const char *arg)
     reply(s, "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
 }
 
+#define R_NOT_IMPLEMENTED "502 5.5.1 Error: command not implemented"
+
 static void cmd_not_implemented(struct smtp_session *s, const char *arg)
 {
-    reply(s, "502 5.5.1 Error: command not implemented");
+    reply(s, R_NOT_IMPLEMENTED);
+}
+
+/* RFC 3207.  The table has already refused it before HELO/EHLO and inside a transaction. */
+static void cmd_starttls(struct smtp_session *s, const char *arg)
+{
+    if (*arg) {
+        reply_bad(s, "501 5.5.4 Syntax: STARTTLS");
+        return;
+    }
+    if (s->tls) {
+        reply(s, "503 5.5.1 Error: TLS already active");
+        return;
+    }
+    int rc = s->ops.starttls(s->ctx); /* offered: set */
+    if (rc < 0) {
+        log_warn("smtp", "conn=%s starttls unavailable error=\"%s\"", s->tag, g_strerror(-rc));
+        reply(s, "454 4.7.0 TLS not available due to temporary reason");
+        return;
+    }
+    reply(s, "220 2.0.0 Ready to start TLS");
+    enter_state(s, SMTP_STATE_STARTTLS);
+}
+
+static bool starttls_offered(const struct smtp_session *s)
+{
+    return s->ops.starttls != NULL;
 }
 
 #define R_NEED_HELO "503 5.5.1 Error: send HELO/EHLO first"
 #define R_NESTED "503 5.5.1 Error: nested MAIL command"
 #define R_NEED_MAIL "503 5.5.1 Error: need MAIL command"
 #define R_NEED_RCPT "503 5.5.1 Error: need RCPT command"
+#define R_IN_TXN "503 5.5.1 Error: MAIL transaction in progress"
 
-/* The protocol as data.  `refuse[state]` is the 503 reply for a state the verb is not allowed
- * in; a state without one allows the verb.  Only the command states (connected, greeted, mail,
- * rcpt) ever look commands up. */
+/* The protocol as data.  `offered`, when set, says whether this session offers the verb at all
+ * (502 5.5.1 when not, before any other check).  `refuse[state]` is the 503 reply for a state the
+ * verb is not allowed in; a state without one allows the verb.  Only the command states
+ * (connected, greeted, mail, rcpt) ever look commands up. */
 struct smtp_command {
     const char *verb;
     void (*handler)(struct smtp_session *s, const char *arg);
+    bool (*offered)(const struct smtp_session *s);
     const char *refuse[SMTP_STATE_COUNT];
 };
 
@@ -784,7 +827,12 @@ static const struct smtp_command commands[] = {
     {.verb = "ETRN", .handler = cmd_not_implemented},
     {.verb = "BDAT", .handler = cmd_not_implemented},
     {.verb = "AUTH", .handler = cmd_not_implemented},
-    {.verb = "STARTTLS", .handler = cmd_not_implemented},
+    {.verb = "STARTTLS",
+     .handler = cmd_starttls,
+     .offered = starttls_offered,
+     .refuse = {[SMTP_STATE_CONNECTED] = R_NEED_HELO,
+                [SMTP_STATE_MAIL] = R_IN_TXN,
+                [SMTP_STATE_RCPT] = R_IN_TXN}},
 };
 
 /* One complete command line, its CRLF or LF still attached. */
@@ -819,7 +867,8 @@ static void process_line(struct smtp_session *s, const char *raw, size_t n)
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         const struct smtp_command *cmd = &commands[i];
         if (strlen(cmd->verb) != n || g_ascii_strncasecmp(cmd->verb, verb, n) != 0) continue;
-        if (cmd->refuse[s->state]) reply(s, "%s", cmd->refuse[s->state]);
+        if (cmd->offered && !cmd->offered(s)) reply(s, R_NOT_IMPLEMENTED);
+        else if (cmd->refuse[s->state]) reply(s, "%s", cmd->refuse[s->state]);
         else cmd->handler(s, arg);
         maybe_finish_shutdown(s);
         return;
@@ -931,10 +980,24 @@ static size_t feed_data(struct smtp_session *s, const char *p, size_t len)
     return i;
 }
 
+/* After our 220 to STARTTLS and before the handshake ends, client bytes are not commands: the
+ * I/O layer hands everything after that 220 to TLS, so what reaches us here is plaintext the
+ * client pipelined behind STARTTLS, which must end a pipelined group (RFC 2920 §3.1) — the
+ * command injection of CVE-2011-0411.  Swallowed, never answered. */
+static size_t discard_after_starttls(struct smtp_session *s, size_t len)
+{
+    log_warn("smtp", "conn=%s discarded bytes=%zu pipelined after STARTTLS", s->tag, len);
+    return len;
+}
+
 size_t smtp_session_feed(struct smtp_session *s, const char *data, size_t len)
 {
     size_t done = 0;
     while (done < len) {
+        if (s->state == SMTP_STATE_STARTTLS) {
+            done += discard_after_starttls(s, len - done);
+            break;
+        }
         if (s->state == SMTP_STATE_COMMITTING || s->state == SMTP_STATE_CLOSING) break;
         /* Backpressure: a client that does not read its replies stops being read. */
         if (s->out_len > SMTP_OUTPUT_MAX) break;
@@ -968,7 +1031,7 @@ static struct smtp_txn *txn_handover(struct smtp_session *s)
     txn->nrcpts = t->nrcpts;
     txn->helo = xstrdup(s->helo);
     txn->peer_ip = xstrdup(s->peer_ip);
-    txn->tls = xstrdup(TLS_NONE);
+    txn->tls = xstrdup(s->tls ? s->tls : TLS_NONE);
     txn->smtputf8 = t->smtputf8;
     txn->received_at_ms = clock_now_ms();
     /* Give back the slack of the last doubling: the txn may wait a while for its commit. */
@@ -1049,6 +1112,7 @@ void smtp_session_free(struct smtp_session *s)
     if (!s) return;
     txn_reset(s);
     free(s->helo);
+    free(s->tls);
     free(s->line);
     free(s->out);
     free(s->peer_ip);
@@ -1061,9 +1125,33 @@ void smtp_session_start(struct smtp_session *s)
     reply(s, "220 %s ESMTP inlet", s->hostname);
 }
 
+void smtp_session_tls_started(struct smtp_session *s, const char *tls)
+{
+    if (s->state != SMTP_STATE_STARTTLS) return;
+    /* RFC 3207 §4.2: forget everything the client said before; no new greeting.  The error count
+     * is ours, not the client's knowledge, and stays. */
+    txn_reset(s);
+    free(s->helo);
+    s->helo = NULL;
+    s->esmtp = false;
+    free(s->line);
+    s->line = NULL;
+    s->line_len = 0;
+    s->discarding = false;
+    free(s->tls);
+    s->tls = xstrdup(tls && *tls ? tls : "unknown");
+    log_debug("smtp", "conn=%s tls=%s", s->tag, s->tls);
+    enter_state(s, SMTP_STATE_CONNECTED);
+    maybe_finish_shutdown(s);
+}
+
 void smtp_session_timeout(struct smtp_session *s)
 {
     if (s->state == SMTP_STATE_CLOSING) return;
+    if (s->state == SMTP_STATE_STARTTLS) { /* mid-handshake: no plaintext reply possible */
+        enter_state(s, SMTP_STATE_CLOSING);
+        return;
+    }
     txn_reset(s); /* a commit in flight is not ours any more; its reply will be dropped */
     reply_close(s, "421 4.4.2", "Error: timeout exceeded");
 }

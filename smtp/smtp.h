@@ -7,7 +7,7 @@
  *  - smtp_server_*: listeners and connections on a libuv loop, timeouts, connection caps; it owns
  *    the sessions and hands each finished transaction to the engine.
  *
- * Uses only util/. */
+ * Uses only util/ (and libuv; OpenSSL in tls.c, the server's STARTTLS, behind smtp/tls.h). */
 #ifndef INLET_SMTP_H
 #define INLET_SMTP_H
 
@@ -29,7 +29,8 @@ struct smtp_txn {
     size_t nrcpts;
     char *helo;              /* HELO/EHLO argument */
     char *peer_ip;           /* client address, printable */
-    char *tls;               /* "none" (or "TLSv1.3 <cipher>" once STARTTLS exists) */
+    char *tls;               /* "none", or protocol and cipher after STARTTLS:
+                                "TLSv1.3:TLS_AES_256_GCM_SHA384" */
     bool smtputf8;           /* MAIL FROM had SMTPUTF8 */
     int64_t received_at_ms;  /* when DATA ended */
     uint8_t *data;           /* our Received: header, then the message exactly as received
@@ -72,6 +73,14 @@ struct smtp_session_ops {
      * 452 4.3.1 after the end of data.  A txn handed to commit() carries its reservation in
      * txn->reserved; whoever frees the txn gives it back. */
     bool (*reserve)(void *ctx, ssize_t delta);
+    /* Optional: set it to offer STARTTLS (RFC 3207; EHLO lists it until TLS is on), leave it NULL
+     * and STARTTLS is 502 5.5.1.  Called when the client's STARTTLS is accepted: get TLS ready
+     * and return 0, or a negative errno, which answers 454 4.7.0 and the session goes on in
+     * plaintext.  After 0 the session queues "220 2.0.0 Ready to start TLS" and from then on
+     * discards every byte it is fed (plaintext pipelined after STARTTLS is never a command:
+     * CVE-2011-0411).  The caller writes that 220 in plaintext, runs the handshake on the bytes
+     * that follow, and calls smtp_session_tls_started(). */
+    int (*starttls)(void *ctx);
 };
 
 struct smtp_session *smtp_session_new(const struct smtp_session_config *cfg, const char *peer_ip,
@@ -90,11 +99,17 @@ size_t smtp_session_feed(struct smtp_session *s, const char *data, size_t len);
 /* The commit of the transaction handed to ops.commit finished: queues the reply for `status`
  * (`id` is the txn's id) and returns to the ready state. */
 void smtp_session_commit_done(struct smtp_session *s, enum smtp_commit_status status);
-/* No input within the timeout: queues "421 4.4.2 <host> Error: timeout exceeded" and closes. */
+/* The TLS handshake after STARTTLS finished: `tls` describes it ("TLSv1.3:TLS_AES_256_GCM_SHA384",
+ * copied).  The session is back in its initial state (RFC 3207 §4.2: HELO/EHLO and any transaction
+ * forgotten, no new greeting); from now on its input and output are the TLS plaintext. */
+void smtp_session_tls_started(struct smtp_session *s, const char *tls);
+/* No input within the timeout: queues "421 4.4.2 <host> Error: timeout exceeded" and closes
+ * (during the TLS handshake it only closes: nothing can be said in plaintext then). */
 void smtp_session_timeout(struct smtp_session *s);
 /* The server is stopping: when no transaction is in progress, queues
  * "421 4.3.2 <host> Service shutting down" and closes now; otherwise does so as soon as the
- * transaction in progress ends (after its 250, or at RSET/QUIT/error). */
+ * transaction in progress ends (after its 250, or at RSET/QUIT/error) or the TLS handshake in
+ * progress ends. */
 void smtp_session_shutdown(struct smtp_session *s);
 
 /* Replies queued so far, handed over to the caller (free() it); NULL when there are none. */
@@ -121,6 +136,10 @@ struct smtp_server_config {
     unsigned max_connections_per_ip;
     unsigned timeout_seconds;
     int64_t inflight_bytes_max;
+    /* PEM certificate chain and private key: both set to offer STARTTLS, or both NULL.  Loaded once by smtp_server_start, which fails when they
+     * cannot be loaded or do not match. */
+    const char *tls_cert;
+    const char *tls_key;
 };
 
 struct smtp_server_ops {
@@ -142,5 +161,14 @@ void smtp_commit_done(struct smtp_commit *c, enum smtp_commit_status status);
 void smtp_server_stop(struct smtp_server *srv, unsigned grace_seconds);
 /* Frees a stopped server (after ops.stopped). */
 void smtp_server_free(struct smtp_server *srv);
+
+/* Counters since start, for GET /metrics.  Any thread (relaxed atomic reads). */
+struct smtp_server_stats {
+    uint64_t connections;        /* accepted (refused ones included) */
+    uint64_t connections_open;   /* now */
+    uint64_t tls_started;
+    uint64_t replies[600];       /* final reply lines by code (index = code, 200..599) */
+};
+void smtp_server_get_stats(struct smtp_server *srv, struct smtp_server_stats *out);
 
 #endif

@@ -241,7 +241,7 @@ static int event_accepted(struct sqlite_be *be, const struct store_outcome *o,
     int rc;
 
     if (!domain) return SQLITE_NOMEM;
-    rc = sqlite3_bind_int64(s, 1, o->now * 1000);
+    rc = sqlite3_bind_int64(s, 1, o->now_ms ? o->now_ms : o->now * 1000);
     if (rc == SQLITE_OK) rc = sq_bind_texts(s, 2, t, 5);
     rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
     finish(s);
@@ -258,7 +258,7 @@ static int event_stored(struct sqlite_be *be, const struct store_outcome *o,
     int rc;
 
     if (!domain) return SQLITE_NOMEM;
-    rc = sqlite3_bind_int64(s, 1, o->now * 1000);
+    rc = sqlite3_bind_int64(s, 1, o->now_ms ? o->now_ms : o->now * 1000);
     if (rc == SQLITE_OK) rc = sq_bind_texts(s, 2, t, 5);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 7, c->expires_at);
     rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;

@@ -187,6 +187,7 @@ struct store_outcome {
     const struct store_copy_plan *copies;
     size_t ncopies;
     int64_t now;                /* Unix seconds: created_at, and next_attempt_at of deliveries */
+    int64_t now_ms;             /* Unix milliseconds of the events' timestamps (0: now * 1000) */
 };
 /* Idempotent: a message that is no longer 'accepted' is left as it is (STORE_OK);
  * STORE_ERR_NOT_FOUND (nothing written) when there is no message o->message_id.  Atomic with

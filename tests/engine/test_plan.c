@@ -70,7 +70,7 @@ static void test_build(void)
     char *rcpts[] = {r1, r2, r3};
     struct store_message sm = {.id = "0123456789abcdef01234567", .rcpts = rcpts, .nrcpts = 3};
     struct plan p;
-    int rc = plan_build(&p, &sm, msg, t, m, 1000, 50);
+    int rc = plan_build(&p, &sm, msg, t, m, 1000, &(struct plan_options){.store_ttl = 50, .inline_attachments_max = 10485760, .default_json = true});
     CHECK(rc == 0, "plan_build");
     const struct store_outcome *o = &p.outcome;
     CHECK(o->nrecipients == 3, "three recipients");
@@ -91,10 +91,21 @@ static void test_build(void)
               "header capture, UTF-8");
     json_decref(routes);
 
-    size_t bob = 0, mime = 0;
+    size_t bob = 0, mime = 0, notify = 0;
+    const char *notify_key = NULL;
     for (size_t i = 0; i < o->ndeliveries; i++) {
         const struct store_delivery_plan *d = &o->deliveries[i];
         CHECK(strlen(d->id) == 24, "delivery id");
+        if (strcmp(d->kind, "notify") == 0) {
+            /* SPEC §6: the store's notify POST is a delivery of its own, never merged. */
+            notify++;
+            CHECK_STR(d->recipient, "bob@Example.COM", "notify for bob");
+            CHECK_STR(d->target, "https://h.test/n/bob", "notify URL resolved");
+            CHECK_STR(d->route_ids_json, "[\"aaaaaaaaaaaaaaaaaaaaaaa1\"]", "notify's route");
+            notify_key = d->copy_key;
+            continue;
+        }
+        CHECK(d->copy_key == NULL, "no copy for a small message's delivery");
         if (strcmp(d->recipient, "bob@Example.COM") != 0) continue;
         bob++;
         if (strcmp(d->target, "https://h.test/in/mime") == 0) {
@@ -111,6 +122,7 @@ static void test_build(void)
         }
     }
     CHECK(bob == 3 && mime == 1, "bob: three deliveries (%zu), one mime (%zu)", bob, mime);
+    CHECK(notify == 1, "one notify delivery (%zu)", notify);
 
     /* Copies: bob's from route 1 (domain lower-cased, notify resolved), postmaster's own. */
     size_t copies = 0;
@@ -122,6 +134,7 @@ static void test_build(void)
         if (strcmp(c->recipient, "bob@Example.COM") == 0) {
             CHECK_STR(c->route_id, "aaaaaaaaaaaaaaaaaaaaaaa1", "copy route");
             CHECK_STR(c->notify, "https://h.test/n/bob", "notify");
+            CHECK(notify_key && strcmp(notify_key, c->key) == 0, "the notify delivery names this copy");
             copies++;
         }
     }
@@ -141,7 +154,7 @@ static void test_build(void)
     char q1[] = "carol@other.test", q2[] = "postmaster@other.test", q3[] = "postmaster";
     char *rcpts2[] = {q1, q2, q3};
     struct store_message sm2 = {.id = "0123456789abcdef01234568", .rcpts = rcpts2, .nrcpts = 3};
-    rc = plan_build(&p, &sm2, msg, t, m, 2000, 10);
+    rc = plan_build(&p, &sm2, msg, t, m, 2000, &(struct plan_options){.store_ttl = 10, .inline_attachments_max = 10485760, .default_json = true});
     CHECK(rc == 0, "plan_build 2");
     CHECK_STR(p.outcome.recipients[0].outcome, "dropped", "carol dropped");
     CHECK_STR(p.outcome.recipients[0].routes_json, "[]", "no routes");
@@ -161,12 +174,70 @@ static void test_build(void)
     route_table_unref(t);
 }
 
+/* SPEC §6: attachments past --inline-attachments-max reach a JSON POST by URL, from a stored copy
+ * the plan adds (one per recipient, no route); the mailgun form sends files and needs none. */
+static void test_attachment_copy(void)
+{
+    struct route *rs[1];
+    rs[0] = compile("aaaaaaaaaaaaaaaaaaaaaaa1", 0, 1, "catch_all()", "forward(\"https://h.test/j\")",
+                    "forward(\"https://h.test/m\", format=\"mailgun\")");
+    if (!rs[0]) return;
+    struct route_table *t = route_table_new(rs, 1);
+    struct route_matcher *m = route_matcher_new();
+    static const char raw[] = "Subject: files\r\nMIME-Version: 1.0\r\n"
+                              "Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+                              "--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+                              "--b\r\nContent-Type: application/octet-stream\r\n"
+                              "Content-Disposition: attachment; filename=a.bin\r\n\r\n0123456789\r\n--b--\r\n";
+    struct message *msg = message_parse((const uint8_t *)raw, sizeof raw - 1);
+    char r1[] = "a@example.com", r2[] = "b@example.com";
+    char *rcpts[] = {r1, r2};
+    struct store_message sm = {.id = "0123456789abcdef01234569", .rcpts = rcpts, .nrcpts = 2};
+    struct plan p;
+    for (int budget = 0; budget < 2; budget++) {
+        const size_t max = budget ? 1000 : 4;
+        int rc = plan_build(&p, &sm, msg, t, m, 1000,
+                            &(struct plan_options){.store_ttl = 60, .inline_attachments_max = max, .default_json = true});
+        CHECK(rc == 0, "plan_build (budget %zu)", max);
+        size_t with_key = 0;
+        for (size_t i = 0; i < p.outcome.ndeliveries; i++) {
+            const struct store_delivery_plan *d = &p.outcome.deliveries[i];
+            if (!d->copy_key) continue;
+            with_key++;
+            CHECK_STR(d->target, "https://h.test/j", "only the JSON delivery refers to a copy");
+            bool found = false;
+            for (size_t k = 0; k < p.outcome.ncopies; k++) {
+                const struct store_copy_plan *c = &p.outcome.copies[k];
+                if (strcmp(c->key, d->copy_key) != 0) continue;
+                found = true;
+                CHECK_STR(c->recipient, d->recipient, "the copy is the recipient's");
+                CHECK_STR(c->route_id, "", "the copy belongs to no route");
+                CHECK(c->notify == NULL, "and notifies nobody");
+                CHECK(c->expires_at == 1060, "kept for the store TTL");
+            }
+            CHECK(found, "the copy key names a planned copy");
+        }
+        if (budget) {
+            CHECK(with_key == 0 && p.outcome.ncopies == 0, "within the budget: no copy (%zu, %zu)", with_key,
+                  p.outcome.ncopies);
+        } else {
+            CHECK(with_key == 2 && p.outcome.ncopies == 2, "past the budget: one copy per recipient (%zu, %zu)",
+                  with_key, p.outcome.ncopies);
+        }
+        plan_clear(&p);
+    }
+    message_free(msg);
+    route_matcher_free(m);
+    route_table_unref(t);
+}
+
 int main(void)
 {
     log_set_level(LOG_WARN);
     message_lib_init();
     test_helpers();
     test_build();
+    test_attachment_copy();
     message_lib_shutdown();
     return check_done();
 }

@@ -1,11 +1,16 @@
 /* tests/fuzz/fuzz_message.c — the inbound path from bytes to JSON: message_parse, every accessor,
- * the decoded bytes of every attachment, message_to_json and json_dumps, then free.
+ * the decoded bytes of every attachment, message_to_json and json_dumps, the webhook POST bodies
+ * in the three formats (message_post_new, plain and notify), message_stored_json and
+ * message_body_mime, then free.
  *
  * Besides "no crash, no leak, no sanitizer report" it aborts when the message model breaks its own
  * contract (message.h, SPEC §3/§5): a NULL or non-UTF-8 string from an accessor, an attachment
  * whose decoded bytes are not `size` bytes long, message_header_first disagreeing with the header
  * list, a NULL JSON document (NULL means only "out of memory"), or a document that does not carry
- * every field.  Built with libFuzzer when -DINLET_LIBFUZZER, otherwise as a program that runs every
+ * every field, a POST whose segments do not add up to its length, a JSON POST that does not parse
+ * back, an urlencoded POST with a byte outside its alphabet, a multipart POST that does not end
+ * with its closing delimiter, or a body-mime of a non-UTF-8 message that is not 7-bit.
+ * Built with libFuzzer when -DINLET_LIBFUZZER, otherwise as a program that runs every
  * file named on its command line ("-q": one summary line instead of one line per file).
  *
  * libFuzzer run (the first directory is the writable working corpus, the others are read):
@@ -141,6 +146,77 @@ static const char *const json_fields[] = {
     "attachments",   "content-id-map", "parse-warnings", "id",
 };
 
+/* fixed part + tail of one POST, checked as described at the top */
+static void exercise_post(const struct message *m, const uint8_t *data, size_t size,
+                          enum message_post_format f, const char *message_url)
+{
+    const struct message_post_options po = {
+        .json = {.recipient = "Bob@Example.COM", .sender = "alice@example.org", .id = "fuzz",
+                 .inline_attachments_max = 4096,
+                 .attachments_url = "http://127.0.0.1/v3/domains/example.com/messages/k"},
+        .message_url = message_url,
+    };
+    struct message_post *p = message_post_new(m, data, size, f, &po);
+    if (!p) fail("message_post_new", "NULL");
+    const char *ct = message_post_content_type(p);
+    if (!ct) fail("message_post_content_type", "NULL");
+    size_t n = message_post_fixed_len(p), sum = 0;
+    for (size_t i = 0; i < message_post_segment_count(p); i++) {
+        struct message_post_segment sg = message_post_segment(p, i);
+        if (!sg.data && sg.len) fail("message_post_segment", "NULL data");
+        sum += sg.len;
+    }
+    if (sum != n) fail("message_post", "segments do not add up to the fixed length");
+    char tail[MESSAGE_POST_TAIL_MAX];
+    size_t tl = message_post_tail(p, "1700000000", "abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmn",
+                                  "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                                  tail);
+    if (tl == 0 || tl >= MESSAGE_POST_TAIL_MAX) fail("message_post_tail", "bad length");
+    char *body = malloc(n + tl);
+    if (!body) fail("malloc", NULL);
+    size_t at = 0;
+    for (size_t i = 0; i < message_post_segment_count(p); i++) {
+        struct message_post_segment sg = message_post_segment(p, i);
+        if (sg.len) memcpy(body + at, sg.data, sg.len);
+        at += sg.len;
+    }
+    memcpy(body + at, tail, tl);
+    at += tl;
+    if (strcmp(ct, "application/json") == 0) {
+        json_error_t e;
+        json_t *j = json_loadb(body, at, 0, &e);
+        if (!j || !json_object_get(j, "signature") || !json_object_get(j, "recipient"))
+            fail("json post", "does not parse back");
+        json_decref(j);
+    } else if (strcmp(ct, "application/x-www-form-urlencoded") == 0) {
+        for (size_t i = 0; i < at; i++)
+            if (!strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789*-._+%&=",
+                        body[i]) || !body[i])
+                fail("urlencoded post", "byte outside the alphabet");
+    } else {
+        const char *b = strstr(ct, "boundary=");
+        if (strncmp(ct, "multipart/form-data; ", 21) != 0 || !b) fail("multipart post", ct);
+        char close[128];
+        int cl = snprintf(close, sizeof close, "\r\n--%s--\r\n", b + 9);
+        if (cl <= 0 || (size_t)cl > at || memcmp(body + at - (size_t)cl, close, (size_t)cl) != 0)
+            fail("multipart post", "no closing delimiter at the end");
+    }
+    free(body);
+    message_post_free(p);
+}
+
+static bool utf8_without_nul(const uint8_t *d, size_t n)
+{
+    if (memchr(d, 0, n)) return false;
+    char *s = malloc(n + 1);
+    if (!s) fail("malloc", NULL);
+    if (n) memcpy(s, d, n);
+    s[n] = 0;
+    bool ok = utf8_valid(s);
+    free(s);
+    return ok;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static bool inited;
@@ -169,6 +245,35 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!utf8_valid(s)) fail("json_dumps", "output is not valid UTF-8");
     free(s);
     json_decref(j);
+
+    static const enum message_post_format formats[] = {MESSAGE_POST_JSON, MESSAGE_POST_MAILGUN,
+                                                       MESSAGE_POST_MIME};
+    for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++) {
+        exercise_post(m, data, size, formats[i], NULL);
+        exercise_post(m, data, size, formats[i], "http://127.0.0.1/v3/domains/example.com/messages/n");
+    }
+
+    j = message_stored_json(m, "bob@example.com", "alice@example.org",
+                            "http://127.0.0.1/v3/domains/example.com/messages/k");
+    if (!j || !json_object_get(j, "recipients") || !json_object_get(j, "content-id-map"))
+        fail("message_stored_json", "NULL or a key missing");
+    s = json_dumps(j, JSON_COMPACT);
+    if (!s || !utf8_valid(s)) fail("message_stored_json", "does not dump as UTF-8");
+    free(s);
+    json_decref(j);
     message_free(m);
+
+    size_t bl = 0;
+    char *bm = message_body_mime(data, size, &bl);
+    if (!bm) fail("message_body_mime", "NULL");
+    if (bm[bl] != 0) fail("message_body_mime", "not NUL-terminated");
+    if (utf8_without_nul(data, size)) {
+        if (bl != size || (size && memcmp(bm, data, size) != 0))
+            fail("message_body_mime", "UTF-8 message changed");
+    } else {
+        for (size_t i = 0; i < bl; i++)
+            if ((unsigned char)bm[i] >= 0x80 || bm[i] == 0) fail("message_body_mime", "not 7-bit");
+    }
+    free(bm);
     return 0;
 }

@@ -1,10 +1,12 @@
-"""The official mailgun.js SDK against the real inlet (issue 4: "creates with two actions, lists,
-gets, updates and deletes routes").
+"""The official mailgun.js SDK against the real inlet: routes (issue 4: "creates with two actions,
+lists, gets, updates and deletes routes"), and stored messages and events (storage_sdk.mjs:
+messages.retrieveStoredEmail, messages.resendEmail, events.get with paging).
 
 Starts inlet (tests/blackbox/harness.py), installs the SDK pinned by package-lock.json with
 `npm ci` into a cache folder (INLET_SDK_DIR, by default tests/sdk/node_modules' sibling under the
-build dir; reinstalled only when the lockfile changed), then runs `node routes_sdk.mjs` with
-INLET_URL and INLET_API_KEY, and prints its output.
+build dir; reinstalled only when the lockfile changed), then runs `node routes_sdk.mjs` (and
+`node storage_sdk.mjs` after storing a message sent over SMTP) with INLET_URL and INLET_API_KEY,
+and prints their output.
 
 When node or npm is missing, or the npm registry cannot be reached, the test is SKIPPED (exit 77,
 meson's SKIP) with a message saying why, unless INLET_REQUIRE_SDK=1, which turns that into a
@@ -17,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import unittest
+import urllib.parse
 
 import harness
 from harness import InletTestCase
@@ -25,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REQUIRE = os.environ.get("INLET_REQUIRE_SDK", "") == "1"
 SDK_DIR = os.environ.get("INLET_SDK_DIR") or os.path.join(HERE, "build-sdk")
 NPM_TIMEOUT = int(os.environ.get("INLET_SDK_NPM_TIMEOUT", "300"))
-FILES = ("package.json", "package-lock.json", ".npmrc", "routes_sdk.mjs")
+FILES = ("package.json", "package-lock.json", ".npmrc", "routes_sdk.mjs", "storage_sdk.mjs")
 # npm's words for "the registry cannot be reached".
 NETWORK_RE = re.compile(r"ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|EHOSTUNREACH|"
                         r"network|socket hang up|proxy|getaddrinfo|self.signed|certificate", re.I)
@@ -105,6 +108,41 @@ class MailgunJs(InletTestCase):
               flush=True)
         self.assertEqual(r.returncode, 0, r.stdout)
         self.assertIn("SDK routes test: OK", r.stdout)
+
+    def test_storage_and_events_with_mailgun_js(self):
+        install()
+        d = self.daemon()
+        status, _, body = d.http("POST", "/v3/routes",
+                                 urllib.parse.urlencode([("expression", r'match_recipient(".*@example\.com")'),
+                                                         ("action", "store()")]),
+                                 {"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(status, 200, body)
+        subject = "SDK stored message"
+        message = (b"From: Alice <alice@sender.test>\r\nTo: bob@example.com\r\nSubject: " + subject.encode() +
+                   b"\r\nMessage-ID: <sdk-storage-1@sender.test>\r\nMIME-Version: 1.0\r\n"
+                   b"Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+                   b"--b\r\nContent-Type: text/plain\r\n\r\nhello from the sdk test\r\n"
+                   b"--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=\"note.txt\"\r\n\r\n"
+                   b"a note\r\n--b--\r\n")
+        with d.session() as s:
+            code, lines = s.transaction("alice@sender.test", ["bob@example.com"], message)
+            self.assertEqual(code, 250, lines)
+            s.cmd("QUIT")
+        msg_id = harness.queued_id(lines)
+        d.wait_log(lambda l: l.topic == "engine" and l.rest.startswith("routed ") and l.kv.get("id") == msg_id,
+                   10, "'engine routed id=%s'" % msg_id)
+        (row,) = harness.query(d.db_path, "SELECT key FROM stored WHERE message_id = ?", (msg_id,))
+        env = tool_env()
+        env.update({"INLET_URL": "http://127.0.0.1:%d" % d.http_port, "INLET_API_KEY": d.keys()["api_key"],
+                    "INLET_DOMAIN": "example.com", "INLET_STORAGE_KEY": row["key"], "INLET_MESSAGE_ID": msg_id,
+                    "INLET_HEADER_ID": "sdk-storage-1@sender.test", "INLET_SUBJECT": subject,
+                    "INLET_RECIPIENT": "bob@example.com", "INLET_SENDER": "alice@sender.test"})
+        r = subprocess.run(["node", "storage_sdk.mjs"], cwd=SDK_DIR, env=env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=harness.timeout(120))
+        print("$ INLET_URL=%s ... node storage_sdk.mjs\n%s" % (env["INLET_URL"], r.stdout), flush=True)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn("SDK storage test: OK", r.stdout)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
  * checks) and the exact bytes the session must answer, "<ID>" standing for the message id.
  * Every case runs three times: each chunk fed whole, byte by byte, and in random splits; the
  * answer and the committed transactions must be the same every time. */
+#include <errno.h>
 #include <glib.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -42,12 +43,28 @@
 #define DENIED "550 5.7.1 Relaying denied\r\n"
 #define NO_STORAGE "452 4.3.1 Insufficient system storage\r\n"
 #define SHUTTING "421 4.3.2 " HOST " Service shutting down\r\n"
+#define NEED_HELO "503 5.5.1 Error: send HELO/EHLO first\r\n"
+/* STARTTLS (RFC 3207) */
+#define TLS_DESC "TLSv1.3:TLS_AES_256_GCM_SHA384"
+#define EHLO_REPLY_TLS                                                                              \
+    "250-" HOST "\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"           \
+    "250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n"
+#define READY_TLS "220 2.0.0 Ready to start TLS\r\n"
+#define TLS_SYNTAX "501 5.5.4 Syntax: STARTTLS\r\n"
+#define TLS_IN_TXN "503 5.5.1 Error: MAIL transaction in progress\r\n"
+#define TLS_ACTIVE "503 5.5.1 Error: TLS already active\r\n"
+#define TLS_UNAVAILABLE "454 4.7.0 TLS not available due to temporary reason\r\n"
 
 /* The usual start of a session: greeting, EHLO, one sender, one recipient. */
 #define START_IN "EHLO client.example\r\nMAIL FROM:<alice@sender.example>\r\nRCPT TO:<bob@example.com>\r\n"
 #define START_OUT GREETING EHLO_REPLY OK_MAIL OK_RCPT
+/* MAIL and RCPT of that start, after a greeting. */
+#define START_IN_TXN "MAIL FROM:<alice@sender.example>\r\nRCPT TO:<bob@example.com>\r\n"
 
-enum step_kind { STEP_END, STEP_FEED, STEP_FILL, STEP_DONE, STEP_TIMEOUT, STEP_SHUTDOWN, STEP_STATE };
+enum step_kind {
+    STEP_END, STEP_FEED, STEP_FILL, STEP_DONE, STEP_TIMEOUT, STEP_SHUTDOWN, STEP_STATE,
+    STEP_TLS, /* the I/O layer finished the TLS handshake: smtp_session_tls_started(TLS_DESC) */
+};
 
 struct step {
     enum step_kind kind;
@@ -62,12 +79,14 @@ struct step {
 #define TIMEOUT {.kind = STEP_TIMEOUT}
 #define SHUTDOWN {.kind = STEP_SHUTDOWN}
 #define STATE(name) {.kind = STEP_STATE, .bytes = (name)}
+#define TLS_DONE {.kind = STEP_TLS}
 
 struct want_txn {
     const char *sender; /* NULL: no more transactions expected */
     const char *rcpts;  /* joined with ',' */
     const char *helo;   /* as it must appear in Received: (default "client.example") */
     const char *proto;  /* default "ESMTP" */
+    const char *tls;    /* txn->tls and Received: (TLS ...); default "none" */
     const char *data;   /* message bytes after our Received: (NULL: only check data_len) */
     size_t data_len;
     bool smtputf8;
@@ -85,6 +104,9 @@ struct session_case {
     unsigned max_rcpts;    /* default 3 */
     ssize_t reserve_limit; /* 0: unlimited */
     bool sync_commit;      /* ops.commit answers OK from inside the call */
+    bool starttls;         /* STARTTLS offered (ops.starttls set) */
+    bool tls_unavailable;  /* ops.starttls fails (-ENOMEM) */
+    unsigned tls_calls;    /* how many times ops.starttls must have been called */
 };
 
 static const struct session_case cases[] = {
@@ -355,6 +377,82 @@ static const struct session_case cases[] = {
                       "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n"
                       R502 R502 R502 R502 R502 R502 R500 R500,
      .state = "connected"},
+
+    /* --- STARTTLS (RFC 3207) ------------------------------------------------------------- */
+    {.name = "EHLO advertises STARTTLS when offered",
+     .steps = {FEED("EHLO client.example\r\n")},
+     .starttls = true,
+     .want = GREETING EHLO_REPLY_TLS,
+     .state = "greeted"},
+    {.name = "STARTTLS: 220, handshake, the session starts over under TLS",
+     .steps = {FEED("EHLO client.example\r\nSTARTTLS\r\n"), STATE("starttls"), TLS_DONE, STATE("connected"),
+               FEED("MAIL FROM:<a@sender.example>\r\nEHLO client.example\r\n" START_IN_TXN "DATA\r\nx\r\n.\r\n"),
+               DONE(OK)},
+     .starttls = true,
+     .tls_calls = 1,
+     .want = GREETING EHLO_REPLY_TLS READY_TLS NEED_HELO EHLO_REPLY OK_MAIL OK_RCPT GO_AHEAD QUEUED,
+     .state = "greeted",
+     .txns = {{.sender = "alice@sender.example", .rcpts = "bob@example.com", .data = "x\r\n",
+               .proto = "ESMTPS", .tls = TLS_DESC}}},
+    {.name = "plaintext pipelined after STARTTLS is discarded, never answered (CVE-2011-0411)",
+     .steps = {FEED("EHLO client.example\r\nSTARTTLS\r\nRSET\r\nMAIL FROM:<evil@sender.example>\r\nNOOP"),
+               STATE("starttls"), FEED("\r\nQUIT\r\n"), STATE("starttls"), TLS_DONE,
+               FEED("RCPT TO:<bob@example.com>\r\nNOOP\r\n")},
+     .starttls = true,
+     .tls_calls = 1,
+     .want = GREETING EHLO_REPLY_TLS READY_TLS NEED_MAIL OK,
+     .state = "connected"},
+    {.name = "STARTTLS: syntax, sequence, already active",
+     .steps = {FEED("STARTTLS\r\nEHLO client.example\r\nSTARTTLS now\r\nMAIL FROM:<a@sender.example>\r\n"
+                    "STARTTLS\r\nRCPT TO:<bob@example.com>\r\nstarttls\r\nRSET\r\nStartTLS\r\n"),
+               TLS_DONE, FEED("EHLO client.example\r\nSTARTTLS\r\nNOOP\r\n")},
+     .starttls = true,
+     .tls_calls = 1,
+     .want = GREETING NEED_HELO EHLO_REPLY_TLS TLS_SYNTAX OK_MAIL TLS_IN_TXN OK_RCPT TLS_IN_TXN OK
+                 READY_TLS EHLO_REPLY TLS_ACTIVE OK,
+     .state = "greeted"},
+    {.name = "STARTTLS not offered: 502 whatever the state",
+     .steps = {FEED("STARTTLS\r\nEHLO client.example\r\nSTARTTLS\r\nSTARTTLS x\r\n"
+                    "MAIL FROM:<a@sender.example>\r\nSTARTTLS\r\n")},
+     .want = GREETING R502 EHLO_REPLY R502 R502 OK_MAIL R502,
+     .state = "mail"},
+    {.name = "TLS unavailable: 454 and the session goes on in plaintext",
+     .steps = {FEED("EHLO client.example\r\nSTARTTLS\r\nNOOP\r\n" START_IN_TXN "DATA\r\nx\r\n.\r\n"),
+               DONE(OK)},
+     .starttls = true,
+     .tls_unavailable = true,
+     .tls_calls = 1,
+     .want = GREETING EHLO_REPLY_TLS TLS_UNAVAILABLE OK OK_MAIL OK_RCPT GO_AHEAD QUEUED,
+     .state = "greeted",
+     .txns = {{.sender = "alice@sender.example", .rcpts = "bob@example.com", .data = "x\r\n"}}},
+    {.name = "timeout during the handshake closes without a plaintext word",
+     .steps = {FEED("EHLO client.example\r\nSTARTTLS\r\n"), TIMEOUT, FEED("NOOP\r\n")},
+     .starttls = true,
+     .tls_calls = 1,
+     .want = GREETING EHLO_REPLY_TLS READY_TLS,
+     .state = "closing"},
+    {.name = "shutdown during the handshake waits for its end",
+     .steps = {FEED("EHLO client.example\r\nSTARTTLS\r\n"), SHUTDOWN, STATE("starttls"), TLS_DONE},
+     .starttls = true,
+     .tls_calls = 1,
+     .want = GREETING EHLO_REPLY_TLS READY_TLS SHUTTING,
+     .state = "closing"},
+    {.name = "HELO and SMTPUTF8 under TLS: protocol names",
+     .steps = {FEED("EHLO client.example\r\nSTARTTLS\r\n"), TLS_DONE,
+               FEED("HELO client.example\r\n" START_IN_TXN "DATA\r\nx\r\n.\r\n"), DONE(OK),
+               FEED("EHLO client.example\r\nMAIL FROM:<b@sender.example> SMTPUTF8\r\n"
+                    "RCPT TO:<bob@example.com>\r\nDATA\r\ny\r\n.\r\n"),
+               DONE(OK)},
+     .starttls = true,
+     .tls_calls = 1,
+     .want = GREETING EHLO_REPLY_TLS READY_TLS "250 " HOST "\r\n" OK_MAIL OK_RCPT GO_AHEAD QUEUED
+                 EHLO_REPLY OK_MAIL OK_RCPT GO_AHEAD QUEUED,
+     .state = "greeted",
+     .txns = {{.sender = "alice@sender.example", .rcpts = "bob@example.com", .data = "x\r\n",
+               .proto = "SMTP", .tls = TLS_DESC},
+              {.sender = "b@sender.example", .rcpts = "bob@example.com", .data = "y\r\n",
+               .proto = "UTF8SMTPS", .tls = TLS_DESC, .smtputf8 = true}}},
+
     {.name = "RSET and EHLO end the transaction",
      .steps = {FEED(START_IN "RSET\r\nRCPT TO:<bob@example.com>\r\nMAIL FROM:<a@sender.example>\r\n"
                              "EHLO again.example\r\nRCPT TO:<bob@example.com>\r\n")},
@@ -416,6 +514,8 @@ struct fake {
     size_t ntxns;
     ssize_t reserved, reserve_limit;
     bool sync_commit;
+    bool tls_unavailable;
+    unsigned tls_calls;
     GString *checked;
 };
 
@@ -442,10 +542,21 @@ static bool fake_reserve(void *ctx, ssize_t delta)
     return true;
 }
 
+static int fake_starttls(void *ctx)
+{
+    struct fake *f = ctx;
+    f->tls_calls++;
+    return f->tls_unavailable ? -ENOMEM : 0;
+}
+
 static struct domain_set *hosted;
 
 static const struct smtp_session_ops fake_ops = {
     .commit = fake_commit, .check_rcpt = fake_check_rcpt, .reserve = fake_reserve};
+/* STARTTLS offered. */
+static const struct smtp_session_ops fake_ops_tls = {
+    .commit = fake_commit, .check_rcpt = fake_check_rcpt, .reserve = fake_reserve,
+    .starttls = fake_starttls};
 
 static struct smtp_session_config test_config(const struct session_case *c)
 {
@@ -529,15 +640,16 @@ static void check_txn(const struct session_case *c, const char *what, size_t i,
     g_string_free(rcpts, TRUE);
     CHECK(t->smtputf8 == w->smtputf8, "%s [%s]: txn %zu smtputf8", c->name, what, i);
     CHECK(strlen(t->id) == ID_LEN, "%s [%s]: txn %zu id", c->name, what, i);
-    CHECK_STR(t->tls, "none", "%s [%s]: txn %zu tls", c->name, what, i);
+    const char *tls = w->tls ? w->tls : "none";
+    CHECK_STR(t->tls, tls, "%s [%s]: txn %zu tls", c->name, what, i);
     CHECK_STR(t->peer_ip, peer, "%s [%s]: txn %zu peer", c->name, what, i);
     CHECK(t->received_at_ms > 0, "%s [%s]: txn %zu received_at", c->name, what, i);
 
     /* Received: our header, exactly, with the date checked for shape. */
     char *head = g_strdup_printf("Received: from %s ([%s%s])\r\n\tby " HOST " (inlet) with %s id %s\r\n"
-                                 "\t(TLS none);\r\n\t",
+                                 "\t(TLS %s);\r\n\t",
                                  w->helo ? w->helo : "client.example", strchr(peer, ':') ? "IPv6:" : "",
-                                 peer, w->proto ? w->proto : "ESMTP", t->id);
+                                 peer, w->proto ? w->proto : "ESMTP", t->id, tls);
     size_t hl = strlen(head);
     bool head_ok = t->len >= hl && memcmp(t->data, head, hl) == 0;
     CHECK(head_ok, "%s [%s]: txn %zu Received: header", c->name, what, i);
@@ -565,9 +677,11 @@ static void run_case(const struct session_case *c, enum mode mode)
     struct run r = {.out = g_string_new(NULL), .pending = g_string_new(NULL), .rng = 42};
     r.f.reserve_limit = c->reserve_limit;
     r.f.sync_commit = c->sync_commit;
+    r.f.tls_unavailable = c->tls_unavailable;
     r.f.checked = g_string_new(NULL);
     struct smtp_session_config cfg = test_config(c);
-    r.f.s = smtp_session_new(&cfg, c->peer ? c->peer : "192.0.2.1", &fake_ops, &r.f);
+    r.f.s = smtp_session_new(&cfg, c->peer ? c->peer : "192.0.2.1", c->starttls ? &fake_ops_tls : &fake_ops,
+                             &r.f);
     smtp_session_start(r.f.s);
     drain(&r);
 
@@ -578,6 +692,7 @@ static void run_case(const struct session_case *c, enum mode mode)
         case STEP_DONE: smtp_session_commit_done(r.f.s, st->status); break;
         case STEP_TIMEOUT: smtp_session_timeout(r.f.s); break;
         case STEP_SHUTDOWN: smtp_session_shutdown(r.f.s); break;
+        case STEP_TLS: smtp_session_tls_started(r.f.s, TLS_DESC); break;
         case STEP_STATE:
             CHECK_STR(smtp_session_state_name(r.f.s), st->bytes, "%s [%s]: state at step %d", c->name,
                       what, (int)(st - c->steps));
@@ -591,6 +706,8 @@ static void run_case(const struct session_case *c, enum mode mode)
     CHECK_STR(r.out->str, c->want, "%s [%s]: replies", c->name, what);
     if (c->state) CHECK_STR(smtp_session_state_name(r.f.s), c->state, "%s [%s]: final state", c->name, what);
     if (c->checked) CHECK_STR(r.f.checked->str, c->checked, "%s [%s]: check_rcpt calls", c->name, what);
+    CHECK(r.f.tls_calls == c->tls_calls, "%s [%s]: ops.starttls called %u times (want %u)", c->name, what,
+          r.f.tls_calls, c->tls_calls);
 
     size_t want_n = 0;
     while (want_n < G_N_ELEMENTS(c->txns) && c->txns[want_n].sender) want_n++;

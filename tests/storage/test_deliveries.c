@@ -1082,9 +1082,13 @@ static void test_growth(void)
     CHECK(swept[GROWTH_CYCLES] <= swept[2] * 12 / 10 && swept[GROWTH_CYCLES] < full[GROWTH_CYCLES] / 4,
           "freed pages are given back: after the sweep %lld (after 2 cycles %lld)",
           (long long)swept[GROWTH_CYCLES], (long long)swept[2]);
-    CHECK(wal[GROWTH_CYCLES] <= wal[2] * 12 / 10,
-          "database + WAL as the sweeps left them: %lld after %d cycles, %lld after 2",
-          (long long)wal[GROWTH_CYCLES], GROWTH_CYCLES, (long long)wal[2]);
+    /* The checkpointer truncates the WAL after a second without commits, so whether a cycle's
+     * WAL was truncated before it was measured depends on timing: compare with the larger of the
+     * first two cycles. */
+    const off_t early = wal[1] > wal[2] ? wal[1] : wal[2];
+    CHECK(wal[GROWTH_CYCLES] <= early * 12 / 10,
+          "database + WAL as the sweeps left them: %lld after %d cycles, at most %lld after 1 and 2",
+          (long long)wal[GROWTH_CYCLES], GROWTH_CYCLES, (long long)early);
 
     store_close(st);
     free(err);

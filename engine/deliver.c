@@ -1,0 +1,1113 @@
+/* engine/deliver.c — see deliver.h.
+ *
+ * A delivery in memory is a `struct task`.  Its life, all on the loop thread but the preparing:
+ *
+ *   PREPARING  payload being built: by a pipeline worker (deliver_offer) or on libuv's threadpool
+ *              for deliveries found by a due scan (load the bytes, parse, build);
+ *   READY      in d->ready, waiting for a transfer slot (DELIVER_ACTIVE_MAX, per host
+ *              DELIVER_HOST_ACTIVE_MAX);
+ *   ACTIVE     a curl easy handle in the multi;
+ *   RECORDING  the outcome is on its way to the database (store_record_attempt);
+ *   then freed.
+ *
+ * d->known maps the id of every task from READY to RECORDING (and of those being prepared for a
+ * scan) to the task, so that a delivery is never in hand twice: a scan skips known ids, and a
+ * payload that a worker built for a delivery that a scan already took is dropped.  d->recent
+ * remembers the last ids that finished, for the same reason (a worker's payload arriving after
+ * the scan's copy was delivered and recorded). */
+#include "engine/deliver.h"
+
+#include <curl/curl.h>
+#include <glib.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+
+#include "message/message.h"
+#include "storage/store.h"
+#include "util/clock.h"
+#include "util/id.h"
+#include "util/log.h"
+
+#define RECENT_MAX 4096
+
+/* The bytes of one message, shared by its deliveries' payloads (MIME posts and SMTP forwards
+ * send them as they are). */
+struct dmsg {
+    atomic_int refs;
+    struct store_message *sm;
+};
+
+enum task_state { TASK_PREPARING, TASK_READY, TASK_ACTIVE, TASK_RECORDING };
+
+struct task {
+    struct deliverer *d;
+    enum task_state state;
+    char id[ID_LEN + 1];
+    char message_id[ID_LEN + 1];
+    char *recipient, *kind, *target, *format;
+    char *copy_key;                 /* "" when none: see store_delivery_plan */
+    int64_t attempts;               /* before this one */
+    char host[256];                 /* per-host cap key */
+
+    struct dmsg *msg;               /* NULL until prepared */
+    struct message_post *post;      /* url kinds */
+    size_t bytes;                   /* held payload bytes (accounting) */
+    char *prepare_error;            /* set when the payload could not be built */
+
+    /* The transfer. */
+    CURL *easy;
+    struct curl_slist *headers, *rcpts;
+    struct message_post_segment segs[8];
+    size_t nsegs, total, pos;       /* read position over the segments */
+    char tail[MESSAGE_POST_TAIL_MAX];
+    char errbuf[CURL_ERROR_SIZE];
+    int64_t started_wall_ms, started_mono_ms;
+};
+
+/* Preparing the deliveries of one message found by a scan (threadpool). */
+struct prep {
+    uv_work_t req;
+    struct deliverer *d;
+    char message_id[ID_LEN + 1];
+    GPtrArray *tasks;
+    enum store_status status;
+    char *err;
+};
+
+/* A committed (or failed) attempt record, from the writer thread back to the loop. */
+struct record {
+    struct task *task;
+    enum store_status status;
+    char *err;
+    int64_t next_attempt_at;        /* for a retry: when to scan for it */
+};
+
+struct deliverer {
+    struct deliver_config cfg;
+    uv_loop_t *loop;
+    CURLM *multi;
+    uv_timer_t curl_timer, scan_timer, grace_timer;
+    uv_async_t async;
+    int handles_open;
+    bool scan_armed;
+    uint64_t scan_due_ms;           /* loop time the scan timer fires at */
+
+    /* Between threads, under `mu`. */
+    pthread_mutex_t mu;
+    GQueue inbox;                   /* prepared struct task * from workers */
+    GQueue records;                 /* struct record * from the writer */
+    bool kicked, scan_wanted;
+    size_t held;                    /* tasks in memory, any state (incl. workers' in the making) */
+    size_t held_bytes;
+
+    /* Loop only. */
+    GHashTable *known;              /* id → struct task * */
+    GHashTable *recent;             /* id → itself: finished lately */
+    GQueue recent_order;
+    GQueue ready;
+    GHashTable *host_active;        /* host → GINT count */
+    size_t active, recording, preparing;
+    bool stopping, aborted;
+    void (*stopped)(void *);
+    void *stopped_arg;
+
+    struct {
+        atomic_ullong delivered, retry, failed, record_failures;
+    } stats;
+};
+
+static void pump(struct deliverer *d);
+static void schedule_scan(struct deliverer *d, uint64_t delay_ms);
+static void maybe_finish_stop(struct deliverer *d);
+
+/* ---------------------------------------------------------------------------------------------
+ * Pure helpers. */
+
+void deliver_token(char out[51])
+{
+    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    size_t n = 0;
+    while (n < 50) {
+        unsigned char buf[64];
+        random_bytes(buf, sizeof buf);
+        /* 252 = 7 * 36: rejecting above it keeps every character equally likely. */
+        for (size_t i = 0; i < sizeof buf && n < 50; i++)
+            if (buf[i] < 252) out[n++] = alphabet[buf[i] % 36];
+    }
+    out[50] = '\0';
+}
+
+void deliver_signature(const char *key, const char *timestamp, const char *token, char out[65])
+{
+    GString *data = g_string_new(timestamp);
+    g_string_append(data, token);
+    gchar *hex = g_compute_hmac_for_data(G_CHECKSUM_SHA256, (const guchar *)key, strlen(key),
+                                         (const guchar *)data->str, data->len);
+    g_strlcpy(out, hex, 65);
+    g_free(hex);
+    g_string_free(data, TRUE);
+}
+
+int64_t deliver_retry_delay(const int64_t *schedule, size_t count, int64_t attempt)
+{
+    if (attempt < 1 || (uint64_t)attempt > count) return -1;
+    const double base = (double)schedule[attempt - 1];
+    uint32_t r;
+    random_bytes(&r, sizeof r);
+    const double jitter = 0.9 + 0.2 * ((double)r / (double)UINT32_MAX); /* ±10 % */
+    int64_t s = (int64_t)llround(base * jitter);
+    return s < 1 ? 1 : s;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Tasks and their payloads. */
+
+static struct dmsg *dmsg_new(struct store_message *sm)
+{
+    struct dmsg *m = g_new0(struct dmsg, 1);
+    atomic_init(&m->refs, 1);
+    m->sm = sm;
+    return m;
+}
+
+static struct dmsg *dmsg_ref(struct dmsg *m)
+{
+    atomic_fetch_add(&m->refs, 1);
+    return m;
+}
+
+static void dmsg_unref(struct dmsg *m)
+{
+    if (!m || atomic_fetch_sub(&m->refs, 1) != 1) return;
+    store_free_message(m->sm);
+    g_free(m);
+}
+
+static void host_of(const char *kind, const char *target, char *out, size_t outsz)
+{
+    g_strlcpy(out, "relay", outsz);
+    if (strcmp(kind, "address") == 0) return;
+    const char *p = strstr(target, "://");
+    p = p ? p + 3 : target;
+    size_t n = strcspn(p, "/?#");
+    const char *at = memchr(p, '@', n); /* userinfo is not the host */
+    if (at) {
+        n -= (size_t)(at + 1 - p);
+        p = at + 1;
+    }
+    if (n >= outsz) n = outsz - 1;
+    memcpy(out, p, n);
+    out[n] = '\0';
+}
+
+static bool is_http(const struct task *t)
+{
+    return strcmp(t->kind, "address") != 0; /* "url" and "notify" */
+}
+
+static struct task *task_new(struct deliverer *d, const char *id, const char *message_id, const char *recipient,
+                             const char *kind, const char *target, const char *format, const char *copy_key,
+                             int64_t attempts)
+{
+    struct task *t = g_new0(struct task, 1);
+    t->d = d;
+    g_strlcpy(t->id, id, sizeof t->id);
+    g_strlcpy(t->message_id, message_id, sizeof t->message_id);
+    t->recipient = g_strdup(recipient);
+    t->kind = g_strdup(kind);
+    t->target = g_strdup(target);
+    t->format = g_strdup(format ? format : "");
+    t->copy_key = g_strdup(copy_key ? copy_key : "");
+    t->attempts = attempts;
+    host_of(kind, target, t->host, sizeof t->host);
+    return t;
+}
+
+static void task_free_payload(struct task *t)
+{
+    message_post_free(t->post);
+    t->post = NULL;
+    dmsg_unref(t->msg);
+    t->msg = NULL;
+}
+
+static void task_free(struct task *t)
+{
+    if (!t) return;
+    task_free_payload(t);
+    if (t->easy) curl_easy_cleanup(t->easy);
+    curl_slist_free_all(t->headers);
+    curl_slist_free_all(t->rcpts);
+    g_free(t->recipient);
+    g_free(t->kind);
+    g_free(t->target);
+    g_free(t->format);
+    g_free(t->copy_key);
+    g_free(t->prepare_error);
+    g_free(t);
+}
+
+static enum message_post_format post_format(const struct deliverer *d, const char *format)
+{
+    if (strcmp(format, "mime") == 0) return MESSAGE_POST_MIME;
+    if (!*format) format = d->cfg.default_format;
+    return strcmp(format, "mailgun") == 0 ? MESSAGE_POST_MAILGUN : MESSAGE_POST_JSON;
+}
+
+/* SPEC §6: <public-url>/v3/domains/<recipient's domain, lower case>/messages/<key>. */
+static char *storage_url(const struct deliverer *d, const char *recipient, const char *key)
+{
+    const char *at = strrchr(recipient, '@');
+    const char *dom = at ? at + 1 : "";
+    char *lower = g_utf8_validate(dom, -1, NULL) ? g_utf8_strdown(dom, -1) : g_ascii_strdown(dom, -1);
+    char *esc = g_uri_escape_string(lower, "", FALSE);
+    char *url = g_strdup_printf("%s/v3/domains/%s/messages/%s", d->cfg.public_url ? d->cfg.public_url : "", esc, key);
+    g_free(esc);
+    g_free(lower);
+    return url;
+}
+
+/* Builds t's payload from the parsed message (any thread).  On failure t->prepare_error says
+ * why; the task still goes on, to be recorded as a failed attempt. */
+static void task_prepare(struct task *t, const struct message *m, struct dmsg *msg)
+{
+    t->msg = dmsg_ref(msg);
+    const struct store_message *sm = msg->sm;
+    t->bytes = sm->len;
+    if (!is_http(t)) return; /* an address gets the bytes as they are */
+    char *copy_url = *t->copy_key ? storage_url(t->d, t->recipient, t->copy_key) : NULL;
+    const bool notify = strcmp(t->kind, "notify") == 0;
+    struct message_post_options opts = {
+        .json = {
+            .recipient = t->recipient,
+            .sender = sm->sender ? sm->sender : "",
+            .id = t->message_id,
+            .inline_attachments_max = t->d->cfg.inline_attachments_max,
+            .attachments_url = notify ? NULL : copy_url,
+        },
+        .message_url = notify ? copy_url : NULL,
+    };
+    /* A notify POST never gets the raw variant: it announces a URL, not the bytes. */
+    enum message_post_format f = post_format(t->d, t->format);
+    if (notify && f == MESSAGE_POST_MIME) f = MESSAGE_POST_MAILGUN;
+    t->post = message_post_new(m, sm->data, sm->len, f, &opts);
+    g_free(copy_url);
+    if (!t->post) {
+        t->prepare_error = g_strdup("out of memory building the payload");
+        return;
+    }
+    t->bytes += message_post_fixed_len(t->post);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * From the workers (deliver_offer) and the threadpool to the loop. */
+
+void deliver_offer(struct deliverer *d, const struct store_outcome *o, const struct message *m,
+                   struct store_message **sm)
+{
+    if (!d || o->ndeliveries == 0) return;
+    pthread_mutex_lock(&d->mu);
+    const bool room = d->held + o->ndeliveries <= DELIVER_HELD_MAX && d->held_bytes < DELIVER_HELD_BYTES_MAX;
+    if (room) d->held += o->ndeliveries;
+    else d->scan_wanted = true;
+    pthread_mutex_unlock(&d->mu);
+    if (!room) {
+        /* Committed 'pending' and due: the next scan takes them. */
+        uv_async_send(&d->async);
+        return;
+    }
+    struct dmsg *msg = dmsg_new(*sm);
+    *sm = NULL;
+    GQueue built = G_QUEUE_INIT;
+    size_t bytes = 0;
+    for (size_t i = 0; i < o->ndeliveries; i++) {
+        const struct store_delivery_plan *p = &o->deliveries[i];
+        struct task *t = task_new(d, p->id, o->message_id, p->recipient, p->kind, p->target, p->format, p->copy_key, 0);
+        task_prepare(t, m, msg);
+        bytes += t->bytes;
+        g_queue_push_tail(&built, t);
+    }
+    dmsg_unref(msg);
+    pthread_mutex_lock(&d->mu);
+    d->held_bytes += bytes;
+    struct task *t;
+    while ((t = g_queue_pop_head(&built))) g_queue_push_tail(&d->inbox, t);
+    pthread_mutex_unlock(&d->mu);
+    uv_async_send(&d->async);
+}
+
+void deliver_kick(struct deliverer *d)
+{
+    if (!d) return;
+    pthread_mutex_lock(&d->mu);
+    d->kicked = true;
+    pthread_mutex_unlock(&d->mu);
+    uv_async_send(&d->async);
+}
+
+/* Loop: gives back what a task held (it leaves memory, or its payload does). */
+static void release(struct deliverer *d, struct task *t, bool whole)
+{
+    pthread_mutex_lock(&d->mu);
+    d->held_bytes -= MIN(d->held_bytes, t->bytes);
+    if (whole) d->held--;
+    pthread_mutex_unlock(&d->mu);
+    t->bytes = 0;
+}
+
+static void remember_finished(struct deliverer *d, const char *id)
+{
+    if (g_hash_table_contains(d->recent, id)) return;
+    char *copy = g_strdup(id); /* owned by recent_order; the table borrows it */
+    g_hash_table_add(d->recent, copy);
+    g_queue_push_tail(&d->recent_order, copy);
+    if (g_queue_get_length(&d->recent_order) > RECENT_MAX) {
+        char *old = g_queue_pop_head(&d->recent_order);
+        g_hash_table_remove(d->recent, old);
+        g_free(old);
+    }
+}
+
+/* Loop: a prepared task enters the ready queue, unless the same delivery is in hand already. */
+static void admit(struct deliverer *d, struct task *t)
+{
+    if (d->stopping || g_hash_table_contains(d->known, t->id) || g_hash_table_contains(d->recent, t->id)) {
+        release(d, t, true);
+        task_free(t);
+        return;
+    }
+    t->state = TASK_READY;
+    g_hash_table_insert(d->known, t->id, t);
+    g_queue_push_tail(&d->ready, t);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Transfers. */
+
+static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
+{
+    struct task *t = arg;
+    size_t want = size * nitems, done = 0, skip = t->pos;
+    for (size_t i = 0; i < t->nsegs && done < want; i++) {
+        const struct message_post_segment *s = &t->segs[i];
+        if (skip >= s->len) {
+            skip -= s->len;
+            continue;
+        }
+        size_t n = MIN(s->len - skip, want - done);
+        memcpy(buf + done, s->data + skip, n);
+        done += n;
+        skip = 0;
+    }
+    t->pos += done;
+    return done;
+}
+
+/* curl rewinds when it must send the body again (a reused connection that the server closed). */
+static int on_seek(void *arg, curl_off_t offset, int origin)
+{
+    struct task *t = arg;
+    if (origin != SEEK_SET || offset < 0 || (size_t)offset > t->total) return CURL_SEEKFUNC_CANTSEEK;
+    t->pos = (size_t)offset;
+    return CURL_SEEKFUNC_OK;
+}
+
+/* The answer's body is not used: read and dropped (the transfer's timeout bounds it). */
+static size_t on_write(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+    (void)ptr;
+    (void)arg;
+    return size * nmemb;
+}
+
+static void add_segment(struct task *t, const void *data, size_t len)
+{
+    if (t->nsegs == G_N_ELEMENTS(t->segs)) return; /* cannot happen: see task_segments */
+    t->segs[t->nsegs++] = (struct message_post_segment){data, len};
+    t->total += len;
+}
+
+/* The body of this attempt: the post's fixed part and a tail signed now; or the raw message. */
+static bool task_segments(struct task *t)
+{
+    t->nsegs = t->total = t->pos = 0;
+    if (!t->post) {
+        add_segment(t, t->msg->sm->data, t->msg->sm->len);
+        return true;
+    }
+    const size_t n = message_post_segment_count(t->post);
+    if (n + 1 > G_N_ELEMENTS(t->segs)) return false;
+    for (size_t i = 0; i < n; i++) {
+        struct message_post_segment s = message_post_segment(t->post, i);
+        add_segment(t, s.data, s.len);
+    }
+    char ts[32], token[51], sig[65];
+    snprintf(ts, sizeof ts, "%lld", (long long)(clock_now_ms() / 1000));
+    deliver_token(token);
+    deliver_signature(t->d->cfg.signing_key, ts, token, sig);
+    size_t tl = message_post_tail(t->post, ts, token, sig, t->tail);
+    add_segment(t, t->tail, tl);
+    return true;
+}
+
+static void common_options(struct task *t, CURL *e)
+{
+    const struct deliver_config *c = &t->d->cfg;
+    curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, (long)c->connect_timeout);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT, (long)c->timeout);
+    curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+    curl_easy_setopt(e, CURLOPT_READDATA, t);
+    curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
+    curl_easy_setopt(e, CURLOPT_SEEKDATA, t);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+}
+
+static bool setup_http(struct task *t, CURL *e)
+{
+    curl_easy_setopt(e, CURLOPT_URL, t->target);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)t->total);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "inlet/" INLET_VERSION);
+    char h[512];
+    snprintf(h, sizeof h, "Content-Type: %s", message_post_content_type(t->post));
+    t->headers = curl_slist_append(t->headers, h);
+    snprintf(h, sizeof h, "X-Inlet-Delivery: %s", t->id);
+    t->headers = curl_slist_append(t->headers, h);
+    /* No "Expect: 100-continue" round trip before the body. */
+    t->headers = curl_slist_append(t->headers, "Expect:");
+    if (!t->headers) return false;
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+    return true;
+}
+
+/* "<addr>" for curl's MAIL FROM / RCPT TO; "<>" for the null sender. */
+static char *angle(const char *addr)
+{
+    return g_strdup_printf("<%s>", addr ? addr : "");
+}
+
+static bool setup_smtp(struct task *t, CURL *e)
+{
+    const struct deliver_config *c = &t->d->cfg;
+    /* The URL's path is the EHLO name curl sends. */
+    const char *rest = strstr(c->relay, "://");
+    const bool has_path = rest && strchr(rest + 3, '/');
+    char *url = has_path ? g_strdup(c->relay) : g_strdup_printf("%s/%s", c->relay, c->hostname);
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    g_free(url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
+    curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+    curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)t->total);
+    curl_easy_setopt(e, CURLOPT_USE_SSL, c->relay_tls_required ? (long)CURLUSESSL_ALL : (long)CURLUSESSL_TRY);
+    if (c->relay_password) curl_easy_setopt(e, CURLOPT_PASSWORD, c->relay_password);
+    const char *from = c->bounce_address && *c->bounce_address ? c->bounce_address : t->msg->sm->sender;
+    char *mail_from = angle(from);
+    curl_easy_setopt(e, CURLOPT_MAIL_FROM, mail_from);
+    g_free(mail_from);
+    char *rcpt = angle(t->target);
+    t->rcpts = curl_slist_append(NULL, rcpt);
+    g_free(rcpt);
+    if (!t->rcpts) return false;
+    curl_easy_setopt(e, CURLOPT_MAIL_RCPT, t->rcpts);
+    return true;
+}
+
+/* The target as logged: no query string or user info (webhook URLs often carry secrets). */
+static void log_target(const struct task *t, char *out, size_t outsz)
+{
+    char esc[600];
+    size_t n = strcspn(t->target, "?#");
+    log_escape(esc, sizeof esc, t->target, n, 400);
+    g_strlcpy(out, esc, outsz);
+    if (t->target[n]) g_strlcat(out, "?...", outsz);
+}
+
+static void finish(struct task *t, int status, const char *error, bool permanent);
+
+static void host_count(struct deliverer *d, const char *host, int delta)
+{
+    int n = GPOINTER_TO_INT(g_hash_table_lookup(d->host_active, host)) + delta;
+    if (n <= 0) g_hash_table_remove(d->host_active, host);
+    else g_hash_table_insert(d->host_active, g_strdup(host), GINT_TO_POINTER(n));
+}
+
+static void start(struct deliverer *d, struct task *t)
+{
+    t->state = TASK_ACTIVE;
+    t->started_wall_ms = clock_now_ms();
+    t->started_mono_ms = clock_monotonic_ms();
+    t->errbuf[0] = '\0';
+    d->active++;
+    host_count(d, t->host, +1);
+    if (t->prepare_error) {
+        finish(t, 0, t->prepare_error, true);
+        return;
+    }
+    const bool url = is_http(t);
+    if (!url && (!d->cfg.relay || !*d->cfg.relay)) {
+        finish(t, 0, "no relay configured", true);
+        return;
+    }
+    CURL *e = curl_easy_init();
+    bool ok = e && task_segments(t);
+    if (ok) {
+        t->easy = e;
+        common_options(t, e);
+        ok = url ? setup_http(t, e) : setup_smtp(t, e);
+    }
+    if (!ok || curl_multi_add_handle(d->multi, e) != CURLM_OK) {
+        if (e && !t->easy) curl_easy_cleanup(e);
+        finish(t, 0, "cannot start the transfer (out of memory)", false);
+    }
+}
+
+/* Loop: start what the caps allow, oldest first; tasks for a busy host wait their turn. */
+static void pump(struct deliverer *d)
+{
+    if (d->stopping) return;
+    for (GList *l = d->ready.head; l && d->active < DELIVER_ACTIVE_MAX;) {
+        GList *next = l->next;
+        struct task *t = l->data;
+        if (GPOINTER_TO_INT(g_hash_table_lookup(d->host_active, t->host)) < DELIVER_HOST_ACTIVE_MAX) {
+            g_queue_delete_link(&d->ready, l);
+            start(d, t);
+        }
+        l = next;
+    }
+}
+
+/* Writer thread. */
+static void on_recorded(void *arg, enum store_status status, char *err)
+{
+    struct record *r = arg;
+    r->status = status;
+    r->err = err;
+    struct deliverer *d = r->task->d;
+    pthread_mutex_lock(&d->mu);
+    g_queue_push_tail(&d->records, r);
+    pthread_mutex_unlock(&d->mu);
+    uv_async_send(&d->async);
+}
+
+/* Loop: the attempt ended (or could not start).  Decides the outcome and records it. */
+static void finish(struct task *t, int status, const char *error, bool permanent)
+{
+    struct deliverer *d = t->d;
+    const int64_t now_ms = clock_now_ms();
+    const int64_t attempt = t->attempts + 1;
+    const bool delivered = error == NULL;
+    int64_t delay = delivered || permanent ? -1 : deliver_retry_delay(d->cfg.retry_schedule, d->cfg.retry_count, attempt);
+    const char *outcome = delivered ? "delivered" : delay >= 0 ? "retry" : "failed";
+    struct record *r = g_new0(struct record, 1);
+    r->task = t;
+    r->next_attempt_at = delay >= 0 ? now_ms / 1000 + delay : 0;
+    struct store_attempt a = {
+        .delivery_id = t->id,
+        .started_at_ms = t->started_wall_ms,
+        .duration_ms = clock_monotonic_ms() - t->started_mono_ms,
+        .status = status,
+        .error = error ? error : "",
+        .outcome = outcome,
+        .next_attempt_at = r->next_attempt_at,
+    };
+    char target[512], esc[400];
+    log_target(t, target, sizeof target);
+    log_info("deliver", "attempt id=%s message=%s rcpt=%s kind=%s target=%s n=%lld status=%d outcome=%s ms=%lld%s%s%s",
+             t->id, t->message_id, log_escape(esc, sizeof esc, t->recipient, strlen(t->recipient), 320), t->kind,
+             target, (long long)attempt, status, outcome, (long long)a.duration_ms, error ? " error=\"" : "",
+             error ? error : "", error ? "\"" : "");
+    atomic_fetch_add(delivered ? &d->stats.delivered : delay >= 0 ? &d->stats.retry : &d->stats.failed, 1);
+
+    d->active--;
+    host_count(d, t->host, -1);
+    t->state = TASK_RECORDING;
+    d->recording++;
+    release(d, t, false);
+    task_free_payload(t); /* only the record's small part stays */
+    store_record_attempt(d->cfg.store, &a, on_recorded, r);
+}
+
+static void http_outcome(struct task *t, CURLcode rc, long code)
+{
+    char err[CURL_ERROR_SIZE + 64];
+    if (rc != CURLE_OK) {
+        snprintf(err, sizeof err, "%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
+        finish(t, (int)code, err, false);
+    } else if (code >= 200 && code < 300) {
+        finish(t, (int)code, NULL, false);
+    } else if (code == 406) {
+        finish(t, (int)code, "HTTP 406: rejected by the receiver", true);
+    } else {
+        snprintf(err, sizeof err, "HTTP %ld%s", code, code >= 300 && code < 400 ? " (redirects are not followed)" : "");
+        finish(t, (int)code, err, false);
+    }
+}
+
+/* SPEC §5: 5xx from the relay fails the delivery; 4xx and connection errors are retried. */
+static void smtp_outcome(struct task *t, CURLcode rc, long code)
+{
+    char err[CURL_ERROR_SIZE + 64];
+    if (rc == CURLE_OK) {
+        finish(t, (int)code, NULL, false);
+        return;
+    }
+    snprintf(err, sizeof err, "%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
+    finish(t, (int)code, err, code >= 500 && code < 600);
+}
+
+static void check_done(struct deliverer *d)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(d->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE) continue;
+        CURL *e = msg->easy_handle;
+        const CURLcode rc = msg->data.result;
+        struct task *t = NULL;
+        long code = 0;
+        curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&t);
+        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+        curl_multi_remove_handle(d->multi, e);
+        curl_easy_cleanup(e);
+        t->easy = NULL;
+        if (is_http(t)) http_outcome(t, rc, code);
+        else smtp_outcome(t, rc, code);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * libcurl on the libuv loop (curl's multi-uv example). */
+
+struct sock {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    struct deliverer *d;
+};
+
+static void on_sock_closed(uv_handle_t *h)
+{
+    g_free(h->data);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    struct sock *s = h->data;
+    struct deliverer *d = s->d;
+    int flags = 0, running;
+    if (status < 0) flags |= CURL_CSELECT_ERR;
+    if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+    curl_multi_socket_action(d->multi, s->fd, flags, &running);
+    check_done(d);
+    pump(d);
+    maybe_finish_stop(d);
+}
+
+static int on_socket(CURL *e, curl_socket_t fd, int action, void *userp, void *socketp)
+{
+    (void)e;
+    struct deliverer *d = userp;
+    struct sock *s = socketp;
+    if (action == CURL_POLL_REMOVE) {
+        /* Closed now, before curl closes the fd and the number can be reused. */
+        if (s) {
+            uv_poll_stop(&s->poll);
+            uv_close((uv_handle_t *)&s->poll, on_sock_closed);
+        }
+        return 0;
+    }
+    if (!s) {
+        s = g_new0(struct sock, 1);
+        s->fd = fd;
+        s->d = d;
+        if (uv_poll_init_socket(d->loop, &s->poll, fd) != 0) {
+            g_free(s);
+            return -1;
+        }
+        s->poll.data = s;
+        curl_multi_assign(d->multi, fd, s);
+    }
+    int events = 0;
+    if (action & CURL_POLL_IN) events |= UV_READABLE;
+    if (action & CURL_POLL_OUT) events |= UV_WRITABLE;
+    uv_poll_start(&s->poll, events, on_poll);
+    return 0;
+}
+
+static void on_curl_timer(uv_timer_t *h)
+{
+    struct deliverer *d = h->data;
+    int running;
+    curl_multi_socket_action(d->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(d);
+    pump(d);
+    maybe_finish_stop(d);
+}
+
+static int on_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    struct deliverer *d = userp;
+    if (timeout_ms < 0) uv_timer_stop(&d->curl_timer);
+    else uv_timer_start(&d->curl_timer, on_curl_timer, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Due scans. */
+
+static void prep_work(uv_work_t *req)
+{
+    struct prep *p = req->data;
+    struct store_message *sm = NULL;
+    p->status = store_load_message(p->d->cfg.store, p->message_id, &sm, &p->err);
+    if (p->status != STORE_OK) return;
+    struct message *m = message_parse(sm->data, sm->len);
+    struct dmsg *msg = dmsg_new(sm);
+    for (guint i = 0; i < p->tasks->len; i++) {
+        struct task *t = g_ptr_array_index(p->tasks, i);
+        if (m) task_prepare(t, m, msg);
+        else t->prepare_error = g_strdup("out of memory parsing the message");
+    }
+    dmsg_unref(msg);
+    message_free(m);
+}
+
+static void prep_done(uv_work_t *req, int status)
+{
+    (void)status;
+    struct prep *p = req->data;
+    struct deliverer *d = p->d;
+    d->preparing--;
+    for (guint i = 0; i < p->tasks->len; i++) {
+        struct task *t = g_ptr_array_index(p->tasks, i);
+        if (p->status == STORE_ERR_NOT_FOUND && !t->prepare_error)
+            t->prepare_error = g_strdup("the message's bytes are gone");
+        if ((p->status == STORE_OK || p->status == STORE_ERR_NOT_FOUND) && !d->stopping) {
+            pthread_mutex_lock(&d->mu);
+            d->held_bytes += t->bytes;
+            pthread_mutex_unlock(&d->mu);
+            t->state = TASK_READY;
+            g_queue_push_tail(&d->ready, t);
+            continue;
+        }
+        if (p->status != STORE_OK && p->status != STORE_ERR_NOT_FOUND)
+            log_warn("deliver", "cannot load message id=%s for delivery id=%s: %s (retried by a later scan)",
+                     p->message_id, t->id, p->err ? p->err : "?");
+        g_hash_table_remove(d->known, t->id);
+        release(d, t, true);
+        task_free(t);
+    }
+    if (p->status != STORE_OK && p->status != STORE_ERR_NOT_FOUND) schedule_scan(d, DELIVER_SCAN_SECONDS * 1000);
+    g_ptr_array_free(p->tasks, TRUE);
+    g_free(p->err);
+    g_free(p);
+    pump(d);
+    maybe_finish_stop(d);
+}
+
+static void queue_prep(struct deliverer *d, GHashTable *by_message)
+{
+    GHashTableIter it;
+    gpointer key, value;
+    g_hash_table_iter_init(&it, by_message);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+        struct prep *p = g_new0(struct prep, 1);
+        p->d = d;
+        g_strlcpy(p->message_id, key, sizeof p->message_id);
+        p->tasks = value;
+        p->req.data = p;
+        g_hash_table_iter_steal(&it);
+        g_free(key);
+        d->preparing++;
+        uv_queue_work(d->loop, &p->req, prep_work, prep_done);
+    }
+}
+
+/* Loop: takes due deliveries that are not in hand, as many as the memory bounds allow.  A read of
+ * a few hundred small rows through an index: short enough for the loop thread. */
+static void scan(struct deliverer *d)
+{
+    const int64_t now = clock_now_ms() / 1000;
+    pthread_mutex_lock(&d->mu);
+    d->scan_wanted = false;
+    const size_t want = d->held < DELIVER_HELD_MAX ? DELIVER_HELD_MAX - d->held : 0;
+    pthread_mutex_unlock(&d->mu);
+    GHashTable *by_message = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    int64_t after_at = INT64_MIN;
+    char after_id[ID_LEN + 1] = "";
+    size_t taken = 0;
+    bool failed = false, full = false;
+    while (taken < want) {
+        struct store_delivery *rows = NULL;
+        size_t n = 0;
+        char *err = NULL;
+        if (store_deliveries_due(d->cfg.store, now, after_at, after_id, DELIVER_SCAN_PAGE, &rows, &n, &err) < 0) {
+            log_warn("deliver", "cannot list due deliveries: %s (retried in %ds)", err ? err : "?", DELIVER_SCAN_SECONDS);
+            g_free(err);
+            failed = true;
+            break;
+        }
+        for (size_t i = 0; i < n; i++) {
+            const struct store_delivery *r = &rows[i];
+            after_at = r->next_attempt_at;
+            g_strlcpy(after_id, r->id, sizeof after_id);
+            if (taken >= want) {
+                full = true;
+                break;
+            }
+            if (g_hash_table_contains(d->known, r->id)) continue;
+            struct task *t = task_new(d, r->id, r->message_id, r->recipient, r->kind, r->target, r->format,
+                                      r->copy_key, r->attempts);
+            t->state = TASK_PREPARING;
+            g_hash_table_insert(d->known, t->id, t);
+            GPtrArray *group = g_hash_table_lookup(by_message, r->message_id);
+            if (!group) {
+                group = g_ptr_array_new();
+                g_hash_table_insert(by_message, g_strdup(r->message_id), group);
+            }
+            g_ptr_array_add(group, t);
+            taken++;
+        }
+        store_deliveries_free(rows, n);
+        if (n < DELIVER_SCAN_PAGE) break;
+    }
+    if (taken) {
+        pthread_mutex_lock(&d->mu);
+        d->held += taken;
+        pthread_mutex_unlock(&d->mu);
+        log_debug("deliver", "scan took=%zu", taken);
+    }
+    queue_prep(d, by_message);
+    g_hash_table_destroy(by_message);
+    if (full || taken >= want) d->scan_wanted = true; /* more when memory frees up */
+    /* Next: the earliest retry, at most DELIVER_SCAN_SECONDS away. */
+    int64_t at = 0;
+    uint64_t delay_ms = DELIVER_SCAN_SECONDS * 1000;
+    if (!failed && store_deliveries_next_due(d->cfg.store, &at) == 0 && at > now && at - now < DELIVER_SCAN_SECONDS)
+        delay_ms = (uint64_t)(at - now) * 1000;
+    d->scan_armed = false;
+    schedule_scan(d, delay_ms);
+}
+
+static void on_scan_timer(uv_timer_t *h)
+{
+    struct deliverer *d = h->data;
+    d->scan_armed = false;
+    if (d->stopping) return;
+    scan(d);
+    pump(d);
+}
+
+/* Loop: the scan runs in `delay_ms` at the latest. */
+static void schedule_scan(struct deliverer *d, uint64_t delay_ms)
+{
+    if (d->stopping) return;
+    const uint64_t due = uv_now(d->loop) + delay_ms;
+    if (d->scan_armed && d->scan_due_ms <= due) return;
+    d->scan_armed = true;
+    d->scan_due_ms = due;
+    uv_timer_start(&d->scan_timer, on_scan_timer, delay_ms, 0);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Loop: what other threads handed over. */
+
+static void on_record(struct deliverer *d, struct record *r)
+{
+    struct task *t = r->task;
+    d->recording--;
+    if (r->status != STORE_OK && r->status != STORE_ERR_NOT_FOUND) {
+        /* Still 'pending' and due in the database: a later scan makes the attempt again. */
+        atomic_fetch_add(&d->stats.record_failures, 1);
+        log_warn("deliver", "cannot record the attempt of delivery id=%s: %s (it will be made again)", t->id,
+                 r->err ? r->err : "?");
+        schedule_scan(d, DELIVER_SCAN_SECONDS * 1000);
+    } else {
+        remember_finished(d, t->id);
+        if (r->next_attempt_at) {
+            const int64_t wait = r->next_attempt_at - clock_now_ms() / 1000;
+            schedule_scan(d, wait > 0 ? (uint64_t)wait * 1000 : 0);
+        }
+    }
+    g_hash_table_remove(d->known, t->id);
+    release(d, t, true);
+    task_free(t);
+    g_free(r->err);
+    g_free(r);
+}
+
+static void on_async(uv_async_t *h)
+{
+    struct deliverer *d = h->data;
+    pthread_mutex_lock(&d->mu);
+    GQueue inbox = d->inbox, records = d->records;
+    g_queue_init(&d->inbox);
+    g_queue_init(&d->records);
+    const bool kicked = d->kicked;
+    d->kicked = false;
+    pthread_mutex_unlock(&d->mu);
+    struct record *r;
+    while ((r = g_queue_pop_head(&records))) on_record(d, r);
+    struct task *t;
+    while ((t = g_queue_pop_head(&inbox))) admit(d, t);
+    pthread_mutex_lock(&d->mu);
+    const bool wanted = d->scan_wanted && d->held < DELIVER_HELD_MAX / 2;
+    pthread_mutex_unlock(&d->mu);
+    if (kicked) schedule_scan(d, 0);
+    else if (wanted) schedule_scan(d, 100);
+    pump(d);
+    maybe_finish_stop(d);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Life cycle. */
+
+struct deliverer *deliver_start(uv_loop_t *loop, const struct deliver_config *cfg)
+{
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return NULL;
+    struct deliverer *d = g_new0(struct deliverer, 1);
+    d->cfg = *cfg;
+    d->loop = loop;
+    d->multi = curl_multi_init();
+    if (!d->multi) {
+        g_free(d);
+        return NULL;
+    }
+    curl_multi_setopt(d->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(d->multi, CURLMOPT_SOCKETDATA, d);
+    curl_multi_setopt(d->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(d->multi, CURLMOPT_TIMERDATA, d);
+    curl_multi_setopt(d->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)DELIVER_ACTIVE_MAX);
+    curl_multi_setopt(d->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)DELIVER_HOST_ACTIVE_MAX);
+    curl_multi_setopt(d->multi, CURLMOPT_MAXCONNECTS, (long)DELIVER_ACTIVE_MAX);
+    pthread_mutex_init(&d->mu, NULL);
+    g_queue_init(&d->inbox);
+    g_queue_init(&d->records);
+    g_queue_init(&d->ready);
+    g_queue_init(&d->recent_order);
+    d->known = g_hash_table_new(g_str_hash, g_str_equal);
+    d->recent = g_hash_table_new(g_str_hash, g_str_equal);
+    d->host_active = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    uv_timer_init(loop, &d->curl_timer);
+    uv_timer_init(loop, &d->scan_timer);
+    uv_timer_init(loop, &d->grace_timer);
+    uv_async_init(loop, &d->async, on_async);
+    d->curl_timer.data = d->scan_timer.data = d->grace_timer.data = d->async.data = d;
+    d->handles_open = 4;
+    log_info("deliver", "started relay=%s format=%s retries=%zu timeout=%llds", cfg->relay && *cfg->relay ? "yes" : "no",
+             cfg->default_format, cfg->retry_count, (long long)cfg->timeout);
+    schedule_scan(d, 0); /* deliveries left by the last run */
+    return d;
+}
+
+void deliver_get_stats(struct deliverer *d, struct deliver_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!d) return;
+    out->attempts_delivered = atomic_load(&d->stats.delivered);
+    out->attempts_retry = atomic_load(&d->stats.retry);
+    out->attempts_failed = atomic_load(&d->stats.failed);
+    out->record_failures = atomic_load(&d->stats.record_failures);
+    pthread_mutex_lock(&d->mu);
+    out->held = d->held;
+    pthread_mutex_unlock(&d->mu);
+    out->in_flight = d->active; /* a racy read of a counter: fine for a gauge */
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct deliverer *d = h->data;
+    if (--d->handles_open == 0 && d->stopped) d->stopped(d->stopped_arg);
+}
+
+/* Loop: abandons the transfers still running (they stay 'pending': due at the next start). */
+static void abort_active(struct deliverer *d)
+{
+    GHashTableIter it;
+    gpointer key, value;
+    g_hash_table_iter_init(&it, d->known);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+        struct task *t = value;
+        if (t->state != TASK_ACTIVE || !t->easy) continue;
+        curl_multi_remove_handle(d->multi, t->easy);
+        log_info("deliver", "abandoned id=%s at shutdown (stays pending)", t->id);
+        g_hash_table_iter_remove(&it);
+        d->active--;
+        release(d, t, true);
+        task_free(t);
+    }
+}
+
+static void on_grace_timer(uv_timer_t *h)
+{
+    struct deliverer *d = h->data;
+    d->aborted = true;
+    abort_active(d);
+    maybe_finish_stop(d);
+}
+
+/* Loop: once nothing is in flight, being prepared or being recorded, close everything. */
+static void maybe_finish_stop(struct deliverer *d)
+{
+    if (!d->stopping || d->handles_open != 4 || !d->stopped) return;
+    if (d->active || d->preparing || d->recording) return;
+    if (!uv_is_closing((uv_handle_t *)&d->async)) {
+        curl_multi_cleanup(d->multi); /* closes cached connections; sockets reported removed */
+        d->multi = NULL;
+        uv_close((uv_handle_t *)&d->curl_timer, on_handle_closed);
+        uv_close((uv_handle_t *)&d->scan_timer, on_handle_closed);
+        uv_close((uv_handle_t *)&d->grace_timer, on_handle_closed);
+        uv_close((uv_handle_t *)&d->async, on_handle_closed);
+        log_info("deliver", "stopped");
+    }
+}
+
+void deliver_stop(struct deliverer *d, unsigned grace_seconds, void (*stopped)(void *), void *arg)
+{
+    d->stopping = true;
+    d->stopped = stopped;
+    d->stopped_arg = arg;
+    uv_timer_stop(&d->scan_timer);
+    /* Waiting deliveries stay 'pending' in the database. */
+    struct task *t;
+    while ((t = g_queue_pop_head(&d->ready))) {
+        g_hash_table_remove(d->known, t->id);
+        release(d, t, true);
+        task_free(t);
+    }
+    if (d->active) {
+        log_info("deliver", "stopping in_flight=%zu grace=%us", d->active, grace_seconds);
+        uv_timer_start(&d->grace_timer, on_grace_timer, (uint64_t)grace_seconds * 1000, 0);
+    }
+    maybe_finish_stop(d);
+}
+
+void deliver_free(struct deliverer *d)
+{
+    if (!d) return;
+    struct task *t;
+    while ((t = g_queue_pop_head(&d->inbox))) task_free(t);
+    struct record *r;
+    while ((r = g_queue_pop_head(&d->records))) {
+        task_free(r->task);
+        g_free(r->err);
+        g_free(r);
+    }
+    if (d->multi) curl_multi_cleanup(d->multi);
+    g_hash_table_destroy(d->known);
+    g_hash_table_destroy(d->recent);
+    g_queue_clear_full(&d->recent_order, g_free);
+    g_hash_table_destroy(d->host_active);
+    pthread_mutex_destroy(&d->mu);
+    g_free(d);
+    curl_global_cleanup();
+}

@@ -1,0 +1,99 @@
+/* engine/deliver.h — the delivery engine (SPEC §5): every planned delivery reaches its target at
+ * least once.  Internal to engine/.
+ *
+ *   pipeline worker ──(outcome committed; payload built from the parsed message)──┐
+ *   due scan (start-up, retry times, resends, a full queue) ──(threadpool: load,   │
+ *                                     parse, build)────────────────────────────────┤
+ *                                                                                  ▼
+ *   loop: ready queue ─▶ libcurl multi (HTTP POST, or SMTP to the relay) ─▶ outcome
+ *         ─▶ store_record_attempt() (attempt row, new state, event; group commit)
+ *
+ * Durability: a delivery is a row in the database from the routing commit on.  The deliverer
+ * only ever holds copies: whatever is in memory when the process dies is still 'pending' and due,
+ * so the first scan after the next start delivers it again (at least once; the receiver sees the
+ * same X-Inlet-Delivery).  No lease is written: with one process per SQLite database the
+ * in-memory set of deliveries in hand is the claim.
+ *
+ * Threads: everything but deliver_offer() runs on the loop thread.  All curl_multi_* calls are on
+ * the loop thread. */
+#ifndef INLET_ENGINE_DELIVER_H
+#define INLET_ENGINE_DELIVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+struct deliverer;
+struct message;
+struct store;
+struct store_message;
+struct store_outcome;
+
+/* Transfers at once, in total and per destination host (the relay counts as one host). */
+#define DELIVER_ACTIVE_MAX 64
+#define DELIVER_HOST_ACTIVE_MAX 8
+/* Deliveries held in memory (prepared, waiting or in flight) at most, and their payload bytes.
+ * Beyond it a delivery stays in the database for the next scan. */
+#define DELIVER_HELD_MAX 2000
+#define DELIVER_HELD_BYTES_MAX (256 * 1024 * 1024)
+/* Rows asked per page of a due scan. */
+#define DELIVER_SCAN_PAGE 200
+/* A scan runs at least this often, whatever the timers say (safety net). */
+#define DELIVER_SCAN_SECONDS 30
+
+struct deliver_config {
+    struct store *store;
+    const char *signing_key;
+    const char *default_format;   /* "json" or "mailgun" (--webhook-format) */
+    const int64_t *retry_schedule;/* seconds; retry_count entries */
+    size_t retry_count;
+    int64_t timeout, connect_timeout; /* seconds */
+    size_t inline_attachments_max;
+    const char *public_url;       /* base of storage URLs */
+    const char *relay;            /* "" or NULL: forward("address") fails permanently */
+    const char *relay_password;   /* NULL when none */
+    bool relay_tls_required;
+    const char *bounce_address;   /* "" or NULL: the original sender */
+    const char *hostname;         /* EHLO name towards the relay */
+};
+
+/* Starts the curl multi handle on `loop` and the first due scan (deliveries left by the last
+ * run).  NULL when curl cannot be initialised. */
+struct deliverer *deliver_start(uv_loop_t *loop, const struct deliver_config *cfg);
+
+/* Any thread (a pipeline worker): the deliveries of `o` were just committed; `m` is the parsed
+ * message and `*sm` its bytes.  Builds the payloads now (the message is parsed already) and hands
+ * them to the loop, unless the deliverer holds too much already (then the due scan takes them).
+ * May take ownership of *sm (sets it to NULL) when a payload refers to the bytes. */
+void deliver_offer(struct deliverer *d, const struct store_outcome *o, const struct message *m,
+                   struct store_message **sm);
+
+/* Any thread: deliveries became due now (a resend, a dead-letter retry): scan soon. */
+void deliver_kick(struct deliverer *d);
+
+/* Counters for GET /metrics (any thread; relaxed reads). */
+struct deliver_stats {
+    uint64_t attempts_delivered, attempts_retry, attempts_failed;
+    uint64_t in_flight, held;
+    uint64_t record_failures;     /* attempt results that could not be written */
+};
+void deliver_get_stats(struct deliverer *d, struct deliver_stats *out);
+
+/* Loop thread: stop starting transfers; those in flight get `grace_seconds` to finish (their
+ * results are written), then are abandoned (still 'pending': due again at the next start).
+ * `stopped(arg)` runs on the loop once every handle is closed and every result written. */
+void deliver_stop(struct deliverer *d, unsigned grace_seconds, void (*stopped)(void *), void *arg);
+void deliver_free(struct deliverer *d);
+
+/* Pure helpers (exposed for tests). */
+/* 50 random characters [a-z0-9] and the terminating NUL. */
+void deliver_token(char out[51]);
+/* lowercase hex HMAC-SHA256(key, timestamp + token): 64 characters and NUL. */
+void deliver_signature(const char *key, const char *timestamp, const char *token, char out[65]);
+/* Seconds until the next attempt after attempt number `attempt` (1-based) failed: -1 when the
+ * schedule is exhausted (the delivery fails), else the delay with ±10 % jitter. */
+int64_t deliver_retry_delay(const int64_t *schedule, size_t count, int64_t attempt);
+
+#endif

@@ -1,0 +1,32 @@
+/* engine/sweeper.h — retention (SPEC §6): expired stored copies, old events and history, failed
+ * deliveries past --failed-retention, and message bytes nothing needs any more are removed in
+ * small batches, and the free pages given back.  Internal to engine/.
+ *
+ * Each pass is a store_sweep() job on libuv's threadpool: it waits for a group commit like any
+ * write, so it never holds the writer for long and SMTP commits go on between its batches. */
+#ifndef INLET_ENGINE_SWEEPER_H
+#define INLET_ENGINE_SWEEPER_H
+
+#include <stdint.h>
+
+#include <uv.h>
+
+struct store;
+struct sweeper;
+
+/* Rows of each kind per pass; a pass that hit it is followed by another one second later. */
+#define SWEEP_BATCH 500
+#define SWEEP_SECONDS 60
+
+struct sweeper_config {
+    struct store *store;
+    int64_t event_ttl, failed_retention; /* seconds */
+    unsigned period_seconds;             /* 0: SWEEP_SECONDS (test hook INLET_TEST_SWEEP_SECONDS) */
+};
+
+struct sweeper *sweeper_start(uv_loop_t *loop, const struct sweeper_config *cfg);
+/* Loop thread: no new pass; `stopped(arg)` once a pass in progress ended and the timer closed. */
+void sweeper_stop(struct sweeper *s, void (*stopped)(void *), void *arg);
+void sweeper_free(struct sweeper *s);
+
+#endif

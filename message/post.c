@@ -1,0 +1,597 @@
+/* message/post.c — webhook POST bodies (SPEC §5): the fixed part of one (message, recipient) in
+ * the json, mailgun-form or raw-MIME format, and the per-attempt tail.
+ *
+ * Formats and their fields, in this order (the tail always adds timestamp, token, signature):
+ *
+ *  - MESSAGE_POST_JSON: message_to_json() dumped with JSON_PRESERVE_ORDER | JSON_COMPACT without
+ *    its final "}"; the tail is ,"timestamp":"…","token":"…","signature":"…"}.
+ *  - MESSAGE_POST_MAILGUN (Mailgun's parsed form, reference §3.2 / §5.2):
+ *      recipient, sender, from, subject, message-id, domain, body-plain, body-html,
+ *      stripped-text, stripped-signature, stripped-html, message-headers (JSON string),
+ *      content-id-map (JSON string: "<cid>" → "attachment-N", 1-based), parse-warnings (JSON
+ *      string, extension), id (inlet message id, extension),
+ *      [notify: message-url, attachments (JSON string of [{size, url, name, content-type}])],
+ *      every header that may be a field (header_field_ok() below) under its own name, first
+ *      occurrence only,
+ *      [not notify, when the message has attachments: attachment-count, attachment-1..N as file
+ *      parts with filename and Content-Type].
+ *    In notify mode content-id-map maps "<cid>" to the attachment's URL (there are no
+ *    attachment-N parts to name; mailgun-go reads it as map[string]string).
+ *    Encoding: application/x-www-form-urlencoded when there is no file part and the urlencoded
+ *    body (fixed part plus the longest tail) is at most POST_URLENCODED_MAX bytes, else
+ *    multipart/form-data.  100 KiB is the default body limit of Express's urlencoded parser
+ *    (body-parser "100kb"), the smallest common limit among receivers; multipart does not
+ *    inflate non-ASCII text three times either.
+ *  - MESSAGE_POST_MIME (Mailgun's raw variant, reference §3.3, what Rails ActionMailbox reads):
+ *    multipart/form-data with recipient, sender, from, subject,
+ *    [notify: domain, message-url, attachments (JSON string)], body-mime (a plain field part
+ *    without filename and without Content-Type whose bytes are a segment referencing `raw`).
+ *
+ * Multipart bodies follow the HTML form encoding: CRLF everywhere, one
+ * `Content-Disposition: form-data; name="…"` (plus `; filename="…"` and a Content-Type line for
+ * files) per part, no Content-Transfer-Encoding (values are the raw UTF-8 / binary bytes), names
+ * and filenames with `"`, CR and LF escaped as %22, %0D, %0A.  The boundary is "inlet" and 32
+ * random hex digits (128 bits, no '-'); before the body is written, every field (name, value,
+ * filename, type) is searched for it and a new one is drawn if it occurs (it never does in
+ * practice).  Each value is framed by our own CR LF and delimiter text, whose bytes are not in
+ * the boundary's alphabet, so no occurrence can span a value and its frame.  The tail's values
+ * are reduced to [A-Za-z0-9._-] (they are inlet's own: a decimal timestamp, a [a-z0-9] token,
+ * hex), so they cannot carry it either.
+ *
+ * Memory: the fixed part holds copies of the message's text fields and, in the mailgun multipart
+ * form, the decoded bytes of every attachment (Mailgun uploads them all; the inline budget only
+ * applies to JSON); body-mime is never copied.  `m` is not referenced after message_post_new. */
+#include <string.h>
+
+#include "message/internal.h"
+#include "util/id.h"
+
+/* See above: the largest urlencoded body (fixed part plus tail); bigger ones go multipart. */
+#define POST_URLENCODED_MAX (100 * 1024)
+/* Field values at least this long are referenced by a segment instead of copied. */
+#define POST_SEGMENT_COPY_MAX 1024
+/* Per-header form fields (distinct names) at most: PHP drops fields past max_input_vars = 1000
+ * and Rack limits a multipart body to 4096 parts; every header stays in message-headers. */
+#define POST_HEADER_FIELDS_MAX 500
+/* A header name longer than this is not a form field (api/form.c's FORM_NAME_MAX is 256). */
+#define POST_FIELD_NAME_MAX 256
+/* Bytes of an attachment filename in a part header (cut on a UTF-8 character boundary). */
+#define POST_FILENAME_MAX 255
+/* The tail's values are cut at these lengths so that the tail always fits
+ * MESSAGE_POST_TAIL_MAX (multipart: 3 × 86 + 23 + 20 + 64 + 64 + 43 = 472 bytes). */
+#define TAIL_TIMESTAMP_MAX 20
+#define TAIL_TOKEN_MAX 64
+#define TAIL_SIGNATURE_MAX 64
+
+#define BOUNDARY_RANDOM_BYTES 16
+#define BOUNDARY_LEN (5 + 2 * BOUNDARY_RANDOM_BYTES)
+
+struct field {
+    char *name;          /* UTF-8; owned */
+    const uint8_t *data; /* the value: `own`, or the caller's raw bytes */
+    size_t len;
+    uint8_t *own;        /* g_free()/free() */
+    char *filename;      /* NULL for a plain field; owned */
+    char *ctype;         /* file parts: "type/subtype"; owned */
+};
+
+enum encoding { ENC_JSON, ENC_URLENCODED, ENC_MULTIPART };
+
+struct message_post {
+    enum encoding enc;
+    char boundary[BOUNDARY_LEN + 1];
+    char *content_type;
+    GArray *fields;   /* struct field (the values that segments may reference) */
+    GPtrArray *bufs;  /* owned buffers the segments point into */
+    GArray *segs;     /* struct message_post_segment */
+    size_t fixed_len;
+};
+
+/* ---- fields ---------------------------------------------------------------------------------- */
+
+static void field_add_owned(GArray *fields, const char *name, uint8_t *own, size_t len)
+{
+    struct field f = {.name = g_strdup(name), .data = own, .len = len, .own = own};
+    g_array_append_val(fields, f);
+}
+
+static void field_add_text(GArray *fields, const char *name, const char *value)
+{
+    if (!value) value = "";
+    size_t n = strlen(value);
+    field_add_owned(fields, name, (uint8_t *)g_strndup(value, n), n);
+}
+
+/* A JSON document as a string field (compact, keys in insertion order); takes the reference. */
+static void field_add_json(GArray *fields, const char *name, json_t *j)
+{
+    char *s = j ? json_dumps(j, JSON_PRESERVE_ORDER | JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    json_decref(j);
+    if (!s) s = g_strdup("null"); /* out of memory inside jansson: keep the field */
+    field_add_owned(fields, name, (uint8_t *)s, strlen(s));
+}
+
+static void fields_free(GArray *fields)
+{
+    if (!fields) return;
+    for (guint i = 0; i < fields->len; i++) {
+        struct field *f = &g_array_index(fields, struct field, i);
+        g_free(f->name);
+        g_free(f->own); /* g_malloc is malloc (GLib >= 2.46): jansson's and our buffers alike */
+        g_free(f->filename);
+        g_free(f->ctype);
+    }
+    g_array_unref(fields);
+}
+
+/* A header that may be posted as its own form field: not reserved (SPEC §3, message.h), not
+ * "id" (inlet's own extension field of that name, which a header must not shadow either), not
+ * "_charset_" (HTML forms and Rack read it as the charset of the other fields), a name that is an
+ * RFC 5322 field name (printable ASCII without ':') of at most POST_FIELD_NAME_MAX bytes, and
+ * without '[' or ']' (PHP and Rack read "recipient[x]" as a nested parameter, which replaces or
+ * collides with our "recipient").  Other headers are dropped from the per-header fields, not
+ * escaped (an escaped name is not what a receiver would look up), and stay in message-headers. */
+static bool header_field_ok(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > POST_FIELD_NAME_MAX) return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c < 33 || c > 126 || c == ':' || c == '[' || c == ']') return false;
+    }
+    return !message_reserved_name(name) && g_ascii_strcasecmp(name, "id") != 0 &&
+           g_ascii_strcasecmp(name, "_charset_") != 0;
+}
+
+static void add_header_fields(GArray *fields, const struct message *m)
+{
+    GHashTable *seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    for (size_t i = 0; i < message_header_count(m); i++) {
+        if (g_hash_table_size(seen) >= POST_HEADER_FIELDS_MAX) break;
+        const char *name, *value;
+        message_header(m, i, &name, &value);
+        if (!header_field_ok(name)) continue;
+        char *key = g_ascii_strdown(name, -1);
+        if (g_hash_table_contains(seen, key)) {
+            g_free(key);
+            continue;
+        }
+        g_hash_table_add(seen, key);
+        field_add_text(fields, name, value);
+    }
+    g_hash_table_unref(seen);
+}
+
+/* The Content-Type of a file part: the attachment's type/subtype when it is made of token
+ * characters, else application/octet-stream. */
+static char *file_content_type(const char *ct)
+{
+    const char *slash = strchr(ct, '/');
+    bool ok = slash && slash != ct && slash[1] && !strchr(slash + 1, '/') && strlen(ct) <= 127;
+    for (const char *p = ct; ok && *p; p++)
+        ok = p == slash || g_ascii_isalnum(*p) || strchr("!#$&^_.+-", *p) != NULL;
+    return g_strdup(ok ? ct : "application/octet-stream");
+}
+
+/* At most max bytes of s, not cutting a UTF-8 sequence (s is valid UTF-8). */
+static char *utf8_cut(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n <= max) return g_strdup(s);
+    while (max > 0 && ((unsigned char)s[max] & 0xC0) == 0x80) max--;
+    return g_strndup(s, max);
+}
+
+/* The notify list: [{size, url, name, content-type}] (SPEC §6). */
+static json_t *notify_attachments(const struct message *m, const char *message_url)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < message_attachment_count(m); i++) {
+        const struct message_attachment *at = message_attachment(m, i);
+        char *url = msg_attachment_url(message_url, i);
+        json_t *o = json_object();
+        json_object_set_new(o, "size", json_integer((json_int_t)at->size));
+        json_object_set_new(o, "url", msg_jstr(url));
+        json_object_set_new(o, "name", msg_jstr(at->name));
+        json_object_set_new(o, "content-type", msg_jstr(at->content_type));
+        json_array_append_new(a, o);
+        g_free(url);
+    }
+    return a;
+}
+
+/* content-id-map of the form: "<cid>" → "attachment-N" (1-based), or → the attachment's URL in
+ * notify mode; the first attachment wins for a repeated id, as in json.c. */
+static json_t *form_cid_map(const struct message *m, const char *message_url)
+{
+    json_t *map = json_object();
+    for (size_t i = 0; i < message_attachment_count(m); i++) {
+        const struct message_attachment *at = message_attachment(m, i);
+        if (!*at->content_id || json_object_get(map, at->content_id)) continue;
+        char *v = message_url ? msg_attachment_url(message_url, i)
+                              : g_strdup_printf("attachment-%zu", i + 1);
+        json_object_set_new(map, at->content_id, msg_jstr(v));
+        g_free(v);
+    }
+    return map;
+}
+
+static GArray *fields_new(void)
+{
+    return g_array_new(FALSE, FALSE, sizeof(struct field));
+}
+
+static GArray *mailgun_fields(const struct message *m, const struct message_post_options *opts)
+{
+    const struct message_json_options *o = &opts->json;
+    const char *murl = opts->message_url;
+    GArray *f = fields_new();
+    char *domain = msg_domain_of(o->recipient);
+    field_add_text(f, "recipient", o->recipient);
+    field_add_text(f, "sender", o->sender);
+    field_add_text(f, "from", message_from(m));
+    field_add_text(f, "subject", message_subject(m));
+    field_add_text(f, "message-id", message_message_id(m));
+    field_add_text(f, "domain", domain);
+    field_add_text(f, "body-plain", message_body_plain(m));
+    field_add_text(f, "body-html", message_body_html(m));
+    field_add_text(f, "stripped-text", message_stripped_text(m));
+    field_add_text(f, "stripped-signature", message_stripped_signature(m));
+    field_add_text(f, "stripped-html", message_stripped_html(m));
+    field_add_json(f, "message-headers", msg_headers_json(m));
+    field_add_json(f, "content-id-map", form_cid_map(m, murl));
+    json_t *w = json_array();
+    for (size_t i = 0; i < message_warning_count(m); i++)
+        json_array_append_new(w, msg_jstr(message_warning(m, i)));
+    field_add_json(f, "parse-warnings", w);
+    field_add_text(f, "id", o->id);
+    if (murl) {
+        field_add_text(f, "message-url", murl);
+        field_add_json(f, "attachments", notify_attachments(m, murl));
+    }
+    add_header_fields(f, m);
+    size_t n = message_attachment_count(m);
+    if (!murl && n > 0) {
+        char count[24];
+        g_snprintf(count, sizeof count, "%zu", n);
+        field_add_text(f, "attachment-count", count);
+        for (size_t i = 0; i < n; i++) {
+            const struct message_attachment *at = message_attachment(m, i);
+            uint8_t *bytes = NULL;
+            size_t len = 0;
+            if (message_attachment_bytes(m, i, &bytes, &len) != 0) len = 0;
+            char *name = g_strdup_printf("attachment-%zu", i + 1);
+            /* An empty filename reads as "no file selected" (Rack drops the part): name it. */
+            struct field fl = {.name = name, .data = bytes, .len = len, .own = bytes,
+                               .filename = *at->name ? utf8_cut(at->name, POST_FILENAME_MAX)
+                                                     : g_strdup(name),
+                               .ctype = file_content_type(at->content_type)};
+            g_array_append_val(f, fl);
+        }
+    }
+    g_free(domain);
+    return f;
+}
+
+static GArray *mime_fields(const struct message *m, const uint8_t *raw, size_t raw_len,
+                           const struct message_post_options *opts)
+{
+    const struct message_json_options *o = &opts->json;
+    GArray *f = fields_new();
+    field_add_text(f, "recipient", o->recipient);
+    field_add_text(f, "sender", o->sender);
+    field_add_text(f, "from", message_from(m));
+    field_add_text(f, "subject", message_subject(m));
+    if (opts->message_url) {
+        char *domain = msg_domain_of(o->recipient);
+        field_add_text(f, "domain", domain);
+        g_free(domain);
+        field_add_text(f, "message-url", opts->message_url);
+        field_add_json(f, "attachments", notify_attachments(m, opts->message_url));
+    }
+    struct field body = {.name = g_strdup("body-mime"), .data = raw ? raw : (const uint8_t *)"",
+                         .len = raw ? raw_len : 0};
+    g_array_append_val(f, body);
+    return f;
+}
+
+/* ---- segments -------------------------------------------------------------------------------- */
+
+struct builder {
+    struct message_post *p;
+    GString *acc; /* bytes not yet in a segment */
+};
+
+static void seg_push(struct message_post *p, const uint8_t *data, size_t len)
+{
+    if (len == 0) return;
+    struct message_post_segment s = {.data = data, .len = len};
+    g_array_append_val(p->segs, s);
+    p->fixed_len += len;
+}
+
+static void flush(struct builder *b)
+{
+    if (b->acc->len == 0) return;
+    size_t len = b->acc->len;
+    char *buf = g_string_free(b->acc, FALSE);
+    g_ptr_array_add(b->p->bufs, buf);
+    seg_push(b->p, (const uint8_t *)buf, len);
+    b->acc = g_string_new(NULL);
+}
+
+static void put_bytes(struct builder *b, const uint8_t *data, size_t len)
+{
+    if (len >= POST_SEGMENT_COPY_MAX) {
+        flush(b);
+        seg_push(b->p, data, len);
+    } else {
+        g_string_append_len(b->acc, (const char *)data, (gssize)len);
+    }
+}
+
+/* A name or filename in a part header, HTML form encoding: " CR LF as %22 %0D %0A. */
+static void put_quoted(GString *s, const char *v)
+{
+    g_string_append_c(s, '"');
+    for (; *v; v++) {
+        if (*v == '"') g_string_append(s, "%22");
+        else if (*v == '\r') g_string_append(s, "%0D");
+        else if (*v == '\n') g_string_append(s, "%0A");
+        else g_string_append_c(s, *v);
+    }
+    g_string_append_c(s, '"');
+}
+
+static void serialize_multipart(struct builder *b)
+{
+    struct message_post *p = b->p;
+    for (guint i = 0; i < p->fields->len; i++) {
+        const struct field *f = &g_array_index(p->fields, struct field, i);
+        g_string_append_printf(b->acc, "--%s\r\nContent-Disposition: form-data; name=",
+                               p->boundary);
+        put_quoted(b->acc, f->name);
+        if (f->filename) {
+            g_string_append(b->acc, "; filename=");
+            put_quoted(b->acc, f->filename);
+            g_string_append_printf(b->acc, "\r\nContent-Type: %s", f->ctype);
+        }
+        g_string_append(b->acc, "\r\n\r\n");
+        if (!f->own && f->len > 0) { /* the caller's raw bytes (body-mime): never copied */
+            flush(b);
+            seg_push(p, f->data, f->len);
+        } else {
+            put_bytes(b, f->data, f->len);
+        }
+        g_string_append(b->acc, "\r\n");
+    }
+}
+
+/* application/x-www-form-urlencoded (WHATWG URL §5.2): ASCII alphanumerics and *-._ as they are,
+ * space as '+', every other byte %XX. */
+static void put_urlencoded(GString *s, const uint8_t *d, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = d[i];
+        if (g_ascii_isalnum(c) || c == '*' || c == '-' || c == '.' || c == '_') {
+            g_string_append_c(s, (char)c);
+        } else if (c == ' ') {
+            g_string_append_c(s, '+');
+        } else {
+            g_string_append_c(s, '%');
+            g_string_append_c(s, hex[c >> 4]);
+            g_string_append_c(s, hex[c & 15]);
+        }
+    }
+}
+
+/* The urlencoded body, or NULL when there is a file part or it would pass the limit. */
+static GString *urlencoded(const GArray *fields)
+{
+    GString *s = g_string_new(NULL);
+    for (guint i = 0; i < fields->len; i++) {
+        const struct field *f = &g_array_index(fields, struct field, i);
+        if (f->filename || s->len + f->len > POST_URLENCODED_MAX) {
+            g_string_free(s, TRUE);
+            return NULL;
+        }
+        if (i > 0) g_string_append_c(s, '&');
+        put_urlencoded(s, (const uint8_t *)f->name, strlen(f->name));
+        g_string_append_c(s, '=');
+        put_urlencoded(s, f->data, f->len);
+        if (s->len + MESSAGE_POST_TAIL_MAX > POST_URLENCODED_MAX) {
+            g_string_free(s, TRUE);
+            return NULL;
+        }
+    }
+    return s;
+}
+
+static bool contains(const void *d, size_t n, const char *b)
+{
+    return d && memmem(d, n, b, BOUNDARY_LEN) != NULL;
+}
+
+/* Whether the boundary occurs in anything that is not our own delimiter text. */
+static bool boundary_in_fields(const struct message_post *p)
+{
+    for (guint i = 0; i < p->fields->len; i++) {
+        const struct field *f = &g_array_index(p->fields, struct field, i);
+        if (contains(f->data, f->len, p->boundary) ||
+            contains(f->name, strlen(f->name), p->boundary) ||
+            (f->filename && contains(f->filename, strlen(f->filename), p->boundary)) ||
+            (f->ctype && contains(f->ctype, strlen(f->ctype), p->boundary)))
+            return true;
+    }
+    return false;
+}
+
+static void build_multipart(struct message_post *p)
+{
+    do { /* a second round needs the boundary in the body: 2^-128 for any input */
+        unsigned char rnd[BOUNDARY_RANDOM_BYTES];
+        random_bytes(rnd, sizeof rnd);
+        memcpy(p->boundary, "inlet", 5);
+        hex_encode(p->boundary + 5, rnd, sizeof rnd);
+    } while (boundary_in_fields(p));
+    struct builder b = {.p = p, .acc = g_string_new(NULL)};
+    serialize_multipart(&b);
+    flush(&b);
+    g_string_free(b.acc, TRUE);
+    p->content_type = g_strdup_printf("multipart/form-data; boundary=%s", p->boundary);
+}
+
+/* ---- JSON ------------------------------------------------------------------------------------ */
+
+static char *json_fixed(const struct message *m, const struct message_post_options *opts)
+{
+    struct message_json_options jo = opts->json;
+    if (opts->message_url) { /* attachments are replaced below: decode none of them */
+        jo.inline_attachments_max = 0;
+        jo.attachments_url = NULL;
+    }
+    json_t *j = message_to_json(m, &jo);
+    if (!j) return NULL;
+    if (opts->message_url) {
+        /* Notify: attachments by URL without content; content-id-map entries get their URL;
+         * message-url last (jansson keeps a replaced key in its place). */
+        json_object_set_new(j, "attachments", notify_attachments(m, opts->message_url));
+        json_t *map = json_object_get(j, "content-id-map");
+        const char *cid;
+        json_t *v;
+        json_object_foreach(map, cid, v) {
+            json_int_t idx = json_integer_value(json_object_get(v, "index"));
+            char *url = msg_attachment_url(opts->message_url, (size_t)idx);
+            json_object_set_new(v, "url", msg_jstr(url));
+            g_free(url);
+        }
+        json_object_set_new(j, "message-url", msg_jstr(opts->message_url));
+    }
+    char *s = json_dumps(j, JSON_PRESERVE_ORDER | JSON_COMPACT);
+    json_decref(j);
+    if (!s) return NULL;
+    size_t n = strlen(s);
+    if (n == 0 || s[n - 1] != '}') {
+        free(s);
+        return NULL;
+    }
+    s[n - 1] = '\0';
+    return s;
+}
+
+/* ---- public ---------------------------------------------------------------------------------- */
+
+static struct message_post *post_alloc(enum encoding enc)
+{
+    struct message_post *p = g_new0(struct message_post, 1);
+    p->enc = enc;
+    p->bufs = g_ptr_array_new_with_free_func(g_free);
+    p->segs = g_array_new(FALSE, FALSE, sizeof(struct message_post_segment));
+    return p;
+}
+
+struct message_post *message_post_new(const struct message *m, const uint8_t *raw, size_t raw_len,
+                                      enum message_post_format format,
+                                      const struct message_post_options *opts)
+{
+    if (format == MESSAGE_POST_JSON) {
+        char *s = json_fixed(m, opts);
+        if (!s) return NULL;
+        struct message_post *p = post_alloc(ENC_JSON);
+        p->content_type = g_strdup("application/json");
+        g_ptr_array_add(p->bufs, s);
+        seg_push(p, (const uint8_t *)s, strlen(s));
+        return p;
+    }
+    GArray *fields = format == MESSAGE_POST_MIME ? mime_fields(m, raw, raw_len, opts)
+                                                 : mailgun_fields(m, opts);
+    GString *u = format == MESSAGE_POST_MAILGUN ? urlencoded(fields) : NULL;
+    if (u) {
+        struct message_post *p = post_alloc(ENC_URLENCODED);
+        p->content_type = g_strdup("application/x-www-form-urlencoded");
+        fields_free(fields);
+        size_t len = u->len;
+        char *buf = g_string_free(u, FALSE);
+        g_ptr_array_add(p->bufs, buf);
+        seg_push(p, (const uint8_t *)buf, len);
+        return p;
+    }
+    struct message_post *p = post_alloc(ENC_MULTIPART);
+    p->fields = fields;
+    build_multipart(p);
+    return p;
+}
+
+void message_post_free(struct message_post *p)
+{
+    if (!p) return;
+    g_ptr_array_unref(p->bufs);
+    g_array_unref(p->segs);
+    fields_free(p->fields);
+    g_free(p->content_type);
+    g_free(p);
+}
+
+const char *message_post_content_type(const struct message_post *p)
+{
+    return p->content_type;
+}
+
+size_t message_post_segment_count(const struct message_post *p)
+{
+    return p->segs->len;
+}
+
+struct message_post_segment message_post_segment(const struct message_post *p, size_t i)
+{
+    if (i >= p->segs->len) return (struct message_post_segment){.data = NULL, .len = 0};
+    return g_array_index(p->segs, struct message_post_segment, i);
+}
+
+size_t message_post_fixed_len(const struct message_post *p)
+{
+    return p->fixed_len;
+}
+
+/* The tail's values: [A-Za-z0-9._-] only, at most max bytes (see the top of the file). */
+static void tail_value(char *out, const char *v, size_t max)
+{
+    size_t n = 0;
+    for (; v && *v && n < max; v++)
+        if (g_ascii_isalnum(*v) || *v == '.' || *v == '_' || *v == '-') out[n++] = *v;
+    out[n] = '\0';
+}
+
+size_t message_post_tail(const struct message_post *p, const char *timestamp, const char *token,
+                         const char *signature, char out[MESSAGE_POST_TAIL_MAX])
+{
+    char ts[TAIL_TIMESTAMP_MAX + 1], tok[TAIL_TOKEN_MAX + 1], sig[TAIL_SIGNATURE_MAX + 1];
+    tail_value(ts, timestamp, TAIL_TIMESTAMP_MAX);
+    tail_value(tok, token, TAIL_TOKEN_MAX);
+    tail_value(sig, signature, TAIL_SIGNATURE_MAX);
+    int n;
+    switch (p->enc) {
+    case ENC_JSON:
+        n = snprintf(out, MESSAGE_POST_TAIL_MAX,
+                     ",\"timestamp\":\"%s\",\"token\":\"%s\",\"signature\":\"%s\"}", ts, tok, sig);
+        break;
+    case ENC_URLENCODED:
+        n = snprintf(out, MESSAGE_POST_TAIL_MAX, "&timestamp=%s&token=%s&signature=%s", ts, tok,
+                     sig);
+        break;
+    default: {
+        const char *b = p->boundary;
+        n = snprintf(out, MESSAGE_POST_TAIL_MAX,
+                     "--%s\r\nContent-Disposition: form-data; name=\"timestamp\"\r\n\r\n%s\r\n"
+                     "--%s\r\nContent-Disposition: form-data; name=\"token\"\r\n\r\n%s\r\n"
+                     "--%s\r\nContent-Disposition: form-data; name=\"signature\"\r\n\r\n%s\r\n"
+                     "--%s--\r\n",
+                     b, ts, b, tok, b, sig, b);
+        break;
+    }
+    }
+    /* Cannot happen with the caps above (static bound 472 bytes); never report more than out. */
+    if (n < 0) return 0;
+    return (size_t)n < MESSAGE_POST_TAIL_MAX ? (size_t)n : MESSAGE_POST_TAIL_MAX - 1;
+}
