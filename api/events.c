@@ -368,6 +368,10 @@ static json_t *event_json(const struct api_server *api, const struct store_event
                                                                    : json_string("generic"));
     }
     json_t *v;
+    /* accepted (extension): whether some route matched the recipient ("routed") or none did
+     * ("dropped": nothing is delivered or stored for it). */
+    if (strcmp(e->event, "accepted") == 0 && json_is_string(v = json_object_get(detail, "outcome")))
+        json_object_set(item, "outcome", v);
     if ((v = json_object_get(detail, "routes"))) json_object_set(item, "routes", v);
     if ((v = json_object_get(detail, "route_ids"))) {
         json_object_set(item, "route_ids", v);

@@ -60,7 +60,7 @@ struct task {
     /* The transfer. */
     CURL *easy;
     struct curl_slist *headers, *rcpts;
-    struct message_post_segment segs[8];
+    struct message_post_segment *segs; /* this attempt's body: the post's segments and the tail */
     size_t nsegs, total, pos;       /* read position over the segments */
     char tail[MESSAGE_POST_TAIL_MAX];
     char errbuf[CURL_ERROR_SIZE];
@@ -87,6 +87,7 @@ struct record {
 
 struct deliverer {
     struct deliver_config cfg;
+    char *public_url;               /* cfg.public_url points here */
     uv_loop_t *loop;
     CURLM *multi;
     uv_timer_t curl_timer, scan_timer, grace_timer;
@@ -228,6 +229,9 @@ static struct task *task_new(struct deliverer *d, const char *id, const char *me
 
 static void task_free_payload(struct task *t)
 {
+    g_free(t->segs);
+    t->segs = NULL;
+    t->nsegs = 0;
     message_post_free(t->post);
     t->post = NULL;
     dmsg_unref(t->msg);
@@ -423,9 +427,9 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *arg)
     return size * nmemb;
 }
 
+/* segs has room: task_segments sized it. */
 static void add_segment(struct task *t, const void *data, size_t len)
 {
-    if (t->nsegs == G_N_ELEMENTS(t->segs)) return; /* cannot happen: see task_segments */
     t->segs[t->nsegs++] = (struct message_post_segment){data, len};
     t->total += len;
 }
@@ -434,12 +438,13 @@ static void add_segment(struct task *t, const void *data, size_t len)
 static bool task_segments(struct task *t)
 {
     t->nsegs = t->total = t->pos = 0;
+    g_free(t->segs);
+    const size_t n = t->post ? message_post_segment_count(t->post) : 0;
+    t->segs = g_new(struct message_post_segment, n + 1);
     if (!t->post) {
         add_segment(t, t->msg->sm->data, t->msg->sm->len);
         return true;
     }
-    const size_t n = message_post_segment_count(t->post);
-    if (n + 1 > G_N_ELEMENTS(t->segs)) return false;
     for (size_t i = 0; i < n; i++) {
         struct message_post_segment s = message_post_segment(t->post, i);
         add_segment(t, s.data, s.len);
@@ -888,7 +893,11 @@ static void scan(struct deliverer *d)
     }
     queue_prep(d, by_message);
     g_hash_table_destroy(by_message);
-    if (full || taken >= want) d->scan_wanted = true; /* more when memory frees up */
+    if (full || taken >= want) {
+        pthread_mutex_lock(&d->mu);
+        d->scan_wanted = true; /* more when memory frees up */
+        pthread_mutex_unlock(&d->mu);
+    }
     /* Next: the earliest retry, at most DELIVER_SCAN_SECONDS away. */
     int64_t at = 0;
     uint64_t delay_ms = DELIVER_SCAN_SECONDS * 1000;
@@ -976,6 +985,8 @@ struct deliverer *deliver_start(uv_loop_t *loop, const struct deliver_config *cf
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return NULL;
     struct deliverer *d = g_new0(struct deliverer, 1);
     d->cfg = *cfg;
+    /* Ours: the API server that owns the original stops before the deliverer. */
+    d->cfg.public_url = d->public_url = g_strdup(cfg->public_url ? cfg->public_url : "");
     d->loop = loop;
     d->multi = curl_multi_init();
     if (!d->multi) {
@@ -1108,6 +1119,7 @@ void deliver_free(struct deliverer *d)
     g_queue_clear_full(&d->recent_order, g_free);
     g_hash_table_destroy(d->host_active);
     pthread_mutex_destroy(&d->mu);
+    g_free(d->public_url);
     g_free(d);
     curl_global_cleanup();
 }

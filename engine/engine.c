@@ -47,7 +47,7 @@ struct engine {
     struct sweeper *sweeper;
     atomic_bool smtp_ready;
     int64_t recovered;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
     uv_async_t commits_async;
     pthread_mutex_t done_lock;
     struct pending_commit *done; /* completed by the writer, not yet answered */
@@ -147,6 +147,7 @@ static void on_sweeper_stopped(void *ctx)
     uv_close((uv_handle_t *)&e->commits_async, NULL);
     uv_close((uv_handle_t *)&e->sigterm, NULL);
     uv_close((uv_handle_t *)&e->sigint, NULL);
+    uv_close((uv_handle_t *)&e->sighup, NULL);
 }
 
 static void on_deliver_stopped(void *ctx)
@@ -194,6 +195,15 @@ static const struct smtp_server_ops smtp_ops = {
     .check_rcpt = on_check_rcpt,
     .stopped = on_smtp_stopped,
 };
+
+/* Settings are read once, at start: a SIGHUP (a habit of operators and of some supervisors) must
+ * not kill the engine, and says so. */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)h;
+    (void)signum;
+    log_warn("engine", "SIGHUP ignored: settings are read at start; restart inlet to apply changes");
+}
 
 static void on_signal(uv_signal_t *h, int signum)
 {
@@ -424,7 +434,9 @@ int engine_serve(struct inlet_config *cfg)
     e.commits_async.data = &e;
     uv_signal_init(&e.loop, &e.sigterm);
     uv_signal_init(&e.loop, &e.sigint);
-    e.sigterm.data = e.sigint.data = &e;
+    uv_signal_init(&e.loop, &e.sighup);
+    e.sigterm.data = e.sigint.data = e.sighup.data = &e;
+    uv_signal_start(&e.sighup, on_sighup, SIGHUP);
 
     /* The API is up before the deliverer, which builds storage URLs from its address. */
     if (start_storage(&e) < 0 || start_keys(&e) < 0 || start_routing(&e) < 0 || start_api(&e) < 0 ||

@@ -150,13 +150,7 @@ enum store_status store_sweep(struct store *st, int64_t now, int64_t event_ttl,
 
     /* A rolled-back pass deleted nothing. */
     *out = rc == STORE_OK ? r : (struct store_sweep_result){0};
-    if (rc == STORE_OK && (r.copies || r.events || r.deliveries || r.messages || r.pages_freed))
-        log_info("storage",
-                 "sweep copies=%llu events=%llu deliveries=%llu messages=%llu pages=%llu more=%d",
-                 (unsigned long long)r.copies, (unsigned long long)r.events,
-                 (unsigned long long)r.deliveries, (unsigned long long)r.messages,
-                 (unsigned long long)r.pages_freed, r.more);
-    return rc;
+    return rc; /* the caller logs what was removed */
 }
 
 /* ---- attempts: written without waiting ------------------------------------------------------ */

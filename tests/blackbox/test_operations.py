@@ -129,8 +129,10 @@ class OperationsTest(InletTestCase):
         down = [(e["event"], e.get("severity", "")) for e in
                 self.events(d, recipient="down@example.com", ascending="yes")]
         self.assertEqual(down, [("accepted", ""), ("failed", "temporary"), ("failed", "permanent")], down)
-        ok = [e["event"] for e in self.events(d, recipient="ok@example.com", ascending="yes")]
+        ok_events = self.events(d, recipient="ok@example.com", ascending="yes")
+        ok = [e["event"] for e in ok_events]
         self.assertEqual(ok, ["accepted", "delivered"], ok)
+        self.assertEqual(ok_events[0]["outcome"], "routed")
         failed = self.events(d, event="failed", ascending="yes")
         self.assertEqual(len(failed), 2)
         for e in failed:
@@ -188,6 +190,23 @@ class OperationsTest(InletTestCase):
         # Without credentials: 401, like every API endpoint but /healthz.
         status, _, _ = d.http("GET", "/metrics", auth=None)
         self.assertEqual(status, 401)
+
+    def test_dropped_recipient_event_and_sighup(self):
+        d = self.daemon()
+        add_route(d, 'match_recipient("kept@example.com")', "store()")
+        send(d, "alice@example.org", ["kept@example.com", "nobody@example.com"], "dropped")
+        def accepted():
+            ev = self.events(d, event="accepted", ascending="yes")
+            return ev if len(ev) == 2 else None
+        ev = {e["recipient"]: e for e in wait(accepted, 10, "two accepted events")}
+        self.assertEqual(ev["kept@example.com"]["outcome"], "routed")
+        self.assertEqual(ev["nobody@example.com"]["outcome"], "dropped")
+        # SIGHUP does not stop the engine (settings are read at start): it says so and serves on.
+        import signal
+        d.send_signal(signal.SIGHUP)
+        d.wait_log(lambda l: "SIGHUP ignored" in l.raw, 5, "the SIGHUP warning")
+        self.assertTrue(d.running())
+        send(d, "alice@example.org", ["kept@example.com"], "after sighup")
 
     def test_backup_restores_routes_and_stored_copies(self):
         d = self.daemon()

@@ -6,11 +6,7 @@ read from the database (table `stored`) and the storage URL is fetched: the stor
 and its attachment URLs, `Accept: message/rfc2822` (body-mime: the exact bytes when they are
 UTF-8, valid 7-bit MIME otherwise), /raw, DELETE, unknown keys, expiry at the TTL, the resend
 (POST with `to`).  Events: accepted/stored in order, filters, paging by absolute URLs.  The
-dead-letter list.
-
-Tests that need the deliverer (the resend reaching a relay, delivered/failed events, the retry of
-a failed delivery) skip with a message saying so when no delivery is ever attempted by the binary
-under test (INLET_REQUIRE_DELIVERIES=1 turns that skip into a failure)."""
+dead-letter list."""
 
 import base64
 import email
@@ -26,7 +22,6 @@ import harness
 from harness import InletTestCase, timeout
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]{22,47}$")
-REQUIRE_DELIVERIES = os.environ.get("INLET_REQUIRE_DELIVERIES", "") == "1"
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(40))
 PDF = b"%PDF-1.4\n% inlet stored attachment\n%%EOF\n"
@@ -449,18 +444,12 @@ class Resend(StorageCase):
 
 # =============================================================================================
 def receivers_or_skip():
-    try:
-        import receivers
-    except ImportError:
-        if REQUIRE_DELIVERIES:
-            raise
-        raise __import__("unittest").SkipTest("receivers.py (the deliverer's test helpers) is absent")
+    import receivers
     return receivers
 
 
 def wait_deliveries(d, msg_id, n, states, wait_s=15):
-    """Waits (bounded) until `n` deliveries of msg_id are in one of `states`; skips when none of
-    them was ever attempted (a binary without the deliverer)."""
+    """Waits (bounded) until `n` deliveries of msg_id are in one of `states`."""
     deadline = time.monotonic() + timeout(wait_s)
     while True:
         rows = harness.query(d.db_path, "SELECT * FROM deliveries WHERE message_id = ?", (msg_id,))
@@ -468,9 +457,6 @@ def wait_deliveries(d, msg_id, n, states, wait_s=15):
         if len(done) >= n:
             return done
         if time.monotonic() > deadline:
-            if all(r["attempts"] == 0 and r["state"] == "pending" for r in rows) and not REQUIRE_DELIVERIES:
-                raise __import__("unittest").SkipTest(
-                    "no delivery was attempted: this inlet has no deliverer yet (INLET_REQUIRE_DELIVERIES=1 fails)")
             raise AssertionError("deliveries of %s: %r" % (msg_id, [dict(r) for r in rows]))
         time.sleep(0.05)
 
