@@ -1,6 +1,6 @@
 /* bench/parse_bench.c — parse throughput over a set of messages, on one thread (issue 3, "Done when").
  *
- *   parse-bench [-n N] [-w] FILE|DIR...
+ *   parse-bench [-n N] [-w] [-j] FILE|DIR...
  *
  * Every file (every regular file of a DIR) is read into memory once.  Then, N times over all of them
  * (after one untimed warm-up pass):
@@ -11,7 +11,15 @@
  *   inlet-json   message_parse + message_to_json + json_dumps + free: what a json webhook delivery
  *                costs (attachments inlined up to the default --inline-attachments-max, 10 MiB).
  * Prints MB/s (10^6 bytes of input per second of CPU time of this thread) for each, and the ratio of
- * inlet-json to gmime-bare.  -w also prints the per-file time of inlet-json, slowest first (top 10). */
+ * inlet-json to gmime-bare.  -w also prints the per-file time of inlet-json, slowest first (top 10).
+ *
+ * -j: JSON serialization only.  Every message is parsed once (untimed), then N times over all of them:
+ *   json-tree    message_to_json + json_dumps(JSON_COMPACT | JSON_PRESERVE_ORDER) + free: the jansson
+ *                tree that the API and `inlet parse` use;
+ *   json-post    message_post_new(MESSAGE_POST_JSON) + message_post_free: the fixed part of a json
+ *                webhook POST (message/jsonw.c, no tree).
+ * Both with the bench options above (10 MiB inline budget).  Prints MB/s of JSON output and of message
+ * input per second of CPU time, and checks that both phases produce the same number of bytes. */
 #include <dirent.h>
 #include <errno.h>
 #include <stdint.h>
@@ -125,6 +133,13 @@ static int read_arg(const char *arg)
 
 static size_t sink; /* keeps the work observable */
 
+static const struct message_json_options bench_opts = {
+    .recipient = "bob@example.com",
+    .sender = "alice@example.org",
+    .id = "bench",
+    .inline_attachments_max = 10485760,
+};
+
 static void gmime_bare(const struct input *in)
 {
     /* The GByteArray borrows the bytes; with owner = FALSE the stream leaves the array alone, and
@@ -155,13 +170,7 @@ static void inlet_json(const struct input *in)
 {
     struct message *m = message_parse(in->data, in->len);
     if (!m) abort();
-    const struct message_json_options o = {
-        .recipient = "bob@example.com",
-        .sender = "alice@example.org",
-        .id = "bench",
-        .inline_attachments_max = 10485760,
-    };
-    json_t *j = message_to_json(m, &o);
+    json_t *j = message_to_json(m, &bench_opts);
     if (!j) abort();
     char *s = json_dumps(j, 0);
     if (!s) abort();
@@ -169,6 +178,69 @@ static void inlet_json(const struct input *in)
     free(s);
     json_decref(j);
     message_free(m);
+}
+
+/* -j: messages parsed once; the phases serialize them. */
+static struct message **parsed;
+static size_t json_out_bytes;
+
+static void json_tree(size_t i)
+{
+    json_t *j = message_to_json(parsed[i], &bench_opts);
+    if (!j) abort();
+    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (!s) abort();
+    size_t n = strlen(s);
+    sink += n;
+    json_out_bytes += n;
+    free(s);
+    json_decref(j);
+}
+
+static void json_post(size_t i)
+{
+    const struct message_post_options po = {.json = bench_opts};
+    struct message_post *p = message_post_new(parsed[i], inputs[i].data, inputs[i].len,
+                                              MESSAGE_POST_JSON, &po);
+    if (!p) abort();
+    size_t n = message_post_fixed_len(p) + 1; /* + the "}" of the tail */
+    sink += n;
+    json_out_bytes += n;
+    message_post_free(p);
+}
+
+static int json_only(int runs)
+{
+    parsed = malloc(ninputs * sizeof *parsed);
+    if (!parsed) return 1;
+    for (size_t i = 0; i < ninputs; i++)
+        if (!(parsed[i] = message_parse(inputs[i].data, inputs[i].len))) abort();
+    struct {
+        const char *name;
+        void (*fn)(size_t);
+        double cpu;
+        size_t out;
+    } ph[] = {{"json-tree", json_tree, 0, 0}, {"json-post", json_post, 0, 0}};
+    for (size_t p = 0; p < sizeof ph / sizeof ph[0]; p++) {
+        for (size_t i = 0; i < ninputs; i++) ph[p].fn(i); /* warm-up */
+        json_out_bytes = 0;
+        double c0 = thread_cpu_now();
+        for (int r = 0; r < runs; r++)
+            for (size_t i = 0; i < ninputs; i++) ph[p].fn(i);
+        ph[p].cpu = thread_cpu_now() - c0;
+        ph[p].out = json_out_bytes / (size_t)runs;
+        printf("  %-10s %8.1f MB/s of JSON, %8.1f MB/s of input  (%.3f s CPU, %.3f ms per message, "
+               "%zu JSON bytes per run)\n",
+               ph[p].name, (double)ph[p].out * runs / 1e6 / ph[p].cpu,
+               (double)total_bytes * runs / 1e6 / ph[p].cpu, ph[p].cpu,
+               1e3 * ph[p].cpu / ((double)ninputs * runs), ph[p].out);
+        fflush(stdout);
+    }
+    printf("  json-post / json-tree: %.2fx the time (%.1fx the throughput)%s\n", ph[1].cpu / ph[0].cpu,
+           ph[0].cpu / ph[1].cpu, ph[0].out == ph[1].out ? "" : "  -- OUTPUT SIZES DIFFER");
+    for (size_t i = 0; i < ninputs; i++) message_free(parsed[i]);
+    free(parsed);
+    return ph[0].out == ph[1].out ? 0 : 1;
 }
 
 struct phase {
@@ -200,7 +272,7 @@ static int cmp_slowest(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-    int runs = 5, worst = 0, i = 1;
+    int runs = 5, worst = 0, json = 0, i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (strcmp(argv[i], "-n") == 0 && i + 1 < argc) {
             char *end;
@@ -212,12 +284,14 @@ int main(int argc, char **argv)
             runs = (int)v;
         } else if (strcmp(argv[i], "-w") == 0) {
             worst = 1;
+        } else if (strcmp(argv[i], "-j") == 0) {
+            json = 1;
         } else {
             break;
         }
     }
     if (i >= argc) {
-        fprintf(stderr, "usage: parse-bench [-n N] [-w] FILE|DIR...\n");
+        fprintf(stderr, "usage: parse-bench [-n N] [-w] [-j] FILE|DIR...\n");
         return 2;
     }
     for (; i < argc; i++)
@@ -229,6 +303,19 @@ int main(int argc, char **argv)
     message_lib_init();
     char ver[64];
     message_lib_version(ver, sizeof ver);
+
+    if (json) {
+        printf("parse-bench -j: %zu files, %.2f MB, %d runs each (after one warm-up run), one thread, "
+               "%s\n", ninputs, (double)total_bytes / 1e6, runs, ver);
+        int rc = json_only(runs);
+        for (size_t k = 0; k < ninputs; k++) {
+            free(inputs[k].data);
+            free(inputs[k].path);
+        }
+        free(inputs);
+        message_lib_shutdown();
+        return rc;
+    }
 
     struct phase phases[] = {
         {"gmime-bare", gmime_bare, 0, 0},

@@ -2,7 +2,7 @@
  *
  * A delivery in memory is a `struct task`.  Its life, all on the loop thread but the preparing:
  *
- *   PREPARING  payload being built: by a pipeline worker (deliver_offer) or on libuv's threadpool
+ *   PREPARING  payload being built: by a pipeline worker (deliver_prepare) or on libuv's threadpool
  *              for deliveries found by a due scan (load the bytes, parse, build);
  *   READY      in d->ready, waiting for a transfer slot (DELIVER_ACTIVE_MAX, per host
  *              DELIVER_HOST_ACTIVE_MAX);
@@ -152,15 +152,14 @@ void deliver_signature(const char *key, const char *timestamp, const char *token
     g_string_free(data, TRUE);
 }
 
-int64_t deliver_retry_delay(const int64_t *schedule, size_t count, int64_t attempt)
+int64_t deliver_retry_delay_ms(const int64_t *schedule, size_t count, int64_t attempt)
 {
     if (attempt < 1 || (uint64_t)attempt > count) return -1;
-    const double base = (double)schedule[attempt - 1];
+    const double base = (double)schedule[attempt - 1] * 1000.0;
     uint32_t r;
     random_bytes(&r, sizeof r);
     const double jitter = 0.9 + 0.2 * ((double)r / (double)UINT32_MAX); /* ±10 % */
-    int64_t s = (int64_t)llround(base * jitter);
-    return s < 1 ? 1 : s;
+    return (int64_t)llround(base * jitter);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -307,40 +306,70 @@ static void task_prepare(struct task *t, const struct message *m, struct dmsg *m
 }
 
 /* ---------------------------------------------------------------------------------------------
- * From the workers (deliver_offer) and the threadpool to the loop. */
+ * From the workers (deliver_prepare) and the threadpool to the loop. */
 
-void deliver_offer(struct deliverer *d, const struct store_outcome *o, const struct message *m,
-                   struct store_message **sm)
+/* Payloads built for one routing outcome that is not committed yet. */
+struct deliver_batch {
+    GQueue tasks;
+    struct dmsg *msg;   /* keeps the message's bytes (and what points into them) alive */
+};
+
+struct deliver_batch *deliver_prepare(struct deliverer *d, const struct store_outcome *o, const struct message *m,
+                                      struct store_message **sm)
 {
-    if (!d || o->ndeliveries == 0) return;
+    if (!d || o->ndeliveries == 0) return NULL;
     pthread_mutex_lock(&d->mu);
     const bool room = d->held + o->ndeliveries <= DELIVER_HELD_MAX && d->held_bytes < DELIVER_HELD_BYTES_MAX;
     if (room) d->held += o->ndeliveries;
     else d->scan_wanted = true;
     pthread_mutex_unlock(&d->mu);
     if (!room) {
-        /* Committed 'pending' and due: the next scan takes them. */
+        /* Once committed, 'pending' and due: the next scan takes them. */
         uv_async_send(&d->async);
-        return;
+        return NULL;
     }
-    struct dmsg *msg = dmsg_new(*sm);
+    struct deliver_batch *b = g_new0(struct deliver_batch, 1);
+    g_queue_init(&b->tasks);
+    b->msg = dmsg_new(*sm);
     *sm = NULL;
-    GQueue built = G_QUEUE_INIT;
     size_t bytes = 0;
     for (size_t i = 0; i < o->ndeliveries; i++) {
         const struct store_delivery_plan *p = &o->deliveries[i];
         struct task *t = task_new(d, p->id, o->message_id, p->recipient, p->kind, p->target, p->format, p->copy_key, 0);
-        task_prepare(t, m, msg);
+        task_prepare(t, m, b->msg);
         bytes += t->bytes;
-        g_queue_push_tail(&built, t);
+        g_queue_push_tail(&b->tasks, t);
     }
-    dmsg_unref(msg);
     pthread_mutex_lock(&d->mu);
     d->held_bytes += bytes;
-    struct task *t;
-    while ((t = g_queue_pop_head(&built))) g_queue_push_tail(&d->inbox, t);
     pthread_mutex_unlock(&d->mu);
+    return b;
+}
+
+void deliver_commit(struct deliverer *d, struct deliver_batch *b)
+{
+    if (!b) return;
+    pthread_mutex_lock(&d->mu);
+    struct task *t;
+    while ((t = g_queue_pop_head(&b->tasks))) g_queue_push_tail(&d->inbox, t);
+    pthread_mutex_unlock(&d->mu);
+    dmsg_unref(b->msg);
+    g_free(b);
     uv_async_send(&d->async);
+}
+
+static void release(struct deliverer *d, struct task *t, bool whole);
+
+void deliver_discard(struct deliverer *d, struct deliver_batch *b)
+{
+    if (!b) return;
+    struct task *t;
+    while ((t = g_queue_pop_head(&b->tasks))) {
+        release(d, t, true);
+        task_free(t);
+    }
+    dmsg_unref(b->msg);
+    g_free(b);
 }
 
 void deliver_kick(struct deliverer *d)
@@ -609,11 +638,13 @@ static void finish(struct task *t, int status, const char *error, bool permanent
     const int64_t now_ms = clock_now_ms();
     const int64_t attempt = t->attempts + 1;
     const bool delivered = error == NULL;
-    int64_t delay = delivered || permanent ? -1 : deliver_retry_delay(d->cfg.retry_schedule, d->cfg.retry_count, attempt);
+    int64_t delay = delivered || permanent ? -1 : deliver_retry_delay_ms(d->cfg.retry_schedule, d->cfg.retry_count, attempt);
     const char *outcome = delivered ? "delivered" : delay >= 0 ? "retry" : "failed";
     struct record *r = g_new0(struct record, 1);
     r->task = t;
-    r->next_attempt_at = delay >= 0 ? now_ms / 1000 + delay : 0;
+    /* The queue keeps whole seconds: rounded up, so that a retry never comes before its delay
+     * (counted from the end of the failed attempt), at most a second after. */
+    r->next_attempt_at = delay >= 0 ? (now_ms + delay + 999) / 1000 : 0;
     struct store_attempt a = {
         .delivery_id = t->id,
         .started_at_ms = t->started_wall_ms,
@@ -901,8 +932,9 @@ static void scan(struct deliverer *d)
     /* Next: the earliest retry, at most DELIVER_SCAN_SECONDS away. */
     int64_t at = 0;
     uint64_t delay_ms = DELIVER_SCAN_SECONDS * 1000;
-    if (!failed && store_deliveries_next_due(d->cfg.store, &at) == 0 && at > now && at - now < DELIVER_SCAN_SECONDS)
-        delay_ms = (uint64_t)(at - now) * 1000;
+    const int64_t now_ms = clock_now_ms();
+    if (!failed && store_deliveries_next_due(d->cfg.store, now, &at) == 0 && at - now < DELIVER_SCAN_SECONDS)
+        delay_ms = at * 1000 > now_ms ? (uint64_t)(at * 1000 - now_ms) : 0;
     d->scan_armed = false;
     schedule_scan(d, delay_ms);
 }
@@ -943,8 +975,8 @@ static void on_record(struct deliverer *d, struct record *r)
     } else {
         remember_finished(d, t->id);
         if (r->next_attempt_at) {
-            const int64_t wait = r->next_attempt_at - clock_now_ms() / 1000;
-            schedule_scan(d, wait > 0 ? (uint64_t)wait * 1000 : 0);
+            const int64_t wait_ms = r->next_attempt_at * 1000 - clock_now_ms();
+            schedule_scan(d, wait_ms > 0 ? (uint64_t)wait_ms : 0);
         }
     }
     g_hash_table_remove(d->known, t->id);

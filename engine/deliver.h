@@ -1,7 +1,8 @@
 /* engine/deliver.h — the delivery engine (SPEC §5): every planned delivery reaches its target at
  * least once.  Internal to engine/.
  *
- *   pipeline worker ──(outcome committed; payload built from the parsed message)──┐
+ *   pipeline worker ──(payload built from the parsed message; handed over once the ────┐
+ *                     outcome committed)                                             │
  *   due scan (start-up, retry times, resends, a full queue) ──(threadpool: load,   │
  *                                     parse, build)────────────────────────────────┤
  *                                                                                  ▼
@@ -14,7 +15,7 @@
  * same X-Inlet-Delivery).  No lease is written: with one process per SQLite database the
  * in-memory set of deliveries in hand is the claim.
  *
- * Threads: everything but deliver_offer() runs on the loop thread.  All curl_multi_* calls are on
+ * Threads: everything but deliver_prepare/commit/discard/kick runs on the loop thread.  All curl_multi_* calls are on
  * the loop thread. */
 #ifndef INLET_ENGINE_DELIVER_H
 #define INLET_ENGINE_DELIVER_H
@@ -63,12 +64,18 @@ struct deliver_config {
  * run).  NULL when curl cannot be initialised. */
 struct deliverer *deliver_start(uv_loop_t *loop, const struct deliver_config *cfg);
 
-/* Any thread (a pipeline worker): the deliveries of `o` were just committed; `m` is the parsed
- * message and `*sm` its bytes.  Builds the payloads now (the message is parsed already) and hands
- * them to the loop, unless the deliverer holds too much already (then the due scan takes them).
- * May take ownership of *sm (sets it to NULL) when a payload refers to the bytes. */
-void deliver_offer(struct deliverer *d, const struct store_outcome *o, const struct message *m,
-                   struct store_message **sm);
+/* Any thread (a pipeline worker), before the outcome `o` is committed: builds the payloads of its
+ * deliveries now, while `m` (the parsed message) is at hand.  NULL when there are none, or when
+ * the deliverer holds too much already (the due scan takes them once committed).  Takes *sm (sets
+ * it to NULL) when it returns a batch: the bytes live as long as a payload needs them, and at
+ * least until deliver_commit() or deliver_discard() returned. */
+struct deliver_batch;
+struct deliver_batch *deliver_prepare(struct deliverer *d, const struct store_outcome *o, const struct message *m,
+                                      struct store_message **sm);
+/* Any thread: the outcome committed; the batch goes to the loop (NULL is fine). */
+void deliver_commit(struct deliverer *d, struct deliver_batch *b);
+/* Any thread: the outcome was not written; the payloads are dropped (NULL is fine). */
+void deliver_discard(struct deliverer *d, struct deliver_batch *b);
 
 /* Any thread: deliveries became due now (a resend, a dead-letter retry): scan soon. */
 void deliver_kick(struct deliverer *d);
@@ -92,8 +99,8 @@ void deliver_free(struct deliverer *d);
 void deliver_token(char out[51]);
 /* lowercase hex HMAC-SHA256(key, timestamp + token): 64 characters and NUL. */
 void deliver_signature(const char *key, const char *timestamp, const char *token, char out[65]);
-/* Seconds until the next attempt after attempt number `attempt` (1-based) failed: -1 when the
- * schedule is exhausted (the delivery fails), else the delay with ±10 % jitter. */
-int64_t deliver_retry_delay(const int64_t *schedule, size_t count, int64_t attempt);
+/* Milliseconds until the next attempt after attempt number `attempt` (1-based) failed: -1 when
+ * the schedule is exhausted (the delivery fails), else the delay with ±10 % jitter. */
+int64_t deliver_retry_delay_ms(const int64_t *schedule, size_t count, int64_t attempt);
 
 #endif

@@ -56,6 +56,7 @@ struct pipeline {
     int64_t pass_started_ms;
     bool overflow_logged;
 
+    size_t outcomes_inflight;  /* messages taken by a worker whose outcome is not committed yet */
     atomic_ullong n_routed, n_rcpt_routed, n_rcpt_dropped, n_failures;
 
     pthread_t threads[PIPELINE_WORKERS];
@@ -73,64 +74,133 @@ struct pipeline {
 };
 
 /* ---------------------------------------------------------------------------------------------
- * Routing one message (worker thread). */
+ * Routing one message.  A worker parses, evaluates and plans, builds the deliveries' payloads,
+ * then queues the outcome write and takes the next message at once: it does not wait for the
+ * commit (one fsync away), so two workers keep many outcomes in one group commit.  The commit's
+ * callback (writer thread) hands the payloads to the deliverer and ends the message's routing. */
 
-/* Routes *smp; when deliveries were planned, the deliverer may take the bytes (*smp = NULL). */
-static enum store_status route_message(struct pipeline *p, struct route_matcher *matcher,
-                                       struct store_message **smp, bool recovered)
-{
-    const struct store_message *sm = *smp;
-    const int64_t t0 = g_get_monotonic_time(); /* microseconds */
-    struct message *m = message_parse(sm->data, sm->len);
-    if (!m) {
-        log_warn("engine", "not routed id=%s reason=out-of-memory (stays accepted)", sm->id);
-        return STORE_ERR_IO;
-    }
-    struct route_table *t = route_registry_current(p->routes);
+struct routing {
+    struct pipeline *p;
+    struct store_message *sm;      /* the plan points into it: kept until the commit */
+    char id[ID_LEN + 1];
     struct plan plan;
-    enum store_status st = STORE_ERR_IO;
-    const int64_t now_ms = clock_now_ms(), now = now_ms / 1000;
+    struct deliver_batch *batch;   /* payloads, handed over once the outcome committed */
+    bool from_scan;
+    int64_t t0;                    /* monotonic microseconds */
+};
+
+static void end_pass(struct pipeline *p);
+
+/* The end of one message's routing (any thread; takes the lock): it leaves the in-flight set,
+ * frees its slot, and counts for the scan pass it came from. */
+static void routing_done(struct pipeline *p, const char *id, bool from_scan, enum store_status st)
+{
+    pthread_mutex_lock(&p->lock);
+    g_hash_table_remove(p->inflight, id);
+    p->outcomes_inflight--;
+    if (!from_scan) {
+        if (st != STORE_OK) p->retry_wanted = true;
+    } else {
+        if (st == STORE_OK) {
+            p->pass_routed++;
+        } else {
+            /* Storage trouble: the pass stops here (its other ids stay 'accepted' for the
+             * retry), so a failing database gets one attempt per period, not a page of them. */
+            p->pass_failures++;
+            p->pass_failed = true;
+            p->retry_wanted = true;
+            p->more_pages = false;
+            char *left;
+            while ((left = g_queue_pop_head(&p->ids))) {
+                g_hash_table_remove(p->inflight, left);
+                g_free(left);
+                p->pass_pending--;
+            }
+        }
+        if (--p->pass_pending == 0 && !p->more_pages && !p->listing) end_pass(p);
+    }
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void log_routed(const struct routing *r)
+{
+    const struct plan *plan = &r->plan;
+    for (size_t i = 0; i < plan->outcome.nrecipients; i++) {
+        const struct store_recipient_outcome *o = &plan->outcome.recipients[i];
+        if (strcmp(o->outcome, "dropped") != 0) continue;
+        char esc[400];
+        log_info("engine", "dropped id=%s rcpt=%s", r->id, log_escape(esc, sizeof esc, o->recipient, strlen(o->recipient), 320));
+    }
+    log_info("engine", "routed id=%s rcpts=%zu deliveries=%zu stored=%zu dropped=%zu ms=%.1f%s", r->id,
+             plan->outcome.nrecipients, plan->outcome.ndeliveries, plan->outcome.ncopies, plan->ndropped,
+             (double)(g_get_monotonic_time() - r->t0) / 1000.0, r->from_scan ? " via=scan" : "");
+}
+
+/* Writer thread: the outcome's batch committed (or failed).  Must not block. */
+static void on_outcome(void *arg, enum store_status st, char *err)
+{
+    struct routing *r = arg;
+    struct pipeline *p = r->p;
+    if (st == STORE_OK) {
+        atomic_fetch_add(&p->n_routed, 1);
+        atomic_fetch_add(&p->n_rcpt_routed, r->plan.nrouted);
+        atomic_fetch_add(&p->n_rcpt_dropped, r->plan.ndropped);
+        log_routed(r);
+    } else if (st == STORE_ERR_NOT_FOUND) {
+        /* Deleted meanwhile, or routed already by a scan that met it while this routing was
+         * committing: nothing was written, so nothing is delivered from this plan. */
+        log_debug("engine", "not routed id=%s reason=gone-or-routed-already", r->id);
+    } else {
+        atomic_fetch_add(&p->n_failures, 1);
+        log_warn("engine", "not routed id=%s reason=%s error=\"%s\" (stays accepted; retried in %ds)", r->id,
+                 st == STORE_ERR_FULL ? "disk-full" : "storage-error", err ? err : "", p->retry_seconds);
+    }
+    free(err);
+    plan_clear(&r->plan); /* before the batch goes: the plan points into the message's bytes */
+    if (st == STORE_OK) deliver_commit(p->deliver, r->batch);
+    else deliver_discard(p->deliver, r->batch);
+    store_free_message(r->sm); /* NULL when the batch took it */
+    routing_done(p, r->id, r->from_scan, st == STORE_ERR_NOT_FOUND ? STORE_OK : st);
+    g_free(r);
+}
+
+/* Worker thread: routes `sm` (taken).  Ends through on_outcome(), or at once when the message
+ * cannot even be planned (out of memory: it stays 'accepted' for a later scan). */
+static void route_message(struct pipeline *p, struct route_matcher *matcher, struct store_message *sm,
+                          bool from_scan)
+{
+    struct routing *r = g_new0(struct routing, 1);
+    r->p = p;
+    r->sm = sm;
+    r->from_scan = from_scan;
+    r->t0 = g_get_monotonic_time();
+    memcpy(r->id, sm->id, sizeof r->id);
+    struct message *m = message_parse(sm->data, sm->len);
+    struct route_table *t = route_registry_current(p->routes);
+    const int64_t now_ms = clock_now_ms();
     const struct plan_options opts = {
         .store_ttl = p->store_ttl,
         .inline_attachments_max = p->inline_attachments_max,
         .default_json = p->default_json,
     };
-    if (plan_build(&plan, sm, m, t, matcher, now, &opts) < 0) {
-        log_warn("engine", "not routed id=%s reason=out-of-memory (stays accepted)", sm->id);
-    } else {
-        char *err = NULL;
-        plan.outcome.now_ms = now_ms;
-        st = store_write_outcome(p->store, &plan.outcome, &err);
-        if (st == STORE_ERR_NOT_FOUND) {
-            log_debug("engine", "not routed id=%s reason=message-gone", sm->id);
-            st = STORE_OK; /* deleted meanwhile: nothing to route */
-        } else if (st == STORE_OK) {
-            atomic_fetch_add(&p->n_routed, 1);
-            atomic_fetch_add(&p->n_rcpt_routed, plan.nrouted);
-            atomic_fetch_add(&p->n_rcpt_dropped, plan.ndropped);
-            for (size_t i = 0; i < plan.outcome.nrecipients; i++) {
-                const struct store_recipient_outcome *r = &plan.outcome.recipients[i];
-                if (strcmp(r->outcome, "dropped") != 0) continue;
-                char esc[400];
-                log_info("engine", "dropped id=%s rcpt=%s", sm->id,
-                         log_escape(esc, sizeof esc, r->recipient, strlen(r->recipient), 320));
-            }
-            log_info("engine", "routed id=%s rcpts=%zu deliveries=%zu stored=%zu dropped=%zu ms=%.1f%s", sm->id,
-                     plan.outcome.nrecipients, plan.outcome.ndeliveries, plan.outcome.ncopies, plan.ndropped,
-                     (double)(g_get_monotonic_time() - t0) / 1000.0, recovered ? " via=scan" : "");
-            /* The message is parsed already: the deliveries' payloads are built here. */
-            deliver_offer(p->deliver, &plan.outcome, m, smp);
-        } else {
-            atomic_fetch_add(&p->n_failures, 1);
-            log_warn("engine", "not routed id=%s reason=%s error=\"%s\" (stays accepted; retried in %ds)", sm->id,
-                     st == STORE_ERR_FULL ? "disk-full" : "storage-error", err ? err : "", p->retry_seconds);
-        }
-        g_free(err);
-    }
-    plan_clear(&plan);
+    const bool planned = m && plan_build(&r->plan, sm, m, t, matcher, now_ms / 1000, &opts) == 0;
     route_table_unref(t);
+    if (!planned) {
+        log_warn("engine", "not routed id=%s reason=out-of-memory (stays accepted)", r->id);
+        plan_clear(&r->plan);
+        message_free(m);
+        store_free_message(sm);
+        routing_done(p, r->id, from_scan, STORE_ERR_IO);
+        g_free(r);
+        return;
+    }
+    r->plan.outcome.now_ms = now_ms;
+    /* The message is parsed here and now: the payloads are built from it before it is freed
+     * (a GMime object stays on the thread that made it). */
+    r->batch = deliver_prepare(p->deliver, &r->plan.outcome, m, &r->sm);
     message_free(m);
-    return st;
+    store_write_outcome_async(p->store, &r->plan.outcome, on_outcome, r);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -190,11 +260,6 @@ static void list_page(struct pipeline *p)
 /* ---------------------------------------------------------------------------------------------
  * Workers. */
 
-static void forget(struct pipeline *p, const char *id)
-{
-    g_hash_table_remove(p->inflight, id);
-}
-
 static void *worker_main(void *arg)
 {
     struct pipeline *p = arg;
@@ -202,60 +267,43 @@ static void *worker_main(void *arg)
     if (!matcher) fatal("engine: cannot allocate a route matcher");
     pthread_mutex_lock(&p->lock);
     for (;;) {
-        if (p->stopping) break;
-        if (p->paused) {
+        if (p->stopping) {
+            /* Outcomes on their way to the disk still call back into the pipeline. */
+            if (p->outcomes_inflight == 0) break;
+            pthread_cond_wait(&p->cond, &p->lock);
+            continue;
+        }
+        if (p->paused || p->outcomes_inflight >= PIPELINE_OUTCOMES_MAX) {
             pthread_cond_wait(&p->cond, &p->lock);
             continue;
         }
         struct store_message *msg = g_queue_pop_head(&p->live);
         if (msg) {
             p->live_bytes -= msg->len;
-            char id[ID_LEN + 1];
-            memcpy(id, msg->id, sizeof id);
+            p->outcomes_inflight++;
             pthread_mutex_unlock(&p->lock);
-            enum store_status st = route_message(p, matcher, &msg, false);
-            store_free_message(msg); /* NULL when the deliverer took it */
+            route_message(p, matcher, msg, false);
             pthread_mutex_lock(&p->lock);
-            forget(p, id);
-            if (st != STORE_OK) p->retry_wanted = true;
             continue;
         }
         char *id = g_queue_pop_head(&p->ids);
         if (id) {
+            p->outcomes_inflight++;
             pthread_mutex_unlock(&p->lock);
             struct store_message *sm = NULL;
             char *err = NULL;
             enum store_status st = store_load_message(p->store, id, &sm, &err);
             if (st == STORE_OK) {
-                st = route_message(p, matcher, &sm, true);
-            } else if (st == STORE_ERR_NOT_FOUND) {
-                st = STORE_OK; /* gone meanwhile: nothing to route */
+                route_message(p, matcher, sm, true);
             } else {
-                log_warn("engine", "cannot load message id=%s: %s (stays accepted; retried in %ds)", id,
-                         err ? err : "?", p->retry_seconds);
+                if (st != STORE_ERR_NOT_FOUND) /* NOT_FOUND: gone meanwhile, nothing to route */
+                    log_warn("engine", "cannot load message id=%s: %s (stays accepted; retried in %ds)", id,
+                             err ? err : "?", p->retry_seconds);
+                routing_done(p, id, true, st == STORE_ERR_NOT_FOUND ? STORE_OK : st);
             }
             g_free(err);
-            store_free_message(sm);
-            pthread_mutex_lock(&p->lock);
-            forget(p, id);
             g_free(id);
-            if (st == STORE_OK) {
-                p->pass_routed++;
-            } else {
-                /* Storage trouble: the pass stops here (its other ids stay 'accepted' for the
-                 * retry), so a failing database gets one attempt per period, not a page of them. */
-                p->pass_failures++;
-                p->pass_failed = true;
-                p->retry_wanted = true;
-                p->more_pages = false;
-                char *left;
-                while ((left = g_queue_pop_head(&p->ids))) {
-                    forget(p, left);
-                    g_free(left);
-                    p->pass_pending--;
-                }
-            }
-            if (--p->pass_pending == 0 && !p->more_pages && !p->listing) end_pass(p);
+            pthread_mutex_lock(&p->lock);
             continue;
         }
         if (!p->listing && p->pass_active && p->more_pages) {

@@ -35,6 +35,8 @@ struct store_message;
  * taken when the queue is empty).  Beyond it a message is left 'accepted' for the next scan. */
 #define PIPELINE_QUEUE_MAX 1000
 #define PIPELINE_QUEUE_BYTES_MAX (128 * 1024 * 1024)
+/* Messages whose outcome write is queued and not committed yet, at most (the workers wait). */
+#define PIPELINE_OUTCOMES_MAX 256
 /* Ids listed per page of a scan. */
 #define PIPELINE_SCAN_PAGE 1000
 /* After a failed outcome write, the next scan comes at most this much later. */

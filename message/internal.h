@@ -103,4 +103,14 @@ json_t *msg_headers_json(const struct message *m);
 /* "<base>/attachments/<i>", trailing slashes of base dropped.  g_free(). */
 char *msg_attachment_url(const char *base, size_t i);
 
+/* jsonw.c — the json format without a jansson tree (post.c's JSON POST body). */
+/* Appends to `out` exactly the bytes of
+ *     json_dumps(message_to_json(m, opts), JSON_COMPACT | JSON_PRESERVE_ORDER)
+ * (jansson 2.14).  With message_url (a notify POST) it appends instead the document post.c sends
+ * then: "attachments" as [{size, url, name, content-type}] (url = <message_url>/attachments/<i>,
+ * nothing decoded; opts' inline budget and attachments_url are not used), "url" added after
+ * "index" in every content-id-map entry, and "message-url" after "id". */
+void msg_json_write(GString *out, const struct message *m, const struct message_json_options *opts,
+                    const char *message_url);
+
 #endif

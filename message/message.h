@@ -48,7 +48,8 @@ const char *message_stripped_text(const struct message *m);
 const char *message_stripped_signature(const struct message *m);
 const char *message_stripped_html(const struct message *m);
 
-/* Every header in order, repeats kept, values unfolded and RFC 2047-decoded. */
+/* Every header of the top-level header block (Content-* included) in the order of the message,
+ * repeats kept, values unfolded and RFC 2047-decoded. */
 size_t message_header_count(const struct message *m);
 void message_header(const struct message *m, size_t i, const char **name, const char **value);
 /* The first header named `name` (case-insensitive), or NULL. */

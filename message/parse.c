@@ -132,18 +132,51 @@ static char *header_text(const char *s)
     return s ? text_sanitize(s, strlen(s), NULL) : g_strdup("");
 }
 
-/* message-headers: the top-level header list, in order, values unfolded (CR LF before white space
- * removed, the white space kept, RFC 5322 §2.2.3) and decoded by header.c from GMime's raw value
- * (not GMime's decoded value: see header.c). */
+/* The offset GMime recorded for header i of `list` (where its name starts in the parsed stream),
+ * or `prev` when it has none (a header GMime did not parse from the stream: never expected). */
+static gint64 header_offset(GMimeHeaderList *list, int i, gint64 prev)
+{
+    gint64 off = g_mime_header_get_offset(g_mime_header_list_get_header_at(list, i));
+    return off < 0 ? prev : off;
+}
+
+static void add_header(struct message *m, GMimeHeader *h)
+{
+    struct message_header_rec r = {.name = header_text(g_mime_header_get_name(h)),
+                                   .value = header_decode(g_mime_header_get_raw_value(h))};
+    g_array_append_val(m->headers, r);
+}
+
+/* message-headers: the top-level header block, in order, repeats kept, values unfolded (CR LF
+ * before white space removed, the white space kept, RFC 5322 §2.2.3) and decoded by header.c from
+ * GMime's raw value (not GMime's decoded value: see header.c).
+ *
+ * GMime 3 splits the top-level block in two: the fields whose name starts with "Content-" (any
+ * case: Content-Type, Content-Transfer-Encoding, Content-Disposition, Content-ID, ...) go to the
+ * message's MIME part (a GMimePart, GMimeMultipart or GMimeMessagePart), every other field stays
+ * on the GMimeMessage.  Each list keeps the order of the block, and each header keeps the offset
+ * in the parsed stream where its line starts, so merging the two lists by offset gives the block
+ * back exactly as GMime read it (the same fields, names and raw values as GMime kept, stray lines
+ * and invalid names dropped the same way in both).  The stream is prescan.c's splice of the
+ * caller's bytes: offsets in it are not offsets in the caller's bytes, but they keep the order. */
 static void collect_headers(struct message *m)
 {
-    GMimeHeaderList *list = g_mime_object_get_header_list(GMIME_OBJECT(m->gm));
-    int n = list ? g_mime_header_list_get_count(list) : 0;
-    for (int i = 0; i < n && i < LIMIT_HEADER_COUNT; i++) {
-        GMimeHeader *h = g_mime_header_list_get_header_at(list, i);
-        struct message_header_rec r = {.name = header_text(g_mime_header_get_name(h)),
-                                       .value = header_decode(g_mime_header_get_raw_value(h))};
-        g_array_append_val(m->headers, r);
+    GMimeHeaderList *top = g_mime_object_get_header_list(GMIME_OBJECT(m->gm));
+    GMimeObject *part = g_mime_message_get_mime_part(m->gm);
+    GMimeHeaderList *content = part ? g_mime_object_get_header_list(part) : NULL;
+    int nt = top ? g_mime_header_list_get_count(top) : 0;
+    int nc = content ? g_mime_header_list_get_count(content) : 0;
+    int it = 0, ic = 0;
+    gint64 ot = -1, oc = -1;
+    while ((it < nt || ic < nc) && m->headers->len < LIMIT_HEADER_COUNT) {
+        if (it < nt) ot = header_offset(top, it, ot);
+        if (ic < nc) oc = header_offset(content, ic, oc);
+        /* two fields of one block never share an offset; on a tie (offsets missing) the
+         * message's own field comes first */
+        if (ic >= nc || (it < nt && ot <= oc))
+            add_header(m, g_mime_header_list_get_header_at(top, it++));
+        else
+            add_header(m, g_mime_header_list_get_header_at(content, ic++));
     }
 }
 

@@ -4,7 +4,9 @@
  * Formats and their fields, in this order (the tail always adds timestamp, token, signature):
  *
  *  - MESSAGE_POST_JSON: message_to_json() dumped with JSON_PRESERVE_ORDER | JSON_COMPACT without
- *    its final "}"; the tail is ,"timestamp":"…","token":"…","signature":"…"}.
+ *    its final "}", written by msg_json_write() (jsonw.c) without building the jansson tree (same
+ *    bytes; notify: attachments as the notify list, "url" in every content-id-map entry,
+ *    "message-url" last); the tail is ,"timestamp":"…","token":"…","signature":"…"}.
  *  - MESSAGE_POST_MAILGUN (Mailgun's parsed form, reference §3.2 / §5.2):
  *      recipient, sender, from, subject, message-id, domain, body-plain, body-html,
  *      stripped-text, stripped-signature, stripped-html, message-headers (JSON string),
@@ -444,40 +446,20 @@ static void build_multipart(struct message_post *p)
 
 /* ---- JSON ------------------------------------------------------------------------------------ */
 
-static char *json_fixed(const struct message *m, const struct message_post_options *opts)
+/* The fixed part: msg_json_write()'s document (jsonw.c, the bytes of message_to_json() dumped
+ * compact in order, or its notify variant) without the final "}".  *len gets its length. */
+static char *json_fixed(const struct message *m, const struct message_post_options *opts,
+                        size_t *len)
 {
-    struct message_json_options jo = opts->json;
-    if (opts->message_url) { /* attachments are replaced below: decode none of them */
-        jo.inline_attachments_max = 0;
-        jo.attachments_url = NULL;
-    }
-    json_t *j = message_to_json(m, &jo);
-    if (!j) return NULL;
-    if (opts->message_url) {
-        /* Notify: attachments by URL without content; content-id-map entries get their URL;
-         * message-url last (jansson keeps a replaced key in its place). */
-        json_object_set_new(j, "attachments", notify_attachments(m, opts->message_url));
-        json_t *map = json_object_get(j, "content-id-map");
-        const char *cid;
-        json_t *v;
-        json_object_foreach(map, cid, v) {
-            json_int_t idx = json_integer_value(json_object_get(v, "index"));
-            char *url = msg_attachment_url(opts->message_url, (size_t)idx);
-            json_object_set_new(v, "url", msg_jstr(url));
-            g_free(url);
-        }
-        json_object_set_new(j, "message-url", msg_jstr(opts->message_url));
-    }
-    char *s = json_dumps(j, JSON_PRESERVE_ORDER | JSON_COMPACT);
-    json_decref(j);
-    if (!s) return NULL;
-    size_t n = strlen(s);
-    if (n == 0 || s[n - 1] != '}') {
-        free(s);
+    GString *s = g_string_sized_new(4096);
+    msg_json_write(s, m, &opts->json, opts->message_url);
+    if (s->len == 0 || s->str[s->len - 1] != '}') { /* cannot happen */
+        g_string_free(s, TRUE);
         return NULL;
     }
-    s[n - 1] = '\0';
-    return s;
+    g_string_truncate(s, s->len - 1);
+    *len = s->len;
+    return g_string_free(s, FALSE);
 }
 
 /* ---- public ---------------------------------------------------------------------------------- */
@@ -496,12 +478,13 @@ struct message_post *message_post_new(const struct message *m, const uint8_t *ra
                                       const struct message_post_options *opts)
 {
     if (format == MESSAGE_POST_JSON) {
-        char *s = json_fixed(m, opts);
+        size_t len = 0;
+        char *s = json_fixed(m, opts, &len);
         if (!s) return NULL;
         struct message_post *p = post_alloc(ENC_JSON);
         p->content_type = g_strdup("application/json");
         g_ptr_array_add(p->bufs, s);
-        seg_push(p, (const uint8_t *)s, strlen(s));
+        seg_push(p, (const uint8_t *)s, len);
         return p;
     }
     GArray *fields = format == MESSAGE_POST_MIME ? mime_fields(m, raw, raw_len, opts)

@@ -138,7 +138,7 @@ struct store_backend {
      * value out).  0 (or -ENOENT where store.h has a "not found"), or -1 with *err. */
     int (*deliveries_due)(void *be, int64_t now, int64_t after_at, const char *after_id,
                           size_t max, struct store_delivery **out, size_t *n, char **err);
-    int (*deliveries_next_due)(void *be, int64_t *at, char **err);
+    int (*deliveries_next_due)(void *be, int64_t after, int64_t *at, char **err);
     int (*delivery_get)(void *be, const char *id, struct store_delivery **out, char **err);
     int (*deliveries_list)(void *be, const char *state, int64_t before_updated_at,
                            const char *before_id, size_t max, struct store_delivery **out,

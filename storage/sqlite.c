@@ -1038,7 +1038,7 @@ static int sqlite_write_outcome(void *arg, const struct store_outcome *o,
         sqlite3_reset(s);
         sqlite3_clear_bindings(s);
         if (rc == SQLITE_ROW) {
-            *result = STORE_OK; /* routed already: nothing to do */
+            *result = STORE_ERR_NOT_FOUND; /* routed already: nothing written, nothing to act on */
             return 0;
         }
         if (rc == SQLITE_DONE) {

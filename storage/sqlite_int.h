@@ -124,7 +124,7 @@ int sq_sweep(void *be, const struct store_sweep_args *args, struct store_sweep_r
              char **err);
 int sq_deliveries_due(void *be, int64_t now, int64_t after_at, const char *after_id, size_t max,
                       struct store_delivery **out, size_t *n, char **err);
-int sq_deliveries_next_due(void *be, int64_t *at, char **err);
+int sq_deliveries_next_due(void *be, int64_t after, int64_t *at, char **err);
 int sq_delivery_get(void *be, const char *id, struct store_delivery **out, char **err);
 int sq_deliveries_list(void *be, const char *state, int64_t before_updated_at,
                        const char *before_id, size_t max, struct store_delivery **out, size_t *n,

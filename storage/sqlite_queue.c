@@ -100,7 +100,7 @@ static const char *const rq_sql[RQ_COUNT] = {
                " WHERE state = 'pending' AND next_attempt_at <= ?1 AND next_attempt_at >= ?2"
                " AND (next_attempt_at > ?2 OR id > ?3) ORDER BY next_attempt_at, id LIMIT ?4",
     [RQ_NEXT_DUE] = "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due"
-                    " WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
+                    " WHERE state = 'pending' AND next_attempt_at > ?1 ORDER BY next_attempt_at LIMIT 1",
     [RQ_DELIVERY] = "SELECT " DELIVERY_COLS " FROM deliveries WHERE id = ?1",
     [RQ_LIST_STATE] = "SELECT " DELIVERY_COLS " FROM deliveries WHERE state = ?1"
                       " AND updated_at <= ?2 AND (updated_at < ?2 OR id < ?3)"
@@ -792,14 +792,15 @@ int sq_deliveries_due(void *arg, int64_t now, int64_t after_at, const char *afte
     return rc;
 }
 
-int sq_deliveries_next_due(void *arg, int64_t *at, char **err)
+int sq_deliveries_next_due(void *arg, int64_t after, int64_t *at, char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *s = be->rq[RQ_NEXT_DUE];
     int rc;
 
     pthread_mutex_lock(&be->rmu);
-    rc = sqlite3_step(s);
+    rc = sqlite3_bind_int64(s, 1, after);
+    if (rc == SQLITE_OK) rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) *at = sqlite3_column_int64(s, 0);
     else if (rc != SQLITE_DONE)
         sq_set_err(err, "cannot read the next due delivery: %s", sqlite3_errmsg(be->rdb));

@@ -965,6 +965,37 @@ static int run_outcome(const struct store_backend *ops, void *be, void *arg, cha
     return ops->write_outcome(be, w->o, &w->result, err);
 }
 
+/* The asynchronous variant: the job's own result and the caller's callback. */
+struct outcome_async {
+    struct outcome_write w;
+    store_write_done_fn done;
+    void *arg;
+};
+
+static void outcome_async_done(void *arg, enum store_status status, char *err)
+{
+    struct outcome_async *a = arg;
+    if (status == STORE_OK) status = a->w.result; /* committed: what the write itself found */
+    a->done(a->arg, status, err);
+    free(a);
+}
+
+void store_write_outcome_async(struct store *st, const struct store_outcome *o, store_write_done_fn done,
+                               void *arg)
+{
+    struct outcome_async *a = malloc(sizeof *a);
+    struct store_job *job = malloc(sizeof *job);
+    if (!a || !job) {
+        free(a);
+        free(job);
+        done(arg, STORE_ERR_IO, strdup("out of memory"));
+        return;
+    }
+    *a = (struct outcome_async){.w = {.o = o, .result = STORE_ERR_IO}, .done = done, .arg = arg};
+    *job = (struct store_job){.run = run_outcome, .arg = &a->w};
+    store_submit_job(st, job, outcome_async_done, a);
+}
+
 enum store_status store_write_outcome(struct store *st, const struct store_outcome *o, char **err)
 {
     struct outcome_write w = {.o = o, .result = STORE_ERR_IO};

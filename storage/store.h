@@ -45,6 +45,11 @@ struct store_message {
     size_t len;
 };
 
+/* The callback of a write queued without waiting (store_write_outcome_async,
+ * store_record_attempt): runs on the writer thread once the batch committed (STORE_OK: durable)
+ * or the write failed (err malloc'd, owned by the callee; NULL with STORE_OK). */
+typedef void (*store_write_done_fn)(void *arg, enum store_status status, char *err);
+
 /* Runs on the writer thread once the message's batch committed (STORE_OK) or failed; the caller
  * moves the result to its own thread.  Must not block.  On STORE_OK `msg` is the committed
  * message handed back (owned by the callee from now on: free with store_free_message), so the
@@ -189,13 +194,20 @@ struct store_outcome {
     int64_t now;                /* Unix seconds: created_at, and next_attempt_at of deliveries */
     int64_t now_ms;             /* Unix milliseconds of the events' timestamps (0: now * 1000) */
 };
-/* Idempotent: a message that is no longer 'accepted' is left as it is (STORE_OK);
- * STORE_ERR_NOT_FOUND (nothing written) when there is no message o->message_id.  Atomic with
+/* Idempotent: only an 'accepted' message gets an outcome, once.  STORE_ERR_NOT_FOUND (nothing
+ * written) when there is no message o->message_id, or when it is no longer 'accepted' (routed
+ * already, e.g. by a scan that met it while its first routing was committing): either way the
+ * caller must not act on this outcome's plan.  Atomic with
  * nothing else: a row that cannot be written (e.g. a delivery id already used) fails this outcome
  * alone (STORE_ERR_IO, nothing of it written, the message stays 'accepted') while the rest of its
  * batch commits.  NULL JSON fields are written as "[]", a NULL format as "", a NULL notify as SQL
  * NULL. */
 enum store_status store_write_outcome(struct store *st, const struct store_outcome *o, char **err);
+/* The same, queued without waiting: `done(arg, status, err)` runs on the writer thread once the
+ * batch committed (status: STORE_OK, or STORE_ERR_NOT_FOUND as above) or failed.  `o` and
+ * everything it points to must stay valid until `done` runs. */
+void store_write_outcome_async(struct store *st, const struct store_outcome *o, store_write_done_fn done,
+                               void *arg);
 /* Ids of messages still 'accepted', oldest first, at most `max` (malloc'd array of malloc'd
  * strings; free each and the array). */
 int store_list_unprocessed(struct store *st, char ***ids, size_t *n, size_t max, char **err);
@@ -209,7 +221,6 @@ enum store_status store_load_message(struct store *st, const char *id, struct st
  * store_run_job() does, but returns at once; `done(arg, status, err)` runs on the writer thread
  * once the batch committed (STORE_OK: durable) or the write failed (err malloc'd, owned by the
  * callee; NULL with STORE_OK).  For the event loop, which must never wait for a commit. */
-typedef void (*store_write_done_fn)(void *arg, enum store_status status, char *err);
 
 /* ---------------------------------------------------------------------------------------------
  * Deliveries (SPEC §5): the durable retry queue.  Rows are planned by store_write_outcome()
@@ -240,9 +251,9 @@ void store_deliveries_free(struct store_delivery *d, size_t n);
  * A read (any thread; short).  0 with *out (malloc'd array; NULL when none) and *n, or -1. */
 int store_deliveries_due(struct store *st, int64_t now, int64_t after_at, const char *after_id,
                          size_t max, struct store_delivery **out, size_t *n, char **err);
-/* The smallest next_attempt_at of a pending delivery: 0 with *at, -ENOENT when none pending,
- * -1 on error. */
-int store_deliveries_next_due(struct store *st, int64_t *at);
+/* The smallest next_attempt_at of a pending delivery that is later than `after` (deliveries due
+ * already are the due scan's): 0 with *at, -ENOENT when there is none, -1 on error. */
+int store_deliveries_next_due(struct store *st, int64_t after, int64_t *at);
 /* One delivery by id: STORE_OK with *out (free with store_deliveries_free(out, 1)),
  * STORE_ERR_NOT_FOUND, or STORE_ERR_IO with *err. */
 enum store_status store_delivery_get(struct store *st, const char *id, struct store_delivery **out,

@@ -235,12 +235,12 @@ int store_deliveries_due(struct store *st, int64_t now, int64_t after_at, const 
     return ops->deliveries_due(be, now, after_at, after_id, max, out, n, err) < 0 ? -1 : 0;
 }
 
-int store_deliveries_next_due(struct store *st, int64_t *at)
+int store_deliveries_next_due(struct store *st, int64_t after, int64_t *at)
 {
     void *be;
     const struct store_backend *ops = store_backend_of(st, &be);
     char *err = NULL;
-    int rc = ops->deliveries_next_due(be, at, &err);
+    int rc = ops->deliveries_next_due(be, after, at, &err);
 
     if (rc < 0 && rc != -ENOENT) {
         log_failure("next due read", err);

@@ -8,6 +8,8 @@ from a script: a list of responses used in order, then a default.  A response is
   "hang"                      never answer: hold the connection until the receiver stops (or
                               release_hangs(); at most HANG_MAX seconds), then close it
   ("redirect", url)           302 with Location: url
+  ("at_fraction", f, status)  answer `status` when the wall clock reaches the fraction f of a
+                              second (0 <= f < 1), to end an attempt right before a second boundary
   "close"                     close the connection without answering
 Every wait is bounded.  stop() closes the listener *and* every open connection, so a client that
 keeps connections alive cannot reach a stopped receiver; a new receiver may then take the same port.
@@ -166,6 +168,7 @@ class Request:
         self.status = status          # what the receiver answered (None: hung or closed)
         self.seq = seq                # 0-based order of arrival at this receiver
         self.conn_id = conn_id        # which TCP connection carried it
+        self.answered = self.answered_mono = None  # when the answer was written (None: not answered)
 
     def header(self, name, default=None):
         return self.headers.get(name, default)
@@ -270,6 +273,8 @@ class WebhookReceiver:
                         req.status = resp[0]
                     elif isinstance(resp, tuple) and resp[0] == "redirect":
                         req.status = 302
+                    elif isinstance(resp, tuple) and resp[0] == "at_fraction":
+                        req.status = resp[2]
                     receiver.requests.append(req)
                     receiver.cond.notify_all()
                 if resp == "hang":
@@ -282,7 +287,16 @@ class WebhookReceiver:
                 if resp == "close":
                     self.close_connection = True
                     return
-                if isinstance(resp, tuple) and resp[0] == "redirect":
+                if isinstance(resp, tuple) and resp[0] == "at_fraction":
+                    # Answer when the wall clock's fraction of a second reaches resp[1] (to end
+                    # an attempt right before a second boundary).
+                    now = time.time()
+                    target = int(now) + resp[1]
+                    if target <= now + 0.05:
+                        target += 1
+                    receiver.stop_event.wait(target - now)
+                    status, payload, extra = resp[2], b"", []
+                elif isinstance(resp, tuple) and resp[0] == "redirect":
                     status, payload, extra = 302, b"", [("Location", resp[1])]
                 elif isinstance(resp, tuple):
                     status, payload, extra = resp[0], resp[1], []
@@ -295,6 +309,9 @@ class WebhookReceiver:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+                self.wfile.flush()
+                req.answered = time.time()
+                req.answered_mono = time.monotonic()
 
             do_POST = do_PUT = do_GET = do_PATCH = do_DELETE = _handle
 

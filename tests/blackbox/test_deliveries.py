@@ -453,6 +453,25 @@ class Retries(DeliveryCase):
                          [(1, 500, "retry"), (2, 500, "retry"), (3, 200, "delivered")])
         r.no_more_than(3, 1.5)
 
+    def test_retry_delay_counts_from_the_end_of_the_attempt(self):
+        # Attempts that fail just before a wall-clock second ends: the retry still waits its delay
+        # (1 s, -10 %) from the end of the failed attempt, whatever the rounding to whole seconds.
+        fractions = (0.990, 0.995, 0.997, 0.998, 0.9985, 0.999, 0.9993, 0.9996)  # 8: the per-host cap
+        rs = [self.receiver([("at_fraction", f, 500)], default=200) for f in fractions]
+        d = self.start(["--retry-schedule", "1"])
+        self.route(d, ['forward("%s")' % ", ".join(r.url("/f") for r in rs)])
+        self.send(d, harness.make_message())
+        gaps = []
+        deadline = time.monotonic() + timeout(10)
+        for r in rs:
+            try:
+                first, second = r.wait_for(2, max(0.1, deadline - time.monotonic()))
+                gaps.append(round(second.mono - first.answered_mono, 3))
+            except AssertionError:
+                gaps.append("no retry within 10 s")
+        self.assertTrue(all(not isinstance(g, str) and 0.85 <= g < timeout(3) for g in gaps),
+                        "retry gaps after the end of the failed attempt (want 0.9 to 1.1 s): %r" % gaps)
+
     def test_406_is_not_retried(self):
         r = self.receiver([406])
         d = self.start(["--retry-schedule", "1,1"])
@@ -656,7 +675,9 @@ class Durability(DeliveryCase):
         reqs = good.requests
         by_did = {}
         for q in reqs:
-            by_did.setdefault(q.header("X-Inlet-Delivery"), set()).add(q.json()["id"])
+            body = q.json()
+            self.check_signed(body["timestamp"], body["token"], body["signature"], when=q.time)
+            by_did.setdefault(q.header("X-Inlet-Delivery"), set()).add(body["id"])
         self.assertEqual(sorted(by_did), sorted(r["id"] for r in harness.query(d.db_path, "SELECT id FROM deliveries")))
         # Duplicates only with the same X-Inlet-Delivery (same message every time).
         self.assertTrue(all(len(v) == 1 for v in by_did.values()), by_did)

@@ -45,21 +45,22 @@ static void test_signature(void)
 static void test_retry_delay(void)
 {
     const int64_t schedule[] = {600, 10, 1};
-    CHECK(deliver_retry_delay(schedule, 3, 0) == -1, "attempt 0 is not an attempt");
-    CHECK(deliver_retry_delay(schedule, 3, 4) == -1, "after 1 + 3 attempts the delivery fails");
-    CHECK(deliver_retry_delay(schedule, 0, 1) == -1, "an empty schedule means one attempt");
+    CHECK(deliver_retry_delay_ms(schedule, 3, 0) == -1, "attempt 0 is not an attempt");
+    CHECK(deliver_retry_delay_ms(schedule, 3, 4) == -1, "after 1 + 3 attempts the delivery fails");
+    CHECK(deliver_retry_delay_ms(schedule, 0, 1) == -1, "an empty schedule means one attempt");
     int64_t lo = INT64_MAX, hi = 0;
     for (int i = 0; i < 2000; i++) {
-        int64_t d = deliver_retry_delay(schedule, 3, 1);
+        int64_t d = deliver_retry_delay_ms(schedule, 3, 1);
         lo = MIN(lo, d);
         hi = MAX(hi, d);
     }
-    CHECK(lo >= 540 && hi <= 660, "600 s with ±10 %% jitter stays in [540, 660]: [%lld, %lld]", (long long)lo,
-          (long long)hi);
-    CHECK(hi - lo > 60, "the jitter spreads retries: [%lld, %lld]", (long long)lo, (long long)hi);
-    int64_t d2 = deliver_retry_delay(schedule, 3, 2);
-    CHECK(d2 >= 9 && d2 <= 11, "second delay from the second entry: %lld", (long long)d2);
-    CHECK(deliver_retry_delay(schedule, 3, 3) == 1, "a 1 s delay stays at least 1 s");
+    CHECK(lo >= 540000 && hi <= 660000, "600 s with ±10 %% jitter stays in [540, 660] s: [%lld, %lld] ms",
+          (long long)lo, (long long)hi);
+    CHECK(hi - lo > 60000, "the jitter spreads retries: [%lld, %lld]", (long long)lo, (long long)hi);
+    int64_t d2 = deliver_retry_delay_ms(schedule, 3, 2);
+    CHECK(d2 >= 9000 && d2 <= 11000, "second delay from the second entry: %lld ms", (long long)d2);
+    int64_t d3 = deliver_retry_delay_ms(schedule, 3, 3);
+    CHECK(d3 >= 900 && d3 <= 1100, "a 1 s delay: %lld ms", (long long)d3);
 }
 
 int main(void)

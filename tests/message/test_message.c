@@ -1,6 +1,7 @@
 /* tests/message/test_message.c — html2text, the reserved-name rule, UTF-8 sanitizing, limits
  * (deep nesting, many parts, many headers), the attachment-bytes accessor and the JSON encoding,
- * RFC 2047 header decoding, undeclared 8-bit header text, part headers without an empty line. */
+ * RFC 2047 header decoding, undeclared 8-bit header text, part headers without an empty line,
+ * the top-level header list (Content-* included, in order). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -442,6 +443,142 @@ static void test_long_field(void)
     g_string_free(s, TRUE);
 }
 
+/* message-headers is the whole top-level header block in its order: GMime 3 keeps the Content-*
+ * fields of the top level on the MIME part, not on the message, and parse.c merges them back. */
+struct want_header {
+    const char *name, *value;
+};
+
+static void check_headers(const char *what, const char *msg, size_t len,
+                          const struct want_header *want, size_t n)
+{
+    struct message *m = message_parse((const uint8_t *)msg, len);
+    CHECK(message_header_count(m) == n, "%s: %zu headers (got %zu)", what, n,
+          message_header_count(m));
+    for (size_t i = 0; i < n && i < message_header_count(m); i++) {
+        const char *name, *value;
+        message_header(m, i, &name, &value);
+        CHECK_STR(name, want[i].name, "%s: header %zu name", what, i);
+        if (want[i].value)
+            CHECK_STR(value, want[i].value, "%s: header %zu (%s) value", what, i, want[i].name);
+        else /* GMime's raw value ends at a NUL byte (as for every header) */
+            CHECK(g_str_has_prefix(value, "nul") && g_utf8_validate(value, -1, NULL),
+                  "%s: header %zu (%s) value", what, i, want[i].name);
+    }
+    message_free(m);
+}
+
+static void test_top_level_headers(void)
+{
+    static const char msg[] =
+        "Content-Type: multipart/mixed;\r\n boundary=\"outer\"\r\n"
+        "Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+        "From: a@example.org\r\n"
+        "Content-Description: =?utf-8?q?R=C3=A9sum=C3=A9?= and\r\n =?iso-8859-1?b?Y2Fm6Q==?=\r\n"
+        "Received: from c by d; Mon, 1 Jan 2024 00:00:01 +0000\r\n"
+        "MIME-Version: 1.0\r\n"
+        "content-transfer-encoding: 7bit\r\n"
+        "Subject: top\r\n"
+        "Content-ID: <top@x>\r\n"
+        "X-Repeat: one\r\n"
+        "X-Repeat: two\r\n"
+        "Content-Disposition: inline\r\n"
+        "\r\n"
+        "--outer\r\n"
+        "Content-Type: text/plain\r\n"
+        "Content-Description: inner\r\n"
+        "X-Part: not top level\r\n"
+        "\r\n"
+        "hi\r\n"
+        "--outer--\r\n";
+    static const struct want_header want[] = {
+        {"Content-Type", "multipart/mixed; boundary=\"outer\""},
+        {"Received", "from a by b; Mon, 1 Jan 2024 00:00:00 +0000"},
+        {"From", "a@example.org"},
+        {"Content-Description", "Résumé and café"},
+        {"Received", "from c by d; Mon, 1 Jan 2024 00:00:01 +0000"},
+        {"MIME-Version", "1.0"},
+        {"content-transfer-encoding", "7bit"},
+        {"Subject", "top"},
+        {"Content-ID", "<top@x>"},
+        {"X-Repeat", "one"},
+        {"X-Repeat", "two"},
+        {"Content-Disposition", "inline"},
+    };
+    check_headers("multipart", msg, sizeof msg - 1, want, G_N_ELEMENTS(want));
+
+    struct message *m = message_parse((const uint8_t *)msg, sizeof msg - 1);
+    CHECK_STR(message_header_first(m, "content-type"), "multipart/mixed; boundary=\"outer\"",
+              "header_first finds the top-level Content-Type");
+    CHECK_STR(message_header_first(m, "Content-Description"), "Résumé and café",
+              "header_first: the top-level Content-Description, not the part's");
+    CHECK(message_header_first(m, "X-Part") == NULL, "part headers are not top-level headers");
+    CHECK_STR(message_body_plain(m), "hi", "the body is still read");
+    struct message_json_options o = {.recipient = "b@example.com", .sender = "", .id = "x"};
+    json_t *j = message_to_json(m, &o);
+    json_t *mh = json_object_get(j, "message-headers");
+    CHECK(json_array_size(mh) == G_N_ELEMENTS(want), "JSON message-headers: every header");
+    CHECK_STR(json_string_value(json_array_get(json_array_get(mh, 0), 0)), "Content-Type",
+              "JSON message-headers: Content-Type first, as in the message");
+    json_decref(j);
+    message_free(m);
+
+    /* a repeated Content-Type is kept twice, in place; the header of a body without a
+     * Content-Type gets none made up */
+    static const char twice[] = "Content-Type: text/plain\r\nSubject: s\r\n"
+                                "Content-Type: text/html\r\n\r\nbody\r\n";
+    static const struct want_header want_twice[] = {
+        {"Content-Type", "text/plain"}, {"Subject", "s"}, {"Content-Type", "text/html"}};
+    check_headers("repeated Content-Type", twice, sizeof twice - 1, want_twice, 3);
+    static const char none[] = "Subject: s\r\nFrom: f@x\r\n\r\nbody\r\n";
+    static const struct want_header want_none[] = {{"Subject", "s"}, {"From", "f@x"}};
+    check_headers("no Content-*", none, sizeof none - 1, want_none, 2);
+
+    /* header only: no empty line, no body */
+    static const char head_only[] = "Content-Type: text/plain; charset=utf-8\r\nSubject: h";
+    static const struct want_header want_head_only[] = {
+        {"Content-Type", "text/plain; charset=utf-8"}, {"Subject", "h"}};
+    check_headers("header only", head_only, sizeof head_only - 1, want_head_only, 2);
+
+    /* not a message at all: no headers */
+    static const char not_mime[] = "just text\r\nContent-Type: text/plain\r\n";
+    check_headers("not MIME", not_mime, sizeof not_mime - 1, NULL, 0);
+
+    /* no empty line after the header: the line after it and the rest are the body */
+    static const char no_sep[] = "Subject: s\r\nContent-Type: text/plain\r\nbody line\r\n"
+                                 "more body\r\nContent-ID: <in-body@x>\r\n";
+    static const struct want_header want_no_sep[] = {{"Subject", "s"},
+                                                     {"Content-Type", "text/plain"}};
+    check_headers("no empty line", no_sep, sizeof no_sep - 1, want_no_sep, 2);
+
+    /* malformed: a stray line (dropped, as GMime does), an 8-bit value, a NUL in a value, a
+     * continuation line, white space before the colon, an mbox From line */
+    static const char bad[] = "From x@y Mon Jan  1 00:00:00 2024\r\n"
+                              "Subject: a\r\n"
+                              "stray line without a colon\r\n"
+                              "Content-Type : text/plain;\r\n\tcharset=\"utf-8\"\r\n"
+                              "X-8bit: caf\xC3\xA9\r\n"
+                              "Content-Description: nul\0here\r\n"
+                              "X-Last: z\r\n"
+                              "\r\nbody\r\n";
+    static const struct want_header want_bad[] = {
+        {"Subject", "a"},
+        {"Content-Type", "text/plain;\tcharset=\"utf-8\""},
+        {"X-8bit", "café"},
+        {"Content-Description", NULL},
+        {"X-Last", "z"},
+    };
+    check_headers("malformed", bad, sizeof bad - 1, want_bad, G_N_ELEMENTS(want_bad));
+
+    /* message/rfc822 at the top level: its Content-* are top-level, the inner message's not */
+    static const char fwd[] = "Subject: outer\r\nContent-Type: message/rfc822\r\n"
+                              "X-After: 1\r\n\r\n"
+                              "Subject: inner\r\nContent-Type: text/plain\r\n\r\ninner body\r\n";
+    static const struct want_header want_fwd[] = {
+        {"Subject", "outer"}, {"Content-Type", "message/rfc822"}, {"X-After", "1"}};
+    check_headers("message/rfc822", fwd, sizeof fwd - 1, want_fwd, 3);
+}
+
 /* A part whose header block has no empty line keeps its body (prescan inserts one for GMime). */
 static void test_part_header_without_blank_line(void)
 {
@@ -472,6 +609,7 @@ int main(void)
     test_header_decode();
     test_mostly_utf8();
     test_part_header_without_blank_line();
+    test_top_level_headers();
     test_attachments_and_json();
     test_header_limits();
     test_long_field();

@@ -220,10 +220,15 @@ static void test_stored_json(void)
     CHECK_STR(json_string_value(json_object_get(j, "X-Custom")), "one",
               "stored: a header as its own key, first occurrence");
     CHECK(!json_object_get(j, "x-custom"), "stored: a repeat in another case is not a key");
-    /* message-headers holds the message's own headers: GMime keeps Content-* on the MIME part */
-    CHECK(json_is_array(json_object_get(j, "message-headers")) &&
-              json_array_size(json_object_get(j, "message-headers")) == 6,
+    /* message-headers holds every top-level header, Content-Type included (GMime keeps it on
+     * the MIME part, not on the message) */
+    json_t *mh = json_object_get(j, "message-headers");
+    CHECK(json_is_array(mh) && json_array_size(mh) == 7,
           "stored: message-headers is an array of every header");
+    CHECK_STR(json_string_value(json_array_get(json_array_get(mh, 6), 0)), "Content-Type",
+              "stored: message-headers ends with the top-level Content-Type");
+    CHECK_STR(json_string_value(json_object_get(j, "Content-Type")),
+              "multipart/mixed; boundary=z", "stored: the top-level Content-Type as its own key");
     json_t *atts = json_object_get(j, "attachments");
     json_t *a1 = json_array_get(atts, 1);
     CHECK(json_array_size(atts) == 2 && json_object_size(a1) == 4, "stored: attachments");

@@ -540,7 +540,7 @@ static void test_due_and_list(void)
 
     accept_msg(st, 20, rcpts, 1, 10);
     msg_id(id, 20);
-    CHECK(store_deliveries_next_due(st, &at) == -ENOENT, "next_due with nothing pending: -ENOENT");
+    CHECK(store_deliveries_next_due(st, 0, &at) == -ENOENT, "next_due with nothing pending: -ENOENT");
     CHECK(route_msg(st, 20, rcpts[0], 50, NULL, 0, NULL, 0) == STORE_OK, "routed (no plan)");
     /* (next_attempt_at, id): (100,e1) (100,e3) (200,e2) (300,e4) (300,e5) (400,e6) (1000,e7) */
     static const struct {
@@ -565,8 +565,10 @@ static void test_due_and_list(void)
     CHECK(store_deliveries_add(st, "m0000000000000000000nope", two, 1, 1, &err) ==
               STORE_ERR_NOT_FOUND && !err,
           "add to an unknown message: NOT_FOUND");
-    CHECK(store_deliveries_next_due(st, &at) == 0 && at == 100, "next_due 100 (%lld)",
+    CHECK(store_deliveries_next_due(st, 0, &at) == 0 && at == 100, "next_due 100 (%lld)",
           (long long)at);
+    CHECK(store_deliveries_next_due(st, 100, &at) == 0 && at > 100,
+          "next_due after 100: a later one, never one due already (%lld)", (long long)at);
 
     /* Paging with the cursor, two at a time. */
     const char *want[] = {"e1,e3", "e2,e4", "e5,e6", ""};
@@ -611,7 +613,7 @@ static void test_due_and_list(void)
     delivery_ids(d, n, buf, sizeof buf);
     CHECK_STR(buf, "e6,e7", "ended deliveries are not due");
     store_deliveries_free(d, n);
-    CHECK(store_deliveries_next_due(st, &at) == 0 && at == 400, "next_due 400");
+    CHECK(store_deliveries_next_due(st, 0, &at) == 0 && at == 400, "next_due 400");
 
     /* The dead-letter list: newest update first, ties by id descending. */
     const char *fwant[] = {"e1,e3", "e2,e5", ""};

@@ -1,0 +1,381 @@
+/* message/jsonw.c — the webhook JSON written straight into a GString, without a jansson tree.
+ *
+ * msg_json_write() appends exactly the bytes of
+ *     json_dumps(message_to_json(m, opts), JSON_COMPACT | JSON_PRESERVE_ORDER)
+ * (jansson 2.14, dump.c), which tests/message/test_jsonw.c and tests/fuzz/fuzz_message.c check on
+ * every golden, post and corpus message.  What that takes, from json.c and jansson:
+ *
+ *  - Compact: "," between members and elements, ":" after a key, no white space; [] and {} when
+ *    empty.  Keys in insertion order (the order of json.c).
+ *  - Strings (dump_string): '"' '\\' as \" \\; \b \f \n \r \t; every other code point below U+0020
+ *    as \u00XX with upper-case hex (jansson's "\\u%04X"); '/' and U+007F and everything non-ASCII
+ *    as they are (no JSON_ESCAPE_SLASH, no JSON_ENSURE_ASCII).
+ *  - UTF-8 validity is jansson's (utf8.c): lead bytes C2..F4, continuation bytes 80..BF, no
+ *    overlong form, no surrogate, nothing above U+10FFFF.  Where json.c calls msg_jstr(), a string
+ *    jansson would refuse is replaced by text_sanitize()'s copy; where jansson refuses a value with
+ *    no repair (json_pack "[ss]" of message-headers, a content-id-map key), or the repaired copy
+ *    is refused too, json.c's json_object_set_new / json_array_append_new drop the member or
+ *    element: so does this writer (it truncates the GString back to where the member started).
+ *  - Integers: json_integer((json_int_t)x) printed with "%" JSON_INTEGER_FORMAT.
+ *  - Inlined attachments: base64 without line breaks (g_base64_encode), encoded straight into the
+ *    GString; base64 needs no escaping.
+ *
+ * With message_url (notify, post.c): "attachments" is [{size, url, name, content-type}] and no
+ * content is decoded, every content-id-map entry gets "url" after "index", and "message-url" comes
+ * last: the bytes post.c used to get from editing message_to_json()'s tree. */
+#include <limits.h>
+#include <string.h>
+
+#include "message/internal.h"
+
+/* Byte classes of the string scanner. */
+enum { C_PLAIN, C_ESCAPE, C_HIGH, C_END };
+
+#define P C_PLAIN
+#define X C_ESCAPE
+#define H C_HIGH
+#define E C_END
+static const uint8_t byte_class[256] = {
+    E, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    P, P, X, P, P, P, P, P, P, P, P, P, P, P, P, P,
+    P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P,
+    P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P,
+    P, P, P, P, P, P, P, P, P, P, P, P, X, P, P, P,
+    P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P,
+    P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P,
+    H, H, H, H, H, H, H, H, H, H, H, H, H, H, H, H,
+    H, H, H, H, H, H, H, H, H, H, H, H, H, H, H, H,
+    H, H, H, H, H, H, H, H, H, H, H, H, H, H, H, H,
+    H, H, H, H, H, H, H, H, H, H, H, H, H, H, H, H,
+    H, H, H, H, H, H, H, H, H, H, H, H, H, H, H, H,
+    H, H, H, H, H, H, H, H, H, H, H, H, H, H, H, H,
+    H, H, H, H, H, H, H, H, H, H, H, H, H, H, H, H,
+    H, H, H, H, H, H, H, H, H, H, H, H, H, H, H, H,
+};
+#undef P
+#undef X
+#undef H
+#undef E
+
+/* Length of the valid UTF-8 sequence (jansson's utf8_check_first + utf8_check_full) at p, whose
+ * first byte is >= 0x80; 0 when invalid.  The string is NUL-terminated, and NUL is never a
+ * continuation byte, so reading stops at the terminator. */
+static size_t utf8_seq(const unsigned char *p)
+{
+    unsigned c = p[0];
+    size_t n;
+    uint32_t v;
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+        v = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        v = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        v = c & 0x07;
+    } else {
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80) return 0;
+        v = (v << 6) | (p[i] & 0x3F);
+    }
+    if (v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
+    if ((n == 3 && v < 0x800) || (n == 4 && v < 0x10000)) return 0; /* n == 2: C2.. excludes it */
+    return n;
+}
+
+/* A JSON string of s as jansson dumps it; false (and nothing appended) when s is not valid UTF-8
+ * by jansson's rules. */
+static bool put_string(GString *out, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    const size_t start = out->len;
+    const unsigned char *p = (const unsigned char *)s, *run = p;
+    g_string_append_c(out, '"');
+    for (;;) {
+        /* the common case: a run of printable ASCII */
+        while (byte_class[*p] == C_PLAIN) p++;
+        unsigned c = *p;
+        if (byte_class[c] == C_HIGH) {
+            size_t n = utf8_seq(p);
+            if (n == 0) {
+                g_string_truncate(out, start);
+                return false;
+            }
+            p += n;
+            continue;
+        }
+        if (p > run) g_string_append_len(out, (const char *)run, p - run);
+        if (c == 0) break;
+        char e[6] = {'\\', 0, '0', '0', 0, 0};
+        size_t el = 2;
+        switch (c) {
+        case '"': e[1] = '"'; break;
+        case '\\': e[1] = '\\'; break;
+        case '\b': e[1] = 'b'; break;
+        case '\f': e[1] = 'f'; break;
+        case '\n': e[1] = 'n'; break;
+        case '\r': e[1] = 'r'; break;
+        case '\t': e[1] = 't'; break;
+        default:
+            e[1] = 'u';
+            e[4] = hex[c >> 4];
+            e[5] = hex[c & 15];
+            el = 6;
+            break;
+        }
+        g_string_append_len(out, e, (gssize)el);
+        run = ++p;
+    }
+    g_string_append_c(out, '"');
+    return true;
+}
+
+/* msg_jstr(): NULL as "", a string jansson refuses repaired by text_sanitize(); false (nothing
+ * appended) only when the repaired copy is refused too. */
+static bool put_jstr(GString *out, const char *s)
+{
+    if (!s) s = "";
+    if (put_string(out, s)) return true;
+    char *valid = text_sanitize(s, strlen(s), NULL);
+    bool ok = put_string(out, valid);
+    g_free(valid);
+    return ok;
+}
+
+static void put_int(GString *out, size_t v)
+{
+    g_string_append_printf(out, "%" JSON_INTEGER_FORMAT, (json_int_t)v);
+}
+
+/* ---- containers: a member or element is written after its separator and taken back when its
+ * value is refused (json_object_set_new / json_array_append_new with NULL) ----------------------- */
+
+struct container {
+    GString *out;
+    bool first;
+    size_t mark; /* where the current member started */
+    bool mark_first;
+};
+
+static void open_c(struct container *c, GString *out, char bracket)
+{
+    *c = (struct container){.out = out, .first = true};
+    g_string_append_c(out, bracket);
+}
+
+static void close_c(struct container *c, char bracket)
+{
+    g_string_append_c(c->out, bracket);
+}
+
+/* Starts an element (key NULL) or a member "key": (key: a literal that needs no escaping). */
+static void begin(struct container *c, const char *key)
+{
+    c->mark = c->out->len;
+    c->mark_first = c->first;
+    if (!c->first) g_string_append_c(c->out, ',');
+    c->first = false;
+    if (key) {
+        g_string_append_c(c->out, '"');
+        g_string_append(c->out, key);
+        g_string_append(c->out, "\":");
+    }
+}
+
+static void undo(struct container *c)
+{
+    g_string_truncate(c->out, c->mark);
+    c->first = c->mark_first;
+}
+
+static void member_jstr(struct container *c, const char *key, const char *v)
+{
+    begin(c, key);
+    if (!put_jstr(c->out, v)) undo(c);
+}
+
+static void member_int(struct container *c, const char *key, size_t v)
+{
+    begin(c, key);
+    put_int(c->out, v);
+}
+
+/* ---- the fields ------------------------------------------------------------------------------ */
+
+/* message-headers: json_pack("[ss]", name, value), which refuses NULL and invalid UTF-8 (no
+ * repair): the pair is then left out. */
+static void put_headers(GString *out, const struct message *m)
+{
+    struct container a;
+    open_c(&a, out, '[');
+    for (size_t i = 0; i < message_header_count(m); i++) {
+        const char *name, *value;
+        message_header(m, i, &name, &value);
+        begin(&a, NULL);
+        g_string_append_c(out, '[');
+        if (!name || !value || !put_string(out, name)) {
+            undo(&a);
+            continue;
+        }
+        g_string_append_c(out, ',');
+        if (!put_string(out, value)) {
+            undo(&a);
+            continue;
+        }
+        g_string_append_c(out, ']');
+    }
+    close_c(&a, ']');
+}
+
+/* base64 of len bytes (g_base64_encode's alphabet, padding, no line breaks) as a JSON string. */
+static void put_base64(GString *out, const uint8_t *bytes, size_t len)
+{
+    g_string_append_c(out, '"');
+    if (len > 0) {
+        size_t at = out->len;
+        /* g_base64_encode_step wants (len / 3 + 1) * 4 + 4 bytes, _close up to 4 more */
+        g_string_set_size(out, at + (len / 3 + 1) * 4 + 8);
+        gint state = 0, save = 0;
+        size_t n = g_base64_encode_step(bytes, len, FALSE, out->str + at, &state, &save);
+        n += g_base64_encode_close(FALSE, out->str + at + n, &state, &save);
+        g_string_truncate(out, at + n);
+    }
+    g_string_append_c(out, '"');
+}
+
+static void put_attachments(GString *out, const struct message *m, size_t budget, const char *url)
+{
+    struct container a;
+    open_c(&a, out, '[');
+    size_t used = 0;
+    bool inlining = true;
+    for (size_t i = 0; i < message_attachment_count(m); i++) {
+        const struct message_attachment *at = message_attachment(m, i);
+        begin(&a, NULL);
+        struct container o;
+        open_c(&o, out, '{');
+        member_jstr(&o, "name", at->name);
+        member_jstr(&o, "content-type", at->content_type);
+        member_int(&o, "size", at->size);
+        member_jstr(&o, "content-id", at->content_id);
+        inlining = inlining && at->size <= budget - used;
+        uint8_t *bytes = NULL;
+        size_t len = 0;
+        if (inlining && message_attachment_bytes(m, i, &bytes, &len) == 0) {
+            used += at->size;
+            begin(&o, "content");
+            put_base64(out, bytes, len);
+        } else if (url) {
+            char *u = msg_attachment_url(url, i);
+            member_jstr(&o, "url", u);
+            g_free(u);
+        } else {
+            begin(&o, "content");
+            g_string_append(out, "null");
+        }
+        g_free(bytes);
+        close_c(&o, '}');
+    }
+    close_c(&a, ']');
+}
+
+/* The notify list of post.c: [{size, url, name, content-type}]. */
+static void put_notify_attachments(GString *out, const struct message *m, const char *message_url)
+{
+    struct container a;
+    open_c(&a, out, '[');
+    for (size_t i = 0; i < message_attachment_count(m); i++) {
+        const struct message_attachment *at = message_attachment(m, i);
+        begin(&a, NULL);
+        struct container o;
+        open_c(&o, out, '{');
+        char *url = msg_attachment_url(message_url, i);
+        member_int(&o, "size", at->size);
+        member_jstr(&o, "url", url);
+        member_jstr(&o, "name", at->name);
+        member_jstr(&o, "content-type", at->content_type);
+        g_free(url);
+        close_c(&o, '}');
+    }
+    close_c(&a, ']');
+}
+
+/* content-id-map: the first attachment per Content-ID; jansson refuses a key that is not valid
+ * UTF-8 (json_object_set_new), so such an entry is left out, and never "seen". */
+static void put_cid_map(GString *out, const struct message *m, const char *message_url)
+{
+    struct container map;
+    open_c(&map, out, '{');
+    GHashTable *seen = NULL;
+    for (size_t i = 0; i < message_attachment_count(m); i++) {
+        const struct message_attachment *at = message_attachment(m, i);
+        const char *cid = at->content_id;
+        if (!*cid || (seen && g_hash_table_contains(seen, cid))) continue;
+        begin(&map, NULL);
+        if (!put_string(out, cid)) {
+            undo(&map);
+            continue;
+        }
+        if (!seen) seen = g_hash_table_new(g_str_hash, g_str_equal);
+        g_hash_table_add(seen, (gpointer)(uintptr_t)cid);
+        g_string_append_c(out, ':');
+        struct container o;
+        open_c(&o, out, '{');
+        member_jstr(&o, "name", at->name);
+        member_jstr(&o, "content-type", at->content_type);
+        member_int(&o, "size", at->size);
+        member_int(&o, "index", i);
+        if (message_url) {
+            char *url = msg_attachment_url(message_url, i);
+            member_jstr(&o, "url", url);
+            g_free(url);
+        }
+        close_c(&o, '}');
+    }
+    if (seen) g_hash_table_unref(seen);
+    close_c(&map, '}');
+}
+
+void msg_json_write(GString *out, const struct message *m, const struct message_json_options *opts,
+                    const char *message_url)
+{
+    struct container o;
+    open_c(&o, out, '{');
+    char *domain = msg_domain_of(opts->recipient);
+    member_jstr(&o, "recipient", opts->recipient);
+    member_jstr(&o, "sender", opts->sender);
+    member_jstr(&o, "from", m->from);
+    member_jstr(&o, "subject", m->subject);
+    member_jstr(&o, "message-id", m->message_id);
+    member_jstr(&o, "domain", domain);
+    member_jstr(&o, "body-plain", m->body_plain);
+    member_jstr(&o, "body-html", m->body_html);
+    member_jstr(&o, "stripped-text", m->stripped_text);
+    member_jstr(&o, "stripped-signature", m->stripped_signature);
+    member_jstr(&o, "stripped-html", m->stripped_html);
+    begin(&o, "message-headers");
+    put_headers(out, m);
+    begin(&o, "attachments");
+    if (message_url)
+        put_notify_attachments(out, m, message_url);
+    else
+        put_attachments(out, m, opts->inline_attachments_max, opts->attachments_url);
+    begin(&o, "content-id-map");
+    put_cid_map(out, m, message_url);
+    begin(&o, "parse-warnings");
+    struct container w;
+    open_c(&w, out, '[');
+    for (size_t i = 0; i < message_warning_count(m); i++) {
+        begin(&w, NULL);
+        if (!put_jstr(out, message_warning(m, i))) undo(&w);
+    }
+    close_c(&w, ']');
+    member_jstr(&o, "id", opts->id);
+    if (message_url) member_jstr(&o, "message-url", message_url);
+    g_free(domain);
+    close_c(&o, '}');
+}
