@@ -267,9 +267,12 @@ static int plan_recipient(struct builder *b, const char *rcpt, struct route_mess
         /* A postmaster copy that no route asked for is kept, so it is not dropped either. */
         o->outcome = r.nhits > 0 || postmaster_copy ? "routed" : "dropped";
         o->routes_json = keep_json(p, routes_json(&r));
+        json_t *ids = json_array();
+        for (size_t i = 0; ids && i < r.nhits; i++) json_array_append_new(ids, jstr(r.hits[i].route_id));
+        o->route_ids_json = keep_json(p, ids);
         o->warnings_json = keep_json(p, string_array(r.warnings, r.nwarnings));
         const char *domain = keep(p, rcpt_domain(rcpt));
-        if (!o->routes_json || !o->warnings_json || !domain) rc = -1;
+        if (!o->routes_json || !o->warnings_json || !o->route_ids_json || !domain) rc = -1;
         const size_t first = b->deliveries.n;
         if (rc == 0) rc = add_deliveries(b, rcpt, &r);
         if (rc == 0) rc = add_attachment_copy(b, rcpt, domain, first);

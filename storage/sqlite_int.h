@@ -18,6 +18,7 @@
 /* Write statements of sqlite_queue.c (writer thread only). */
 enum sq_wq {
     WQ_EV_ACCEPTED,      /* event "accepted" of one recipient (store_write_outcome) */
+    WQ_EV_ACCEPTED_IDS,  /* the same, with the route ids given as JSON by the caller */
     WQ_EV_STORED,        /* event "stored" of one copy (store_write_outcome) */
     WQ_EV_ATTEMPT,       /* event "delivered" / "failed" of one attempt */
     WQ_ATTEMPT_DELIVERY, /* the delivery an attempt is about */

@@ -160,6 +160,8 @@ struct store_recipient_outcome {
     const char *outcome;        /* "routed" (some route matched) or "dropped" */
     const char *routes_json;    /* [{"id": ..., "captures": {...}, "actions": [...]}, ...] */
     const char *warnings_json;  /* ["...", ...] */
+    const char *route_ids_json; /* ["<route id>", ...] of routes_json, for the "accepted" event;
+                                   NULL: the store reads them out of routes_json itself */
 };
 struct store_delivery_plan {
     char id[ID_LEN + 1];        /* X-Inlet-Delivery: stays the same across retries */

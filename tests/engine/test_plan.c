@@ -82,6 +82,9 @@ static void test_build(void)
     CHECK_STR(o->recipients[0].outcome, "routed", "bob routed");
     json_t *routes = json_loads(o->recipients[0].routes_json, 0, NULL);
     CHECK(json_array_size(routes) == 3, "bob: three routes");
+    CHECK_STR(o->recipients[0].route_ids_json,
+              "[\"aaaaaaaaaaaaaaaaaaaaaaa1\",\"aaaaaaaaaaaaaaaaaaaaaaa2\",\"aaaaaaaaaaaaaaaaaaaaaaa3\"]",
+              "bob: the route ids for the accepted event, in order");
     json_t *r0 = json_array_get(routes, 0);
     CHECK_STR(get_str(json_object_get(r0, "captures"), "u"), "bob", "named capture");
     CHECK_STR(get_str(json_object_get(r0, "captures"), "1"), "bob", "numbered capture");
