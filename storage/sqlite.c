@@ -474,7 +474,10 @@ static int setup_writer(struct sqlite_be *be, char **err)
         prepare_w(be, be->wdb,
                   "INSERT INTO stored (key, message_id, recipient, domain, route_id, notify,"
                   " format, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                  &be->ins_stored, "stored copy insert", err) < 0)
+                  &be->ins_stored, "stored copy insert", err) < 0 ||
+        prepare_w(be, be->wdb, "SAVEPOINT job", &be->sp_begin, "savepoint", err) < 0 ||
+        prepare_w(be, be->wdb, "RELEASE job", &be->sp_release, "savepoint release", err) < 0 ||
+        prepare_w(be, be->wdb, "ROLLBACK TO job", &be->sp_rollback, "savepoint rollback", err) < 0)
         return -1;
     return sq_queue_prepare_writer(be, err);
 }
@@ -557,6 +560,9 @@ static void sqlite_close(void *arg)
     sqlite3_close(be->rdb);
     sqlite3_close(be->pdb);
     sqlite3_finalize(be->insert);
+    sqlite3_finalize(be->sp_begin);
+    sqlite3_finalize(be->sp_release);
+    sqlite3_finalize(be->sp_rollback);
     sqlite3_finalize(be->route_msg);
     sqlite3_finalize(be->msg_exists);
     sqlite3_finalize(be->ins_rcpt);
@@ -678,14 +684,22 @@ static bool message_only_error(int rc)
 /* Runs one job under savepoint "job": RELEASE when it succeeds, ROLLBACK TO (then RELEASE) when
  * it fails, so that only its own changes go.  -1 only when the savepoint itself failed: then the
  * transaction cannot go on. */
+/* One statement of a job's savepoint: SQLITE_DONE expected. */
+static bool savepoint_step(sqlite3_stmt *s)
+{
+    const int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE;
+}
+
 static int run_job(struct sqlite_be *be, struct store_job *job)
 {
     char *jerr = NULL;
 
-    if (sqlite3_exec(be->wdb, "SAVEPOINT job", NULL, NULL, NULL) != SQLITE_OK) return -1;
+    if (!savepoint_step(be->sp_begin)) return -1;
     if (job->run(&store_sqlite_backend, be, job->arg, &jerr) == 0) {
         free(jerr);
-        if (sqlite3_exec(be->wdb, "RELEASE job", NULL, NULL, NULL) != SQLITE_OK) return -1;
+        if (!savepoint_step(be->sp_release)) return -1;
         job->status = STORE_OK;
         job->err = NULL;
         return 0;
@@ -693,9 +707,7 @@ static int run_job(struct sqlite_be *be, struct store_job *job)
     job->status = STORE_ERR_IO;
     job->err = jerr ? jerr : strdup("job failed");
     if (sqlite3_get_autocommit(be->wdb)) return -1; /* the whole transaction went */
-    if (sqlite3_exec(be->wdb, "ROLLBACK TO job", NULL, NULL, NULL) != SQLITE_OK ||
-        sqlite3_exec(be->wdb, "RELEASE job", NULL, NULL, NULL) != SQLITE_OK)
-        return -1;
+    if (!savepoint_step(be->sp_rollback) || !savepoint_step(be->sp_release)) return -1;
     return 0;
 }
 

@@ -61,6 +61,7 @@ struct sqlite_be {
 
     sqlite3 *wdb;
     sqlite3_stmt *insert;
+    sqlite3_stmt *sp_begin, *sp_release, *sp_rollback; /* a job's savepoint, prepared once */
     /* the outcome of one message (writer thread only) */
     sqlite3_stmt *route_msg, *msg_exists, *ins_rcpt, *ins_delivery, *ins_stored;
     sqlite3_stmt *wq[WQ_COUNT];
