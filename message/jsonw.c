@@ -17,8 +17,8 @@
  *    is refused too, json.c's json_object_set_new / json_array_append_new drop the member or
  *    element: so does this writer (it truncates the GString back to where the member started).
  *  - Integers: json_integer((json_int_t)x) printed with "%" JSON_INTEGER_FORMAT.
- *  - Inlined attachments: base64 without line breaks (g_base64_encode), encoded straight into the
- *    GString; base64 needs no escaping.
+ *  - Inlined attachments: base64 without line breaks (the bytes of g_base64_encode), encoded
+ *    straight into the GString by a table encoder (put_base64); base64 needs no escaping.
  *
  * With message_url (notify, post.c): "attachments" is [{size, url, name, content-type}] and no
  * content is decoded, every content-id-map entry gets "url" after "index", and "message-url" comes
@@ -87,29 +87,78 @@ static size_t utf8_seq(const unsigned char *p)
     return n;
 }
 
+/* Appends n bytes; inline for the common case where the GString has room (GString's fields are
+ * public API; the NUL after the content is kept). */
+static inline void put_len(GString *out, const void *d, size_t n)
+{
+    if (out->len + n < out->allocated_len) {
+        memcpy(out->str + out->len, d, n);
+        out->len += n;
+        out->str[out->len] = '\0';
+    } else {
+        g_string_append_len(out, d, (gssize)n);
+    }
+}
+
+static inline void put_c(GString *out, char c)
+{
+    if (out->len + 1 < out->allocated_len) {
+        out->str[out->len++] = c;
+        out->str[out->len] = '\0';
+    } else {
+        g_string_append_c(out, c);
+    }
+}
+
+/* Room for n more bytes without a reallocation. */
+static void reserve(GString *out, size_t n)
+{
+    if (out->len + n < out->allocated_len) return;
+    size_t len = out->len;
+    g_string_set_size(out, len + n);
+    g_string_truncate(out, len);
+}
+
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+
+/* Whether the 8 bytes at p are all printable ASCII other than '"' and '\\' (bytes 0x20..0x7F):
+ * the "has a byte less than n" and "has a zero byte" tricks, exact as a yes/no answer. */
+static inline bool plain8(const unsigned char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    uint64_t q = v ^ (ONES * '"'), b = v ^ (ONES * '\\');
+    uint64_t bad = v | ((v - ONES * 0x20) & ~v) | ((q - ONES) & ~q) | ((b - ONES) & ~b);
+    return (bad & HIGHS) == 0;
+}
+
 /* A JSON string of s as jansson dumps it; false (and nothing appended) when s is not valid UTF-8
  * by jansson's rules. */
 static bool put_string(GString *out, const char *s)
 {
     static const char hex[] = "0123456789ABCDEF";
     const size_t start = out->len;
-    const unsigned char *p = (const unsigned char *)s, *run = p;
-    g_string_append_c(out, '"');
+    const size_t n = strlen(s);
+    const unsigned char *p = (const unsigned char *)s, *run = p, *const end = p + n;
+    reserve(out, n + 2);
+    put_c(out, '"');
     for (;;) {
-        /* the common case: a run of printable ASCII */
+        /* the common case: a run of printable ASCII, 8 bytes at a time, then byte by byte */
+        while (end - p >= 8 && plain8(p)) p += 8;
         while (byte_class[*p] == C_PLAIN) p++;
         unsigned c = *p;
         if (byte_class[c] == C_HIGH) {
-            size_t n = utf8_seq(p);
-            if (n == 0) {
+            size_t k = utf8_seq(p);
+            if (k == 0) {
                 g_string_truncate(out, start);
                 return false;
             }
-            p += n;
+            p += k;
             continue;
         }
-        if (p > run) g_string_append_len(out, (const char *)run, p - run);
-        if (c == 0) break;
+        if (p > run) put_len(out, run, (size_t)(p - run));
+        if (p == end) break; /* c == 0: the terminator (s has no other NUL) */
         char e[6] = {'\\', 0, '0', '0', 0, 0};
         size_t el = 2;
         switch (c) {
@@ -127,10 +176,10 @@ static bool put_string(GString *out, const char *s)
             el = 6;
             break;
         }
-        g_string_append_len(out, e, (gssize)el);
+        put_len(out, e, el);
         run = ++p;
     }
-    g_string_append_c(out, '"');
+    put_c(out, '"');
     return true;
 }
 
@@ -164,12 +213,12 @@ struct container {
 static void open_c(struct container *c, GString *out, char bracket)
 {
     *c = (struct container){.out = out, .first = true};
-    g_string_append_c(out, bracket);
+    put_c(out, bracket);
 }
 
 static void close_c(struct container *c, char bracket)
 {
-    g_string_append_c(c->out, bracket);
+    put_c(c->out, bracket);
 }
 
 /* Starts an element (key NULL) or a member "key": (key: a literal that needs no escaping). */
@@ -177,12 +226,12 @@ static void begin(struct container *c, const char *key)
 {
     c->mark = c->out->len;
     c->mark_first = c->first;
-    if (!c->first) g_string_append_c(c->out, ',');
+    if (!c->first) put_c(c->out, ',');
     c->first = false;
     if (key) {
-        g_string_append_c(c->out, '"');
-        g_string_append(c->out, key);
-        g_string_append(c->out, "\":");
+        put_c(c->out, '"');
+        put_len(c->out, key, strlen(key));
+        put_len(c->out, "\":", 2);
     }
 }
 
@@ -216,35 +265,70 @@ static void put_headers(GString *out, const struct message *m)
         const char *name, *value;
         message_header(m, i, &name, &value);
         begin(&a, NULL);
-        g_string_append_c(out, '[');
+        put_c(out, '[');
         if (!name || !value || !put_string(out, name)) {
             undo(&a);
             continue;
         }
-        g_string_append_c(out, ',');
+        put_c(out, ',');
         if (!put_string(out, value)) {
             undo(&a);
             continue;
         }
-        g_string_append_c(out, ']');
+        put_c(out, ']');
     }
     close_c(&a, ']');
 }
 
-/* base64 of len bytes (g_base64_encode's alphabet, padding, no line breaks) as a JSON string. */
-static void put_base64(GString *out, const uint8_t *bytes, size_t len)
+/* base64 (RFC 4648 alphabet, '=' padding, no line breaks: g_base64_encode's bytes) of len bytes
+ * as a JSON string, encoded in place at the end of the GString.  Two output characters per 12
+ * input bits from a 4096-entry table. */
+static const char b64_alphabet[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+static char b64_pairs[4096][2];
+
+static void b64_init(void)
 {
-    g_string_append_c(out, '"');
-    if (len > 0) {
-        size_t at = out->len;
-        /* g_base64_encode_step wants (len / 3 + 1) * 4 + 4 bytes, _close up to 4 more */
-        g_string_set_size(out, at + (len / 3 + 1) * 4 + 8);
-        gint state = 0, save = 0;
-        size_t n = g_base64_encode_step(bytes, len, FALSE, out->str + at, &state, &save);
-        n += g_base64_encode_close(FALSE, out->str + at + n, &state, &save);
-        g_string_truncate(out, at + n);
+    static gsize done;
+    if (g_once_init_enter(&done)) {
+        for (unsigned i = 0; i < 4096; i++) {
+            b64_pairs[i][0] = b64_alphabet[i >> 6];
+            b64_pairs[i][1] = b64_alphabet[i & 63];
+        }
+        g_once_init_leave(&done, 1);
     }
-    g_string_append_c(out, '"');
+}
+
+static void put_base64(GString *out, const uint8_t *in, size_t len)
+{
+    const size_t b64_len = (len + 2) / 3 * 4;
+    reserve(out, b64_len + 2);
+    put_c(out, '"');
+    char *o = out->str + out->len;
+    size_t i = 0;
+    if (len >= 3) {
+        b64_init();
+        for (; i + 3 <= len; i += 3, o += 4) {
+            uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+            memcpy(o, b64_pairs[v >> 12], 2);
+            memcpy(o + 2, b64_pairs[v & 0xFFF], 2);
+        }
+    }
+    if (len - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        o[0] = b64_alphabet[v >> 18];
+        o[1] = b64_alphabet[(v >> 12) & 63];
+        o[2] = o[3] = '=';
+    } else if (len - i == 2) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
+        o[0] = b64_alphabet[v >> 18];
+        o[1] = b64_alphabet[(v >> 12) & 63];
+        o[2] = b64_alphabet[(v >> 6) & 63];
+        o[3] = '=';
+    }
+    out->len += b64_len;
+    out->str[out->len] = '\0';
+    put_c(out, '"');
 }
 
 static void put_attachments(GString *out, const struct message *m, size_t budget, const char *url)
@@ -275,7 +359,7 @@ static void put_attachments(GString *out, const struct message *m, size_t budget
             g_free(u);
         } else {
             begin(&o, "content");
-            g_string_append(out, "null");
+            put_len(out, "null", 4);
         }
         g_free(bytes);
         close_c(&o, '}');
@@ -322,7 +406,7 @@ static void put_cid_map(GString *out, const struct message *m, const char *messa
         }
         if (!seen) seen = g_hash_table_new(g_str_hash, g_str_equal);
         g_hash_table_add(seen, (gpointer)(uintptr_t)cid);
-        g_string_append_c(out, ':');
+        put_c(out, ':');
         struct container o;
         open_c(&o, out, '{');
         member_jstr(&o, "name", at->name);
@@ -340,9 +424,48 @@ static void put_cid_map(GString *out, const struct message *m, const char *messa
     close_c(&map, '}');
 }
 
+static size_t len0(const char *s)
+{
+    return s ? strlen(s) : 0;
+}
+
+/* About the size of the document (a little more when there is little to escape), so that the
+ * GString is allocated once instead of doubling through the big fields. */
+static size_t estimate(const struct message *m, const struct message_json_options *opts,
+                       const char *message_url)
+{
+    const char *const text[] = {opts->recipient, opts->sender, opts->id, m->from, m->subject,
+                                m->message_id, m->body_plain, m->body_html, m->stripped_text,
+                                m->stripped_signature, m->stripped_html, message_url};
+    size_t n = 1024;
+    for (size_t i = 0; i < G_N_ELEMENTS(text); i++) {
+        size_t l = len0(text[i]);
+        n += l + l / 32;
+    }
+    for (size_t i = 0; i < message_header_count(m); i++) {
+        const char *name, *value;
+        message_header(m, i, &name, &value);
+        n += len0(name) + len0(value) + 8;
+    }
+    size_t used = 0, budget = message_url ? 0 : opts->inline_attachments_max;
+    bool inlining = true;
+    for (size_t i = 0; i < message_attachment_count(m); i++) {
+        const struct message_attachment *at = message_attachment(m, i);
+        n += 2 * (len0(at->name) + len0(at->content_type) + len0(at->content_id)) + 256 +
+             len0(opts->attachments_url) + len0(message_url);
+        inlining = inlining && at->size <= budget - used;
+        if (inlining) {
+            used += at->size;
+            n += at->size / 3 * 4 + 4;
+        }
+    }
+    return n;
+}
+
 void msg_json_write(GString *out, const struct message *m, const struct message_json_options *opts,
                     const char *message_url)
 {
+    reserve(out, estimate(m, opts, message_url));
     struct container o;
     open_c(&o, out, '{');
     char *domain = msg_domain_of(opts->recipient);

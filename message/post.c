@@ -451,7 +451,7 @@ static void build_multipart(struct message_post *p)
 static char *json_fixed(const struct message *m, const struct message_post_options *opts,
                         size_t *len)
 {
-    GString *s = g_string_sized_new(4096);
+    GString *s = g_string_new(NULL); /* msg_json_write sizes it */
     msg_json_write(s, m, &opts->json, opts->message_url);
     if (s->len == 0 || s->str[s->len - 1] != '}') { /* cannot happen */
         g_string_free(s, TRUE);

@@ -7,8 +7,11 @@
  * contract (message.h, SPEC §3/§5): a NULL or non-UTF-8 string from an accessor, an attachment
  * whose decoded bytes are not `size` bytes long, message_header_first disagreeing with the header
  * list, a NULL JSON document (NULL means only "out of memory"), or a document that does not carry
- * every field, a POST whose segments do not add up to its length, a JSON POST that does not parse
- * back, an urlencoded POST with a byte outside its alphabet, a multipart POST that does not end
+ * every field, msg_json_write (message/jsonw.c, the JSON POST body without a jansson tree) not
+ * writing exactly the bytes of json_dumps(message_to_json(), JSON_COMPACT | JSON_PRESERVE_ORDER)
+ * (or of the notify document, tests/message/jsonw_ref.h) for several option sets, a JSON POST whose
+ * fixed part is not those bytes without the final "}", a POST whose segments do not add up to its
+ * length, a JSON POST that does not parse back, an urlencoded POST with a byte outside its alphabet, a multipart POST that does not end
  * with its closing delimiter, or a body-mime of a non-UTF-8 message that is not 7-bit.
  * Built with libFuzzer when -DINLET_LIBFUZZER, otherwise as a program that runs every
  * file named on its command line ("-q": one summary line instead of one line per file).
@@ -29,6 +32,8 @@
 
 #include <jansson.h>
 
+#include "message/internal.h"
+#include "message/jsonw_ref.h" /* tests/message/jsonw_ref.h */
 #include "message/message.h"
 
 #include "fuzz/fuzz_main.h"
@@ -146,6 +151,52 @@ static const char *const json_fields[] = {
     "attachments",   "content-id-map", "parse-warnings", "id",
 };
 
+/* msg_json_write against jansson (jsonw_ref.h) for option sets that take every path: inline budget
+ * 0 / small / unlimited, attachments_url unset / set, empty, non-ASCII and invalid UTF-8 envelope
+ * strings, and the notify document. */
+static const struct message_json_options jsonw_sets[] = {
+    {"Bob@Example.COM", "alice@example.org", "fuzz", 0, NULL},
+    {"Bob@Example.COM", "alice@example.org", "fuzz", 4096, NULL},
+    {"", "", "", SIZE_MAX, "http://127.0.0.1/v3/domains/example.com/messages/k/"},
+    {"j\xc3\xb6rg@B\xc3\xbc" "cher.DE", "\"q\"@x\x01\x7f/", "\xff\xc3(", 4096, "http://h/\xfe"},
+};
+
+static void check_jsonw(const struct message *m)
+{
+    for (size_t k = 0; k < sizeof jsonw_sets / sizeof jsonw_sets[0] + 1; k++) {
+        const bool notify = k == sizeof jsonw_sets / sizeof jsonw_sets[0];
+        const struct message_json_options *o = &jsonw_sets[notify ? 1 : k];
+        const char *murl = notify ? "http://127.0.0.1/v3/domains/example.com/messages/n" : NULL;
+        char *want = jsonw_ref(m, o, murl);
+        if (!want) fail("json_dumps", "NULL");
+        size_t len;
+        char *got = jsonw_new(m, o, murl, &len);
+        char *d = jsonw_diff(got, len, want);
+        if (d) {
+            char what[64];
+            snprintf(what, sizeof what, "msg_json_write != json_dumps (option set %zu%s)", k,
+                     notify ? ", notify" : "");
+            fail(what, d);
+        }
+        /* the JSON POST's fixed part is the same bytes without the final "}" */
+        const struct message_post_options po = {.json = *o, .message_url = murl};
+        struct message_post *p = message_post_new(m, NULL, 0, MESSAGE_POST_JSON, &po);
+        if (!p) fail("message_post_new", "NULL");
+        size_t at = 0;
+        for (size_t i = 0; i < message_post_segment_count(p); i++) {
+            struct message_post_segment sg = message_post_segment(p, i);
+            if (at + sg.len > len || (sg.len && memcmp(want + at, sg.data, sg.len) != 0))
+                fail("json post", "fixed part differs from json_dumps(message_to_json())");
+            at += sg.len;
+        }
+        if (at + 1 != len || message_post_fixed_len(p) != at)
+            fail("json post", "fixed part is not json_dumps(message_to_json()) without its \"}\"");
+        message_post_free(p);
+        g_free(got);
+        free(want);
+    }
+}
+
 /* fixed part + tail of one POST, checked as described at the top */
 static void exercise_post(const struct message *m, const uint8_t *data, size_t size,
                           enum message_post_format f, const char *message_url)
@@ -245,6 +296,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!utf8_valid(s)) fail("json_dumps", "output is not valid UTF-8");
     free(s);
     json_decref(j);
+    check_jsonw(m);
 
     static const enum message_post_format formats[] = {MESSAGE_POST_JSON, MESSAGE_POST_MAILGUN,
                                                        MESSAGE_POST_MIME};
