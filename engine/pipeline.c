@@ -20,6 +20,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "engine/deliver.h"
@@ -263,6 +264,9 @@ static void list_page(struct pipeline *p)
 static void *worker_main(void *arg)
 {
     struct pipeline *p = arg;
+    /* Below the loop (SMTP replies) and the writer (commits): when the CPUs are short, accepting
+     * mail comes first and routing catches up after; the messages wait durably meanwhile. */
+    setpriority(PRIO_PROCESS, (id_t)gettid(), PIPELINE_WORKER_NICE);
     struct route_matcher *matcher = route_matcher_new();
     if (!matcher) fatal("engine: cannot allocate a route matcher");
     pthread_mutex_lock(&p->lock);

@@ -37,6 +37,8 @@ struct store_message;
 #define PIPELINE_QUEUE_BYTES_MAX (128 * 1024 * 1024)
 /* Messages whose outcome write is queued and not committed yet, at most (the workers wait). */
 #define PIPELINE_OUTCOMES_MAX 256
+/* The workers' nice value (per thread; Linux): parse and route yield to SMTP and the writer. */
+#define PIPELINE_WORKER_NICE 10
 /* Ids listed per page of a scan. */
 #define PIPELINE_SCAN_PAGE 1000
 /* After a failed outcome write, the next scan comes at most this much later. */
