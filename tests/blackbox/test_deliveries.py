@@ -371,6 +371,34 @@ class MailgunForm(DeliveryCase):
         self.check_signed(form.one("timestamp"), form.one("token"), form.one("signature"), when=req.time)
         self.wait_state(d, msg_id, "delivered")
 
+    def test_many_large_fields_and_attachments(self):
+        # A form with many large pieces (text and HTML bodies, their stripped forms, several
+        # attachments): each is its own segment of the body, however many there are.
+        import email.mime.application, email.mime.multipart, email.mime.text
+        r = self.receiver()
+        d = self.start()
+        self.route(d, ['forward("%s", format="mailgun")' % r.url("/mg")])
+        m = email.mime.multipart.MIMEMultipart("mixed")
+        m["From"], m["To"], m["Subject"] = "a@sender.test", "bob@example.com", "many pieces"
+        alt = email.mime.multipart.MIMEMultipart("alternative")
+        alt.attach(email.mime.text.MIMEText("plain line\n" * 600))
+        alt.attach(email.mime.text.MIMEText("<p>html line</p>\n" * 600, "html"))
+        m.attach(alt)
+        blobs = [bytes([i]) * 5000 + bytes(range(256)) for i in range(6)]
+        for i, b in enumerate(blobs):
+            part = email.mime.application.MIMEApplication(b)
+            part.add_header("Content-Disposition", "attachment", filename="f%d.bin" % i)
+            m.attach(part)
+        msg_id = self.send(d, m.as_bytes().replace(b"\n", b"\r\n"))
+        (req,) = r.wait_for(1, timeout(10))
+        form = req.form()
+        self.assertEqual(form.one("attachment-count"), "6")
+        for i, b in enumerate(blobs):
+            self.assertEqual(form.file("attachment-%d" % (i + 1)).data, b)
+        self.assertIn("html line", form.one("body-html"))
+        self.check_signed(form.one("timestamp"), form.one("token"), form.one("signature"), when=req.time)
+        self.wait_state(d, msg_id, "delivered")
+
 
 # =============================================================================================
 class RawMime(DeliveryCase):
