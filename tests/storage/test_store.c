@@ -312,7 +312,7 @@ static void test_open_modes_pragmas(void)
         {"PRAGMA synchronous", "2"},
         {"PRAGMA auto_vacuum", "2"},
         {"PRAGMA busy_timeout", "5000"},
-        {"PRAGMA journal_size_limit", "67108864"},
+        {"PRAGMA journal_size_limit", "16777216"},
         {"PRAGMA foreign_keys", "1"},
     };
     for (size_t i = 0; i < sizeof pragmas / sizeof pragmas[0]; i++) {
@@ -1496,15 +1496,15 @@ static void test_checkpointer(void)
           (unsigned long long)cs.valves, (unsigned long long)cs.valve_failures,
           (unsigned long long)cs.runs);
     off_t wal = file_size(walpath);
-    /* Cap (16384 frames) plus at most one batch (64 MiB), 4 KiB pages plus 24-byte headers. */
-    CHECK(wal > 0 && wal <= (off_t)(16384 + 16384 + 64) * (4096 + 24) + 32,
+    /* Cap (4096 frames) plus at most one batch (64 MiB), 4 KiB pages plus 24-byte headers. */
+    CHECK(wal > 0 && wal <= (off_t)(4096 + 16384 + 64) * (4096 + 24) + 32,
           "WAL bounded while busy (%lld bytes)", (long long)wal);
     /* A small commit after the valve starts the WAL over, cut to journal_size_limit. */
     slots[BIG + 1] = (struct slot){.w = &w};
     store_accept(st, make_msg(31, BIG + 1, 100), on_done, &slots[BIG + 1]);
     CHECK(waiter_wait(&w, BIG + 2, 30) && slots[BIG + 1].status == STORE_OK, "a small one");
     wal = file_size(walpath);
-    CHECK(wal >= 0 && wal <= 67108864 + 64 * (4096 + 24), "WAL back under 64 MiB (%lld bytes)",
+    CHECK(wal >= 0 && wal <= 16777216 + 64 * (4096 + 24), "WAL back under 16 MiB (%lld bytes)",
           (long long)wal);
 
     /* Rows intact, and the WAL folded away on close. */
