@@ -102,6 +102,8 @@ char *msg_domain_of(const char *recipient);
 json_t *msg_headers_json(const struct message *m);
 /* "<base>/attachments/<i>", trailing slashes of base dropped.  g_free(). */
 char *msg_attachment_url(const char *base, size_t i);
+/* An attachment by reference, {size, url, name, content-type} (SPEC §6: stored JSON and notify). */
+json_t *msg_attachment_ref_json(const struct message_attachment *at, const char *url);
 
 /* jsonw.c — the json format without a jansson tree (post.c's JSON POST body). */
 /* Appends to `out` exactly the bytes of

@@ -94,6 +94,16 @@ char *msg_attachment_url(const char *base, size_t i)
     return g_strdup_printf("%.*s/attachments/%zu", (int)MIN(n, (size_t)INT_MAX), base, i);
 }
 
+json_t *msg_attachment_ref_json(const struct message_attachment *at, const char *url)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "size", json_integer((json_int_t)at->size));
+    json_object_set_new(o, "url", msg_jstr(url));
+    json_object_set_new(o, "name", msg_jstr(at->name));
+    json_object_set_new(o, "content-type", msg_jstr(at->content_type));
+    return o;
+}
+
 json_t *message_to_json(const struct message *m, const struct message_json_options *opts)
 {
     json_t *o = json_object();

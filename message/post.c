@@ -191,12 +191,7 @@ static json_t *notify_attachments(const struct message *m, const char *message_u
     for (size_t i = 0; i < message_attachment_count(m); i++) {
         const struct message_attachment *at = message_attachment(m, i);
         char *url = msg_attachment_url(message_url, i);
-        json_t *o = json_object();
-        json_object_set_new(o, "size", json_integer((json_int_t)at->size));
-        json_object_set_new(o, "url", msg_jstr(url));
-        json_object_set_new(o, "name", msg_jstr(at->name));
-        json_object_set_new(o, "content-type", msg_jstr(at->content_type));
-        json_array_append_new(a, o);
+        json_array_append_new(a, msg_attachment_ref_json(at, url));
         g_free(url);
     }
     return a;

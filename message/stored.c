@@ -41,12 +41,7 @@ json_t *message_stored_json(const struct message *m, const char *recipient, cons
     for (size_t i = 0; i < message_attachment_count(m); i++) {
         const struct message_attachment *at = message_attachment(m, i);
         char *url = msg_attachment_url(base, i);
-        json_t *a = json_object();
-        json_object_set_new(a, "size", json_integer((json_int_t)at->size));
-        json_object_set_new(a, "url", msg_jstr(url));
-        json_object_set_new(a, "name", msg_jstr(at->name));
-        json_object_set_new(a, "content-type", msg_jstr(at->content_type));
-        json_array_append_new(atts, a);
+        json_array_append_new(atts, msg_attachment_ref_json(at, url));
         if (*at->content_id && !json_object_get(map, at->content_id)) {
             json_t *c = json_object();
             json_object_set_new(c, "url", msg_jstr(url));
