@@ -176,6 +176,10 @@ void store_test_checkpoint_stats(struct store *st, struct store_checkpoint_stats
  * failed; then job->status and job->err (malloc'd, the caller frees it) are set.  Blocks the
  * calling thread for one commit; must not be called from the writer thread (a job's run). */
 void store_run_job(struct store *st, struct store_job *job);
+/* store_run_job, then what the caller answers: the job's status when the batch failed (*err set,
+ * malloc'd, when err is not NULL), else *result, what the job's own run found. */
+enum store_status store_run_job_result(struct store *st, struct store_job *job, const enum store_status *result,
+                                       char **err);
 
 /* ---- asynchronous jobs and the face's own helpers -------------------------------------------
  *

@@ -718,6 +718,19 @@ void store_accept(struct store *st, struct store_message *msg, store_done_fn don
     pthread_mutex_unlock(&st->mu);
 }
 
+enum store_status store_run_job_result(struct store *st, struct store_job *job, const enum store_status *result,
+                                       char **err)
+{
+    store_run_job(st, job);
+    if (job->status != STORE_OK) {
+        if (err) *err = job->err ? job->err : strdup("out of memory");
+        else free(job->err);
+        return job->status;
+    }
+    free(job->err);
+    return *result;
+}
+
 void store_run_job(struct store *st, struct store_job *job)
 {
     struct job_waiter w = {.done = false};
@@ -895,14 +908,7 @@ static enum store_status route_write_run(struct store *st, struct route_write *w
     struct store_job job = {.run = run_route_write, .arg = w};
 
     w->result = STORE_ERR_IO;
-    store_run_job(st, &job);
-    if (job.status != STORE_OK) {
-        if (err) *err = job.err ? job.err : strdup("out of memory");
-        else free(job.err);
-        return job.status;
-    }
-    free(job.err);
-    return w->result;
+    return store_run_job_result(st, &job, &w->result, err);
 }
 
 static char *route_actions_json(const struct store_route *r, char **err)
@@ -1002,14 +1008,7 @@ enum store_status store_write_outcome(struct store *st, const struct store_outco
     struct store_job job = {.run = run_outcome, .arg = &w};
 
     if (err) *err = NULL;
-    store_run_job(st, &job);
-    if (job.status != STORE_OK) {
-        if (err) *err = job.err ? job.err : strdup("out of memory");
-        else free(job.err);
-        return job.status;
-    }
-    free(job.err);
-    return w.result;
+    return store_run_job_result(st, &job, &w.result, err);
 }
 
 int store_list_unprocessed(struct store *st, char ***ids, size_t *n, size_t max, char **err)

@@ -104,14 +104,7 @@ static enum store_status queue_write_run(struct store *st, struct queue_write *w
 
     clear_err(err);
     w->result = STORE_ERR_IO;
-    store_run_job(st, &job);
-    if (job.status != STORE_OK) {
-        if (err) *err = job.err ? job.err : strdup("out of memory");
-        else free(job.err);
-        return job.status;
-    }
-    free(job.err);
-    return w->result;
+    return store_run_job_result(st, &job, &w->result, err);
 }
 
 enum store_status store_delivery_retry(struct store *st, const char *id, int64_t now, char **err)
