@@ -20,7 +20,7 @@
 #include <uv.h>
 
 #include "api/api.h"
-#include "engine/deliver.h"
+#include "deliver/deliver.h"
 #include "engine/keys.h"
 #include "engine/metrics.h"
 #include "engine/sweeper.h"

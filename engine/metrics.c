@@ -6,7 +6,7 @@
 #include <inttypes.h>
 #include <math.h>
 
-#include "engine/deliver.h"
+#include "deliver/deliver.h"
 #include "engine/pipeline.h"
 #include "smtp/smtp.h"
 #include "storage/store.h"

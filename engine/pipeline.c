@@ -23,7 +23,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "engine/deliver.h"
+#include "deliver/deliver.h"
 #include "engine/plan.h"
 #include "message/message.h"
 #include "routes/routes.h"

@@ -1,5 +1,5 @@
-/* engine/deliver.h — the delivery engine (SPEC §5): every planned delivery reaches its target at
- * least once.  Internal to engine/.
+/* deliver/deliver.h — the delivery engine (SPEC §5): every planned delivery reaches its target at
+ * least once.  The outbound half; engine/ wires it.  Uses util/, message/ and storage/.
  *
  *   pipeline worker ──(payload built from the parsed message; handed over once the ────┐
  *                     outcome committed)                                             │
@@ -17,8 +17,8 @@
  *
  * Threads: everything but deliver_prepare/commit/discard/kick runs on the loop thread.  All curl_multi_* calls are on
  * the loop thread. */
-#ifndef INLET_ENGINE_DELIVER_H
-#define INLET_ENGINE_DELIVER_H
+#ifndef INLET_DELIVER_DELIVER_H
+#define INLET_DELIVER_DELIVER_H
 
 #include <stdbool.h>
 #include <stddef.h>

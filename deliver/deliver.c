@@ -1,4 +1,4 @@
-/* engine/deliver.c — see deliver.h.
+/* deliver/deliver.c — see deliver.h.
  *
  * A delivery in memory is a `struct task`.  Its life, all on the loop thread but the preparing:
  *
@@ -15,7 +15,7 @@
  * payload that a worker built for a delivery that a scan already took is dropped.  d->recent
  * remembers the last ids that finished, for the same reason (a worker's payload arriving after
  * the scan's copy was delivered and recorded). */
-#include "engine/deliver.h"
+#include "deliver/deliver.h"
 
 #include <curl/curl.h>
 #include <glib.h>

@@ -1,4 +1,4 @@
-/* tests/engine/test_deliver.c — the pure parts of the deliverer (engine/deliver.c): the token, the
+/* tests/engine/test_deliver.c — the pure parts of the deliverer (deliver/deliver.c): the token, the
  * signature (RFC 4231 test vectors, split at arbitrary points as timestamp + token), and the retry
  * delays with their jitter. */
 #include <glib.h>
@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "engine/deliver.h"
+#include "deliver/deliver.h"
 
 static void test_token(void)
 {
