@@ -31,10 +31,12 @@
 #include "storage/store.h"
 #include "util/config.h"
 #include "util/limits.h"
+#include "util/lockfile.h"
 #include "util/log.h"
 
 struct engine {
     struct inlet_config *cfg;
+    int lock_fd; /* <data-dir>/inlet.lock, held while we run (util/lockfile.h) */
     uv_loop_t loop;
     struct store *store;
     struct smtp_server *smtp;
@@ -216,6 +218,19 @@ static void on_signal(uv_signal_t *h, int signum)
     api_server_stop(e->api);
     e->api = NULL;
     smtp_server_stop(e->smtp, (unsigned)e->cfg->shutdown_grace);
+}
+
+/* First of all: a second engine on this data dir would deliver everything twice. */
+static int start_lock(struct engine *e)
+{
+    char *err = NULL;
+    e->lock_fd = lockfile_acquire(e->cfg->data_dir, &err);
+    if (e->lock_fd < 0) {
+        log_error("engine", "%s", err);
+        g_free(err);
+        return -1;
+    }
+    return 0;
 }
 
 static int start_storage(struct engine *e)
@@ -421,7 +436,7 @@ fail:
 
 int engine_serve(struct inlet_config *cfg)
 {
-    struct engine e = {.cfg = cfg};
+    struct engine e = {.cfg = cfg, .lock_fd = -1};
     int status = 1;
     /* A client that closes early must not kill us; libcurl (deliveries) wants it too. */
     signal(SIGPIPE, SIG_IGN);
@@ -439,8 +454,8 @@ int engine_serve(struct inlet_config *cfg)
     uv_signal_start(&e.sighup, on_sighup, SIGHUP);
 
     /* The API is up before the deliverer, which builds storage URLs from its address. */
-    if (start_storage(&e) < 0 || start_keys(&e) < 0 || start_routing(&e) < 0 || start_api(&e) < 0 ||
-        start_deliveries(&e) < 0 || start_pipeline(&e) < 0 || start_smtp(&e) < 0) {
+    if (start_lock(&e) < 0 || start_storage(&e) < 0 || start_keys(&e) < 0 || start_routing(&e) < 0 ||
+        start_api(&e) < 0 || start_deliveries(&e) < 0 || start_pipeline(&e) < 0 || start_smtp(&e) < 0) {
         api_server_stop(e.api);
         e.api = NULL;
         on_smtp_stopped(&e); /* SMTP is the last to start: it did not */
@@ -464,6 +479,7 @@ out:
     uv_loop_close(&e.loop);
     pthread_mutex_destroy(&e.done_lock);
     message_lib_shutdown();
+    lockfile_release(e.lock_fd); /* last: the store is closed */
     if (status == 0) log_info("engine", "stopped");
     return status;
 }
