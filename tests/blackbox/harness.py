@@ -7,10 +7,15 @@ Standard library only.  Environment:
   INLET_BB_VERBOSE  "1": print the daemon's log after every test, not only after failures
   INLET_BB_TMPDIR   where temporary data dirs go (default: the system's temp dir)
 
-Every daemon is started with a fresh temporary data dir, SMTP and HTTP on 127.0.0.1 port 0 (the
-real ports are read back from the log), `--domain example.com`, `--hostname mx.inlet.test` and
-`--reject-unrouted no` unless the test says otherwise.  Every daemon is stopped by its PID when
-the test ends, whatever happened; every wait is bounded.
+Ports: no port number is ever chosen before its server binds it.  Every daemon listens on port 0
+and the ports it got are read back from its log (`smtp listening addr=...`, `http listening
+addr=...`: Daemon.smtp_port, .http_port, .smtp_addrs, .http_addrs); receivers (receivers.py) bind
+port 0 too; a test that needs a port nobody listens on holds one (InletTestCase.hold_port()).
+
+Every daemon is started with a fresh temporary data dir, SMTP and HTTP on 127.0.0.1 port 0,
+`--domain example.com`, `--hostname mx.inlet.test` and `--reject-unrouted no` unless the test
+says otherwise.  Every daemon is stopped by its PID when the test ends, whatever happened; every
+wait is bounded.
 """
 
 import os
@@ -74,12 +79,32 @@ class LogLine:
         return "LogLine(%r)" % self.raw
 
 
-def free_port(host="127.0.0.1"):
-    """A port that was free a moment ago (for tests that must name a port in advance)."""
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+class HeldPort:
+    """A TCP port nobody listens on, held for as long as this object lives: a socket bound to
+    (host, 0) that never listens, so connections to it are refused and no other socket (client or
+    server) can be given the port.  Tests get one from InletTestCase.hold_port() (closed at the
+    test's end); a receiver can take it over with `sock=held.take()`."""
+
+    def __init__(self, host="127.0.0.1"):
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            self.sock.bind((host, 0))
+        except OSError:
+            self.sock.close()
+            raise
+        self.host, self.port = self.sock.getsockname()[:2]
+
+    def take(self):
+        """Hands the bound socket over (to a server that will listen on it); no longer closed here."""
+        sock, self.sock = self.sock, None
+        assert sock is not None, "port already handed over"
+        return sock
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
 
 def ipv6_loopback_available():
@@ -696,6 +721,12 @@ class InletTestCase(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="inlet-bb-", dir=base)
         self.daemons = []
         self.addCleanup(self._cleanup)
+
+    def hold_port(self, host="127.0.0.1"):
+        """A HeldPort (bound, never listening) closed when the test ends."""
+        h = HeldPort(host)
+        self.addCleanup(h.close)
+        return h
 
     def tmp_path(self, *parts):
         return os.path.join(self.tmp, *parts)

@@ -12,7 +12,15 @@ from a script: a list of responses used in order, then a default.  A response is
                               second (0 <= f < 1), to end an attempt right before a second boundary
   "close"                     close the connection without answering
 Every wait is bounded.  stop() closes the listener *and* every open connection, so a client that
-keeps connections alive cannot reach a stopped receiver; a new receiver may then take the same port.
+keeps connections alive cannot reach a stopped receiver.
+
+Ports (the port rule of tests/README.md): a receiver binds port 0 and reports the port it got
+(`.port`, `.url()`); it never takes a port number from the test.  A test that needs "nobody
+listens here yet, a receiver comes up later on the same port" holds a bound, not listening socket
+(harness.InletTestCase.hold_port(): connections to it are refused) and hands it over with
+`sock=`; a test that replaces one receiver by another on the same port takes the first one's
+listening socket with `detach()` (it stops serving and drops its connections, the socket stays
+open) and gives it to the next one with `sock=`.  No port is ever released and bound again.
 
 Body helpers read bodies the way receivers do: JSON with json.loads; urlencoded with
 urllib.parse.parse_qs; multipart/form-data with the `email` package (a BytesParser over a
@@ -196,6 +204,29 @@ class Request:
                                                             len(self.body), self.status)
 
 
+def _make_server(cls, host, sock, handler):
+    """A socketserver on a new socket bound to (host, 0), or on `sock` (bound, maybe already
+    listening: it is handed over, never re-bound)."""
+    if sock is None:
+        return cls((host, 0), handler)
+    server = cls(sock.getsockname()[:2], handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock
+    server.server_address = sock.getsockname()[:2]
+    server.server_activate()   # listen(); harmless when it already listens
+    return server
+
+
+def _detach(server, thread):
+    """Stops serve_forever and returns the listening socket, still open."""
+    server.shutdown()
+    thread.join(10)
+    sock = server.socket
+    server.socket = socket.socket()   # server_close() must not close the handed-over one
+    server.server_close()
+    return sock
+
+
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -203,7 +234,7 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
 
 
 class WebhookReceiver:
-    def __init__(self, responses=(), default=200, port=0, host="127.0.0.1"):
+    def __init__(self, responses=(), default=200, host="127.0.0.1", sock=None):
         self.script = list(responses)
         self.default = default
         self.requests = []
@@ -315,7 +346,7 @@ class WebhookReceiver:
 
             do_POST = do_PUT = do_GET = do_PATCH = do_DELETE = _handle
 
-        self.server = _HTTPServer((host, port), Handler)
+        self.server = _make_server(_HTTPServer, host, sock, Handler)
         self.host, self.port = self.server.server_address[:2]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
@@ -343,6 +374,21 @@ class WebhookReceiver:
         self.stop_event.set()
         self.server.shutdown()
         self.server.server_close()
+        self._drop_connections()
+        self.thread.join(10)
+
+    def detach(self):
+        """Stops serving like stop(), but returns the listening socket still open (and still
+        bound) for the next receiver's `sock=`: the port is never free in between.  Connections
+        that arrive meanwhile wait in the listen queue for the next receiver."""
+        assert not self.stopped, "detach() after stop()"
+        self.stopped = True
+        self.stop_event.set()
+        sock = _detach(self.server, self.thread)
+        self._drop_connections()
+        return sock
+
+    def _drop_connections(self):
         with self.cond:
             conns = list(self.conns)
         for c in conns:
@@ -350,7 +396,6 @@ class WebhookReceiver:
                 c.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        self.thread.join(10)
 
     def __enter__(self):
         return self
@@ -433,8 +478,8 @@ class SmtpSink:
     NORMAL = {"MAIL": "250 2.1.0 Ok", "RCPT": "250 2.1.5 Ok", "DATA": "354 End data with <CR><LF>.<CR><LF>",
               "EOD": "250 2.0.0 Ok: queued"}
 
-    def __init__(self, replies=None, always=None, port=0, host="127.0.0.1", advertise_auth=True,
-                 hostname="sink.inlet.test"):
+    def __init__(self, replies=None, always=None, host="127.0.0.1", advertise_auth=True,
+                 hostname="sink.inlet.test", sock=None):
         self.scripts = {k: list(v) for k, v in (replies or {}).items()}
         self.always = dict(always or {})
         self.advertise_auth = advertise_auth
@@ -455,7 +500,7 @@ class SmtpSink:
                 except (OSError, ConnectionError) as e:
                     sink.errors.append(repr(e))
 
-        self.server = _TCPServer((host, port), Handler)
+        self.server = _make_server(_TCPServer, host, sock, Handler)
         self.host, self.port = self.server.server_address[:2]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)

@@ -100,19 +100,37 @@ class CheckConfig(InletTestCase):
 
 class Precedence(InletTestCase):
     """command line > environment > file > default, shown by the greeting's hostname and by the
-    port actually listened on."""
+    address actually listened on.  Each source names its own loopback address (127.0.0.2 file,
+    .3 environment, .4 command line) with port 0: inlet binds first and reports the port it got,
+    no port number is chosen in advance (see harness.py)."""
+
+    FILE, ENV, CLI = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 
     def setUp(self):
         super().setUp()
-        self.p_file, self.p_env, self.p_cli = harness.free_port(), harness.free_port(), harness.free_port()
         self.conf = self.tmp_path("inlet.conf")
         with open(self.conf, "w") as f:
             f.write("[inlet]\n"
                     "hostname = file.inlet.test\n"
-                    "smtp-listen = 127.0.0.1:%d\n"
+                    "smtp-listen = %s:0\n"
                     "http-listen = 127.0.0.1:0\n"
                     "data-dir = %s\n"
-                    "domain = file.test, file2.test\n" % (self.p_file, self.tmp_path("data")))
+                    "domain = file.test, file2.test\n" % (self.FILE, self.tmp_path("data")))
+
+    def assertListensOnlyOn(self, d, host):
+        """The log names exactly one SMTP listener, on `host`; the same port on the other
+        sources' addresses answers no inlet greeting."""
+        self.assertEqual([h for h, _ in d.smtp_addrs], [host], d.smtp_addrs)
+        for other in {self.FILE, self.ENV, self.CLI} - {host}:
+            with socket.socket() as s:
+                s.settimeout(harness.timeout(2))
+                if s.connect_ex((other, d.smtp_port)) != 0:
+                    continue
+                try:
+                    greeting = s.recv(512)
+                except OSError:
+                    greeting = b""
+                self.assertNotIn(b"inlet", greeting, "%s:%d should not be listened on" % (other, d.smtp_port))
 
     def start(self, env=None, args=()):
         return self.daemon(args=["--config", self.conf] + list(args), env=env, defaults=False,
@@ -120,7 +138,7 @@ class Precedence(InletTestCase):
 
     def test_file_only(self):
         d = self.start()
-        self.assertEqual(d.smtp_addrs, [("127.0.0.1", self.p_file)])
+        self.assertListensOnlyOn(d, self.FILE)
         self.assertEqual(greeting_host(d), "220 file.inlet.test ESMTP inlet")
         with d.session() as s:
             s.cmd("EHLO c.test")
@@ -132,9 +150,9 @@ class Precedence(InletTestCase):
 
     def test_env_over_file(self):
         d = self.start(env={"INLET_HOSTNAME": "env.inlet.test",
-                            "INLET_SMTP_LISTEN": "127.0.0.1:%d" % self.p_env,
+                            "INLET_SMTP_LISTEN": self.ENV + ":0",
                             "INLET_DOMAIN": "env.test,env2.test"})
-        self.assertEqual(d.smtp_addrs, [("127.0.0.1", self.p_env)])
+        self.assertListensOnlyOn(d, self.ENV)
         self.assertEqual(greeting_host(d), "220 env.inlet.test ESMTP inlet")
         with d.session() as s:
             s.cmd("EHLO c.test")
@@ -146,14 +164,10 @@ class Precedence(InletTestCase):
 
     def test_cli_over_env_over_file(self):
         d = self.start(env={"INLET_HOSTNAME": "env.inlet.test",
-                            "INLET_SMTP_LISTEN": "127.0.0.1:%d" % self.p_env},
-                       args=["--hostname=cli.inlet.test", "--smtp-listen", "127.0.0.1:%d" % self.p_cli])
-        self.assertEqual(d.smtp_addrs, [("127.0.0.1", self.p_cli)])
+                            "INLET_SMTP_LISTEN": self.ENV + ":0"},
+                       args=["--hostname=cli.inlet.test", "--smtp-listen", self.CLI + ":0"])
+        self.assertListensOnlyOn(d, self.CLI)
         self.assertEqual(greeting_host(d), "220 cli.inlet.test ESMTP inlet")
-        for p in (self.p_env, self.p_file):
-            with socket.socket() as s:
-                s.settimeout(2)
-                self.assertNotEqual(s.connect_ex(("127.0.0.1", p)), 0, "port %d should not be listened on" % p)
 
 
 class Listeners(InletTestCase):

@@ -79,8 +79,9 @@ class DeliveryCase(InletTestCase):
     def start(self, args=(), **kw):
         return self.daemon(args=["--signing-key", SIGNING_KEY] + list(args), **kw)
 
-    def receiver(self, responses=(), default=200, port=0):
-        r = WebhookReceiver(responses, default=default, port=port)
+    def receiver(self, responses=(), default=200, sock=None):
+        """A WebhookReceiver on port 0, or on `sock` (a held port or another receiver's detach())."""
+        r = WebhookReceiver(responses, default=default, sock=sock)
         self.addCleanup(r.stop)
         return r
 
@@ -695,8 +696,7 @@ class Durability(DeliveryCase):
             pass   # a concurrency limit may keep some queued: they are due, which is fine too
         in_flight = hung.count()
         d.kill9()
-        hung.stop()
-        good = self.receiver(port=port)
+        good = self.receiver(sock=hung.detach())   # same port, never released
         d.restart()
         good.wait_until(lambda reqs: len({q.header("X-Inlet-Delivery") for q in reqs}) >= n, timeout(20),
                         "%d distinct deliveries after restart (%d were in flight)" % (n, in_flight))
@@ -746,16 +746,17 @@ class Durability(DeliveryCase):
         t0 = time.monotonic()
         self.assertEqual(d.stop(stop_timeout=15), 0)
         self.assertLess(time.monotonic() - t0, timeout(10), "SIGTERM waited past the grace period")
-        hung.stop()
+        good_sock = hung.detach()   # the same port, never released
         self.assertEqual(self.deliveries(d, msg_id)[0]["state"], "pending")
-        good = self.receiver(port=port)
+        good = self.receiver(sock=good_sock)
         d.restart()
         (req,) = good.wait_for(1, timeout(10))
         self.assertEqual(req.header("X-Inlet-Delivery"), first.header("X-Inlet-Delivery"))
         self.wait_state(d, msg_id, "delivered")
 
     def test_receiver_down_then_up(self):
-        port = harness.free_port()
+        held = self.hold_port()   # bound, not listening: connections are refused
+        port = held.port
         d = self.start(["--retry-schedule", ",".join(["1"] * 20), "--webhook-connect-timeout", "2"])
         self.route(d, ['forward("http://127.0.0.1:%d/hook")' % port])
         first = self.send(d, harness.make_message(subject="first"))
@@ -764,7 +765,7 @@ class Durability(DeliveryCase):
         self.assertTrue(row["last_error"], "a connection error is recorded")
         second = self.send(d, harness.make_message(subject="second"))
         self.wait_delivery(d, second, lambda r: r["attempts"] >= 1, wait_s=10, what="a failed attempt")
-        r = self.receiver(port=port)
+        r = self.receiver(sock=held.take())
         reqs = r.wait_until(lambda reqs: {q.json()["id"] for q in reqs} >= {first, second}, timeout(10),
                             "both messages delivered")
         for i in (first, second):
