@@ -88,6 +88,7 @@ struct record {
 struct deliverer {
     struct deliver_config cfg;
     char *public_url;               /* cfg.public_url points here */
+    bool relay_tls_all;             /* STARTTLS required (CURLUSESSL_ALL): see deliver_relay_tls */
     uv_loop_t *loop;
     CURLM *multi;
     uv_timer_t curl_timer, scan_timer, grace_timer;
@@ -540,7 +541,7 @@ static bool setup_smtp(struct task *t, CURL *e)
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
     curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
     curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)t->total);
-    curl_easy_setopt(e, CURLOPT_USE_SSL, c->relay_tls_required ? (long)CURLUSESSL_ALL : (long)CURLUSESSL_TRY);
+    curl_easy_setopt(e, CURLOPT_USE_SSL, t->d->relay_tls_all ? (long)CURLUSESSL_ALL : (long)CURLUSESSL_TRY);
     if (c->relay_password) curl_easy_setopt(e, CURLOPT_PASSWORD, c->relay_password);
     const char *from = c->bounce_address && *c->bounce_address ? c->bounce_address : t->msg->sm->sender;
     char *mail_from = angle(from);
@@ -1012,6 +1013,33 @@ static void on_async(uv_async_t *h)
 /* ---------------------------------------------------------------------------------------------
  * Life cycle. */
 
+/* A password, or a user in the URL's authority (curl sends AUTH for either). */
+static bool relay_has_credentials(const struct deliver_config *cfg)
+{
+    if (!cfg->relay || !*cfg->relay) return false;
+    if (cfg->relay_password) return true;
+    const char *p = strstr(cfg->relay, "://");
+    p = p ? p + 3 : cfg->relay;
+    return memchr(p, '@', strcspn(p, "/?#")) != NULL;
+}
+
+/* Whether STARTTLS is required, said once in the log when credentials decide it. */
+static bool relay_tls_all(const struct deliver_config *cfg)
+{
+    const bool creds = relay_has_credentials(cfg);
+    switch (cfg->relay_tls) {
+    case DELIVER_RELAY_TLS_REQUIRE: return true;
+    case DELIVER_RELAY_TLS_CLEARTEXT_AUTH:
+        if (creds)
+            log_warn("deliver", "relay credentials may go out in clear text: TLS is used only when the relay "
+                                "offers it (--relay-tls cleartext-auth)");
+        return false;
+    case DELIVER_RELAY_TLS_OPPORTUNISTIC: break;
+    }
+    if (creds) log_info("deliver", "relay tls=required reason=credentials (--relay-tls cleartext-auth allows clear text)");
+    return creds;
+}
+
 struct deliverer *deliver_start(uv_loop_t *loop, const struct deliver_config *cfg)
 {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return NULL;
@@ -1020,6 +1048,7 @@ struct deliverer *deliver_start(uv_loop_t *loop, const struct deliver_config *cf
     /* Ours: the API server that owns the original stops before the deliverer. */
     d->cfg.public_url = d->public_url = g_strdup(cfg->public_url ? cfg->public_url : "");
     d->loop = loop;
+    d->relay_tls_all = relay_tls_all(cfg);
     d->multi = curl_multi_init();
     if (!d->multi) {
         g_free(d);

@@ -44,6 +44,15 @@ struct store_outcome;
 /* A scan runs at least this often, whatever the timers say (safety net). */
 #define DELIVER_SCAN_SECONDS 30
 
+/* STARTTLS towards the relay (--relay-tls).  OPPORTUNISTIC uses it when offered and, when the
+ * relay has credentials (a password, or a user in its URL), requires it: AUTH never goes out in
+ * clear text unless the operator said CLEARTEXT_AUTH (warned at start). */
+enum deliver_relay_tls {
+    DELIVER_RELAY_TLS_OPPORTUNISTIC,
+    DELIVER_RELAY_TLS_REQUIRE,
+    DELIVER_RELAY_TLS_CLEARTEXT_AUTH,
+};
+
 struct deliver_config {
     struct store *store;
     const char *signing_key;
@@ -55,7 +64,7 @@ struct deliver_config {
     const char *public_url;       /* base of storage URLs */
     const char *relay;            /* "" or NULL: forward("address") fails permanently */
     const char *relay_password;   /* NULL when none */
-    bool relay_tls_required;
+    enum deliver_relay_tls relay_tls;
     const char *bounce_address;   /* "" or NULL: the original sender */
     const char *hostname;         /* EHLO name towards the relay */
 };

@@ -337,7 +337,9 @@ static int start_deliveries(struct engine *e)
         .public_url = api_server_public_url(e->api),
         .relay = c->relay,
         .relay_password = c->relay_password,
-        .relay_tls_required = strcmp(c->relay_tls, "require") == 0,
+        .relay_tls = strcmp(c->relay_tls, "require") == 0          ? DELIVER_RELAY_TLS_REQUIRE
+                     : strcmp(c->relay_tls, "cleartext-auth") == 0 ? DELIVER_RELAY_TLS_CLEARTEXT_AUTH
+                                                                   : DELIVER_RELAY_TLS_OPPORTUNISTIC,
         .bounce_address = c->bounce_address,
         .hostname = c->hostname,
     };

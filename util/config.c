@@ -87,8 +87,9 @@ static const struct setting settings[] = {
      "smtp://[user@]host:port (or smtps://) for forward(\"address\") and resends"},
     {"relay-password-file", SET_STR, OFF(relay_password_file), NULL, 0, 0, "FILE",
      "file whose first line is the relay password"},
-    {"relay-tls", SET_STR, OFF(relay_tls), "opportunistic", 0, 0, "require|opportunistic",
-     "STARTTLS to the relay: required, or used when offered"},
+    {"relay-tls", SET_STR, OFF(relay_tls), "opportunistic", 0, 0, "require|opportunistic|cleartext-auth",
+     "STARTTLS to the relay: required, or used when offered (required anyway when credentials are "
+     "set, unless cleartext-auth)"},
     {"bounce-address", SET_STR, OFF(bounce_address), "", 0, 0, "ADDR",
      "envelope sender of forwards (default: the original sender)"},
     {"tls-cert", SET_STR, OFF(tls_cert), NULL, 0, 0, "FILE",
@@ -396,8 +397,10 @@ static void validate_deliveries(struct inlet_config *cfg, GString *errors)
 {
     if (strcmp(cfg->webhook_format, "json") != 0 && strcmp(cfg->webhook_format, "mailgun") != 0)
         g_string_append_printf(errors, "--webhook-format: \"%s\" is not json or mailgun\n", cfg->webhook_format);
-    if (strcmp(cfg->relay_tls, "require") != 0 && strcmp(cfg->relay_tls, "opportunistic") != 0)
-        g_string_append_printf(errors, "--relay-tls: \"%s\" is not require or opportunistic\n", cfg->relay_tls);
+    if (strcmp(cfg->relay_tls, "require") != 0 && strcmp(cfg->relay_tls, "opportunistic") != 0 &&
+        strcmp(cfg->relay_tls, "cleartext-auth") != 0)
+        g_string_append_printf(errors, "--relay-tls: \"%s\" is not require, opportunistic or cleartext-auth\n",
+                               cfg->relay_tls);
     if (*cfg->relay && !g_str_has_prefix(cfg->relay, "smtp://") && !g_str_has_prefix(cfg->relay, "smtps://"))
         g_string_append_printf(errors, "--relay: \"%s\" is not an smtp:// or smtps:// URL\n", cfg->relay);
     if (cfg->relay_password_file && *cfg->relay_password_file) {

@@ -53,7 +53,7 @@ struct inlet_config {
     char *relay;           /* smtp://[user@]host:port or smtps://..., "" for none */
     char *relay_password_file;
     char *relay_password;  /* derived: the file's first line */
-    char *relay_tls;       /* "require" or "opportunistic" */
+    char *relay_tls;       /* "require", "opportunistic" or "cleartext-auth" */
     char *bounce_address;  /* "" → the original sender */
     /* STARTTLS (SPEC §1): both or neither. */
     char *tls_cert;

@@ -656,12 +656,17 @@ class ForwardAddress(DeliveryCase):
         self.assertLessEqual(row["attempts"], 1)
 
     def test_relay_auth_user_and_password_file(self):
+        # The sink offers no STARTTLS: credentials in clear text only because the operator said
+        # so (--relay-tls cleartext-auth), and the log warns about it at start.
         s = self.sink()
         pw = self.tmp_path("relay-password")
         with open(pw, "w") as f:
             f.write("s3cret pass\n")
         os.chmod(pw, 0o600)
-        d = self.start(["--relay", s.url(user="relayuser"), "--relay-password-file", pw])
+        d = self.start(["--relay", s.url(user="relayuser"), "--relay-password-file", pw,
+                        "--relay-tls", "cleartext-auth"])
+        warn = d.find_lines(level="warn", topic="deliver", startswith="relay credentials may go out in clear text")
+        self.assertEqual(len(warn), 1, d.log_text())
         self.route(d, ['forward("someone@elsewhere.test")'])
         self.send(d, harness.make_message())
         (t,) = s.wait_for(1, timeout(10))
@@ -669,6 +674,36 @@ class ForwardAddress(DeliveryCase):
         self.assertIn(s.auths[0][0], ("PLAIN", "LOGIN"))
         self.assertEqual(s.auths[0][1:], ("relayuser", "s3cret pass"))
         self.assertEqual(t.auth, s.auths[0])
+
+    def test_relay_credentials_require_tls_by_default(self):
+        # Issue 14 item 7: with credentials (a password file, or only a user in the URL) the
+        # default --relay-tls opportunistic requires STARTTLS: a relay that does not offer it gets
+        # neither AUTH nor the message, and the attempt is retried (a 4xx-like failure).
+        pw = self.tmp_path("relay-password")
+        with open(pw, "w") as f:
+            f.write("s3cret\n")
+        for extra in (["--relay-password-file", pw], []):
+            with self.subTest(password_file=bool(extra)):
+                s = self.sink()
+                d = self.start(["--relay", s.url(user="relayuser"), "--retry-schedule", "60"] + extra)
+                self.assertEqual(d.find_lines(level="warn", topic="deliver"), [])
+                self.route(d, ['forward("someone@elsewhere.test")'])
+                msg_id = self.send(d, harness.make_message())
+                row = self.wait_delivery(d, msg_id, lambda r: r["attempts"] >= 1, what="an attempt recorded")
+                self.assertEqual(s.auths, [])
+                self.assertEqual(row["state"], "pending")
+                self.assertTrue(row["last_error"])
+                self.assertGreaterEqual(s.connections, 1)
+                self.assertEqual([e for e in s.events if e[0] in ("AUTH", "MAIL", "RCPT", "DATA")], [])
+                d.stop()
+                s.stop()
+        # Without credentials opportunistic stays opportunistic: the message goes in clear text.
+        s = self.sink()
+        d = self.start(["--relay", s.url()])
+        self.route(d, ['forward("someone@elsewhere.test")'])
+        self.send(d, harness.make_message())
+        (t,) = s.wait_for(1, timeout(10))
+        self.assertEqual((s.auths, t.auth), ([], None))
 
 
 # =============================================================================================
