@@ -16,13 +16,8 @@
  * Built with libFuzzer when -DINLET_LIBFUZZER, otherwise as a program that runs every
  * file named on its command line ("-q": one summary line instead of one line per file).
  *
- * libFuzzer run (the first directory is the writable working corpus, the others are read):
- *   CC=clang meson setup build-fuzz -Dfuzzing=true -Db_sanitize=address,undefined -Db_lundef=false
- *   ninja -C build-fuzz tests/fuzz/fuzz-message-libfuzzer && mkdir -p /tmp/fz
- *   UBSAN_OPTIONS=halt_on_error=1 build-fuzz/tests/fuzz/fuzz-message-libfuzzer -max_len=200000 \
- *     -rss_limit_mb=2048 -timeout=10 -max_total_time=180 /tmp/fz tests/fuzz/message-seeds \
- *     ../shared/corpus/messages
- * A crash's reproducer goes into message-seeds/ (and the list in meson.build) as a regression seed. */
+ * libFuzzer run: `./scripts/fuzz message SECONDS` (it reads the shared corpus too).
+ * A crash's reproducer goes into message-seeds/ as a regression input (tests/fuzz/README.md). */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>

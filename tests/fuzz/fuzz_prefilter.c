@@ -1,4 +1,4 @@
-/* tests/routes/fuzz_prefilter.c — the prefilter's claim under arbitrary patterns and subjects.
+/* tests/fuzz/fuzz_prefilter.c — the prefilter's claim under arbitrary patterns and subjects.
  *
  * Input: a Python pattern, then NUL-separated subjects (none: a fixed list).  When the pattern
  * compiles:

@@ -1,6 +1,6 @@
-/* tests/routes/bench_eval.c — cost of route_evaluate for one recipient (built, not a test).
+/* bench/route_eval.c — cost of route_evaluate for one recipient (a benchmark, not a test).
  *
- *   routes-bench-eval [ITERATIONS] [MAX_ROUTES]
+ *   build/bench/route-eval [ITERATIONS] [MAX_ROUTES]
  *
  * For N = 1,000, 10,000 and 100,000 routes `match_recipient("^userK-(\d+)@example\.com$")`
  * (K = 0..N-1, each with forward("https://app.test/in/\1")), prints the microseconds per
