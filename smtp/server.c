@@ -60,6 +60,9 @@ struct conn {
     struct smtp_commit *commit;
     struct smtp_tls *tls; /* NULL until STARTTLS; freed with the conn */
     unsigned writes_in_flight;
+    uint64_t write_progress_ms; /* loop time of the last write that completed, or of the first
+                                   queued while none was in flight: a write stall is measured
+                                   from it */
     bool reading, closing, in_feed;
     uint8_t tls_phase; /* enum tls_phase; in the padding: idle conns are counted by the thousand */
 };
@@ -121,6 +124,21 @@ struct write_req {
 static void conn_close(struct conn *c);
 static void conn_flush(struct conn *c);
 static void conn_resume(struct conn *c);
+
+/* Replies (or TLS records) that libuv holds because the client does not read them.  Above
+ * SMTP_OUTPUT_MAX the connection stops reading (conn_hold_input) until on_write sees them drain:
+ * a client that pipelines commands and never reads the replies would otherwise make us queue
+ * replies without bound (each read of 64 KiB of "EHLO x" makes 0.9 MiB of replies). */
+static bool conn_output_full(const struct conn *c)
+{
+    return uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) > SMTP_OUTPUT_MAX;
+}
+
+static void conn_stop_reading(struct conn *c)
+{
+    if (c->reading) uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+}
 
 /* ---------------------------------------------------------------------------------------------
  * Session callbacks. */
@@ -256,15 +274,17 @@ static void on_write(uv_write_t *req, int status)
     g_free(w);
     c->writes_in_flight--;
     if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
+    c->write_progress_ms = uv_now(c->srv->loop);
     if (status < 0 || (c->closing && c->writes_in_flight == 0)) {
         conn_close(c);
         return;
     }
-    if (c->writes_in_flight == 0) conn_resume(c); /* output backpressure may have stopped input */
+    if (!c->reading && !conn_output_full(c)) conn_resume(c); /* backpressure may have stopped input */
 }
 
 static void conn_write(struct conn *c, char *take_data, size_t len)
 {
+    if (c->writes_in_flight == 0) c->write_progress_ms = uv_now(c->srv->loop);
     struct write_req *w = g_new0(struct write_req, 1);
     w->data = take_data;
     w->conn = c;
@@ -347,10 +367,10 @@ static void conn_feed(struct conn *c, const char *data, size_t len)
         g_free(c->pending);
         c->pending = rest;
         c->pending_len = len - used;
-        if (c->reading) uv_read_stop((uv_stream_t *)&c->tcp);
-        c->reading = false;
+        conn_stop_reading(c);
     }
     conn_flush(c);
+    if (conn_output_full(c)) conn_stop_reading(c); /* on_write resumes */
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
@@ -367,7 +387,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static void conn_resume(struct conn *c)
 {
-    if (c->closing || uv_is_closing((uv_handle_t *)&c->tcp)) return;
+    if (c->closing || uv_is_closing((uv_handle_t *)&c->tcp) || conn_output_full(c)) return;
     if (c->pending) {
         char *data = c->pending;
         size_t len = c->pending_len;
@@ -375,11 +395,11 @@ static void conn_resume(struct conn *c)
         c->pending_len = 0;
         conn_feed(c, data, len); /* may put part of it back into c->pending */
         g_free(data);
-        if (c->pending || c->closing) return;
+        if (c->pending || c->closing || conn_output_full(c)) return;
     }
     if (c->tls_phase == TLS_ON) {
         tls_pump(c); /* records already received but not yet decrypted */
-        if (c->pending || c->closing) return;
+        if (c->pending || c->closing || conn_output_full(c)) return;
     }
     if (!c->reading && !smtp_session_committing(c->session)) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = true;
@@ -441,7 +461,7 @@ static void tls_pump(struct conn *c)
         tls_established(c);
     }
     while (!c->pending && !c->closing && !smtp_session_committing(c->session) &&
-           !uv_is_closing((uv_handle_t *)&c->tcp)) {
+           !conn_output_full(c) && !uv_is_closing((uv_handle_t *)&c->tcp)) {
         ssize_t n = smtp_tls_read(c->tls, srv->tls_plain, sizeof srv->tls_plain, why, sizeof why);
         if (n == 0) break;
         if (n < 0) {
@@ -455,17 +475,34 @@ static void tls_pump(struct conn *c)
     if (c->closing) return;
     conn_flush(c);
     if (!c->closing) tls_send(c); /* session tickets, a key update, with no reply to carry them */
-    /* While a commit is in flight nothing is decrypted: stop reading, so that the ciphertext
-     * waiting in the TLS object stays within one read (conn_resume starts again). */
-    if (smtp_session_committing(c->session) && c->reading) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->reading = false;
-    }
+    /* While a commit is in flight or the output is full nothing is decrypted: stop reading, so
+     * that the ciphertext waiting in the TLS object stays within one read (conn_resume and
+     * on_write start again). */
+    if (smtp_session_committing(c->session) || conn_output_full(c)) conn_stop_reading(c);
+}
+
+/* Whether our writes have made no progress for a whole timeout: the client stopped reading.  A
+ * 421 would only queue behind them, so the connection is closed at once instead. */
+static bool conn_write_stalled(const struct conn *c, uint64_t timeout_ms)
+{
+    return uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) > 0 &&
+           uv_now(c->srv->loop) - c->write_progress_ms >= timeout_ms;
 }
 
 static void on_timeout(uv_timer_t *t)
 {
     struct conn *c = t->data;
+    uint64_t timeout_ms = (uint64_t)c->srv->cfg.timeout_seconds * 1000;
+    /* The last word was said a whole timeout ago and is still not written, or nothing we wrote
+     * has moved for as long: the slot is given back now, not when the client reads. */
+    if (c->closing || conn_write_stalled(c, timeout_ms)) {
+        log_info("smtp", "conn=%llu closed ip=%s state=%s reason=\"%s\" queued_bytes=%zu",
+                 (unsigned long long)c->id, c->ip, smtp_session_state_name(c->session),
+                 c->closing ? "timeout while closing" : "write stalled",
+                 uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp));
+        conn_close(c);
+        return;
+    }
     /* Waiting for our own storage is not the client's idleness. */
     if (smtp_session_committing(c->session)) return;
     log_info("smtp", "conn=%llu timeout ip=%s state=%s", (unsigned long long)c->id, c->ip,

@@ -41,5 +41,82 @@ class DataDirLock(InletTestCase):
         second.start()
 
 
+def flood_without_reading(host, port, total, chunk=b"EHLO x\r\n" * 512, pause=0.001, wait_s=5.0):
+    """Connects, sends up to `total` bytes of pipelined commands in small chunks (each read by
+    inlet then makes less than its 64 KiB reply cap) and never reads a reply.  Stops early when
+    the server stops taking bytes for `wait_s`.  Returns (socket, bytes sent)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Small kernel buffers on our side: what inlet cannot write stays in inlet.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(harness.timeout(10))
+    sock.connect((host, port))
+    sock.settimeout(wait_s)
+    sent = 0
+    try:
+        while sent < total:
+            sent += sock.send(chunk[: min(len(chunk), total - sent)])
+            if pause:
+                time.sleep(pause)
+    except (socket.timeout, ConnectionError):
+        pass  # inlet stopped reading (or already gave up on us)
+    return sock, sent
+
+
+class NonReadingClients(InletTestCase):
+    def test_replies_not_read_do_not_grow_memory(self):
+        # Item 1: 128 x EHLO per 4 ms, never read, grew RSS by 117 MiB for 7.4 MiB of input.
+        d = self.daemon()
+        before = rss_kib(d.proc.pid)
+        socks = []
+        try:
+            # Pipelined EHLOs, each followed by a padded NOOP so that every read makes fewer reply
+            # bytes than it brought in: however the reads fall, none reaches the session's own
+            # 64 KiB reply cap (the issue's client, 128 EHLOs every 4 ms, did the same).
+            group = b"EHLO x\r\n" + b"NOOP " + b"x" * 143 + b"\r\n"
+            sock, total = flood_without_reading(d.smtp_host, d.smtp_port, 48 << 20, chunk=group * 400,
+                                                pause=0, wait_s=1.0)
+            socks.append(sock)
+            time.sleep(0.5)
+            grown = rss_kib(d.proc.pid) - before
+            # Without backpressure the replies (0.8 x total) stay queued in inlet.
+            self.assertLess(grown, 16 * 1024, "RSS grew by %d KiB after %d bytes of unread EHLO" % (grown, total))
+        finally:
+            for sock in socks:
+                sock.close()
+        # Everyone else is still served.
+        with d.session() as s:
+            code, lines = s.transaction("a@sender.test", ["bob@example.com"], make_message())
+            self.assertEqual(code, 250, lines)
+
+    def test_clients_that_stop_reading_give_their_slot_back(self):
+        # Item 2: after a timeout the 421 waited behind writes that never finished: three such
+        # clients held --max-connections-per-ip 3 for good.
+        d = self.daemon(args=["--max-connections-per-ip", "2", "--smtp-timeout", "3"])
+        socks = []
+        try:
+            for _ in range(2):
+                sock, _ = flood_without_reading(d.smtp_host, d.smtp_port, 4 << 20, wait_s=0.5)
+                socks.append(sock)
+            # Both slots taken: the third is refused for now.
+            with d.session(read_greeting=False) as s:
+                code, lines = s.reply()
+                self.assertEqual(code, 421, lines)
+            # Within a couple of timeouts the stalled ones are closed, without having read a byte.
+            deadline = time.monotonic() + harness.timeout(9)
+            while True:
+                with d.session(read_greeting=False) as s:
+                    code, lines = s.reply()
+                if code == 220 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            self.assertEqual(code, 220, lines)
+            closed = d.find_lines("info", "smtp", "conn=")
+            self.assertTrue([l for l in closed if l.kv.get("reason") in ("write stalled", "timeout while closing")],
+                            d.log_text())
+        finally:
+            for sock in socks:
+                sock.close()
+
+
 if __name__ == "__main__":
     unittest.main()
