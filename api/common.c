@@ -70,7 +70,7 @@ char *api_b64url_encode(const void *data, size_t n)
 uint8_t *api_b64url_decode(const char *s, size_t *n)
 {
     size_t len = strlen(s);
-    if (len == 0 || len % 4 == 1 || len > 4096) return NULL;
+    if (len == 0 || len % 4 == 1 || len > API_PAGE_TOKEN_MAX) return NULL;
     char *t = g_malloc(len + 4);
     size_t i;
     for (i = 0; i < len; i++) {

@@ -21,9 +21,6 @@
 #include "storage/store.h"
 #include "util/log.h"
 
-#define DELIVERIES_LIMIT_DEFAULT 100
-#define DELIVERIES_LIMIT_MAX 300
-
 static json_t *date_json(int64_t t)
 {
     char buf[40];
@@ -89,10 +86,10 @@ enum MHD_Result api_deliveries_list(struct api_server *api, struct api_request *
         strcmp(state, "delivered") != 0)
         return api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST,
                                "Invalid 'state' parameter: pending, delivered or failed is expected");
-    long long limit = DELIVERIES_LIMIT_DEFAULT;
+    long long limit = API_DELIVERIES_LIMIT_DEFAULT;
     const char *l = form_value(&req->query, "limit");
     if (l && *l) {
-        if (api_parse_count(l, &limit) != 1 || limit < 1 || limit > DELIVERIES_LIMIT_MAX)
+        if (api_parse_count(l, &limit) != 1 || limit < 1 || limit > API_DELIVERIES_LIMIT_MAX)
             return api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST,
                                    "Invalid 'limit' parameter: an integer from 1 to 300 is expected");
     }

@@ -31,11 +31,6 @@
 #include "storage/store.h"
 #include "util/log.h"
 
-#define EVENTS_LIMIT_DEFAULT 100
-#define EVENTS_LIMIT_MAX 300
-/* Bytes of a filter value we accept (an address, a message id, an event name). */
-#define EVENTS_FILTER_MAX 512
-
 struct events_query {
     char *event, *message_id, *recipient; /* NULL = any (g_malloc'd) */
     int64_t begin_ms, end_ms;             /* inclusive bounds, 0 = none */
@@ -140,7 +135,7 @@ static bool parse_rfc2822(const char *s, int64_t *ms)
 /* Unix seconds (a fraction allowed), an RFC 2822 date, or ISO 8601 → Unix milliseconds. */
 static bool parse_time(const char *s, int64_t *ms)
 {
-    if (!*s || strlen(s) > 64) return false;
+    if (!*s || strlen(s) > API_EVENTS_TIME_MAX) return false;
     if (g_ascii_isdigit(s[0])) {
         const char *p = s;
         while (g_ascii_isdigit(*p)) p++;
@@ -172,7 +167,7 @@ static char *filter(const struct api_request *req, const char *name, const char 
 {
     const struct form_field *f = form_get(&req->query, name);
     if (!f || f->len == 0) return NULL;
-    if (f->len > EVENTS_FILTER_MAX || memchr(f->value, '\0', f->len) ||
+    if (f->len > API_EVENTS_FILTER_MAX || memchr(f->value, '\0', f->len) ||
         !g_utf8_validate(f->value, (gssize)f->len, NULL)) {
         *bad = name;
         return NULL;
@@ -215,13 +210,13 @@ static char *query_from_params(const struct api_request *req, struct events_quer
         else q->begin_ms = end;
     }
 
-    long long limit = EVENTS_LIMIT_DEFAULT;
+    long long limit = API_EVENTS_LIMIT_DEFAULT;
     const char *l = form_value(&req->query, "limit");
     if (l && *l) {
         int r = api_parse_count(l, &limit);
-        if (r != 1 || limit < 1 || limit > EVENTS_LIMIT_MAX)
+        if (r != 1 || limit < 1 || limit > API_EVENTS_LIMIT_MAX)
             return g_strdup_printf("Invalid 'limit' parameter: an integer from 1 to %d is expected",
-                                   EVENTS_LIMIT_MAX);
+                                   API_EVENTS_LIMIT_MAX);
     }
     q->limit = (size_t)limit;
     return NULL;
@@ -251,7 +246,7 @@ static bool token_string(json_t *j, const char *key, char **out)
 {
     json_t *v = json_object_get(j, key);
     if (!v) return true;
-    if (!json_is_string(v) || json_string_length(v) > EVENTS_FILTER_MAX ||
+    if (!json_is_string(v) || json_string_length(v) > API_EVENTS_FILTER_MAX ||
         memchr(json_string_value(v), '\0', json_string_length(v)))
         return false;
     *out = g_strdup(json_string_value(v));
@@ -273,7 +268,7 @@ static bool token_decode(const char *tok, struct events_query *q)
     int asc = 0, back = 0;
     bool ok = json_unpack(j, "{s:I, s:b, s:I, s:b, s:I, s:I, s:I, s:I}", "v", &v, "a", &asc,
                           "l", &limit, "k", &back, "b", &b, "n", &e, "t", &ts, "i", &id) == 0 &&
-              v == 1 && limit >= 1 && limit <= EVENTS_LIMIT_MAX && b >= 0 && e >= 0 && id >= 0 &&
+              v == 1 && limit >= 1 && limit <= API_EVENTS_LIMIT_MAX && b >= 0 && e >= 0 && id >= 0 &&
               token_string(j, "e", &q->event) && token_string(j, "m", &q->message_id) &&
               token_string(j, "r", &q->recipient);
     json_decref(j);
@@ -443,7 +438,7 @@ enum MHD_Result api_events_list(struct api_server *api, struct api_request *req)
 {
     const char *dom = api_param(req, "domain");
     const char *page = api_param(req, "page");
-    if (!dom || !*dom || strlen(dom) > 255 || !g_utf8_validate(dom, -1, NULL))
+    if (!dom || !*dom || strlen(dom) > SMTP_DOMAIN_MAX || !g_utf8_validate(dom, -1, NULL))
         return api_reply_error(req->conn, MHD_HTTP_NOT_FOUND, "Domain not found");
     struct events_query q = {0};
     if (page) {

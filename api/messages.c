@@ -24,13 +24,6 @@
 #include "util/id.h"
 #include "util/log.h"
 
-/* POST <storage url>: addresses in one resend. */
-#define RESEND_RECIPIENTS_MAX 100
-/* Bytes of one address (RFC 5321: 64 + 1 + 255). */
-#define RESEND_ADDRESS_MAX 320
-/* Bytes of the ASCII filename fallback in Content-Disposition. */
-#define DISPOSITION_FALLBACK_MAX 200
-
 static enum MHD_Result reply_not_found(struct api_request *req)
 {
     return api_reply_error(req->conn, MHD_HTTP_NOT_FOUND, "Message not found");
@@ -190,7 +183,7 @@ static const char *safe_content_type(const char *ct)
         if (*p == '/') slashes++;
         else if (!g_ascii_isalnum(*p) && !strchr(tchars, *p)) return "application/octet-stream";
     }
-    if (slashes != 1 || ct[0] == '/' || ct[n - 1] == '/' || n > 255) return "application/octet-stream";
+    if (slashes != 1 || ct[0] == '/' || ct[n - 1] == '/' || n > API_CONTENT_TYPE_MAX) return "application/octet-stream";
     return ct;
 }
 
@@ -207,7 +200,7 @@ char *api_content_disposition(const char *name, size_t index)
         unsigned char c = (unsigned char)*p;
         bool keep = c >= 0x20 && c < 0x7f && !strchr("\"\\/%", c);
         if (!keep) exact = false;
-        if (fb->len < DISPOSITION_FALLBACK_MAX) g_string_append_c(fb, keep ? (char)c : '_');
+        if (fb->len < API_DISPOSITION_FALLBACK_MAX) g_string_append_c(fb, keep ? (char)c : '_');
         else exact = false;
     }
     GString *out = g_string_new("attachment; filename=\"");
@@ -288,10 +281,10 @@ static bool valid_address(const char *a)
 {
     size_t len = strlen(a);
     const char *at = strrchr(a, '@');
-    if (!at || at == a || !at[1] || len > RESEND_ADDRESS_MAX) return false;
+    if (!at || at == a || !at[1] || len > SMTP_ADDRESS_MAX) return false;
     if (!g_utf8_validate(a, (gssize)len, NULL)) return false;
     size_t local = (size_t)(at - a);
-    if (local > 64 || strlen(at + 1) > 255) return false;
+    if (local > SMTP_LOCAL_PART_MAX || strlen(at + 1) > SMTP_DOMAIN_MAX) return false;
     for (const char *p = a; p < at; p++) {
         unsigned char c = (unsigned char)*p;
         if (c <= 0x20 || c == 0x7f || strchr("()<>[]:;@\\,\"", c)) return false;
@@ -368,7 +361,7 @@ static char *collect_to(const struct api_request *req, GPtrArray *out)
         if (strcmp(fl->name, "to") != 0) continue;
         if (memchr(fl->value, '\0', fl->len)) msg = g_strdup("'to' must not contain NUL bytes");
         else msg = split_addresses(fl->value, all);
-        if (!msg && all->len > RESEND_RECIPIENTS_MAX * 4) break; /* bounded before dedup */
+        if (!msg && all->len > API_RESEND_RECIPIENTS_MAX * 4) break; /* bounded before dedup */
     }
     for (guint i = 0; i < all->len && !msg; i++) {
         const char *a = g_ptr_array_index(all, i);
@@ -376,8 +369,8 @@ static char *collect_to(const struct api_request *req, GPtrArray *out)
         for (guint k = 0; k < out->len && !dup; k++)
             dup = g_ascii_strcasecmp(g_ptr_array_index(out, k), a) == 0;
         if (dup) continue;
-        if (out->len >= RESEND_RECIPIENTS_MAX) {
-            msg = g_strdup_printf("Too many recipients: at most %d", RESEND_RECIPIENTS_MAX);
+        if (out->len >= API_RESEND_RECIPIENTS_MAX) {
+            msg = g_strdup_printf("Too many recipients: at most %d", API_RESEND_RECIPIENTS_MAX);
             break;
         }
         g_ptr_array_add(out, g_strdup(a));

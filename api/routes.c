@@ -32,9 +32,6 @@
 #include "util/limits.h"
 #include "util/log.h"
 
-#define LIST_LIMIT_DEFAULT 100
-#define LIST_LIMIT_MAX 1000
-
 /* ---- formatting ----------------------------------------------------------------------------- */
 
 void api_rfc1123(char *out, size_t outsz, int64_t unix_seconds)
@@ -265,14 +262,14 @@ static bool publish(struct api_server *api, struct route_table *next)
 
 enum MHD_Result api_routes_list(struct api_server *api, struct api_request *req)
 {
-    long long skip = 0, limit = LIST_LIMIT_DEFAULT;
+    long long skip = 0, limit = API_ROUTES_LIMIT_DEFAULT;
     const char *s = form_value(&req->query, "skip"), *l = form_value(&req->query, "limit");
     if (l) {
         int r = parse_count(l, &limit);
         if (r == 0)
             return api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST,
                                    "The 'limit' parameter must be a non-negative integer");
-        if (r < 0 || limit > LIST_LIMIT_MAX)
+        if (r < 0 || limit > API_ROUTES_LIMIT_MAX)
             return api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST,
                                    "The 'limit' parameter can't be larger than 1000");
     }

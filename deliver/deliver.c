@@ -30,8 +30,7 @@
 #include "util/clock.h"
 #include "util/id.h"
 #include "util/log.h"
-
-#define RECENT_MAX 4096
+#include "util/limits.h"
 
 /* The bytes of one message, shared by its deliveries' payloads (MIME posts and SMTP forwards
  * send them as they are). */
@@ -50,7 +49,7 @@ struct task {
     char *recipient, *kind, *target, *format;
     char *copy_key;                 /* "" when none: see store_delivery_plan */
     int64_t attempts;               /* before this one */
-    char host[256];                 /* per-host cap key */
+    char host[DELIVER_HOST_MAX + 1];                /* per-host cap key */
 
     struct dmsg *msg;               /* NULL until prepared */
     struct message_post *post;      /* url kinds */
@@ -398,7 +397,7 @@ static void remember_finished(struct deliverer *d, const char *id)
     char *copy = g_strdup(id); /* owned by recent_order; the table borrows it */
     g_hash_table_add(d->recent, copy);
     g_queue_push_tail(&d->recent_order, copy);
-    if (g_queue_get_length(&d->recent_order) > RECENT_MAX) {
+    if (g_queue_get_length(&d->recent_order) > DELIVER_RECENT_MAX) {
         char *old = g_queue_pop_head(&d->recent_order);
         g_hash_table_remove(d->recent, old);
         g_free(old);
@@ -658,7 +657,7 @@ static void finish(struct task *t, int status, const char *error, bool permanent
     char target[512], esc[400];
     log_target(t, target, sizeof target);
     log_info("deliver", "attempt id=%s message=%s rcpt=%s kind=%s target=%s n=%lld status=%d outcome=%s ms=%lld%s%s%s",
-             t->id, t->message_id, log_escape(esc, sizeof esc, t->recipient, strlen(t->recipient), 320), t->kind,
+             t->id, t->message_id, log_escape(esc, sizeof esc, t->recipient, strlen(t->recipient), SMTP_ADDRESS_MAX), t->kind,
              target, (long long)attempt, status, outcome, (long long)a.duration_ms, error ? " error=\"" : "",
              error ? error : "", error ? "\"" : "");
     atomic_fetch_add(delivered ? &d->stats.delivered : delay >= 0 ? &d->stats.retry : &d->stats.failed, 1);

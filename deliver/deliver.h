@@ -32,18 +32,6 @@ struct store;
 struct store_message;
 struct store_outcome;
 
-/* Transfers at once, in total and per destination host (the relay counts as one host). */
-#define DELIVER_ACTIVE_MAX 64
-#define DELIVER_HOST_ACTIVE_MAX 8
-/* Deliveries held in memory (prepared, waiting or in flight) at most, and their payload bytes.
- * Beyond it a delivery stays in the database for the next scan. */
-#define DELIVER_HELD_MAX 2000
-#define DELIVER_HELD_BYTES_MAX (256 * 1024 * 1024)
-/* Rows asked per page of a due scan. */
-#define DELIVER_SCAN_PAGE 200
-/* A scan runs at least this often, whatever the timers say (safety net). */
-#define DELIVER_SCAN_SECONDS 30
-
 /* STARTTLS towards the relay (--relay-tls).  OPPORTUNISTIC uses it when offered and, when the
  * relay has credentials (a password, or a user in its URL), requires it: AUTH never goes out in
  * clear text unless the operator said CLEARTEXT_AUTH (warned at start). */

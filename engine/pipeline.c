@@ -30,6 +30,7 @@
 #include "storage/store.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/limits.h"
 
 struct pipeline {
     struct store *store;
@@ -131,7 +132,7 @@ static void log_routed(const struct routing *r)
         const struct store_recipient_outcome *o = &plan->outcome.recipients[i];
         if (strcmp(o->outcome, "dropped") != 0) continue;
         char esc[400];
-        log_info("engine", "dropped id=%s rcpt=%s", r->id, log_escape(esc, sizeof esc, o->recipient, strlen(o->recipient), 320));
+        log_info("engine", "dropped id=%s rcpt=%s", r->id, log_escape(esc, sizeof esc, o->recipient, strlen(o->recipient), SMTP_ADDRESS_MAX));
     }
     log_info("engine", "routed id=%s rcpts=%zu deliveries=%zu stored=%zu dropped=%zu ms=%.1f%s", r->id,
              plan->outcome.nrecipients, plan->outcome.ndeliveries, plan->outcome.ncopies, plan->ndropped,

@@ -28,21 +28,8 @@ struct route_registry;
 struct store;
 struct store_message;
 
-/* Fixed: routing is cheap next to the commit it waits for (one writer), so two workers keep the
- * writer busy while one parses; more would only hold more messages in memory. */
-#define PIPELINE_WORKERS 2
-/* Messages waiting for a worker: at most this many, and this many bytes (one message is always
- * taken when the queue is empty).  Beyond it a message is left 'accepted' for the next scan. */
-#define PIPELINE_QUEUE_MAX 1000
-#define PIPELINE_QUEUE_BYTES_MAX (128 * 1024 * 1024)
-/* Messages whose outcome write is queued and not committed yet, at most (the workers wait). */
-#define PIPELINE_OUTCOMES_MAX 256
 /* The workers' nice value (per thread; Linux): parse and route yield to SMTP and the writer. */
 #define PIPELINE_WORKER_NICE 10
-/* Ids listed per page of a scan. */
-#define PIPELINE_SCAN_PAGE 1000
-/* After a failed outcome write, the next scan comes at most this much later. */
-#define PIPELINE_RETRY_SECONDS 30
 
 struct pipeline_config {
     struct store *store;

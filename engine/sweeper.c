@@ -8,6 +8,7 @@
 #include "storage/store.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/limits.h"
 
 struct sweeper {
     struct sweeper_config cfg;

@@ -14,10 +14,6 @@
 struct store;
 struct sweeper;
 
-/* Rows of each kind per pass; a pass that hit it is followed by another one second later. */
-#define SWEEP_BATCH 500
-#define SWEEP_SECONDS 60
-
 struct sweeper_config {
     struct store *store;
     int64_t event_ttl, failed_retention; /* seconds */

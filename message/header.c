@@ -30,8 +30,6 @@
 #include "message/internal.h"
 #include "util/limits.h"
 
-#define CHARSET_MAX 64
-
 char *header_unfold(const char *raw, size_t len)
 {
     size_t a = 0, b = len;
@@ -91,7 +89,7 @@ static void decode_q(const char *p, size_t n, GByteArray *out)
 struct word {
     size_t start, end; /* the raw text: a literal, or the whole encoded word */
     bool encoded;
-    char charset[CHARSET_MAX + 1];
+    char charset[LIMIT_CHARSET_MAX + 1];
     GByteArray *bytes; /* decoded (encoded words only) */
 };
 
@@ -107,7 +105,7 @@ struct dead_range {
 static size_t scan_word(const char *s, size_t n, size_t at, struct word *w, struct dead_range *dead)
 {
     size_t i = 2, cs = 2;
-    while (i < n && s[i] != '?' && s[i] != ' ' && s[i] != '\t' && i - cs < CHARSET_MAX) i++;
+    while (i < n && s[i] != '?' && s[i] != ' ' && s[i] != '\t' && i - cs < LIMIT_CHARSET_MAX) i++;
     if (i >= n || s[i] != '?' || i == cs) return 0;
     size_t cslen = i - cs;
     const char *star = memchr(s + cs, '*', cslen);

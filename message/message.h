@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/limits.h"
+
 /* Once per process, before any worker thread starts. */
 void message_lib_init(void);
 void message_lib_shutdown(void);
@@ -136,7 +138,6 @@ size_t message_post_fixed_len(const struct message_post *p);
 /* The tail for one attempt into `out` (at most MESSAGE_POST_TAIL_MAX bytes): the fields
  * timestamp, token, signature, in that order, in the post's encoding, and the closing bytes.
  * Returns its length. */
-#define MESSAGE_POST_TAIL_MAX 512
 size_t message_post_tail(const struct message_post *p, const char *timestamp, const char *token,
                          const char *signature, char out[MESSAGE_POST_TAIL_MAX]);
 

@@ -47,23 +47,7 @@
 
 #include "message/internal.h"
 #include "util/id.h"
-
-/* See above: the largest urlencoded body (fixed part plus tail); bigger ones go multipart. */
-#define POST_URLENCODED_MAX (100 * 1024)
-/* Field values at least this long are referenced by a segment instead of copied. */
-#define POST_SEGMENT_COPY_MAX 1024
-/* Per-header form fields (distinct names) at most: PHP drops fields past max_input_vars = 1000
- * and Rack limits a multipart body to 4096 parts; every header stays in message-headers. */
-#define POST_HEADER_FIELDS_MAX 500
-/* A header name longer than this is not a form field (api/form.c's FORM_NAME_MAX is 256). */
-#define POST_FIELD_NAME_MAX 256
-/* Bytes of an attachment filename in a part header (cut on a UTF-8 character boundary). */
-#define POST_FILENAME_MAX 255
-/* The tail's values are cut at these lengths so that the tail always fits
- * MESSAGE_POST_TAIL_MAX (multipart: 3 × 86 + 23 + 20 + 64 + 64 + 43 = 472 bytes). */
-#define TAIL_TIMESTAMP_MAX 20
-#define TAIL_TOKEN_MAX 64
-#define TAIL_SIGNATURE_MAX 64
+#include "util/limits.h"
 
 #define BOUNDARY_RANDOM_BYTES 16
 #define BOUNDARY_LEN (5 + 2 * BOUNDARY_RANDOM_BYTES)
@@ -544,10 +528,10 @@ static void tail_value(char *out, const char *v, size_t max)
 size_t message_post_tail(const struct message_post *p, const char *timestamp, const char *token,
                          const char *signature, char out[MESSAGE_POST_TAIL_MAX])
 {
-    char ts[TAIL_TIMESTAMP_MAX + 1], tok[TAIL_TOKEN_MAX + 1], sig[TAIL_SIGNATURE_MAX + 1];
-    tail_value(ts, timestamp, TAIL_TIMESTAMP_MAX);
-    tail_value(tok, token, TAIL_TOKEN_MAX);
-    tail_value(sig, signature, TAIL_SIGNATURE_MAX);
+    char ts[POST_TAIL_TIMESTAMP_MAX + 1], tok[POST_TAIL_TOKEN_MAX + 1], sig[POST_TAIL_SIGNATURE_MAX + 1];
+    tail_value(ts, timestamp, POST_TAIL_TIMESTAMP_MAX);
+    tail_value(tok, token, POST_TAIL_TOKEN_MAX);
+    tail_value(sig, signature, POST_TAIL_SIGNATURE_MAX);
     int n;
     switch (p->enc) {
     case ENC_JSON:

@@ -30,8 +30,6 @@
 #include "message/internal.h"
 #include "util/limits.h"
 
-#define BOUNDARY_MAX 200
-
 struct scan {
     const uint8_t *d;
     size_t len;
@@ -95,7 +93,7 @@ static void header_line(struct scan *s, const uint8_t *p, size_t n)
         while (q < e && *q != ';' && !is_wsp(*q)) q++;
     }
     size_t vlen = (size_t)(q - v);
-    if (vlen == 0 || vlen > BOUNDARY_MAX || g_hash_table_size(s->boundaries) > LIMIT_MIME_PARTS)
+    if (vlen == 0 || vlen > LIMIT_MIME_BOUNDARY_MAX || g_hash_table_size(s->boundaries) > LIMIT_MIME_PARTS)
         return;
     char *key = g_strndup((const char *)v, vlen);
     g_hash_table_add(s->boundaries, key);
@@ -107,11 +105,11 @@ static int delimiter(const struct scan *s, const uint8_t *p, size_t n)
     if (n < 3 || p[0] != '-' || p[1] != '-' || g_hash_table_size(s->boundaries) == 0) return 0;
     p += 2, n -= 2;
     while (n > 0 && is_wsp(p[n - 1])) n--;
-    char buf[BOUNDARY_MAX + 3];
-    if (n == 0 || n > BOUNDARY_MAX + 2) return 0;
+    char buf[LIMIT_MIME_BOUNDARY_MAX + 3];
+    if (n == 0 || n > LIMIT_MIME_BOUNDARY_MAX + 2) return 0;
     memcpy(buf, p, n);
     buf[n] = '\0';
-    if (n <= BOUNDARY_MAX && g_hash_table_contains(s->boundaries, buf)) return 1;
+    if (n <= LIMIT_MIME_BOUNDARY_MAX && g_hash_table_contains(s->boundaries, buf)) return 1;
     if (n > 2 && buf[n - 1] == '-' && buf[n - 2] == '-') {
         buf[n - 2] = '\0';
         if (g_hash_table_contains(s->boundaries, buf)) return 2;
@@ -199,7 +197,7 @@ static size_t cut_field(struct message *m, const struct scan *s, struct prescan 
     struct prescan_cut c = {.at = field_cut(s, fs), .resume = field_end(s, next)};
     g_array_append_val(out->cuts, c);
     size_t n = 0;
-    while (n < 64 && s->d[fs + n] != ':' && !is_wsp(s->d[fs + n])) n++;
+    while (n < LIMIT_WARNING_NAME_MAX && s->d[fs + n] != ':' && !is_wsp(s->d[fs + n])) n++;
     char *name = text_sanitize((const char *)s->d + fs, n, NULL);
     message_warn(m, "header %s longer than %d bytes: cut", name, LIMIT_HEADER_FIELD_BYTES);
     g_free(name);

@@ -13,20 +13,7 @@
 #include <stddef.h>
 #include <string.h>
 
-/* An attribution ("On ... wrote:") longer than this is ordinary text. */
-#define ATT_MAX 1000
-/* Blank lines allowed between an attribution and the quote it introduces. */
-#define ATT_GAP_MAX 4
-/* An Outlook header block: From: then Sent:/To:/Subject: within this many lines. */
-#define HDR_LINES_MAX 6
-/* A bare "--" (without the space) is a signature delimiter only within the last lines. */
-#define SIG_BARE_LINES_MAX 15
-/* "Sent from my iPhone"-like lines are at most this long. */
-#define SIG_PHRASE_MAX 80
-/* A closing tag is matched against at most this many open elements (tolerant, bounded). */
-#define HTML_MATCH_MAX 64
-/* An element before <blockquote type="cite"> is examined as an attribution up to this size. */
-#define HTML_ATT_REGION_MAX 8192
+#include "util/limits.h"
 
 struct span {
     const char *p;
@@ -251,7 +238,7 @@ static bool ends_with_verb_colon(struct span t)
  * a and b are trimmed. */
 static bool is_attribution(struct span a, struct span b)
 {
-    if (a.n + b.n > ATT_MAX || a.n == 0) return false;
+    if (a.n + b.n > STRIP_ATT_MAX || a.n == 0) return false;
     struct span last = b.n ? b : a;
     if (!last.n || last.p[last.n - 1] != ':') return false;
     bool start = any_prefix(a, att_starts);
@@ -263,7 +250,7 @@ static bool is_attribution(struct span a, struct span b)
 
 static bool is_sig_phrase(struct span t)
 {
-    if (t.n == 0 || t.n > SIG_PHRASE_MAX || !any_prefix(t, sig_phrases)) return false;
+    if (t.n == 0 || t.n > STRIP_SIG_PHRASE_MAX || !any_prefix(t, sig_phrases)) return false;
     if (has_prefix(t, "Von meinem ")) return has_suffix(t, "gesendet");
     return true;
 }
@@ -332,7 +319,7 @@ static bool line_is_header_block(const struct text *t, size_t i)
 {
     if (!header_key(line_trim(t, i), hdr_from)) return false;
     bool date = false, to = false;
-    for (size_t j = i + 1; j < t->n && j <= i + HDR_LINES_MAX; j++) {
+    for (size_t j = i + 1; j < t->n && j <= i + STRIP_HDR_LINES_MAX; j++) {
         struct span s = line_trim(t, j);
         if (!s.n) break;
         date = date || header_key(s, hdr_date);
@@ -357,7 +344,7 @@ static size_t attribution_lines(const struct text *t, size_t i)
     if (is_attribution(a, none)) lines = 1;
     else if (i + 1 < t->n && is_attribution(a, line_trim(t, i + 1))) lines = 2;
     if (!lines) return 0;
-    size_t k = next_nonblank(t, i + lines, ATT_GAP_MAX);
+    size_t k = next_nonblank(t, i + lines, STRIP_ATT_GAP_MAX);
     if (k == t->n) return 0;
     return line_is_quote(t, k) || line_is_original(t, k) || line_is_header_block(t, k) ? lines : 0;
 }
@@ -403,7 +390,7 @@ static size_t find_signature(const struct text *t, size_t first, size_t end, siz
         bool space;
         if (!is_sig_delim(line_span(t, i), &space)) continue;
         if (space) dash = i;
-        else if (end - i <= SIG_BARE_LINES_MAX) bare = i;
+        else if (end - i <= STRIP_SIG_BARE_LINES_MAX) bare = i;
     }
     if (dash == end) dash = bare;
     if (dash < end) {
@@ -648,8 +635,8 @@ static void enter_tail(struct html *h, size_t out, size_t depth)
 /* The text of out[a, b) (tags removed, a few entities decoded) is an attribution line. */
 static bool html_region_is_attribution(const struct html *h, size_t a, size_t b)
 {
-    if (b - a > HTML_ATT_REGION_MAX) return false;
-    char buf[ATT_MAX + 1];
+    if (b - a > STRIP_HTML_ATT_REGION_MAX) return false;
+    char buf[STRIP_ATT_MAX + 1];
     size_t n = 0;
     bool in_tag = false;
     for (size_t i = a; i < b; i++) {
@@ -676,7 +663,7 @@ static bool html_region_is_attribution(const struct html *h, size_t a, size_t b)
         } else if (c == '\r' || c == '\n' || c == '\t') {
             c = ' ';
         }
-        if (n == ATT_MAX) return false;
+        if (n == STRIP_ATT_MAX) return false;
         buf[n++] = c;
     }
     struct span s = trim((struct span){buf, n}), none = {s.p, 0};
@@ -777,7 +764,7 @@ static bool elem_named(const struct html *h, const struct elem *e, const struct 
 
 static void end_tag(struct html *h, const struct tag *tg, size_t a, size_t b)
 {
-    size_t k = h->depth, lim = h->depth > HTML_MATCH_MAX ? h->depth - HTML_MATCH_MAX : 0;
+    size_t k = h->depth, lim = h->depth > STRIP_HTML_MATCH_MAX ? h->depth - STRIP_HTML_MATCH_MAX : 0;
     while (k > lim && !elem_named(h, &h->st[k - 1], tg)) k--;
     if (k == lim) { /* no open element of that name: an end tag to keep as it is */
         emit(h, h->in + a, b - a);

@@ -287,7 +287,7 @@ static char *body_text(struct message *m, GMimeObject *part)
     char *text = text_to_utf8((const char *)ba->data, ba->len, charset, &unknown, &replaced);
     g_byte_array_unref(ba);
     if (unknown) {
-        char *cs = text_sanitize(charset, strnlen(charset, 64), NULL);
+        char *cs = text_sanitize(charset, strnlen(charset, LIMIT_CHARSET_MAX), NULL);
         message_warn(m, "unknown charset \"%s\": read as windows-1252", cs);
         g_free(cs);
     }

@@ -64,7 +64,7 @@ static int aadvance(struct aparser *p)
 
 static int aexpected(struct aparser *p, const char *what)
 {
-    char found[64];
+    char found[ROUTE_ERROR_QUOTE_MAX];
     if (p->tok.kind == TOK_BAD && (p->lx.src[p->tok.pos] == '"' || p->lx.src[p->tok.pos] == '\'')) {
         *p->err = route_errorf(p->what, p->tok.pos, "missing closing quote");
         return -1;
@@ -209,7 +209,7 @@ static int tmpl_parse(struct aparser *p, size_t s, size_t e, struct route_tmpl *
                 group = expr_group_by_name(p->expr, str + ns, ne - ns);
                 if (group == 0) {
                     *p->err = route_errorf(p->what, map[i], "group '%.*s' is not defined in the expression",
-                                           (int)(ne - ns > 64 ? 64 : ne - ns), str + ns);
+                                           (int)(ne - ns > ROUTE_ERROR_QUOTE_MAX ? ROUTE_ERROR_QUOTE_MAX : ne - ns), str + ns);
                     return -1;
                 }
             }
@@ -307,7 +307,7 @@ static int parse_dest(struct aparser *p, size_t s, size_t e, bool url_only, stru
         }
         if (!memchr(str + s, '@', e - s)) {
             *p->err = route_errorf(p->what, map[s], "destination '%.*s' is neither an http(s) URL nor an address",
-                                   (int)(e - s > 64 ? 64 : e - s), str + s);
+                                   (int)(e - s > ROUTE_ERROR_QUOTE_MAX ? ROUTE_ERROR_QUOTE_MAX : e - s), str + s);
             return -1;
         }
         d->kind = ROUTE_DEST_ADDRESS;
@@ -342,7 +342,7 @@ static int parse_forward_string(struct aparser *p, struct route_action *a)
 /* name=STRING; the current token is the name. */
 static int parse_kwarg(struct aparser *p, struct route_action *a, bool *seen_notify, bool *seen_format)
 {
-    char found[64];
+    char found[ROUTE_ERROR_QUOTE_MAX];
     const size_t pos = p->tok.pos;
     const bool notify = atok_is(p, "notify"), format = atok_is(p, "format");
     if (!(format || (notify && a->kind == ACTION_STORE))) {
@@ -435,7 +435,7 @@ int action_parse(const char *src, size_t index, const struct route_expr *e, stru
     } else if (atok_is(&p, "stop")) {
         out->kind = ACTION_STOP;
     } else if (p.tok.kind == TOK_IDENT) {
-        char found[64];
+        char found[ROUTE_ERROR_QUOTE_MAX];
         token_describe(&p.lx, &p.tok, found, sizeof found);
         *err = route_errorf(p.what, p.tok.pos, "unknown action %s", found);
         goto bad;

@@ -40,7 +40,7 @@ static bool tok_is(const struct parser *p, const char *word)
 
 static int expected(struct parser *p, const char *what)
 {
-    char found[64];
+    char found[ROUTE_ERROR_QUOTE_MAX];
     if (p->tok.kind == TOK_BAD && (p->lx.src[p->tok.pos] == '"' || p->lx.src[p->tok.pos] == '\'')) {
         *p->err = route_errorf(WHAT, p->tok.pos, "missing closing quote");
         return -1;
@@ -86,7 +86,7 @@ static int parse_regex(struct parser *p, struct route_filter *f)
 
 static int parse_filter(struct parser *p, struct route_filter *f)
 {
-    char found[64];
+    char found[ROUTE_ERROR_QUOTE_MAX];
     f->pos = p->tok.pos;
     if (tok_is(p, "match_recipient")) {
         f->kind = FILTER_RECIPIENT;

@@ -4,6 +4,7 @@
  * cipher order, no renegotiation, no compression, no server-side session cache (TLS 1.3 tickets
  * are stateless and stay on).  An encrypted key is refused rather than prompted for. */
 #include "smtp/tls.h"
+#include "util/limits.h"
 
 #include <errno.h>
 #include <limits.h>

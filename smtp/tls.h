@@ -17,14 +17,6 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-/* Bounds (to move into util/limits.h with the other SMTP limits). */
-/* Plaintext taken from the TLS object in one step: one TLS record at most. */
-#define SMTP_TLS_PLAIN_CHUNK (16 * 1024)
-/* A drained memory BIO whose buffer grew past this is replaced by an empty one. */
-#define SMTP_TLS_BIO_KEEP (4 * 1024)
-/* "TLSv1.3:TLS_AES_256_GCM_SHA384": protocol and cipher, as txn->tls and Received: show them. */
-#define SMTP_TLS_DESC_MAX 128
-
 /* The server's context: certificate chain and key, protocol and cipher policy.  Built once. */
 struct smtp_tls_ctx;
 /* NULL with *err (g_malloc'd, names the file and OpenSSL's reason) when the certificate or the

@@ -301,7 +301,7 @@ static char *read_key_file(const char *path, const char *label, const char *opt,
         g_string_append_printf(errors, "--%s: %s\n", opt, gerr->message);
         return NULL;
     }
-    if (len > 64 * 1024 || memchr(text, '\0', len)) {
+    if (len > KEY_FILE_MAX || memchr(text, '\0', len)) {
         g_string_append_printf(errors, "--%s: %s is not a key file\n", opt, path);
         g_free(text);
         return NULL;

@@ -13,6 +13,8 @@
 #define SMTP_LOCAL_PART_MAX 64
 #define SMTP_DOMAIN_MAX 255
 #define SMTP_PATH_MAX 512
+/* An address as inlet checks or logs it whole: local part, "@", domain. */
+#define SMTP_ADDRESS_MAX (SMTP_LOCAL_PART_MAX + 1 + SMTP_DOMAIN_MAX)
 #define SMTP_HELO_MAX 255
 /* Unknown or malformed commands tolerated in one session before 421. */
 #define SMTP_MAX_BAD_COMMANDS 20
@@ -23,6 +25,12 @@
 #define SMTP_READ_CHUNK (64 * 1024)
 /* Bytes reserved up front for the Received: header inlet prepends. */
 #define SMTP_RECEIVED_MAX 512
+/* STARTTLS (smtp/tls.c): plaintext taken from the TLS object in one step (one TLS record at most);
+ * a drained memory BIO whose buffer grew past SMTP_TLS_BIO_KEEP is replaced by an empty one;
+ * "TLSv1.3:TLS_AES_256_GCM_SHA384": protocol and cipher, as txn->tls and Received: show them. */
+#define SMTP_TLS_PLAIN_CHUNK (16 * 1024)
+#define SMTP_TLS_BIO_KEEP (4 * 1024)
+#define SMTP_TLS_DESC_MAX 128
 
 /* Settings bounds (min, max) — checked by util/config.c. */
 #define LIMIT_MESSAGE_SIZE_MIN 1024LL
@@ -71,6 +79,25 @@
 #define API_PARAMS_MAX 4
 /* The Authorization header we decode (Basic, base64 of "api:KEY"). */
 #define API_AUTH_HEADER_MAX 1024
+/* List endpoints: items per page when `limit` is not given, and the most `limit` may ask. */
+#define API_EVENTS_LIMIT_DEFAULT 100
+#define API_EVENTS_LIMIT_MAX 300
+#define API_DELIVERIES_LIMIT_DEFAULT 100
+#define API_DELIVERIES_LIMIT_MAX 300
+#define API_ROUTES_LIMIT_DEFAULT 100
+#define API_ROUTES_LIMIT_MAX 1000
+/* GET /v3/{domain}/events: bytes of a filter value (an address, a message id, an event name) and
+ * of a time bound (`begin`, `end`: Unix seconds, RFC 2822 or ISO 8601). */
+#define API_EVENTS_FILTER_MAX 512
+#define API_EVENTS_TIME_MAX 64
+/* Bytes of a page token (base64url) we decode. */
+#define API_PAGE_TOKEN_MAX 4096
+/* POST <storage url> (resend): addresses in one request. */
+#define API_RESEND_RECIPIENTS_MAX 100
+/* GET <storage url>/attachments/N: bytes of the ASCII filename fallback in Content-Disposition,
+ * and of a stored content type sent back as it is (longer ones become application/octet-stream). */
+#define API_DISPOSITION_FALLBACK_MAX 200
+#define API_CONTENT_TYPE_MAX 255
 
 /* Request bodies and query strings (api/form.c): fields in one form (query or body), bytes of a
  * field name, multipart parts, the header block of one part, and a multipart boundary. */
@@ -82,8 +109,10 @@
 /* The filename and content type of a file part. */
 #define FORM_FILENAME_MAX 1024
 
-/* API and signing keys given by a setting: visible ASCII, this many bytes at most. */
+/* API and signing keys given by a setting: visible ASCII, this many bytes at most; a key file
+ * (--api-key-file, --signing-key-file) is read only up to KEY_FILE_MAX bytes. */
 #define KEY_MAX 512
+#define KEY_FILE_MAX (64 * 1024)
 /* Generated keys: random bytes (64 lowercase hex characters). */
 #define KEY_RANDOM_BYTES 32
 
@@ -115,6 +144,8 @@ _Static_assert(API_BODY_MAX < LIMIT_INFLIGHT_BYTES, "a request body fits the mem
 #define ROUTE_JIT_STACK_MAX (512 * 1024)
 /* A resolved destination or notify URL after capture substitution. */
 #define ROUTE_TARGET_MAX 8192
+/* Bytes of the input quoted in a parse error ("expected ..., found '...'"). */
+#define ROUTE_ERROR_QUOTE_MAX 64
 
 /* MIME parsing (message/, SPEC §3).  Over any of these the message is still parsed up to the limit
  * and parse-warnings says what was cut. */
@@ -139,5 +170,81 @@ _Static_assert(API_BODY_MAX < LIMIT_INFLIGHT_BYTES, "a request body fits the mem
 #define LIMIT_HEADER_FIELD_CUT_SLACK 1024
 /* Decoded bytes of all parts together (bodies after conversion to UTF-8, attachments). */
 #define LIMIT_MIME_DECODED_BYTES (256LL * 1024 * 1024)
+/* Bytes of a multipart boundary the pre-scan tracks (RFC 2046 allows 70). */
+#define LIMIT_MIME_BOUNDARY_MAX 200
+/* Bytes of a charset name (encoded words, Content-Type) looked up or quoted in a warning, and of a
+ * header name quoted in a warning. */
+#define LIMIT_CHARSET_MAX 64
+#define LIMIT_WARNING_NAME_MAX 64
+
+/* Quoted text and signature recognition (message/strip.c): bounds on the work done over a body
+ * and the sizes the heuristics accept.  An attribution ("On ... wrote:") longer than
+ * STRIP_ATT_MAX is ordinary text; STRIP_ATT_GAP_MAX blank lines may separate it from the quote;
+ * an Outlook header block is From: then Sent:/To:/Subject: within STRIP_HDR_LINES_MAX lines; a
+ * bare "--" is a signature delimiter only within the last STRIP_SIG_BARE_LINES_MAX lines; "Sent
+ * from my iPhone"-like lines are at most STRIP_SIG_PHRASE_MAX bytes; a closing HTML tag is matched
+ * against at most STRIP_HTML_MATCH_MAX open elements; an element before <blockquote type="cite">
+ * is examined as an attribution up to STRIP_HTML_ATT_REGION_MAX bytes. */
+#define STRIP_ATT_MAX 1000
+#define STRIP_ATT_GAP_MAX 4
+#define STRIP_HDR_LINES_MAX 6
+#define STRIP_SIG_BARE_LINES_MAX 15
+#define STRIP_SIG_PHRASE_MAX 80
+#define STRIP_HTML_MATCH_MAX 64
+#define STRIP_HTML_ATT_REGION_MAX 8192
+
+/* Webhook bodies (message/post.c, SPEC §5). */
+/* The largest urlencoded body (fixed part plus tail); bigger ones go multipart. */
+#define POST_URLENCODED_MAX (100 * 1024)
+/* Field values at least this long are referenced by a segment instead of copied. */
+#define POST_SEGMENT_COPY_MAX 1024
+/* Per-header form fields (distinct names) at most: PHP drops fields past max_input_vars = 1000
+ * and Rack limits a multipart body to 4096 parts; every header stays in message-headers. */
+#define POST_HEADER_FIELDS_MAX 500
+/* A header name longer than this is not a form field (FORM_NAME_MAX is 256). */
+#define POST_FIELD_NAME_MAX 256
+/* Bytes of an attachment filename in a part header (cut on a UTF-8 character boundary). */
+#define POST_FILENAME_MAX 255
+/* The tail of one attempt (timestamp, token, signature and the closing bytes); its values are cut
+ * at the lengths below so that it always fits (multipart: 3 × 86 + 23 + 20 + 64 + 64 + 43 = 472
+ * bytes). */
+#define MESSAGE_POST_TAIL_MAX 512
+#define POST_TAIL_TIMESTAMP_MAX 20
+#define POST_TAIL_TOKEN_MAX 64
+#define POST_TAIL_SIGNATURE_MAX 64
+
+/* Pipeline (engine/pipeline.c): worker threads (fixed: routing is cheap next to the commit it
+ * waits for, so two workers keep the one writer busy while one parses; more would only hold more
+ * messages in memory).  Messages waiting for a worker: at most PIPELINE_QUEUE_MAX and
+ * PIPELINE_QUEUE_BYTES_MAX bytes (one message is always taken when the queue is empty); beyond it
+ * a message is left 'accepted' for the next scan.  Messages whose outcome write is queued and not
+ * committed yet: at most PIPELINE_OUTCOMES_MAX (the workers wait).  Ids listed per page of a scan;
+ * after a failed outcome write, the next scan comes at most PIPELINE_RETRY_SECONDS later. */
+#define PIPELINE_WORKERS 2
+#define PIPELINE_QUEUE_MAX 1000
+#define PIPELINE_QUEUE_BYTES_MAX (128 * 1024 * 1024)
+#define PIPELINE_OUTCOMES_MAX 256
+#define PIPELINE_SCAN_PAGE 1000
+#define PIPELINE_RETRY_SECONDS 30
+
+/* Deliveries (deliver/deliver.c): transfers at once, in total and per destination host (the relay
+ * counts as one host); deliveries held in memory (prepared, waiting or in flight) at most, and
+ * their payload bytes (beyond it a delivery stays in the database for the next scan); rows asked
+ * per page of a due scan; a scan at least every DELIVER_SCAN_SECONDS, whatever the timers say
+ * (safety net); ids of deliveries finished lately remembered (a payload built for one of them is
+ * dropped); bytes of a destination host name used as the per-host key. */
+#define DELIVER_ACTIVE_MAX 64
+#define DELIVER_HOST_ACTIVE_MAX 8
+#define DELIVER_HELD_MAX 2000
+#define DELIVER_HELD_BYTES_MAX (256 * 1024 * 1024)
+#define DELIVER_SCAN_PAGE 200
+#define DELIVER_SCAN_SECONDS 30
+#define DELIVER_RECENT_MAX 4096
+#define DELIVER_HOST_MAX 255
+
+/* Sweeper (engine/sweeper.c): rows of each kind per pass (a pass that hit it is followed by
+ * another one second later), and the period between passes. */
+#define SWEEP_BATCH 500
+#define SWEEP_SECONDS 60
 
 #endif
