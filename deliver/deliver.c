@@ -32,8 +32,8 @@
 #include "util/log.h"
 #include "util/limits.h"
 
-/* The bytes of one message, shared by its deliveries' payloads (MIME posts and SMTP forwards
- * send them as they are). */
+/* The bytes of one message, shared by its deliveries' payloads (MIME posts send them as they
+ * are, SMTP forwards in canonical lines: on_read_smtp). */
 struct dmsg {
     atomic_int refs;
     struct store_message *sm;
@@ -60,7 +60,8 @@ struct task {
     CURL *easy;
     struct curl_slist *headers, *rcpts;
     struct message_post_segment *segs; /* this attempt's body: the post's segments and the tail */
-    size_t nsegs, total, pos;       /* read position over the segments */
+    size_t nsegs, total, pos;       /* read position over the segments (SMTP: over the raw bytes) */
+    bool after_cr, lf_owed;         /* SMTP line-end state: see on_read_smtp */
     char tail[MESSAGE_POST_TAIL_MAX];
     char errbuf[CURL_ERROR_SIZE];
     int64_t started_wall_ms, started_mono_ms;
@@ -280,7 +281,7 @@ static void task_prepare(struct task *t, const struct message *m, struct dmsg *m
     t->msg = dmsg_ref(msg);
     const struct store_message *sm = msg->sm;
     t->bytes = sm->len;
-    if (!is_http(t)) return; /* an address gets the bytes as they are */
+    if (!is_http(t)) return; /* an address gets the bytes (canonical lines: on_read_smtp) */
     char *copy_url = *t->copy_key ? storage_url(t->d, t->recipient, t->copy_key) : NULL;
     const bool notify = strcmp(t->kind, "notify") == 0;
     struct message_post_options opts = {
@@ -420,9 +421,68 @@ static void admit(struct deliverer *d, struct task *t)
 /* ---------------------------------------------------------------------------------------------
  * Transfers. */
 
+/* SMTP DATA (issue 14 item 4): the stored bytes are kept as received, bare LF and bare CR
+ * included, but a relay must get canonical lines, or one that ends DATA at "LF . CRLF" runs what
+ * follows as commands in inlet's (authenticated) session.  Streamed without a copy: every CR, LF
+ * or CR LF goes out as CR LF.  libcurl then dot-stuffs every line that starts with '.' (it
+ * escapes "CR LF ." in what this returns), so lone "." lines cannot end the data either. */
+static size_t on_read_smtp(struct task *t, char *buf, size_t want)
+{
+    const uint8_t *in = t->segs[0].data;
+    const size_t len = t->segs[0].len;
+    size_t done = 0;
+    if (t->lf_owed && done < want) {
+        buf[done++] = '\n';
+        t->lf_owed = false;
+    }
+    while (t->pos < len && done < want) {
+        const uint8_t c = in[t->pos++];
+        if (c == '\n' && t->after_cr) { /* the LF of a CR LF already sent */
+            t->after_cr = false;
+            continue;
+        }
+        t->after_cr = c == '\r';
+        if (c != '\r' && c != '\n') {
+            buf[done++] = (char)c;
+            continue;
+        }
+        buf[done++] = '\r';
+        if (done < want) buf[done++] = '\n';
+        else t->lf_owed = true;
+    }
+    return done;
+}
+
+/* Bytes on the wire for SMTP (CURLOPT_INFILESIZE: the SIZE parameter, and curl's end of the
+ * upload): on_read_smtp's output plus the '.' that libcurl adds to every line after the first
+ * that starts with one.  Exact, so that curl never counts the upload as complete early (the
+ * stored bytes start with inlet's Received: header, never with a '.'). */
+static size_t smtp_wire_len(const uint8_t *in, size_t len)
+{
+    size_t n = 0;
+    bool after_cr = false, line_start = false;
+    for (size_t i = 0; i < len; i++) {
+        const uint8_t c = in[i];
+        if (c == '\n' && after_cr) {
+            after_cr = false;
+            continue;
+        }
+        after_cr = c == '\r';
+        if (c == '\r' || c == '\n') {
+            n += 2;
+            line_start = true;
+            continue;
+        }
+        n += 1 + (c == '.' && line_start);
+        line_start = false;
+    }
+    return n;
+}
+
 static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
 {
     struct task *t = arg;
+    if (!is_http(t)) return on_read_smtp(t, buf, size * nitems);
     size_t want = size * nitems, done = 0, skip = t->pos;
     for (size_t i = 0; i < t->nsegs && done < want; i++) {
         const struct message_post_segment *s = &t->segs[i];
@@ -444,6 +504,10 @@ static int on_seek(void *arg, curl_off_t offset, int origin)
 {
     struct task *t = arg;
     if (origin != SEEK_SET || offset < 0 || (size_t)offset > t->total) return CURL_SEEKFUNC_CANTSEEK;
+    if (!is_http(t)) { /* the SMTP stream is transformed: only from the start again */
+        if (offset != 0) return CURL_SEEKFUNC_CANTSEEK;
+        t->after_cr = t->lf_owed = false;
+    }
     t->pos = (size_t)offset;
     return CURL_SEEKFUNC_OK;
 }
@@ -467,6 +531,7 @@ static void add_segment(struct task *t, const void *data, size_t len)
 static bool task_segments(struct task *t)
 {
     t->nsegs = t->total = t->pos = 0;
+    t->after_cr = t->lf_owed = false;
     g_free(t->segs);
     const size_t n = t->post ? message_post_segment_count(t->post) : 0;
     t->segs = g_new(struct message_post_segment, n + 1);
@@ -539,7 +604,7 @@ static bool setup_smtp(struct task *t, CURL *e)
     g_free(url);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
     curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
-    curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)t->total);
+    curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)smtp_wire_len(t->segs[0].data, t->segs[0].len));
     curl_easy_setopt(e, CURLOPT_USE_SSL, t->d->relay_tls_all ? (long)CURLUSESSL_ALL : (long)CURLUSESSL_TRY);
     if (c->relay_password) curl_easy_setopt(e, CURLOPT_PASSWORD, c->relay_password);
     const char *from = c->bounce_address && *c->bounce_address ? c->bounce_address : t->msg->sm->sender;

@@ -39,6 +39,7 @@ import hashlib
 import hmac
 import http.server
 import json
+import re
 import socket
 import socketserver
 import threading
@@ -473,13 +474,18 @@ class SmtpSink:
     answer.  A reply is an int (a text is added) or a full line such as "451 4.3.0 later".
     A refused RCPT or a refused DATA/EOD ends the transaction without recording a message;
     every end of data is recorded in `transactions` with its reply, the 250 ones also in
-    `messages`."""
+    `messages`.
+
+    lax_lines=True makes it a sloppy relay (issue 14 item 4): a bare LF ends a line, and the data
+    ends at any line holding only "." (LF.LF and LF.CRLF too), so bytes after such a line in a
+    message would be read as commands: what inlet must never let happen."""
 
     NORMAL = {"MAIL": "250 2.1.0 Ok", "RCPT": "250 2.1.5 Ok", "DATA": "354 End data with <CR><LF>.<CR><LF>",
               "EOD": "250 2.0.0 Ok: queued"}
 
     def __init__(self, replies=None, always=None, host="127.0.0.1", advertise_auth=True,
-                 hostname="sink.inlet.test", sock=None):
+                 hostname="sink.inlet.test", sock=None, lax_lines=False):
+        self.lax_lines = lax_lines
         self.scripts = {k: list(v) for k, v in (replies or {}).items()}
         self.always = dict(always or {})
         self.advertise_auth = advertise_auth
@@ -543,18 +549,41 @@ class SmtpSink:
         def send(line):
             sock.sendall(line.encode() + b"\r\n")
 
+        eol = b"\n" if self.lax_lines else b"\r\n"
+
         def readline():
-            while b"\r\n" not in buf:
+            while eol not in buf:
                 chunk = sock.recv(65536)
                 if not chunk:
                     return None
                 buf.extend(chunk)
-            i = buf.index(b"\r\n")
+            i = buf.index(eol)
             line = bytes(buf[:i])
-            del buf[:i + 2]
-            return line
+            del buf[:i + len(eol)]
+            return line.rstrip(b"\r") if self.lax_lines else line
+
+        def read_data_lax():
+            # Any line that is only "." (after LF, ended by LF or CRLF) ends the data.
+            data = bytearray(b"\n")
+            while True:
+                m = re.search(rb"\n\.\r?\n", data)
+                if m:
+                    break
+                if buf:
+                    data.extend(buf)
+                    del buf[:]
+                    continue
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return None
+                data.extend(chunk)
+            buf.extend(data[m.end():])
+            content = bytes(data[:m.start() + 1])
+            return re.sub(rb"\n\.", b"\n", content)[1:]
 
         def read_data():
+            if self.lax_lines:
+                return read_data_lax()
             # The data ends at CRLF.CRLF; the CRLF before the dot belongs to the message.  A
             # virtual CRLF in front lets an empty message ("." alone) end at once.
             data = bytearray(b"\r\n")

@@ -594,7 +594,34 @@ class ForwardAddress(DeliveryCase):
         msg_id = self.send_raw(d, BINARY_MSG)
         (t,) = s.wait_for(1, timeout(10))
         m, rest = harness.split_received(t.data)
-        self.assertEqual((m.group("id").decode(), rest), (msg_id, BINARY_MSG))
+        # Every octet as stored; its bare LF and bare CR go out as CRLF (issue 14 item 4).
+        self.assertEqual((m.group("id").decode(), rest), (msg_id, re.sub(rb"\r\n|\r|\n", b"\r\n", BINARY_MSG)))
+
+    def test_bare_line_ends_cannot_smuggle_commands(self):
+        # Issue 14 item 4: the stored bytes keep their bare LF and bare CR, but the relay gets
+        # canonical CRLF lines, dot-stuffed: a relay that ends DATA at LF.LF or LF.CRLF (lax_lines)
+        # sees one message and never the MAIL FROM hidden in it.
+        s = self.sink(lax_lines=True)
+        d = self.start(["--relay", s.url()])
+        self.route(d, ['forward("someone@elsewhere.test")'])
+        sent = (b"From: alice@sender.test\r\nTo: bob@example.com\r\nSubject: smuggle\r\n\r\n"
+                b"hello\n.\nMAIL FROM:<evil@attacker.test>\nRCPT TO:<victim@elsewhere.test>\nDATA\n"
+                b"Subject: injected\n\nsmuggled\n.\r\nRSET\r\n"
+                b"bare CR\rthen\r\n.\r\n..\r\nlast\nend\r\n")
+        msg_id = self.send_raw(d, sent)
+        raw = self.stored_raw(d, msg_id, sent)
+        self.assertIsNotNone(raw)  # kept as received: bare LF and CR included
+        (t,) = s.wait_for(1, timeout(10))
+        self.wait_state(d, msg_id, "delivered")
+        time.sleep(timeout(0.5))  # anything smuggled would have arrived by now
+        canonical = re.sub(rb"\r\n|\r|\n", b"\r\n", raw)
+        # SIZE: the bytes on the wire, the stuffed dots included.
+        size = len(canonical) + len(re.findall(rb"\r\n\.", canonical))
+        self.assertEqual([e[1] for e in s.events if e[0] == "MAIL"], ["FROM:<alice@sender.test> SIZE=%d" % size])
+        self.assertEqual([e[1] for e in s.events if e[0] == "RCPT"], ["TO:<someone@elsewhere.test>"])
+        self.assertEqual(len(s.transactions), 1, s.events)
+        self.assertEqual(t.data, canonical)
+        self.assertIn(b"\r\n.\r\nMAIL FROM:<evil@attacker.test>\r\n", t.data)  # text, as it was sent
 
     def test_relay_tls_require_never_sends_in_clear(self):
         # The sink offers no STARTTLS: with --relay-tls require neither the credentials nor the
