@@ -26,12 +26,10 @@ enum MHD_Result api_reply_bytes(struct MHD_Connection *conn, unsigned status,
     return r;
 }
 
-enum MHD_Result api_reply_store_error(struct api_request *req, const char *what, int status,
-                                      char *take_err)
+enum MHD_Result api_reply_store_error(struct api_request *req, const char *what,
+                                      enum store_status status, char *take_err)
 {
-    const char *why = take_err && *take_err ? take_err
-                      : status == -2        ? "disk full" /* STORE_ERR_FULL */
-                                            : "storage error";
+    const char *why = take_err && *take_err ? take_err : store_status_text(status);
     log_error("http", "%s failed: %s", what, why);
     char *msg = g_strdup_printf("Storage unavailable: %s", why);
     enum MHD_Result r = api_reply_error(req->conn, MHD_HTTP_SERVICE_UNAVAILABLE, msg);

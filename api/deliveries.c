@@ -102,9 +102,9 @@ enum MHD_Result api_deliveries_list(struct api_server *api, struct api_request *
     struct store_delivery *ds = NULL;
     size_t n = 0;
     char *err = NULL;
-    if (store_deliveries_list(api->store, state, before_at, before_id, (size_t)limit, &ds, &n,
-                              &err) < 0)
-        return api_reply_store_error(req, "deliveries list", STORE_ERR_IO, err);
+    enum store_status st = store_deliveries_list(api->store, state, before_at, before_id,
+                                                 (size_t)limit, &ds, &n, &err);
+    if (st != STORE_OK) return api_reply_store_error(req, "deliveries list", st, err);
     size_t total = n;
     if (n > (size_t)limit) n = (size_t)limit;
     json_t *items = json_array();

@@ -464,8 +464,9 @@ enum MHD_Result api_events_list(struct api_server *api, struct api_request *req)
     size_t n = 0;
     char *err = NULL;
     enum MHD_Result r;
-    if (store_events_query(api->store, &sq, &evs, &n, &err) < 0) {
-        r = api_reply_store_error(req, "events query", STORE_ERR_IO, err);
+    enum store_status st = store_events_query(api->store, &sq, &evs, &n, &err);
+    if (st != STORE_OK) {
+        r = api_reply_store_error(req, "events query", st, err);
         goto out;
     }
     size_t total = n;

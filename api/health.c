@@ -19,16 +19,26 @@ static char *disk_problem(const struct api_config *cfg)
     return NULL;
 }
 
+static enum MHD_Result unavailable(struct MHD_Connection *conn, const char *reason)
+{
+    return api_reply_json(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+                          json_pack("{s:s, s:s}", "status", "unavailable", "message", reason));
+}
+
 enum MHD_Result api_health(struct api_server *api, struct api_request *req)
 {
     struct MHD_Connection *conn = req->conn;
-    char *reason = disk_problem(&api->cfg);
-    if (!reason) store_check_writable(api->store, &reason);
-    if (reason) {
-        enum MHD_Result r = api_reply_json(
-            conn, MHD_HTTP_SERVICE_UNAVAILABLE,
-            json_pack("{s:s, s:s}", "status", "unavailable", "message", reason));
-        g_free(reason);
+    char *disk = disk_problem(&api->cfg); /* GLib's */
+    if (disk) {
+        enum MHD_Result r = unavailable(conn, disk);
+        g_free(disk);
+        return r;
+    }
+    char *reason = NULL; /* the store's: malloc'd */
+    enum store_status st = store_check_writable(api->store, &reason);
+    if (st != STORE_OK) {
+        enum MHD_Result r = unavailable(conn, reason ? reason : store_status_text(st));
+        free(reason);
         return r;
     }
     return api_reply_json(conn, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"));

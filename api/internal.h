@@ -27,6 +27,7 @@
 
 #include "api/api.h"
 #include "api/form.h"
+#include "storage/store.h"
 #include "util/limits.h"
 
 #define API_AUTH_DIGEST_LEN 32
@@ -141,8 +142,8 @@ enum MHD_Result api_metrics(struct api_server *api, struct api_request *req);
 enum MHD_Result api_reply_bytes(struct MHD_Connection *conn, unsigned status,
                                 const char *content_type, void *take_body, size_t len);
 /* A store error answered as 503 {"message": "Storage unavailable: <why>"} (logged); takes err. */
-enum MHD_Result api_reply_store_error(struct api_request *req, const char *what, int status,
-                                      char *take_err);
+enum MHD_Result api_reply_store_error(struct api_request *req, const char *what,
+                                      enum store_status status, char *take_err);
 /* A JSON string of `len` bytes; invalid UTF-8 becomes U+FFFD. */
 json_t *api_jstrn(const char *s, size_t len);
 /* The same for a NUL-terminated string (NULL gives ""). */

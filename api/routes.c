@@ -621,7 +621,7 @@ int api_routes_load(struct route_registry *reg, struct store *st, size_t *loaded
     struct store_route *srs = NULL;
     size_t n = 0, k = 0;
     if (loaded) *loaded = 0;
-    if (store_routes_load(st, &srs, &n, err) < 0) return -1;
+    if (store_routes_load(st, &srs, &n, err) != STORE_OK) return -1;
     struct route **rs = calloc(n ? n : 1, sizeof *rs);
     if (!rs) {
         store_routes_free(srs, n);

@@ -909,7 +909,7 @@ static void prep_done(uv_work_t *req, int status)
     }
     if (p->status != STORE_OK && p->status != STORE_ERR_NOT_FOUND) schedule_scan(d, DELIVER_SCAN_SECONDS * 1000);
     g_ptr_array_free(p->tasks, TRUE);
-    g_free(p->err);
+    free(p->err); /* the store's strings are malloc'd */
     g_free(p);
     pump(d);
     maybe_finish_stop(d);
@@ -951,9 +951,9 @@ static void scan(struct deliverer *d)
         struct store_delivery *rows = NULL;
         size_t n = 0;
         char *err = NULL;
-        if (store_deliveries_due(d->cfg.store, now, after_at, after_id, DELIVER_SCAN_PAGE, &rows, &n, &err) < 0) {
+        if (store_deliveries_due(d->cfg.store, now, after_at, after_id, DELIVER_SCAN_PAGE, &rows, &n, &err) != STORE_OK) {
             log_warn("deliver", "cannot list due deliveries: %s (retried in %ds)", err ? err : "?", DELIVER_SCAN_SECONDS);
-            g_free(err);
+            free(err);
             failed = true;
             break;
         }
@@ -998,7 +998,7 @@ static void scan(struct deliverer *d)
     int64_t at = 0;
     uint64_t delay_ms = DELIVER_SCAN_SECONDS * 1000;
     const int64_t now_ms = clock_now_ms();
-    if (!failed && store_deliveries_next_due(d->cfg.store, now, &at) == 0 && at - now < DELIVER_SCAN_SECONDS)
+    if (!failed && store_deliveries_next_due(d->cfg.store, now, &at) == STORE_OK && at - now < DELIVER_SCAN_SECONDS)
         delay_ms = at * 1000 > now_ms ? (uint64_t)(at * 1000 - now_ms) : 0;
     d->scan_armed = false;
     schedule_scan(d, delay_ms);
@@ -1047,7 +1047,7 @@ static void on_record(struct deliverer *d, struct record *r)
     g_hash_table_remove(d->known, t->id);
     release(d, t, true);
     task_free(t);
-    g_free(r->err);
+    free(r->err);
     g_free(r);
 }
 
@@ -1235,7 +1235,7 @@ void deliver_free(struct deliverer *d)
     struct record *r;
     while ((r = g_queue_pop_head(&d->records))) {
         task_free(r->task);
-        g_free(r->err);
+        free(r->err);
         g_free(r);
     }
     if (d->multi) curl_multi_cleanup(d->multi);

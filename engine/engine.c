@@ -86,6 +86,8 @@ static enum smtp_commit_status smtp_status(enum store_status st)
     case STORE_OK: return SMTP_COMMIT_OK;
     case STORE_ERR_FULL: return SMTP_COMMIT_NOSPACE;
     case STORE_ERR_IO:
+    case STORE_ERR_BUSY:
+    case STORE_ERR_NOMEM:
     case STORE_ERR_NOT_FOUND:
     case STORE_ERR_QUOTA: break;
     }
@@ -239,10 +241,10 @@ static int start_storage(struct engine *e)
     e->store = store_open(e->cfg->data_dir, e->cfg->database, &err);
     if (!e->store) {
         log_error("engine", "cannot open storage: %s", err);
-        g_free(err);
+        free(err);
         return -1;
     }
-    if (store_count_unprocessed(e->store, &e->recovered) < 0) {
+    if (store_count_unprocessed(e->store, &e->recovered) != STORE_OK) {
         log_error("engine", "cannot count unprocessed messages");
         return -1;
     }

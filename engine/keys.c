@@ -38,9 +38,9 @@ void keys_clear(struct engine_keys *keys)
 /* The database's key `name`: read it, or (generate) create it unless someone else did first. */
 static int stored_key(struct store *st, const char *name, bool generate, char **out, char **err)
 {
-    int rc = store_get_meta(st, name, out);
-    if (rc == 0) return 0;
-    if (rc != -ENOENT) {
+    enum store_status rc = store_get_meta(st, name, out);
+    if (rc == STORE_OK) return 0;
+    if (rc != STORE_ERR_NOT_FOUND) {
         *err = g_strdup_printf("cannot read %s from the database", name);
         return -1;
     }
@@ -56,9 +56,9 @@ static int stored_key(struct store *st, const char *name, bool generate, char **
     rc = store_set_meta_if_absent(st, name, hex, out);
     memset(raw, 0, sizeof raw);
     memset(hex, 0, sizeof hex);
-    if (rc < 0) {
+    if (rc != STORE_OK) {
         *err = g_strdup_printf("cannot store a new %s in the database%s", name,
-                               rc == -ENOSPC ? ": disk full" : "");
+                               rc == STORE_ERR_FULL ? ": disk full" : "");
         return -1;
     }
     return 0;
@@ -149,7 +149,7 @@ int engine_print_keys(struct inlet_config *cfg)
         st = store_open(cfg->data_dir, cfg->database, &err);
         if (!st) {
             fprintf(stderr, "inlet: cannot open storage: %s\n", err);
-            g_free(err);
+            free(err);
             return 1;
         }
     }

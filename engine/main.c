@@ -128,14 +128,14 @@ static int backup_command(int argc, char **argv)
         fprintf(stderr, "inlet backup: cannot open storage: %s\n", err);
         goto out;
     }
-    if (store_backup(st, file, &err) < 0) {
+    if (store_backup(st, file, &err) != STORE_OK) {
         fprintf(stderr, "inlet backup: %s\n", err ? err : "failed");
         goto out;
     }
     printf("backup written to %s\n", file);
     status = 0;
 out:
-    g_free(err);
+    free(err);
     store_close(st);
     config_free(&cfg);
     return status;

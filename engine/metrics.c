@@ -73,7 +73,7 @@ static void gauges_part(GString *out, struct store *st)
 {
     struct store_gauges g;
     const int64_t now = clock_now_ms() / 1000;
-    if (store_gauges(st, now, &g, NULL) < 0) {
+    if (store_gauges(st, now, &g, NULL) != STORE_OK) {
         metric(out, "inlet_store_gauges_up", "gauge", "Whether the store's gauges could be read.", 0);
         return;
     }

@@ -228,13 +228,13 @@ static void list_page(struct pipeline *p)
     pthread_mutex_unlock(&p->lock);
     char **ids = NULL, *err = NULL;
     size_t n = 0;
-    int rc = store_list_unprocessed(p->store, &ids, &n, max, &err);
+    enum store_status rc = store_list_unprocessed(p->store, &ids, &n, max, &err);
     pthread_mutex_lock(&p->lock);
     p->listing = false;
-    if (rc < 0) {
+    if (rc != STORE_OK) {
         log_warn("engine", "cannot list unprocessed messages: %s (retried in %ds)", err ? err : "?",
                  p->retry_seconds);
-        g_free(err);
+        free(err);
         p->pass_failed = true;
         p->retry_wanted = true;
         p->more_pages = false;
@@ -306,7 +306,7 @@ static void *worker_main(void *arg)
                              err ? err : "?", p->retry_seconds);
                 routing_done(p, id, true, st == STORE_ERR_NOT_FOUND ? STORE_OK : st);
             }
-            g_free(err);
+            free(err);
             g_free(id);
             pthread_mutex_lock(&p->lock);
             continue;

@@ -3,7 +3,7 @@
  * Rules: a step is never edited once released; a change is a new step at the end.  Each step runs
  * in its own transaction together with the update of meta.schema_version (see the backends).
  * The table and column names are a contract: the black-box tests read them directly. */
-#include "storage/backend.h"
+#include "storage/internal.h"
 
 static const struct store_migration migrations[] = {
     {

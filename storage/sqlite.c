@@ -38,8 +38,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "storage/backend.h"
-#include "storage/sqlite_int.h"
+#include "storage/internal.h"
+#include "storage/internal_sqlite.h"
 #include "util/log.h"
 
 #define SQLITE_BUSY_TIMEOUT_MS 5000
@@ -57,19 +57,24 @@
 #define SQLITE_CHECKPOINT_VALVE_BUSY_MS 250
 
 
-void sq_set_err(char **err, const char *fmt, ...)
+enum store_status sqlite_status(sqlite3 *db, int rc)
 {
-    va_list ap;
+    int sys = sqlite3_system_errno(db);
 
-    if (!err) return;
-    free(*err);
-    va_start(ap, fmt);
-    if (vasprintf(err, fmt, ap) < 0) *err = NULL;
-    va_end(ap);
+    if ((rc & 0xff) == SQLITE_FULL) return STORE_ERR_FULL;
+    if ((rc & 0xff) == SQLITE_IOERR && (sys == ENOSPC || sys == EDQUOT)) return STORE_ERR_FULL;
+    if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED) return STORE_ERR_BUSY;
+    if (rc == SQLITE_NOMEM) return STORE_ERR_NOMEM;
+    return STORE_ERR_IO;
+}
+
+const char *sqlite_error(sqlite3 *db, int rc)
+{
+    return rc == SQLITE_NOMEM ? "out of memory" : sqlite3_errmsg(db);
 }
 
 /* Runs every statement in `sql`; the first column of the first row, if any, goes to out. */
-int sq_exec(sqlite3 *db, const char *sql, char *out, size_t outsz, char **err)
+enum store_status sqlite_exec(sqlite3 *db, const char *sql, char *out, size_t outsz, char **err)
 {
     const char *tail = sql;
     bool got = false;
@@ -80,8 +85,8 @@ int sq_exec(sqlite3 *db, const char *sql, char *out, size_t outsz, char **err)
         int rc = sqlite3_prepare_v2(db, tail, -1, &stmt, &tail);
 
         if (rc != SQLITE_OK) {
-            sq_set_err(err, "%s", sqlite3_errmsg(db));
-            return -1;
+            store_set_err(err, "%s", sqlite_error(db, rc));
+            return sqlite_status(db, rc);
         }
         if (!stmt) continue; /* whitespace or comment */
         while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
@@ -93,13 +98,13 @@ int sq_exec(sqlite3 *db, const char *sql, char *out, size_t outsz, char **err)
             }
         }
         if (rc != SQLITE_DONE) {
-            sq_set_err(err, "%s", sqlite3_errmsg(db));
+            store_set_err(err, "%s", sqlite_error(db, rc));
             sqlite3_finalize(stmt);
-            return -1;
+            return sqlite_status(db, rc);
         }
         sqlite3_finalize(stmt);
     }
-    return 0;
+    return STORE_OK;
 }
 
 static int open_conn(const char *path, sqlite3 **db, char **err)
@@ -107,7 +112,7 @@ static int open_conn(const char *path, sqlite3 **db, char **err)
     int rc = sqlite3_open_v2(path, db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
 
     if (rc != SQLITE_OK) {
-        sq_set_err(err, "cannot open database %s: %s", path,
+        store_set_err(err, "cannot open database %s: %s", path,
                 *db ? sqlite3_errmsg(*db) : sqlite3_errstr(rc));
         sqlite3_close(*db);
         *db = NULL;
@@ -118,7 +123,7 @@ static int open_conn(const char *path, sqlite3 **db, char **err)
      * does not fail the journal_mode switch. */
     sqlite3_busy_timeout(*db, SQLITE_BUSY_TIMEOUT_MS);
     if (sqlite3_db_readonly(*db, "main") == 1) {
-        sq_set_err(err, "database %s is read-only", path);
+        store_set_err(err, "database %s is read-only", path);
         sqlite3_close(*db);
         *db = NULL;
         return -1;
@@ -130,16 +135,16 @@ static int pragma(sqlite3 *db, const char *path, const char *sql, const char *wa
 {
     char got[64];
 
-    if (sq_exec(db, sql, got, sizeof got, err) < 0) {
+    if (sqlite_exec(db, sql, got, sizeof got, err) < 0) {
         char *e = *err;
 
         *err = NULL;
-        sq_set_err(err, "%s on %s failed: %s", sql, path, e ? e : "out of memory");
+        store_set_err(err, "%s on %s failed: %s", sql, path, e ? e : "out of memory");
         free(e);
         return -1;
     }
     if (want && strcmp(got, want) != 0) {
-        sq_set_err(err, "%s on %s returned \"%s\", not \"%s\"", sql, path, got, want);
+        store_set_err(err, "%s on %s returned \"%s\", not \"%s\"", sql, path, got, want);
         return -1;
     }
     return 0;
@@ -153,20 +158,20 @@ static int read_version(sqlite3 *db, int *version, char **err)
     char *end;
     long v;
 
-    if (sq_exec(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+    if (sqlite_exec(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
                  buf, sizeof buf, err) < 0)
         return -1;
     if (strcmp(buf, "0") == 0) {
         *version = 0;
         return 0;
     }
-    if (sq_exec(db, "SELECT value FROM meta WHERE key = 'schema_version'", buf, sizeof buf,
+    if (sqlite_exec(db, "SELECT value FROM meta WHERE key = 'schema_version'", buf, sizeof buf,
                  err) < 0)
         return -1;
     errno = 0;
     v = strtol(buf, &end, 10);
     if (!buf[0] || *end || errno || v < 0 || v > INT_MAX) {
-        sq_set_err(err, "database schema version \"%s\" is not a number", buf);
+        store_set_err(err, "database schema version \"%s\" is not a number", buf);
         return -1;
     }
     *version = (int)v;
@@ -188,7 +193,7 @@ static int set_version(sqlite3 *db, int version, char **err)
         sqlite3_bind_text(stmt, 1, v, -1, SQLITE_TRANSIENT);
         rc = sqlite3_step(stmt);
     }
-    if (rc != SQLITE_DONE) sq_set_err(err, "%s", sqlite3_errmsg(db));
+    if (rc != SQLITE_DONE) store_set_err(err, "%s", sqlite3_errmsg(db));
     sqlite3_finalize(stmt);
     return rc == SQLITE_DONE ? 0 : -1;
 }
@@ -204,36 +209,36 @@ static int migrate(sqlite3 *db, const char *path, int *version_out, char **err)
     for (;;) {
         int v;
 
-        if (sq_exec(db, "BEGIN IMMEDIATE", NULL, 0, err) < 0 || read_version(db, &v, err) < 0) {
+        if (sqlite_exec(db, "BEGIN IMMEDIATE", NULL, 0, err) < 0 || read_version(db, &v, err) < 0) {
             char *e = *err;
 
             *err = NULL;
-            sq_set_err(err, "cannot read the schema version of %s: %s", path, e ? e : "out of memory");
+            store_set_err(err, "cannot read the schema version of %s: %s", path, e ? e : "out of memory");
             free(e);
             goto rollback;
         }
         if (v > latest) {
-            sq_set_err(err,
+            store_set_err(err,
                     "database schema version %d is newer than this inlet supports (%d); "
                     "upgrade inlet",
                     v, latest);
             goto rollback;
         }
         if (v == latest) {
-            sq_exec(db, "ROLLBACK", NULL, 0, NULL);
+            sqlite_exec(db, "ROLLBACK", NULL, 0, NULL);
             *version_out = v;
             return 0;
         }
         if ((size_t)v >= count || steps[v].version != v + 1 || !steps[v].sqlite_sql) {
-            sq_set_err(err, "no migration from schema version %d", v);
+            store_set_err(err, "no migration from schema version %d", v);
             goto rollback;
         }
-        if (sq_exec(db, steps[v].sqlite_sql, NULL, 0, err) < 0 ||
-            set_version(db, v + 1, err) < 0 || sq_exec(db, "COMMIT", NULL, 0, err) < 0) {
+        if (sqlite_exec(db, steps[v].sqlite_sql, NULL, 0, err) < 0 ||
+            set_version(db, v + 1, err) < 0 || sqlite_exec(db, "COMMIT", NULL, 0, err) < 0) {
             char *e = *err;
 
             *err = NULL;
-            sq_set_err(err, "migration to schema version %d (%s) failed: %s", v + 1,
+            store_set_err(err, "migration to schema version %d (%s) failed: %s", v + 1,
                     steps[v].description, e ? e : "out of memory");
             free(e);
             goto rollback;
@@ -242,7 +247,7 @@ static int migrate(sqlite3 *db, const char *path, int *version_out, char **err)
     }
 
 rollback:
-    if (!sqlite3_get_autocommit(db)) sq_exec(db, "ROLLBACK", NULL, 0, NULL);
+    if (!sqlite3_get_autocommit(db)) sqlite_exec(db, "ROLLBACK", NULL, 0, NULL);
     return -1;
 }
 
@@ -411,7 +416,7 @@ static int prepare_w(struct sqlite_be *be, sqlite3 *db, const char *sql, sqlite3
 {
     if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL) == SQLITE_OK)
         return 0;
-    sq_set_err(err, "cannot prepare the %s on %s: %s", what, be->path, sqlite3_errmsg(db));
+    store_set_err(err, "cannot prepare the %s on %s: %s", what, be->path, sqlite3_errmsg(db));
     return -1;
 }
 
@@ -423,7 +428,7 @@ static int ensure_incremental_vacuum(struct sqlite_be *be, char **err)
     struct timespec t0;
     char mode[16];
 
-    if (sq_exec(be->wdb, "PRAGMA auto_vacuum", mode, sizeof mode, err) < 0) return -1;
+    if (sqlite_exec(be->wdb, "PRAGMA auto_vacuum", mode, sizeof mode, err) < 0) return -1;
     if (strcmp(mode, "0") != 0) return 0;
     log_info("storage", "vacuum path=%s reason=\"auto_vacuum=incremental, once\"", be->path);
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -480,7 +485,7 @@ static int setup_writer(struct sqlite_be *be, char **err)
         prepare_w(be, be->wdb, "RELEASE job", &be->sp_release, "savepoint release", err) < 0 ||
         prepare_w(be, be->wdb, "ROLLBACK TO job", &be->sp_rollback, "savepoint rollback", err) < 0)
         return -1;
-    return sq_queue_prepare_writer(be, err);
+    return sqlite_queue_prepare_writer(be, err) == STORE_OK ? 0 : -1;
 }
 
 static int setup_reader(struct sqlite_be *be, char **err)
@@ -508,7 +513,7 @@ static int setup_reader(struct sqlite_be *be, char **err)
 
     if (open_conn(be->path, &be->pdb, err) < 0) return -1;
     sqlite3_busy_timeout(be->pdb, SQLITE_PROBE_TIMEOUT_MS);
-    if (sq_queue_prepare_reader(be, err) < 0) return -1;
+    if (sqlite_queue_prepare_reader(be, err) != STORE_OK) return -1;
     return pragma(be->pdb, be->path, "PRAGMA journal_mode = WAL", "wal", err);
 }
 
@@ -532,7 +537,7 @@ static int setup_checkpointer(struct sqlite_be *be, char **err)
     rc = pthread_create(&be->ckpt, NULL, checkpointer_main, be);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
-        sq_set_err(err, "cannot start the storage checkpointer thread: %s", strerror(rc));
+        store_set_err(err, "cannot start the storage checkpointer thread: %s", strerror(rc));
         return -1;
     }
     be->ckpt_started = true;
@@ -553,7 +558,7 @@ static void sqlite_close(void *arg)
         be->ckpt_started = false;
     }
     sqlite3_close(be->cdb);
-    sq_queue_finalize(be); /* before the connections: a close with statements left fails */
+    sqlite_queue_finalize(be); /* before the connections: a close with statements left fails */
     sqlite3_finalize(be->count);
     sqlite3_finalize(be->routes);
     sqlite3_finalize(be->unprocessed);
@@ -573,7 +578,7 @@ static void sqlite_close(void *arg)
         char *err = NULL;
 
         /* Fold the WAL into the database and cut it to zero while nothing else reads. */
-        if (sq_exec(be->wdb, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, 0, &err) < 0)
+        if (sqlite_exec(be->wdb, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, 0, &err) < 0)
             log_warn("storage", "checkpoint failed error=\"%s\"", err ? err : "out of memory");
         free(err);
         sqlite3_close(be->wdb);
@@ -594,12 +599,12 @@ static void *sqlite_open(const char *path, char **err)
     const char *slash;
 
     if (!sqlite3_threadsafe()) {
-        sq_set_err(err, "the SQLite library was built without thread support");
+        store_set_err(err, "the SQLite library was built without thread support");
         return NULL;
     }
     be = calloc(1, sizeof *be);
     if (!be) {
-        sq_set_err(err, "out of memory");
+        store_set_err(err, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&be->rmu, NULL);
@@ -612,7 +617,7 @@ static void *sqlite_open(const char *path, char **err)
     be->path = strdup(path);
     be->dir = !slash ? strdup(".") : strndup(path, slash == path ? 1 : (size_t)(slash - path));
     if (!be->path || !be->dir) {
-        sq_set_err(err, "out of memory");
+        store_set_err(err, "out of memory");
         goto fail;
     }
     if (setup_writer(be, err) < 0 || setup_reader(be, err) < 0 || setup_checkpointer(be, err) < 0)
@@ -632,15 +637,6 @@ static const char *sqlite_name(void *arg)
 }
 
 /* ---- writes --------------------------------------------------------------------------------- */
-
-static enum store_status classify(sqlite3 *db, int rc)
-{
-    int sys = sqlite3_system_errno(db);
-
-    if ((rc & 0xff) == SQLITE_FULL) return STORE_ERR_FULL;
-    if ((rc & 0xff) == SQLITE_IOERR && (sys == ENOSPC || sys == EDQUOT)) return STORE_ERR_FULL;
-    return STORE_ERR_IO;
-}
 
 /* Binds and runs the INSERT of one message.  Returns SQLITE_DONE, or the error code. */
 static int insert_one(struct sqlite_be *be, const struct store_message *m)
@@ -696,16 +692,18 @@ static bool savepoint_step(sqlite3_stmt *s)
 static int run_job(struct sqlite_be *be, struct store_job *job)
 {
     char *jerr = NULL;
+    enum store_status rc;
 
     if (!savepoint_step(be->sp_begin)) return -1;
-    if (job->run(&store_sqlite_backend, be, job->arg, &jerr) == 0) {
+    rc = job->run(&store_sqlite_backend, be, job->arg, &jerr);
+    if (!store_status_failed(rc)) { /* written, or an answer (not found, quota) */
         free(jerr);
         if (!savepoint_step(be->sp_release)) return -1;
-        job->status = STORE_OK;
+        job->status = rc;
         job->err = NULL;
         return 0;
     }
-    job->status = STORE_ERR_IO;
+    job->status = rc;
     job->err = jerr ? jerr : strdup("job failed");
     if (sqlite3_get_autocommit(be->wdb)) return -1; /* the whole transaction went */
     if (!savepoint_step(be->sp_rollback) || !savepoint_step(be->sp_release)) return -1;
@@ -756,8 +754,8 @@ fail_jobs:
 fail:
     /* Read the error before ROLLBACK replaces it. */
     rc = sqlite3_extended_errcode(be->wdb);
-    ret = classify(be->wdb, rc);
-    sq_set_err(err, "%s", sqlite3_errmsg(be->wdb));
+    ret = sqlite_status(be->wdb, rc);
+    store_set_err(err, "%s", sqlite3_errmsg(be->wdb));
     if (!sqlite3_get_autocommit(be->wdb)) sqlite3_exec(be->wdb, "ROLLBACK", NULL, NULL, NULL);
     return ret;
 }
@@ -789,8 +787,8 @@ static int meta_stmt(sqlite3 *db, const char *sql, const char *p1, const char *p
     return rc;
 }
 
-static int sqlite_meta_set_if_absent(void *arg, const char *key, const char *value, char **winner,
-                                     char **err)
+static enum store_status sqlite_meta_set_if_absent(void *arg, const char *key, const char *value,
+                                                   char **winner, char **err)
 {
     struct sqlite_be *be = arg;
     int rc;
@@ -801,41 +799,43 @@ static int sqlite_meta_set_if_absent(void *arg, const char *key, const char *val
                    key, value, NULL);
     if (rc == SQLITE_DONE)
         rc = meta_stmt(be->wdb, "SELECT value FROM meta WHERE key = ?1", key, NULL, winner);
-    if (rc == SQLITE_DONE && *winner) return 0;
-    sq_set_err(err, "%s", rc == SQLITE_DONE ? "the row is not there after the insert"
-                                         : sqlite3_errmsg(be->wdb));
+    if (rc == SQLITE_DONE && *winner) return STORE_OK;
+    store_set_err(err, "%s", rc == SQLITE_DONE ? "the row is not there after the insert"
+                                              : sqlite_error(be->wdb, rc));
     free(*winner);
     *winner = NULL;
-    return -1;
+    return rc == SQLITE_DONE ? STORE_ERR_IO : sqlite_status(be->wdb, rc);
 }
 
-static int sqlite_meta_get(void *arg, const char *key, char **value, char **err)
+static enum store_status sqlite_meta_get(void *arg, const char *key, char **value, char **err)
 {
     struct sqlite_be *be = arg;
+    enum store_status ret;
     int rc;
 
     *value = NULL;
     pthread_mutex_lock(&be->rmu);
     rc = meta_stmt(be->rdb, "SELECT value FROM meta WHERE key = ?1", key, NULL, value);
-    if (rc != SQLITE_DONE) sq_set_err(err, "%s", sqlite3_errmsg(be->rdb));
+    if (rc != SQLITE_DONE) store_set_err(err, "%s", sqlite_error(be->rdb, rc));
+    ret = rc == SQLITE_DONE ? STORE_OK : sqlite_status(be->rdb, rc);
     pthread_mutex_unlock(&be->rmu);
-    if (rc != SQLITE_DONE) {
+    if (ret != STORE_OK) {
         free(*value);
         *value = NULL;
-        return -EIO;
+        return ret;
     }
-    return *value ? 0 : -ENOENT;
+    return *value ? STORE_OK : STORE_ERR_NOT_FOUND;
 }
 
 /* ---- routes -------------------------------------------------------------------------------- */
 
-const char *sq_nz(const char *s, const char *dflt)
+const char *sqlite_nz(const char *s, const char *dflt)
 {
     return s ? s : dflt;
 }
 
 /* Binds ?1..?n of `stmt` in order from a list of text values (NULL binds SQL NULL) */
-int sq_bind_texts(sqlite3_stmt *stmt, int first, const char *const *v, int n)
+int sqlite_bind_texts(sqlite3_stmt *stmt, int first, const char *const *v, int n)
 {
     int rc = SQLITE_OK;
 
@@ -846,7 +846,7 @@ int sq_bind_texts(sqlite3_stmt *stmt, int first, const char *const *v, int n)
 }
 
 /* Steps a write statement once and resets it.  SQLITE_DONE, or the error code. */
-int sq_step_reset(sqlite3_stmt *stmt)
+int sqlite_step_reset(sqlite3_stmt *stmt)
 {
     int rc = sqlite3_step(stmt);
 
@@ -855,15 +855,15 @@ int sq_step_reset(sqlite3_stmt *stmt)
     return rc;
 }
 
-static int sqlite_route_insert(void *arg, const struct store_route *r, const char *actions_json,
-                               int64_t quota, enum store_status *result, int64_t *seq, char **err)
+static enum store_status sqlite_route_insert(void *arg, const struct store_route *r,
+                                             const char *actions_json, int64_t quota, int64_t *seq,
+                                             char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *stmt = NULL;
     int64_t count = 0;
     int rc;
 
-    *result = STORE_ERR_IO;
     rc = sqlite3_prepare_v2(be->wdb, "SELECT count(*) FROM routes", -1, &stmt, NULL);
     if (rc == SQLITE_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
         count = sqlite3_column_int64(stmt, 0);
@@ -872,70 +872,63 @@ static int sqlite_route_insert(void *arg, const struct store_route *r, const cha
     sqlite3_finalize(stmt);
     stmt = NULL;
     if (rc != SQLITE_DONE) goto fail;
-    if (count >= quota) {
-        *result = STORE_ERR_QUOTA;
-        return 0;
-    }
+    if (count >= quota) return STORE_ERR_QUOTA;
     rc = sqlite3_prepare_v2(be->wdb,
                             "INSERT INTO routes (id, priority, description, expression, actions,"
                             " created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                             -1, &stmt, NULL);
     if (rc == SQLITE_OK) {
-        const char *t[] = {sq_nz(r->description, ""), sq_nz(r->expression, ""), actions_json};
+        const char *t[] = {sqlite_nz(r->description, ""), sqlite_nz(r->expression, ""), actions_json};
 
         if ((rc = sqlite3_bind_text(stmt, 1, r->id, -1, SQLITE_STATIC)) == SQLITE_OK &&
             (rc = sqlite3_bind_int(stmt, 2, r->priority)) == SQLITE_OK &&
-            (rc = sq_bind_texts(stmt, 3, t, 3)) == SQLITE_OK &&
+            (rc = sqlite_bind_texts(stmt, 3, t, 3)) == SQLITE_OK &&
             (rc = sqlite3_bind_int64(stmt, 6, r->created_at)) == SQLITE_OK)
             rc = sqlite3_step(stmt);
     }
     sqlite3_finalize(stmt);
     if (rc != SQLITE_DONE) goto fail;
     *seq = sqlite3_last_insert_rowid(be->wdb);
-    *result = STORE_OK;
-    return 0;
+    return STORE_OK;
 
 fail:
-    sq_set_err(err, "cannot insert route %s: %s", r->id, sqlite3_errmsg(be->wdb));
-    return -1;
+    store_set_err(err, "cannot insert route %s: %s", r->id, sqlite_error(be->wdb, rc));
+    return sqlite_status(be->wdb, rc);
 }
 
-static int sqlite_route_update(void *arg, const struct store_route *r, const char *actions_json,
-                               enum store_status *result, char **err)
+static enum store_status sqlite_route_update(void *arg, const struct store_route *r,
+                                             const char *actions_json, char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *stmt = NULL;
     int rc;
 
-    *result = STORE_ERR_IO;
     rc = sqlite3_prepare_v2(be->wdb,
                             "UPDATE routes SET priority = ?2, description = ?3, expression = ?4,"
                             " actions = ?5 WHERE id = ?1",
                             -1, &stmt, NULL);
     if (rc == SQLITE_OK) {
-        const char *t[] = {sq_nz(r->description, ""), sq_nz(r->expression, ""), actions_json};
+        const char *t[] = {sqlite_nz(r->description, ""), sqlite_nz(r->expression, ""), actions_json};
 
         if ((rc = sqlite3_bind_text(stmt, 1, r->id, -1, SQLITE_STATIC)) == SQLITE_OK &&
             (rc = sqlite3_bind_int(stmt, 2, r->priority)) == SQLITE_OK &&
-            (rc = sq_bind_texts(stmt, 3, t, 3)) == SQLITE_OK)
+            (rc = sqlite_bind_texts(stmt, 3, t, 3)) == SQLITE_OK)
             rc = sqlite3_step(stmt);
     }
     sqlite3_finalize(stmt);
     if (rc != SQLITE_DONE) {
-        sq_set_err(err, "cannot update route %s: %s", r->id, sqlite3_errmsg(be->wdb));
-        return -1;
+        store_set_err(err, "cannot update route %s: %s", r->id, sqlite_error(be->wdb, rc));
+        return sqlite_status(be->wdb, rc);
     }
-    *result = sqlite3_changes(be->wdb) == 0 ? STORE_ERR_NOT_FOUND : STORE_OK;
-    return 0;
+    return sqlite3_changes(be->wdb) == 0 ? STORE_ERR_NOT_FOUND : STORE_OK;
 }
 
-static int sqlite_route_delete(void *arg, const char *id, enum store_status *result, char **err)
+static enum store_status sqlite_route_delete(void *arg, const char *id, char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *stmt = NULL;
     int rc;
 
-    *result = STORE_ERR_IO;
     rc = sqlite3_prepare_v2(be->wdb, "DELETE FROM routes WHERE id = ?1", -1, &stmt, NULL);
     if (rc == SQLITE_OK) {
         if ((rc = sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC)) == SQLITE_OK)
@@ -943,33 +936,33 @@ static int sqlite_route_delete(void *arg, const char *id, enum store_status *res
     }
     sqlite3_finalize(stmt);
     if (rc != SQLITE_DONE) {
-        sq_set_err(err, "cannot delete route %s: %s", id, sqlite3_errmsg(be->wdb));
-        return -1;
+        store_set_err(err, "cannot delete route %s: %s", id, sqlite_error(be->wdb, rc));
+        return sqlite_status(be->wdb, rc);
     }
-    *result = sqlite3_changes(be->wdb) == 0 ? STORE_ERR_NOT_FOUND : STORE_OK;
-    return 0;
+    return sqlite3_changes(be->wdb) == 0 ? STORE_ERR_NOT_FOUND : STORE_OK;
 }
 
 /* Copies column `col` as text (NULL → ""). */
-char *sq_col_strdup(sqlite3_stmt *stmt, int col)
+char *sqlite_col_strdup(sqlite3_stmt *stmt, int col)
 {
     const unsigned char *t = sqlite3_column_text(stmt, col);
 
     return strdup(t ? (const char *)t : "");
 }
 
-static int sqlite_routes_load(void *arg, struct store_route **out, size_t *n, char **err)
+static enum store_status sqlite_routes_load(void *arg, struct store_route **out, size_t *n,
+                                            char **err)
 {
     struct sqlite_be *be = arg;
     struct store_route *v = NULL;
     size_t count = 0, cap = 0;
-    const char *why = NULL;
+    enum store_status ret = STORE_OK;
     int rc;
 
     *out = NULL;
     *n = 0;
     pthread_mutex_lock(&be->rmu);
-    while ((rc = sqlite3_step(be->routes)) == SQLITE_ROW) {
+    while (ret == STORE_OK && (rc = sqlite3_step(be->routes)) == SQLITE_ROW) {
         struct store_route *r;
         const unsigned char *id = sqlite3_column_text(be->routes, 0);
         const unsigned char *actions = sqlite3_column_text(be->routes, 5);
@@ -979,7 +972,7 @@ static int sqlite_routes_load(void *arg, struct store_route **out, size_t *n, ch
             struct store_route *nv = realloc(v, ncap * sizeof *nv);
 
             if (!nv) {
-                why = "out of memory";
+                ret = STORE_ERR_NOMEM;
                 break;
             }
             v = nv;
@@ -991,37 +984,37 @@ static int sqlite_routes_load(void *arg, struct store_route **out, size_t *n, ch
         r->priority = (int32_t)sqlite3_column_int(be->routes, 1);
         r->seq = sqlite3_column_int64(be->routes, 2);
         r->created_at = sqlite3_column_int64(be->routes, 6);
-        r->description = sq_col_strdup(be->routes, 3);
-        r->expression = sq_col_strdup(be->routes, 4);
+        r->description = sqlite_col_strdup(be->routes, 3);
+        r->expression = sqlite_col_strdup(be->routes, 4);
         count++; /* from here on store_routes_free frees what r holds */
-        if (!r->description || !r->expression) {
-            why = "out of memory";
-            break;
-        }
-        if (store_json_parse_string_array(actions ? (const char *)actions : "", &r->actions,
-                                          &r->nactions) < 0) {
-            sq_set_err(err, "route %s: actions are not a JSON array of strings", r->id);
-            why = "";
-            break;
-        }
+        if (!r->description || !r->expression) ret = STORE_ERR_NOMEM;
+        else
+            ret = store_json_parse_string_array(actions ? (const char *)actions : "", &r->actions,
+                                                &r->nactions);
+        if (ret == STORE_ERR_IO)
+            store_set_err(err, "route %s: actions are not a JSON array of strings", r->id);
     }
-    if (!why && rc != SQLITE_DONE) sq_set_err(err, "cannot read the routes: %s", sqlite3_errmsg(be->rdb));
+    if (ret == STORE_ERR_NOMEM) {
+        store_set_err(err, "cannot read the routes: out of memory");
+    } else if (ret == STORE_OK && rc != SQLITE_DONE) {
+        store_set_err(err, "cannot read the routes: %s", sqlite_error(be->rdb, rc));
+        ret = sqlite_status(be->rdb, rc);
+    }
     sqlite3_reset(be->routes);
     pthread_mutex_unlock(&be->rmu);
-    if (why || rc != SQLITE_DONE) {
-        if (why && *why) sq_set_err(err, "cannot read the routes: %s", why);
+    if (ret != STORE_OK) {
         store_routes_free(v, count);
-        return -1;
+        return ret;
     }
     *out = v;
     *n = count;
-    return 0;
+    return STORE_OK;
 }
 
 /* ---- routing outcomes ----------------------------------------------------------------------- */
 
-static int sqlite_write_outcome(void *arg, const struct store_outcome *o,
-                                enum store_status *result, char **err)
+static enum store_status sqlite_write_outcome(void *arg, const struct store_outcome *o,
+                                              char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *s;
@@ -1029,15 +1022,14 @@ static int sqlite_write_outcome(void *arg, const struct store_outcome *o,
     const char *which = o->message_id;
     int rc;
 
-    *result = STORE_ERR_IO;
     /* First the state: only an 'accepted' message gets an outcome, once. */
     s = be->route_msg;
     {
-        const char *t[] = {o->message_id, sq_nz(o->parse_warnings_json, "[]")};
+        const char *t[] = {o->message_id, sqlite_nz(o->parse_warnings_json, "[]")};
 
-        rc = sq_bind_texts(s, 1, t, 2);
+        rc = sqlite_bind_texts(s, 1, t, 2);
         if (rc == SQLITE_OK) {
-            rc = sq_step_reset(s);
+            rc = sqlite_step_reset(s);
         } else {
             sqlite3_reset(s);
             sqlite3_clear_bindings(s);
@@ -1045,64 +1037,53 @@ static int sqlite_write_outcome(void *arg, const struct store_outcome *o,
     }
     if (rc != SQLITE_DONE) goto fail;
     if (sqlite3_changes(be->wdb) == 0) {
-        s = be->msg_exists;
-        rc = sqlite3_bind_text(s, 1, o->message_id, -1, SQLITE_STATIC);
-        if (rc == SQLITE_OK) rc = sqlite3_step(s);
-        sqlite3_reset(s);
-        sqlite3_clear_bindings(s);
-        if (rc == SQLITE_ROW) {
-            *result = STORE_ERR_NOT_FOUND; /* routed already: nothing written, nothing to act on */
-            return 0;
-        }
-        if (rc == SQLITE_DONE) {
-            *result = STORE_ERR_NOT_FOUND;
-            return 0;
-        }
+        /* Routed already, or no such message: nothing written, nothing to act on. */
+        rc = sqlite_message_exists(be, o->message_id);
+        if (rc == SQLITE_ROW || rc == SQLITE_DONE) return STORE_ERR_NOT_FOUND;
         goto fail;
     }
 
     what = "recipient";
     for (size_t i = 0; i < o->nrecipients; i++) {
         const struct store_recipient_outcome *r = &o->recipients[i];
-        const char *t[] = {o->message_id, r->recipient, r->outcome, sq_nz(r->routes_json, "[]"),
-                           sq_nz(r->warnings_json, "[]")};
+        const char *t[] = {o->message_id, r->recipient, r->outcome, sqlite_nz(r->routes_json, "[]"),
+                           sqlite_nz(r->warnings_json, "[]")};
 
-        which = sq_nz(r->recipient, "(null)");
-        rc = sq_bind_texts(be->ins_rcpt, 1, t, 5);
-        rc = rc == SQLITE_OK ? sq_step_reset(be->ins_rcpt) : rc;
+        which = sqlite_nz(r->recipient, "(null)");
+        rc = sqlite_bind_texts(be->ins_rcpt, 1, t, 5);
+        rc = rc == SQLITE_OK ? sqlite_step_reset(be->ins_rcpt) : rc;
         if (rc != SQLITE_DONE) goto fail_reset;
     }
     what = "delivery";
     for (size_t i = 0; i < o->ndeliveries; i++) {
         const struct store_delivery_plan *d = &o->deliveries[i];
-        const char *t[] = {d->id, o->message_id, d->recipient, sq_nz(d->route_ids_json, "[]"),
-                           d->kind, d->target, sq_nz(d->format, "")};
+        const char *t[] = {d->id, o->message_id, d->recipient, sqlite_nz(d->route_ids_json, "[]"),
+                           d->kind, d->target, sqlite_nz(d->format, "")};
 
         which = d->id;
-        rc = sq_bind_texts(be->ins_delivery, 1, t, 7);
+        rc = sqlite_bind_texts(be->ins_delivery, 1, t, 7);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(be->ins_delivery, 8, o->now);
         if (rc == SQLITE_OK)
-            rc = sqlite3_bind_text(be->ins_delivery, 9, sq_nz(d->copy_key, ""), -1, SQLITE_STATIC);
-        rc = rc == SQLITE_OK ? sq_step_reset(be->ins_delivery) : rc;
+            rc = sqlite3_bind_text(be->ins_delivery, 9, sqlite_nz(d->copy_key, ""), -1, SQLITE_STATIC);
+        rc = rc == SQLITE_OK ? sqlite_step_reset(be->ins_delivery) : rc;
         if (rc != SQLITE_DONE) goto fail_reset;
     }
     what = "stored copy";
     for (size_t i = 0; i < o->ncopies; i++) {
         const struct store_copy_plan *c = &o->copies[i];
-        const char *t[] = {c->key, o->message_id, c->recipient, c->domain, sq_nz(c->route_id, ""),
-                           c->notify, sq_nz(c->format, "")};
+        const char *t[] = {c->key, o->message_id, c->recipient, c->domain, sqlite_nz(c->route_id, ""),
+                           c->notify, sqlite_nz(c->format, "")};
 
         which = c->key;
-        rc = sq_bind_texts(be->ins_stored, 1, t, 7);
+        rc = sqlite_bind_texts(be->ins_stored, 1, t, 7);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(be->ins_stored, 8, c->expires_at);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(be->ins_stored, 9, o->now);
-        rc = rc == SQLITE_OK ? sq_step_reset(be->ins_stored) : rc;
+        rc = rc == SQLITE_OK ? sqlite_step_reset(be->ins_stored) : rc;
         if (rc != SQLITE_DONE) goto fail_reset;
     }
-    rc = sq_outcome_events(be, o, &what, &which);
+    rc = sqlite_outcome_events(be, o, &what, &which);
     if (rc != SQLITE_DONE) goto fail;
-    *result = STORE_OK;
-    return 0;
+    return STORE_OK;
 
 fail_reset:
     /* A bind that failed left its statement bound: clear every one (harmless for the others). */
@@ -1113,13 +1094,13 @@ fail_reset:
     sqlite3_reset(be->ins_stored);
     sqlite3_clear_bindings(be->ins_stored);
 fail:
-    sq_set_err(err, "cannot write the outcome of message %s: %s %s: %s", o->message_id, what,
-            which ? which : "(null)",
-            rc == SQLITE_NOMEM ? "out of memory" : sqlite3_errmsg(be->wdb));
-    return -1;
+    store_set_err(err, "cannot write the outcome of message %s: %s %s: %s", o->message_id, what,
+                  which ? which : "(null)", sqlite_error(be->wdb, rc));
+    return sqlite_status(be->wdb, rc);
 }
 
-static int sqlite_list_unprocessed(void *arg, char ***ids, size_t *n, size_t max, char **err)
+static enum store_status sqlite_list_unprocessed(void *arg, char ***ids, size_t *n, size_t max,
+                                                 char **err)
 {
     struct sqlite_be *be = arg;
     char **v = NULL;
@@ -1145,115 +1126,129 @@ static int sqlite_list_unprocessed(void *arg, char ***ids, size_t *n, size_t max
             v = nv;
             cap = ncap;
         }
-        if (!(id = sq_col_strdup(be->unprocessed, 0))) {
+        if (!(id = sqlite_col_strdup(be->unprocessed, 0))) {
             oom = true;
             break;
         }
         v[count++] = id;
     }
-    if (oom) sq_set_err(err, "cannot list unprocessed messages: out of memory");
+    if (oom) store_set_err(err, "cannot list unprocessed messages: out of memory");
     else if (rc != SQLITE_DONE)
-        sq_set_err(err, "cannot list unprocessed messages: %s", sqlite3_errmsg(be->rdb));
+        store_set_err(err, "cannot list unprocessed messages: %s", sqlite_error(be->rdb, rc));
     sqlite3_reset(be->unprocessed);
     sqlite3_clear_bindings(be->unprocessed);
     pthread_mutex_unlock(&be->rmu);
     if (oom || rc != SQLITE_DONE) {
         for (size_t i = 0; i < count; i++) free(v[i]);
         free(v);
-        return -1;
+        return oom ? STORE_ERR_NOMEM : sqlite_status(be->rdb, rc);
     }
     *ids = v;
     *n = count;
-    return 0;
+    return STORE_OK;
 }
 
-static int sqlite_load_message(void *arg, const char *id, struct store_message **out, char **err)
+enum store_status sqlite_read_message(sqlite3_stmt *s, int first, struct store_message *m,
+                                      char **err)
+{
+    const struct store_message_cols c = {
+        .received_at_ms = sqlite3_column_int64(s, first),
+        .sender = (const char *)sqlite3_column_text(s, first + 1),
+        .rcpts_json = (const char *)sqlite3_column_text(s, first + 2),
+        .remote_ip = (const char *)sqlite3_column_text(s, first + 3),
+        .helo = (const char *)sqlite3_column_text(s, first + 4),
+        .tls = (const char *)sqlite3_column_text(s, first + 5),
+        .raw = sqlite3_column_blob(s, first + 6),
+        .len = (size_t)sqlite3_column_bytes(s, first + 6),
+    };
+
+    return store_message_fill(m, &c, err);
+}
+
+int sqlite_message_exists(struct sqlite_be *be, const char *id)
+{
+    sqlite3_stmt *s = be->msg_exists;
+    int rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+
+    if (rc == SQLITE_OK) rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc;
+}
+
+static enum store_status sqlite_load_message(void *arg, const char *id, struct store_message **out,
+                                             char **err)
 {
     struct sqlite_be *be = arg;
     struct store_message *m = calloc(1, sizeof *m);
     sqlite3_stmt *s = be->load;
-    char *rcpts = NULL;
-    int rc, ret = -1;
+    enum store_status ret;
+    int rc;
 
     *out = NULL;
     if (!m) {
-        sq_set_err(err, "cannot load message %s: out of memory", id);
-        return -1;
+        store_set_err(err, "cannot load message %s: out of memory", id);
+        return STORE_ERR_NOMEM;
     }
     snprintf(m->id, sizeof m->id, "%s", id);
     pthread_mutex_lock(&be->rmu);
     rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK) rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
-        const void *raw = sqlite3_column_blob(s, 6);
-        size_t len = (size_t)sqlite3_column_bytes(s, 6);
-
-        m->received_at_ms = sqlite3_column_int64(s, 0);
-        m->sender = sq_col_strdup(s, 1);
-        rcpts = sq_col_strdup(s, 2);
-        m->remote_ip = sq_col_strdup(s, 3);
-        m->helo = sq_col_strdup(s, 4);
-        m->tls = sq_col_strdup(s, 5);
-        m->len = len;
-        m->data = malloc(len ? len : 1); /* never NULL, even for an empty body */
-        if (m->data && len) memcpy(m->data, raw, len);
-        if (!m->sender || !rcpts || !m->remote_ip || !m->helo || !m->tls || !m->data)
-            sq_set_err(err, "cannot load message %s: out of memory", id);
-        else
-            ret = 0;
+        ret = sqlite_read_message(s, 0, m, err);
     } else if (rc == SQLITE_DONE) {
-        ret = -ENOENT;
+        ret = STORE_ERR_NOT_FOUND;
     } else {
-        sq_set_err(err, "cannot load message %s: %s", id, sqlite3_errmsg(be->rdb));
+        store_set_err(err, "cannot load message %s: %s", id, sqlite_error(be->rdb, rc));
+        ret = sqlite_status(be->rdb, rc);
     }
-    /* Ends the read transaction before anything else: the bytes are ours now. */
+    /* Ends the read transaction: the bytes are ours now. */
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
     pthread_mutex_unlock(&be->rmu);
-
-    if (ret == 0 && store_json_parse_string_array(rcpts, &m->rcpts, &m->nrcpts) < 0) {
-        sq_set_err(err, "cannot load message %s: its recipients are not a JSON array of strings", id);
-        ret = -1;
-    }
-    free(rcpts);
-    if (ret < 0) {
+    if (ret != STORE_OK) {
         store_free_message(m);
         return ret;
     }
     *out = m;
-    return 0;
+    return STORE_OK;
 }
 
 /* ---- reads and checks ----------------------------------------------------------------------- */
 
-static int sqlite_count_unprocessed(void *arg, int64_t *count, char **err)
+static enum store_status sqlite_count_unprocessed(void *arg, int64_t *count, char **err)
 {
     struct sqlite_be *be = arg;
+    enum store_status ret = STORE_OK;
     int rc;
 
     pthread_mutex_lock(&be->rmu);
     rc = sqlite3_step(be->count);
-    if (rc == SQLITE_ROW) *count = sqlite3_column_int64(be->count, 0);
-    else sq_set_err(err, "%s", sqlite3_errmsg(be->rdb));
+    if (rc == SQLITE_ROW) {
+        *count = sqlite3_column_int64(be->count, 0);
+    } else {
+        store_set_err(err, "%s", sqlite_error(be->rdb, rc));
+        ret = sqlite_status(be->rdb, rc);
+    }
     sqlite3_reset(be->count);
     pthread_mutex_unlock(&be->rmu);
-    return rc == SQLITE_ROW ? 0 : -1;
+    return ret;
 }
 
 static int check_access(const char *path, bool must_exist, char **reason)
 {
     if (faccessat(AT_FDCWD, path, W_OK, AT_EACCESS) == 0) return 0;
     if (errno == ENOENT && !must_exist) return 0;
-    sq_set_err(reason, "database is not writable: %s: %s", path, strerror(errno));
+    store_set_err(reason, "database is not writable: %s: %s", path, strerror(errno));
     return -1;
 }
 
-static int sqlite_check_writable(void *arg, char **reason)
+static enum store_status sqlite_check_writable(void *arg, char **reason)
 {
     struct sqlite_be *be = arg;
     struct statvfs sv;
     char *wal = NULL, *err = NULL;
-    int ret = -1;
+    enum store_status ret = STORE_ERR_IO;
 
     if (reason) *reason = NULL;
     /* Permissions first: the connections keep descriptors opened for writing, so SQLite alone
@@ -1262,23 +1257,25 @@ static int sqlite_check_writable(void *arg, char **reason)
         goto out;
     if (asprintf(&wal, "%s-wal", be->path) < 0) {
         wal = NULL;
-        sq_set_err(reason, "database is not writable: out of memory");
+        store_set_err(reason, "database is not writable: out of memory");
+        ret = STORE_ERR_NOMEM;
         goto out;
     }
     if (check_access(wal, false, reason) < 0) goto out;
     if (statvfs(be->dir, &sv) == 0 && (geteuid() == 0 ? sv.f_bfree : sv.f_bavail) == 0) {
-        sq_set_err(reason, "database is not writable: %s: %s", be->dir, strerror(ENOSPC));
+        store_set_err(reason, "database is not writable: %s: %s", be->dir, strerror(ENOSPC));
+        ret = STORE_ERR_FULL;
         goto out;
     }
 
     /* Then the lock: BEGIN IMMEDIATE takes the write lock (SQLITE_READONLY on a read-only
      * database, SQLITE_BUSY when someone holds it longer than the probe's timeout). */
     pthread_mutex_lock(&be->pmu);
-    if (sq_exec(be->pdb, "BEGIN IMMEDIATE", NULL, 0, &err) == 0) {
-        sq_exec(be->pdb, "ROLLBACK", NULL, 0, NULL);
-        ret = 0;
+    ret = sqlite_exec(be->pdb, "BEGIN IMMEDIATE", NULL, 0, &err);
+    if (ret == STORE_OK) {
+        sqlite_exec(be->pdb, "ROLLBACK", NULL, 0, NULL);
     } else {
-        sq_set_err(reason, "database is not writable: %s", err ? err : "out of memory");
+        store_set_err(reason, "database is not writable: %s", err ? err : "out of memory");
     }
     pthread_mutex_unlock(&be->pmu);
 
@@ -1288,11 +1285,11 @@ out:
     return ret;
 }
 
-static int sqlite_writer_query(void *arg, const char *sql, char *out, size_t outsz)
+static enum store_status sqlite_writer_query(void *arg, const char *sql, char *out, size_t outsz)
 {
     struct sqlite_be *be = arg;
     char *err = NULL;
-    int rc = sq_exec(be->wdb, sql, out, outsz, &err);
+    enum store_status rc = sqlite_exec(be->wdb, sql, out, outsz, &err);
 
     free(err);
     return rc;
@@ -1318,17 +1315,17 @@ const struct store_backend store_sqlite_backend = {
     .check_writable = sqlite_check_writable,
     .writer_query = sqlite_writer_query,
     .checkpoint_stats = sqlite_checkpoint_stats,
-    .record_attempt = sq_record_attempt,
-    .delivery_retry = sq_delivery_retry,
-    .deliveries_add = sq_deliveries_add,
-    .copy_delete = sq_copy_delete,
-    .sweep = sq_sweep,
-    .deliveries_due = sq_deliveries_due,
-    .deliveries_next_due = sq_deliveries_next_due,
-    .delivery_get = sq_delivery_get,
-    .deliveries_list = sq_deliveries_list,
-    .copy_get = sq_copy_get,
-    .events_query = sq_events_query,
-    .gauges = sq_gauges,
-    .backup = sq_backup,
+    .record_attempt = sqlite_record_attempt,
+    .delivery_retry = sqlite_delivery_retry,
+    .deliveries_add = sqlite_deliveries_add,
+    .copy_delete = sqlite_copy_delete,
+    .sweep = sqlite_sweep,
+    .deliveries_due = sqlite_deliveries_due,
+    .deliveries_next_due = sqlite_deliveries_next_due,
+    .delivery_get = sqlite_delivery_get,
+    .deliveries_list = sqlite_deliveries_list,
+    .copy_get = sqlite_copy_get,
+    .events_query = sqlite_events_query,
+    .gauges = sqlite_gauges,
+    .backup = sqlite_backup,
 };

@@ -1,12 +1,12 @@
 /* storage/sqlite_queue.c — the SQLite backend's delivery queue, attempts, stored copies, events,
- * retention, gauges and backups (SPEC §5–§7; what each does: store.h; the table: backend.h).
+ * retention, gauges and backups (SPEC §5–§7; what each does: store.h; the table: internal.h).
  *
  * Every statement is prepared once at open (tables below, checked then).  Writes run inside a
  * job's savepoint on the write connection; reads take rmu, step, copy every value out, reset the
- * statement (which ends the read transaction) and let go of rmu before any parsing.  Event detail
+ * statement (which ends the read transaction) and let go of rmu.  Event detail
  * objects are built by SQLite's JSON functions, so escaping is SQLite's.
  *
- * Retention (sq_sweep) deletes in batches through the indexes of schema step 3: expired copies
+ * Retention (sqlite_sweep) deletes in batches through the indexes of schema step 3: expired copies
  * (stored_expires), old events (events_ts), old delivered and failed deliveries with their
  * attempts (deliveries_state_updated), and the messages noted in purge_candidates by the schema's
  * triggers whenever something that kept them went away.  Then PRAGMA incremental_vacuum gives up
@@ -23,7 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "storage/sqlite_int.h"
+#include "storage/internal_sqlite.h"
 #include "util/log.h"
 
 /* Free pages one sweeper pass gives back at most (16 MiB of 4 KiB pages): bounds the time the
@@ -146,31 +146,32 @@ static const char *const rq_sql[RQ_COUNT] = {
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
-static int prepare_table(struct sqlite_be *be, sqlite3 *db, const char *const *sql,
-                         sqlite3_stmt **out, size_t n, char **err)
+static enum store_status prepare_table(struct sqlite_be *be, sqlite3 *db, const char *const *sql,
+                                       sqlite3_stmt **out, size_t n, char **err)
 {
     for (size_t i = 0; i < n; i++) {
-        if (sqlite3_prepare_v3(db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &out[i], NULL) !=
-            SQLITE_OK) {
-            sq_set_err(err, "cannot prepare statement %zu of the delivery queue on %s: %s", i,
-                       be->path, sqlite3_errmsg(db));
-            return -1;
+        int rc = sqlite3_prepare_v3(db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &out[i], NULL);
+
+        if (rc != SQLITE_OK) {
+            store_set_err(err, "cannot prepare statement %zu of the delivery queue on %s: %s", i,
+                          be->path, sqlite_error(db, rc));
+            return sqlite_status(db, rc);
         }
     }
-    return 0;
+    return STORE_OK;
 }
 
-int sq_queue_prepare_writer(struct sqlite_be *be, char **err)
+enum store_status sqlite_queue_prepare_writer(struct sqlite_be *be, char **err)
 {
     return prepare_table(be, be->wdb, wq_sql, be->wq, WQ_COUNT, err);
 }
 
-int sq_queue_prepare_reader(struct sqlite_be *be, char **err)
+enum store_status sqlite_queue_prepare_reader(struct sqlite_be *be, char **err)
 {
     return prepare_table(be, be->rdb, rq_sql, be->rq, RQ_COUNT, err);
 }
 
-void sq_queue_finalize(struct sqlite_be *be)
+void sqlite_queue_finalize(struct sqlite_be *be)
 {
     for (size_t i = 0; i < WQ_COUNT; i++) {
         sqlite3_finalize(be->wq[i]);
@@ -186,6 +187,15 @@ static void finish(sqlite3_stmt *s)
 {
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
+}
+
+/* Steps the write statement `s` once if its binds went in (rc is the last bind's result), then
+ * resets it and clears its bindings either way: SQLITE_DONE, or the error code. */
+static int step_bound(sqlite3_stmt *s, int rc)
+{
+    if (rc == SQLITE_OK) rc = sqlite3_step(s);
+    finish(s);
+    return rc;
 }
 
 static int64_t clamp_limit(size_t n)
@@ -227,10 +237,6 @@ static char *domain_of(const char *rcpt)
     return lower_dup(at ? at + 1 : "");
 }
 
-static const char *db_error(sqlite3 *db, int rc)
-{
-    return rc == SQLITE_NOMEM ? "out of memory" : sqlite3_errmsg(db);
-}
 
 /* ---- events of a routing outcome ------------------------------------------------------------ */
 
@@ -239,15 +245,14 @@ static int event_accepted(struct sqlite_be *be, const struct store_outcome *o,
 {
     sqlite3_stmt *s = be->wq[r->route_ids_json ? WQ_EV_ACCEPTED_IDS : WQ_EV_ACCEPTED];
     char *domain = domain_of(r->recipient);
-    const char *t[] = {o->message_id, r->recipient, domain, sq_nz(r->outcome, ""),
-                       r->route_ids_json ? r->route_ids_json : sq_nz(r->routes_json, "[]")};
+    const char *t[] = {o->message_id, r->recipient, domain, sqlite_nz(r->outcome, ""),
+                       r->route_ids_json ? r->route_ids_json : sqlite_nz(r->routes_json, "[]")};
     int rc;
 
     if (!domain) return SQLITE_NOMEM;
     rc = sqlite3_bind_int64(s, 1, o->now_ms ? o->now_ms : o->now * 1000);
-    if (rc == SQLITE_OK) rc = sq_bind_texts(s, 2, t, 5);
-    rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
-    finish(s);
+    if (rc == SQLITE_OK) rc = sqlite_bind_texts(s, 2, t, 5);
+    rc = step_bound(s, rc);
     free(domain);
     return rc;
 }
@@ -257,27 +262,26 @@ static int event_stored(struct sqlite_be *be, const struct store_outcome *o,
 {
     sqlite3_stmt *s = be->wq[WQ_EV_STORED];
     char *domain = domain_of(c->recipient);
-    const char *t[] = {o->message_id, c->recipient, domain, c->key, sq_nz(c->route_id, "")};
+    const char *t[] = {o->message_id, c->recipient, domain, c->key, sqlite_nz(c->route_id, "")};
     int rc;
 
     if (!domain) return SQLITE_NOMEM;
     rc = sqlite3_bind_int64(s, 1, o->now_ms ? o->now_ms : o->now * 1000);
-    if (rc == SQLITE_OK) rc = sq_bind_texts(s, 2, t, 5);
+    if (rc == SQLITE_OK) rc = sqlite_bind_texts(s, 2, t, 5);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 7, c->expires_at);
-    rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
-    finish(s);
+    rc = step_bound(s, rc);
     free(domain);
     return rc;
 }
 
-int sq_outcome_events(struct sqlite_be *be, const struct store_outcome *o, const char **what,
+int sqlite_outcome_events(struct sqlite_be *be, const struct store_outcome *o, const char **what,
                       const char **which)
 {
     int rc = SQLITE_DONE;
 
     *what = "accepted event";
     for (size_t i = 0; i < o->nrecipients && rc == SQLITE_DONE; i++) {
-        *which = sq_nz(o->recipients[i].recipient, "(null)");
+        *which = sqlite_nz(o->recipients[i].recipient, "(null)");
         rc = event_accepted(be, o, &o->recipients[i]);
     }
     *what = "stored event";
@@ -317,10 +321,10 @@ static int attempt_target_load(struct sqlite_be *be, const char *id, struct atte
         const unsigned char *state = sqlite3_column_text(s, 6);
 
         copy_col(t->message_id, sizeof t->message_id, s, 0);
-        t->recipient = sq_col_strdup(s, 1);
-        t->route_ids = sq_col_strdup(s, 2);
-        t->kind = sq_col_strdup(s, 3);
-        t->target = sq_col_strdup(s, 4);
+        t->recipient = sqlite_col_strdup(s, 1);
+        t->route_ids = sqlite_col_strdup(s, 2);
+        t->kind = sqlite_col_strdup(s, 3);
+        t->target = sqlite_col_strdup(s, 4);
         t->attempts = sqlite3_column_int64(s, 5);
         t->pending = state && strcmp((const char *)state, "pending") == 0;
         if (!t->recipient || !t->route_ids || !t->kind || !t->target) rc = SQLITE_NOMEM;
@@ -357,14 +361,13 @@ static int insert_attempt_row(struct sqlite_be *be, const struct store_attempt *
 {
     sqlite3_stmt *s = be->wq[WQ_INS_ATTEMPT];
     const int64_t v[] = {n, a->started_at_ms, a->duration_ms};
-    const char *t[] = {sq_nz(a->error, ""), a->outcome};
+    const char *t[] = {sqlite_nz(a->error, ""), a->outcome};
     int rc = sqlite3_bind_text(s, 1, a->delivery_id, -1, SQLITE_STATIC);
 
     if (rc == SQLITE_OK) rc = bind_ints(s, 2, v, 3);
     if (rc == SQLITE_OK) rc = bind_status(s, 5, a->status);
-    if (rc == SQLITE_OK) rc = sq_bind_texts(s, 6, t, 2);
-    rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
-    finish(s);
+    if (rc == SQLITE_OK) rc = sqlite_bind_texts(s, 6, t, 2);
+    rc = step_bound(s, rc);
     return rc;
 }
 
@@ -373,16 +376,15 @@ static int update_delivery_row(struct sqlite_be *be, const struct store_attempt 
 {
     sqlite3_stmt *s = be->wq[WQ_UPD_ATTEMPT];
     const char *t[] = {a->delivery_id};
-    int rc = sq_bind_texts(s, 1, t, 1);
+    int rc = sqlite_bind_texts(s, 1, t, 1);
 
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 2, n);
     if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 3, e->state, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK) rc = bind_status(s, 4, a->status);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 5, sq_nz(a->error, ""), -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 5, sqlite_nz(a->error, ""), -1, SQLITE_STATIC);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 6, end_s);
     if (rc == SQLITE_OK && e->retry) rc = sqlite3_bind_int64(s, 7, a->next_attempt_at);
-    rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
-    finish(s);
+    rc = step_bound(s, rc);
     return rc;
 }
 
@@ -393,44 +395,41 @@ static int insert_attempt_event(struct sqlite_be *be, const struct store_attempt
     char *domain = domain_of(t->recipient);
     const char *t1[] = {e->event, e->severity, t->message_id, t->recipient, domain,
                         a->delivery_id};
-    const char *t2[] = {sq_nz(a->error, ""), t->kind, t->target};
+    const char *t2[] = {sqlite_nz(a->error, ""), t->kind, t->target};
     int rc;
 
     if (!domain) return SQLITE_NOMEM;
     rc = sqlite3_bind_int64(s, 1, a->started_at_ms + a->duration_ms);
-    if (rc == SQLITE_OK) rc = sq_bind_texts(s, 2, t1, 6);
+    if (rc == SQLITE_OK) rc = sqlite_bind_texts(s, 2, t1, 6);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 8, n);
     if (rc == SQLITE_OK) rc = bind_status(s, 9, a->status);
-    if (rc == SQLITE_OK) rc = sq_bind_texts(s, 10, t2, 3);
+    if (rc == SQLITE_OK) rc = sqlite_bind_texts(s, 10, t2, 3);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 13, a->duration_ms);
     if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 14, t->route_ids, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK && e->retry) rc = sqlite3_bind_int64(s, 15, a->next_attempt_at);
-    rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
-    finish(s);
+    rc = step_bound(s, rc);
     free(domain);
     return rc;
 }
 
-int sq_record_attempt(void *arg, const struct store_attempt *a, enum store_status *result,
-                      char **err)
+enum store_status sqlite_record_attempt(void *arg, const struct store_attempt *a, char **err)
 {
     struct sqlite_be *be = arg;
     struct attempt_target t = {.attempts = 0};
     struct attempt_effect e;
     const char *step = "delivery";
     int64_t end_ms = a->started_at_ms + a->duration_ms, n;
-    int rc, ret = -1;
+    enum store_status ret = STORE_OK;
+    int rc;
 
-    *result = STORE_ERR_IO;
     if (attempt_effect_of(a->outcome, &e) < 0) {
-        sq_set_err(err, "attempt of delivery %s: unknown outcome \"%s\"", a->delivery_id,
-                   sq_nz(a->outcome, "(null)"));
-        return -1;
+        store_set_err(err, "attempt of delivery %s: unknown outcome \"%s\"", a->delivery_id,
+                      sqlite_nz(a->outcome, "(null)"));
+        return STORE_ERR_IO;
     }
     rc = attempt_target_load(be, a->delivery_id, &t);
     if (rc == SQLITE_DONE || (rc == SQLITE_ROW && !t.pending)) {
-        *result = STORE_ERR_NOT_FOUND;
-        ret = 0;
+        ret = STORE_ERR_NOT_FOUND;
         goto out;
     }
     if (rc != SQLITE_ROW) goto fail;
@@ -444,13 +443,12 @@ int sq_record_attempt(void *arg, const struct store_attempt *a, enum store_statu
         goto fail;
     step = "event";
     if ((rc = insert_attempt_event(be, a, n, &e, &t)) != SQLITE_DONE) goto fail;
-    *result = STORE_OK;
-    ret = 0;
     goto out;
 
 fail:
-    sq_set_err(err, "cannot record an attempt of delivery %s: %s: %s", a->delivery_id, step,
-               db_error(be->wdb, rc));
+    store_set_err(err, "cannot record an attempt of delivery %s: %s: %s", a->delivery_id, step,
+                  sqlite_error(be->wdb, rc));
+    ret = sqlite_status(be->wdb, rc);
 out:
     attempt_target_free(&t);
     return ret;
@@ -458,90 +456,66 @@ out:
 
 /* ---- other delivery writes ------------------------------------------------------------------ */
 
-int sq_delivery_retry(void *arg, const char *id, int64_t now, enum store_status *result,
-                      char **err)
+/* Runs the write statement `s` with ?1 = key and ?2 = now: STORE_OK when it changed a row,
+ * STORE_ERR_NOT_FOUND when it changed none, or the failure ("cannot <what> <key>: ..."). */
+static enum store_status change_by_key(struct sqlite_be *be, sqlite3_stmt *s, const char *key,
+                                       int64_t now, const char *what, char **err)
+{
+    int rc = sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 2, now);
+    rc = step_bound(s, rc);
+    if (rc != SQLITE_DONE) {
+        store_set_err(err, "cannot %s %s: %s", what, key, sqlite_error(be->wdb, rc));
+        return sqlite_status(be->wdb, rc);
+    }
+    return sqlite3_changes(be->wdb) ? STORE_OK : STORE_ERR_NOT_FOUND;
+}
+
+enum store_status sqlite_delivery_retry(void *arg, const char *id, int64_t now, char **err)
 {
     struct sqlite_be *be = arg;
-    sqlite3_stmt *s = be->wq[WQ_RETRY];
-    int rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
 
-    *result = STORE_ERR_IO;
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 2, now);
-    rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
-    finish(s);
-    if (rc != SQLITE_DONE) {
-        sq_set_err(err, "cannot retry delivery %s: %s", id, db_error(be->wdb, rc));
-        return -1;
-    }
-    *result = sqlite3_changes(be->wdb) ? STORE_OK : STORE_ERR_NOT_FOUND;
-    return 0;
+    return change_by_key(be, be->wq[WQ_RETRY], id, now, "retry delivery", err);
 }
 
-/* SQLITE_ROW when message `id` exists, SQLITE_DONE when not, or the error code. */
-static int message_exists(struct sqlite_be *be, const char *id)
-{
-    sqlite3_stmt *s = be->msg_exists;
-    int rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-
-    if (rc == SQLITE_OK) rc = sqlite3_step(s);
-    finish(s);
-    return rc;
-}
-
-int sq_deliveries_add(void *arg, const char *message_id, const struct store_delivery_plan *plans,
-                      size_t n, int64_t now, enum store_status *result, char **err)
+enum store_status sqlite_deliveries_add(void *arg, const char *message_id,
+                                        const struct store_delivery_plan *plans, size_t n,
+                                        int64_t now, char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *s = be->ins_delivery;
     const char *which = message_id;
-    int rc = message_exists(be, message_id);
+    int rc = sqlite_message_exists(be, message_id);
 
-    *result = STORE_ERR_IO;
-    if (rc == SQLITE_DONE) {
-        *result = STORE_ERR_NOT_FOUND;
-        return 0;
-    }
+    if (rc == SQLITE_DONE) return STORE_ERR_NOT_FOUND;
     if (rc != SQLITE_ROW) goto fail;
     rc = SQLITE_DONE;
     for (size_t i = 0; i < n && rc == SQLITE_DONE; i++) {
         const struct store_delivery_plan *d = &plans[i];
-        const char *t[] = {d->id, message_id, d->recipient, sq_nz(d->route_ids_json, "[]"),
-                           d->kind, d->target, sq_nz(d->format, "")};
+        const char *t[] = {d->id, message_id, d->recipient, sqlite_nz(d->route_ids_json, "[]"),
+                           d->kind, d->target, sqlite_nz(d->format, "")};
 
         which = d->id;
-        rc = sq_bind_texts(s, 1, t, 7);
+        rc = sqlite_bind_texts(s, 1, t, 7);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 8, now);
-        if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 9, sq_nz(d->copy_key, ""), -1, SQLITE_STATIC);
-        rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
-        finish(s);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 9, sqlite_nz(d->copy_key, ""), -1, SQLITE_STATIC);
+        rc = step_bound(s, rc);
     }
     if (rc != SQLITE_DONE) goto fail;
-    *result = STORE_OK;
-    return 0;
+    return STORE_OK;
 
 fail:
-    sq_set_err(err, "cannot add deliveries to message %s: %s: %s", message_id, which,
-               db_error(be->wdb, rc));
-    return -1;
+    store_set_err(err, "cannot add deliveries to message %s: %s: %s", message_id, which,
+                  sqlite_error(be->wdb, rc));
+    return sqlite_status(be->wdb, rc);
 }
 
-int sq_copy_delete(void *arg, const char *key, int64_t now, enum store_status *result,
-                   char **err)
+enum store_status sqlite_copy_delete(void *arg, const char *key, int64_t now, char **err)
 {
     struct sqlite_be *be = arg;
-    sqlite3_stmt *s = be->wq[WQ_COPY_DELETE];
-    int rc = sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
 
-    *result = STORE_ERR_IO;
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 2, now);
-    rc = rc == SQLITE_OK ? sq_step_reset(s) : rc;
-    finish(s);
-    if (rc != SQLITE_DONE) {
-        sq_set_err(err, "cannot delete stored copy %s: %s", key, db_error(be->wdb, rc));
-        return -1;
-    }
-    *result = sqlite3_changes(be->wdb) ? STORE_OK : STORE_ERR_NOT_FOUND;
-    return 0;
+    return change_by_key(be, be->wq[WQ_COPY_DELETE], key, now, "delete stored copy", err);
 }
 
 /* ---- retention ------------------------------------------------------------------------------ */
@@ -549,9 +523,8 @@ int sq_copy_delete(void *arg, const char *key, int64_t now, enum store_status *r
 /* Runs a bound DELETE; *deleted = rows it deleted (not counting its triggers' rows). */
 static int run_delete(struct sqlite_be *be, sqlite3_stmt *s, uint64_t *deleted)
 {
-    int rc = sq_step_reset(s);
+    int rc = step_bound(s, SQLITE_OK);
 
-    finish(s);
     if (rc == SQLITE_DONE) *deleted = (uint64_t)sqlite3_changes(be->wdb);
     return rc;
 }
@@ -585,7 +558,7 @@ static int purge_one(struct sqlite_be *be, int64_t now, bool *purged)
     uint64_t n = 0, ignored;
     int rc = sqlite3_step(s);
 
-    if (rc == SQLITE_ROW && !(id = sq_col_strdup(s, 0))) rc = SQLITE_NOMEM;
+    if (rc == SQLITE_ROW && !(id = sqlite_col_strdup(s, 0))) rc = SQLITE_NOMEM;
     finish(s);
     if (rc == SQLITE_DONE) return SQLITE_EMPTY;
     if (rc != SQLITE_ROW) return rc;
@@ -637,8 +610,8 @@ static int give_pages_back(struct sqlite_be *be, uint64_t *freed, int64_t *left)
     return rc;
 }
 
-int sq_sweep(void *arg, const struct store_sweep_args *a, struct store_sweep_result *out,
-             char **err)
+enum store_status sqlite_sweep(void *arg, const struct store_sweep_args *a,
+                               struct store_sweep_result *out, char **err)
 {
     struct sqlite_be *be = arg;
     const int64_t lim = clamp_limit(a->batch), now = a->now;
@@ -678,30 +651,30 @@ int sq_sweep(void *arg, const struct store_sweep_args *a, struct store_sweep_res
     rc = give_pages_back(be, &out->pages_freed, &left);
     if (rc != SQLITE_DONE) goto fail;
     if (left > 0) out->more = true;
-    return 0;
+    return STORE_OK;
 
 fail:
     finish(be->wq[WQ_SWEEP_COPIES]);
     finish(be->wq[WQ_SWEEP_EVENTS]);
-    sq_set_err(err, "sweep failed: %s: %s", step, db_error(be->wdb, rc));
-    return -1;
+    store_set_err(err, "sweep failed: %s: %s", step, sqlite_error(be->wdb, rc));
+    return sqlite_status(be->wdb, rc);
 }
 
 /* ---- reads ---------------------------------------------------------------------------------- */
 
 typedef int (*row_fn)(sqlite3_stmt *s, void *elem);
 
-/* Steps the bound statement `s` (rmu held) and appends one zeroed element of `size` bytes per row,
- * filled by `fn`, to *v.  Resets `s` (the read transaction ends).  0, or -1 with *err; either way
- * *v and *n hold the elements read so far (the caller frees them). */
-static int collect(sqlite3 *db, sqlite3_stmt *s, size_t size, row_fn fn, void **v, size_t *n,
-                   const char *what, char **err)
+/* Steps the statement `s` (rmu held) once its binds went in (rc: the last bind's result) and
+ * appends one zeroed element of `size` bytes per row, filled by `fn` (0, or -1 when out of
+ * memory), to *v.  Resets `s` (the read transaction ends).  Either way *v and *n hold the
+ * elements read so far (the caller frees them). */
+static enum store_status collect(sqlite3 *db, sqlite3_stmt *s, int rc, size_t size, row_fn fn,
+                                 void **v, size_t *n, const char *what, char **err)
 {
     size_t cap = 0;
     bool oom = false;
-    int rc;
 
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
         if (*n == cap) {
             size_t ncap = cap ? cap * 2 : 16;
             void *nv = realloc(*v, ncap * size);
@@ -721,11 +694,18 @@ static int collect(sqlite3 *db, sqlite3_stmt *s, size_t size, row_fn fn, void **
             oom = true;
             break;
         }
+        rc = SQLITE_OK;
     }
-    if (oom) sq_set_err(err, "cannot read %s: out of memory", what);
-    else if (rc != SQLITE_DONE) sq_set_err(err, "cannot read %s: %s", what, sqlite3_errmsg(db));
     finish(s);
-    return oom || rc != SQLITE_DONE ? -1 : 0;
+    if (oom) {
+        store_set_err(err, "cannot read %s: out of memory", what);
+        return STORE_ERR_NOMEM;
+    }
+    if (rc != SQLITE_DONE) {
+        store_set_err(err, "cannot read %s: %s", what, sqlite_error(db, rc));
+        return sqlite_status(db, rc);
+    }
+    return STORE_OK;
 }
 
 static int read_delivery(sqlite3_stmt *s, void *elem)
@@ -734,130 +714,117 @@ static int read_delivery(sqlite3_stmt *s, void *elem)
 
     copy_col(d->id, sizeof d->id, s, 0);
     copy_col(d->message_id, sizeof d->message_id, s, 1);
-    d->recipient = sq_col_strdup(s, 2);
-    d->kind = sq_col_strdup(s, 3);
-    d->target = sq_col_strdup(s, 4);
-    d->format = sq_col_strdup(s, 5);
-    d->route_ids_json = sq_col_strdup(s, 6);
-    d->state = sq_col_strdup(s, 7);
+    d->recipient = sqlite_col_strdup(s, 2);
+    d->kind = sqlite_col_strdup(s, 3);
+    d->target = sqlite_col_strdup(s, 4);
+    d->format = sqlite_col_strdup(s, 5);
+    d->route_ids_json = sqlite_col_strdup(s, 6);
+    d->state = sqlite_col_strdup(s, 7);
     d->attempts = sqlite3_column_int64(s, 8);
     d->next_attempt_at = sqlite3_column_int64(s, 9);
     d->created_at = sqlite3_column_int64(s, 10);
     d->updated_at = sqlite3_column_int64(s, 11);
     d->last_status = sqlite3_column_int(s, 12);
-    d->last_error = sq_col_strdup(s, 13);
-    d->copy_key = sq_col_strdup(s, 14);
+    d->last_error = sqlite_col_strdup(s, 13);
+    d->copy_key = sqlite_col_strdup(s, 14);
     return d->recipient && d->kind && d->target && d->format && d->route_ids_json && d->state &&
                    d->last_error && d->copy_key
                ? 0
                : -1;
 }
 
-/* Runs a bound delivery query (rmu held) into *out / *n. */
-static int delivery_rows(struct sqlite_be *be, sqlite3_stmt *s, struct store_delivery **out,
-                         size_t *n, char **err)
+/* Runs a delivery query (rmu held; rc: its last bind's result) into *out / *n. */
+static enum store_status delivery_rows(struct sqlite_be *be, sqlite3_stmt *s, int rc,
+                                       struct store_delivery **out, size_t *n, char **err)
 {
     void *v = NULL;
-    int rc = collect(be->rdb, s, sizeof **out, read_delivery, &v, n, "deliveries", err);
+    enum store_status ret = collect(be->rdb, s, rc, sizeof **out, read_delivery, &v, n,
+                                    "deliveries", err);
 
-    if (rc < 0) {
+    if (ret != STORE_OK) {
         store_deliveries_free(v, *n);
         v = NULL;
         *n = 0;
     }
     *out = v;
-    return rc;
+    return ret;
 }
 
-int sq_deliveries_due(void *arg, int64_t now, int64_t after_at, const char *after_id, size_t max,
-                      struct store_delivery **out, size_t *n, char **err)
+enum store_status sqlite_deliveries_due(void *arg, int64_t now, int64_t after_at,
+                                        const char *after_id, size_t max,
+                                        struct store_delivery **out, size_t *n, char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *s = be->rq[RQ_DUE];
     bool cursor = after_id && *after_id;
     const int64_t v[] = {now, cursor ? after_at : INT64_MIN};
+    enum store_status ret;
     int rc;
 
-    *out = NULL;
-    *n = 0;
     pthread_mutex_lock(&be->rmu);
     rc = bind_ints(s, 1, v, 2);
     if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 3, cursor ? after_id : "", -1, SQLITE_STATIC);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 4, clamp_limit(max));
-    if (rc == SQLITE_OK) {
-        rc = delivery_rows(be, s, out, n, err);
-    } else {
-        finish(s);
-        sq_set_err(err, "cannot read due deliveries: %s", sqlite3_errmsg(be->rdb));
-        rc = -1;
-    }
+    ret = delivery_rows(be, s, rc, out, n, err);
     pthread_mutex_unlock(&be->rmu);
-    return rc;
+    return ret;
 }
 
-int sq_deliveries_next_due(void *arg, int64_t after, int64_t *at, char **err)
+enum store_status sqlite_deliveries_next_due(void *arg, int64_t after, int64_t *at, char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *s = be->rq[RQ_NEXT_DUE];
+    enum store_status ret = STORE_OK;
     int rc;
 
     pthread_mutex_lock(&be->rmu);
     rc = sqlite3_bind_int64(s, 1, after);
     if (rc == SQLITE_OK) rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) *at = sqlite3_column_int64(s, 0);
-    else if (rc != SQLITE_DONE)
-        sq_set_err(err, "cannot read the next due delivery: %s", sqlite3_errmsg(be->rdb));
+    if (rc == SQLITE_ROW) {
+        *at = sqlite3_column_int64(s, 0);
+    } else if (rc == SQLITE_DONE) {
+        ret = STORE_ERR_NOT_FOUND;
+    } else {
+        store_set_err(err, "cannot read the next due delivery: %s", sqlite_error(be->rdb, rc));
+        ret = sqlite_status(be->rdb, rc);
+    }
     finish(s);
     pthread_mutex_unlock(&be->rmu);
-    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : -1;
+    return ret;
 }
 
-int sq_delivery_get(void *arg, const char *id, struct store_delivery **out, char **err)
+enum store_status sqlite_delivery_get(void *arg, const char *id, struct store_delivery **out,
+                                      char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *s = be->rq[RQ_DELIVERY];
     size_t n = 0;
-    int rc;
+    enum store_status ret;
 
-    *out = NULL;
     pthread_mutex_lock(&be->rmu);
-    rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-    if (rc == SQLITE_OK) {
-        rc = delivery_rows(be, s, out, &n, err);
-    } else {
-        finish(s);
-        sq_set_err(err, "cannot read delivery %s: %s", id, sqlite3_errmsg(be->rdb));
-        rc = -1;
-    }
+    ret = delivery_rows(be, s, sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC), out, &n, err);
     pthread_mutex_unlock(&be->rmu);
-    return rc < 0 ? -1 : n == 0 ? -ENOENT : 0;
+    return ret == STORE_OK && n == 0 ? STORE_ERR_NOT_FOUND : ret;
 }
 
-int sq_deliveries_list(void *arg, const char *state, int64_t before_updated_at,
-                       const char *before_id, size_t max, struct store_delivery **out, size_t *n,
-                       char **err)
+enum store_status sqlite_deliveries_list(void *arg, const char *state, int64_t before_updated_at,
+                                         const char *before_id, size_t max,
+                                         struct store_delivery **out, size_t *n, char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *s = be->rq[state ? RQ_LIST_STATE : RQ_LIST_ANY];
     bool cursor = before_id && *before_id;
+    enum store_status ret;
     int rc;
 
-    *out = NULL;
-    *n = 0;
     pthread_mutex_lock(&be->rmu);
     rc = state ? sqlite3_bind_text(s, 1, state, -1, SQLITE_STATIC) : sqlite3_bind_null(s, 1);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 2, cursor ? before_updated_at : INT64_MAX);
     if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 3, cursor ? before_id : "", -1, SQLITE_STATIC);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 4, clamp_limit(max));
-    if (rc == SQLITE_OK) {
-        rc = delivery_rows(be, s, out, n, err);
-    } else {
-        finish(s);
-        sq_set_err(err, "cannot list deliveries: %s", sqlite3_errmsg(be->rdb));
-        rc = -1;
-    }
+    ret = delivery_rows(be, s, rc, out, n, err);
     pthread_mutex_unlock(&be->rmu);
-    return rc;
+    return ret;
 }
 
 /* ---- stored copies -------------------------------------------------------------------------- */
@@ -866,11 +833,11 @@ static int read_copy(sqlite3_stmt *s, struct store_copy *c)
 {
     copy_col(c->key, sizeof c->key, s, 0);
     copy_col(c->message_id, sizeof c->message_id, s, 1);
-    c->recipient = sq_col_strdup(s, 2);
-    c->domain = sq_col_strdup(s, 3);
-    c->route_id = sq_col_strdup(s, 4);
-    c->notify = sqlite3_column_type(s, 5) == SQLITE_NULL ? NULL : sq_col_strdup(s, 5);
-    c->format = sq_col_strdup(s, 6);
+    c->recipient = sqlite_col_strdup(s, 2);
+    c->domain = sqlite_col_strdup(s, 3);
+    c->route_id = sqlite_col_strdup(s, 4);
+    c->notify = sqlite3_column_type(s, 5) == SQLITE_NULL ? NULL : sqlite_col_strdup(s, 5);
+    c->format = sqlite_col_strdup(s, 6);
     c->expires_at = sqlite3_column_int64(s, 7);
     c->created_at = sqlite3_column_int64(s, 8);
     return c->recipient && c->domain && c->route_id && c->format &&
@@ -879,82 +846,58 @@ static int read_copy(sqlite3_stmt *s, struct store_copy *c)
                : -1;
 }
 
-/* The message columns of RQ_COPY_MESSAGE (from column 10); *rcpts: its recipients JSON. */
-static int read_copy_message(sqlite3_stmt *s, struct store_message *m, char **rcpts)
-{
-    const void *raw = sqlite3_column_blob(s, 16);
-    size_t len = (size_t)sqlite3_column_bytes(s, 16);
-
-    copy_col(m->id, sizeof m->id, s, 1);
-    m->received_at_ms = sqlite3_column_int64(s, 10);
-    m->sender = sq_col_strdup(s, 11);
-    *rcpts = sq_col_strdup(s, 12);
-    m->remote_ip = sq_col_strdup(s, 13);
-    m->helo = sq_col_strdup(s, 14);
-    m->tls = sq_col_strdup(s, 15);
-    m->len = len;
-    m->data = malloc(len ? len : 1); /* never NULL, even for an empty body */
-    if (m->data && len) memcpy(m->data, raw, len);
-    return m->sender && *rcpts && m->remote_ip && m->helo && m->tls && m->data ? 0 : -1;
-}
-
-/* Reads the copy row (rmu held): 0, -ENOENT (no such unexpired copy, or its message is gone), or
- * -1 with *err. */
-static int copy_row(struct sqlite_be *be, const char *key, int64_t now, struct store_copy *c,
-                    struct store_message *m, char **rcpts, char **err)
+/* Reads the copy row (rmu held) and, when m is not NULL, its message (RQ_COPY_MESSAGE: the
+ * message's columns from column 10 on): STORE_OK, STORE_ERR_NOT_FOUND (no such unexpired copy,
+ * or its message is gone), or a failure. */
+static enum store_status copy_row(struct sqlite_be *be, const char *key, int64_t now,
+                                  struct store_copy *c, struct store_message *m, char **err)
 {
     sqlite3_stmt *s = be->rq[m ? RQ_COPY_MESSAGE : RQ_COPY];
-    int rc = sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC), ret = -1;
+    enum store_status ret = STORE_ERR_NOT_FOUND;
+    int rc = sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
 
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 2, now);
     if (rc == SQLITE_OK) rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW && !sqlite3_column_int(s, 9)) {
-        ret = -ENOENT;
-    } else if (rc == SQLITE_ROW) {
-        if (read_copy(s, c) == 0 && (!m || read_copy_message(s, m, rcpts) == 0))
-            ret = 0;
-        else
-            sq_set_err(err, "cannot read stored copy %s: out of memory", key);
-    } else if (rc == SQLITE_DONE) {
-        ret = -ENOENT;
-    } else {
-        sq_set_err(err, "cannot read stored copy %s: %s", key, sqlite3_errmsg(be->rdb));
+    if (rc == SQLITE_ROW && sqlite3_column_int(s, 9)) {
+        ret = STORE_OK;
+        if (read_copy(s, c) < 0) {
+            store_set_err(err, "cannot read stored copy %s: out of memory", key);
+            ret = STORE_ERR_NOMEM;
+        } else if (m) {
+            copy_col(m->id, sizeof m->id, s, 1);
+            ret = sqlite_read_message(s, 10, m, err);
+        }
+    } else if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        store_set_err(err, "cannot read stored copy %s: %s", key, sqlite_error(be->rdb, rc));
+        ret = sqlite_status(be->rdb, rc);
     }
     finish(s); /* ends the read transaction: the bytes are ours now */
     return ret;
 }
 
-int sq_copy_get(void *arg, const char *key, int64_t now, struct store_copy **copy,
-                struct store_message **msg, char **err)
+enum store_status sqlite_copy_get(void *arg, const char *key, int64_t now,
+                                  struct store_copy **copy, struct store_message **msg,
+                                  char **err)
 {
     struct sqlite_be *be = arg;
     struct store_copy *c = calloc(1, sizeof *c);
     struct store_message *m = msg ? calloc(1, sizeof *m) : NULL;
-    char *rcpts = NULL;
-    int ret = -1;
+    enum store_status ret = STORE_ERR_NOMEM;
 
-    *copy = NULL;
-    if (msg) *msg = NULL;
     if (!c || (msg && !m)) {
-        sq_set_err(err, "cannot read stored copy %s: out of memory", key);
+        store_set_err(err, "cannot read stored copy %s: out of memory", key);
         goto out;
     }
     pthread_mutex_lock(&be->rmu);
-    ret = copy_row(be, key, now, c, m, &rcpts, err);
+    ret = copy_row(be, key, now, c, m, err);
     pthread_mutex_unlock(&be->rmu);
-    if (ret == 0 && m && store_json_parse_string_array(rcpts, &m->rcpts, &m->nrcpts) < 0) {
-        sq_set_err(err, "cannot read stored copy %s: the recipients of message %s are not a JSON"
-                        " array of strings", key, m->id);
-        ret = -1;
-    }
-    if (ret == 0) {
+    if (ret == STORE_OK) {
         *copy = c;
         c = NULL;
         if (msg) *msg = m;
         m = NULL;
     }
 out:
-    free(rcpts);
     store_copy_free(c);
     store_free_message(m);
     return ret;
@@ -968,13 +911,13 @@ static int read_event(sqlite3_stmt *s, void *elem)
 
     e->id = sqlite3_column_int64(s, 0);
     e->ts_ms = sqlite3_column_int64(s, 1);
-    e->event = sq_col_strdup(s, 2);
-    e->severity = sq_col_strdup(s, 3);
+    e->event = sqlite_col_strdup(s, 2);
+    e->severity = sqlite_col_strdup(s, 3);
     copy_col(e->message_id, sizeof e->message_id, s, 4);
-    e->recipient = sq_col_strdup(s, 5);
-    e->domain = sq_col_strdup(s, 6);
-    e->delivery_id = sq_col_strdup(s, 7);
-    e->detail_json = sq_col_strdup(s, 8);
+    e->recipient = sqlite_col_strdup(s, 5);
+    e->domain = sqlite_col_strdup(s, 6);
+    e->delivery_id = sqlite_col_strdup(s, 7);
+    e->detail_json = sqlite_col_strdup(s, 8);
     return e->event && e->severity && e->recipient && e->domain && e->delivery_id &&
                    e->detail_json
                ? 0
@@ -997,44 +940,38 @@ static int bind_event_query(sqlite3_stmt *s, const struct store_event_query *q,
         if (q->ascending && cts > lo) lo = cts;
         if (!q->ascending && cts < hi) hi = cts;
     }
-    rc = sq_bind_texts(s, 1, t, 1);
+    rc = sqlite_bind_texts(s, 1, t, 1);
     if (rc == SQLITE_OK) rc = bind_ints(s, 2, (const int64_t[]){lo, hi}, 2);
-    if (rc == SQLITE_OK) rc = sq_bind_texts(s, 4, t + 1, 3);
+    if (rc == SQLITE_OK) rc = sqlite_bind_texts(s, 4, t + 1, 3);
     if (rc == SQLITE_OK) rc = bind_ints(s, 7, (const int64_t[]){cts, cid, clamp_limit(q->limit)}, 3);
     return rc;
 }
 
-int sq_events_query(void *arg, const struct store_event_query *q, struct store_event **out,
-                    size_t *n, char **err)
+enum store_status sqlite_events_query(void *arg, const struct store_event_query *q,
+                                      struct store_event **out, size_t *n, char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *s = be->rq[q->ascending ? RQ_EVENTS_ASC : RQ_EVENTS_DESC];
     char *domain = lower_dup(q->domain ? q->domain : "");
     void *v = NULL;
-    int rc = -1;
+    enum store_status ret;
 
-    *out = NULL;
-    *n = 0;
     if (!domain) {
-        sq_set_err(err, "cannot read events: out of memory");
-        return -1;
+        store_set_err(err, "cannot read events: out of memory");
+        return STORE_ERR_NOMEM;
     }
     pthread_mutex_lock(&be->rmu);
-    if (bind_event_query(s, q, domain) == SQLITE_OK) {
-        rc = collect(be->rdb, s, sizeof **out, read_event, &v, n, "events", err);
-    } else {
-        finish(s);
-        sq_set_err(err, "cannot read events: %s", sqlite3_errmsg(be->rdb));
-    }
+    ret = collect(be->rdb, s, bind_event_query(s, q, domain), sizeof **out, read_event, &v, n,
+                  "events", err);
     pthread_mutex_unlock(&be->rmu);
     free(domain);
-    if (rc < 0) {
+    if (ret != STORE_OK) {
         store_events_free(v, *n);
         *n = 0;
-        return -1;
+        return ret;
     }
     *out = v;
-    return 0;
+    return STORE_OK;
 }
 
 /* ---- gauges and backups --------------------------------------------------------------------- */
@@ -1051,10 +988,11 @@ static int64_t file_bytes(const char *path, const char *suffix)
     return size;
 }
 
-int sq_gauges(void *arg, int64_t now, struct store_gauges *out, char **err)
+enum store_status sqlite_gauges(void *arg, int64_t now, struct store_gauges *out, char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *s = be->rq[RQ_GAUGES];
+    enum store_status ret = STORE_OK;
     int rc;
 
     *out = (struct store_gauges){0};
@@ -1068,13 +1006,14 @@ int sq_gauges(void *arg, int64_t now, struct store_gauges *out, char **err)
 
         for (int i = 0; i < (int)(sizeof f / sizeof f[0]); i++) *f[i] = sqlite3_column_int64(s, i);
     } else {
-        sq_set_err(err, "cannot read the gauges: %s", sqlite3_errmsg(be->rdb));
+        store_set_err(err, "cannot read the gauges: %s", sqlite_error(be->rdb, rc));
+        ret = sqlite_status(be->rdb, rc);
     }
     finish(s);
     pthread_mutex_unlock(&be->rmu);
-    if (rc != SQLITE_ROW) return -1;
-    out->database_bytes = file_bytes(be->path, "") + file_bytes(be->path, "-wal");
-    return 0;
+    if (ret == STORE_OK)
+        out->database_bytes = file_bytes(be->path, "") + file_bytes(be->path, "-wal");
+    return ret;
 }
 
 /* fsyncs `path`, then its directory. */
@@ -1095,10 +1034,11 @@ static int sync_file_and_dir(const char *path)
 
 /* VACUUM INTO from a connection of its own, opened read-only (the shared read connection is
  * query_only, which VACUUM INTO refuses, and must not be held for a whole copy). */
-static int vacuum_into(const struct sqlite_be *be, const char *path, char **err)
+static enum store_status vacuum_into(const struct sqlite_be *be, const char *path, char **err)
 {
     sqlite3 *db = NULL;
     sqlite3_stmt *s = NULL;
+    enum store_status ret;
     int rc = sqlite3_open_v2(be->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
 
     if (rc == SQLITE_OK) {
@@ -1108,33 +1048,35 @@ static int vacuum_into(const struct sqlite_be *be, const char *path, char **err)
     if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 1, path, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK) rc = sqlite3_step(s);
     if (rc != SQLITE_DONE)
-        sq_set_err(err, "cannot back up %s into %s: %s", be->path, path,
-                   db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        store_set_err(err, "cannot back up %s into %s: %s", be->path, path,
+                      db ? sqlite_error(db, rc) : sqlite3_errstr(rc));
+    ret = rc == SQLITE_DONE ? STORE_OK : db ? sqlite_status(db, rc) : STORE_ERR_IO;
     sqlite3_finalize(s);
     sqlite3_close(db);
-    return rc == SQLITE_DONE ? 0 : -1;
+    return ret;
 }
 
-int sq_backup(void *arg, const char *path, char **err)
+enum store_status sqlite_backup(void *arg, const char *path, char **err)
 {
     struct sqlite_be *be = arg;
+    enum store_status ret;
     /* Created here, empty and 0600 (the copy holds the keys); an existing file is refused. */
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 
     if (fd < 0) {
-        sq_set_err(err, "cannot create backup file %s: %s", path, strerror(errno));
-        return -1;
+        store_set_err(err, "cannot create backup file %s: %s", path, strerror(errno));
+        return errno == ENOSPC || errno == EDQUOT ? STORE_ERR_FULL : STORE_ERR_IO;
     }
     close(fd);
-    if (vacuum_into(be, path, err) < 0) goto fail;
-    if (sync_file_and_dir(path) < 0) {
-        sq_set_err(err, "cannot sync backup file %s: %s", path, strerror(errno));
-        goto fail;
+    ret = vacuum_into(be, path, err);
+    if (ret == STORE_OK && sync_file_and_dir(path) < 0) {
+        store_set_err(err, "cannot sync backup file %s: %s", path, strerror(errno));
+        ret = errno == ENOSPC || errno == EDQUOT ? STORE_ERR_FULL : STORE_ERR_IO;
+    }
+    if (ret != STORE_OK) {
+        unlink(path);
+        return ret;
     }
     log_info("storage", "backup path=%s bytes=%lld", path, (long long)file_bytes(path, ""));
-    return 0;
-
-fail:
-    unlink(path);
-    return -1;
+    return STORE_OK;
 }

@@ -10,7 +10,7 @@
  * message's callback and nothing of it is in the database; the writer goes on with the next
  * batch, so accepting resumes by itself when the cause goes away.  A message that alone cannot be
  * stored (duplicate id: should never happen; a body above the backend's size limit) fails alone
- * and the rest of its batch commits (see backend.h).
+ * and the rest of its batch commits (see internal.h).
  *
  * Locks: `mu` guards the queue, `stopping` and the statistics; `write_mu` is held by the writer
  * around each batch (uncontended; it lets a test look at the write connection safely).  No lock
@@ -31,7 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "storage/backend.h"
+#include "storage/internal.h"
 #include "util/limits.h"
 #include "util/log.h"
 
@@ -83,15 +83,61 @@ struct store {
     struct store_job *jobs[STORE_BATCH_MAX_MESSAGES];
 };
 
-static void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(char **err, const char *fmt, ...)
+void store_set_err(char **err, const char *fmt, ...)
 {
     va_list ap;
 
     if (!err) return;
+    free(*err);
     va_start(ap, fmt);
     if (vasprintf(err, fmt, ap) < 0) *err = NULL;
     va_end(ap);
+}
+
+const char *store_status_text(enum store_status status)
+{
+    switch (status) {
+    case STORE_OK: return "ok";
+    case STORE_ERR_IO: return "storage error";
+    case STORE_ERR_FULL: return "disk full";
+    case STORE_ERR_NOT_FOUND: return "not found";
+    case STORE_ERR_QUOTA: return "quota reached";
+    case STORE_ERR_BUSY: return "storage busy";
+    case STORE_ERR_NOMEM: return "out of memory";
+    }
+    return "storage error";
+}
+
+bool store_status_failed(enum store_status status)
+{
+    return status != STORE_OK && status != STORE_ERR_NOT_FOUND && status != STORE_ERR_QUOTA;
+}
+
+/* A message's columns as a backend read them, copied into m (store_message_fill in internal.h). */
+enum store_status store_message_fill(struct store_message *m, const struct store_message_cols *c,
+                                     char **err)
+{
+    enum store_status rc;
+
+    m->received_at_ms = c->received_at_ms;
+    m->sender = strdup(c->sender ? c->sender : "");
+    m->remote_ip = strdup(c->remote_ip ? c->remote_ip : "");
+    m->helo = strdup(c->helo ? c->helo : "");
+    m->tls = strdup(c->tls ? c->tls : "");
+    m->len = c->len;
+    m->data = malloc(c->len ? c->len : 1); /* never NULL, even for an empty body */
+    if (m->data && c->len) memcpy(m->data, c->raw, c->len);
+    if (!m->sender || !m->remote_ip || !m->helo || !m->tls || !m->data) {
+        store_set_err(err, "cannot load message %s: out of memory", m->id);
+        return STORE_ERR_NOMEM;
+    }
+    rc = store_json_parse_string_array(c->rcpts_json ? c->rcpts_json : "", &m->rcpts, &m->nrcpts);
+    if (rc == STORE_ERR_NOMEM)
+        store_set_err(err, "cannot load message %s: out of memory", m->id);
+    else if (rc != STORE_OK)
+        store_set_err(err, "cannot load message %s: its recipients are not a JSON array of strings",
+                      m->id);
+    return rc;
 }
 
 void store_free_message(struct store_message *msg)
@@ -286,7 +332,7 @@ static const char *json_ws(const char *p)
     return p;
 }
 
-int store_json_parse_string_array(const char *json, char ***items, size_t *n)
+enum store_status store_json_parse_string_array(const char *json, char ***items, size_t *n)
 {
     const char *p;
     char **v = NULL;
@@ -295,13 +341,13 @@ int store_json_parse_string_array(const char *json, char ***items, size_t *n)
 
     *items = NULL;
     *n = 0;
-    if (!json) return -1;
+    if (!json) return STORE_ERR_IO;
     p = json_ws(json);
-    if (*p++ != '[') return -1;
+    if (*p++ != '[') return STORE_ERR_IO;
     p = json_ws(p);
     if (*p == ']') {
         p = json_ws(p + 1);
-        return *p ? -1 : 0;
+        return *p ? STORE_ERR_IO : STORE_OK;
     }
     for (;;) {
         char *item;
@@ -315,6 +361,7 @@ int store_json_parse_string_array(const char *json, char ***items, size_t *n)
 
             if (!nv) {
                 free(item);
+                oom = true;
                 goto bad;
             }
             v = nv;
@@ -333,12 +380,12 @@ int store_json_parse_string_array(const char *json, char ***items, size_t *n)
     }
     *items = v;
     *n = count;
-    return 0;
+    return STORE_OK;
 
 bad:
     for (size_t i = 0; i < count; i++) free(v[i]);
     free(v);
-    return -1;
+    return oom ? STORE_ERR_NOMEM : STORE_ERR_IO;
 }
 
 /* ---- files ---------------------------------------------------------------------------------- */
@@ -373,18 +420,18 @@ static int make_data_dir(const char *dir, char **err)
 
     if (mkdir(dir, 0700) == 0) {
         if (chmod(dir, 0700) < 0) {
-            set_err(err, "cannot set the mode of data directory %s: %s", dir, strerror(errno));
+            store_set_err(err, "cannot set the mode of data directory %s: %s", dir, strerror(errno));
             return -1;
         }
         fsync_parent(dir);
         return 0;
     }
     if (errno != EEXIST) {
-        set_err(err, "cannot create data directory %s: %s", dir, strerror(errno));
+        store_set_err(err, "cannot create data directory %s: %s", dir, strerror(errno));
         return -1;
     }
     if (stat(dir, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
-        set_err(err, "data directory %s exists and is not a directory", dir);
+        store_set_err(err, "data directory %s exists and is not a directory", dir);
         return -1;
     }
     return 0;
@@ -398,11 +445,11 @@ static int make_db_file(const char *path, char **err)
 
     if (fd < 0) {
         if (errno == EEXIST) return 0;
-        set_err(err, "cannot create database %s: %s", path, strerror(errno));
+        store_set_err(err, "cannot create database %s: %s", path, strerror(errno));
         return -1;
     }
     if (fchmod(fd, 0600) < 0 || fsync(fd) < 0) {
-        set_err(err, "cannot set up database %s: %s", path, strerror(errno));
+        store_set_err(err, "cannot set up database %s: %s", path, strerror(errno));
         close(fd);
         return -1;
     }
@@ -419,7 +466,7 @@ static int parse_database(const char *data_dir, const char *database,
     *location = NULL;
     if (!database || !*database) {
         if (!data_dir || !*data_dir) {
-            set_err(err, "no data directory and no database URL");
+            store_set_err(err, "no data directory and no database URL");
             return -1;
         }
         int len = (int)strlen(data_dir);
@@ -427,7 +474,7 @@ static int parse_database(const char *data_dir, const char *database,
         while (len > 1 && data_dir[len - 1] == '/') len--;
         if (asprintf(location, "%.*s/%s", len, data_dir, STORE_DB_FILE) < 0) {
             *location = NULL;
-            set_err(err, "out of memory");
+            store_set_err(err, "out of memory");
             return -1;
         }
         *ops = &store_sqlite_backend;
@@ -435,22 +482,22 @@ static int parse_database(const char *data_dir, const char *database,
     }
     if (strncmp(database, "sqlite:", 7) == 0) {
         if (!database[7]) {
-            set_err(err, "database URL \"sqlite:\" names no file");
+            store_set_err(err, "database URL \"sqlite:\" names no file");
             return -1;
         }
         *location = strdup(database + 7);
         if (!*location) {
-            set_err(err, "out of memory");
+            store_set_err(err, "out of memory");
             return -1;
         }
         *ops = &store_sqlite_backend;
         return 0;
     }
     if (strncmp(database, "postgresql://", 13) == 0 || strncmp(database, "postgres://", 11) == 0) {
-        set_err(err, "PostgreSQL backend is not available in this build yet");
+        store_set_err(err, "PostgreSQL backend is not available in this build yet");
         return -1;
     }
-    set_err(err, "unsupported database URL \"%s\" (expected sqlite:PATH or postgresql://...)",
+    store_set_err(err, "unsupported database URL \"%s\" (expected sqlite:PATH or postgresql://...)",
             database);
     return -1;
 }
@@ -645,7 +692,7 @@ struct store *store_open(const char *data_dir, const char *database, char **err)
 
     st = calloc(1, sizeof *st);
     if (!st) {
-        set_err(err, "out of memory");
+        store_set_err(err, "out of memory");
         goto fail;
     }
     st->ops = ops;
@@ -665,7 +712,7 @@ struct store *store_open(const char *data_dir, const char *database, char **err)
     rc = pthread_create(&st->writer, NULL, writer_main, st);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
-        set_err(err, "cannot start the storage writer thread: %s", strerror(rc));
+        store_set_err(err, "cannot start the storage writer thread: %s", strerror(rc));
         goto fail;
     }
     st->writer_started = true;
@@ -718,29 +765,17 @@ void store_accept(struct store *st, struct store_message *msg, store_done_fn don
     pthread_mutex_unlock(&st->mu);
 }
 
-enum store_status store_run_job_result(struct store *st, struct store_job *job, const enum store_status *result,
-                                       char **err)
-{
-    store_run_job(st, job);
-    if (job->status != STORE_OK) {
-        if (err) *err = job->err ? job->err : strdup("out of memory");
-        else free(job->err);
-        return job->status;
-    }
-    free(job->err);
-    return *result;
-}
-
-void store_run_job(struct store *st, struct store_job *job)
+enum store_status store_run_job(struct store *st, struct store_job *job, char **err)
 {
     struct job_waiter w = {.done = false};
     struct store_entry *e = malloc(sizeof *e);
 
-    job->status = STORE_ERR_IO;
+    if (err) *err = NULL;
+    job->status = STORE_ERR_NOMEM;
     job->err = NULL;
     if (!e) {
-        job->err = strdup("out of memory");
-        return;
+        store_set_err(err, "cannot queue a write: out of memory");
+        return job->status;
     }
     *e = (struct store_entry){.job = job, .waiter = &w};
     pthread_mutex_init(&w.mu, NULL);
@@ -750,6 +785,7 @@ void store_run_job(struct store *st, struct store_job *job)
     if (st->stopping) {
         pthread_mutex_unlock(&st->mu);
         free(e);
+        job->status = STORE_ERR_IO;
         job->err = strdup("storage is closing");
     } else {
         *st->tail = e;
@@ -762,6 +798,10 @@ void store_run_job(struct store *st, struct store_job *job)
     }
     pthread_cond_destroy(&w.cv);
     pthread_mutex_destroy(&w.mu);
+    if (err && store_status_failed(job->status)) *err = job->err;
+    else free(job->err);
+    job->err = NULL;
+    return job->status;
 }
 
 void store_submit_job(struct store *st, struct store_job *job, store_write_done_fn done,
@@ -769,6 +809,7 @@ void store_submit_job(struct store *st, struct store_job *job, store_write_done_
 {
     struct store_entry *e = malloc(sizeof *e);
     const char *why = "out of memory";
+    enum store_status why_status = STORE_ERR_NOMEM;
 
     job->status = STORE_ERR_IO;
     job->err = NULL;
@@ -785,9 +826,10 @@ void store_submit_job(struct store *st, struct store_job *job, store_write_done_
         pthread_mutex_unlock(&st->mu);
         free(e);
         why = "storage is closing";
+        why_status = STORE_ERR_IO;
     }
     free(job);
-    done(arg, STORE_ERR_IO, strdup(why));
+    done(arg, why_status, strdup(why));
 }
 
 const struct store_backend *store_backend_of(struct store *st, void **be)
@@ -803,7 +845,8 @@ struct meta_set {
     char *winner;
 };
 
-static int run_meta_set(const struct store_backend *ops, void *be, void *arg, char **err)
+static enum store_status run_meta_set(const struct store_backend *ops, void *be, void *arg,
+                                      char **err)
 {
     struct meta_set *m = arg;
 
@@ -819,38 +862,36 @@ static void log_store_error(const char *what, const char *key, const char *e)
              log_escape(esc, sizeof esc, e, strlen(e), 400));
 }
 
-int store_get_meta(struct store *st, const char *key, char **value)
+enum store_status store_get_meta(struct store *st, const char *key, char **value)
 {
     char *err = NULL;
-    int rc;
+    enum store_status rc;
 
     *value = NULL;
     rc = st->ops->meta_get(st->be, key, value, &err);
-    if (rc < 0 && rc != -ENOENT) {
-        log_store_error("meta read", key, err);
-        rc = -EIO;
-    }
+    if (store_status_failed(rc)) log_store_error("meta read", key, err);
     free(err);
     return rc;
 }
 
-int store_set_meta_if_absent(struct store *st, const char *key, const char *value, char **winner)
+enum store_status store_set_meta_if_absent(struct store *st, const char *key, const char *value,
+                                           char **winner)
 {
     struct meta_set m = {.key = key, .value = value};
     struct store_job job = {.run = run_meta_set, .arg = &m};
+    char *err = NULL;
+    enum store_status rc = store_run_job(st, &job, &err);
 
     *winner = NULL;
-    store_run_job(st, &job);
-    if (job.status != STORE_OK) {
+    if (rc != STORE_OK) {
         /* A batch that failed as a whole left no winner; a job that failed alone may have one. */
         free(m.winner);
-        log_store_error("meta write", key, job.err);
-        free(job.err);
-        return job.status == STORE_ERR_FULL ? -ENOSPC : -EIO;
+        log_store_error("meta write", key, err);
+        free(err);
+        return rc;
     }
-    free(job.err);
     *winner = m.winner;
-    return 0;
+    return STORE_OK;
 }
 
 /* ---- routes -------------------------------------------------------------------------------- */
@@ -869,12 +910,13 @@ void store_routes_free(struct store_route *routes, size_t n)
     free(routes);
 }
 
-int store_routes_load(struct store *st, struct store_route **out, size_t *n, char **err)
+enum store_status store_routes_load(struct store *st, struct store_route **out, size_t *n,
+                                    char **err)
 {
     if (err) *err = NULL;
     *out = NULL;
     *n = 0;
-    return st->ops->routes_load(st->be, out, n, err) < 0 ? -1 : 0;
+    return st->ops->routes_load(st->be, out, n, err);
 }
 
 /* One route write (insert, update or delete) as a job. */
@@ -884,38 +926,36 @@ struct route_write {
     const char *id;
     const char *actions_json;
     int64_t quota;
-    enum store_status result;
     int64_t seq;
 };
 
-static int run_route_write(const struct store_backend *ops, void *be, void *arg, char **err)
+static enum store_status run_route_write(const struct store_backend *ops, void *be, void *arg,
+                                         char **err)
 {
     struct route_write *w = arg;
 
     switch (w->op) {
     case ROUTE_INSERT:
-        return ops->route_insert(be, w->r, w->actions_json, w->quota, &w->result, &w->seq, err);
-    case ROUTE_UPDATE: return ops->route_update(be, w->r, w->actions_json, &w->result, err);
-    case ROUTE_DELETE: return ops->route_delete(be, w->id, &w->result, err);
+        return ops->route_insert(be, w->r, w->actions_json, w->quota, &w->seq, err);
+    case ROUTE_UPDATE: return ops->route_update(be, w->r, w->actions_json, err);
+    case ROUTE_DELETE: return ops->route_delete(be, w->id, err);
     }
-    return -1;
+    return STORE_ERR_IO;
 }
 
-/* Runs `w` through the writer; the status the caller gets.  *err only with an I/O or disk-full
- * status. */
+/* Runs `w` through the writer and waits: the status the caller gets. */
 static enum store_status route_write_run(struct store *st, struct route_write *w, char **err)
 {
     struct store_job job = {.run = run_route_write, .arg = w};
 
-    w->result = STORE_ERR_IO;
-    return store_run_job_result(st, &job, &w->result, err);
+    return store_run_job(st, &job, err);
 }
 
 static char *route_actions_json(const struct store_route *r, char **err)
 {
     char *json = store_json_string_array((const char *const *)r->actions, r->actions ? r->nactions : 0);
 
-    if (!json) set_err(err, "out of memory");
+    if (!json) store_set_err(err, "out of memory");
     return json;
 }
 
@@ -927,7 +967,7 @@ enum store_status store_route_insert(struct store *st, struct store_route *r, in
     enum store_status rc;
 
     if (err) *err = NULL;
-    if (!(json = route_actions_json(r, err))) return STORE_ERR_IO;
+    if (!(json = route_actions_json(r, err))) return STORE_ERR_NOMEM;
     w.actions_json = json;
     rc = route_write_run(st, &w, err);
     free(json);
@@ -942,7 +982,7 @@ enum store_status store_route_update(struct store *st, const struct store_route 
     enum store_status rc;
 
     if (err) *err = NULL;
-    if (!(json = route_actions_json(r, err))) return STORE_ERR_IO;
+    if (!(json = route_actions_json(r, err))) return STORE_ERR_NOMEM;
     w.actions_json = json;
     rc = route_write_run(st, &w, err);
     free(json);
@@ -959,77 +999,56 @@ enum store_status store_route_delete(struct store *st, const char *id, char **er
 
 /* ---- routing outcomes ----------------------------------------------------------------------- */
 
-struct outcome_write {
+/* A job and the outcome it writes (the job first: store_submit_job frees the whole with free()). */
+struct outcome_job {
+    struct store_job job;
     const struct store_outcome *o;
-    enum store_status result;
 };
 
-static int run_outcome(const struct store_backend *ops, void *be, void *arg, char **err)
+static enum store_status run_outcome(const struct store_backend *ops, void *be, void *arg,
+                                     char **err)
 {
-    struct outcome_write *w = arg;
+    const struct outcome_job *j = arg;
 
-    return ops->write_outcome(be, w->o, &w->result, err);
+    return ops->write_outcome(be, j->o, err);
 }
 
-/* The asynchronous variant: the job's own result and the caller's callback. */
-struct outcome_async {
-    struct outcome_write w;
-    store_write_done_fn done;
-    void *arg;
-};
-
-static void outcome_async_done(void *arg, enum store_status status, char *err)
+void store_write_outcome_async(struct store *st, const struct store_outcome *o,
+                               store_write_done_fn done, void *arg)
 {
-    struct outcome_async *a = arg;
-    if (status == STORE_OK) status = a->w.result; /* committed: what the write itself found */
-    a->done(a->arg, status, err);
-    free(a);
-}
+    struct outcome_job *j = malloc(sizeof *j);
 
-void store_write_outcome_async(struct store *st, const struct store_outcome *o, store_write_done_fn done,
-                               void *arg)
-{
-    struct outcome_async *a = malloc(sizeof *a);
-    struct store_job *job = malloc(sizeof *job);
-    if (!a || !job) {
-        free(a);
-        free(job);
-        done(arg, STORE_ERR_IO, strdup("out of memory"));
+    if (!j) {
+        done(arg, STORE_ERR_NOMEM, strdup("out of memory"));
         return;
     }
-    *a = (struct outcome_async){.w = {.o = o, .result = STORE_ERR_IO}, .done = done, .arg = arg};
-    *job = (struct store_job){.run = run_outcome, .arg = &a->w};
-    store_submit_job(st, job, outcome_async_done, a);
+    *j = (struct outcome_job){.job = {.run = run_outcome, .arg = j}, .o = o};
+    store_submit_job(st, &j->job, done, arg);
 }
 
 enum store_status store_write_outcome(struct store *st, const struct store_outcome *o, char **err)
 {
-    struct outcome_write w = {.o = o, .result = STORE_ERR_IO};
-    struct store_job job = {.run = run_outcome, .arg = &w};
+    struct outcome_job j = {.job = {.run = run_outcome, .arg = &j}, .o = o};
 
-    if (err) *err = NULL;
-    return store_run_job_result(st, &job, &w.result, err);
+    return store_run_job(st, &j.job, err);
 }
 
-int store_list_unprocessed(struct store *st, char ***ids, size_t *n, size_t max, char **err)
+enum store_status store_list_unprocessed(struct store *st, char ***ids, size_t *n, size_t max,
+                                         char **err)
 {
     if (err) *err = NULL;
     *ids = NULL;
     *n = 0;
-    if (max == 0) return 0;
-    return st->ops->list_unprocessed(st->be, ids, n, max, err) < 0 ? -1 : 0;
+    if (max == 0) return STORE_OK;
+    return st->ops->list_unprocessed(st->be, ids, n, max, err);
 }
 
 enum store_status store_load_message(struct store *st, const char *id, struct store_message **out,
                                      char **err)
 {
-    int rc;
-
     if (err) *err = NULL;
     *out = NULL;
-    rc = st->ops->load_message(st->be, id, out, err);
-    if (rc == -ENOENT) return STORE_ERR_NOT_FOUND;
-    return rc < 0 ? STORE_ERR_IO : STORE_OK;
+    return st->ops->load_message(st->be, id, out, err);
 }
 
 bool store_exists(const char *data_dir, const char *database)
@@ -1044,24 +1063,25 @@ bool store_exists(const char *data_dir, const char *database)
     return exists;
 }
 
-int store_count_unprocessed(struct store *st, int64_t *count)
+enum store_status store_count_unprocessed(struct store *st, int64_t *count)
 {
     char *err = NULL;
+    enum store_status rc = st->ops->count_unprocessed(st->be, count, &err);
 
-    if (st->ops->count_unprocessed(st->be, count, &err) < 0) {
+    if (rc != STORE_OK) {
         char esc[512];
         const char *e = err ? err : "out of memory";
 
         log_warn("storage", "count failed error=\"%s\"",
                  log_escape(esc, sizeof esc, e, strlen(e), 400));
-        free(err);
-        return -1;
     }
-    return 0;
+    free(err);
+    return rc;
 }
 
-int store_check_writable(struct store *st, char **reason)
+enum store_status store_check_writable(struct store *st, char **reason)
 {
+    if (reason) *reason = NULL;
     return st->ops->check_writable(st->be, reason);
 }
 
@@ -1082,9 +1102,10 @@ void store_get_stats(struct store *st, struct store_stats *out)
     pthread_mutex_unlock(&st->mu);
 }
 
-int store_test_writer_query(struct store *st, const char *sql, char *out, size_t outsz)
+enum store_status store_test_writer_query(struct store *st, const char *sql, char *out,
+                                          size_t outsz)
 {
-    int rc;
+    enum store_status rc;
 
     pthread_mutex_lock(&st->write_mu);
     rc = st->ops->writer_query(st->be, sql, out, outsz);

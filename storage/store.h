@@ -22,13 +22,28 @@
 
 struct store;
 
+/* The one error convention of storage/: every store_* function that can fail returns this (none
+ * returns an int status or writes a status through an out-parameter).  Functions with a
+ * `char **err` (may be NULL) set *err (malloc'd) exactly when the result is a failure (IO, FULL,
+ * BUSY, NOMEM; NULL only when even that message could not be allocated), and NULL otherwise:
+ * STORE_ERR_NOT_FOUND and STORE_ERR_QUOTA are answers, not failures, and carry no message.
+ *
+ * Allocation: everything that crosses this face is malloc'd by one side and free()d by the other
+ * (strings with free(), structs with their store_*_free()); no other allocator is used. */
 enum store_status {
     STORE_OK = 0,
-    STORE_ERR_IO = -1,    /* storage unavailable or failed: SMTP 451 4.3.0 */
-    STORE_ERR_FULL = -2,  /* disk full (SQLITE_FULL, ENOSPC): SMTP 452 4.3.1 */
-    STORE_ERR_NOT_FOUND = -3, /* no such row (route id, message id) */
+    STORE_ERR_IO = -1,        /* storage unavailable or failed: SMTP 451 4.3.0 */
+    STORE_ERR_FULL = -2,      /* disk full (SQLITE_FULL, ENOSPC): SMTP 452 4.3.1 */
+    STORE_ERR_NOT_FOUND = -3, /* no such row (route id, message id, meta key, ...) */
     STORE_ERR_QUOTA = -4,     /* the routes table already holds --route-quota routes */
+    STORE_ERR_BUSY = -5,      /* the database stayed locked past its timeout: like IO, 451 */
+    STORE_ERR_NOMEM = -6,     /* out of memory: like IO, 451 */
 };
+
+/* A short reason for logs and replies: "storage error", "disk full", "not found", ... */
+const char *store_status_text(enum store_status status);
+/* Whether `status` is a failure (IO, FULL, BUSY, NOMEM), as opposed to OK or an answer. */
+bool store_status_failed(enum store_status status);
 
 /* A message to commit.  The store takes ownership of the struct and every pointer in it (all
  * malloc'd) and frees them after the commit, on the writer thread. */
@@ -46,8 +61,9 @@ struct store_message {
 };
 
 /* The callback of a write queued without waiting (store_write_outcome_async,
- * store_record_attempt): runs on the writer thread once the batch committed (STORE_OK: durable)
- * or the write failed (err malloc'd, owned by the callee; NULL with STORE_OK). */
+ * store_record_attempt): runs on the writer thread once the batch committed (STORE_OK: durable,
+ * or the write's own answer, e.g. STORE_ERR_NOT_FOUND) or the write failed (err malloc'd, owned
+ * by the callee; NULL unless a failure). */
 typedef void (*store_write_done_fn)(void *arg, enum store_status status, char *err);
 
 /* Runs on the writer thread once the message's batch committed (STORE_OK) or failed; the caller
@@ -69,26 +85,28 @@ void store_accept(struct store *st, struct store_message *msg, store_done_fn don
 
 /* Meta rows: settings every node shares, e.g. "api_key" and "signing_key" (SPEC §1).
  *
- * store_get_meta: 0 with *value (malloc'd), -ENOENT when there is no such row (*value NULL), -EIO
- * on a storage error (logged).  Any thread; reads what has been committed.
+ * store_get_meta: STORE_OK with *value (malloc'd), STORE_ERR_NOT_FOUND when there is no such row
+ * (*value NULL), or a failure (logged).  Any thread; reads what has been committed.
  *
  * store_set_meta_if_absent: writes (key, value) unless the key exists, through the writer thread
- * (a job in the next batch, under its own savepoint) and waits for the durable commit; 0 with
- * *winner (malloc'd) = the value now stored: `value`, or the one another writer (another node, or
- * an earlier start) put there first.  -EIO or -ENOSPC (logged) when it could not be written.
+ * (a job in the next batch, under its own savepoint) and waits for the durable commit; STORE_OK
+ * with *winner (malloc'd) = the value now stored: `value`, or the one another writer (another
+ * node, or an earlier start) put there first; or a failure (logged), e.g. STORE_ERR_FULL.
  * Blocks the calling thread for one group commit; never call it from a store callback. */
-int store_get_meta(struct store *st, const char *key, char **value);
-int store_set_meta_if_absent(struct store *st, const char *key, const char *value, char **winner);
+enum store_status store_get_meta(struct store *st, const char *key, char **value);
+enum store_status store_set_meta_if_absent(struct store *st, const char *key, const char *value,
+                                           char **winner);
 
 /* Whether the database named by (data_dir, database) as for store_open() exists already (for
  * SQLite: the file), so that a read-only command does not create one.  True for a URL it cannot
  * tell about (store_open() then says what is wrong). */
 bool store_exists(const char *data_dir, const char *database);
 
-/* Messages committed but not yet processed (state 'accepted'): found again at start-up. */
-int store_count_unprocessed(struct store *st, int64_t *count);
-/* 0 when the database can take a write now; else -1 and *reason (malloc'd). */
-int store_check_writable(struct store *st, char **reason);
+/* Messages committed but not yet processed (state 'accepted'): found again at start-up.  A
+ * failure is logged. */
+enum store_status store_count_unprocessed(struct store *st, int64_t *count);
+/* STORE_OK when the database can take a write now; else a failure and *reason (malloc'd). */
+enum store_status store_check_writable(struct store *st, char **reason);
 
 /* Schema version this binary writes. */
 int store_schema_version(void);
@@ -126,9 +144,8 @@ void store_free_message(struct store_message *msg);
 
 /* ---------------------------------------------------------------------------------------------
  * Routes (SPEC §4, §7).  Writes go through the writer (a job in the next batch); the caller
- * blocks until its batch committed.  For every function below that takes `char **err` (may be
- * NULL): *err is set (malloc'd) exactly when the result is STORE_ERR_IO / STORE_ERR_FULL (or -1),
- * and NULL otherwise (STORE_ERR_QUOTA and STORE_ERR_NOT_FOUND carry no message). */
+ * blocks until its batch committed.  `char **err` as for every function here (see enum
+ * store_status). */
 struct store_route {
     char id[ID_LEN + 1];
     int32_t priority;
@@ -140,8 +157,8 @@ struct store_route {
     int64_t created_at;   /* Unix seconds */
 };
 void store_routes_free(struct store_route *routes, size_t n);
-/* Every route in evaluation order (priority, then seq).  0, or -1 with *err. */
-int store_routes_load(struct store *st, struct store_route **out, size_t *n, char **err);
+/* Every route in evaluation order (priority, then seq). */
+enum store_status store_routes_load(struct store *st, struct store_route **out, size_t *n, char **err);
 /* Inserts `r` (id, fields and created_at set by the caller) and writes its seq back, unless the
  * table already holds `quota` routes (STORE_ERR_QUOTA; checked inside the same transaction). */
 enum store_status store_route_insert(struct store *st, struct store_route *r, int64_t quota,
@@ -212,7 +229,8 @@ void store_write_outcome_async(struct store *st, const struct store_outcome *o, 
                                void *arg);
 /* Ids of messages still 'accepted', oldest first, at most `max` (malloc'd array of malloc'd
  * strings; free each and the array). */
-int store_list_unprocessed(struct store *st, char ***ids, size_t *n, size_t max, char **err);
+enum store_status store_list_unprocessed(struct store *st, char ***ids, size_t *n, size_t max,
+                                         char **err);
 /* Loads one message with its envelope and bytes (copied out: the read transaction ends before
  * this returns; data is never NULL, even for an empty body).  STORE_ERR_NOT_FOUND when absent. */
 enum store_status store_load_message(struct store *st, const char *id, struct store_message **out,
@@ -250,12 +268,14 @@ void store_deliveries_free(struct store_delivery *d, size_t n);
 
 /* Pending deliveries with next_attempt_at <= now, ordered by (next_attempt_at, id), starting
  * strictly after the cursor (after_at, after_id) (after_id "" = from the start), at most `max`.
- * A read (any thread; short).  0 with *out (malloc'd array; NULL when none) and *n, or -1. */
-int store_deliveries_due(struct store *st, int64_t now, int64_t after_at, const char *after_id,
-                         size_t max, struct store_delivery **out, size_t *n, char **err);
+ * A read (any thread; short).  STORE_OK with *out (malloc'd array; NULL when none) and *n. */
+enum store_status store_deliveries_due(struct store *st, int64_t now, int64_t after_at,
+                                       const char *after_id, size_t max,
+                                       struct store_delivery **out, size_t *n, char **err);
 /* The smallest next_attempt_at of a pending delivery that is later than `after` (deliveries due
- * already are the due scan's): 0 with *at, -ENOENT when there is none, -1 on error. */
-int store_deliveries_next_due(struct store *st, int64_t after, int64_t *at);
+ * already are the due scan's): STORE_OK with *at, STORE_ERR_NOT_FOUND when there is none, or a
+ * failure (logged). */
+enum store_status store_deliveries_next_due(struct store *st, int64_t after, int64_t *at);
 /* One delivery by id: STORE_OK with *out (free with store_deliveries_free(out, 1)),
  * STORE_ERR_NOT_FOUND, or STORE_ERR_IO with *err. */
 enum store_status store_delivery_get(struct store *st, const char *id, struct store_delivery **out,
@@ -264,9 +284,10 @@ enum store_status store_delivery_get(struct store *st, const char *id, struct st
 /* Deliveries for the dead-letter view (SPEC §7): state `state` ("failed", "pending",
  * "delivered"; NULL = any), newest update first, starting strictly after the cursor
  * (before_updated_at, before_id) (before_id "" = from the newest), at most `max`. */
-int store_deliveries_list(struct store *st, const char *state, int64_t before_updated_at,
-                          const char *before_id, size_t max, struct store_delivery **out, size_t *n,
-                          char **err);
+enum store_status store_deliveries_list(struct store *st, const char *state,
+                                        int64_t before_updated_at, const char *before_id,
+                                        size_t max, struct store_delivery **out, size_t *n,
+                                        char **err);
 
 /* One finished attempt of a delivery, and what follows from it.  Written in one transaction:
  * the attempts row, the delivery's new state (attempts + 1, last_status, last_error,
@@ -354,8 +375,8 @@ struct store_event_query {
     int64_t after_id;        /*   (after_ts_ms, after_id); after_id 0 = no cursor */
     size_t limit;
 };
-int store_events_query(struct store *st, const struct store_event_query *q, struct store_event **out,
-                       size_t *n, char **err);
+enum store_status store_events_query(struct store *st, const struct store_event_query *q,
+                                     struct store_event **out, size_t *n, char **err);
 
 /* ---------------------------------------------------------------------------------------------
  * Retention (SPEC §6).  One pass of the sweeper, as a job (waits for its commit; call it from a
@@ -378,11 +399,12 @@ struct store_gauges {
     int64_t stored_copies, stored_bytes, stored_oldest_at; /* unexpired copies; bytes of their messages */
     int64_t messages, database_bytes; /* messages rows; size of the database plus WAL */
 };
-int store_gauges(struct store *st, int64_t now, struct store_gauges *out, char **err);
+enum store_status store_gauges(struct store *st, int64_t now, struct store_gauges *out,
+                               char **err);
 
 /* `inlet backup FILE` (SPEC §7 operations): a consistent copy of the whole database into `path`
  * (SQLite: VACUUM INTO, from a read connection, while the writer goes on).  The file must not
- * exist.  0, or -1 with *err. */
-int store_backup(struct store *st, const char *path, char **err);
+ * exist. */
+enum store_status store_backup(struct store *st, const char *path, char **err);
 
 #endif

@@ -2,11 +2,10 @@
  * retention, gauges and backups (SPEC §5–§7; store.h).  Thin: writes become jobs for the writer
  * thread (store_run_job waits for the commit; store_record_attempt uses store_submit_job and does
  * not), reads go straight to the backend, which serialises them on its read connection. */
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "storage/backend.h"
+#include "storage/internal.h"
 #include "storage/store.h"
 #include "util/log.h"
 
@@ -77,34 +76,28 @@ struct queue_write {
     size_t nplans;
     const struct store_sweep_args *sweep;
     struct store_sweep_result *swept;
-    enum store_status result;
 };
 
-static int run_queue_write(const struct store_backend *ops, void *be, void *arg, char **err)
+static enum store_status run_queue_write(const struct store_backend *ops, void *be, void *arg,
+                                         char **err)
 {
     struct queue_write *w = arg;
 
     switch (w->op) {
-    case QW_RETRY: return ops->delivery_retry(be, w->id, w->now, &w->result, err);
-    case QW_ADD:
-        return ops->deliveries_add(be, w->id, w->plans, w->nplans, w->now, &w->result, err);
-    case QW_COPY_DELETE: return ops->copy_delete(be, w->id, w->now, &w->result, err);
-    case QW_SWEEP:
-        w->result = STORE_OK;
-        return ops->sweep(be, w->sweep, w->swept, err);
+    case QW_RETRY: return ops->delivery_retry(be, w->id, w->now, err);
+    case QW_ADD: return ops->deliveries_add(be, w->id, w->plans, w->nplans, w->now, err);
+    case QW_COPY_DELETE: return ops->copy_delete(be, w->id, w->now, err);
+    case QW_SWEEP: return ops->sweep(be, w->sweep, w->swept, err);
     }
-    return -1;
+    return STORE_ERR_IO;
 }
 
-/* Runs `w` through the writer and waits: the status the caller gets; *err only with an I/O or
- * disk-full status. */
+/* Runs `w` through the writer and waits: the status the caller gets. */
 static enum store_status queue_write_run(struct store *st, struct queue_write *w, char **err)
 {
     struct store_job job = {.run = run_queue_write, .arg = w};
 
-    clear_err(err);
-    w->result = STORE_ERR_IO;
-    return store_run_job_result(st, &job, &w->result, err);
+    return store_run_job(st, &job, err);
 }
 
 enum store_status store_delivery_retry(struct store *st, const char *id, int64_t now, char **err)
@@ -154,7 +147,6 @@ struct attempt_job {
     char *delivery_id, *error, *outcome;
     store_write_done_fn done;
     void *arg;
-    enum store_status result;
 };
 
 static void attempt_job_free(struct attempt_job *j)
@@ -166,11 +158,12 @@ static void attempt_job_free(struct attempt_job *j)
     free(j);
 }
 
-static int run_attempt(const struct store_backend *ops, void *be, void *arg, char **err)
+static enum store_status run_attempt(const struct store_backend *ops, void *be, void *arg,
+                                     char **err)
 {
     struct attempt_job *j = arg;
 
-    return ops->record_attempt(be, &j->a, &j->result, err);
+    return ops->record_attempt(be, &j->a, err);
 }
 
 /* Writer thread (or the caller's, when the job could not be queued). */
@@ -178,8 +171,7 @@ static void attempt_done(void *arg, enum store_status status, char *err)
 {
     struct attempt_job *j = arg;
 
-    if (status == STORE_OK) status = j->result; /* the job's own answer, e.g. NOT_FOUND */
-    else log_failure("attempt record", err);
+    if (store_status_failed(status)) log_failure("attempt record", err);
     if (j->done) j->done(j->arg, status, err);
     else free(err);
     attempt_job_free(j);
@@ -202,7 +194,6 @@ void store_record_attempt(struct store *st, const struct store_attempt *a, store
     j->a.outcome = j->outcome;
     j->done = done;
     j->arg = arg;
-    j->result = STORE_ERR_IO;
     *job = (struct store_job){.run = run_attempt, .arg = j};
     store_submit_job(st, job, attempt_done, j); /* owns job from here on */
     return;
@@ -210,13 +201,14 @@ void store_record_attempt(struct store *st, const struct store_attempt *a, store
 oom:
     attempt_job_free(j);
     free(job);
-    if (done) done(arg, STORE_ERR_IO, strdup("cannot queue an attempt: out of memory"));
+    if (done) done(arg, STORE_ERR_NOMEM, strdup("cannot queue an attempt: out of memory"));
 }
 
-/* ---- reads ---------------------------------------------------------------------------------- */
+/* ---- reads: straight to the backend --------------------------------------------------------- */
 
-int store_deliveries_due(struct store *st, int64_t now, int64_t after_at, const char *after_id,
-                         size_t max, struct store_delivery **out, size_t *n, char **err)
+enum store_status store_deliveries_due(struct store *st, int64_t now, int64_t after_at,
+                                       const char *after_id, size_t max,
+                                       struct store_delivery **out, size_t *n, char **err)
 {
     void *be;
     const struct store_backend *ops = store_backend_of(st, &be);
@@ -224,21 +216,18 @@ int store_deliveries_due(struct store *st, int64_t now, int64_t after_at, const 
     clear_err(err);
     *out = NULL;
     *n = 0;
-    if (max == 0) return 0;
-    return ops->deliveries_due(be, now, after_at, after_id, max, out, n, err) < 0 ? -1 : 0;
+    if (max == 0) return STORE_OK;
+    return ops->deliveries_due(be, now, after_at, after_id, max, out, n, err);
 }
 
-int store_deliveries_next_due(struct store *st, int64_t after, int64_t *at)
+enum store_status store_deliveries_next_due(struct store *st, int64_t after, int64_t *at)
 {
     void *be;
     const struct store_backend *ops = store_backend_of(st, &be);
     char *err = NULL;
-    int rc = ops->deliveries_next_due(be, after, at, &err);
+    enum store_status rc = ops->deliveries_next_due(be, after, at, &err);
 
-    if (rc < 0 && rc != -ENOENT) {
-        log_failure("next due read", err);
-        rc = -1;
-    }
+    if (store_status_failed(rc)) log_failure("next due read", err);
     free(err);
     return rc;
 }
@@ -248,17 +237,16 @@ enum store_status store_delivery_get(struct store *st, const char *id, struct st
 {
     void *be;
     const struct store_backend *ops = store_backend_of(st, &be);
-    int rc;
 
     clear_err(err);
     *out = NULL;
-    rc = ops->delivery_get(be, id, out, err);
-    return rc == -ENOENT ? STORE_ERR_NOT_FOUND : rc < 0 ? STORE_ERR_IO : STORE_OK;
+    return ops->delivery_get(be, id, out, err);
 }
 
-int store_deliveries_list(struct store *st, const char *state, int64_t before_updated_at,
-                          const char *before_id, size_t max, struct store_delivery **out, size_t *n,
-                          char **err)
+enum store_status store_deliveries_list(struct store *st, const char *state,
+                                        int64_t before_updated_at, const char *before_id,
+                                        size_t max, struct store_delivery **out, size_t *n,
+                                        char **err)
 {
     void *be;
     const struct store_backend *ops = store_backend_of(st, &be);
@@ -266,10 +254,8 @@ int store_deliveries_list(struct store *st, const char *state, int64_t before_up
     clear_err(err);
     *out = NULL;
     *n = 0;
-    if (max == 0) return 0;
-    return ops->deliveries_list(be, state, before_updated_at, before_id, max, out, n, err) < 0
-               ? -1
-               : 0;
+    if (max == 0) return STORE_OK;
+    return ops->deliveries_list(be, state, before_updated_at, before_id, max, out, n, err);
 }
 
 enum store_status store_copy_get(struct store *st, const char *key, int64_t now,
@@ -277,15 +263,15 @@ enum store_status store_copy_get(struct store *st, const char *key, int64_t now,
 {
     void *be;
     const struct store_backend *ops = store_backend_of(st, &be);
-    int rc;
 
     clear_err(err);
-    rc = ops->copy_get(be, key, now, copy, msg, err);
-    return rc == -ENOENT ? STORE_ERR_NOT_FOUND : rc < 0 ? STORE_ERR_IO : STORE_OK;
+    *copy = NULL;
+    if (msg) *msg = NULL;
+    return ops->copy_get(be, key, now, copy, msg, err);
 }
 
-int store_events_query(struct store *st, const struct store_event_query *q, struct store_event **out,
-                       size_t *n, char **err)
+enum store_status store_events_query(struct store *st, const struct store_event_query *q,
+                                     struct store_event **out, size_t *n, char **err)
 {
     void *be;
     const struct store_backend *ops = store_backend_of(st, &be);
@@ -293,24 +279,25 @@ int store_events_query(struct store *st, const struct store_event_query *q, stru
     clear_err(err);
     *out = NULL;
     *n = 0;
-    if (q->limit == 0) return 0;
-    return ops->events_query(be, q, out, n, err) < 0 ? -1 : 0;
+    if (q->limit == 0) return STORE_OK;
+    return ops->events_query(be, q, out, n, err);
 }
 
-int store_gauges(struct store *st, int64_t now, struct store_gauges *out, char **err)
+enum store_status store_gauges(struct store *st, int64_t now, struct store_gauges *out,
+                               char **err)
 {
     void *be;
     const struct store_backend *ops = store_backend_of(st, &be);
 
     clear_err(err);
-    return ops->gauges(be, now, out, err) < 0 ? -1 : 0;
+    return ops->gauges(be, now, out, err);
 }
 
-int store_backup(struct store *st, const char *path, char **err)
+enum store_status store_backup(struct store *st, const char *path, char **err)
 {
     void *be;
     const struct store_backend *ops = store_backend_of(st, &be);
 
     clear_err(err);
-    return ops->backup(be, path, err) < 0 ? -1 : 0;
+    return ops->backup(be, path, err);
 }

@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "storage/backend.h"
+#include "storage/internal.h"
 #include "storage/store.h"
 #include "util/log.h"
 
@@ -339,7 +339,7 @@ static void test_outcome_events(void)
     struct store_event *ev = NULL;
     size_t n = 0;
     struct store_event_query q = {.domain = "example.com", .ascending = true, .limit = 10};
-    int qr = store_events_query(st, &q, &ev, &n, &err);
+    enum store_status qr = store_events_query(st, &q, &ev, &n, &err);
     events_text(ev, n, buf, sizeof buf);
     CHECK(qr == 0 && n == 2, "two events for example.com (%zu)", n);
     CHECK_STR(buf,
@@ -478,7 +478,7 @@ static void test_attempts(void)
     size_t n = 0;
     struct store_event_query q = {.domain = "example.com", .ascending = true, .limit = 10,
                                   .begin_ms = 1000001};
-    int qr = store_events_query(st, &q, &ev, &n, &err);
+    enum store_status qr = store_events_query(st, &q, &ev, &n, &err);
     events_text(ev, n, buf, sizeof buf);
     CHECK(qr == 0 && n == 3, "three attempt events (%zu)", n);
     CHECK_STR(buf,
@@ -540,7 +540,8 @@ static void test_due_and_list(void)
 
     accept_msg(st, 20, rcpts, 1, 10);
     msg_id(id, 20);
-    CHECK(store_deliveries_next_due(st, 0, &at) == -ENOENT, "next_due with nothing pending: -ENOENT");
+    CHECK(store_deliveries_next_due(st, 0, &at) == STORE_ERR_NOT_FOUND,
+          "next_due with nothing pending: not found");
     CHECK(route_msg(st, 20, rcpts[0], 50, NULL, 0, NULL, 0) == STORE_OK, "routed (no plan)");
     /* (next_attempt_at, id): (100,e1) (100,e3) (200,e2) (300,e4) (300,e5) (400,e6) (1000,e7) */
     static const struct {
@@ -576,7 +577,7 @@ static void test_due_and_list(void)
     char after_id[ID_LEN + 1] = "";
     for (size_t page = 0; page < 4; page++) {
         size_t n = 0;
-        int r = store_deliveries_due(st, 500, after_at, after_id, 2, &d, &n, &err);
+        enum store_status r = store_deliveries_due(st, 500, after_at, after_id, 2, &d, &n, &err);
         delivery_ids(d, n, buf, sizeof buf);
         CHECK(r == 0, "due page %zu", page);
         CHECK_STR(buf, want[page], "due page %zu rows", page);
@@ -620,7 +621,7 @@ static void test_due_and_list(void)
     int64_t before = 0;
     char before_id[ID_LEN + 1] = "";
     for (size_t page = 0; page < 3; page++) {
-        int r = store_deliveries_list(st, "failed", before, before_id, 2, &d, &n, &err);
+        enum store_status r = store_deliveries_list(st, "failed", before, before_id, 2, &d, &n, &err);
         delivery_ids(d, n, buf, sizeof buf);
         CHECK(r == 0, "failed list page %zu", page);
         CHECK_STR(buf, fwant[page], "failed list page %zu rows", page);
@@ -758,7 +759,7 @@ static void test_events_query(void)
 
         q = (struct store_event_query){.domain = "example.com", .ascending = asc, .limit = 2};
         for (int page = 0; page < 5; page++) {
-            int r = store_events_query(st, &q, &ev, &n, &err);
+            enum store_status r = store_events_query(st, &q, &ev, &n, &err);
             if (r < 0 || n == 0) {
                 store_events_free(ev, n);
                 break;
@@ -793,7 +794,7 @@ static void test_events_query(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char got[64] = "";
         size_t used = 0;
-        int r = store_events_query(st, &cases[i].q, &ev, &n, &err);
+        enum store_status r = store_events_query(st, &cases[i].q, &ev, &n, &err);
 
         for (size_t k = 0; k < n; k++) {
             int at = -1;
@@ -869,13 +870,14 @@ static void test_gauges_backup(void)
     raw_query(db, "PRAGMA integrity_check", buf, sizeof buf);
     CHECK_STR(buf, "ok", "backup integrity_check");
     sqlite3_close(db);
-    CHECK(store_backup(st, bpath, &err) == -1 && err && strstr(err, "exists"),
+    CHECK(store_backup(st, bpath, &err) == STORE_ERR_IO && err && strstr(err, "exists"),
           "an existing file is refused (%s)", err ? err : "");
     CHECK(stat(bpath, &sb) == 0 && sb.st_size > 0, "... and left as it was");
     free(err);
     err = NULL;
     char *bad = join(tmp, "no/such/dir.db");
-    CHECK(store_backup(st, bad, &err) == -1 && err, "a path that cannot be created: -1");
+    CHECK(store_backup(st, bad, &err) == STORE_ERR_IO && err,
+          "a path that cannot be created: an error");
     free(bad);
 
     store_close(st);

@@ -29,7 +29,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "storage/backend.h"
+#include "storage/internal.h"
 #include "storage/store.h"
 #include "util/log.h"
 
@@ -316,7 +316,7 @@ static void test_open_modes_pragmas(void)
         {"PRAGMA foreign_keys", "1"},
     };
     for (size_t i = 0; i < sizeof pragmas / sizeof pragmas[0]; i++) {
-        int rc = store_test_writer_query(st, pragmas[i].sql, buf, sizeof buf);
+        enum store_status rc = store_test_writer_query(st, pragmas[i].sql, buf, sizeof buf);
         CHECK(rc == 0, "writer: %s runs", pragmas[i].sql);
         CHECK_STR(buf, pragmas[i].want, "writer: %s", pragmas[i].sql);
     }
@@ -334,7 +334,7 @@ static void test_open_modes_pragmas(void)
     sqlite3_close(db);
 
     char *reason = NULL;
-    int rc = store_check_writable(st, &reason);
+    enum store_status rc = store_check_writable(st, &reason);
     CHECK(rc == 0, "fresh store is writable (%s)", reason ? reason : "ok");
     free(reason);
     int64_t n = -1;
@@ -566,7 +566,7 @@ static void test_failures(void)
           reason ? reason : "(null)");
     got = waiter_wait(&w, 4, 30);
     CHECK(got, "locked batch answered");
-    CHECK(s[3].status == STORE_ERR_IO, "locked batch: STORE_ERR_IO (%d)", s[3].status);
+    CHECK(s[3].status == STORE_ERR_BUSY, "locked batch: STORE_ERR_BUSY (%d)", s[3].status);
     sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
     sqlite3_close(db);
     store_accept(st, make_msg(7, 4, 50), on_done, &s[4]);
@@ -600,7 +600,7 @@ static void test_meta(void)
     CHECK(st != NULL, "open");
     if (!st) goto out;
     CHECK(store_exists(tmp, NULL), "store_exists after open");
-    CHECK(store_get_meta(st, "api_key", &v) == -ENOENT && !v, "absent key: -ENOENT");
+    CHECK(store_get_meta(st, "api_key", &v) == STORE_ERR_NOT_FOUND && !v, "absent key: not found");
     CHECK(store_set_meta_if_absent(st, "api_key", "first", &winner) == 0, "set if absent");
     CHECK_STR(winner, "first", "the first value wins");
     free(winner);
@@ -633,27 +633,28 @@ out:
 
 /* Test jobs: one that sleeps (holding the writer so that what comes next forms one batch), one
  * that fails after writing (its write must be rolled back), one that writes a meta row. */
-static int job_sleep(const struct store_backend *ops, void *be, void *arg, char **err)
+static enum store_status job_sleep(const struct store_backend *ops, void *be, void *arg,
+                                   char **err)
 {
     struct timespec ts = {0, 300 * 1000 * 1000};
 
     nanosleep(&ts, NULL);
-    return 0;
+    return STORE_OK;
 }
 
-static int job_fail(const struct store_backend *ops, void *be, void *arg, char **err)
+static enum store_status job_fail(const struct store_backend *ops, void *be, void *arg, char **err)
 {
     char *w = NULL;
 
-    if (ops->meta_set_if_absent(be, "job_fail_wrote", "x", &w, err) == 0) free(w);
+    if (ops->meta_set_if_absent(be, "job_fail_wrote", "x", &w, err) == STORE_OK) free(w);
     *err = strdup("this job fails on purpose");
-    return -1;
+    return STORE_ERR_IO;
 }
 
-static int job_ok(const struct store_backend *ops, void *be, void *arg, char **err)
+static enum store_status job_ok(const struct store_backend *ops, void *be, void *arg, char **err)
 {
     char *w = NULL;
-    int rc = ops->meta_set_if_absent(be, "job_ok_wrote", "y", &w, err);
+    enum store_status rc = ops->meta_set_if_absent(be, "job_ok_wrote", "y", &w, err);
 
     free(w);
     return rc;
@@ -662,6 +663,8 @@ static int job_ok(const struct store_backend *ops, void *be, void *arg, char **e
 struct job_thread {
     struct store *st;
     struct store_job job;
+    enum store_status status;
+    char *err;
     pthread_t t;
 };
 
@@ -669,7 +672,7 @@ static void *job_thread_main(void *arg)
 {
     struct job_thread *j = arg;
 
-    store_run_job(j->st, &j->job);
+    j->status = store_run_job(j->st, &j->job, &j->err);
     return NULL;
 }
 
@@ -701,25 +704,26 @@ static void test_jobs_savepoint(void)
     for (int i = 0; i < 3; i++) pthread_join(j[i].t, NULL);
     CHECK(waiter_wait(&w, 3, 30), "message callbacks");
     store_get_stats(st, &after);
-    CHECK(j[0].job.status == STORE_OK, "sleeping job ok");
+    CHECK(j[0].status == STORE_OK, "sleeping job ok");
     CHECK(after.batches - before.batches == 2, "the messages and jobs queued meanwhile formed one "
           "batch (%llu batches)", (unsigned long long)(after.batches - before.batches));
-    CHECK(j[1].job.status == STORE_ERR_IO && j[1].job.err &&
-              !strcmp(j[1].job.err, "this job fails on purpose"),
-          "failing job: its error (%s)", j[1].job.err ? j[1].job.err : "(null)");
-    CHECK(j[2].job.status == STORE_OK && !j[2].job.err, "the job after it commits");
+    CHECK(j[1].status == STORE_ERR_IO && j[1].err &&
+              !strcmp(j[1].err, "this job fails on purpose"),
+          "failing job: its error (%s)", j[1].err ? j[1].err : "(null)");
+    CHECK(j[2].status == STORE_OK && !j[2].err, "the job after it commits");
     CHECK(s[0].status == STORE_OK && s[1].status == STORE_OK && s[2].status == STORE_OK,
           "the messages of the same batch commit (%d %d %d)", s[0].status, s[1].status,
           s[2].status);
-    CHECK(store_get_meta(st, "job_fail_wrote", &v) == -ENOENT, "the failing job's write rolled back");
+    CHECK(store_get_meta(st, "job_fail_wrote", &v) == STORE_ERR_NOT_FOUND,
+          "the failing job's write rolled back");
     free(v);
     v = NULL;
-    CHECK(store_get_meta(st, "job_ok_wrote", &v) == 0, "the other job's write is there");
+    CHECK(store_get_meta(st, "job_ok_wrote", &v) == STORE_OK, "the other job's write is there");
     CHECK_STR(v, "y", "its value");
     free(v);
-    free(j[1].job.err);
-    free(j[2].job.err);
-    free(j[0].job.err);
+    free(j[1].err);
+    free(j[2].err);
+    free(j[0].err);
     int64_t n = -1;
     CHECK(store_count_unprocessed(st, &n) == 0 && n == 3, "three messages (%lld)", (long long)n);
     store_close(st);
@@ -745,7 +749,7 @@ static void test_json_parse(void)
 
         while (round[i][n]) n++;
         char *json = store_json_string_array(round[i], n);
-        int rc = store_json_parse_string_array(json, &got, &got_n);
+        enum store_status rc = store_json_parse_string_array(json, &got, &got_n);
         bool same = rc == 0 && got_n == n;
         for (size_t k = 0; same && k < n; k++) same = !strcmp(got[k], round[i][k]);
         CHECK(same, "json round trip case %zu (%s)", i, json);
@@ -767,7 +771,7 @@ static void test_json_parse(void)
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         char **got = NULL;
         size_t n = 99;
-        int rc = store_json_parse_string_array(ok[i].in, &got, &n);
+        enum store_status rc = store_json_parse_string_array(ok[i].in, &got, &n);
 
         char *shown = g_strescape(ok[i].in, NULL); /* one TAP line: no raw newlines */
         CHECK(rc == 0 && n == ok[i].n && (n == 0) == (got == NULL), "json parse ok %zu: %s", i,
@@ -787,15 +791,15 @@ static void test_json_parse(void)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char **got = (char **)1;
         size_t n = 99;
-        int rc = store_json_parse_string_array(bad[i], &got, &n);
+        enum store_status rc = store_json_parse_string_array(bad[i], &got, &n);
 
         char *shown = g_strescape(bad[i], NULL);
-        CHECK(rc == -1 && !got && n == 0, "json parse refuses %zu: %s", i, shown);
+        CHECK(rc == STORE_ERR_IO && !got && n == 0, "json parse refuses %zu: %s", i, shown);
         g_free(shown);
     }
     char **got = NULL;
     size_t n = 0;
-    CHECK(store_json_parse_string_array(NULL, &got, &n) == -1, "json parse refuses NULL");
+    CHECK(store_json_parse_string_array(NULL, &got, &n) == STORE_ERR_IO, "json parse refuses NULL");
 }
 
 /* ---- migrations ----------------------------------------------------------------------------- */
@@ -938,7 +942,7 @@ static void route_order(struct store *st, char *out, size_t outsz, size_t *n_out
     char *err = NULL;
 
     out[0] = '\0';
-    if (store_routes_load(st, &v, &n, &err) < 0) {
+    if (store_routes_load(st, &v, &n, &err) != STORE_OK) {
         snprintf(out, outsz, "error: %s", err ? err : "?");
         free(err);
         return;
@@ -1164,7 +1168,7 @@ static void test_outcome(void)
 
     char **ids = NULL;
     size_t n = 0;
-    int rc = store_list_unprocessed(st, &ids, &n, 100, &err);
+    enum store_status rc = store_list_unprocessed(st, &ids, &n, 100, &err);
     char got[256] = "";
     for (size_t i = 0; rc == 0 && i < n; i++) {
         strcat(got, i ? "," : "");
@@ -1560,7 +1564,7 @@ static void test_readonly_modes(void)
     }
     chmod(dbpath, 0400);
     chmod(tmp, 0500);
-    int rc = store_check_writable(st, &reason);
+    enum store_status rc = store_check_writable(st, &reason);
     CHECK(rc < 0 && starts_with(reason, "database is not writable"),
           "file 0400, dir 0500: not writable (%s)", reason ? reason : "(null)");
     free(reason);
@@ -1662,9 +1666,9 @@ static int child_disk_full(const char *tmp)
         rc = child_fail("after freeing space", "not STORE_OK");
     free(reason);
     reason = NULL;
-    if (store_check_writable(st, &reason) < 0) rc = child_fail("after freeing space", reason);
+    if (store_check_writable(st, &reason) != STORE_OK) rc = child_fail("after freeing space", reason);
     int64_t n = -1;
-    if (store_count_unprocessed(st, &n) < 0 || n != 1) rc = child_fail("count", "not 1");
+    if (store_count_unprocessed(st, &n) != STORE_OK || n != 1) rc = child_fail("count", "not 1");
     store_close(st);
     waiter_destroy(&w);
     free(reason);
