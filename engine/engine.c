@@ -190,7 +190,16 @@ static const char *on_check_rcpt(void *ctx, const char *addr)
     if (!e->cfg->reject_unrouted) return NULL;
     struct route_table *t = route_registry_current(e->routes);
     const bool could = route_could_match(t, e->rcpt_matcher, addr);
+    const bool limit = could && route_matcher_hit_limit(e->rcpt_matcher);
     route_table_unref(t);
+    /* Routing would treat the filter that hit the limit as no match and drop the recipient:
+     * say so now, as a temporary failure (the operator may fix the route), not 250. */
+    if (limit) {
+        char esc[LOG_CLIENT_BYTES_MAX * 4 + 8];
+        log_warn("engine", "rcpt match limit rcpt=\"%s\" reason=\"a match_recipient regex hit the PCRE2 limit\"",
+                 log_escape(esc, sizeof esc, addr, strlen(addr), LOG_CLIENT_BYTES_MAX));
+        return "451 4.3.0 Error: route matching limit reached for this recipient";
+    }
     return could ? NULL : "550 5.1.1 No such recipient";
 }
 

@@ -6,7 +6,9 @@
  *
  * A PCRE2 failure other than "no match" (match limit, depth or heap limit, JIT stack) makes the
  * filter false for route_evaluate and route_match_address, with a warning in the result; for
- * route_could_match it counts as a possible match (an RCPT is not refused on a limit).
+ * route_could_match it counts as a possible match (an RCPT is not refused on a limit), and
+ * route_matcher_hit_limit() then says so: the caller must not accept at RCPT a recipient that
+ * routing would then drop on the same limit.
  *
  * All three walk only the candidates the table's prefilter leaves for the normalised recipient
  * (routes/internal.h, "The table and its prefilter"): a skipped route's key is not a prefix of
@@ -37,6 +39,7 @@ struct route_matcher {
     struct cursor *heap;
     size_t heapcap;
     size_t last_candidates;
+    bool hit_limit;             /* the last route_could_match answered yes on a PCRE2 limit only */
 };
 
 struct route_matcher *route_matcher_new(void)
@@ -544,30 +547,44 @@ void route_result_clear(struct route_result *r)
 /* ---------------------------------------------------------------------------------------------
  * Address-only checks. */
 
-/* Whether every match_recipient filter of `r` matches m->rcpt; `limit_is_match` says how a
- * PCRE2 limit counts.  A route without such filters answers `empty`. */
-static bool recipient_filters_match(struct route_matcher *m, const struct route *r, bool limit_is_match, bool empty)
+/* Whether every match_recipient filter of `r` matches m->rcpt: F_NO when one does not, else
+ * F_LIMIT when one hit a PCRE2 limit, else F_YES.  A route without such filters answers `empty`. */
+static enum fres recipient_filters_match(struct route_matcher *m, const struct route *r, enum fres empty)
 {
     if (!r->has_recipient_filter) return empty;
     int oom = 0;
+    enum fres all = F_YES;
     for (size_t k = 0; k < r->expr.nfilters; k++) {
         const struct route_filter *f = &r->expr.filters[k];
         if (f->kind != FILTER_RECIPIENT) continue;
         const enum fres res = run(m, r, f, m->rcpt, m->rcptlen, NULL, &oom);
-        if (res == F_NO || (res == F_LIMIT && !limit_is_match)) return false;
+        if (res == F_NO) return F_NO;
+        if (res == F_LIMIT) all = F_LIMIT;
     }
-    return true;
+    return all;
 }
 
 bool route_could_match(const struct route_table *t, struct route_matcher *m, const char *recipient)
 {
+    m->hit_limit = false;
     /* Out of memory: say yes, the message is then routed (or dropped) after DATA. */
     if (set_rcpt(m, recipient) < 0) return true;
     struct cand c;
     cand_begin(&c, t, m);
-    for (size_t i; (i = cand_next(&c, m)) != SIZE_MAX;)
-        if (recipient_filters_match(m, route_table_at(t, i), true, true)) return true;
-    return false;
+    /* A route that could match only by a limit is remembered; a later real match wins. */
+    bool limited = false;
+    for (size_t i; (i = cand_next(&c, m)) != SIZE_MAX;) {
+        const enum fres res = recipient_filters_match(m, route_table_at(t, i), F_YES);
+        if (res == F_YES) return true;
+        if (res == F_LIMIT) limited = true;
+    }
+    m->hit_limit = limited;
+    return limited;
+}
+
+bool route_matcher_hit_limit(const struct route_matcher *m)
+{
+    return m->hit_limit;
 }
 
 const struct route *route_match_address(const struct route_table *t, struct route_matcher *m, const char *address)
@@ -577,7 +594,7 @@ const struct route *route_match_address(const struct route_table *t, struct rout
     cand_begin(&c, t, m);
     for (size_t i; (i = cand_next(&c, m)) != SIZE_MAX;) {
         const struct route *r = route_table_at(t, i);
-        if (recipient_filters_match(m, r, false, false)) return r;
+        if (recipient_filters_match(m, r, F_NO) == F_YES) return r;
     }
     return NULL;
 }

@@ -151,6 +151,10 @@ void route_result_clear(struct route_result *r);
  * match_header and catch_all filters counted as true).  A route with no match_recipient filter
  * could match anything. */
 bool route_could_match(const struct route_table *t, struct route_matcher *m, const char *recipient);
+/* After route_could_match answered true: whether it did so only because a match_recipient
+ * filter hit a PCRE2 limit (no route matched outright).  Routing would treat that filter as no
+ * match, so the RCPT check answers a temporary failure rather than accept and drop. */
+bool route_matcher_hit_limit(const struct route_matcher *m);
 /* /v3/routes/match: the first route in evaluation order that has match_recipient filters and
  * whose match_recipient filters all match; header-only and catch-all-only routes are ignored.
  * NULL when none. */

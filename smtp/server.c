@@ -60,6 +60,7 @@ struct conn {
     struct smtp_commit *commit;
     struct smtp_tls *tls; /* NULL until STARTTLS; freed with the conn */
     unsigned writes_in_flight;
+    uint64_t rcpt_check_ns; /* time spent in ops.check_rcpt (SMTP_RCPT_CHECK_BUDGET_MS) */
     uint64_t write_progress_ms; /* loop time of the last write that completed, or of the first
                                    queued while none was in flight: a write stall is measured
                                    from it */
@@ -83,6 +84,7 @@ struct smtp_server {
     bool stopping, stopped_called, grace_timer_open;
     uv_timer_t grace_timer;
     struct smtp_tls_ctx *tls_ctx; /* NULL: STARTTLS not offered */
+    char *over_budget_reply;      /* the 421 of a session past SMTP_RCPT_CHECK_BUDGET_MS */
     char read_buf[SMTP_READ_CHUNK];
     bool read_buf_lent;
     char tls_plain[SMTP_TLS_PLAIN_CHUNK]; /* decrypted input, handed to one session at a time */
@@ -157,10 +159,22 @@ static void session_commit(void *ctx, struct smtp_txn *txn)
     srv->ops->commit(srv->ctx, commit, txn);
 }
 
+/* The engine's route check, timed: a session that has spent its budget of loop time on it is
+ * ended rather than allowed to stall everyone else. */
 static const char *session_check_rcpt(void *ctx, const char *addr)
 {
     struct conn *c = ctx;
-    return c->srv->ops->check_rcpt ? c->srv->ops->check_rcpt(c->srv->ctx, addr) : NULL;
+    struct smtp_server *srv = c->srv;
+    if (!srv->ops->check_rcpt) return NULL;
+    const uint64_t budget_ns = (uint64_t)SMTP_RCPT_CHECK_BUDGET_MS * 1000000;
+    if (c->rcpt_check_ns >= budget_ns) return srv->over_budget_reply;
+    const uint64_t t0 = uv_hrtime();
+    const char *refused = srv->ops->check_rcpt(srv->ctx, addr);
+    c->rcpt_check_ns += uv_hrtime() - t0;
+    if (c->rcpt_check_ns >= budget_ns)
+        log_warn("smtp", "conn=%llu rcpt check budget spent ip=%s ms=%llu", (unsigned long long)c->id, c->ip,
+                 (unsigned long long)(c->rcpt_check_ns / 1000000));
+    return refused;
 }
 
 static bool session_reserve(void *ctx, ssize_t delta)
@@ -639,6 +653,8 @@ struct smtp_server *smtp_server_start(uv_loop_t *loop, const struct smtp_server_
     srv->ops = ops;
     srv->ctx = ctx;
     srv->per_ip = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    srv->over_budget_reply =
+        g_strdup_printf("421 4.7.0 %s Error: too much time spent on recipients", cfg->session.hostname);
     for (size_t i = 0; i < nfds; i++) start_listener(srv, fds[i]);
     return srv;
 }
@@ -675,6 +691,7 @@ void smtp_server_free(struct smtp_server *srv)
 {
     if (!srv) return;
     g_hash_table_destroy(srv->per_ip);
+    g_free(srv->over_budget_reply);
     smtp_tls_ctx_free(srv->tls_ctx);
     g_free(srv);
 }

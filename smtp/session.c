@@ -645,8 +645,15 @@ static void cmd_rcpt(struct smtp_session *s, const char *arg)
     }
     const char *refused = (!postmaster && s->ops.check_rcpt)
                               ? s->ops.check_rcpt(s->ctx, path.addr) : NULL;
-    if (refused) {
+    if (refused && strncmp(refused, "421", 3) == 0) { /* the checker's last word */
         reply(s, "%s", refused);
+        enter_state(s, SMTP_STATE_CLOSING);
+        return;
+    }
+    if (refused) {
+        /* Guessing recipients costs a route match each: counted like a bad command, so a
+         * client gets SMTP_MAX_BAD_COMMANDS of them per session (Postfix counts them too). */
+        reply_bad(s, refused);
         return;
     }
     rcpt_add(s, path.addr);

@@ -66,7 +66,8 @@ struct smtp_session_ops {
     void (*commit)(void *ctx, struct smtp_txn *txn);
     /* Optional.  Extra check for a recipient in a hosted domain (postmaster is never asked).
      * Return NULL to accept, or a complete reply line without CRLF ("550 5.1.1 No such
-     * recipient") to refuse it. */
+     * recipient") to refuse it; a refusal counts as a bad command (SMTP_MAX_BAD_COMMANDS of them
+     * end the session with 421 4.7.0).  A "421 ..." line is said and ends the session. */
     const char *(*check_rcpt)(void *ctx, const char *addr);
     /* Optional.  Take (delta > 0) or give back (delta < 0) bytes of the global in-flight message
      * budget.  Returns false when taking would exceed it: the transaction then fails with

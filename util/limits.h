@@ -16,8 +16,14 @@
 /* An address as inlet checks or logs it whole: local part, "@", domain. */
 #define SMTP_ADDRESS_MAX (SMTP_LOCAL_PART_MAX + 1 + SMTP_DOMAIN_MAX)
 #define SMTP_HELO_MAX 255
-/* Unknown or malformed commands tolerated in one session before 421. */
+/* Unknown or malformed commands, and recipients refused by the route check (550 5.1.1, 451 4.3.0),
+ * tolerated in one session before 421 4.7.0. */
 #define SMTP_MAX_BAD_COMMANDS 20
+/* Event-loop time one session may spend in the RCPT-time route check (regex matching runs on the
+ * loop, stalling every other session meanwhile): past it the session ends with 421 4.7.0.  A
+ * recipient costs microseconds with sane routes; the PCRE2 limits (ROUTE_MATCH_LIMIT) bound one
+ * match attempt, this bounds their sum. */
+#define SMTP_RCPT_CHECK_BUDGET_MS 500
 /* Replies buffered for a client that does not read them (pipelining): past this the session stops
  * consuming input until the output is written. */
 #define SMTP_OUTPUT_MAX (64 * 1024)

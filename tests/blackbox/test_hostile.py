@@ -118,5 +118,53 @@ class NonReadingClients(InletTestCase):
                 sock.close()
 
 
+def create_route(d, expression, actions, priority=0):
+    import json
+    import urllib.parse
+    fields = [("priority", str(priority)), ("expression", expression)] + [("action", a) for a in actions]
+    status, _, body = d.http("POST", "/v3/routes", urllib.parse.urlencode(fields),
+                             {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 200, (status, body)
+    return json.loads(body)["route"]["id"]
+
+
+class RcptAbuse(InletTestCase):
+    def test_refused_recipients_end_the_session(self):
+        # Item 9: 550 5.1.1 refusals were not counted, so a client could guess recipients (each a
+        # route match on the loop thread) without end.
+        d = self.daemon(args=["--reject-unrouted", "yes"])
+        create_route(d, r'match_recipient("bob@example\.com")', ['forward("https://hooks.test/b")'])
+        with d.session() as s:
+            s.send(b"EHLO x\r\nMAIL FROM:<a@sender.test>\r\n" +
+                   b"".join(b"RCPT TO:<guess%d@example.com>\r\n" % i for i in range(30)))
+            self.assertEqual(s.reply()[0], 250)
+            self.assertEqual(s.reply()[0], 250)
+            codes = []
+            while True:
+                code, lines = s.reply()
+                if code is None:
+                    break
+                codes.append((code, lines[-1]))
+            self.assertEqual([c for c, _ in codes], [550] * 20 + [421], codes)
+            self.assertEqual(codes[0][1], b"550 5.1.1 No such recipient")
+            self.assertEqual(codes[-1][1], b"421 4.7.0 mx.inlet.test Error: too many errors")
+            self.assertTrue(s.eof)
+
+    def test_match_limit_is_a_temporary_failure_not_a_silent_drop(self):
+        # Item 9: a recipient whose match hit PCRE2's limit was accepted at RCPT (limit = could
+        # match) and then dropped at routing (limit = no match).
+        d = self.daemon(args=["--reject-unrouted", "yes"])
+        create_route(d, r'match_recipient("(a+)+@example\.com$")', ['forward("https://hooks.test/a")'])
+        slow = "a" * 40 + "b@example.com"
+        with d.session() as s:
+            self.assertEqual(s.cmd("EHLO x")[0], 250)
+            self.assertEqual(s.cmd("MAIL FROM:<a@sender.test>")[0], 250)
+            code, lines = s.cmd("RCPT TO:<%s>" % slow)
+            self.assertEqual((code, lines[-1]),
+                             (451, b"451 4.3.0 Error: route matching limit reached for this recipient"))
+            # A recipient the route matches outright is still accepted.
+            self.assertEqual(s.cmd("RCPT TO:<aaa@example.com>")[0], 250)
+
+
 if __name__ == "__main__":
     unittest.main()

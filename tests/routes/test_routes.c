@@ -89,7 +89,16 @@ static void test_could_match(void)
     struct route *rs3[] = {mk("p", 0, 1, "match_recipient('(a+)+$')", "stop()")};
     t = route_table_new(rs3, 1);
     CHECK(route_could_match(t, m, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab"), "a match limit counts as could match");
+    CHECK(route_matcher_hit_limit(m), "and says it was the limit");
     CHECK(route_match_address(t, m, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab") == NULL, "but not for match_address");
+    CHECK(route_could_match(t, m, "aaa") && !route_matcher_hit_limit(m), "a real match is no limit");
+    route_table_unref(t);
+    /* A route that hits the limit, then one that matches outright: a match, not a limit. */
+    struct route *rs4[] = {mk("p", 0, 1, "match_recipient('(a+)+$')", "stop()"),
+                           mk("q", 1, 2, "match_recipient('^a+b')", "stop()")};
+    t = route_table_new(rs4, 2);
+    CHECK(route_could_match(t, m, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab") && !route_matcher_hit_limit(m),
+          "a later real match wins over an earlier limit");
     route_table_unref(t);
     t = route_table_new(NULL, 0);
     CHECK(!route_could_match(t, m, "a@b"), "empty table: nothing could match");

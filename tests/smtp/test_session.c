@@ -531,7 +531,9 @@ static const char *fake_check_rcpt(void *ctx, const char *addr)
 {
     struct fake *f = ctx;
     g_string_append_printf(f->checked, "%s;", addr);
-    return strncmp(addr, "nobody@", 7) == 0 ? "550 5.1.1 No such recipient" : NULL;
+    if (strncmp(addr, "limit", 5) == 0) return "451 4.3.0 Error: route matching limit reached for this recipient";
+    if (strncmp(addr, "budget@", 7) == 0) return "421 4.7.0 " HOST " Error: too much time spent on recipients";
+    return strncmp(addr, "nobody", 6) == 0 ? "550 5.1.1 No such recipient" : NULL;
 }
 
 static bool fake_reserve(void *ctx, ssize_t delta)
@@ -966,6 +968,43 @@ static void test_relay_probing_limited(void)
     end_session(&f);
 }
 
+/* Guessing recipients: every route-check refusal (550 5.1.1, or 451 4.3.0 on a match limit)
+ * counts toward the error limit too, so one session gets SMTP_MAX_BAD_COMMANDS route matches
+ * that find nothing; a 421 from the check (its time budget) ends the session at once. */
+static void test_rcpt_guessing_limited(void)
+{
+    static const struct session_case c = {.name = "rcpt guessing"};
+    struct fake f;
+    struct smtp_session *s = new_session(&f, &c);
+    GString *in = g_string_new(START_IN);
+    for (int i = 0; i < SMTP_MAX_BAD_COMMANDS + 5; i++)
+        g_string_append_printf(in, "RCPT TO:<%s%d@example.com>\r\n", i % 2 ? "nobody" : "limit", i);
+    smtp_session_feed(s, in->str, in->len);
+    size_t olen;
+    char *out = smtp_session_take_output(s, &olen);
+    size_t refused = 0, limited = 0;
+    for (const char *p = out; (p = strstr(p, "550 5.1.1 No such recipient\r\n")); p++) refused++;
+    for (const char *p = out; (p = strstr(p, "451 4.3.0 Error: route matching limit")); p++) limited++;
+    CHECK(refused + limited == SMTP_MAX_BAD_COMMANDS && limited == SMTP_MAX_BAD_COMMANDS / 2,
+          "%zu refusals and %zu limits before the error limit", refused, limited);
+    CHECK(out && g_str_has_suffix(out, "421 4.7.0 " HOST " Error: too many errors\r\n"),
+          "then 421 4.7.0 too many errors");
+    CHECK(smtp_session_closing(s), "and the session closes");
+    free(out);
+    end_session(&f);
+
+    s = new_session(&f, &c);
+    g_string_assign(in, START_IN "RCPT TO:<bob@example.com>\r\nRCPT TO:<budget@example.com>\r\nNOOP\r\n");
+    smtp_session_feed(s, in->str, in->len);
+    out = smtp_session_take_output(s, &olen);
+    CHECK(out && g_str_has_suffix(out, "250 2.1.5 Ok\r\n421 4.7.0 " HOST " Error: too much time spent on recipients\r\n"),
+          "a 421 from the check is the last word: %s", out ? out : "(none)");
+    CHECK(smtp_session_closing(s), "and the session closes");
+    free(out);
+    g_string_free(in, TRUE);
+    end_session(&f);
+}
+
 static void test_committing_takes_nothing(void)
 {
     static const struct session_case c = {.name = "committing"};
@@ -1007,6 +1046,7 @@ int main(void)
     test_backpressure();
     test_committing_takes_nothing();
     test_relay_probing_limited();
+    test_rcpt_guessing_limited();
     domain_set_free(hosted);
     return check_done();
 }
