@@ -157,6 +157,15 @@ static const struct store_migration migrations[] = {
             "  SELECT id FROM messages WHERE state <> 'accepted';",
         .postgres_sql = NULL,
     },
+    {
+        .version = 4,
+        .description = "deliveries by stored copy",
+        /* A stored copy lives on past its expiry while a pending or failed delivery refers to
+         * it (its URLs are in that delivery's payload): the copy look-up and the sweeper ask. */
+        .sqlite_sql = "CREATE INDEX deliveries_copy_key ON deliveries (copy_key, state)"
+                      " WHERE copy_key <> '';",
+        .postgres_sql = NULL,
+    },
 };
 
 const struct store_migration *store_migrations(size_t *count)

@@ -39,6 +39,13 @@
 #define COPY_COLS                                                                                  \
     "s.key, s.message_id, s.recipient, s.domain, s.route_id, s.notify, s.format, s.expires_at,"   \
     " s.created_at, m.id IS NOT NULL"
+/* A copy past its expires_at stays while a delivery that refers to it can still be attempted
+ * (pending) or replayed (failed, until --failed-retention sweeps it): the attachment URLs and
+ * the message-url in its payload must keep working (issue 14 item 10).  Uses the partial index
+ * deliveries_copy_key (the literal copy_key <> '' lets the planner take it). */
+#define COPY_HELD(key)                                                                             \
+    "EXISTS (SELECT 1 FROM deliveries d WHERE d.copy_key = " key " AND d.copy_key <> ''"          \
+    " AND d.state IN ('pending', 'failed'))"
 /* The ids of the routes in a recipient's routes JSON (?6): the "id" of each element that has a
  * text one; [] when the JSON is not an array. */
 #define ROUTE_IDS_OF_6                                                                             \
@@ -73,9 +80,10 @@ static const char *const wq_sql[WQ_COUNT] = {
     [WQ_RETRY] = "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, lease_until = NULL"
                  " WHERE id = ?1 AND state = 'failed'"
                  " AND EXISTS (SELECT 1 FROM messages WHERE messages.id = deliveries.message_id)",
-    [WQ_COPY_DELETE] = "DELETE FROM stored WHERE key = ?1 AND expires_at > ?2",
+    [WQ_COPY_DELETE] = "DELETE FROM stored WHERE key = ?1 AND (expires_at > ?2 OR " COPY_HELD("stored.key") ")",
     [WQ_SWEEP_COPIES] = "DELETE FROM stored WHERE key IN (SELECT key FROM stored"
-                        " WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)",
+                        " WHERE expires_at <= ?1 AND NOT " COPY_HELD("stored.key")
+                        " ORDER BY expires_at LIMIT ?2)",
     [WQ_SWEEP_EVENTS] = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < ?1"
                         " ORDER BY ts LIMIT ?2)",
     [WQ_SWEEP_ATTEMPTS] = "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries"
@@ -112,11 +120,11 @@ static const char *const rq_sql[RQ_COUNT] = {
                     " AND updated_at <= ?2 AND (updated_at < ?2 OR id < ?3)"
                     " ORDER BY updated_at DESC, id DESC LIMIT ?4",
     [RQ_COPY] = "SELECT " COPY_COLS " FROM stored s LEFT JOIN messages m ON m.id = s.message_id"
-                " WHERE s.key = ?1 AND s.expires_at > ?2",
+                " WHERE s.key = ?1 AND (s.expires_at > ?2 OR " COPY_HELD("s.key") ")",
     [RQ_COPY_MESSAGE] = "SELECT " COPY_COLS ", m.received_at, m.sender, m.recipients,"
                         " m.remote_ip, m.helo, m.tls, m.raw"
                         " FROM stored s LEFT JOIN messages m ON m.id = s.message_id"
-                        " WHERE s.key = ?1 AND s.expires_at > ?2",
+                        " WHERE s.key = ?1 AND (s.expires_at > ?2 OR " COPY_HELD("s.key") ")",
     /* ?2..?3: the time range, already narrowed to the cursor's side. */
     [RQ_EVENTS_ASC] = "SELECT " EVENT_COLS " FROM events WHERE domain = ?1 AND ts >= ?2"
                       " AND ts <= ?3 AND (?4 IS NULL OR event = ?4)"

@@ -243,6 +243,37 @@ class JsonFormat(DeliveryCase):
             self.assertIsNone(pdf["content"])
         self.wait_state(d, msg_id, "delivered")
 
+    def test_attachment_url_lives_while_the_delivery_can_be_retried(self):
+        # Issue 14 item 10: --store-ttl 1 expires the attachment copy at once, but its URL in the
+        # POST keeps working while the delivery is pending (a retry will send it again) and while
+        # it is failed (a replay will), the sweeper (every second here) included; once the
+        # delivery is delivered the copy expires as usual.
+        r = self.receiver([500, 500], default=200)
+        d = self.start(["--inline-attachments-max", "0", "--store-ttl", "1", "--retry-schedule", "3"],
+                       env={"INLET_TEST_SWEEP_SECONDS": "1"})
+        self.route(d, ['forward("%s")' % r.url("/hook")])
+        msg_id = self.send(d, eml("delivery-rich.eml"))
+        (req,) = r.wait_for(1, timeout(10))
+        urls = [urllib.parse.urlsplit(a["url"]).path for a in req.json()["attachments"]]
+        self.assertEqual(len(urls), 2, req.json()["attachments"])
+
+        def fetch():
+            return [d.http("GET", u)[::2] for u in urls]
+        want = [(200, PNG), (200, PDF)]
+        time.sleep(timeout(2.2))  # past the TTL, two sweeps later; the retry is 3 s after the 500
+        row = self.deliveries(d, msg_id)[0]
+        self.assertEqual((row["state"], row["attempts"]), ("pending", 1))
+        self.assertEqual(fetch(), want, "pending")
+        row = self.wait_state(d, msg_id, "failed", wait_s=10)
+        time.sleep(timeout(1.5))  # two sweeps
+        self.assertEqual(fetch(), want, "failed, within --failed-retention")
+        status, _, body = d.http("POST", "/v3/deliveries/%s/retry" % row["id"])
+        self.assertEqual(status, 200, body)
+        (_, _, again) = r.wait_for(3, timeout(10))
+        self.assertEqual([urllib.parse.urlsplit(a["url"]).path for a in again.json()["attachments"]], urls)
+        self.wait_state(d, msg_id, "delivered")
+        self.assertEqual([s for s, _ in fetch()], [404, 404])
+
     def test_default_format_mailgun_setting(self):
         # --webhook-format mailgun makes forward("url") without format= post Mailgun's form; a small
         # message without attachments goes urlencoded (SPEC §5).

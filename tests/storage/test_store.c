@@ -851,11 +851,11 @@ static void test_migration_v1(void)
     struct store *st = store_open(tmp, NULL, &err);
     CHECK(st != NULL, "open a version 1 database (%s)", err ? err : "ok");
     if (!st) goto out;
-    CHECK(store_schema_version() == 3, "this binary writes schema 3");
+    CHECK(store_schema_version() == 4, "this binary writes schema 4");
 
     db = raw_open(dbpath);
     bool q = db && raw_query(db, "SELECT value FROM meta WHERE key = 'schema_version'", buf, sizeof buf);
-    CHECK(q && !strcmp(buf, "3"), "upgraded to schema_version 3 (%s)", buf);
+    CHECK(q && !strcmp(buf, "4"), "upgraded to schema_version 4 (%s)", buf);
     q = db && raw_query(db, "PRAGMA auto_vacuum", buf, sizeof buf);
     CHECK(q && !strcmp(buf, "2"), "auto_vacuum 0 became incremental (one VACUUM at open): %s", buf);
     q = db && raw_query(db, "SELECT value FROM meta WHERE key = 'api_key'", buf, sizeof buf);
@@ -883,7 +883,7 @@ static void test_migration_v1(void)
                         "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_master"
                         " WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name)",
                         buf, sizeof buf);
-    CHECK_STR(buf, "deliveries_due,deliveries_message,deliveries_state_updated,events_domain_ts,"
+    CHECK_STR(buf, "deliveries_copy_key,deliveries_due,deliveries_message,deliveries_state_updated,events_domain_ts,"
                    "events_message,events_ts,messages_accepted,routes_order,stored_expires,"
                    "stored_message", "indexes");
     q = db && raw_query(db, "SELECT sql FROM sqlite_master WHERE name = 'deliveries_due'", buf,
