@@ -6,6 +6,10 @@ Standard library only.  Environment:
   INLET_SANITIZED   "1": the binary is built with sanitizers, every wait is longer
   INLET_BB_VERBOSE  "1": print the daemon's log after every test, not only after failures
   INLET_BB_TMPDIR   where temporary data dirs go (default: the system's temp dir)
+  INLET_TEST_BACKEND  "sqlite" (default) or "postgres": the database every daemon gets
+  INLET_TEST_PG_URL   postgres: the cluster's base URL (scripts/pg-test-cluster start prints it,
+                      with PGPASSFILE); without it this process starts a private cluster through
+                      INLET_PG_CLUSTER (the script's path) and stops it when it exits
 
 Ports: no port number is ever chosen before its server binds it.  Every daemon listens on port 0
 and the ports it got are read back from its log (`smtp listening addr=...`, `http listening
@@ -14,10 +18,14 @@ port 0 too; a test that needs a port nobody listens on holds one (InletTestCase.
 
 Every daemon is started with a fresh temporary data dir, SMTP and HTTP on 127.0.0.1 port 0,
 `--domain example.com`, `--hostname mx.inlet.test` and `--reject-unrouted no` unless the test
-says otherwise.  Every daemon is stopped by its PID when the test ends, whatever happened; every
-wait is bounded.
+says otherwise.  With the postgres backend every daemon also gets `--database` naming a database
+made for it (CREATE DATABASE, dropped when the test ends; daemons of one test that share a data
+dir share it).  Tests read the database through Daemon.query() / query(daemon, ...), which speaks
+to either backend.  Every daemon is stopped by its PID when the test ends, whatever happened;
+every wait is bounded.
 """
 
+import atexit
 import os
 import re
 import shutil
@@ -39,6 +47,11 @@ SANITIZED = os.environ.get("INLET_SANITIZED", "") == "1"
 VERBOSE = os.environ.get("INLET_BB_VERBOSE", "") == "1"
 # Every timeout is multiplied by this: sanitizer builds are several times slower.
 SLOW = 4.0 if SANITIZED else 1.0
+
+BACKEND = os.environ.get("INLET_TEST_BACKEND", "") or "sqlite"
+if BACKEND not in ("sqlite", "postgres"):
+    raise SystemExit("INLET_TEST_BACKEND=%s: expected sqlite or postgres" % BACKEND)
+PG = BACKEND == "postgres"
 
 HOSTNAME = "mx.inlet.test"
 ID_RE = re.compile(r"^[0-9a-f]{24}$")
@@ -148,9 +161,11 @@ class Daemon:
     """One `inlet serve` process.  Create it through InletTestCase.daemon() so it is cleaned up."""
 
     def __init__(self, workdir, args=None, env=None, domains=("example.com",), defaults=True,
-                 shim=False, shim_enospc=None, data_dir=None, umask=None, log_level=None):
+                 shim=False, shim_enospc=None, data_dir=None, umask=None, log_level=None,
+                 database_url=None):
         self.workdir = workdir
         self.data_dir = data_dir or os.path.join(workdir, "data")
+        self.database_url = database_url  # postgres backend: this daemon's database
         self.extra_args = list(args or [])
         self.extra_env = dict(env or {})
         self.domains = list(domains or [])
@@ -183,7 +198,18 @@ class Daemon:
             a += ["--reject-unrouted", "no"]
         if self.log_level:
             a += ["--log-level", self.log_level]
-        return a + self.extra_args
+        return a + self.store_args(data_dir=False) + self.extra_args
+
+    def store_args(self, data_dir=True):
+        """The options that name this daemon's database, for `inlet keys`, `inlet backup`, ...:
+        --data-dir (unless data_dir=False), and --database with the postgres backend unless the
+        test chose a database itself."""
+        a = ["--data-dir", self.data_dir] if data_dir else []
+        chosen = "INLET_DATABASE" in self.extra_env or any(
+            x == "--database" or x.startswith("--database=") for x in self.extra_args)
+        if self.database_url and not chosen:
+            a += ["--database", self.database_url]
+        return a
 
     def environ(self):
         env = clean_env(self.extra_env)
@@ -396,7 +422,28 @@ class Daemon:
         return smtplib.SMTP(host, port, local_hostname="client.example.test", timeout=timeout(smtp_timeout))
 
     def db(self):
+        """A sqlite3 connection to the daemon's SQLite file (SQLite backend only)."""
         return open_db(self.db_path)
+
+    def query(self, sql, params=()):
+        """Rows of `sql` (SQLite's `?` placeholders) on this daemon's database, either backend.
+        Each row reads by index or by column name; blobs come back as bytes."""
+        if self.database_url:
+            return pg_query(self.database_url, sql, params)
+        return query(self.db_path, sql, params)
+
+    def execute(self, sql, params=()):
+        """Runs one write statement (SQLite's `?` placeholders) on this daemon's database and
+        commits it."""
+        if self.database_url:
+            pg_query(self.database_url, sql, params)
+            return
+        con = open_db(self.db_path)
+        try:
+            with con:
+                con.execute(sql, params)
+        finally:
+            con.close()
 
     def keys(self):
         """{"api_key": ..., "signing_key": ...} from <data-dir>/keys (written by `inlet serve`)."""
@@ -474,12 +521,171 @@ def open_db(path):
     return con
 
 
-def query(path, sql, params=()):
-    con = open_db(path)
+def query(target, sql, params=()):
+    """Rows of `sql` on a daemon's database (target: a Daemon, either backend) or on the SQLite
+    file at path `target`."""
+    if isinstance(target, Daemon):
+        return target.query(sql, params)
+    con = open_db(target)
     try:
         return con.execute(sql, params).fetchall()
     finally:
         con.close()
+
+
+def sqlite_only(why):
+    """Decorator of a test about SQLite itself (its file, its PRAGMAs): with the postgres backend
+    it is reported as skipped, with the reason, never run against the wrong database."""
+    def wrap(fn):
+        return unittest.skipIf(PG, "SQLite only: " + why)(fn)
+    return wrap
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL: the cluster (given, or private to this process) and one database per daemon.
+class PgRow(tuple):
+    """A row that reads like sqlite3.Row: by index or by column name."""
+
+    def __new__(cls, names, values):
+        r = super().__new__(cls, values)
+        r._names = names
+        return r
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names.index(key))
+        return tuple.__getitem__(self, key)
+
+    def keys(self):
+        return list(self._names)
+
+
+_pg_base = None       # base URL of the cluster
+_pg_private = None    # the directory of a cluster this process started
+
+
+def _pg_stop_private():
+    global _pg_private
+    if _pg_private:
+        subprocess.run([os.environ["INLET_PG_CLUSTER"], "stop", _pg_private], timeout=90,
+                       stdin=subprocess.DEVNULL)
+        shutil.rmtree(_pg_private, ignore_errors=True)
+        _pg_private = None
+
+
+def pg_base_url():
+    """The cluster's base URL; starts a private cluster on first use when none is given."""
+    global _pg_base, _pg_private
+    if _pg_base:
+        return _pg_base
+    if os.environ.get("INLET_TEST_PG_URL"):
+        _pg_base = os.environ["INLET_TEST_PG_URL"]
+        return _pg_base
+    script = os.environ.get("INLET_PG_CLUSTER", "")
+    if not script:
+        raise AssertionError("backend postgres: set INLET_TEST_PG_URL and PGPASSFILE "
+                             "(scripts/pg-test-cluster start DIR prints them) or INLET_PG_CLUSTER")
+    _pg_private = tempfile.mkdtemp(prefix="inlet-pg-", dir=os.environ.get("INLET_BB_TMPDIR") or None)
+    os.chmod(_pg_private, 0o755)  # the server's user (postgres, when we are root) must enter
+    atexit.register(_pg_stop_private)
+    # meson ends a test that runs too long with SIGTERM: stop the cluster then too.
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    r = subprocess.run([script, "start", _pg_private], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=180)
+    if r.returncode != 0:
+        raise AssertionError("pg-test-cluster start failed:\n%s%s" % (r.stdout, r.stderr))
+    env = dict(l.split("=", 1) for l in r.stdout.splitlines() if "=" in l)
+    os.environ["PGPASSFILE"] = env["PGPASSFILE"]
+    _pg_base = env["INLET_TEST_PG_URL"]
+    return _pg_base
+
+
+def pg_url_with_db(url, dbname):
+    import urllib.parse
+    u = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((u.scheme, u.netloc, "/" + dbname, u.query, u.fragment))
+
+
+def _psql(url, script, what):
+    """Runs psql (Debian's postgresql-client) on `script` (stdin); its stdout.  psql rather than a
+    Python driver: the harness stays standard library only."""
+    r = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url],
+                       input=script, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       errors="replace", timeout=timeout(30),
+                       env=dict(clean_env(), PGCONNECT_TIMEOUT=str(int(timeout(10)))))
+    if r.returncode != 0:
+        raise AssertionError("psql (%s) failed: %s" % (what, r.stderr.strip()))
+    return r.stdout
+
+
+def pg_admin(sql):
+    """One statement outside a transaction (CREATE / DROP DATABASE) on the cluster."""
+    _psql(pg_url_with_db(pg_base_url(), "postgres"), sql + ";\n", sql)
+
+
+def pg_create_database():
+    """A new empty database for one daemon; its URL."""
+    name = "inlet_bb_" + os.urandom(6).hex()
+    pg_admin("CREATE DATABASE %s" % name)
+    return pg_url_with_db(pg_base_url(), name)
+
+
+def pg_drop_database(url):
+    import urllib.parse
+    name = urllib.parse.urlsplit(url).path.lstrip("/")
+    pg_admin("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+
+
+def pg_literal(v):
+    if v is None:
+        return "NULL"
+    if isinstance(v, bool):
+        return "TRUE" if v else "FALSE"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return "'\\x%s'::bytea" % bytes(v).hex()
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def pg_bind(sql, params):
+    """SQLite's `?` placeholders replaced by literals (outside quoted text)."""
+    out, params, quoted = [], list(params), False
+    for c in sql:
+        if c == "'":
+            quoted = not quoted
+        if c == "?" and not quoted:
+            if not params:
+                raise AssertionError("too few parameters for %r" % sql)
+            out.append(pg_literal(params.pop(0)))
+        else:
+            out.append(c)
+    if params:
+        raise AssertionError("too many parameters for %r" % sql)
+    return "".join(out)
+
+
+def pg_query(url, sql, params=()):
+    """sql with SQLite's `?` placeholders, run on PostgreSQL; rows as PgRow (typed as JSON types
+    them: numbers, text, booleans, NULL), bytea as bytes."""
+    import json
+    sql = pg_bind(sql, params).strip().rstrip(";")
+    if not sql.split(None, 1)[0].upper() in ("SELECT", "WITH", "VALUES"):
+        _psql(url, sql + ";\n", sql)
+        return []
+    # The columns' names and types (\gdesc), then the rows as one JSON array of objects.
+    out = _psql(url, "%s \\gdesc\nSELECT coalesce(json_agg(q), '[]') FROM (%s) q;\n" % (sql, sql), sql)
+    lines = out.rstrip("\n").split("\n")
+    cols = [tuple(l.split("|", 1)) for l in lines[:-1]]
+    names = [c[0] for c in cols]
+    rows = []
+    for obj in json.loads(lines[-1]):
+        values = list(obj.values())
+        for i, (_, typ) in enumerate(cols):
+            if typ == "bytea" and isinstance(values[i], str):
+                values[i] = bytes.fromhex(values[i][2:])
+        rows.append(PgRow(names, values))
+    return rows
 
 
 RECEIVED_RE = re.compile(
@@ -720,6 +926,7 @@ class InletTestCase(unittest.TestCase):
         base = os.environ.get("INLET_BB_TMPDIR") or None
         self.tmp = tempfile.mkdtemp(prefix="inlet-bb-", dir=base)
         self.daemons = []
+        self.pg_databases = {}  # data dir -> database URL (postgres backend)
         self.addCleanup(self._cleanup)
 
     def hold_port(self, host="127.0.0.1"):
@@ -736,6 +943,11 @@ class InletTestCase(unittest.TestCase):
         workdir = os.path.join(self.tmp, "d%d" % len(self.daemons))
         os.makedirs(workdir, exist_ok=True)
         d = Daemon(workdir, *a, **kw)
+        if PG and d.database_url is None:
+            key = os.path.realpath(d.data_dir)
+            if key not in self.pg_databases:
+                self.pg_databases[key] = pg_create_database()
+            d.database_url = self.pg_databases[key]
         self.daemons.append(d)
         if start:
             d.start()
@@ -777,9 +989,14 @@ class InletTestCase(unittest.TestCase):
                 sys.stderr.write("\n---- %s: daemon %d (%s), exit status %s ----\n%s\n" % (
                     self.id(), i, " ".join(d.argv()[1:]), d.returncode, d.all_log_text()[-20000:]))
         if failed and os.environ.get("INLET_BB_KEEP"):
-            sys.stderr.write("kept %s\n" % self.tmp)
+            sys.stderr.write("kept %s (databases: %s)\n" % (self.tmp, " ".join(self.pg_databases.values())))
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            for url in self.pg_databases.values():
+                try:
+                    pg_drop_database(url)
+                except Exception as e:
+                    problems.append("DROP DATABASE of %s: %s" % (url, e))
         if problems:
             raise AssertionError("at cleanup: " + "; ".join(problems))
 
@@ -793,10 +1010,10 @@ class InletTestCase(unittest.TestCase):
             self.assertTrue(lines[-1].startswith(prefix), "expected %r..., got %r" % (prefix, lines))
 
     def messages(self, d):
-        return query(d.db_path, "SELECT * FROM messages ORDER BY received_at, id")
+        return d.query("SELECT * FROM messages ORDER BY received_at, id")
 
     def message(self, d, msg_id):
-        rows = query(d.db_path, "SELECT * FROM messages WHERE id = ?", (msg_id,))
+        rows = d.query("SELECT * FROM messages WHERE id = ?", (msg_id,))
         self.assertEqual(len(rows), 1, "message %s in the database" % msg_id)
         return rows[0]
 

@@ -70,12 +70,12 @@ class Keys(InletTestCase):
             self.assertNotIn(k, log)
 
         # Kept in the database (meta rows), so that every node shares them.
-        rows = dict((r["key"], r["value"]) for r in harness.query(d.db_path, "SELECT key, value FROM meta"))
+        rows = dict((r["key"], r["value"]) for r in harness.query(d, "SELECT key, value FROM meta"))
         self.assertEqual(rows.get("api_key"), keys["api_key"])
         self.assertEqual(rows.get("signing_key"), keys["signing_key"])
 
         # `inlet keys` prints them, while the server runs and after.
-        r = run_cli(["keys", "--data-dir", d.data_dir])
+        r = run_cli(["keys"] + d.store_args())
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(r.stdout, "api_key=%s\nsigning_key=%s\n" % (keys["api_key"], keys["signing_key"]))
 
@@ -91,7 +91,7 @@ class Keys(InletTestCase):
         status, _, _ = d.http("GET", "/", auth=keys["api_key"])
         self.assertEqual(status, 200)
         d.stop()
-        r = run_cli(["keys", "--database", "sqlite:" + d.db_path])
+        r = run_cli(["keys", "--database", d.database_url or "sqlite:" + d.db_path])
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("api_key=%s\n" % keys["api_key"], r.stdout)
 
@@ -111,10 +111,10 @@ class Keys(InletTestCase):
         self.assertRegex(stored["api_key"], HEX64)
         status, _, _ = d.http("GET", "/", auth=stored["api_key"])
         self.assertEqual(status, 401, "the stored key must not work when --api-key is given")
-        rows = dict((r["key"], r["value"]) for r in harness.query(d.db_path, "SELECT key, value FROM meta"))
+        rows = dict((r["key"], r["value"]) for r in harness.query(d, "SELECT key, value FROM meta"))
         self.assertNotIn("operator-chosen-key-1", rows.values())
         self.assertNotIn("operator-chosen-key-1", d.log_text())
-        r = run_cli(["keys", "--data-dir", d.data_dir, "--api-key", "operator-chosen-key-1"])
+        r = run_cli(["keys", "--api-key", "operator-chosen-key-1"] + d.store_args())
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(r.stdout, "api_key=operator-chosen-key-1\nsigning_key=%s\n" % stored["signing_key"])
 

@@ -127,7 +127,7 @@ class DeliveryCase(InletTestCase):
 
     # -- database -------------------------------------------------------------------------------
     def deliveries(self, d, msg_id):
-        return harness.query(d.db_path, "SELECT * FROM deliveries WHERE message_id = ? ORDER BY id", (msg_id,))
+        return harness.query(d, "SELECT * FROM deliveries WHERE message_id = ? ORDER BY id", (msg_id,))
 
     def wait_delivery(self, d, msg_id, pred, wait_s=10, what="delivery state"):
         """Waits (bounded) until the message's only delivery row satisfies pred; returns it."""
@@ -144,12 +144,12 @@ class DeliveryCase(InletTestCase):
         return self.wait_delivery(d, msg_id, lambda r: r["state"] == state, wait_s, "state %r" % state)
 
     def attempts(self, d, delivery_id):
-        return harness.query(d.db_path, "SELECT * FROM attempts WHERE delivery_id = ? ORDER BY n", (delivery_id,))
+        return harness.query(d, "SELECT * FROM attempts WHERE delivery_id = ? ORDER BY n", (delivery_id,))
 
     def stored_raw(self, d, msg_id, sent):
         """The exact stored bytes: our Received: header + the bytes sent (SPEC §2), checked against
         messages.raw while the row is still there (bytes no delivery needs may be purged)."""
-        rows = harness.query(d.db_path, "SELECT raw FROM messages WHERE id = ?", (msg_id,))
+        rows = harness.query(d, "SELECT raw FROM messages WHERE id = ?", (msg_id,))
         if rows and rows[0]["raw"] is not None and len(rows[0]["raw"]):
             raw = bytes(rows[0]["raw"])
             m, rest = harness.split_received(raw)
@@ -777,7 +777,7 @@ class Durability(DeliveryCase):
         # Every delivery planned and at least one in flight (hung); give the rest a moment to start.
         deadline = time.monotonic() + timeout(10)
         while time.monotonic() < deadline:
-            rows = harness.query(d.db_path, "SELECT id FROM deliveries")
+            rows = harness.query(d, "SELECT id FROM deliveries")
             if len(rows) == n:
                 break
             time.sleep(0.05)
@@ -799,7 +799,7 @@ class Durability(DeliveryCase):
             body = q.json()
             self.check_signed(body["timestamp"], body["token"], body["signature"], when=q.time)
             by_did.setdefault(q.header("X-Inlet-Delivery"), set()).add(body["id"])
-        self.assertEqual(sorted(by_did), sorted(r["id"] for r in harness.query(d.db_path, "SELECT id FROM deliveries")))
+        self.assertEqual(sorted(by_did), sorted(r["id"] for r in harness.query(d, "SELECT id FROM deliveries")))
         # Duplicates only with the same X-Inlet-Delivery (same message every time).
         self.assertTrue(all(len(v) == 1 for v in by_did.values()), by_did)
         self.assertEqual(sorted(v.pop() for v in by_did.values()), sorted(ids))

@@ -46,7 +46,7 @@ class DiskFull(InletTestCase):
             self.assertNotIn(marker, bytes(r["raw"]))
         self.assertEqual(harness.split_received(bytes(self.message(d, id1)["raw"]))[1], first)
         self.assertEqual(harness.split_received(bytes(self.message(d, id3)["raw"]))[1], after)
-        self.assertEqual(harness.query(d.db_path, "PRAGMA integrity_check")[0][0], "ok")
+        self.assertEqual(harness.query(d, "PRAGMA integrity_check")[0][0], "ok")
         # And after a restart nothing half-written shows up either.
         self.assertEqual(d.stop(), 0)
         d.start()

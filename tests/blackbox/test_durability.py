@@ -35,7 +35,7 @@ class Concurrent(InletTestCase):
             return "s%d@sender.test" % n, [rcpt], dot_stuff(body), (body, rcpt, n)
 
         results = harness.run_concurrent(d, SESSIONS, PER_SESSION, make)
-        rows = harness.query(d.db_path, "SELECT id, sender, recipients, raw, state FROM messages")
+        rows = harness.query(d, "SELECT id, sender, recipients, raw, state FROM messages")
         self.assertEqual(len(rows), SESSIONS * PER_SESSION)
         for row in rows:
             body, rcpt, n = results[row["id"]]

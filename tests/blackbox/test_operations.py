@@ -208,11 +208,12 @@ class OperationsTest(InletTestCase):
         self.assertTrue(d.running())
         send(d, "alice@example.org", ["kept@example.com"], "after sighup")
 
+    @harness.sqlite_only("inlet backup copies the SQLite database; PostgreSQL has pg_dump")
     def test_backup_restores_routes_and_stored_copies(self):
         d = self.daemon()
         rid = add_route(d, "catch_all()", "store()")
         send(d, "alice@example.org", ["keep@example.com"], "backed up")
-        key = wait(lambda: harness.query(d.db_path, "SELECT key FROM stored"), 10, "a stored copy")[0][0]
+        key = wait(lambda: harness.query(d, "SELECT key FROM stored"), 10, "a stored copy")[0][0]
         backup = self.tmp_path("backup.db")
         r = harness.run_cli(["backup", backup, "--data-dir", d.data_dir])
         self.assertEqual(r.returncode, 0, r.stderr)

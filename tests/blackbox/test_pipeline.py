@@ -70,7 +70,7 @@ class Outcome(InletTestCase):
         self.assertEqual(line.kv["dropped"], "0")
 
     def rows(self, table, rcpt):
-        return harness.query(self.d.db_path, "SELECT * FROM %s WHERE message_id = ? AND recipient = ?" % table,
+        return harness.query(self.d, "SELECT * FROM %s WHERE message_id = ? AND recipient = ?" % table,
                              (self.msg_id, rcpt))
 
     def deliveries(self, rcpt):
@@ -79,7 +79,7 @@ class Outcome(InletTestCase):
 
     def test_message_state_routed(self):
         self.assertEqual(self.message(self.d, self.msg_id)["state"], "routed")
-        rcpts = harness.query(self.d.db_path, "SELECT recipient, outcome FROM recipients WHERE message_id = ?",
+        rcpts = harness.query(self.d, "SELECT recipient, outcome FROM recipients WHERE message_id = ?",
                               (self.msg_id,))
         self.assertEqual(sorted((r[0], r[1]) for r in rcpts),
                          [("bob@example.com", "routed"), ("vip@example.com", "routed"), ("x@other.test", "routed")])
@@ -103,7 +103,7 @@ class Outcome(InletTestCase):
             ("address", "ops@example.org", "", (self.re_,)),
             ("notify", "https://hooks.test/n/bob", "", (self.rb,)),      # store(notify=...)
         ]))
-        for r in harness.query(self.d.db_path, "SELECT * FROM deliveries WHERE message_id = ?", (self.msg_id,)):
+        for r in harness.query(self.d, "SELECT * FROM deliveries WHERE message_id = ?", (self.msg_id,)):
             self.assertRegex(r["id"], r"^[0-9a-f]{24}$")
             # The deliverer may have tried already (hooks.test does not resolve; no relay).
             self.assertIn(r["state"], ("pending", "failed"))
@@ -137,7 +137,7 @@ class Outcome(InletTestCase):
             self.assertEqual(c["notify"], "https://hooks.test/n/" + rcpt.split("@")[0])
             self.assertEqual(c["format"], "")
             self.assertAlmostEqual(c["expires_at"], self.t0 + 1000, delta=60)
-        keys = [r[0] for r in harness.query(self.d.db_path, "SELECT key FROM stored")]
+        keys = [r[0] for r in harness.query(self.d, "SELECT key FROM stored")]
         self.assertEqual(len(set(keys)), len(keys))
 
 
@@ -159,17 +159,17 @@ class DroppedAndPostmaster(InletTestCase):
         d.wait_log(lambda l: l.topic == "engine" and l.rest.startswith("dropped ") and l.kv.get("id") == msg_id
                    and l.kv.get("rcpt") == "carol@example.com", 5, "'engine dropped ... rcpt=carol@example.com'")
         rows = {r["recipient"]: r for r in harness.query(
-            d.db_path, "SELECT * FROM recipients WHERE message_id = ?", (msg_id,))}
+            d, "SELECT * FROM recipients WHERE message_id = ?", (msg_id,))}
         self.assertEqual(rows["bob@example.com"]["outcome"], "routed")
         self.assertEqual(rows["carol@example.com"]["outcome"], "dropped")
         self.assertEqual(json.loads(rows["carol@example.com"]["routes"]), [])
         # Postmaster (RFC 5321 §4.5.1) matched by no route: kept, so not dropped either.
         self.assertEqual(rows["PostMaster@Example.COM"]["outcome"], "routed")
-        (copy,) = harness.query(d.db_path, "SELECT * FROM stored WHERE message_id = ?", (msg_id,))
+        (copy,) = harness.query(d, "SELECT * FROM stored WHERE message_id = ?", (msg_id,))
         self.assertEqual((copy["recipient"], copy["route_id"], copy["domain"]),
                          ("PostMaster@Example.COM", "", "example.com"))
         self.assertRegex(copy["key"], KEY_RE)
-        (dl,) = harness.query(d.db_path, "SELECT * FROM deliveries WHERE message_id = ?", (msg_id,))
+        (dl,) = harness.query(d, "SELECT * FROM deliveries WHERE message_id = ?", (msg_id,))
         self.assertEqual((dl["recipient"], dl["target"], json.loads(dl["route_ids"])),
                          ("bob@example.com", "https://hooks.test/bob", [route]))
         # The bare <postmaster> too.
@@ -184,7 +184,7 @@ class DroppedAndPostmaster(InletTestCase):
         self.assertEqual((line.kv["deliveries"], line.kv["stored"], line.kv["dropped"]), ("0", "0", "2"))
         self.assertEqual(self.message(d, msg_id)["state"], "routed")
         self.assertEqual(sorted(r[0] for r in harness.query(
-            d.db_path, "SELECT outcome FROM recipients WHERE message_id = ?", (msg_id,))), ["dropped", "dropped"])
+            d, "SELECT outcome FROM recipients WHERE message_id = ?", (msg_id,))), ["dropped", "dropped"])
 
 
 class ParseWarnings(InletTestCase):
@@ -216,7 +216,7 @@ class RouteChanges(InletTestCase):
         id2 = send(d, ["bob@example.com"])   # the very next message
         wait_routed(d, id2)
         got = {r["message_id"]: (r["target"], json.loads(r["route_ids"])) for r in harness.query(
-            d.db_path, "SELECT * FROM deliveries")}
+            d, "SELECT * FROM deliveries")}
         self.assertEqual(got, {id1: ("https://hooks.test/one", [first]), id2: ("https://hooks.test/two", [second])})
 
 
@@ -245,7 +245,7 @@ class Recovery(InletTestCase):
         first_routed = min(i for i, l in enumerate(text) if " routed id=" in l)
         self.assertLess(min(i for i, l in enumerate(text) if "recovered=3" in l), first_routed)
         self.assertEqual({self.message(d, i)["state"] for i in ids}, {"routed"})
-        self.assertEqual(len(harness.query(d.db_path, "SELECT * FROM stored")), 3)
+        self.assertEqual(len(harness.query(d, "SELECT * FROM stored")), 3)
 
     def test_kill9_before_routing(self):
         d = self.daemon(env=PAUSE)
@@ -274,7 +274,7 @@ class Recovery(InletTestCase):
         d.start()
         d.wait_log(lambda l: l.topic == "engine" and l.rest.startswith("recovery finished"), 30,
                    "'recovery finished'")
-        states = harness.query(d.db_path, "SELECT state, count(*) FROM messages GROUP BY state")
+        states = harness.query(d, "SELECT state, count(*) FROM messages GROUP BY state")
         self.assertEqual([tuple(r) for r in states], [("routed", len(results))])
 
 
@@ -298,7 +298,7 @@ class Retry(InletTestCase):
         line = wait_routed(d, msg_id, 15)
         self.assertEqual(line.kv["stored"], "1")
         self.assertEqual(self.message(d, msg_id)["state"], "routed")
-        self.assertEqual(len(harness.query(d.db_path, "SELECT * FROM stored WHERE message_id = ?", (msg_id,))), 1)
+        self.assertEqual(len(harness.query(d, "SELECT * FROM stored WHERE message_id = ?", (msg_id,))), 1)
 
 
 if __name__ == "__main__":

@@ -398,7 +398,7 @@ class DryRun(RoutesCase):
                            priority=3)
         stopper = self.create("match_recipient('carol@')", ["store()", "stop()"], priority=0)
         never = self.create("catch_all()", ["forward('https://hook.test/catch')"], priority=4)
-        before = harness.query(self.d.db_path, "SELECT count(*) AS n FROM messages")[0]["n"]
+        before = harness.query(self.d, "SELECT count(*) AS n FROM messages")[0]["n"]
         routes_before = self.list()
 
         for enc in ("multipart",):
@@ -440,7 +440,7 @@ class DryRun(RoutesCase):
         self.assertEqual([h["id"] for h in body["recipients"][0]["routes"]], [never["id"]])
 
         # No side effects.
-        after = harness.query(self.d.db_path, "SELECT count(*) AS n FROM messages")[0]["n"]
+        after = harness.query(self.d, "SELECT count(*) AS n FROM messages")[0]["n"]
         self.assertEqual(after, before)
         self.assertEqual(self.list()["total_count"], routes_before["total_count"] - 1)
 
