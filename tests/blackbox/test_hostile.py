@@ -94,9 +94,20 @@ class NonReadingClients(InletTestCase):
         d = self.daemon(args=["--max-connections-per-ip", "2", "--smtp-timeout", "3"])
         socks = []
         try:
-            for _ in range(2):
-                sock, _ = flood_without_reading(d.smtp_host, d.smtp_port, 4 << 20, wait_s=0.5)
-                socks.append(sock)
+            # Both at once, as fast as inlet takes the bytes, so both are stuck well before the
+            # first timeout.
+            results = []
+
+            def one():
+                results.append(flood_without_reading(d.smtp_host, d.smtp_port, 64 << 20,
+                                                     chunk=b"EHLO x\r\n" * 8192, pause=0, wait_s=0.5))
+
+            threads = [threading.Thread(target=one, daemon=True) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(harness.timeout(20))
+            socks = [sock for sock, _ in results]
             # Both slots taken: the third is refused for now.
             with d.session(read_greeting=False) as s:
                 code, lines = s.reply()

@@ -998,7 +998,7 @@ static void test_rcpt_guessing_limited(void)
     smtp_session_feed(s, in->str, in->len);
     out = smtp_session_take_output(s, &olen);
     CHECK(out && g_str_has_suffix(out, "250 2.1.5 Ok\r\n421 4.7.0 " HOST " Error: too much time spent on recipients\r\n"),
-          "a 421 from the check is the last word: %s", out ? out : "(none)");
+          "a 421 from the check is the last word");
     CHECK(smtp_session_closing(s), "and the session closes");
     free(out);
     g_string_free(in, TRUE);
