@@ -4,12 +4,14 @@
  *   1. libmicrohttpd reads the request line: on_uri() allocates the struct api_request (the
  *      request context, MHD's req_cls) and keeps the raw URI, query string included.
  *   2. Headers read, first call of the access handler: the path is matched against the endpoint
- *      table (api/server.c `endpoints[]`), path parameters taken, the query string parsed
- *      (api/form.c, so repeated values stay in order), credentials checked when the endpoint needs
- *      them, Content-Length checked against API_BODY_MAX.  Any failure is answered right there,
- *      before a byte of the body is read: 401, 404, 405, 413, 400 (query), 414 (URI).
- *   3. The body is accumulated (bounded by API_BODY_MAX, and by API_BODIES_INFLIGHT_MAX for all
- *      requests together), then parsed as a form when it has one of the form content types.
+ *      table (api/server.c `endpoints[]`), path parameters taken, credentials checked when the
+ *      endpoint needs them (before anything is reserved for the body), Content-Length checked
+ *      against the endpoint's limit, the query string parsed (api/form.c, so repeated values stay
+ *      in order).  Any failure is answered right there, before a byte of the body is read: 401,
+ *      404, 405, 413, 400 (query), 414 (URI).
+ *   3. The body is accumulated (bounded by API_BODY_MAX and, for all big_body requests together,
+ *      API_BODIES_INFLIGHT_MAX; by API_SMALL_BODY_MAX for the others; closed when it comes slower
+ *      than API_BODY_MIN_RATE), then parsed as a form when it has one of the form content types.
  *   4. The handler runs, on one of MHD's pool threads, and queues exactly one reply with
  *      api_reply_json()/api_reply_error().  It may block (e.g. on a storage write through the
  *      writer thread, one group commit): with API_THREADS pool threads that is acceptable for
@@ -21,6 +23,7 @@
 
 #include <jansson.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -48,6 +51,11 @@ struct api_server {
     bool own_routes;
     char *public_url; /* cfg.public_url, or "http://<first listener>" when none was given (owned) */
     atomic_llong body_bytes; /* request body bytes held by every request (API_BODIES_INFLIGHT_MAX) */
+    /* GET /healthz's last answer (api/health.c): when (monotonic microseconds, 0: never) and
+     * the reason it was unhealthy (NULL: healthy; g_malloc'd), under health_mu. */
+    pthread_mutex_t health_mu;
+    int64_t health_at;
+    char *health_reason;
 };
 
 struct api_request;
@@ -63,6 +71,11 @@ struct api_endpoint {
                              * "/v3/routes/:id" */
     api_handler_fn handler;
     bool needs_auth;        /* false only for /healthz */
+    bool big_body;          /* takes a body up to API_BODY_MAX (a route, a message, a resend),
+                             * reserved from the shared API_BODIES_INFLIGHT_MAX once the
+                             * credentials are checked; the others take at most
+                             * API_SMALL_BODY_MAX bytes of form fields, not reserved (the
+                             * connection limit bounds them) */
 };
 
 /* One request (libmicrohttpd's req_cls).  Everything a handler reads is here. */
@@ -84,6 +97,7 @@ struct api_request {
     /* Plumbing (api/server.c). */
     size_t cap;
     long long reserved; /* bytes of api->body_bytes this request holds */
+    int64_t body_started; /* monotonic microseconds when the headers were read */
     int stage;
     bool uri_too_long;
 };

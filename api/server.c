@@ -20,29 +20,29 @@ static enum MHD_Result api_root(struct api_server *api, struct api_request *req)
 /* Every endpoint.  The first row whose pattern matches the path and whose method matches the
  * request's wins; a path that matches rows of other methods only gets 405 with Allow. */
 static const struct api_endpoint endpoints[] = {
-    {"GET", "/healthz", api_health, false},
-    {"GET", "/", api_root, true},
-    {"GET", "/v3/routes", api_routes_list, true},
-    {"POST", "/v3/routes", api_routes_create, true},
+    {"GET", "/healthz", api_health, false, false},
+    {"GET", "/", api_root, true, false},
+    {"GET", "/v3/routes", api_routes_list, true, false},
+    {"POST", "/v3/routes", api_routes_create, true, true},
     /* Before "/v3/routes/:id", which would take "match" and "test" as ids. */
-    {"GET", "/v3/routes/match", api_routes_match, true},
-    {"POST", "/v3/routes/test", api_routes_test, true},
-    {"GET", "/v3/routes/:id", api_routes_get, true},
-    {"PUT", "/v3/routes/:id", api_routes_update, true},
-    {"DELETE", "/v3/routes/:id", api_routes_delete, true},
+    {"GET", "/v3/routes/match", api_routes_match, true, false},
+    {"POST", "/v3/routes/test", api_routes_test, true, true},
+    {"GET", "/v3/routes/:id", api_routes_get, true, false},
+    {"PUT", "/v3/routes/:id", api_routes_update, true, true},
+    {"DELETE", "/v3/routes/:id", api_routes_delete, true, false},
     /* Stored copies (SPEC §6): looked up by key alone, whatever the domain segment says. */
-    {"GET", "/v3/domains/:domain/messages/:key", api_stored_get, true},
-    {"POST", "/v3/domains/:domain/messages/:key", api_stored_resend, true},
-    {"DELETE", "/v3/domains/:domain/messages/:key", api_stored_delete, true},
-    {"GET", "/v3/domains/:domain/messages/:key/raw", api_stored_raw, true},
-    {"GET", "/v3/domains/:domain/messages/:key/attachments/:n", api_stored_attachment, true},
+    {"GET", "/v3/domains/:domain/messages/:key", api_stored_get, true, false},
+    {"POST", "/v3/domains/:domain/messages/:key", api_stored_resend, true, true},
+    {"DELETE", "/v3/domains/:domain/messages/:key", api_stored_delete, true, false},
+    {"GET", "/v3/domains/:domain/messages/:key/raw", api_stored_raw, true, false},
+    {"GET", "/v3/domains/:domain/messages/:key/attachments/:n", api_stored_attachment, true, false},
     /* Events (Mailgun's shape): the page token of the paging URLs is a path segment. */
-    {"GET", "/v3/:domain/events", api_events_list, true},
-    {"GET", "/v3/:domain/events/:page", api_events_list, true},
+    {"GET", "/v3/:domain/events", api_events_list, true, false},
+    {"GET", "/v3/:domain/events/:page", api_events_list, true, false},
     /* The dead-letter list and its replay. */
-    {"GET", "/v3/deliveries", api_deliveries_list, true},
-    {"POST", "/v3/deliveries/:id/retry", api_deliveries_retry, true},
-    {"GET", "/metrics", api_metrics, true},
+    {"GET", "/v3/deliveries", api_deliveries_list, true, false},
+    {"POST", "/v3/deliveries/:id/retry", api_deliveries_retry, true, false},
+    {"GET", "/metrics", api_metrics, true, false},
 };
 
 enum { STAGE_NEW, STAGE_BODY, STAGE_REPLIED };
@@ -290,7 +290,29 @@ static enum MHD_Result reply_form_error(struct api_request *req, enum form_statu
     return api_reply_error(req->conn, form_http_status(st), msg);
 }
 
-/* First call, headers read: everything that can be answered before the body. */
+/* The body's announced length: 0 when none (or chunked), -1 when it is not a number or over
+ * API_BODY_MAX. */
+static long long announced_length(struct MHD_Connection *conn)
+{
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (!cl) return 0;
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(cl, &end, 10);
+    if (errno || end == cl || *end || n > (unsigned long long)API_BODY_MAX) return -1;
+    return (long long)n;
+}
+
+/* The most body bytes `ep` takes. */
+static long long body_max(const struct api_endpoint *ep)
+{
+    return ep->big_body ? API_BODY_MAX : API_SMALL_BODY_MAX;
+}
+
+/* First call, headers read: everything that can be answered before the body.  The order matters
+ * for hostile clients: the credentials are checked before anything is reserved for the body,
+ * and only endpoints that take a large body reserve from the shared budget. */
 static enum MHD_Result begin(struct api_server *api, struct api_request *req)
 {
     struct MHD_Connection *conn = req->conn;
@@ -304,28 +326,21 @@ static enum MHD_Result begin(struct api_server *api, struct api_request *req)
                                                 conn, MHD_HEADER_KIND,
                                                 MHD_HTTP_HEADER_AUTHORIZATION)))
         return reply_unauthorized(conn);
-    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl) {
-        char *end;
-        errno = 0;
-        unsigned long long n = strtoull(cl, &end, 10);
-        if (errno || end == cl || *end || n > (unsigned long long)API_BODY_MAX)
-            return api_reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "Request body too large");
-        if (n > 0 && req->endpoint) {
-            if (!reserve(api, req, (long long)n))
-                return api_reply_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
-                                       "Too many request bodies in progress; retry later");
-            req->raw = malloc(n);
-            if (!req->raw)
-                return api_reply_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "Out of memory");
-            req->cap = n;
-        }
-    }
-
+    long long n = announced_length(conn);
+    if (n < 0) return api_reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "Request body too large");
     if (!req->endpoint) {
         if (known) return reply_not_allowed(conn, allow);
         return api_reply_error(conn, MHD_HTTP_NOT_FOUND, "Not found");
+    }
+    if (n > body_max(req->endpoint))
+        return api_reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "Request body too large");
+    if (n > 0) {
+        if (req->endpoint->big_body && !reserve(api, req, n))
+            return api_reply_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                   "Too many request bodies in progress; retry later");
+        req->raw = malloc((size_t)n);
+        if (!req->raw) return api_reply_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "Out of memory");
+        req->cap = (size_t)n;
     }
 
     const char *q = strchr(req->uri, '?');
@@ -337,27 +352,47 @@ static enum MHD_Result begin(struct api_server *api, struct api_request *req)
     }
     req->content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                     MHD_HTTP_HEADER_CONTENT_TYPE);
+    req->body_started = g_get_monotonic_time();
     req->stage = STAGE_BODY;
     return MHD_YES;
 }
 
-/* A chunk of the body.  MHD_NO closes the connection: a body that grows past API_BODY_MAX (only
- * possible without Content-Length, i.e. chunked) is not read further.  libmicrohttpd 0.9.75
- * cannot queue a reply while the body is being received, so that client gets no 413, only the
- * close; a body announced too large by Content-Length gets its 413 before a byte is read. */
+/* True when the body comes slower than API_BODY_MIN_RATE bytes a second on average, once
+ * API_BODY_GRACE_SECONDS have passed since the headers: a client trickling a byte now and
+ * then (MHD's idle timeout never fires) must not hold a connection and its reserved budget. */
+static bool too_slow(struct api_request *req, size_t more)
+{
+    int64_t now = g_get_monotonic_time();
+    int64_t elapsed_us = now - req->body_started;
+    if (elapsed_us <= (int64_t)API_BODY_GRACE_SECONDS * G_USEC_PER_SEC) return false;
+    long double owed = (long double)(elapsed_us - (int64_t)API_BODY_GRACE_SECONDS * G_USEC_PER_SEC) *
+                       API_BODY_MIN_RATE / G_USEC_PER_SEC;
+    return (long double)(req->len + more) < owed;
+}
+
+/* A chunk of the body.  MHD_NO closes the connection: a body that grows past the endpoint's
+ * limit (only possible without Content-Length, i.e. chunked) is not read further, nor one that
+ * comes too slowly (too_slow).  libmicrohttpd 0.9.75 cannot queue a reply while the body is
+ * being received, so that client gets no 413, only the close; a body announced too large by
+ * Content-Length gets its 413 before a byte is read. */
 static enum MHD_Result take_body(struct api_server *api, struct api_request *req, const char *data,
                                  size_t n)
 {
-    if (req->len + n > (size_t)API_BODY_MAX) {
-        log_info("http", "request body over the limit: connection closed limit=%lld",
-                 (long long)API_BODY_MAX);
+    const size_t max = (size_t)body_max(req->endpoint);
+    if (req->len + n > max) {
+        log_info("http", "request body over the limit: connection closed limit=%zu", max);
+        return MHD_NO;
+    }
+    if (too_slow(req, n)) {
+        log_info("http", "request body too slow: connection closed received=%zu min_rate=%d",
+                 req->len + n, API_BODY_MIN_RATE);
         return MHD_NO;
     }
     if (req->len + n > req->cap) {
         size_t cap = req->cap ? req->cap : 16384;
         while (cap < req->len + n) cap *= 2;
-        if (cap > (size_t)API_BODY_MAX) cap = (size_t)API_BODY_MAX;
-        if (!reserve(api, req, (long long)(cap - req->cap))) return MHD_NO;
+        if (cap > max) cap = max;
+        if (req->endpoint->big_body && !reserve(api, req, (long long)(cap - req->cap))) return MHD_NO;
         uint8_t *nb = realloc(req->raw, cap);
         if (!nb) return MHD_NO;
         req->raw = nb;
@@ -468,6 +503,7 @@ struct api_server *api_server_start(const struct api_config *cfg, struct store *
         while (n > 0 && api->public_url[n - 1] == '/') api->public_url[--n] = '\0';
     }
     atomic_init(&api->body_bytes, 0);
+    pthread_mutex_init(&api->health_mu, NULL);
     api_auth_init(&api->auth, cfg->api_key);
     api->routes = cfg->routes;
     if (!api->routes) {
@@ -506,5 +542,7 @@ void api_server_stop(struct api_server *api)
     if (api->own_routes) route_registry_free(api->routes);
     memset(&api->auth, 0, sizeof api->auth);
     g_free(api->public_url);
+    g_free(api->health_reason);
+    pthread_mutex_destroy(&api->health_mu);
     g_free(api);
 }

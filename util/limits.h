@@ -79,6 +79,18 @@
 /* Request body bytes held in memory by every API request together; above it a request is
  * answered 503 before its body is read (Content-Length known) or closed (chunked). */
 #define API_BODIES_INFLIGHT_MAX (256LL * 1024 * 1024)
+/* The body of an endpoint that takes only form fields (every one but POST/PUT /v3/routes,
+ * POST /v3/routes/test and a resend): 413 above it.  Not counted in API_BODIES_INFLIGHT_MAX:
+ * API_CONNECTIONS_MAX of them are 16 MiB. */
+#define API_SMALL_BODY_MAX (64 * 1024)
+/* A request body must come at API_BODY_MIN_RATE bytes a second on average once
+ * API_BODY_GRACE_SECONDS have passed since its first byte, or the connection is closed (a body
+ * that stops altogether meets API_TIMEOUT_SECONDS first). */
+#define API_BODY_GRACE_SECONDS 10
+#define API_BODY_MIN_RATE (16 * 1024)
+/* GET /healthz answers from a check at most this old (it needs no credentials, and the check
+ * takes the database's write lock). */
+#define API_HEALTH_CACHE_MS 1000
 /* Bytes of a request's URI (path and query) we look at; MHD's memory pool bounds it anyway. */
 #define API_URI_MAX 8192
 /* Path parameters (`:id`) in one endpoint pattern. */

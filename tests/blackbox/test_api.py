@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import stat
+import time
 
 import harness
 from harness import InletTestCase, run_cli
@@ -239,6 +240,132 @@ class Errors(InletTestCase):
         self.assertNotEqual(status, 413, body)
         # The server is still fine.
         self.assertEqual(d.http("GET", "/healthz")[0], 200)
+
+
+def basic_auth(d):
+    import base64
+    return "Basic " + base64.b64encode(("api:" + d.keys()["api_key"]).encode()).decode()
+
+
+def open_upload(d, head):
+    """A connection that sent `head` (request line and headers) and one body byte."""
+    s = socket.create_connection(("127.0.0.1", d.http_port), timeout=harness.timeout(10))
+    s.sendall(head + b"a")
+    return s
+
+
+def closed_by_server(s, wait_s):
+    """True when the server closed `s` (or answered and closed) within wait_s seconds."""
+    s.settimeout(wait_s)
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return True
+    except (socket.timeout, TimeoutError):
+        return False
+    except OSError:
+        return True
+
+
+class HostileBodies(InletTestCase):
+    """Issue 14 item 5: request bodies announced by clients must not take the shared body budget
+    before the credentials are checked, nor hold it while they trickle in."""
+
+    ROUTE = b"priority=1&expression=catch_all()&action=stop()&description=x"
+
+    def post_route(self, d, wait_s=5):
+        t0 = time.monotonic()
+        status, _, body = d.http("POST", "/v3/routes", body=self.ROUTE,
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"},
+                                 http_timeout=wait_s)
+        return status, body, time.monotonic() - t0
+
+    def test_unauthenticated_huge_bodies_do_not_block_writes(self):
+        d = self.daemon()
+        socks = []
+        try:
+            # 5 x 50 MiB + 6 MiB = the whole in-flight budget, announced without credentials
+            # on the endpoint that needs none, then one byte now and then.
+            for size in [50 << 20] * 5 + [6 << 20]:
+                socks.append(open_upload(d, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                                            b"Content-Length: %d\r\n\r\n" % size))
+            for size in [50 << 20] * 2:
+                socks.append(open_upload(d, b"POST /v3/routes HTTP/1.1\r\nHost: x\r\n"
+                                            b"Content-Length: %d\r\n\r\n" % size))
+            time.sleep(0.5)
+            status, body, took = self.post_route(d)
+            self.assertEqual(status, 200, body)
+            self.assertLess(took, 2.0, "POST /v3/routes took %.1f s" % took)
+            # A /healthz body past the small-body limit is answered 413 without being read.
+            status, _, body = raw_http(d, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                                          b"Content-Length: %d\r\n\r\n" % (1 << 20))
+            self.assertEqual(status, 413, body)
+        finally:
+            for s in socks:
+                s.close()
+
+    def test_trickled_bodies_are_cut(self):
+        d = self.daemon()
+        auth = basic_auth(d).encode()
+        socks = []
+        try:
+            for size in [50 << 20] * 5 + [6 << 20]:
+                socks.append(open_upload(d, b"POST /v3/routes HTTP/1.1\r\nHost: x\r\n"
+                                            b"Authorization: " + auth + b"\r\n"
+                                            b"Content-Type: application/x-www-form-urlencoded\r\n"
+                                            b"Content-Length: %d\r\n\r\n" % size))
+            time.sleep(0.5)
+            # They hold the whole budget for now: a write is told to come back later.
+            status, body, _ = self.post_route(d)
+            self.assertEqual(status, 503, body)
+            # One byte a second is far below the minimum rate: after the grace period the
+            # server closes them and the budget is free again.
+            deadline = time.monotonic() + harness.timeout(25)
+            open_socks = list(socks)
+            while open_socks and time.monotonic() < deadline:
+                for s in list(open_socks):
+                    try:
+                        s.sendall(b"a")
+                    except OSError:
+                        open_socks.remove(s)
+                time.sleep(1)
+            self.assertEqual(open_socks, [], "trickling uploads still open after 25 s")
+            status, body, took = self.post_route(d)
+            self.assertEqual(status, 200, body)
+            self.assertIn("too slow", d.all_log_text())
+        finally:
+            for s in socks:
+                s.close()
+
+
+class HealthCheck(InletTestCase):
+    """Issue 14 item 10: /healthz answers from a recent check instead of taking the database's
+    write lock on every request, and still says why when the database cannot take writes."""
+
+    def test_locked_database_is_reported_and_not_probed_per_request(self):
+        import sqlite3
+        d = self.daemon()
+        self.assertEqual(d.http("GET", "/healthz", auth=None)[0], 200)
+        time.sleep(1.2)  # past the cache
+        con = sqlite3.connect(d.db_path, timeout=10, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            t0 = time.monotonic()
+            for _ in range(5):
+                status, _, body = d.http("GET", "/healthz", auth=None, http_timeout=15)
+                self.assertEqual(status, 503, body)
+                doc = json.loads(body)
+                self.assertEqual(doc["status"], "unavailable", doc)
+                self.assertIn("not writable", doc["message"])
+            took = time.monotonic() - t0
+            # One probe waits for the lock (2 s); the others take its answer.
+            self.assertLess(took, 4.0, "5 health checks took %.1f s" % took)
+        finally:
+            con.execute("ROLLBACK")
+            con.close()
+        time.sleep(1.2)
+        self.assertEqual(d.http("GET", "/healthz", auth=None)[0], 200)
 
 
 if __name__ == "__main__":
