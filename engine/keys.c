@@ -13,6 +13,7 @@
 #include "engine/engine.h"
 #include "storage/store.h"
 #include "util/config.h"
+#include "util/dburl.h"
 #include "util/id.h"
 #include "util/limits.h"
 #include "util/log.h"
@@ -45,8 +46,8 @@ static int stored_key(struct store *st, const char *name, bool generate, char **
         return -1;
     }
     if (!generate) {
-        *err = g_strdup_printf("no %s in the database %s yet: start inlet serve once first", name,
-                               store_path(st));
+        g_autofree char *where = dburl_redact(store_path(st));
+        *err = g_strdup_printf("no %s in the database %s yet: start inlet serve once first", name, where);
         return -1;
     }
     unsigned char raw[KEY_RANDOM_BYTES];
@@ -141,9 +142,9 @@ int engine_print_keys(struct inlet_config *cfg)
 
     if (!cfg->api_key || !cfg->signing_key) {
         if (!store_exists(cfg->data_dir, cfg->database)) {
+            g_autofree char *where = dburl_redact(*cfg->database ? cfg->database : cfg->data_dir);
             fprintf(stderr, "inlet: no keys yet: there is no database (%s); start inlet serve "
-                            "once first\n",
-                    cfg->database && *cfg->database ? cfg->database : cfg->data_dir);
+                            "once first\n", where);
             return 1;
         }
         st = store_open(cfg->data_dir, cfg->database, &err);

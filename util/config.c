@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "util/dburl.h"
 #include "util/domains.h"
 #include "util/limits.h"
 #include "util/log.h"
@@ -39,7 +40,7 @@ static const struct setting settings[] = {
     {"data-dir", SET_STR, OFF(data_dir), "./inlet-data", 0, 0, "DIR",
      "data folder, created 0700 (SQLite database inside)"},
     {"database", SET_STR, OFF(database), "", 0, 0, "URL",
-     "database: empty for SQLite in the data dir, or sqlite:PATH"},
+     "empty: SQLite in the data dir; sqlite:PATH; postgresql://user@host:port/db (password never shown)"},
     {"domain", SET_LIST, OFF(domains), NULL, 0, 0, "NAME",
      "hosted domain (repeatable); *.example.com hosts every subdomain"},
     {"hostname", SET_STR, OFF(hostname), "", 0, 0, "NAME",
@@ -414,6 +415,13 @@ static void validate_deliveries(struct inlet_config *cfg, GString *errors)
     validate_retry_schedule(cfg, errors);
 }
 
+static void validate_database(const struct inlet_config *cfg, GString *errors)
+{
+    if (dburl_kind(cfg->database) != DBURL_INVALID) return;
+    g_autofree char *shown = dburl_redact(cfg->database);
+    g_string_append_printf(errors, "--database: \"%s\" is not sqlite:PATH or a postgresql:// URL\n", shown);
+}
+
 static void validate_tls(struct inlet_config *cfg, GString *errors)
 {
     const bool cert = cfg->tls_cert && *cfg->tls_cert, key = cfg->tls_key && *cfg->tls_key;
@@ -432,6 +440,7 @@ static void validate(struct inlet_config *cfg, GString *errors)
     validate_public_url(cfg, errors);
     validate_deliveries(cfg, errors);
     validate_tls(cfg, errors);
+    validate_database(cfg, errors);
     validate_key(&cfg->api_key, &cfg->api_key_file, "api-key", "api_key", errors);
     validate_key(&cfg->signing_key, &cfg->signing_key_file, "signing-key", "signing_key", errors);
     validate_listeners(&cfg->smtp_listen, "smtp-listen", errors);
@@ -528,7 +537,12 @@ void config_print(const struct inlet_config *cfg, FILE *out)
         fprintf(out, "%s=", s->name);
         if (s->type == SET_STR) {
             const char *v = *(char *const *)f;
-            fprintf(out, "%s", is_secret(s) ? (v ? "(set)" : "") : v ? v : "");
+            if (s->offset == OFF(database)) {
+                g_autofree char *shown = dburl_redact(v);
+                fprintf(out, "%s", shown);
+            } else {
+                fprintf(out, "%s", is_secret(s) ? (v ? "(set)" : "") : v ? v : "");
+            }
         } else if (s->type == SET_INT) {
             fprintf(out, "%lld", (long long)*(const int64_t *)f);
         } else if (s->type == SET_BOOL) {

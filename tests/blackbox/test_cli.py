@@ -5,6 +5,7 @@ import re
 import signal
 import socket
 import stat
+import unittest
 import urllib.request
 
 import harness
@@ -95,6 +96,69 @@ class CheckConfig(InletTestCase):
                     cwd=self.tmp)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("smtp-listen", r.stderr)
+
+
+class DatabaseSetting(InletTestCase):
+    """--database: sqlite:PATH or a PostgreSQL URI; a password in it is never shown (check-config,
+    errors, the log)."""
+
+    PASSWORD = "pw-" + os.urandom(6).hex()
+
+    def assertHidden(self, text):
+        self.assertNotIn(self.PASSWORD, text)
+
+    def test_check_config_masks_the_password(self):
+        url = "postgresql://inlet:%s@db.internal:5433/inlet?sslmode=require&password=%s" % (
+            self.PASSWORD, self.PASSWORD)
+        shown = "database=postgresql://inlet:***@db.internal:5433/inlet?sslmode=require&password=***\n"
+        for args, env in ((["--database", url], None), ([], {"INLET_DATABASE": url})):
+            r = run_cli(["check-config", "--data-dir", self.tmp_path("d")] + args, env=env, cwd=self.tmp)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn(shown, r.stdout)
+            self.assertHidden(r.stdout + r.stderr)
+        r = run_cli(["check-config", "--database", "postgres://inlet@db.internal/inlet"], cwd=self.tmp)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("database=postgres://inlet@db.internal/inlet\n", r.stdout)
+
+    def test_other_schemes_refused_without_the_password(self):
+        for url in ("mysql://root:%s@db/inlet" % self.PASSWORD, "postgressql://u:%s@db/x" % self.PASSWORD,
+                    "sqlite:", "/var/lib/inlet.db"):
+            r = run_cli(["check-config", "--database", url], cwd=self.tmp)
+            self.assertEqual(r.returncode, 1, (url, r.stdout, r.stderr))
+            self.assertIn("--database", r.stderr)
+            self.assertIn("is not sqlite:PATH or a postgresql:// URL", r.stderr)
+            self.assertHidden(r.stdout + r.stderr)
+
+    def test_serve_never_logs_the_password(self):
+        # A server that cannot be reached: inlet gives up with the reason, and no password.
+        held = self.hold_port()
+        url = "postgresql://inlet:%s@127.0.0.1:%d/inlet" % (self.PASSWORD, held.port)
+        d = self.daemon(start=False, args=["--database", url])
+        d.spawn()
+        self.assertNotEqual(d.expect_exit(30), 0, d.log_text())
+        self.assertTrue(d.find_lines("error"), d.log_text())
+        self.assertHidden(d.log_text())
+        r = run_cli(["keys", "--data-dir", d.data_dir, "--database", url])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertHidden(r.stdout + r.stderr)
+
+    @unittest.skipUnless(harness.PG, "needs a PostgreSQL server (suite postgres)")
+    def test_serve_with_the_password_in_the_url(self):
+        # The real password in the URL, PGPASSFILE pointed elsewhere: inlet connects with the
+        # URL's password, and neither its log nor `inlet keys` errors show it.
+        with open(os.environ["PGPASSFILE"]) as f:
+            password = f.readline().rstrip("\n").split(":", 4)[4]
+        d0 = self.daemon(start=False)
+        url = d0.database_url.replace("postgresql://inlet@", "postgresql://inlet:%s@" % password, 1)
+        self.assertNotEqual(url, d0.database_url)
+        d = self.daemon(start=False, data_dir=d0.data_dir, args=["--database", url],
+                        env={"PGPASSFILE": self.tmp_path("no-such-pgpass")})
+        d.start()
+        with d.session() as s:
+            code, lines = s.transaction("a@b.test", ["x@example.com"], make_message())
+            self.assertEqual(code, 250, lines)
+        d.stop()
+        self.assertNotIn(password, d.all_log_text())
 
 
 class Precedence(InletTestCase):

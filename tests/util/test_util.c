@@ -9,6 +9,7 @@
 #include "check.h"
 #include "util/clock.h"
 #include "util/config.h"
+#include "util/dburl.h"
 #include "util/domains.h"
 #include "util/id.h"
 #include "util/log.h"
@@ -17,7 +18,7 @@
 static void clear_env(void)
 {
     const char *vars[] = {"INLET_CONFIG", "INLET_SMTP_LISTEN", "INLET_HOSTNAME", "INLET_DOMAIN",
-                          "INLET_MAX_RECIPIENTS", "INLET_LOG_LEVEL"};
+                          "INLET_MAX_RECIPIENTS", "INLET_LOG_LEVEL", "INLET_DATABASE"};
     for (size_t i = 0; i < G_N_ELEMENTS(vars); i++) unsetenv(vars[i]);
 }
 
@@ -131,6 +132,64 @@ static void test_errors(void)
     clear_env();
 }
 
+/* --database: the three forms, and a password never shown (util/dburl.h). */
+static void test_database_url(void)
+{
+    static const struct {
+        const char *url, *shown;
+        enum dburl_kind kind;
+    } cases[] = {
+        {"", "", DBURL_SQLITE},
+        {"sqlite:/var/lib/inlet/inlet.db", "sqlite:/var/lib/inlet/inlet.db", DBURL_SQLITE},
+        {"sqlite:", "sqlite:", DBURL_INVALID},
+        {"mysql://u:pw@h/db", "mysql://u:***@h/db", DBURL_INVALID},
+        {"postgressql://u:pw@h/db", "postgressql://u:***@h/db", DBURL_INVALID},
+        {"postgresql://", "postgresql://", DBURL_POSTGRES},
+        {"postgresql://db.internal/inlet", "postgresql://db.internal/inlet", DBURL_POSTGRES},
+        {"postgresql://inlet@db.internal:5433/inlet", "postgresql://inlet@db.internal:5433/inlet", DBURL_POSTGRES},
+        {"postgresql://inlet:s3cr%40t@db:5432/inlet", "postgresql://inlet:***@db:5432/inlet", DBURL_POSTGRES},
+        {"postgres://inlet:pw@[::1]:5432/x?sslmode=require", "postgres://inlet:***@[::1]:5432/x?sslmode=require",
+         DBURL_POSTGRES},
+        {"postgresql://inlet:p@ss@db/x", "postgresql://inlet:***@db/x", DBURL_POSTGRES},
+        {"postgresql://:pw@db", "postgresql://:***@db", DBURL_POSTGRES},
+        {"postgresql://h1:5432,h2:5432/x?target_session_attrs=read-write&password=pw&x=1",
+         "postgresql://h1:5432,h2:5432/x?target_session_attrs=read-write&password=***&x=1", DBURL_POSTGRES},
+        {"postgresql://u@h/x?PASSWORD=pw#frag", "postgresql://u@h/x?password=***#frag", DBURL_POSTGRES},
+        {"postgresql://u@h?password=a/b@c", "postgresql://u@h?password=***", DBURL_POSTGRES},
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+        CHECK(dburl_kind(cases[i].url) == cases[i].kind, "kind of %s", cases[i].url);
+        char *shown = dburl_redact(cases[i].url);
+        CHECK_STR(shown, cases[i].shown, "%s shown as %s", cases[i].url, cases[i].shown);
+        g_free(shown);
+    }
+
+    struct inlet_config cfg;
+    char *err;
+    clear_env();
+    CHECK(load(&cfg, &err, 2, "--database", "postgresql://inlet:hunter2@db/inlet") == 0,
+          "a postgresql:// URL is accepted: %s", err ? err : "");
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&text, &len);
+    config_print(&cfg, mem);
+    fclose(mem);
+    CHECK(strstr(text, "\ndatabase=postgresql://inlet:***@db/inlet\n") && !strstr(text, "hunter2"),
+          "check-config shows the URL without its password");
+    free(text);
+    config_free(&cfg);
+    CHECK(load(&cfg, &err, 2, "--database", "mysql://root:hunter2@db/x") < 0 &&
+              strstr(err, "--database") && strstr(err, "\"mysql://root:***@db/x\"") && !strstr(err, "hunter2"),
+          "another scheme is refused, named without its password: %s", err ? err : "");
+    g_free(err);
+    config_free(&cfg);
+    setenv("INLET_DATABASE", "postgres://inlet:hunter2@db/inlet?sslmode=nope&password=hunter2", 1);
+    CHECK(load(&cfg, &err, 0) == 0 && strcmp(cfg.database, getenv("INLET_DATABASE")) == 0,
+          "INLET_DATABASE gives the URL (and its password) outside the process list");
+    config_free(&cfg);
+    clear_env();
+}
+
 static void test_domains(void)
 {
     struct domain_set *set = domain_set_new();
@@ -207,6 +266,7 @@ int main(void)
     test_defaults();
     test_precedence();
     test_errors();
+    test_database_url();
     test_domains();
     test_net();
     test_log_escape();
