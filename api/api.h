@@ -2,7 +2,7 @@
  *
  * A thread pool with epoll per listener.  Every endpoint but GET /healthz needs HTTP Basic
  * credentials (user "api", the API key); request bodies are urlencoded or multipart forms
- * (api/form.h).  The routes endpoints (SPEC §7) are in api/routes.c, stored copies (SPEC §6) in
+ * (api/internal_form.h).  The routes endpoints (SPEC §7) are in api/routes.c, stored copies (SPEC §6) in
  * api/messages.c, events in api/events.c, the dead-letter list in api/deliveries.c, metrics in
  * api/metrics.c.  Uses util/, storage/, routes/ and message/ (the dry run
  * POST /v3/routes/test parses the message it is given). */

@@ -1,5 +1,5 @@
-/* api/form.c — urlencoded and multipart/form-data bodies (see form.h). */
-#include "api/form.h"
+/* api/form.c — urlencoded and multipart/form-data bodies (see internal_form.h). */
+#include "api/internal_form.h"
 
 #include <stdarg.h>
 #include <stdbool.h>

@@ -29,7 +29,7 @@
 #include <stdint.h>
 
 #include "api/api.h"
-#include "api/form.h"
+#include "api/internal_form.h"
 #include "storage/store.h"
 #include "util/limits.h"
 

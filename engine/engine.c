@@ -2,7 +2,7 @@
  * finished SMTP transaction to its durable commit, back to the 250 and on to the pipeline.
  *
  * Threads: the libuv loop (SMTP I/O, the RCPT-time route check, signals, commit completions), the
- * storage writer (group commit), the pipeline's workers (parse and route, engine/pipeline.h) and
+ * storage writer (group commit), the pipeline's workers (parse and route, engine/internal_pipeline.h) and
  * libmicrohttpd's pool.  A commit completes on the writer thread; it is queued here under a mutex
  * and uv_async_send() wakes the loop, which answers the client and hands the committed message
  * to the pipeline.
@@ -21,10 +21,10 @@
 
 #include "api/api.h"
 #include "deliver/deliver.h"
-#include "engine/keys.h"
-#include "engine/metrics.h"
-#include "engine/sweeper.h"
-#include "engine/pipeline.h"
+#include "engine/internal_keys.h"
+#include "engine/internal_metrics.h"
+#include "engine/internal_sweeper.h"
+#include "engine/internal_pipeline.h"
 #include "message/message.h"
 #include "routes/routes.h"
 #include "smtp/smtp.h"

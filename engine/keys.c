@@ -1,5 +1,5 @@
 /* engine/keys.c — the API key and the webhook signing key: settings, database, key file. */
-#include "engine/keys.h"
+#include "engine/internal_keys.h"
 
 #include <errno.h>
 #include <fcntl.h>

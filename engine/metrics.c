@@ -1,13 +1,13 @@
-/* engine/metrics.c — see metrics.h.  Names follow Prometheus conventions: inlet_ prefix, _total
+/* engine/metrics.c — see internal_metrics.h.  Names follow Prometheus conventions: inlet_ prefix, _total
  * for counters, base units (seconds, bytes). */
-#include "engine/metrics.h"
+#include "engine/internal_metrics.h"
 
 #include <glib.h>
 #include <inttypes.h>
 #include <math.h>
 
 #include "deliver/deliver.h"
-#include "engine/pipeline.h"
+#include "engine/internal_pipeline.h"
 #include "smtp/smtp.h"
 #include "storage/store.h"
 #include "util/clock.h"

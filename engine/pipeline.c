@@ -1,4 +1,4 @@
-/* engine/pipeline.c — see pipeline.h.
+/* engine/pipeline.c — see internal_pipeline.h.
  *
  * State, under one mutex:
  *   live     messages handed over by the loop after their commit (bytes in memory);
@@ -12,7 +12,7 @@
  * in flight; the next page is listed when the workers have taken the previous one.  A pass ends
  * when a page comes back short, or after a failure (storage trouble: the retry timer starts a new
  * pass PIPELINE_RETRY_SECONDS later, so a failing database is not hammered). */
-#include "engine/pipeline.h"
+#include "engine/internal_pipeline.h"
 
 #include <glib.h>
 #include <pthread.h>
@@ -24,7 +24,7 @@
 #include <unistd.h>
 
 #include "deliver/deliver.h"
-#include "engine/plan.h"
+#include "engine/internal_plan.h"
 #include "message/message.h"
 #include "routes/routes.h"
 #include "storage/store.h"

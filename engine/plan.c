@@ -1,5 +1,5 @@
-/* engine/plan.c — see plan.h. */
-#include "engine/plan.h"
+/* engine/plan.c — see internal_plan.h. */
+#include "engine/internal_plan.h"
 
 #include <glib.h>
 #include <jansson.h>

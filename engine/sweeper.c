@@ -1,5 +1,5 @@
-/* engine/sweeper.c — see sweeper.h. */
-#include "engine/sweeper.h"
+/* engine/sweeper.c — see internal_sweeper.h. */
+#include "engine/internal_sweeper.h"
 
 #include <glib.h>
 #include <stdbool.h>

@@ -1,6 +1,6 @@
-/* message/html2text.c — see html2text.h.  One pass, state kept in struct h2t; everything bounded
+/* message/html2text.c — see internal_html2text.h.  One pass, state kept in struct h2t; everything bounded
  * by the input length (the output is at most a few bytes per input byte). */
-#include "message/html2text.h"
+#include "message/internal_html2text.h"
 
 #include <glib.h>
 #include <stdbool.h>

@@ -8,9 +8,9 @@
 #include <stdarg.h>
 #include <string.h>
 
-#include "message/html2text.h"
+#include "message/internal_html2text.h"
 #include "message/internal.h"
-#include "message/strip.h"
+#include "message/internal_strip.h"
 #include "util/limits.h"
 
 void message_warn(struct message *m, const char *fmt, ...)

@@ -1,4 +1,4 @@
-/* message/strip.c — see strip.h.
+/* message/strip.c — see internal_strip.h.
  *
  * Everything here is a bounded scan: each line (plain text) or each tag and text run (HTML) is
  * looked at a constant number of times, with look-ahead of at most a few lines, so the time is
@@ -6,7 +6,7 @@
  * and trimming removes only ASCII white space and whole U+00A0 sequences, so a valid UTF-8 input
  * gives valid UTF-8 outputs.  Memory comes from GLib (g_malloc memory may be released with
  * free()), which aborts when memory runs out, like the rest of inlet. */
-#include "message/strip.h"
+#include "message/internal_strip.h"
 
 #include <glib.h>
 #include <stdbool.h>

@@ -25,7 +25,7 @@
 #include <string.h>
 #include <uv.h>
 
-#include "smtp/tls.h"
+#include "smtp/internal_tls.h"
 #include "util/limits.h"
 #include "util/log.h"
 #include "util/net.h"

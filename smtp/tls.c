@@ -1,9 +1,9 @@
-/* smtp/tls.c — OpenSSL over memory BIOs for STARTTLS (see tls.h).
+/* smtp/tls.c — OpenSSL over memory BIOs for STARTTLS (see internal_tls.h).
  *
  * Policy (SPEC §2, RFC 3207, RFC 8314 §4.1 for the versions): TLS 1.2 and 1.3 only, the server's
  * cipher order, no renegotiation, no compression, no server-side session cache (TLS 1.3 tickets
  * are stateless and stay on).  An encrypted key is refused rather than prompted for. */
-#include "smtp/tls.h"
+#include "smtp/internal_tls.h"
 #include "util/limits.h"
 
 #include <errno.h>

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/form.h"
+#include "api/internal_form.h"
 #include "api/internal.h"
 #include "check.h"
 #include "util/limits.h"

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "engine/plan.h"
+#include "engine/internal_plan.h"
 #include "message/message.h"
 #include "routes/routes.h"
 #include "util/log.h"

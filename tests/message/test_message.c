@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "message/html2text.h"
+#include "message/internal_html2text.h"
 #include "message/internal.h"
 #include "message/message.h"
 #include "util/limits.h"

@@ -1,9 +1,9 @@
-/* tests/message/test_strip.c — reply stripping (message/strip.h).
+/* tests/message/test_strip.c — reply stripping (message/internal_strip.h).
  *
  * argv[1] is tests/message/strip/: every NAME.txt is compared exactly with NAME.text.out and
  * NAME.signature.out, every NAME.html with NAME.html.out (see strip/README.md).  Then
  * table-driven small cases, odd input, and a large input that must finish (no timing assert). */
-#include "message/strip.h"
+#include "message/internal_strip.h"
 
 #include "check.h"
 

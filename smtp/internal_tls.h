@@ -1,4 +1,4 @@
-/* smtp/tls.h — TLS for STARTTLS (RFC 3207), inside smtp/ only (server.c uses it; not a module face).
+/* smtp/internal_tls.h — TLS for STARTTLS (RFC 3207), inside smtp/ only (server.c uses it).
  *
  * OpenSSL over two memory BIOs: the caller moves ciphertext between the socket and the TLS
  * object (smtp_tls_push / smtp_tls_take_output) and plaintext between the TLS object and the
@@ -10,8 +10,8 @@
  * ciphertext BIO holds at most what one socket read pushed (server.c stops reading while the
  * session cannot take plaintext), and both BIOs are replaced by empty ones once drained if they
  * grew beyond SMTP_TLS_BIO_KEEP. */
-#ifndef INLET_SMTP_TLS_H
-#define INLET_SMTP_TLS_H
+#ifndef INLET_SMTP_INTERNAL_TLS_H
+#define INLET_SMTP_INTERNAL_TLS_H
 
 #include <stdbool.h>
 #include <stddef.h>

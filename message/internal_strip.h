@@ -1,4 +1,4 @@
-/* message/strip.h — reply stripping for stripped-text, stripped-signature and stripped-html
+/* message/internal_strip.h — reply stripping for stripped-text, stripped-signature and stripped-html
  * (SPEC §3).  Internal to the message module: message/parse.c calls these two functions.
  *
  * Plain text: the new reply is the text before the first quote (a `>` line, an attribution line
@@ -13,8 +13,8 @@
  * (gmail_signature, moz-signature) are removed.  The rest of the HTML is kept byte for byte.
  *
  * Both are pure functions of their input, thread-safe, and take time linear in the input. */
-#ifndef INLET_MESSAGE_STRIP_H
-#define INLET_MESSAGE_STRIP_H
+#ifndef INLET_MESSAGE_INTERNAL_STRIP_H
+#define INLET_MESSAGE_INTERNAL_STRIP_H
 
 /* Reply stripping (SPEC §3 stripped-*): best effort, never fails, bounded time (linear in input).
  * Inputs are UTF-8 (never NULL); outputs are malloc'd UTF-8 strings (free()), never NULL. */

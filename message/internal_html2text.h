@@ -1,7 +1,7 @@
-/* message/html2text.h — HTML to plain text for body-plain when a message has only HTML (SPEC §3).
+/* message/internal_html2text.h — HTML to plain text for body-plain when a message has only HTML (SPEC §3).
  * Internal to message/ (and its unit test). */
-#ifndef INLET_MESSAGE_HTML2TEXT_H
-#define INLET_MESSAGE_HTML2TEXT_H
+#ifndef INLET_MESSAGE_INTERNAL_HTML2TEXT_H
+#define INLET_MESSAGE_INTERNAL_HTML2TEXT_H
 
 #include <stddef.h>
 

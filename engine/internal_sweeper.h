@@ -1,11 +1,11 @@
-/* engine/sweeper.h — retention (SPEC §6): expired stored copies, old events and history, failed
+/* engine/internal_sweeper.h — retention (SPEC §6): expired stored copies, old events and history, failed
  * deliveries past --failed-retention, and message bytes nothing needs any more are removed in
  * small batches, and the free pages given back.  Internal to engine/.
  *
  * Each pass is a store_sweep() job on libuv's threadpool: it waits for a group commit like any
  * write, so it never holds the writer for long and SMTP commits go on between its batches. */
-#ifndef INLET_ENGINE_SWEEPER_H
-#define INLET_ENGINE_SWEEPER_H
+#ifndef INLET_ENGINE_INTERNAL_SWEEPER_H
+#define INLET_ENGINE_INTERNAL_SWEEPER_H
 
 #include <stdint.h>
 

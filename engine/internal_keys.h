@@ -1,6 +1,6 @@
-/* engine/keys.h — the API key and the webhook signing key (SPEC §1); internal to engine/. */
-#ifndef INLET_ENGINE_KEYS_H
-#define INLET_ENGINE_KEYS_H
+/* engine/internal_keys.h — the API key and the webhook signing key (SPEC §1); internal to engine/. */
+#ifndef INLET_ENGINE_INTERNAL_KEYS_H
+#define INLET_ENGINE_INTERNAL_KEYS_H
 
 #include <stdbool.h>
 

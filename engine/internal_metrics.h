@@ -1,7 +1,7 @@
-/* engine/metrics.h — the Prometheus text of GET /metrics (SPEC §7): counters of every part of the
+/* engine/internal_metrics.h — the Prometheus text of GET /metrics (SPEC §7): counters of every part of the
  * engine and gauges read from the store.  Internal to engine/. */
-#ifndef INLET_ENGINE_METRICS_H
-#define INLET_ENGINE_METRICS_H
+#ifndef INLET_ENGINE_INTERNAL_METRICS_H
+#define INLET_ENGINE_INTERNAL_METRICS_H
 
 struct deliverer;
 struct pipeline;

@@ -1,9 +1,9 @@
-/* engine/plan.h — the routing outcome of one parsed message (SPEC §4): per envelope recipient the
+/* engine/internal_plan.h — the routing outcome of one parsed message (SPEC §4): per envelope recipient the
  * matched routes, the planned deliveries and the stored copies, in the shape store_write_outcome()
  * takes.  Pure: no I/O, no threads; the caller supplies the table, a matcher and the clock.
  * Internal to engine/. */
-#ifndef INLET_ENGINE_PLAN_H
-#define INLET_ENGINE_PLAN_H
+#ifndef INLET_ENGINE_INTERNAL_PLAN_H
+#define INLET_ENGINE_INTERNAL_PLAN_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,4 +1,4 @@
-/* api/form.h — request bodies and query strings as ordered lists of fields (SPEC §7).
+/* api/internal_form.h — request bodies and query strings as ordered lists of fields (SPEC §7).
  *
  * A pure module: bytes and a Content-Type in, fields out; no I/O, no libmicrohttpd, so the unit
  * tests and the fuzz target drive it directly.  Two encodings:
@@ -20,8 +20,8 @@
  * parts, FORM_PART_HEADERS_MAX bytes of headers per part, FORM_BOUNDARY_MAX bytes of boundary,
  * FORM_FILENAME_MAX bytes of filename or part content type.  The total size is the caller's
  * (API_BODY_MAX). */
-#ifndef INLET_API_FORM_H
-#define INLET_API_FORM_H
+#ifndef INLET_API_INTERNAL_FORM_H
+#define INLET_API_INTERNAL_FORM_H
 
 #include <stddef.h>
 #include <stdint.h>

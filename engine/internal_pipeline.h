@@ -1,4 +1,4 @@
-/* engine/pipeline.h — from a committed message to its routing outcome (SPEC §4; DESIGN "Accept
+/* engine/internal_pipeline.h — from a committed message to its routing outcome (SPEC §4; DESIGN "Accept
  * fast, route after").  Internal to engine/.
  *
  *   committed message ─▶ parse (GMime) ─▶ evaluate each envelope recipient against the current
@@ -13,8 +13,8 @@
  * (store_list_unprocessed, a page at a time; each message loaded by a worker when its turn
  * comes).  A scan runs at start-up (recovery), when the queue was full and a message had to be
  * left to it, and every PIPELINE_RETRY_SECONDS after an outcome could not be written. */
-#ifndef INLET_ENGINE_PIPELINE_H
-#define INLET_ENGINE_PIPELINE_H
+#ifndef INLET_ENGINE_INTERNAL_PIPELINE_H
+#define INLET_ENGINE_INTERNAL_PIPELINE_H
 
 #include <stdbool.h>
 #include <stddef.h>
