@@ -36,7 +36,7 @@ static void digest(const unsigned char key[API_AUTH_DIGEST_LEN], const void *dat
 
 void api_auth_init(struct api_auth *auth, const char *api_key)
 {
-    random_bytes(auth->hmac_key, sizeof auth->hmac_key);
+    util_random_bytes(auth->hmac_key, sizeof auth->hmac_key);
     digest(auth->hmac_key, api_key, strlen(api_key), auth->want);
 }
 

@@ -80,14 +80,14 @@ static bool token_decode(const char *tok, int64_t *updated_at, char id[ID_LEN + 
 
 enum MHD_Result api_deliveries_list(struct api_server *api, struct api_request *req)
 {
-    const char *state = form_value(&req->query, "state");
+    const char *state = api_form_value(&req->query, "state");
     if (!state || !*state) state = "failed";
     if (strcmp(state, "failed") != 0 && strcmp(state, "pending") != 0 &&
         strcmp(state, "delivered") != 0)
         return api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST,
                                "Invalid 'state' parameter: pending, delivered or failed is expected");
     long long limit = API_DELIVERIES_LIMIT_DEFAULT;
-    const char *l = form_value(&req->query, "limit");
+    const char *l = api_form_value(&req->query, "limit");
     if (l && *l) {
         if (api_parse_count(l, &limit) != 1 || limit < 1 || limit > API_DELIVERIES_LIMIT_MAX)
             return api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST,
@@ -95,7 +95,7 @@ enum MHD_Result api_deliveries_list(struct api_server *api, struct api_request *
     }
     int64_t before_at = 0;
     char before_id[ID_LEN + 1] = "";
-    const char *page = form_value(&req->query, "page");
+    const char *page = api_form_value(&req->query, "page");
     if (page && *page && !token_decode(page, &before_at, before_id))
         return api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, "Invalid 'page' parameter");
 

@@ -165,7 +165,7 @@ static bool parse_time(const char *s, int64_t *ms)
 /* A filter's value from the query string: NULL when absent; *bad when it is unusable. */
 static char *filter(const struct api_request *req, const char *name, const char **bad)
 {
-    const struct form_field *f = form_get(&req->query, name);
+    const struct form_field *f = api_form_get(&req->query, name);
     if (!f || f->len == 0) return NULL;
     if (f->len > API_EVENTS_FILTER_MAX || memchr(f->value, '\0', f->len) ||
         !g_utf8_validate(f->value, (gssize)f->len, NULL)) {
@@ -184,14 +184,14 @@ static char *query_from_params(const struct api_request *req, struct events_quer
     q->recipient = filter(req, "recipient", &bad);
     if (bad) return g_strdup_printf("Invalid '%s' parameter", bad);
 
-    const char *asc = form_value(&req->query, "ascending");
+    const char *asc = api_form_value(&req->query, "ascending");
     bool asc_given = asc && *asc;
     if (asc_given) {
         if (!g_ascii_strcasecmp(asc, "yes") || !g_ascii_strcasecmp(asc, "true")) q->ascending = true;
         else if (!g_ascii_strcasecmp(asc, "no") || !g_ascii_strcasecmp(asc, "false")) q->ascending = false;
         else return g_strdup("Invalid 'ascending' parameter: 'yes' or 'no' is expected");
     }
-    const char *b = form_value(&req->query, "begin"), *e = form_value(&req->query, "end");
+    const char *b = api_form_value(&req->query, "begin"), *e = api_form_value(&req->query, "end");
     int64_t begin = 0, end = 0;
     bool has_b = b && *b, has_e = e && *e;
     if (has_b && !parse_time(b, &begin))
@@ -211,7 +211,7 @@ static char *query_from_params(const struct api_request *req, struct events_quer
     }
 
     long long limit = API_EVENTS_LIMIT_DEFAULT;
-    const char *l = form_value(&req->query, "limit");
+    const char *l = api_form_value(&req->query, "limit");
     if (l && *l) {
         int r = api_parse_count(l, &limit);
         if (r != 1 || limit < 1 || limit > API_EVENTS_LIMIT_MAX)

@@ -28,7 +28,7 @@ static enum form_status fail(char **err, enum form_status st, const char *fmt, .
     return st;
 }
 
-void form_free(struct form *f)
+void api_form_free(struct form *f)
 {
     for (size_t i = 0; i < f->n; i++) {
         free(f->fields[i].name);
@@ -41,21 +41,21 @@ void form_free(struct form *f)
     f->n = f->cap = 0;
 }
 
-const struct form_field *form_get(const struct form *f, const char *name)
+const struct form_field *api_form_get(const struct form *f, const char *name)
 {
     for (size_t i = 0; i < f->n; i++)
         if (strcmp(f->fields[i].name, name) == 0) return &f->fields[i];
     return NULL;
 }
 
-const char *form_value(const struct form *f, const char *name)
+const char *api_form_value(const struct form *f, const char *name)
 {
-    const struct form_field *fld = form_get(f, name);
+    const struct form_field *fld = api_form_get(f, name);
 
     return fld ? fld->value : NULL;
 }
 
-size_t form_count(const struct form *f, const char *name)
+size_t api_form_count(const struct form *f, const char *name)
 {
     size_t n = 0;
 
@@ -63,7 +63,7 @@ size_t form_count(const struct form *f, const char *name)
     return n;
 }
 
-size_t form_name_normalised_len(const char *name, size_t len)
+size_t api_form_name_normalised_len(const char *name, size_t len)
 {
     size_t i;
 
@@ -82,7 +82,7 @@ static int hexval(unsigned char c)
     return -1;
 }
 
-long form_percent_decode(char *out, const char *s, size_t len, int plus)
+long api_form_percent_decode(char *out, const char *s, size_t len, int plus)
 {
     size_t o = 0;
 
@@ -119,7 +119,7 @@ static enum form_status add_field(struct form *f, const char *name, size_t nlen,
         return fail(err, FORM_ERR_LIMIT, "Field name longer than %d bytes", FORM_NAME_MAX);
     if (memchr(name, '\0', nlen))
         return fail(err, FORM_ERR_SYNTAX, "Field name contains a NUL byte");
-    nlen = form_name_normalised_len(name, nlen);
+    nlen = api_form_name_normalised_len(name, nlen);
     if (nlen == 0) return fail(err, FORM_ERR_SYNTAX, "Field %zu has an empty name", f->n + 1);
     if (f->n == f->cap) {
         size_t cap = f->cap ? f->cap * 2 : 8;
@@ -151,7 +151,7 @@ static enum form_status add_field(struct form *f, const char *name, size_t nlen,
 
 /* ---- urlencoded ----------------------------------------------------------------------------- */
 
-enum form_status form_parse_urlencoded(struct form *f, const uint8_t *s, size_t len, char **err)
+enum form_status api_form_parse_urlencoded(struct form *f, const uint8_t *s, size_t len, char **err)
 {
     const char *p = (const char *)s, *end = p + len;
     enum form_status st = FORM_OK;
@@ -185,8 +185,8 @@ enum form_status form_parse_urlencoded(struct form *f, const uint8_t *s, size_t 
             buf = nb;
             bufcap = nraw + vraw + 1;
         }
-        nlen = form_percent_decode(buf, p, nraw, 1);
-        vlen = nlen < 0 ? -1 : form_percent_decode(buf + nlen, v, vraw, 1);
+        nlen = api_form_percent_decode(buf, p, nraw, 1);
+        vlen = nlen < 0 ? -1 : api_form_percent_decode(buf + nlen, v, vraw, 1);
         if (nlen < 0 || vlen < 0) {
             st = fail(err, FORM_ERR_SYNTAX, "Invalid percent-encoding in field %zu", f->n + 1);
             break;
@@ -413,7 +413,7 @@ static enum form_status part_headers(const uint8_t *b, size_t pos, size_t limit,
     return FORM_OK;
 }
 
-enum form_status form_parse_multipart(struct form *f, const char *boundary, const uint8_t *body,
+enum form_status api_form_parse_multipart(struct form *f, const char *boundary, const uint8_t *body,
                                       size_t len, char **err)
 {
     size_t blen = strlen(boundary), nparts = 0;
@@ -453,7 +453,7 @@ enum form_status form_parse_multipart(struct form *f, const char *boundary, cons
 
 /* ---- dispatch by content type --------------------------------------------------------------- */
 
-enum form_status form_parse(struct form *f, const char *content_type, const uint8_t *body,
+enum form_status api_form_parse(struct form *f, const char *content_type, const uint8_t *body,
                             size_t len, char **err)
 {
     char type[64], boundary[FORM_BOUNDARY_MAX + 1];
@@ -467,14 +467,14 @@ enum form_status form_parse(struct form *f, const char *content_type, const uint
     }
     media_type(content_type, type, sizeof type);
     if (strcmp(type, "application/x-www-form-urlencoded") == 0)
-        return form_parse_urlencoded(f, body, len, err);
+        return api_form_parse_urlencoded(f, body, len, err);
     if (strcmp(type, "multipart/form-data") == 0) {
         r = header_param(content_type, "boundary", boundary, sizeof boundary);
         if (r != 1 || !boundary[0])
             return fail(err, FORM_ERR_TYPE,
                         "multipart/form-data needs a boundary parameter of 1 to %d bytes",
                         FORM_BOUNDARY_MAX);
-        return form_parse_multipart(f, boundary, body, len, err);
+        return api_form_parse_multipart(f, boundary, body, len, err);
     }
     if (len == 0) return FORM_OK;
     return fail(err, FORM_ERR_TYPE,

@@ -47,30 +47,30 @@ struct form {
     size_t n, cap;
 };
 
-/* A zeroed struct form is an empty form; form_free() empties one (it can be reused). */
-void form_free(struct form *f);
+/* A zeroed struct form is an empty form; api_form_free() empties one (it can be reused). */
+void api_form_free(struct form *f);
 
 /* Parses `body` according to `content_type` (the header's value; NULL or "" with an empty body is
  * an empty form) and appends its fields to `f`.  On an error *err (malloc'd) says what is wrong
  * in a sentence fit for a 400 answer, and `f` holds what was parsed before it (free it). */
-enum form_status form_parse(struct form *f, const char *content_type, const uint8_t *body,
+enum form_status api_form_parse(struct form *f, const char *content_type, const uint8_t *body,
                             size_t len, char **err);
-enum form_status form_parse_urlencoded(struct form *f, const uint8_t *s, size_t len, char **err);
-enum form_status form_parse_multipart(struct form *f, const char *boundary, const uint8_t *body,
+enum form_status api_form_parse_urlencoded(struct form *f, const uint8_t *s, size_t len, char **err);
+enum form_status api_form_parse_multipart(struct form *f, const char *boundary, const uint8_t *body,
                                       size_t len, char **err);
 
 /* The first field named `name`, or NULL. */
-const struct form_field *form_get(const struct form *f, const char *name);
+const struct form_field *api_form_get(const struct form *f, const char *name);
 /* Its value, or NULL. */
-const char *form_value(const struct form *f, const char *name);
+const char *api_form_value(const struct form *f, const char *name);
 /* How many fields are named `name`. */
-size_t form_count(const struct form *f, const char *name);
+size_t api_form_count(const struct form *f, const char *name);
 
 /* Length of `name` (len bytes) once a trailing "[]" or "[digits]" is cut. */
-size_t form_name_normalised_len(const char *name, size_t len);
+size_t api_form_name_normalised_len(const char *name, size_t len);
 
 /* Percent-decodes s[0..len-1] into out (at least len bytes): %XX is a byte, and '+' a space when
  * `plus` is true.  Returns the decoded length, or -1 for a '%' without two hex digits. */
-long form_percent_decode(char *out, const char *s, size_t len, int plus);
+long api_form_percent_decode(char *out, const char *s, size_t len, int plus);
 
 #endif

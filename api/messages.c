@@ -353,7 +353,7 @@ static char *split_addresses(const char *v, GPtrArray *out)
 /* Every address of every `to` field (body, else query), in order, duplicates dropped. */
 static char *collect_to(const struct api_request *req, GPtrArray *out)
 {
-    const struct form *f = form_count(&req->body, "to") ? &req->body : &req->query;
+    const struct form *f = api_form_count(&req->body, "to") ? &req->body : &req->query;
     GPtrArray *all = g_ptr_array_new_with_free_func(g_free);
     char *msg = NULL;
     for (size_t i = 0; i < f->n && !msg; i++) {

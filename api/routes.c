@@ -116,15 +116,15 @@ static enum MHD_Result reply_store_error(struct api_request *req, enum store_sta
 /* The body's field `name`, else the query string's, else NULL. */
 static const struct form_field *field(const struct api_request *req, const char *name)
 {
-    const struct form_field *f = form_get(&req->body, name);
-    return f ? f : form_get(&req->query, name);
+    const struct form_field *f = api_form_get(&req->body, name);
+    return f ? f : api_form_get(&req->query, name);
 }
 
 /* Every `name` field of the body (or, when the body has none, of the query string). */
 static size_t fields(const struct api_request *req, const char *name,
                      const struct form_field **out, size_t max)
 {
-    const struct form *f = form_count(&req->body, name) ? &req->body : &req->query;
+    const struct form *f = api_form_count(&req->body, name) ? &req->body : &req->query;
     size_t n = 0;
     for (size_t i = 0; i < f->n && n < max; i++)
         if (strcmp(f->fields[i].name, name) == 0) out[n++] = &f->fields[i];
@@ -263,7 +263,7 @@ static bool publish(struct api_server *api, struct route_table *next)
 enum MHD_Result api_routes_list(struct api_server *api, struct api_request *req)
 {
     long long skip = 0, limit = API_ROUTES_LIMIT_DEFAULT;
-    const char *s = form_value(&req->query, "skip"), *l = form_value(&req->query, "limit");
+    const char *s = api_form_value(&req->query, "skip"), *l = api_form_value(&req->query, "limit");
     if (l) {
         int r = parse_count(l, &limit);
         if (r == 0)
@@ -478,8 +478,8 @@ out:
 
 enum MHD_Result api_routes_match(struct api_server *api, struct api_request *req)
 {
-    const struct form_field *a = form_get(&req->query, "address");
-    if (!a) a = form_get(&req->body, "address");
+    const struct form_field *a = api_form_get(&req->query, "address");
+    if (!a) a = api_form_get(&req->body, "address");
     if (!a || a->len == 0)
         return api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, "'address' parameter is missing");
     if (memchr(a->value, '\0', a->len))
@@ -564,7 +564,7 @@ static char *collect_recipients(const struct api_request *req, GPtrArray *out)
 
 enum MHD_Result api_routes_test(struct api_server *api, struct api_request *req)
 {
-    const struct form_field *mf = form_get(&req->body, "message");
+    const struct form_field *mf = api_form_get(&req->body, "message");
     if (!mf) return api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, "'message' parameter is missing");
     GPtrArray *rcpts = g_ptr_array_new_with_free_func(g_free);
     char *msg = collect_recipients(req, rcpts);

@@ -147,7 +147,7 @@ static bool match_path(struct api_request *req, const char *pattern, const char 
             if (slen == 0 || req->nparams == API_PARAMS_MAX) goto no;
             v = malloc(slen + 1);
             if (!v) goto no;
-            n = form_percent_decode(v, s, slen, 0);
+            n = api_form_percent_decode(v, s, slen, 0);
             if (n < 0 || memchr(v, '\0', (size_t)n)) {
                 free(v);
                 goto no;
@@ -242,8 +242,8 @@ static void request_free(struct api_server *api, struct api_request *req)
     if (!req) return;
     if (req->reserved) atomic_fetch_sub(&api->body_bytes, req->reserved);
     clear_params(req);
-    form_free(&req->query);
-    form_free(&req->body);
+    api_form_free(&req->query);
+    api_form_free(&req->body);
     free(req->raw);
     free(req->path);
     free(req->uri);
@@ -347,7 +347,7 @@ static enum MHD_Result begin(struct api_server *api, struct api_request *req)
     if (q) {
         char *err = NULL;
         size_t qlen = strcspn(q + 1, "#");
-        enum form_status st = form_parse_urlencoded(&req->query, (const uint8_t *)q + 1, qlen, &err);
+        enum form_status st = api_form_parse_urlencoded(&req->query, (const uint8_t *)q + 1, qlen, &err);
         if (st != FORM_OK) return reply_form_error(req, st, err, "Query string");
     }
     req->content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
@@ -411,7 +411,7 @@ static enum MHD_Result finish(struct api_server *api, struct api_request *req)
      * multipart/form-data on a GET); the handler then sees no fields. */
     if (req->len > 0) {
         char *err = NULL;
-        enum form_status st = form_parse(&req->body, req->content_type, req->raw, req->len, &err);
+        enum form_status st = api_form_parse(&req->body, req->content_type, req->raw, req->len, &err);
         if (st != FORM_OK) return reply_form_error(req, st, err, "Request body");
     }
     return req->endpoint->handler(api, req);

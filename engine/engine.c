@@ -111,7 +111,7 @@ static void on_commits_done(uv_async_t *h)
             log_warn("smtp", "not queued id=%s size=%zu reason=%s", p->id, p->size,
                      p->status == STORE_ERR_FULL ? "disk-full" : "storage-error");
         smtp_commit_done(p->commit, smtp_status(p->status)); /* its session may be gone: fine */
-        if (p->msg) pipeline_submit(e->pipeline, p->msg);
+        if (p->msg) engine_pipeline_submit(e->pipeline, p->msg);
         g_free(p);
     }
 }
@@ -158,7 +158,7 @@ static void on_deliver_stopped(void *ctx)
 {
     struct engine *e = ctx;
     if (e->sweeper)
-        sweeper_stop(e->sweeper, on_sweeper_stopped, e);
+        engine_sweeper_stop(e->sweeper, on_sweeper_stopped, e);
     else
         on_sweeper_stopped(e);
 }
@@ -178,7 +178,7 @@ static void on_smtp_stopped(void *ctx)
     struct engine *e = ctx;
     /* Every commit has been answered and handed to the pipeline: let it finish. */
     if (e->pipeline)
-        pipeline_stop(e->pipeline, (unsigned)e->cfg->shutdown_grace, on_pipeline_stopped, e);
+        engine_pipeline_stop(e->pipeline, (unsigned)e->cfg->shutdown_grace, on_pipeline_stopped, e);
     else
         on_pipeline_stopped(e);
 }
@@ -304,7 +304,7 @@ static int start_pipeline(struct engine *e)
         .paused = pause && strcmp(pause, "1") == 0,
         .retry_seconds = retry ? (unsigned)g_ascii_strtoull(retry, NULL, 10) % 3600 : 0,
     };
-    e->pipeline = pipeline_start(&e->loop, &pc);
+    e->pipeline = engine_pipeline_start(&e->loop, &pc);
     return 0;
 }
 
@@ -313,7 +313,7 @@ static int start_pipeline(struct engine *e)
 static int start_keys(struct engine *e)
 {
     char *err = NULL, *path = NULL;
-    if (keys_resolve(e->store, e->cfg, true, &e->keys, &err) < 0) {
+    if (engine_keys_resolve(e->store, e->cfg, true, &e->keys, &err) < 0) {
         log_error("engine", "%s", err);
         g_free(err);
         return -1;
@@ -322,7 +322,7 @@ static int start_keys(struct engine *e)
         log_info("engine", "keys source=settings");
         return 0;
     }
-    if (keys_write_file(e->cfg->data_dir, &e->keys, &path, &err) < 0) {
+    if (engine_keys_write_file(e->cfg->data_dir, &e->keys, &path, &err) < 0) {
         log_error("engine", "%s", err);
         g_free(err);
         return -1;
@@ -367,7 +367,7 @@ static int start_deliveries(struct engine *e)
         .failed_retention = c->failed_retention,
         .period_seconds = period ? (unsigned)g_ascii_strtoull(period, NULL, 10) % 3600 : 0,
     };
-    e->sweeper = sweeper_start(&e->loop, &sc);
+    e->sweeper = engine_sweeper_start(&e->loop, &sc);
     return 0;
 }
 
@@ -380,7 +380,7 @@ static char *hook_metrics(void *arg)
         .deliver = e->deliver,
         .smtp = atomic_load(&e->smtp_ready) ? e->smtp : NULL,
     };
-    return metrics_render(&src);
+    return engine_metrics_render(&src);
 }
 
 static void hook_deliveries_due(void *arg)
@@ -482,13 +482,13 @@ int engine_serve(struct inlet_config *cfg)
     status = 0;
 out:
     smtp_server_free(e.smtp);
-    pipeline_free(e.pipeline); /* its workers are joined */
+    engine_pipeline_free(e.pipeline); /* its workers are joined */
     deliver_free(e.deliver);
-    sweeper_free(e.sweeper);
+    engine_sweeper_free(e.sweeper);
     store_close(e.store); /* after the loop: every commit has been answered and routed or left */
     route_registry_free(e.routes); /* after the API and the workers */
     route_matcher_free(e.rcpt_matcher);
-    keys_clear(&e.keys);
+    engine_keys_clear(&e.keys);
     uv_loop_close(&e.loop);
     pthread_mutex_destroy(&e.done_lock);
     message_lib_shutdown();

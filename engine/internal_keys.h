@@ -19,13 +19,13 @@ struct engine_keys {
  * (meta rows api_key and signing_key); with `generate`, a missing one is created (32 random bytes,
  * 64 lowercase hex) and written unless another node wrote one first (then that one is used).
  * 0, or -1 with *err (malloc'd). */
-int keys_resolve(struct store *st, const struct inlet_config *cfg, bool generate,
+int engine_keys_resolve(struct store *st, const struct inlet_config *cfg, bool generate,
                  struct engine_keys *keys, char **err);
 /* Writes <data_dir>/keys (0600, written to a temporary file, fsync'd, renamed): two lines
  * "api_key=..." and "signing_key=..." with the database's keys.  *path (malloc'd) is the file.
  * 0, or -1 with *err. */
-int keys_write_file(const char *data_dir, const struct engine_keys *keys, char **path, char **err);
+int engine_keys_write_file(const char *data_dir, const struct engine_keys *keys, char **path, char **err);
 /* Frees and wipes. */
-void keys_clear(struct engine_keys *keys);
+void engine_keys_clear(struct engine_keys *keys);
 
 #endif

@@ -16,6 +16,6 @@ struct metrics_sources {
 };
 
 /* Text exposition format 0.0.4 (malloc'd), or NULL when memory ran out.  Any thread. */
-char *metrics_render(const struct metrics_sources *src);
+char *engine_metrics_render(const struct metrics_sources *src);
 
 #endif

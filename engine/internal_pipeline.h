@@ -6,7 +6,7 @@
  *
  * Threads.  PIPELINE_WORKERS worker threads take messages from one bounded queue; each owns its
  * route_matcher, parses, evaluates and writes on its own (a GMime object never leaves the thread
- * that parsed it).  The libuv loop thread only enqueues (pipeline_submit) and runs two timers.
+ * that parsed it).  The libuv loop thread only enqueues (engine_pipeline_submit) and runs two timers.
  *
  * Nothing is lost: a message is 'accepted' in the database until its outcome commits, and every
  * 'accepted' message that is not in the pipeline's hands is found again by a *scan*
@@ -46,16 +46,16 @@ struct pipeline_config {
 
 /* Starts the workers and the start-up scan (recovery).  Exits the process (fatal) when a worker
  * thread cannot be created: that happens before any listener, so nothing is lost. */
-struct pipeline *pipeline_start(uv_loop_t *loop, const struct pipeline_config *cfg);
+struct pipeline *engine_pipeline_start(uv_loop_t *loop, const struct pipeline_config *cfg);
 /* Loop thread.  Takes `msg` (just committed, STORE_OK).  When the queue is full, or the pipeline
  * is stopping, the message is freed and stays 'accepted' for a scan or the next start. */
-void pipeline_submit(struct pipeline *p, struct store_message *msg);
+void engine_pipeline_submit(struct pipeline *p, struct store_message *msg);
 /* Loop thread.  Workers finish the message in hand (up to `grace_seconds`), queued messages are
  * left 'accepted'; then the workers are joined and `stopped(arg)` runs on the loop.  If a worker
  * is still busy after the grace, the process exits 0 at once (its message stays 'accepted'). */
-void pipeline_stop(struct pipeline *p, unsigned grace_seconds, void (*stopped)(void *), void *arg);
+void engine_pipeline_stop(struct pipeline *p, unsigned grace_seconds, void (*stopped)(void *), void *arg);
 /* After `stopped` ran. */
-void pipeline_free(struct pipeline *p);
+void engine_pipeline_free(struct pipeline *p);
 
 /* Counters since start, for GET /metrics (any thread). */
 struct pipeline_stats {
@@ -64,6 +64,6 @@ struct pipeline_stats {
     uint64_t outcome_failures;     /* outcomes that could not be written (retried) */
     uint64_t queued;               /* messages waiting for a worker now */
 };
-void pipeline_get_stats(struct pipeline *p, struct pipeline_stats *out);
+void engine_pipeline_get_stats(struct pipeline *p, struct pipeline_stats *out);
 
 #endif

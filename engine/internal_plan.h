@@ -33,18 +33,18 @@ struct plan_options {
 
 /* Fills `p` for message `sm` (its id and recipients) parsed as `m`.  0, or -1 when memory ran
  * out (`p` must be cleared either way). */
-int plan_build(struct plan *p, const struct store_message *sm, const struct message *m,
+int engine_plan_build(struct plan *p, const struct store_message *sm, const struct message *m,
                const struct route_table *t, struct route_matcher *matcher, int64_t now,
                const struct plan_options *opts);
-void plan_clear(struct plan *p);
+void engine_plan_clear(struct plan *p);
 
 /* Whether `rcpt` is RFC 5321's postmaster: the bare "postmaster" or local part "postmaster",
  * ignoring case. */
-bool plan_is_postmaster(const char *rcpt);
+bool engine_plan_is_postmaster(const char *rcpt);
 /* The delivery format of a URL whose path (not query, not fragment) ends in "mime": SPEC §5's
  * raw variant. */
-bool plan_url_is_mime(const char *url);
+bool engine_plan_url_is_mime(const char *url);
 /* A storage key: base64url without padding of 18 random bytes (144 bits), 24 characters. */
-void plan_storage_key(char out[25]);
+void engine_plan_storage_key(char out[25]);
 
 #endif

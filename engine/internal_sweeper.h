@@ -20,9 +20,9 @@ struct sweeper_config {
     unsigned period_seconds;             /* 0: SWEEP_SECONDS (test hook INLET_TEST_SWEEP_SECONDS) */
 };
 
-struct sweeper *sweeper_start(uv_loop_t *loop, const struct sweeper_config *cfg);
+struct sweeper *engine_sweeper_start(uv_loop_t *loop, const struct sweeper_config *cfg);
 /* Loop thread: no new pass; `stopped(arg)` once a pass in progress ended and the timer closed. */
-void sweeper_stop(struct sweeper *s, void (*stopped)(void *), void *arg);
-void sweeper_free(struct sweeper *s);
+void engine_sweeper_stop(struct sweeper *s, void (*stopped)(void *), void *arg);
+void engine_sweeper_free(struct sweeper *s);
 
 #endif

@@ -27,7 +27,7 @@ static void wipe_free(char *s)
     free(s);
 }
 
-void keys_clear(struct engine_keys *keys)
+void engine_keys_clear(struct engine_keys *keys)
 {
     wipe_free(keys->api_key);
     wipe_free(keys->signing_key);
@@ -52,8 +52,8 @@ static int stored_key(struct store *st, const char *name, bool generate, char **
     }
     unsigned char raw[KEY_RANDOM_BYTES];
     char hex[2 * KEY_RANDOM_BYTES + 1];
-    random_bytes(raw, sizeof raw);
-    hex_encode(hex, raw, sizeof raw);
+    util_random_bytes(raw, sizeof raw);
+    util_hex_encode(hex, raw, sizeof raw);
     rc = store_set_meta_if_absent(st, name, hex, out);
     memset(raw, 0, sizeof raw);
     memset(hex, 0, sizeof hex);
@@ -65,28 +65,28 @@ static int stored_key(struct store *st, const char *name, bool generate, char **
     return 0;
 }
 
-int keys_resolve(struct store *st, const struct inlet_config *cfg, bool generate,
+int engine_keys_resolve(struct store *st, const struct inlet_config *cfg, bool generate,
                  struct engine_keys *keys, char **err)
 {
     memset(keys, 0, sizeof *keys);
     if (!cfg->api_key || !cfg->signing_key) {
         if (stored_key(st, "api_key", generate, &keys->stored_api, err) < 0 ||
             stored_key(st, "signing_key", generate, &keys->stored_signing, err) < 0) {
-            keys_clear(keys);
+            engine_keys_clear(keys);
             return -1;
         }
     }
     keys->api_key = strdup(cfg->api_key ? cfg->api_key : keys->stored_api);
     keys->signing_key = strdup(cfg->signing_key ? cfg->signing_key : keys->stored_signing);
     if (!keys->api_key || !keys->signing_key) {
-        keys_clear(keys);
+        engine_keys_clear(keys);
         *err = g_strdup("out of memory");
         return -1;
     }
     return 0;
 }
 
-int keys_write_file(const char *data_dir, const struct engine_keys *keys, char **path, char **err)
+int engine_keys_write_file(const char *data_dir, const struct engine_keys *keys, char **path, char **err)
 {
     char *tmp = g_strdup_printf("%s/%s.XXXXXX", data_dir, KEYS_FILE);
     char *text = g_strdup_printf("api_key=%s\nsigning_key=%s\n", keys->stored_api,
@@ -154,13 +154,13 @@ int engine_print_keys(struct inlet_config *cfg)
             return 1;
         }
     }
-    if (keys_resolve(st, cfg, false, &keys, &err) < 0) {
+    if (engine_keys_resolve(st, cfg, false, &keys, &err) < 0) {
         fprintf(stderr, "inlet: %s\n", err);
         g_free(err);
     } else {
         printf("api_key=%s\nsigning_key=%s\n", keys.api_key, keys.signing_key);
         status = fflush(stdout) == 0 ? 0 : 1;
-        keys_clear(&keys);
+        engine_keys_clear(&keys);
     }
     store_close(st);
     return status;

@@ -95,7 +95,7 @@ static void gauges_part(GString *out, struct store *st)
 static void pipeline_part(GString *out, struct pipeline *p)
 {
     struct pipeline_stats s;
-    pipeline_get_stats(p, &s);
+    engine_pipeline_get_stats(p, &s);
     metric(out, "inlet_messages_routed_total", "counter", "Messages whose routing outcome was written.",
            (double)s.messages_routed);
     family(out, "inlet_recipients_total", "counter", "Envelope recipients by routing outcome.");
@@ -121,7 +121,7 @@ static void deliver_part(GString *out, struct deliverer *d)
            "Attempt results that could not be written (the attempt is made again).", (double)s.record_failures);
 }
 
-char *metrics_render(const struct metrics_sources *src)
+char *engine_metrics_render(const struct metrics_sources *src)
 {
     GString *out = g_string_sized_new(8192);
     if (src->smtp) smtp_part(out, src->smtp);

@@ -159,7 +159,7 @@ static void on_outcome(void *arg, enum store_status st, char *err)
                  st == STORE_ERR_FULL ? "disk-full" : "storage-error", err ? err : "", p->retry_seconds);
     }
     free(err);
-    plan_clear(&r->plan); /* before the batch goes: the plan points into the message's bytes */
+    engine_plan_clear(&r->plan); /* before the batch goes: the plan points into the message's bytes */
     if (st == STORE_OK) deliver_commit(p->deliver, r->batch);
     else deliver_discard(p->deliver, r->batch);
     store_free_message(r->sm); /* NULL when the batch took it */
@@ -186,11 +186,11 @@ static void route_message(struct pipeline *p, struct route_matcher *matcher, str
         .inline_attachments_max = p->inline_attachments_max,
         .default_json = p->default_json,
     };
-    const bool planned = m && plan_build(&r->plan, sm, m, t, matcher, now_ms / 1000, &opts) == 0;
+    const bool planned = m && engine_plan_build(&r->plan, sm, m, t, matcher, now_ms / 1000, &opts) == 0;
     route_table_unref(t);
     if (!planned) {
         log_warn("engine", "not routed id=%s reason=out-of-memory (stays accepted)", r->id);
-        plan_clear(&r->plan);
+        engine_plan_clear(&r->plan);
         message_free(m);
         store_free_message(sm);
         routing_done(p, r->id, from_scan, STORE_ERR_IO);
@@ -269,7 +269,7 @@ static void *worker_main(void *arg)
      * mail comes first and routing catches up after; the messages wait durably meanwhile. */
     setpriority(PRIO_PROCESS, (id_t)gettid(), PIPELINE_WORKER_NICE);
     struct route_matcher *matcher = route_matcher_new();
-    if (!matcher) fatal("engine: cannot allocate a route matcher");
+    if (!matcher) log_fatal("engine: cannot allocate a route matcher");
     pthread_mutex_lock(&p->lock);
     for (;;) {
         if (p->stopping) {
@@ -403,7 +403,7 @@ static void on_grace_timer(uv_timer_t *h)
     _exit(0);
 }
 
-struct pipeline *pipeline_start(uv_loop_t *loop, const struct pipeline_config *cfg)
+struct pipeline *engine_pipeline_start(uv_loop_t *loop, const struct pipeline_config *cfg)
 {
     struct pipeline *p = g_new0(struct pipeline, 1);
     p->store = cfg->store;
@@ -438,7 +438,7 @@ struct pipeline *pipeline_start(uv_loop_t *loop, const struct pipeline_config *c
     for (size_t i = 0; i < PIPELINE_WORKERS; i++) {
         int rc = pthread_create(&p->threads[i], NULL, worker_main, p);
         /* At start-up, before any listener: nothing is lost by giving up. */
-        if (rc != 0) fatal("engine: cannot start a pipeline worker: %s", g_strerror(rc));
+        if (rc != 0) log_fatal("engine: cannot start a pipeline worker: %s", g_strerror(rc));
         p->nthreads++;
     }
     uv_timer_start(&p->retry_timer, on_retry_timer, (uint64_t)p->retry_seconds * 1000,
@@ -447,7 +447,7 @@ struct pipeline *pipeline_start(uv_loop_t *loop, const struct pipeline_config *c
     return p;
 }
 
-void pipeline_submit(struct pipeline *p, struct store_message *msg)
+void engine_pipeline_submit(struct pipeline *p, struct store_message *msg)
 {
     pthread_mutex_lock(&p->lock);
     const size_t n = g_queue_get_length(&p->live);
@@ -472,7 +472,7 @@ void pipeline_submit(struct pipeline *p, struct store_message *msg)
     pthread_mutex_unlock(&p->lock);
 }
 
-void pipeline_stop(struct pipeline *p, unsigned grace_seconds, void (*stopped)(void *), void *arg)
+void engine_pipeline_stop(struct pipeline *p, unsigned grace_seconds, void (*stopped)(void *), void *arg)
 {
     p->stopped = stopped;
     p->stopped_arg = arg;
@@ -486,7 +486,7 @@ void pipeline_stop(struct pipeline *p, unsigned grace_seconds, void (*stopped)(v
     uv_async_send(&p->exited_async); /* in case every worker is gone already */
 }
 
-void pipeline_free(struct pipeline *p)
+void engine_pipeline_free(struct pipeline *p)
 {
     if (!p) return;
     free_queues(p);
@@ -496,7 +496,7 @@ void pipeline_free(struct pipeline *p)
     g_free(p);
 }
 
-void pipeline_get_stats(struct pipeline *p, struct pipeline_stats *out)
+void engine_pipeline_get_stats(struct pipeline *p, struct pipeline_stats *out)
 {
     out->messages_routed = atomic_load(&p->n_routed);
     out->recipients_routed = atomic_load(&p->n_rcpt_routed);

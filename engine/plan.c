@@ -9,14 +9,14 @@
 #include "routes/routes.h"
 #include "util/id.h"
 
-bool plan_is_postmaster(const char *rcpt)
+bool engine_plan_is_postmaster(const char *rcpt)
 {
     const char *at = strrchr(rcpt, '@');
     size_t local = at ? (size_t)(at - rcpt) : strlen(rcpt);
     return local == 10 && g_ascii_strncasecmp(rcpt, "postmaster", 10) == 0;
 }
 
-bool plan_url_is_mime(const char *url)
+bool engine_plan_url_is_mime(const char *url)
 {
     const char *p = strstr(url, "://");
     p = p ? p + 3 : url;
@@ -25,11 +25,11 @@ bool plan_url_is_mime(const char *url)
     return len >= 4 && memcmp(p + len - 4, "mime", 4) == 0;
 }
 
-void plan_storage_key(char out[25])
+void engine_plan_storage_key(char out[25])
 {
     static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     unsigned char raw[18];
-    random_bytes(raw, sizeof raw);
+    util_random_bytes(raw, sizeof raw);
     for (size_t i = 0, o = 0; i < sizeof raw; i += 3) {
         uint32_t v = (uint32_t)raw[i] << 16 | (uint32_t)raw[i + 1] << 8 | raw[i + 2];
         out[o++] = b64url[(v >> 18) & 63];
@@ -161,7 +161,7 @@ static int add_deliveries(struct builder *b, const char *rcpt, const struct rout
     for (size_t i = 0; i < r->ndeliveries; i++) {
         const struct route_delivery *d = &r->deliveries[i];
         const bool url = d->kind == ROUTE_DEST_URL;
-        const char *format = url && plan_url_is_mime(d->target) ? "mime" : format_name(d->format);
+        const char *format = url && engine_plan_url_is_mime(d->target) ? "mime" : format_name(d->format);
         /* Two formats of one URL can both become "mime": one delivery, every route id. */
         struct store_delivery_plan *same = NULL;
         for (size_t k = first; k < b->deliveries.n && !same; k++) {
@@ -202,7 +202,7 @@ static int add_copy(struct builder *b, const char *rcpt, const char *domain, con
     struct plan *p = b->p;
     p->copies = vec_push(p->copies, &b->copies, sizeof *p->copies);
     struct store_copy_plan *c = &p->copies[b->copies.n - 1];
-    plan_storage_key(c->key);
+    engine_plan_storage_key(c->key);
     c->recipient = rcpt;
     c->domain = domain;
     c->route_id = keep(p, g_strdup(route_id));
@@ -262,7 +262,7 @@ static int plan_recipient(struct builder *b, const char *rcpt, struct route_mess
     if (rc == 0) {
         p->rcpts = vec_push(p->rcpts, &b->rcpts, sizeof *p->rcpts);
         struct store_recipient_outcome *o = &p->rcpts[b->rcpts.n - 1];
-        const bool postmaster_copy = r.nhits == 0 && plan_is_postmaster(rcpt);
+        const bool postmaster_copy = r.nhits == 0 && engine_plan_is_postmaster(rcpt);
         o->recipient = rcpt;
         /* A postmaster copy that no route asked for is kept, so it is not dropped either. */
         o->outcome = r.nhits > 0 || postmaster_copy ? "routed" : "dropped";
@@ -292,7 +292,7 @@ static int plan_recipient(struct builder *b, const char *rcpt, struct route_mess
     return rc;
 }
 
-int plan_build(struct plan *p, const struct store_message *sm, const struct message *m,
+int engine_plan_build(struct plan *p, const struct store_message *sm, const struct message *m,
                const struct route_table *t, struct route_matcher *matcher, int64_t now,
                const struct plan_options *opts)
 {
@@ -330,7 +330,7 @@ int plan_build(struct plan *p, const struct store_message *sm, const struct mess
     return rc;
 }
 
-void plan_clear(struct plan *p)
+void engine_plan_clear(struct plan *p)
 {
     g_free(p->rcpts);
     g_free(p->deliveries);

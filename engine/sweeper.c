@@ -71,7 +71,7 @@ static void on_timer(uv_timer_t *h)
     uv_queue_work(s->loop, &s->work, sweep_work, sweep_done);
 }
 
-struct sweeper *sweeper_start(uv_loop_t *loop, const struct sweeper_config *cfg)
+struct sweeper *engine_sweeper_start(uv_loop_t *loop, const struct sweeper_config *cfg)
 {
     struct sweeper *s = g_new0(struct sweeper, 1);
     s->cfg = *cfg;
@@ -91,7 +91,7 @@ static void on_timer_closed(uv_handle_t *h)
     maybe_stopped(s);
 }
 
-void sweeper_stop(struct sweeper *s, void (*stopped)(void *), void *arg)
+void engine_sweeper_stop(struct sweeper *s, void (*stopped)(void *), void *arg)
 {
     s->stopping = true;
     s->stopped = stopped;
@@ -99,7 +99,7 @@ void sweeper_stop(struct sweeper *s, void (*stopped)(void *), void *arg)
     uv_close((uv_handle_t *)&s->timer, on_timer_closed);
 }
 
-void sweeper_free(struct sweeper *s)
+void engine_sweeper_free(struct sweeper *s)
 {
     if (!s) return;
     g_free(s->err);

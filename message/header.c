@@ -22,7 +22,7 @@
  *    own, padding never swallows the next word;
  *  - conversion as for bodies (text.c): iconv, U+FFFD for bytes that do not decode and for NUL;
  *    an unknown charset is read as windows-1252;
- *  - the text outside encoded words is raw: text_undeclared() over the whole value (valid or
+ *  - the text outside encoded words is raw: msg_text_undeclared() over the whole value (valid or
  *    mostly valid UTF-8 as UTF-8, else windows-1252).
  * Everything is linear in the length of the value. */
 #include <string.h>
@@ -30,7 +30,7 @@
 #include "message/internal.h"
 #include "util/limits.h"
 
-char *header_unfold(const char *raw, size_t len)
+char *msg_header_unfold(const char *raw, size_t len)
 {
     size_t a = 0, b = len;
     while (a < b && (raw[a] == ' ' || raw[a] == '\t' || raw[a] == '\r' || raw[a] == '\n')) a++;
@@ -153,13 +153,13 @@ static void add_literal(GArray *words, size_t a, size_t b)
 static void convert_run(GString *out, const char *charset, GByteArray *bytes)
 {
     bool unknown = false, replaced = false;
-    char *t = text_to_utf8((const char *)bytes->data, bytes->len, charset, &unknown, &replaced);
+    char *t = msg_text_to_utf8((const char *)bytes->data, bytes->len, charset, &unknown, &replaced);
     g_string_append(out, t);
     g_free(t);
     g_byte_array_set_size(bytes, 0);
 }
 
-char *header_decode_unfolded(const char *s, size_t n)
+char *msg_header_decode_unfolded(const char *s, size_t n)
 {
     GArray *words = g_array_new(FALSE, FALSE, sizeof(struct word));
     struct dead_range dead = {0, 0};
@@ -178,7 +178,7 @@ char *header_decode_unfolded(const char *s, size_t n)
     }
     add_literal(words, lit, n);
 
-    bool utf8 = text_mostly_utf8(s, n);
+    bool utf8 = msg_text_mostly_utf8(s, n);
     GString *out = g_string_sized_new(n + 16);
     GByteArray *run = g_byte_array_new();
     for (guint i = 0; i < words->len; i++) {
@@ -189,8 +189,8 @@ char *header_decode_unfolded(const char *s, size_t n)
             if (prev && prev->encoded && next && next->encoded &&
                 is_blank_range(s, w->start, w->end))
                 continue;
-            char *t = utf8 ? text_sanitize(s + w->start, w->end - w->start, NULL)
-                           : text_windows1252(s + w->start, w->end - w->start);
+            char *t = utf8 ? msg_text_sanitize(s + w->start, w->end - w->start, NULL)
+                           : msg_text_windows1252(s + w->start, w->end - w->start);
             g_string_append(out, t);
             g_free(t);
             continue;
@@ -213,11 +213,11 @@ char *header_decode_unfolded(const char *s, size_t n)
     return g_string_free(out, FALSE);
 }
 
-char *header_decode(const char *raw)
+char *msg_header_decode(const char *raw)
 {
     if (!raw) return g_strdup("");
-    char *u = header_unfold(raw, strlen(raw));
-    char *d = header_decode_unfolded(u, strlen(u));
+    char *u = msg_header_unfold(raw, strlen(raw));
+    char *d = msg_header_decode_unfolded(u, strlen(u));
     g_free(u);
     return d;
 }
@@ -226,7 +226,7 @@ char *header_decode(const char *raw)
 
 #define MARK '\x01'
 
-char *header_param(const struct message *m, GMimeObject *obj, const char *header,
+char *msg_header_param(const struct message *m, GMimeObject *obj, const char *header,
                    const char *param)
 {
     GMimeHeaderList *list = g_mime_object_get_header_list(obj);
@@ -236,9 +236,9 @@ char *header_param(const struct message *m, GMimeObject *obj, const char *header
     if (!semi) return NULL;
     /* Raw 8-bit bytes decided for the whole list at once (not per word, as GMime would), and
      * "=?" hidden from GMime (which would decode encoded words with its own decoder): GMime
-     * only splits the list, RFC 2231 included; header_decode_unfolded() decodes the value. */
-    char *u = header_unfold(semi + 1, strlen(semi + 1));
-    char *text = text_undeclared(u, strlen(u));
+     * only splits the list, RFC 2231 included; msg_header_decode_unfolded() decodes the value. */
+    char *u = msg_header_unfold(semi + 1, strlen(semi + 1));
+    char *text = msg_text_undeclared(u, strlen(u));
     g_free(u);
     for (char *p = text; *p; p++) {
         if (*p == MARK) *p = ' ';
@@ -259,10 +259,10 @@ char *header_param(const struct message *m, GMimeObject *obj, const char *header
              * convert: then they are converted again, U+FFFD for those that do not */
             bool unknown = false;
             if (g_utf8_validate(v, -1, NULL)) r = g_strdup(v);
-            else if (cs && *cs) r = text_to_utf8(v, strlen(v), cs, &unknown, NULL);
-            else r = text_undeclared(v, strlen(v));
+            else if (cs && *cs) r = msg_text_to_utf8(v, strlen(v), cs, &unknown, NULL);
+            else r = msg_text_undeclared(v, strlen(v));
         } else {
-            r = header_decode_unfolded(v, strlen(v));
+            r = msg_header_decode_unfolded(v, strlen(v));
         }
         g_free(v);
     }
@@ -272,7 +272,7 @@ char *header_param(const struct message *m, GMimeObject *obj, const char *header
 
 /* ---- the Subject of a message given as bytes ------------------------------------------------- */
 
-char *header_subject_of_bytes(const uint8_t *d, size_t len)
+char *msg_header_subject_of_bytes(const uint8_t *d, size_t len)
 {
     if (len > LIMIT_HEADER_BYTES) len = LIMIT_HEADER_BYTES;
     const char *s = (const char *)d;
@@ -294,8 +294,8 @@ char *header_subject_of_bytes(const uint8_t *d, size_t len)
         pos = next;
     }
     if (!value) return g_strdup("");
-    char *u = header_unfold(value->str, value->len);
-    char *r = header_decode_unfolded(u, strlen(u));
+    char *u = msg_header_unfold(value->str, value->len);
+    char *r = msg_header_decode_unfolded(u, strlen(u));
     g_free(u);
     g_string_free(value, TRUE);
     return r;

@@ -196,7 +196,7 @@ static bool is_special(char c)
     return c == '<' || c == '&' || c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f';
 }
 
-char *html_to_text(const char *html, size_t len)
+char *msg_html_to_text(const char *html, size_t len)
 {
     struct h2t s = {.out = g_string_sized_new(len / 2 + 16)};
     const char *p = html, *end = html + len;

@@ -41,17 +41,17 @@ void message_warn(struct message *m, const char *fmt, ...) __attribute__((format
 /* Converts `len` bytes in `charset` (NULL or "" when the part named none) to UTF-8: bytes that do not
  * decode become U+FFFD, NUL becomes U+FFFD.  *unknown is set when iconv does not know the charset
  * (the bytes are then read as windows-1252); *replaced when any U+FFFD was produced.  g_free(). */
-char *text_to_utf8(const char *bytes, size_t len, const char *charset, bool *unknown,
+char *msg_text_to_utf8(const char *bytes, size_t len, const char *charset, bool *unknown,
                    bool *replaced);
 /* Valid UTF-8 copy of `len` bytes: invalid sequences and NUL become U+FFFD.  g_free(). */
-char *text_sanitize(const char *bytes, size_t len, bool *replaced);
-/* Header bytes without a declared charset (raw 8-bit): text_sanitize() when text_mostly_utf8(),
- * else windows-1252.  text_mostly_utf8: valid UTF-8, or at least one valid multi-byte sequence
+char *msg_text_sanitize(const char *bytes, size_t len, bool *replaced);
+/* Header bytes without a declared charset (raw 8-bit): msg_text_sanitize() when msg_text_mostly_utf8(),
+ * else windows-1252.  msg_text_mostly_utf8: valid UTF-8, or at least one valid multi-byte sequence
  * and fewer invalid bytes than bytes in valid multi-byte sequences.  g_free(). */
-char *text_undeclared(const char *bytes, size_t len);
-bool text_mostly_utf8(const char *bytes, size_t len);
+char *msg_text_undeclared(const char *bytes, size_t len);
+bool msg_text_mostly_utf8(const char *bytes, size_t len);
 /* windows-1252 to UTF-8, NUL as U+FFFD.  g_free(). */
-char *text_windows1252(const char *bytes, size_t len);
+char *msg_text_windows1252(const char *bytes, size_t len);
 
 /* prescan.c — the bounded look at the raw bytes before GMime sees them (see prescan.c). */
 struct prescan {
@@ -61,36 +61,36 @@ struct prescan {
     size_t body_start; /* ... then [body_start, end), with "\n" inserted before each split */
     size_t end;
     GArray *splits;    /* size_t, ascending, in (body_start, end): a part header block without
-                          its empty line ends there; prescan_free() */
+                          its empty line ends there; msg_prescan_free() */
     GArray *cuts;      /* struct prescan_cut, ascending: a field over LIMIT_HEADER_FIELD_BYTES;
-                          prescan_free() */
+                          msg_prescan_free() */
 };
 /* GMime gets [.., at) "\n" [resume, ..): the excess of an over-long field is left out. */
 struct prescan_cut {
     size_t at, resume;
 };
-void prescan_run(struct message *m, const uint8_t *data, size_t len, struct prescan *out);
-void prescan_free(struct prescan *ps);
+void msg_prescan_run(struct message *m, const uint8_t *data, size_t len, struct prescan *out);
+void msg_prescan_free(struct prescan *ps);
 
 /* header.c — header values (see header.c for the rules).  All return UTF-8 without NUL; g_free(). */
 /* CR and LF removed, white space trimmed at both ends. */
-char *header_unfold(const char *raw, size_t len);
-/* An unfolded value, RFC 2047 decoded, raw 8-bit text read by text_undeclared(). */
-char *header_decode_unfolded(const char *s, size_t n);
+char *msg_header_unfold(const char *raw, size_t len);
+/* An unfolded value, RFC 2047 decoded, raw 8-bit text read by msg_text_undeclared(). */
+char *msg_header_decode_unfolded(const char *s, size_t n);
 /* A raw value as GMime keeps it (NULL gives ""): unfolded and decoded. */
-char *header_decode(const char *raw);
+char *msg_header_decode(const char *raw);
 /* Parameter `param` of the first header `header` of `obj`, read from its raw value (so it is
  * found when GMime could not parse the rest of the field), RFC 2231 / RFC 2047 decoded; NULL when
  * absent. */
-char *header_param(const struct message *m, GMimeObject *obj, const char *header,
+char *msg_header_param(const struct message *m, GMimeObject *obj, const char *header,
                    const char *param);
 /* The decoded Subject of the message whose bytes are d[0..len), or "". */
-char *header_subject_of_bytes(const uint8_t *d, size_t len);
+char *msg_header_subject_of_bytes(const uint8_t *d, size_t len);
 
 /* walk.c — bodies and attachments from the GMime tree. */
-void walk_message(struct message *m, GMimeMessage *gm);
+void msg_walk(struct message *m, GMimeMessage *gm);
 /* Decoded bytes of a leaf or the bytes of a forwarded message (g_malloc'd == malloc'd). */
-GByteArray *part_bytes(const struct message *m, GMimeObject *part);
+GByteArray *msg_part_bytes(const struct message *m, GMimeObject *part);
 
 /* json.c — shared with post.c and stored.c. */
 /* A JSON string of any caller text (NULL gives ""): invalid UTF-8 becomes U+FFFD instead of a

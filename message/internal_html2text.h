@@ -16,6 +16,6 @@
  *    more than one blank line in a row; &nbsp; is a space that is kept;
  *  - lines end with "\n".
  * Returns a g_malloc'd (malloc'd) NUL-terminated string, never NULL. */
-char *html_to_text(const char *html, size_t len);
+char *msg_html_to_text(const char *html, size_t len);
 
 #endif

@@ -18,7 +18,7 @@
 
 /* Reply stripping (SPEC §3 stripped-*): best effort, never fails, bounded time (linear in input).
  * Inputs are UTF-8 (never NULL); outputs are malloc'd UTF-8 strings (free()), never NULL. */
-void strip_text(const char *plain, char **text, char **signature);
-char *strip_html(const char *html);
+void msg_strip_text(const char *plain, char **text, char **signature);
+char *msg_strip_html(const char *html);
 
 #endif

@@ -11,7 +11,7 @@ json_t *msg_jstr(const char *s)
     if (!s) s = "";
     json_t *j = json_string(s);
     if (j) return j;
-    char *valid = text_sanitize(s, strlen(s), NULL);
+    char *valid = msg_text_sanitize(s, strlen(s), NULL);
     j = json_string(valid);
     g_free(valid);
     return j;

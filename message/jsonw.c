@@ -12,7 +12,7 @@
  *    as they are (no JSON_ESCAPE_SLASH, no JSON_ENSURE_ASCII).
  *  - UTF-8 validity is jansson's (utf8.c): lead bytes C2..F4, continuation bytes 80..BF, no
  *    overlong form, no surrogate, nothing above U+10FFFF.  Where json.c calls msg_jstr(), a string
- *    jansson would refuse is replaced by text_sanitize()'s copy; where jansson refuses a value with
+ *    jansson would refuse is replaced by msg_text_sanitize()'s copy; where jansson refuses a value with
  *    no repair (json_pack "[ss]" of message-headers, a content-id-map key), or the repaired copy
  *    is refused too, json.c's json_object_set_new / json_array_append_new drop the member or
  *    element: so does this writer (it truncates the GString back to where the member started).
@@ -183,13 +183,13 @@ static bool put_string(GString *out, const char *s)
     return true;
 }
 
-/* msg_jstr(): NULL as "", a string jansson refuses repaired by text_sanitize(); false (nothing
+/* msg_jstr(): NULL as "", a string jansson refuses repaired by msg_text_sanitize(); false (nothing
  * appended) only when the repaired copy is refused too. */
 static bool put_jstr(GString *out, const char *s)
 {
     if (!s) s = "";
     if (put_string(out, s)) return true;
-    char *valid = text_sanitize(s, strlen(s), NULL);
+    char *valid = msg_text_sanitize(s, strlen(s), NULL);
     bool ok = put_string(out, valid);
     g_free(valid);
     return ok;

@@ -69,7 +69,7 @@ int message_attachment_bytes(const struct message *m, size_t i, uint8_t **out, s
     *len = 0;
     if (i >= m->attachments->len) return -1;
     GByteArray *ba =
-        part_bytes(m, g_array_index(m->attachments, struct message_attachment_rec, i).part);
+        msg_part_bytes(m, g_array_index(m->attachments, struct message_attachment_rec, i).part);
     *len = ba->len;
     /* GLib >= 2.46: g_malloc is malloc, so the caller may free() this. */
     *out = g_byte_array_free(ba, FALSE);

@@ -129,7 +129,7 @@ static GMimeStream *input_stream(struct message *m, const uint8_t *data, size_t 
 
 static char *header_text(const char *s)
 {
-    return s ? text_sanitize(s, strlen(s), NULL) : g_strdup("");
+    return s ? msg_text_sanitize(s, strlen(s), NULL) : g_strdup("");
 }
 
 /* The offset GMime recorded for header i of `list` (where its name starts in the parsed stream),
@@ -143,7 +143,7 @@ static gint64 header_offset(GMimeHeaderList *list, int i, gint64 prev)
 static void add_header(struct message *m, GMimeHeader *h)
 {
     struct message_header_rec r = {.name = header_text(g_mime_header_get_name(h)),
-                                   .value = header_decode(g_mime_header_get_raw_value(h))};
+                                   .value = msg_header_decode(g_mime_header_get_raw_value(h))};
     g_array_append_val(m->headers, r);
 }
 
@@ -192,7 +192,7 @@ static char *message_id_of(const struct message *m)
     if (!v) return g_strdup("");
     char *id = g_mime_utils_decode_message_id(v);
     if (id && *id) {
-        char *r = text_sanitize(id, strlen(id), NULL);
+        char *r = msg_text_sanitize(id, strlen(id), NULL);
         g_free(id);
         return r;
     }
@@ -203,12 +203,12 @@ static char *message_id_of(const struct message *m)
 static void strip(struct message *m)
 {
     if (*m->body_plain) {
-        strip_text(m->body_plain, &m->stripped_text, &m->stripped_signature);
+        msg_strip_text(m->body_plain, &m->stripped_text, &m->stripped_signature);
     } else {
         m->stripped_text = g_strdup("");
         m->stripped_signature = g_strdup("");
     }
-    m->stripped_html = *m->body_html ? strip_html(m->body_html) : g_strdup("");
+    m->stripped_html = *m->body_html ? msg_strip_html(m->body_html) : g_strdup("");
 }
 
 struct message *message_parse(const uint8_t *data, size_t len)
@@ -221,9 +221,9 @@ struct message *message_parse(const uint8_t *data, size_t len)
     m->crlf = nl && nl > data && nl[-1] == '\r';
 
     struct prescan ps;
-    prescan_run(m, data, len, &ps);
+    msg_prescan_run(m, data, len, &ps);
     m->stream = input_stream(m, data, len, &ps);
-    prescan_free(&ps);
+    msg_prescan_free(&ps);
     m->options = parser_options(m);
     GMimeParser *parser = g_mime_parser_new_with_stream(m->stream);
     g_mime_parser_set_format(parser, GMIME_FORMAT_MESSAGE);
@@ -233,17 +233,17 @@ struct message *message_parse(const uint8_t *data, size_t len)
 
     if (m->gm) {
         collect_headers(m);
-        walk_message(m, m->gm);
+        msg_walk(m, m->gm);
     } else {
         /* Only empty input gets here: prescan turned anything else into a header-less message. */
         if (len == 0) message_warn(m, "empty message");
         else message_warn(m, "not a MIME message: the whole input is the body");
-        m->body_plain = text_sanitize((const char *)data, ps.end, NULL);
+        m->body_plain = msg_text_sanitize((const char *)data, ps.end, NULL);
         m->body_html = g_strdup("");
     }
     if (!*m->body_plain && *m->body_html) {
         g_free(m->body_plain);
-        m->body_plain = html_to_text(m->body_html, strlen(m->body_html));
+        m->body_plain = msg_html_to_text(m->body_html, strlen(m->body_html));
     }
     m->from = first_header(m, "From");
     m->subject = first_header(m, "Subject");

@@ -198,7 +198,7 @@ static size_t cut_field(struct message *m, const struct scan *s, struct prescan 
     g_array_append_val(out->cuts, c);
     size_t n = 0;
     while (n < LIMIT_WARNING_NAME_MAX && s->d[fs + n] != ':' && !is_wsp(s->d[fs + n])) n++;
-    char *name = text_sanitize((const char *)s->d + fs, n, NULL);
+    char *name = msg_text_sanitize((const char *)s->d + fs, n, NULL);
     message_warn(m, "header %s longer than %d bytes: cut", name, LIMIT_HEADER_FIELD_BYTES);
     g_free(name);
     return c.resume;
@@ -315,7 +315,7 @@ static void scan_body(struct message *m, struct scan *s, struct prescan *out)
     }
 }
 
-void prescan_run(struct message *m, const uint8_t *data, size_t len, struct prescan *out)
+void msg_prescan_run(struct message *m, const uint8_t *data, size_t len, struct prescan *out)
 {
     struct scan s = {.d = data, .len = len,
                      .boundaries = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL)};
@@ -326,7 +326,7 @@ void prescan_run(struct message *m, const uint8_t *data, size_t len, struct pres
     g_hash_table_destroy(s.boundaries);
 }
 
-void prescan_free(struct prescan *ps)
+void msg_prescan_free(struct prescan *ps)
 {
     if (ps->splits) g_array_unref(ps->splits);
     if (ps->cuts) g_array_unref(ps->cuts);

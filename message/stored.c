@@ -118,7 +118,7 @@ static void fix_headers(GMimeObject *obj, GMimeFormatOptions *fo)
         const char *raw = g_mime_header_get_raw_value(h);
         const char *name = g_mime_header_get_name(h);
         if (!has_8bit(raw) && !has_8bit(name)) continue;
-        char *value = header_decode(raw);
+        char *value = msg_header_decode(raw);
         if (g_ascii_strcasecmp(name, "Content-Type") == 0 ||
             g_ascii_strcasecmp(name, "Content-Disposition") == 0) {
             g_mime_header_set_value(h, fo, value, "utf-8");

@@ -434,7 +434,7 @@ static bool interleaved(const struct text *t, size_t at)
     return false;
 }
 
-void strip_text(const char *plain, char **text, char **signature)
+void msg_strip_text(const char *plain, char **text, char **signature)
 {
     struct text t = {.s = plain};
     split_lines(&t, strlen(plain));
@@ -925,7 +925,7 @@ static bool tag_starts_at(const struct html *h, size_t i)
     return j < h->len && g_ascii_isalpha(h->in[j]);
 }
 
-char *strip_html(const char *html)
+char *msg_strip_html(const char *html)
 {
     struct html h = {.in = html, .len = strlen(html), .mode = MODE_SCAN};
     h.out = g_malloc(h.len + 1);

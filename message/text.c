@@ -9,7 +9,7 @@
  *  - anything else through iconv (charset names mapped by GMime, then the aliases of
  *    charset_alias() for labels iconv knows under another name, e.g. x-mac-cyrillic), U+FFFD for
  *    each byte iconv rejects, one U+FFFD for a truncated sequence at the end;
- *  - header text without a charset (raw 8-bit bytes, text_undeclared()): UTF-8 when it is valid
+ *  - header text without a charset (raw 8-bit bytes, msg_text_undeclared()): UTF-8 when it is valid
  *    UTF-8 or mostly is (at least one valid multi-byte sequence, and fewer invalid bytes than bytes
  *    in valid multi-byte sequences: each invalid byte run becomes U+FFFD, as Python reads it),
  *    else windows-1252 (a lone latin-1 byte);
@@ -44,7 +44,7 @@ static size_t invalid_len(const unsigned char *p, size_t n)
     return i;
 }
 
-char *text_sanitize(const char *bytes, size_t len, bool *replaced)
+char *msg_text_sanitize(const char *bytes, size_t len, bool *replaced)
 {
     const char *end;
     if (len == 0) return g_strdup("");
@@ -78,7 +78,7 @@ static size_t valid_seq_len(const unsigned char *p, size_t n)
     return need && need <= n && invalid_len(p, n) == need ? need : 0;
 }
 
-bool text_mostly_utf8(const char *bytes, size_t len)
+bool msg_text_mostly_utf8(const char *bytes, size_t len)
 {
     const unsigned char *p = (const unsigned char *)bytes;
     size_t valid = 0, invalid = 0;
@@ -124,14 +124,14 @@ static bool charset_is(const char *cs, const char *const *names)
     return false;
 }
 
-char *text_windows1252(const char *bytes, size_t len)
+char *msg_text_windows1252(const char *bytes, size_t len)
 {
     return cp1252_to_utf8(bytes, len, NULL);
 }
 
-char *text_undeclared(const char *bytes, size_t len)
+char *msg_text_undeclared(const char *bytes, size_t len)
 {
-    return text_mostly_utf8(bytes, len) ? text_sanitize(bytes, len, NULL)
+    return msg_text_mostly_utf8(bytes, len) ? msg_text_sanitize(bytes, len, NULL)
                                         : cp1252_to_utf8(bytes, len, NULL);
 }
 
@@ -165,7 +165,7 @@ static char *iconv_to_utf8(iconv_t cd, const char *bytes, size_t len, bool *repl
         break; /* EINVAL: a truncated sequence at the end */
     }
     bool dummy = false;
-    char *valid = text_sanitize(out->str, out->len, replaced ? replaced : &dummy);
+    char *valid = msg_text_sanitize(out->str, out->len, replaced ? replaced : &dummy);
     g_string_free(out, TRUE);
     return valid;
 }
@@ -196,7 +196,7 @@ static iconv_t open_to_utf8(const char *charset)
     return cd;
 }
 
-char *text_to_utf8(const char *bytes, size_t len, const char *charset, bool *unknown,
+char *msg_text_to_utf8(const char *bytes, size_t len, const char *charset, bool *unknown,
                    bool *replaced)
 {
     static const char *const utf8_names[] = {"utf-8", "utf8", "us-ascii", "ascii", "ansi_x3.4-1968",
@@ -207,7 +207,7 @@ char *text_to_utf8(const char *bytes, size_t len, const char *charset, bool *unk
     const char *mapped = charset && *charset ? g_mime_charset_iconv_name(charset) : NULL;
     if (!charset || !*charset || charset_is(charset, utf8_names) ||
         (mapped && charset_is(mapped, utf8_names)))
-        return text_sanitize(bytes, len, replaced);
+        return msg_text_sanitize(bytes, len, replaced);
     if (charset_is(charset, latin1_names) || (mapped && charset_is(mapped, latin1_names)))
         return cp1252_to_utf8(bytes, len, replaced);
     iconv_t cd = open_to_utf8(charset);

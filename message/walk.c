@@ -189,7 +189,7 @@ static void write_part(const struct message *m, GMimeObject *part, GMimeStream *
     g_mime_stream_flush(out);
 }
 
-GByteArray *part_bytes(const struct message *m, GMimeObject *part)
+GByteArray *msg_part_bytes(const struct message *m, GMimeObject *part)
 {
     GMimeStream *mem = g_mime_stream_mem_new();
     write_part(m, part, mem);
@@ -215,16 +215,16 @@ static bool is_message_type(GMimeObject *part)
 }
 
 /* Name of an attachment: its filename (Content-Disposition filename=, else Content-Type name=,
- * read from the raw fields by header_param(): so a name survives a Content-Type GMime could not
+ * read from the raw fields by msg_header_param(): so a name survives a Content-Type GMime could not
  * parse, and raw 8-bit names are read as header text); for a forwarded message, the inner
  * subject + ".eml", else "message.eml" (also when the message is base64-encoded, which
  * RFC 2046 §5.2.1 forbids but mailers do, and GMime keeps as an opaque part). */
 static char *attachment_name(const struct message *m, GMimeObject *part)
 {
-    char *name = header_param(m, part, "Content-Disposition", "filename");
+    char *name = msg_header_param(m, part, "Content-Disposition", "filename");
     if (!name || !*name) {
         g_free(name);
-        name = header_param(m, part, "Content-Type", "name");
+        name = msg_header_param(m, part, "Content-Type", "name");
     }
     if (name && *name) return name;
     g_free(name);
@@ -233,10 +233,10 @@ static char *attachment_name(const struct message *m, GMimeObject *part)
         GMimeMessage *inner = g_mime_message_part_get_message(GMIME_MESSAGE_PART(part));
         GMimeHeaderList *list = inner ? g_mime_object_get_header_list(GMIME_OBJECT(inner)) : NULL;
         GMimeHeader *h = list ? g_mime_header_list_get_header(list, "Subject") : NULL;
-        subject = h ? header_decode(g_mime_header_get_raw_value(h)) : NULL;
+        subject = h ? msg_header_decode(g_mime_header_get_raw_value(h)) : NULL;
     } else if (GMIME_IS_PART(part) && is_message_type(part)) {
-        GByteArray *ba = part_bytes(m, part);
-        subject = header_subject_of_bytes(ba->data, ba->len);
+        GByteArray *ba = msg_part_bytes(m, part);
+        subject = msg_header_subject_of_bytes(ba->data, ba->len);
         g_byte_array_unref(ba);
     } else {
         return g_strdup("");
@@ -253,7 +253,7 @@ static void add_attachment(struct message *m, GMimeObject *part, size_t size)
     const char *type = ct ? g_mime_content_type_get_media_type(ct) : NULL;
     const char *sub = ct ? g_mime_content_type_get_media_subtype(ct) : NULL;
     char *mime = g_strdup_printf("%s/%s", type ? type : "application", sub ? sub : "octet-stream");
-    a.content_type = text_sanitize(mime, strlen(mime), NULL);
+    a.content_type = msg_text_sanitize(mime, strlen(mime), NULL);
     g_free(mime);
     char *lower = g_ascii_strdown(a.content_type, -1);
     g_free(a.content_type);
@@ -263,7 +263,7 @@ static void add_attachment(struct message *m, GMimeObject *part, size_t size)
     if (cid && *cid) {
         char *bracketed = g_strdup_printf("<%s>", cid);
         g_free(a.content_id);
-        a.content_id = text_sanitize(bracketed, strlen(bracketed), NULL);
+        a.content_id = msg_text_sanitize(bracketed, strlen(bracketed), NULL);
         g_free(bracketed);
     }
     const char *disp = g_mime_object_get_disposition(part);
@@ -280,14 +280,14 @@ static void add_attachment(struct message *m, GMimeObject *part, size_t size)
 /* Body text of a leaf in UTF-8; warns about unknown charsets and U+FFFD replacements. */
 static char *body_text(struct message *m, GMimeObject *part)
 {
-    GByteArray *ba = part_bytes(m, part);
+    GByteArray *ba = msg_part_bytes(m, part);
     const char *charset = g_mime_object_get_content_type_parameter(part, "charset");
     if (charset && g_ascii_strncasecmp(charset, "charset=", 8) == 0) charset += 8; /* seen in the wild */
     bool unknown = false, replaced = false;
-    char *text = text_to_utf8((const char *)ba->data, ba->len, charset, &unknown, &replaced);
+    char *text = msg_text_to_utf8((const char *)ba->data, ba->len, charset, &unknown, &replaced);
     g_byte_array_unref(ba);
     if (unknown) {
-        char *cs = text_sanitize(charset, strnlen(charset, LIMIT_CHARSET_MAX), NULL);
+        char *cs = msg_text_sanitize(charset, strnlen(charset, LIMIT_CHARSET_MAX), NULL);
         message_warn(m, "unknown charset \"%s\": read as windows-1252", cs);
         g_free(cs);
     }
@@ -321,7 +321,7 @@ static void build(struct message *m, GArray *items)
             size = part_size(m, it->obj);
         } else if (it->kind == ITEM_RAW) {
             const char *raw = g_mime_multipart_get_prologue(GMIME_MULTIPART(it->obj));
-            size = strlen(text = text_sanitize(raw, strlen(raw), NULL));
+            size = strlen(text = msg_text_sanitize(raw, strlen(raw), NULL));
         } else {
             size = strlen(text = body_text(m, it->obj));
         }
@@ -340,7 +340,7 @@ static void build(struct message *m, GArray *items)
     m->body_html = html ? g_string_free(html, FALSE) : g_strdup("");
 }
 
-void walk_message(struct message *m, GMimeMessage *gm)
+void msg_walk(struct message *m, GMimeMessage *gm)
 {
     struct walker w = {.m = m};
     GArray *items = g_array_new(FALSE, FALSE, sizeof(struct item));

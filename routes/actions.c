@@ -55,7 +55,7 @@ const char *route_format_suffix(enum route_format f)
 
 static int aadvance(struct aparser *p)
 {
-    if (lex_next(&p->lx, &p->tok) < 0) {
+    if (route_lex_next(&p->lx, &p->tok) < 0) {
         *p->err = strdup("out of memory");
         return -1;
     }
@@ -69,7 +69,7 @@ static int aexpected(struct aparser *p, const char *what)
         *p->err = route_errorf(p->what, p->tok.pos, "missing closing quote");
         return -1;
     }
-    token_describe(&p->lx, &p->tok, found, sizeof found);
+    route_token_describe(&p->lx, &p->tok, found, sizeof found);
     *p->err = route_errorf(p->what, p->tok.pos, "expected %s, found %s", what, found);
     return -1;
 }
@@ -206,7 +206,7 @@ static int tmpl_parse(struct aparser *p, size_t s, size_t e, struct route_tmpl *
                 }
                 group = (uint32_t)n;
             } else {
-                group = expr_group_by_name(p->expr, str + ns, ne - ns);
+                group = route_expr_group_by_name(p->expr, str + ns, ne - ns);
                 if (group == 0) {
                     *p->err = route_errorf(p->what, map[i], "group '%.*s' is not defined in the expression",
                                            (int)(ne - ns > ROUTE_ERROR_QUOTE_MAX ? ROUTE_ERROR_QUOTE_MAX : ne - ns), str + ns);
@@ -347,7 +347,7 @@ static int parse_kwarg(struct aparser *p, struct route_action *a, bool *seen_not
     const bool notify = atok_is(p, "notify"), format = atok_is(p, "format");
     if (!(format || (notify && a->kind == ACTION_STORE))) {
         if (p->tok.kind != TOK_IDENT) return aexpected(p, a->kind == ACTION_STORE ? "notify= or format=" : "format=");
-        token_describe(&p->lx, &p->tok, found, sizeof found);
+        route_token_describe(&p->lx, &p->tok, found, sizeof found);
         *p->err = route_errorf(p->what, pos, "unknown argument %s", found);
         return -1;
     }
@@ -412,7 +412,7 @@ static int parse_args(struct aparser *p, struct route_action *a)
     return aadvance(p);
 }
 
-int action_parse(const char *src, size_t index, const struct route_expr *e, struct route_action *out,
+int route_action_parse(const char *src, size_t index, const struct route_expr *e, struct route_action *out,
                  char **err)
 {
     memset(out, 0, sizeof *out);
@@ -436,7 +436,7 @@ int action_parse(const char *src, size_t index, const struct route_expr *e, stru
         out->kind = ACTION_STOP;
     } else if (p.tok.kind == TOK_IDENT) {
         char found[ROUTE_ERROR_QUOTE_MAX];
-        token_describe(&p.lx, &p.tok, found, sizeof found);
+        route_token_describe(&p.lx, &p.tok, found, sizeof found);
         *err = route_errorf(p.what, p.tok.pos, "unknown action %s", found);
         goto bad;
     } else {
@@ -448,16 +448,16 @@ int action_parse(const char *src, size_t index, const struct route_expr *e, stru
         aexpected(&p, "end of action");
         goto bad;
     }
-    token_clear(&p.tok);
+    route_token_clear(&p.tok);
     return 0;
 bad:
-    token_clear(&p.tok);
-    action_free(out);
+    route_token_clear(&p.tok);
+    route_action_free(out);
     if (!*err) *err = strdup("out of memory");
     return -1;
 }
 
-void action_free(struct route_action *a)
+void route_action_free(struct route_action *a)
 {
     if (!a) return;
     for (size_t i = 0; i < a->ndests; i++) tmpl_free(&a->dests[i].t);
@@ -475,7 +475,7 @@ static bool unreserved(unsigned char c)
            c == '.' || c == '_' || c == '~';
 }
 
-char *tmpl_resolve(const struct route_tmpl *t, bool url, const struct route_capture *caps, bool *too_long)
+char *route_tmpl_resolve(const struct route_tmpl *t, bool url, const struct route_capture *caps, bool *too_long)
 {
     *too_long = false;
     size_t n = 0;

@@ -173,11 +173,11 @@ static void cand_begin(struct cand *c, const struct route_table *t, struct route
     }
     c->h = m->heap;
     if (idx->nalways) c->h[c->k++] = (struct cursor){idx->always, idx->always + idx->nalways};
-    uint64_t h = prefix_hash_init();
+    uint64_t h = route_prefix_hash_init();
     size_t hashed = 0;
     for (size_t j = 0; j < idx->nlens && idx->lens[j] <= m->rcptlen; j++) {
         const size_t len = idx->lens[j];
-        while (hashed < len) h = prefix_hash_step(h, (unsigned char)m->rcpt[hashed++]);
+        while (hashed < len) h = route_prefix_hash_step(h, (unsigned char)m->rcpt[hashed++]);
         const struct prefix_slot *s = route_index_find(idx, h, m->rcpt, len);
         if (s) c->h[c->k++] = (struct cursor){idx->positions + s->start, idx->positions + s->start + s->count};
     }
@@ -264,7 +264,7 @@ enum fres { F_NO, F_YES, F_LIMIT };
 static enum fres run(struct route_matcher *m, const struct route *r, const struct route_filter *f,
                      const char *subject, size_t len, struct route_result *out, int *oom)
 {
-    const int rc = regex_match(&f->re, m->md, m->mc, subject, len);
+    const int rc = route_regex_match(&f->re, m->md, m->mc, subject, len);
     if (rc > 0) {
         take_captures(m, f, subject);
         return F_YES;
@@ -384,7 +384,7 @@ static int run_forward(const struct route *r, const struct route_action *a, cons
     for (size_t i = 0; i < a->ndests; i++) {
         const struct route_dest *d = &a->dests[i];
         bool too_long;
-        char *target = tmpl_resolve(&d->t, d->kind == ROUTE_DEST_URL, caps, &too_long);
+        char *target = route_tmpl_resolve(&d->t, d->kind == ROUTE_DEST_URL, caps, &too_long);
         if (!target && !too_long) return -1;
         if (!target || (d->kind == ROUTE_DEST_ADDRESS && !address_ok(target))) {
             const char *why = target ? "not an address after substitution" : "longer than the limit after substitution";
@@ -420,7 +420,7 @@ static int run_store(const struct route *r, const struct route_action *a, const 
     char *notify = NULL;
     if (a->has_notify) {
         bool too_long;
-        notify = tmpl_resolve(&a->notify, true, caps, &too_long);
+        notify = route_tmpl_resolve(&a->notify, true, caps, &too_long);
         if (!notify && !too_long) return -1;
         if (!notify && warnf(out, "route %s: notify URL longer than the limit after substitution: stored "
                                   "without notify", r->def.id) < 0)

@@ -25,7 +25,7 @@ struct parser {
 
 static int advance(struct parser *p)
 {
-    if (lex_next(&p->lx, &p->tok) < 0) {
+    if (route_lex_next(&p->lx, &p->tok) < 0) {
         *p->err = strdup("out of memory");
         return -1;
     }
@@ -45,7 +45,7 @@ static int expected(struct parser *p, const char *what)
         *p->err = route_errorf(WHAT, p->tok.pos, "missing closing quote");
         return -1;
     }
-    token_describe(&p->lx, &p->tok, found, sizeof found);
+    route_token_describe(&p->lx, &p->tok, found, sizeof found);
     *p->err = route_errorf(WHAT, p->tok.pos, "expected %s, found %s", what, found);
     return -1;
 }
@@ -62,7 +62,7 @@ static int parse_regex(struct parser *p, struct route_filter *f)
     if (p->tok.kind != TOK_STRING) return expected(p, "a string");
     char msg[300];
     size_t off = 0;
-    if (regex_compile(p->tok.str, p->tok.slen, &f->re, msg, sizeof msg, &off) < 0) {
+    if (route_regex_compile(p->tok.str, p->tok.slen, &f->re, msg, sizeof msg, &off) < 0) {
         *p->err = route_errorf(WHAT, p->tok.map[off <= p->tok.slen ? off : p->tok.slen],
                                "bad regular expression: %s", msg);
         return -1;
@@ -73,7 +73,7 @@ static int parse_regex(struct parser *p, struct route_filter *f)
             *p->err = strdup("out of memory");
             return -1;
         }
-        f->prefixlen = regex_literal_prefix(p->tok.str, p->tok.slen, pfx);
+        f->prefixlen = route_regex_literal_prefix(p->tok.str, p->tok.slen, pfx);
         if (f->prefixlen == 0) {
             free(pfx);
         } else {
@@ -95,7 +95,7 @@ static int parse_filter(struct parser *p, struct route_filter *f)
     } else if (tok_is(p, "catch_all") || tok_is(p, "catchall")) {
         f->kind = FILTER_CATCH_ALL;
     } else if (p->tok.kind == TOK_IDENT) {
-        token_describe(&p->lx, &p->tok, found, sizeof found);
+        route_token_describe(&p->lx, &p->tok, found, sizeof found);
         *p->err = route_errorf(WHAT, p->tok.pos, "unknown function %s", found);
         return -1;
     } else {
@@ -160,7 +160,7 @@ oom:
     return -1;
 }
 
-int expr_parse(const char *src, struct route_expr *out, char **err)
+int route_expr_parse(const char *src, struct route_expr *out, char **err)
 {
     memset(out, 0, sizeof *out);
     *err = NULL;
@@ -194,26 +194,26 @@ int expr_parse(const char *src, struct route_expr *out, char **err)
         expected(&p, "'and' or end of expression");
         goto bad;
     }
-    token_clear(&p.tok);
+    route_token_clear(&p.tok);
     if (number_groups(out, err) < 0) {
-        expr_free(out);
+        route_expr_free(out);
         return -1;
     }
     return 0;
 bad:
-    token_clear(&p.tok);
-    expr_free(out);
+    route_token_clear(&p.tok);
+    route_expr_free(out);
     if (!*err) *err = strdup("out of memory");
     return -1;
 }
 
-void expr_free(struct route_expr *e)
+void route_expr_free(struct route_expr *e)
 {
     if (!e) return;
     for (size_t i = 0; i < e->nfilters; i++) {
         free(e->filters[i].header);
         free(e->filters[i].prefix);
-        regex_free(&e->filters[i].re);
+        route_regex_free(&e->filters[i].re);
     }
     free(e->filters);
     for (size_t i = 0; i < e->nnames; i++) free(e->names[i]);
@@ -222,7 +222,7 @@ void expr_free(struct route_expr *e)
     memset(e, 0, sizeof *e);
 }
 
-uint32_t expr_group_by_name(const struct route_expr *e, const char *name, size_t len)
+uint32_t route_expr_group_by_name(const struct route_expr *e, const char *name, size_t len)
 {
     for (size_t i = 0; i < e->nnames; i++) {
         if (strlen(e->names[i]) == len && memcmp(e->names[i], name, len) == 0) return e->name_groups[i];

@@ -41,10 +41,10 @@ struct lexer {
 
 /* Next token; a TOK_STRING without its closing quote is TOK_BAD at the opening quote, a byte
  * that starts no token is TOK_BAD at that byte.  -1 only when memory ran out. */
-int lex_next(struct lexer *lx, struct token *tok);
-void token_clear(struct token *tok);
+int route_lex_next(struct lexer *lx, struct token *tok);
+void route_token_clear(struct token *tok);
 /* "'('", "end of input", "'foo'" (identifier), "string": for "expected X, found Y" messages. */
-void token_describe(const struct lexer *lx, const struct token *tok, char *out, size_t outsz);
+void route_token_describe(const struct lexer *lx, const struct token *tok, char *out, size_t outsz);
 
 /* "<what>: position <pos>: <message>", malloc'd. */
 char *route_errorf(const char *what, size_t pos, const char *fmt, ...)
@@ -64,16 +64,16 @@ struct route_regex {
 /* Rewrites the Python pattern `pat` (len bytes) for PCRE2 and compiles it anchored, UTF, UCP
  * (unless (?a)), MATCH_INVALID_UTF, JIT when available.  0, or -1 with `err` (a message) and
  * *erroff (offset in `pat`). */
-int regex_compile(const char *pat, size_t len, struct route_regex *out, char *err, size_t errsz,
+int route_regex_compile(const char *pat, size_t len, struct route_regex *out, char *err, size_t errsz,
                   size_t *erroff);
-void regex_free(struct route_regex *re);
+void route_regex_free(struct route_regex *re);
 /* pcre2_match's answer: > 0 matched (captures in md), PCRE2_ERROR_NOMATCH, or another error
  * (match/depth/heap limit, JIT stack). */
-int regex_match(const struct route_regex *re, pcre2_match_data *md, pcre2_match_context *mc,
+int route_regex_match(const struct route_regex *re, pcre2_match_data *md, pcre2_match_context *mc,
                 const char *subject, size_t len);
 /* The Python-to-PCRE2 rewrite alone (tests): malloc'd, with *options the compile options taken
  * from leading global flags; NULL with err/erroff on a pattern Python rejects. */
-char *regex_rewrite(const char *pat, size_t len, size_t *outlen, uint32_t *options, size_t **map,
+char *route_regex_rewrite(const char *pat, size_t len, size_t *outlen, uint32_t *options, size_t **map,
                     char *err, size_t errsz, size_t *erroff);
 /* The literal text every match of the (compiled, valid) Python pattern `pat` must start with,
  * copied to `out` (room for `len` bytes, not NUL-terminated); its length, 0 when none is
@@ -83,7 +83,7 @@ char *regex_rewrite(const char *pat, size_t len, size_t *outlen, uint32_t *optio
  * a literal followed by a quantifier (? * + {) is dropped and ends the prefix.  No prefix at
  * all when the pattern has a top-level '|', or any inline flag group ((?i) (?x) (?i:...) ...),
  * or a structure the scan does not follow. */
-size_t regex_literal_prefix(const char *pat, size_t len, char *out);
+size_t route_regex_literal_prefix(const char *pat, size_t len, char *out);
 
 /* ---------------------------------------------------------------------------------------------
  * The parsed expression (routes/expr.c). */
@@ -96,7 +96,7 @@ struct route_filter {
     char *header;            /* FILTER_HEADER: the header name */
     struct route_regex re;   /* FILTER_RECIPIENT, FILTER_HEADER */
     uint32_t first_group;    /* route-wide number of this filter's group 1 */
-    /* FILTER_RECIPIENT: regex_literal_prefix of the pattern (the table's prefilter); NULL and 0
+    /* FILTER_RECIPIENT: route_regex_literal_prefix of the pattern (the table's prefilter); NULL and 0
      * when it has none. */
     char *prefix;
     size_t prefixlen;
@@ -112,10 +112,10 @@ struct route_expr {
 };
 
 /* NULL with *err (malloc'd) on any error. */
-int expr_parse(const char *src, struct route_expr *out, char **err);
-void expr_free(struct route_expr *e);
+int route_expr_parse(const char *src, struct route_expr *out, char **err);
+void route_expr_free(struct route_expr *e);
 /* Route-wide group of `name`, or 0. */
-uint32_t expr_group_by_name(const struct route_expr *e, const char *name, size_t len);
+uint32_t route_expr_group_by_name(const struct route_expr *e, const char *name, size_t len);
 
 /* ---------------------------------------------------------------------------------------------
  * Actions (routes/actions.c). */
@@ -149,9 +149,9 @@ struct route_action {
     struct route_tmpl notify;
 };
 
-int action_parse(const char *src, size_t index, const struct route_expr *e,
+int route_action_parse(const char *src, size_t index, const struct route_expr *e,
                  struct route_action *out, char **err);
-void action_free(struct route_action *a);
+void route_action_free(struct route_action *a);
 const char *route_format_suffix(enum route_format f);
 
 /* Substitutes captures into `t`: URL templates percent-encode the values.  Malloc'd, or NULL
@@ -160,7 +160,7 @@ struct route_capture {
     const char *s;           /* NULL: did not participate */
     size_t len;
 };
-char *tmpl_resolve(const struct route_tmpl *t, bool url, const struct route_capture *caps,
+char *route_tmpl_resolve(const struct route_tmpl *t, bool url, const struct route_capture *caps,
                    bool *too_long);
 
 /* ---------------------------------------------------------------------------------------------
@@ -223,8 +223,8 @@ struct route_table {
     struct route_index idx;
 };
 
-uint64_t prefix_hash_init(void);
-uint64_t prefix_hash_step(uint64_t h, unsigned char c);
+uint64_t route_prefix_hash_init(void);
+uint64_t route_prefix_hash_step(uint64_t h, unsigned char c);
 /* The slot for (key, keylen, hash) or NULL. */
 const struct prefix_slot *route_index_find(const struct route_index *idx, uint64_t hash, const char *key,
                                            size_t keylen);

@@ -26,7 +26,7 @@ static bool is_ident(char c)
     return is_ident_start(c) || (c >= '0' && c <= '9');
 }
 
-void token_clear(struct token *tok)
+void route_token_clear(struct token *tok)
 {
     free(tok->str);
     free(tok->map);
@@ -82,9 +82,9 @@ static int lex_string(struct lexer *lx, struct token *tok)
     return 0;
 }
 
-int lex_next(struct lexer *lx, struct token *tok)
+int route_lex_next(struct lexer *lx, struct token *tok)
 {
-    token_clear(tok);
+    route_token_clear(tok);
     while (lx->pos < lx->len && is_space(lx->src[lx->pos])) lx->pos++;
     tok->pos = lx->pos;
     if (lx->pos >= lx->len) {
@@ -114,7 +114,7 @@ int lex_next(struct lexer *lx, struct token *tok)
     return 0;
 }
 
-void token_describe(const struct lexer *lx, const struct token *tok, char *out, size_t outsz)
+void route_token_describe(const struct lexer *lx, const struct token *tok, char *out, size_t outsz)
 {
     switch (tok->kind) {
     case TOK_END: snprintf(out, outsz, "end of input"); return;

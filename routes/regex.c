@@ -181,7 +181,7 @@ static size_t rewrite_escape(const char *pat, size_t len, size_t i, bool in_clas
     return 2;
 }
 
-char *regex_rewrite(const char *pat, size_t len, size_t *outlen, uint32_t *options, size_t **mapp,
+char *route_regex_rewrite(const char *pat, size_t len, size_t *outlen, uint32_t *options, size_t **mapp,
                     char *err, size_t errsz, size_t *erroff)
 {
     struct rw w = {.out = malloc(2 * len + 16), .map = malloc((2 * len + 16) * sizeof(size_t))};
@@ -282,13 +282,13 @@ static int read_names(struct route_regex *re)
     return 0;
 }
 
-int regex_compile(const char *pat, size_t len, struct route_regex *out, char *err, size_t errsz,
+int route_regex_compile(const char *pat, size_t len, struct route_regex *out, char *err, size_t errsz,
                   size_t *erroff)
 {
     memset(out, 0, sizeof *out);
     uint32_t flags = 0;
     size_t rlen = 0, *map = NULL;
-    char *rw = regex_rewrite(pat, len, &rlen, &flags, &map, err, errsz, erroff);
+    char *rw = route_regex_rewrite(pat, len, &rlen, &flags, &map, err, errsz, erroff);
     if (!rw) return -1;
 
     pcre2_compile_context *cc = pcre2_compile_context_create(NULL);
@@ -319,17 +319,17 @@ int regex_compile(const char *pat, size_t len, struct route_regex *out, char *er
     if (route_jit_available()) pcre2_jit_compile(out->code, PCRE2_JIT_COMPLETE);
     pcre2_pattern_info(out->code, PCRE2_INFO_CAPTURECOUNT, &out->ncaptures);
     if (out->ncaptures > ROUTE_CAPTURES_MAX) {
-        regex_free(out);
+        route_regex_free(out);
         return fail(err, errsz, erroff, 0, "more than %d groups", ROUTE_CAPTURES_MAX);
     }
     if (read_names(out) < 0) {
-        regex_free(out);
+        route_regex_free(out);
         return fail(err, errsz, erroff, 0, "out of memory");
     }
     return 0;
 }
 
-void regex_free(struct route_regex *re)
+void route_regex_free(struct route_regex *re)
 {
     if (!re) return;
     pcre2_code_free(re->code);
@@ -339,7 +339,7 @@ void regex_free(struct route_regex *re)
     memset(re, 0, sizeof *re);
 }
 
-int regex_match(const struct route_regex *re, pcre2_match_data *md, pcre2_match_context *mc,
+int route_regex_match(const struct route_regex *re, pcre2_match_data *md, pcre2_match_context *mc,
                 const char *subject, size_t len)
 {
     return pcre2_match(re->code, (PCRE2_SPTR)subject, len, 0, 0, md, mc);
@@ -394,7 +394,7 @@ static bool plain_literal(unsigned char c)
     return c >= 0x20 && c < 0x7f && !strchr("\\.^$*+?{}[]()|", c);
 }
 
-size_t regex_literal_prefix(const char *pat, size_t len, char *out)
+size_t route_regex_literal_prefix(const char *pat, size_t len, char *out)
 {
     /* Any flag, global or scoped ((?i) (?x) (?i:...) (?-i:...)), changes what a literal
      * matches (case, verbose whitespace): no prefix. */

@@ -77,7 +77,7 @@ struct route *route_compile(const struct route_def *def, char **err)
         *err = route_errorf("actions", 0, "more than %d actions", ROUTE_ACTIONS_MAX);
         goto bad;
     }
-    if (expr_parse(r->def.expression, &r->expr, err) < 0) goto bad;
+    if (route_expr_parse(r->def.expression, &r->expr, err) < 0) goto bad;
     for (size_t i = 0; i < r->expr.nfilters; i++)
         r->has_recipient_filter |= r->expr.filters[i].kind == FILTER_RECIPIENT;
     for (size_t i = 0; i < r->expr.nfilters; i++) {
@@ -93,7 +93,7 @@ struct route *route_compile(const struct route_def *def, char **err)
     if (!r->actions) goto oom;
     size_t store_at = SIZE_MAX;
     for (size_t i = 0; i < def->nactions; i++) {
-        if (action_parse(r->def.actions[i], i, &r->expr, &r->actions[i], err) < 0) goto bad;
+        if (route_action_parse(r->def.actions[i], i, &r->expr, &r->actions[i], err) < 0) goto bad;
         r->nactions++;
         if (r->actions[i].kind == ACTION_STOP) r->has_stop = true;
         if (r->actions[i].kind == ACTION_STORE) {
@@ -127,8 +127,8 @@ void route_free(struct route *r)
 {
     if (!r) return;
     if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1) return;
-    expr_free(&r->expr);
-    for (size_t i = 0; i < r->nactions; i++) action_free(&r->actions[i]);
+    route_expr_free(&r->expr);
+    for (size_t i = 0; i < r->nactions; i++) route_action_free(&r->actions[i]);
     free(r->actions);
     for (size_t i = 0; i < r->ncapnames; i++) free(r->capnames[i]);
     free(r->capnames);
@@ -155,20 +155,20 @@ static int cmp_route(const void *a, const void *b)
 
 /* FNV-1a, 64 bits: fed one byte at a time so that the evaluation hashes every prefix length of
  * the recipient in one pass. */
-uint64_t prefix_hash_init(void)
+uint64_t route_prefix_hash_init(void)
 {
     return 0xcbf29ce484222325ull;
 }
 
-uint64_t prefix_hash_step(uint64_t h, unsigned char c)
+uint64_t route_prefix_hash_step(uint64_t h, unsigned char c)
 {
     return (h ^ c) * 0x100000001b3ull;
 }
 
 static uint64_t prefix_hash(const char *s, size_t len)
 {
-    uint64_t h = prefix_hash_init();
-    for (size_t i = 0; i < len; i++) h = prefix_hash_step(h, (unsigned char)s[i]);
+    uint64_t h = route_prefix_hash_init();
+    for (size_t i = 0; i < len; i++) h = route_prefix_hash_step(h, (unsigned char)s[i]);
     return h;
 }
 

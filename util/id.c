@@ -8,7 +8,7 @@
 
 #include "util/log.h"
 
-void random_bytes(void *buf, size_t n)
+void util_random_bytes(void *buf, size_t n)
 {
     unsigned char *p = buf;
     while (n > 0) {
@@ -16,14 +16,14 @@ void random_bytes(void *buf, size_t n)
         if (r < 0) {
             if (errno == EINTR) continue;
             /* No entropy means no unguessable ids or keys: there is no safe way to go on. */
-            fatal("getrandom failed: errno=%d", errno);
+            log_fatal("getrandom failed: errno=%d", errno);
         }
         p += r;
         n -= (size_t)r;
     }
 }
 
-void hex_encode(char *out, const void *in, size_t n)
+void util_hex_encode(char *out, const void *in, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = in;
@@ -42,6 +42,6 @@ void id_generate(char out[ID_LEN + 1])
     raw[1] = (unsigned char)(secs >> 16);
     raw[2] = (unsigned char)(secs >> 8);
     raw[3] = (unsigned char)secs;
-    random_bytes(raw + 4, sizeof raw - 4);
-    hex_encode(out, raw, sizeof raw);
+    util_random_bytes(raw + 4, sizeof raw - 4);
+    util_hex_encode(out, raw, sizeof raw);
 }

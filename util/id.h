@@ -12,8 +12,8 @@
 /* Fills out[0..ID_LEN-1] and terminates it. */
 void id_generate(char out[ID_LEN + 1]);
 /* Fills buf with n cryptographically random bytes; aborts only if the kernel cannot provide them. */
-void random_bytes(void *buf, size_t n);
+void util_random_bytes(void *buf, size_t n);
 /* Lowercase hex of n bytes into out (2n + 1 bytes). */
-void hex_encode(char *out, const void *in, size_t n);
+void util_hex_encode(char *out, const void *in, size_t n);
 
 #endif

@@ -73,7 +73,7 @@ void log_write(enum log_level level, const char *topic, const char *fmt, ...)
     va_end(ap);
 }
 
-void fatal(const char *fmt, ...)
+void log_fatal(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);

@@ -17,7 +17,7 @@ int log_level_parse(const char *name);
 
 void log_write(enum log_level level, const char *topic, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-_Noreturn void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+_Noreturn void log_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #define log_error(topic, ...) log_write(LOG_ERROR, topic, __VA_ARGS__)
 #define log_warn(topic, ...)                                                                        \

@@ -175,7 +175,7 @@ static void run_case(const struct form_case *c, const char *body, size_t len, co
 {
     struct form f = {0};
     char *err = NULL;
-    enum form_status st = form_parse(&f, c->ctype, (const uint8_t *)body, len, &err);
+    enum form_status st = api_form_parse(&f, c->ctype, (const uint8_t *)body, len, &err);
     if (c->status == FORM_OK) {
         char *got = dump(&f);
         CHECK(st == FORM_OK, "%s%s: parses (%s)", c->what, how, err ? err : "");
@@ -187,7 +187,7 @@ static void run_case(const struct form_case *c, const char *body, size_t len, co
               err ? err : "(null)");
     }
     free(err);
-    form_free(&f);
+    api_form_free(&f);
 }
 
 static void test_cases(void)
@@ -211,12 +211,12 @@ static void test_multipart_nul_value(void)
     static const char body[] = "--b\r\nContent-Disposition: form-data; name=\"n\"\r\n\r\na\0b\r\n--b--";
     struct form f = {0};
     char *err = NULL;
-    enum form_status st = form_parse(&f, "multipart/form-data; boundary=b", (const uint8_t *)body,
+    enum form_status st = api_form_parse(&f, "multipart/form-data; boundary=b", (const uint8_t *)body,
                                      sizeof body - 1, &err);
     CHECK(st == FORM_OK && f.n == 1 && f.fields[0].len == 3 && memcmp(f.fields[0].value, "a\0b", 3) == 0,
           "multipart: NUL inside a value kept, len 3");
     free(err);
-    form_free(&f);
+    api_form_free(&f);
 }
 
 static void test_limits(void)
@@ -226,49 +226,49 @@ static void test_limits(void)
     char *err = NULL;
 
     for (int i = 0; i < FORM_FIELDS_MAX; i++) g_string_append_printf(b, "f%d=%d&", i, i);
-    CHECK(form_parse_urlencoded(&f, (const uint8_t *)b->str, b->len, &err) == FORM_OK &&
+    CHECK(api_form_parse_urlencoded(&f, (const uint8_t *)b->str, b->len, &err) == FORM_OK &&
               f.n == FORM_FIELDS_MAX,
           "urlencoded: %d fields accepted", FORM_FIELDS_MAX);
-    form_free(&f);
+    api_form_free(&f);
     g_string_append(b, "one=more");
-    CHECK(form_parse_urlencoded(&f, (const uint8_t *)b->str, b->len, &err) == FORM_ERR_LIMIT &&
+    CHECK(api_form_parse_urlencoded(&f, (const uint8_t *)b->str, b->len, &err) == FORM_ERR_LIMIT &&
               err && strstr(err, "Too many fields"),
           "urlencoded: %d + 1 fields refused (%s)", FORM_FIELDS_MAX, err ? err : "");
-    form_free(&f);
+    api_form_free(&f);
     free(err);
     err = NULL;
 
     g_string_truncate(b, 0);
     for (int i = 0; i < FORM_NAME_MAX; i++) g_string_append_c(b, 'n');
     g_string_append(b, "=v");
-    CHECK(form_parse_urlencoded(&f, (const uint8_t *)b->str, b->len, &err) == FORM_OK,
+    CHECK(api_form_parse_urlencoded(&f, (const uint8_t *)b->str, b->len, &err) == FORM_OK,
           "name of %d bytes accepted", FORM_NAME_MAX);
-    form_free(&f);
+    api_form_free(&f);
     g_string_insert_c(b, 0, 'n');
-    CHECK(form_parse_urlencoded(&f, (const uint8_t *)b->str, b->len, &err) == FORM_ERR_LIMIT &&
+    CHECK(api_form_parse_urlencoded(&f, (const uint8_t *)b->str, b->len, &err) == FORM_ERR_LIMIT &&
               err && strstr(err, "Field name longer"),
           "name of %d bytes refused", FORM_NAME_MAX + 1);
-    form_free(&f);
+    api_form_free(&f);
     free(err);
     err = NULL;
 
     /* A name that is long only once percent-encoded is fine. */
     g_string_truncate(b, 0);
     for (int i = 0; i < FORM_NAME_MAX; i++) g_string_append(b, "%41");
-    CHECK(form_parse_urlencoded(&f, (const uint8_t *)b->str, b->len, &err) == FORM_OK,
+    CHECK(api_form_parse_urlencoded(&f, (const uint8_t *)b->str, b->len, &err) == FORM_OK,
           "percent-encoded name of %d bytes accepted", FORM_NAME_MAX);
-    form_free(&f);
+    api_form_free(&f);
 
     /* Parts. */
     g_string_truncate(b, 0);
     for (int i = 0; i <= FORM_PARTS_MAX; i++)
         g_string_append(b, "--B\r\nContent-Disposition: form-data; name=p\r\n\r\nv\r\n");
     g_string_append(b, "--B--\r\n");
-    CHECK(form_parse(&f, "multipart/form-data; boundary=B", (const uint8_t *)b->str, b->len,
+    CHECK(api_form_parse(&f, "multipart/form-data; boundary=B", (const uint8_t *)b->str, b->len,
                      &err) == FORM_ERR_LIMIT && err &&
               (strstr(err, "Too many parts") || strstr(err, "Too many fields")),
           "multipart: %d parts refused (%s)", FORM_PARTS_MAX + 1, err ? err : "");
-    form_free(&f);
+    api_form_free(&f);
     free(err);
     err = NULL;
 
@@ -277,19 +277,19 @@ static void test_limits(void)
     g_string_append(b, "--B\r\nContent-Disposition: form-data; name=p\r\nX-Big: ");
     for (int i = 0; i < FORM_PART_HEADERS_MAX; i++) g_string_append_c(b, 'x');
     g_string_append(b, "\r\n\r\nv\r\n--B--");
-    CHECK(form_parse(&f, "multipart/form-data; boundary=B", (const uint8_t *)b->str, b->len,
+    CHECK(api_form_parse(&f, "multipart/form-data; boundary=B", (const uint8_t *)b->str, b->len,
                      &err) == FORM_ERR_LIMIT && err && strstr(err, "bytes of headers"),
           "multipart: headers over %d bytes refused", FORM_PART_HEADERS_MAX);
-    form_free(&f);
+    api_form_free(&f);
     free(err);
     err = NULL;
 
     /* Boundary length. */
     g_string_assign(b, "multipart/form-data; boundary=");
     for (int i = 0; i <= FORM_BOUNDARY_MAX; i++) g_string_append_c(b, 'b');
-    CHECK(form_parse(&f, b->str, (const uint8_t *)"x", 1, &err) == FORM_ERR_TYPE,
+    CHECK(api_form_parse(&f, b->str, (const uint8_t *)"x", 1, &err) == FORM_ERR_TYPE,
           "boundary over %d bytes refused", FORM_BOUNDARY_MAX);
-    form_free(&f);
+    api_form_free(&f);
     free(err);
     g_string_free(b, TRUE);
 }
@@ -299,20 +299,20 @@ static void test_accessors(void)
     struct form f = {0};
     char *err = NULL;
     const char *q = "action=a&x=1&action[]=b";
-    form_parse_urlencoded(&f, (const uint8_t *)q, strlen(q), &err);
-    CHECK(form_count(&f, "action") == 2, "form_count");
-    CHECK_STR(form_value(&f, "action"), "a", "form_value: the first");
-    CHECK(form_value(&f, "nope") == NULL, "form_value: absent");
-    CHECK(form_get(&f, "x") && form_get(&f, "x")->len == 1, "form_get");
-    CHECK(form_name_normalised_len("a[]", 3) == 1 && form_name_normalised_len("a[10]", 5) == 1 &&
-              form_name_normalised_len("[]", 2) == 2 && form_name_normalised_len("a[b]", 4) == 4 &&
-              form_name_normalised_len("a]", 2) == 2,
-          "form_name_normalised_len");
+    api_form_parse_urlencoded(&f, (const uint8_t *)q, strlen(q), &err);
+    CHECK(api_form_count(&f, "action") == 2, "api_form_count");
+    CHECK_STR(api_form_value(&f, "action"), "a", "api_form_value: the first");
+    CHECK(api_form_value(&f, "nope") == NULL, "api_form_value: absent");
+    CHECK(api_form_get(&f, "x") && api_form_get(&f, "x")->len == 1, "api_form_get");
+    CHECK(api_form_name_normalised_len("a[]", 3) == 1 && api_form_name_normalised_len("a[10]", 5) == 1 &&
+              api_form_name_normalised_len("[]", 2) == 2 && api_form_name_normalised_len("a[b]", 4) == 4 &&
+              api_form_name_normalised_len("a]", 2) == 2,
+          "api_form_name_normalised_len");
     /* Parsing appends: a second form goes after the first. */
-    form_parse_urlencoded(&f, (const uint8_t *)"y=2", 3, &err);
+    api_form_parse_urlencoded(&f, (const uint8_t *)"y=2", 3, &err);
     CHECK(f.n == 4 && strcmp(f.fields[3].name, "y") == 0, "parse appends");
-    form_free(&f);
-    CHECK(f.n == 0 && f.fields == NULL, "form_free empties");
+    api_form_free(&f);
+    CHECK(f.n == 0 && f.fields == NULL, "api_form_free empties");
     free(err);
 }
 

@@ -26,18 +26,18 @@ static struct route *compile(const char *id, int prio, int64_t seq, const char *
 
 static void test_helpers(void)
 {
-    CHECK(plan_is_postmaster("postmaster"), "bare postmaster");
-    CHECK(plan_is_postmaster("PostMaster@Example.com"), "postmaster ignoring case");
-    CHECK(!plan_is_postmaster("postmasters@example.com"), "postmasters is not");
-    CHECK(!plan_is_postmaster("x@postmaster"), "domain postmaster is not");
-    CHECK(plan_url_is_mime("https://h.test/rails/action_mailbox/mailgun/inbound_emails/mime"), "path ends in mime");
-    CHECK(plan_url_is_mime("https://h.test/mime?x=1#y"), "query and fragment ignored");
-    CHECK(!plan_url_is_mime("https://h.test/x?format=mime"), "mime in the query only");
-    CHECK(!plan_url_is_mime("https://mime"), "mime in the host only");
-    CHECK(!plan_url_is_mime("https://h.test/mimes"), "mimes");
+    CHECK(engine_plan_is_postmaster("postmaster"), "bare postmaster");
+    CHECK(engine_plan_is_postmaster("PostMaster@Example.com"), "postmaster ignoring case");
+    CHECK(!engine_plan_is_postmaster("postmasters@example.com"), "postmasters is not");
+    CHECK(!engine_plan_is_postmaster("x@postmaster"), "domain postmaster is not");
+    CHECK(engine_plan_url_is_mime("https://h.test/rails/action_mailbox/mailgun/inbound_emails/mime"), "path ends in mime");
+    CHECK(engine_plan_url_is_mime("https://h.test/mime?x=1#y"), "query and fragment ignored");
+    CHECK(!engine_plan_url_is_mime("https://h.test/x?format=mime"), "mime in the query only");
+    CHECK(!engine_plan_url_is_mime("https://mime"), "mime in the host only");
+    CHECK(!engine_plan_url_is_mime("https://h.test/mimes"), "mimes");
     char a[25], b[25];
-    plan_storage_key(a);
-    plan_storage_key(b);
+    engine_plan_storage_key(a);
+    engine_plan_storage_key(b);
     bool shape = strlen(a) == 24;
     for (const char *p = a; *p; p++) shape = shape && (g_ascii_isalnum(*p) || *p == '-' || *p == '_');
     CHECK(shape, "key is 24 URL-safe characters: %s", a);
@@ -70,8 +70,8 @@ static void test_build(void)
     char *rcpts[] = {r1, r2, r3};
     struct store_message sm = {.id = "0123456789abcdef01234567", .rcpts = rcpts, .nrcpts = 3};
     struct plan p;
-    int rc = plan_build(&p, &sm, msg, t, m, 1000, &(struct plan_options){.store_ttl = 50, .inline_attachments_max = 10485760, .default_json = true});
-    CHECK(rc == 0, "plan_build");
+    int rc = engine_plan_build(&p, &sm, msg, t, m, 1000, &(struct plan_options){.store_ttl = 50, .inline_attachments_max = 10485760, .default_json = true});
+    CHECK(rc == 0, "engine_plan_build");
     const struct store_outcome *o = &p.outcome;
     CHECK(o->nrecipients == 3, "three recipients");
     CHECK_STR(o->message_id, sm.id, "message id");
@@ -148,7 +148,7 @@ static void test_build(void)
     /* carol: only the header route. */
     CHECK_STR(o->recipients[2].outcome, "routed", "carol routed by the header route");
     CHECK(p.ndropped == 0, "nothing dropped");
-    plan_clear(&p);
+    engine_plan_clear(&p);
     message_free(msg);
 
     /* Without the header, carol is dropped; a postmaster nothing matches is stored. */
@@ -157,8 +157,8 @@ static void test_build(void)
     char q1[] = "carol@other.test", q2[] = "postmaster@other.test", q3[] = "postmaster";
     char *rcpts2[] = {q1, q2, q3};
     struct store_message sm2 = {.id = "0123456789abcdef01234568", .rcpts = rcpts2, .nrcpts = 3};
-    rc = plan_build(&p, &sm2, msg, t, m, 2000, &(struct plan_options){.store_ttl = 10, .inline_attachments_max = 10485760, .default_json = true});
-    CHECK(rc == 0, "plan_build 2");
+    rc = engine_plan_build(&p, &sm2, msg, t, m, 2000, &(struct plan_options){.store_ttl = 10, .inline_attachments_max = 10485760, .default_json = true});
+    CHECK(rc == 0, "engine_plan_build 2");
     CHECK_STR(p.outcome.recipients[0].outcome, "dropped", "carol dropped");
     CHECK_STR(p.outcome.recipients[0].routes_json, "[]", "no routes");
     CHECK_STR(p.outcome.recipients[1].outcome, "routed", "unrouted postmaster is kept");
@@ -170,7 +170,7 @@ static void test_build(void)
         CHECK_STR(p.outcome.copies[0].domain, "other.test", "postmaster domain");
         CHECK_STR(p.outcome.copies[1].domain, "", "bare postmaster: no domain");
     }
-    plan_clear(&p);
+    engine_plan_clear(&p);
     message_free(msg);
 
     route_matcher_free(m);
@@ -199,9 +199,9 @@ static void test_attachment_copy(void)
     struct plan p;
     for (int budget = 0; budget < 2; budget++) {
         const size_t max = budget ? 1000 : 4;
-        int rc = plan_build(&p, &sm, msg, t, m, 1000,
+        int rc = engine_plan_build(&p, &sm, msg, t, m, 1000,
                             &(struct plan_options){.store_ttl = 60, .inline_attachments_max = max, .default_json = true});
-        CHECK(rc == 0, "plan_build (budget %zu)", max);
+        CHECK(rc == 0, "engine_plan_build (budget %zu)", max);
         size_t with_key = 0;
         for (size_t i = 0; i < p.outcome.ndeliveries; i++) {
             const struct store_delivery_plan *d = &p.outcome.deliveries[i];
@@ -227,7 +227,7 @@ static void test_attachment_copy(void)
             CHECK(with_key == 2 && p.outcome.ncopies == 2, "past the budget: one copy per recipient (%zu, %zu)",
                   with_key, p.outcome.ncopies);
         }
-        plan_clear(&p);
+        engine_plan_clear(&p);
     }
     message_free(msg);
     route_matcher_free(m);

@@ -2,7 +2,7 @@
  * credentials parser of api/auth.c under arbitrary bytes.
  *
  * Input: a Content-Type line, a LF, then the body.  Without a LF the whole input is an
- * urlencoded body.  The body is parsed by form_parse() with that type, as urlencoded, and as
+ * urlencoded body.  The body is parsed by api_form_parse() with that type, as urlencoded, and as
  * multipart with the boundary "XyZ" (so the fuzzer need not guess one); the type line also goes
  * to api_auth_check() as an Authorization header.  Every parse must leave a consistent form:
  * at most FORM_FIELDS_MAX fields, names non-empty, without NUL, at most FORM_NAME_MAX bytes,
@@ -44,14 +44,14 @@ static void parse_one(int how, const char *ctype, const uint8_t *body, size_t le
     enum form_status st;
 
     if (how == 0)
-        st = form_parse(&f, ctype, body, len, &err);
+        st = api_form_parse(&f, ctype, body, len, &err);
     else if (how == 1)
-        st = form_parse_urlencoded(&f, body, len, &err);
+        st = api_form_parse_urlencoded(&f, body, len, &err);
     else
-        st = form_parse_multipart(&f, "XyZ", body, len, &err);
+        st = api_form_parse_multipart(&f, "XyZ", body, len, &err);
     check_form(&f, st, err, len);
     free(err);
-    form_free(&f);
+    api_form_free(&f);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -2,7 +2,7 @@
  *
  * Input: a Python pattern, then NUL-separated subjects (none: a fixed list).  When the pattern
  * compiles:
- *   1. every subject the compiled regex matches starts with regex_literal_prefix(pattern);
+ *   1. every subject the compiled regex matches starts with route_regex_literal_prefix(pattern);
  *   2. a table of match_recipient(pattern) (when the pattern can be written as a STRING) plus a
  *      catch_all() route gives identical results for every subject as a recipient with the
  *      prefilter on and off (hits, captures, warnings), and so do route_could_match and
@@ -74,23 +74,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct route_regex re;
     char err[256];
     size_t off = 0;
-    if (regex_compile(buf, patlen, &re, err, sizeof err, &off) < 0) {
+    if (route_regex_compile(buf, patlen, &re, err, sizeof err, &off) < 0) {
         free(buf);
         return 0;
     }
     char *pfx = malloc(patlen + 1);
     if (!pfx) abort();
-    const size_t n = regex_literal_prefix(buf, patlen, pfx);
+    const size_t n = route_regex_literal_prefix(buf, patlen, pfx);
     if (n > patlen) abort();
     for (size_t i = 0; i < nsubj; i++) {
         const size_t len = strlen(subjects[i]);
-        const int rc = regex_match(&re, md, mc, subjects[i], len);
+        const int rc = route_regex_match(&re, md, mc, subjects[i], len);
         if (rc > 0 && (len < n || memcmp(subjects[i], pfx, n) != 0)) {
             fprintf(stderr, "pattern %s matched %s without its prefix %.*s\n", buf, subjects[i], (int)n, pfx);
             abort();
         }
     }
-    regex_free(&re);
+    route_regex_free(&re);
     free(pfx);
 
     /* The table: the pattern as a '...' STRING (a quote escaped; a final backslash would escape

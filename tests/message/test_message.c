@@ -50,7 +50,7 @@ static void test_html2text(void)
         {.html = "&#", .text = "&#", .what = "lone &#"},
     };
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
-        char *t = html_to_text(cases[i].html, strlen(cases[i].html));
+        char *t = msg_html_to_text(cases[i].html, strlen(cases[i].html));
         CHECK_STR(t, cases[i].text, "html2text: %s", cases[i].what);
         g_free(t);
     }
@@ -98,26 +98,26 @@ static void test_sanitize(void)
     };
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
         bool replaced = false;
-        char *s = text_sanitize(cases[i].in, strlen(cases[i].in), &replaced);
+        char *s = msg_text_sanitize(cases[i].in, strlen(cases[i].in), &replaced);
         CHECK_STR(s, cases[i].out, "sanitize case %zu", i);
         CHECK(replaced == (strcmp(cases[i].in, cases[i].out) != 0), "sanitize case %zu: replaced flag", i);
         g_free(s);
     }
     bool replaced = false;
-    char *s = text_sanitize("a\0b", 3, &replaced);
+    char *s = msg_text_sanitize("a\0b", 3, &replaced);
     CHECK_STR(s, "a\xEF\xBF\xBD" "b", "NUL becomes U+FFFD");
     g_free(s);
     bool unknown = false;
-    s = text_to_utf8("caf\xE9", 4, "no-such-charset-x", &unknown, &replaced);
+    s = msg_text_to_utf8("caf\xE9", 4, "no-such-charset-x", &unknown, &replaced);
     CHECK(unknown, "unknown charset reported");
     CHECK_STR(s, "caf\xC3\xA9", "unknown charset read as windows-1252");
     g_free(s);
-    s = text_to_utf8("\x1B$B$\"\x1B(B", 8, "iso-2022-jp", &unknown, &replaced);
+    s = msg_text_to_utf8("\x1B$B$\"\x1B(B", 8, "iso-2022-jp", &unknown, &replaced);
     CHECK(!unknown, "iso-2022-jp known");
     CHECK_STR(s, "\xE3\x81\x82", "iso-2022-jp via iconv");
     g_free(s);
     replaced = false;
-    s = text_to_utf8("\x1B$B$", 4, "iso-2022-jp", &unknown, &replaced);
+    s = msg_text_to_utf8("\x1B$B$", 4, "iso-2022-jp", &unknown, &replaced);
     CHECK(replaced && g_utf8_validate(s, -1, NULL), "truncated iso-2022-jp: U+FFFD, valid UTF-8");
     g_free(s);
 }
@@ -369,22 +369,22 @@ static void test_header_decode(void)
          "raw windows-1252 beside an encoded word"},
     };
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
-        char *d = header_decode_unfolded(cases[i].in, strlen(cases[i].in));
+        char *d = msg_header_decode_unfolded(cases[i].in, strlen(cases[i].in));
         CHECK_STR(d, cases[i].out, "header decode: %s", cases[i].what);
         g_free(d);
     }
-    char *d = header_decode(" =?utf-8?B?w6k=?=\r\n =?utf-8?B?w6g=?=\r\n");
-    CHECK_STR(d, "\xC3\xA9\xC3\xA8", "header_decode unfolds and trims");
+    char *d = msg_header_decode(" =?utf-8?B?w6k=?=\r\n =?utf-8?B?w6g=?=\r\n");
+    CHECK_STR(d, "\xC3\xA9\xC3\xA8", "msg_header_decode unfolds and trims");
     g_free(d);
-    d = header_decode(NULL);
-    CHECK_STR(d, "", "header_decode(NULL)");
+    d = msg_header_decode(NULL);
+    CHECK_STR(d, "", "msg_header_decode(NULL)");
     g_free(d);
     static const char folded[] = "From: a\r\nSUBJECT : =?utf-8?q?x?=\r\n y\r\n\r\nSubject: body";
-    d = header_subject_of_bytes((const uint8_t *)folded, sizeof folded - 1);
+    d = msg_header_subject_of_bytes((const uint8_t *)folded, sizeof folded - 1);
     CHECK_STR(d, "x y", "subject of bytes: folded, case-insensitive, obsolete space");
     g_free(d);
     static const char after[] = "From: a\n\nSubject: no";
-    d = header_subject_of_bytes((const uint8_t *)after, sizeof after - 1);
+    d = msg_header_subject_of_bytes((const uint8_t *)after, sizeof after - 1);
     CHECK_STR(d, "", "subject of bytes: only the header block");
     g_free(d);
 }
@@ -405,17 +405,17 @@ static void test_mostly_utf8(void)
         {"\xC3\xA9\xFF\xFE", false},                       /* 2 against 2: not a minority */
     };
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++)
-        CHECK(text_mostly_utf8(cases[i].in, strlen(cases[i].in)) == cases[i].utf8,
+        CHECK(msg_text_mostly_utf8(cases[i].in, strlen(cases[i].in)) == cases[i].utf8,
               "mostly utf-8 case %zu", i);
-    char *s = text_undeclared("Gr\xFC\xDF" "e", 5);
+    char *s = msg_text_undeclared("Gr\xFC\xDF" "e", 5);
     CHECK_STR(s, "Gr\xC3\xBC\xC3\x9F" "e", "undeclared latin-1");
     g_free(s);
     bool unknown = true;
-    s = text_to_utf8("\x8F\xF0\xE8\xE2\xE5\xF2", 6, "x-mac-cyrillic", &unknown, NULL);
+    s = msg_text_to_utf8("\x8F\xF0\xE8\xE2\xE5\xF2", 6, "x-mac-cyrillic", &unknown, NULL);
     CHECK(!unknown, "x-mac-cyrillic known (MAC-CYRILLIC)");
     CHECK_STR(s, "\xD0\x9F\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82", "x-mac-cyrillic decoded");
     g_free(s);
-    s = text_to_utf8("\x00\x61", 2, "unicodebig", &unknown, NULL);
+    s = msg_text_to_utf8("\x00\x61", 2, "unicodebig", &unknown, NULL);
     CHECK(!unknown, "unicodebig known");
     CHECK_STR(s, "a", "unicodebig decoded");
     g_free(s);

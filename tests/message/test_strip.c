@@ -29,7 +29,7 @@ static void check_text_fixture(const char *dir, const char *base)
     CHECK(in && want_text && want_sig, "%s: .txt, .text.out and .signature.out present", base);
     if (in && want_text && want_sig) {
         char *text, *sig;
-        strip_text(in, &text, &sig);
+        msg_strip_text(in, &text, &sig);
         CHECK_STR(text, want_text, "%s: stripped-text", base);
         CHECK_STR(sig, want_sig, "%s: stripped-signature", base);
         free(text);
@@ -46,7 +46,7 @@ static void check_html_fixture(const char *dir, const char *base)
     char *want = read_file(dir, base, ".html.out");
     CHECK(in && want, "%s: .html and .html.out present", base);
     if (in && want) {
-        char *got = strip_html(in);
+        char *got = msg_strip_html(in);
         CHECK_STR(got, want, "%s: stripped-html", base);
         free(got);
     }
@@ -192,7 +192,7 @@ static void run_tables(void)
     for (size_t i = 0; i < G_N_ELEMENTS(text_cases); i++) {
         const struct text_case *c = &text_cases[i];
         char *text, *sig;
-        strip_text(c->in, &text, &sig);
+        msg_strip_text(c->in, &text, &sig);
         CHECK_STR(text, c->text, "text: %s", c->name);
         CHECK_STR(sig, c->sig, "signature: %s", c->name);
         free(text);
@@ -200,7 +200,7 @@ static void run_tables(void)
     }
     for (size_t i = 0; i < G_N_ELEMENTS(html_cases); i++) {
         const struct html_case *c = &html_cases[i];
-        char *got = strip_html(c->in);
+        char *got = msg_strip_html(c->in);
         CHECK_STR(got, c->out, "html: %s", c->name);
         free(got);
     }
@@ -223,11 +223,11 @@ static void run_large(void)
     append_n(s, "-- ----- - ", 20000);
     append_n(s, "</div>", 100000);
     while (s->len < 5 * 1024 * 1024) g_string_append(s, "<hr><p>text \xE2\x82\xAC</p>\n");
-    char *html = strip_html(s->str);
+    char *html = msg_strip_html(s->str);
     CHECK(g_utf8_validate(html, -1, NULL), "large html: valid UTF-8 (%zu -> %zu bytes)", s->len,
           strlen(html));
     char *text, *sig;
-    strip_text(s->str, &text, &sig);
+    msg_strip_text(s->str, &text, &sig);
     CHECK(g_utf8_validate(text, -1, NULL) && g_utf8_validate(sig, -1, NULL),
           "large text: valid UTF-8 (%zu bytes of text)", strlen(text));
     free(html);
@@ -240,11 +240,11 @@ static void run_large(void)
     append_n(s, "abcdefgh", 512 * 1024);
     append_n(s, "\n", 1000000);
     append_n(s, "> q", 1);
-    strip_text(s->str, &text, &sig);
+    msg_strip_text(s->str, &text, &sig);
     CHECK(strlen(text) == 3 + 8 * 512 * 1024 && sig[0] == '\0', "long line kept, blank lines trimmed");
     free(text);
     free(sig);
-    html = strip_html(s->str);
+    html = msg_strip_html(s->str);
     CHECK(strcmp(html, s->str) == 0, "long text in HTML unchanged");
     free(html);
     g_string_free(s, TRUE);

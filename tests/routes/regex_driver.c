@@ -91,11 +91,11 @@ int main(int argc, char **argv)
         struct route_regex re;
         char err[256];
         size_t off;
-        if (regex_compile(line, strlen(line), &re, err, sizeof err, &off) < 0) {
+        if (route_regex_compile(line, strlen(line), &re, err, sizeof err, &off) < 0) {
             printf("%d\tERR\n", lineno);
             continue;
         }
-        int rc = regex_match(&re, md, mc, subj, slen);
+        int rc = route_regex_match(&re, md, mc, subj, slen);
         if (rc == PCRE2_ERROR_NOMATCH) {
             printf("%d\tNOMATCH\n", lineno);
         } else if (rc < 0) {
@@ -114,7 +114,7 @@ int main(int argc, char **argv)
             for (size_t k = 0; k < re.nnames; k++) printf("%s%s=%u", k ? "," : "", re.names[k], re.name_groups[k]);
             printf("\n");
         }
-        regex_free(&re);
+        route_regex_free(&re);
     }
     fclose(fp);
     pcre2_match_data_free(md);

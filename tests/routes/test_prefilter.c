@@ -1,7 +1,7 @@
 /* tests/routes/test_prefilter.c — the route table's literal-prefix prefilter (routes/table.c,
  * routes/eval.c) must never change a result.
  *
- *   - regex_literal_prefix on a table of patterns with the prefix each must give (or none);
+ *   - route_regex_literal_prefix on a table of patterns with the prefix each must give (or none);
  *   - the index at work: a large table of prefixed routes considers only a few candidates;
  *   - a randomized differential test: tables of a few hundred routes whose patterns come from a
  *     small grammar (literal prefixes, escapes, quantifiers, groups, classes, alternations,
@@ -119,7 +119,7 @@ static void test_extractor(void)
     for (size_t i = 0; i < nrows; i++) {
         const size_t len = strlen(rows[i].pat);
         char *out = malloc(len + 1);
-        const size_t n = regex_literal_prefix(rows[i].pat, len, out);
+        const size_t n = route_regex_literal_prefix(rows[i].pat, len, out);
         out[n] = '\0';
         CHECK_STR(out, rows[i].want, "prefix of %s", rows[i].pat);
         free(out);

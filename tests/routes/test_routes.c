@@ -157,7 +157,7 @@ static void test_rewrite(void)
         size_t olen = 0, *map = NULL, off = 0;
         uint32_t opts = 0;
         char err[128];
-        char *o = regex_rewrite(rows[i].in, strlen(rows[i].in), &olen, &opts, &map, err, sizeof err, &off);
+        char *o = route_regex_rewrite(rows[i].in, strlen(rows[i].in), &olen, &opts, &map, err, sizeof err, &off);
         CHECK_STR(o, rows[i].out, "rewrite %s", rows[i].in);
         free(o);
         free(map);
@@ -167,7 +167,7 @@ static void test_rewrite(void)
         size_t olen = 0, *map = NULL, off = 0;
         uint32_t opts = 0;
         char err[128];
-        char *o = regex_rewrite(bad[i], strlen(bad[i]), &olen, &opts, &map, err, sizeof err, &off);
+        char *o = route_regex_rewrite(bad[i], strlen(bad[i]), &olen, &opts, &map, err, sizeof err, &off);
         CHECK(o == NULL, "rejected like Python: %s (%s at %zu)", bad[i], err, off);
         free(o);
         free(map);
