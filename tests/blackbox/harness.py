@@ -2,7 +2,8 @@
 
 Standard library only.  Environment:
   INLET_BIN         path of the binary (required)
-  INLET_SHIM        path of libsyncshim.so (tests that need it skip without it)
+  INLET_SHIM        path of libsyncshim.so (tests that need it skip when it is unset, and fail
+                    when it names no file: a wrong path is a broken set-up, not a reason to skip)
   INLET_SANITIZED   "1": the binary is built with sanitizers, every wait is longer
   INLET_BB_VERBOSE  "1": print the daemon's log after every test, not only after failures
   INLET_BB_TMPDIR   where temporary data dirs go (default: the system's temp dir)
@@ -214,8 +215,10 @@ class Daemon:
     def environ(self):
         env = clean_env(self.extra_env)
         if self.shim:
-            if not INLET_SHIM or not os.path.exists(INLET_SHIM):
-                raise unittest.SkipTest("INLET_SHIM not set or missing: cannot preload the sync shim")
+            if not INLET_SHIM:
+                raise unittest.SkipTest("INLET_SHIM is not set: cannot preload the sync shim")
+            if not os.path.isfile(INLET_SHIM):
+                raise AssertionError("INLET_SHIM=%s is not a file: cannot preload the sync shim" % INLET_SHIM)
             env["LD_PRELOAD"] = INLET_SHIM
             env["INLET_SHIM_LOG"] = self.shim_log
             os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
@@ -1019,4 +1022,6 @@ class InletTestCase(unittest.TestCase):
 
 
 def main():
-    unittest.main(verbosity=2)
+    """Runs the calling test file's tests and reports them as TAP (runtap.py, as meson does)."""
+    import runtap
+    sys.exit(runtap.run_module(sys.modules["__main__"]))

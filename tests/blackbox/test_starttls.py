@@ -1,7 +1,7 @@
 """STARTTLS (RFC 3207, SPEC §1 --tls-cert/--tls-key, §2): smtplib over TLS, the stored tls column and
 Received: header, plaintext injection after STARTTLS, a broken handshake, and no STARTTLS without a
-certificate.  The certificate is made with the `openssl` command-line tool (skipped without it,
-unless CI is set)."""
+certificate.  The certificate is made with the `openssl` command-line tool (skipped without it;
+a failure under CI, see tests/skippolicy.py)."""
 
 import os
 import shutil
@@ -20,9 +20,7 @@ TLS_RE = r"^TLSv1\.[23]:[A-Z0-9_-]+$"
 def make_cert(directory, name="cert", cn=HOSTNAME):
     """A self-signed certificate for cn and 127.0.0.1; returns (cert path, key path)."""
     openssl = shutil.which("openssl")
-    if not openssl:
-        if os.environ.get("CI"):
-            raise AssertionError("the openssl command is not installed (required when CI is set)")
+    if not openssl:   # scripts/install-deps installs it: under CI this skip is a failure
         raise unittest.SkipTest("the openssl command is not installed: cannot make a certificate")
     cert, key = os.path.join(directory, name + ".pem"), os.path.join(directory, name + ".key")
     r = subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
