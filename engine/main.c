@@ -6,6 +6,7 @@
 #include <glib.h>
 
 #include "engine/engine.h"
+#include "engine/migrate.h"
 #include "message/message.h"
 #include "routes/routes.h"
 #include "storage/store.h"
@@ -25,6 +26,10 @@ static void usage(FILE *out)
             "  inlet backup FILE [--data-dir DIR | --database URL]\n"
             "                                           write a consistent copy of the database to\n"
             "                                           FILE (safe while inlet serve runs)\n"
+            "  inlet migrate --from DATA-DIR|SQLITE-FILE --to postgresql://...\n"
+            "                                           copy a single node's database (stopped) into\n"
+            "                                           an empty PostgreSQL database; run it again to\n"
+            "                                           finish an interrupted copy\n"
             "  inlet parse FILE [--recipient ADDR] [--sender ADDR] [--id ID]\n"
             "                                           print the parsed message as the webhook\n"
             "                                           JSON (SPEC §5, without signature fields)\n"
@@ -162,6 +167,13 @@ int main(int argc, char **argv)
             return 0;
         }
         return parse_command(argc - 2, argv + 2);
+    }
+    if (strcmp(cmd, "migrate") == 0) {
+        if (argc > 2 && strcmp(argv[2], "--help") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        return engine_migrate_command(argc - 2, argv + 2);
     }
     if (strcmp(cmd, "backup") == 0) {
         if (argc > 2 && strcmp(argv[2], "--help") == 0) {

@@ -12,6 +12,7 @@
 #ifndef INLET_STORAGE_BACKEND_H
 #define INLET_STORAGE_BACKEND_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -60,6 +61,23 @@ struct store_sweep_args {
  * NOMEM) with *err (malloc'd; NULL only when even that allocation failed).  Out-parameters carry
  * values only, never a status; everything they return is malloc'd and freed by the caller with
  * free() or the store_*_free() of its type. */
+/* Rows of one table on their way from one database to another (inlet migrate): the values as
+ * the source holds them, row-major. */
+enum store_cell_type { STORE_CELL_NULL, STORE_CELL_INT, STORE_CELL_TEXT, STORE_CELL_BLOB };
+struct store_cell {
+    enum store_cell_type type;
+    int64_t i;   /* STORE_CELL_INT */
+    char *data;  /* TEXT (NUL-terminated) or BLOB; malloc'd */
+    size_t len;  /* bytes of data */
+};
+struct store_rows {
+    size_t ncols, nrows;
+    char **cols;              /* column names, ncols */
+    struct store_cell *cells; /* nrows * ncols */
+    int64_t last;             /* row key of the last row (the next page starts after it) */
+};
+void store_rows_free(struct store_rows *r);
+
 struct store_backend {
     const char *kind; /* "sqlite", "postgresql" */
 
@@ -148,6 +166,21 @@ struct store_backend {
     enum store_status (*gauges)(void *be, int64_t now, struct store_gauges *out, char **err);
     /* A consistent copy of the database into `path`, created here (O_EXCL, 0600). */
     enum store_status (*backup)(void *be, const char *path, char **err);
+
+    /* ---- inlet migrate (store_copy_into) ---- */
+    /* Source side (a read): the rows of `table` whose row key is above `after`, in key order, at
+     * most `max_rows` and about `max_bytes` (at least one row): *out (store_rows_free), with no
+     * rows past the end.  May be NULL: the backend cannot be a source. */
+    enum store_status (*rows_read)(void *be, const char *table, int64_t after, size_t max_rows,
+                                   size_t max_bytes, struct store_rows **out, char **err);
+    /* Target side (a job): inserts `rows` into `table` as they are, keeping any row whose key is
+     * there already (a copy run again after an interruption), and keeps the table's generated
+     * keys (route seq, event id) ahead of the copied ones. */
+    enum store_status (*rows_insert)(void *be, const char *table, const struct store_rows *rows,
+                                     char **err);
+    /* *has: whether the database holds anything of its own: a row in any table, or a meta row
+     * other than schema_version (a read). */
+    enum store_status (*holds_data)(void *be, bool *has, char **err);
 
     /* ---- for tests ---- */
     /* Runs `sql` on the write connection and copies the first column of the first row, as text,

@@ -150,4 +150,12 @@ enum store_status sqlite_events_query(void *be, const struct store_event_query *
 enum store_status sqlite_gauges(void *be, int64_t now, struct store_gauges *out, char **err);
 enum store_status sqlite_backup(void *be, const char *path, char **err);
 
+/* sqlite_rows.c: whole tables in and out (inlet migrate; struct store_backend's rows_read,
+ * rows_insert, holds_data). */
+enum store_status sqlite_rows_read(void *be, const char *table, int64_t after, size_t max_rows,
+                                   size_t max_bytes, struct store_rows **out, char **err);
+enum store_status sqlite_rows_insert(void *be, const char *table, const struct store_rows *rows,
+                                     char **err);
+enum store_status sqlite_holds_data(void *be, bool *has, char **err);
+
 #endif

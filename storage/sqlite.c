@@ -1328,4 +1328,7 @@ const struct store_backend store_sqlite_backend = {
     .events_query = sqlite_events_query,
     .gauges = sqlite_gauges,
     .backup = sqlite_backup,
+    .rows_read = sqlite_rows_read,
+    .rows_insert = sqlite_rows_insert,
+    .holds_data = sqlite_holds_data,
 };

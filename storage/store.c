@@ -1118,3 +1118,82 @@ void store_test_checkpoint_stats(struct store *st, struct store_checkpoint_stats
     *out = (struct store_checkpoint_stats){0};
     if (st->ops->checkpoint_stats) st->ops->checkpoint_stats(st->be, out);
 }
+
+/* ---- inlet migrate ---------------------------------------------------------------------------- */
+
+/* Every table a copy carries, in the order it copies them (purge_candidates is derived: the
+ * sweeper finds what it needs again). */
+static const char *const copy_tables[] = {
+    "meta", "routes", "messages", "recipients", "deliveries", "attempts", "stored", "events",
+};
+
+void store_rows_free(struct store_rows *r)
+{
+    if (!r) return;
+    for (size_t i = 0; i < r->nrows * r->ncols; i++) free(r->cells[i].data);
+    free(r->cells);
+    for (size_t i = 0; r->cols && i < r->ncols; i++) free(r->cols[i]);
+    free(r->cols);
+    free(r);
+}
+
+enum store_status store_holds_data(struct store *st, bool *has, char **err)
+{
+    if (err) *err = NULL;
+    *has = false;
+    return st->ops->holds_data(st->be, has, err);
+}
+
+struct rows_write {
+    const char *table;
+    const struct store_rows *rows;
+};
+
+static enum store_status run_rows_write(const struct store_backend *ops, void *be, void *arg, char **err)
+{
+    struct rows_write *w = arg;
+
+    return ops->rows_insert(be, w->table, w->rows, err);
+}
+
+/* One table, page by page: read from `from`, written into `to` through its writer. */
+static enum store_status copy_table(struct store *from, struct store *to, const char *table,
+                                    store_copy_progress_fn progress, void *arg, char **err)
+{
+    int64_t after = 0, copied = 0;
+
+    for (;;) {
+        struct store_rows *rows = NULL;
+        enum store_status st = from->ops->rows_read(from->be, table, after, STORE_COPY_PAGE_ROWS,
+                                                    STORE_COPY_PAGE_BYTES, &rows, err);
+        if (st != STORE_OK) return st;
+        if (rows->nrows == 0) {
+            store_rows_free(rows);
+            if (progress) progress(arg, table, copied, true);
+            return STORE_OK;
+        }
+        struct rows_write w = {.table = table, .rows = rows};
+        struct store_job job = {.run = run_rows_write, .arg = &w};
+        st = store_run_job(to, &job, err);
+        after = rows->last;
+        copied += (int64_t)rows->nrows;
+        store_rows_free(rows);
+        if (st != STORE_OK) return st;
+        if (progress) progress(arg, table, copied, false);
+    }
+}
+
+enum store_status store_copy_into(struct store *from, struct store *to, store_copy_progress_fn progress,
+                                  void *arg, char **err)
+{
+    if (err) *err = NULL;
+    if (!from->ops->rows_read) {
+        store_set_err(err, "a %s database cannot be the source of a copy", from->ops->kind);
+        return STORE_ERR_IO;
+    }
+    for (size_t i = 0; i < sizeof copy_tables / sizeof copy_tables[0]; i++) {
+        enum store_status st = copy_table(from, to, copy_tables[i], progress, arg, err);
+        if (st != STORE_OK) return st;
+    }
+    return STORE_OK;
+}

@@ -402,6 +402,26 @@ struct store_gauges {
 enum store_status store_gauges(struct store *st, int64_t now, struct store_gauges *out,
                                char **err);
 
+/* ---------------------------------------------------------------------------------------------
+ * `inlet migrate` (SPEC §8): a single node's database copied into another (a PostgreSQL one). */
+
+/* Whether `st` holds anything of its own (a route, message, delivery, stored copy or event, or a
+ * meta row other than schema_version): STORE_OK with *has. */
+enum store_status store_holds_data(struct store *st, bool *has, char **err);
+/* Called after every page committed into the target (the table and its rows copied so far) and
+ * once more when the table is done (`done`). */
+typedef void (*store_copy_progress_fn)(void *arg, const char *table, int64_t rows, bool done);
+/* Copies every row of every table of `from` into `to` (both open, so both at this binary's
+ * schema version), table by table in pages of at most STORE_COPY_PAGE_ROWS rows or about
+ * STORE_COPY_PAGE_BYTES, each page one transaction of `to`.  A row whose key `to` has already is
+ * kept as it is: run again after an interruption, the copy completes what it began.  Ids,
+ * states, times and bytes are copied unchanged (a route keeps its id and its place in the
+ * order).  `from` must not be written meanwhile (stop its inlet serve).  `progress` may be NULL. */
+enum store_status store_copy_into(struct store *from, struct store *to, store_copy_progress_fn progress,
+                                  void *arg, char **err);
+#define STORE_COPY_PAGE_ROWS 500
+#define STORE_COPY_PAGE_BYTES (4 * 1024 * 1024)
+
 /* `inlet backup FILE` (SPEC §7 operations): a consistent copy of the whole database into `path`
  * (SQLite: VACUUM INTO, from a read connection, while the writer goes on).  The file must not
  * exist. */

@@ -166,7 +166,9 @@ class Daemon:
                  database_url=None):
         self.workdir = workdir
         self.data_dir = data_dir or os.path.join(workdir, "data")
-        self.database_url = database_url  # postgres backend: this daemon's database
+        # --database of this daemon: the postgres backend's database made for it, or a test's
+        # sqlite:PATH ("" or None: <data-dir>/inlet.db)
+        self.database_url = database_url
         self.extra_args = list(args or [])
         self.extra_env = dict(env or {})
         self.domains = list(domains or [])
@@ -340,6 +342,14 @@ class Daemon:
     def db_path(self):
         return os.path.join(self.data_dir, "inlet.db")
 
+    @property
+    def sqlite_path(self):
+        """The SQLite file this daemon uses: --database sqlite:PATH when the test gave it as
+        database_url, else <data-dir>/inlet.db."""
+        if self.database_url and self.database_url.startswith("sqlite:"):
+            return self.database_url[len("sqlite:"):]
+        return self.db_path
+
     # -- log ------------------------------------------------------------------------------------
     def log_text(self, path=None):
         try:
@@ -431,17 +441,17 @@ class Daemon:
     def query(self, sql, params=()):
         """Rows of `sql` (SQLite's `?` placeholders) on this daemon's database, either backend.
         Each row reads by index or by column name; blobs come back as bytes."""
-        if self.database_url:
+        if self.database_url and not self.database_url.startswith("sqlite:"):
             return pg_query(self.database_url, sql, params)
-        return query(self.db_path, sql, params)
+        return query(self.sqlite_path, sql, params)
 
     def execute(self, sql, params=()):
         """Runs one write statement (SQLite's `?` placeholders) on this daemon's database and
         commits it."""
-        if self.database_url:
+        if self.database_url and not self.database_url.startswith("sqlite:"):
             pg_query(self.database_url, sql, params)
             return
-        con = open_db(self.db_path)
+        con = open_db(self.sqlite_path)
         try:
             with con:
                 con.execute(sql, params)
