@@ -98,8 +98,15 @@ GByteArray *msg_part_bytes(const struct message *m, GMimeObject *part);
 json_t *msg_jstr(const char *s);
 /* The recipient's domain, lower case ("" when there is no @).  g_free(). */
 char *msg_domain_of(const char *recipient);
-/* message-headers: [[name, value], ...]. */
-json_t *msg_headers_json(const struct message *m);
+/* The headers Mailgun adds to inbound mail (X-Mailgun-Incoming: Yes, X-Envelope-From: <sender>),
+ * placed before the message's own in Mailgun's shapes: the form's message-headers and per-header
+ * fields, the stored JSON.  Not in inlet's json format, nor in the stored bytes.  Header i
+ * (< MSG_MAILGUN_HEADERS): *name is static, the value g_malloc'd. */
+#define MSG_MAILGUN_HEADERS 2
+char *msg_mailgun_header(size_t i, const char *sender, const char **name);
+/* message-headers: [[name, value], ...]; with `sender` (not NULL), Mailgun's added headers
+ * first. */
+json_t *msg_headers_json(const struct message *m, const char *sender);
 /* "<base>/attachments/<i>", trailing slashes of base dropped.  g_free(). */
 char *msg_attachment_url(const char *base, size_t i);
 /* An attachment by reference, {size, url, name, content-type} (SPEC §6: stored JSON and notify). */

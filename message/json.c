@@ -23,9 +23,25 @@ char *msg_domain_of(const char *recipient)
     return g_ascii_strdown(at ? at + 1 : "", -1);
 }
 
-json_t *msg_headers_json(const struct message *m)
+char *msg_mailgun_header(size_t i, const char *sender, const char **name)
+{
+    if (i == 0) {
+        *name = "X-Mailgun-Incoming";
+        return g_strdup("Yes");
+    }
+    *name = "X-Envelope-From";
+    return g_strdup_printf("<%s>", sender ? sender : "");
+}
+
+json_t *msg_headers_json(const struct message *m, const char *sender)
 {
     json_t *a = json_array();
+    for (size_t i = 0; sender && i < MSG_MAILGUN_HEADERS; i++) {
+        const char *name;
+        char *value = msg_mailgun_header(i, sender, &name);
+        json_array_append_new(a, json_pack("[so]", name, msg_jstr(value)));
+        g_free(value);
+    }
     for (size_t i = 0; i < message_header_count(m); i++) {
         const char *name, *value;
         message_header(m, i, &name, &value);
@@ -119,7 +135,7 @@ json_t *message_to_json(const struct message *m, const struct message_json_optio
     json_object_set_new(o, "stripped-text", msg_jstr(m->stripped_text));
     json_object_set_new(o, "stripped-signature", msg_jstr(m->stripped_signature));
     json_object_set_new(o, "stripped-html", msg_jstr(m->stripped_html));
-    json_object_set_new(o, "message-headers", msg_headers_json(m));
+    json_object_set_new(o, "message-headers", msg_headers_json(m, NULL));
     json_object_set_new(o, "attachments", attachments_json(m, opts->inline_attachments_max,
                                                                opts->attachments_url));
     json_object_set_new(o, "content-id-map", cid_map_json(m));

@@ -87,24 +87,30 @@ const char *message_warning(const struct message *m, size_t i)
     return g_ptr_array_index(m->warnings, i);
 }
 
-/* SPEC §3: the field names of the parsed message and the delivery fields. */
+/* SPEC §3: the fields inlet vouches for, compared ignoring case: the envelope, the signature,
+ * the parsed bodies and attachments, message-headers, content-id-map and inlet's own fields. */
 static const char *const reserved_names[] = {
-    "recipient",     "sender",         "from",           "subject",
-    "message-id",    "body-plain",     "body-html",      "stripped-text",
-    "stripped-signature", "stripped-html", "message-headers", "attachments",
-    "content-id-map", "parse-warnings", "timestamp",     "token",
-    "signature",     "domain",         "recipients",     "message-url",
-    "attachment-count", "body-mime",
+    "recipient",  "sender",         "timestamp",      "token",      "signature",
+    "message-headers", "content-id-map", "attachments", "domain",   "recipients",
+    "message-url", "parse-warnings",
 };
+/* Prefixes of such fields (body-plain, body-html, body-<subtype>, body-mime; stripped-*;
+ * attachment-count, attachment-N). */
+static const char *const reserved_prefixes[] = {"body-", "stripped-", "attachment-"};
+/* The parsed header fields: a header of the same name in another case ("From", "Subject",
+ * "Message-Id") is posted beside them as Mailgun does; spelled exactly so it would be a second
+ * field of the same name. */
+static const char *const parsed_names[] = {"from", "subject", "message-id"};
 
 bool message_reserved_name(const char *name)
 {
     if (!name) return false;
     for (size_t i = 0; i < G_N_ELEMENTS(reserved_names); i++)
         if (g_ascii_strcasecmp(name, reserved_names[i]) == 0) return true;
-    /* attachment-N, N any run of decimal digits */
-    if (g_ascii_strncasecmp(name, "attachment-", 11) != 0 || !name[11]) return false;
-    for (const char *p = name + 11; *p; p++)
-        if (!g_ascii_isdigit(*p)) return false;
-    return true;
+    for (size_t i = 0; i < G_N_ELEMENTS(reserved_prefixes); i++)
+        if (g_ascii_strncasecmp(name, reserved_prefixes[i], strlen(reserved_prefixes[i])) == 0)
+            return true;
+    for (size_t i = 0; i < G_N_ELEMENTS(parsed_names); i++)
+        if (strcmp(name, parsed_names[i]) == 0) return true;
+    return false;
 }

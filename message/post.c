@@ -14,7 +14,8 @@
  *      string, extension), id (inlet message id, extension),
  *      [notify: message-url, attachments (JSON string of [{size, url, name, content-type}])],
  *      every header that may be a field (header_field_ok() below) under its own name, first
- *      occurrence only,
+ *      occurrence only, Mailgun's added X-Mailgun-Incoming and X-Envelope-From first (their
+ *      pairs lead message-headers too),
  *      [not notify, when the message has attachments: attachment-count, attachment-1..N as file
  *      parts with filename and Content-Type].
  *    In notify mode content-id-map maps "<cid>" to the attachment's URL (there are no
@@ -129,21 +130,26 @@ static bool header_field_ok(const char *name)
            g_ascii_strcasecmp(name, "_charset_") != 0;
 }
 
-static void add_header_fields(GArray *fields, const struct message *m)
+/* Every header that may be a field under its own name, first occurrence of a name (ignoring
+ * case) only: Mailgun's added headers (msg_mailgun_header) first, then the message's. */
+static void add_header_fields(GArray *fields, const struct message *m, const char *sender)
 {
     GHashTable *seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    for (size_t i = 0; i < message_header_count(m); i++) {
+    const size_t added = MSG_MAILGUN_HEADERS;
+    for (size_t i = 0; i < added + message_header_count(m); i++) {
         if (g_hash_table_size(seen) >= POST_HEADER_FIELDS_MAX) break;
         const char *name, *value;
-        message_header(m, i, &name, &value);
-        if (!header_field_ok(name)) continue;
-        char *key = g_ascii_strdown(name, -1);
-        if (g_hash_table_contains(seen, key)) {
+        char *own = NULL;
+        if (i < added) value = own = msg_mailgun_header(i, sender, &name);
+        else message_header(m, i - added, &name, &value);
+        char *key = header_field_ok(name) ? g_ascii_strdown(name, -1) : NULL;
+        if (key && !g_hash_table_contains(seen, key)) {
+            g_hash_table_add(seen, key);
+            field_add_text(fields, name, value);
+        } else {
             g_free(key);
-            continue;
         }
-        g_hash_table_add(seen, key);
-        field_add_text(fields, name, value);
+        g_free(own);
     }
     g_hash_table_unref(seen);
 }
@@ -219,7 +225,7 @@ static GArray *mailgun_fields(const struct message *m, const struct message_post
     field_add_text(f, "stripped-text", message_stripped_text(m));
     field_add_text(f, "stripped-signature", message_stripped_signature(m));
     field_add_text(f, "stripped-html", message_stripped_html(m));
-    field_add_json(f, "message-headers", msg_headers_json(m));
+    field_add_json(f, "message-headers", msg_headers_json(m, o->sender));
     field_add_json(f, "content-id-map", form_cid_map(m, murl));
     json_t *w = json_array();
     for (size_t i = 0; i < message_warning_count(m); i++)
@@ -230,7 +236,7 @@ static GArray *mailgun_fields(const struct message *m, const struct message_post
         field_add_text(f, "message-url", murl);
         field_add_json(f, "attachments", notify_attachments(m, murl));
     }
-    add_header_fields(f, m);
+    add_header_fields(f, m, o->sender);
     size_t n = message_attachment_count(m);
     if (!murl && n > 0) {
         char count[24];

@@ -2,11 +2,11 @@
  * body-mime of its Accept: message/rfc2822 variant.
  *
  * message_stored_json keys, in this order: recipients, sender, from, subject, message-id (the §3
- * field; the Message-Id header is reserved, so without it the id would only be in
- * message-headers), body-plain, stripped-text, stripped-signature, body-html, stripped-html,
- * attachments, message-headers, content-id-map, then every header whose name is not reserved
- * (message_reserved_name) as a key of its own, the first occurrence of a name (compared ignoring
- * case) only.  JSON keys take any UTF-8 text, so no header name is dropped for its spelling.
+ * fields), body-plain, stripped-text, stripped-signature, body-html, stripped-html, attachments,
+ * message-headers (Mailgun's added X-Mailgun-Incoming and X-Envelope-From first), content-id-map,
+ * then those two and every header whose name is not reserved (message_reserved_name: "From",
+ * "Subject", "Message-Id" are keys) as a key of its own, the first occurrence of a name (compared
+ * ignoring case) only.  JSON keys take any UTF-8 text, so no header name is dropped for its spelling.
  *
  * message_body_mime: the exact bytes when they are valid UTF-8 without NUL.  Otherwise the bytes
  * are parsed as message_parse() does and GMime writes the tree again in 7 bit: 8-bit header values
@@ -53,21 +53,24 @@ json_t *message_stored_json(const struct message *m, const char *recipient, cons
         g_free(url);
     }
     json_object_set_new(o, "attachments", atts);
-    json_object_set_new(o, "message-headers", msg_headers_json(m));
+    json_object_set_new(o, "message-headers", msg_headers_json(m, sender));
     json_object_set_new(o, "content-id-map", map);
 
     GHashTable *seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    for (size_t i = 0; i < message_header_count(m); i++) {
+    const size_t added = MSG_MAILGUN_HEADERS;
+    for (size_t i = 0; i < added + message_header_count(m); i++) {
         const char *name, *value;
-        message_header(m, i, &name, &value);
-        if (!*name || message_reserved_name(name)) continue;
-        char *key = g_ascii_strdown(name, -1);
-        if (g_hash_table_contains(seen, key)) {
+        char *own = NULL;
+        if (i < added) value = own = msg_mailgun_header(i, sender, &name);
+        else message_header(m, i - added, &name, &value);
+        char *key = *name && !message_reserved_name(name) ? g_ascii_strdown(name, -1) : NULL;
+        if (key && !g_hash_table_contains(seen, key)) {
+            g_hash_table_add(seen, key);
+            json_object_set_new(o, name, msg_jstr(value));
+        } else {
             g_free(key);
-            continue;
         }
-        g_hash_table_add(seen, key);
-        json_object_set_new(o, name, msg_jstr(value));
+        g_free(own);
     }
     g_hash_table_unref(seen);
     return o;

@@ -195,6 +195,13 @@ class DeliveryCase(InletTestCase):
         self.assertRegex(headers[0][1], received_value_re(msg_id))
         return [["Received", "<RECEIVED>"]] + [list(h) for h in headers[1:]]
 
+    def mailgun_headers(self, headers, sender, msg_id):
+        """The form's message-headers: Mailgun's two added headers first (X-Mailgun-Incoming,
+        X-Envelope-From), then the message's own, normalised."""
+        self.assertEqual(headers[:2], [["X-Mailgun-Incoming", "Yes"],
+                                       ["X-Envelope-From", "<%s>" % sender]], headers[:3])
+        return self.normalise_headers(headers[2:], msg_id)
+
     def golden(self, name):
         with open(os.path.join(GOLDEN, name), encoding="utf-8") as f:
             return json.load(f)
@@ -291,7 +298,10 @@ class JsonFormat(DeliveryCase):
         self.assertEqual(form.one("subject"), "small one")
         self.assertEqual(form.one("body-plain").rstrip("\r\n"), "just text")
         self.check_signed(form.one("timestamp"), form.one("token"), form.one("signature"), when=req.time)
-        self.normalise_headers(json.loads(form.one("message-headers")), msg_id)
+        self.mailgun_headers(json.loads(form.one("message-headers")), "alice@sender.test", msg_id)
+        self.assertEqual(form.one("X-Mailgun-Incoming"), "Yes")
+        self.assertEqual(form.one("X-Envelope-From"), "<alice@sender.test>")
+        self.assertEqual(form.one("Subject"), "small one")
         self.wait_state(d, msg_id, "delivered")
 
 
@@ -339,26 +349,33 @@ class MailgunForm(DeliveryCase):
         form = req.form()
         g = self.golden("delivery-rich.json")
         for f in self.GO_FIELDS + ["body-html", "stripped-signature", "attachment-count", "content-id-map"]:
-            self.assertEqual(len(form.names_ci(f)), 1, "field %r: %r" % (f, form.order))
+            self.assertEqual(len(form.fields.get(f, [])), 1, "field %r: %r" % (f, form.order))
+            # Only the headers of the parsed fields (From, Subject) go beside them, in their own case.
+            self.assertEqual(len(form.names_ci(f)), 2 if f in ("from", "subject") else 1,
+                             "field %r: %r" % (f, form.order))
         for f in ("recipient", "sender", "from", "subject", "body-plain", "stripped-text", "stripped-signature",
                   "body-html", "stripped-html"):
             self.assertEqual(form.one(f), g[f], f)
         self.check_signed(form.one("timestamp"), form.one("token"), form.one("signature"), when=req.time)
-        headers = self.normalise_headers(json.loads(form.one("message-headers")), msg_id)
+        headers = self.mailgun_headers(json.loads(form.one("message-headers")), "alice@sender.test",
+                                       msg_id)
         # attachment-1..N, 1-based, in the attachments order; content-id-map names the field.
         self.assertEqual(form.one("attachment-count"), "2")
         a1, a2 = form.file("attachment-1"), form.file("attachment-2")
         self.assertEqual((a1.filename, a1.content_type, a1.data), ("logo.png", "image/png", PNG))
         self.assertEqual((a2.filename, a2.content_type, a2.data), ("report.pdf", "application/pdf", PDF))
         self.assertEqual(json.loads(form.one("content-id-map")), {"<logo@sender.test>": "attachment-1"})
-        # Every non-reserved header as its own field; reserved ones (From, Subject, Message-ID
-        # equal §3 fields ignoring case) only in message-headers.
+        # Every header as its own field, as Mailgun posts them: From, Subject and Message-ID beside
+        # the parsed from, subject and message-id; Mailgun's added headers first.
         self.assertEqual(form.one("To"), "Bob <bob@example.com>")
         self.assertEqual(form.one("X-Test-Header"), "folded value")
         self.assertEqual(form.one("Date"), "Tue, 14 Nov 2023 22:13:20 +0000")
         self.assertEqual(form.one("MIME-Version"), "1.0")
-        for reserved in ("From", "Subject", "Message-ID"):
-            self.assertNotIn(reserved, form.fields)
+        self.assertEqual(form.one("From"), g["from"])
+        self.assertEqual(form.one("Subject"), g["subject"])
+        self.assertEqual(form.one("Message-ID"), "<%s>" % g["message-id"])
+        self.assertEqual(form.one("X-Mailgun-Incoming"), "Yes")
+        self.assertEqual(form.one("X-Envelope-From"), "<alice@sender.test>")
         self.wait_state(d, msg_id, "delivered")
         self.assertEqual(headers, g["message-headers"])
         # The top-level Content-Type is a header like any other (Mailgun posts it as a field too).

@@ -190,10 +190,14 @@ class StoredMessage(StorageCase):
         self.assertIn(["Subject", "Stored rich"], j["message-headers"])
         self.assertIn(["X-Custom", "custom value"], j["message-headers"])
         self.assertEqual(j["X-Custom"], "custom value")
-        # SPEC §3 reserved names: a header named like a field (ignoring case) stays in
-        # message-headers only.
-        for name in ("Subject", "From", "Message-ID"):
-            self.assertNotIn(name, j)
+        # The headers of the parsed fields are keys beside them, as in Mailgun's stored JSON, and
+        # Mailgun's added headers come first in message-headers and as keys.
+        self.assertEqual(j["Subject"], "Stored rich")
+        self.assertEqual(j["From"], j["from"])
+        self.assertEqual(j["Message-ID"], "<%s>" % j["message-id"])
+        self.assertEqual(j["message-headers"][:2], [["X-Mailgun-Incoming", "Yes"],
+                                                    ["X-Envelope-From", "<%s>" % j["sender"]]])
+        self.assertEqual((j["X-Mailgun-Incoming"], j["X-Envelope-From"]), ("Yes", "<%s>" % j["sender"]))
         # attachments: [{size, url, name, content-type}], urls = <storage url>/attachments/<i>.
         atts = j["attachments"]
         self.assertIsInstance(atts, list)

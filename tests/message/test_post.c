@@ -223,9 +223,15 @@ static void test_stored_json(void)
     /* message-headers holds every top-level header, Content-Type included (GMime keeps it on
      * the MIME part, not on the message) */
     json_t *mh = json_object_get(j, "message-headers");
-    CHECK(json_is_array(mh) && json_array_size(mh) == 7,
-          "stored: message-headers is an array of every header");
-    CHECK_STR(json_string_value(json_array_get(json_array_get(mh, 6), 0)), "Content-Type",
+    CHECK(json_is_array(mh) && json_array_size(mh) == 9,
+          "stored: message-headers is an array of every header and Mailgun's two");
+    CHECK_STR(json_string_value(json_array_get(json_array_get(mh, 0), 0)), "X-Mailgun-Incoming",
+              "stored: message-headers starts with X-Mailgun-Incoming");
+    CHECK_STR(json_string_value(json_array_get(json_array_get(mh, 1), 1)), "<alice@example.org>",
+              "stored: then X-Envelope-From: <sender>");
+    CHECK_STR(json_string_value(json_object_get(j, "X-Envelope-From")), "<alice@example.org>",
+              "stored: X-Envelope-From as its own key");
+    CHECK_STR(json_string_value(json_array_get(json_array_get(mh, 8), 0)), "Content-Type",
               "stored: message-headers ends with the top-level Content-Type");
     CHECK_STR(json_string_value(json_object_get(j, "Content-Type")),
               "multipart/mixed; boundary=z", "stored: the top-level Content-Type as its own key");

@@ -35,13 +35,16 @@ STORED_URL = "http://127.0.0.1:8080/v3/domains/example.com/messages/KEY2"
 URLENCODED_MAX = 100 * 1024
 HEADER_FIELDS_MAX = 500
 
-# SPEC §3 reserved names (message.c), and the names post.c emits itself.
+# SPEC §3 reserved names (message.c): the fields inlet vouches for, ignoring case, and the parsed
+# header fields spelled exactly so ("From", "Subject", "Message-Id" are fields beside them).
 RESERVED = {
-    "recipient", "sender", "from", "subject", "message-id", "body-plain", "body-html",
-    "stripped-text", "stripped-signature", "stripped-html", "message-headers", "attachments",
-    "content-id-map", "parse-warnings", "timestamp", "token", "signature", "domain",
-    "recipients", "message-url", "attachment-count", "body-mime",
+    "recipient", "sender", "timestamp", "token", "signature", "message-headers",
+    "content-id-map", "attachments", "domain", "recipients", "message-url", "parse-warnings",
 }
+RESERVED_PREFIXES = ("body-", "stripped-", "attachment-")
+PARSED_NAMES = {"from", "subject", "message-id"}
+# The headers Mailgun adds to inbound mail, first in message-headers and the per-header fields.
+MAILGUN_ADDED = [["X-Mailgun-Incoming", "Yes"], ["X-Envelope-From", "<%s>" % SENDER]]
 OWN_FIELDS = ["recipient", "sender", "from", "subject", "message-id", "domain", "body-plain",
               "body-html", "stripped-text", "stripped-signature", "stripped-html",
               "message-headers", "content-id-map", "parse-warnings", "id"]
@@ -53,7 +56,7 @@ RAILS_FIELDS = ["body-mime", "recipient", "timestamp", "token", "signature"]
 
 def reserved(name):
     n = name.lower()
-    return n in RESERVED or re.fullmatch(r"attachment-[0-9]+", n) is not None
+    return n in RESERVED or n.startswith(RESERVED_PREFIXES) or name in PARSED_NAMES
 
 
 def header_field_ok(name):
@@ -190,7 +193,7 @@ def attachment_bytes(a):
 def check_form_fields(fields, parsed, notify, multipart):
     """fields: [(name, filename, ctype, bytes)] from either encoding."""
     atts = parsed["attachments"]
-    hdr = header_fields(parsed["message-headers"])
+    hdr = header_fields(MAILGUN_ADDED + parsed["message-headers"])
     names = list(OWN_FIELDS)
     if notify:
         names += ["message-url", "attachments"]
@@ -206,7 +209,8 @@ def check_form_fields(fields, parsed, notify, multipart):
     for k in ["from", "subject", "message-id", "domain", "body-plain", "body-html",
               "stripped-text", "stripped-signature", "stripped-html", "id"]:
         eq(text(fields, k), parsed[k], k)
-    eq(json.loads(text(fields, "message-headers")), parsed["message-headers"], "message-headers")
+    eq(json.loads(text(fields, "message-headers")), MAILGUN_ADDED + parsed["message-headers"],
+       "message-headers")
     eq(json.loads(text(fields, "parse-warnings")), parsed["parse-warnings"], "parse-warnings")
     eq(text(fields, "timestamp"), TIMESTAMP, "timestamp")
     eq(text(fields, "token"), TOKEN, "token")
@@ -318,14 +322,14 @@ def check_stored(stored, parsed):
     keys = ["recipients", "sender", "from", "subject", "message-id", "body-plain",
             "stripped-text", "stripped-signature", "body-html", "stripped-html", "attachments",
             "message-headers", "content-id-map"]
-    hk = stored_header_keys(parsed["message-headers"])
+    hk = stored_header_keys(MAILGUN_ADDED + parsed["message-headers"])
     eq(list(stored), keys + [n for n, _ in hk], "keys in order")
     eq(stored["recipients"], RECIPIENT, "recipients")
     eq(stored["sender"], SENDER, "sender")
     for k in keys[2:10]:
         if k != "attachments":
             eq(stored[k], parsed[k], k)
-    eq(stored["message-headers"], parsed["message-headers"], "message-headers")
+    eq(stored["message-headers"], MAILGUN_ADDED + parsed["message-headers"], "message-headers")
     want = [{"size": a["size"], "url": f"{STORED_URL}/attachments/{i}", "name": a["name"],
              "content-type": a["content-type"]} for i, a in enumerate(parsed["attachments"])]
     eq(stored["attachments"], want, "attachments")
