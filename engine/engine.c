@@ -432,8 +432,12 @@ static int start_smtp(struct engine *e)
         .nlisten = cfg->smtp_listen.count,
         .max_connections = (unsigned)cfg->max_connections,
         .max_connections_per_ip = (unsigned)cfg->max_connections_per_ip,
+        .ipv6_prefix = (unsigned)cfg->ipv6_prefix_per_client,
         .timeout_seconds = (unsigned)cfg->smtp_timeout,
-        .inflight_bytes_max = LIMIT_INFLIGHT_BYTES,
+        .data_timeout_seconds = (unsigned)cfg->data_timeout,
+        .inflight_bytes_max = cfg->smtp_memory,
+        .inflight_bytes_per_client = cfg->smtp_memory_per_client,
+        .postmaster_per_hour = (unsigned)cfg->postmaster_rate,
         .tls_cert = cfg->tls_cert && *cfg->tls_cert ? cfg->tls_cert : NULL,
         .tls_key = cfg->tls_key && *cfg->tls_key ? cfg->tls_key : NULL,
     };

@@ -9,6 +9,11 @@
  * and a pointer back to the conn that is cleared when the conn closes, so a 250 that arrives
  * after the client left is dropped, never written to a freed session.
  *
+ * Clients: connections are counted, and message bytes and postmaster recipients rationed, per
+ * client — an address, or an IPv6 /N (util/net.h net_client_key) — in a `struct client` that
+ * lives while it has a connection, a commit in flight or a postmaster allowance still refilling,
+ * so that one client cannot take the whole DATA budget and leave others 452.
+ *
  * STARTTLS: the SSL_CTX is built once at start.  A connection gets its TLS state (tls.c, memory
  * BIOs) only when its client says STARTTLS, so a plaintext connection holds none.  From then on
  * socket bytes go through tls_pump(): ciphertext into the TLS object, plaintext out of it (one
@@ -32,10 +37,24 @@
 
 struct conn;
 
+/* Accepts between two sweeps of the client table (client_sweep). */
+#define CLIENT_SWEEP_EVERY 1024
+
+/* One client (see the top). */
+struct client {
+    char key[NET_CLIENT_KEY_MAX];
+    unsigned conns;           /* open connections, refused ones included until they close */
+    unsigned commits;         /* commits in flight (they hold part of inflight_bytes) */
+    int64_t inflight_bytes;   /* its part of the DATA budget */
+    double postmaster_tokens; /* allowance: refills at postmaster_per_hour, at most that many */
+    uint64_t postmaster_at_ms; /* loop time of the last refill */
+};
+
 struct smtp_commit {
     struct smtp_server *srv;
-    struct conn *conn; /* NULL once the connection has closed */
-    size_t reserved;   /* in-flight bytes the txn held; given back when the commit ends */
+    struct conn *conn;      /* NULL once the connection has closed */
+    struct client *client;  /* outlives the conn while the commit holds bytes */
+    size_t reserved;        /* in-flight bytes the txn held; given back when the commit ends */
 };
 
 /* A connection's TLS, once its client said STARTTLS. */
@@ -59,6 +78,8 @@ struct conn {
     size_t pending_len;
     struct smtp_commit *commit;
     struct smtp_tls *tls; /* NULL until STARTTLS; freed with the conn */
+    struct client *client; /* NULL only when accept failed */
+    uint64_t data_deadline_ms; /* while in DATA: loop time by which it must end; else 0 */
     unsigned writes_in_flight;
     uint64_t rcpt_check_ns; /* time spent in ops.check_rcpt (SMTP_RCPT_CHECK_BUDGET_MS) */
     uint64_t write_progress_ms; /* loop time of the last write that completed, or of the first
@@ -77,7 +98,7 @@ struct smtp_server {
     size_t nlisteners, listeners_open;
     struct conn *conns;
     unsigned nconns;
-    GHashTable *per_ip; /* ip string → connection count */
+    GHashTable *clients; /* client key → struct client (owned) */
     int64_t inflight_bytes;
     unsigned commits_in_flight;
     uint64_t next_conn_id;
@@ -152,6 +173,8 @@ static void session_commit(void *ctx, struct smtp_txn *txn)
     struct smtp_commit *commit = g_new0(struct smtp_commit, 1);
     commit->srv = srv;
     commit->conn = c;
+    commit->client = c->client;
+    c->client->commits++;
     commit->reserved = txn->reserved;
     txn->reserved = 0; /* the commit holds it now */
     c->commit = commit;
@@ -177,12 +200,41 @@ static const char *session_check_rcpt(void *ctx, const char *addr)
     return refused;
 }
 
+/* The DATA budget: the whole server's, and the client's share of it. */
 static bool session_reserve(void *ctx, ssize_t delta)
 {
-    struct smtp_server *srv = ((struct conn *)ctx)->srv;
+    struct conn *c = ctx;
+    struct smtp_server *srv = c->srv;
+    struct client *cl = c->client;
     if (delta > 0 && srv->inflight_bytes + delta > srv->cfg.inflight_bytes_max) return false;
+    if (delta > 0 && cl->inflight_bytes + delta > srv->cfg.inflight_bytes_per_client) {
+        log_info("smtp", "conn=%llu client share full ip=%s client=%s held_bytes=%lld", (unsigned long long)c->id,
+                 c->ip, cl->key, (long long)cl->inflight_bytes);
+        return false;
+    }
     srv->inflight_bytes += delta;
+    cl->inflight_bytes += delta;
     return true;
+}
+
+/* Postmaster recipients skip the route check (RFC 5321 §4.5.1): a token bucket per client. */
+static const char *session_check_postmaster(void *ctx)
+{
+    struct conn *c = ctx;
+    struct client *cl = c->client;
+    const double rate = c->srv->cfg.postmaster_per_hour;
+    if (rate <= 0) return NULL;
+    const uint64_t now = uv_now(c->srv->loop);
+    cl->postmaster_tokens += (double)(now - cl->postmaster_at_ms) * rate / 3600000.0;
+    if (cl->postmaster_tokens > rate) cl->postmaster_tokens = rate;
+    cl->postmaster_at_ms = now;
+    if (cl->postmaster_tokens >= 1) {
+        cl->postmaster_tokens -= 1;
+        return NULL;
+    }
+    log_info("smtp", "conn=%llu postmaster rate reached ip=%s client=%s per_hour=%u", (unsigned long long)c->id,
+             c->ip, cl->key, c->srv->cfg.postmaster_per_hour);
+    return "450 4.7.1 Error: too much mail for postmaster from this client, try again later";
 }
 
 /* The session accepted STARTTLS: the TLS state is made now, used after the 220 is written. */
@@ -199,6 +251,7 @@ static int session_starttls(void *ctx)
 static const struct smtp_session_ops session_ops = {
     .commit = session_commit,
     .check_rcpt = session_check_rcpt,
+    .check_postmaster = session_check_postmaster,
     .reserve = session_reserve,
 };
 
@@ -206,9 +259,55 @@ static const struct smtp_session_ops session_ops = {
 static const struct smtp_session_ops session_ops_tls = {
     .commit = session_commit,
     .check_rcpt = session_check_rcpt,
+    .check_postmaster = session_check_postmaster,
     .reserve = session_reserve,
     .starttls = session_starttls,
 };
+
+/* ---------------------------------------------------------------------------------------------
+ * Clients. */
+
+static struct client *client_get(struct smtp_server *srv, const char *key)
+{
+    struct client *cl = g_hash_table_lookup(srv->clients, key);
+    if (cl) return cl;
+    cl = g_new0(struct client, 1);
+    snprintf(cl->key, sizeof cl->key, "%s", key);
+    cl->postmaster_tokens = srv->cfg.postmaster_per_hour;
+    cl->postmaster_at_ms = uv_now(srv->loop);
+    g_hash_table_insert(srv->clients, cl->key, cl);
+    return cl;
+}
+
+/* Whether a client with nothing open has used none of its postmaster allowance by now. */
+static bool client_allowance_full(const struct smtp_server *srv, const struct client *cl)
+{
+    const double rate = srv->cfg.postmaster_per_hour;
+    if (rate <= 0) return true;
+    const double refilled = (double)(uv_now(srv->loop) - cl->postmaster_at_ms) * rate / 3600000.0;
+    return cl->postmaster_tokens + refilled >= rate;
+}
+
+/* Forgets a client with nothing open.  One whose postmaster allowance is still refilling stays
+ * (reconnecting must not reset it) until client_sweep finds it full. */
+static void client_release(struct smtp_server *srv, struct client *cl)
+{
+    if (!cl || cl->conns > 0 || cl->commits > 0) return;
+    if (client_allowance_full(srv, cl)) g_hash_table_remove(srv->clients, cl->key);
+}
+
+static gboolean client_idle_and_full(gpointer key, gpointer value, gpointer srv)
+{
+    struct client *cl = value;
+    return cl->conns == 0 && cl->commits == 0 && client_allowance_full(srv, cl);
+}
+
+/* Clients kept only for their allowance, dropped once it has refilled: run every so many
+ * accepts, so the table stays within the clients seen in the last hour. */
+static void client_sweep(struct smtp_server *srv)
+{
+    g_hash_table_foreach_remove(srv->clients, client_idle_and_full, srv);
+}
 
 /* ---------------------------------------------------------------------------------------------
  * Stopping. */
@@ -232,7 +331,10 @@ void smtp_commit_done(struct smtp_commit *commit, enum smtp_commit_status status
     struct smtp_server *srv = commit->srv;
     struct conn *c = commit->conn;
     srv->inflight_bytes -= (int64_t)commit->reserved;
+    commit->client->inflight_bytes -= (int64_t)commit->reserved;
+    commit->client->commits--;
     srv->commits_in_flight--;
+    client_release(srv, commit->client);
     g_free(commit);
     if (c) {
         c->commit = NULL;
@@ -259,11 +361,12 @@ static void on_handle_closed(uv_handle_t *h)
     if (c->next) c->next->prev = c->prev;
     srv->nconns--;
     atomic_store_explicit(&srv->n_open, srv->nconns, memory_order_relaxed);
-    unsigned n = GPOINTER_TO_UINT(g_hash_table_lookup(srv->per_ip, c->ip));
-    if (n <= 1) g_hash_table_remove(srv->per_ip, c->ip);
-    else g_hash_table_insert(srv->per_ip, g_strdup(c->ip), GUINT_TO_POINTER(n - 1));
     log_debug("smtp", "conn=%llu disconnected ip=%s", (unsigned long long)c->id, c->ip);
-    smtp_session_free(c->session);
+    smtp_session_free(c->session); /* gives back its DATA reservation: before the client goes */
+    if (c->client) {
+        c->client->conns--;
+        client_release(srv, c->client);
+    }
     smtp_tls_free(c->tls);
     g_free(c->pending);
     g_free(c);
@@ -370,11 +473,33 @@ static void conn_flush(struct conn *c)
 
 /* Feeds bytes to the session; whatever it cannot take now is kept in c->pending and reading
  * stops until conn_resume(). */
+/* --data-timeout: the 354 starts the clock, and bytes trickling in (which keep the idle timer
+ * quiet) do not stop it.  Otherwise one byte every few seconds holds a DATA buffer — and the
+ * client's share of the budget — for as long as the client likes. */
+static void conn_track_data(struct conn *c)
+{
+    if (!smtp_session_in_data(c->session)) c->data_deadline_ms = 0;
+    else if (c->data_deadline_ms == 0)
+        c->data_deadline_ms = uv_now(c->srv->loop) + (uint64_t)c->srv->cfg.data_timeout_seconds * 1000;
+}
+
+static bool conn_data_expired(struct conn *c)
+{
+    if (c->data_deadline_ms == 0 || uv_now(c->srv->loop) < c->data_deadline_ms) return false;
+    log_info("smtp", "conn=%llu data timeout ip=%s seconds=%u", (unsigned long long)c->id, c->ip,
+             c->srv->cfg.data_timeout_seconds);
+    c->data_deadline_ms = 0;
+    smtp_session_timeout(c->session); /* 421 4.4.2; the buffer and its reservation go */
+    conn_flush(c);
+    return true;
+}
+
 static void conn_feed(struct conn *c, const char *data, size_t len)
 {
     c->in_feed = true;
     size_t used = smtp_session_feed(c->session, data, len);
     c->in_feed = false;
+    conn_track_data(c);
     if (used < len && !smtp_session_closing(c->session)) {
         char *rest = g_malloc(len - used);
         memcpy(rest, data + used, len - used);
@@ -435,6 +560,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     uv_timer_again(&c->timer);
+    if (conn_data_expired(c)) return;
     if (c->tls_phase == TLS_HANDSHAKE || c->tls_phase == TLS_ON) {
         if (smtp_tls_push(c->tls, buf->base, (size_t)nread) < 0) {
             tls_failed(c, "read", "out of memory");
@@ -564,12 +690,16 @@ static void on_connection(uv_stream_t *listener, int status)
     }
     struct sockaddr_storage ss;
     int sslen = sizeof ss;
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0)
+    char key[NET_CLIENT_KEY_MAX] = "unknown";
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
         net_format_ip((struct sockaddr *)&ss, c->ip, sizeof c->ip);
-    else
+        net_client_key((struct sockaddr *)&ss, srv->cfg.ipv6_prefix, key, sizeof key);
+    } else {
         snprintf(c->ip, sizeof c->ip, "unknown");
-    unsigned per_ip = GPOINTER_TO_UINT(g_hash_table_lookup(srv->per_ip, c->ip)) + 1;
-    g_hash_table_insert(srv->per_ip, g_strdup(c->ip), GUINT_TO_POINTER(per_ip));
+    }
+    if (srv->next_conn_id % CLIENT_SWEEP_EVERY == 0) client_sweep(srv);
+    c->client = client_get(srv, key);
+    const unsigned per_ip = ++c->client->conns;
     uv_tcp_nodelay(&c->tcp, 1);
 
     if (srv->nconns > srv->cfg.max_connections) {
@@ -577,6 +707,7 @@ static void on_connection(uv_stream_t *listener, int status)
         return;
     }
     if (per_ip > srv->cfg.max_connections_per_ip) {
+        log_info("smtp", "conn=%llu client=%s connections=%u", (unsigned long long)c->id, c->client->key, per_ip);
         refuse(c, "max-connections-per-ip");
         return;
     }
@@ -652,7 +783,7 @@ struct smtp_server *smtp_server_start(uv_loop_t *loop, const struct smtp_server_
     if (tls_ctx) log_info("smtp", "starttls offered cert=%s", cfg->tls_cert);
     srv->ops = ops;
     srv->ctx = ctx;
-    srv->per_ip = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    srv->clients = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
     srv->over_budget_reply =
         g_strdup_printf("421 4.7.0 %s Error: too much time spent on recipients", cfg->session.hostname);
     for (size_t i = 0; i < nfds; i++) start_listener(srv, fds[i]);
@@ -690,7 +821,7 @@ void smtp_server_stop(struct smtp_server *srv, unsigned grace_seconds)
 void smtp_server_free(struct smtp_server *srv)
 {
     if (!srv) return;
-    g_hash_table_destroy(srv->per_ip);
+    g_hash_table_destroy(srv->clients);
     g_free(srv->over_budget_reply);
     smtp_tls_ctx_free(srv->tls_ctx);
     g_free(srv);

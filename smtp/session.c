@@ -643,6 +643,11 @@ static void cmd_rcpt(struct smtp_session *s, const char *arg)
         reply(s, "452 4.5.3 Too many recipients");
         return;
     }
+    const char *rationed = postmaster && s->ops.check_postmaster ? s->ops.check_postmaster(s->ctx) : NULL;
+    if (rationed) {
+        reply(s, "%s", rationed);
+        return;
+    }
     const char *refused = (!postmaster && s->ops.check_rcpt)
                               ? s->ops.check_rcpt(s->ctx, path.addr) : NULL;
     if (refused && strncmp(refused, "421", 3) == 0) { /* the checker's last word */
@@ -1190,6 +1195,11 @@ bool smtp_session_closing(const struct smtp_session *s)
 bool smtp_session_in_transaction(const struct smtp_session *s)
 {
     return state_in_transaction(s->state) || s->commit_in_flight;
+}
+
+bool smtp_session_in_data(const struct smtp_session *s)
+{
+    return s->state == SMTP_STATE_DATA;
 }
 
 bool smtp_session_committing(const struct smtp_session *s)

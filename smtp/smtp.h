@@ -74,6 +74,10 @@ struct smtp_session_ops {
      * 452 4.3.1 after the end of data.  A txn handed to commit() carries its reservation in
      * txn->reserved; whoever frees the txn gives it back. */
     bool (*reserve)(void *ctx, ssize_t delta);
+    /* Optional.  Asked for every postmaster recipient (RFC 5321 §4.5.1 makes us accept them
+     * without a route check, so they are rationed instead): NULL to accept, or a reply line
+     * ("450 4.7.1 ...") to refuse this one; not counted as a bad command. */
+    const char *(*check_postmaster)(void *ctx);
     /* Optional: set it to offer STARTTLS (RFC 3207; EHLO lists it until TLS is on), leave it NULL
      * and STARTTLS is 502 5.5.1.  Called when the client's STARTTLS is accepted: get TLS ready
      * and return 0, or a negative errno, which answers 454 4.7.0 and the session goes on in
@@ -119,6 +123,8 @@ char *smtp_session_take_output(struct smtp_session *s, size_t *len);
 bool smtp_session_closing(const struct smtp_session *s);
 /* True between MAIL FROM and the end of the transaction (incl. DATA and a commit in flight). */
 bool smtp_session_in_transaction(const struct smtp_session *s);
+/* True between the 354 and the end of data: message bytes are being read. */
+bool smtp_session_in_data(const struct smtp_session *s);
 /* True while a commit handed to ops.commit has not been answered. */
 bool smtp_session_committing(const struct smtp_session *s);
 const char *smtp_session_state_name(const struct smtp_session *s);
@@ -134,9 +140,13 @@ struct smtp_server_config {
     const char *const *listen;   /* "HOST:PORT" strings, already validated */
     size_t nlisten;
     unsigned max_connections;
-    unsigned max_connections_per_ip;
+    unsigned max_connections_per_ip; /* per client: an address, or an IPv6 /ipv6_prefix */
+    unsigned ipv6_prefix;
     unsigned timeout_seconds;
-    int64_t inflight_bytes_max;
+    unsigned data_timeout_seconds;   /* one DATA at most this long, however the bytes trickle */
+    int64_t inflight_bytes_max;      /* message bytes held by every session together */
+    int64_t inflight_bytes_per_client; /* ... of which one client's sessions may hold */
+    unsigned postmaster_per_hour;    /* postmaster recipients per client and hour; 0: no limit */
     /* PEM certificate chain and private key: both set to offer STARTTLS, or both NULL.  Loaded once by smtp_server_start, which fails when they
      * cannot be loaded or do not match. */
     const char *tls_cert;

@@ -53,6 +53,16 @@ static const struct setting settings[] = {
      "SMTP connections at once"},
     {"max-connections-per-ip", SET_INT, OFF(max_connections_per_ip), "50", 1,
      LIMIT_CONNECTIONS_MAX, "N", "SMTP connections at once from one client address"},
+    {"ipv6-prefix-per-client", SET_INT, OFF(ipv6_prefix_per_client), "64", 1, 128, "BITS",
+     "an IPv6 client is its /BITS network for the per-client caps and shares"},
+    {"smtp-memory", SET_INT, OFF(smtp_memory), "1073741824", LIMIT_MESSAGE_SIZE_MIN, LIMIT_SMTP_MEMORY_MAX,
+     "BYTES", "message bytes held by all SMTP sessions together; past it DATA gets 452 4.3.1"},
+    {"smtp-memory-per-client", SET_INT, OFF(smtp_memory_per_client), "268435456", LIMIT_MESSAGE_SIZE_MIN,
+     LIMIT_SMTP_MEMORY_MAX, "BYTES", "of --smtp-memory, what the sessions of one client may hold"},
+    {"data-timeout", SET_INT, OFF(data_timeout), "900", 1, LIMIT_DATA_TIMEOUT_MAX, "SECONDS",
+     "one DATA, from 354 to the final dot, at most this long; then 421 4.4.2"},
+    {"postmaster-rate", SET_INT, OFF(postmaster_rate), "30", 0, LIMIT_POSTMASTER_RATE_MAX, "N",
+     "postmaster recipients accepted per client and hour (0: no limit); then 450 4.7.1"},
     {"smtp-timeout", SET_INT, OFF(smtp_timeout), "300", 1, LIMIT_TIMEOUT_MAX, "SECONDS",
      "idle time allowed per SMTP command or data chunk"},
     {"max-hops", SET_INT, OFF(max_hops), "50", 1, LIMIT_HOPS_MAX, "N",
@@ -435,9 +445,23 @@ static void validate_tls(struct inlet_config *cfg, GString *errors)
         g_string_append_printf(errors, "--tls-key: cannot read %s: %s\n", cfg->tls_key, g_strerror(errno));
 }
 
+/* A client's share must hold the largest message (and our Received:), and fit the whole. */
+static void validate_smtp_memory(const struct inlet_config *cfg, GString *errors)
+{
+    if (cfg->smtp_memory_per_client > cfg->smtp_memory)
+        g_string_append_printf(errors, "--smtp-memory-per-client (%lld) is larger than --smtp-memory (%lld)\n",
+                               (long long)cfg->smtp_memory_per_client, (long long)cfg->smtp_memory);
+    if (cfg->max_message_size + SMTP_RECEIVED_MAX > cfg->smtp_memory_per_client)
+        g_string_append_printf(errors,
+                               "--smtp-memory-per-client (%lld) must hold --max-message-size (%lld) plus %d bytes\n",
+                               (long long)cfg->smtp_memory_per_client, (long long)cfg->max_message_size,
+                               SMTP_RECEIVED_MAX);
+}
+
 static void validate(struct inlet_config *cfg, GString *errors)
 {
     validate_public_url(cfg, errors);
+    validate_smtp_memory(cfg, errors);
     validate_deliveries(cfg, errors);
     validate_tls(cfg, errors);
     validate_database(cfg, errors);

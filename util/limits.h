@@ -46,6 +46,10 @@
 #define LIMIT_CONNECTIONS_MAX 100000
 #define LIMIT_HOPS_MAX 500
 #define LIMIT_TIMEOUT_MAX 3600
+/* --data-timeout: a whole DATA phase at most a day. */
+#define LIMIT_DATA_TIMEOUT_MAX (24 * 3600)
+/* --postmaster-rate: postmaster recipients per client and hour. */
+#define LIMIT_POSTMASTER_RATE_MAX 1000000
 /* --retry-schedule: at most this many retries, each at most a week. */
 #define LIMIT_RETRIES_MAX 50
 #define LIMIT_RETRY_DELAY_MAX (7 * 24 * 3600)
@@ -54,6 +58,8 @@
  * waiting for their commit).  Above it a new DATA gets 452 4.3.1 instead of exhausting memory:
  * GLib aborts on allocation failure, so the budget is what keeps us from ever getting there. */
 #define LIMIT_INFLIGHT_BYTES (1024LL * 1024 * 1024)
+/* --smtp-memory (default LIMIT_INFLIGHT_BYTES) and --smtp-memory-per-client at most this. */
+#define LIMIT_SMTP_MEMORY_MAX (64LL * 1024 * 1024 * 1024)
 
 /* Group commit: one batch holds at most this many messages or bytes. */
 #define STORE_BATCH_MAX_MESSAGES 1024

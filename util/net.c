@@ -81,6 +81,25 @@ void net_format(const struct sockaddr *sa, char *out, size_t outsz)
         snprintf(out, outsz, "%s:%u", ip, ntohs(((const struct sockaddr_in *)sa)->sin_port));
 }
 
+void net_client_key(const struct sockaddr *sa, unsigned v6_prefix, char *out, size_t outsz)
+{
+    if (sa->sa_family != AF_INET6) {
+        net_format_ip(sa, out, outsz);
+        return;
+    }
+    struct in6_addr a = ((const struct sockaddr_in6 *)sa)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(&a)) {
+        if (!inet_ntop(AF_INET, &a.s6_addr[12], out, (socklen_t)outsz)) snprintf(out, outsz, "unknown");
+        return;
+    }
+    if (v6_prefix > 128) v6_prefix = 128;
+    for (unsigned bit = v6_prefix; bit < 128; bit++) a.s6_addr[bit / 8] &= (uint8_t)~(0x80u >> (bit % 8));
+    char ip[INET6_ADDRSTRLEN];
+    if (!inet_ntop(AF_INET6, &a, ip, sizeof ip)) snprintf(ip, sizeof ip, "unknown");
+    if (v6_prefix == 128) snprintf(out, outsz, "%s", ip);
+    else snprintf(out, outsz, "%s/%u", ip, v6_prefix);
+}
+
 bool net_is_wildcard(const struct sockaddr *sa)
 {
     if (sa->sa_family == AF_INET6)

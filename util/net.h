@@ -13,6 +13,12 @@ void net_format(const struct sockaddr *sa, char *out, size_t outsz);
 /* Just the address, no port (at least 48 bytes). */
 void net_format_ip(const struct sockaddr *sa, char *out, size_t outsz);
 bool net_is_wildcard(const struct sockaddr *sa);
+/* The client an address belongs to, for per-client caps and shares: an IPv4 address (also one
+ * mapped into IPv6) as itself; an IPv6 address as its /`v6_prefix` network ("2001:db8::/64"),
+ * since one host is given a whole /64 and can speak from any address in it; /128 is the address
+ * itself.  `out` at least NET_CLIENT_KEY_MAX bytes. */
+#define NET_CLIENT_KEY_MAX 56
+void net_client_key(const struct sockaddr *sa, unsigned v6_prefix, char *out, size_t outsz);
 /* A non-blocking listening TCP socket bound to `spec` (IPv6 sockets are IPv6-only, so [::] and
  * 0.0.0.0 can both be given).  Plain sockets first, so that a failure is reported before any
  * event-loop handle exists.  0, or -1 with *err (malloc'd) naming the address and the reason. */

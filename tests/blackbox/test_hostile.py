@@ -177,5 +177,97 @@ class RcptAbuse(InletTestCase):
             self.assertEqual(s.cmd("RCPT TO:<aaa@example.com>")[0], 250)
 
 
+def start_data(d, source, rcpt="bob@example.com"):
+    """A session from `source` that has had its 354: the caller sends message bytes."""
+    s = d.session(source=source)
+    for line, want in (("EHLO hostile.test", 250), ("MAIL FROM:<x@hostile.test>", 250),
+                       ("RCPT TO:<%s>" % rcpt, 250), ("DATA", 354)):
+        code, lines = s.cmd(line)
+        assert code == want, (line, lines)
+    return s
+
+
+class MemoryShare(InletTestCase):
+    ARGS = ["--max-message-size", "200000", "--smtp-memory", "1000000", "--smtp-memory-per-client", "300000",
+            "--data-timeout", "3"]
+
+    def test_one_client_cannot_take_the_whole_budget(self):
+        # Item 6: 50 sessions from one address held the whole budget with a byte every 4 s, and a
+        # message from another address got 452 4.3.1 for as long as they stayed.
+        d = self.daemon(args=self.ARGS)
+        hostile = []
+        try:
+            for _ in range(4):  # 4 x 200 KB would be 80 % of the budget
+                s = start_data(d, "127.0.0.2")
+                s.send(b"Subject: x\r\n\r\n" + b"y" * 189000 + b"\r\n")
+                hostile.append(s)
+            # Let inlet take those bytes in (it logs when the client's share is full).
+            deadline = time.monotonic() + harness.timeout(3)
+            while time.monotonic() < deadline and not [l for l in d.lines() if "client share full" in l.rest]:
+                time.sleep(0.05)
+            time.sleep(harness.timeout(0.5))
+            # Another address still gets its 250, within a second.
+            t0 = time.monotonic()
+            with d.session(source="127.0.0.1") as s:
+                code, lines = s.transaction("a@sender.test", ["bob@example.com"],
+                                            make_message(body_text="z" * 150000))
+            self.assertEqual(code, 250, lines)
+            self.assertLess(time.monotonic() - t0, harness.timeout(1.0))
+            # The hostile sessions over the share get 452 4.3.1 for their message; the one that
+            # fits is ended by --data-timeout however it trickles (421 4.4.2, see below).
+            hostile[1].send(b".\r\n")
+            code, lines = hostile[1].reply()
+            self.assertEqual((code, lines[-1]), (452, b"452 4.3.1 Insufficient system storage"))
+        finally:
+            for s in hostile:
+                s.close()
+
+    def test_data_timeout_ends_a_trickling_data(self):
+        d = self.daemon(args=self.ARGS)
+        with start_data(d, "127.0.0.2") as s:
+            t0 = time.monotonic()
+            code = None
+            while time.monotonic() - t0 < harness.timeout(8):
+                try:
+                    s.send(b"y")  # a byte every 0.3 s: the idle --smtp-timeout (300 s) never fires
+                except OSError:
+                    break
+                if not s.nothing_within(0.3):
+                    break
+            code, lines = s.reply(wait_s=2)
+            elapsed = time.monotonic() - t0
+            self.assertEqual((code, lines[-1] if lines else None),
+                             (421, b"421 4.4.2 mx.inlet.test Error: timeout exceeded"))
+            self.assertGreaterEqual(elapsed, 2.5)
+            self.assertTrue(d.find_lines("info", "smtp", "conn=") and
+                            [l for l in d.lines() if "data timeout" in l.rest], d.log_text())
+
+
+class PostmasterRate(InletTestCase):
+    def test_postmaster_mail_is_rationed_per_client(self):
+        # Item 10: postmaster is always accepted without a route check (RFC 5321 §4.5.1), so it
+        # was the one unlimited way in; now --postmaster-rate per client and hour.
+        d = self.daemon(args=["--postmaster-rate", "3", "--reject-unrouted", "yes"])
+
+        def pm(s):
+            self.assertEqual(s.cmd("MAIL FROM:<x@sender.test>")[0], 250)
+            code, lines = s.cmd("RCPT TO:<postmaster@example.com>")
+            self.assertEqual(s.cmd("RSET")[0], 250)
+            return code, lines[-1]
+
+        with d.session(source="127.0.0.2") as s:
+            self.assertEqual(s.cmd("EHLO x")[0], 250)
+            self.assertEqual([pm(s)[0] for _ in range(3)], [250, 250, 250])
+            self.assertEqual(pm(s), (450, b"450 4.7.1 Error: too much mail for postmaster from this client, "
+                                          b"try again later"))
+        # Reconnecting does not reset it; another client has its own.
+        with d.session(source="127.0.0.2") as s:
+            self.assertEqual(s.cmd("EHLO x")[0], 250)
+            self.assertEqual(pm(s)[0], 450)
+        with d.session(source="127.0.0.3") as s:
+            self.assertEqual(s.cmd("EHLO x")[0], 250)
+            self.assertEqual(pm(s)[0], 250)
+
+
 if __name__ == "__main__":
     unittest.main()

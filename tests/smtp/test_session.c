@@ -1005,6 +1005,46 @@ static void test_rcpt_guessing_limited(void)
     end_session(&f);
 }
 
+static const char *ration_postmaster(void *ctx)
+{
+    struct fake *f = ctx;
+    g_string_append(f->checked, "postmaster;");
+    return "450 4.7.1 Error: too much mail for postmaster from this client, try again later";
+}
+
+/* Postmaster skips the route check but is asked of ops.check_postmaster; a refusal there is
+ * policy, not a bad command.  smtp_session_in_data() is true from the 354 to the final dot. */
+static void test_postmaster_rationed_and_in_data(void)
+{
+    static const struct session_case c = {.name = "postmaster rationed"};
+    struct fake f;
+    struct smtp_session *s = new_session(&f, &c);
+    smtp_session_free(s);
+    struct smtp_session_ops ops = fake_ops;
+    ops.check_postmaster = ration_postmaster;
+    struct smtp_session_config cfg = test_config(&c);
+    s = f.s = smtp_session_new(&cfg, "192.0.2.1", &ops, &f);
+    GString *in = g_string_new("EHLO client.example\r\nMAIL FROM:<a@sender.example>\r\n");
+    for (int i = 0; i < SMTP_MAX_BAD_COMMANDS + 2; i++) g_string_append(in, "RCPT TO:<Postmaster@example.com>\r\n");
+    g_string_append(in, "RCPT TO:<bob@example.com>\r\nDATA\r\n");
+    CHECK(smtp_session_feed(s, in->str, in->len) == in->len, "all consumed");
+    size_t olen;
+    char *out = smtp_session_take_output(s, &olen);
+    size_t refused = 0;
+    for (const char *p = out; p && (p = strstr(p, "450 4.7.1 Error: too much mail for postmaster")); p++) refused++;
+    CHECK(refused == SMTP_MAX_BAD_COMMANDS + 2, "every postmaster RCPT rationed (%zu)", refused);
+    CHECK(!smtp_session_closing(s), "not counted as bad commands");
+    CHECK(out && g_str_has_suffix(out, "250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"),
+          "other recipients unaffected");
+    CHECK(strstr(f.checked->str, "postmaster;bob@example.com;") != NULL, "the route check is not asked for postmaster");
+    CHECK(smtp_session_in_data(s), "in DATA after the 354");
+    smtp_session_feed(s, "x\r\n.\r\n", 6);
+    CHECK(!smtp_session_in_data(s), "not after the final dot");
+    free(out);
+    g_string_free(in, TRUE);
+    end_session(&f);
+}
+
 static void test_committing_takes_nothing(void)
 {
     static const struct session_case c = {.name = "committing"};
@@ -1047,6 +1087,7 @@ int main(void)
     test_committing_takes_nothing();
     test_relay_probing_limited();
     test_rcpt_guessing_limited();
+    test_postmaster_rationed_and_in_data();
     domain_set_free(hosted);
     return check_done();
 }

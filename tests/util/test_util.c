@@ -239,6 +239,35 @@ static void test_net(void)
     }
 }
 
+/* One client per IPv4 address, per IPv6 /N (item 2 of issue 14: a host owns a /64). */
+static void test_client_key(void)
+{
+    static const struct {
+        const char *listen;
+        unsigned prefix;
+        const char *want;
+    } cases[] = {
+        {"192.0.2.7:25", 64, "192.0.2.7"},
+        {"[::ffff:192.0.2.7]:25", 64, "192.0.2.7"},
+        {"[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:25", 64, "2001:db8:1:2::/64"},
+        {"[2001:db8:1:2::1]:25", 64, "2001:db8:1:2::/64"},
+        {"[2001:db8:1:3::1]:25", 64, "2001:db8:1:3::/64"},
+        {"[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:25", 48, "2001:db8:1::/48"},
+        {"[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:25", 60, "2001:db8:1::/60"},
+        {"[2001:db8:1:ff:1::]:25", 57, "2001:db8:1:80::/57"},
+        {"[2001:db8::1]:25", 128, "2001:db8::1"},
+        {"[::1]:25", 64, "::/64"},
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+        struct sockaddr_storage ss;
+        char *err = NULL, out[NET_CLIENT_KEY_MAX];
+        CHECK(net_parse_listen(cases[i].listen, &ss, &err) == 0, "parse %s", cases[i].listen);
+        g_free(err);
+        net_client_key((struct sockaddr *)&ss, cases[i].prefix, out, sizeof out);
+        CHECK_STR(out, cases[i].want, "client of %s /%u", cases[i].listen, cases[i].prefix);
+    }
+}
+
 static void test_log_escape(void)
 {
     char out[64];
@@ -269,6 +298,7 @@ int main(void)
     test_database_url();
     test_domains();
     test_net();
+    test_client_key();
     test_log_escape();
     test_clock_and_ids();
     return check_done();
