@@ -5,7 +5,6 @@ import re
 import signal
 import socket
 import stat
-import unittest
 import urllib.request
 
 import harness
@@ -142,7 +141,10 @@ class DatabaseSetting(InletTestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertHidden(r.stdout + r.stderr)
 
-    @unittest.skipUnless(harness.PG, "needs a PostgreSQL server (suite postgres)")
+
+class DatabasePassword(InletTestCase):
+    """(Suite postgres only: there is a server to connect to.)"""
+
     def test_serve_with_the_password_in_the_url(self):
         # The real password in the URL, PGPASSFILE pointed elsewhere: inlet connects with the
         # URL's password, and neither its log nor `inlet keys` errors show it.
@@ -159,6 +161,10 @@ class DatabaseSetting(InletTestCase):
             self.assertEqual(code, 250, lines)
         d.stop()
         self.assertNotIn(password, d.all_log_text())
+
+
+if not harness.PG:
+    del DatabasePassword
 
 
 class Precedence(InletTestCase):
