@@ -79,8 +79,8 @@ static double run(struct route_table *t, const char *rcpt, int iters, size_t *hi
 int main(int argc, char **argv)
 {
     log_set_level(LOG_ERROR);
-    const int iters = argc > 1 ? atoi(argv[1]) : 200;
-    const size_t maxn = argc > 2 ? (size_t)atol(argv[2]) : 100000;
+    const int iters = argc > 1 ? (int)strtol(argv[1], NULL, 10) : 200;
+    const size_t maxn = argc > 2 ? (size_t)strtoull(argv[2], NULL, 10) : 100000;
     char ver[64];
     route_lib_version(ver, sizeof ver);
     printf("%s, %d iterations for 1,000 routes\n", ver, iters);

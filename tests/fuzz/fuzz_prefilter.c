@@ -101,12 +101,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     char *expr = malloc(2 * patlen + 32);
     if (!expr) abort();
-    size_t e = (size_t)sprintf(expr, "match_recipient('");
+    size_t e = (size_t)snprintf(expr, 2 * patlen + 32, "match_recipient('");
     for (size_t i = 0; i < patlen; i++) {
         if (buf[i] == '\'') expr[e++] = '\\';
         expr[e++] = buf[i];
     }
-    strcpy(expr + e, "')");
+    memcpy(expr + e, "')", 3);
     const char *acts[] = {"forward('a@b.test')"};
     const char *tail_acts[] = {"store()"};
     const struct route_def d1 = {.id = "fuzz", .seq = 1, .expression = expr, .actions = acts, .nactions = 1};

@@ -406,7 +406,7 @@ static void test_differential(void)
     const char *seed_env = getenv("INLET_PREFILTER_SEED");
     const char *rounds_env = getenv("INLET_PREFILTER_ROUNDS");
     const uint64_t seed = seed_env ? strtoull(seed_env, NULL, 10) : 20240601;
-    const int rounds = rounds_env ? atoi(rounds_env) : 16;
+    const int rounds = rounds_env ? (int)strtol(rounds_env, NULL, 10) : 16;
     rng_state = seed ? seed : 1;
     printf("# differential seed %" PRIu64 ", %d tables\n", seed, rounds);
     enum { ROUTES = 300, RECIPIENTS = 200 };

@@ -41,6 +41,10 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+/* The banned functions, poisoned after the C library headers above (see util/banned.h). */
+#undef INLET_BANNED_LATER
+#include "../../util/banned.h"
+
 #define HEAD_BYTES 80
 #define TAIL_BYTES 32
 
@@ -131,14 +135,14 @@ __attribute__((constructor)) static void shim_init(void)
     resolve_all();
     const char *v = getenv("INLET_SHIM_DATADIR");
     if (v && *v && strlen(v) < sizeof datadir) {
-        strcpy(datadir, v);
+        memcpy(datadir, v, strlen(v) + 1);
         datadir_len = strlen(datadir);
         while (datadir_len > 1 && datadir[datadir_len - 1] == '/')
             datadir[--datadir_len] = '\0';
     }
     v = getenv("INLET_SHIM_ENOSPC");
     if (v && *v && strlen(v) < sizeof enospc_flag)
-        strcpy(enospc_flag, v);
+        memcpy(enospc_flag, v, strlen(v) + 1);
     v = getenv("INLET_SHIM_LOG");
     if (v && *v)
         log_fd = open(v, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
@@ -319,7 +323,7 @@ static void record_sync(int fd, const char *call, int rc)
     int saved = errno;
     char path[PATH_MAX];
     if (!fd_path(fd, path, sizeof path))
-        strcpy(path, "?");
+        memcpy(path, "?", 2);
     emit("%lu SYNC tid=%ld fd=%d call=%s rc=%d path=%s", next_seq(), tid(), fd, call, rc, path);
     errno = saved;
     in_hook--;

@@ -1171,8 +1171,8 @@ static void test_outcome(void)
     enum store_status rc = store_list_unprocessed(st, &ids, &n, 100, &err);
     char got[256] = "";
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        strcat(got, i ? "," : "");
-        strcat(got, ids[i] + 22);
+        size_t used = strlen(got);
+        snprintf(got + used, sizeof got - used, "%s%s", i ? "," : "", ids[i] + 22);
     }
     CHECK(rc == 0 && n == 6, "six unprocessed");
     CHECK_STR(got, "01,03,05,00,04,02", "oldest first, ties by id");
@@ -1300,8 +1300,8 @@ static void test_outcome(void)
     rc = store_list_unprocessed(st, &ids, &n, 100, &err);
     got[0] = '\0';
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        strcat(got, i ? "," : "");
-        strcat(got, ids[i] + 22);
+        size_t used = strlen(got);
+        snprintf(got + used, sizeof got - used, "%s%s", i ? "," : "", ids[i] + 22);
         free(ids[i]);
     }
     free(ids);
