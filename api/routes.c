@@ -498,16 +498,6 @@ enum MHD_Result api_routes_match(struct api_server *api, struct api_request *req
 
 /* ---- POST /v3/routes/test (extension: a dry run) -------------------------------------------- */
 
-static const char *format_name(enum route_format f)
-{
-    switch (f) {
-    case ROUTE_FORMAT_JSON: return "json";
-    case ROUTE_FORMAT_MAILGUN: return "mailgun";
-    case ROUTE_FORMAT_DEFAULT: break;
-    }
-    return "";
-}
-
 static json_t *result_json(const char *rcpt, const struct route_result *res)
 {
     json_t *routes = json_array(), *deliveries = json_array(), *warnings = json_array();
@@ -527,7 +517,7 @@ static json_t *result_json(const char *rcpt, const struct route_result *res)
         json_array_append_new(deliveries,
                               json_pack("{s:s, s:o, s:s, s:o}", "kind",
                                         d->kind == ROUTE_DEST_URL ? "url" : "address", "target",
-                                        jstr(d->target), "format", format_name(d->format),
+                                        jstr(d->target), "format", route_format_name(d->format),
                                         "route_ids", ids));
     }
     for (size_t i = 0; i < res->nwarnings; i++) json_array_append_new(warnings, jstr(res->warnings[i]));

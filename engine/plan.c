@@ -40,16 +40,6 @@ void engine_plan_storage_key(char out[25])
     out[24] = '\0';
 }
 
-static const char *format_name(enum route_format f)
-{
-    switch (f) {
-    case ROUTE_FORMAT_JSON: return "json";
-    case ROUTE_FORMAT_MAILGUN: return "mailgun";
-    case ROUTE_FORMAT_DEFAULT: break;
-    }
-    return "";
-}
-
 /* Keeps `s` (malloc'd; NULL means out of memory) for the plan's lifetime. */
 static const char *keep(struct plan *p, char *s)
 {
@@ -161,7 +151,7 @@ static int add_deliveries(struct builder *b, const char *rcpt, const struct rout
     for (size_t i = 0; i < r->ndeliveries; i++) {
         const struct route_delivery *d = &r->deliveries[i];
         const bool url = d->kind == ROUTE_DEST_URL;
-        const char *format = url && engine_plan_url_is_mime(d->target) ? "mime" : format_name(d->format);
+        const char *format = url && engine_plan_url_is_mime(d->target) ? "mime" : route_format_name(d->format);
         /* Two formats of one URL can both become "mime": one delivery, every route id. */
         struct store_delivery_plan *same = NULL;
         for (size_t k = first; k < b->deliveries.n && !same; k++) {
@@ -207,7 +197,7 @@ static int add_copy(struct builder *b, const char *rcpt, const char *domain, con
     c->domain = domain;
     c->route_id = keep(p, g_strdup(route_id));
     c->notify = notify ? keep(p, g_strdup(notify)) : NULL;
-    c->format = format_name(format);
+    c->format = route_format_name(format);
     c->expires_at = b->expires_at;
     /* A copy of the key: the array moves when it grows. */
     const char *key = keep(p, g_strdup(c->key));
@@ -226,7 +216,7 @@ static int add_notify(struct builder *b, const char *rcpt, const char *route_id,
     id_generate(x->id);
     x->recipient = rcpt;
     x->kind = "notify";
-    x->format = format_name(format);
+    x->format = route_format_name(format);
     x->target = keep(p, g_strdup(url));
     json_t *ids = json_array();
     if (ids) json_array_append_new(ids, jstr(route_id));

@@ -44,13 +44,14 @@ struct aparser {
     char **err;
 };
 
-const char *route_format_suffix(enum route_format f)
+const char *route_format_name(enum route_format f)
 {
     switch (f) {
     case ROUTE_FORMAT_JSON: return "json";
     case ROUTE_FORMAT_MAILGUN: return "mailgun";
-    default: return NULL;
+    case ROUTE_FORMAT_DEFAULT: break;
     }
+    return "";
 }
 
 static int aadvance(struct aparser *p)

@@ -407,7 +407,7 @@ static int run_forward(const struct route *r, const struct route_action *a, cons
     sb_str(text, "\"");
     if (a->format != ROUTE_FORMAT_DEFAULT) {
         sb_str(text, ", format=\"");
-        sb_str(text, route_format_suffix(a->format));
+        sb_str(text, route_format_name(a->format));
         sb_str(text, "\"");
     }
     sb_str(text, ")");
@@ -443,7 +443,7 @@ static int run_store(const struct route *r, const struct route_action *a, const 
         sb_quoted(text, notify);
         if (a->format != ROUTE_FORMAT_DEFAULT) {
             sb_str(text, ", format=\"");
-            sb_str(text, route_format_suffix(a->format));
+            sb_str(text, route_format_name(a->format));
             sb_str(text, "\"");
         }
     }

@@ -152,7 +152,6 @@ struct route_action {
 int route_action_parse(const char *src, size_t index, const struct route_expr *e,
                  struct route_action *out, char **err);
 void route_action_free(struct route_action *a);
-const char *route_format_suffix(enum route_format f);
 
 /* Substitutes captures into `t`: URL templates percent-encode the values.  Malloc'd, or NULL
  * when memory ran out or the result is longer than ROUTE_TARGET_MAX (*too_long set). */

@@ -100,6 +100,9 @@ struct route_message {
 
 enum route_dest_kind { ROUTE_DEST_URL, ROUTE_DEST_ADDRESS };
 enum route_format { ROUTE_FORMAT_DEFAULT, ROUTE_FORMAT_JSON, ROUTE_FORMAT_MAILGUN };
+/* "json", "mailgun", or "" for ROUTE_FORMAT_DEFAULT (the --webhook-format applies): the value of
+ * format="..." in an action, and the name the API and the delivery rows use. */
+const char *route_format_name(enum route_format f);
 
 /* One planned delivery for one recipient: unique per (target, format); lists every route that
  * resolved to it. */
