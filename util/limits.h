@@ -37,6 +37,9 @@
 #define SMTP_TLS_PLAIN_CHUNK (16 * 1024)
 #define SMTP_TLS_BIO_KEEP (4 * 1024)
 #define SMTP_TLS_DESC_MAX 128
+/* A client's key for per-client caps and shares (util/net.h net_client_key): an IPv4 address or
+ * an IPv6 network with its prefix length, "ffff:...:ffff/128" at most. */
+#define NET_CLIENT_KEY_MAX 56
 
 /* Settings bounds (min, max) — checked by util/config.c. */
 #define LIMIT_MESSAGE_SIZE_MIN 1024LL
