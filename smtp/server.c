@@ -9,10 +9,11 @@
  * and a pointer back to the conn that is cleared when the conn closes, so a 250 that arrives
  * after the client left is dropped, never written to a freed session.
  *
- * Clients: connections are counted, and message bytes and postmaster recipients rationed, per
- * client — an address, or an IPv6 /N (util/net.h net_client_key) — in a `struct client` that
- * lives while it has a connection, a commit in flight or a postmaster allowance still refilling,
- * so that one client cannot take the whole DATA budget and leave others 452.
+ * Clients: connections are counted, and message bytes, postmaster recipients and route-check
+ * time rationed, per client — an address, or an IPv6 /N (util/net.h net_client_key) — in a
+ * `struct client` that lives while it has a connection, a commit in flight or an allowance still
+ * refilling, so that one client cannot take the whole DATA budget and leave others 452, nor the
+ * loop's time by reconnecting.
  *
  * STARTTLS: the SSL_CTX is built once at start.  A connection gets its TLS state (tls.c, memory
  * BIOs) only when its client says STARTTLS, so a plaintext connection holds none.  From then on
@@ -48,6 +49,8 @@ struct client {
     int64_t inflight_bytes;   /* its part of the DATA budget */
     double postmaster_tokens; /* allowance: refills at postmaster_per_hour, at most that many */
     uint64_t postmaster_at_ms; /* loop time of the last refill */
+    double rcpt_check_ms;     /* loop time left for its route checks (SMTP_RCPT_CHECK_BUDGET_MS) */
+    uint64_t rcpt_check_at_ms; /* loop time of the last refill */
 };
 
 struct smtp_commit {
@@ -81,7 +84,6 @@ struct conn {
     struct client *client; /* NULL only when accept failed */
     uint64_t data_deadline_ms; /* while in DATA: loop time by which it must end; else 0 */
     unsigned writes_in_flight;
-    uint64_t rcpt_check_ns; /* time spent in ops.check_rcpt (SMTP_RCPT_CHECK_BUDGET_MS) */
     uint64_t write_progress_ms; /* loop time of the last write that completed, or of the first
                                    queued while none was in flight: a write stall is measured
                                    from it */
@@ -105,7 +107,7 @@ struct smtp_server {
     bool stopping, stopped_called, grace_timer_open;
     uv_timer_t grace_timer;
     struct smtp_tls_ctx *tls_ctx; /* NULL: STARTTLS not offered */
-    char *over_budget_reply;      /* the 421 of a session past SMTP_RCPT_CHECK_BUDGET_MS */
+    char *over_budget_reply;      /* the 421 of a client past SMTP_RCPT_CHECK_BUDGET_MS */
     char read_buf[SMTP_READ_CHUNK];
     bool read_buf_lent;
     char tls_plain[SMTP_TLS_PLAIN_CHUNK]; /* decrypted input, handed to one session at a time */
@@ -182,21 +184,33 @@ static void session_commit(void *ctx, struct smtp_txn *txn)
     srv->ops->commit(srv->ctx, commit, txn);
 }
 
-/* The engine's route check, timed: a session that has spent its budget of loop time on it is
- * ended rather than allowed to stall everyone else. */
+/* A refilling allowance: `left` grows by `per_s` a second since `at`, up to `cap`. */
+static double bucket_level(double left, uint64_t at, uint64_t now, double per_s, double cap)
+{
+    const double level = left + (double)(now - at) * per_s / 1000.0;
+    return level < cap ? level : cap;
+}
+
+/* The engine's route check, timed against the client's allowance of loop time: a client that
+ * has spent it is ended rather than allowed to stall everyone else (reconnecting does not help,
+ * the allowance is the client's). */
 static const char *session_check_rcpt(void *ctx, const char *addr)
 {
     struct conn *c = ctx;
     struct smtp_server *srv = c->srv;
+    struct client *cl = c->client;
     if (!srv->ops->check_rcpt) return NULL;
-    const uint64_t budget_ns = (uint64_t)SMTP_RCPT_CHECK_BUDGET_MS * 1000000;
-    if (c->rcpt_check_ns >= budget_ns) return srv->over_budget_reply;
+    const uint64_t now = uv_now(srv->loop);
+    cl->rcpt_check_ms = bucket_level(cl->rcpt_check_ms, cl->rcpt_check_at_ms, now, SMTP_RCPT_CHECK_REFILL_MS,
+                                     SMTP_RCPT_CHECK_BUDGET_MS);
+    cl->rcpt_check_at_ms = now;
+    if (cl->rcpt_check_ms <= 0) return srv->over_budget_reply;
     const uint64_t t0 = uv_hrtime();
     const char *refused = srv->ops->check_rcpt(srv->ctx, addr);
-    c->rcpt_check_ns += uv_hrtime() - t0;
-    if (c->rcpt_check_ns >= budget_ns)
-        log_warn("smtp", "conn=%llu rcpt check budget spent ip=%s ms=%llu", (unsigned long long)c->id, c->ip,
-                 (unsigned long long)(c->rcpt_check_ns / 1000000));
+    cl->rcpt_check_ms -= (double)(uv_hrtime() - t0) / 1e6;
+    if (cl->rcpt_check_ms <= 0)
+        log_warn("smtp", "conn=%llu rcpt check budget spent ip=%s client=%s budget_ms=%d refill_ms_per_s=%d",
+                 (unsigned long long)c->id, c->ip, cl->key, SMTP_RCPT_CHECK_BUDGET_MS, SMTP_RCPT_CHECK_REFILL_MS);
     return refused;
 }
 
@@ -225,8 +239,7 @@ static const char *session_check_postmaster(void *ctx)
     const double rate = c->srv->cfg.postmaster_per_hour;
     if (rate <= 0) return NULL;
     const uint64_t now = uv_now(c->srv->loop);
-    cl->postmaster_tokens += (double)(now - cl->postmaster_at_ms) * rate / 3600000.0;
-    if (cl->postmaster_tokens > rate) cl->postmaster_tokens = rate;
+    cl->postmaster_tokens = bucket_level(cl->postmaster_tokens, cl->postmaster_at_ms, now, rate / 3600.0, rate);
     cl->postmaster_at_ms = now;
     if (cl->postmaster_tokens >= 1) {
         cl->postmaster_tokens -= 1;
@@ -275,20 +288,25 @@ static struct client *client_get(struct smtp_server *srv, const char *key)
     snprintf(cl->key, sizeof cl->key, "%s", key);
     cl->postmaster_tokens = srv->cfg.postmaster_per_hour;
     cl->postmaster_at_ms = uv_now(srv->loop);
+    cl->rcpt_check_ms = SMTP_RCPT_CHECK_BUDGET_MS;
+    cl->rcpt_check_at_ms = cl->postmaster_at_ms;
     g_hash_table_insert(srv->clients, cl->key, cl);
     return cl;
 }
 
-/* Whether a client with nothing open has used none of its postmaster allowance by now. */
+/* Whether a client's allowances (postmaster, route-check time) have refilled by now: forgetting
+ * it then loses nothing. */
 static bool client_allowance_full(const struct smtp_server *srv, const struct client *cl)
 {
+    const uint64_t now = uv_now(srv->loop);
+    if (bucket_level(cl->rcpt_check_ms, cl->rcpt_check_at_ms, now, SMTP_RCPT_CHECK_REFILL_MS,
+                     SMTP_RCPT_CHECK_BUDGET_MS) < SMTP_RCPT_CHECK_BUDGET_MS)
+        return false;
     const double rate = srv->cfg.postmaster_per_hour;
-    if (rate <= 0) return true;
-    const double refilled = (double)(uv_now(srv->loop) - cl->postmaster_at_ms) * rate / 3600000.0;
-    return cl->postmaster_tokens + refilled >= rate;
+    return rate <= 0 || bucket_level(cl->postmaster_tokens, cl->postmaster_at_ms, now, rate / 3600.0, rate) >= rate;
 }
 
-/* Forgets a client with nothing open.  One whose postmaster allowance is still refilling stays
+/* Forgets a client with nothing open.  One whose allowances are still refilling stays
  * (reconnecting must not reset it) until client_sweep finds it full. */
 static void client_release(struct smtp_server *srv, struct client *cl)
 {
@@ -302,7 +320,7 @@ static gboolean client_idle_and_full(gpointer key, gpointer value, gpointer srv)
     return cl->conns == 0 && cl->commits == 0 && client_allowance_full(srv, cl);
 }
 
-/* Clients kept only for their allowance, dropped once it has refilled: run every so many
+/* Clients kept only for their allowances, dropped once they have refilled: run every so many
  * accepts, so the table stays within the clients seen in the last hour. */
 static void client_sweep(struct smtp_server *srv)
 {

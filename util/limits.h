@@ -19,11 +19,14 @@
 /* Unknown or malformed commands, and recipients refused by the route check (550 5.1.1, 451 4.3.0),
  * tolerated in one session before 421 4.7.0. */
 #define SMTP_MAX_BAD_COMMANDS 20
-/* Event-loop time one session may spend in the RCPT-time route check (regex matching runs on the
- * loop, stalling every other session meanwhile): past it the session ends with 421 4.7.0.  A
- * recipient costs microseconds with sane routes; the PCRE2 limits (ROUTE_MATCH_LIMIT) bound one
- * match attempt, this bounds their sum. */
+/* Event-loop time one client (an address or IPv6 /64, smtp/server.c) may spend in the RCPT-time
+ * route check — regex matching runs on the loop, stalling every other session meanwhile: a bucket
+ * of SMTP_RCPT_CHECK_BUDGET_MS refilling at SMTP_RCPT_CHECK_REFILL_MS per second, so a client
+ * gets at most that share of the loop however many sessions it opens.  Empty, its next checked
+ * RCPT ends the session with 421 4.7.0.  A recipient costs microseconds with sane routes; the
+ * PCRE2 limits (ROUTE_MATCH_LIMIT, ~5-30 ms when hit) bound one match attempt, this their sum. */
 #define SMTP_RCPT_CHECK_BUDGET_MS 500
+#define SMTP_RCPT_CHECK_REFILL_MS 25
 /* Replies buffered for a client that does not read them (pipelining): past this the session stops
  * consuming input until the output is written. */
 #define SMTP_OUTPUT_MAX (64 * 1024)

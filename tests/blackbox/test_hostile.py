@@ -176,6 +176,33 @@ class RcptAbuse(InletTestCase):
             # A recipient the route matches outright is still accepted.
             self.assertEqual(s.cmd("RCPT TO:<aaa@example.com>")[0], 250)
 
+    def test_route_check_time_is_rationed_per_client(self):
+        # Item 9: each RCPT that hits the match limit costs milliseconds of the loop that every
+        # session shares; a client reconnecting to reset its error count took the loop for itself.
+        d = self.daemon(args=["--reject-unrouted", "yes"])
+        create_route(d, r'match_recipient("(a+)+@example\.com$")', ['forward("https://hooks.test/a")'])
+        slow = b"RCPT TO:<" + b"a" * 40 + b"b@example.com>\r\n"
+        last = None
+        for _ in range(100):  # each session: 19 limit hits (the 20th error would end it anyway)
+            with d.session(source="127.0.0.5") as s:
+                s.send(b"EHLO x\r\nMAIL FROM:<g@hostile.test>\r\n" + slow * 19)
+                replies = [s.reply() for _ in range(21)]
+            last = next((r for r in replies[2:] if r[0] != 451), None)
+            if last is not None:
+                break
+        self.assertIsNotNone(last, "100 sessions of match-limit RCPTs and no budget")
+        self.assertEqual((last[0], last[1][-1]), (421, b"421 4.7.0 mx.inlet.test Error: too much time spent on recipients"))
+        self.assertTrue([l for l in d.lines() if "rcpt check budget spent" in l.rest and "client=127.0.0.5" in l.rest])
+        # Reconnecting does not reset it; another client has its own.
+        with d.session(source="127.0.0.5") as s:
+            self.assertEqual(s.cmd("EHLO x")[0], 250)
+            self.assertEqual(s.cmd("MAIL FROM:<g@hostile.test>")[0], 250)
+            self.assertEqual(s.cmd(slow[:-2])[0], 421)
+        with d.session(source="127.0.0.1") as s:
+            self.assertEqual(s.cmd("EHLO x")[0], 250)
+            self.assertEqual(s.cmd("MAIL FROM:<g@hostile.test>")[0], 250)
+            self.assertEqual(s.cmd(slow[:-2])[0], 451)
+
 
 def start_data(d, source, rcpt="bob@example.com"):
     """A session from `source` that has had its 354: the caller sends message bytes."""
