@@ -122,4 +122,59 @@ json_t *msg_attachment_ref_json(const struct message_attachment *at, const char 
 void msg_json_write(GString *out, const struct message *m, const struct message_json_options *opts,
                     const char *message_url);
 
+/* post.c / jsonw.c — what the posts of one message share (message_post_shared, message.h). */
+/* One value written once per message: its bytes, or refused (jansson would drop the member). */
+struct msg_shared_value {
+    uint8_t *data; /* g_free() */
+    size_t len;
+    bool done, refused;
+};
+enum msg_shared_slot {
+    /* JSON: the members' values as JSON text (strings with their quotes; the headers array). */
+    MSG_SHARED_JSON_BODY_PLAIN,
+    MSG_SHARED_JSON_BODY_HTML,
+    MSG_SHARED_JSON_STRIPPED_TEXT,
+    MSG_SHARED_JSON_STRIPPED_SIGNATURE,
+    MSG_SHARED_JSON_STRIPPED_HTML,
+    MSG_SHARED_JSON_HEADERS,
+    /* The Mailgun form: the field values (text; message-headers as its JSON string). */
+    MSG_SHARED_FORM_BODY_PLAIN,
+    MSG_SHARED_FORM_BODY_HTML,
+    MSG_SHARED_FORM_STRIPPED_TEXT,
+    MSG_SHARED_FORM_STRIPPED_SIGNATURE,
+    MSG_SHARED_FORM_STRIPPED_HTML,
+    MSG_SHARED_FORM_HEADERS,
+    MSG_SHARED_SLOTS
+};
+struct message_post_shared {
+    gint refs;                   /* g_atomic_int_* */
+    struct msg_shared_value slot[MSG_SHARED_SLOTS];
+    struct msg_shared_value *b64;   /* JSON: an inlined attachment's content, "<base64>" */
+    struct msg_shared_value *file;  /* the form: an attachment's decoded bytes */
+    size_t natt;                 /* entries of b64 and file (the message's attachments) */
+    size_t bytes;                /* held by the values */
+};
+/* Values at least this long are shared; shorter ones are cheaper copied (a segment each). */
+#define MSG_SHARED_MIN 1024
+/* Fills `v` (one of sh's values, not done yet) with `data` (taken; NULL when refused).  Only the
+ * thread that builds the posts of the message fills values; they never change afterwards. */
+void msg_shared_set(struct message_post_shared *sh, struct msg_shared_value *v, uint8_t *data, size_t len);
+
+/* A piece of a JSON POST that is not in the GString but in a shared value: its bytes go at
+ * offset `at` of the written text. */
+struct msg_json_splice {
+    size_t at;
+    const uint8_t *data;
+    size_t len;
+};
+/* msg_json_write() with the big values (bodies, message-headers, inlined attachments) taken from
+ * `sh` (built there on first use) and recorded in `splices` instead of written: the text and the
+ * splices together are msg_json_write()'s bytes. */
+void msg_json_write_shared(GString *out, const struct message *m, const struct message_json_options *opts,
+                           const char *message_url, struct message_post_shared *sh, GArray *splices);
+/* About the bytes of msg_json_write_shared()'s text, plus the values that `sh` does not hold yet
+ * (all of them when sh is NULL). */
+size_t msg_json_estimate(const struct message *m, const struct message_json_options *opts,
+                         const char *message_url, const struct message_post_shared *sh);
+
 #endif

@@ -253,6 +253,46 @@ static void member_int(struct container *c, const char *key, size_t v)
     put_int(c->out, v);
 }
 
+/* ---- shared values (message_post_shared): written once per message, spliced into each post ---- */
+
+struct share {
+    struct message_post_shared *sh;
+    GArray *splices; /* struct msg_json_splice */
+};
+
+/* A shared value into the post: referenced, or copied when short (a segment costs more). */
+static void splice(const struct share *s, GString *out, const struct msg_shared_value *v)
+{
+    if (v->len < MSG_SHARED_MIN) {
+        put_len(out, v->data, v->len);
+        return;
+    }
+    struct msg_json_splice sp = {.at = out->len, .data = v->data, .len = v->len};
+    g_array_append_val(s->splices, sp);
+}
+
+/* A member whose string value may be long: shared when `s` is set (dropped when refused, as
+ * member_jstr's undo does). */
+static void member_big(struct container *c, const struct share *s, enum msg_shared_slot slot,
+                       const char *key, const char *v)
+{
+    if (!s) {
+        member_jstr(c, key, v);
+        return;
+    }
+    struct msg_shared_value *val = &s->sh->slot[slot];
+    if (!val->done) {
+        GString *t = g_string_new(NULL);
+        bool ok = put_jstr(t, v);
+        size_t len = t->len;
+        msg_shared_set(s->sh, val, ok ? (uint8_t *)g_string_free(t, FALSE) : NULL, len);
+        if (!ok) g_string_free(t, TRUE);
+    }
+    if (val->refused) return;
+    begin(c, key);
+    splice(s, c->out, val);
+}
+
 /* ---- the fields ------------------------------------------------------------------------------ */
 
 /* message-headers: json_pack("[ss]", name, value), which refuses NULL and invalid UTF-8 (no
@@ -278,6 +318,22 @@ static void put_headers(GString *out, const struct message *m)
         put_c(out, ']');
     }
     close_c(&a, ']');
+}
+
+static void put_headers_big(GString *out, const struct share *s, const struct message *m)
+{
+    if (!s) {
+        put_headers(out, m);
+        return;
+    }
+    struct msg_shared_value *val = &s->sh->slot[MSG_SHARED_JSON_HEADERS];
+    if (!val->done) {
+        GString *t = g_string_new(NULL);
+        put_headers(t, m);
+        size_t len = t->len;
+        msg_shared_set(s->sh, val, (uint8_t *)g_string_free(t, FALSE), len);
+    }
+    splice(s, out, val);
 }
 
 /* base64 (RFC 4648 alphabet, '=' padding, no line breaks: g_base64_encode's bytes) of len bytes
@@ -331,7 +387,36 @@ static void put_base64(GString *out, const uint8_t *in, size_t len)
     put_c(out, '"');
 }
 
-static void put_attachments(GString *out, const struct message *m, size_t budget, const char *url)
+/* The content of inlined attachment i as a JSON string: shared (decoded and encoded once per
+ * message) or written; false when its bytes cannot be had. */
+static bool put_content(GString *out, const struct share *s, const struct message *m, size_t i)
+{
+    struct msg_shared_value *val = s && i < s->sh->natt ? &s->sh->b64[i] : NULL;
+    if (val && val->done) {
+        if (val->refused) return false;
+        splice(s, out, val);
+        return true;
+    }
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    const bool ok = message_attachment_bytes(m, i, &bytes, &len) == 0;
+    if (ok && !val) put_base64(out, bytes, len);
+    if (val) {
+        GString *t = NULL;
+        if (ok) {
+            t = g_string_new(NULL);
+            put_base64(t, bytes, len);
+        }
+        size_t tl = t ? t->len : 0;
+        msg_shared_set(s->sh, val, t ? (uint8_t *)g_string_free(t, FALSE) : NULL, tl);
+        if (ok) splice(s, out, val);
+    }
+    g_free(bytes);
+    return ok;
+}
+
+static void put_attachments(GString *out, const struct share *s, const struct message *m, size_t budget,
+                            const char *url)
 {
     struct container a;
     open_c(&a, out, '[');
@@ -347,21 +432,17 @@ static void put_attachments(GString *out, const struct message *m, size_t budget
         member_int(&o, "size", at->size);
         member_jstr(&o, "content-id", at->content_id);
         inlining = inlining && at->size <= budget - used;
-        uint8_t *bytes = NULL;
-        size_t len = 0;
-        if (inlining && message_attachment_bytes(m, i, &bytes, &len) == 0) {
+        begin(&o, "content");
+        if (inlining && put_content(out, s, m, i)) {
             used += at->size;
-            begin(&o, "content");
-            put_base64(out, bytes, len);
         } else if (url) {
+            undo(&o);
             char *u = msg_attachment_url(url, i);
             member_jstr(&o, "url", u);
             g_free(u);
         } else {
-            begin(&o, "content");
             put_len(out, "null", 4);
         }
-        g_free(bytes);
         close_c(&o, '}');
     }
     close_c(&a, ']');
@@ -429,20 +510,36 @@ static size_t len0(const char *s)
     return s ? strlen(s) : 0;
 }
 
+/* The bytes put_string() writes for s when s is valid UTF-8 (NULL as ""): exact, without
+ * writing. */
+static size_t json_string_len(const char *s)
+{
+    size_t n = 2;
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        if (byte_class[*p] != C_ESCAPE) n++;
+        else n += strchr("\"\\\b\f\n\r\t", *p) ? 2 : 6;
+    }
+    return n;
+}
+
 /* About the size of the document (a little more when there is little to escape), so that the
- * GString is allocated once instead of doubling through the big fields. */
-static size_t estimate(const struct message *m, const struct message_json_options *opts,
-                       const char *message_url)
+ * GString is allocated once instead of doubling through the big fields; what `sh` holds already
+ * is not counted (it is spliced, not written). */
+size_t msg_json_estimate(const struct message *m, const struct message_json_options *opts,
+                         const char *message_url, const struct message_post_shared *sh)
 {
     const char *const text[] = {opts->recipient, opts->sender, opts->id, m->from, m->subject,
-                                m->message_id, m->body_plain, m->body_html, m->stripped_text,
-                                m->stripped_signature, m->stripped_html, message_url};
+                                m->message_id, message_url};
+    const char *const big[] = {m->body_plain, m->body_html, m->stripped_text, m->stripped_signature,
+                               m->stripped_html};
     size_t n = 1024;
     for (size_t i = 0; i < G_N_ELEMENTS(text); i++) {
         size_t l = len0(text[i]);
         n += l + l / 32;
     }
-    for (size_t i = 0; i < message_header_count(m); i++) {
+    for (size_t i = 0; i < G_N_ELEMENTS(big); i++)
+        n += sh && sh->slot[MSG_SHARED_JSON_BODY_PLAIN + i].done ? 0 : json_string_len(big[i]);
+    for (size_t i = 0; !(sh && sh->slot[MSG_SHARED_JSON_HEADERS].done) && i < message_header_count(m); i++) {
         const char *name, *value;
         message_header(m, i, &name, &value);
         n += len0(name) + len0(value) + 8;
@@ -456,16 +553,32 @@ static size_t estimate(const struct message *m, const struct message_json_option
         inlining = inlining && at->size <= budget - used;
         if (inlining) {
             used += at->size;
-            n += at->size / 3 * 4 + 4;
+            if (!(sh && i < sh->natt && sh->b64[i].done)) n += at->size / 3 * 4 + 4;
         }
     }
     return n;
 }
 
+static void write_doc(GString *out, const struct message *m, const struct message_json_options *opts,
+                      const char *message_url, const struct share *s);
+
 void msg_json_write(GString *out, const struct message *m, const struct message_json_options *opts,
                     const char *message_url)
 {
-    reserve(out, estimate(m, opts, message_url));
+    write_doc(out, m, opts, message_url, NULL);
+}
+
+void msg_json_write_shared(GString *out, const struct message *m, const struct message_json_options *opts,
+                           const char *message_url, struct message_post_shared *sh, GArray *splices)
+{
+    const struct share s = {.sh = sh, .splices = splices};
+    write_doc(out, m, opts, message_url, &s);
+}
+
+static void write_doc(GString *out, const struct message *m, const struct message_json_options *opts,
+                      const char *message_url, const struct share *s)
+{
+    reserve(out, msg_json_estimate(m, opts, message_url, s ? s->sh : NULL));
     struct container o;
     open_c(&o, out, '{');
     char *domain = msg_domain_of(opts->recipient);
@@ -475,18 +588,18 @@ void msg_json_write(GString *out, const struct message *m, const struct message_
     member_jstr(&o, "subject", m->subject);
     member_jstr(&o, "message-id", m->message_id);
     member_jstr(&o, "domain", domain);
-    member_jstr(&o, "body-plain", m->body_plain);
-    member_jstr(&o, "body-html", m->body_html);
-    member_jstr(&o, "stripped-text", m->stripped_text);
-    member_jstr(&o, "stripped-signature", m->stripped_signature);
-    member_jstr(&o, "stripped-html", m->stripped_html);
+    member_big(&o, s, MSG_SHARED_JSON_BODY_PLAIN, "body-plain", m->body_plain);
+    member_big(&o, s, MSG_SHARED_JSON_BODY_HTML, "body-html", m->body_html);
+    member_big(&o, s, MSG_SHARED_JSON_STRIPPED_TEXT, "stripped-text", m->stripped_text);
+    member_big(&o, s, MSG_SHARED_JSON_STRIPPED_SIGNATURE, "stripped-signature", m->stripped_signature);
+    member_big(&o, s, MSG_SHARED_JSON_STRIPPED_HTML, "stripped-html", m->stripped_html);
     begin(&o, "message-headers");
-    put_headers(out, m);
+    put_headers_big(out, s, m);
     begin(&o, "attachments");
     if (message_url)
         put_notify_attachments(out, m, message_url);
     else
-        put_attachments(out, m, opts->inline_attachments_max, opts->attachments_url);
+        put_attachments(out, s, m, opts->inline_attachments_max, opts->attachments_url);
     begin(&o, "content-id-map");
     put_cid_map(out, m, message_url);
     begin(&o, "parse-warnings");

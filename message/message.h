@@ -117,8 +117,23 @@ struct message_post_segment {
 
 struct message_post;
 
+/* What the posts of one message have in common, made once and referenced by each of them
+ * instead of copied (issue 14 item 3: one message to 100 recipients held 100 copies of its
+ * bodies): the JSON format's body strings, message-headers and inlined attachments' base64; the
+ * Mailgun form's body fields, message-headers and attachment files.  Filled on first use by
+ * message_post_new(), on the thread that builds the posts of that message (one at a time);
+ * read-only afterwards.  Each post holds a reference; the last unref (any thread) frees it. */
+struct message_post_shared;
+/* `m`: the message whose posts will share it (its attachment count).  NULL only when memory runs
+ * out. */
+struct message_post_shared *message_post_shared_new(const struct message *m);
+void message_post_shared_unref(struct message_post_shared *sh);
+/* Bytes it holds now. */
+size_t message_post_shared_bytes(const struct message_post_shared *sh);
+
 struct message_post_options {
     struct message_json_options json; /* recipient, sender, id, inline budget, attachments_url */
+    struct message_post_shared *shared; /* NULL: the post copies everything it needs */
     /* Notify POST of a stored copy (SPEC §6): when set, adds "message-url" and lists attachments
      * as [{size, url, name, content-type}] (url = <message_url>/attachments/<i>), no content, in
      * every format. */
@@ -140,6 +155,13 @@ size_t message_post_segment_count(const struct message_post *p);
 struct message_post_segment message_post_segment(const struct message_post *p, size_t i);
 /* Bytes of the fixed part (sum of the segments). */
 size_t message_post_fixed_len(const struct message_post *p);
+/* Bytes the post holds itself (its fixed part without what is referenced: the raw message,
+ * opts->shared's values). */
+size_t message_post_own_len(const struct message_post *p);
+/* Before building it: about the bytes message_post_new() would allocate for this post, its own
+ * and those that opts->shared does not hold yet (transient work buffers not counted). */
+size_t message_post_estimate(const struct message *m, enum message_post_format format,
+                             const struct message_post_options *opts);
 /* The tail for one attempt into `out` (at most MESSAGE_POST_TAIL_MAX bytes): the fields
  * timestamp, token, signature, in that order, in the post's encoding, and the closing bytes.
  * Returns its length. */

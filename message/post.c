@@ -43,7 +43,13 @@
  *
  * Memory: the fixed part holds copies of the message's text fields and, in the mailgun multipart
  * form, the decoded bytes of every attachment (Mailgun uploads them all; the inline budget only
- * applies to JSON); body-mime is never copied.  `m` is not referenced after message_post_new. */
+ * applies to JSON); body-mime is never copied.  With opts->shared (message_post_shared) the big
+ * values are made once per message and referenced by every post of it: in JSON the body strings,
+ * message-headers and inlined attachments' base64 (jsonw.c records where they go: splices), in
+ * the multipart form the body fields, message-headers and the attachment files (borrowed fields,
+ * referenced by segments like body-mime); values under MSG_SHARED_MIN bytes are still copied.
+ * An urlencoded form (at most 100 KiB) is always the post's own.  `m` is not referenced after
+ * message_post_new. */
 #include <string.h>
 
 #include "message/internal.h"
@@ -72,7 +78,54 @@ struct message_post {
     GPtrArray *bufs;  /* owned buffers the segments point into */
     GArray *segs;     /* struct message_post_segment */
     size_t fixed_len;
+    size_t ref_len;   /* bytes of segments that are not the post's: raw bytes, shared values */
+    struct message_post_shared *shared; /* one reference, or NULL */
 };
+
+/* ---- shared values (message.h, internal.h) ---------------------------------------------------- */
+
+struct message_post_shared *message_post_shared_new(const struct message *m)
+{
+    struct message_post_shared *sh = g_new0(struct message_post_shared, 1);
+    g_atomic_int_set(&sh->refs, 1);
+    sh->natt = message_attachment_count(m);
+    sh->b64 = g_new0(struct msg_shared_value, sh->natt);
+    sh->file = g_new0(struct msg_shared_value, sh->natt);
+    return sh;
+}
+
+static struct message_post_shared *shared_ref(struct message_post_shared *sh)
+{
+    g_atomic_int_inc(&sh->refs);
+    return sh;
+}
+
+void message_post_shared_unref(struct message_post_shared *sh)
+{
+    if (!sh || !g_atomic_int_dec_and_test(&sh->refs)) return;
+    for (size_t i = 0; i < MSG_SHARED_SLOTS; i++) g_free(sh->slot[i].data);
+    for (size_t i = 0; i < sh->natt; i++) {
+        g_free(sh->b64[i].data);
+        g_free(sh->file[i].data);
+    }
+    g_free(sh->b64);
+    g_free(sh->file);
+    g_free(sh);
+}
+
+size_t message_post_shared_bytes(const struct message_post_shared *sh)
+{
+    return sh ? sh->bytes : 0;
+}
+
+void msg_shared_set(struct message_post_shared *sh, struct msg_shared_value *v, uint8_t *data, size_t len)
+{
+    v->done = true;
+    v->refused = data == NULL;
+    v->data = data;
+    v->len = data ? len : 0;
+    sh->bytes += v->len;
+}
 
 /* ---- fields ---------------------------------------------------------------------------------- */
 
@@ -208,10 +261,85 @@ static GArray *fields_new(void)
     return g_array_new(FALSE, FALSE, sizeof(struct field));
 }
 
+/* A field whose value is the shared `v`: borrowed (the post references it), or copied when short. */
+static void field_add_borrowed(GArray *fields, const char *name, const struct msg_shared_value *v)
+{
+    if (v->len < MSG_SHARED_MIN) {
+        field_add_owned(fields, name, (uint8_t *)g_strndup(v->data ? (const char *)v->data : "", v->len), v->len);
+        return;
+    }
+    struct field f = {.name = g_strdup(name), .data = v->data, .len = v->len};
+    g_array_append_val(fields, f);
+}
+
+/* A text field that may be long: from `sh` (made there on first use) when there is one. */
+static void field_add_big(GArray *fields, struct message_post_shared *sh, enum msg_shared_slot slot,
+                          const char *name, const char *value)
+{
+    if (!sh) {
+        field_add_text(fields, name, value);
+        return;
+    }
+    struct msg_shared_value *v = &sh->slot[slot];
+    if (!v->done) {
+        if (!value) value = "";
+        size_t n = strlen(value);
+        msg_shared_set(sh, v, (uint8_t *)g_strndup(value, n), n);
+    }
+    field_add_borrowed(fields, name, v);
+}
+
+/* message-headers (with the envelope sender's X-Envelope-From: the same for every post of the
+ * message). */
+static void field_add_headers(GArray *fields, struct message_post_shared *sh, const struct message *m,
+                              const char *sender)
+{
+    if (!sh) {
+        field_add_json(fields, "message-headers", msg_headers_json(m, sender));
+        return;
+    }
+    struct msg_shared_value *v = &sh->slot[MSG_SHARED_FORM_HEADERS];
+    if (!v->done) {
+        json_t *j = msg_headers_json(m, sender);
+        char *js = j ? json_dumps(j, JSON_PRESERVE_ORDER | JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+        json_decref(j);
+        if (!js) js = g_strdup("null"); /* as field_add_json */
+        msg_shared_set(sh, v, (uint8_t *)js, strlen(js));
+    }
+    field_add_borrowed(fields, "message-headers", v);
+}
+
+/* Attachment i's decoded bytes as a file part's value: shared (decoded once per message) or the
+ * post's own; empty when they cannot be had. */
+static void file_value(struct field *fl, struct message_post_shared *sh, const struct message *m, size_t i)
+{
+    struct msg_shared_value *v = sh && i < sh->natt ? &sh->file[i] : NULL;
+    if (v && v->done) {
+        fl->data = v->data;
+        fl->len = v->len;
+        return;
+    }
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    if (message_attachment_bytes(m, i, &bytes, &len) != 0) {
+        bytes = NULL;
+        len = 0;
+    }
+    if (!v) {
+        fl->data = fl->own = bytes;
+        fl->len = len;
+        return;
+    }
+    msg_shared_set(sh, v, bytes, len);
+    fl->data = v->data;
+    fl->len = v->len;
+}
+
 static GArray *mailgun_fields(const struct message *m, const struct message_post_options *opts)
 {
     const struct message_json_options *o = &opts->json;
     const char *murl = opts->message_url;
+    struct message_post_shared *sh = opts->shared;
     GArray *f = fields_new();
     char *domain = msg_domain_of(o->recipient);
     field_add_text(f, "recipient", o->recipient);
@@ -220,12 +348,12 @@ static GArray *mailgun_fields(const struct message *m, const struct message_post
     field_add_text(f, "subject", message_subject(m));
     field_add_text(f, "message-id", message_message_id(m));
     field_add_text(f, "domain", domain);
-    field_add_text(f, "body-plain", message_body_plain(m));
-    field_add_text(f, "body-html", message_body_html(m));
-    field_add_text(f, "stripped-text", message_stripped_text(m));
-    field_add_text(f, "stripped-signature", message_stripped_signature(m));
-    field_add_text(f, "stripped-html", message_stripped_html(m));
-    field_add_json(f, "message-headers", msg_headers_json(m, o->sender));
+    field_add_big(f, sh, MSG_SHARED_FORM_BODY_PLAIN, "body-plain", message_body_plain(m));
+    field_add_big(f, sh, MSG_SHARED_FORM_BODY_HTML, "body-html", message_body_html(m));
+    field_add_big(f, sh, MSG_SHARED_FORM_STRIPPED_TEXT, "stripped-text", message_stripped_text(m));
+    field_add_big(f, sh, MSG_SHARED_FORM_STRIPPED_SIGNATURE, "stripped-signature", message_stripped_signature(m));
+    field_add_big(f, sh, MSG_SHARED_FORM_STRIPPED_HTML, "stripped-html", message_stripped_html(m));
+    field_add_headers(f, sh, m, o->sender);
     field_add_json(f, "content-id-map", form_cid_map(m, murl));
     json_t *w = json_array();
     for (size_t i = 0; i < message_warning_count(m); i++)
@@ -244,15 +372,13 @@ static GArray *mailgun_fields(const struct message *m, const struct message_post
         field_add_text(f, "attachment-count", count);
         for (size_t i = 0; i < n; i++) {
             const struct message_attachment *at = message_attachment(m, i);
-            uint8_t *bytes = NULL;
-            size_t len = 0;
-            if (message_attachment_bytes(m, i, &bytes, &len) != 0) len = 0;
             char *name = g_strdup_printf("attachment-%zu", i + 1);
             /* An empty filename reads as "no file selected" (Rack drops the part): name it. */
-            struct field fl = {.name = name, .data = bytes, .len = len, .own = bytes,
+            struct field fl = {.name = name,
                                .filename = *at->name ? utf8_cut(at->name, POST_FILENAME_MAX)
                                                      : g_strdup(name),
                                .ctype = file_content_type(at->content_type)};
+            file_value(&fl, sh, m, i);
             g_array_append_val(f, fl);
         }
     }
@@ -344,9 +470,10 @@ static void serialize_multipart(struct builder *b)
             g_string_append_printf(b->acc, "\r\nContent-Type: %s", f->ctype);
         }
         g_string_append(b->acc, "\r\n\r\n");
-        if (!f->own && f->len > 0) { /* the caller's raw bytes (body-mime): never copied */
+        if (!f->own && f->len > 0) { /* the raw bytes (body-mime), a shared value: never copied */
             flush(b);
             seg_push(p, f->data, f->len);
+            p->ref_len += f->len;
         } else {
             put_bytes(b, f->data, f->len);
         }
@@ -431,20 +558,42 @@ static void build_multipart(struct message_post *p)
 
 /* ---- JSON ------------------------------------------------------------------------------------ */
 
+static struct message_post *post_alloc(enum encoding enc);
+
 /* The fixed part: msg_json_write()'s document (jsonw.c, the bytes of message_to_json() dumped
- * compact in order, or its notify variant) without the final "}".  *len gets its length. */
-static char *json_fixed(const struct message *m, const struct message_post_options *opts,
-                        size_t *len)
+ * compact in order, or its notify variant) without the final "}": the post's own text, with the
+ * shared values (opts->shared) spliced in as segments. */
+static struct message_post *json_post(const struct message *m, const struct message_post_options *opts)
 {
     GString *s = g_string_new(NULL); /* msg_json_write sizes it */
-    msg_json_write(s, m, &opts->json, opts->message_url);
+    GArray *splices = g_array_new(FALSE, FALSE, sizeof(struct msg_json_splice));
+    if (opts->shared)
+        msg_json_write_shared(s, m, &opts->json, opts->message_url, opts->shared, splices);
+    else
+        msg_json_write(s, m, &opts->json, opts->message_url);
     if (s->len == 0 || s->str[s->len - 1] != '}') { /* cannot happen */
         g_string_free(s, TRUE);
+        g_array_unref(splices);
         return NULL;
     }
-    g_string_truncate(s, s->len - 1);
-    *len = s->len;
-    return g_string_free(s, FALSE);
+    const size_t len = s->len - 1;
+    /* The estimate sized the buffer for the document; keep only the text. */
+    char *buf = g_realloc(g_string_free(s, FALSE), len + 1);
+    struct message_post *p = post_alloc(ENC_JSON);
+    p->content_type = g_strdup("application/json");
+    g_ptr_array_add(p->bufs, buf);
+    size_t at = 0;
+    for (guint i = 0; i < splices->len; i++) {
+        const struct msg_json_splice *sp = &g_array_index(splices, struct msg_json_splice, i);
+        seg_push(p, (const uint8_t *)buf + at, sp->at - at);
+        seg_push(p, sp->data, sp->len);
+        p->ref_len += sp->len;
+        at = sp->at;
+    }
+    seg_push(p, (const uint8_t *)buf + at, len - at);
+    g_array_unref(splices);
+    if (opts->shared) p->shared = shared_ref(opts->shared);
+    return p;
 }
 
 /* ---- public ---------------------------------------------------------------------------------- */
@@ -462,20 +611,11 @@ struct message_post *message_post_new(const struct message *m, const uint8_t *ra
                                       enum message_post_format format,
                                       const struct message_post_options *opts)
 {
-    if (format == MESSAGE_POST_JSON) {
-        size_t len = 0;
-        char *s = json_fixed(m, opts, &len);
-        if (!s) return NULL;
-        struct message_post *p = post_alloc(ENC_JSON);
-        p->content_type = g_strdup("application/json");
-        g_ptr_array_add(p->bufs, s);
-        seg_push(p, (const uint8_t *)s, len);
-        return p;
-    }
+    if (format == MESSAGE_POST_JSON) return json_post(m, opts);
     GArray *fields = format == MESSAGE_POST_MIME ? mime_fields(m, raw, raw_len, opts)
                                                  : mailgun_fields(m, opts);
     GString *u = format == MESSAGE_POST_MAILGUN ? urlencoded(fields) : NULL;
-    if (u) {
+    if (u) { /* every value encoded into the post's own buffer: nothing borrowed stays */
         struct message_post *p = post_alloc(ENC_URLENCODED);
         p->content_type = g_strdup("application/x-www-form-urlencoded");
         fields_free(fields);
@@ -488,6 +628,7 @@ struct message_post *message_post_new(const struct message *m, const uint8_t *ra
     struct message_post *p = post_alloc(ENC_MULTIPART);
     p->fields = fields;
     build_multipart(p);
+    if (opts->shared) p->shared = shared_ref(opts->shared); /* fields may borrow from it */
     return p;
 }
 
@@ -498,6 +639,7 @@ void message_post_free(struct message_post *p)
     g_array_unref(p->segs);
     fields_free(p->fields);
     g_free(p->content_type);
+    message_post_shared_unref(p->shared);
     g_free(p);
 }
 
@@ -520,6 +662,56 @@ struct message_post_segment message_post_segment(const struct message_post *p, s
 size_t message_post_fixed_len(const struct message_post *p)
 {
     return p->fixed_len;
+}
+
+size_t message_post_own_len(const struct message_post *p)
+{
+    return p->fixed_len - p->ref_len;
+}
+
+static size_t slen(const char *s)
+{
+    return s ? strlen(s) : 0;
+}
+
+/* The Mailgun form: every field's value plus its framing, shared values counted only when `sh`
+ * does not hold them yet; an urlencoded body may triple its text (at most POST_URLENCODED_MAX). */
+static size_t form_estimate(const struct message *m, const struct message_post_options *opts)
+{
+    const struct message_post_shared *sh = opts->shared;
+    const struct message_json_options *o = &opts->json;
+    size_t n = 4096 + 2 * slen(opts->message_url) + slen(o->recipient) + slen(o->sender) + slen(o->id) +
+               slen(message_from(m)) + slen(message_subject(m)) + slen(message_message_id(m));
+    const char *const big[] = {message_body_plain(m), message_body_html(m), message_stripped_text(m),
+                               message_stripped_signature(m), message_stripped_html(m)};
+    for (size_t i = 0; i < G_N_ELEMENTS(big); i++)
+        n += sh && sh->slot[MSG_SHARED_FORM_BODY_PLAIN + i].done ? 0 : slen(big[i]);
+    for (size_t i = 0; i < message_header_count(m); i++) {
+        const char *name, *value;
+        message_header(m, i, &name, &value);
+        /* its own field, and its entry in message-headers */
+        n += (slen(name) + slen(value) + 96) * (sh && sh->slot[MSG_SHARED_FORM_HEADERS].done ? 1 : 2);
+    }
+    for (size_t i = 0; i < message_attachment_count(m); i++) {
+        const struct message_attachment *at = message_attachment(m, i);
+        n += 512 + 2 * (slen(at->name) + slen(at->content_type)) + slen(opts->message_url);
+        if (!opts->message_url && !(sh && i < sh->natt && sh->file[i].done)) n += at->size;
+    }
+    return n + (n < POST_URLENCODED_MAX ? 2 * n : 0);
+}
+
+size_t message_post_estimate(const struct message *m, enum message_post_format format,
+                             const struct message_post_options *opts)
+{
+    switch (format) {
+    case MESSAGE_POST_JSON: return msg_json_estimate(m, &opts->json, opts->message_url, opts->shared);
+    case MESSAGE_POST_MAILGUN: return form_estimate(m, opts);
+    case MESSAGE_POST_MIME: break;
+    }
+    /* body-mime is referenced; the rest is a few short fields (and the notify list). */
+    return 2048 + slen(opts->json.recipient) + slen(opts->json.sender) + slen(message_from(m)) +
+           slen(message_subject(m)) + 2 * slen(opts->message_url) +
+           (opts->message_url ? message_attachment_count(m) * (512 + slen(opts->message_url)) : 0);
 }
 
 /* The tail's values: [A-Za-z0-9._-] only, at most max bytes (see the top of the file). */

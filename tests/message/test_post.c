@@ -68,6 +68,36 @@ static int write_file(const char *dir, const char *name, const char *suffix, con
     return ok ? 0 : -1;
 }
 
+/* A post built alone and one built with shared values: the same bytes once the (random)
+ * multipart boundary of `b` is replaced by that of `a`; the shared post holds no more of its own. */
+static int compare_shared(const char *name, const char *fmt, const struct message_post *a,
+                          const struct message_post *b)
+{
+    size_t la, lb;
+    char *xa = post_bytes(a, &la), *xb = post_bytes(b, &lb);
+    const char *ba = strstr(message_post_content_type(a), "boundary=");
+    const char *bb = strstr(message_post_content_type(b), "boundary=");
+    if (ba && bb) {
+        const size_t n = strlen(bb + 9);
+        for (char *at = xb; (at = memmem(at, lb - (size_t)(at - xb), bb + 9, n)) != NULL; at += n)
+            memcpy(at, ba + 9, n);
+    }
+    int rc = 0;
+    if (la != lb || memcmp(xa, xb, la) != 0 || !!ba != !!bb) {
+        fprintf(stderr, "test-post: %s%s: the post with shared values differs (%zu, %zu bytes)\n", name, fmt, la,
+                lb);
+        rc = -1;
+    }
+    if (message_post_own_len(b) > message_post_own_len(a)) {
+        fprintf(stderr, "test-post: %s%s: the shared post owns more (%zu > %zu)\n", name, fmt,
+                message_post_own_len(b), message_post_own_len(a));
+        rc = -1;
+    }
+    g_free(xa);
+    g_free(xb);
+    return rc;
+}
+
 static int write_one(const char *dir, const char *file)
 {
     gchar *raw = NULL;
@@ -104,11 +134,24 @@ static int write_one(const char *dir, const char *file)
         {".notify-mailgun", MESSAGE_POST_MAILGUN, true},
         {".notify-mime", MESSAGE_POST_MIME, true},
     };
+    /* The posts are built with values shared between them (message_post_shared), as deliver/
+     * does, and must be byte for byte those built without (the multipart boundary aside). */
+    struct message_post_shared *sh = message_post_shared_new(m);
     for (size_t i = 0; i < G_N_ELEMENTS(fmts); i++) {
         struct message_post_options po = {.json = jo, .message_url = NULL};
         if (fmts[i].notify) po.message_url = NOTIFY_URL;
-        struct message_post *p =
-            message_post_new(m, (const uint8_t *)raw, raw_len, fmts[i].f, &po);
+        struct message_post *alone = message_post_new(m, (const uint8_t *)raw, raw_len, fmts[i].f, &po);
+        po.shared = sh;
+        struct message_post *first = message_post_new(m, (const uint8_t *)raw, raw_len, fmts[i].f, &po);
+        const size_t shared_after_first = message_post_shared_bytes(sh);
+        struct message_post *p = message_post_new(m, (const uint8_t *)raw, raw_len, fmts[i].f, &po);
+        message_post_free(first);
+        rc |= compare_shared(base, fmts[i].suffix, alone, p);
+        if (message_post_shared_bytes(sh) != shared_after_first) {
+            fprintf(stderr, "test-post: %s%s: the second post added shared bytes\n", base, fmts[i].suffix);
+            rc = -1;
+        }
+        message_post_free(alone);
         size_t len;
         char *b = post_bytes(p, &len);
         char *suffix = g_strconcat(fmts[i].suffix, ".post", NULL);
@@ -121,6 +164,7 @@ static int write_one(const char *dir, const char *file)
         g_free(b);
         message_post_free(p);
     }
+    message_post_shared_unref(sh);
 
     j = message_stored_json(m, RECIPIENT, SENDER, STORED_URL);
     s = json_dumps(j, JSON_PRESERVE_ORDER | JSON_COMPACT);
@@ -464,6 +508,50 @@ static void test_form_choice(void)
     message_free(m);
 }
 
+/* Issue 14 item 3: the posts of one message share its big values instead of copying them. */
+static void test_shared_values(void)
+{
+    GString *raw = g_string_new("From: a@example.org\r\nTo: b@example.com\r\nSubject: big\r\n"
+                                "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n"
+                                "--XX\r\nContent-Type: text/plain\r\n\r\n");
+    for (int i = 0; i < 2000; i++) g_string_append(raw, "a line of the body, long enough\r\n");
+    g_string_append(raw, "--XX\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; "
+                         "filename=a.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n");
+    for (int i = 0; i < 1000; i++) g_string_append(raw, "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=\r\n");
+    g_string_append(raw, "--XX--\r\n");
+    struct message *m = message_parse((const uint8_t *)raw->str, raw->len);
+    struct message_post_shared *sh = message_post_shared_new(m);
+    static const enum message_post_format fmts[] = {MESSAGE_POST_JSON, MESSAGE_POST_MAILGUN};
+    for (size_t f = 0; f < G_N_ELEMENTS(fmts); f++) {
+        const char *name = fmts[f] == MESSAGE_POST_JSON ? "json" : "mailgun";
+        struct message_post_options po = {
+            .json = {.recipient = "r0@example.com", .sender = SENDER, .id = "ID", .inline_attachments_max = SIZE_MAX},
+            .shared = sh};
+        const size_t before = message_post_shared_bytes(sh);
+        const size_t est = message_post_estimate(m, fmts[f], &po);
+        struct message_post *p0 = message_post_new(m, (const uint8_t *)raw->str, raw->len, fmts[f], &po);
+        const size_t built = message_post_own_len(p0) + message_post_shared_bytes(sh) - before;
+        CHECK(est >= built && est <= built + built / 4 + 8192, "%s: the estimate %zu is about the %zu bytes built",
+              name, est, built);
+        CHECK(message_post_shared_bytes(sh) - before > 60000, "%s: the body and the attachment are shared (%zu)",
+              name, message_post_shared_bytes(sh) - before);
+        const size_t shared = message_post_shared_bytes(sh);
+        po.json.recipient = "r1@example.com";
+        const size_t est1 = message_post_estimate(m, fmts[f], &po);
+        struct message_post *p1 = message_post_new(m, (const uint8_t *)raw->str, raw->len, fmts[f], &po);
+        CHECK(message_post_shared_bytes(sh) == shared, "%s: the second post adds nothing shared", name);
+        CHECK(message_post_own_len(p1) < 16384 && message_post_fixed_len(p1) > 60000,
+              "%s: it owns %zu of its %zu bytes", name, message_post_own_len(p1), message_post_fixed_len(p1));
+        CHECK(est1 >= message_post_own_len(p1) && est1 < 32768, "%s: its estimate %zu counts its own part (%zu)",
+              name, est1, message_post_own_len(p1));
+        message_post_free(p0);
+        message_post_free(p1);
+    }
+    message_post_shared_unref(sh);
+    message_free(m);
+    g_string_free(raw, TRUE);
+}
+
 int main(int argc, char **argv)
 {
     message_lib_init();
@@ -478,6 +566,7 @@ int main(int argc, char **argv)
     test_body_mime();
     test_json_post();
     test_form_choice();
+    test_shared_values();
     message_lib_shutdown();
     return check_done();
 }
