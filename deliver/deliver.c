@@ -32,11 +32,17 @@
 #include "util/log.h"
 #include "util/limits.h"
 
-/* The bytes of one message, shared by its deliveries' payloads (MIME posts send them as they
- * are, SMTP forwards in canonical lines: on_read_smtp). */
+/* What the payloads of one message share: its bytes (MIME posts send them as they are, SMTP
+ * forwards in canonical lines: on_read_smtp) and the values its posts have in common
+ * (message_post_shared).  Counted once in the held-bytes budget, given back with the last
+ * reference. */
 struct dmsg {
     atomic_int refs;
+    struct deliverer *d;
     struct store_message *sm;
+    struct message_post_shared *shared; /* NULL when the message did not parse */
+    size_t charged;                 /* held bytes: the message's and the shared values' */
+    size_t built;                   /* posts built (by the one preparing thread) */
 };
 
 enum task_state { TASK_PREPARING, TASK_READY, TASK_ACTIVE, TASK_RECORDING };
@@ -53,8 +59,9 @@ struct task {
 
     struct dmsg *msg;               /* NULL until prepared */
     struct message_post *post;      /* url kinds */
-    size_t bytes;                   /* held payload bytes (accounting) */
+    size_t bytes;                   /* held payload bytes (accounting): the post's own */
     char *prepare_error;            /* set when the payload could not be built */
+    bool deferred;                  /* not built: no room in the budget (left to a later scan) */
 
     /* The transfer. */
     CURL *easy;
@@ -103,7 +110,8 @@ struct deliverer {
     GQueue records;                 /* struct record * from the writer */
     bool kicked, scan_wanted;
     size_t held;                    /* tasks in memory, any state (incl. workers' in the making) */
-    size_t held_bytes;
+    size_t held_bytes;              /* payloads' own bytes and their messages' (struct dmsg) */
+    size_t held_bytes_max;          /* --delivery-memory-max */
 
     /* Loop only. */
     GHashTable *known;              /* id → struct task * */
@@ -166,12 +174,54 @@ int64_t deliver_retry_delay_ms(const int64_t *schedule, size_t count, int64_t at
 /* ---------------------------------------------------------------------------------------------
  * Tasks and their payloads. */
 
-static struct dmsg *dmsg_new(struct store_message *sm)
+/* ---------------------------------------------------------------------------------------------
+ * The held-bytes budget (--delivery-memory-max): taken before a payload is built, from its
+ * estimate, and set to what was built after; on every path (workers, scans, the first scan after
+ * a start).  Any thread. */
+
+/* Takes `bytes`, when they fit, or when no more than `alone` is held (the caller's own message:
+ * a message and its first payload go even when bigger than the whole budget, alone).  Otherwise
+ * the caller leaves the delivery in the database and a scan takes it once memory is free. */
+static bool budget_take(struct deliverer *d, size_t bytes, size_t alone)
 {
-    struct dmsg *m = g_new0(struct dmsg, 1);
-    atomic_init(&m->refs, 1);
-    m->sm = sm;
-    return m;
+    pthread_mutex_lock(&d->mu);
+    const bool ok = d->held_bytes <= alone || (d->held_bytes < d->held_bytes_max &&
+                                               bytes <= d->held_bytes_max - d->held_bytes);
+    if (ok) d->held_bytes += bytes;
+    else d->scan_wanted = true;
+    pthread_mutex_unlock(&d->mu);
+    return ok;
+}
+
+/* `taken` bytes become `now` (the estimate replaced by what was built, or given back). */
+static void budget_set(struct deliverer *d, size_t taken, size_t now)
+{
+    pthread_mutex_lock(&d->mu);
+    d->held_bytes = d->held_bytes - MIN(d->held_bytes, taken) + now;
+    pthread_mutex_unlock(&d->mu);
+}
+
+static bool budget_full(struct deliverer *d)
+{
+    pthread_mutex_lock(&d->mu);
+    const bool full = d->held_bytes >= d->held_bytes_max;
+    pthread_mutex_unlock(&d->mu);
+    return full;
+}
+
+/* NULL when the message's bytes do not fit the budget (*sm is kept then).  Else takes *sm; `m`
+ * (its parse, NULL when it failed) sizes the shared values. */
+static struct dmsg *dmsg_new(struct deliverer *d, struct store_message **sm, const struct message *m)
+{
+    if (!budget_take(d, (*sm)->len, 0)) return NULL;
+    struct dmsg *msg = g_new0(struct dmsg, 1);
+    atomic_init(&msg->refs, 1);
+    msg->d = d;
+    msg->sm = *sm;
+    *sm = NULL;
+    msg->charged = msg->sm->len;
+    msg->shared = m ? message_post_shared_new(m) : NULL;
+    return msg;
 }
 
 static struct dmsg *dmsg_ref(struct dmsg *m)
@@ -183,6 +233,8 @@ static struct dmsg *dmsg_ref(struct dmsg *m)
 static void dmsg_unref(struct dmsg *m)
 {
     if (!m || atomic_fetch_sub(&m->refs, 1) != 1) return;
+    budget_set(m->d, m->charged, 0);
+    message_post_shared_unref(m->shared);
     store_free_message(m->sm);
     g_free(m);
 }
@@ -274,14 +326,17 @@ static char *storage_url(const struct deliverer *d, const char *recipient, const
     return url;
 }
 
-/* Builds t's payload from the parsed message (any thread).  On failure t->prepare_error says
- * why; the task still goes on, to be recorded as a failed attempt. */
-static void task_prepare(struct task *t, const struct message *m, struct dmsg *msg)
+/* Builds t's payload from the parsed message (the thread that prepares msg's tasks, one at a
+ * time: msg->shared fills up as they are built).  False when the budget has no room for it (t
+ * is deferred, nothing built).  On failure t->prepare_error says why; the task still goes on, to
+ * be recorded as a failed attempt. */
+static bool task_prepare(struct task *t, const struct message *m, struct dmsg *msg)
 {
-    t->msg = dmsg_ref(msg);
     const struct store_message *sm = msg->sm;
-    t->bytes = sm->len;
-    if (!is_http(t)) return; /* an address gets the bytes (canonical lines: on_read_smtp) */
+    if (!is_http(t)) { /* an address gets the bytes (canonical lines: on_read_smtp) */
+        t->msg = dmsg_ref(msg);
+        return true;
+    }
     char *copy_url = *t->copy_key ? storage_url(t->d, t->recipient, t->copy_key) : NULL;
     const bool notify = strcmp(t->kind, "notify") == 0;
     struct message_post_options opts = {
@@ -293,17 +348,28 @@ static void task_prepare(struct task *t, const struct message *m, struct dmsg *m
             .attachments_url = notify ? NULL : copy_url,
         },
         .message_url = notify ? copy_url : NULL,
+        .shared = msg->shared,
     };
     /* A notify POST never gets the raw variant: it announces a URL, not the bytes. */
     enum message_post_format f = post_format(t->d, t->format);
     if (notify && f == MESSAGE_POST_MIME) f = MESSAGE_POST_MAILGUN;
+    const size_t estimate = message_post_estimate(m, f, &opts);
+    if (!budget_take(t->d, estimate, msg->built ? 0 : msg->charged)) {
+        g_free(copy_url);
+        t->deferred = true;
+        return false;
+    }
+    const size_t shared_before = message_post_shared_bytes(msg->shared);
     t->post = message_post_new(m, sm->data, sm->len, f, &opts);
     g_free(copy_url);
-    if (!t->post) {
-        t->prepare_error = g_strdup("out of memory building the payload");
-        return;
-    }
-    t->bytes += message_post_fixed_len(t->post);
+    const size_t grown = message_post_shared_bytes(msg->shared) - shared_before;
+    msg->charged += grown;
+    t->bytes = t->post ? message_post_own_len(t->post) : 0;
+    budget_set(t->d, estimate, t->bytes + grown);
+    msg->built++;
+    t->msg = dmsg_ref(msg);
+    if (!t->post) t->prepare_error = g_strdup("out of memory building the payload");
+    return true;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -320,30 +386,42 @@ struct deliver_batch *deliver_prepare(struct deliverer *d, const struct store_ou
 {
     if (!d || o->ndeliveries == 0) return NULL;
     pthread_mutex_lock(&d->mu);
-    const bool room = d->held + o->ndeliveries <= DELIVER_HELD_MAX && d->held_bytes < DELIVER_HELD_BYTES_MAX;
+    const bool room = d->held + o->ndeliveries <= DELIVER_HELD_MAX && d->held_bytes < d->held_bytes_max;
     if (room) d->held += o->ndeliveries;
     else d->scan_wanted = true;
     pthread_mutex_unlock(&d->mu);
-    if (!room) {
-        /* Once committed, 'pending' and due: the next scan takes them. */
+    struct dmsg *msg = room ? dmsg_new(d, sm, m) : NULL;
+    if (!msg) {
+        /* Once committed, 'pending' and due: a scan takes them when memory is free. */
+        if (room) {
+            pthread_mutex_lock(&d->mu);
+            d->held -= o->ndeliveries;
+            pthread_mutex_unlock(&d->mu);
+        }
         uv_async_send(&d->async);
         return NULL;
     }
     struct deliver_batch *b = g_new0(struct deliver_batch, 1);
     g_queue_init(&b->tasks);
-    b->msg = dmsg_new(*sm);
-    *sm = NULL;
-    size_t bytes = 0;
+    b->msg = msg;
+    size_t deferred = 0;
     for (size_t i = 0; i < o->ndeliveries; i++) {
         const struct store_delivery_plan *p = &o->deliveries[i];
         struct task *t = task_new(d, p->id, o->message_id, p->recipient, p->kind, p->target, p->format, p->copy_key, 0);
-        task_prepare(t, m, b->msg);
-        bytes += t->bytes;
+        if (deferred || !task_prepare(t, m, b->msg)) { /* the rest too: keep their order */
+            deferred++;
+            task_free(t);
+            continue;
+        }
         g_queue_push_tail(&b->tasks, t);
     }
-    pthread_mutex_lock(&d->mu);
-    d->held_bytes += bytes;
-    pthread_mutex_unlock(&d->mu);
+    if (deferred) {
+        pthread_mutex_lock(&d->mu);
+        d->held -= deferred;
+        d->scan_wanted = true;
+        pthread_mutex_unlock(&d->mu);
+        log_debug("deliver", "deferred=%zu message=%s reason=memory (a scan takes them)", deferred, o->message_id);
+    }
     return b;
 }
 
@@ -865,17 +943,37 @@ static int on_timer(CURLM *multi, long timeout_ms, void *userp)
 /* ---------------------------------------------------------------------------------------------
  * Due scans. */
 
+static void defer_all(struct prep *p)
+{
+    for (guint i = 0; i < p->tasks->len; i++) ((struct task *)g_ptr_array_index(p->tasks, i))->deferred = true;
+}
+
+/* Threadpool: the budget is asked before the message is loaded, for its bytes once loaded, and
+ * per payload before it is built; what does not fit is deferred (prep_done). */
 static void prep_work(uv_work_t *req)
 {
     struct prep *p = req->data;
     struct store_message *sm = NULL;
+    if (budget_full(p->d)) {
+        p->status = STORE_OK;
+        defer_all(p);
+        return;
+    }
     p->status = store_load_message(p->d->cfg.store, p->message_id, &sm, &p->err);
     if (p->status != STORE_OK) return;
     struct message *m = message_parse(sm->data, sm->len);
-    struct dmsg *msg = dmsg_new(sm);
+    struct dmsg *msg = dmsg_new(p->d, &sm, m);
+    if (!msg) {
+        store_free_message(sm);
+        message_free(m);
+        defer_all(p);
+        return;
+    }
+    bool deferring = false;
     for (guint i = 0; i < p->tasks->len; i++) {
         struct task *t = g_ptr_array_index(p->tasks, i);
-        if (m) task_prepare(t, m, msg);
+        if (deferring) t->deferred = true;
+        else if (m) deferring = !task_prepare(t, m, msg);
         else t->prepare_error = g_strdup("out of memory parsing the message");
     }
     dmsg_unref(msg);
@@ -888,14 +986,13 @@ static void prep_done(uv_work_t *req, int status)
     struct prep *p = req->data;
     struct deliverer *d = p->d;
     d->preparing--;
+    size_t deferred = 0;
     for (guint i = 0; i < p->tasks->len; i++) {
         struct task *t = g_ptr_array_index(p->tasks, i);
         if (p->status == STORE_ERR_NOT_FOUND && !t->prepare_error)
             t->prepare_error = g_strdup("the message's bytes are gone");
-        if ((p->status == STORE_OK || p->status == STORE_ERR_NOT_FOUND) && !d->stopping) {
-            pthread_mutex_lock(&d->mu);
-            d->held_bytes += t->bytes;
-            pthread_mutex_unlock(&d->mu);
+        deferred += t->deferred;
+        if ((p->status == STORE_OK || p->status == STORE_ERR_NOT_FOUND) && !d->stopping && !t->deferred) {
             t->state = TASK_READY;
             g_queue_push_tail(&d->ready, t);
             continue;
@@ -908,6 +1005,13 @@ static void prep_done(uv_work_t *req, int status)
         task_free(t);
     }
     if (p->status != STORE_OK && p->status != STORE_ERR_NOT_FOUND) schedule_scan(d, DELIVER_SCAN_SECONDS * 1000);
+    if (deferred) {
+        /* Still 'pending' and due: taken again once memory is free (on_async). */
+        pthread_mutex_lock(&d->mu);
+        d->scan_wanted = true;
+        pthread_mutex_unlock(&d->mu);
+        log_debug("deliver", "deferred=%zu message=%s reason=memory", deferred, p->message_id);
+    }
     g_ptr_array_free(p->tasks, TRUE);
     free(p->err); /* the store's strings are malloc'd */
     g_free(p);
@@ -940,7 +1044,8 @@ static void scan(struct deliverer *d)
     const int64_t now = clock_now_ms() / 1000;
     pthread_mutex_lock(&d->mu);
     d->scan_wanted = false;
-    const size_t want = d->held < DELIVER_HELD_MAX ? DELIVER_HELD_MAX - d->held : 0;
+    size_t want = d->held < DELIVER_HELD_MAX ? DELIVER_HELD_MAX - d->held : 0;
+    if (d->held_bytes >= d->held_bytes_max) want = 0; /* the bytes are the bound: nothing now */
     pthread_mutex_unlock(&d->mu);
     GHashTable *by_message = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     int64_t after_at = INT64_MIN;
@@ -1066,7 +1171,8 @@ static void on_async(uv_async_t *h)
     struct task *t;
     while ((t = g_queue_pop_head(&inbox))) admit(d, t);
     pthread_mutex_lock(&d->mu);
-    const bool wanted = d->scan_wanted && d->held < DELIVER_HELD_MAX / 2;
+    /* Half free, so that a full deliverer does not scan (and load messages) for every slot. */
+    const bool wanted = d->scan_wanted && d->held < DELIVER_HELD_MAX / 2 && d->held_bytes <= d->held_bytes_max / 2;
     pthread_mutex_unlock(&d->mu);
     if (kicked) schedule_scan(d, 0);
     else if (wanted) schedule_scan(d, 100);
@@ -1113,6 +1219,7 @@ struct deliverer *deliver_start(uv_loop_t *loop, const struct deliver_config *cf
     d->cfg.public_url = d->public_url = g_strdup(cfg->public_url ? cfg->public_url : "");
     d->loop = loop;
     d->relay_tls_all = relay_tls_all(cfg);
+    d->held_bytes_max = cfg->held_bytes_max ? cfg->held_bytes_max : DELIVER_HELD_BYTES_MAX;
     d->multi = curl_multi_init();
     if (!d->multi) {
         g_free(d);
@@ -1155,6 +1262,7 @@ void deliver_get_stats(struct deliverer *d, struct deliver_stats *out)
     out->record_failures = atomic_load(&d->stats.record_failures);
     pthread_mutex_lock(&d->mu);
     out->held = d->held;
+    out->held_bytes = d->held_bytes;
     pthread_mutex_unlock(&d->mu);
     out->in_flight = d->active; /* a racy read of a counter: fine for a gauge */
 }

@@ -49,6 +49,7 @@ struct deliver_config {
     size_t retry_count;
     int64_t timeout, connect_timeout; /* seconds */
     size_t inline_attachments_max;
+    size_t held_bytes_max;        /* payload bytes in memory at most (0: DELIVER_HELD_BYTES_MAX) */
     const char *public_url;       /* base of storage URLs */
     const char *relay;            /* "" or NULL: forward("address") fails permanently */
     const char *relay_password;   /* NULL when none */
@@ -63,7 +64,9 @@ struct deliverer *deliver_start(uv_loop_t *loop, const struct deliver_config *cf
 
 /* Any thread (a pipeline worker), before the outcome `o` is committed: builds the payloads of its
  * deliveries now, while `m` (the parsed message) is at hand.  NULL when there are none, or when
- * the deliverer holds too much already (the due scan takes them once committed).  Takes *sm (sets
+ * the deliverer holds too much already (the due scan takes them once committed); a batch may
+ * hold only the first ones when the byte budget (held_bytes_max, taken per payload before it is
+ * built) has no room for the others (a scan takes them likewise).  Takes *sm (sets
  * it to NULL) when it returns a batch: the bytes live as long as a payload needs them, and at
  * least until deliver_commit() or deliver_discard() returned. */
 struct deliver_batch;
@@ -80,7 +83,7 @@ void deliver_kick(struct deliverer *d);
 /* Counters for GET /metrics (any thread; relaxed reads). */
 struct deliver_stats {
     uint64_t attempts_delivered, attempts_retry, attempts_failed;
-    uint64_t in_flight, held;
+    uint64_t in_flight, held, held_bytes;
     uint64_t record_failures;     /* attempt results that could not be written */
 };
 void deliver_get_stats(struct deliverer *d, struct deliver_stats *out);

@@ -345,6 +345,7 @@ static int start_deliveries(struct engine *e)
         .timeout = c->webhook_timeout,
         .connect_timeout = c->webhook_connect_timeout,
         .inline_attachments_max = (size_t)c->inline_attachments_max,
+        .held_bytes_max = (size_t)c->delivery_memory_max,
         .public_url = api_server_public_url(e->api),
         .relay = c->relay,
         .relay_password = c->relay_password,

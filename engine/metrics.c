@@ -117,6 +117,9 @@ static void deliver_part(GString *out, struct deliverer *d)
     metric(out, "inlet_deliveries_in_flight", "gauge", "Transfers running now.", (double)s.in_flight);
     metric(out, "inlet_deliveries_held", "gauge", "Deliveries in memory (prepared, waiting or in flight).",
            (double)s.held);
+    metric(out, "inlet_deliveries_held_bytes", "gauge",
+           "Bytes of the payloads in memory and of their messages (at most about --delivery-memory-max).",
+           (double)s.held_bytes);
     metric(out, "inlet_delivery_record_failures_total", "counter",
            "Attempt results that could not be written (the attempt is made again).", (double)s.record_failures);
 }

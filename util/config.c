@@ -94,6 +94,9 @@ static const struct setting settings[] = {
      "SECONDS", "connecting to a webhook (or the relay) at most this long"},
     {"inline-attachments-max", SET_INT, OFF(inline_attachments_max), "10485760", 0,
      LIMIT_MESSAGE_SIZE_MAX, "BYTES", "attachment bytes inlined in a JSON POST; the rest by URL"},
+    {"delivery-memory-max", SET_INT, OFF(delivery_memory_max), "268435456", 1048576, (int64_t)1 << 40, "BYTES",
+     "bytes of delivery payloads held in memory at most (built, waiting or in flight); the rest waits "
+     "in the database"},
     {"relay", SET_STR, OFF(relay), "", 0, 0, "URL",
      "smtp://[user@]host:port (or smtps://) for forward(\"address\") and resends"},
     {"relay-password-file", SET_STR, OFF(relay_password_file), NULL, 0, 0, "FILE",

@@ -55,6 +55,7 @@ struct inlet_config {
     int64_t webhook_timeout;
     int64_t webhook_connect_timeout;
     int64_t inline_attachments_max;
+    int64_t delivery_memory_max; /* bytes of delivery payloads held in memory */
     char *relay;           /* smtp://[user@]host:port or smtps://..., "" for none */
     char *relay_password_file;
     char *relay_password;  /* derived: the file's first line */

@@ -259,7 +259,8 @@ _Static_assert(API_BODY_MAX < LIMIT_INFLIGHT_BYTES, "a request body fits the mem
 
 /* Deliveries (deliver/deliver.c): transfers at once, in total and per destination host (the relay
  * counts as one host); deliveries held in memory (prepared, waiting or in flight) at most, and
- * their payload bytes (beyond it a delivery stays in the database for the next scan); rows asked
+ * the default of their payload bytes (--delivery-memory-max; beyond it a delivery stays in the
+ * database for the next scan); rows asked
  * per page of a due scan; a scan at least every DELIVER_SCAN_SECONDS, whatever the timers say
  * (safety net); ids of deliveries finished lately remembered (a payload built for one of them is
  * dropped); bytes of a destination host name used as the per-host key. */
