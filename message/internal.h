@@ -154,8 +154,6 @@ struct message_post_shared {
     size_t natt;                 /* entries of b64 and file (the message's attachments) */
     size_t bytes;                /* held by the values */
 };
-/* Values at least this long are shared; shorter ones are cheaper copied (a segment each). */
-#define MSG_SHARED_MIN 1024
 /* Fills `v` (one of sh's values, not done yet) with `data` (taken; NULL when refused).  Only the
  * thread that builds the posts of the message fills values; they never change afterwards. */
 void msg_shared_set(struct message_post_shared *sh, struct msg_shared_value *v, uint8_t *data, size_t len);

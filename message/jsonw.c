@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "message/internal.h"
+#include "util/limits.h"
 
 /* Byte classes of the string scanner. */
 enum { C_PLAIN, C_ESCAPE, C_HIGH, C_END };
@@ -263,7 +264,7 @@ struct share {
 /* A shared value into the post: referenced, or copied when short (a segment costs more). */
 static void splice(const struct share *s, GString *out, const struct msg_shared_value *v)
 {
-    if (v->len < MSG_SHARED_MIN) {
+    if (v->len < POST_SEGMENT_COPY_MAX) {
         put_len(out, v->data, v->len);
         return;
     }

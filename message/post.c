@@ -47,7 +47,8 @@
  * values are made once per message and referenced by every post of it: in JSON the body strings,
  * message-headers and inlined attachments' base64 (jsonw.c records where they go: splices), in
  * the multipart form the body fields, message-headers and the attachment files (borrowed fields,
- * referenced by segments like body-mime); values under MSG_SHARED_MIN bytes are still copied.
+ * referenced by segments like body-mime); values under POST_SEGMENT_COPY_MAX bytes are still
+ * copied.
  * An urlencoded form (at most 100 KiB) is always the post's own.  `m` is not referenced after
  * message_post_new. */
 #include <string.h>
@@ -264,7 +265,7 @@ static GArray *fields_new(void)
 /* A field whose value is the shared `v`: borrowed (the post references it), or copied when short. */
 static void field_add_borrowed(GArray *fields, const char *name, const struct msg_shared_value *v)
 {
-    if (v->len < MSG_SHARED_MIN) {
+    if (v->len < POST_SEGMENT_COPY_MAX) {
         field_add_owned(fields, name, (uint8_t *)g_strndup(v->data ? (const char *)v->data : "", v->len), v->len);
         return;
     }

@@ -226,7 +226,8 @@ _Static_assert(API_BODY_MAX < LIMIT_INFLIGHT_BYTES, "a request body fits the mem
 /* Webhook bodies (message/post.c, SPEC §5). */
 /* The largest urlencoded body (fixed part plus tail); bigger ones go multipart. */
 #define POST_URLENCODED_MAX (100 * 1024)
-/* Field values at least this long are referenced by a segment instead of copied. */
+/* Field values (and values shared by the posts of a message) at least this long are referenced
+ * by a segment instead of copied. */
 #define POST_SEGMENT_COPY_MAX 1024
 /* Per-header form fields (distinct names) at most: PHP drops fields past max_input_vars = 1000
  * and Rack limits a multipart body to 4096 parts; every header stays in message-headers. */
