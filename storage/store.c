@@ -1141,6 +1141,10 @@ enum store_status store_holds_data(struct store *st, bool *has, char **err)
 {
     if (err) *err = NULL;
     *has = false;
+    if (!st->ops->holds_data) {
+        store_set_err(err, "a %s database cannot be the target of a copy", st->ops->kind);
+        return STORE_ERR_IO;
+    }
     return st->ops->holds_data(st->be, has, err);
 }
 
@@ -1189,6 +1193,10 @@ enum store_status store_copy_into(struct store *from, struct store *to, store_co
     if (err) *err = NULL;
     if (!from->ops->rows_read) {
         store_set_err(err, "a %s database cannot be the source of a copy", from->ops->kind);
+        return STORE_ERR_IO;
+    }
+    if (!to->ops->rows_insert) {
+        store_set_err(err, "a %s database cannot be the target of a copy", to->ops->kind);
         return STORE_ERR_IO;
     }
     for (size_t i = 0; i < sizeof copy_tables / sizeof copy_tables[0]; i++) {

@@ -687,12 +687,15 @@ def pg_query(url, sql, params=()):
         _psql(url, sql + ";\n", sql)
         return []
     # The columns' names and types (\gdesc), then the rows as one JSON array of objects.
-    out = _psql(url, "%s \\gdesc\nSELECT coalesce(json_agg(q), '[]') FROM (%s) q;\n" % (sql, sql), sql)
-    lines = out.rstrip("\n").split("\n")
-    cols = [tuple(l.split("|", 1)) for l in lines[:-1]]
+    # (json_agg puts newlines between elements: the JSON is everything after the marker line.)
+    marker = "--inlet-harness-json--"
+    out = _psql(url, "%s \\gdesc\n\\echo %s\nSELECT coalesce(json_agg(q), '[]') FROM (%s) q;\n"
+                % (sql, marker, sql), sql)
+    desc, _, text = out.partition(marker + "\n")
+    cols = [tuple(l.split("|", 1)) for l in desc.splitlines() if l]
     names = [c[0] for c in cols]
     rows = []
-    for obj in json.loads(lines[-1]):
+    for obj in json.loads(text):
         values = list(obj.values())
         for i, (_, typ) in enumerate(cols):
             if typ == "bytea" and isinstance(values[i], str):

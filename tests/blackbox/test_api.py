@@ -343,6 +343,7 @@ class HealthCheck(InletTestCase):
     """Issue 14 item 10: /healthz answers from a recent check instead of taking the database's
     write lock on every request, and still says why when the database cannot take writes."""
 
+    @harness.sqlite_only("it holds SQLite's write lock (BEGIN IMMEDIATE on the file)")
     def test_locked_database_is_reported_and_not_probed_per_request(self):
         import sqlite3
         d = self.daemon()

@@ -1,0 +1,349 @@
+"""Several `inlet serve` nodes on one PostgreSQL, and faults (SPEC §8, issue 12 item 8).
+
+Each test starts its own throwaway cluster (scripts/pg-test-cluster), because one of them stops
+PostgreSQL in the middle of a load: the suite's shared cluster must not feel that.
+
+- test_node_killed_under_load: three nodes, one catch-all forward() to a receiver that records
+  every POST with its X-Inlet-Delivery and its start and end times (each POST takes a little
+  while, so that two at once would overlap); 600 messages spread over the three SMTP ports by
+  senders that move to another node when one fails them; one node SIGKILLed after about a third
+  were accepted.  Then: every message that got a 250 reaches the receiver; no two POSTs with the
+  same X-Inlet-Delivery overlap in time; a route created on one node is used by the others within
+  a second; a message stored through one node is served by another.
+- test_database_stopped_for_ten_seconds: two nodes under a steady load; PostgreSQL stopped for
+  10 s: the nodes answer 451 after DATA (never 250), /healthz 503; started again, the same
+  processes accept again by themselves, and every message that got a 250 is delivered.
+
+Needs the PostgreSQL backend with claims and leases (deliveries and unrouted messages claimed with
+FOR UPDATE SKIP LOCKED and a lease) and routes refreshed through LISTEN/NOTIFY; meson registers it
+only with -Dmultinode_test=true (see tests/blackbox/meson.build).
+"""
+
+import http.server
+import json
+import os
+import re
+import shutil
+import smtplib
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+
+import harness
+from harness import InletTestCase, timeout
+
+POST_SECONDS = 0.05     # how long the receiver takes for one POST (overlaps need a width)
+TOKEN_RE = re.compile(r"mn-[0-9a-f]{16}")
+
+
+class Recorder:
+    """An HTTP receiver on port 0: every POST as (X-Inlet-Delivery, token of the message, start,
+    end, path); answers 200 after POST_SECONDS."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.posts = []
+        rec = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                start = time.monotonic()
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                time.sleep(POST_SECONDS)
+                m = TOKEN_RE.search(body.decode("utf-8", "replace"))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                end = time.monotonic()
+                with rec.lock:
+                    rec.posts.append((self.headers.get("X-Inlet-Delivery", ""), m.group(0) if m else "",
+                                      start, end, self.path))
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path="/hook"):
+        return "http://127.0.0.1:%d%s" % (self.server.server_address[1], path)
+
+    def tokens(self, path=None):
+        with self.lock:
+            return {p[1] for p in self.posts if path is None or p[4] == path}
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Cluster:
+    """A private PostgreSQL cluster and its databases."""
+
+    def __init__(self, top):
+        self.top = top
+        self.script = os.environ.get("INLET_PG_CLUSTER", "")
+        if not self.script:
+            raise AssertionError("INLET_PG_CLUSTER is not set (meson sets it)")
+        out = self._run("start")
+        env = dict(l.split("=", 1) for l in out.splitlines() if "=" in l)
+        self.base = env["INLET_TEST_PG_URL"]
+        self.pgpass = env["PGPASSFILE"]
+
+    def _run(self, what):
+        r = subprocess.run([self.script, what, self.top], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=timeout(120))
+        if r.returncode != 0:
+            raise AssertionError("pg-test-cluster %s: %s%s" % (what, r.stdout, r.stderr))
+        return r.stdout
+
+    def start(self):
+        self._run("start")
+
+    def stop(self):
+        self._run("stop")
+
+    def create_database(self, name):
+        r = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d",
+                            harness.pg_url_with_db(self.base, "postgres"), "-c", "CREATE DATABASE %s" % name],
+                           env=dict(harness.clean_env(), PGPASSFILE=self.pgpass), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout(30))
+        if r.returncode != 0:
+            raise AssertionError("CREATE DATABASE: %s" % r.stderr)
+        return harness.pg_url_with_db(self.base, name)
+
+
+def message(token, rcpt="user@example.com"):
+    return ("From: <sender@example.org>\r\nTo: <%s>\r\nSubject: %s\r\nMessage-ID: <%s@example.org>\r\n\r\n"
+            "body of %s\r\n" % (rcpt, token, token, token)).encode()
+
+
+class Senders:
+    """Messages sent by `threads` senders over the nodes' SMTP ports, round robin; a message that
+    a node does not accept (refused connection, 4xx, a dropped session) is tried again on the
+    next node, a little later, until `deadline_s`.  `accepted` holds the tokens that got a 250;
+    `replies` counts the final replies seen by code."""
+
+    def __init__(self, nodes, count, threads=6, deadline_s=240, rcpt="user@example.com"):
+        self.nodes, self.count, self.rcpt = nodes, count, rcpt
+        self.accepted, self.failed = [], []
+        self.replies = {}
+        self.lock = threading.Lock()
+        self.next_index = 0
+        self.deadline = time.monotonic() + timeout(deadline_s)
+        self.threads = [threading.Thread(target=self._worker, args=(w,), daemon=True) for w in range(threads)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def join(self):
+        for t in self.threads:
+            t.join(max(1, self.deadline - time.monotonic() + 30))
+        assert not [t for t in self.threads if t.is_alive()], "senders still running"
+
+    def _take(self):
+        with self.lock:
+            if self.next_index >= self.count:
+                return None
+            self.next_index += 1
+            return self.next_index - 1
+
+    def _count(self, code):
+        with self.lock:
+            self.replies[code] = self.replies.get(code, 0) + 1
+
+    def _send_once(self, node, token):
+        host, port = node.smtp_addrs[0]
+        with smtplib.SMTP(host, port, local_hostname="sender.example.org", timeout=timeout(30)) as s:
+            code, _ = s.ehlo()
+            if code != 250:
+                return code
+            try:
+                s.sendmail("sender@example.org", [self.rcpt], message(token, self.rcpt))
+            except smtplib.SMTPDataError as e:
+                return e.smtp_code
+            except smtplib.SMTPRecipientsRefused as e:
+                return list(e.recipients.values())[0][0]
+            except smtplib.SMTPSenderRefused as e:
+                return e.smtp_code
+            return 250
+
+    def _worker(self, w):
+        while True:
+            i = self._take()
+            if i is None:
+                return
+            token = "mn-" + os.urandom(8).hex()
+            attempt = 0
+            while time.monotonic() < self.deadline:
+                node = self.nodes[(i + attempt) % len(self.nodes)]
+                attempt += 1
+                try:
+                    code = self._send_once(node, token)
+                except (OSError, smtplib.SMTPException):
+                    code = "conn"
+                self._count(code)
+                if code == 250:
+                    with self.lock:
+                        self.accepted.append(token)
+                    break
+                if isinstance(code, int) and code >= 500:
+                    with self.lock:
+                        self.failed.append((token, code))
+                    break
+                time.sleep(0.2)
+            else:
+                with self.lock:
+                    self.failed.append((token, "deadline"))
+
+
+class MultiNode(InletTestCase):
+    def setUp(self):
+        # The cluster is stopped after the nodes (cleanups run last-registered first, and the
+        # harness registers the nodes' in its setUp).
+        top = tempfile.mkdtemp(prefix="inlet-mn-pg-", dir=os.environ.get("INLET_BB_TMPDIR") or None)
+        os.chmod(top, 0o755)  # the server's user (postgres, when we are root) must enter
+        self.addCleanup(shutil.rmtree, top, True)
+        self.cluster = Cluster(os.path.join(top, "cluster"))
+        self.addCleanup(self.cluster.stop)
+        super().setUp()
+        self.db = self.cluster.create_database("inlet_mn")
+        self.recorder = Recorder()
+        self.addCleanup(self.recorder.stop)
+
+    def node(self, **kw):
+        return self.daemon(database_url=self.db, env={"PGPASSFILE": self.cluster.pgpass},
+                           args=["--retry-schedule", "1,1,2,2,5,5,10,10,30,30"], **kw)
+
+    def api(self, d, method, path, fields=None):
+        body = urllib.parse.urlencode(fields).encode() if fields is not None else None
+        hdrs = {"Content-Type": "application/x-www-form-urlencoded"} if body is not None else {}
+        status, _, raw = d.http(method, path, body=body, headers=hdrs)
+        return status, (json.loads(raw) if raw else None)
+
+    def add_route(self, d, expression, *actions, priority=10):
+        fields = [("priority", str(priority)), ("expression", expression)] + [("action", a) for a in actions]
+        status, body = self.api(d, "POST", "/v3/routes", fields)
+        self.assertEqual(status, 200, body)
+        return body["route"]["id"]
+
+    def wait_delivered(self, tokens, wait_s):
+        deadline = time.monotonic() + timeout(wait_s)
+        missing = set(tokens)
+        while time.monotonic() < deadline:
+            missing = set(tokens) - self.recorder.tokens("/hook")
+            if not missing:
+                return
+            time.sleep(0.2)
+        raise AssertionError("%d of %d accepted messages never reached the receiver, e.g. %s"
+                             % (len(missing), len(tokens), sorted(missing)[:5]))
+
+    def assertNoOverlap(self):
+        by_id = {}
+        with self.recorder.lock:
+            for did, _, start, end, _ in self.recorder.posts:
+                self.assertTrue(did, "a POST without X-Inlet-Delivery")
+                by_id.setdefault(did, []).append((start, end))
+        for did, spans in by_id.items():
+            spans.sort()
+            for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+                self.assertGreaterEqual(s2, e1, "two POSTs of delivery %s overlap: %r" % (did, spans))
+
+    # -------------------------------------------------------------------------------------------
+    def test_node_killed_under_load(self):
+        nodes = [self.node()]
+        nodes += [self.node(), self.node()]  # after the first: it made the keys and the schema
+        keys = nodes[0].keys()
+        for n in nodes[1:]:
+            self.assertEqual(n.keys(), keys, "every node uses the database's keys")
+        self.add_route(nodes[0], "catch_all()", 'forward("%s")' % self.recorder.url("/hook"))
+        time.sleep(1.0)
+
+        senders = Senders(nodes, 600).start()
+        deadline = time.monotonic() + timeout(120)
+        while len(senders.accepted) < 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertGreaterEqual(len(senders.accepted), 200, "a third of the load was not accepted in time")
+        nodes[1].kill9()
+        senders.join()
+        self.assertEqual(senders.failed, [], "messages refused for good: %r" % senders.failed[:5])
+        self.assertEqual(len(senders.accepted), 600)
+        # The dead node's claims run out (its lease) and the others deliver what it held.
+        self.wait_delivered(senders.accepted, 180)
+        self.assertNoOverlap()
+
+        # A route created on one node is used by the others within a second.
+        self.add_route(nodes[0], 'match_recipient("^fresh-.*@example.com$")',
+                       'forward("%s")' % self.recorder.url("/fresh"), "stop()", priority=0)
+        time.sleep(1.0)
+        token = "mn-" + os.urandom(8).hex()
+        with smtplib.SMTP(*nodes[2].smtp_addrs[0], timeout=timeout(30)) as s:
+            s.sendmail("sender@example.org", ["fresh-1@example.com"], message(token, "fresh-1@example.com"))
+        deadline = time.monotonic() + timeout(30)
+        while token not in self.recorder.tokens("/fresh") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertIn(token, self.recorder.tokens("/fresh"), "node 2 did not use node 0's new route")
+        self.assertNotIn(token, self.recorder.tokens("/hook"))
+
+        # A message stored through one node is served by another.
+        self.add_route(nodes[0], 'match_recipient("^keep-.*@example.com$")', "store()", "stop()", priority=0)
+        time.sleep(1.0)
+        token = "mn-" + os.urandom(8).hex()
+        with smtplib.SMTP(*nodes[0].smtp_addrs[0], timeout=timeout(30)) as s:
+            s.sendmail("sender@example.org", ["keep-1@example.com"], message(token, "keep-1@example.com"))
+        rows = []
+        deadline = time.monotonic() + timeout(30)
+        while not rows and time.monotonic() < deadline:
+            rows = nodes[0].query("SELECT key FROM stored")
+            time.sleep(0.1)
+        self.assertEqual(len(rows), 1, "the stored copy")
+        status, body = self.api(nodes[2], "GET", "/v3/domains/example.com/messages/%s" % rows[0]["key"])
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["subject"], token)
+
+    def test_database_stopped_for_ten_seconds(self):
+        nodes = [self.node()]
+        nodes.append(self.node())
+        self.add_route(nodes[0], "catch_all()", 'forward("%s")' % self.recorder.url("/hook"))
+        time.sleep(1.0)
+        senders = Senders(nodes, 300, threads=4, deadline_s=300).start()
+        deadline = time.monotonic() + timeout(60)
+        while len(senders.accepted) < 60 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pids = [n.proc.pid for n in nodes]
+        before_451 = senders.replies.get(451, 0)
+        self.cluster.stop()
+        down_at = time.monotonic()
+        accepted_at_stop = len(senders.accepted)
+        time.sleep(2.0)
+        status, _, body = nodes[0].http_get("/healthz")
+        self.assertEqual(status, 503, body)
+        while time.monotonic() - down_at < 10:
+            time.sleep(0.1)
+        # While it was down, nothing more was accepted (what was in flight at the stop may have
+        # committed just before it), and senders were told 451.
+        self.assertLessEqual(len(senders.accepted), accepted_at_stop + 8)
+        self.assertGreater(senders.replies.get(451, 0), before_451, senders.replies)
+        self.cluster.start()
+        senders.join()
+        self.assertEqual(senders.failed, [], "messages refused for good: %r" % senders.failed[:5])
+        self.assertEqual(len(senders.accepted), 300)
+        self.assertEqual([n.proc.pid for n in nodes], pids)
+        self.assertTrue(all(n.running() for n in nodes), "a node exited when the database went away")
+        self.wait_delivered(senders.accepted, 120)
+        self.assertNoOverlap()
+        status, _, body = nodes[1].http_get("/healthz")
+        self.assertEqual(status, 200, body)
+
+
+if __name__ == "__main__":
+    harness.main()
