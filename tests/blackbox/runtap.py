@@ -2,6 +2,9 @@
 skipped test is a skip meson counts, never a pass.
 
     python3 runtap.py test_x.py        (what tests/blackbox/meson.build runs)
+    python3 runtap.py test_x.py NAME.. only the tests whose id contains a NAME (a glob when it
+                                       has * or ?), e.g. `meson test bb-deliveries --test-args
+                                       Retries` (tests/mutants/run uses this)
     python3 test_x.py                  (harness.main(): the same runner on the file itself)
 
 stdout carries only TAP: `ok N - id`, `not ok N - id`, `ok N - id # SKIP reason`, then `1..N`
@@ -103,16 +106,19 @@ def run(suite, test_name):
     return 0 if result.wasSuccessful() else 1
 
 
-def run_module(module, test_name=None):
+def run_module(module, test_name=None, only=()):
     name = test_name or os.environ.get("INLET_TEST_NAME") or \
         os.path.splitext(os.path.basename(getattr(module, "__file__", "test")))[0]
-    suite = unittest.defaultTestLoader.loadTestsFromModule(module)
+    loader = unittest.TestLoader()
+    if only:
+        loader.testNamePatterns = [p if "*" in p or "?" in p else "*%s*" % p for p in only]
+    suite = loader.loadTestsFromModule(module)
     return run(suite, name)
 
 
 def main(argv):
-    if len(argv) != 2:
-        sys.stderr.write("usage: runtap.py TEST_FILE.py\n")
+    if len(argv) < 2:
+        sys.stderr.write("usage: runtap.py TEST_FILE.py [NAME...]\n")
         return 2
     path = os.path.abspath(argv[1])
     sys.path.insert(0, os.path.dirname(path))
@@ -121,7 +127,7 @@ def main(argv):
     module = importlib.util.module_from_spec(spec)
     sys.modules[modname] = module
     spec.loader.exec_module(module)
-    return run_module(module)
+    return run_module(module, only=argv[2:])
 
 
 if __name__ == "__main__":
