@@ -799,11 +799,8 @@ class Durability(DeliveryCase):
                 break
             time.sleep(0.05)
         self.assertEqual(len(rows), n)
-        hung.wait_until(lambda reqs: len(reqs) >= 1, timeout(10), "a delivery in flight")
-        try:
-            hung.wait_until(lambda reqs: len(reqs) >= n, timeout(3), "all deliveries in flight")
-        except AssertionError:
-            pass   # a concurrency limit may keep some queued: they are due, which is fine too
+        # Six to one host stay under the per-host cap (DELIVER_HOST_ACTIVE_MAX, 8): all are in flight.
+        hung.wait_until(lambda reqs: len(reqs) >= n, timeout(10), "all %d deliveries in flight" % n)
         in_flight = hung.count()
         d.kill9()
         good = self.receiver(sock=hung.detach())   # same port, never released

@@ -15,10 +15,13 @@
  *   <seq> SYNC tid=<tid> fd=<fd> call=fsync|fdatasync rc=<rc> path=<path>
  *   <seq> READ tid=<tid> fd=<fd> rc=<rc> tail=<last 32 bytes, escaped>
  *   <seq> WRITE tid=<tid> fd=<fd> rc=<rc> head=<first 80 bytes, escaped>
+ *   <seq> FWRITE tid=<tid> fd=<fd> call=pwrite|pwrite64|pwritev|pwritev64 path=<path>
  *   <seq> ENOSPC tid=<tid> fd=<fd> call=<name> path=<path>
  * <seq> comes from one atomic counter: for SYNC and READ it is taken after the call returned, for
- * WRITE before the call, so "sync seq < write seq" means the sync had finished before the reply
- * was handed to the kernel.  Reads and writes are recorded for sockets only.  Escaping: bytes
+ * WRITE and FWRITE before the call, so "sync seq < write seq" means the sync had finished before the reply
+ * was handed to the kernel.  Reads and writes are recorded for sockets only; FWRITE records the
+ * positioned writes (SQLite's) of regular files under INLET_SHIM_DATADIR, with the thread that made
+ * them, so that a test can tell which thread's sync completes which commit.  Escaping: bytes
  * outside 0x21..0x7e, and '\\', as \r \n \t \\ or \xHH; a space is \x20. */
 #undef _FILE_OFFSET_BITS
 #ifndef _GNU_SOURCE
@@ -315,6 +318,20 @@ static void record_write(unsigned long s, int fd, const struct iovec *iov, int c
     in_hook--;
 }
 
+/* Before a positioned write of a file under the data dir. */
+static void record_fwrite(int fd, const char *call)
+{
+    if (!recording() || !datadir_len)
+        return;
+    in_hook++;
+    int saved = errno;
+    char path[PATH_MAX];
+    if (fd_path(fd, path, sizeof path) && under_datadir(path))
+        emit("%lu FWRITE tid=%ld fd=%d call=%s path=%s", next_seq(), tid(), fd, call, path);
+    errno = saved;
+    in_hook--;
+}
+
 static void record_sync(int fd, const char *call, int rc)
 {
     if (!recording())
@@ -419,6 +436,7 @@ ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
     RESOLVE(pwrite);
     if (inject(fd, "pwrite"))
         return -1;
+    record_fwrite(fd, "pwrite");
     return real.pwrite(fd, buf, n, off);
 }
 
@@ -427,6 +445,7 @@ ssize_t pwrite64(int fd, const void *buf, size_t n, off64_t off)
     RESOLVE(pwrite64);
     if (inject(fd, "pwrite64"))
         return -1;
+    record_fwrite(fd, "pwrite64");
     return real.pwrite64(fd, buf, n, off);
 }
 
@@ -435,6 +454,7 @@ ssize_t pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
     RESOLVE(pwritev);
     if (inject(fd, "pwritev"))
         return -1;
+    record_fwrite(fd, "pwritev");
     return real.pwritev(fd, iov, cnt, off);
 }
 
@@ -443,6 +463,7 @@ ssize_t pwritev64(int fd, const struct iovec *iov, int cnt, off64_t off)
     RESOLVE(pwritev64);
     if (inject(fd, "pwritev64"))
         return -1;
+    record_fwrite(fd, "pwritev64");
     return real.pwritev64(fd, iov, cnt, off);
 }
 
