@@ -36,14 +36,6 @@
 #include "routes/internal.h"
 #include "util/limits.h"
 
-struct aparser {
-    struct lexer lx;
-    struct token tok;
-    const struct route_expr *expr;
-    char what[32];
-    char **err;
-};
-
 const char *route_format_name(enum route_format f)
 {
     switch (f) {
@@ -52,39 +44,6 @@ const char *route_format_name(enum route_format f)
     case ROUTE_FORMAT_DEFAULT: break;
     }
     return "";
-}
-
-static int aadvance(struct aparser *p)
-{
-    if (route_lex_next(&p->lx, &p->tok) < 0) {
-        *p->err = strdup("out of memory");
-        return -1;
-    }
-    return 0;
-}
-
-static int aexpected(struct aparser *p, const char *what)
-{
-    char found[ROUTE_ERROR_QUOTE_MAX];
-    if (p->tok.kind == TOK_BAD && (p->lx.src[p->tok.pos] == '"' || p->lx.src[p->tok.pos] == '\'')) {
-        *p->err = route_errorf(p->what, p->tok.pos, "missing closing quote");
-        return -1;
-    }
-    route_token_describe(&p->lx, &p->tok, found, sizeof found);
-    *p->err = route_errorf(p->what, p->tok.pos, "expected %s, found %s", what, found);
-    return -1;
-}
-
-static int aexpect(struct aparser *p, enum tok_kind kind, const char *what)
-{
-    if (p->tok.kind != kind) return aexpected(p, what);
-    return aadvance(p);
-}
-
-static bool atok_is(const struct aparser *p, const char *word)
-{
-    return p->tok.kind == TOK_IDENT && p->tok.len == strlen(word) &&
-           strncmp(p->lx.src + p->tok.pos, word, p->tok.len) == 0;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -140,7 +99,7 @@ static bool is_octal(char c)
 
 /* Parses tok.str[s, e) into `t`; *first_ref is the offset (in tok.str) of the first reference,
  * or e when there is none. */
-static int tmpl_parse(struct aparser *p, size_t s, size_t e, struct route_tmpl *t, size_t *first_ref)
+static int tmpl_parse(struct route_parser *p, size_t s, size_t e, struct route_tmpl *t, size_t *first_ref)
 {
     const char *str = p->tok.str;
     const size_t *map = p->tok.map;
@@ -250,7 +209,7 @@ static size_t scheme_len(const char *s, size_t len)
 }
 
 /* One destination: tok.str[s, e) before trimming. */
-static int parse_dest(struct aparser *p, size_t s, size_t e, bool url_only, struct route_dest *d)
+static int parse_dest(struct route_parser *p, size_t s, size_t e, bool url_only, struct route_dest *d)
 {
     const char *str = p->tok.str;
     const size_t *map = p->tok.map;
@@ -317,9 +276,9 @@ static int parse_dest(struct aparser *p, size_t s, size_t e, bool url_only, stru
     return tmpl_parse(p, s, e, &d->t, &first_ref);
 }
 
-static int parse_forward_string(struct aparser *p, struct route_action *a)
+static int parse_forward_string(struct route_parser *p, struct route_action *a)
 {
-    if (p->tok.kind != TOK_STRING) return aexpected(p, "a string");
+    if (p->tok.kind != TOK_STRING) return route_parser_expected(p, "a string");
     size_t n = 1;
     for (size_t i = 0; i < p->tok.slen; i++) n += p->tok.str[i] == ',';
     if (n > ROUTE_DESTINATIONS_MAX) {
@@ -337,17 +296,18 @@ static int parse_forward_string(struct aparser *p, struct route_action *a)
         if (parse_dest(p, s, i, false, &a->dests[a->ndests++]) < 0) return -1;
         s = i + 1;
     }
-    return aadvance(p);
+    return route_parser_advance(p);
 }
 
 /* name=STRING; the current token is the name. */
-static int parse_kwarg(struct aparser *p, struct route_action *a, bool *seen_notify, bool *seen_format)
+static int parse_kwarg(struct route_parser *p, struct route_action *a, bool *seen_notify, bool *seen_format)
 {
     char found[ROUTE_ERROR_QUOTE_MAX];
     const size_t pos = p->tok.pos;
-    const bool notify = atok_is(p, "notify"), format = atok_is(p, "format");
+    const bool notify = route_parser_is(p, "notify"), format = route_parser_is(p, "format");
     if (!(format || (notify && a->kind == ACTION_STORE))) {
-        if (p->tok.kind != TOK_IDENT) return aexpected(p, a->kind == ACTION_STORE ? "notify= or format=" : "format=");
+        if (p->tok.kind != TOK_IDENT)
+            return route_parser_expected(p, a->kind == ACTION_STORE ? "notify= or format=" : "format=");
         route_token_describe(&p->lx, &p->tok, found, sizeof found);
         *p->err = route_errorf(p->what, pos, "unknown argument %s", found);
         return -1;
@@ -356,8 +316,8 @@ static int parse_kwarg(struct aparser *p, struct route_action *a, bool *seen_not
         *p->err = route_errorf(p->what, pos, "%s= given twice", notify ? "notify" : "format");
         return -1;
     }
-    if (aadvance(p) < 0 || aexpect(p, TOK_EQUALS, "'='") < 0) return -1;
-    if (p->tok.kind != TOK_STRING) return aexpected(p, "a string");
+    if (route_parser_advance(p) < 0 || route_parser_expect(p, TOK_EQUALS, "'='") < 0) return -1;
+    if (p->tok.kind != TOK_STRING) return route_parser_expected(p, "a string");
     if (notify) {
         *seen_notify = true;
         struct route_dest d = {0};
@@ -378,26 +338,26 @@ static int parse_kwarg(struct aparser *p, struct route_action *a, bool *seen_not
             return -1;
         }
     }
-    return aadvance(p);
+    return route_parser_advance(p);
 }
 
-static int parse_args(struct aparser *p, struct route_action *a)
+static int parse_args(struct route_parser *p, struct route_action *a)
 {
     bool seen_notify = false, seen_format = false;
     size_t format_pos = 0;
     if (a->kind == ACTION_FORWARD) {
         if (parse_forward_string(p, a) < 0) return -1;
         if (p->tok.kind == TOK_COMMA) {
-            if (aadvance(p) < 0) return -1;
+            if (route_parser_advance(p) < 0) return -1;
             format_pos = p->tok.pos;
             if (parse_kwarg(p, a, &seen_notify, &seen_format) < 0) return -1;
         }
     } else if (a->kind == ACTION_STORE && p->tok.kind != TOK_RPAREN) {
         for (;;) {
-            if (atok_is(p, "format")) format_pos = p->tok.pos;
+            if (route_parser_is(p, "format")) format_pos = p->tok.pos;
             if (parse_kwarg(p, a, &seen_notify, &seen_format) < 0) return -1;
             if (p->tok.kind != TOK_COMMA) break;
-            if (aadvance(p) < 0) return -1;
+            if (route_parser_advance(p) < 0) return -1;
         }
         if (seen_format && !seen_notify) {
             *p->err = route_errorf(p->what, format_pos, "format= needs notify=");
@@ -408,9 +368,9 @@ static int parse_args(struct aparser *p, struct route_action *a)
         const char *what = a->kind == ACTION_STOP ? "')'"
                            : a->kind == ACTION_FORWARD ? (seen_format ? "')'" : "',' or ')'")
                            : "',' or ')'";
-        return aexpected(p, what);
+        return route_parser_expected(p, what);
     }
-    return aadvance(p);
+    return route_parser_advance(p);
 }
 
 int route_action_parse(const char *src, size_t index, const struct route_expr *e, struct route_action *out,
@@ -418,22 +378,22 @@ int route_action_parse(const char *src, size_t index, const struct route_expr *e
 {
     memset(out, 0, sizeof *out);
     *err = NULL;
-    struct aparser p = {.lx = {.src = src, .len = strlen(src)}, .expr = e, .err = err};
+    struct route_parser p = {.lx = {.src = src, .len = strlen(src)}, .expr = e, .err = err};
     snprintf(p.what, sizeof p.what, "actions[%zu]", index);
     if (p.lx.len > ROUTE_ACTION_MAX) {
         *err = route_errorf(p.what, ROUTE_ACTION_MAX, "longer than %d bytes", ROUTE_ACTION_MAX);
         return -1;
     }
-    if (aadvance(&p) < 0) goto bad;
+    if (route_parser_advance(&p) < 0) goto bad;
     if (p.tok.kind == TOK_END) {
         *err = route_errorf(p.what, p.tok.pos, "empty action");
         goto bad;
     }
-    if (atok_is(&p, "forward")) {
+    if (route_parser_is(&p, "forward")) {
         out->kind = ACTION_FORWARD;
-    } else if (atok_is(&p, "store")) {
+    } else if (route_parser_is(&p, "store")) {
         out->kind = ACTION_STORE;
-    } else if (atok_is(&p, "stop")) {
+    } else if (route_parser_is(&p, "stop")) {
         out->kind = ACTION_STOP;
     } else if (p.tok.kind == TOK_IDENT) {
         char found[ROUTE_ERROR_QUOTE_MAX];
@@ -441,12 +401,14 @@ int route_action_parse(const char *src, size_t index, const struct route_expr *e
         *err = route_errorf(p.what, p.tok.pos, "unknown action %s", found);
         goto bad;
     } else {
-        aexpected(&p, "forward, store or stop");
+        route_parser_expected(&p, "forward, store or stop");
         goto bad;
     }
-    if (aadvance(&p) < 0 || aexpect(&p, TOK_LPAREN, "'('") < 0 || parse_args(&p, out) < 0) goto bad;
+    if (route_parser_advance(&p) < 0 || route_parser_expect(&p, TOK_LPAREN, "'('") < 0 ||
+        parse_args(&p, out) < 0)
+        goto bad;
     if (p.tok.kind != TOK_END) {
-        aexpected(&p, "end of action");
+        route_parser_expected(&p, "end of action");
         goto bad;
     }
     route_token_clear(&p.tok);

@@ -17,49 +17,10 @@
 
 #define WHAT "expression"
 
-struct parser {
-    struct lexer lx;
-    struct token tok;
-    char **err;
-};
-
-static int advance(struct parser *p)
-{
-    if (route_lex_next(&p->lx, &p->tok) < 0) {
-        *p->err = strdup("out of memory");
-        return -1;
-    }
-    return 0;
-}
-
-static bool tok_is(const struct parser *p, const char *word)
-{
-    return p->tok.kind == TOK_IDENT && p->tok.len == strlen(word) &&
-           strncmp(p->lx.src + p->tok.pos, word, p->tok.len) == 0;
-}
-
-static int expected(struct parser *p, const char *what)
-{
-    char found[ROUTE_ERROR_QUOTE_MAX];
-    if (p->tok.kind == TOK_BAD && (p->lx.src[p->tok.pos] == '"' || p->lx.src[p->tok.pos] == '\'')) {
-        *p->err = route_errorf(WHAT, p->tok.pos, "missing closing quote");
-        return -1;
-    }
-    route_token_describe(&p->lx, &p->tok, found, sizeof found);
-    *p->err = route_errorf(WHAT, p->tok.pos, "expected %s, found %s", what, found);
-    return -1;
-}
-
-static int expect(struct parser *p, enum tok_kind kind, const char *what)
-{
-    if (p->tok.kind != kind) return expected(p, what);
-    return advance(p);
-}
-
 /* The current token must be a STRING holding a regex: compiles it into f->re. */
-static int parse_regex(struct parser *p, struct route_filter *f)
+static int parse_regex(struct route_parser *p, struct route_filter *f)
 {
-    if (p->tok.kind != TOK_STRING) return expected(p, "a string");
+    if (p->tok.kind != TOK_STRING) return route_parser_expected(p, "a string");
     char msg[300];
     size_t off = 0;
     if (route_regex_compile(p->tok.str, p->tok.slen, &f->re, msg, sizeof msg, &off) < 0) {
@@ -81,29 +42,29 @@ static int parse_regex(struct parser *p, struct route_filter *f)
             f->prefix = pfx;
         }
     }
-    return advance(p);
+    return route_parser_advance(p);
 }
 
-static int parse_filter(struct parser *p, struct route_filter *f)
+static int parse_filter(struct route_parser *p, struct route_filter *f)
 {
     char found[ROUTE_ERROR_QUOTE_MAX];
     f->pos = p->tok.pos;
-    if (tok_is(p, "match_recipient")) {
+    if (route_parser_is(p, "match_recipient")) {
         f->kind = FILTER_RECIPIENT;
-    } else if (tok_is(p, "match_header")) {
+    } else if (route_parser_is(p, "match_header")) {
         f->kind = FILTER_HEADER;
-    } else if (tok_is(p, "catch_all") || tok_is(p, "catchall")) {
+    } else if (route_parser_is(p, "catch_all") || route_parser_is(p, "catchall")) {
         f->kind = FILTER_CATCH_ALL;
     } else if (p->tok.kind == TOK_IDENT) {
         route_token_describe(&p->lx, &p->tok, found, sizeof found);
         *p->err = route_errorf(WHAT, p->tok.pos, "unknown function %s", found);
         return -1;
     } else {
-        return expected(p, "match_recipient, match_header or catch_all");
+        return route_parser_expected(p, "match_recipient, match_header or catch_all");
     }
-    if (advance(p) < 0 || expect(p, TOK_LPAREN, "'('") < 0) return -1;
+    if (route_parser_advance(p) < 0 || route_parser_expect(p, TOK_LPAREN, "'('") < 0) return -1;
     if (f->kind == FILTER_HEADER) {
-        if (p->tok.kind != TOK_STRING) return expected(p, "a string");
+        if (p->tok.kind != TOK_STRING) return route_parser_expected(p, "a string");
         if (p->tok.slen == 0) {
             *p->err = route_errorf(WHAT, p->tok.pos, "empty header name");
             return -1;
@@ -113,10 +74,10 @@ static int parse_filter(struct parser *p, struct route_filter *f)
             *p->err = strdup("out of memory");
             return -1;
         }
-        if (advance(p) < 0 || expect(p, TOK_COMMA, "','") < 0) return -1;
+        if (route_parser_advance(p) < 0 || route_parser_expect(p, TOK_COMMA, "','") < 0) return -1;
     }
     if (f->kind != FILTER_CATCH_ALL && parse_regex(p, f) < 0) return -1;
-    return expect(p, TOK_RPAREN, "')'");
+    return route_parser_expect(p, TOK_RPAREN, "')'");
 }
 
 /* Route-wide numbering and the name map (a later group of the same name wins). */
@@ -169,8 +130,8 @@ int route_expr_parse(const char *src, struct route_expr *out, char **err)
         *err = route_errorf(WHAT, ROUTE_EXPRESSION_MAX, "longer than %d bytes", ROUTE_EXPRESSION_MAX);
         return -1;
     }
-    struct parser p = {.lx = {.src = src, .len = len}, .err = err};
-    if (advance(&p) < 0) goto bad;
+    struct route_parser p = {.lx = {.src = src, .len = len}, .what = WHAT, .err = err};
+    if (route_parser_advance(&p) < 0) goto bad;
     if (p.tok.kind == TOK_END) {
         *err = route_errorf(WHAT, p.tok.pos, "empty expression");
         goto bad;
@@ -188,10 +149,10 @@ int route_expr_parse(const char *src, struct route_expr *out, char **err)
         if (parse_filter(&p, &out->filters[out->nfilters++]) < 0) goto bad;
         if (p.tok.kind == TOK_END) break;
         if (p.tok.kind == TOK_IDENT && p.tok.len == 3 && strncasecmp(src + p.tok.pos, "and", 3) == 0) {
-            if (advance(&p) < 0) goto bad;
+            if (route_parser_advance(&p) < 0) goto bad;
             continue;
         }
-        expected(&p, "'and' or end of expression");
+        route_parser_expected(&p, "'and' or end of expression");
         goto bad;
     }
     route_token_clear(&p.tok);

@@ -46,6 +46,24 @@ void route_token_clear(struct token *tok);
 /* "'('", "end of input", "'foo'" (identifier), "string": for "expected X, found Y" messages. */
 void route_token_describe(const struct lexer *lx, const struct token *tok, char *out, size_t outsz);
 
+/* A recursive-descent parser's state over one source (an expression, or one action): expr.c and
+ * actions.c share it and the helpers below. */
+struct route_parser {
+    struct lexer lx;
+    struct token tok;                 /* the current token */
+    char what[32];                    /* names the source in errors: "expression", "actions[2]" */
+    const struct route_expr *expr;    /* actions only: the groups their templates may name */
+    char **err;                       /* where an error goes (malloc'd) */
+};
+/* Reads the next token; -1 (and *p->err) only when memory ran out. */
+int route_parser_advance(struct route_parser *p);
+/* The current token is the identifier `word`. */
+bool route_parser_is(const struct route_parser *p, const char *word);
+/* Sets *p->err to "expected <what>, found <the current token>" (or "missing closing quote"); -1. */
+int route_parser_expected(struct route_parser *p, const char *what);
+/* The current token is `kind`: advances past it; otherwise route_parser_expected(). */
+int route_parser_expect(struct route_parser *p, enum tok_kind kind, const char *what);
+
 /* "<what>: position <pos>: <message>", malloc'd. */
 char *route_errorf(const char *what, size_t pos, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

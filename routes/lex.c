@@ -4,12 +4,14 @@
  * [A-Za-z_][A-Za-z0-9_]*.  A STRING is '...' or "...": a backslash before the enclosing quote
  * yields that quote; every other backslash is kept together with the byte after it, so "\\"
  * is the two bytes \\ (a regex's literal backslash) and cannot end up escaping the closing
- * quote. */
+ * quote.  The parser helpers at the end (advance, expect, "expected X, found Y") serve both
+ * parsers, expr.c and actions.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "routes/internal.h"
+#include "util/limits.h"
 
 static bool is_space(char c)
 {
@@ -148,4 +150,39 @@ char *route_errorf(const char *what, size_t pos, const char *fmt, ...)
     char *out = malloc(n);
     if (out) snprintf(out, n, "%s: position %zu: %s", what, pos, msg);
     return out;
+}
+
+/* ---- the parser helpers expr.c and actions.c share ------------------------------------------ */
+
+int route_parser_advance(struct route_parser *p)
+{
+    if (route_lex_next(&p->lx, &p->tok) < 0) {
+        *p->err = strdup("out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+bool route_parser_is(const struct route_parser *p, const char *word)
+{
+    return p->tok.kind == TOK_IDENT && p->tok.len == strlen(word) &&
+           strncmp(p->lx.src + p->tok.pos, word, p->tok.len) == 0;
+}
+
+int route_parser_expected(struct route_parser *p, const char *what)
+{
+    char found[ROUTE_ERROR_QUOTE_MAX];
+    if (p->tok.kind == TOK_BAD && (p->lx.src[p->tok.pos] == '"' || p->lx.src[p->tok.pos] == '\'')) {
+        *p->err = route_errorf(p->what, p->tok.pos, "missing closing quote");
+        return -1;
+    }
+    route_token_describe(&p->lx, &p->tok, found, sizeof found);
+    *p->err = route_errorf(p->what, p->tok.pos, "expected %s, found %s", what, found);
+    return -1;
+}
+
+int route_parser_expect(struct route_parser *p, enum tok_kind kind, const char *what)
+{
+    if (p->tok.kind != kind) return route_parser_expected(p, what);
+    return route_parser_advance(p);
 }
