@@ -160,6 +160,17 @@ static bool content_8bit(GMimePart *part)
  * decoded and encoded again in the other of base64 and QP (its decoded bytes stay the same). */
 static void fix_leaf(GMimePart *part)
 {
+    if (!g_mime_part_get_content(part)) {
+        /* A part whose headers run into the next boundary has no content at all, and GMime's
+         * encode would hand that NULL to g_mime_data_wrapper_write_to_stream (a GLib critical on
+         * stderr): an empty content writes the same bytes. */
+        GMimeStream *empty = g_mime_stream_mem_new();
+        GMimeDataWrapper *w = g_mime_data_wrapper_new_with_stream(empty, GMIME_CONTENT_ENCODING_DEFAULT);
+        g_mime_part_set_content(part, w);
+        g_object_unref(w);
+        g_object_unref(empty);
+        return;
+    }
     GMimeContentEncoding e = g_mime_part_get_content_encoding(part);
     switch (e) {
     case GMIME_CONTENT_ENCODING_DEFAULT:

@@ -3,7 +3,7 @@
  * in the three formats (message_post_new, plain and notify), message_stored_json and
  * message_body_mime, then free.
  *
- * Besides "no crash, no leak, no sanitizer report" it aborts when the message model breaks its own
+ * Besides "no crash, no leak, no sanitizer report, no GLib critical" it aborts when the message model breaks its own
  * contract (message.h, SPEC §3/§5): a NULL or non-UTF-8 string from an accessor, an attachment
  * whose decoded bytes are not `size` bytes long, message_header_first disagreeing with the header
  * list, a NULL JSON document (NULL means only "out of memory"), or a document that does not carry
@@ -268,6 +268,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static bool inited;
     if (!inited) {
         message_lib_init();
+        /* A GLib critical is a library told it was misused (GMime handed a NULL): a finding too. */
+        g_log_set_always_fatal(G_LOG_FATAL_MASK | G_LOG_LEVEL_CRITICAL);
         inited = true;
     }
     struct message *m = message_parse(data, size);
