@@ -2,23 +2,31 @@
  * API, which mailgun.js, mailgun-go and mailgun-python parse).
  *
  * Items: {"id", "event", "timestamp" (float seconds), "log-level", "recipient",
- * "recipient-domain", "message": {"headers": {"message-id"}}, "envelope": {"targets"} and
- * "delivery-status" {code, message, description, attempt-no, session-seconds} for delivered /
- * failed, "severity" and "reason" for failed, "storage" {key, url} for stored, "routes" /
- * "route_ids" from the event's detail (a stored copy's one "route_id" as a one-element
- * "route_ids"), "delivery-id" (extension) for deliveries.  Detail keys read (storage/ writes
- * them): key, route_id, route_ids, routes, attempt, status, error, target, duration_ms, reason.
- * message-id is inlet's message id (the `message-id` filter compares it): the events carry no
- * header of the message.
+ * "recipient-domain", "message", "envelope": {"targets"} and "delivery-status" {code, message,
+ * description, attempt-no, session-seconds} for delivered / failed, "severity" and "reason" for
+ * failed, "storage" {key, url} for stored, "routes" / "route_ids" from the event's detail (a
+ * stored copy's one "route_id" as a one-element "route_ids"), "delivery-id" (extension) for
+ * deliveries.  "message" is the summary every event of a message keeps in its detail
+ * (engine/plan.c writes it, storage/ copies it into the delivered / failed events), as Mailgun
+ * shows it: "headers" {to, from, subject, message-id (the Message-Id header without angle
+ * brackets)}, "size", "attachments" [{filename, content-type, size}], "recipients"; plus
+ * "inlet-id", inlet's own message id (extension).  Detail keys read: key, route_id, route_ids,
+ * routes, attempt, status, error, target, duration_ms, reason, message.
  *
- * Filters: event, message-id, recipient, begin, end (RFC 2822 dates, ISO 8601, or Unix seconds
- * with a fraction), ascending (yes/no, default no), limit (1..300, default 100).  The time range
- * follows Mailgun: with begin and end, begin > end means newest first; with one bound the
- * direction is `ascending`'s and the bound is the side the traversal starts from (begin) or
- * stops at (end).
+ * Filters (query parameters; each value a Mailgun filter expression, api/internal_filter.h):
+ * event, severity, recipient, recipients, message-id (the header), inlet-id (extension), from,
+ * to, subject, attachment, size; `list` and `tags` are 400 (inlet has neither), as is an
+ * expression that does not parse.  The store narrows its reading by the filters it can apply
+ * (one event name, one recipient, one inlet id); the others are evaluated here on each item,
+ * reading at most API_EVENTS_SCAN_MAX events for a page.  Also begin, end (RFC 2822 dates, ISO
+ * 8601, or Unix seconds with a fraction), ascending (yes/no, default no), limit (1..300, default
+ * 100).  The time range follows Mailgun: with begin and end, begin > end means newest first;
+ * with one bound the direction is `ascending`'s and the bound is the side the traversal starts
+ * from (begin) or stops at (end).
  *
  * Paging: {"next", "previous", "first", "last"}, absolute URLs <public-url>/v3/<domain>/events/
- * <token>.  The token (base64url of a small JSON object) holds every filter, the limit, the
+ * <token>.  The token (base64url of a small JSON object, version 2; version 1 tokens still read)
+ * holds every filter expression, the limit, the
  * direction and the cursor (timestamp, event id) of the page boundary, so a paging URL is
  * complete by itself: filters in its query string are ignored.  `next` is always there (an
  * empty page ends a walk; asking again later shows what happened since, as with Mailgun);
@@ -28,11 +36,46 @@
 #include <string.h>
 
 #include "api/internal.h"
+#include "api/internal_filter.h"
 #include "storage/store.h"
 #include "util/log.h"
 
+/* The filter fields (query parameters), how their values match (api/internal_filter.h) and
+ * where an item keeps them. */
+enum ev_field {
+    F_EVENT, F_SEVERITY, F_RECIPIENT, F_RECIPIENTS, F_MESSAGE_ID, F_INLET_ID, F_FROM, F_TO,
+    F_SUBJECT, F_ATTACHMENT, F_SIZE, F_COUNT
+};
+/* Mailgun's event names: inlet writes accepted, stored, delivered and failed; the others are
+ * valid filters that match nothing. */
+static const char *const event_names[] = {
+    "accepted", "rejected", "delivered", "failed", "opened", "clicked", "unsubscribed",
+    "complained", "stored", "list_member_uploaded", "list_member_upload_error", "list_uploaded",
+    NULL};
+static const char *const severities[] = {"temporary", "permanent", NULL};
+static const struct {
+    const char *name;
+    enum api_filter_kind kind;
+    const char *const *allowed;
+} fields[F_COUNT] = {
+    [F_EVENT] = {"event", API_FILTER_KEYWORD, event_names},
+    [F_SEVERITY] = {"severity", API_FILTER_KEYWORD, severities},
+    [F_RECIPIENT] = {"recipient", API_FILTER_KEYWORD, NULL},
+    [F_RECIPIENTS] = {"recipients", API_FILTER_KEYWORD, NULL},
+    [F_MESSAGE_ID] = {"message-id", API_FILTER_EXACT, NULL},
+    [F_INLET_ID] = {"inlet-id", API_FILTER_EXACT, NULL},
+    [F_FROM] = {"from", API_FILTER_TEXT, NULL},
+    [F_TO] = {"to", API_FILTER_TEXT, NULL},
+    [F_SUBJECT] = {"subject", API_FILTER_TEXT, NULL},
+    [F_ATTACHMENT] = {"attachment", API_FILTER_TEXT, NULL},
+    [F_SIZE] = {"size", API_FILTER_NUMBER, NULL},
+};
+/* Mailgun's filters that inlet's events have nothing for: a 400, never an empty answer. */
+static const char *const unsupported_fields[] = {"list", "tags"};
+
 struct events_query {
-    char *event, *message_id, *recipient; /* NULL = any (g_malloc'd) */
+    char *expr[F_COUNT];                  /* each filter's expression, NULL = any (g_malloc'd) */
+    struct api_filter *filter[F_COUNT];       /* ... compiled */
     int64_t begin_ms, end_ms;             /* inclusive bounds, 0 = none */
     bool ascending;                       /* presentation order */
     size_t limit;
@@ -44,10 +87,23 @@ struct events_query {
 
 static void query_clear(struct events_query *q)
 {
-    g_free(q->event);
-    g_free(q->message_id);
-    g_free(q->recipient);
+    for (int i = 0; i < F_COUNT; i++) {
+        g_free(q->expr[i]);
+        api_filter_free(q->filter[i]);
+    }
     memset(q, 0, sizeof *q);
+}
+
+/* Compiles q->expr[i]; NULL when fine, else the message of the 400 (g_malloc'd). */
+static char *query_compile(struct events_query *q, int i)
+{
+    char *err = NULL;
+    q->filter[i] = api_filter_parse(q->expr[i], strlen(q->expr[i]), fields[i].kind, fields[i].allowed,
+                                &err);
+    if (q->filter[i]) return NULL;
+    char *msg = g_strdup_printf("Invalid '%s' filter: %s", fields[i].name, err);
+    g_free(err);
+    return msg;
 }
 
 /* ---- times ---------------------------------------------------------------------------------- */
@@ -179,10 +235,17 @@ static char *filter(const struct api_request *req, const char *name, const char 
 static char *query_from_params(const struct api_request *req, struct events_query *q)
 {
     const char *bad = NULL;
-    q->event = filter(req, "event", &bad);
-    q->message_id = filter(req, "message-id", &bad);
-    q->recipient = filter(req, "recipient", &bad);
+    for (size_t i = 0; i < G_N_ELEMENTS(unsupported_fields); i++)
+        if (api_form_get(&req->query, unsupported_fields[i]))
+            return g_strdup_printf("Filter '%s' is not supported: inlet's events have no %s",
+                                   unsupported_fields[i],
+                                   strcmp(unsupported_fields[i], "tags") ? "mailing lists" : "tags");
+    for (int i = 0; i < F_COUNT; i++) q->expr[i] = filter(req, fields[i].name, &bad);
     if (bad) return g_strdup_printf("Invalid '%s' parameter", bad);
+    for (int i = 0; i < F_COUNT; i++) {
+        char *msg = q->expr[i] ? query_compile(q, i) : NULL;
+        if (msg) return msg;
+    }
 
     const char *asc = api_form_value(&req->query, "ascending");
     bool asc_given = asc && *asc;
@@ -226,14 +289,15 @@ static char *query_from_params(const struct api_request *req, struct events_quer
 
 static char *token_encode(const struct events_query *q, bool backward, int64_t ts, int64_t id)
 {
-    json_t *j = json_pack("{s:i, s:b, s:I, s:b, s:I, s:I, s:I, s:I}", "v", 1, "a",
+    json_t *j = json_pack("{s:i, s:b, s:I, s:b, s:I, s:I, s:I, s:I}", "v", 2, "a",
                           (int)q->ascending, "l", (json_int_t)q->limit, "k", (int)backward,
                           "b", (json_int_t)q->begin_ms, "n", (json_int_t)q->end_ms, "t",
                           (json_int_t)ts, "i", (json_int_t)id);
     if (!j) return NULL;
-    if (q->event) json_object_set_new(j, "e", json_string(q->event));
-    if (q->message_id) json_object_set_new(j, "m", json_string(q->message_id));
-    if (q->recipient) json_object_set_new(j, "r", json_string(q->recipient));
+    json_t *f = json_object();
+    for (int i = 0; f && i < F_COUNT; i++)
+        if (q->expr[i]) json_object_set_new(f, fields[i].name, json_string(q->expr[i]));
+    json_object_set_new(j, "f", f);
     char *text = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     if (!text) return NULL;
@@ -268,9 +332,23 @@ static bool token_decode(const char *tok, struct events_query *q)
     int asc = 0, back = 0;
     bool ok = json_unpack(j, "{s:I, s:b, s:I, s:b, s:I, s:I, s:I, s:I}", "v", &v, "a", &asc,
                           "l", &limit, "k", &back, "b", &b, "n", &e, "t", &ts, "i", &id) == 0 &&
-              v == 1 && limit >= 1 && limit <= API_EVENTS_LIMIT_MAX && b >= 0 && e >= 0 && id >= 0 &&
-              token_string(j, "e", &q->event) && token_string(j, "m", &q->message_id) &&
-              token_string(j, "r", &q->recipient);
+              (v == 1 || v == 2) && limit >= 1 && limit <= API_EVENTS_LIMIT_MAX && b >= 0 &&
+              e >= 0 && id >= 0;
+    if (ok && v == 1) {
+        /* Tokens of older versions: event, inlet's message id (then called message-id),
+         * recipient. */
+        ok = token_string(j, "e", &q->expr[F_EVENT]) && token_string(j, "m", &q->expr[F_INLET_ID]) &&
+             token_string(j, "r", &q->expr[F_RECIPIENT]);
+    } else if (ok) {
+        json_t *f = json_object_get(j, "f");
+        ok = json_is_object(f);
+        for (int i = 0; ok && i < F_COUNT; i++) ok = token_string(f, fields[i].name, &q->expr[i]);
+    }
+    for (int i = 0; ok && i < F_COUNT; i++) {
+        char *msg = q->expr[i] ? query_compile(q, i) : NULL;
+        ok = msg == NULL;
+        g_free(msg);
+    }
     json_decref(j);
     if (!ok) return false;
     q->ascending = asc;
@@ -325,6 +403,19 @@ static void add_delivery_status(json_t *item, json_t *detail, const struct store
     if (*e->delivery_id) json_object_set_new(item, "delivery-id", api_jstr(e->delivery_id));
 }
 
+/* The item's "message": the summary the event's detail keeps (engine/plan.c: headers to, from,
+ * subject, message-id; size; attachments; recipients), or only "headers": {} for an event
+ * written before inlet kept one, and inlet's own id as "inlet-id" (extension). */
+static json_t *message_json(json_t *detail, const struct store_event *e)
+{
+    json_t *m = json_object_get(detail, "message");
+    m = json_is_object(m) ? json_deep_copy(m) : json_object();
+    if (!m) return NULL;
+    if (!json_is_object(json_object_get(m, "headers"))) json_object_set_new(m, "headers", json_object());
+    json_object_set_new(m, "inlet-id", api_jstr(e->message_id));
+    return m;
+}
+
 static json_t *event_json(const struct api_server *api, const struct store_event *e)
 {
     json_t *detail = e->detail_json ? json_loads(e->detail_json, 0, NULL) : NULL;
@@ -335,10 +426,10 @@ static json_t *event_json(const struct api_server *api, const struct store_event
     char id[32];
     snprintf(id, sizeof id, "%lld", (long long)e->id);
     json_t *item = json_pack(
-        "{s:s, s:o, s:f, s:s, s:o, s:o, s:{s:{s:o}}, s:[], s:[], s:{}}", "id", id, "event",
+        "{s:s, s:o, s:f, s:s, s:o, s:o, s:o, s:[], s:[], s:{}}", "id", id, "event",
         api_jstr(e->event), "timestamp", (double)e->ts_ms / 1000.0, "log-level", log_level(e),
         "recipient", api_jstr(e->recipient), "recipient-domain", api_jstr(e->domain), "message",
-        "headers", "message-id", api_jstr(e->message_id), "tags", "campaigns", "user-variables");
+        message_json(detail, e), "tags", "campaigns", "user-variables");
     if (!item) {
         json_decref(detail);
         return NULL;
@@ -401,23 +492,45 @@ static int64_t inclusive_id(bool asc, int64_t id)
     return asc ? id - 1 : id + 1;
 }
 
+/* A row's place in the order of events. */
+struct cursor {
+    int64_t ts, id;
+    bool set;
+};
+
+/* first, last: the page's first and last items as presented; far: the last event read (in read
+ * order), matched or not, so that `next` (`previous` for a backward page) goes on after the
+ * events the filters skipped instead of reading them again. */
 static json_t *paging_json(const struct api_server *api, const char *domain,
-                           const struct events_query *q, const struct store_event *first,
-                           const struct store_event *last)
+                           const struct events_query *q, struct cursor first, struct cursor last,
+                           struct cursor far)
 {
     int64_t nts = q->cursor_ts, nid = q->cursor_id; /* next: forward */
     int64_t pts = q->cursor_ts, pid = q->cursor_id; /* previous: backward */
-    if (last) {
-        nts = last->ts_ms;
-        nid = last->id;
-        pts = first->ts_ms;
-        pid = first->id;
-    } else if (q->backward) {
-        /* Nothing before the cursor: next starts at the cursor's own row. */
-        if (q->cursor_id) nid = inclusive_id(q->ascending, q->cursor_id);
+    if (!q->backward) {
+        if (far.set) {
+            nts = far.ts;
+            nid = far.id;
+        }
+        if (first.set) {
+            pts = first.ts;
+            pid = first.id;
+        } else if (q->cursor_id) {
+            /* Nothing after the cursor: previous ends with the cursor's own row. */
+            pid = inclusive_id(!q->ascending, q->cursor_id);
+        }
     } else {
-        /* Nothing after the cursor: previous ends with the cursor's own row. */
-        if (q->cursor_id) pid = inclusive_id(!q->ascending, q->cursor_id);
+        if (far.set) {
+            pts = far.ts;
+            pid = far.id;
+        }
+        if (last.set) {
+            nts = last.ts;
+            nid = last.id;
+        } else if (q->cursor_id) {
+            /* Nothing before the cursor: next starts at the cursor's own row. */
+            nid = inclusive_id(q->ascending, q->cursor_id);
+        }
     }
     char *next = page_url(api, domain, q, false, nts, nid);
     char *prev = page_url(api, domain, q, true, pts, pid);
@@ -434,11 +547,124 @@ static json_t *paging_json(const struct api_server *api, const char *domain,
     return j;
 }
 
+/* ---- filters over items --------------------------------------------------------------------- */
+
+/* The string values of field `f` in `item` (event_json's shape), at most `max`. */
+static size_t item_values(json_t *item, enum ev_field f, const char **out, size_t max)
+{
+    json_t *msg = json_object_get(item, "message");
+    json_t *hdr = json_object_get(msg, "headers");
+    json_t *v = NULL;
+    switch (f) {
+    case F_EVENT: v = json_object_get(item, "event"); break;
+    case F_SEVERITY: v = json_object_get(item, "severity"); break;
+    case F_RECIPIENT: v = json_object_get(item, "recipient"); break;
+    case F_MESSAGE_ID: v = json_object_get(hdr, "message-id"); break;
+    case F_INLET_ID: v = json_object_get(msg, "inlet-id"); break;
+    case F_FROM: v = json_object_get(hdr, "from"); break;
+    case F_TO: v = json_object_get(hdr, "to"); break;
+    case F_SUBJECT: v = json_object_get(hdr, "subject"); break;
+    case F_RECIPIENTS:
+    case F_ATTACHMENT: {
+        json_t *a = json_object_get(msg, f == F_RECIPIENTS ? "recipients" : "attachments");
+        size_t n = 0, i;
+        json_t *el;
+        json_array_foreach(a, i, el) {
+            json_t *s = f == F_RECIPIENTS ? el : json_object_get(el, "filename");
+            if (n < max && json_is_string(s)) out[n++] = json_string_value(s);
+        }
+        return n;
+    }
+    case F_SIZE:
+    case F_COUNT: break;
+    }
+    if (!json_is_string(v) || max == 0) return 0;
+    out[0] = json_string_value(v);
+    return 1;
+}
+
+static bool item_matches(const struct events_query *q, json_t *item)
+{
+    for (int f = 0; f < F_COUNT; f++) {
+        if (!q->filter[f]) continue;
+        bool ok;
+        if (f == F_SIZE) {
+            json_t *size = json_object_get(json_object_get(item, "message"), "size");
+            ok = api_filter_match_number(q->filter[f], json_is_integer(size),
+                                     json_is_integer(size) ? json_integer_value(size) : 0);
+        } else {
+            const char *vals[EVENT_MESSAGE_ATTACHMENTS_MAX + 1];
+            size_t n = item_values(item, (enum ev_field)f, vals, G_N_ELEMENTS(vals));
+            ok = api_filter_match_text(q->filter[f], vals, n);
+        }
+        if (!ok) return false;
+    }
+    return true;
+}
+
+/* ---- the handler ---------------------------------------------------------------------------- */
+
+/* What one page read: the matching items in read order, the first and last of them, and the
+ * last event read. */
+struct page {
+    json_t *items;
+    struct cursor first, last, far;
+};
+
+/* Reads events from the cursor on in batches, keeps those the filters match, until the page is
+ * full, the events run out or API_EVENTS_SCAN_MAX were read.  The filters that the store can
+ * apply itself (one event name, one recipient, one inlet id) narrow its reading; the others
+ * are evaluated here on each item.  0, or -1 with *err (the store's, malloc'd). */
+static int read_page(struct api_server *api, const char *domain, const struct events_query *q,
+                     struct page *pg, char **err)
+{
+    const char *ev = api_filter_single_term(q->filter[F_EVENT]);
+    const char *rcpt = api_filter_single_term(q->filter[F_RECIPIENT]);
+    const char *iid = api_filter_single_term(q->filter[F_INLET_ID]);
+    bool all_in_store = true;
+    for (int f = 0; f < F_COUNT; f++)
+        if (q->filter[f] && !((f == F_EVENT && ev) || (f == F_RECIPIENT && rcpt) || (f == F_INLET_ID && iid)))
+            all_in_store = false;
+    const size_t batch = all_in_store ? q->limit : API_EVENTS_LIMIT_MAX;
+    struct store_event_query sq = {
+        .domain = domain, .event = ev, .message_id = iid, .recipient = rcpt,
+        .begin_ms = q->begin_ms, .end_ms = q->end_ms, .ascending = q->ascending != q->backward,
+        .after_ts_ms = q->cursor_ts, .after_id = q->cursor_id, .limit = batch};
+    size_t scanned = 0;
+    pg->items = json_array();
+    if (!pg->items) return -1;
+    while (json_array_size(pg->items) < q->limit && scanned < API_EVENTS_SCAN_MAX) {
+        struct store_event *evs = NULL;
+        size_t n = 0;
+        if (store_events_query(api->store, &sq, &evs, &n, err) != STORE_OK) return -1;
+        size_t got = n;
+        if (n > batch) n = batch; /* never more than asked for, whatever the backend did */
+        for (size_t i = 0; i < n && json_array_size(pg->items) < q->limit; i++) {
+            const struct store_event *e = &evs[i];
+            scanned++;
+            pg->far = (struct cursor){e->ts_ms, e->id, true};
+            sq.after_ts_ms = e->ts_ms;
+            sq.after_id = e->id;
+            json_t *it = event_json(api, e);
+            if (!it || !item_matches(q, it)) {
+                json_decref(it);
+                continue;
+            }
+            json_array_append_new(pg->items, it);
+            if (!pg->first.set) pg->first = pg->far;
+            pg->last = pg->far;
+        }
+        store_events_free(evs, got);
+        if (n < batch) break; /* the events ran out */
+    }
+    return 0;
+}
+
 enum MHD_Result api_events_list(struct api_server *api, struct api_request *req)
 {
     const char *dom = api_param(req, "domain");
     const char *page = api_param(req, "page");
-    if (!dom || !*dom || strlen(dom) > SMTP_DOMAIN_MAX || !g_utf8_validate(dom, -1, NULL))
+    if (!dom || !*dom || strlen(dom) > 255 || !g_utf8_validate(dom, -1, NULL))
         return api_reply_error(req->conn, MHD_HTTP_NOT_FOUND, "Domain not found");
     struct events_query q = {0};
     if (page) {
@@ -456,32 +682,24 @@ enum MHD_Result api_events_list(struct api_server *api, struct api_request *req)
         }
     }
     char *domain = g_ascii_strdown(dom, -1);
-    struct store_event_query sq = {
-        .domain = domain, .event = q.event, .message_id = q.message_id, .recipient = q.recipient,
-        .begin_ms = q.begin_ms, .end_ms = q.end_ms, .ascending = q.ascending != q.backward,
-        .after_ts_ms = q.cursor_ts, .after_id = q.cursor_id, .limit = q.limit};
-    struct store_event *evs = NULL;
-    size_t n = 0;
+    struct page pg = {0};
     char *err = NULL;
     enum MHD_Result r;
-    enum store_status st = store_events_query(api->store, &sq, &evs, &n, &err);
-    if (st != STORE_OK) {
-        r = api_reply_store_error(req, "events query", st, err);
+    if (read_page(api, domain, &q, &pg, &err) < 0) {
+        json_decref(pg.items);
+        r = api_reply_store_error(req, "events query", STORE_ERR_IO, err);
         goto out;
     }
-    size_t total = n;
-    if (n > q.limit) n = q.limit; /* never more than asked for, whatever the backend did */
-    json_t *items = json_array();
     /* A backward page was read in the opposite order: present it in the query's order. */
-    for (size_t i = 0; i < n; i++) {
-        const struct store_event *e = &evs[q.backward ? n - 1 - i : i];
-        json_t *it = event_json(api, e);
-        if (it) json_array_append_new(items, it);
+    json_t *items = pg.items;
+    if (q.backward) {
+        items = json_array();
+        for (size_t i = json_array_size(pg.items); items && i > 0; i--)
+            json_array_append(items, json_array_get(pg.items, i - 1));
+        json_decref(pg.items);
     }
-    const struct store_event *first = n ? &evs[q.backward ? n - 1 : 0] : NULL;
-    const struct store_event *last = n ? &evs[q.backward ? 0 : n - 1] : NULL;
-    json_t *paging = paging_json(api, domain, &q, first, last);
-    store_events_free(evs, total);
+    struct cursor first = q.backward ? pg.last : pg.first, last = q.backward ? pg.first : pg.last;
+    json_t *paging = paging_json(api, domain, &q, first, last, pg.far);
     r = api_reply_json(req->conn, MHD_HTTP_OK,
                        json_pack("{s:o, s:o*}", "items", items, "paging", paging));
 out:

@@ -8,6 +8,7 @@
 #include "message/message.h"
 #include "routes/routes.h"
 #include "util/id.h"
+#include "util/limits.h"
 
 bool engine_plan_is_postmaster(const char *rcpt)
 {
@@ -282,6 +283,42 @@ static int plan_recipient(struct builder *b, const char *rcpt, struct route_mess
     return rc;
 }
 
+/* A header value for the events' summary: at most EVENT_MESSAGE_HEADER_MAX bytes, not cutting a
+ * UTF-8 sequence (invalid bytes are repaired by jstr). */
+static json_t *summary_value(const char *s)
+{
+    size_t n = strlen(s ? s : "");
+    if (n <= EVENT_MESSAGE_HEADER_MAX) return jstr(s ? s : "");
+    n = EVENT_MESSAGE_HEADER_MAX;
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) n--;
+    char *cut = g_strndup(s, n);
+    json_t *j = jstr(cut);
+    g_free(cut);
+    return j;
+}
+
+/* The message as its events show it (Mailgun's event "message"): headers to, from, subject and
+ * message-id (the Message-Id header without angle brackets: a receiver looks the message up by
+ * the id it got), size (the stored bytes), attachments [{filename, content-type, size}] and the
+ * envelope recipients.  The events API adds inlet's own id ("inlet-id"). */
+static json_t *message_summary(const struct store_message *sm, const struct message *m)
+{
+    const char *to = message_header_first(m, "To");
+    json_t *atts = json_array(), *rcpts = json_array();
+    for (size_t i = 0; atts && i < message_attachment_count(m) && i < EVENT_MESSAGE_ATTACHMENTS_MAX; i++) {
+        const struct message_attachment *at = message_attachment(m, i);
+        json_array_append_new(atts, json_pack("{s:o, s:o, s:I}", "filename", summary_value(at->name),
+                                              "content-type", summary_value(at->content_type),
+                                              "size", (json_int_t)at->size));
+    }
+    for (size_t i = 0; rcpts && i < sm->nrcpts; i++) json_array_append_new(rcpts, jstr(sm->rcpts[i]));
+    return json_pack("{s:{s:o, s:o, s:o, s:o}, s:I, s:o, s:o}", "headers", "to",
+                     summary_value(to), "from", summary_value(message_from(m)), "subject",
+                     summary_value(message_subject(m)), "message-id",
+                     summary_value(message_message_id(m)), "size", (json_int_t)sm->len,
+                     "attachments", atts, "recipients", rcpts);
+}
+
 int engine_plan_build(struct plan *p, const struct store_message *sm, const struct message *m,
                const struct route_table *t, struct route_matcher *matcher, int64_t now,
                const struct plan_options *opts)
@@ -309,7 +346,8 @@ int engine_plan_build(struct plan *p, const struct store_message *sm, const stru
     struct store_outcome *o = &p->outcome;
     o->message_id = sm->id;
     o->parse_warnings_json = keep_json(p, warnings);
-    if (!o->parse_warnings_json) rc = -1;
+    o->message_json = keep_json(p, message_summary(sm, m));
+    if (!o->parse_warnings_json || !o->message_json) rc = -1;
     o->recipients = p->rcpts;
     o->nrecipients = b.rcpts.n;
     o->deliveries = p->deliveries;

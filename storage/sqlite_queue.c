@@ -56,17 +56,27 @@
     "INSERT INTO events (ts, event, severity, message_id, recipient, domain, delivery_id, detail) "
 
 static const char *const wq_sql[WQ_COUNT] = {
+    /* ?7: store_outcome.message_json.  json_patch with {"message": null} (the caller gave
+     * none) adds nothing (RFC 7396). */
     [WQ_EV_ACCEPTED] = INSERT_EVENT "VALUES (?1, 'accepted', '', ?2, ?3, ?4, '',"
-                                    " json_object('outcome', ?5, 'route_ids', " ROUTE_IDS_OF_6 "))",
+                                    " json_patch(json_object('outcome', ?5, 'route_ids', " ROUTE_IDS_OF_6 "),"
+                                    " json_object('message', json(?7))))",
     /* The detail made here from JSON the caller made: no JSON parsing on the writer thread. */
     [WQ_EV_ACCEPTED_IDS] = INSERT_EVENT "VALUES (?1, 'accepted', '', ?2, ?3, ?4, '',"
-                                        " '{\"outcome\":' || json_quote(?5) || ',\"route_ids\":' || ?6 || '}')",
+                                        " '{\"outcome\":' || json_quote(?5) || ',\"route_ids\":' || ?6"
+                                        " || coalesce(',\"message\":' || ?7, '') || '}')",
     [WQ_EV_STORED] = INSERT_EVENT "VALUES (?1, 'stored', '', ?2, ?3, ?4, '',"
-                                  " json_object('key', ?5, 'route_id', ?6, 'expires_at', ?7))",
+                                  " json_patch(json_object('key', ?5, 'route_id', ?6, 'expires_at', ?7),"
+                                  " json_object('message', json(?8))))",
+    /* "message" comes from the message's "accepted" event (events_message index). */
     [WQ_EV_ATTEMPT] =
-        INSERT_EVENT "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, json_patch(json_object('attempt', ?8,"
-                     " 'status', ?9, 'error', ?10, 'kind', ?11, 'target', ?12, 'duration_ms', ?13,"
+        INSERT_EVENT "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, json_patch(json_patch(json_object("
+                     "'attempt', ?8, 'status', ?9, 'error', ?10, 'kind', ?11, 'target', ?12,"
+                     " 'duration_ms', ?13,"
                      " 'route_ids', CASE WHEN json_valid(?14) THEN json(?14) ELSE json('[]') END),"
+                     " json_object('message', json((SELECT json_extract(detail, '$.message')"
+                     " FROM events WHERE message_id = ?4 AND event = 'accepted' ORDER BY id"
+                     " LIMIT 1)))),"
                      " CASE WHEN ?15 IS NULL THEN '{}' ELSE json_object('next_attempt_at', ?15)"
                      " END))",
     [WQ_ATTEMPT_DELIVERY] = "SELECT message_id, recipient, route_ids, kind, target, attempts, state"
@@ -260,6 +270,7 @@ static int event_accepted(struct sqlite_be *be, const struct store_outcome *o,
     if (!domain) return SQLITE_NOMEM;
     rc = sqlite3_bind_int64(s, 1, o->now_ms ? o->now_ms : o->now * 1000);
     if (rc == SQLITE_OK) rc = sqlite_bind_texts(s, 2, t, 5);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 7, o->message_json, -1, SQLITE_STATIC);
     rc = step_bound(s, rc);
     free(domain);
     return rc;
@@ -277,6 +288,7 @@ static int event_stored(struct sqlite_be *be, const struct store_outcome *o,
     rc = sqlite3_bind_int64(s, 1, o->now_ms ? o->now_ms : o->now * 1000);
     if (rc == SQLITE_OK) rc = sqlite_bind_texts(s, 2, t, 5);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 7, c->expires_at);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 8, o->message_json, -1, SQLITE_STATIC);
     rc = step_bound(s, rc);
     free(domain);
     return rc;

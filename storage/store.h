@@ -212,6 +212,11 @@ struct store_outcome {
     size_t ncopies;
     int64_t now;                /* Unix seconds: created_at, and next_attempt_at of deliveries */
     int64_t now_ms;             /* Unix milliseconds of the events' timestamps (0: now * 1000) */
+    const char *message_json;   /* the message as its events show it (Mailgun's event "message":
+                                   {"headers": {...}, "size", "attachments", "recipients"}),
+                                   ready-made JSON kept in every event's detail under "message"
+                                   (the delivered / failed ones copy it from the "accepted"
+                                   event); NULL: none */
 };
 /* Idempotent: only an 'accepted' message gets an outcome, once.  STORE_ERR_NOT_FOUND (nothing
  * written) when there is no message o->message_id, or when it is no longer 'accepted' (routed

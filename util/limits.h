@@ -100,6 +100,19 @@
  * that stops altogether meets API_TIMEOUT_SECONDS first). */
 #define API_BODY_GRACE_SECONDS 10
 #define API_BODY_MIN_RATE (16 * 1024)
+/* The message summary every event of a message keeps (engine/plan.c, Mailgun's event "message"):
+ * bytes of one header value (to, from, subject, message-id; cut on a UTF-8 boundary) and
+ * attachments listed at most. */
+#define EVENT_MESSAGE_HEADER_MAX 1024
+#define EVENT_MESSAGE_ATTACHMENTS_MAX 100
+/* An event filter expression (api/internal_filter.h; API_EVENTS_FILTER_MAX bytes): terms and
+ * operators, nesting. */
+#define API_FILTER_NODES_MAX 64
+#define API_FILTER_DEPTH_MAX 16
+/* Events GET /v3/<domain>/events reads at most for one page when filters are evaluated by the
+ * API (api/events.c): a page may then hold fewer items than asked, its `next` goes on from the
+ * last event read. */
+#define API_EVENTS_SCAN_MAX 20000
 /* GET /healthz answers from a check at most this old (it needs no credentials, and the check
  * takes the database's write lock). */
 #define API_HEALTH_CACHE_MS 1000

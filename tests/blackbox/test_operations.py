@@ -139,7 +139,7 @@ class OperationsTest(InletTestCase):
             self.assertEqual(e["delivery-status"]["code"], 500, e)
             self.assertIsInstance(e["timestamp"], float)
         # The message's own id filters too.
-        self.assertEqual(len(self.events(d, **{"message-id": mid})), 5)
+        self.assertEqual(len(self.events(d, **{"inlet-id": mid})), 5)
 
         # The receiver is back: the replay delivers the dead letter, with the same delivery id.
         bad.set_script([], default=200)

@@ -491,7 +491,7 @@ class Events(StorageCase):
         t1 = time.time()
         j = self.events(d, "?ascending=yes")
         items = j["items"]
-        self.assertEqual([(e["event"], e["message"]["headers"]["message-id"]) for e in items],
+        self.assertEqual([(e["event"], e["message"]["inlet-id"]) for e in items],
                          [(ev, m) for m, _ in sent for ev in ("accepted", "stored")])
         stamps = [e["timestamp"] for e in items]
         self.assertEqual(stamps, sorted(stamps))
@@ -506,7 +506,7 @@ class Events(StorageCase):
         keys = dict(sent)
         for e in items:
             if e["event"] == "stored":
-                m = e["message"]["headers"]["message-id"]
+                m = e["message"]["inlet-id"]
                 self.assertEqual(e["storage"]["key"], keys[m])
                 self.assertEqual(e["storage"]["url"], self.base + self.path(keys[m]))
                 # The URL works as given.
@@ -529,22 +529,22 @@ class Events(StorageCase):
         everything = self.events(d, "?ascending=yes")["items"]
         self.assertEqual(len(everything), 4)
         stored = self.events(d, "?event=stored&ascending=yes")["items"]
-        self.assertEqual([e["message"]["headers"]["message-id"] for e in stored], [a, b])
+        self.assertEqual([e["message"]["inlet-id"] for e in stored], [a, b])
         self.assertTrue(all(e["event"] == "stored" for e in stored))
-        by_id = self.events(d, "?message-id=" + b)["items"]
+        by_id = self.events(d, "?inlet-id=" + b)["items"]
         self.assertEqual(sorted(e["event"] for e in by_id), ["accepted", "stored"])
-        self.assertTrue(all(e["message"]["headers"]["message-id"] == b for e in by_id))
+        self.assertTrue(all(e["message"]["inlet-id"] == b for e in by_id))
         by_rcpt = self.events(d, "?" + urllib.parse.urlencode({"recipient": "ben@EXAMPLE.com"}))["items"]
-        self.assertEqual({e["message"]["headers"]["message-id"] for e in by_rcpt}, {b})
+        self.assertEqual({e["message"]["inlet-id"] for e in by_rcpt}, {b})
         self.assertEqual(self.events(d, "?event=delivered")["items"], [])
         # begin / end: Unix seconds (floats) and RFC 2822 dates, both directions.
-        tb = min(e["timestamp"] for e in everything if e["message"]["headers"]["message-id"] == b)
-        ta = max(e["timestamp"] for e in everything if e["message"]["headers"]["message-id"] == a)
+        tb = min(e["timestamp"] for e in everything if e["message"]["inlet-id"] == b)
+        ta = max(e["timestamp"] for e in everything if e["message"]["inlet-id"] == a)
         self.assertLess(ta, tb)
         after_a = self.events(d, "?begin=%.3f&ascending=yes" % tb)["items"]
-        self.assertEqual({e["message"]["headers"]["message-id"] for e in after_a}, {b})
+        self.assertEqual({e["message"]["inlet-id"] for e in after_a}, {b})
         up_to_a = self.events(d, "?begin=%.3f&ascending=no" % ta)["items"]
-        self.assertEqual({e["message"]["headers"]["message-id"] for e in up_to_a}, {a})
+        self.assertEqual({e["message"]["inlet-id"] for e in up_to_a}, {a})
         rng = self.events(d, "?begin=%.3f&end=%.3f" % (tb, time.time() + 60))["items"]
         self.assertEqual([e["id"] for e in rng], [e["id"] for e in everything if e["timestamp"] >= tb])
         rng_desc = self.events(d, "?begin=%.3f&end=%.3f" % (time.time() + 60, tb))["items"]
@@ -604,8 +604,93 @@ class Events(StorageCase):
         pages, end = self.walk(d, "/v3/example.com/events?limit=4&ascending=yes")
         msg_id, _ = self.store_one(d, harness.make_message(subject="later"))
         later = get_json(d, self.local(end["paging"]["next"]))["items"]
-        self.assertEqual([(e["event"], e["message"]["headers"]["message-id"]) for e in later],
+        self.assertEqual([(e["event"], e["message"]["inlet-id"]) for e in later],
                          [("accepted", msg_id), ("stored", msg_id)])
+
+    def mime(self, subject, msgid, frm="Alice <alice@sender.test>", to="Bob <bob@example.com>",
+             attachment=None):
+        """A message with a given Message-Id header (and an attachment: (filename, bytes))."""
+        head = ("From: %s\r\nTo: %s\r\nSubject: %s\r\nMessage-ID: <%s>\r\nMIME-Version: 1.0\r\n"
+                % (frm, to, subject, msgid)).encode()
+        if not attachment:
+            return head + b"Content-Type: text/plain\r\n\r\nhello\r\n"
+        name, data = attachment
+        return (head + b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+                b"Content-Type: text/plain\r\n\r\nhello\r\n--b\r\n"
+                b'Content-Type: application/pdf\r\nContent-Disposition: attachment; filename="'
+                + name.encode() + b'"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+                + __import__("base64").b64encode(data) + b"\r\n--b--\r\n")
+
+    def test_message_fields_as_mailgun(self):
+        # Issue 14 items 11 and 12: an event names its message by the Message-Id header (no angle
+        # brackets) and carries Mailgun's message fields; inlet's id is message.inlet-id.
+        d = self.start()
+        body = self.mime("Quarterly report", "q1-report@sender.test", attachment=("report.pdf", b"%PDF" * 100))
+        msg_id, key = self.store_one(d, body)
+        items = self.events(d, "?ascending=yes")["items"]
+        self.assertEqual([e["event"] for e in items], ["accepted", "stored"])
+        for e in items:
+            m = e["message"]
+            self.assertEqual(m["headers"], {"to": "Bob <bob@example.com>", "from": "Alice <alice@sender.test>",
+                                            "subject": "Quarterly report", "message-id": "q1-report@sender.test"})
+            self.assertEqual(m["inlet-id"], msg_id)
+            self.assertEqual(m["size"], len(self.raw(d, msg_id)))
+            self.assertEqual(m["attachments"], [{"filename": "report.pdf", "content-type": "application/pdf",
+                                                 "size": 400}])
+            self.assertEqual(m["recipients"], ["bob@example.com"])
+        # The Message-Id header finds them; inlet's id finds them with inlet-id.
+        for q in ("message-id=q1-report%40sender.test", "message-id=%3Cq1-report%40sender.test%3E",
+                  "inlet-id=" + msg_id):
+            self.assertEqual([e["event"] for e in self.events(d, "?ascending=yes&" + q)["items"]],
+                             ["accepted", "stored"], q)
+        self.assertEqual(self.events(d, "?message-id=" + msg_id)["items"], [])
+
+    def test_filter_fields_and_expressions(self):
+        # Issue 14 items 12 and 13: Mailgun's filter fields and filter expressions.
+        d = self.start()
+        a = self.store_one(d, self.mime("Invoice March", "a@sender.test", attachment=("invoice.pdf", b"x" * 3000)))[0]
+        b = self.store_one(d, self.mime("Lunch plans", "b@sender.test", frm="Carol <carol@other.test>",
+                                        to="Dave <dave@example.com>"))[0]
+        c = self.store_one(d, self.mime("Invoice April", "c@sender.test"), rcpt="eve@example.com")[0]
+
+        def ids(query):
+            items = self.events(d, "?ascending=yes&limit=300&" + urllib.parse.urlencode(query))["items"]
+            return sorted({e["message"]["inlet-id"] for e in items}), sorted({e["event"] for e in items})
+
+        self.assertEqual(ids({"event": "accepted OR stored"})[0], sorted([a, b, c]))
+        self.assertEqual(ids({"event": "NOT accepted"}), (sorted([a, b, c]), ["stored"]))
+        self.assertEqual(ids({"event": "delivered OR failed"}), ([], []))
+        self.assertEqual(ids({"subject": "invoice"})[0], sorted([a, c]))
+        self.assertEqual(ids({"subject": "invoice AND NOT april"})[0], [a])
+        self.assertEqual(ids({"subject": "invoice -april"})[0], [a])
+        self.assertEqual(ids({"subject": '"invoice march"'})[0], [a])
+        self.assertEqual(ids({"subject": '"march invoice"'})[0], [])
+        self.assertEqual(ids({"subject": "(lunch OR april) AND NOT march"})[0], sorted([b, c]))
+        self.assertEqual(ids({"subject": "invo"})[0], [])  # terms, not substrings
+        self.assertEqual(ids({"from": "carol@other.test"})[0], [b])
+        self.assertEqual(ids({"from": "other.test"})[0], [b])
+        self.assertEqual(ids({"to": "dave@example.com"})[0], [b])
+        self.assertEqual(ids({"attachment": "invoice.pdf"})[0], [a])
+        self.assertEqual(ids({"size": ">3000"})[0], [a])
+        self.assertEqual(ids({"size": "<3000"})[0], sorted([b, c]))
+        self.assertEqual(ids({"size": ">1 <100000"})[0], sorted([a, b, c]))
+        self.assertEqual(ids({"recipients": "eve@example.com"})[0], [c])
+        self.assertEqual(ids({"recipient": "bob@example.com OR eve@example.com"})[0], sorted([a, b, c]))
+        self.assertEqual(ids({"message-id": "a@sender.test OR c@sender.test"})[0], sorted([a, c]))
+        self.assertEqual(ids({"severity": "permanent"})[0], [])
+        self.assertEqual(ids({"event": "stored", "subject": "lunch"}), ([b], ["stored"]))
+        # A filtered walk pages through the matching events only, and ends.
+        pages, _ = self.walk(d, "/v3/example.com/events?limit=1&ascending=yes&subject=invoice")
+        self.assertEqual([(e["message"]["inlet-id"], e["event"]) for p in pages for e in p],
+                         [(a, "accepted"), (a, "stored"), (c, "accepted"), (c, "stored")])
+        # What inlet cannot answer is a 400 that says why, never an empty list.
+        for bad in ({"event": "deliverd"}, {"event": "accepted OR"}, {"event": "(accepted"},
+                    {"subject": '"unterminated'}, {"subject": ">10"}, {"size": "big"},
+                    {"severity": "fatal"}, {"tags": "x"}, {"list": "l@example.com"},
+                    {"subject": "(" * 40 + "x" + ")" * 40}, {"subject": " ".join(["w"] * 100)}):
+            status, _, body = d.http("GET", "/v3/example.com/events?" + urllib.parse.urlencode(bad))
+            self.assertEqual(status, 400, (bad, body))
+            self.assertTrue(json.loads(body)["message"], body)
 
     def test_delivered_and_failed(self):
         rc = receivers_or_skip()
@@ -624,10 +709,13 @@ class Events(StorageCase):
         delivered = self.events(d, "?event=delivered")["items"]
         self.assertEqual(len(delivered), 1, delivered)
         e = delivered[0]
-        self.assertEqual((e["recipient"], e["message"]["headers"]["message-id"], e["log-level"]),
+        self.assertEqual((e["recipient"], e["message"]["inlet-id"], e["log-level"]),
                          ("ok@example.com", m_ok, "info"))
         self.assertEqual(e["delivery-status"]["code"], 200)
         self.assertEqual(e["delivery-status"]["attempt-no"], 1)
+        # The delivered and failed events name the message as its accepted event does.
+        self.assertRegex(e["message"]["headers"]["message-id"], r"^[0-9a-f]{16}@sender\.test$")
+        self.assertEqual(e["message"]["recipients"], ["ok@example.com"])
         self.assertIsInstance(e["delivery-status"]["session-seconds"], float)
         self.assertIn(route_ok, e.get("route_ids", []) + [r.get("id") if isinstance(r, dict) else r
                                                            for r in e.get("routes", [])])
@@ -636,6 +724,8 @@ class Events(StorageCase):
         f = failed[0]
         self.assertEqual((f["recipient"], f["severity"], f["log-level"]), ("bad@example.com", "permanent", "error"))
         self.assertEqual(f["delivery-status"]["code"], 406)
+        self.assertEqual(self.events(d, "?message-id=" + f["message"]["headers"]["message-id"] +
+                                     "&event=failed")["items"][0]["id"], f["id"])
         self.assertIsInstance(f["reason"], str)
 
 
