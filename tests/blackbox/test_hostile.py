@@ -193,11 +193,16 @@ class RcptAbuse(InletTestCase):
         self.assertIsNotNone(last, "100 sessions of match-limit RCPTs and no budget")
         self.assertEqual((last[0], last[1][-1]), (421, b"421 4.7.0 mx.inlet.test Error: too much time spent on recipients"))
         self.assertTrue([l for l in d.lines() if "rcpt check budget spent" in l.rest and "client=127.0.0.5" in l.rest])
-        # Reconnecting does not reset it; another client has its own.
+        # Reconnecting does not reset it: the allowance refills at 25 ms a second, which pays for
+        # a few more match-limit RCPTs (5-30 ms each) before the 421, not for a session's worth.
         with d.session(source="127.0.0.5") as s:
             self.assertEqual(s.cmd("EHLO x")[0], 250)
             self.assertEqual(s.cmd("MAIL FROM:<g@hostile.test>")[0], 250)
-            self.assertEqual(s.cmd(slow[:-2])[0], 421)
+            s.send(slow * 19)
+            codes = [s.reply()[0] for _ in range(19)]
+            self.assertIn(421, codes)
+            self.assertLessEqual(codes.index(421), 8, codes)
+        # Another client has its own.
         with d.session(source="127.0.0.1") as s:
             self.assertEqual(s.cmd("EHLO x")[0], 250)
             self.assertEqual(s.cmd("MAIL FROM:<g@hostile.test>")[0], 250)
