@@ -8,7 +8,7 @@
 // The message must have been stored (a route with store()) before: tests/sdk/test_sdk.py sends
 // it over SMTP and reads its storage key from the database.  Retrieves it with
 // messages.retrieveStoredEmail, walks events.get page by page ({page: pages.next.page}), filters
-// them, and last resends the message with messages.resendEmail.  Prints one line per step; exits
+// them by the Message-Id header and by filter expressions, and last resends the message with messages.resendEmail.  Prints one line per step; exits
 // non-zero on the first failed assertion.
 import assert from 'node:assert/strict';
 import FormData from 'form-data';
@@ -70,16 +70,44 @@ try {
   assert.deepEqual(walked.map((e) => e.event), ['accepted', 'stored']);
   for (const e of walked) {
     assert.equal(e.recipient, env.INLET_RECIPIENT);
-    assert.equal(e.message.headers['message-id'], env.INLET_MESSAGE_ID);
+    // Events name the message by its Message-Id header, as Mailgun does; inlet's id is an extension.
+    assert.equal(e.message.headers['message-id'], env.INLET_HEADER_ID);
+    assert.equal(e.message['inlet-id'], env.INLET_MESSAGE_ID);
+    assert.equal(e.message.headers.subject, env.INLET_SUBJECT);
+    assert.deepEqual(e.message.recipients, [env.INLET_RECIPIENT]);
+    assert.equal(e.message.attachments[0].filename, 'note.txt');
     assert.equal(typeof e.timestamp, 'number');
     assert.equal(e['log-level'], 'info');
   }
   assert.deepEqual(walked[1].storage, { key, url: storageUrl });
 
-  const storedEvents = await mg.events.get(domain, { event: 'stored', 'message-id': env.INLET_MESSAGE_ID });
-  show('events.get event=stored', storedEvents.items);
+  // A receiver that got a webhook looks the message up by the Message-Id it has.
+  const storedEvents = await mg.events.get(domain, { event: 'stored', 'message-id': env.INLET_HEADER_ID });
+  show('events.get event=stored message-id=<header>', storedEvents.items);
   assert.equal(storedEvents.items.length, 1);
   assert.equal(storedEvents.items[0].storage.key, key);
+  const byInletId = await mg.events.get(domain, { 'inlet-id': env.INLET_MESSAGE_ID, ascending: 'yes' });
+  assert.deepEqual(byInletId.items.map((e) => e.event), ['accepted', 'stored']);
+  // Filter expressions (Mailgun's Filter Expression table).
+  const either = await mg.events.get(domain, { event: 'accepted OR stored', 'message-id': env.INLET_HEADER_ID,
+    ascending: 'yes' });
+  show('events.get event="accepted OR stored"', either.items.map((e) => e.event));
+  assert.deepEqual(either.items.map((e) => e.event), ['accepted', 'stored']);
+  const notAccepted = await mg.events.get(domain, { event: 'NOT accepted' });
+  assert.deepEqual(notAccepted.items.map((e) => e.event), ['stored']);
+  const phrase = await mg.events.get(domain, { subject: `"${env.INLET_SUBJECT}" AND NOT nothing`,
+    attachment: 'note.txt', size: '>100' });
+  assert.equal(phrase.items.length, 2);
+  // What inlet cannot answer is a 400 with a message, never an empty list.
+  await assert.rejects(mg.events.get(domain, { event: 'accepted OR' }), (err) => {
+    show('events.get event="accepted OR"', { status: err.status, details: err.details });
+    assert.equal(err.status, 400);
+    return true;
+  });
+  await assert.rejects(mg.events.get(domain, { tags: 'newsletter' }), (err) => {
+    assert.equal(err.status, 400);
+    return true;
+  });
   const none = await mg.events.get(domain, { recipient: 'nobody@example.com' });
   assert.deepEqual(none.items, []);
 
