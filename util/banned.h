@@ -17,6 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* With clang, glibc's _FORTIFY_SOURCE headers define sprintf as a macro (gcc gets an inline
+ * function instead), and poisoning a defined macro is an error there: it goes first. */
+#undef sprintf
 #pragma GCC poison strcpy strcat sprintf vsprintf gets atoi atol atoll sscanf
 
 #endif
