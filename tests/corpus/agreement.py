@@ -62,7 +62,7 @@ Usage: agreement.py [--list FILE] [--show] [--only NAME,...] [--template]
   --show      print both values of every disagreement (listed ones too)
   --template  print unlisted disagreements as TSV rows with an empty reason, to paste and explain
 Environment: INLET_BIN, INLET_CORPUS / INLET_CORPUS_DEFAULT (see corpuslib.py), INLET_CORPUS_JOBS
-(default 2); under INLET_SANITIZED=1 the test skips (exit 77): the values do not depend on the build.
+(default 2).  Registered in the plain build only (tests/corpus/meson.build): the values do not depend on the build.
 Exit 0 = agreement as listed, 1 = not, 77 = corpus absent.
 """
 import argparse
@@ -293,12 +293,6 @@ def main():
     args = ap.parse_args()
 
     files = corpuslib.corpus_files("corpus-python-agreement")
-    if os.environ.get("INLET_SANITIZED") == "1" and not args.only:
-        # The same code gives the same values with or without sanitizers; corpus-parse is what the
-        # sanitizer build is for.  This keeps the sanitized suite fast.
-        print("corpus-python-agreement: skipped under sanitizers (INLET_SANITIZED=1): the values do not "
-              "depend on the build; corpus-parse runs the corpus under ASan/UBSan")
-        return corpuslib.SKIP
     if args.only:
         want = set(args.only.split(","))
         files = [f for f in files if os.path.basename(f) in want]
