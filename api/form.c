@@ -414,7 +414,7 @@ static enum form_status part_headers(const uint8_t *b, size_t pos, size_t limit,
 }
 
 enum form_status api_form_parse_multipart(struct form *f, const char *boundary, const uint8_t *body,
-                                      size_t len, char **err)
+                                          size_t len, char **err)
 {
     size_t blen = strlen(boundary), nparts = 0;
     char d[FORM_BOUNDARY_MAX + 3];
@@ -454,7 +454,7 @@ enum form_status api_form_parse_multipart(struct form *f, const char *boundary, 
 /* ---- dispatch by content type --------------------------------------------------------------- */
 
 enum form_status api_form_parse(struct form *f, const char *content_type, const uint8_t *body,
-                            size_t len, char **err)
+                                size_t len, char **err)
 {
     char type[64], boundary[FORM_BOUNDARY_MAX + 1];
     int r;

@@ -54,10 +54,10 @@ void api_form_free(struct form *f);
  * an empty form) and appends its fields to `f`.  On an error *err (malloc'd) says what is wrong
  * in a sentence fit for a 400 answer, and `f` holds what was parsed before it (free it). */
 enum form_status api_form_parse(struct form *f, const char *content_type, const uint8_t *body,
-                            size_t len, char **err);
+                                size_t len, char **err);
 enum form_status api_form_parse_urlencoded(struct form *f, const uint8_t *s, size_t len, char **err);
 enum form_status api_form_parse_multipart(struct form *f, const char *boundary, const uint8_t *body,
-                                      size_t len, char **err);
+                                          size_t len, char **err);
 
 /* The first field named `name`, or NULL. */
 const struct form_field *api_form_get(const struct form *f, const char *name);

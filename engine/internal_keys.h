@@ -20,7 +20,7 @@ struct engine_keys {
  * 64 lowercase hex) and written unless another node wrote one first (then that one is used).
  * 0, or -1 with *err (malloc'd). */
 int engine_keys_resolve(struct store *st, const struct inlet_config *cfg, bool generate,
-                 struct engine_keys *keys, char **err);
+                        struct engine_keys *keys, char **err);
 /* Writes <data_dir>/keys (0600, written to a temporary file, fsync'd, renamed): two lines
  * "api_key=..." and "signing_key=..." with the database's keys.  *path (malloc'd) is the file.
  * 0, or -1 with *err. */

@@ -34,8 +34,8 @@ struct plan_options {
 /* Fills `p` for message `sm` (its id and recipients) parsed as `m`.  0, or -1 when memory ran
  * out (`p` must be cleared either way). */
 int engine_plan_build(struct plan *p, const struct store_message *sm, const struct message *m,
-               const struct route_table *t, struct route_matcher *matcher, int64_t now,
-               const struct plan_options *opts);
+                      const struct route_table *t, struct route_matcher *matcher, int64_t now,
+                      const struct plan_options *opts);
 void engine_plan_clear(struct plan *p);
 
 /* Whether `rcpt` is RFC 5321's postmaster: the bare "postmaster" or local part "postmaster",

@@ -66,7 +66,7 @@ static int stored_key(struct store *st, const char *name, bool generate, char **
 }
 
 int engine_keys_resolve(struct store *st, const struct inlet_config *cfg, bool generate,
-                 struct engine_keys *keys, char **err)
+                        struct engine_keys *keys, char **err)
 {
     memset(keys, 0, sizeof *keys);
     if (!cfg->api_key || !cfg->signing_key) {

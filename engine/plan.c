@@ -320,8 +320,8 @@ static json_t *message_summary(const struct store_message *sm, const struct mess
 }
 
 int engine_plan_build(struct plan *p, const struct store_message *sm, const struct message *m,
-               const struct route_table *t, struct route_matcher *matcher, int64_t now,
-               const struct plan_options *opts)
+                      const struct route_table *t, struct route_matcher *matcher, int64_t now,
+                      const struct plan_options *opts)
 {
     memset(p, 0, sizeof *p);
     GPtrArray *strings = g_ptr_array_new_with_free_func(free);

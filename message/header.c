@@ -227,7 +227,7 @@ char *msg_header_decode(const char *raw)
 #define MARK '\x01'
 
 char *msg_header_param(const struct message *m, GMimeObject *obj, const char *header,
-                   const char *param)
+                       const char *param)
 {
     GMimeHeaderList *list = g_mime_object_get_header_list(obj);
     GMimeHeader *h = list ? g_mime_header_list_get_header(list, header) : NULL;

@@ -42,7 +42,7 @@ void message_warn(struct message *m, const char *fmt, ...) __attribute__((format
  * decode become U+FFFD, NUL becomes U+FFFD.  *unknown is set when iconv does not know the charset
  * (the bytes are then read as windows-1252); *replaced when any U+FFFD was produced.  g_free(). */
 char *msg_text_to_utf8(const char *bytes, size_t len, const char *charset, bool *unknown,
-                   bool *replaced);
+                       bool *replaced);
 /* Valid UTF-8 copy of `len` bytes: invalid sequences and NUL become U+FFFD.  g_free(). */
 char *msg_text_sanitize(const char *bytes, size_t len, bool *replaced);
 /* Header bytes without a declared charset (raw 8-bit): msg_text_sanitize() when msg_text_mostly_utf8(),
@@ -83,7 +83,7 @@ char *msg_header_decode(const char *raw);
  * found when GMime could not parse the rest of the field), RFC 2231 / RFC 2047 decoded; NULL when
  * absent. */
 char *msg_header_param(const struct message *m, GMimeObject *obj, const char *header,
-                   const char *param);
+                       const char *param);
 /* The decoded Subject of the message whose bytes are d[0..len), or "". */
 char *msg_header_subject_of_bytes(const uint8_t *d, size_t len);
 

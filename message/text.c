@@ -197,7 +197,7 @@ static iconv_t open_to_utf8(const char *charset)
 }
 
 char *msg_text_to_utf8(const char *bytes, size_t len, const char *charset, bool *unknown,
-                   bool *replaced)
+                       bool *replaced)
 {
     static const char *const utf8_names[] = {"utf-8", "utf8", "us-ascii", "ascii", "ansi_x3.4-1968",
                                              "unicode-1-1-utf-8", NULL};

@@ -374,7 +374,7 @@ static int parse_args(struct route_parser *p, struct route_action *a)
 }
 
 int route_action_parse(const char *src, size_t index, const struct route_expr *e, struct route_action *out,
-                 char **err)
+                       char **err)
 {
     memset(out, 0, sizeof *out);
     *err = NULL;

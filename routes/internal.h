@@ -83,16 +83,16 @@ struct route_regex {
  * (unless (?a)), MATCH_INVALID_UTF, JIT when available.  0, or -1 with `err` (a message) and
  * *erroff (offset in `pat`). */
 int route_regex_compile(const char *pat, size_t len, struct route_regex *out, char *err, size_t errsz,
-                  size_t *erroff);
+                        size_t *erroff);
 void route_regex_free(struct route_regex *re);
 /* pcre2_match's answer: > 0 matched (captures in md), PCRE2_ERROR_NOMATCH, or another error
  * (match/depth/heap limit, JIT stack). */
 int route_regex_match(const struct route_regex *re, pcre2_match_data *md, pcre2_match_context *mc,
-                const char *subject, size_t len);
+                      const char *subject, size_t len);
 /* The Python-to-PCRE2 rewrite alone (tests): malloc'd, with *options the compile options taken
  * from leading global flags; NULL with err/erroff on a pattern Python rejects. */
 char *route_regex_rewrite(const char *pat, size_t len, size_t *outlen, uint32_t *options, size_t **map,
-                    char *err, size_t errsz, size_t *erroff);
+                          char *err, size_t errsz, size_t *erroff);
 /* The literal text every match of the (compiled, valid) Python pattern `pat` must start with,
  * copied to `out` (room for `len` bytes, not NUL-terminated); its length, 0 when none is
  * certain.  Rules (conservative: in doubt, none): after an optional leading '^', ASCII
@@ -168,7 +168,7 @@ struct route_action {
 };
 
 int route_action_parse(const char *src, size_t index, const struct route_expr *e,
-                 struct route_action *out, char **err);
+                       struct route_action *out, char **err);
 void route_action_free(struct route_action *a);
 
 /* Substitutes captures into `t`: URL templates percent-encode the values.  Malloc'd, or NULL
@@ -178,7 +178,7 @@ struct route_capture {
     size_t len;
 };
 char *route_tmpl_resolve(const struct route_tmpl *t, bool url, const struct route_capture *caps,
-                   bool *too_long);
+                         bool *too_long);
 
 /* ---------------------------------------------------------------------------------------------
  * The compiled route (routes/table.c). */

@@ -182,7 +182,7 @@ static size_t rewrite_escape(const char *pat, size_t len, size_t i, bool in_clas
 }
 
 char *route_regex_rewrite(const char *pat, size_t len, size_t *outlen, uint32_t *options, size_t **mapp,
-                    char *err, size_t errsz, size_t *erroff)
+                          char *err, size_t errsz, size_t *erroff)
 {
     struct rw w = {.out = malloc(2 * len + 16), .map = malloc((2 * len + 16) * sizeof(size_t))};
     if (!w.out || !w.map) {
@@ -283,7 +283,7 @@ static int read_names(struct route_regex *re)
 }
 
 int route_regex_compile(const char *pat, size_t len, struct route_regex *out, char *err, size_t errsz,
-                  size_t *erroff)
+                        size_t *erroff)
 {
     memset(out, 0, sizeof *out);
     uint32_t flags = 0;
@@ -340,7 +340,7 @@ void route_regex_free(struct route_regex *re)
 }
 
 int route_regex_match(const struct route_regex *re, pcre2_match_data *md, pcre2_match_context *mc,
-                const char *subject, size_t len)
+                      const char *subject, size_t len)
 {
     return pcre2_match(re->code, (PCRE2_SPTR)subject, len, 0, 0, md, mc);
 }

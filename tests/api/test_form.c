@@ -212,7 +212,7 @@ static void test_multipart_nul_value(void)
     struct form f = {0};
     char *err = NULL;
     enum form_status st = api_form_parse(&f, "multipart/form-data; boundary=b", (const uint8_t *)body,
-                                     sizeof body - 1, &err);
+                                         sizeof body - 1, &err);
     CHECK(st == FORM_OK && f.n == 1 && f.fields[0].len == 3 && memcmp(f.fields[0].value, "a\0b", 3) == 0,
           "multipart: NUL inside a value kept, len 3");
     free(err);
@@ -265,7 +265,7 @@ static void test_limits(void)
         g_string_append(b, "--B\r\nContent-Disposition: form-data; name=p\r\n\r\nv\r\n");
     g_string_append(b, "--B--\r\n");
     CHECK(api_form_parse(&f, "multipart/form-data; boundary=B", (const uint8_t *)b->str, b->len,
-                     &err) == FORM_ERR_LIMIT && err &&
+                         &err) == FORM_ERR_LIMIT && err &&
               (strstr(err, "Too many parts") || strstr(err, "Too many fields")),
           "multipart: %d parts refused (%s)", FORM_PARTS_MAX + 1, err ? err : "");
     api_form_free(&f);
@@ -278,7 +278,7 @@ static void test_limits(void)
     for (int i = 0; i < FORM_PART_HEADERS_MAX; i++) g_string_append_c(b, 'x');
     g_string_append(b, "\r\n\r\nv\r\n--B--");
     CHECK(api_form_parse(&f, "multipart/form-data; boundary=B", (const uint8_t *)b->str, b->len,
-                     &err) == FORM_ERR_LIMIT && err && strstr(err, "bytes of headers"),
+                         &err) == FORM_ERR_LIMIT && err && strstr(err, "bytes of headers"),
           "multipart: headers over %d bytes refused", FORM_PART_HEADERS_MAX);
     api_form_free(&f);
     free(err);

@@ -200,7 +200,7 @@ static void test_attachment_copy(void)
     for (int budget = 0; budget < 2; budget++) {
         const size_t max = budget ? 1000 : 4;
         int rc = engine_plan_build(&p, &sm, msg, t, m, 1000,
-                            &(struct plan_options){.store_ttl = 60, .inline_attachments_max = max, .default_json = true});
+                                   &(struct plan_options){.store_ttl = 60, .inline_attachments_max = max, .default_json = true});
         CHECK(rc == 0, "engine_plan_build (budget %zu)", max);
         size_t with_key = 0;
         for (size_t i = 0; i < p.outcome.ndeliveries; i++) {
