@@ -3,7 +3,9 @@
  * A delivery in memory is a `struct task`.  Its life, all on the loop thread but the preparing:
  *
  *   PREPARING  payload being built: by a pipeline worker (deliver_prepare) or on libuv's threadpool
- *              for deliveries found by a due scan (load the bytes, parse, build);
+ *              for deliveries found by a due scan (load the bytes, parse, build); when the
+ *              held-bytes budget has no room for it (budget_take) the task is dropped instead,
+ *              'deferred': the row stays pending and due, and a later scan takes it;
  *   READY      in d->ready, waiting for a transfer slot (DELIVER_ACTIVE_MAX, per host
  *              DELIVER_HOST_ACTIVE_MAX);
  *   ACTIVE     a curl easy handle in the multi;
