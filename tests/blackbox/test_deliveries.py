@@ -256,7 +256,7 @@ class JsonFormat(DeliveryCase):
         # it is failed (a replay will), the sweeper (every second here) included; once the
         # delivery is delivered the copy expires as usual.
         r = self.receiver([500, 500], default=200)
-        d = self.start(["--inline-attachments-max", "0", "--store-ttl", "1", "--retry-schedule", "3"],
+        d = self.start(["--inline-attachments-max", "0", "--store-ttl", "1", "--retry-schedule", "6"],
                        env={"INLET_TEST_SWEEP_SECONDS": "1"})
         self.route(d, ['forward("%s")' % r.url("/hook")])
         msg_id = self.send(d, eml("delivery-rich.eml"))
@@ -267,12 +267,12 @@ class JsonFormat(DeliveryCase):
         def fetch():
             return [d.http("GET", u)[::2] for u in urls]
         want = [(200, PNG), (200, PDF)]
-        time.sleep(timeout(2.2))  # past the TTL, two sweeps later; the retry is 3 s after the 500
+        time.sleep(2.2)  # real time: past the TTL, two sweeps later; the retry is 6 s after the 500
         row = self.deliveries(d, msg_id)[0]
         self.assertEqual((row["state"], row["attempts"]), ("pending", 1))
         self.assertEqual(fetch(), want, "pending")
-        row = self.wait_state(d, msg_id, "failed", wait_s=10)
-        time.sleep(timeout(1.5))  # two sweeps
+        row = self.wait_state(d, msg_id, "failed", wait_s=15)
+        time.sleep(1.5)  # two sweeps
         self.assertEqual(fetch(), want, "failed, within --failed-retention")
         status, _, body = d.http("POST", "/v3/deliveries/%s/retry" % row["id"])
         self.assertEqual(status, 200, body)
