@@ -191,6 +191,8 @@ struct store_backend {
 };
 
 extern const struct store_backend store_sqlite_backend;
+extern const struct store_backend store_postgres_backend;
+
 
 /* migrations.c: the ordered schema steps, shared by every backend.  Step i (0-based) brings a
  * database from version i to version i + 1; each backend has its own dialect of the SQL (NULL

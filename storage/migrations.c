@@ -1,7 +1,10 @@
 /* storage/migrations.c — the versioned schema (SPEC §8), one ordered list for every backend.
  *
- * Rules: a step is never edited once released; a change is a new step at the end.  Each step runs
- * in its own transaction together with the update of meta.schema_version (see the backends).
+ * Rules: a step is never edited once released; a change is a new step at the end, with its SQL
+ * for every backend (the same tables, columns and indexes; types differ where they must: BLOB /
+ * BYTEA, INTEGER / BIGINT, AUTOINCREMENT / identity, triggers / trigger functions).  Each step
+ * runs in its own transaction together with the update of meta.schema_version (see the
+ * backends).
  * The table and column names are a contract: the black-box tests read them directly. */
 #include "storage/internal.h"
 
@@ -29,7 +32,24 @@ static const struct store_migration migrations[] = {
             /* Start-up finds the unprocessed messages in arrival order; once routed they leave
              * the index, which stays as small as the backlog. */
             "CREATE INDEX messages_accepted ON messages (received_at) WHERE state = 'accepted';",
-        .postgres_sql = NULL,
+        .postgres_sql =
+            "CREATE TABLE meta ("
+            "  key TEXT COLLATE \"C\" PRIMARY KEY,"
+            "  value TEXT NOT NULL"
+            ");"
+            "CREATE TABLE messages ("
+            "  id TEXT COLLATE \"C\" PRIMARY KEY,"
+            "  received_at BIGINT NOT NULL,"
+            "  sender TEXT NOT NULL,"
+            "  recipients TEXT NOT NULL,"
+            "  remote_ip TEXT NOT NULL,"
+            "  helo TEXT NOT NULL,"
+            "  tls TEXT NOT NULL,"
+            "  size BIGINT NOT NULL,"
+            "  raw BYTEA NOT NULL,"
+            "  state TEXT NOT NULL DEFAULT 'accepted'"
+            ");"
+            "CREATE INDEX messages_accepted ON messages (received_at) WHERE state = 'accepted';",
     },
     {
         .version = 2,
@@ -90,7 +110,58 @@ static const struct store_migration migrations[] = {
             "CREATE INDEX stored_expires ON stored (expires_at);"
             "CREATE INDEX stored_message ON stored (message_id);"
             "ALTER TABLE messages ADD COLUMN parse_warnings TEXT NOT NULL DEFAULT '[]';",
-        .postgres_sql = NULL,
+        .postgres_sql =
+            /* An identity is never given twice, as AUTOINCREMENT. */
+            "CREATE TABLE routes ("
+            "  seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+            "  id TEXT COLLATE \"C\" NOT NULL UNIQUE,"
+            "  priority INTEGER NOT NULL,"
+            "  description TEXT NOT NULL,"
+            "  expression TEXT NOT NULL,"
+            "  actions TEXT NOT NULL,"
+            "  created_at BIGINT NOT NULL"
+            ");"
+            "CREATE INDEX routes_order ON routes (priority, seq);"
+            "CREATE TABLE recipients ("
+            "  message_id TEXT COLLATE \"C\" NOT NULL,"
+            "  recipient TEXT NOT NULL,"
+            "  outcome TEXT NOT NULL,"
+            "  routes TEXT NOT NULL,"
+            "  warnings TEXT NOT NULL,"
+            "  PRIMARY KEY (message_id, recipient)"
+            ");"
+            "CREATE TABLE deliveries ("
+            "  id TEXT COLLATE \"C\" PRIMARY KEY,"
+            "  message_id TEXT COLLATE \"C\" NOT NULL,"
+            "  recipient TEXT NOT NULL,"
+            "  route_ids TEXT NOT NULL,"
+            "  kind TEXT NOT NULL,"
+            "  target TEXT NOT NULL,"
+            "  format TEXT NOT NULL,"
+            "  state TEXT NOT NULL DEFAULT 'pending',"
+            "  attempts BIGINT NOT NULL DEFAULT 0,"
+            "  next_attempt_at BIGINT NOT NULL,"
+            "  lease_until BIGINT,"
+            "  last_status INTEGER,"
+            "  last_error TEXT,"
+            "  created_at BIGINT NOT NULL"
+            ");"
+            "CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending';"
+            "CREATE INDEX deliveries_message ON deliveries (message_id);"
+            "CREATE TABLE stored ("
+            "  key TEXT COLLATE \"C\" PRIMARY KEY,"
+            "  message_id TEXT COLLATE \"C\" NOT NULL,"
+            "  recipient TEXT NOT NULL,"
+            "  domain TEXT NOT NULL,"
+            "  route_id TEXT NOT NULL,"
+            "  notify TEXT,"
+            "  format TEXT NOT NULL,"
+            "  expires_at BIGINT NOT NULL,"
+            "  created_at BIGINT NOT NULL"
+            ");"
+            "CREATE INDEX stored_expires ON stored (expires_at);"
+            "CREATE INDEX stored_message ON stored (message_id);"
+            "ALTER TABLE messages ADD COLUMN parse_warnings TEXT NOT NULL DEFAULT '[]';",
     },
     {
         .version = 3,
@@ -155,7 +226,76 @@ static const struct store_migration migrations[] = {
             " END;"
             "INSERT INTO purge_candidates (message_id)"
             "  SELECT id FROM messages WHERE state <> 'accepted';",
-        .postgres_sql = NULL,
+        .postgres_sql =
+            "CREATE TABLE attempts ("
+            "  delivery_id TEXT COLLATE \"C\" NOT NULL,"
+            "  n BIGINT NOT NULL,"
+            "  started_at BIGINT NOT NULL,"
+            "  duration_ms BIGINT NOT NULL,"
+            "  status INTEGER,"
+            "  error TEXT NOT NULL,"
+            "  outcome TEXT NOT NULL,"
+            "  PRIMARY KEY (delivery_id, n)"
+            ");"
+            "CREATE TABLE events ("
+            "  id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+            "  ts BIGINT NOT NULL,"
+            "  event TEXT NOT NULL,"
+            "  severity TEXT NOT NULL DEFAULT '',"
+            "  message_id TEXT COLLATE \"C\" NOT NULL,"
+            "  recipient TEXT NOT NULL,"
+            "  domain TEXT NOT NULL,"
+            "  delivery_id TEXT NOT NULL DEFAULT '',"
+            "  detail TEXT NOT NULL DEFAULT '{}'"
+            ");"
+            "CREATE INDEX events_domain_ts ON events (domain, ts);"
+            "CREATE INDEX events_ts ON events (ts);"
+            "CREATE INDEX events_message ON events (message_id);"
+            "ALTER TABLE deliveries ADD COLUMN updated_at BIGINT NOT NULL DEFAULT 0;"
+            "UPDATE deliveries SET updated_at = created_at;"
+            "CREATE INDEX deliveries_state_updated ON deliveries (state, updated_at, id);"
+            "ALTER TABLE deliveries ADD COLUMN copy_key TEXT NOT NULL DEFAULT '';"
+            "CREATE TABLE purge_candidates ("
+            "  message_id TEXT COLLATE \"C\" PRIMARY KEY"
+            ");"
+            /* The compact JSON the SQLite backend's json() functions write, for event details:
+             * the "id" strings of a routes JSON array ('[]' when it is not one), and a JSON
+             * array of strings as written (its elements as they came). */
+            "CREATE FUNCTION inlet_route_ids(routes text) RETURNS text LANGUAGE plpgsql"
+            "  IMMUTABLE AS $$ DECLARE j json; out text; BEGIN"
+            "  BEGIN j := routes::json; EXCEPTION WHEN others THEN RETURN '[]'; END;"
+            "  IF j IS NULL OR json_typeof(j) <> 'array' THEN RETURN '[]'; END IF;"
+            "  SELECT '[' || coalesce(string_agg(to_json(e->>'id')::text, ',' ORDER BY o), '')"
+            "    || ']' INTO out FROM json_array_elements(j) WITH ORDINALITY AS t(e, o)"
+            "    WHERE json_typeof(e) = 'object' AND json_typeof(e->'id') = 'string';"
+            "  RETURN out; END $$;"
+            "CREATE FUNCTION inlet_json_array(a text) RETURNS text LANGUAGE plpgsql"
+            "  IMMUTABLE AS $$ DECLARE j json; out text; BEGIN"
+            "  BEGIN j := a::json; EXCEPTION WHEN others THEN RETURN '[]'; END;"
+            "  IF j IS NULL OR json_typeof(j) <> 'array' THEN RETURN '[]'; END IF;"
+            "  SELECT '[' || coalesce(string_agg(e::text, ',' ORDER BY o), '') || ']' INTO out"
+            "    FROM json_array_elements(j) WITH ORDINALITY AS t(e, o);"
+            "  RETURN out; END $$;"
+            /* The triggers of the SQLite step, as trigger functions. */
+            "CREATE FUNCTION purge_note_new_id() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            "  INSERT INTO purge_candidates (message_id) VALUES (NEW.id) ON CONFLICT DO NOTHING;"
+            "  RETURN NULL; END $$;"
+            "CREATE FUNCTION purge_note_new_message() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            "  INSERT INTO purge_candidates (message_id) VALUES (NEW.message_id)"
+            "  ON CONFLICT DO NOTHING; RETURN NULL; END $$;"
+            "CREATE FUNCTION purge_note_old_message() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            "  INSERT INTO purge_candidates (message_id) VALUES (OLD.message_id)"
+            "  ON CONFLICT DO NOTHING; RETURN NULL; END $$;"
+            "CREATE TRIGGER purge_on_routed AFTER UPDATE OF state ON messages FOR EACH ROW"
+            "  WHEN (NEW.state <> 'accepted') EXECUTE FUNCTION purge_note_new_id();"
+            "CREATE TRIGGER purge_on_delivery_end AFTER UPDATE OF state ON deliveries FOR EACH ROW"
+            "  WHEN (NEW.state = 'delivered') EXECUTE FUNCTION purge_note_new_message();"
+            "CREATE TRIGGER purge_on_delivery_gone AFTER DELETE ON deliveries FOR EACH ROW"
+            "  EXECUTE FUNCTION purge_note_old_message();"
+            "CREATE TRIGGER purge_on_copy_gone AFTER DELETE ON stored FOR EACH ROW"
+            "  EXECUTE FUNCTION purge_note_old_message();"
+            "INSERT INTO purge_candidates (message_id)"
+            "  SELECT id FROM messages WHERE state <> 'accepted';",
     },
     {
         .version = 4,
@@ -164,7 +304,8 @@ static const struct store_migration migrations[] = {
          * it (its URLs are in that delivery's payload): the copy look-up and the sweeper ask. */
         .sqlite_sql = "CREATE INDEX deliveries_copy_key ON deliveries (copy_key, state)"
                       " WHERE copy_key <> '';",
-        .postgres_sql = NULL,
+        .postgres_sql = "CREATE INDEX deliveries_copy_key ON deliveries (copy_key, state)"
+                        " WHERE copy_key <> '';",
     },
 };
 

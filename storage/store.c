@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <glib.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -32,6 +33,7 @@
 #include <unistd.h>
 
 #include "storage/internal.h"
+#include "util/dburl.h"
 #include "util/limits.h"
 #include "util/log.h"
 
@@ -494,8 +496,13 @@ static int parse_database(const char *data_dir, const char *database,
         return 0;
     }
     if (strncmp(database, "postgresql://", 13) == 0 || strncmp(database, "postgres://", 11) == 0) {
-        store_set_err(err, "PostgreSQL backend is not available in this build yet");
-        return -1;
+        *location = strdup(database);
+        if (!*location) {
+            store_set_err(err, "out of memory");
+            return -1;
+        }
+        *ops = &store_postgres_backend;
+        return 0;
     }
     store_set_err(err, "unsupported database URL \"%s\" (expected sqlite:PATH or postgresql://...)",
             database);
@@ -681,14 +688,14 @@ struct store *store_open(const char *data_dir, const char *database, char **err)
 {
     const struct store_backend *ops;
     struct store *st = NULL;
-    char *location = NULL;
+    char *location = NULL, *redacted;
     sigset_t all, old;
     int rc;
 
     if (err) *err = NULL;
     if (parse_database(data_dir, database, &ops, &location, err) < 0) goto fail;
     if (data_dir && *data_dir && make_data_dir(data_dir, err) < 0) goto fail;
-    if (make_db_file(location, err) < 0) goto fail;
+    if (ops == &store_sqlite_backend && make_db_file(location, err) < 0) goto fail;
 
     st = calloc(1, sizeof *st);
     if (!st) {
@@ -696,15 +703,23 @@ struct store *store_open(const char *data_dir, const char *database, char **err)
         goto fail;
     }
     st->ops = ops;
-    st->path = location;
-    location = NULL;
     st->tail = &st->head;
     pthread_mutex_init(&st->mu, NULL);
     pthread_mutex_init(&st->write_mu, NULL);
     pthread_cond_init(&st->cond, NULL);
+    /* What logs and messages show: a URI's password never (util/dburl.h). */
+    redacted = dburl_redact(location);
+    st->path = redacted ? strdup(redacted) : NULL;
+    g_free(redacted);
+    if (!st->path) {
+        store_set_err(err, "out of memory");
+        goto fail;
+    }
 
-    st->be = ops->open(st->path, err);
+    st->be = ops->open(location, err);
     if (!st->be) goto fail;
+    free(location);
+    location = NULL;
 
     /* The writer takes no signals: they belong to the thread that set up their handling. */
     sigfillset(&all);
@@ -1058,7 +1073,7 @@ bool store_exists(const char *data_dir, const char *database)
     bool exists;
 
     if (parse_database(data_dir, database, &ops, &location, NULL) < 0) return true; /* let open say why */
-    exists = access(location, F_OK) == 0;
+    exists = ops != &store_sqlite_backend || access(location, F_OK) == 0; /* a server: ask it */
     free(location);
     return exists;
 }

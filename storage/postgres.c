@@ -1,0 +1,1601 @@
+/* storage/postgres.c — the PostgreSQL backend (SPEC §8), on libpq, behind the same table as
+ * SQLite (internal.h) and with the same schema (migrations.c).
+ *
+ * Two connections to the database named by a libpq URI (postgresql://user@host:port/db; the
+ * password comes from the URI, PGPASSFILE or the environment, and is never logged):
+ *   - the write connection, used only by store.c's writer thread: every batch and its jobs;
+ *   - the read connection, behind `rmu`, for every read (each a single statement, so each sees one
+ *     snapshot) and the health probe.
+ * Both run with synchronous_commit=on, so a COMMIT that returned is on the server's disk (and on
+ * its synchronous standbys, when it has some).
+ *
+ * Group commit.  A batch of messages is sent as one pipeline (libpq pipeline mode): BEGIN, one
+ * INSERT per message (the body as a binary BYTEA parameter, never escaped) and, when the batch has
+ * no job, COMMIT, then one sync: the whole batch costs one round trip.  Jobs need answers before
+ * they go on (a job reads, then decides), so a batch with jobs runs them after the pipeline, each
+ * under its own savepoint, then commits.  A duplicate message id is left out by ON CONFLICT DO
+ * NOTHING and answered alone (the others commit), as on SQLite.
+ *
+ * Failures.  When the server is unreachable or a statement fails, the transaction is never
+ * committed and the write connection is dropped (the server rolls back what it had); the next
+ * batch connects again, so accepting resumes by itself when the database is back.  A batch that
+ * finds its connection dead before anything ran reconnects and tries once more.  A read that finds
+ * the read connection dead reconnects and runs once more (reads change nothing). */
+#include <errno.h>
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "storage/internal.h"
+#include "util/log.h"
+
+#define PG_CONNECT_TIMEOUT_S "5"
+#define PG_MAX_PARAMS 16
+/* pg_advisory_xact_lock key of the migrations: one node migrates at a time ("inlet" + 1). */
+#define PG_MIGRATION_LOCK "7597386049893137"
+
+struct pg_be {
+    char *uri;
+    char name[64];
+    PGconn *w;            /* the writer thread's */
+    pthread_mutex_t rmu;  /* guards r */
+    PGconn *r;
+};
+
+extern const struct store_backend store_postgres_backend;
+
+/* ---- parameters and results ----------------------------------------------------------------- */
+
+/* The parameters of one statement: text values, integers printed here, binary bytes. */
+struct pg_params {
+    int n;
+    const char *v[PG_MAX_PARAMS];
+    int len[PG_MAX_PARAMS];
+    int fmt[PG_MAX_PARAMS];
+    char num[PG_MAX_PARAMS][24];
+};
+
+static void p_text(struct pg_params *p, const char *s)
+{
+    p->v[p->n] = s; /* NULL: SQL NULL */
+    p->len[p->n] = 0;
+    p->fmt[p->n] = 0;
+    p->n++;
+}
+
+static void p_int(struct pg_params *p, int64_t v)
+{
+    snprintf(p->num[p->n], sizeof p->num[p->n], "%" PRId64, v);
+    p_text(p, p->num[p->n]);
+}
+
+static void p_bytes(struct pg_params *p, const void *data, size_t len)
+{
+    p->v[p->n] = len ? data : ""; /* never NULL: that would be SQL NULL */
+    p->len[p->n] = (int)len;
+    p->fmt[p->n] = 1;
+    p->n++;
+}
+
+static const char *nz(const char *s, const char *dflt)
+{
+    return s ? s : dflt;
+}
+
+/* The status of a failed statement: disk full and out of memory as such, lock and serialization
+ * trouble as busy, everything else (the connection above all) as an I/O failure. */
+static enum store_status pg_status_of(PGconn *c, const PGresult *r)
+{
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+
+    if (PQstatus(c) != CONNECTION_OK || !state) return STORE_ERR_IO;
+    if (!strcmp(state, "53100")) return STORE_ERR_FULL;
+    if (!strcmp(state, "53200")) return STORE_ERR_NOMEM;
+    if (!strncmp(state, "40", 2) || !strcmp(state, "55P03") || !strcmp(state, "57014"))
+        return STORE_ERR_BUSY;
+    return STORE_ERR_IO;
+}
+
+/* *err = "<what>: <the server's or libpq's message>" (one line); clears r; the status. */
+static enum store_status pg_fail(PGconn *c, PGresult *r, char **err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static enum store_status pg_fail(PGconn *c, PGresult *r, char **err, const char *fmt, ...)
+{
+    enum store_status st = pg_status_of(c, r);
+    const char *m = r && *PQresultErrorMessage(r) ? PQresultErrorMessage(r) : PQerrorMessage(c);
+    char *what = NULL;
+    va_list ap;
+    int len;
+
+    va_start(ap, fmt);
+    if (vasprintf(&what, fmt, ap) < 0) what = NULL;
+    va_end(ap);
+    len = (int)strcspn(m ? m : "", "\n");
+    store_set_err(err, "%s: %.*s", what ? what : "database error", len,
+                  len ? m : "the database connection failed");
+    free(what);
+    PQclear(r);
+    return st;
+}
+
+static PGresult *pg_exec(PGconn *c, const char *sql, const struct pg_params *p)
+{
+    if (!p) return PQexecParams(c, sql, 0, NULL, NULL, NULL, NULL, 0);
+    return PQexecParams(c, sql, p->n, NULL, p->v, p->len, p->fmt, 0);
+}
+
+/* Runs a statement that returns no rows: STORE_OK with *changed (rows it changed; may be NULL),
+ * or the failure. */
+static enum store_status pg_cmd(PGconn *c, const char *sql, const struct pg_params *p,
+                                int64_t *changed, char **err, const char *what)
+{
+    PGresult *r = pg_exec(c, sql, p);
+
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+        return pg_fail(c, r, err, "%s", what);
+    if (changed) *changed = strtoll(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    return STORE_OK;
+}
+
+/* Runs a query on the write connection: STORE_OK with *res (the caller clears it), or the
+ * failure. */
+static enum store_status pg_rows(PGconn *c, const char *sql, const struct pg_params *p,
+                                 PGresult **res, char **err, const char *what)
+{
+    PGresult *r = pg_exec(c, sql, p);
+
+    *res = NULL;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) return pg_fail(c, r, err, "%s", what);
+    *res = r;
+    return STORE_OK;
+}
+
+static char *col_dup(const PGresult *r, int row, int col)
+{
+    return strdup(PQgetisnull(r, row, col) ? "" : PQgetvalue(r, row, col));
+}
+
+static int64_t col_int(const PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? 0 : strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+static void col_copy(char *dst, size_t size, const PGresult *r, int row, int col)
+{
+    snprintf(dst, size, "%s", PQgetisnull(r, row, col) ? "" : PQgetvalue(r, row, col));
+}
+
+static bool col_true(const PGresult *r, int row, int col)
+{
+    return !PQgetisnull(r, row, col) && PQgetvalue(r, row, col)[0] == 't';
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* A BYTEA column in text form (bytea_output = hex: "\x0a1b...") decoded into *out (malloc'd,
+ * never NULL) and *len.  STORE_OK, STORE_ERR_NOMEM, or STORE_ERR_IO when it is not hex. */
+static enum store_status col_bytes(const PGresult *r, int row, int col, uint8_t **out,
+                                   size_t *len)
+{
+    const char *t = PQgetvalue(r, row, col);
+    size_t n = (size_t)PQgetlength(r, row, col);
+
+    *out = NULL;
+    *len = 0;
+    if (n < 2 || t[0] != '\\' || t[1] != 'x' || n % 2) return STORE_ERR_IO;
+    n = (n - 2) / 2;
+    if (!(*out = malloc(n ? n : 1))) return STORE_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        int hi = hexval(t[2 + 2 * i]), lo = hexval(t[3 + 2 * i]);
+
+        if (hi < 0 || lo < 0) {
+            free(*out);
+            *out = NULL;
+            return STORE_ERR_IO;
+        }
+        (*out)[i] = (uint8_t)(hi << 4 | lo);
+    }
+    *len = n;
+    return STORE_OK;
+}
+
+/* ---- connections ---------------------------------------------------------------------------- */
+
+static PGconn *pg_connect(const char *uri, char **err)
+{
+    const char *const keys[] = {"dbname", "application_name", "connect_timeout", NULL};
+    const char *const vals[] = {uri, "inlet", PG_CONNECT_TIMEOUT_S, NULL};
+    PGconn *c = PQconnectdbParams(keys, vals, 1);
+    PGresult *r;
+
+    if (!c) {
+        store_set_err(err, "cannot connect to the database: out of memory");
+        return NULL;
+    }
+    if (PQstatus(c) != CONNECTION_OK) {
+        const char *m = PQerrorMessage(c);
+
+        store_set_err(err, "cannot connect to the database: %.*s", (int)strcspn(m, "\n"), m);
+        PQfinish(c);
+        return NULL;
+    }
+    /* COMMIT returns once the transaction is durable; bodies come back as hex text. */
+    r = PQexec(c, "SET synchronous_commit = on; SET bytea_output = 'hex';"
+                  " SET client_min_messages = warning; SET TIME ZONE 'UTC'");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        pg_fail(c, r, err, "cannot set up the database connection");
+        PQfinish(c);
+        return NULL;
+    }
+    PQclear(r);
+    return c;
+}
+
+/* A usable connection in *c: the one there, or a new one. */
+static enum store_status pg_ready(struct pg_be *be, PGconn **c, char **err)
+{
+    if (*c && PQstatus(*c) == CONNECTION_OK) return STORE_OK;
+    if (*c) {
+        PQfinish(*c);
+        *c = NULL;
+        log_info("storage", "reconnect backend=postgresql");
+    }
+    *c = pg_connect(be->uri, err);
+    return *c ? STORE_OK : STORE_ERR_IO;
+}
+
+/* Drops a connection that failed (the server rolls back its open transaction). */
+static void pg_drop(PGconn **c)
+{
+    PQfinish(*c);
+    *c = NULL;
+}
+
+/* One read on the read connection (rmu held by the caller): STORE_OK with *res, or the failure.
+ * A connection found dead is replaced and the statement run once more. */
+static enum store_status pg_read_locked(struct pg_be *be, const char *sql,
+                                        const struct pg_params *p, PGresult **res, char **err,
+                                        const char *what)
+{
+    for (int attempt = 0;; attempt++) {
+        enum store_status st = pg_ready(be, &be->r, err);
+        PGresult *r;
+
+        if (st != STORE_OK) return st;
+        r = pg_exec(be->r, sql, p);
+        if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+            *res = r;
+            return STORE_OK;
+        }
+        if (attempt == 0 && PQstatus(be->r) != CONNECTION_OK) {
+            PQclear(r);
+            continue;
+        }
+        st = pg_fail(be->r, r, err, "%s", what);
+        if (PQstatus(be->r) != CONNECTION_OK) pg_drop(&be->r);
+        return st;
+    }
+}
+
+static enum store_status pg_read(struct pg_be *be, const char *sql, const struct pg_params *p,
+                                 PGresult **res, char **err, const char *what)
+{
+    enum store_status st;
+
+    *res = NULL;
+    pthread_mutex_lock(&be->rmu);
+    st = pg_read_locked(be, sql, p, res, err, what);
+    pthread_mutex_unlock(&be->rmu);
+    return st;
+}
+
+/* ---- schema --------------------------------------------------------------------------------- */
+
+/* pg_cmd runs PQexecParams, which takes one statement; a migration step has many.  PQexec takes
+ * many (simple protocol) but no parameters: the steps have none. */
+static enum store_status pg_script(PGconn *c, const char *sql, char **err, const char *what)
+{
+    PGresult *r = PQexec(c, sql);
+
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+        return pg_fail(c, r, err, "%s", what);
+    PQclear(r);
+    return STORE_OK;
+}
+
+/* The database's schema version (0 before the first step), read inside the open transaction. */
+static enum store_status read_version(PGconn *c, int *version, char **err)
+{
+    PGresult *r;
+    enum store_status st = pg_rows(c, "SELECT to_regclass('meta') IS NOT NULL", NULL, &r, err,
+                                   "cannot read the schema version");
+    char *end;
+    long v;
+
+    *version = 0;
+    if (st != STORE_OK) return st;
+    if (!col_true(r, 0, 0)) { /* a new database */
+        PQclear(r);
+        return STORE_OK;
+    }
+    PQclear(r);
+    st = pg_rows(c, "SELECT coalesce((SELECT value FROM meta WHERE key = 'schema_version'), '0')",
+                 NULL, &r, err, "cannot read the schema version");
+    if (st != STORE_OK) return st;
+    errno = 0;
+    v = strtol(PQgetvalue(r, 0, 0), &end, 10);
+    if (*end || errno || v < 0 || v > 1000000) {
+        store_set_err(err, "database schema version \"%s\" is not a number", PQgetvalue(r, 0, 0));
+        PQclear(r);
+        return STORE_ERR_IO;
+    }
+    PQclear(r);
+    *version = (int)v;
+    return STORE_OK;
+}
+
+/* One transaction per step under an advisory lock, so that nodes starting together never both
+ * apply a step; a newer schema than this binary knows is refused. */
+static enum store_status migrate(PGconn *c, char **err)
+{
+    size_t count;
+    const struct store_migration *steps = store_migrations(&count);
+    const int latest = store_schema_version();
+    enum store_status st;
+
+    for (;;) {
+        struct pg_params p = {0};
+        int v = 0;
+
+        st = pg_cmd(c, "BEGIN", NULL, NULL, err, "cannot begin a migration");
+        if (st == STORE_OK)
+            st = pg_cmd(c, "SELECT pg_advisory_xact_lock(" PG_MIGRATION_LOCK ")", NULL, NULL, err,
+                        "cannot take the migration lock");
+        if (st == STORE_OK) st = read_version(c, &v, err);
+        if (st != STORE_OK) goto rollback;
+        if (v > latest) {
+            store_set_err(err,
+                          "database schema version %d is newer than this inlet supports (%d); "
+                          "upgrade inlet",
+                          v, latest);
+            st = STORE_ERR_IO;
+            goto rollback;
+        }
+        if (v == latest) return pg_cmd(c, "COMMIT", NULL, NULL, err, "cannot end the migration");
+        if ((size_t)v >= count || steps[v].version != v + 1 || !steps[v].postgres_sql) {
+            store_set_err(err, "no migration from schema version %d", v);
+            st = STORE_ERR_IO;
+            goto rollback;
+        }
+        p_int(&p, v + 1);
+        /* The simple protocol runs the step's many statements in one go. */
+        st = pg_script(c, steps[v].postgres_sql, err, steps[v].description);
+        if (st == STORE_OK)
+            st = pg_cmd(c,
+                        "INSERT INTO meta (key, value) VALUES ('schema_version', $1)"
+                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        &p, NULL, err, "cannot record the schema version");
+        if (st == STORE_OK) st = pg_cmd(c, "COMMIT", NULL, NULL, err, "cannot commit the migration");
+        if (st != STORE_OK) goto rollback;
+        log_info("storage", "migrated backend=postgresql schema=%d", v + 1);
+    }
+
+rollback:
+    if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) != PQTRANS_IDLE)
+        PQclear(PQexec(c, "ROLLBACK"));
+    return st;
+}
+
+/* ---- open / close --------------------------------------------------------------------------- */
+
+static void pg_close(void *arg)
+{
+    struct pg_be *be = arg;
+
+    if (!be) return;
+    PQfinish(be->w);
+    PQfinish(be->r);
+    pthread_mutex_destroy(&be->rmu);
+    free(be->uri);
+    free(be);
+}
+
+static void *pg_open(const char *uri, char **err)
+{
+    struct pg_be *be = calloc(1, sizeof *be);
+
+    if (!be) {
+        store_set_err(err, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&be->rmu, NULL);
+    if (!(be->uri = strdup(uri))) {
+        store_set_err(err, "out of memory");
+        goto fail;
+    }
+    if (!PQisthreadsafe()) {
+        store_set_err(err, "the libpq library was built without thread support");
+        goto fail;
+    }
+    if (!(be->w = pg_connect(uri, err)) || migrate(be->w, err) != STORE_OK ||
+        !(be->r = pg_connect(uri, err)))
+        goto fail;
+    snprintf(be->name, sizeof be->name, "postgresql %d.%d", PQserverVersion(be->w) / 10000,
+             PQserverVersion(be->w) % 10000);
+    return be;
+
+fail:
+    pg_close(be);
+    return NULL;
+}
+
+static const char *pg_name(void *arg)
+{
+    struct pg_be *be = arg;
+
+    return be->name;
+}
+
+/* ---- group commit --------------------------------------------------------------------------- */
+
+static const char insert_sql[] =
+    "INSERT INTO messages (id, received_at, sender, recipients, remote_ip, helo, tls, size, raw)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING";
+
+/* Queues the INSERT of one message in the pipeline. */
+static bool send_insert(PGconn *c, const struct store_message *m, char **rcpts)
+{
+    struct pg_params p = {0};
+
+    *rcpts = store_json_string_array((const char *const *)m->rcpts, m->nrcpts);
+    if (!*rcpts) return false;
+    p_text(&p, m->id);
+    p_int(&p, m->received_at_ms);
+    p_text(&p, m->sender);
+    p_text(&p, *rcpts);
+    p_text(&p, m->remote_ip);
+    p_text(&p, m->helo);
+    p_text(&p, m->tls);
+    p_int(&p, (int64_t)m->len);
+    p_bytes(&p, m->data, m->len);
+    return PQsendQueryParams(c, insert_sql, p.n, NULL, p.v, p.len, p.fmt, 0) == 1;
+}
+
+/* The next query's result in the pipeline, with the NULL that ends it consumed. */
+static PGresult *pipe_next(PGconn *c)
+{
+    PGresult *r = PQgetResult(c);
+
+    if (r && PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
+        PGresult *end = PQgetResult(c);
+
+        PQclear(end); /* NULL unless the server sent more than one result */
+    }
+    return r;
+}
+
+/* Sends BEGIN, the inserts and (commit) COMMIT as one pipeline and reads the answers.  STORE_OK
+ * with status[] set; else the failure, *begun saying whether BEGIN had run. */
+static enum store_status pipeline_batch(struct pg_be *be, struct store_message *const *msgs,
+                                        size_t n, enum store_status *status, bool commit,
+                                        bool *begun, char **err)
+{
+    PGconn *c = be->w;
+    PGresult *r;
+    bool sent = PQenterPipelineMode(c) == 1 &&
+                PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1;
+
+    *begun = false;
+    for (size_t i = 0; sent && i < n; i++) {
+        char *rcpts = NULL;
+
+        sent = send_insert(c, msgs[i], &rcpts);
+        free(rcpts); /* libpq copied the parameters into its buffer */
+    }
+    if (sent && commit) sent = PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1;
+    if (!sent || PQpipelineSync(c) != 1) return pg_fail(c, NULL, err, "cannot send the batch");
+
+    r = pipe_next(c);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) return pg_fail(c, r, err, "cannot begin the batch");
+    PQclear(r);
+    *begun = true;
+    for (size_t i = 0; i < n; i++) {
+        r = pipe_next(c);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            return pg_fail(c, r, err, "cannot insert message %s", msgs[i]->id);
+        status[i] = strcmp(PQcmdTuples(r), "1") == 0 ? STORE_OK : STORE_ERR_IO;
+        if (status[i] != STORE_OK)
+            log_warn("storage", "insert failed id=%s error=\"duplicate message id\"", msgs[i]->id);
+        PQclear(r);
+    }
+    if (commit) {
+        r = pipe_next(c);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            return pg_fail(c, r, err, "cannot commit the batch");
+        PQclear(r);
+    }
+    r = PQgetResult(c);
+    if (PQresultStatus(r) != PGRES_PIPELINE_SYNC) return pg_fail(c, r, err, "batch out of step");
+    PQclear(r);
+    if (PQexitPipelineMode(c) != 1) return pg_fail(c, NULL, err, "cannot leave pipeline mode");
+    return STORE_OK;
+}
+
+/* Runs one job under savepoint "job" (as sqlite.c's run_job): -1 only when the transaction
+ * cannot go on. */
+static int run_job(struct pg_be *be, struct store_job *job)
+{
+    char *jerr = NULL;
+    enum store_status rc;
+
+    if (pg_cmd(be->w, "SAVEPOINT job", NULL, NULL, NULL, "savepoint") != STORE_OK) return -1;
+    rc = job->run(&store_postgres_backend, be, job->arg, &jerr);
+    job->status = rc;
+    if (!store_status_failed(rc)) {
+        free(jerr);
+        job->err = NULL;
+        return pg_cmd(be->w, "RELEASE SAVEPOINT job", NULL, NULL, NULL, "release") == STORE_OK
+                   ? 0
+                   : -1;
+    }
+    job->err = jerr ? jerr : strdup("job failed");
+    if (PQstatus(be->w) != CONNECTION_OK) return -1;
+    if (pg_cmd(be->w, "ROLLBACK TO SAVEPOINT job", NULL, NULL, NULL, "rollback") != STORE_OK ||
+        pg_cmd(be->w, "RELEASE SAVEPOINT job", NULL, NULL, NULL, "release") != STORE_OK)
+        return -1;
+    return 0;
+}
+
+static enum store_status pg_write_batch(void *arg, struct store_message *const *msgs, size_t n,
+                                        enum store_status *status, struct store_job *const *jobs,
+                                        size_t njobs, char **err)
+{
+    struct pg_be *be = arg;
+    enum store_status st;
+    bool begun = false;
+
+    for (int attempt = 0;; attempt++) {
+        st = pg_ready(be, &be->w, err);
+        if (st != STORE_OK) return st;
+        st = pipeline_batch(be, msgs, n, status, njobs == 0, &begun, err);
+        if (st == STORE_OK) break;
+        pg_drop(&be->w); /* nothing of the batch stays: the server rolls back */
+        if (begun || attempt > 0) return st;
+        /* The connection was dead before anything ran (e.g. the server restarted): again. */
+        free(*err);
+        *err = NULL;
+    }
+    if (njobs == 0) return STORE_OK;
+    for (size_t i = 0; i < njobs; i++) {
+        if (run_job(be, jobs[i]) < 0) {
+            st = pg_fail(be->w, NULL, err, "a job of the batch failed");
+            goto fail;
+        }
+    }
+    st = pg_cmd(be->w, "COMMIT", NULL, NULL, err, "cannot commit the batch");
+    if (st == STORE_OK) return STORE_OK;
+fail:
+    for (size_t i = 0; i < njobs; i++) {
+        free(jobs[i]->err);
+        jobs[i]->err = NULL;
+    }
+    pg_drop(&be->w);
+    return st;
+}
+
+/* ---- meta rows and routes (jobs) ------------------------------------------------------------ */
+
+static enum store_status pg_meta_set_if_absent(void *arg, const char *key, const char *value,
+                                               char **winner, char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    PGresult *r;
+    enum store_status st;
+
+    *winner = NULL;
+    p_text(&p, key);
+    p_text(&p, value);
+    st = pg_cmd(be->w, "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &p, NULL, err, "cannot write a meta row");
+    p.n = 1;
+    if (st == STORE_OK)
+        st = pg_rows(be->w, "SELECT value FROM meta WHERE key = $1", &p, &r, err,
+                     "cannot read a meta row");
+    if (st != STORE_OK) return st;
+    if (PQntuples(r) == 1) *winner = col_dup(r, 0, 0);
+    PQclear(r);
+    if (*winner) return STORE_OK;
+    store_set_err(err, "meta row %s: not there after the insert, or out of memory", key);
+    return STORE_ERR_IO;
+}
+
+static enum store_status pg_route_insert(void *arg, const struct store_route *r,
+                                         const char *actions_json, int64_t quota, int64_t *seq,
+                                         char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    PGresult *res;
+    enum store_status st;
+
+    /* The quota is checked inside the transaction; a lock on the table keeps two nodes from
+     * both passing it. */
+    st = pg_cmd(be->w, "LOCK TABLE routes IN SHARE ROW EXCLUSIVE MODE", NULL, NULL, err,
+                "cannot lock the routes");
+    if (st == STORE_OK)
+        st = pg_rows(be->w, "SELECT count(*) FROM routes", NULL, &res, err, "cannot count routes");
+    if (st != STORE_OK) return st;
+    if (col_int(res, 0, 0) >= quota) {
+        PQclear(res);
+        return STORE_ERR_QUOTA;
+    }
+    PQclear(res);
+    p_text(&p, r->id);
+    p_int(&p, r->priority);
+    p_text(&p, nz(r->description, ""));
+    p_text(&p, nz(r->expression, ""));
+    p_text(&p, actions_json);
+    p_int(&p, r->created_at);
+    st = pg_rows(be->w,
+                 "INSERT INTO routes (id, priority, description, expression, actions, created_at)"
+                 " VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+                 &p, &res, err, "cannot insert a route");
+    if (st != STORE_OK) return st;
+    *seq = col_int(res, 0, 0);
+    PQclear(res);
+    return STORE_OK;
+}
+
+static enum store_status pg_route_update(void *arg, const struct store_route *r,
+                                         const char *actions_json, char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    int64_t changed = 0;
+    enum store_status st;
+
+    p_text(&p, r->id);
+    p_int(&p, r->priority);
+    p_text(&p, nz(r->description, ""));
+    p_text(&p, nz(r->expression, ""));
+    p_text(&p, actions_json);
+    st = pg_cmd(be->w,
+                "UPDATE routes SET priority = $2, description = $3, expression = $4, actions = $5"
+                " WHERE id = $1",
+                &p, &changed, err, "cannot update a route");
+    return st != STORE_OK ? st : changed ? STORE_OK : STORE_ERR_NOT_FOUND;
+}
+
+static enum store_status pg_route_delete(void *arg, const char *id, char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    int64_t changed = 0;
+    enum store_status st;
+
+    p_text(&p, id);
+    st = pg_cmd(be->w, "DELETE FROM routes WHERE id = $1", &p, &changed, err,
+                "cannot delete a route");
+    return st != STORE_OK ? st : changed ? STORE_OK : STORE_ERR_NOT_FOUND;
+}
+
+/* ---- routing outcomes (job) ----------------------------------------------------------------- */
+
+/* The lower-case domain of a recipient, as the events keep it: done by the server (lower()). */
+#define PG_DOMAIN_OF(n) "lower(substring(" n " from '@([^@]*)$'))"
+
+static enum store_status outcome_recipient(struct pg_be *be, const struct store_outcome *o,
+                                           const struct store_recipient_outcome *r, char **err)
+{
+    struct pg_params p = {0};
+    enum store_status st;
+
+    p_text(&p, o->message_id);
+    p_text(&p, r->recipient);
+    p_text(&p, r->outcome);
+    p_text(&p, nz(r->routes_json, "[]"));
+    p_text(&p, nz(r->warnings_json, "[]"));
+    st = pg_cmd(be->w,
+                "INSERT INTO recipients (message_id, recipient, outcome, routes, warnings)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                &p, NULL, err, "recipient row");
+    if (st != STORE_OK) return st;
+    p = (struct pg_params){0};
+    p_int(&p, o->now_ms ? o->now_ms : o->now * 1000);
+    p_text(&p, o->message_id);
+    p_text(&p, r->recipient);
+    p_text(&p, nz(r->outcome, ""));
+    p_text(&p, r->route_ids_json ? r->route_ids_json : nz(r->routes_json, "[]"));
+    /* The route ids: given as JSON by the caller, or the "id" of each element of routes JSON.
+     * Details are written as compact JSON, key for key as the SQLite backend writes them. */
+    return pg_cmd(be->w,
+                  r->route_ids_json
+                      ? "INSERT INTO events (ts, event, message_id, recipient, domain, detail)"
+                        " VALUES ($1, 'accepted', $2, $3, coalesce(" PG_DOMAIN_OF("$3") ", ''),"
+                        " '{\"outcome\":' || to_json($4::text)::text || ',\"route_ids\":' || $5"
+                        " || '}')"
+                      : "INSERT INTO events (ts, event, message_id, recipient, domain, detail)"
+                        " VALUES ($1, 'accepted', $2, $3, coalesce(" PG_DOMAIN_OF("$3") ", ''),"
+                        " '{\"outcome\":' || to_json($4::text)::text || ',\"route_ids\":' ||"
+                        " inlet_route_ids($5) || '}')",
+                  &p, NULL, err, "accepted event");
+}
+
+static enum store_status outcome_delivery(struct pg_be *be, const char *message_id,
+                                          const struct store_delivery_plan *d, int64_t now,
+                                          char **err)
+{
+    struct pg_params p = {0};
+
+    p_text(&p, d->id);
+    p_text(&p, message_id);
+    p_text(&p, d->recipient);
+    p_text(&p, nz(d->route_ids_json, "[]"));
+    p_text(&p, d->kind);
+    p_text(&p, d->target);
+    p_text(&p, nz(d->format, ""));
+    p_int(&p, now);
+    p_text(&p, nz(d->copy_key, ""));
+    return pg_cmd(be->w,
+                  "INSERT INTO deliveries (id, message_id, recipient, route_ids, kind, target,"
+                  " format, state, attempts, next_attempt_at, created_at, updated_at, copy_key)"
+                  " VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $8, $9)",
+                  &p, NULL, err, "delivery row");
+}
+
+static enum store_status outcome_copy(struct pg_be *be, const struct store_outcome *o,
+                                      const struct store_copy_plan *c, char **err)
+{
+    struct pg_params p = {0};
+    enum store_status st;
+
+    p_text(&p, c->key);
+    p_text(&p, o->message_id);
+    p_text(&p, c->recipient);
+    p_text(&p, c->domain);
+    p_text(&p, nz(c->route_id, ""));
+    p_text(&p, c->notify);
+    p_text(&p, nz(c->format, ""));
+    p_int(&p, c->expires_at);
+    p_int(&p, o->now);
+    st = pg_cmd(be->w,
+                "INSERT INTO stored (key, message_id, recipient, domain, route_id, notify, format,"
+                " expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &p, NULL, err, "stored copy row");
+    if (st != STORE_OK) return st;
+    p = (struct pg_params){0};
+    p_int(&p, o->now_ms ? o->now_ms : o->now * 1000);
+    p_text(&p, o->message_id);
+    p_text(&p, c->recipient);
+    p_text(&p, c->key);
+    p_text(&p, nz(c->route_id, ""));
+    p_int(&p, c->expires_at);
+    return pg_cmd(be->w,
+                  "INSERT INTO events (ts, event, message_id, recipient, domain, detail)"
+                  " VALUES ($1, 'stored', $2, $3, coalesce(" PG_DOMAIN_OF("$3") ", ''),"
+                  " '{\"key\":' || to_json($4::text)::text || ',\"route_id\":' ||"
+                  " to_json($5::text)::text || ',\"expires_at\":' || $6::bigint || '}')",
+                  &p, NULL, err, "stored event");
+}
+
+static enum store_status pg_write_outcome(void *arg, const struct store_outcome *o, char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    int64_t changed = 0;
+    enum store_status st;
+    char *e = NULL;
+
+    p_text(&p, o->message_id);
+    p_text(&p, nz(o->parse_warnings_json, "[]"));
+    /* First the state: only an 'accepted' message gets an outcome, once. */
+    st = pg_cmd(be->w,
+                "UPDATE messages SET state = 'routed', parse_warnings = $2"
+                " WHERE id = $1 AND state = 'accepted'",
+                &p, &changed, &e, "message state");
+    if (st == STORE_OK && !changed) return STORE_ERR_NOT_FOUND;
+    for (size_t i = 0; st == STORE_OK && i < o->nrecipients; i++)
+        st = outcome_recipient(be, o, &o->recipients[i], &e);
+    for (size_t i = 0; st == STORE_OK && i < o->ndeliveries; i++)
+        st = outcome_delivery(be, o->message_id, &o->deliveries[i], o->now, &e);
+    for (size_t i = 0; st == STORE_OK && i < o->ncopies; i++)
+        st = outcome_copy(be, o, &o->copies[i], &e);
+    if (st != STORE_OK)
+        store_set_err(err, "cannot write the outcome of message %s: %s", o->message_id,
+                      e ? e : "out of memory");
+    free(e);
+    return st;
+}
+
+/* ---- deliveries, attempts, copies (jobs) ---------------------------------------------------- */
+
+/* What an attempt's outcome means for its delivery and its event. */
+struct attempt_effect {
+    const char *state, *event, *severity;
+    bool retry;
+};
+
+static int attempt_effect_of(const char *outcome, struct attempt_effect *e)
+{
+    if (outcome && strcmp(outcome, "delivered") == 0)
+        *e = (struct attempt_effect){"delivered", "delivered", "", false};
+    else if (outcome && strcmp(outcome, "retry") == 0)
+        *e = (struct attempt_effect){"pending", "failed", "temporary", true};
+    else if (outcome && strcmp(outcome, "failed") == 0)
+        *e = (struct attempt_effect){"failed", "failed", "permanent", false};
+    else
+        return -1;
+    return 0;
+}
+
+static void p_status(struct pg_params *p, int status)
+{
+    if (status) p_int(p, status);
+    else p_text(p, NULL);
+}
+
+/* The attempts row, the delivery's new state and the event, in one statement: the delivery row
+ * ($1, locked, still pending) gives n = attempts + 1 and the event's fields. */
+static const char attempt_sql[] =
+    "WITH d AS (SELECT id, message_id, recipient, route_ids, kind, target, attempts + 1 AS n"
+    "   FROM deliveries WHERE id = $1 AND state = 'pending' FOR UPDATE),"
+    " a AS (INSERT INTO attempts (delivery_id, n, started_at, duration_ms, status, error, outcome)"
+    "   SELECT id, n, $2::bigint, $3::bigint, $4::integer, $5::text, $6::text FROM d),"
+    " u AS (UPDATE deliveries SET attempts = d.n, state = $7::text, last_status = $4::integer,"
+    "   last_error = $5::text, updated_at = $8::bigint,"
+    "   next_attempt_at = coalesce($9::bigint, deliveries.next_attempt_at),"
+    "   lease_until = NULL FROM d WHERE deliveries.id = d.id),"
+    " e AS (INSERT INTO events (ts, event, severity, message_id, recipient, domain, delivery_id,"
+    "   detail) SELECT $2::bigint + $3::bigint, $10::text, $11::text, d.message_id, d.recipient,"
+    "   coalesce(" PG_DOMAIN_OF("d.recipient") ", ''), d.id, '{\"attempt\":' || d.n ||"
+    "   ',\"status\":' || coalesce($4::integer::text, 'null') || ',\"error\":' ||"
+    "   to_json($5::text)::text || ',\"kind\":' || to_json(d.kind)::text || ',\"target\":' ||"
+    "   to_json(d.target)::text || ',\"duration_ms\":' || $3::bigint || ',\"route_ids\":' ||"
+    "   inlet_json_array(d.route_ids) || coalesce(',\"next_attempt_at\":' || $9::bigint, '')"
+    "   || '}' FROM d)"
+    " SELECT count(*) FROM d";
+
+static enum store_status pg_record_attempt(void *arg, const struct store_attempt *a, char **err)
+{
+    struct pg_be *be = arg;
+    struct attempt_effect e;
+    struct pg_params p = {0};
+    const int64_t end_ms = a->started_at_ms + a->duration_ms;
+    PGresult *r;
+    enum store_status st;
+    int64_t found;
+
+    if (attempt_effect_of(a->outcome, &e) < 0) {
+        store_set_err(err, "attempt of delivery %s: unknown outcome \"%s\"", a->delivery_id,
+                      nz(a->outcome, "(null)"));
+        return STORE_ERR_IO;
+    }
+    p_text(&p, a->delivery_id);
+    p_int(&p, a->started_at_ms);
+    p_int(&p, a->duration_ms);
+    p_status(&p, a->status);
+    p_text(&p, nz(a->error, ""));
+    p_text(&p, a->outcome);
+    p_text(&p, e.state);
+    p_int(&p, end_ms / 1000 - (end_ms % 1000 < 0)); /* floor: the second it ended in */
+    if (e.retry) p_int(&p, a->next_attempt_at);
+    else p_text(&p, NULL);
+    p_text(&p, e.event);
+    p_text(&p, e.severity);
+    st = pg_rows(be->w, attempt_sql, &p, &r, err, "cannot record an attempt");
+    if (st != STORE_OK) return st;
+    found = col_int(r, 0, 0);
+    PQclear(r);
+    return found ? STORE_OK : STORE_ERR_NOT_FOUND;
+}
+
+static enum store_status pg_delivery_retry(void *arg, const char *id, int64_t now, char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    int64_t changed = 0;
+    enum store_status st;
+
+    p_text(&p, id);
+    p_int(&p, now);
+    st = pg_cmd(be->w,
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = $2, lease_until = NULL"
+                " WHERE id = $1 AND state = 'failed'"
+                " AND EXISTS (SELECT 1 FROM messages WHERE messages.id = deliveries.message_id)",
+                &p, &changed, err, "cannot retry a delivery");
+    return st != STORE_OK ? st : changed ? STORE_OK : STORE_ERR_NOT_FOUND;
+}
+
+static enum store_status pg_deliveries_add(void *arg, const char *message_id,
+                                           const struct store_delivery_plan *plans, size_t n,
+                                           int64_t now, char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    PGresult *r;
+    enum store_status st;
+    bool exists;
+
+    p_text(&p, message_id);
+    st = pg_rows(be->w, "SELECT 1 FROM messages WHERE id = $1", &p, &r, err,
+                 "cannot look the message up");
+    if (st != STORE_OK) return st;
+    exists = PQntuples(r) > 0;
+    PQclear(r);
+    if (!exists) return STORE_ERR_NOT_FOUND;
+    for (size_t i = 0; st == STORE_OK && i < n; i++)
+        st = outcome_delivery(be, message_id, &plans[i], now, err);
+    return st;
+}
+
+/* A copy past its expires_at stays while a delivery that refers to it can still be attempted or
+ * replayed (as in sqlite_queue.c, issue 14 item 10). */
+#define PG_COPY_HELD(key)                                                                          \
+    "EXISTS (SELECT 1 FROM deliveries d WHERE d.copy_key = " key " AND d.copy_key <> ''"          \
+    " AND d.state IN ('pending', 'failed'))"
+
+static enum store_status pg_copy_delete(void *arg, const char *key, int64_t now, char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    int64_t changed = 0;
+    enum store_status st;
+
+    p_text(&p, key);
+    p_int(&p, now);
+    st = pg_cmd(be->w,
+                "DELETE FROM stored WHERE key = $1 AND (expires_at > $2 OR "
+                PG_COPY_HELD("stored.key") ")",
+                &p, &changed, err, "cannot delete a stored copy");
+    return st != STORE_OK ? st : changed ? STORE_OK : STORE_ERR_NOT_FOUND;
+}
+
+/* ---- retention (job) ------------------------------------------------------------------------ */
+
+/* Runs one bounded DELETE of the sweep; *deleted its rows. */
+static enum store_status sweep_step(struct pg_be *be, const char *sql, const int64_t *v, int nv,
+                                    const char *state, uint64_t *deleted, char **err,
+                                    const char *what)
+{
+    struct pg_params p = {0};
+    int64_t n = 0;
+    enum store_status st;
+
+    if (state) p_text(&p, state);
+    for (int i = 0; i < nv; i++) p_int(&p, v[i]);
+    st = pg_cmd(be->w, sql, &p, &n, err, what);
+    if (st == STORE_OK && deleted) *deleted = (uint64_t)n;
+    return st;
+}
+
+/* The noted messages (at most $2) that nothing needs any more go, with their recipients rows; the
+ * notes go either way.  One statement: one snapshot. */
+static const char purge_sql[] =
+    "WITH c AS (DELETE FROM purge_candidates WHERE message_id IN"
+    "   (SELECT message_id FROM purge_candidates LIMIT $2) RETURNING message_id),"
+    " gone AS (DELETE FROM messages m USING c WHERE m.id = c.message_id AND m.state <> 'accepted'"
+    "   AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = m.id"
+    "     AND state IN ('pending', 'failed'))"
+    "   AND NOT EXISTS (SELECT 1 FROM stored WHERE message_id = m.id AND expires_at > $1)"
+    "   RETURNING m.id),"
+    " r AS (DELETE FROM recipients WHERE message_id IN (SELECT id FROM gone))"
+    " SELECT (SELECT count(*) FROM c), (SELECT count(*) FROM gone)";
+
+static enum store_status pg_sweep(void *arg, const struct store_sweep_args *a,
+                                  struct store_sweep_result *out, char **err)
+{
+    struct pg_be *be = arg;
+    const int64_t lim = a->batch > (size_t)INT64_MAX ? INT64_MAX : (int64_t)a->batch;
+    const int64_t now = a->now;
+    struct pg_params p = {0};
+    uint64_t failed = 0, ignored = 0;
+    PGresult *r;
+    enum store_status st;
+
+    *out = (struct store_sweep_result){0};
+    st = sweep_step(be,
+                    "DELETE FROM stored WHERE key IN (SELECT key FROM stored WHERE expires_at <= $1"
+                    " AND NOT " PG_COPY_HELD("stored.key") " ORDER BY expires_at LIMIT $2)",
+                    (const int64_t[]){now, lim}, 2, NULL, &out->copies, err,
+                    "sweep failed: stored copies");
+    if (st == STORE_OK)
+        st = sweep_step(be,
+                        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < $1"
+                        " ORDER BY ts LIMIT $2)",
+                        (const int64_t[]){(now - a->event_ttl) * 1000, lim}, 2, NULL,
+                        &out->events, err, "sweep failed: events");
+    for (int k = 0; k < 2 && st == STORE_OK; k++) {
+        const char *state = k == 0 ? "delivered" : "failed";
+        const int64_t v[] = {now - (k == 0 ? a->event_ttl : a->failed_retention), lim};
+
+        st = sweep_step(be,
+                        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries"
+                        " WHERE state = $1 AND updated_at < $2 ORDER BY updated_at, id LIMIT $3)",
+                        v, 2, state, &ignored, err, "sweep failed: attempts");
+        if (st == STORE_OK)
+            st = sweep_step(be,
+                            "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
+                            " WHERE state = $1 AND updated_at < $2 ORDER BY updated_at, id"
+                            " LIMIT $3)",
+                            v, 2, state, k == 0 ? &out->deliveries : &failed, err,
+                            "sweep failed: deliveries");
+    }
+    if (st != STORE_OK) return st;
+    out->more = out->copies >= (uint64_t)lim || out->events >= (uint64_t)lim ||
+                out->deliveries >= (uint64_t)lim || failed >= (uint64_t)lim;
+    out->deliveries += failed;
+    p_int(&p, now);
+    p_int(&p, lim);
+    st = pg_rows(be->w, purge_sql, &p, &r, err, "sweep failed: messages");
+    if (st != STORE_OK) return st;
+    if (col_int(r, 0, 0) >= lim) out->more = true; /* notes may be left */
+    out->messages = (uint64_t)col_int(r, 0, 1);
+    PQclear(r);
+    return STORE_OK; /* free pages: the server's autovacuum gives them back */
+}
+
+/* ---- reads ---------------------------------------------------------------------------------- */
+
+static enum store_status pg_meta_get(void *arg, const char *key, char **value, char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    PGresult *r;
+    enum store_status st;
+
+    *value = NULL;
+    p_text(&p, key);
+    st = pg_read(be, "SELECT value FROM meta WHERE key = $1", &p, &r, err, "cannot read meta");
+    if (st != STORE_OK) return st;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return STORE_ERR_NOT_FOUND;
+    }
+    *value = col_dup(r, 0, 0);
+    PQclear(r);
+    if (*value) return STORE_OK;
+    store_set_err(err, "cannot read meta: out of memory");
+    return STORE_ERR_NOMEM;
+}
+
+static enum store_status pg_count_unprocessed(void *arg, int64_t *count, char **err)
+{
+    struct pg_be *be = arg;
+    PGresult *r;
+    enum store_status st = pg_read(be, "SELECT count(*) FROM messages WHERE state = 'accepted'",
+                                   NULL, &r, err, "cannot count unprocessed messages");
+
+    if (st != STORE_OK) return st;
+    *count = col_int(r, 0, 0);
+    PQclear(r);
+    return STORE_OK;
+}
+
+static enum store_status pg_routes_load(void *arg, struct store_route **out, size_t *n, char **err)
+{
+    struct pg_be *be = arg;
+    struct store_route *v;
+    PGresult *r;
+    enum store_status st = pg_read(be,
+                                   "SELECT id, priority, seq, description, expression, actions,"
+                                   " created_at FROM routes ORDER BY priority, seq",
+                                   NULL, &r, err, "cannot read the routes");
+    int rows;
+
+    if (st != STORE_OK) return st;
+    rows = PQntuples(r);
+    v = calloc(rows ? (size_t)rows : 1, sizeof *v);
+    if (!v) st = STORE_ERR_NOMEM;
+    for (int i = 0; st == STORE_OK && i < rows; i++) {
+        struct store_route *rt = &v[i];
+
+        col_copy(rt->id, sizeof rt->id, r, i, 0);
+        rt->priority = (int32_t)col_int(r, i, 1);
+        rt->seq = col_int(r, i, 2);
+        rt->description = col_dup(r, i, 3);
+        rt->expression = col_dup(r, i, 4);
+        rt->created_at = col_int(r, i, 6);
+        st = !rt->description || !rt->expression
+                 ? STORE_ERR_NOMEM
+                 : store_json_parse_string_array(PQgetvalue(r, i, 5), &rt->actions, &rt->nactions);
+        if (st == STORE_ERR_IO)
+            store_set_err(err, "route %s: actions are not a JSON array of strings", rt->id);
+    }
+    PQclear(r);
+    if (st == STORE_ERR_NOMEM) store_set_err(err, "cannot read the routes: out of memory");
+    if (st != STORE_OK) {
+        store_routes_free(v, v ? (size_t)rows : 0);
+        return st;
+    }
+    *out = v;
+    *n = (size_t)rows;
+    return STORE_OK;
+}
+
+static enum store_status pg_list_unprocessed(void *arg, char ***ids, size_t *n, size_t max,
+                                             char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    PGresult *r;
+    enum store_status st;
+    char **v;
+    int rows;
+
+    p_int(&p, max > (size_t)INT64_MAX ? INT64_MAX : (int64_t)max);
+    st = pg_read(be,
+                 "SELECT id FROM messages WHERE state = 'accepted' ORDER BY received_at, id LIMIT $1",
+                 &p, &r, err, "cannot list unprocessed messages");
+    if (st != STORE_OK) return st;
+    rows = PQntuples(r);
+    v = calloc(rows ? (size_t)rows : 1, sizeof *v);
+    for (int i = 0; v && i < rows; i++) {
+        if (!(v[i] = col_dup(r, i, 0))) {
+            for (int k = 0; k < i; k++) free(v[k]);
+            free(v);
+            v = NULL;
+        }
+    }
+    PQclear(r);
+    if (!v) {
+        store_set_err(err, "cannot list unprocessed messages: out of memory");
+        return STORE_ERR_NOMEM;
+    }
+    if (rows == 0) {
+        free(v);
+        v = NULL;
+    }
+    *ids = v;
+    *n = (size_t)rows;
+    return STORE_OK;
+}
+
+/* The message columns of row 0 from column `first` on (received_at, sender, recipients,
+ * remote_ip, helo, tls, raw) into *m (m->id set by the caller). */
+static enum store_status read_message(const PGresult *r, int first, struct store_message *m,
+                                      char **err)
+{
+    struct store_message_cols c = {
+        .received_at_ms = col_int(r, 0, first),
+        .sender = PQgetvalue(r, 0, first + 1),
+        .rcpts_json = PQgetvalue(r, 0, first + 2),
+        .remote_ip = PQgetvalue(r, 0, first + 3),
+        .helo = PQgetvalue(r, 0, first + 4),
+        .tls = PQgetvalue(r, 0, first + 5),
+    };
+    uint8_t *raw = NULL;
+    enum store_status st = col_bytes(r, 0, first + 6, &raw, &c.len);
+
+    if (st != STORE_OK) {
+        store_set_err(err, "cannot load message %s: %s", m->id,
+                      st == STORE_ERR_NOMEM ? "out of memory" : "its bytes are not hex");
+        return st;
+    }
+    c.raw = raw;
+    st = store_message_fill(m, &c, err);
+    free(raw);
+    return st;
+}
+
+#define PG_MESSAGE_COLS "received_at, sender, recipients, remote_ip, helo, tls, raw"
+
+static enum store_status pg_load_message(void *arg, const char *id, struct store_message **out,
+                                         char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    struct store_message *m;
+    PGresult *r;
+    enum store_status st;
+
+    p_text(&p, id);
+    st = pg_read(be, "SELECT " PG_MESSAGE_COLS " FROM messages WHERE id = $1", &p, &r, err,
+                 "cannot load a message");
+    if (st != STORE_OK) return st;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return STORE_ERR_NOT_FOUND;
+    }
+    if (!(m = calloc(1, sizeof *m))) {
+        PQclear(r);
+        store_set_err(err, "cannot load message %s: out of memory", id);
+        return STORE_ERR_NOMEM;
+    }
+    snprintf(m->id, sizeof m->id, "%s", id);
+    st = read_message(r, 0, m, err);
+    PQclear(r);
+    if (st != STORE_OK) {
+        store_free_message(m);
+        return st;
+    }
+    *out = m;
+    return STORE_OK;
+}
+
+static enum store_status pg_check_writable(void *arg, char **reason)
+{
+    struct pg_be *be = arg;
+    PGresult *r;
+    char *err = NULL;
+    enum store_status st = pg_read(be, "SELECT pg_is_in_recovery()", NULL, &r, &err,
+                                   "database is not writable");
+
+    if (st != STORE_OK) {
+        store_set_err(reason, "%s", err ? err : "database is not writable");
+        free(err);
+        return st;
+    }
+    if (col_true(r, 0, 0)) {
+        store_set_err(reason, "database is not writable: the server is a standby");
+        st = STORE_ERR_IO;
+    }
+    PQclear(r);
+    return st;
+}
+
+#define PG_DELIVERY_COLS                                                                           \
+    "id, message_id, recipient, kind, target, format, route_ids, state, attempts,"                \
+    " next_attempt_at, created_at, updated_at, last_status, last_error, copy_key"
+
+/* Every row of a delivery query into *out (malloc'd, store_deliveries_free) and *n. */
+static enum store_status delivery_rows(PGresult *r, struct store_delivery **out, size_t *n,
+                                       char **err)
+{
+    int rows = PQntuples(r);
+    struct store_delivery *v = rows ? calloc((size_t)rows, sizeof *v) : NULL;
+    bool ok = !rows || v;
+
+    for (int i = 0; ok && i < rows; i++) {
+        struct store_delivery *d = &v[i];
+
+        col_copy(d->id, sizeof d->id, r, i, 0);
+        col_copy(d->message_id, sizeof d->message_id, r, i, 1);
+        d->recipient = col_dup(r, i, 2);
+        d->kind = col_dup(r, i, 3);
+        d->target = col_dup(r, i, 4);
+        d->format = col_dup(r, i, 5);
+        d->route_ids_json = col_dup(r, i, 6);
+        d->state = col_dup(r, i, 7);
+        d->attempts = col_int(r, i, 8);
+        d->next_attempt_at = col_int(r, i, 9);
+        d->created_at = col_int(r, i, 10);
+        d->updated_at = col_int(r, i, 11);
+        d->last_status = (int)col_int(r, i, 12);
+        d->last_error = col_dup(r, i, 13);
+        d->copy_key = col_dup(r, i, 14);
+        ok = d->recipient && d->kind && d->target && d->format && d->route_ids_json && d->state &&
+             d->last_error && d->copy_key;
+    }
+    PQclear(r);
+    if (!ok) {
+        store_deliveries_free(v, (size_t)rows);
+        store_set_err(err, "cannot read deliveries: out of memory");
+        return STORE_ERR_NOMEM;
+    }
+    *out = v;
+    *n = (size_t)rows;
+    return STORE_OK;
+}
+
+static enum store_status pg_deliveries_due(void *arg, int64_t now, int64_t after_at,
+                                           const char *after_id, size_t max,
+                                           struct store_delivery **out, size_t *n, char **err)
+{
+    struct pg_be *be = arg;
+    const bool cursor = after_id && *after_id;
+    struct pg_params p = {0};
+    PGresult *r;
+    enum store_status st;
+
+    p_int(&p, now);
+    p_int(&p, cursor ? after_at : INT64_MIN);
+    p_text(&p, cursor ? after_id : "");
+    p_int(&p, max > (size_t)INT64_MAX ? INT64_MAX : (int64_t)max);
+    st = pg_read(be,
+                 "SELECT " PG_DELIVERY_COLS " FROM deliveries WHERE state = 'pending'"
+                 " AND next_attempt_at <= $1 AND next_attempt_at >= $2"
+                 " AND (next_attempt_at > $2 OR id > $3) ORDER BY next_attempt_at, id LIMIT $4",
+                 &p, &r, err, "cannot read due deliveries");
+    return st != STORE_OK ? st : delivery_rows(r, out, n, err);
+}
+
+static enum store_status pg_deliveries_next_due(void *arg, int64_t after, int64_t *at,
+                                                char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    PGresult *r;
+    enum store_status st;
+
+    p_int(&p, after);
+    st = pg_read(be,
+                 "SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+                 " AND next_attempt_at > $1",
+                 &p, &r, err, "cannot read the next due delivery");
+    if (st != STORE_OK) return st;
+    st = PQgetisnull(r, 0, 0) ? STORE_ERR_NOT_FOUND : STORE_OK;
+    if (st == STORE_OK) *at = col_int(r, 0, 0);
+    PQclear(r);
+    return st;
+}
+
+static enum store_status pg_delivery_get(void *arg, const char *id, struct store_delivery **out,
+                                         char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    PGresult *r;
+    size_t n = 0;
+    enum store_status st;
+
+    p_text(&p, id);
+    st = pg_read(be, "SELECT " PG_DELIVERY_COLS " FROM deliveries WHERE id = $1", &p, &r, err,
+                 "cannot read a delivery");
+    if (st == STORE_OK) st = delivery_rows(r, out, &n, err);
+    return st == STORE_OK && n == 0 ? STORE_ERR_NOT_FOUND : st;
+}
+
+static enum store_status pg_deliveries_list(void *arg, const char *state,
+                                            int64_t before_updated_at, const char *before_id,
+                                            size_t max, struct store_delivery **out, size_t *n,
+                                            char **err)
+{
+    struct pg_be *be = arg;
+    const bool cursor = before_id && *before_id;
+    struct pg_params p = {0};
+    PGresult *r;
+    enum store_status st;
+
+    p_text(&p, state);
+    p_int(&p, cursor ? before_updated_at : INT64_MAX);
+    p_text(&p, cursor ? before_id : "");
+    p_int(&p, max > (size_t)INT64_MAX ? INT64_MAX : (int64_t)max);
+    st = pg_read(be,
+                 "SELECT " PG_DELIVERY_COLS " FROM deliveries WHERE ($1::text IS NULL OR state ="
+                 " $1) AND updated_at <= $2 AND (updated_at < $2 OR id < $3)"
+                 " ORDER BY updated_at DESC, id DESC LIMIT $4",
+                 &p, &r, err, "cannot list deliveries");
+    return st != STORE_OK ? st : delivery_rows(r, out, n, err);
+}
+
+static enum store_status read_copy(const PGresult *r, struct store_copy *c)
+{
+    col_copy(c->key, sizeof c->key, r, 0, 0);
+    col_copy(c->message_id, sizeof c->message_id, r, 0, 1);
+    c->recipient = col_dup(r, 0, 2);
+    c->domain = col_dup(r, 0, 3);
+    c->route_id = col_dup(r, 0, 4);
+    c->notify = PQgetisnull(r, 0, 5) ? NULL : col_dup(r, 0, 5);
+    c->format = col_dup(r, 0, 6);
+    c->expires_at = col_int(r, 0, 7);
+    c->created_at = col_int(r, 0, 8);
+    return c->recipient && c->domain && c->route_id && c->format &&
+                   (c->notify || PQgetisnull(r, 0, 5))
+               ? STORE_OK
+               : STORE_ERR_NOMEM;
+}
+
+static enum store_status pg_copy_get(void *arg, const char *key, int64_t now,
+                                     struct store_copy **copy, struct store_message **msg,
+                                     char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    struct store_copy *c = NULL;
+    struct store_message *m = NULL;
+    PGresult *r;
+    enum store_status st;
+
+    p_text(&p, key);
+    p_int(&p, now);
+    st = pg_read(be,
+                 msg ? "SELECT s.key, s.message_id, s.recipient, s.domain, s.route_id, s.notify,"
+                       " s.format, s.expires_at, s.created_at, m.id IS NOT NULL, m.received_at,"
+                       " m.sender, m.recipients, m.remote_ip, m.helo, m.tls, m.raw"
+                       " FROM stored s LEFT JOIN messages m ON m.id = s.message_id"
+                       " WHERE s.key = $1 AND (s.expires_at > $2 OR " PG_COPY_HELD("s.key") ")"
+                     : "SELECT s.key, s.message_id, s.recipient, s.domain, s.route_id, s.notify,"
+                       " s.format, s.expires_at, s.created_at, EXISTS (SELECT 1 FROM messages m"
+                       " WHERE m.id = s.message_id) FROM stored s"
+                       " WHERE s.key = $1 AND (s.expires_at > $2 OR " PG_COPY_HELD("s.key") ")",
+                 &p, &r, err, "cannot read a stored copy");
+    if (st != STORE_OK) return st;
+    if (PQntuples(r) == 0 || !col_true(r, 0, 9)) {
+        PQclear(r);
+        return STORE_ERR_NOT_FOUND; /* no such unexpired copy, or its message is gone */
+    }
+    c = calloc(1, sizeof *c);
+    m = msg ? calloc(1, sizeof *m) : NULL;
+    st = !c || (msg && !m) ? STORE_ERR_NOMEM : read_copy(r, c);
+    if (st == STORE_ERR_NOMEM) store_set_err(err, "cannot read stored copy %s: out of memory", key);
+    if (st == STORE_OK && m) {
+        snprintf(m->id, sizeof m->id, "%s", c->message_id);
+        st = read_message(r, 10, m, err);
+    }
+    PQclear(r);
+    if (st != STORE_OK) {
+        store_copy_free(c);
+        store_free_message(m);
+        return st;
+    }
+    *copy = c;
+    if (msg) *msg = m;
+    return STORE_OK;
+}
+
+static enum store_status pg_events_query(void *arg, const struct store_event_query *q,
+                                         struct store_event **out, size_t *n, char **err)
+{
+    struct pg_be *be = arg;
+    int64_t lo = q->begin_ms ? q->begin_ms : INT64_MIN, hi = q->end_ms ? q->end_ms : INT64_MAX;
+    int64_t cts = q->ascending ? INT64_MIN : INT64_MAX, cid = q->ascending ? 0 : INT64_MAX;
+    struct pg_params p = {0};
+    struct store_event *v;
+    PGresult *r;
+    enum store_status st;
+    int rows;
+
+    if (q->after_id) { /* the cursor narrows the time range on its side */
+        cts = q->after_ts_ms;
+        cid = q->after_id;
+        if (q->ascending && cts > lo) lo = cts;
+        if (!q->ascending && cts < hi) hi = cts;
+    }
+    p_text(&p, nz(q->domain, ""));
+    p_int(&p, lo);
+    p_int(&p, hi);
+    p_text(&p, q->event);
+    p_text(&p, q->message_id);
+    p_text(&p, q->recipient);
+    p_int(&p, cts);
+    p_int(&p, cid);
+    p_int(&p, q->limit > (size_t)INT64_MAX ? INT64_MAX : (int64_t)q->limit);
+    st = pg_read(be,
+                 q->ascending
+                     ? "SELECT id, ts, event, severity, message_id, recipient, domain, delivery_id,"
+                       " detail FROM events WHERE domain = lower($1) AND ts >= $2 AND ts <= $3"
+                       " AND ($4::text IS NULL OR event = $4) AND ($5::text IS NULL OR message_id"
+                       " = $5) AND ($6::text IS NULL OR lower(recipient) = lower($6))"
+                       " AND (ts > $7 OR id > $8) ORDER BY ts, id LIMIT $9"
+                     : "SELECT id, ts, event, severity, message_id, recipient, domain, delivery_id,"
+                       " detail FROM events WHERE domain = lower($1) AND ts >= $2 AND ts <= $3"
+                       " AND ($4::text IS NULL OR event = $4) AND ($5::text IS NULL OR message_id"
+                       " = $5) AND ($6::text IS NULL OR lower(recipient) = lower($6))"
+                       " AND (ts < $7 OR id < $8) ORDER BY ts DESC, id DESC LIMIT $9",
+                 &p, &r, err, "cannot read events");
+    if (st != STORE_OK) return st;
+    rows = PQntuples(r);
+    v = rows ? calloc((size_t)rows, sizeof *v) : NULL;
+    st = rows && !v ? STORE_ERR_NOMEM : STORE_OK;
+    for (int i = 0; st == STORE_OK && i < rows; i++) {
+        struct store_event *e = &v[i];
+
+        e->id = col_int(r, i, 0);
+        e->ts_ms = col_int(r, i, 1);
+        e->event = col_dup(r, i, 2);
+        e->severity = col_dup(r, i, 3);
+        col_copy(e->message_id, sizeof e->message_id, r, i, 4);
+        e->recipient = col_dup(r, i, 5);
+        e->domain = col_dup(r, i, 6);
+        e->delivery_id = col_dup(r, i, 7);
+        e->detail_json = col_dup(r, i, 8);
+        if (!e->event || !e->severity || !e->recipient || !e->domain || !e->delivery_id ||
+            !e->detail_json)
+            st = STORE_ERR_NOMEM;
+    }
+    PQclear(r);
+    if (st != STORE_OK) {
+        store_events_free(v, v ? (size_t)rows : 0);
+        store_set_err(err, "cannot read events: out of memory");
+        return st;
+    }
+    *out = v;
+    *n = (size_t)rows;
+    return STORE_OK;
+}
+
+static enum store_status pg_gauges(void *arg, int64_t now, struct store_gauges *out, char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    PGresult *r;
+    enum store_status st;
+
+    *out = (struct store_gauges){0};
+    p_int(&p, now);
+    /* One statement, one snapshot: the numbers agree with each other. */
+    st = pg_read(be,
+                 "SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending'),"
+                 " (SELECT count(*) FROM deliveries WHERE state = 'pending'"
+                 "  AND next_attempt_at <= $1),"
+                 " (SELECT count(*) FROM deliveries WHERE state = 'failed'),"
+                 " (SELECT coalesce(min(next_attempt_at), 0) FROM deliveries"
+                 "  WHERE state = 'pending' AND next_attempt_at <= $1),"
+                 " (SELECT count(*) FROM stored WHERE expires_at > $1),"
+                 " (SELECT coalesce(sum(size), 0) FROM messages WHERE id IN"
+                 "  (SELECT message_id FROM stored WHERE expires_at > $1)),"
+                 " (SELECT coalesce(min(created_at), 0) FROM stored WHERE expires_at > $1),"
+                 " (SELECT count(*) FROM messages),"
+                 " pg_database_size(current_database())",
+                 &p, &r, err, "cannot read the gauges");
+    if (st != STORE_OK) return st;
+    int64_t *f[] = {&out->deliveries_pending, &out->deliveries_due, &out->deliveries_failed,
+                    &out->oldest_due_at, &out->stored_copies, &out->stored_bytes,
+                    &out->stored_oldest_at, &out->messages, &out->database_bytes};
+    for (int i = 0; i < (int)(sizeof f / sizeof f[0]); i++) *f[i] = col_int(r, 0, i);
+    PQclear(r);
+    return STORE_OK;
+}
+
+static enum store_status pg_backup(void *arg, const char *path, char **err)
+{
+    store_set_err(err, "inlet backup copies a SQLite database; back a PostgreSQL database up with"
+                       " its own tools (pg_dump, or continuous archiving)");
+    return STORE_ERR_IO;
+}
+
+static enum store_status pg_writer_query(void *arg, const char *sql, char *out, size_t outsz)
+{
+    struct pg_be *be = arg;
+    PGresult *r;
+    enum store_status st;
+
+    if (out && outsz) out[0] = '\0';
+    st = pg_ready(be, &be->w, NULL);
+    if (st != STORE_OK) return st;
+    r = PQexec(be->w, sql);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK && PQresultStatus(r) != PGRES_COMMAND_OK)
+        return pg_fail(be->w, r, NULL, "test query");
+    if (out && outsz && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0)
+        snprintf(out, outsz, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return STORE_OK;
+}
+
+const struct store_backend store_postgres_backend = {
+    .kind = "postgresql",
+    .open = pg_open,
+    .close = pg_close,
+    .name = pg_name,
+    .write_batch = pg_write_batch,
+    .meta_set_if_absent = pg_meta_set_if_absent,
+    .route_insert = pg_route_insert,
+    .route_update = pg_route_update,
+    .route_delete = pg_route_delete,
+    .write_outcome = pg_write_outcome,
+    .record_attempt = pg_record_attempt,
+    .delivery_retry = pg_delivery_retry,
+    .deliveries_add = pg_deliveries_add,
+    .copy_delete = pg_copy_delete,
+    .sweep = pg_sweep,
+    .after_batch = NULL,
+    .meta_get = pg_meta_get,
+    .count_unprocessed = pg_count_unprocessed,
+    .routes_load = pg_routes_load,
+    .list_unprocessed = pg_list_unprocessed,
+    .load_message = pg_load_message,
+    .check_writable = pg_check_writable,
+    .deliveries_due = pg_deliveries_due,
+    .deliveries_next_due = pg_deliveries_next_due,
+    .delivery_get = pg_delivery_get,
+    .deliveries_list = pg_deliveries_list,
+    .copy_get = pg_copy_get,
+    .events_query = pg_events_query,
+    .gauges = pg_gauges,
+    .backup = pg_backup,
+    .writer_query = pg_writer_query,
+    .checkpoint_stats = NULL,
+};
