@@ -285,17 +285,29 @@ class Retry(InletTestCase):
         the retry timer routes it once space returns (INLET_TEST_RETRY_SECONDS=1 shortens the
         period; PIPELINE_RETRY_SECONDS is 30).  ENOSPC comes from the LD_PRELOAD shim."""
         flag = self.tmp_path("enospc")
-        # No flag file yet: no ENOSPC.  The pipeline waits for SIGUSR1 (test hook).
-        d = self.daemon(env=dict(PAUSE, INLET_TEST_RETRY_SECONDS="1"), shim=True, shim_enospc=flag)
+        # No flag file yet: no ENOSPC.  The pipeline waits for SIGUSR1 (test hook).  On
+        # PostgreSQL the server says "disk full" (SQLSTATE 53100) from a trigger instead.
+        d = self.daemon(env=dict(PAUSE, INLET_TEST_RETRY_SECONDS="1"), shim=not harness.PG,
+                        shim_enospc=None if harness.PG else flag)
         create_route(d, "catch_all()", ["store()"])
         msg_id = send(d, ["bob@example.com"])
-        open(flag, "w").close()
+        if harness.PG:
+            harness.query(d, "CREATE FUNCTION test_full() RETURNS trigger LANGUAGE plpgsql AS $$"
+                             " BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'"
+                             " USING ERRCODE = 'disk_full'; END $$")
+            harness.query(d, "CREATE TRIGGER test_full BEFORE UPDATE ON messages FOR EACH ROW"
+                             " EXECUTE FUNCTION test_full()")
+        else:
+            open(flag, "w").close()
         d.send_signal(signal.SIGUSR1)
         warn = d.wait_log(lambda l: l.level == "warn" and l.topic == "engine" and l.rest.startswith("not routed")
                           and l.kv.get("id") == msg_id, 10, "'engine not routed id=%s'" % msg_id)
         self.assertEqual(warn.kv["reason"], "disk-full")
         self.assertEqual(self.message(d, msg_id)["state"], "accepted")
-        os.unlink(flag)
+        if harness.PG:
+            harness.query(d, "DROP TRIGGER test_full ON messages")
+        else:
+            os.unlink(flag)
         line = wait_routed(d, msg_id, 15)
         self.assertEqual(line.kv["stored"], "1")
         self.assertEqual(self.message(d, msg_id)["state"], "routed")
