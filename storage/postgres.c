@@ -1547,6 +1547,128 @@ static enum store_status pg_backup(void *arg, const char *path, char **err)
     return STORE_ERR_IO;
 }
 
+/* ---- inlet migrate: the target side ---------------------------------------------------------- */
+
+/* Table and column names are put into SQL: they come from store.c's fixed list and the source's
+ * schema, and are checked. */
+static bool name_ok(const char *t)
+{
+    return *t && strspn(t, "abcdefghijklmnopqrstuvwxyz_") == strlen(t);
+}
+
+/* "INSERT INTO t (c1, ...) OVERRIDING SYSTEM VALUE VALUES ($1, ...) ON CONFLICT DO NOTHING"
+ * (malloc'd; NULL when out of memory or a name is not a plain one): a row whose key is there
+ * already is kept, identity columns take the copied keys. */
+static char *rows_insert_sql(const char *table, const struct store_rows *rows)
+{
+    size_t cap = 96 + strlen(table), n;
+    char *sql;
+
+    for (size_t i = 0; i < rows->ncols; i++) {
+        if (!name_ok(rows->cols[i])) return NULL;
+        cap += strlen(rows->cols[i]) + 16;
+    }
+    if (!(sql = malloc(cap))) return NULL;
+    n = (size_t)snprintf(sql, cap, "INSERT INTO %s (", table);
+    for (size_t i = 0; i < rows->ncols; i++)
+        n += (size_t)snprintf(sql + n, cap - n, "%s%s", i ? ", " : "", rows->cols[i]);
+    n += (size_t)snprintf(sql + n, cap - n, ") OVERRIDING SYSTEM VALUE VALUES (");
+    for (size_t i = 0; i < rows->ncols; i++)
+        n += (size_t)snprintf(sql + n, cap - n, "%s$%zu", i ? ", " : "", i + 1);
+    snprintf(sql + n, cap - n, ") ON CONFLICT DO NOTHING");
+    return sql;
+}
+
+/* One row's cells as parameters: integers printed into num (ncols * 24 bytes). */
+static void row_params(const struct store_cell *row, size_t ncols, const char **v, int *len,
+                       int *fmt, char *num)
+{
+    for (size_t i = 0; i < ncols; i++) {
+        const struct store_cell *c = &row[i];
+
+        len[i] = 0;
+        fmt[i] = 0;
+        v[i] = NULL;
+        if (c->type == STORE_CELL_INT) {
+            snprintf(num + 24 * i, 24, "%" PRId64, c->i);
+            v[i] = num + 24 * i;
+        } else if (c->type == STORE_CELL_TEXT) {
+            v[i] = c->data;
+        } else if (c->type == STORE_CELL_BLOB) {
+            v[i] = c->len ? c->data : "";
+            len[i] = (int)c->len;
+            fmt[i] = 1;
+        }
+    }
+}
+
+static enum store_status pg_rows_insert(void *arg, const char *table,
+                                        const struct store_rows *rows, char **err)
+{
+    struct pg_be *be = arg;
+    const size_t nc = rows->ncols ? rows->ncols : 1;
+    const char **v = calloc(nc, sizeof *v);
+    int *len = calloc(nc, sizeof *len), *fmt = calloc(nc, sizeof *fmt);
+    char *num = calloc(nc, 24), *sql = NULL;
+    enum store_status st = STORE_OK;
+
+    if (!name_ok(table)) {
+        store_set_err(err, "no such table \"%s\"", table);
+        st = STORE_ERR_IO;
+        goto out;
+    }
+    if (rows->nrows == 0) goto out;
+    if (!v || !len || !fmt || !num || !(sql = rows_insert_sql(table, rows))) {
+        store_set_err(err, "writing %s: out of memory, or a column name that is not plain", table);
+        st = STORE_ERR_NOMEM;
+        goto out;
+    }
+    for (size_t r = 0; st == STORE_OK && r < rows->nrows; r++) {
+        PGresult *res;
+
+        row_params(rows->cells + r * rows->ncols, rows->ncols, v, len, fmt, num);
+        res = PQexecParams(be->w, sql, (int)rows->ncols, NULL, v, len, fmt, 0);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) st = pg_fail(be->w, res, err, "writing %s", table);
+        else PQclear(res);
+    }
+    /* New routes and events get keys after the copied ones. */
+    if (st == STORE_OK && (!strcmp(table, "routes") || !strcmp(table, "events"))) {
+        char q[256];
+
+        snprintf(q, sizeof q,
+                 "SELECT setval(pg_get_serial_sequence('%s', '%s'), (SELECT coalesce(max(%s), 0)"
+                 " + 1 FROM %s), false)",
+                 table, !strcmp(table, "routes") ? "seq" : "id",
+                 !strcmp(table, "routes") ? "seq" : "id", table);
+        st = pg_cmd(be->w, q, NULL, NULL, err, "cannot move a key sequence on");
+    }
+out:
+    free(sql);
+    free(v);
+    free(len);
+    free(fmt);
+    free(num);
+    return st;
+}
+
+static enum store_status pg_holds_data(void *arg, bool *has, char **err)
+{
+    struct pg_be *be = arg;
+    PGresult *r;
+    enum store_status st = pg_read(be,
+                                   "SELECT EXISTS (SELECT 1 FROM meta WHERE key <> 'schema_version')"
+                                   " OR EXISTS (SELECT 1 FROM routes) OR EXISTS (SELECT 1 FROM"
+                                   " messages) OR EXISTS (SELECT 1 FROM deliveries) OR EXISTS"
+                                   " (SELECT 1 FROM stored) OR EXISTS (SELECT 1 FROM events)",
+                                   NULL, &r, err, "cannot look at the database");
+
+    *has = false;
+    if (st != STORE_OK) return st;
+    *has = col_true(r, 0, 0);
+    PQclear(r);
+    return STORE_OK;
+}
+
 static enum store_status pg_writer_query(void *arg, const char *sql, char *out, size_t outsz)
 {
     struct pg_be *be = arg;
@@ -1596,6 +1718,9 @@ const struct store_backend store_postgres_backend = {
     .events_query = pg_events_query,
     .gauges = pg_gauges,
     .backup = pg_backup,
+    .rows_read = NULL, /* a PostgreSQL database is a target of inlet migrate, not a source */
+    .rows_insert = pg_rows_insert,
+    .holds_data = pg_holds_data,
     .writer_query = pg_writer_query,
     .checkpoint_stats = NULL,
 };
