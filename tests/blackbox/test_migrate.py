@@ -96,6 +96,7 @@ class Migrate(InletTestCase):
         wait(lambda: src.query("SELECT 1 FROM deliveries WHERE state = 'failed'"), 20, "the failed delivery")
         wait(lambda: src.query("SELECT 1 FROM deliveries WHERE state = 'pending' AND attempts = 1"), 20,
              "the pending delivery's first attempt")
+        wait(lambda: src.query("SELECT 1 FROM stored"), 20, "the stored copy")
         (key,) = [r["key"] for r in src.query("SELECT key FROM stored")]
         (failed_id,) = [r["id"] for r in src.query("SELECT id FROM deliveries WHERE state = 'failed'")]
         (pending_id,) = [r["id"] for r in src.query("SELECT id FROM deliveries WHERE state = 'pending'")]
