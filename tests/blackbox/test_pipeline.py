@@ -279,7 +279,6 @@ class Recovery(InletTestCase):
 
 
 class Retry(InletTestCase):
-    @harness.sqlite_only("ENOSPC comes from the sync shim under the SQLite data dir")
     def test_outcome_write_fails_then_is_retried(self):
         """A full disk while the outcome is written: a warning, the message stays 'accepted', and
         the retry timer routes it once space returns (INLET_TEST_RETRY_SECONDS=1 shortens the
