@@ -719,6 +719,7 @@ static enum store_status outcome_recipient(struct pg_be *be, const struct store_
     p_text(&p, r->recipient);
     p_text(&p, nz(r->outcome, ""));
     p_text(&p, r->route_ids_json ? r->route_ids_json : nz(r->routes_json, "[]"));
+    p_text(&p, o->message_json); /* the events' "message" (NULL: none) */
     /* The route ids: given as JSON by the caller, or the "id" of each element of routes JSON.
      * Details are written as compact JSON, key for key as the SQLite backend writes them. */
     return pg_cmd(be->w,
@@ -726,11 +727,11 @@ static enum store_status outcome_recipient(struct pg_be *be, const struct store_
                       ? "INSERT INTO events (ts, event, message_id, recipient, domain, detail)"
                         " VALUES ($1, 'accepted', $2, $3, coalesce(" PG_DOMAIN_OF("$3") ", ''),"
                         " '{\"outcome\":' || to_json($4::text)::text || ',\"route_ids\":' || $5"
-                        " || '}')"
+                        " || coalesce(',\"message\":' || $6::text, '') || '}')"
                       : "INSERT INTO events (ts, event, message_id, recipient, domain, detail)"
                         " VALUES ($1, 'accepted', $2, $3, coalesce(" PG_DOMAIN_OF("$3") ", ''),"
                         " '{\"outcome\":' || to_json($4::text)::text || ',\"route_ids\":' ||"
-                        " inlet_route_ids($5) || '}')",
+                        " inlet_route_ids($5) || coalesce(',\"message\":' || $6::text, '') || '}')",
                   &p, NULL, err, "accepted event");
 }
 
@@ -783,11 +784,13 @@ static enum store_status outcome_copy(struct pg_be *be, const struct store_outco
     p_text(&p, c->key);
     p_text(&p, nz(c->route_id, ""));
     p_int(&p, c->expires_at);
+    p_text(&p, o->message_json);
     return pg_cmd(be->w,
                   "INSERT INTO events (ts, event, message_id, recipient, domain, detail)"
                   " VALUES ($1, 'stored', $2, $3, coalesce(" PG_DOMAIN_OF("$3") ", ''),"
                   " '{\"key\":' || to_json($4::text)::text || ',\"route_id\":' ||"
-                  " to_json($5::text)::text || ',\"expires_at\":' || $6::bigint || '}')",
+                  " to_json($5::text)::text || ',\"expires_at\":' || $6::bigint ||"
+                  " coalesce(',\"message\":' || $7::text, '') || '}')",
                   &p, NULL, err, "stored event");
 }
 
@@ -865,7 +868,9 @@ static const char attempt_sql[] =
     "   to_json($5::text)::text || ',\"kind\":' || to_json(d.kind)::text || ',\"target\":' ||"
     "   to_json(d.target)::text || ',\"duration_ms\":' || $3::bigint || ',\"route_ids\":' ||"
     "   inlet_json_array(d.route_ids) || coalesce(',\"next_attempt_at\":' || $9::bigint, '')"
-    "   || '}' FROM d)"
+    "   || coalesce(',\"message\":' || (SELECT (ev.detail::jsonb -> 'message')::text"
+    "   FROM events ev WHERE ev.message_id = d.message_id AND ev.event = 'accepted'"
+    "   ORDER BY ev.id LIMIT 1), '') || '}' FROM d)"
     " SELECT count(*) FROM d";
 
 static enum store_status pg_record_attempt(void *arg, const struct store_attempt *a, char **err)
