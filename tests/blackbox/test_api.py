@@ -315,9 +315,15 @@ class HostileBodies(InletTestCase):
                                             b"Authorization: " + auth + b"\r\n"
                                             b"Content-Type: application/x-www-form-urlencoded\r\n"
                                             b"Content-Length: %d\r\n\r\n" % size))
-            time.sleep(0.5)
-            # They hold the whole budget for now: a write is told to come back later.
-            status, body, _ = self.post_route(d)
+            # Once the server has read their headers they hold the whole budget: a write is told
+            # to come back later.  How soon it has read them depends on the machine's load, so
+            # ask until it says so (bounded; a 503 that never comes fails).
+            deadline = time.monotonic() + harness.timeout(10)
+            while True:
+                status, body, _ = self.post_route(d)
+                if status == 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
             self.assertEqual(status, 503, body)
             # One byte a second is far below the minimum rate: after the grace period the
             # server closes them and the budget is free again.
