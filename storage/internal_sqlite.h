@@ -95,67 +95,67 @@ struct sqlite_be {
 /* ---- helpers (sqlite.c) ---- */
 /* The store status of SQLite result `rc` on `db`: STORE_ERR_FULL (SQLITE_FULL, or an I/O error
  * from ENOSPC / EDQUOT), STORE_ERR_BUSY, STORE_ERR_NOMEM, else STORE_ERR_IO. */
-enum store_status sqlite_status(sqlite3 *db, int rc);
+enum store_status store_sqlite_status(sqlite3 *db, int rc);
 /* SQLite's message for `rc` on `db` ("out of memory" for SQLITE_NOMEM). */
-const char *sqlite_error(sqlite3 *db, int rc);
+const char *store_sqlite_error(sqlite3 *db, int rc);
 /* Runs every statement in `sql`; the first column of the first row, if any, goes to out. */
-enum store_status sqlite_exec(sqlite3 *db, const char *sql, char *out, size_t outsz, char **err);
-const char *sqlite_nz(const char *s, const char *dflt);
+enum store_status store_sqlite_exec(sqlite3 *db, const char *sql, char *out, size_t outsz, char **err);
+const char *store_sqlite_nz(const char *s, const char *dflt);
 /* Binds ?first.. in order from text values (NULL binds SQL NULL); SQLITE_OK or the error. */
-int sqlite_bind_texts(sqlite3_stmt *stmt, int first, const char *const *v, int n);
+int store_sqlite_bind_texts(sqlite3_stmt *stmt, int first, const char *const *v, int n);
 /* Steps a write statement once, resets it and clears its bindings: SQLITE_DONE or the error. */
-int sqlite_step_reset(sqlite3_stmt *stmt);
+int store_sqlite_step_reset(sqlite3_stmt *stmt);
 /* Copies column `col` as text (NULL → ""); NULL when out of memory. */
-char *sqlite_col_strdup(sqlite3_stmt *stmt, int col);
+char *store_sqlite_col_strdup(sqlite3_stmt *stmt, int col);
 /* The message columns (received_at, sender, recipients, remote_ip, helo, tls, raw) of the row
  * `s` stands on, from column `first` on, into *m (store_message_fill). */
-enum store_status sqlite_read_message(sqlite3_stmt *s, int first, struct store_message *m,
+enum store_status store_sqlite_read_message(sqlite3_stmt *s, int first, struct store_message *m,
                                       char **err);
 /* SQLITE_ROW when message `id` exists, SQLITE_DONE when not, or the error code (writer). */
-int sqlite_message_exists(struct sqlite_be *be, const char *id);
+int store_sqlite_message_exists(struct sqlite_be *be, const char *id);
 
 /* ---- sqlite_queue.c ---- */
 /* Prepares wq[] on be->wdb and rq[] on be->rdb (after the migrations). */
-enum store_status sqlite_queue_prepare_writer(struct sqlite_be *be, char **err);
-enum store_status sqlite_queue_prepare_reader(struct sqlite_be *be, char **err);
-void sqlite_queue_finalize(struct sqlite_be *be);
+enum store_status store_sqlite_queue_prepare_writer(struct sqlite_be *be, char **err);
+enum store_status store_sqlite_queue_prepare_reader(struct sqlite_be *be, char **err);
+void store_sqlite_queue_finalize(struct sqlite_be *be);
 /* The events of one routing outcome (inside write_outcome's savepoint): SQLITE_DONE, or the
  * error code with *what / *which naming the row. */
-int sqlite_outcome_events(struct sqlite_be *be, const struct store_outcome *o, const char **what,
+int store_sqlite_outcome_events(struct sqlite_be *be, const struct store_outcome *o, const char **what,
                           const char **which);
 
 /* Backend operations (internal.h says what each returns). */
-enum store_status sqlite_record_attempt(void *be, const struct store_attempt *a, char **err);
-enum store_status sqlite_delivery_retry(void *be, const char *id, int64_t now, char **err);
-enum store_status sqlite_deliveries_add(void *be, const char *message_id,
+enum store_status store_sqlite_record_attempt(void *be, const struct store_attempt *a, char **err);
+enum store_status store_sqlite_delivery_retry(void *be, const char *id, int64_t now, char **err);
+enum store_status store_sqlite_deliveries_add(void *be, const char *message_id,
                                         const struct store_delivery_plan *plans, size_t n,
                                         int64_t now, char **err);
-enum store_status sqlite_copy_delete(void *be, const char *key, int64_t now, char **err);
-enum store_status sqlite_sweep(void *be, const struct store_sweep_args *args,
+enum store_status store_sqlite_copy_delete(void *be, const char *key, int64_t now, char **err);
+enum store_status store_sqlite_sweep(void *be, const struct store_sweep_args *args,
                                struct store_sweep_result *out, char **err);
-enum store_status sqlite_deliveries_due(void *be, int64_t now, int64_t after_at,
+enum store_status store_sqlite_deliveries_due(void *be, int64_t now, int64_t after_at,
                                         const char *after_id, size_t max,
                                         struct store_delivery **out, size_t *n, char **err);
-enum store_status sqlite_deliveries_next_due(void *be, int64_t after, int64_t *at, char **err);
-enum store_status sqlite_delivery_get(void *be, const char *id, struct store_delivery **out,
+enum store_status store_sqlite_deliveries_next_due(void *be, int64_t after, int64_t *at, char **err);
+enum store_status store_sqlite_delivery_get(void *be, const char *id, struct store_delivery **out,
                                       char **err);
-enum store_status sqlite_deliveries_list(void *be, const char *state, int64_t before_updated_at,
+enum store_status store_sqlite_deliveries_list(void *be, const char *state, int64_t before_updated_at,
                                          const char *before_id, size_t max,
                                          struct store_delivery **out, size_t *n, char **err);
-enum store_status sqlite_copy_get(void *be, const char *key, int64_t now,
+enum store_status store_sqlite_copy_get(void *be, const char *key, int64_t now,
                                   struct store_copy **copy, struct store_message **msg,
                                   char **err);
-enum store_status sqlite_events_query(void *be, const struct store_event_query *q,
+enum store_status store_sqlite_events_query(void *be, const struct store_event_query *q,
                                       struct store_event **out, size_t *n, char **err);
-enum store_status sqlite_gauges(void *be, int64_t now, struct store_gauges *out, char **err);
-enum store_status sqlite_backup(void *be, const char *path, char **err);
+enum store_status store_sqlite_gauges(void *be, int64_t now, struct store_gauges *out, char **err);
+enum store_status store_sqlite_backup(void *be, const char *path, char **err);
 
 /* sqlite_rows.c: whole tables in and out (inlet migrate; struct store_backend's rows_read,
  * rows_insert, holds_data). */
-enum store_status sqlite_rows_read(void *be, const char *table, int64_t after, size_t max_rows,
+enum store_status store_sqlite_rows_read(void *be, const char *table, int64_t after, size_t max_rows,
                                    size_t max_bytes, struct store_rows **out, char **err);
-enum store_status sqlite_rows_insert(void *be, const char *table, const struct store_rows *rows,
+enum store_status store_sqlite_rows_insert(void *be, const char *table, const struct store_rows *rows,
                                      char **err);
-enum store_status sqlite_holds_data(void *be, bool *has, char **err);
+enum store_status store_sqlite_holds_data(void *be, bool *has, char **err);
 
 #endif

@@ -40,24 +40,21 @@
 
 #include "storage/internal.h"
 #include "storage/internal_sqlite.h"
+#include "util/limits.h"
 #include "util/log.h"
 
-#define SQLITE_BUSY_TIMEOUT_MS 5000
-#define SQLITE_PROBE_TIMEOUT_MS 2000
 /* WAL checkpoints (see the top): the checkpointer thread is woken after a commit that leaves at
  * least IDLE_FRAMES frames (pages) in the WAL; past FORCE_FRAMES (16 MiB of 4 KiB pages, the
  * journal_size_limit: what the WAL adds to the database's size on disk under a steady load, measured
  * by bench/soak) the writer runs a RESTART checkpoint itself, waiting at most
  * VALVE_BUSY_MS for readers to leave the WAL. */
 #define SQLITE_CHECKPOINT_IDLE_FRAMES 1000
-/* No commit for this long: the checkpointer copies the whole WAL back and truncates the file, so
- * an idle database is database + empty WAL (what a steady load with pauses comes back to). */
-#define SQLITE_CHECKPOINT_TRUNCATE_IDLE_MS 1000
+/* After SQLITE_CHECKPOINT_TRUNCATE_IDLE_MS (util/limits.h) without a commit the checkpointer copies
+ * the whole WAL back and truncates the file, so an idle database is database + empty WAL. */
 #define SQLITE_CHECKPOINT_FORCE_FRAMES 4096
-#define SQLITE_CHECKPOINT_VALVE_BUSY_MS 250
 
 
-enum store_status sqlite_status(sqlite3 *db, int rc)
+enum store_status store_sqlite_status(sqlite3 *db, int rc)
 {
     int sys = sqlite3_system_errno(db);
 
@@ -68,13 +65,13 @@ enum store_status sqlite_status(sqlite3 *db, int rc)
     return STORE_ERR_IO;
 }
 
-const char *sqlite_error(sqlite3 *db, int rc)
+const char *store_sqlite_error(sqlite3 *db, int rc)
 {
     return rc == SQLITE_NOMEM ? "out of memory" : sqlite3_errmsg(db);
 }
 
 /* Runs every statement in `sql`; the first column of the first row, if any, goes to out. */
-enum store_status sqlite_exec(sqlite3 *db, const char *sql, char *out, size_t outsz, char **err)
+enum store_status store_sqlite_exec(sqlite3 *db, const char *sql, char *out, size_t outsz, char **err)
 {
     const char *tail = sql;
     bool got = false;
@@ -85,8 +82,8 @@ enum store_status sqlite_exec(sqlite3 *db, const char *sql, char *out, size_t ou
         int rc = sqlite3_prepare_v2(db, tail, -1, &stmt, &tail);
 
         if (rc != SQLITE_OK) {
-            store_set_err(err, "%s", sqlite_error(db, rc));
-            return sqlite_status(db, rc);
+            store_set_err(err, "%s", store_sqlite_error(db, rc));
+            return store_sqlite_status(db, rc);
         }
         if (!stmt) continue; /* whitespace or comment */
         while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
@@ -98,9 +95,9 @@ enum store_status sqlite_exec(sqlite3 *db, const char *sql, char *out, size_t ou
             }
         }
         if (rc != SQLITE_DONE) {
-            store_set_err(err, "%s", sqlite_error(db, rc));
+            store_set_err(err, "%s", store_sqlite_error(db, rc));
             sqlite3_finalize(stmt);
-            return sqlite_status(db, rc);
+            return store_sqlite_status(db, rc);
         }
         sqlite3_finalize(stmt);
     }
@@ -135,7 +132,7 @@ static int pragma(sqlite3 *db, const char *path, const char *sql, const char *wa
 {
     char got[64];
 
-    if (sqlite_exec(db, sql, got, sizeof got, err) < 0) {
+    if (store_sqlite_exec(db, sql, got, sizeof got, err) < 0) {
         char *e = *err;
 
         *err = NULL;
@@ -158,14 +155,14 @@ static int read_version(sqlite3 *db, int *version, char **err)
     char *end;
     long v;
 
-    if (sqlite_exec(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+    if (store_sqlite_exec(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
                  buf, sizeof buf, err) < 0)
         return -1;
     if (strcmp(buf, "0") == 0) {
         *version = 0;
         return 0;
     }
-    if (sqlite_exec(db, "SELECT value FROM meta WHERE key = 'schema_version'", buf, sizeof buf,
+    if (store_sqlite_exec(db, "SELECT value FROM meta WHERE key = 'schema_version'", buf, sizeof buf,
                  err) < 0)
         return -1;
     errno = 0;
@@ -209,7 +206,7 @@ static int migrate(sqlite3 *db, const char *path, int *version_out, char **err)
     for (;;) {
         int v;
 
-        if (sqlite_exec(db, "BEGIN IMMEDIATE", NULL, 0, err) < 0 || read_version(db, &v, err) < 0) {
+        if (store_sqlite_exec(db, "BEGIN IMMEDIATE", NULL, 0, err) < 0 || read_version(db, &v, err) < 0) {
             char *e = *err;
 
             *err = NULL;
@@ -225,7 +222,7 @@ static int migrate(sqlite3 *db, const char *path, int *version_out, char **err)
             goto rollback;
         }
         if (v == latest) {
-            sqlite_exec(db, "ROLLBACK", NULL, 0, NULL);
+            store_sqlite_exec(db, "ROLLBACK", NULL, 0, NULL);
             *version_out = v;
             return 0;
         }
@@ -233,8 +230,8 @@ static int migrate(sqlite3 *db, const char *path, int *version_out, char **err)
             store_set_err(err, "no migration from schema version %d", v);
             goto rollback;
         }
-        if (sqlite_exec(db, steps[v].sqlite_sql, NULL, 0, err) < 0 ||
-            set_version(db, v + 1, err) < 0 || sqlite_exec(db, "COMMIT", NULL, 0, err) < 0) {
+        if (store_sqlite_exec(db, steps[v].sqlite_sql, NULL, 0, err) < 0 ||
+            set_version(db, v + 1, err) < 0 || store_sqlite_exec(db, "COMMIT", NULL, 0, err) < 0) {
             char *e = *err;
 
             *err = NULL;
@@ -247,7 +244,7 @@ static int migrate(sqlite3 *db, const char *path, int *version_out, char **err)
     }
 
 rollback:
-    if (!sqlite3_get_autocommit(db)) sqlite_exec(db, "ROLLBACK", NULL, 0, NULL);
+    if (!sqlite3_get_autocommit(db)) store_sqlite_exec(db, "ROLLBACK", NULL, 0, NULL);
     return -1;
 }
 
@@ -428,7 +425,7 @@ static int ensure_incremental_vacuum(struct sqlite_be *be, char **err)
     struct timespec t0;
     char mode[16];
 
-    if (sqlite_exec(be->wdb, "PRAGMA auto_vacuum", mode, sizeof mode, err) < 0) return -1;
+    if (store_sqlite_exec(be->wdb, "PRAGMA auto_vacuum", mode, sizeof mode, err) < 0) return -1;
     if (strcmp(mode, "0") != 0) return 0;
     log_info("storage", "vacuum path=%s reason=\"auto_vacuum=incremental, once\"", be->path);
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -485,7 +482,7 @@ static int setup_writer(struct sqlite_be *be, char **err)
         prepare_w(be, be->wdb, "RELEASE job", &be->sp_release, "savepoint release", err) < 0 ||
         prepare_w(be, be->wdb, "ROLLBACK TO job", &be->sp_rollback, "savepoint rollback", err) < 0)
         return -1;
-    return sqlite_queue_prepare_writer(be, err) == STORE_OK ? 0 : -1;
+    return store_sqlite_queue_prepare_writer(be, err) == STORE_OK ? 0 : -1;
 }
 
 static int setup_reader(struct sqlite_be *be, char **err)
@@ -513,7 +510,7 @@ static int setup_reader(struct sqlite_be *be, char **err)
 
     if (open_conn(be->path, &be->pdb, err) < 0) return -1;
     sqlite3_busy_timeout(be->pdb, SQLITE_PROBE_TIMEOUT_MS);
-    if (sqlite_queue_prepare_reader(be, err) != STORE_OK) return -1;
+    if (store_sqlite_queue_prepare_reader(be, err) != STORE_OK) return -1;
     return pragma(be->pdb, be->path, "PRAGMA journal_mode = WAL", "wal", err);
 }
 
@@ -558,7 +555,7 @@ static void sqlite_close(void *arg)
         be->ckpt_started = false;
     }
     sqlite3_close(be->cdb);
-    sqlite_queue_finalize(be); /* before the connections: a close with statements left fails */
+    store_sqlite_queue_finalize(be); /* before the connections: a close with statements left fails */
     sqlite3_finalize(be->count);
     sqlite3_finalize(be->routes);
     sqlite3_finalize(be->unprocessed);
@@ -578,7 +575,7 @@ static void sqlite_close(void *arg)
         char *err = NULL;
 
         /* Fold the WAL into the database and cut it to zero while nothing else reads. */
-        if (sqlite_exec(be->wdb, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, 0, &err) < 0)
+        if (store_sqlite_exec(be->wdb, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, 0, &err) < 0)
             log_warn("storage", "checkpoint failed error=\"%s\"", err ? err : "out of memory");
         free(err);
         sqlite3_close(be->wdb);
@@ -754,7 +751,7 @@ fail_jobs:
 fail:
     /* Read the error before ROLLBACK replaces it. */
     rc = sqlite3_extended_errcode(be->wdb);
-    ret = sqlite_status(be->wdb, rc);
+    ret = store_sqlite_status(be->wdb, rc);
     store_set_err(err, "%s", sqlite3_errmsg(be->wdb));
     if (!sqlite3_get_autocommit(be->wdb)) sqlite3_exec(be->wdb, "ROLLBACK", NULL, NULL, NULL);
     return ret;
@@ -801,10 +798,10 @@ static enum store_status sqlite_meta_set_if_absent(void *arg, const char *key, c
         rc = meta_stmt(be->wdb, "SELECT value FROM meta WHERE key = ?1", key, NULL, winner);
     if (rc == SQLITE_DONE && *winner) return STORE_OK;
     store_set_err(err, "%s", rc == SQLITE_DONE ? "the row is not there after the insert"
-                                              : sqlite_error(be->wdb, rc));
+                                              : store_sqlite_error(be->wdb, rc));
     free(*winner);
     *winner = NULL;
-    return rc == SQLITE_DONE ? STORE_ERR_IO : sqlite_status(be->wdb, rc);
+    return rc == SQLITE_DONE ? STORE_ERR_IO : store_sqlite_status(be->wdb, rc);
 }
 
 static enum store_status sqlite_meta_get(void *arg, const char *key, char **value, char **err)
@@ -816,8 +813,8 @@ static enum store_status sqlite_meta_get(void *arg, const char *key, char **valu
     *value = NULL;
     pthread_mutex_lock(&be->rmu);
     rc = meta_stmt(be->rdb, "SELECT value FROM meta WHERE key = ?1", key, NULL, value);
-    if (rc != SQLITE_DONE) store_set_err(err, "%s", sqlite_error(be->rdb, rc));
-    ret = rc == SQLITE_DONE ? STORE_OK : sqlite_status(be->rdb, rc);
+    if (rc != SQLITE_DONE) store_set_err(err, "%s", store_sqlite_error(be->rdb, rc));
+    ret = rc == SQLITE_DONE ? STORE_OK : store_sqlite_status(be->rdb, rc);
     pthread_mutex_unlock(&be->rmu);
     if (ret != STORE_OK) {
         free(*value);
@@ -829,13 +826,13 @@ static enum store_status sqlite_meta_get(void *arg, const char *key, char **valu
 
 /* ---- routes -------------------------------------------------------------------------------- */
 
-const char *sqlite_nz(const char *s, const char *dflt)
+const char *store_sqlite_nz(const char *s, const char *dflt)
 {
     return s ? s : dflt;
 }
 
 /* Binds ?1..?n of `stmt` in order from a list of text values (NULL binds SQL NULL) */
-int sqlite_bind_texts(sqlite3_stmt *stmt, int first, const char *const *v, int n)
+int store_sqlite_bind_texts(sqlite3_stmt *stmt, int first, const char *const *v, int n)
 {
     int rc = SQLITE_OK;
 
@@ -846,7 +843,7 @@ int sqlite_bind_texts(sqlite3_stmt *stmt, int first, const char *const *v, int n
 }
 
 /* Steps a write statement once and resets it.  SQLITE_DONE, or the error code. */
-int sqlite_step_reset(sqlite3_stmt *stmt)
+int store_sqlite_step_reset(sqlite3_stmt *stmt)
 {
     int rc = sqlite3_step(stmt);
 
@@ -878,11 +875,11 @@ static enum store_status sqlite_route_insert(void *arg, const struct store_route
                             " created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                             -1, &stmt, NULL);
     if (rc == SQLITE_OK) {
-        const char *t[] = {sqlite_nz(r->description, ""), sqlite_nz(r->expression, ""), actions_json};
+        const char *t[] = {store_sqlite_nz(r->description, ""), store_sqlite_nz(r->expression, ""), actions_json};
 
         if ((rc = sqlite3_bind_text(stmt, 1, r->id, -1, SQLITE_STATIC)) == SQLITE_OK &&
             (rc = sqlite3_bind_int(stmt, 2, r->priority)) == SQLITE_OK &&
-            (rc = sqlite_bind_texts(stmt, 3, t, 3)) == SQLITE_OK &&
+            (rc = store_sqlite_bind_texts(stmt, 3, t, 3)) == SQLITE_OK &&
             (rc = sqlite3_bind_int64(stmt, 6, r->created_at)) == SQLITE_OK)
             rc = sqlite3_step(stmt);
     }
@@ -892,8 +889,8 @@ static enum store_status sqlite_route_insert(void *arg, const struct store_route
     return STORE_OK;
 
 fail:
-    store_set_err(err, "cannot insert route %s: %s", r->id, sqlite_error(be->wdb, rc));
-    return sqlite_status(be->wdb, rc);
+    store_set_err(err, "cannot insert route %s: %s", r->id, store_sqlite_error(be->wdb, rc));
+    return store_sqlite_status(be->wdb, rc);
 }
 
 static enum store_status sqlite_route_update(void *arg, const struct store_route *r,
@@ -908,17 +905,17 @@ static enum store_status sqlite_route_update(void *arg, const struct store_route
                             " actions = ?5 WHERE id = ?1",
                             -1, &stmt, NULL);
     if (rc == SQLITE_OK) {
-        const char *t[] = {sqlite_nz(r->description, ""), sqlite_nz(r->expression, ""), actions_json};
+        const char *t[] = {store_sqlite_nz(r->description, ""), store_sqlite_nz(r->expression, ""), actions_json};
 
         if ((rc = sqlite3_bind_text(stmt, 1, r->id, -1, SQLITE_STATIC)) == SQLITE_OK &&
             (rc = sqlite3_bind_int(stmt, 2, r->priority)) == SQLITE_OK &&
-            (rc = sqlite_bind_texts(stmt, 3, t, 3)) == SQLITE_OK)
+            (rc = store_sqlite_bind_texts(stmt, 3, t, 3)) == SQLITE_OK)
             rc = sqlite3_step(stmt);
     }
     sqlite3_finalize(stmt);
     if (rc != SQLITE_DONE) {
-        store_set_err(err, "cannot update route %s: %s", r->id, sqlite_error(be->wdb, rc));
-        return sqlite_status(be->wdb, rc);
+        store_set_err(err, "cannot update route %s: %s", r->id, store_sqlite_error(be->wdb, rc));
+        return store_sqlite_status(be->wdb, rc);
     }
     return sqlite3_changes(be->wdb) == 0 ? STORE_ERR_NOT_FOUND : STORE_OK;
 }
@@ -936,14 +933,14 @@ static enum store_status sqlite_route_delete(void *arg, const char *id, char **e
     }
     sqlite3_finalize(stmt);
     if (rc != SQLITE_DONE) {
-        store_set_err(err, "cannot delete route %s: %s", id, sqlite_error(be->wdb, rc));
-        return sqlite_status(be->wdb, rc);
+        store_set_err(err, "cannot delete route %s: %s", id, store_sqlite_error(be->wdb, rc));
+        return store_sqlite_status(be->wdb, rc);
     }
     return sqlite3_changes(be->wdb) == 0 ? STORE_ERR_NOT_FOUND : STORE_OK;
 }
 
 /* Copies column `col` as text (NULL → ""). */
-char *sqlite_col_strdup(sqlite3_stmt *stmt, int col)
+char *store_sqlite_col_strdup(sqlite3_stmt *stmt, int col)
 {
     const unsigned char *t = sqlite3_column_text(stmt, col);
 
@@ -984,8 +981,8 @@ static enum store_status sqlite_routes_load(void *arg, struct store_route **out,
         r->priority = (int32_t)sqlite3_column_int(be->routes, 1);
         r->seq = sqlite3_column_int64(be->routes, 2);
         r->created_at = sqlite3_column_int64(be->routes, 6);
-        r->description = sqlite_col_strdup(be->routes, 3);
-        r->expression = sqlite_col_strdup(be->routes, 4);
+        r->description = store_sqlite_col_strdup(be->routes, 3);
+        r->expression = store_sqlite_col_strdup(be->routes, 4);
         count++; /* from here on store_routes_free frees what r holds */
         if (!r->description || !r->expression) ret = STORE_ERR_NOMEM;
         else
@@ -997,8 +994,8 @@ static enum store_status sqlite_routes_load(void *arg, struct store_route **out,
     if (ret == STORE_ERR_NOMEM) {
         store_set_err(err, "cannot read the routes: out of memory");
     } else if (ret == STORE_OK && rc != SQLITE_DONE) {
-        store_set_err(err, "cannot read the routes: %s", sqlite_error(be->rdb, rc));
-        ret = sqlite_status(be->rdb, rc);
+        store_set_err(err, "cannot read the routes: %s", store_sqlite_error(be->rdb, rc));
+        ret = store_sqlite_status(be->rdb, rc);
     }
     sqlite3_reset(be->routes);
     pthread_mutex_unlock(&be->rmu);
@@ -1025,11 +1022,11 @@ static enum store_status sqlite_write_outcome(void *arg, const struct store_outc
     /* First the state: only an 'accepted' message gets an outcome, once. */
     s = be->route_msg;
     {
-        const char *t[] = {o->message_id, sqlite_nz(o->parse_warnings_json, "[]")};
+        const char *t[] = {o->message_id, store_sqlite_nz(o->parse_warnings_json, "[]")};
 
-        rc = sqlite_bind_texts(s, 1, t, 2);
+        rc = store_sqlite_bind_texts(s, 1, t, 2);
         if (rc == SQLITE_OK) {
-            rc = sqlite_step_reset(s);
+            rc = store_sqlite_step_reset(s);
         } else {
             sqlite3_reset(s);
             sqlite3_clear_bindings(s);
@@ -1038,7 +1035,7 @@ static enum store_status sqlite_write_outcome(void *arg, const struct store_outc
     if (rc != SQLITE_DONE) goto fail;
     if (sqlite3_changes(be->wdb) == 0) {
         /* Routed already, or no such message: nothing written, nothing to act on. */
-        rc = sqlite_message_exists(be, o->message_id);
+        rc = store_sqlite_message_exists(be, o->message_id);
         if (rc == SQLITE_ROW || rc == SQLITE_DONE) return STORE_ERR_NOT_FOUND;
         goto fail;
     }
@@ -1046,42 +1043,42 @@ static enum store_status sqlite_write_outcome(void *arg, const struct store_outc
     what = "recipient";
     for (size_t i = 0; i < o->nrecipients; i++) {
         const struct store_recipient_outcome *r = &o->recipients[i];
-        const char *t[] = {o->message_id, r->recipient, r->outcome, sqlite_nz(r->routes_json, "[]"),
-                           sqlite_nz(r->warnings_json, "[]")};
+        const char *t[] = {o->message_id, r->recipient, r->outcome, store_sqlite_nz(r->routes_json, "[]"),
+                           store_sqlite_nz(r->warnings_json, "[]")};
 
-        which = sqlite_nz(r->recipient, "(null)");
-        rc = sqlite_bind_texts(be->ins_rcpt, 1, t, 5);
-        rc = rc == SQLITE_OK ? sqlite_step_reset(be->ins_rcpt) : rc;
+        which = store_sqlite_nz(r->recipient, "(null)");
+        rc = store_sqlite_bind_texts(be->ins_rcpt, 1, t, 5);
+        rc = rc == SQLITE_OK ? store_sqlite_step_reset(be->ins_rcpt) : rc;
         if (rc != SQLITE_DONE) goto fail_reset;
     }
     what = "delivery";
     for (size_t i = 0; i < o->ndeliveries; i++) {
         const struct store_delivery_plan *d = &o->deliveries[i];
-        const char *t[] = {d->id, o->message_id, d->recipient, sqlite_nz(d->route_ids_json, "[]"),
-                           d->kind, d->target, sqlite_nz(d->format, "")};
+        const char *t[] = {d->id, o->message_id, d->recipient, store_sqlite_nz(d->route_ids_json, "[]"),
+                           d->kind, d->target, store_sqlite_nz(d->format, "")};
 
         which = d->id;
-        rc = sqlite_bind_texts(be->ins_delivery, 1, t, 7);
+        rc = store_sqlite_bind_texts(be->ins_delivery, 1, t, 7);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(be->ins_delivery, 8, o->now);
         if (rc == SQLITE_OK)
-            rc = sqlite3_bind_text(be->ins_delivery, 9, sqlite_nz(d->copy_key, ""), -1, SQLITE_STATIC);
-        rc = rc == SQLITE_OK ? sqlite_step_reset(be->ins_delivery) : rc;
+            rc = sqlite3_bind_text(be->ins_delivery, 9, store_sqlite_nz(d->copy_key, ""), -1, SQLITE_STATIC);
+        rc = rc == SQLITE_OK ? store_sqlite_step_reset(be->ins_delivery) : rc;
         if (rc != SQLITE_DONE) goto fail_reset;
     }
     what = "stored copy";
     for (size_t i = 0; i < o->ncopies; i++) {
         const struct store_copy_plan *c = &o->copies[i];
-        const char *t[] = {c->key, o->message_id, c->recipient, c->domain, sqlite_nz(c->route_id, ""),
-                           c->notify, sqlite_nz(c->format, "")};
+        const char *t[] = {c->key, o->message_id, c->recipient, c->domain, store_sqlite_nz(c->route_id, ""),
+                           c->notify, store_sqlite_nz(c->format, "")};
 
         which = c->key;
-        rc = sqlite_bind_texts(be->ins_stored, 1, t, 7);
+        rc = store_sqlite_bind_texts(be->ins_stored, 1, t, 7);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(be->ins_stored, 8, c->expires_at);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(be->ins_stored, 9, o->now);
-        rc = rc == SQLITE_OK ? sqlite_step_reset(be->ins_stored) : rc;
+        rc = rc == SQLITE_OK ? store_sqlite_step_reset(be->ins_stored) : rc;
         if (rc != SQLITE_DONE) goto fail_reset;
     }
-    rc = sqlite_outcome_events(be, o, &what, &which);
+    rc = store_sqlite_outcome_events(be, o, &what, &which);
     if (rc != SQLITE_DONE) goto fail;
     return STORE_OK;
 
@@ -1095,8 +1092,8 @@ fail_reset:
     sqlite3_clear_bindings(be->ins_stored);
 fail:
     store_set_err(err, "cannot write the outcome of message %s: %s %s: %s", o->message_id, what,
-                  which ? which : "(null)", sqlite_error(be->wdb, rc));
-    return sqlite_status(be->wdb, rc);
+                  which ? which : "(null)", store_sqlite_error(be->wdb, rc));
+    return store_sqlite_status(be->wdb, rc);
 }
 
 static enum store_status sqlite_list_unprocessed(void *arg, char ***ids, size_t *n, size_t max,
@@ -1126,7 +1123,7 @@ static enum store_status sqlite_list_unprocessed(void *arg, char ***ids, size_t 
             v = nv;
             cap = ncap;
         }
-        if (!(id = sqlite_col_strdup(be->unprocessed, 0))) {
+        if (!(id = store_sqlite_col_strdup(be->unprocessed, 0))) {
             oom = true;
             break;
         }
@@ -1134,21 +1131,21 @@ static enum store_status sqlite_list_unprocessed(void *arg, char ***ids, size_t 
     }
     if (oom) store_set_err(err, "cannot list unprocessed messages: out of memory");
     else if (rc != SQLITE_DONE)
-        store_set_err(err, "cannot list unprocessed messages: %s", sqlite_error(be->rdb, rc));
+        store_set_err(err, "cannot list unprocessed messages: %s", store_sqlite_error(be->rdb, rc));
     sqlite3_reset(be->unprocessed);
     sqlite3_clear_bindings(be->unprocessed);
     pthread_mutex_unlock(&be->rmu);
     if (oom || rc != SQLITE_DONE) {
         for (size_t i = 0; i < count; i++) free(v[i]);
         free(v);
-        return oom ? STORE_ERR_NOMEM : sqlite_status(be->rdb, rc);
+        return oom ? STORE_ERR_NOMEM : store_sqlite_status(be->rdb, rc);
     }
     *ids = v;
     *n = count;
     return STORE_OK;
 }
 
-enum store_status sqlite_read_message(sqlite3_stmt *s, int first, struct store_message *m,
+enum store_status store_sqlite_read_message(sqlite3_stmt *s, int first, struct store_message *m,
                                       char **err)
 {
     const struct store_message_cols c = {
@@ -1165,7 +1162,7 @@ enum store_status sqlite_read_message(sqlite3_stmt *s, int first, struct store_m
     return store_message_fill(m, &c, err);
 }
 
-int sqlite_message_exists(struct sqlite_be *be, const char *id)
+int store_sqlite_message_exists(struct sqlite_be *be, const char *id)
 {
     sqlite3_stmt *s = be->msg_exists;
     int rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
@@ -1195,12 +1192,12 @@ static enum store_status sqlite_load_message(void *arg, const char *id, struct s
     rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK) rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
-        ret = sqlite_read_message(s, 0, m, err);
+        ret = store_sqlite_read_message(s, 0, m, err);
     } else if (rc == SQLITE_DONE) {
         ret = STORE_ERR_NOT_FOUND;
     } else {
-        store_set_err(err, "cannot load message %s: %s", id, sqlite_error(be->rdb, rc));
-        ret = sqlite_status(be->rdb, rc);
+        store_set_err(err, "cannot load message %s: %s", id, store_sqlite_error(be->rdb, rc));
+        ret = store_sqlite_status(be->rdb, rc);
     }
     /* Ends the read transaction: the bytes are ours now. */
     sqlite3_reset(s);
@@ -1227,8 +1224,8 @@ static enum store_status sqlite_count_unprocessed(void *arg, int64_t *count, cha
     if (rc == SQLITE_ROW) {
         *count = sqlite3_column_int64(be->count, 0);
     } else {
-        store_set_err(err, "%s", sqlite_error(be->rdb, rc));
-        ret = sqlite_status(be->rdb, rc);
+        store_set_err(err, "%s", store_sqlite_error(be->rdb, rc));
+        ret = store_sqlite_status(be->rdb, rc);
     }
     sqlite3_reset(be->count);
     pthread_mutex_unlock(&be->rmu);
@@ -1271,9 +1268,9 @@ static enum store_status sqlite_check_writable(void *arg, char **reason)
     /* Then the lock: BEGIN IMMEDIATE takes the write lock (SQLITE_READONLY on a read-only
      * database, SQLITE_BUSY when someone holds it longer than the probe's timeout). */
     pthread_mutex_lock(&be->pmu);
-    ret = sqlite_exec(be->pdb, "BEGIN IMMEDIATE", NULL, 0, &err);
+    ret = store_sqlite_exec(be->pdb, "BEGIN IMMEDIATE", NULL, 0, &err);
     if (ret == STORE_OK) {
-        sqlite_exec(be->pdb, "ROLLBACK", NULL, 0, NULL);
+        store_sqlite_exec(be->pdb, "ROLLBACK", NULL, 0, NULL);
     } else {
         store_set_err(reason, "database is not writable: %s", err ? err : "out of memory");
     }
@@ -1289,7 +1286,7 @@ static enum store_status sqlite_writer_query(void *arg, const char *sql, char *o
 {
     struct sqlite_be *be = arg;
     char *err = NULL;
-    enum store_status rc = sqlite_exec(be->wdb, sql, out, outsz, &err);
+    enum store_status rc = store_sqlite_exec(be->wdb, sql, out, outsz, &err);
 
     free(err);
     return rc;
@@ -1315,20 +1312,20 @@ const struct store_backend store_sqlite_backend = {
     .check_writable = sqlite_check_writable,
     .writer_query = sqlite_writer_query,
     .checkpoint_stats = sqlite_checkpoint_stats,
-    .record_attempt = sqlite_record_attempt,
-    .delivery_retry = sqlite_delivery_retry,
-    .deliveries_add = sqlite_deliveries_add,
-    .copy_delete = sqlite_copy_delete,
-    .sweep = sqlite_sweep,
-    .deliveries_due = sqlite_deliveries_due,
-    .deliveries_next_due = sqlite_deliveries_next_due,
-    .delivery_get = sqlite_delivery_get,
-    .deliveries_list = sqlite_deliveries_list,
-    .copy_get = sqlite_copy_get,
-    .events_query = sqlite_events_query,
-    .gauges = sqlite_gauges,
-    .backup = sqlite_backup,
-    .rows_read = sqlite_rows_read,
-    .rows_insert = sqlite_rows_insert,
-    .holds_data = sqlite_holds_data,
+    .record_attempt = store_sqlite_record_attempt,
+    .delivery_retry = store_sqlite_delivery_retry,
+    .deliveries_add = store_sqlite_deliveries_add,
+    .copy_delete = store_sqlite_copy_delete,
+    .sweep = store_sqlite_sweep,
+    .deliveries_due = store_sqlite_deliveries_due,
+    .deliveries_next_due = store_sqlite_deliveries_next_due,
+    .delivery_get = store_sqlite_delivery_get,
+    .deliveries_list = store_sqlite_deliveries_list,
+    .copy_get = store_sqlite_copy_get,
+    .events_query = store_sqlite_events_query,
+    .gauges = store_sqlite_gauges,
+    .backup = store_sqlite_backup,
+    .rows_read = store_sqlite_rows_read,
+    .rows_insert = store_sqlite_rows_insert,
+    .holds_data = store_sqlite_holds_data,
 };

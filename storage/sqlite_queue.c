@@ -6,7 +6,7 @@
  * statement (which ends the read transaction) and let go of rmu.  Event detail
  * objects are built by SQLite's JSON functions, so escaping is SQLite's.
  *
- * Retention (sqlite_sweep) deletes in batches through the indexes of schema step 3: expired copies
+ * Retention (store_sqlite_sweep) deletes in batches through the indexes of schema step 3: expired copies
  * (stored_expires), old events (events_ts), old delivered and failed deliveries with their
  * attempts (deliveries_state_updated), and the messages noted in purge_candidates by the schema's
  * triggers whenever something that kept them went away.  Then PRAGMA incremental_vacuum gives up
@@ -172,24 +172,24 @@ static enum store_status prepare_table(struct sqlite_be *be, sqlite3 *db, const 
 
         if (rc != SQLITE_OK) {
             store_set_err(err, "cannot prepare statement %zu of the delivery queue on %s: %s", i,
-                          be->path, sqlite_error(db, rc));
-            return sqlite_status(db, rc);
+                          be->path, store_sqlite_error(db, rc));
+            return store_sqlite_status(db, rc);
         }
     }
     return STORE_OK;
 }
 
-enum store_status sqlite_queue_prepare_writer(struct sqlite_be *be, char **err)
+enum store_status store_sqlite_queue_prepare_writer(struct sqlite_be *be, char **err)
 {
     return prepare_table(be, be->wdb, wq_sql, be->wq, WQ_COUNT, err);
 }
 
-enum store_status sqlite_queue_prepare_reader(struct sqlite_be *be, char **err)
+enum store_status store_sqlite_queue_prepare_reader(struct sqlite_be *be, char **err)
 {
     return prepare_table(be, be->rdb, rq_sql, be->rq, RQ_COUNT, err);
 }
 
-void sqlite_queue_finalize(struct sqlite_be *be)
+void store_sqlite_queue_finalize(struct sqlite_be *be)
 {
     for (size_t i = 0; i < WQ_COUNT; i++) {
         sqlite3_finalize(be->wq[i]);
@@ -263,13 +263,13 @@ static int event_accepted(struct sqlite_be *be, const struct store_outcome *o,
 {
     sqlite3_stmt *s = be->wq[r->route_ids_json ? WQ_EV_ACCEPTED_IDS : WQ_EV_ACCEPTED];
     char *domain = domain_of(r->recipient);
-    const char *t[] = {o->message_id, r->recipient, domain, sqlite_nz(r->outcome, ""),
-                       r->route_ids_json ? r->route_ids_json : sqlite_nz(r->routes_json, "[]")};
+    const char *t[] = {o->message_id, r->recipient, domain, store_sqlite_nz(r->outcome, ""),
+                       r->route_ids_json ? r->route_ids_json : store_sqlite_nz(r->routes_json, "[]")};
     int rc;
 
     if (!domain) return SQLITE_NOMEM;
     rc = sqlite3_bind_int64(s, 1, o->now_ms ? o->now_ms : o->now * 1000);
-    if (rc == SQLITE_OK) rc = sqlite_bind_texts(s, 2, t, 5);
+    if (rc == SQLITE_OK) rc = store_sqlite_bind_texts(s, 2, t, 5);
     if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 7, o->message_json, -1, SQLITE_STATIC);
     rc = step_bound(s, rc);
     free(domain);
@@ -281,12 +281,12 @@ static int event_stored(struct sqlite_be *be, const struct store_outcome *o,
 {
     sqlite3_stmt *s = be->wq[WQ_EV_STORED];
     char *domain = domain_of(c->recipient);
-    const char *t[] = {o->message_id, c->recipient, domain, c->key, sqlite_nz(c->route_id, "")};
+    const char *t[] = {o->message_id, c->recipient, domain, c->key, store_sqlite_nz(c->route_id, "")};
     int rc;
 
     if (!domain) return SQLITE_NOMEM;
     rc = sqlite3_bind_int64(s, 1, o->now_ms ? o->now_ms : o->now * 1000);
-    if (rc == SQLITE_OK) rc = sqlite_bind_texts(s, 2, t, 5);
+    if (rc == SQLITE_OK) rc = store_sqlite_bind_texts(s, 2, t, 5);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 7, c->expires_at);
     if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 8, o->message_json, -1, SQLITE_STATIC);
     rc = step_bound(s, rc);
@@ -294,14 +294,14 @@ static int event_stored(struct sqlite_be *be, const struct store_outcome *o,
     return rc;
 }
 
-int sqlite_outcome_events(struct sqlite_be *be, const struct store_outcome *o, const char **what,
+int store_sqlite_outcome_events(struct sqlite_be *be, const struct store_outcome *o, const char **what,
                       const char **which)
 {
     int rc = SQLITE_DONE;
 
     *what = "accepted event";
     for (size_t i = 0; i < o->nrecipients && rc == SQLITE_DONE; i++) {
-        *which = sqlite_nz(o->recipients[i].recipient, "(null)");
+        *which = store_sqlite_nz(o->recipients[i].recipient, "(null)");
         rc = event_accepted(be, o, &o->recipients[i]);
     }
     *what = "stored event";
@@ -341,10 +341,10 @@ static int attempt_target_load(struct sqlite_be *be, const char *id, struct atte
         const unsigned char *state = sqlite3_column_text(s, 6);
 
         copy_col(t->message_id, sizeof t->message_id, s, 0);
-        t->recipient = sqlite_col_strdup(s, 1);
-        t->route_ids = sqlite_col_strdup(s, 2);
-        t->kind = sqlite_col_strdup(s, 3);
-        t->target = sqlite_col_strdup(s, 4);
+        t->recipient = store_sqlite_col_strdup(s, 1);
+        t->route_ids = store_sqlite_col_strdup(s, 2);
+        t->kind = store_sqlite_col_strdup(s, 3);
+        t->target = store_sqlite_col_strdup(s, 4);
         t->attempts = sqlite3_column_int64(s, 5);
         t->pending = state && strcmp((const char *)state, "pending") == 0;
         if (!t->recipient || !t->route_ids || !t->kind || !t->target) rc = SQLITE_NOMEM;
@@ -381,12 +381,12 @@ static int insert_attempt_row(struct sqlite_be *be, const struct store_attempt *
 {
     sqlite3_stmt *s = be->wq[WQ_INS_ATTEMPT];
     const int64_t v[] = {n, a->started_at_ms, a->duration_ms};
-    const char *t[] = {sqlite_nz(a->error, ""), a->outcome};
+    const char *t[] = {store_sqlite_nz(a->error, ""), a->outcome};
     int rc = sqlite3_bind_text(s, 1, a->delivery_id, -1, SQLITE_STATIC);
 
     if (rc == SQLITE_OK) rc = bind_ints(s, 2, v, 3);
     if (rc == SQLITE_OK) rc = bind_status(s, 5, a->status);
-    if (rc == SQLITE_OK) rc = sqlite_bind_texts(s, 6, t, 2);
+    if (rc == SQLITE_OK) rc = store_sqlite_bind_texts(s, 6, t, 2);
     rc = step_bound(s, rc);
     return rc;
 }
@@ -396,12 +396,12 @@ static int update_delivery_row(struct sqlite_be *be, const struct store_attempt 
 {
     sqlite3_stmt *s = be->wq[WQ_UPD_ATTEMPT];
     const char *t[] = {a->delivery_id};
-    int rc = sqlite_bind_texts(s, 1, t, 1);
+    int rc = store_sqlite_bind_texts(s, 1, t, 1);
 
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 2, n);
     if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 3, e->state, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK) rc = bind_status(s, 4, a->status);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 5, sqlite_nz(a->error, ""), -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 5, store_sqlite_nz(a->error, ""), -1, SQLITE_STATIC);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 6, end_s);
     if (rc == SQLITE_OK && e->retry) rc = sqlite3_bind_int64(s, 7, a->next_attempt_at);
     rc = step_bound(s, rc);
@@ -415,15 +415,15 @@ static int insert_attempt_event(struct sqlite_be *be, const struct store_attempt
     char *domain = domain_of(t->recipient);
     const char *t1[] = {e->event, e->severity, t->message_id, t->recipient, domain,
                         a->delivery_id};
-    const char *t2[] = {sqlite_nz(a->error, ""), t->kind, t->target};
+    const char *t2[] = {store_sqlite_nz(a->error, ""), t->kind, t->target};
     int rc;
 
     if (!domain) return SQLITE_NOMEM;
     rc = sqlite3_bind_int64(s, 1, a->started_at_ms + a->duration_ms);
-    if (rc == SQLITE_OK) rc = sqlite_bind_texts(s, 2, t1, 6);
+    if (rc == SQLITE_OK) rc = store_sqlite_bind_texts(s, 2, t1, 6);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 8, n);
     if (rc == SQLITE_OK) rc = bind_status(s, 9, a->status);
-    if (rc == SQLITE_OK) rc = sqlite_bind_texts(s, 10, t2, 3);
+    if (rc == SQLITE_OK) rc = store_sqlite_bind_texts(s, 10, t2, 3);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 13, a->duration_ms);
     if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 14, t->route_ids, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK && e->retry) rc = sqlite3_bind_int64(s, 15, a->next_attempt_at);
@@ -432,7 +432,7 @@ static int insert_attempt_event(struct sqlite_be *be, const struct store_attempt
     return rc;
 }
 
-enum store_status sqlite_record_attempt(void *arg, const struct store_attempt *a, char **err)
+enum store_status store_sqlite_record_attempt(void *arg, const struct store_attempt *a, char **err)
 {
     struct sqlite_be *be = arg;
     struct attempt_target t = {.attempts = 0};
@@ -444,7 +444,7 @@ enum store_status sqlite_record_attempt(void *arg, const struct store_attempt *a
 
     if (attempt_effect_of(a->outcome, &e) < 0) {
         store_set_err(err, "attempt of delivery %s: unknown outcome \"%s\"", a->delivery_id,
-                      sqlite_nz(a->outcome, "(null)"));
+                      store_sqlite_nz(a->outcome, "(null)"));
         return STORE_ERR_IO;
     }
     rc = attempt_target_load(be, a->delivery_id, &t);
@@ -467,8 +467,8 @@ enum store_status sqlite_record_attempt(void *arg, const struct store_attempt *a
 
 fail:
     store_set_err(err, "cannot record an attempt of delivery %s: %s: %s", a->delivery_id, step,
-                  sqlite_error(be->wdb, rc));
-    ret = sqlite_status(be->wdb, rc);
+                  store_sqlite_error(be->wdb, rc));
+    ret = store_sqlite_status(be->wdb, rc);
 out:
     attempt_target_free(&t);
     return ret;
@@ -486,40 +486,40 @@ static enum store_status change_by_key(struct sqlite_be *be, sqlite3_stmt *s, co
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 2, now);
     rc = step_bound(s, rc);
     if (rc != SQLITE_DONE) {
-        store_set_err(err, "cannot %s %s: %s", what, key, sqlite_error(be->wdb, rc));
-        return sqlite_status(be->wdb, rc);
+        store_set_err(err, "cannot %s %s: %s", what, key, store_sqlite_error(be->wdb, rc));
+        return store_sqlite_status(be->wdb, rc);
     }
     return sqlite3_changes(be->wdb) ? STORE_OK : STORE_ERR_NOT_FOUND;
 }
 
-enum store_status sqlite_delivery_retry(void *arg, const char *id, int64_t now, char **err)
+enum store_status store_sqlite_delivery_retry(void *arg, const char *id, int64_t now, char **err)
 {
     struct sqlite_be *be = arg;
 
     return change_by_key(be, be->wq[WQ_RETRY], id, now, "retry delivery", err);
 }
 
-enum store_status sqlite_deliveries_add(void *arg, const char *message_id,
+enum store_status store_sqlite_deliveries_add(void *arg, const char *message_id,
                                         const struct store_delivery_plan *plans, size_t n,
                                         int64_t now, char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *s = be->ins_delivery;
     const char *which = message_id;
-    int rc = sqlite_message_exists(be, message_id);
+    int rc = store_sqlite_message_exists(be, message_id);
 
     if (rc == SQLITE_DONE) return STORE_ERR_NOT_FOUND;
     if (rc != SQLITE_ROW) goto fail;
     rc = SQLITE_DONE;
     for (size_t i = 0; i < n && rc == SQLITE_DONE; i++) {
         const struct store_delivery_plan *d = &plans[i];
-        const char *t[] = {d->id, message_id, d->recipient, sqlite_nz(d->route_ids_json, "[]"),
-                           d->kind, d->target, sqlite_nz(d->format, "")};
+        const char *t[] = {d->id, message_id, d->recipient, store_sqlite_nz(d->route_ids_json, "[]"),
+                           d->kind, d->target, store_sqlite_nz(d->format, "")};
 
         which = d->id;
-        rc = sqlite_bind_texts(s, 1, t, 7);
+        rc = store_sqlite_bind_texts(s, 1, t, 7);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 8, now);
-        if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 9, sqlite_nz(d->copy_key, ""), -1, SQLITE_STATIC);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 9, store_sqlite_nz(d->copy_key, ""), -1, SQLITE_STATIC);
         rc = step_bound(s, rc);
     }
     if (rc != SQLITE_DONE) goto fail;
@@ -527,11 +527,11 @@ enum store_status sqlite_deliveries_add(void *arg, const char *message_id,
 
 fail:
     store_set_err(err, "cannot add deliveries to message %s: %s: %s", message_id, which,
-                  sqlite_error(be->wdb, rc));
-    return sqlite_status(be->wdb, rc);
+                  store_sqlite_error(be->wdb, rc));
+    return store_sqlite_status(be->wdb, rc);
 }
 
-enum store_status sqlite_copy_delete(void *arg, const char *key, int64_t now, char **err)
+enum store_status store_sqlite_copy_delete(void *arg, const char *key, int64_t now, char **err)
 {
     struct sqlite_be *be = arg;
 
@@ -578,7 +578,7 @@ static int purge_one(struct sqlite_be *be, int64_t now, bool *purged)
     uint64_t n = 0, ignored;
     int rc = sqlite3_step(s);
 
-    if (rc == SQLITE_ROW && !(id = sqlite_col_strdup(s, 0))) rc = SQLITE_NOMEM;
+    if (rc == SQLITE_ROW && !(id = store_sqlite_col_strdup(s, 0))) rc = SQLITE_NOMEM;
     finish(s);
     if (rc == SQLITE_DONE) return SQLITE_EMPTY;
     if (rc != SQLITE_ROW) return rc;
@@ -630,7 +630,7 @@ static int give_pages_back(struct sqlite_be *be, uint64_t *freed, int64_t *left)
     return rc;
 }
 
-enum store_status sqlite_sweep(void *arg, const struct store_sweep_args *a,
+enum store_status store_sqlite_sweep(void *arg, const struct store_sweep_args *a,
                                struct store_sweep_result *out, char **err)
 {
     struct sqlite_be *be = arg;
@@ -676,8 +676,8 @@ enum store_status sqlite_sweep(void *arg, const struct store_sweep_args *a,
 fail:
     finish(be->wq[WQ_SWEEP_COPIES]);
     finish(be->wq[WQ_SWEEP_EVENTS]);
-    store_set_err(err, "sweep failed: %s: %s", step, sqlite_error(be->wdb, rc));
-    return sqlite_status(be->wdb, rc);
+    store_set_err(err, "sweep failed: %s: %s", step, store_sqlite_error(be->wdb, rc));
+    return store_sqlite_status(be->wdb, rc);
 }
 
 /* ---- reads ---------------------------------------------------------------------------------- */
@@ -722,8 +722,8 @@ static enum store_status collect(sqlite3 *db, sqlite3_stmt *s, int rc, size_t si
         return STORE_ERR_NOMEM;
     }
     if (rc != SQLITE_DONE) {
-        store_set_err(err, "cannot read %s: %s", what, sqlite_error(db, rc));
-        return sqlite_status(db, rc);
+        store_set_err(err, "cannot read %s: %s", what, store_sqlite_error(db, rc));
+        return store_sqlite_status(db, rc);
     }
     return STORE_OK;
 }
@@ -734,19 +734,19 @@ static int read_delivery(sqlite3_stmt *s, void *elem)
 
     copy_col(d->id, sizeof d->id, s, 0);
     copy_col(d->message_id, sizeof d->message_id, s, 1);
-    d->recipient = sqlite_col_strdup(s, 2);
-    d->kind = sqlite_col_strdup(s, 3);
-    d->target = sqlite_col_strdup(s, 4);
-    d->format = sqlite_col_strdup(s, 5);
-    d->route_ids_json = sqlite_col_strdup(s, 6);
-    d->state = sqlite_col_strdup(s, 7);
+    d->recipient = store_sqlite_col_strdup(s, 2);
+    d->kind = store_sqlite_col_strdup(s, 3);
+    d->target = store_sqlite_col_strdup(s, 4);
+    d->format = store_sqlite_col_strdup(s, 5);
+    d->route_ids_json = store_sqlite_col_strdup(s, 6);
+    d->state = store_sqlite_col_strdup(s, 7);
     d->attempts = sqlite3_column_int64(s, 8);
     d->next_attempt_at = sqlite3_column_int64(s, 9);
     d->created_at = sqlite3_column_int64(s, 10);
     d->updated_at = sqlite3_column_int64(s, 11);
     d->last_status = sqlite3_column_int(s, 12);
-    d->last_error = sqlite_col_strdup(s, 13);
-    d->copy_key = sqlite_col_strdup(s, 14);
+    d->last_error = store_sqlite_col_strdup(s, 13);
+    d->copy_key = store_sqlite_col_strdup(s, 14);
     return d->recipient && d->kind && d->target && d->format && d->route_ids_json && d->state &&
                    d->last_error && d->copy_key
                ? 0
@@ -770,7 +770,7 @@ static enum store_status delivery_rows(struct sqlite_be *be, sqlite3_stmt *s, in
     return ret;
 }
 
-enum store_status sqlite_deliveries_due(void *arg, int64_t now, int64_t after_at,
+enum store_status store_sqlite_deliveries_due(void *arg, int64_t now, int64_t after_at,
                                         const char *after_id, size_t max,
                                         struct store_delivery **out, size_t *n, char **err)
 {
@@ -790,7 +790,7 @@ enum store_status sqlite_deliveries_due(void *arg, int64_t now, int64_t after_at
     return ret;
 }
 
-enum store_status sqlite_deliveries_next_due(void *arg, int64_t after, int64_t *at, char **err)
+enum store_status store_sqlite_deliveries_next_due(void *arg, int64_t after, int64_t *at, char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *s = be->rq[RQ_NEXT_DUE];
@@ -805,15 +805,15 @@ enum store_status sqlite_deliveries_next_due(void *arg, int64_t after, int64_t *
     } else if (rc == SQLITE_DONE) {
         ret = STORE_ERR_NOT_FOUND;
     } else {
-        store_set_err(err, "cannot read the next due delivery: %s", sqlite_error(be->rdb, rc));
-        ret = sqlite_status(be->rdb, rc);
+        store_set_err(err, "cannot read the next due delivery: %s", store_sqlite_error(be->rdb, rc));
+        ret = store_sqlite_status(be->rdb, rc);
     }
     finish(s);
     pthread_mutex_unlock(&be->rmu);
     return ret;
 }
 
-enum store_status sqlite_delivery_get(void *arg, const char *id, struct store_delivery **out,
+enum store_status store_sqlite_delivery_get(void *arg, const char *id, struct store_delivery **out,
                                       char **err)
 {
     struct sqlite_be *be = arg;
@@ -827,7 +827,7 @@ enum store_status sqlite_delivery_get(void *arg, const char *id, struct store_de
     return ret == STORE_OK && n == 0 ? STORE_ERR_NOT_FOUND : ret;
 }
 
-enum store_status sqlite_deliveries_list(void *arg, const char *state, int64_t before_updated_at,
+enum store_status store_sqlite_deliveries_list(void *arg, const char *state, int64_t before_updated_at,
                                          const char *before_id, size_t max,
                                          struct store_delivery **out, size_t *n, char **err)
 {
@@ -853,11 +853,11 @@ static int read_copy(sqlite3_stmt *s, struct store_copy *c)
 {
     copy_col(c->key, sizeof c->key, s, 0);
     copy_col(c->message_id, sizeof c->message_id, s, 1);
-    c->recipient = sqlite_col_strdup(s, 2);
-    c->domain = sqlite_col_strdup(s, 3);
-    c->route_id = sqlite_col_strdup(s, 4);
-    c->notify = sqlite3_column_type(s, 5) == SQLITE_NULL ? NULL : sqlite_col_strdup(s, 5);
-    c->format = sqlite_col_strdup(s, 6);
+    c->recipient = store_sqlite_col_strdup(s, 2);
+    c->domain = store_sqlite_col_strdup(s, 3);
+    c->route_id = store_sqlite_col_strdup(s, 4);
+    c->notify = sqlite3_column_type(s, 5) == SQLITE_NULL ? NULL : store_sqlite_col_strdup(s, 5);
+    c->format = store_sqlite_col_strdup(s, 6);
     c->expires_at = sqlite3_column_int64(s, 7);
     c->created_at = sqlite3_column_int64(s, 8);
     return c->recipient && c->domain && c->route_id && c->format &&
@@ -885,17 +885,17 @@ static enum store_status copy_row(struct sqlite_be *be, const char *key, int64_t
             ret = STORE_ERR_NOMEM;
         } else if (m) {
             copy_col(m->id, sizeof m->id, s, 1);
-            ret = sqlite_read_message(s, 10, m, err);
+            ret = store_sqlite_read_message(s, 10, m, err);
         }
     } else if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        store_set_err(err, "cannot read stored copy %s: %s", key, sqlite_error(be->rdb, rc));
-        ret = sqlite_status(be->rdb, rc);
+        store_set_err(err, "cannot read stored copy %s: %s", key, store_sqlite_error(be->rdb, rc));
+        ret = store_sqlite_status(be->rdb, rc);
     }
     finish(s); /* ends the read transaction: the bytes are ours now */
     return ret;
 }
 
-enum store_status sqlite_copy_get(void *arg, const char *key, int64_t now,
+enum store_status store_sqlite_copy_get(void *arg, const char *key, int64_t now,
                                   struct store_copy **copy, struct store_message **msg,
                                   char **err)
 {
@@ -931,13 +931,13 @@ static int read_event(sqlite3_stmt *s, void *elem)
 
     e->id = sqlite3_column_int64(s, 0);
     e->ts_ms = sqlite3_column_int64(s, 1);
-    e->event = sqlite_col_strdup(s, 2);
-    e->severity = sqlite_col_strdup(s, 3);
+    e->event = store_sqlite_col_strdup(s, 2);
+    e->severity = store_sqlite_col_strdup(s, 3);
     copy_col(e->message_id, sizeof e->message_id, s, 4);
-    e->recipient = sqlite_col_strdup(s, 5);
-    e->domain = sqlite_col_strdup(s, 6);
-    e->delivery_id = sqlite_col_strdup(s, 7);
-    e->detail_json = sqlite_col_strdup(s, 8);
+    e->recipient = store_sqlite_col_strdup(s, 5);
+    e->domain = store_sqlite_col_strdup(s, 6);
+    e->delivery_id = store_sqlite_col_strdup(s, 7);
+    e->detail_json = store_sqlite_col_strdup(s, 8);
     return e->event && e->severity && e->recipient && e->domain && e->delivery_id &&
                    e->detail_json
                ? 0
@@ -960,14 +960,14 @@ static int bind_event_query(sqlite3_stmt *s, const struct store_event_query *q,
         if (q->ascending && cts > lo) lo = cts;
         if (!q->ascending && cts < hi) hi = cts;
     }
-    rc = sqlite_bind_texts(s, 1, t, 1);
+    rc = store_sqlite_bind_texts(s, 1, t, 1);
     if (rc == SQLITE_OK) rc = bind_ints(s, 2, (const int64_t[]){lo, hi}, 2);
-    if (rc == SQLITE_OK) rc = sqlite_bind_texts(s, 4, t + 1, 3);
+    if (rc == SQLITE_OK) rc = store_sqlite_bind_texts(s, 4, t + 1, 3);
     if (rc == SQLITE_OK) rc = bind_ints(s, 7, (const int64_t[]){cts, cid, clamp_limit(q->limit)}, 3);
     return rc;
 }
 
-enum store_status sqlite_events_query(void *arg, const struct store_event_query *q,
+enum store_status store_sqlite_events_query(void *arg, const struct store_event_query *q,
                                       struct store_event **out, size_t *n, char **err)
 {
     struct sqlite_be *be = arg;
@@ -1008,7 +1008,7 @@ static int64_t file_bytes(const char *path, const char *suffix)
     return size;
 }
 
-enum store_status sqlite_gauges(void *arg, int64_t now, struct store_gauges *out, char **err)
+enum store_status store_sqlite_gauges(void *arg, int64_t now, struct store_gauges *out, char **err)
 {
     struct sqlite_be *be = arg;
     sqlite3_stmt *s = be->rq[RQ_GAUGES];
@@ -1026,8 +1026,8 @@ enum store_status sqlite_gauges(void *arg, int64_t now, struct store_gauges *out
 
         for (int i = 0; i < (int)(sizeof f / sizeof f[0]); i++) *f[i] = sqlite3_column_int64(s, i);
     } else {
-        store_set_err(err, "cannot read the gauges: %s", sqlite_error(be->rdb, rc));
-        ret = sqlite_status(be->rdb, rc);
+        store_set_err(err, "cannot read the gauges: %s", store_sqlite_error(be->rdb, rc));
+        ret = store_sqlite_status(be->rdb, rc);
     }
     finish(s);
     pthread_mutex_unlock(&be->rmu);
@@ -1069,14 +1069,14 @@ static enum store_status vacuum_into(const struct sqlite_be *be, const char *pat
     if (rc == SQLITE_OK) rc = sqlite3_step(s);
     if (rc != SQLITE_DONE)
         store_set_err(err, "cannot back up %s into %s: %s", be->path, path,
-                      db ? sqlite_error(db, rc) : sqlite3_errstr(rc));
-    ret = rc == SQLITE_DONE ? STORE_OK : db ? sqlite_status(db, rc) : STORE_ERR_IO;
+                      db ? store_sqlite_error(db, rc) : sqlite3_errstr(rc));
+    ret = rc == SQLITE_DONE ? STORE_OK : db ? store_sqlite_status(db, rc) : STORE_ERR_IO;
     sqlite3_finalize(s);
     sqlite3_close(db);
     return ret;
 }
 
-enum store_status sqlite_backup(void *arg, const char *path, char **err)
+enum store_status store_sqlite_backup(void *arg, const char *path, char **err)
 {
     struct sqlite_be *be = arg;
     enum store_status ret;

@@ -77,7 +77,7 @@ static enum store_status take_row(sqlite3_stmt *s, struct store_rows *r, size_t 
     return STORE_OK;
 }
 
-enum store_status sqlite_rows_read(void *arg, const char *table, int64_t after, size_t max_rows,
+enum store_status store_sqlite_rows_read(void *arg, const char *table, int64_t after, size_t max_rows,
                                    size_t max_bytes, struct store_rows **out, char **err)
 {
     struct sqlite_be *be = arg;
@@ -112,8 +112,8 @@ enum store_status sqlite_rows_read(void *arg, const char *table, int64_t after, 
         st = take_row(s, r, &cap, &bytes);
     }
     if (rc != SQLITE_OK) {
-        store_set_err(err, "reading %s: %s", table, sqlite_error(be->rdb, rc));
-        st = sqlite_status(be->rdb, rc);
+        store_set_err(err, "reading %s: %s", table, store_sqlite_error(be->rdb, rc));
+        st = store_sqlite_status(be->rdb, rc);
     }
     sqlite3_finalize(s);
     pthread_mutex_unlock(&be->rmu);
@@ -156,7 +156,7 @@ static char *insert_sql(const char *table, const struct store_rows *rows)
     return sql;
 }
 
-enum store_status sqlite_rows_insert(void *arg, const char *table, const struct store_rows *rows,
+enum store_status store_sqlite_rows_insert(void *arg, const char *table, const struct store_rows *rows,
                                      char **err)
 {
     struct sqlite_be *be = arg;
@@ -184,8 +184,8 @@ enum store_status sqlite_rows_insert(void *arg, const char *table, const struct 
     }
     free(sql);
     if (rc != SQLITE_OK) {
-        store_set_err(err, "writing %s: %s", table, sqlite_error(be->wdb, rc));
-        enum store_status st = sqlite_status(be->wdb, rc);
+        store_set_err(err, "writing %s: %s", table, store_sqlite_error(be->wdb, rc));
+        enum store_status st = store_sqlite_status(be->wdb, rc);
         sqlite3_finalize(s);
         return st;
     }
@@ -193,7 +193,7 @@ enum store_status sqlite_rows_insert(void *arg, const char *table, const struct 
     return STORE_OK;
 }
 
-enum store_status sqlite_holds_data(void *arg, bool *has, char **err)
+enum store_status store_sqlite_holds_data(void *arg, bool *has, char **err)
 {
     struct sqlite_be *be = arg;
     static const char sql[] =
@@ -211,8 +211,8 @@ enum store_status sqlite_holds_data(void *arg, bool *has, char **err)
     if (rc == SQLITE_ROW) {
         *has = sqlite3_column_int(s, 0) != 0;
     } else {
-        store_set_err(err, "%s", sqlite_error(be->rdb, rc));
-        st = sqlite_status(be->rdb, rc);
+        store_set_err(err, "%s", store_sqlite_error(be->rdb, rc));
+        st = store_sqlite_status(be->rdb, rc);
     }
     sqlite3_finalize(s);
     pthread_mutex_unlock(&be->rmu);

@@ -70,6 +70,14 @@
 /* Group commit: one batch holds at most this many messages or bytes. */
 #define STORE_BATCH_MAX_MESSAGES 1024
 #define STORE_BATCH_MAX_BYTES (64LL * 1024 * 1024)
+/* SQLite (storage/sqlite.c): how long a statement waits for a lock another connection holds
+ * (busy_timeout), and how long /healthz's write probe may wait; a checkpointer that found no commit
+ * for TRUNCATE_IDLE_MS truncates the WAL; the writer's RESTART checkpoint (the WAL cap's valve)
+ * waits at most VALVE_BUSY_MS for readers to leave the WAL. */
+#define SQLITE_BUSY_TIMEOUT_MS 5000
+#define SQLITE_PROBE_TIMEOUT_MS 2000
+#define SQLITE_CHECKPOINT_TRUNCATE_IDLE_MS 1000
+#define SQLITE_CHECKPOINT_VALVE_BUSY_MS 250
 
 /* Listeners per protocol. */
 #define LIMIT_LISTENERS_MAX 16
