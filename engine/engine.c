@@ -25,6 +25,7 @@
 #include "engine/internal_metrics.h"
 #include "engine/internal_sweeper.h"
 #include "engine/internal_pipeline.h"
+#include "mailauth/mailauth.h"
 #include "message/message.h"
 #include "routes/routes.h"
 #include "smtp/smtp.h"
@@ -47,6 +48,9 @@ struct engine {
     struct pipeline *pipeline;
     struct deliverer *deliver;
     struct sweeper *sweeper;
+    struct mailauth *mailauth; /* NULL unless --sender-auth */
+    uv_async_t auth_async;
+    struct pending_auth *auth_done; /* checked by a mailauth worker, under done_lock */
     atomic_bool smtp_ready;
     int64_t recovered;
     uv_signal_t sigterm, sigint, sighup;
@@ -64,6 +68,15 @@ struct pending_commit {
     char id[ID_LEN + 1];
     size_t size, nrcpts;
     struct pending_commit *next;
+};
+
+/* One message between the end of DATA and the end of its checks (--sender-auth). */
+struct pending_auth {
+    struct engine *engine;
+    struct smtp_commit *commit;
+    struct smtp_txn *txn;
+    struct mailauth_result *result;
+    struct pending_auth *next;
 };
 
 /* Writer thread. */
@@ -116,11 +129,10 @@ static void on_commits_done(uv_async_t *h)
     }
 }
 
-/* Loop thread: a transaction ended with the final dot; hand its bytes to the writer without
- * copying them (the pointers move from the txn to the store message). */
-static void on_smtp_commit(void *ctx, struct smtp_commit *commit, struct smtp_txn *txn)
+/* Loop thread: hand the bytes of a finished transaction to the writer without copying them (the
+ * pointers move from the txn to the store message). */
+static void commit_store(struct engine *e, struct smtp_commit *commit, struct smtp_txn *txn)
 {
-    struct engine *e = ctx;
     struct pending_commit *p = g_new0(struct pending_commit, 1);
     p->engine = e;
     p->commit = commit;
@@ -144,11 +156,95 @@ static void on_smtp_commit(void *ctx, struct smtp_commit *commit, struct smtp_tx
     store_accept(e->store, m, on_stored, p);
 }
 
+/* A mailauth worker: the checks of one message are done (r NULL: out of memory). */
+static void on_checked(void *arg, struct mailauth_result *r)
+{
+    struct pending_auth *p = arg;
+    struct engine *e = p->engine;
+    p->result = r;
+    pthread_mutex_lock(&e->done_lock);
+    p->next = e->auth_done;
+    e->auth_done = p;
+    pthread_mutex_unlock(&e->done_lock);
+    uv_async_send(&e->auth_async);
+}
+
+/* Loop thread: the verdicts go in front of the message (one copy of its bytes, bounded by
+ * --max-message-size), or the policy refuses it. */
+static void finish_checked(struct engine *e, struct pending_auth *p)
+{
+    struct smtp_txn *txn = p->txn;
+    struct mailauth_result *r = p->result;
+    if (r) {
+        const bool spf_fail = e->cfg->spf_reject && mailauth_result_spf(r) == MAILAUTH_FAIL;
+        const bool dmarc_reject = e->cfg->dmarc_reject && mailauth_result_dmarc(r) == MAILAUTH_FAIL &&
+                                  strcmp(mailauth_result_dmarc_policy(r), "reject") == 0;
+        log_info("mailauth", "checked id=%s %s dmarc_policy=%s ms=%lld%s", txn->id, mailauth_result_summary(r),
+                 *mailauth_result_dmarc_policy(r) ? mailauth_result_dmarc_policy(r) : "-",
+                 (long long)mailauth_result_elapsed_ms(r),
+                 spf_fail ? " refused=spf" : dmarc_reject ? " refused=dmarc" : "");
+        if (spf_fail || dmarc_reject) {
+            smtp_commit_done(p->commit, spf_fail ? SMTP_COMMIT_SPF_FAIL : SMTP_COMMIT_DMARC_REJECT);
+            smtp_txn_free(txn);
+            goto out;
+        }
+        size_t len = 0;
+        uint8_t *data = mailauth_rewrite(r, txn->data, txn->len, &len);
+        if (data) {
+            free(txn->data);
+            txn->data = data;
+            txn->len = len;
+        }
+    }
+    commit_store(e, p->commit, txn);
+out:
+    mailauth_result_free(r);
+    g_free(p);
+}
+
+static void on_auth_done(uv_async_t *h)
+{
+    struct engine *e = h->data;
+    pthread_mutex_lock(&e->done_lock);
+    struct pending_auth *list = e->auth_done;
+    e->auth_done = NULL;
+    pthread_mutex_unlock(&e->done_lock);
+    while (list) {
+        struct pending_auth *p = list;
+        list = p->next;
+        finish_checked(e, p);
+    }
+}
+
+/* Loop thread: a transaction ended with the final dot.  With --sender-auth its checks run first
+ * (mailauth's workers, never this thread), within --auth-budget. */
+static void on_smtp_commit(void *ctx, struct smtp_commit *commit, struct smtp_txn *txn)
+{
+    struct engine *e = ctx;
+    if (!e->mailauth) {
+        commit_store(e, commit, txn);
+        return;
+    }
+    struct pending_auth *p = g_new0(struct pending_auth, 1);
+    p->engine = e;
+    p->commit = commit;
+    p->txn = txn;
+    struct mailauth_request req = {
+        .ip = txn->peer_ip, .helo = txn->helo ? txn->helo : "", .sender = txn->sender,
+        .data = txn->data, .len = txn->len,
+    };
+    if (mailauth_submit(e->mailauth, &req, on_checked, p) < 0) {
+        g_free(p);
+        commit_store(e, commit, txn);
+    }
+}
+
 static void on_sweeper_stopped(void *ctx)
 {
     struct engine *e = ctx;
     /* Nothing else keeps the loop running. */
     uv_close((uv_handle_t *)&e->commits_async, NULL);
+    uv_close((uv_handle_t *)&e->auth_async, NULL);
     uv_close((uv_handle_t *)&e->sigterm, NULL);
     uv_close((uv_handle_t *)&e->sigint, NULL);
     uv_close((uv_handle_t *)&e->sighup, NULL);
@@ -416,6 +512,27 @@ static int start_api(struct engine *e)
     return 0;
 }
 
+/* Before SMTP: every message's checks run on its workers. */
+static int start_mailauth(struct engine *e)
+{
+    const struct inlet_config *c = e->cfg;
+    if (!c->sender_auth) return 0;
+    char *err = NULL;
+    struct mailauth_config mc = {
+        .authserv_id = c->hostname,
+        .dns_server = c->dns_server,
+        .psl_file = c->public_suffix_list,
+        .budget_ms = (unsigned)c->auth_budget,
+    };
+    e->mailauth = mailauth_start(&mc, &err);
+    if (!e->mailauth) {
+        log_error("engine", "cannot start sender authentication: %s", err ? err : "out of memory");
+        free(err);
+        return -1;
+    }
+    return 0;
+}
+
 /* Last: from here on mail comes in. */
 static int start_smtp(struct engine *e)
 {
@@ -465,6 +582,8 @@ int engine_serve(struct inlet_config *cfg)
     uv_loop_init(&e.loop);
     uv_async_init(&e.loop, &e.commits_async, on_commits_done);
     e.commits_async.data = &e;
+    uv_async_init(&e.loop, &e.auth_async, on_auth_done);
+    e.auth_async.data = &e;
     uv_signal_init(&e.loop, &e.sigterm);
     uv_signal_init(&e.loop, &e.sigint);
     uv_signal_init(&e.loop, &e.sighup);
@@ -473,7 +592,7 @@ int engine_serve(struct inlet_config *cfg)
 
     /* The API is up before the deliverer, which builds storage URLs from its address. */
     if (start_lock(&e) < 0 || start_storage(&e) < 0 || start_keys(&e) < 0 || start_routing(&e) < 0 ||
-        start_api(&e) < 0 || start_deliveries(&e) < 0 || start_pipeline(&e) < 0 || start_smtp(&e) < 0) {
+        start_api(&e) < 0 || start_deliveries(&e) < 0 || start_pipeline(&e) < 0 || start_mailauth(&e) < 0 || start_smtp(&e) < 0) {
         api_server_stop(e.api);
         e.api = NULL;
         on_smtp_stopped(&e); /* SMTP is the last to start: it did not */
@@ -487,6 +606,7 @@ int engine_serve(struct inlet_config *cfg)
     status = 0;
 out:
     smtp_server_free(e.smtp);
+    mailauth_stop(e.mailauth); /* every commit was answered: no job is left */
     engine_pipeline_free(e.pipeline); /* its workers are joined */
     deliver_free(e.deliver);
     engine_sweeper_free(e.sweeper);

@@ -1090,6 +1090,8 @@ void smtp_session_commit_done(struct smtp_session *s, enum smtp_commit_status st
     case SMTP_COMMIT_OK: reply(s, "250 2.0.0 Ok: queued as %s", s->committed_id); break;
     case SMTP_COMMIT_TEMPFAIL: reply(s, "451 4.3.0 Error: queue file write error"); break;
     case SMTP_COMMIT_NOSPACE: reply(s, R_NO_STORAGE); break;
+    case SMTP_COMMIT_SPF_FAIL: reply(s, "550 5.7.23 SPF validation failed"); break;
+    case SMTP_COMMIT_DMARC_REJECT: reply(s, "550 5.7.1 Rejected by the DMARC policy of the From: domain"); break;
     }
     enter_state(s, SMTP_STATE_GREETED);
     maybe_finish_shutdown(s);

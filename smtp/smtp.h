@@ -45,6 +45,8 @@ enum smtp_commit_status {
     SMTP_COMMIT_OK,       /* 250 2.0.0 Ok: queued as <id> */
     SMTP_COMMIT_TEMPFAIL, /* 451 4.3.0 Error: queue file write error (storage unavailable) */
     SMTP_COMMIT_NOSPACE,  /* 452 4.3.1 Insufficient system storage */
+    SMTP_COMMIT_SPF_FAIL, /* 550 5.7.23 SPF validation failed (RFC 7372; --spf-reject) */
+    SMTP_COMMIT_DMARC_REJECT, /* 550 5.7.1 Rejected by the DMARC policy of the From: domain (--dmarc-reject) */
 };
 
 /* ---------------------------------------------------------------------------------------------

@@ -64,6 +64,13 @@ struct inlet_config {
     /* STARTTLS (SPEC §1): both or neither. */
     char *tls_cert;
     char *tls_key;
+    /* Sender authentication (SPEC §2): SPF, DKIM, DMARC at receipt. */
+    bool sender_auth;
+    char *dns_server;      /* "" → /etc/resolv.conf */
+    int64_t auth_budget;   /* milliseconds for one message's checks */
+    bool spf_reject;       /* SPF fail → 550 5.7.23 */
+    bool dmarc_reject;     /* DMARC fail under p=reject → 550 5.7.1 */
+    char *public_suffix_list;
     /* Keys (SPEC §1).  After config_load() api_key/signing_key hold the key from the option or
      * the environment or the first line of the file (NULL when none is given: `inlet serve` then
      * uses the database's, generating them on first start). */

@@ -67,6 +67,40 @@
 /* --smtp-memory (default LIMIT_INFLIGHT_BYTES) and --smtp-memory-per-client at most this. */
 #define LIMIT_SMTP_MEMORY_MAX (64LL * 1024 * 1024 * 1024)
 
+/* Sender authentication (mailauth/, SPEC §2 "Sender authentication").  Worker threads that run the
+ * checks: they wait on DNS, not on CPU, so more than cores; a message queued behind them still ends
+ * at its deadline (--auth-budget). */
+#define MAILAUTH_WORKERS 8
+/* libunbound's caches (bytes): answers kept for their TTL within these, least recently used go. */
+#define MAILAUTH_DNS_MSG_CACHE (4 * 1024 * 1024)
+#define MAILAUTH_DNS_RRSET_CACHE (8 * 1024 * 1024)
+/* Records of one answer looked at (a TXT or MX set bigger than this is cut). */
+#define MAILAUTH_DNS_RECORDS_MAX 64
+/* RFC 7208 §4.6.4: terms that cause DNS lookups, void lookups, MX and PTR names per mechanism. */
+#define SPF_LOOKUPS_MAX 10
+#define SPF_VOID_LOOKUPS_MAX 2
+#define SPF_MX_NAMES_MAX 10
+#define SPF_PTR_NAMES_MAX 10
+/* include/redirect nesting (the lookup limit ends loops first; this guards the stack). */
+#define SPF_DEPTH_MAX 12
+/* Terms of one record; one record's text (several TXT strings joined); a domain name; the parts a
+ * macro is split into. */
+#define SPF_TERMS_MAX 128
+#define SPF_RECORD_MAX 8192
+#define SPF_DOMAIN_MAX 253
+#define SPF_MACRO_PARTS_MAX 128
+/* DKIM signatures of one message that are verified (each costs a lookup and a hash); a selector. */
+#define MAILAUTH_DKIM_SIGS_MAX 8
+#define MAILAUTH_DKIM_SELECTOR_MAX 64
+/* A From: value read for DMARC (longer: no single address, DMARC permerror); a DMARC record. */
+#define MAILAUTH_FROM_MAX 4096
+#define MAILAUTH_DMARC_RECORD_MAX 2048
+/* About the bytes of the header fields inlet prepends (A-R with 8 signatures, Mailgun's two). */
+#define MAILAUTH_HEADERS_MAX 4096
+/* --auth-budget bounds, milliseconds. */
+#define LIMIT_AUTH_BUDGET_MIN 100
+#define LIMIT_AUTH_BUDGET_MAX 60000
+
 /* Group commit: one batch holds at most this many messages or bytes. */
 #define STORE_BATCH_MAX_MESSAGES 1024
 #define STORE_BATCH_MAX_BYTES (64LL * 1024 * 1024)

@@ -1,0 +1,308 @@
+/* mailauth/dns.c — DNS for SPF, DKIM and DMARC: libunbound's resolver, asynchronous, with its
+ * TTL cache (bounded: MAILAUTH_DNS_MSG_CACHE / MAILAUTH_DNS_RRSET_CACHE), and a deadline that the
+ * asking thread enforces itself.
+ *
+ * Why libunbound: it caches every answer for its TTL within a fixed memory, falls back to TCP for
+ * truncated answers, and its asynchronous interface lets a caller stop waiting at any time
+ * (ub_cancel), which is what a time budget needs; the blocking resolvers (res_query, libspf2's
+ * and libopendmarc's lookups) give no deadline but the resolver's own retries (up to a minute).
+ *
+ * One ub_ctx, threaded (ub_ctx_async(1)), for every worker: the cache is shared.  A thread of
+ * ours waits on ub_fd() and runs ub_process(), which calls on_answer() for every finished query.
+ * A worker asks with ub_resolve_async() and waits on its query's condition variable until the
+ * answer or its deadline.  A query both sides may still touch is freed by the last one: the
+ * waiter when it cancels in time (ub_cancel() == 0: the callback will never run), otherwise the
+ * callback (q->abandoned). */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <unbound.h>
+
+#include "mailauth/internal.h"
+#include "util/limits.h"
+
+struct mailauth_dns {
+    struct ub_ctx *ctx;
+    pthread_t thread;
+    int stop_pipe[2];
+};
+
+struct query {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done, abandoned;
+    int err;
+    struct ub_result *result;
+};
+
+int64_t mailauth_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void *process_main(void *arg)
+{
+    struct mailauth_dns *d = arg;
+    struct pollfd p[2] = {{.fd = ub_fd(d->ctx), .events = POLLIN}, {.fd = d->stop_pipe[0], .events = POLLIN}};
+    for (;;) {
+        int n = poll(p, 2, 1000);
+        if (n < 0 && errno != EINTR) break;
+        if (p[1].revents) break;
+        if (n > 0 && p[0].revents) ub_process(d->ctx);
+    }
+    return NULL;
+}
+
+static void query_free(struct query *q)
+{
+    if (q->result) ub_resolve_free(q->result);
+    pthread_mutex_destroy(&q->lock);
+    pthread_cond_destroy(&q->cond);
+    free(q);
+}
+
+/* The process thread. */
+static void on_answer(void *arg, int err, struct ub_result *result)
+{
+    struct query *q = arg;
+    pthread_mutex_lock(&q->lock);
+    if (q->abandoned) {
+        pthread_mutex_unlock(&q->lock);
+        if (result) ub_resolve_free(result);
+        query_free(q);
+        return;
+    }
+    q->err = err;
+    q->result = result;
+    q->done = true;
+    pthread_cond_signal(&q->cond);
+    pthread_mutex_unlock(&q->lock);
+}
+
+/* "127.0.0.1:5353" → "127.0.0.1@5353"; "[::1]:53" → "::1@53"; "192.0.2.1" as it is. */
+static bool forwarder(const char *server, char *out, size_t outsz)
+{
+    const char *host = server, *port = NULL;
+    size_t hlen;
+    if (server[0] == '[') {
+        const char *end = strchr(server, ']');
+        if (!end) return false;
+        host = server + 1;
+        hlen = (size_t)(end - host);
+        if (end[1] == ':') port = end + 2;
+        else if (end[1]) return false;
+    } else {
+        const char *colon = strchr(server, ':');
+        if (colon && strchr(colon + 1, ':')) { /* a bare IPv6 address */
+            hlen = strlen(server);
+        } else if (colon) {
+            hlen = (size_t)(colon - server);
+            port = colon + 1;
+        } else {
+            hlen = strlen(server);
+        }
+    }
+    int n = port ? snprintf(out, outsz, "%.*s@%s", (int)hlen, host, port)
+                 : snprintf(out, outsz, "%.*s", (int)hlen, host);
+    return n > 0 && (size_t)n < outsz;
+}
+
+static bool set_option(struct ub_ctx *ctx, const char *opt, const char *val, char **err)
+{
+    int rc = ub_ctx_set_option(ctx, opt, val);
+    if (rc == 0) return true;
+    if (asprintf(err, "dns: cannot set %s %s: %s", opt, val, ub_strerror(rc)) < 0) *err = NULL;
+    return false;
+}
+
+struct mailauth_dns *mailauth_dns_new(const char *server, char **err)
+{
+    struct mailauth_dns *d = calloc(1, sizeof *d);
+    char fwd[128];
+    char num[32];
+    *err = NULL;
+    if (!d) goto oom;
+    d->stop_pipe[0] = d->stop_pipe[1] = -1;
+    d->ctx = ub_ctx_create();
+    if (!d->ctx) goto oom;
+    snprintf(num, sizeof num, "%d", MAILAUTH_DNS_MSG_CACHE);
+    if (!set_option(d->ctx, "msg-cache-size:", num, err)) goto fail;
+    snprintf(num, sizeof num, "%d", MAILAUTH_DNS_RRSET_CACHE);
+    if (!set_option(d->ctx, "rrset-cache-size:", num, err)) goto fail;
+    /* Our own deadline bounds every wait; these keep the resolver from retrying for long too. */
+    if (!set_option(d->ctx, "do-not-query-localhost:", "no", err)) goto fail;
+    int rc;
+    if (server && *server) {
+        if (!forwarder(server, fwd, sizeof fwd)) {
+            if (asprintf(err, "dns: bad --dns-server %s (IP, IP:PORT or [IPv6]:PORT)", server) < 0) *err = NULL;
+            goto fail;
+        }
+        rc = ub_ctx_set_fwd(d->ctx, fwd); /* asked with RD: a recursive resolver, or an
+                                              authoritative server for the names in question */
+    } else {
+        rc = ub_ctx_resolvconf(d->ctx, NULL);
+    }
+    if (rc != 0) {
+        if (asprintf(err, "dns: cannot use %s: %s", server && *server ? server : "/etc/resolv.conf",
+                     ub_strerror(rc)) < 0)
+            *err = NULL;
+        goto fail;
+    }
+    rc = ub_ctx_async(d->ctx, 1);
+    if (rc != 0) {
+        if (asprintf(err, "dns: %s", ub_strerror(rc)) < 0) *err = NULL;
+        goto fail;
+    }
+    if (pipe(d->stop_pipe) < 0 || pthread_create(&d->thread, NULL, process_main, d) != 0) {
+        if (asprintf(err, "dns: cannot start its thread: %s", strerror(errno)) < 0) *err = NULL;
+        if (d->stop_pipe[0] >= 0) close(d->stop_pipe[0]);
+        if (d->stop_pipe[1] >= 0) close(d->stop_pipe[1]);
+        d->stop_pipe[0] = d->stop_pipe[1] = -1;
+        goto fail;
+    }
+    return d;
+oom:
+    *err = strdup("dns: out of memory");
+fail:
+    if (d && d->ctx) ub_ctx_delete(d->ctx);
+    free(d);
+    return NULL;
+}
+
+void mailauth_dns_free(struct mailauth_dns *d)
+{
+    if (!d) return;
+    if (write(d->stop_pipe[1], "x", 1) != 1) { /* the thread then ends at its next poll timeout */ }
+    pthread_join(d->thread, NULL);
+    close(d->stop_pipe[0]);
+    close(d->stop_pipe[1]);
+    /* Queries abandoned in flight are freed with the context (their callbacks do not run). */
+    ub_ctx_delete(d->ctx);
+    free(d);
+}
+
+static struct query *query_new(void)
+{
+    struct query *q = calloc(1, sizeof *q);
+    if (!q) return NULL;
+    pthread_mutex_init(&q->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&q->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    return q;
+}
+
+static void fill(struct mailauth_dns_answer *out, struct ub_result *r)
+{
+    if (r->rcode == 3 || r->nxdomain) {
+        out->status = MAILAUTH_DNS_NXDOMAIN;
+    } else if (r->rcode != 0) {
+        out->status = MAILAUTH_DNS_TEMP;
+    } else if (!r->havedata) {
+        out->status = MAILAUTH_DNS_NODATA;
+    } else {
+        size_t n = 0;
+        while (r->data[n] && n < MAILAUTH_DNS_RECORDS_MAX) n++;
+        size_t *lens = calloc(n ? n : 1, sizeof *lens);
+        if (!lens) {
+            out->status = MAILAUTH_DNS_TEMP;
+            ub_resolve_free(r);
+            return;
+        }
+        for (size_t i = 0; i < n; i++) lens[i] = (size_t)r->len[i];
+        out->status = MAILAUTH_DNS_OK;
+        out->count = n;
+        out->data = (const uint8_t **)r->data;
+        out->len = lens;
+    }
+    out->owner = r;
+}
+
+void mailauth_dns_query(struct mailauth_dns *d, const char *name, int type, int64_t deadline_ms,
+                        struct mailauth_dns_answer *out)
+{
+    memset(out, 0, sizeof *out);
+    out->status = MAILAUTH_DNS_TEMP;
+    if (mailauth_now_ms() >= deadline_ms) return;
+    struct query *q = query_new();
+    if (!q) return;
+    int id = 0;
+    if (ub_resolve_async(d->ctx, name, type, 1, q, on_answer, &id) != 0) {
+        query_free(q);
+        return;
+    }
+    struct timespec until = {.tv_sec = deadline_ms / 1000, .tv_nsec = (deadline_ms % 1000) * 1000000};
+    pthread_mutex_lock(&q->lock);
+    while (!q->done) {
+        if (pthread_cond_timedwait(&q->cond, &q->lock, &until) == ETIMEDOUT && !q->done) break;
+    }
+    if (!q->done) {
+        q->abandoned = true;
+        pthread_mutex_unlock(&q->lock);
+        /* 0: cancelled before its callback, which will never run; otherwise the callback frees q. */
+        if (ub_cancel(d->ctx, id) == 0) query_free(q);
+        return;
+    }
+    pthread_mutex_unlock(&q->lock);
+    struct ub_result *r = q->result;
+    q->result = NULL;
+    int err = q->err;
+    query_free(q);
+    if (err != 0 || !r) {
+        if (r) ub_resolve_free(r);
+        return;
+    }
+    fill(out, r);
+}
+
+void mailauth_dns_answer_free(struct mailauth_dns_answer *a)
+{
+    if (a->owner) ub_resolve_free(a->owner);
+    free(a->len);
+    memset(a, 0, sizeof *a);
+}
+
+bool mailauth_dns_txt(const uint8_t *rd, size_t len, char *out, size_t outsz)
+{
+    size_t o = 0, i = 0;
+    while (i < len) {
+        size_t n = rd[i++];
+        if (n > len - i || o + n >= outsz) return false;
+        memcpy(out + o, rd + i, n);
+        o += n;
+        i += n;
+    }
+    out[o] = '\0';
+    return true;
+}
+
+bool mailauth_dns_name(const uint8_t *rd, size_t len, size_t *off, char *out, size_t outsz)
+{
+    size_t i = *off, o = 0;
+    for (int labels = 0; labels < 128; labels++) {
+        if (i >= len) return false;
+        size_t n = rd[i++];
+        if (n == 0) {
+            if (o == 0 && outsz > 0) out[o] = '\0';
+            else out[o - 1] = '\0'; /* the last dot */
+            if (o == 0) out[0] = '\0';
+            *off = i;
+            return true;
+        }
+        if (n > 63 || n > len - i || o + n + 1 >= outsz) return false; /* no compression here */
+        memcpy(out + o, rd + i, n);
+        o += n;
+        out[o++] = '.';
+        i += n;
+    }
+    return false;
+}

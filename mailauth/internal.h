@@ -1,0 +1,121 @@
+/* mailauth/internal.h — what the files of mailauth/ share: the DNS client (dns.c), the SPF
+ * evaluator (spf.c), DKIM (dkim.c over libopendkim), DMARC (dmarc.c), the organizational domain
+ * (psl.c) and the header block helpers (header.c).  Private to the module. */
+#ifndef INLET_MAILAUTH_INTERNAL_H
+#define INLET_MAILAUTH_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mailauth/mailauth.h"
+#include "util/limits.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * DNS (dns.c): libunbound's asynchronous resolver with its TTL cache, and a deadline per query. */
+struct mailauth_dns;
+struct mailauth_psl;
+
+enum mailauth_dns_status {
+    MAILAUTH_DNS_OK,       /* answers present */
+    MAILAUTH_DNS_NODATA,   /* the name exists, no record of the type (a "void lookup") */
+    MAILAUTH_DNS_NXDOMAIN, /* no such name (a "void lookup") */
+    MAILAUTH_DNS_TEMP,     /* SERVFAIL, REFUSED, timeout, deadline passed, resolver error */
+};
+
+/* One answer: rdata of each record, as libunbound gives it (uncompressed wire format). */
+struct mailauth_dns_answer {
+    enum mailauth_dns_status status;
+    size_t count;
+    const uint8_t **data;
+    size_t *len;
+    void *owner; /* the ub_result */
+};
+
+/* `server`: "" for /etc/resolv.conf, or "IP" / "IP:PORT" / "[IPv6]:PORT".  NULL with *err. */
+struct mailauth_dns *mailauth_dns_new(const char *server, char **err);
+void mailauth_dns_free(struct mailauth_dns *d);
+/* Resolves `name` (type: 1 A, 12 PTR, 15 MX, 16 TXT, 28 AAAA) and waits at most until
+ * `deadline_ms` (mailauth_now_ms() clock); past it the status is TEMP.  Any thread. */
+void mailauth_dns_query(struct mailauth_dns *d, const char *name, int type, int64_t deadline_ms,
+                        struct mailauth_dns_answer *out);
+void mailauth_dns_answer_free(struct mailauth_dns_answer *a);
+/* TXT rdata → its strings concatenated into out (NUL-terminated, at most outsz - 1 bytes).
+ * false when it does not fit or is malformed. */
+bool mailauth_dns_txt(const uint8_t *rd, size_t len, char *out, size_t outsz);
+/* A domain name in wire format at rd[*off] → dotted text without the final dot.  false when
+ * malformed. */
+bool mailauth_dns_name(const uint8_t *rd, size_t len, size_t *off, char *out, size_t outsz);
+/* Queries made, answered from cache or server, timed out: for the log. */
+int64_t mailauth_now_ms(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * SPF (spf.c, RFC 7208). */
+struct mailauth_spf_input {
+    const char *ip;     /* connecting client, printable */
+    const char *helo;
+    const char *sender; /* MAIL FROM without <>, "" for the null sender */
+    const char *receiver; /* our host name, for %{r} */
+};
+/* Checks `domain` (the MAIL FROM's domain, or the HELO name) for `local` part.  *explain: a short
+ * reason for the log and the comment ("matched ip4:192.0.2.0/24", "too many DNS lookups"). */
+enum mailauth_verdict mailauth_spf_check(struct mailauth_dns *d, const struct mailauth_spf_input *in,
+                                         const char *local, const char *domain, int64_t deadline_ms,
+                                         char *explain, size_t explainsz);
+
+/* ---------------------------------------------------------------------------------------------
+ * DKIM (dkim.c over libopendkim). */
+struct mailauth_dkim;
+struct mailauth_dkim_sig {
+    enum mailauth_verdict verdict;
+    char domain[SPF_DOMAIN_MAX + 1];           /* d= */
+    char selector[MAILAUTH_DKIM_SELECTOR_MAX]; /* s= */
+    char algorithm[24];                        /* a= */
+    char b[9];                                 /* the first 8 characters of b= (RFC 6008) */
+    char reason[64];
+};
+struct mailauth_dkim *mailauth_dkim_new(char **err);
+void mailauth_dkim_free(struct mailauth_dkim *k);
+/* The Debian build of libopendkim verifies ed25519-sha256. */
+bool mailauth_dkim_ed25519(const struct mailauth_dkim *k);
+/* Verifies every signature of the message (at most `max`, MAILAUTH_DKIM_SIGS_MAX): returns how
+ * many were written to out. */
+size_t mailauth_dkim_check(struct mailauth_dkim *k, struct mailauth_dns *dns, const uint8_t *data, size_t len,
+                           int64_t deadline_ms, struct mailauth_dkim_sig *out, size_t max);
+
+/* ---------------------------------------------------------------------------------------------
+ * DMARC (dmarc.c, RFC 7489). */
+struct mailauth_dmarc {
+    enum mailauth_verdict verdict;
+    char policy[16];     /* "none", "quarantine", "reject"; "" without a record */
+    bool spf_aligned, dkim_aligned;
+    char reason[64];
+};
+void mailauth_dmarc_check(struct mailauth_dns *dns, const struct mailauth_psl *psl, const char *from_domain,
+                          enum mailauth_verdict spf, const char *spf_domain, const struct mailauth_dkim_sig *sigs,
+                          size_t nsigs, int64_t deadline_ms, struct mailauth_dmarc *out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Organizational domain (psl.c, RFC 7489 §3.2 with the Public Suffix List). */
+/* NULL with *err when the file cannot be read. */
+struct mailauth_psl *mailauth_psl_load(const char *path, char **err);
+void mailauth_psl_free(struct mailauth_psl *p);
+/* The organizational domain of `domain` (lower case, no trailing dot) into out. */
+void mailauth_psl_org(const struct mailauth_psl *p, const char *domain, char *out, size_t outsz);
+
+/* ---------------------------------------------------------------------------------------------
+ * Header block (header.c): inlet's own parsing of what it needs, bounded. */
+/* The end of the header block of data[0..len): the offset just past the empty line, or len. */
+size_t mailauth_header_end(const uint8_t *data, size_t len);
+/* The next field of the block at *pos: [*start, *end) with its line ends; false at hend. */
+bool mailauth_header_next(const uint8_t *data, size_t hend, size_t *pos, size_t *start, size_t *end);
+/* Field [start, end) is named `name` (case-insensitive): the offset of its value, else 0. */
+size_t mailauth_header_is(const uint8_t *data, size_t start, size_t end, const char *name);
+/* The domain of the single address in the From: header(s).  Returns 1 with the domain (lower
+ * case) in out, 0 when there is no From:, -1 when there are several From: fields or addresses, or
+ * the address has no domain. */
+int mailauth_from_domain(const uint8_t *data, size_t len, char *out, size_t outsz);
+/* The authserv-id of an Authentication-Results value (the first token, before ';' or space). */
+bool mailauth_authres_id(const char *value, size_t len, char *out, size_t outsz);
+
+#endif

@@ -1,0 +1,355 @@
+/* mailauth/mailauth.c — the jobs: a queue, MAILAUTH_WORKERS threads, and per message SPF, then
+ * DKIM, then DMARC (which needs both), all against one deadline; then the header fields that say
+ * the verdicts (RFC 8601 Authentication-Results, Mailgun's X-Mailgun-Spf and
+ * X-Mailgun-Dkim-Check-Result).
+ *
+ * The deadline is set when the job is queued, so time spent waiting for a worker counts: a job
+ * taken after its deadline is answered at once with temperror.  Workers wait on DNS, not on CPU,
+ * so there are more of them than cores. */
+#include <glib.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mailauth/internal.h"
+#include "util/limits.h"
+#include "util/log.h"
+
+struct job {
+    struct mailauth_request req;
+    int64_t started_ms, deadline_ms;
+    mailauth_done_fn done;
+    void *arg;
+    struct job *next;
+};
+
+struct mailauth {
+    char *authserv_id;
+    unsigned budget_ms;
+    struct mailauth_dns *dns;
+    struct mailauth_dkim *dkim;
+    struct mailauth_psl *psl;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct job *head, *tail;
+    bool stopping;
+    pthread_t workers[MAILAUTH_WORKERS];
+    size_t nworkers;
+};
+
+struct mailauth_result {
+    enum mailauth_verdict spf;
+    char spf_identity[9];          /* "mailfrom" or "helo" */
+    char spf_subject[SMTP_ADDRESS_MAX + 16];
+    char spf_reason[96];
+    struct mailauth_dkim_sig sigs[MAILAUTH_DKIM_SIGS_MAX];
+    size_t nsigs;
+    char from_domain[SPF_DOMAIN_MAX + 1];
+    struct mailauth_dmarc dmarc;
+    int64_t elapsed_ms;
+    char *authserv_id;             /* the module's, not owned */
+    char summary[96];
+};
+
+const char *mailauth_verdict_name(enum mailauth_verdict v)
+{
+    switch (v) {
+    case MAILAUTH_NONE: return "none";
+    case MAILAUTH_PASS: return "pass";
+    case MAILAUTH_FAIL: return "fail";
+    case MAILAUTH_SOFTFAIL: return "softfail";
+    case MAILAUTH_NEUTRAL: return "neutral";
+    case MAILAUTH_TEMPERROR: return "temperror";
+    case MAILAUTH_PERMERROR: return "permerror";
+    }
+    return "none";
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void check_spf(struct mailauth *a, const struct mailauth_request *q, int64_t deadline, struct mailauth_result *r)
+{
+    struct mailauth_spf_input in = {.ip = q->ip, .helo = q->helo, .sender = q->sender, .receiver = a->authserv_id};
+    char local[SMTP_LOCAL_PART_MAX + 1] = "postmaster";
+    const char *domain = q->helo;
+    const char *at = strrchr(q->sender, '@');
+    if (*q->sender && at) {
+        snprintf(local, sizeof local, "%.*s", (int)(at - q->sender), q->sender);
+        domain = at + 1;
+        snprintf(r->spf_identity, sizeof r->spf_identity, "mailfrom");
+        snprintf(r->spf_subject, sizeof r->spf_subject, "%s", q->sender);
+    } else {
+        /* RFC 7208 §2.4: the null sender is checked as postmaster@<HELO>. */
+        snprintf(r->spf_identity, sizeof r->spf_identity, "helo");
+        snprintf(r->spf_subject, sizeof r->spf_subject, "%s", q->helo);
+    }
+    r->spf = mailauth_spf_check(a->dns, &in, local, domain, deadline, r->spf_reason, sizeof r->spf_reason);
+}
+
+static void run_job(struct mailauth *a, struct job *j, struct mailauth_result *r)
+{
+    const struct mailauth_request *q = &j->req;
+    check_spf(a, q, j->deadline_ms, r);
+    r->nsigs = mailauth_dkim_check(a->dkim, a->dns, q->data, q->len, j->deadline_ms, r->sigs, MAILAUTH_DKIM_SIGS_MAX);
+    int from = mailauth_from_domain(q->data, q->len, r->from_domain, sizeof r->from_domain);
+    if (from == 1) {
+        const char *at = strrchr(q->sender, '@');
+        const char *spf_domain = *q->sender && at ? at + 1 : q->helo;
+        mailauth_dmarc_check(a->dns, a->psl, r->from_domain, r->spf, spf_domain, r->sigs, r->nsigs, j->deadline_ms,
+                             &r->dmarc);
+        bool temp = r->spf == MAILAUTH_TEMPERROR;
+        for (size_t i = 0; i < r->nsigs; i++) temp |= r->sigs[i].verdict == MAILAUTH_TEMPERROR;
+        if (r->dmarc.verdict == MAILAUTH_FAIL && temp) { /* it might have passed */
+            r->dmarc.verdict = MAILAUTH_TEMPERROR;
+            snprintf(r->dmarc.reason, sizeof r->dmarc.reason, "SPF or DKIM temperror");
+        }
+    } else {
+        r->dmarc.verdict = from == 0 ? MAILAUTH_NONE : MAILAUTH_PERMERROR;
+        snprintf(r->dmarc.reason, sizeof r->dmarc.reason, "%s",
+                 from == 0 ? "no From: field" : "no single From: address with a domain");
+    }
+}
+
+static struct mailauth_result *result_new(struct mailauth *a)
+{
+    struct mailauth_result *r = calloc(1, sizeof *r);
+    if (r) r->authserv_id = a->authserv_id;
+    return r;
+}
+
+static void *worker_main(void *arg)
+{
+    struct mailauth *a = arg;
+    for (;;) {
+        pthread_mutex_lock(&a->lock);
+        while (!a->head && !a->stopping) pthread_cond_wait(&a->cond, &a->lock);
+        struct job *j = a->head;
+        if (!j) {
+            pthread_mutex_unlock(&a->lock);
+            return NULL;
+        }
+        a->head = j->next;
+        if (!a->head) a->tail = NULL;
+        pthread_mutex_unlock(&a->lock);
+
+        struct mailauth_result *r = result_new(a);
+        if (r) {
+            run_job(a, j, r);
+            r->elapsed_ms = mailauth_now_ms() - j->started_ms;
+            snprintf(r->summary, sizeof r->summary, "spf=%s dkim=%s dmarc=%s", mailauth_verdict_name(r->spf),
+                     mailauth_verdict_name(mailauth_result_dkim(r)), mailauth_verdict_name(r->dmarc.verdict));
+        }
+        j->done(j->arg, r); /* r NULL: out of memory, the message goes without verdicts */
+        free(j);
+    }
+}
+
+struct mailauth *mailauth_start(const struct mailauth_config *cfg, char **err)
+{
+    struct mailauth *a = calloc(1, sizeof *a);
+    *err = NULL;
+    if (!a) {
+        *err = strdup("mailauth: out of memory");
+        return NULL;
+    }
+    a->authserv_id = strdup(cfg->authserv_id);
+    a->budget_ms = cfg->budget_ms;
+    pthread_mutex_init(&a->lock, NULL);
+    pthread_cond_init(&a->cond, NULL);
+    a->psl = mailauth_psl_load(cfg->psl_file, err);
+    if (!a->psl) goto fail;
+    a->dns = mailauth_dns_new(cfg->dns_server ? cfg->dns_server : "", err);
+    if (!a->dns) goto fail;
+    a->dkim = mailauth_dkim_new(err);
+    if (!a->dkim) goto fail;
+    for (size_t i = 0; i < MAILAUTH_WORKERS; i++) {
+        if (pthread_create(&a->workers[i], NULL, worker_main, a) != 0) break;
+        a->nworkers++;
+    }
+    if (a->nworkers == 0) {
+        *err = strdup("mailauth: cannot start its workers");
+        goto fail;
+    }
+    log_info("mailauth", "ready dns=%s budget_ms=%u workers=%zu ed25519=%s", cfg->dns_server && *cfg->dns_server
+             ? cfg->dns_server : "resolv.conf", a->budget_ms, a->nworkers, mailauth_dkim_ed25519(a->dkim) ? "yes" : "no");
+    return a;
+fail:
+    mailauth_stop(a);
+    return NULL;
+}
+
+void mailauth_stop(struct mailauth *a)
+{
+    if (!a) return;
+    pthread_mutex_lock(&a->lock);
+    a->stopping = true;
+    pthread_cond_broadcast(&a->cond);
+    pthread_mutex_unlock(&a->lock);
+    for (size_t i = 0; i < a->nworkers; i++) pthread_join(a->workers[i], NULL);
+    mailauth_dkim_free(a->dkim);
+    mailauth_dns_free(a->dns);
+    mailauth_psl_free(a->psl);
+    pthread_mutex_destroy(&a->lock);
+    pthread_cond_destroy(&a->cond);
+    free(a->authserv_id);
+    free(a);
+}
+
+int mailauth_submit(struct mailauth *a, const struct mailauth_request *req, mailauth_done_fn done, void *arg)
+{
+    struct job *j = calloc(1, sizeof *j);
+    if (!j) return -1;
+    j->req = *req;
+    j->started_ms = mailauth_now_ms();
+    j->deadline_ms = j->started_ms + a->budget_ms;
+    j->done = done;
+    j->arg = arg;
+    pthread_mutex_lock(&a->lock);
+    if (a->tail) a->tail->next = j;
+    else a->head = j;
+    a->tail = j;
+    pthread_cond_signal(&a->cond);
+    pthread_mutex_unlock(&a->lock);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+void mailauth_result_free(struct mailauth_result *r)
+{
+    free(r);
+}
+
+enum mailauth_verdict mailauth_result_spf(const struct mailauth_result *r)
+{
+    return r->spf;
+}
+
+enum mailauth_verdict mailauth_result_dkim(const struct mailauth_result *r)
+{
+    if (r->nsigs == 0) return MAILAUTH_NONE;
+    enum mailauth_verdict v = r->sigs[0].verdict;
+    for (size_t i = 0; i < r->nsigs; i++)
+        if (r->sigs[i].verdict == MAILAUTH_PASS) return MAILAUTH_PASS;
+    return v;
+}
+
+enum mailauth_verdict mailauth_result_dmarc(const struct mailauth_result *r)
+{
+    return r->dmarc.verdict;
+}
+
+const char *mailauth_result_dmarc_policy(const struct mailauth_result *r)
+{
+    return r->dmarc.policy;
+}
+
+int64_t mailauth_result_elapsed_ms(const struct mailauth_result *r)
+{
+    return r->elapsed_ms;
+}
+
+const char *mailauth_result_summary(const struct mailauth_result *r)
+{
+    return r->summary;
+}
+
+/* Text safe inside an A-R comment or value: printable ASCII without ( ) \ ; " CR LF. */
+static void clean(GString *out, const char *s, size_t max)
+{
+    for (size_t i = 0; s[i] && i < max; i++) {
+        unsigned char c = (unsigned char)s[i];
+        g_string_append_c(out, c > ' ' && c < 127 && !strchr("()\\;\"", c) ? (char)c : c == ' ' ? ' ' : '_');
+    }
+}
+
+static const char *mailgun_spf(enum mailauth_verdict v)
+{
+    switch (v) {
+    case MAILAUTH_PASS: return "Pass";
+    case MAILAUTH_FAIL: return "Fail";
+    case MAILAUTH_SOFTFAIL: return "SoftFail";
+    default: return "Neutral"; /* Mailgun posts only these four */
+    }
+}
+
+static void write_headers(const struct mailauth_result *r, GString *h)
+{
+    g_string_append(h, "Authentication-Results: ");
+    clean(h, r->authserv_id, SPF_DOMAIN_MAX);
+    g_string_append_printf(h, ";\r\n\tspf=%s", mailauth_verdict_name(r->spf));
+    if (r->spf_reason[0]) {
+        g_string_append(h, " (");
+        clean(h, r->spf_reason, 90);
+        g_string_append(h, ")");
+    }
+    g_string_append_printf(h, " smtp.%s=", r->spf_identity);
+    clean(h, r->spf_subject, SMTP_ADDRESS_MAX);
+    if (r->nsigs == 0) g_string_append(h, ";\r\n\tdkim=none");
+    for (size_t i = 0; i < r->nsigs; i++) {
+        const struct mailauth_dkim_sig *s = &r->sigs[i];
+        g_string_append_printf(h, ";\r\n\tdkim=%s", mailauth_verdict_name(s->verdict));
+        if (s->reason[0] && s->verdict != MAILAUTH_PASS) {
+            g_string_append(h, " (");
+            clean(h, s->reason, 60);
+            g_string_append(h, ")");
+        }
+        g_string_append(h, " header.d=");
+        clean(h, s->domain[0] ? s->domain : "unknown", SPF_DOMAIN_MAX);
+        g_string_append(h, " header.s=");
+        clean(h, s->selector[0] ? s->selector : "unknown", MAILAUTH_DKIM_SELECTOR_MAX);
+        if (s->algorithm[0]) {
+            g_string_append(h, " header.a=");
+            clean(h, s->algorithm, sizeof s->algorithm);
+        }
+        if (s->b[0]) {
+            g_string_append(h, " header.b=");
+            clean(h, s->b, 8);
+        }
+    }
+    g_string_append_printf(h, ";\r\n\tdmarc=%s", mailauth_verdict_name(r->dmarc.verdict));
+    if (r->dmarc.policy[0]) g_string_append_printf(h, " (p=%s)", r->dmarc.policy);
+    else if (r->dmarc.reason[0]) {
+        g_string_append(h, " (");
+        clean(h, r->dmarc.reason, 60);
+        g_string_append(h, ")");
+    }
+    if (r->from_domain[0]) {
+        g_string_append(h, " header.from=");
+        clean(h, r->from_domain, SPF_DOMAIN_MAX);
+    }
+    g_string_append_printf(h, "\r\nX-Mailgun-Spf: %s\r\n", mailgun_spf(r->spf));
+    g_string_append_printf(h, "X-Mailgun-Dkim-Check-Result: %s\r\n",
+                           mailauth_result_dkim(r) == MAILAUTH_PASS ? "Pass" : "Fail");
+}
+
+/* A field the sender may not bring: ours by name, or an A-R claiming our authserv-id. */
+static bool impostor(const struct mailauth_result *r, const uint8_t *data, size_t start, size_t end)
+{
+    if (mailauth_header_is(data, start, end, "X-Mailgun-Spf") ||
+        mailauth_header_is(data, start, end, "X-Mailgun-Dkim-Check-Result"))
+        return true;
+    size_t v = mailauth_header_is(data, start, end, "Authentication-Results");
+    if (!v) return false;
+    char id[SPF_DOMAIN_MAX + 1];
+    return mailauth_authres_id((const char *)data + v, end - v, id, sizeof id) &&
+           g_ascii_strcasecmp(id, r->authserv_id) == 0;
+}
+
+uint8_t *mailauth_rewrite(const struct mailauth_result *r, const uint8_t *data, size_t len, size_t *out_len)
+{
+    GString *h = g_string_sized_new(len + MAILAUTH_HEADERS_MAX);
+    write_headers(r, h);
+    size_t hend = mailauth_header_end(data, len), pos = 0, start, end;
+    size_t copied = 0; /* data[0..copied) is in h */
+    while (mailauth_header_next(data, hend, &pos, &start, &end)) {
+        if (!impostor(r, data, start, end)) continue;
+        g_string_append_len(h, (const char *)data + copied, (gssize)(start - copied));
+        copied = end;
+    }
+    g_string_append_len(h, (const char *)data + copied, (gssize)(len - copied));
+    *out_len = h->len;
+    /* g_free and free are the same allocator since GLib 2.46. */
+    return (uint8_t *)g_string_free(h, FALSE);
+}

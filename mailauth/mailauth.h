@@ -1,0 +1,79 @@
+/* mailauth/mailauth.h — sender authentication at receipt: SPF (RFC 7208), DKIM (RFC 6376) and
+ * DMARC (RFC 7489) verdicts, written as an Authentication-Results header (RFC 8601) and Mailgun's
+ * X-Mailgun-Spf / X-Mailgun-Dkim-Check-Result (SPEC §2 "Sender authentication").
+ *
+ * Named mailauth, not auth: api/auth.c is the HTTP API's Basic authentication.
+ *
+ * Checks run on the module's own worker threads and never block the caller: mailauth_submit()
+ * queues a job and returns; the callback runs on a worker thread when the job is done, at the
+ * latest at its deadline (the time budget from the submit): whatever is not known by then is
+ * "temperror".  DNS goes through libunbound (answers cached for their TTL, bounded).
+ * Uses only util/ (plus libunbound, libopendkim). */
+#ifndef INLET_MAILAUTH_H
+#define INLET_MAILAUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum mailauth_verdict {
+    MAILAUTH_NONE,
+    MAILAUTH_PASS,
+    MAILAUTH_FAIL,
+    MAILAUTH_SOFTFAIL,  /* SPF only */
+    MAILAUTH_NEUTRAL,   /* SPF; DKIM: a signature that could not be processed */
+    MAILAUTH_TEMPERROR, /* DNS failure or timeout, budget spent */
+    MAILAUTH_PERMERROR, /* a broken record, key or signature */
+};
+/* "none", "pass", "fail", "softfail", "neutral", "temperror", "permerror" (RFC 8601 result names). */
+const char *mailauth_verdict_name(enum mailauth_verdict v);
+
+struct mailauth_config {
+    const char *authserv_id;  /* our host name: the A-R header's first token */
+    const char *dns_server;   /* "" or NULL: /etc/resolv.conf; else IP, IP:PORT or [IPv6]:PORT */
+    const char *psl_file;     /* the Public Suffix List (Debian's publicsuffix package) */
+    unsigned budget_ms;       /* each message's checks end by then */
+};
+struct mailauth;
+/* Starts the workers and the resolver.  NULL with *err (malloc'd) when the resolver or the
+ * suffix list cannot be set up. */
+struct mailauth *mailauth_start(const struct mailauth_config *cfg, char **err);
+/* Lets queued jobs finish (each within its budget), joins the workers, frees.  NULL is fine. */
+void mailauth_stop(struct mailauth *a);
+
+/* What a message's checks need.  Every pointer must stay valid until the callback ran. */
+struct mailauth_request {
+    const char *ip;      /* client address, printable */
+    const char *helo;
+    const char *sender;  /* MAIL FROM without <>, "" for the null sender */
+    const uint8_t *data; /* the message as received (inlet's Received: first is fine) */
+    size_t len;
+};
+
+/* The verdicts of one message.  Owned by the callback's receiver; free with mailauth_result_free. */
+struct mailauth_result;
+typedef void (*mailauth_done_fn)(void *arg, struct mailauth_result *r);
+
+/* Queues the checks; `done` runs on a worker thread.  -1 when memory runs out (done never runs). */
+int mailauth_submit(struct mailauth *a, const struct mailauth_request *req, mailauth_done_fn done, void *arg);
+
+void mailauth_result_free(struct mailauth_result *r);
+enum mailauth_verdict mailauth_result_spf(const struct mailauth_result *r);
+/* The DKIM verdict Mailgun posts: pass when any signature passed. */
+enum mailauth_verdict mailauth_result_dkim(const struct mailauth_result *r);
+enum mailauth_verdict mailauth_result_dmarc(const struct mailauth_result *r);
+/* The DMARC policy that applies to the From: domain ("none", "quarantine", "reject"), "" when
+ * there is no record. */
+const char *mailauth_result_dmarc_policy(const struct mailauth_result *r);
+/* Milliseconds the checks took. */
+int64_t mailauth_result_elapsed_ms(const struct mailauth_result *r);
+/* "spf=pass dkim=pass dmarc=pass" for the log. */
+const char *mailauth_result_summary(const struct mailauth_result *r);
+
+/* The message with the verdicts in front: Authentication-Results, X-Mailgun-Spf,
+ * X-Mailgun-Dkim-Check-Result, then `data` without the header fields that would pass for ours
+ * (any Authentication-Results claiming our authserv-id, any X-Mailgun-Spf or
+ * X-Mailgun-Dkim-Check-Result).  malloc'd, *out_len bytes; NULL when memory runs out. */
+uint8_t *mailauth_rewrite(const struct mailauth_result *r, const uint8_t *data, size_t len, size_t *out_len);
+
+#endif

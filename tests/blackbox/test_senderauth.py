@@ -1,0 +1,275 @@
+"""Sender authentication at receipt (SPEC §2 "Sender authentication", issue 15): SPF, DKIM and
+DMARC verdicts against a real DNS server (Debian's NSD on a loopback port, tests/blackbox/
+dnsserver.py) holding the test domains' records, with messages signed by a real signer (Debian's
+python3-dkim, tests/blackbox/dkimsign.py).  Every message comes from 127.0.0.1.  The domains are
+under "example." (libunbound answers NXDOMAIN for "test." itself, RFC 6761's special-use name)."""
+
+import base64
+import os
+import subprocess
+import time
+import unittest
+import urllib.parse
+
+import dnsserver
+import harness
+from dnsserver import txt
+from harness import InletTestCase, queued_id
+
+SIGNER_PY = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else "python3"
+SIGNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dkimsign.py")
+
+
+def openssl(*args, data=None):
+    return subprocess.run(["openssl"] + list(args), input=data, capture_output=True, check=True).stdout
+
+
+class Keys:
+    """An RSA 2048 key, a second one (the "wrong key"), and an ed25519 key, made for this run."""
+
+    def __init__(self, d):
+        self.rsa = os.path.join(d, "rsa.pem")
+        self.rsa2 = os.path.join(d, "rsa2.pem")
+        for path in (self.rsa, self.rsa2):
+            with open(path, "wb") as f:
+                f.write(openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"))
+        self.rsa_pub = base64.b64encode(openssl("pkey", "-in", self.rsa, "-pubout", "-outform", "DER")).decode()
+        self.rsa2_pub = base64.b64encode(openssl("pkey", "-in", self.rsa2, "-pubout", "-outform", "DER")).decode()
+        der = openssl("genpkey", "-algorithm", "ed25519", "-outform", "DER")
+        self.ed = os.path.join(d, "ed.seed")
+        with open(self.ed, "wb") as f:
+            f.write(base64.b64encode(der[-32:]))
+        pub = openssl("pkey", "-inform", "DER", "-pubout", "-outform", "DER", data=der)
+        self.ed_pub = base64.b64encode(pub[-32:]).decode()
+
+
+def zones(keys):
+    spf = {
+        "pass": "v=spf1 ip4:127.0.0.0/8 -all",
+        "fail": "v=spf1 ip4:192.0.2.1 -all",
+        "softfail": "v=spf1 ip4:192.0.2.1 ~all",
+        "neutral": "v=spf1 ?all",
+        "permerror": "v=spf1 ip4:300.0.0.1 -all",
+        "unknownmech": "v=spf1 foo:bar -all",
+        "loop": "v=spf1 include:loop.example -all",
+        "toomany": "v=spf1 " + " ".join("a:h%d.toomany.example" % i for i in range(11)) + " ip4:127.0.0.1 -all",
+        "voids": "v=spf1 a:nx1.voids.example a:nx2.voids.example a:nx3.voids.example ip4:127.0.0.1 -all",
+        "include": "v=spf1 include:pass.example -all",
+        "redirect": "v=spf1 redirect=pass.example",
+        "mx": "v=spf1 mx -all",
+        "macro": "v=spf1 exists:%{ir}._ip.macro.example -all",
+        "twice": "v=spf1 -all",
+        "signed": "v=spf1 ip4:192.0.2.1 -all",
+        "org": "v=spf1 ip4:127.0.0.1 -all",
+    }
+    r = []
+    for name, rec in spf.items():
+        r.append("%s IN TXT %s" % (name, txt(rec)))
+    r.append("twice IN TXT %s" % txt("v=spf1 +all"))
+    r.append("none IN A 192.0.2.7")
+    for i in range(11):
+        r.append("h%d.toomany IN A 192.0.2.8" % i)
+    r.append("mx IN MX 10 mail.mx.example.")
+    r.append("mail.mx IN A 127.0.0.1")
+    r.append("1.0.0.127._ip.macro IN A 127.0.0.2")
+    # DMARC
+    r.append("_dmarc.pass IN TXT %s" % txt("v=DMARC1; p=reject"))
+    r.append("_dmarc.fail IN TXT %s" % txt("v=DMARC1; p=reject"))
+    r.append("_dmarc.softfail IN TXT %s" % txt("v=DMARC1; p=quarantine"))
+    r.append("_dmarc.signed IN TXT %s" % txt("v=DMARC1; p=reject; adkim=s"))
+    r.append("_dmarc.org IN TXT %s" % txt("v=DMARC1; p=none; sp=reject"))
+    # DKIM keys
+    r.append("rsa._domainkey.signed IN TXT %s" % txt("v=DKIM1; k=rsa; p=" + keys.rsa_pub))
+    r.append("ed._domainkey.signed IN TXT %s" % txt("v=DKIM1; k=ed25519; p=" + keys.ed_pub))
+    r.append("wrongtype._domainkey.signed IN TXT %s" % txt("v=DKIM1; k=rsa; p=" + keys.ed_pub))
+    r.append("rsa._domainkey.sub.org IN TXT %s" % txt("v=DKIM1; k=rsa; p=" + keys.rsa_pub))
+    # A huge TXT set (truncated over UDP, fetched over TCP by the resolver).
+    for i in range(40):
+        r.append("huge IN TXT %s" % txt("x%02d" % i + "y" * 1000))
+    return {"example": r}
+
+
+def message(frm, subject="hello", body="Hello there.\r\n", extra=b""):
+    return (b"From: <" + frm.encode() + b">\r\nTo: <bob@example.com>\r\nSubject: " + subject.encode() +
+            b"\r\nMessage-ID: <" + os.urandom(6).hex().encode() + b"@test>\r\n" + extra + b"\r\n" + body.encode())
+
+
+def sign(msg, selector, domain, key, alg="rsa-sha256"):
+    out = subprocess.run([SIGNER_PY, SIGNER, selector, domain, key, alg], input=msg, capture_output=True,
+                         timeout=30)
+    if out.returncode != 0:
+        raise AssertionError("signer failed: %s" % out.stderr.decode(errors="replace"))
+    return out.stdout + msg
+
+
+@unittest.skipUnless(dnsserver.available(), "nsd is not installed (scripts/install-deps --test)")
+class SenderAuth(InletTestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        import tempfile
+        cls.tmpd = tempfile.mkdtemp(prefix="inlet-senderauth-")
+        cls.keys = Keys(cls.tmpd)
+        cls.nsd = dnsserver.Nsd(cls.tmpd, zones(cls.keys)).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.nsd.stop()
+        import shutil
+        shutil.rmtree(cls.tmpd, ignore_errors=True)
+        super().tearDownClass()
+
+    def start(self, *extra, server=None):
+        args = ["--sender-auth", "yes", "--dns-server", server or "127.0.0.1:%d" % self.nsd.port,
+                "--reject-unrouted", "no", "--auth-budget", "3000", "--hostname", "mx.inlet.example"] + list(extra)
+        return self.daemon(args=args)
+
+    def send(self, d, sender, msg, helo="client.example"):
+        with d.session() as s:
+            return s.transaction(sender, ["bob@example.com"], msg.replace(b"\r\n.", b"\r\n.."), ehlo=helo)
+
+    def verdicts(self, d, sender, msg, **kw):
+        code, lines = self.send(d, sender, msg, **kw)
+        mid = queued_id(lines)
+        line = d.wait_log(lambda l: l.topic == "mailauth" and l.kv.get("id") == mid, what="mailauth checked")
+        return mid, line.kv
+
+    def raw(self, d, mid):
+        row = d.query("SELECT raw FROM messages WHERE id = ?", (mid,))
+        return bytes(row[0][0])
+
+    def test_spf_verdicts(self):
+        d = self.start()
+        cases = [
+            ("a@pass.example", "pass"), ("a@fail.example", "fail"), ("a@softfail.example", "softfail"),
+            ("a@neutral.example", "neutral"), ("a@none.example", "none"), ("a@nxdomain.example", "none"),
+            ("a@permerror.example", "permerror"), ("a@unknownmech.example", "permerror"),
+            ("a@loop.example", "permerror"), ("a@toomany.example", "permerror"), ("a@voids.example", "permerror"),
+            ("a@include.example", "pass"), ("a@redirect.example", "pass"), ("a@mx.example", "pass"),
+            ("a@macro.example", "pass"), ("a@twice.example", "permerror"), ("a@huge.example", "none"),
+        ]
+        got = {}
+        for sender, _ in cases:
+            _, kv = self.verdicts(d, sender, message(sender))
+            got[sender] = kv.get("spf")
+        self.assertEqual(got, {s: v for s, v in cases})
+
+    def test_null_sender_checks_helo(self):
+        d = self.start()
+        _, kv = self.verdicts(d, "", message("a@pass.example"), helo="pass.example")
+        self.assertEqual(kv.get("spf"), "pass")
+        _, kv = self.verdicts(d, "", message("a@pass.example"), helo="fail.example")
+        self.assertEqual(kv.get("spf"), "fail")
+
+    def test_headers_written_and_impostors_removed(self):
+        d = self.start()
+        forged = (b"Authentication-Results: mx.inlet.example; spf=pass smtp.mailfrom=a@fail.example\r\n"
+                  b"X-Mailgun-Spf: Pass\r\nX-Mailgun-Dkim-Check-Result: Pass\r\n"
+                  b"Authentication-Results: other.example; spf=pass\r\n")
+        mid, kv = self.verdicts(d, "a@fail.example", message("a@fail.example", extra=forged))
+        raw = self.raw(d, mid)
+        head = raw.split(b"\r\n\r\n", 1)[0]
+        self.assertTrue(head.startswith(b"Authentication-Results: mx.inlet.example;\r\n\tspf=fail"), head[:200])
+        self.assertEqual(head.count(b"mx.inlet.example;"), 1, head)
+        self.assertIn(b"smtp.mailfrom=a@fail.example", head)
+        self.assertIn(b"\tdkim=none;\r\n\tdmarc=fail (p=reject) header.from=fail.example\r\n", head)
+        self.assertEqual(head.count(b"X-Mailgun-Spf:"), 1)
+        self.assertIn(b"\r\nX-Mailgun-Spf: Fail\r\nX-Mailgun-Dkim-Check-Result: Fail\r\nReceived: ", head)
+        self.assertIn(b"Authentication-Results: other.example; spf=pass", head)  # not ours: kept
+
+    def test_dkim_verdicts(self):
+        d = self.start()
+        k = self.keys
+        base = message("a@signed.example", body="The body.\r\n")
+        good = sign(base, "rsa", "signed.example", k.rsa)
+        ed = sign(base, "ed", "signed.example", k.ed, "ed25519-sha256")
+        altered_body = good.replace(b"The body.", b"The b0dy.")
+        altered_header = good.replace(b"Subject: hello", b"Subject: hellO")
+        wrong_key = sign(base, "rsa", "signed.example", k.rsa2)
+        missing_key = sign(base, "nokey", "signed.example", k.rsa)
+        wrong_type = sign(base, "wrongtype", "signed.example", k.rsa)
+        malformed = b"DKIM-Signature: v=1; a=rsa-sha256; d=signed.example; s=rsa; b=!!!; bh=\r\n" + base
+        big = b"DKIM-Signature: v=1; a=rsa-sha256; d=signed.example; s=rsa; h=from; bh=AAAA; b=" + \
+            b"A" * (64 * 1024) + b"\r\n" + base
+        cases = [("good", good, "pass"), ("ed25519", ed, "pass"), ("altered-body", altered_body, "fail"),
+                 ("altered-header", altered_header, "fail"), ("wrong-key", wrong_key, "fail"),
+                 ("missing-key", missing_key, "permerror"), ("wrong-key-type", wrong_type, "permerror"),
+                 ("malformed", malformed, "permerror"), ("64KiB", big, "fail"), ("unsigned", base, "none")]
+        got = {}
+        for name, msg, _ in cases:
+            _, kv = self.verdicts(d, "a@signed.example", msg)
+            got[name] = kv.get("dkim")
+        self.assertEqual(got, {n: v for n, _, v in cases})
+        # A signature that passed makes DMARC pass although SPF failed (signed.example allows 192.0.2.1 only).
+        _, kv = self.verdicts(d, "a@signed.example", good)
+        self.assertEqual((kv.get("spf"), kv.get("dmarc")), ("fail", "pass"))
+        _, kv = self.verdicts(d, "a@signed.example", altered_body)
+        self.assertEqual((kv.get("dmarc"), kv.get("dmarc_policy")), ("fail", "reject"))
+
+    def test_dmarc_alignment_and_policies(self):
+        d = self.start()
+        cases = [
+            ("a@pass.example", "a@pass.example", ("pass", "reject")),       # SPF pass, aligned
+            ("a@pass.example", "a@fail.example", ("fail", "reject")),       # SPF pass, not aligned
+            ("a@fail.example", "a@fail.example", ("fail", "reject")),
+            ("a@softfail.example", "a@softfail.example", ("fail", "quarantine")),
+            ("a@none.example", "a@none.example", ("none", "-")),             # no record
+            ("a@org.example", "a@sub.org.example", ("pass", "reject")),     # relaxed: org domain aligns; sp=
+            ("a@pass.example", "a@sub.org.example", ("fail", "reject")),    # subdomain policy sp=reject
+            ("a@org.example", "a@org.example", ("pass", "none")),
+        ]
+        got = {}
+        for sender, frm, _ in cases:
+            _, kv = self.verdicts(d, sender, message(frm))
+            got[(sender, frm)] = (kv.get("dmarc"), kv.get("dmarc_policy"))
+        self.assertEqual(got, {(s, f): v for s, f, v in cases})
+
+    def test_reject_policies(self):
+        d = self.start("--spf-reject", "yes", "--dmarc-reject", "yes")
+        self.assertReply(self.send(d, "a@fail.example", message("a@pass.example")), 550, "550 5.7.23 SPF validation failed")
+        self.assertReply(self.send(d, "a@pass.example", message("a@fail.example")), 550,
+                         "550 5.7.1 Rejected by the DMARC policy of the From: domain")
+        # quarantine is not reject; softfail is not fail.
+        queued_id(self.send(d, "a@softfail.example", message("a@softfail.example"))[1])
+        queued_id(self.send(d, "a@pass.example", message("a@pass.example"))[1])
+
+    def test_off_by_default_policies_accept(self):
+        d = self.start()
+        queued_id(self.send(d, "a@fail.example", message("a@fail.example"))[1])
+
+    def test_dns_never_answers_is_temperror_within_budget(self):
+        hole = dnsserver.BlackHole()
+        try:
+            d = self.start("--auth-budget", "700", server="127.0.0.1:%d" % hole.port)
+            signed = sign(message("a@signed.example"), "rsa", "signed.example", self.keys.rsa)
+            t0 = time.monotonic()
+            mid, kv = self.verdicts(d, "a@pass.example", signed)
+            took = time.monotonic() - t0
+            self.assertEqual((kv.get("spf"), kv.get("dkim"), kv.get("dmarc")),
+                             ("temperror", "temperror", "temperror"))
+            self.assertLess(took, 3.0)
+            self.assertGreater(hole.count, 0)
+            self.assertIn(b"X-Mailgun-Spf: Neutral", self.raw(d, mid))
+        finally:
+            hole.stop()
+
+    def test_route_on_mailgun_spf_header(self):
+        d = self.start()
+        fields = [("priority", "0"), ("expression", 'match_header("X-Mailgun-Spf", "^Pass$")'),
+                  ("action", "store()")]
+        status, _, body = d.http("POST", "/v3/routes", urllib.parse.urlencode(fields),
+                                 {"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(status, 200, body)
+        ok, _ = self.verdicts(d, "a@pass.example", message("a@pass.example"))
+        bad, _ = self.verdicts(d, "a@fail.example", message("a@fail.example",
+                                                         extra=b"X-Mailgun-Spf: Pass\r\n"))  # forged
+        def stored(mid):
+            line = d.wait_log(lambda l: l.topic == "engine" and l.rest.startswith("routed ") and
+                              l.kv.get("id") == mid, what="routed " + mid)
+            return int(line.kv["stored"])
+        self.assertGreaterEqual(stored(ok), 1)
+        self.assertEqual(stored(bad), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
