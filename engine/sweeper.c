@@ -50,10 +50,13 @@ static void sweep_done(uv_work_t *req, int status)
     const struct store_sweep_result *r = &s->result;
     if (s->status != STORE_OK) {
         log_warn("sweeper", "pass failed: %s (retried in %us)", s->err ? s->err : "?", s->cfg.period_seconds);
-    } else if (r->copies || r->events || r->deliveries || r->messages || r->pages_freed) {
-        log_info("sweeper", "removed copies=%llu events=%llu deliveries=%llu messages=%llu pages_freed=%llu%s",
+    } else if (r->copies || r->events || r->deliveries || r->messages || r->pages_freed || r->body_segments) {
+        log_info("sweeper",
+                 "removed copies=%llu events=%llu deliveries=%llu messages=%llu pages_freed=%llu body_segments=%llu "
+                 "body_bytes=%llu%s",
                  (unsigned long long)r->copies, (unsigned long long)r->events, (unsigned long long)r->deliveries,
-                 (unsigned long long)r->messages, (unsigned long long)r->pages_freed, r->more ? " more=yes" : "");
+                 (unsigned long long)r->messages, (unsigned long long)r->pages_freed,
+                 (unsigned long long)r->body_segments, (unsigned long long)r->body_bytes, r->more ? " more=yes" : "");
     }
     g_clear_pointer(&s->err, g_free);
     if (!s->stopping) {

@@ -164,6 +164,9 @@ struct store_backend {
     enum store_status (*events_query)(void *be, const struct store_event_query *q,
                                       struct store_event **out, size_t *n, char **err);
     enum store_status (*gauges)(void *be, int64_t now, struct store_gauges *out, char **err);
+    /* A new spool for a body that arrives (store_spool_begin).  May be NULL: the backend keeps
+     * bodies in its rows (the store answers STORE_ERR_NOT_FOUND). */
+    enum store_status (*spool_open)(void *be, struct store_spool **out, char **err);
     /* A consistent copy of the database into `path`, created here (O_EXCL, 0600). */
     enum store_status (*backup)(void *be, const char *path, char **err);
 

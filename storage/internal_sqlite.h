@@ -14,6 +14,7 @@
 #include <stdbool.h>
 
 #include "storage/internal.h"
+#include "storage/internal_bodies.h"
 
 /* Write statements of sqlite_queue.c (writer thread only). */
 enum sqlite_wq {
@@ -34,6 +35,7 @@ enum sqlite_wq {
     WQ_PURGE_MESSAGE,
     WQ_PURGE_RECIPIENTS,
     WQ_DROP_CANDIDATE,
+    WQ_BODY_IN_USE,
     WQ_FREELIST,
     WQ_VACUUM,
     WQ_COUNT
@@ -58,6 +60,7 @@ struct sqlite_be {
     char *path;
     char *dir; /* directory of the database file (WAL and shm files live there) */
     char name[64];
+    struct store_bodies *bodies; /* the body log, <path>-bodies (internal_bodies.h) */
 
     sqlite3 *wdb;
     sqlite3_stmt *insert;
@@ -107,10 +110,19 @@ int store_sqlite_bind_texts(sqlite3_stmt *stmt, int first, const char *const *v,
 int store_sqlite_step_reset(sqlite3_stmt *stmt);
 /* Copies column `col` as text (NULL → ""); NULL when out of memory. */
 char *store_sqlite_col_strdup(sqlite3_stmt *stmt, int col);
-/* The message columns (received_at, sender, recipients, remote_ip, helo, tls, raw) of the row
- * `s` stands on, from column `first` on, into *m (store_message_fill). */
+/* The message columns of the row `s` stands on, from column `first` on (SQLITE_MESSAGE_COLS:
+ * received_at, sender, recipients, remote_ip, helo, tls, raw, body_segment, body_offset, size,
+ * body_crc), into *m (store_message_fill) and *ref: ref->segment 0 when the bytes were in the
+ * row (then in m->data), else where they are in the body log, for store_sqlite_load_body() once
+ * the read transaction has ended. */
+#define SQLITE_MESSAGE_COLS(m)                                                                     \
+    m "received_at, " m "sender, " m "recipients, " m "remote_ip, " m "helo, " m "tls, " m "raw, " \
+    m "body_segment, " m "body_offset, " m "size, " m "body_crc"
 enum store_status store_sqlite_read_message(sqlite3_stmt *s, int first, struct store_message *m,
-                                      char **err);
+                                            struct store_body_ref *ref, char **err);
+/* The body at `ref` (when ref->segment is set) read into m->data, its CRC checked. */
+enum store_status store_sqlite_load_body(struct sqlite_be *be, struct store_message *m,
+                                         const struct store_body_ref *ref, char **err);
 /* SQLITE_ROW when message `id` exists, SQLITE_DONE when not, or the error code (writer). */
 int store_sqlite_message_exists(struct sqlite_be *be, const char *id);
 
@@ -149,6 +161,7 @@ enum store_status store_sqlite_events_query(void *be, const struct store_event_q
                                       struct store_event **out, size_t *n, char **err);
 enum store_status store_sqlite_gauges(void *be, int64_t now, struct store_gauges *out, char **err);
 enum store_status store_sqlite_backup(void *be, const char *path, char **err);
+enum store_status store_sqlite_spool_open(void *be, struct store_spool **out, char **err);
 
 /* sqlite_rows.c: whole tables in and out (inlet migrate; struct store_backend's rows_read,
  * rows_insert, holds_data). */

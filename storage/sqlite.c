@@ -441,8 +441,9 @@ static int ensure_incremental_vacuum(struct sqlite_be *be, char **err)
 static int setup_writer(struct sqlite_be *be, char **err)
 {
     static const char insert_sql[] =
-        "INSERT INTO messages (id, received_at, sender, recipients, remote_ip, helo, tls, size, raw)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+        "INSERT INTO messages (id, received_at, sender, recipients, remote_ip, helo, tls, size, raw,"
+        " body_segment, body_offset, body_crc)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
     int version;
 
     if (open_conn(be->path, &be->wdb, err) < 0) return -1;
@@ -503,8 +504,7 @@ static int setup_reader(struct sqlite_be *be, char **err)
                   " LIMIT ?1",
                   &be->unprocessed, "unprocessed query", err) < 0 ||
         prepare_w(be, be->rdb,
-                  "SELECT received_at, sender, recipients, remote_ip, helo, tls, raw"
-                  " FROM messages WHERE id = ?1",
+                  "SELECT " SQLITE_MESSAGE_COLS("") " FROM messages WHERE id = ?1",
                   &be->load, "message query", err) < 0)
         return -1;
 
@@ -580,6 +580,7 @@ static void sqlite_close(void *arg)
         free(err);
         sqlite3_close(be->wdb);
     }
+    store_bodies_close(be->bodies);
     pthread_mutex_destroy(&be->rmu);
     pthread_mutex_destroy(&be->pmu);
     pthread_mutex_destroy(&be->cmu);
@@ -594,6 +595,7 @@ static void *sqlite_open(const char *path, char **err)
 {
     struct sqlite_be *be;
     const char *slash;
+    char *bodies = NULL;
 
     if (!sqlite3_threadsafe()) {
         store_set_err(err, "the SQLite library was built without thread support");
@@ -617,6 +619,13 @@ static void *sqlite_open(const char *path, char **err)
         store_set_err(err, "out of memory");
         goto fail;
     }
+    if (asprintf(&bodies, "%s-bodies", path) < 0) {
+        store_set_err(err, "out of memory");
+        goto fail;
+    }
+    be->bodies = store_bodies_open(bodies, err);
+    free(bodies);
+    if (!be->bodies) goto fail;
     if (setup_writer(be, err) < 0 || setup_reader(be, err) < 0 || setup_checkpointer(be, err) < 0)
         goto fail;
     return be;
@@ -635,8 +644,9 @@ static const char *sqlite_name(void *arg)
 
 /* ---- writes --------------------------------------------------------------------------------- */
 
-/* Binds and runs the INSERT of one message.  Returns SQLITE_DONE, or the error code. */
-static int insert_one(struct sqlite_be *be, const struct store_message *m)
+/* Binds and runs the INSERT of one message whose bytes are at `ref` in the body log (ref->segment
+ * 0: in the row).  Returns SQLITE_DONE, or the error code. */
+static int insert_one(struct sqlite_be *be, const struct store_message *m, const struct store_body_ref *ref)
 {
     sqlite3_stmt *s = be->insert;
     char *rcpts = store_json_string_array((const char *const *)m->rcpts, m->nrcpts);
@@ -652,11 +662,18 @@ static int insert_one(struct sqlite_be *be, const struct store_message *m)
         (rc = sqlite3_bind_text(s, 7, m->tls, -1, SQLITE_STATIC)) != SQLITE_OK ||
         (rc = sqlite3_bind_int64(s, 8, (sqlite3_int64)m->len)) != SQLITE_OK)
         goto out;
-    /* The body is bound in place, never copied by us; SQLite reads it during the step. */
-    if (m->len == 0)
+    /* The body is in the log (the row says where), or bound in place, never copied by us. */
+    if (ref->segment > 0) {
+        if ((rc = sqlite3_bind_zeroblob(s, 9, 0)) != SQLITE_OK ||
+            (rc = sqlite3_bind_int64(s, 10, ref->segment)) != SQLITE_OK ||
+            (rc = sqlite3_bind_int64(s, 11, ref->offset)) != SQLITE_OK ||
+            (rc = sqlite3_bind_int64(s, 12, (sqlite3_int64)ref->crc)) != SQLITE_OK)
+            goto out;
+    } else if (m->len == 0) {
         rc = sqlite3_bind_zeroblob(s, 9, 0);
-    else
+    } else {
         rc = sqlite3_bind_blob64(s, 9, m->data, (sqlite3_uint64)m->len, SQLITE_STATIC);
+    }
     if (rc != SQLITE_OK) goto out;
     rc = sqlite3_step(s);
 
@@ -707,19 +724,68 @@ static int run_job(struct sqlite_be *be, struct store_job *job)
     return 0;
 }
 
+/* The bodies of a batch into the log, then one sync: before BEGIN, so that the COMMIT that makes
+ * the rows durable comes after the bytes they point at are.  refs[i] says where msgs[i] went
+ * (segment 0: an empty body, kept in its row).  A failure fails the whole batch: nothing of it
+ * is in a row, and what reached the log is garbage the sweeper takes back. */
+static enum store_status write_bodies(struct sqlite_be *be, struct store_message *const *msgs, size_t n,
+                                      struct store_body_ref *refs, char **err)
+{
+    enum store_status st = STORE_OK;
+
+    for (size_t i = 0; i < n && st == STORE_OK; i++) {
+        const struct store_message *m = msgs[i];
+
+        refs[i] = (struct store_body_ref){0};
+        if (m->spool)
+            st = store_bodies_adopt(be->bodies, m->spool, &refs[i], err);
+        else if (m->len > 0)
+            st = store_bodies_append(be->bodies, m->data, m->len, &refs[i], err);
+    }
+    return st == STORE_OK ? store_bodies_sync(be->bodies, err) : st;
+}
+
+/* After the COMMIT: a message whose bytes were spooled goes back with them mapped from the
+ * segment it became, for the pipeline to parse without a copy in memory.  A mapping that fails
+ * leaves data NULL: the pipeline's scan loads the message later. */
+static void map_spooled(struct sqlite_be *be, struct store_message *const *msgs, size_t n,
+                        const enum store_status *status, const struct store_body_ref *refs)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct store_message *m = msgs[i];
+        char *err = NULL;
+
+        if (!m->spool || status[i] != STORE_OK) continue;
+        if (store_bodies_map(be->bodies, &refs[i], m->id, &m->data, &m->map, &m->map_len, &err) != STORE_OK) {
+            log_warn("storage", "cannot map a spooled body id=%s error=\"%s\"", m->id, err ? err : "?");
+            m->data = NULL;
+        }
+        free(err);
+    }
+}
+
 static enum store_status sqlite_write_batch(void *arg, struct store_message *const *msgs, size_t n,
                                             enum store_status *status,
                                             struct store_job *const *jobs, size_t njobs,
                                             char **err)
 {
     struct sqlite_be *be = arg;
+    struct store_body_ref *refs = n ? calloc(n, sizeof *refs) : NULL;
     enum store_status ret;
     int rc;
 
+    if (n && !refs) {
+        store_set_err(err, "out of memory");
+        return STORE_ERR_NOMEM;
+    }
+    if (n && (ret = write_bodies(be, msgs, n, refs, err)) != STORE_OK) {
+        free(refs);
+        return ret;
+    }
     rc = sqlite3_exec(be->wdb, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     if (rc != SQLITE_OK) goto fail;
     for (size_t i = 0; i < n; i++) {
-        rc = insert_one(be, msgs[i]);
+        rc = insert_one(be, msgs[i], &refs[i]);
         if (rc == SQLITE_DONE) {
             status[i] = STORE_OK;
             continue;
@@ -740,6 +806,8 @@ static enum store_status sqlite_write_batch(void *arg, struct store_message *con
     }
     rc = sqlite3_exec(be->wdb, "COMMIT", NULL, NULL, NULL);
     if (rc != SQLITE_OK) goto fail_jobs;
+    map_spooled(be, msgs, n, status, refs);
+    free(refs);
     return STORE_OK;
 
 fail_jobs:
@@ -754,6 +822,7 @@ fail:
     ret = store_sqlite_status(be->wdb, rc);
     store_set_err(err, "%s", sqlite3_errmsg(be->wdb));
     if (!sqlite3_get_autocommit(be->wdb)) sqlite3_exec(be->wdb, "ROLLBACK", NULL, NULL, NULL);
+    free(refs);
     return ret;
 }
 
@@ -1146,8 +1215,17 @@ static enum store_status sqlite_list_unprocessed(void *arg, char ***ids, size_t 
 }
 
 enum store_status store_sqlite_read_message(sqlite3_stmt *s, int first, struct store_message *m,
-                                      char **err)
+                                            struct store_body_ref *ref, char **err)
 {
+    const bool logged = sqlite3_column_type(s, first + 7) != SQLITE_NULL;
+    *ref = (struct store_body_ref){0};
+    if (logged)
+        *ref = (struct store_body_ref){
+            .segment = sqlite3_column_int64(s, first + 7),
+            .offset = sqlite3_column_int64(s, first + 8),
+            .len = sqlite3_column_int64(s, first + 9),
+            .crc = (uint32_t)sqlite3_column_int64(s, first + 10),
+        };
     const struct store_message_cols c = {
         .received_at_ms = sqlite3_column_int64(s, first),
         .sender = (const char *)sqlite3_column_text(s, first + 1),
@@ -1155,11 +1233,26 @@ enum store_status store_sqlite_read_message(sqlite3_stmt *s, int first, struct s
         .remote_ip = (const char *)sqlite3_column_text(s, first + 3),
         .helo = (const char *)sqlite3_column_text(s, first + 4),
         .tls = (const char *)sqlite3_column_text(s, first + 5),
-        .raw = sqlite3_column_blob(s, first + 6),
-        .len = (size_t)sqlite3_column_bytes(s, first + 6),
+        .raw = logged ? NULL : sqlite3_column_blob(s, first + 6),
+        .len = logged ? 0 : (size_t)sqlite3_column_bytes(s, first + 6),
     };
 
     return store_message_fill(m, &c, err);
+}
+
+enum store_status store_sqlite_load_body(struct sqlite_be *be, struct store_message *m,
+                                         const struct store_body_ref *ref, char **err)
+{
+    uint8_t *data = NULL;
+    enum store_status st;
+
+    if (ref->segment <= 0) return STORE_OK;
+    st = store_bodies_read(be->bodies, ref, m->id, &data, err);
+    if (st != STORE_OK) return st;
+    free(m->data);
+    m->data = data;
+    m->len = (size_t)ref->len;
+    return STORE_OK;
 }
 
 int store_sqlite_message_exists(struct sqlite_be *be, const char *id)
@@ -1179,6 +1272,7 @@ static enum store_status sqlite_load_message(void *arg, const char *id, struct s
     struct sqlite_be *be = arg;
     struct store_message *m = calloc(1, sizeof *m);
     sqlite3_stmt *s = be->load;
+    struct store_body_ref ref = {0};
     enum store_status ret;
     int rc;
 
@@ -1192,23 +1286,31 @@ static enum store_status sqlite_load_message(void *arg, const char *id, struct s
     rc = sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK) rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
-        ret = store_sqlite_read_message(s, 0, m, err);
+        ret = store_sqlite_read_message(s, 0, m, &ref, err);
     } else if (rc == SQLITE_DONE) {
         ret = STORE_ERR_NOT_FOUND;
     } else {
         store_set_err(err, "cannot load message %s: %s", id, store_sqlite_error(be->rdb, rc));
         ret = store_sqlite_status(be->rdb, rc);
     }
-    /* Ends the read transaction: the bytes are ours now. */
+    /* Ends the read transaction: the columns are ours now; the body is read after it. */
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
     pthread_mutex_unlock(&be->rmu);
+    if (ret == STORE_OK) ret = store_sqlite_load_body(be, m, &ref, err);
     if (ret != STORE_OK) {
         store_free_message(m);
         return ret;
     }
     *out = m;
     return STORE_OK;
+}
+
+enum store_status store_sqlite_spool_open(void *arg, struct store_spool **out, char **err)
+{
+    struct sqlite_be *be = arg;
+
+    return store_spool_open(be->bodies, out, err);
 }
 
 /* ---- reads and checks ----------------------------------------------------------------------- */
@@ -1325,6 +1427,7 @@ const struct store_backend store_sqlite_backend = {
     .events_query = store_sqlite_events_query,
     .gauges = store_sqlite_gauges,
     .backup = store_sqlite_backup,
+    .spool_open = store_sqlite_spool_open,
     .rows_read = store_sqlite_rows_read,
     .rows_insert = store_sqlite_rows_insert,
     .holds_data = store_sqlite_holds_data,

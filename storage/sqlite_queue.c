@@ -111,6 +111,7 @@ static const char *const wq_sql[WQ_COUNT] = {
                          " AND state <> 'accepted'",
     [WQ_PURGE_RECIPIENTS] = "DELETE FROM recipients WHERE message_id = ?1",
     [WQ_DROP_CANDIDATE] = "DELETE FROM purge_candidates WHERE message_id = ?1",
+    [WQ_BODY_IN_USE] = "SELECT 1 FROM messages WHERE body_segment = ?1 LIMIT 1",
     [WQ_FREELIST] = "PRAGMA freelist_count",
     [WQ_VACUUM] = "PRAGMA incremental_vacuum(" SQ_STR(SQ_SWEEP_VACUUM_PAGES) ")",
 };
@@ -131,8 +132,7 @@ static const char *const rq_sql[RQ_COUNT] = {
                     " ORDER BY updated_at DESC, id DESC LIMIT ?4",
     [RQ_COPY] = "SELECT " COPY_COLS " FROM stored s LEFT JOIN messages m ON m.id = s.message_id"
                 " WHERE s.key = ?1 AND (s.expires_at > ?2 OR " COPY_HELD("s.key") ")",
-    [RQ_COPY_MESSAGE] = "SELECT " COPY_COLS ", m.received_at, m.sender, m.recipients,"
-                        " m.remote_ip, m.helo, m.tls, m.raw"
+    [RQ_COPY_MESSAGE] = "SELECT " COPY_COLS ", " SQLITE_MESSAGE_COLS("m.")
                         " FROM stored s LEFT JOIN messages m ON m.id = s.message_id"
                         " WHERE s.key = ?1 AND (s.expires_at > ?2 OR " COPY_HELD("s.key") ")",
     /* ?2..?3: the time range, already narrowed to the cursor's side. */
@@ -630,6 +630,28 @@ static int give_pages_back(struct sqlite_be *be, uint64_t *freed, int64_t *left)
     return rc;
 }
 
+/* Whether a row of the writer's transaction points into body segment `segment` (an error counts
+ * as in use: nothing is deleted on doubt). */
+static bool body_in_use(void *arg, int64_t segment)
+{
+    struct sqlite_be *be = arg;
+    sqlite3_stmt *s = be->wq[WQ_BODY_IN_USE];
+    int rc = sqlite3_bind_int64(s, 1, segment);
+
+    if (rc == SQLITE_OK) rc = sqlite3_step(s);
+    finish(s);
+    return rc != SQLITE_DONE;
+}
+
+/* Body segments no row points at any more, deleted.  First thing in a sweep: the transaction then
+ * holds every committed row plus the rows of its own batch (new bodies are only ever in the open
+ * segment or in segments adopted by this batch), and none of the deletions of this sweep, which
+ * might still roll back: a segment they free goes at the next sweep. */
+static enum store_status sweep_bodies(struct sqlite_be *be, struct store_sweep_result *out, char **err)
+{
+    return store_bodies_collect(be->bodies, body_in_use, be, &out->body_segments, &out->body_bytes, err);
+}
+
 enum store_status store_sqlite_sweep(void *arg, const struct store_sweep_args *a,
                                struct store_sweep_result *out, char **err)
 {
@@ -641,6 +663,8 @@ enum store_status store_sqlite_sweep(void *arg, const struct store_sweep_args *a
     int rc;
 
     *out = (struct store_sweep_result){0};
+    enum store_status bst = sweep_bodies(be, out, err);
+    if (bst != STORE_OK) return bst;
     rc = bind_ints(be->wq[WQ_SWEEP_COPIES], 1, (const int64_t[]){now, lim}, 2);
     rc = rc == SQLITE_OK ? run_delete(be, be->wq[WQ_SWEEP_COPIES], &out->copies) : rc;
     if (rc != SQLITE_DONE) goto fail;
@@ -870,7 +894,8 @@ static int read_copy(sqlite3_stmt *s, struct store_copy *c)
  * message's columns from column 10 on): STORE_OK, STORE_ERR_NOT_FOUND (no such unexpired copy,
  * or its message is gone), or a failure. */
 static enum store_status copy_row(struct sqlite_be *be, const char *key, int64_t now,
-                                  struct store_copy *c, struct store_message *m, char **err)
+                                  struct store_copy *c, struct store_message *m,
+                                  struct store_body_ref *ref, char **err)
 {
     sqlite3_stmt *s = be->rq[m ? RQ_COPY_MESSAGE : RQ_COPY];
     enum store_status ret = STORE_ERR_NOT_FOUND;
@@ -885,7 +910,7 @@ static enum store_status copy_row(struct sqlite_be *be, const char *key, int64_t
             ret = STORE_ERR_NOMEM;
         } else if (m) {
             copy_col(m->id, sizeof m->id, s, 1);
-            ret = store_sqlite_read_message(s, 10, m, err);
+            ret = store_sqlite_read_message(s, 10, m, ref, err);
         }
     } else if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
         store_set_err(err, "cannot read stored copy %s: %s", key, store_sqlite_error(be->rdb, rc));
@@ -902,6 +927,7 @@ enum store_status store_sqlite_copy_get(void *arg, const char *key, int64_t now,
     struct sqlite_be *be = arg;
     struct store_copy *c = calloc(1, sizeof *c);
     struct store_message *m = msg ? calloc(1, sizeof *m) : NULL;
+    struct store_body_ref ref = {0};
     enum store_status ret = STORE_ERR_NOMEM;
 
     if (!c || (msg && !m)) {
@@ -909,8 +935,9 @@ enum store_status store_sqlite_copy_get(void *arg, const char *key, int64_t now,
         goto out;
     }
     pthread_mutex_lock(&be->rmu);
-    ret = copy_row(be, key, now, c, m, err);
+    ret = copy_row(be, key, now, c, m, &ref, err);
     pthread_mutex_unlock(&be->rmu);
+    if (ret == STORE_OK && m) ret = store_sqlite_load_body(be, m, &ref, err);
     if (ret == STORE_OK) {
         *copy = c;
         c = NULL;
@@ -1032,7 +1059,8 @@ enum store_status store_sqlite_gauges(void *arg, int64_t now, struct store_gauge
     finish(s);
     pthread_mutex_unlock(&be->rmu);
     if (ret == STORE_OK)
-        out->database_bytes = file_bytes(be->path, "") + file_bytes(be->path, "-wal");
+        out->database_bytes = file_bytes(be->path, "") + file_bytes(be->path, "-wal") +
+                              store_bodies_size(be->bodies);
     return ret;
 }
 
@@ -1076,6 +1104,56 @@ static enum store_status vacuum_into(const struct sqlite_be *be, const char *pat
     return ret;
 }
 
+/* The backup's messages get their bytes back into `raw` from the body log (body_segment NULL),
+ * so that the backup is one self-contained file: inlet reads such rows as it reads rows written
+ * before the body log.  One body in memory at a time; one transaction, synced by the caller. */
+static enum store_status inline_bodies(struct sqlite_be *be, const char *path, char **err)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *sel = NULL, *upd = NULL;
+    enum store_status ret = STORE_OK;
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+
+    if (rc == SQLITE_OK) rc = sqlite3_exec(db, "PRAGMA synchronous = OFF; BEGIN", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(db, "SELECT id, body_segment, body_offset, size, body_crc FROM messages"
+                                    " WHERE body_segment IS NOT NULL", -1, &sel, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(db, "UPDATE messages SET raw = ?2, body_segment = NULL,"
+                                    " body_offset = NULL, body_crc = NULL WHERE id = ?1", -1, &upd, NULL);
+    while (rc == SQLITE_OK && ret == STORE_OK && (rc = sqlite3_step(sel)) == SQLITE_ROW) {
+        char id[ID_LEN + 1];
+        const struct store_body_ref ref = {
+            .segment = sqlite3_column_int64(sel, 1), .offset = sqlite3_column_int64(sel, 2),
+            .len = sqlite3_column_int64(sel, 3), .crc = (uint32_t)sqlite3_column_int64(sel, 4)};
+        uint8_t *data = NULL;
+
+        copy_col(id, sizeof id, sel, 0);
+        ret = store_bodies_read(be->bodies, &ref, id, &data, err);
+        if (ret == STORE_ERR_NOT_FOUND) {
+            store_set_err(err, "message %s: its body segment is gone", id);
+            ret = STORE_ERR_IO;
+        }
+        if (ret != STORE_OK) break;
+        rc = sqlite3_bind_text(upd, 1, id, -1, SQLITE_STATIC);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_blob64(upd, 2, data, (sqlite3_uint64)ref.len, SQLITE_STATIC);
+        if (rc == SQLITE_OK) rc = store_sqlite_step_reset(upd);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+        free(data);
+    }
+    if (rc == SQLITE_DONE) rc = SQLITE_OK;
+    sqlite3_finalize(sel);
+    sqlite3_finalize(upd);
+    if (ret == STORE_OK && rc == SQLITE_OK) rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    if (ret == STORE_OK && rc != SQLITE_OK) {
+        store_set_err(err, "cannot put the bodies into backup %s: %s", path,
+                      db ? store_sqlite_error(db, rc) : sqlite3_errstr(rc));
+        ret = db ? store_sqlite_status(db, rc) : STORE_ERR_IO;
+    }
+    sqlite3_close(db);
+    return ret;
+}
+
 enum store_status store_sqlite_backup(void *arg, const char *path, char **err)
 {
     struct sqlite_be *be = arg;
@@ -1088,7 +1166,11 @@ enum store_status store_sqlite_backup(void *arg, const char *path, char **err)
         return errno == ENOSPC || errno == EDQUOT ? STORE_ERR_FULL : STORE_ERR_IO;
     }
     close(fd);
+    /* Held from before the snapshot until the bodies are in: no segment it needs goes meanwhile. */
+    store_bodies_hold(be->bodies, true);
     ret = vacuum_into(be, path, err);
+    if (ret == STORE_OK) ret = inline_bodies(be, path, err);
+    store_bodies_hold(be->bodies, false);
     if (ret == STORE_OK && sync_file_and_dir(path) < 0) {
         store_set_err(err, "cannot sync backup file %s: %s", path, strerror(errno));
         ret = errno == ENOSPC || errno == EDQUOT ? STORE_ERR_FULL : STORE_ERR_IO;

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -153,8 +154,20 @@ void store_free_message(struct store_message *msg)
     free(msg->remote_ip);
     free(msg->helo);
     free(msg->tls);
-    free(msg->data);
+    if (msg->map)
+        munmap(msg->map, msg->map_len);
+    else
+        free(msg->data);
+    store_spool_discard(msg->spool);
     free(msg);
+}
+
+enum store_status store_spool_begin(struct store *st, struct store_spool **out, char **err)
+{
+    *out = NULL;
+    if (err) *err = NULL;
+    if (!st->ops->spool_open) return STORE_ERR_NOT_FOUND;
+    return st->ops->spool_open(st->be, out, err);
 }
 
 /* ---- JSON ----------------------------------------------------------------------------------- */

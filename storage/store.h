@@ -21,6 +21,7 @@
 #include "util/id.h"
 
 struct store;
+struct store_spool;
 
 /* The one error convention of storage/: every store_* function that can fail returns this (none
  * returns an int status or writes a status through an out-parameter).  Functions with a
@@ -56,8 +57,17 @@ struct store_message {
     char *remote_ip;
     char *helo;
     char *tls;
-    uint8_t *data;       /* the exact bytes, Received: included; bound without a copy */
+    uint8_t *data;       /* the exact bytes, Received: included; bound without a copy
+                            (NULL when `spool` holds them) */
     size_t len;
+    /* Set by the store only: `data` points into a read-only mapping of the body's file (map,
+     * map_len bytes), not into malloc'd memory; store_free_message unmaps it. */
+    void *map;
+    size_t map_len;
+    /* The bytes were written to a spool while they arrived (store_spool_open): `data` is NULL
+     * and `len` the spool's length.  The store takes the spool with the message; after the
+     * commit (STORE_OK) the message comes back with `data` mapped from where it was written. */
+    struct store_spool *spool;
 };
 
 /* The callback of a write queued without waiting (store_write_outcome_async,
@@ -82,6 +92,17 @@ void store_close(struct store *st);
 
 /* Queues `msg` for the next batch.  `done` is always called exactly once. */
 void store_accept(struct store *st, struct store_message *msg, store_done_fn done, void *arg);
+
+/* A message body written while it arrives (SMTP DATA past its in-memory size), so that memory
+ * holds none of it: a file beside the database (SQLite's body log), handed to the store with the
+ * message (store_message.spool), never copied again.  Any one thread per spool.
+ * store_spool_open: STORE_ERR_NOT_FOUND (no *err) when the backend keeps bodies in its rows
+ * (PostgreSQL): the caller then keeps the bytes in memory.  Writes: STORE_ERR_FULL on a full
+ * disk, else STORE_ERR_IO (*err says why).  store_spool_discard deletes what was written (a
+ * transaction that ends without a commit). */
+enum store_status store_spool_begin(struct store *st, struct store_spool **out, char **err);
+enum store_status store_spool_append(struct store_spool *sp, const void *p, size_t len, char **err);
+void store_spool_discard(struct store_spool *sp);
 
 /* Meta rows: settings every node shares, e.g. "api_key" and "signing_key" (SPEC §1).
  *
@@ -392,6 +413,7 @@ enum store_status store_events_query(struct store *st, const struct store_event_
  * pages back (incremental vacuum).  *more = true when some kind hit `batch` (run again soon). */
 struct store_sweep_result {
     uint64_t copies, events, deliveries, messages, pages_freed;
+    uint64_t body_segments, body_bytes; /* body log segments deleted (SQLite), and their bytes */
     bool more;
 };
 enum store_status store_sweep(struct store *st, int64_t now, int64_t event_ttl, int64_t failed_retention,

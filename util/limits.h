@@ -112,6 +112,12 @@
 #define SQLITE_PROBE_TIMEOUT_MS 2000
 #define SQLITE_CHECKPOINT_TRUNCATE_IDLE_MS 1000
 #define SQLITE_CHECKPOINT_VALVE_BUSY_MS 250
+/* The SQLite backend's body log (storage/bodies.c): a segment file takes messages until it holds
+ * this many bytes, then the next one starts (a larger message gets a segment of its own).  A
+ * segment is deleted once no row refers to it, so the space held beyond the live bodies is at most
+ * one partly-dead segment per long-lived message: small segments waste less, large ones cost fewer
+ * files. */
+#define STORE_BODY_SEGMENT_BYTES (8LL * 1024 * 1024)
 
 /* Listeners per protocol. */
 #define LIMIT_LISTENERS_MAX 16

@@ -451,7 +451,7 @@ class Daemon:
         if self.database_url and not self.database_url.startswith("sqlite:"):
             pg_query(self.database_url, sql, params)
             return
-        con = open_db(self.sqlite_path)
+        con = open_db(self.sqlite_path, bodies=False)
         try:
             with con:
                 con.execute(sql, params)
@@ -525,12 +525,37 @@ def unescape(s):
     return bytes(out)
 
 
-def open_db(path):
-    """A connection to the daemon's database (it may be running: WAL readers do not block it)."""
+def read_body(path, segment, offset, size, crc):
+    """The bytes of a message in the SQLite backend's body log (<database>-bodies/<segment>, see
+    docs/internals/storage.md "Bodies"), checked against the row's CRC-32: a row that points at
+    missing or damaged bytes fails the query that reads it."""
+    import zlib
+    name = os.path.join(path + "-bodies", "%012d" % segment)
+    with open(name, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size or (zlib.crc32(data) & 0xffffffff) != (crc & 0xffffffff):
+        raise ValueError("body of segment %d at %d (%d bytes) is short or damaged" % (segment, offset, size))
+    return data
+
+
+def open_db(path, bodies=True):
+    """A connection to the daemon's database (it may be running: WAL readers do not block it).
+    With `bodies`, `messages` reads as the table did before the body log: a temporary view (the
+    temp schema is searched before main) whose `raw` is the message's bytes wherever they are, in
+    the row or in the body log; writes need bodies=False (main.messages itself)."""
     if not os.path.exists(path):
         raise AssertionError("database %s does not exist" % path)
     con = sqlite3.connect(path, timeout=timeout(10))
     con.row_factory = sqlite3.Row
+    if bodies:
+        cols = [r[1] for r in con.execute("PRAGMA main.table_info(messages)")]
+        if "body_segment" in cols:
+            con.create_function("inlet_body", 4, lambda *a: read_body(path, *a), deterministic=True)
+            sel = ", ".join("CASE WHEN body_segment IS NULL THEN raw ELSE"
+                            " inlet_body(body_segment, body_offset, size, body_crc) END AS raw"
+                            if c == "raw" else '"%s"' % c for c in cols)
+            con.execute("CREATE TEMP VIEW messages AS SELECT %s FROM main.messages" % sel)
     return con
 
 
