@@ -12,7 +12,7 @@
  *
  * All three walk only the candidates the table's prefilter leaves for the normalised recipient
  * (routes/internal.h, "The table and its prefilter"): a skipped route's key is not a prefix of
- * the recipient, so its match_recipient filter could not match and it would have added nothing,
+ * (or, for an inner key, a substring of) the recipient, so its match_recipient filter could not match and it would have added nothing,
  * which keeps catch_all() ("no earlier route matched") and stop() exactly as in a full walk. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,10 +34,13 @@ struct route_matcher {
     char *rcpt;                 /* the normalised recipient */
     size_t rcptlen, rcptcap;
     struct route_capture caps[ROUTE_CAPTURES_MAX + 1];
-    /* The candidate walk (below): a heap of cursors, one per candidate list; grown only when a
-     * table has more key lengths than any before (at most 1 + the number of its routes). */
+    /* The candidate walk (below): a heap of cursors, one per candidate list (the always list, the
+     * prefix buckets, the inner buckets found); grown only when a recipient needs more. */
     struct cursor *heap;
     size_t heapcap;
+    /* The inner-key buckets found in the recipient (cand_begin); grown as needed. */
+    const struct prefix_slot **found;
+    size_t foundcap;
     size_t last_candidates;
     bool hit_limit;             /* the last route_could_match answered yes on a PCRE2 limit only */
 };
@@ -71,6 +74,7 @@ void route_matcher_free(struct route_matcher *m)
     pcre2_jit_stack_free(m->js);
     free(m->rcpt);
     free(m->heap);
+    free(m->found);
     free(m);
 }
 
@@ -132,8 +136,8 @@ static bool ascii_caseeq(const char *a, const char *b)
 
 /* ---------------------------------------------------------------------------------------------
  * The candidates for m->rcpt, in evaluation order (see "The table and its prefilter" in
- * routes/internal.h): the table's always list merged with the bucket of every key length that
- * is a prefix of the recipient.  The lists are disjoint and each ascending; a binary heap of
+ * routes/internal.h): the table's always list merged with the prefix bucket of every key length
+ * that is a prefix of the recipient and the inner bucket of every key found in it.  The lists are disjoint and each ascending; a binary heap of
  * their cursors yields the positions in order (one list, the common case, costs no sifting).
  * Without the prefilter (turned off, or no memory for the heap) every route is a candidate. */
 
@@ -159,27 +163,83 @@ static void sift_down(struct cursor *h, size_t k, size_t i)
     }
 }
 
+/* Makes room for `n` cursors in m->heap; false when memory ran out. */
+static bool heap_reserve(struct route_matcher *m, size_t n)
+{
+    if (n <= m->heapcap) return true;
+    size_t cap = m->heapcap ? m->heapcap : 16;
+    while (cap < n) cap *= 2;
+    struct cursor *nh = realloc(m->heap, cap * sizeof *nh);
+    if (!nh) return false;
+    m->heap = nh;
+    m->heapcap = cap;
+    return true;
+}
+
+static int cmp_slot(const void *a, const void *b)
+{
+    const struct prefix_slot *x = *(const struct prefix_slot *const *)a, *y = *(const struct prefix_slot *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The inner buckets whose key occurs in m->rcpt, each once, into m->found; how many, or
+ * SIZE_MAX when memory ran out.  Every position is probed once per distinct key length (at most
+ * ROUTE_INNER_KEY_MAX of them). */
+static size_t find_inner(struct route_matcher *m, const struct key_map *map)
+{
+    size_t nfound = 0;
+    for (size_t i = 0; map->nlens && i + map->lens[0] <= m->rcptlen; i++) {
+        uint64_t h = route_prefix_hash_init();
+        size_t hashed = 0;
+        for (size_t j = 0; j < map->nlens && i + map->lens[j] <= m->rcptlen; j++) {
+            const size_t len = map->lens[j];
+            while (hashed < len) h = route_prefix_hash_step(h, (unsigned char)m->rcpt[i + hashed++]);
+            const struct prefix_slot *s = route_index_find(map, h, m->rcpt + i, len);
+            if (!s) continue;
+            if (nfound == m->foundcap) {
+                const size_t cap = m->foundcap ? 2 * m->foundcap : 16;
+                const struct prefix_slot **nf = realloc(m->found, cap * sizeof *nf);
+                if (!nf) return SIZE_MAX;
+                m->found = nf;
+                m->foundcap = cap;
+            }
+            m->found[nfound++] = s;
+        }
+    }
+    /* A key found at several positions is one bucket: keep it once (the lists must be disjoint). */
+    if (nfound > 1) qsort(m->found, nfound, sizeof *m->found, cmp_slot);
+    size_t k = 0;
+    for (size_t i = 0; i < nfound; i++)
+        if (k == 0 || m->found[k - 1] != m->found[i]) m->found[k++] = m->found[i];
+    return k;
+}
+
 static void cand_begin(struct cand *c, const struct route_table *t, struct route_matcher *m)
 {
     *c = (struct cand){.t = t, .full = true};
     m->last_candidates = 0;
     if (!t || !t->prefilter) return;
     const struct route_index *idx = &t->idx;
-    if (idx->nlens + 1 > m->heapcap) {
-        struct cursor *nh = realloc(m->heap, (idx->nlens + 1) * sizeof *nh);
-        if (!nh) return;
-        m->heap = nh;
-        m->heapcap = idx->nlens + 1;
-    }
+    const bool inner_ok = m->rcptlen <= ROUTE_INNER_SUBJECT_MAX;
+    const size_t ninner = inner_ok ? find_inner(m, &idx->inner) : 1;
+    if (ninner == SIZE_MAX || !heap_reserve(m, 1 + idx->prefix.nlens + ninner)) return;
     c->h = m->heap;
     if (idx->nalways) c->h[c->k++] = (struct cursor){idx->always, idx->always + idx->nalways};
+    const struct key_map *pm = &idx->prefix;
     uint64_t h = route_prefix_hash_init();
     size_t hashed = 0;
-    for (size_t j = 0; j < idx->nlens && idx->lens[j] <= m->rcptlen; j++) {
-        const size_t len = idx->lens[j];
+    for (size_t j = 0; j < pm->nlens && pm->lens[j] <= m->rcptlen; j++) {
+        const size_t len = pm->lens[j];
         while (hashed < len) h = route_prefix_hash_step(h, (unsigned char)m->rcpt[hashed++]);
-        const struct prefix_slot *s = route_index_find(idx, h, m->rcpt, len);
-        if (s) c->h[c->k++] = (struct cursor){idx->positions + s->start, idx->positions + s->start + s->count};
+        const struct prefix_slot *s = route_index_find(pm, h, m->rcpt, len);
+        if (s) c->h[c->k++] = (struct cursor){pm->positions + s->start, pm->positions + s->start + s->count};
+    }
+    const struct key_map *im = &idx->inner;
+    if (!inner_ok && idx->ninner_all)
+        c->h[c->k++] = (struct cursor){idx->inner_all, idx->inner_all + idx->ninner_all};
+    for (size_t j = 0; inner_ok && j < ninner; j++) {
+        const struct prefix_slot *s = m->found[j];
+        c->h[c->k++] = (struct cursor){im->positions + s->start, im->positions + s->start + s->count};
     }
     for (size_t i = c->k / 2; i-- > 0;) sift_down(c->h, c->k, i);
     c->full = false;

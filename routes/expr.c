@@ -41,6 +41,16 @@ static int parse_regex(struct route_parser *p, struct route_filter *f)
             pfx[f->prefixlen] = '\0';
             f->prefix = pfx;
         }
+        f->lits = malloc(p->tok.slen + 1);
+        if (!f->lits) {
+            *p->err = strdup("out of memory");
+            return -1;
+        }
+        f->nruns = route_regex_literal_runs(p->tok.str, p->tok.slen, f->lits, f->runs, ROUTE_LITERAL_RUNS_MAX);
+        if (f->nruns == 0) {
+            free(f->lits);
+            f->lits = NULL;
+        }
     }
     return route_parser_advance(p);
 }
@@ -174,6 +184,7 @@ void route_expr_free(struct route_expr *e)
     for (size_t i = 0; i < e->nfilters; i++) {
         free(e->filters[i].header);
         free(e->filters[i].prefix);
+        free(e->filters[i].lits);
         route_regex_free(&e->filters[i].re);
     }
     free(e->filters);

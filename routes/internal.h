@@ -103,8 +103,35 @@ char *route_regex_rewrite(const char *pat, size_t len, size_t *outlen, uint32_t 
  * or a structure the scan does not follow. */
 size_t route_regex_literal_prefix(const char *pat, size_t len, char *out);
 
+/* A literal run: `len` bytes at `off` of the buffer route_regex_literal_runs filled. */
+struct route_literal {
+    uint32_t off, len;
+};
+/* The literal runs every match of the (compiled, valid) Python pattern `pat` must contain,
+ * somewhere: their bytes go to `buf` (room for `len` bytes), at most `max` of them to `out`, in
+ * pattern order; how many.  Rules (conservative, as the prefix's: none at all with a top-level
+ * '|', any flag group, or a structure the scan does not follow; none either when PCRE2 could
+ * backtrack much over the pattern, which could then hit a limit, and add a warning, on a
+ * recipient without the literal: a '|', a quantified group, or more than two variable
+ * quantifiers anywhere): the top-level items are read
+ * in order; runs of ASCII characters that stand for themselves and escaped ASCII punctuation are
+ * kept; '.', '^', '$', classes, groups (whole) and \d \D \s \S \w \W \b \B \A \Z, each
+ * perhaps quantified, end a run and are stepped over; a quantified literal is dropped and ends
+ * its run; anything else ('{', a comment, another escape, non-ASCII) ends the scan. */
+size_t route_regex_literal_runs(const char *pat, size_t len, char *buf, struct route_literal *out, size_t max);
+
 /* ---------------------------------------------------------------------------------------------
  * The parsed expression (routes/expr.c). */
+
+/* At most this many literal runs per filter are kept, and an inner key is at most this long
+ * (the first or last ROUTE_INNER_KEY_MAX bytes of a run): the evaluation probes every position
+ * of the recipient once per distinct key length, so few lengths keep it cheap. */
+#define ROUTE_LITERAL_RUNS_MAX 8
+#define ROUTE_INNER_KEY_MAX 8
+/* Inner keys serve recipients up to this length (longer ones, which SMTP never gives: see
+ * SMTP_PATH_MAX, consider every inner-keyed route): the patterns that get inner keys backtrack
+ * at most about L^2 / 2 times over L bytes, under ROUTE_MATCH_LIMIT up to here. */
+#define ROUTE_INNER_SUBJECT_MAX 1000
 
 enum filter_kind { FILTER_RECIPIENT, FILTER_HEADER, FILTER_CATCH_ALL };
 
@@ -118,6 +145,11 @@ struct route_filter {
      * when it has none. */
     char *prefix;
     size_t prefixlen;
+    /* FILTER_RECIPIENT: route_regex_literal_runs of the pattern (the inner keys the table may
+     * choose from); `lits` holds their bytes, NULL when there are none. */
+    char *lits;
+    struct route_literal runs[ROUTE_LITERAL_RUNS_MAX];
+    size_t nruns;
 };
 
 struct route_expr {
@@ -199,6 +231,9 @@ struct route {
      * warning (a PCRE2 limit) even when the key then fails, and a skipped route adds none. */
     const char *key;
     size_t keylen;
+    /* The same filter's literal runs (every match contains each of them somewhere): the table
+     * may key the route by one of them instead (routes/table.c); NULL and 0 when none. */
+    const struct route_filter *inner;
     /* What a hit lists: "1".."ngroups", then every distinct name; the group each reads. */
     size_t ncapnames;
     char **capnames;
@@ -208,28 +243,40 @@ struct route {
 /* ---------------------------------------------------------------------------------------------
  * The table and its prefilter (routes/table.c).
  *
- * A route with a key (above) can only match a recipient whose normalised form starts with that
- * key: such routes sit in a hash map from key to their positions (ascending); every other route
- * is an "always" candidate.  For one recipient the candidates are the always list merged, in
- * position order, with the buckets of every key length that is a prefix of the recipient; the
+ * A route with a key can only match a recipient that contains the key: at its start for a
+ * prefix key (the route's `key`), anywhere for an inner key (one of its `inner` filter's literal
+ * runs, at most ROUTE_INNER_KEY_MAX bytes of it).  The table gives each route one key: of the
+ * ones it has, the one the fewest routes of the table share (ties: the prefix, then the longer),
+ * so that `^user-(\d+)@tenantK\.example\.com$` is filed under its tenant, not under "user-".
+ * Keyed routes sit in two hash maps (prefix keys, inner keys) from key to their positions
+ * (ascending); every other route is an "always" candidate.  For one recipient the candidates
+ * are the always list merged, in position order, with the prefix buckets of every key length
+ * that is a prefix of the recipient and the inner buckets of every key that occurs in it; the
  * evaluation then runs over the candidates only.  Skipped routes could not have matched and
- * would have added nothing (no hit, no warning), so results are those of the full walk. */
+ * would have added nothing (no hit, no warning: their keyed filter is the first one evaluated
+ * other than catch_all()), so results are those of the full walk. */
 
 struct prefix_slot {
     uint64_t hash;
     const char *key;         /* NULL: empty slot */
     uint32_t keylen;
-    uint32_t start, count;   /* its positions: idx->positions[start .. start + count) */
+    uint32_t start, count;   /* its positions: map->positions[start .. start + count) */
 };
 
-struct route_index {
-    uint32_t *always;        /* positions of the routes without a key, ascending */
-    size_t nalways;
+struct key_map {
     uint32_t *positions;     /* the buckets' positions, bucket by bucket, each ascending */
     struct prefix_slot *slots;
     size_t mask;             /* slots: mask + 1 of them (a power of two); 0 slots when no keys */
     uint32_t *lens;          /* the distinct key lengths, ascending */
     size_t nlens;
+};
+
+struct route_index {
+    uint32_t *always;        /* positions of the routes without a key, ascending */
+    size_t nalways;
+    struct key_map prefix, inner;
+    uint32_t *inner_all;     /* positions of the routes with an inner key, ascending */
+    size_t ninner_all;
 };
 
 struct route_table {
@@ -243,7 +290,7 @@ struct route_table {
 uint64_t route_prefix_hash_init(void);
 uint64_t route_prefix_hash_step(uint64_t h, unsigned char c);
 /* The slot for (key, keylen, hash) or NULL. */
-const struct prefix_slot *route_index_find(const struct route_index *idx, uint64_t hash, const char *key,
+const struct prefix_slot *route_index_find(const struct key_map *map, uint64_t hash, const char *key,
                                            size_t keylen);
 
 /* Test hooks.  route_table_set_prefilter(t, false) makes evaluation walk every route (the

@@ -427,3 +427,180 @@ size_t route_regex_literal_prefix(const char *pat, size_t len, char *out)
     }
     return n;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * The literal runs every match must contain (the prefilter's inner keys, routes/table.c).
+ *
+ * The same conservative reading as the prefix, carried past the first non-literal item: at the
+ * top level (no top-level '|', no flag group) the pattern is a sequence whose every item must
+ * match, so every maximal run of plain literals between other items is a substring of any match.
+ * Items this scan can step over: '.', '^', '$', a class, a group (skipped whole: its content may
+ * be optional or alternative), the escapes \d \D \s \S \w \W \b \B \A \Z; each may carry a
+ * quantifier (? * + and their lazy / possessive forms).  Anything else ('{', a (?#...) comment,
+ * any other escape, a non-ASCII byte) ends the scan: the runs found before it still hold. */
+
+/* The offset just past the class or group that starts at p[i] ('[' or '('), or 0 when it does
+ * not end (the compiled pattern is valid, so that means this scan misread it: give up). */
+static size_t skip_class(const char *p, size_t len, size_t i)
+{
+    i++;
+    if (i < len && p[i] == '^') i++;
+    if (i < len && p[i] == ']') i++;
+    while (i < len && p[i] != ']') i += p[i] == '\\' ? 2 : 1;
+    return i < len ? i + 1 : 0;
+}
+
+static size_t skip_group(const char *p, size_t len, size_t i)
+{
+    size_t depth = 0;
+    while (i < len) {
+        if (p[i] == '\\') {
+            i += 2;
+        } else if (p[i] == '[') {
+            i = skip_class(p, len, i);
+            if (i == 0) return 0;
+        } else if (p[i] == '(' && i + 2 < len && p[i + 1] == '?' && p[i + 2] == '#') {
+            const char *e = memchr(p + i, ')', len - i);
+            if (!e) return 0;
+            i = (size_t)(e - p) + 1;
+        } else if (p[i] == '(') {
+            depth++;
+            i++;
+        } else if (p[i] == ')') {
+            i++;
+            if (--depth == 0) return i;
+        } else {
+            i++;
+        }
+    }
+    return 0;
+}
+
+/* Steps over the quantifier characters after an item; false when a '{' follows (read as the end
+ * of the scan: it may be a quantifier or a literal). */
+static bool skip_quantifier(const char *p, size_t len, size_t *i)
+{
+    while (*i < len && (p[*i] == '?' || p[*i] == '*' || p[*i] == '+')) (*i)++;
+    return !(*i < len && p[*i] == '{');
+}
+
+struct runs {
+    char *buf;
+    size_t n, start;                 /* bytes in buf; where the open run began */
+    struct route_literal *out;
+    size_t nout, max;
+};
+
+static void close_run(struct runs *r)
+{
+    if (r->n > r->start && r->nout < r->max) {
+        r->out[r->nout++] = (struct route_literal){(uint32_t)r->start, (uint32_t)(r->n - r->start)};
+    } else {
+        r->n = r->start;
+    }
+    r->start = r->n;
+}
+
+/* The literal character at pat[i] (a plain one or an escaped ASCII punctuation mark) with its
+ * length in *adv, or 0 when pat[i] starts no literal. */
+static size_t literal_at(const char *pat, size_t len, size_t i, char *c)
+{
+    const unsigned char u = (unsigned char)pat[i];
+    if (plain_literal(u)) {
+        *c = (char)u;
+        return 1;
+    }
+    if (u == '\\' && i + 1 < len && (unsigned char)pat[i + 1] > 0x20 && (unsigned char)pat[i + 1] < 0x7f &&
+        !((pat[i + 1] >= '0' && pat[i + 1] <= '9') || ((pat[i + 1] | 0x20) >= 'a' && (pat[i + 1] | 0x20) <= 'z'))) {
+        *c = pat[i + 1];
+        return 2;
+    }
+    return 0;
+}
+
+/* Whether PCRE2 can only backtrack polynomially, and little, over this pattern: no '|' outside
+ * classes, no quantified group, at most two variable quantifiers ((? * + {m,n}).  A match
+ * attempt then takes at most about L^2 steps over a subject of L bytes, under ROUTE_MATCH_LIMIT
+ * for any recipient up to ROUTE_INNER_SUBJECT_MAX: it fails without a limit warning when a
+ * required literal is absent, so skipping it adds nothing.  (A prefix needs no such care: the
+ * anchored match fails at the first byte.) */
+static bool backtracking_bounded(const char *p, size_t len)
+{
+    size_t variable = 0;
+    bool after_open = false; /* the previous byte is an unescaped '(' */
+    for (size_t i = 0; i < len;) {
+        const char c = p[i];
+        const bool opened = after_open;
+        after_open = c == '(';
+        if (c == '\\') {
+            i += 2;
+            continue;
+        }
+        if (c == '[') {
+            i = skip_class(p, len, i);
+            if (i == 0) return false;
+            continue;
+        }
+        if (c == '|') return false;
+        if (c == ')' && i + 1 < len && strchr("?*+{", p[i + 1])) return false;
+        i++;
+        if (strchr("?*+{", c) && c) {
+            /* A '?' right after '(' opens an extension, not a quantifier; a lazy or possessive
+             * mark after a quantifier is part of it. */
+            if (c == '?' && opened) continue;
+            if (c == '{') {
+                size_t k = i, commas = 0;
+                while (k < len && ((p[k] >= '0' && p[k] <= '9') || p[k] == ',')) commas += p[k++] == ',';
+                if (k >= len || p[k] != '}') continue; /* a literal '{' */
+                i = k + 1;
+                if (commas == 0) continue;              /* {m}: fixed */
+            }
+            if (++variable > 2) return false;
+            while (i < len && (p[i] == '?' || p[i] == '+')) i++;
+        }
+    }
+    return true;
+}
+
+size_t route_regex_literal_runs(const char *pat, size_t len, char *buf, struct route_literal *out, size_t max)
+{
+    if (!backtracking_bounded(pat, len)) return 0;
+    for (size_t i = 0; i + 2 < len; i++)
+        if (pat[i] == '(' && pat[i + 1] == '?' && strchr("aiLmsux-", pat[i + 2]) && pat[i + 2]) return 0;
+    if (memchr(pat, '\0', len) || top_level_alternation_or_odd(pat, len)) return 0;
+    struct runs r = {.buf = buf, .out = out, .max = max};
+    size_t i = 0;
+    while (i < len && r.nout < max) {
+        char c;
+        const size_t adv = literal_at(pat, len, i, &c);
+        const char u = pat[i];
+        if (adv) {
+            const size_t next = i + adv;
+            if (next < len && strchr("?*+{", pat[next])) {
+                close_run(&r);
+                i = next;
+                if (!skip_quantifier(pat, len, &i)) break;
+                continue;
+            }
+            if (next + 2 < len && pat[next] == '(' && pat[next + 1] == '?' && pat[next + 2] == '#') break;
+            r.buf[r.n++] = c;
+            i = next;
+            continue;
+        }
+        close_run(&r);
+        if (u == '.' || u == '^' || u == '$') {
+            i++;
+        } else if (u == '\\' && i + 1 < len && strchr("dDsSwWbBAZ", pat[i + 1]) && pat[i + 1]) {
+            i += 2;
+        } else if (u == '[') {
+            i = skip_class(pat, len, i);
+        } else if (u == '(' && !(i + 2 < len && pat[i + 1] == '?' && pat[i + 2] == '#')) {
+            i = skip_group(pat, len, i);
+        } else {
+            break;
+        }
+        if (i == 0 || !skip_quantifier(pat, len, &i)) break;
+    }
+    close_run(&r);
+    return r.nout;
+}

@@ -87,6 +87,7 @@ struct route *route_compile(const struct route_def *def, char **err)
             r->key = f->prefix;
             r->keylen = f->prefixlen;
         }
+        if (f->kind == FILTER_RECIPIENT && f->nruns > 0) r->inner = f;
         break;
     }
     r->actions = calloc(def->nactions ? def->nactions : 1, sizeof *r->actions);
@@ -172,24 +173,196 @@ static uint64_t prefix_hash(const char *s, size_t len)
     return h;
 }
 
-const struct prefix_slot *route_index_find(const struct route_index *idx, uint64_t hash, const char *key,
+const struct prefix_slot *route_index_find(const struct key_map *map, uint64_t hash, const char *key,
                                            size_t keylen)
 {
-    if (!idx->slots) return NULL;
-    for (size_t i = (size_t)hash & idx->mask;; i = (i + 1) & idx->mask) {
-        const struct prefix_slot *s = &idx->slots[i];
+    if (!map->slots) return NULL;
+    for (size_t i = (size_t)hash & map->mask;; i = (i + 1) & map->mask) {
+        const struct prefix_slot *s = &map->slots[i];
         if (!s->key) return NULL;
         if (s->hash == hash && s->keylen == keylen && memcmp(s->key, key, keylen) == 0) return s;
     }
 }
 
+/* The slot of (key, keylen) in `slots` (mask + 1 of them, never full): its own, or the empty one
+ * where it goes. */
+static struct prefix_slot *slot_for(struct prefix_slot *slots, size_t mask, uint64_t h, const char *key,
+                                    size_t keylen)
+{
+    size_t k = (size_t)h & mask;
+    while (slots[k].key && !(slots[k].hash == h && slots[k].keylen == keylen && memcmp(slots[k].key, key, keylen) == 0))
+        k = (k + 1) & mask;
+    return &slots[k];
+}
+
+static size_t slots_for(size_t nkeys)
+{
+    size_t nslots = 16;
+    while (nslots < 2 * nkeys) nslots *= 2;
+    return nslots;
+}
+
+static void map_free(struct key_map *map)
+{
+    free(map->positions);
+    free(map->slots);
+    free(map->lens);
+    memset(map, 0, sizeof *map);
+}
+
 static void index_free(struct route_index *idx)
 {
     free(idx->always);
-    free(idx->positions);
-    free(idx->slots);
-    free(idx->lens);
+    free(idx->inner_all);
+    map_free(&idx->prefix);
+    map_free(&idx->inner);
     memset(idx, 0, sizeof *idx);
+}
+
+/* One key a route may be filed under. */
+enum key_kind { KEY_NONE, KEY_PREFIX, KEY_INNER };
+struct key_choice {
+    enum key_kind kind;
+    const char *key;
+    uint32_t len;
+};
+
+/* Builds `map` from the routes whose choice is of `kind`.  -1 when memory ran out. */
+static int map_build(struct key_map *map, const struct key_choice *ch, size_t n, enum key_kind kind)
+{
+    size_t nkeyed = 0, maxlen = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ch[i].kind != kind) continue;
+        nkeyed++;
+        if (ch[i].len > maxlen) maxlen = ch[i].len;
+    }
+    if (nkeyed == 0) return 0;
+    const size_t nslots = slots_for(nkeyed);
+    map->slots = calloc(nslots, sizeof *map->slots);
+    map->positions = malloc(nkeyed * sizeof *map->positions);
+    uint32_t *slot_of = malloc(n * sizeof *slot_of);
+    bool *len_seen = calloc(maxlen + 1, sizeof *len_seen);
+    if (!map->slots || !map->positions || !slot_of || !len_seen) goto oom;
+    map->mask = nslots - 1;
+    /* Pass 1: each keyed route's slot, the counts, the key lengths. */
+    size_t ndistinct = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ch[i].kind != kind) continue;
+        const uint64_t h = prefix_hash(ch[i].key, ch[i].len);
+        struct prefix_slot *s = slot_for(map->slots, map->mask, h, ch[i].key, ch[i].len);
+        if (!s->key) {
+            s->hash = h;
+            s->key = ch[i].key;
+            s->keylen = ch[i].len;
+        }
+        s->count++;
+        slot_of[i] = (uint32_t)(s - map->slots);
+        if (!len_seen[ch[i].len]) {
+            len_seen[ch[i].len] = true;
+            ndistinct++;
+        }
+    }
+    /* Pass 2: bucket starts, then the positions in ascending order within each bucket. */
+    uint32_t next = 0;
+    for (size_t k = 0; k <= map->mask; k++) {
+        map->slots[k].start = next;
+        next += map->slots[k].count;
+        map->slots[k].count = 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ch[i].kind != kind) continue;
+        struct prefix_slot *s = &map->slots[slot_of[i]];
+        map->positions[s->start + s->count++] = (uint32_t)i;
+    }
+    map->lens = malloc(ndistinct * sizeof *map->lens);
+    if (!map->lens) goto oom;
+    for (size_t l = 1; l <= maxlen; l++)
+        if (len_seen[l]) map->lens[map->nlens++] = (uint32_t)l;
+    free(slot_of);
+    free(len_seen);
+    return 0;
+oom:
+    free(slot_of);
+    free(len_seen);
+    map_free(map);
+    return -1;
+}
+
+/* The keys route `r` may be filed under: its prefix, then the first and the last
+ * ROUTE_INNER_KEY_MAX bytes of each literal run.  How many (at most 1 + 2 * ROUTE_LITERAL_RUNS_MAX). */
+static size_t key_options(const struct route *r, struct key_choice *out)
+{
+    size_t n = 0;
+    if (r->key) out[n++] = (struct key_choice){KEY_PREFIX, r->key, (uint32_t)r->keylen};
+    for (size_t k = 0; r->inner && k < r->inner->nruns; k++) {
+        const struct route_literal *run = &r->inner->runs[k];
+        const char *s = r->inner->lits + run->off;
+        const uint32_t len = run->len < ROUTE_INNER_KEY_MAX ? run->len : ROUTE_INNER_KEY_MAX;
+        out[n++] = (struct key_choice){KEY_INNER, s, len};
+        if (run->len > len) out[n++] = (struct key_choice){KEY_INNER, s + run->len - len, len};
+    }
+    return n;
+}
+
+/* How many routes offer each key (a count per distinct (kind, key)), for choosing rare keys. */
+struct key_count {
+    struct prefix_slot slot; /* start: unused; count: the routes offering the key */
+    enum key_kind kind;
+};
+
+static struct key_count *count_find(struct key_count *c, size_t mask, const struct key_choice *o, uint64_t h)
+{
+    size_t k = (size_t)h & mask;
+    while (c[k].slot.key && !(c[k].kind == o->kind && c[k].slot.hash == h && c[k].slot.keylen == o->len &&
+                              memcmp(c[k].slot.key, o->key, o->len) == 0))
+        k = (k + 1) & mask;
+    return &c[k];
+}
+
+static uint64_t option_hash(const struct key_choice *o)
+{
+    return prefix_hash(o->key, o->len) ^ (uint64_t)o->kind;
+}
+
+/* Chooses every route's key: of its options the one the fewest routes offer; on a tie the
+ * prefix (it also fixes the position), then the longer.  -1 when memory ran out. */
+static int choose_keys(const struct route_table *t, struct key_choice *ch)
+{
+    enum { OPTIONS = 1 + 2 * ROUTE_LITERAL_RUNS_MAX };
+    struct key_choice opt[OPTIONS];
+    size_t total = 0;
+    for (size_t i = 0; i < t->n; i++) total += key_options(t->routes[i], opt);
+    const size_t nslots = slots_for(total);
+    struct key_count *counts = calloc(nslots, sizeof *counts);
+    if (!counts) return -1;
+    const size_t mask = nslots - 1;
+    for (size_t i = 0; i < t->n; i++) {
+        const size_t no = key_options(t->routes[i], opt);
+        for (size_t k = 0; k < no; k++) {
+            struct key_count *c = count_find(counts, mask, &opt[k], option_hash(&opt[k]));
+            if (!c->slot.key) {
+                c->slot = (struct prefix_slot){.hash = option_hash(&opt[k]), .key = opt[k].key, .keylen = opt[k].len};
+                c->kind = opt[k].kind;
+            }
+            c->slot.count++;
+        }
+    }
+    for (size_t i = 0; i < t->n; i++) {
+        const size_t no = key_options(t->routes[i], opt);
+        ch[i] = (struct key_choice){KEY_NONE, NULL, 0};
+        uint32_t best = UINT32_MAX;
+        for (size_t k = 0; k < no; k++) {
+            const uint32_t cnt = count_find(counts, mask, &opt[k], option_hash(&opt[k]))->slot.count;
+            const bool better = cnt < best || (cnt == best && ch[i].kind == KEY_INNER &&
+                                               (opt[k].kind == KEY_PREFIX || opt[k].len > ch[i].len));
+            if (better) {
+                best = cnt;
+                ch[i] = opt[k];
+            }
+        }
+    }
+    free(counts);
+    return 0;
 }
 
 /* Builds t->idx over t->routes (in evaluation order).  -1 when memory ran out. */
@@ -198,73 +371,25 @@ static int index_build(struct route_table *t)
     struct route_index *idx = &t->idx;
     const size_t n = t->n;
     if (n > UINT32_MAX) return -1;
-    size_t nkeyed = 0, maxlen = 0;
+    struct key_choice *ch = malloc((n ? n : 1) * sizeof *ch);
+    if (!ch || choose_keys(t, ch) < 0) goto oom;
+    size_t nalways = 0, ninner = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!t->routes[i]->key) continue;
-        nkeyed++;
-        if (t->routes[i]->keylen > maxlen) maxlen = t->routes[i]->keylen;
+        nalways += ch[i].kind == KEY_NONE;
+        ninner += ch[i].kind == KEY_INNER;
     }
-    idx->always = malloc((n - nkeyed ? n - nkeyed : 1) * sizeof *idx->always);
-    idx->positions = malloc((nkeyed ? nkeyed : 1) * sizeof *idx->positions);
-    uint32_t *slot_of = malloc((n ? n : 1) * sizeof *slot_of);
-    bool *len_seen = calloc(maxlen + 1, sizeof *len_seen);
-    if (!idx->always || !idx->positions || !slot_of || !len_seen) goto oom;
-    if (nkeyed) {
-        size_t nslots = 16;
-        while (nslots < 2 * nkeyed) nslots *= 2;
-        idx->slots = calloc(nslots, sizeof *idx->slots);
-        if (!idx->slots) goto oom;
-        idx->mask = nslots - 1;
-    }
-    /* Pass 1: the always list, each keyed route's slot, the counts, the key lengths. */
-    size_t ndistinct = 0;
+    idx->always = malloc((nalways ? nalways : 1) * sizeof *idx->always);
+    idx->inner_all = malloc((ninner ? ninner : 1) * sizeof *idx->inner_all);
+    if (!idx->always || !idx->inner_all) goto oom;
     for (size_t i = 0; i < n; i++) {
-        const struct route *r = t->routes[i];
-        if (!r->key) {
-            idx->always[idx->nalways++] = (uint32_t)i;
-            continue;
-        }
-        const uint64_t h = prefix_hash(r->key, r->keylen);
-        size_t k = (size_t)h & idx->mask;
-        while (idx->slots[k].key &&
-               !(idx->slots[k].hash == h && idx->slots[k].keylen == r->keylen &&
-                 memcmp(idx->slots[k].key, r->key, r->keylen) == 0))
-            k = (k + 1) & idx->mask;
-        struct prefix_slot *s = &idx->slots[k];
-        if (!s->key) {
-            s->hash = h;
-            s->key = r->key;
-            s->keylen = (uint32_t)r->keylen;
-        }
-        s->count++;
-        slot_of[i] = (uint32_t)k;
-        if (!len_seen[r->keylen]) {
-            len_seen[r->keylen] = true;
-            ndistinct++;
-        }
+        if (ch[i].kind == KEY_NONE) idx->always[idx->nalways++] = (uint32_t)i;
+        if (ch[i].kind == KEY_INNER) idx->inner_all[idx->ninner_all++] = (uint32_t)i;
     }
-    /* Pass 2: bucket starts, then the positions in ascending order within each bucket. */
-    uint32_t next = 0;
-    for (size_t k = 0; idx->slots && k <= idx->mask; k++) {
-        idx->slots[k].start = next;
-        next += idx->slots[k].count;
-        idx->slots[k].count = 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (!t->routes[i]->key) continue;
-        struct prefix_slot *s = &idx->slots[slot_of[i]];
-        idx->positions[s->start + s->count++] = (uint32_t)i;
-    }
-    idx->lens = malloc((ndistinct ? ndistinct : 1) * sizeof *idx->lens);
-    if (!idx->lens) goto oom;
-    for (size_t l = 1; l <= maxlen; l++)
-        if (len_seen[l]) idx->lens[idx->nlens++] = (uint32_t)l;
-    free(slot_of);
-    free(len_seen);
+    if (map_build(&idx->prefix, ch, n, KEY_PREFIX) < 0 || map_build(&idx->inner, ch, n, KEY_INNER) < 0) goto oom;
+    free(ch);
     return 0;
 oom:
-    free(slot_of);
-    free(len_seen);
+    free(ch);
     index_free(idx);
     return -1;
 }

@@ -126,6 +126,72 @@ static void test_extractor(void)
     }
 }
 
+/* The literal runs (the inner keys' material): "|"-separated in `want`, "" for none. */
+static void test_runs(void)
+{
+    static const struct {
+        const char *pat, *want;
+    } rows[] = {
+        {"^user1-(\\d+)@example\\.com$", "user1-|@example.com"},
+        {"[u]ser5-(\\d+)@example\\.com$", "ser5-|@example.com"},
+        {".*@tenant\\.example\\.org", "@tenant.example.org"},
+        {"\\w+-bounce@x", "-bounce@x"},
+        {"ab*c", "a|c"},
+        {"ab+?cd", "a|cd"},
+        {"a.b.c", "a|b|c"},
+        {"a[bc]d[^e]f", "a|d|f"},
+        {"a[]b]c", "a|c"},
+        {"a(?:b)d", "a|d"},
+        {"a(?P<n>x)y.*z", "a|y|z"},
+        {"a.*b.*c", "a|b|c"},
+        {"a+?b*+c", "c"},
+        {"x[ab]{2}y.*z.*w", "x"},
+        /* Patterns PCRE2 may backtrack over much (a limit, and its warning, without the literal):
+         * a '|', a quantified group, a third variable quantifier. */
+        {"a(b|c)d", ""},
+        {"a(b)*d", ""},
+        {"a(?:x(y)z)?w", ""},
+        {"a.*b.*c.*d", ""},
+        {"a\\(?b.*c.*d", ""},
+        {"x[ab]{2,}y.*z.*w", ""},
+        {"a(?#c)b", ""},
+        {"ab(?#c)*", ""},
+        {"x(?#(|)y", ""},
+        {"a\\db\\Wc\\bd\\Be\\Sf\\sg", "a|b|c|d|e|f|g"},
+        {"a\\Ab\\Z", "a|b"},
+        {"a\\xb", "a"},
+        {"a\\1b", "a"},
+        {"a\\tb", "a"},
+        {"ab{2}cd", "a"},
+        {"a{", ""},
+        {"a|b", ""},
+        {"(a|b)", ""},
+        {"(?i)abc", ""},
+        {"a(?i:b)c", ""},
+        {"a(?=b)c", "a|c"},
+        {"\\.a\\-b", ".a-b"},
+        {"b\xc3\xbc" "cher", "b"},
+        {"a)", ""},
+        {"a(b", ""},
+        {"a[b", ""},
+        {"1.2.3.4.5.6.7.8.9.10", "1|2|3|4|5|6|7|8"},
+        {"", ""},
+        {"^$", ""},
+    };
+    const size_t nrows = sizeof rows / sizeof rows[0];
+    for (size_t i = 0; i < nrows; i++) {
+        const size_t len = strlen(rows[i].pat);
+        char *buf = malloc(len + 1), got[256] = "";
+        struct route_literal runs[ROUTE_LITERAL_RUNS_MAX];
+        const size_t n = route_regex_literal_runs(rows[i].pat, len, buf, runs, ROUTE_LITERAL_RUNS_MAX);
+        size_t g = 0;
+        for (size_t k = 0; k < n; k++)
+            g += (size_t)snprintf(got + g, sizeof got - g, "%s%.*s", k ? "|" : "", (int)runs[k].len, buf + runs[k].off);
+        CHECK_STR(got, rows[i].want, "literal runs of %s", rows[i].pat);
+        free(buf);
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Helpers. */
 
@@ -240,6 +306,57 @@ static void test_index_used(void)
     route_matcher_free(m);
 }
 
+/* Inner keys at work: routes without a literal prefix (a class first), and routes whose prefix
+ * every route shares but whose domain is their own, consider only a few candidates. */
+static void test_inner_used(void)
+{
+    enum { N = 3000 };
+    struct route **rs = calloc(N + 1, sizeof *rs);
+    char id[32], expr[160];
+    const char *fwd[] = {"forward('https://h.test/\\1')"};
+    const char *store[] = {"store()"};
+    size_t k = 0;
+    for (; k < N; k++) {
+        snprintf(id, sizeof id, "%024zx", k);
+        if (k % 2)
+            snprintf(expr, sizeof expr, "match_recipient('[u]ser%zu-(\\d+)@example\\.com$')", k);
+        else
+            snprintf(expr, sizeof expr, "match_recipient('^user-(\\d+)@t%zu\\.example\\.org$')", k);
+        rs[k] = mk(id, 0, (int64_t)k, expr, fwd, 1);
+    }
+    rs[k] = mk("tail", 1, (int64_t)k, "catch_all()", store, 1);
+    k++;
+    struct route_table *t = route_table_new(rs, k);
+    free(rs);
+    CHECK(t->idx.nalways == 1, "only the catch_all is an always candidate (%zu)", t->idx.nalways);
+    struct route_matcher *m = route_matcher_new();
+    struct route_result res;
+    const struct route_message a = {.recipient = "user2999-7@example.com"};
+    CHECK(route_evaluate(t, m, &a, &res) == 0 && res.nhits == 1 &&
+              strcmp(res.hits[0].route_id, "000000000000000000000bb7") == 0 &&
+              strcmp(res.hits[0].capture_values[0], "7") == 0,
+          "[u]ser2999: the last unprefixed route hits, capture 7");
+    CHECK(route_matcher_last_candidates(m) <= 4, "few candidates (got %zu)", route_matcher_last_candidates(m));
+    route_result_clear(&res);
+    const struct route_message b = {.recipient = "user-8@t2998.example.org"};
+    CHECK(route_evaluate(t, m, &b, &res) == 0 && res.nhits == 1 &&
+              strcmp(res.hits[0].route_id, "000000000000000000000bb6") == 0,
+          "user-@t2998: its route hits");
+    CHECK(route_matcher_last_candidates(m) <= 4, "filed under its domain, not under 'user-' (got %zu)",
+          route_matcher_last_candidates(m));
+    route_result_clear(&res);
+    /* A key found twice in the recipient is one bucket: the route is evaluated (and hit) once. */
+    const struct route_message c = {.recipient = "user1-ser1-2@example.com"};
+    CHECK(route_evaluate(t, m, &c, &res) == 0 && res.nhits == 1 && strcmp(res.hits[0].route_id, "tail") == 0,
+          "ser1- twice, no match: only the catch_all");
+    route_result_clear(&res);
+    CHECK(route_could_match(t, m, "user1-5@example.com") && route_matcher_last_candidates(m) <= 4,
+          "could match, few candidates");
+    CHECK(route_match_address(t, m, "user-1@t4.example.org") != NULL, "match_address by the inner key");
+    route_table_unref(t);
+    route_matcher_free(m);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * The randomized differential test. */
 
@@ -317,6 +434,7 @@ static void gen_pattern(struct buf *b)
     else if (r < 8) add(b, "(?s)");
     if (pick(100) < 60) add(b, "^");
     if (pick(100) < 6) add(b, ".*");
+    else if (pick(100) < 12) add(b, pick(2) ? "[ab]" : "\\w*");
     const size_t n = pick(7);
     for (size_t k = 0; k < n; k++) gen_atom(b, 0);
     if (pick(100) < 8) {
@@ -411,7 +529,7 @@ static void test_differential(void)
     printf("# differential seed %" PRIu64 ", %d tables\n", seed, rounds);
     enum { ROUTES = 300, RECIPIENTS = 200 };
     size_t compiled = 0, rejected = 0, keyed = 0, evals = 0, hits = 0, warnings = 0, stops = 0, diffs = 0;
-    size_t cand_on = 0, cand_off = 0, could_diffs = 0, addr_diffs = 0;
+    size_t cand_on = 0, cand_off = 0, could_diffs = 0, addr_diffs = 0, inner = 0;
     struct route_matcher *m = route_matcher_new();
     const char *hnames[] = {"X-Test", "X-Test"};
     const char *hvalues[] = {"hello", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaab"};
@@ -448,6 +566,7 @@ static void test_differential(void)
         }
         struct route_table *t = route_table_new(rs, n);
         free(rs);
+        for (size_t k = 0; t->idx.inner.slots && k <= t->idx.inner.mask; k++) inner += t->idx.inner.slots[k].count;
         for (size_t q = 0; q < RECIPIENTS; q++) {
             struct buf rc;
             gen_recipient(&rc);
@@ -485,8 +604,8 @@ static void test_differential(void)
     }
     route_matcher_free(m);
     printf("# %zu routes compiled (%zu keyed), %zu rejected; %zu evaluations, %zu hits, %zu warnings, %zu "
-           "stopped; candidates %zu with the prefilter, %zu without\n",
-           compiled, keyed, rejected, evals, hits, warnings, stops, cand_on, cand_off);
+           "stopped; candidates %zu with the prefilter, %zu without; %zu routes filed under an inner key\n",
+           compiled, keyed, rejected, evals, hits, warnings, stops, cand_on, cand_off, inner);
     CHECK(diffs == 0, "route_evaluate: identical with and without the prefilter (%zu differ)", diffs);
     CHECK(could_diffs == 0, "route_could_match: identical (%zu differ)", could_diffs);
     CHECK(addr_diffs == 0, "route_match_address: identical (%zu differ)", addr_diffs);
@@ -494,13 +613,16 @@ static void test_differential(void)
     CHECK(keyed > compiled / 5 && keyed < compiled, "both keyed and unkeyed routes (%zu of %zu)", keyed, compiled);
     CHECK(hits > evals / 2 && warnings > 0 && stops > 0, "hits, warnings and stops happen");
     CHECK(cand_on < cand_off, "the prefilter skipped routes");
+    CHECK(inner > compiled / 10, "routes filed under an inner key (%zu of %zu)", inner, compiled);
 }
 
 int main(void)
 {
     log_set_level(LOG_ERROR);
     test_extractor();
+    test_runs();
     test_index_used();
+    test_inner_used();
     test_differential();
     return check_done();
 }
