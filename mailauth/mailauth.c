@@ -309,7 +309,12 @@ static void write_headers(const struct mailauth_result *r, GString *h)
         }
     }
     g_string_append_printf(h, ";\r\n\tdmarc=%s", mailauth_verdict_name(r->dmarc.verdict));
-    if (r->dmarc.policy[0]) g_string_append_printf(h, " (p=%s)", r->dmarc.policy);
+    if (r->dmarc.policy[0])
+        g_string_append_printf(h, " (p=%s%s)", r->dmarc.policy,
+                               r->dmarc.spf_aligned && r->dmarc.dkim_aligned ? " aligned=spf+dkim"
+                               : r->dmarc.spf_aligned                        ? " aligned=spf"
+                               : r->dmarc.dkim_aligned                       ? " aligned=dkim"
+                                                                             : "");
     else if (r->dmarc.reason[0]) {
         g_string_append(h, " (");
         clean(h, r->dmarc.reason, 60);

@@ -32,6 +32,10 @@ struct message {
     GArray *headers;        /* struct message_header_rec */
     GArray *attachments;    /* struct message_attachment_rec */
     GPtrArray *warnings;    /* char *, no duplicates */
+    /* inlet's sender-authentication verdicts (authres.c), NULL when the message has none; and the
+     * same as compact JSON text (what jsonw.c writes: the bytes of the tree's dump). */
+    json_t *authentication;
+    char *authentication_text;
 };
 
 /* Adds a parse warning unless the same text is already there. */
@@ -96,6 +100,9 @@ GByteArray *msg_part_bytes(const struct message *m, GMimeObject *part);
 /* A JSON string of any caller text (NULL gives ""): invalid UTF-8 becomes U+FFFD instead of a
  * missing field. */
 json_t *msg_jstr(const char *s);
+/* authres.c: the "authentication" member from the message's first header field, when that is
+ * inlet's Authentication-Results; NULL otherwise.  New reference. */
+json_t *msg_authres_json(const struct message *m);
 /* The recipient's domain, lower case ("" when there is no @).  g_free(). */
 char *msg_domain_of(const char *recipient);
 /* The headers Mailgun adds to inbound mail (X-Mailgun-Incoming: Yes, X-Envelope-From: <sender>),

@@ -533,7 +533,7 @@ size_t msg_json_estimate(const struct message *m, const struct message_json_opti
                                 m->message_id, message_url};
     const char *const big[] = {m->body_plain, m->body_html, m->stripped_text, m->stripped_signature,
                                m->stripped_html};
-    size_t n = 1024;
+    size_t n = 1024 + len0(m->authentication_text);
     for (size_t i = 0; i < G_N_ELEMENTS(text); i++) {
         size_t l = len0(text[i]);
         n += l + l / 32;
@@ -612,6 +612,10 @@ static void write_doc(GString *out, const struct message *m, const struct messag
     }
     close_c(&w, ']');
     member_jstr(&o, "id", opts->id);
+    if (m->authentication_text) {
+        begin(&o, "authentication");
+        put_len(out, m->authentication_text, strlen(m->authentication_text));
+    }
     if (message_url) member_jstr(&o, "message-url", message_url);
     g_free(domain);
     close_c(&o, '}');

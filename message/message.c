@@ -92,7 +92,7 @@ const char *message_warning(const struct message *m, size_t i)
 static const char *const reserved_names[] = {
     "recipient",  "sender",         "timestamp",      "token",      "signature",
     "message-headers", "content-id-map", "attachments", "domain",   "recipients",
-    "message-url", "parse-warnings",
+    "message-url", "parse-warnings", "authentication",
 };
 /* Prefixes of such fields (body-plain, body-html, body-<subtype>, body-mime; stripped-*;
  * attachment-count, attachment-N). */

@@ -90,7 +90,7 @@ json_t *message_to_json(const struct message *m, const struct message_json_optio
  * field (it stays in message-headers): a name that equals, ignoring case, a field inlet vouches
  * for (recipient, sender, timestamp, token, signature, body-*, stripped-*, attachment-*,
  * attachments, message-headers, content-id-map, domain, recipients, message-url,
- * parse-warnings), or that is exactly "from", "subject" or "message-id" (the parsed fields;
+ * parse-warnings, authentication), or that is exactly "from", "subject" or "message-id" (the parsed fields;
  * "From", "Subject", "Message-Id" are posted beside them, as Mailgun does).  The one rule every
  * per-header encoding uses. */
 bool message_reserved_name(const char *name);

@@ -301,6 +301,11 @@ _Static_assert(API_BODY_MAX < LIMIT_INFLIGHT_BYTES, "a request body fits the mem
  * at the lengths below so that it always fits (multipart: 3 × 86 + 23 + 20 + 64 + 64 + 43 = 472
  * bytes). */
 #define MESSAGE_POST_TAIL_MAX 512
+/* The "authentication" member (message/authres.c): bytes of one value, properties of one result,
+ * results read from inlet's Authentication-Results field. */
+#define MSG_AUTHRES_VALUE_MAX 512
+#define MSG_AUTHRES_PROPS_MAX 16
+#define MSG_AUTHRES_RESULTS_MAX 16
 #define POST_TAIL_TIMESTAMP_MAX 20
 #define POST_TAIL_TOKEN_MAX 64
 #define POST_TAIL_SIGNATURE_MAX 64

@@ -11,8 +11,11 @@ import time
 import unittest
 import urllib.parse
 
+import json
+
 import dnsserver
 import harness
+import receivers
 from dnsserver import txt
 from harness import InletTestCase, queued_id
 
@@ -269,6 +272,53 @@ class SenderAuth(InletTestCase):
             return int(line.kv["stored"])
         self.assertGreaterEqual(stored(ok), 1)
         self.assertEqual(stored(bad), 0)
+
+    def test_payload_and_stored_copy_carry_the_verdicts(self):
+        d = self.start()
+        hook = receivers.WebhookReceiver()
+        self.addCleanup(hook.stop)
+        fields = [("priority", "0"), ("expression", 'match_recipient(".*")'),
+                  ("action", 'forward("%s")' % hook.url()), ("action", "store()")]
+        status, _, body = d.http("POST", "/v3/routes", urllib.parse.urlencode(fields),
+                                 {"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(status, 200, body)
+        signed = sign(message("a@signed.example"), "rsa", "signed.example", self.keys.rsa)
+        mid, _ = self.verdicts(d, "a@pass.example", signed)
+        (req,) = hook.wait_for(1)
+        payload = req.json()
+        auth = payload["authentication"]
+        self.assertEqual(auth["authserv-id"], "mx.inlet.example")
+        self.assertEqual(auth["spf"], {"result": "pass", "reason": "matched ip4:127.0.0.0/8",
+                                       "mailfrom": "a@pass.example"})
+        (sig,) = auth["dkim"]
+        self.assertEqual({k: sig[k] for k in ("result", "domain", "selector", "algorithm")},
+                         {"result": "pass", "domain": "signed.example", "selector": "rsa", "algorithm": "rsa-sha256"})
+        self.assertEqual(auth["dmarc"], {"result": "pass", "reason": "", "policy": "reject", "aligned": ["dkim"],
+                                         "from": "signed.example"})
+        headers = dict((k, v) for k, v in payload["message-headers"])
+        self.assertEqual((headers["X-Mailgun-Spf"], headers["X-Mailgun-Dkim-Check-Result"]), ("Pass", "Pass"))
+        self.assertEqual(payload["message-headers"][0][0], "Authentication-Results")
+        # The stored copy: the same object, and Mailgun's headers as their own keys.
+        (row,) = d.query("SELECT key FROM stored WHERE message_id = ?", (mid,))
+        status, _, body = d.http("GET", "/v3/domains/example.com/messages/%s" % row[0])
+        self.assertEqual(status, 200, body)
+        stored = json.loads(body)
+        self.assertEqual(stored["authentication"], auth)
+        self.assertEqual((stored["X-Mailgun-Spf"], stored["X-Mailgun-Dkim-Check-Result"]), ("Pass", "Pass"))
+
+    def test_without_sender_auth_no_object_even_if_forged(self):
+        d = self.daemon(args=["--reject-unrouted", "no", "--hostname", "mx.inlet.test"])
+        hook = receivers.WebhookReceiver()
+        self.addCleanup(hook.stop)
+        fields = [("priority", "0"), ("expression", 'match_recipient(".*")'), ("action", 'forward("%s")' % hook.url())]
+        status, _, body = d.http("POST", "/v3/routes", urllib.parse.urlencode(fields),
+                                 {"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(status, 200, body)
+        forged = b"Authentication-Results: mx.inlet.test; spf=pass smtp.mailfrom=a@pass.example\r\n"
+        code, lines = self.send(d, "a@fail.example", forged + message("a@pass.example"))
+        queued_id(lines)
+        (req,) = hook.wait_for(1)
+        self.assertNotIn("authentication", req.json())
 
 
 if __name__ == "__main__":
