@@ -11,7 +11,8 @@
  * shows it: "headers" {to, from, subject, message-id (the Message-Id header without angle
  * brackets)}, "size", "attachments" [{filename, content-type, size}], "recipients"; plus
  * "inlet-id", inlet's own message id (extension).  Detail keys read: key, route_id, route_ids,
- * routes, attempt, status, error, target, duration_ms, reason, message.
+ * routes, attempt, status, error, target, duration_ms, reason, message, mailbox (SPEC §9:
+ * "mailbox" on stored, retrieved and deleted events, and "uid" on the last two).
  *
  * Filters (query parameters; each value a Mailgun filter expression, api/internal_filter.h):
  * event, severity, recipient, recipients, message-id (the header), inlet-id (extension), from,
@@ -47,11 +48,12 @@ enum ev_field {
     F_SUBJECT, F_ATTACHMENT, F_SIZE, F_COUNT
 };
 /* Mailgun's event names: inlet writes accepted, stored, delivered and failed; the others are
- * valid filters that match nothing. */
+ * valid filters that match nothing.  Extension: retrieved and deleted, a mailbox message's POP3
+ * RETR (or TOP) and its DELE committed at QUIT (SPEC §9). */
 static const char *const event_names[] = {
     "accepted", "rejected", "delivered", "failed", "opened", "clicked", "unsubscribed",
     "complained", "stored", "list_member_uploaded", "list_member_upload_error", "list_uploaded",
-    NULL};
+    "retrieved", "deleted", NULL};
 static const char *const severities[] = {"temporary", "permanent", NULL};
 static const struct {
     const char *name;
@@ -443,6 +445,14 @@ static json_t *event_json(const struct api_server *api, const struct store_event
         g_free(url);
         g_free(d);
         g_free(k);
+    }
+    /* A mailbox message's events (extension, SPEC §9): the mailbox, and its key for the POP3
+     * events (their UIDL). */
+    static const char *const k_mailbox[] = {"mailbox", NULL};
+    json_t *mailbox = detail_get(detail, k_mailbox);
+    if (json_is_string(mailbox)) {
+        json_object_set(item, "mailbox", mailbox);
+        if (strcmp(e->event, "stored") != 0 && json_is_string(key)) json_object_set(item, "uid", key);
     }
     if (strcmp(e->event, "delivered") == 0 || strcmp(e->event, "failed") == 0)
         add_delivery_status(item, detail, e);

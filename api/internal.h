@@ -146,6 +146,12 @@ char *api_content_disposition(const char *name, size_t index);
 enum MHD_Result api_events_list(struct api_server *api, struct api_request *req);
 /* api/deliveries.c: the dead-letter list and its replay (SPEC §7). */
 enum MHD_Result api_deliveries_list(struct api_server *api, struct api_request *req);
+/* api/mailboxes.c: /v3/mailboxes (SPEC §9). */
+enum MHD_Result api_mailboxes_list(struct api_server *api, struct api_request *req);
+enum MHD_Result api_mailboxes_create(struct api_server *api, struct api_request *req);
+enum MHD_Result api_mailboxes_get(struct api_server *api, struct api_request *req);
+enum MHD_Result api_mailboxes_update(struct api_server *api, struct api_request *req);
+enum MHD_Result api_mailboxes_delete(struct api_server *api, struct api_request *req);
 enum MHD_Result api_deliveries_retry(struct api_server *api, struct api_request *req);
 /* api/metrics.c: GET /metrics (Prometheus text from the engine's hook). */
 enum MHD_Result api_metrics(struct api_server *api, struct api_request *req);

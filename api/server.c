@@ -42,6 +42,12 @@ static const struct api_endpoint endpoints[] = {
     /* The dead-letter list and its replay. */
     {"GET", "/v3/deliveries", api_deliveries_list, true, false},
     {"POST", "/v3/deliveries/:id/retry", api_deliveries_retry, true, false},
+    /* Mailboxes for POP3 pollers (SPEC §9). */
+    {"GET", "/v3/mailboxes", api_mailboxes_list, true, false},
+    {"POST", "/v3/mailboxes", api_mailboxes_create, true, false},
+    {"GET", "/v3/mailboxes/:name", api_mailboxes_get, true, false},
+    {"PUT", "/v3/mailboxes/:name", api_mailboxes_update, true, false},
+    {"DELETE", "/v3/mailboxes/:name", api_mailboxes_delete, true, false},
     {"GET", "/metrics", api_metrics, true, false},
 };
 

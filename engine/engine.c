@@ -102,7 +102,8 @@ static enum smtp_commit_status smtp_status(enum store_status st)
     case STORE_ERR_BUSY:
     case STORE_ERR_NOMEM:
     case STORE_ERR_NOT_FOUND:
-    case STORE_ERR_QUOTA: break;
+    case STORE_ERR_QUOTA:
+    case STORE_ERR_CONFLICT: break;
     }
     return SMTP_COMMIT_TEMPFAIL;
 }
@@ -396,6 +397,7 @@ static int start_pipeline(struct engine *e)
         .inline_attachments_max = (size_t)e->cfg->inline_attachments_max,
         .default_json = strcmp(e->cfg->webhook_format, "json") == 0,
         .store_ttl = e->cfg->store_ttl,
+        .mailbox_ttl = e->cfg->mailbox_ttl,
         .recovered = e->recovered,
         .paused = pause && strcmp(pause, "1") == 0,
         .retry_seconds = retry ? (unsigned)g_ascii_strtoull(retry, NULL, 10) % 3600 : 0,

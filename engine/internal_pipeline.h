@@ -36,6 +36,7 @@ struct pipeline_config {
     struct route_registry *routes;
     struct deliverer *deliver;  /* takes the payloads of planned deliveries (NULL: the due scan does) */
     int64_t store_ttl;          /* seconds: expires_at of stored copies */
+    int64_t mailbox_ttl;        /* seconds: a mailbox copy without ttl= (SPEC §9) */
     size_t inline_attachments_max; /* --inline-attachments-max (plan_options) */
     bool default_json;          /* --webhook-format json */
     int64_t recovered;          /* 'accepted' messages counted at start (for the log) */

@@ -26,6 +26,7 @@ struct plan {
 
 struct plan_options {
     int64_t store_ttl;              /* seconds: expires_at of stored copies */
+    int64_t mailbox_ttl;            /* seconds: of a mailbox copy without ttl= (SPEC §9) */
     size_t inline_attachments_max;  /* a JSON POST inlines this many attachment bytes; past it
                                        the plan adds a stored copy to fetch them from */
     bool default_json;              /* --webhook-format json: format "" means JSON */

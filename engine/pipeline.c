@@ -37,6 +37,7 @@ struct pipeline {
     struct route_registry *routes;
     struct deliverer *deliver;
     int64_t store_ttl;
+    int64_t mailbox_ttl;
     size_t inline_attachments_max;
     bool default_json;
     int64_t recovered;
@@ -183,6 +184,7 @@ static void route_message(struct pipeline *p, struct route_matcher *matcher, str
     const int64_t now_ms = clock_now_ms();
     const struct plan_options opts = {
         .store_ttl = p->store_ttl,
+        .mailbox_ttl = p->mailbox_ttl,
         .inline_attachments_max = p->inline_attachments_max,
         .default_json = p->default_json,
     };
@@ -412,6 +414,7 @@ struct pipeline *engine_pipeline_start(uv_loop_t *loop, const struct pipeline_co
     p->inline_attachments_max = cfg->inline_attachments_max;
     p->default_json = cfg->default_json;
     p->store_ttl = cfg->store_ttl;
+    p->mailbox_ttl = cfg->mailbox_ttl;
     p->recovered = cfg->recovered;
     p->paused = cfg->paused;
     p->retry_seconds = cfg->retry_seconds ? cfg->retry_seconds : PIPELINE_RETRY_SECONDS;

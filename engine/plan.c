@@ -206,6 +206,18 @@ static int add_copy(struct builder *b, const char *rcpt, const char *domain, con
     return c->route_id && (!notify || c->notify) && key ? 0 : -1;
 }
 
+/* SPEC §9: the copy just added goes into a mailbox, for ttl= seconds, else for the mailbox's
+ * retention when it has one (the store decides, it knows the mailbox), else --mailbox-ttl. */
+static int file_copy(struct builder *b, const struct route_store *s)
+{
+    struct store_copy_plan *c = &b->p->copies[b->copies.n - 1];
+
+    c->mailbox = keep(b->p, g_strdup(s->mailbox));
+    c->mailbox_retention = s->ttl == 0;
+    c->expires_at = b->p->outcome.now + (s->ttl ? s->ttl : b->opts->mailbox_ttl);
+    return c->mailbox ? 0 : -1;
+}
+
 /* SPEC §6: the notify POST of a stored copy is a delivery like a forward (signed, retried), in
  * the store's format; it is never merged with a forward to the same URL. */
 static int add_notify(struct builder *b, const char *rcpt, const char *route_id, const char *url,
@@ -270,6 +282,7 @@ static int plan_recipient(struct builder *b, const char *rcpt, struct route_mess
         for (size_t i = 0; rc == 0 && i < r.nstores; i++) {
             const char *key = NULL;
             rc = add_copy(b, rcpt, domain, r.stores[i].route_id, r.stores[i].notify, r.stores[i].format, &key);
+            if (rc == 0 && r.stores[i].mailbox) rc = file_copy(b, &r.stores[i]);
             if (rc == 0 && r.stores[i].notify)
                 rc = add_notify(b, rcpt, r.stores[i].route_id, r.stores[i].notify, r.stores[i].format, key);
         }
@@ -327,6 +340,7 @@ int engine_plan_build(struct plan *p, const struct store_message *sm, const stru
     GPtrArray *strings = g_ptr_array_new_with_free_func(free);
     p->strings = strings;
     struct builder b = {.p = p, .expires_at = now + opts->store_ttl, .opts = opts};
+    p->outcome.now = now; /* file_copy() reads it */
     for (size_t i = 0; i < message_attachment_count(m); i++) b.attachment_bytes += message_attachment(m, i)->size;
 
     const size_t nh = message_header_count(m);

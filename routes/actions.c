@@ -1,7 +1,9 @@
 /* routes/actions.c — the actions of SPEC §4 and their capture templates.
  *
  *   forward(STRING [, format=STRING])          format: "json" or "mailgun"
- *   store([notify=STRING] [, format=STRING])   format= only together with notify= (the POST)
+ *   store([notify=STRING] [, format=STRING] [, mailbox=STRING] [, ttl=SECONDS])
+ *                                              format= only together with notify= (the POST);
+ *                                              ttl= (digits, bare or quoted) only with mailbox=
  *   stop()
  *
  * Keyword arguments in any order, each at most once; the STRING rules are the expression's.
@@ -299,15 +301,71 @@ static int parse_forward_string(struct route_parser *p, struct route_action *a)
     return route_parser_advance(p);
 }
 
+/* ttl=SECONDS: digits, bare (which the lexer does not know: read here) or as a string. */
+static int parse_ttl(struct route_parser *p, struct route_action *a)
+{
+    const char *d = p->tok.kind == TOK_STRING ? p->tok.str : p->lx.src + p->tok.pos;
+    const size_t pos = p->tok.pos;
+    size_t n = 0;
+    int64_t v = 0;
+
+    if (p->tok.kind != TOK_STRING && !(p->tok.kind == TOK_BAD && d[0] >= '0' && d[0] <= '9'))
+        return route_parser_expected(p, "a number of seconds");
+    while (d[n] >= '0' && d[n] <= '9' && v <= MAILBOX_TTL_MAX) v = v * 10 + (d[n++] - '0');
+    if (p->tok.kind == TOK_STRING && d[n] != '\0') n = 0;
+    if (n == 0 || v < 1 || v > MAILBOX_TTL_MAX) {
+        *p->err = route_errorf(p->what, pos, "ttl must be a number of seconds from 1 to %lld",
+                               (long long)MAILBOX_TTL_MAX);
+        return -1;
+    }
+    a->ttl = v;
+    if (p->tok.kind != TOK_STRING) p->lx.pos = pos + n; /* past the digits */
+    return route_parser_advance(p);
+}
+
+/* mailbox=STRING: a template substituted as it is (eval.c checks the name it gives). */
+static int parse_mailbox(struct route_parser *p, struct route_action *a)
+{
+    struct route_tmpl t = {0};
+    size_t first_ref;
+
+    if (p->tok.kind != TOK_STRING) return route_parser_expected(p, "a string");
+    if (p->tok.slen == 0) {
+        *p->err = route_errorf(p->what, p->tok.pos, "empty mailbox name");
+        return -1;
+    }
+    if (tmpl_parse(p, 0, p->tok.slen, &t, &first_ref) < 0) {
+        tmpl_free(&t);
+        return -1;
+    }
+    a->mailbox = t;
+    a->has_mailbox = true;
+    return route_parser_advance(p);
+}
+
+/* store()'s mailbox= and ttl=; the current token is the name. */
+static int parse_store_kwarg(struct route_parser *p, struct route_action *a, bool mailbox)
+{
+    if ((mailbox && a->has_mailbox) || (!mailbox && a->ttl)) {
+        *p->err = route_errorf(p->what, p->tok.pos, "%s= given twice", mailbox ? "mailbox" : "ttl");
+        return -1;
+    }
+    if (route_parser_advance(p) < 0 || route_parser_expect(p, TOK_EQUALS, "'='") < 0) return -1;
+    return mailbox ? parse_mailbox(p, a) : parse_ttl(p, a);
+}
+
 /* name=STRING; the current token is the name. */
 static int parse_kwarg(struct route_parser *p, struct route_action *a, bool *seen_notify, bool *seen_format)
 {
     char found[ROUTE_ERROR_QUOTE_MAX];
     const size_t pos = p->tok.pos;
     const bool notify = route_parser_is(p, "notify"), format = route_parser_is(p, "format");
+    if (a->kind == ACTION_STORE && (route_parser_is(p, "mailbox") || route_parser_is(p, "ttl")))
+        return parse_store_kwarg(p, a, route_parser_is(p, "mailbox"));
     if (!(format || (notify && a->kind == ACTION_STORE))) {
         if (p->tok.kind != TOK_IDENT)
-            return route_parser_expected(p, a->kind == ACTION_STORE ? "notify= or format=" : "format=");
+            return route_parser_expected(p, a->kind == ACTION_STORE ? "notify=, format=, mailbox= or ttl="
+                                                                    : "format=");
         route_token_describe(&p->lx, &p->tok, found, sizeof found);
         *p->err = route_errorf(p->what, pos, "unknown argument %s", found);
         return -1;
@@ -361,6 +419,10 @@ static int parse_args(struct route_parser *p, struct route_action *a)
         }
         if (seen_format && !seen_notify) {
             *p->err = route_errorf(p->what, format_pos, "format= needs notify=");
+            return -1;
+        }
+        if (a->ttl && !a->has_mailbox) {
+            *p->err = route_errorf(p->what, p->tok.pos, "ttl= needs mailbox=");
             return -1;
         }
     }
@@ -426,6 +488,7 @@ void route_action_free(struct route_action *a)
     for (size_t i = 0; i < a->ndests; i++) tmpl_free(&a->dests[i].t);
     free(a->dests);
     tmpl_free(&a->notify);
+    tmpl_free(&a->mailbox);
     memset(a, 0, sizeof *a);
 }
 
@@ -490,4 +553,12 @@ char *route_tmpl_resolve(const struct route_tmpl *t, bool url, const struct rout
     }
     *o = '\0';
     return out;
+}
+
+bool route_mailbox_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+
+    return n >= 1 && n <= MAILBOX_NAME_MAX &&
+           strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789._+-@") == n;
 }

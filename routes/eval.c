@@ -474,14 +474,47 @@ static int run_forward(const struct route *r, const struct route_action *a, cons
     return 0;
 }
 
+/* store(mailbox=...)'s name with captures substituted, lower case; NULL with *bad when it is not
+ * a mailbox name (the copy is then not made: a warning says so), NULL alone when out of memory. */
+static char *resolve_mailbox(const struct route *r, const struct route_action *a,
+                             const struct route_capture *caps, struct route_result *out, bool *bad)
+{
+    bool too_long;
+    char *name = route_tmpl_resolve(&a->mailbox, false, caps, &too_long);
+
+    *bad = false;
+    if (!name && !too_long) return NULL;
+    for (char *c = name; c && *c; c++)
+        if (*c >= 'A' && *c <= 'Z') *c = (char)(*c - 'A' + 'a');
+    if (name && route_mailbox_name_ok(name)) return name;
+    free(name);
+    *bad = true;
+    if (warnf(out, "route %s: mailbox name not valid after substitution (1 to %d of a-z 0-9 . _ + - @): "
+                   "not filed", r->def.id, MAILBOX_NAME_MAX) < 0)
+        *bad = false; /* out of memory */
+    return NULL;
+}
+
 static int run_store(const struct route *r, const struct route_action *a, const struct route_capture *caps,
                      struct route_result *out, struct sbuf *text)
 {
-    char *notify = NULL;
+    char *notify = NULL, *mailbox = NULL;
+    if (a->has_mailbox) {
+        bool bad;
+        mailbox = resolve_mailbox(r, a, caps, out, &bad);
+        if (!mailbox) {
+            if (!bad) return -1;
+            sb_str(text, "store()");
+            return 0;
+        }
+    }
     if (a->has_notify) {
         bool too_long;
         notify = route_tmpl_resolve(&a->notify, true, caps, &too_long);
-        if (!notify && !too_long) return -1;
+        if (!notify && !too_long) {
+            free(mailbox);
+            return -1;
+        }
         if (!notify && warnf(out, "route %s: notify URL longer than the limit after substitution: stored "
                                   "without notify", r->def.id) < 0)
             return -1;
@@ -489,12 +522,15 @@ static int run_store(const struct route *r, const struct route_action *a, const 
     struct route_store *ns = realloc(out->stores, (out->nstores + 1) * sizeof *ns);
     if (!ns) {
         free(notify);
+        free(mailbox);
         return -1;
     }
     out->stores = ns;
     struct route_store *s = &ns[out->nstores++];
     s->notify = notify;
     s->format = a->format;
+    s->mailbox = mailbox;
+    s->ttl = a->ttl;
     s->route_id = strdup(r->def.id);
     if (!s->route_id) return -1;
     sb_str(text, "store(");
@@ -506,6 +542,13 @@ static int run_store(const struct route *r, const struct route_action *a, const 
             sb_str(text, route_format_name(a->format));
             sb_str(text, "\"");
         }
+    }
+    if (mailbox) {
+        char ttl[32];
+        sb_str(text, notify ? ", mailbox=" : "mailbox=");
+        sb_quoted(text, mailbox);
+        snprintf(ttl, sizeof ttl, ", ttl=%lld", (long long)a->ttl);
+        if (a->ttl) sb_str(text, ttl);
     }
     sb_str(text, ")");
     return 0;
@@ -597,6 +640,7 @@ void route_result_clear(struct route_result *r)
     for (size_t i = 0; i < r->nstores; i++) {
         free(r->stores[i].route_id);
         free(r->stores[i].notify);
+        free(r->stores[i].mailbox);
     }
     free(r->stores);
     for (size_t i = 0; i < r->nwarnings; i++) free(r->warnings[i]);

@@ -197,6 +197,9 @@ struct route_action {
     enum route_format format;     /* ACTION_FORWARD, ACTION_STORE (the notify POST) */
     bool has_notify;              /* ACTION_STORE */
     struct route_tmpl notify;
+    bool has_mailbox;             /* ACTION_STORE: store(mailbox="...") */
+    struct route_tmpl mailbox;
+    int64_t ttl;                  /* ACTION_STORE with mailbox=: seconds, 0 = the default */
 };
 
 int route_action_parse(const char *src, size_t index, const struct route_expr *e,

@@ -119,7 +119,13 @@ struct route_store {
     char *route_id;
     char *notify;              /* notify URL with captures substituted, or NULL */
     enum route_format format;  /* format of the notify POST */
+    char *mailbox;             /* store(mailbox=...): the name with captures substituted, lower
+                                  case; NULL for a plain stored copy */
+    int64_t ttl;               /* with a mailbox: ttl= seconds, 0 when not given */
 };
+
+/* A mailbox name (SPEC §9): 1..MAILBOX_NAME_MAX bytes of a-z 0-9 . _ + - @. */
+bool route_mailbox_name_ok(const char *name);
 
 struct route_hit {
     char *route_id;

@@ -78,6 +78,15 @@ struct store_rows {
 };
 void store_rows_free(struct store_rows *r);
 
+/* A parameter of a portable statement (sql_read, sql_write): borrowed, not copied. */
+struct store_param {
+    enum store_cell_type type;
+    int64_t i;        /* STORE_CELL_INT */
+    const char *data; /* TEXT (NUL-terminated) */
+};
+#define STORE_P_TEXT(s) ((struct store_param){.type = (s) ? STORE_CELL_TEXT : STORE_CELL_NULL, .data = (s)})
+#define STORE_P_INT(v) ((struct store_param){.type = STORE_CELL_INT, .i = (v)})
+
 struct store_backend {
     const char *kind; /* "sqlite", "postgresql" */
 
@@ -185,6 +194,18 @@ struct store_backend {
      * other than schema_version (a read). */
     enum store_status (*holds_data)(void *be, bool *has, char **err);
 
+    /* ---- portable statements (mailbox.c: SQL written once for every backend) ---- */
+    /* `sql` is one statement with parameters $1..$n, each first written in that order (SQLite
+     * takes them as named parameters, PostgreSQL as typed ones: INT is bigint, TEXT text, BLOB
+     * bytea).  The result rows (when `out` is not NULL) as store_rows, integers as INT, text as TEXT
+     * (no bytes: a parameter is an integer or text).  sql_read runs on the read connection (any thread); sql_write on the
+     * write connection inside a job, with *changed (may be NULL) = rows it changed. */
+    enum store_status (*sql_read)(void *be, const char *sql, const struct store_param *params,
+                                  size_t nparams, struct store_rows **out, char **err);
+    enum store_status (*sql_write)(void *be, const char *sql, const struct store_param *params,
+                                   size_t nparams, int64_t *changed, struct store_rows **out,
+                                   char **err);
+
     /* ---- for tests ---- */
     /* Runs `sql` on the write connection and copies the first column of the first row, as text,
      * into out (PRAGMA values that only the write connection can tell). */
@@ -192,6 +213,7 @@ struct store_backend {
     /* Checkpoint counters since open.  May be NULL. */
     void (*checkpoint_stats)(void *be, struct store_checkpoint_stats *out);
 };
+
 
 extern const struct store_backend store_sqlite_backend;
 extern const struct store_backend store_postgres_backend;

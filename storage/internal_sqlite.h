@@ -170,5 +170,11 @@ enum store_status store_sqlite_rows_read(void *be, const char *table, int64_t af
 enum store_status store_sqlite_rows_insert(void *be, const char *table, const struct store_rows *rows,
                                      char **err);
 enum store_status store_sqlite_holds_data(void *be, bool *has, char **err);
+/* Portable statements (struct store_backend's sql_read, sql_write). */
+enum store_status store_sqlite_sql_read(void *be, const char *sql, const struct store_param *params,
+                                        size_t nparams, struct store_rows **out, char **err);
+enum store_status store_sqlite_sql_write(void *be, const char *sql, const struct store_param *params,
+                                         size_t nparams, int64_t *changed, struct store_rows **out,
+                                         char **err);
 
 #endif

@@ -327,6 +327,36 @@ static const struct store_migration migrations[] = {
                         "CREATE INDEX messages_body_segment ON messages (body_segment)"
                         " WHERE body_segment IS NOT NULL;",
     },
+    {
+        .version = 6,
+        .description = "mailboxes for POP3 pollers",
+        /* A mailbox message is a stored copy with a mailbox name (SPEC §9): its key is the
+         * POP3 UID, its row keeps the message's bytes (the sweeper's purge asks for it), and it
+         * goes by DELE at QUIT, by the mailbox's deletion, or past expires_at between sessions
+         * (locked_until: a session's maildrop lock, a lease in case the process dies with it). */
+        .sqlite_sql =
+            "CREATE TABLE mailboxes ("
+            "  name TEXT PRIMARY KEY,"           /* lower case */
+            "  password_hash TEXT NOT NULL,"     /* crypt(3) yescrypt: $y$... */
+            "  retention INTEGER,"               /* seconds; NULL: --mailbox-ttl */
+            "  locked_until INTEGER NOT NULL DEFAULT 0," /* Unix seconds */
+            "  created_at INTEGER NOT NULL,"
+            "  updated_at INTEGER NOT NULL"
+            ");"
+            "ALTER TABLE stored ADD COLUMN mailbox TEXT;"
+            "CREATE INDEX stored_mailbox ON stored (mailbox, created_at) WHERE mailbox IS NOT NULL;",
+        .postgres_sql =
+            "CREATE TABLE mailboxes ("
+            "  name TEXT COLLATE \"C\" PRIMARY KEY,"
+            "  password_hash TEXT NOT NULL,"
+            "  retention BIGINT,"
+            "  locked_until BIGINT NOT NULL DEFAULT 0,"
+            "  created_at BIGINT NOT NULL,"
+            "  updated_at BIGINT NOT NULL"
+            ");"
+            "ALTER TABLE stored ADD COLUMN mailbox TEXT COLLATE \"C\";"
+            "CREATE INDEX stored_mailbox ON stored (mailbox, created_at) WHERE mailbox IS NOT NULL;",
+    },
 };
 
 const struct store_migration *store_migrations(size_t *count)

@@ -869,9 +869,14 @@ static enum store_status outcome_copy(struct pg_be *be, const struct store_outco
     p_text(&p, nz(c->format, ""));
     p_int(&p, c->expires_at);
     p_int(&p, o->now);
+    p_text(&p, c->mailbox);
+    p_int(&p, c->mailbox_retention);
+    /* $11 = 1: a mailbox copy that takes its mailbox's retention, if set. */
     st = pg_cmd(be->w,
                 "INSERT INTO stored (key, message_id, recipient, domain, route_id, notify, format,"
-                " expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                " expires_at, created_at, mailbox) VALUES ($1, $2, $3, $4, $5, $6, $7,"
+                " coalesce((SELECT $9::bigint + retention FROM mailboxes WHERE name = $10::text"
+                " AND $11::int = 1), $8), $9, $10)",
                 &p, NULL, err, "stored copy row");
     if (st != STORE_OK) return st;
     p = (struct pg_params){0};
@@ -880,14 +885,16 @@ static enum store_status outcome_copy(struct pg_be *be, const struct store_outco
     p_text(&p, c->recipient);
     p_text(&p, c->key);
     p_text(&p, nz(c->route_id, ""));
-    p_int(&p, c->expires_at);
     p_text(&p, o->message_json);
+    p_text(&p, c->mailbox);
     return pg_cmd(be->w,
                   "INSERT INTO events (ts, event, message_id, recipient, domain, detail)"
                   " VALUES ($1, 'stored', $2, $3, coalesce(" PG_DOMAIN_OF("$3") ", ''),"
                   " '{\"key\":' || to_json($4::text)::text || ',\"route_id\":' ||"
-                  " to_json($5::text)::text || ',\"expires_at\":' || $6::bigint ||"
-                  " coalesce(',\"message\":' || $7::text, '') || '}')",
+                  " to_json($5::text)::text || ',\"expires_at\":' ||"
+                  " (SELECT expires_at FROM stored WHERE key = $4::text) ||"
+                  " coalesce(',\"mailbox\":' || to_json($7::text)::text, '') ||"
+                  " coalesce(',\"message\":' || $6::text, '') || '}')",
                   &p, NULL, err, "stored event");
 }
 
@@ -1091,7 +1098,8 @@ static const char purge_sql[] =
     " gone AS (DELETE FROM messages m USING c WHERE m.id = c.message_id AND m.state <> 'accepted'"
     "   AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = m.id"
     "     AND state IN ('pending', 'failed'))"
-    "   AND NOT EXISTS (SELECT 1 FROM stored WHERE message_id = m.id AND expires_at > $1)"
+    "   AND NOT EXISTS (SELECT 1 FROM stored WHERE message_id = m.id"
+    "     AND (expires_at > $1 OR mailbox IS NOT NULL))"
     "   RETURNING m.id),"
     " r AS (DELETE FROM recipients WHERE message_id IN (SELECT id FROM gone))"
     " SELECT (SELECT count(*) FROM c), (SELECT count(*) FROM gone)";
@@ -1110,7 +1118,9 @@ static enum store_status pg_sweep(void *arg, const struct store_sweep_args *a,
     *out = (struct store_sweep_result){0};
     st = sweep_step(be,
                     "DELETE FROM stored WHERE key IN (SELECT key FROM stored WHERE expires_at <= $1"
-                    " AND NOT " PG_COPY_HELD("stored.key") " ORDER BY expires_at LIMIT $2)",
+                    " AND NOT " PG_COPY_HELD("stored.key") " AND NOT EXISTS (SELECT 1 FROM"
+                    " mailboxes WHERE name = stored.mailbox AND locked_until > $1)"
+                    " ORDER BY expires_at LIMIT $2)",
                     (const int64_t[]){now, lim}, 2, NULL, &out->copies, err,
                     "sweep failed: stored copies");
     if (st == STORE_OK)
@@ -1761,7 +1771,8 @@ static enum store_status pg_holds_data(void *arg, bool *has, char **err)
                                    "SELECT EXISTS (SELECT 1 FROM meta WHERE key <> 'schema_version')"
                                    " OR EXISTS (SELECT 1 FROM routes) OR EXISTS (SELECT 1 FROM"
                                    " messages) OR EXISTS (SELECT 1 FROM deliveries) OR EXISTS"
-                                   " (SELECT 1 FROM stored) OR EXISTS (SELECT 1 FROM events)",
+                                   " (SELECT 1 FROM stored) OR EXISTS (SELECT 1 FROM events)"
+                                   " OR EXISTS (SELECT 1 FROM mailboxes)",
                                    NULL, &r, err, "cannot look at the database");
 
     *has = false;
@@ -1769,6 +1780,94 @@ static enum store_status pg_holds_data(void *arg, bool *has, char **err)
     *has = col_true(r, 0, 0);
     PQclear(r);
     return STORE_OK;
+}
+
+/* ---- portable statements ---------------------------------------------------------------------- */
+
+/* The parameters as text (the server infers their types from the statement). */
+static enum store_status sql_params(const struct store_param *params, size_t n, struct pg_params *p,
+                                    char **err)
+{
+    if (n > PG_MAX_PARAMS) {
+        store_set_err(err, "a statement with %zu parameters (at most %d)", n, PG_MAX_PARAMS);
+        return STORE_ERR_IO;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (params[i].type == STORE_CELL_INT) p_int(p, params[i].i);
+        else p_text(p, params[i].type == STORE_CELL_TEXT ? params[i].data : NULL);
+    }
+    return STORE_OK;
+}
+
+/* The rows of `r` as store_rows: integer and boolean columns as INT, the rest as TEXT. */
+static enum store_status sql_result(const PGresult *r, struct store_rows **out)
+{
+    struct store_rows *rows = calloc(1, sizeof *rows);
+    int nc = PQnfields(r), nr = PQntuples(r);
+
+    if (!rows) return STORE_ERR_NOMEM;
+    rows->ncols = (size_t)nc;
+    rows->cols = calloc(nc ? (size_t)nc : 1, sizeof *rows->cols);
+    rows->cells = calloc(nr && nc ? (size_t)nr * (size_t)nc : 1, sizeof *rows->cells);
+    if (!rows->cols || !rows->cells) goto nomem;
+    for (int c = 0; c < nc; c++)
+        if (!(rows->cols[c] = strdup(PQfname(r, c)))) goto nomem;
+    for (int i = 0; i < nr; i++, rows->nrows++) {
+        for (int c = 0; c < nc; c++) {
+            struct store_cell *cell = &rows->cells[(size_t)i * (size_t)nc + (size_t)c];
+            Oid t = PQftype(r, c);
+
+            if (PQgetisnull(r, i, c)) continue; /* calloc: STORE_CELL_NULL */
+            if (t == 20 || t == 21 || t == 23 || t == 16) { /* int8, int2, int4, bool */
+                cell->type = STORE_CELL_INT;
+                cell->i = t == 16 ? col_true(r, i, c) : col_int(r, i, c);
+                continue;
+            }
+            cell->type = STORE_CELL_TEXT;
+            cell->len = (size_t)PQgetlength(r, i, c);
+            if (!(cell->data = strdup(PQgetvalue(r, i, c)))) goto nomem;
+        }
+    }
+    *out = rows;
+    return STORE_OK;
+nomem:
+    store_rows_free(rows);
+    return STORE_ERR_NOMEM;
+}
+
+static enum store_status pg_sql_read(void *arg, const char *sql, const struct store_param *params,
+                                     size_t nparams, struct store_rows **out, char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    PGresult *r = NULL;
+    enum store_status st = sql_params(params, nparams, &p, err);
+
+    if (out) *out = NULL;
+    if (st == STORE_OK) st = pg_read(be, sql, &p, &r, err, "query failed");
+    if (st == STORE_OK && out && (st = sql_result(r, out)) != STORE_OK) store_set_err(err, "out of memory");
+    PQclear(r);
+    return st;
+}
+
+static enum store_status pg_sql_write(void *arg, const char *sql, const struct store_param *params,
+                                      size_t nparams, int64_t *changed, struct store_rows **out,
+                                      char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    enum store_status st = sql_params(params, nparams, &p, err);
+    PGresult *r;
+
+    if (out) *out = NULL;
+    if (st != STORE_OK) return st;
+    r = pg_exec(be->w, sql, &p);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+        return pg_fail(be->w, r, err, "statement failed");
+    if (changed) *changed = strtoll(PQcmdTuples(r), NULL, 10);
+    if (out && (st = sql_result(r, out)) != STORE_OK) store_set_err(err, "out of memory");
+    PQclear(r);
+    return st;
 }
 
 static enum store_status pg_writer_query(void *arg, const char *sql, char *out, size_t outsz)
@@ -1823,6 +1922,8 @@ const struct store_backend store_postgres_backend = {
     .rows_read = NULL, /* a PostgreSQL database is a target of inlet migrate, not a source */
     .rows_insert = pg_rows_insert,
     .holds_data = pg_holds_data,
+    .sql_read = pg_sql_read,
+    .sql_write = pg_sql_write,
     .writer_query = pg_writer_query,
     .checkpoint_stats = NULL,
 };

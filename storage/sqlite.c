@@ -476,8 +476,11 @@ static int setup_writer(struct sqlite_be *be, char **err)
                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8, ?8, ?9)",
                   &be->ins_delivery, "delivery insert", err) < 0 ||
         prepare_w(be, be->wdb,
+                  /* ?11 = 1: a mailbox copy that takes its mailbox's retention, if set. */
                   "INSERT INTO stored (key, message_id, recipient, domain, route_id, notify,"
-                  " format, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                  " format, expires_at, created_at, mailbox) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
+                  " coalesce((SELECT ?9 + retention FROM mailboxes WHERE name = ?10 AND ?11 = 1),"
+                  " ?8), ?9, ?10)",
                   &be->ins_stored, "stored copy insert", err) < 0 ||
         prepare_w(be, be->wdb, "SAVEPOINT job", &be->sp_begin, "savepoint", err) < 0 ||
         prepare_w(be, be->wdb, "RELEASE job", &be->sp_release, "savepoint release", err) < 0 ||
@@ -1144,6 +1147,8 @@ static enum store_status sqlite_write_outcome(void *arg, const struct store_outc
         rc = store_sqlite_bind_texts(be->ins_stored, 1, t, 7);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(be->ins_stored, 8, c->expires_at);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(be->ins_stored, 9, o->now);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_text(be->ins_stored, 10, c->mailbox, -1, SQLITE_STATIC);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_int(be->ins_stored, 11, c->mailbox_retention);
         rc = rc == SQLITE_OK ? store_sqlite_step_reset(be->ins_stored) : rc;
         if (rc != SQLITE_DONE) goto fail_reset;
     }
@@ -1431,4 +1436,6 @@ const struct store_backend store_sqlite_backend = {
     .rows_read = store_sqlite_rows_read,
     .rows_insert = store_sqlite_rows_insert,
     .holds_data = store_sqlite_holds_data,
+    .sql_read = store_sqlite_sql_read,
+    .sql_write = store_sqlite_sql_write,
 };

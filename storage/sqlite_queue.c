@@ -52,6 +52,9 @@
     "json((SELECT json_group_array(json_extract(j, fullkey || '.id')) FROM"                        \
     " (SELECT CASE WHEN json_valid(?6) THEN CASE json_type(?6) WHEN 'array' THEN ?6 ELSE '[]' END" \
     " ELSE '[]' END AS j), json_each(j) WHERE json_type(j, fullkey || '.id') = 'text'))"
+/* Whether the mailbox of a copy is held by a POP3 session at `now` (its lock's lease). */
+#define MAILBOX_HELD(mailbox, now)                                                                 \
+    "EXISTS (SELECT 1 FROM mailboxes WHERE name = " mailbox " AND locked_until > " now ")"
 #define INSERT_EVENT                                                                               \
     "INSERT INTO events (ts, event, severity, message_id, recipient, domain, delivery_id, detail) "
 
@@ -65,8 +68,12 @@ static const char *const wq_sql[WQ_COUNT] = {
     [WQ_EV_ACCEPTED_IDS] = INSERT_EVENT "VALUES (?1, 'accepted', '', ?2, ?3, ?4, '',"
                                         " '{\"outcome\":' || json_quote(?5) || ',\"route_ids\":' || ?6"
                                         " || coalesce(',\"message\":' || ?7, '') || '}')",
+    /* expires_at as the copy row has it (a mailbox's retention may have set it); "mailbox"
+     * only for a mailbox copy. */
     [WQ_EV_STORED] = INSERT_EVENT "VALUES (?1, 'stored', '', ?2, ?3, ?4, '',"
-                                  " json_patch(json_object('key', ?5, 'route_id', ?6, 'expires_at', ?7),"
+                                  " json_patch(json_patch(json_object('key', ?5, 'route_id', ?6,"
+                                  " 'expires_at', (SELECT expires_at FROM stored WHERE key = ?5)),"
+                                  " CASE WHEN ?9 IS NULL THEN '{}' ELSE json_object('mailbox', ?9) END),"
                                   " json_object('message', json(?8))))",
     /* "message" comes from the message's "accepted" event (events_message index). */
     [WQ_EV_ATTEMPT] =
@@ -91,8 +98,10 @@ static const char *const wq_sql[WQ_COUNT] = {
                  " WHERE id = ?1 AND state = 'failed'"
                  " AND EXISTS (SELECT 1 FROM messages WHERE messages.id = deliveries.message_id)",
     [WQ_COPY_DELETE] = "DELETE FROM stored WHERE key = ?1 AND (expires_at > ?2 OR " COPY_HELD("stored.key") ")",
+    /* A mailbox copy stays while a POP3 session holds its mailbox (SPEC §9). */
     [WQ_SWEEP_COPIES] = "DELETE FROM stored WHERE key IN (SELECT key FROM stored"
                         " WHERE expires_at <= ?1 AND NOT " COPY_HELD("stored.key")
+                        " AND NOT " MAILBOX_HELD("stored.mailbox", "?1")
                         " ORDER BY expires_at LIMIT ?2)",
     [WQ_SWEEP_EVENTS] = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < ?1"
                         " ORDER BY ts LIMIT ?2)",
@@ -107,7 +116,7 @@ static const char *const wq_sql[WQ_COUNT] = {
                          " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = ?1"
                          "  AND state IN ('pending', 'failed'))"
                          " AND NOT EXISTS (SELECT 1 FROM stored WHERE message_id = ?1"
-                         "  AND expires_at > ?2)"
+                         "  AND (expires_at > ?2 OR mailbox IS NOT NULL))"
                          " AND state <> 'accepted'",
     [WQ_PURGE_RECIPIENTS] = "DELETE FROM recipients WHERE message_id = ?1",
     [WQ_DROP_CANDIDATE] = "DELETE FROM purge_candidates WHERE message_id = ?1",
@@ -289,6 +298,7 @@ static int event_stored(struct sqlite_be *be, const struct store_outcome *o,
     if (rc == SQLITE_OK) rc = store_sqlite_bind_texts(s, 2, t, 5);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 7, c->expires_at);
     if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 8, o->message_json, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 9, c->mailbox, -1, SQLITE_STATIC);
     rc = step_bound(s, rc);
     free(domain);
     return rc;

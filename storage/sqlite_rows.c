@@ -239,7 +239,7 @@ enum store_status store_sqlite_holds_data(void *arg, bool *has, char **err)
         "SELECT EXISTS (SELECT 1 FROM meta WHERE key <> 'schema_version')"
         " OR EXISTS (SELECT 1 FROM routes) OR EXISTS (SELECT 1 FROM messages)"
         " OR EXISTS (SELECT 1 FROM deliveries) OR EXISTS (SELECT 1 FROM stored)"
-        " OR EXISTS (SELECT 1 FROM events)";
+        " OR EXISTS (SELECT 1 FROM events) OR EXISTS (SELECT 1 FROM mailboxes)";
     sqlite3_stmt *s = NULL;
     enum store_status st = STORE_OK;
 
@@ -256,4 +256,110 @@ enum store_status store_sqlite_holds_data(void *arg, bool *has, char **err)
     sqlite3_finalize(s);
     pthread_mutex_unlock(&be->rmu);
     return st;
+}
+
+/* ---- portable statements ---------------------------------------------------------------------- */
+
+/* Binds $1..$n by name: SQLite numbers named parameters in order of first appearance, and a
+ * statement may leave some out (then it is not bound). */
+static int bind_params(sqlite3_stmt *s, const struct store_param *p, size_t n)
+{
+    int rc = SQLITE_OK;
+
+    for (size_t i = 0; rc == SQLITE_OK && i < n; i++) {
+        char name[24];
+
+        snprintf(name, sizeof name, "$%zu", i + 1);
+        int at = sqlite3_bind_parameter_index(s, name);
+        if (!at) continue;
+        if (p[i].type == STORE_CELL_INT) rc = sqlite3_bind_int64(s, at, p[i].i);
+        else if (p[i].type == STORE_CELL_TEXT) rc = sqlite3_bind_text(s, at, p[i].data, -1, SQLITE_STATIC);
+        else rc = sqlite3_bind_null(s, at);
+    }
+    return rc;
+}
+
+/* Every row of `s` into *out (when out is not NULL; else stepped to the end). */
+static int collect(sqlite3_stmt *s, struct store_rows **out, enum store_status *st)
+{
+    struct store_rows *r = NULL;
+    size_t cap = 0;
+    int rc;
+
+    *st = STORE_OK;
+    if (out) {
+        r = calloc(1, sizeof *r);
+        if (!r) {
+            *st = STORE_ERR_NOMEM;
+            return SQLITE_NOMEM;
+        }
+        r->ncols = (size_t)sqlite3_column_count(s);
+        r->cols = calloc(r->ncols ? r->ncols : 1, sizeof *r->cols);
+        if (!r->cols) *st = STORE_ERR_NOMEM;
+    }
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW && r && *st == STORE_OK) {
+        if (r->nrows == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            struct store_cell *n = realloc(r->cells, ncap * r->ncols * sizeof *n + 1);
+
+            if (!n) {
+                *st = STORE_ERR_NOMEM;
+                break;
+            }
+            r->cells = n;
+            cap = ncap;
+        }
+        struct store_cell *row = r->cells + r->nrows++ * r->ncols;
+
+        for (size_t i = 0; i < r->ncols; i++) row[i] = (struct store_cell){.type = STORE_CELL_NULL};
+        for (size_t i = 0; i < r->ncols && *st == STORE_OK; i++) *st = take_cell(s, (int)i, &row[i]);
+    }
+    if (*st != STORE_OK || (rc != SQLITE_DONE && rc != SQLITE_ROW)) {
+        store_rows_free(r);
+        return *st != STORE_OK ? SQLITE_NOMEM : rc;
+    }
+    if (out) *out = r;
+    return SQLITE_DONE;
+}
+
+static enum store_status run_sql(sqlite3 *db, const char *sql, const struct store_param *params,
+                                 size_t nparams, int64_t *changed, struct store_rows **out, char **err)
+{
+    sqlite3_stmt *s = NULL;
+    enum store_status st = STORE_OK;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+
+    if (out) *out = NULL;
+    if (rc == SQLITE_OK) rc = bind_params(s, params, nparams);
+    if (rc == SQLITE_OK) rc = collect(s, out, &st);
+    if (rc == SQLITE_DONE) {
+        if (changed) *changed = sqlite3_changes64(db);
+        sqlite3_finalize(s);
+        return STORE_OK;
+    }
+    if (st == STORE_ERR_NOMEM) store_set_err(err, "out of memory");
+    else store_set_err(err, "%s", store_sqlite_error(db, rc));
+    if (st == STORE_OK) st = store_sqlite_status(db, rc);
+    sqlite3_finalize(s);
+    return st;
+}
+
+enum store_status store_sqlite_sql_read(void *arg, const char *sql, const struct store_param *params,
+                                        size_t nparams, struct store_rows **out, char **err)
+{
+    struct sqlite_be *be = arg;
+
+    pthread_mutex_lock(&be->rmu);
+    enum store_status st = run_sql(be->rdb, sql, params, nparams, NULL, out, err);
+    pthread_mutex_unlock(&be->rmu);
+    return st;
+}
+
+enum store_status store_sqlite_sql_write(void *arg, const char *sql, const struct store_param *params,
+                                         size_t nparams, int64_t *changed, struct store_rows **out,
+                                         char **err)
+{
+    struct sqlite_be *be = arg;
+
+    return run_sql(be->wdb, sql, params, nparams, changed, out, err);
 }

@@ -107,13 +107,15 @@ const char *store_status_text(enum store_status status)
     case STORE_ERR_QUOTA: return "quota reached";
     case STORE_ERR_BUSY: return "storage busy";
     case STORE_ERR_NOMEM: return "out of memory";
+    case STORE_ERR_CONFLICT: return "conflict";
     }
     return "storage error";
 }
 
 bool store_status_failed(enum store_status status)
 {
-    return status != STORE_OK && status != STORE_ERR_NOT_FOUND && status != STORE_ERR_QUOTA;
+    return status != STORE_OK && status != STORE_ERR_NOT_FOUND && status != STORE_ERR_QUOTA &&
+           status != STORE_ERR_CONFLICT;
 }
 
 /* A message's columns as a backend read them, copied into m (store_message_fill in internal.h). */
@@ -1153,6 +1155,7 @@ void store_test_checkpoint_stats(struct store *st, struct store_checkpoint_stats
  * sweeper finds what it needs again). */
 static const char *const copy_tables[] = {
     "meta", "routes", "messages", "recipients", "deliveries", "attempts", "stored", "events",
+    "mailboxes",
 };
 
 void store_rows_free(struct store_rows *r)

@@ -39,6 +39,7 @@ enum store_status {
     STORE_ERR_QUOTA = -4,     /* the routes table already holds --route-quota routes */
     STORE_ERR_BUSY = -5,      /* the database stayed locked past its timeout: like IO, 451 */
     STORE_ERR_NOMEM = -6,     /* out of memory: like IO, 451 */
+    STORE_ERR_CONFLICT = -7,  /* the row exists already, or is locked (a mailbox in use) */
 };
 
 /* A short reason for logs and replies: "storage error", "disk full", "not found", ... */
@@ -221,6 +222,9 @@ struct store_copy_plan {
     const char *notify;         /* notify URL or NULL */
     const char *format;         /* notify format, "" for the default */
     int64_t expires_at;         /* Unix seconds */
+    const char *mailbox;        /* NULL, or the mailbox this copy is filed into (SPEC §9) */
+    bool mailbox_retention;     /* with a mailbox: expires at `now` + the mailbox's retention
+                                   when it has one (the route gave no ttl=), else expires_at */
 };
 struct store_outcome {
     const char *message_id;
@@ -428,6 +432,57 @@ struct store_gauges {
 };
 enum store_status store_gauges(struct store *st, int64_t now, struct store_gauges *out,
                                char **err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Mailboxes for POP3 pollers (SPEC §9).  A mailbox message is a stored copy filed into a mailbox
+ * by a store(mailbox=...) action: its key is the POP3 UID.  Names are lower case (the caller
+ * checks them).  Writes wait for their commit. */
+struct store_mailbox {
+    char *name;
+    char *password_hash;     /* crypt(3) string */
+    int64_t retention;       /* seconds; 0: the --mailbox-ttl setting */
+    int64_t created_at, updated_at; /* Unix seconds */
+    int64_t messages, bytes; /* messages filed in it now, and their size */
+};
+void store_mailboxes_free(struct store_mailbox *m, size_t n);
+/* STORE_OK, or STORE_ERR_CONFLICT when a mailbox of that name exists. */
+enum store_status store_mailbox_create(struct store *st, const char *name, const char *password_hash,
+                                       int64_t retention, int64_t now, char **err);
+/* Sets the password hash (NULL: kept) and the retention (< 0: kept).  STORE_ERR_NOT_FOUND. */
+enum store_status store_mailbox_update(struct store *st, const char *name, const char *password_hash,
+                                       int64_t retention, int64_t now, char **err);
+/* Deletes the mailbox and every message filed in it.  STORE_ERR_NOT_FOUND. */
+enum store_status store_mailbox_delete(struct store *st, const char *name, char **err);
+/* One mailbox with its counts (a read): STORE_OK with *out (store_mailboxes_free(out, 1)), or
+ * STORE_ERR_NOT_FOUND. */
+enum store_status store_mailbox_get(struct store *st, const char *name, struct store_mailbox **out,
+                                    char **err);
+/* Mailboxes by name, strictly after `after` ("" from the first), at most `max`, with counts. */
+enum store_status store_mailboxes_list(struct store *st, const char *after, size_t max,
+                                       struct store_mailbox **out, size_t *n, char **err);
+
+/* One message of an open maildrop. */
+struct store_maildrop_entry {
+    char key[48];                  /* the UID */
+    char message_id[ID_LEN + 1];
+    int64_t size;                  /* bytes as stored */
+};
+/* Opens a POP3 session's maildrop (a job): takes the mailbox's lock unless another session holds
+ * it (locked_until > now: STORE_ERR_CONFLICT), sets it to `lock_until` (a lease: a process that
+ * dies holding it frees it by then), deletes the messages past their expiry (only here and in the
+ * sweeper of unlocked mailboxes: never under a session), and lists the rest in filing order, at
+ * most `max` (*out malloc'd, NULL when empty).  STORE_ERR_NOT_FOUND: no such mailbox. */
+enum store_status store_maildrop_open(struct store *st, const char *name, int64_t now, int64_t lock_until,
+                                      size_t max, struct store_maildrop_entry **out, size_t *n,
+                                      char **err);
+/* Ends a session (a job, one transaction): an event "retrieved" per key in `retrieved`, then, per
+ * key in `deleted`, an event "deleted" and the message removed from the mailbox; then the lock
+ * released.  A dropped connection passes no deleted keys. */
+enum store_status store_maildrop_close(struct store *st, const char *name, int64_t now_ms,
+                                       const char *const *retrieved, size_t nretrieved,
+                                       const char *const *deleted, size_t ndeleted, char **err);
+/* Releases every mailbox lock (at start: this process is the database's only node). */
+enum store_status store_maildrop_unlock_all(struct store *st, char **err);
 
 /* ---------------------------------------------------------------------------------------------
  * `inlet migrate` (SPEC §8): a single node's database copied into another (a PostgreSQL one). */

@@ -78,6 +78,8 @@ static const struct setting settings[] = {
      "refuse at RCPT (550 5.1.1) a hosted recipient that no route could match"},
     {"store-ttl", SET_INT, OFF(store_ttl), "259200", 1, 315360000, "SECONDS",
      "how long a copy kept by store() can be fetched"},
+    {"mailbox-ttl", SET_INT, OFF(mailbox_ttl), "5184000", 1, MAILBOX_TTL_MAX, "SECONDS",
+     "how long a message filed by store(mailbox=...) stays without ttl= or a mailbox retention"},
     {"event-ttl", SET_INT, OFF(event_ttl), "604800", 1, 315360000, "SECONDS",
      "how long events and delivery history are kept"},
     {"failed-retention", SET_INT, OFF(failed_retention), "259200", 1, 315360000, "SECONDS",

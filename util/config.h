@@ -43,6 +43,7 @@ struct inlet_config {
     char *log_level;
     bool reject_unrouted;  /* RCPT that no route could match → 550 5.1.1 (SPEC §2, §4) */
     int64_t store_ttl;     /* seconds a stored copy is kept (SPEC §6) */
+    int64_t mailbox_ttl;   /* seconds a mailbox message is kept by default (SPEC §9) */
     int64_t event_ttl;     /* seconds events and delivery history are kept (SPEC §6, §7) */
     int64_t failed_retention; /* seconds failed deliveries and their bytes are kept (SPEC §6) */
     char *public_url;      /* base of storage URLs, no trailing '/'; "" when not given: the

@@ -175,6 +175,9 @@
 #define API_EVENTS_LIMIT_MAX 300
 #define API_DELIVERIES_LIMIT_DEFAULT 100
 #define API_DELIVERIES_LIMIT_MAX 300
+/* GET /v3/mailboxes: mailboxes per page. */
+#define API_MAILBOXES_LIMIT_DEFAULT 100
+#define API_MAILBOXES_LIMIT_MAX 1000
 #define API_ROUTES_LIMIT_DEFAULT 100
 #define API_ROUTES_LIMIT_MAX 1000
 /* GET /v3/{domain}/events: bytes of a filter value (an address, a message id, an event name) and
@@ -237,6 +240,16 @@ _Static_assert(API_BODY_MAX < LIMIT_INFLIGHT_BYTES, "a request body fits the mem
 #define ROUTE_TARGET_MAX 8192
 /* Bytes of the input quoted in a parse error ("expected ..., found '...'"). */
 #define ROUTE_ERROR_QUOTE_MAX 64
+
+/* Mailboxes for POP3 pollers (SPEC §9).  A name is 1..64 bytes of a-z 0-9 . _ + - @ (a
+ * local part or an address fits; it is the POP3 USER and appears in URLs unescaped).  ttl= of
+ * store(mailbox=...) and a mailbox's retention: one second to ten years. */
+#define MAILBOX_NAME_MAX 64
+#define MAILBOX_TTL_MAX (10LL * 366 * 24 * 3600)
+/* A mailbox password: at least 8 bytes (guessing is slowed by the hash and the POP3 delays, not
+ * prevented), at most 256 (a POP3 PASS line, a SASL PLAIN response). */
+#define PASSWORD_MIN 8
+#define PASSWORD_MAX 256
 
 /* MIME parsing (message/, SPEC §3).  Over any of these the message is still parsed up to the limit
  * and parse-warnings says what was cut. */

@@ -885,11 +885,11 @@ static void test_migration_v1(void)
     struct store *st = store_open(tmp, NULL, &err);
     CHECK(st != NULL, "open a version 1 database (%s)", err ? err : "ok");
     if (!st) goto out;
-    CHECK(store_schema_version() == 5, "this binary writes schema 5");
+    CHECK(store_schema_version() == 6, "this binary writes schema 6");
 
     db = raw_open(dbpath);
     bool q = db && raw_query(db, "SELECT value FROM meta WHERE key = 'schema_version'", buf, sizeof buf);
-    CHECK(q && !strcmp(buf, "5"), "upgraded to schema_version 5 (%s)", buf);
+    CHECK(q && !strcmp(buf, "6"), "upgraded to schema_version 6 (%s)", buf);
     q = db && raw_query(db, "PRAGMA auto_vacuum", buf, sizeof buf);
     CHECK(q && !strcmp(buf, "2"), "auto_vacuum 0 became incremental (one VACUUM at open): %s", buf);
     q = db && raw_query(db, "SELECT value FROM meta WHERE key = 'api_key'", buf, sizeof buf);
@@ -905,7 +905,9 @@ static void test_migration_v1(void)
         {"attempts", "delivery_id,n,started_at,duration_ms,status,error,outcome"},
         {"events", "id,ts,event,severity,message_id,recipient,domain,delivery_id,detail"},
         {"purge_candidates", "message_id"},
-        {"stored", "key,message_id,recipient,domain,route_id,notify,format,expires_at,created_at"},
+        {"stored", "key,message_id,recipient,domain,route_id,notify,format,expires_at,created_at,"
+                   "mailbox"},
+        {"mailboxes", "name,password_hash,retention,locked_until,created_at,updated_at"},
         {"messages", "id,received_at,sender,recipients,remote_ip,helo,tls,size,raw,state,"
                      "parse_warnings,body_segment,body_offset,body_crc"},
     };
@@ -919,7 +921,7 @@ static void test_migration_v1(void)
                         buf, sizeof buf);
     CHECK_STR(buf, "deliveries_copy_key,deliveries_due,deliveries_message,deliveries_state_updated,events_domain_ts,"
                    "events_message,events_ts,messages_accepted,messages_body_segment,routes_order,stored_expires,"
-                   "stored_message", "indexes");
+                   "stored_mailbox,stored_message", "indexes");
     q = db && raw_query(db, "SELECT sql FROM sqlite_master WHERE name = 'deliveries_due'", buf,
                         sizeof buf);
     CHECK(q && strstr(buf, "WHERE state = 'pending'"), "deliveries_due is partial (%s)", buf);

@@ -1,0 +1,239 @@
+/* api/mailboxes.c — mailboxes for POP3 pollers (SPEC §9, §7):
+ *
+ *   POST   /v3/mailboxes          name, password, [retention]   creates one
+ *   GET    /v3/mailboxes?limit=100&after=<name>                 {"items": [mailbox...]} by name
+ *   GET    /v3/mailboxes/<name>                                 {"mailbox": mailbox}
+ *   PUT    /v3/mailboxes/<name>   [password], [retention]       rotates the password, sets the
+ *                                                               retention (0: the default)
+ *   DELETE /v3/mailboxes/<name>                                 the mailbox and its messages
+ *
+ * A mailbox: {"name", "retention" (seconds, null: --mailbox-ttl), "messages", "size" (bytes),
+ * "created_at", "updated_at"}.  The password is hashed here (util/password.h, yescrypt) before it
+ * reaches storage/; neither the password nor its hash is ever answered or logged. */
+#include <glib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/internal.h"
+#include "routes/routes.h"
+#include "storage/store.h"
+#include "util/clock.h"
+#include "util/limits.h"
+#include "util/log.h"
+#include "util/password.h"
+
+static json_t *date_json(int64_t t)
+{
+    char buf[40];
+    api_rfc1123(buf, sizeof buf, t);
+    return json_string(buf);
+}
+
+static json_t *mailbox_json(const struct store_mailbox *m)
+{
+    return json_pack("{s:o, s:o, s:I, s:I, s:o, s:o}", "name", api_jstr(m->name), "retention",
+                     m->retention > 0 ? json_integer(m->retention) : json_null(), "messages",
+                     (json_int_t)m->messages, "size", (json_int_t)m->bytes, "created_at",
+                     date_json(m->created_at), "updated_at", date_json(m->updated_at));
+}
+
+static enum MHD_Result reply_not_found(struct api_request *req)
+{
+    return api_reply_error(req->conn, MHD_HTTP_NOT_FOUND, "Mailbox not found");
+}
+
+/* The retention field: absent → *out = -1 (kept / the default); else 0 (the default) or
+ * 1..MAILBOX_TTL_MAX seconds.  False when it is something else. */
+static bool parse_retention(const struct api_request *req, int64_t *out)
+{
+    const char *v = api_form_value(&req->body, "retention");
+    long long n = 0;
+
+    *out = -1;
+    if (!v) return true;
+    if (api_parse_count(v, &n) != 1 || n > MAILBOX_TTL_MAX) return false;
+    *out = n;
+    return true;
+}
+
+/* The password field hashed: NULL with *bad when absent or not acceptable (bad = false only when
+ * out of memory). */
+static char *hash_password(const struct api_request *req, bool *present, bool *bad)
+{
+    const struct form_field *f = api_form_get(&req->body, "password");
+    char *h;
+
+    *present = f != NULL;
+    *bad = false;
+    if (!f) return NULL;
+    if (!password_acceptable(f->value, f->len)) {
+        *bad = true;
+        return NULL;
+    }
+    h = password_hash(f->value);
+    return h;
+}
+
+static enum MHD_Result reply_mailbox(struct api_server *api, struct api_request *req, const char *name,
+                                     const char *message)
+{
+    struct store_mailbox *m = NULL;
+    char *err = NULL;
+    enum store_status st = store_mailbox_get(api->store, name, &m, &err);
+
+    if (st == STORE_ERR_NOT_FOUND) return reply_not_found(req);
+    if (st != STORE_OK) return api_reply_store_error(req, "mailbox read", st, err);
+    json_t *j = mailbox_json(m);
+    store_mailboxes_free(m, 1);
+    if (message) return api_reply_json(req->conn, MHD_HTTP_OK, json_pack("{s:s, s:o}", "message", message, "mailbox", j));
+    return api_reply_json(req->conn, MHD_HTTP_OK, json_pack("{s:o}", "mailbox", j));
+}
+
+#define PASSWORD_RULE "a password of 8 to 256 bytes without CR, LF or NUL is expected"
+
+enum MHD_Result api_mailboxes_create(struct api_server *api, struct api_request *req)
+{
+    const char *given = api_form_value(&req->body, "name");
+    char *name = given ? g_ascii_strdown(given, -1) : NULL, *hash = NULL, *err = NULL;
+    bool present, bad;
+    int64_t retention;
+    enum MHD_Result ret;
+
+    if (!name || !route_mailbox_name_ok(name)) {
+        ret = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST,
+                              "Invalid 'name' parameter: 1 to 64 of a-z 0-9 . _ + - @ is expected");
+        goto out;
+    }
+    if (!parse_retention(req, &retention)) {
+        ret = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST,
+                              "Invalid 'retention' parameter: seconds from 0 to 316224000 are expected");
+        goto out;
+    }
+    hash = hash_password(req, &present, &bad);
+    if (!hash) {
+        ret = present && !bad ? api_reply_error(req->conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "Cannot hash the password")
+                              : api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST,
+                                                "Invalid 'password' parameter: " PASSWORD_RULE);
+        goto out;
+    }
+    enum store_status st = store_mailbox_create(api->store, name, hash, retention < 0 ? 0 : retention,
+                                                clock_now_ms() / 1000, &err);
+    if (st == STORE_ERR_CONFLICT) {
+        ret = api_reply_error(req->conn, MHD_HTTP_CONFLICT, "Mailbox already exists");
+        goto out;
+    }
+    if (st != STORE_OK) {
+        ret = api_reply_store_error(req, "mailbox create", st, err);
+        err = NULL;
+        goto out;
+    }
+    log_info("http", "mailbox created name=%s", name);
+    ret = reply_mailbox(api, req, name, "Mailbox has been created");
+out:
+    free(hash);
+    free(err);
+    g_free(name);
+    return ret;
+}
+
+enum MHD_Result api_mailboxes_update(struct api_server *api, struct api_request *req)
+{
+    char *name = g_ascii_strdown(api_param(req, "name"), -1), *hash = NULL, *err = NULL;
+    bool present, bad;
+    int64_t retention;
+    enum MHD_Result ret;
+
+    if (!route_mailbox_name_ok(name)) {
+        ret = reply_not_found(req);
+        goto out;
+    }
+    if (!parse_retention(req, &retention)) {
+        ret = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST,
+                              "Invalid 'retention' parameter: seconds from 0 to 316224000 are expected");
+        goto out;
+    }
+    hash = hash_password(req, &present, &bad);
+    if (present && !hash) {
+        ret = !bad ? api_reply_error(req->conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "Cannot hash the password")
+                   : api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, "Invalid 'password' parameter: " PASSWORD_RULE);
+        goto out;
+    }
+    if (!present && retention < 0) {
+        ret = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, "Nothing to change: 'password' or 'retention' is expected");
+        goto out;
+    }
+    enum store_status st = store_mailbox_update(api->store, name, hash, retention, clock_now_ms() / 1000, &err);
+    if (st == STORE_ERR_NOT_FOUND) {
+        ret = reply_not_found(req);
+        goto out;
+    }
+    if (st != STORE_OK) {
+        ret = api_reply_store_error(req, "mailbox update", st, err);
+        err = NULL;
+        goto out;
+    }
+    log_info("http", "mailbox updated name=%s password=%s retention=%s", name, present ? "changed" : "kept",
+             retention < 0 ? "kept" : "set");
+    ret = reply_mailbox(api, req, name, "Mailbox has been updated");
+out:
+    free(hash);
+    free(err);
+    g_free(name);
+    return ret;
+}
+
+enum MHD_Result api_mailboxes_get(struct api_server *api, struct api_request *req)
+{
+    char *name = g_ascii_strdown(api_param(req, "name"), -1);
+    enum MHD_Result ret = route_mailbox_name_ok(name) ? reply_mailbox(api, req, name, NULL) : reply_not_found(req);
+
+    g_free(name);
+    return ret;
+}
+
+enum MHD_Result api_mailboxes_delete(struct api_server *api, struct api_request *req)
+{
+    char *name = g_ascii_strdown(api_param(req, "name"), -1), *err = NULL;
+    enum MHD_Result ret;
+
+    if (!route_mailbox_name_ok(name)) {
+        ret = reply_not_found(req);
+        goto out;
+    }
+    enum store_status st = store_mailbox_delete(api->store, name, &err);
+    if (st == STORE_ERR_NOT_FOUND) {
+        ret = reply_not_found(req);
+        goto out;
+    }
+    if (st != STORE_OK) {
+        ret = api_reply_store_error(req, "mailbox delete", st, err);
+        err = NULL;
+        goto out;
+    }
+    log_info("http", "mailbox deleted name=%s", name);
+    ret = api_reply_json(req->conn, MHD_HTTP_OK,
+                         json_pack("{s:s, s:o}", "message", "Mailbox has been deleted", "name", api_jstr(name)));
+out:
+    free(err);
+    g_free(name);
+    return ret;
+}
+
+enum MHD_Result api_mailboxes_list(struct api_server *api, struct api_request *req)
+{
+    const char *l = api_form_value(&req->query, "limit"), *after = api_form_value(&req->query, "after");
+    long long limit = API_MAILBOXES_LIMIT_DEFAULT;
+    struct store_mailbox *m = NULL;
+    size_t n = 0;
+    char *err = NULL;
+
+    if (l && (api_parse_count(l, &limit) != 1 || limit < 1 || limit > API_MAILBOXES_LIMIT_MAX))
+        return api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST,
+                               "Invalid 'limit' parameter: an integer from 1 to 1000 is expected");
+    enum store_status st = store_mailboxes_list(api->store, after ? after : "", (size_t)limit, &m, &n, &err);
+    if (st != STORE_OK) return api_reply_store_error(req, "mailbox list", st, err);
+    json_t *items = json_array();
+    for (size_t i = 0; items && i < n; i++) json_array_append_new(items, mailbox_json(&m[i]));
+    store_mailboxes_free(m, n);
+    return api_reply_json(req->conn, MHD_HTTP_OK, json_pack("{s:o}", "items", items));
+}
