@@ -12,8 +12,14 @@
  * A worker asks with ub_resolve_async() and waits on its query's condition variable until the
  * answer or its deadline.  A query both sides may still touch is freed by the last one: the
  * waiter when it cancels in time (ub_cancel() == 0: the callback will never run), otherwise the
- * callback (q->abandoned). */
+ * callback (q->abandoned).
+ *
+ * In front of it, a small cache of our own (MAILAUTH_DNS_FRONT_ENTRIES answers of at most
+ * MAILAUTH_DNS_FRONT_BYTES, each for its TTL, oldest out first): an answer from libunbound's cache
+ * still crosses two threads and two pipes (its background thread, our process thread), which cost
+ * about as much as the checks themselves for a warm domain (bench/senderauth). */
 #include <errno.h>
+#include <glib.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -30,6 +36,17 @@ struct mailauth_dns {
     struct ub_ctx *ctx;
     pthread_t thread;
     int stop_pipe[2];
+    pthread_mutex_t front_lock;
+    GHashTable *front;  /* "type/name" → struct front_entry */
+    GQueue *order;      /* keys, oldest first (the key strings are the table's) */
+};
+
+/* A packed answer: lens[count], data pointers[count], then the bytes (one allocation). */
+struct front_entry {
+    enum mailauth_dns_status status;
+    size_t count;
+    int64_t expires_ms;
+    void *packed;
 };
 
 struct query {
@@ -122,6 +139,78 @@ static bool set_option(struct ub_ctx *ctx, const char *opt, const char *val, cha
     return false;
 }
 
+/* One allocation holding the answer's records; out's pointers into it.  false: out of memory. */
+static bool pack(enum mailauth_dns_status st, size_t count, const uint8_t *const *data, const size_t *len,
+                 struct mailauth_dns_answer *out)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < count; i++) bytes += len[i];
+    void *blob = malloc(count * (sizeof(size_t) + sizeof(uint8_t *)) + bytes + 1);
+    if (!blob) return false;
+    size_t *lens = blob;
+    const uint8_t **ptrs = (const uint8_t **)(lens + count);
+    uint8_t *p = (uint8_t *)(ptrs + count);
+    for (size_t i = 0; i < count; i++) {
+        lens[i] = len[i];
+        ptrs[i] = p;
+        memcpy(p, data[i], len[i]);
+        p += len[i];
+    }
+    *out = (struct mailauth_dns_answer){.status = st, .count = count, .data = ptrs, .len = lens, .owner = blob};
+    return true;
+}
+
+static void front_entry_free(void *e)
+{
+    struct front_entry *f = e;
+    free(f->packed);
+    free(f);
+}
+
+static bool front_get(struct mailauth_dns *d, const char *key, struct mailauth_dns_answer *out)
+{
+    bool hit = false;
+    pthread_mutex_lock(&d->front_lock);
+    struct front_entry *f = g_hash_table_lookup(d->front, key);
+    if (f && f->expires_ms > mailauth_now_ms()) {
+        const size_t *lens = f->packed;
+        const uint8_t *const *ptrs = (const uint8_t *const *)(lens + f->count);
+        hit = pack(f->status, f->count, ptrs, lens, out);
+    }
+    pthread_mutex_unlock(&d->front_lock);
+    return hit;
+}
+
+static void front_put(struct mailauth_dns *d, const char *key, const struct mailauth_dns_answer *a, int ttl)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < a->count; i++) bytes += a->len[i];
+    if (ttl <= 0 || bytes > MAILAUTH_DNS_FRONT_BYTES) return;
+    struct front_entry *f = calloc(1, sizeof *f);
+    struct mailauth_dns_answer copy;
+    if (!f || !pack(a->status, a->count, a->data, a->len, &copy)) {
+        free(f);
+        return;
+    }
+    f->status = a->status;
+    f->count = a->count;
+    f->packed = copy.owner;
+    f->expires_ms = mailauth_now_ms() + 1000LL * (ttl < MAILAUTH_DNS_FRONT_TTL_MAX ? ttl : MAILAUTH_DNS_FRONT_TTL_MAX);
+    pthread_mutex_lock(&d->front_lock);
+    if (g_hash_table_contains(d->front, key)) {
+        /* Refreshed (an expired one, or two threads missed at once): insert keeps the table's key,
+         * which the order holds, and frees the new one. */
+        g_hash_table_insert(d->front, g_strdup(key), f);
+    } else {
+        while (g_hash_table_size(d->front) >= MAILAUTH_DNS_FRONT_ENTRIES && !g_queue_is_empty(d->order))
+            g_hash_table_remove(d->front, g_queue_pop_head(d->order));
+        char *k = g_strdup(key);
+        g_hash_table_insert(d->front, k, f);
+        g_queue_push_tail(d->order, k);
+    }
+    pthread_mutex_unlock(&d->front_lock);
+}
+
 struct mailauth_dns *mailauth_dns_new(const char *server, char **err)
 {
     struct mailauth_dns *d = calloc(1, sizeof *d);
@@ -130,6 +219,9 @@ struct mailauth_dns *mailauth_dns_new(const char *server, char **err)
     *err = NULL;
     if (!d) goto oom;
     d->stop_pipe[0] = d->stop_pipe[1] = -1;
+    pthread_mutex_init(&d->front_lock, NULL);
+    d->front = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, front_entry_free);
+    d->order = g_queue_new();
     d->ctx = ub_ctx_create();
     if (!d->ctx) goto oom;
     snprintf(num, sizeof num, "%d", MAILAUTH_DNS_MSG_CACHE);
@@ -172,6 +264,11 @@ oom:
     *err = strdup("dns: out of memory");
 fail:
     if (d && d->ctx) ub_ctx_delete(d->ctx);
+    if (d) {
+        g_hash_table_destroy(d->front);
+        g_queue_free(d->order);
+        pthread_mutex_destroy(&d->front_lock);
+    }
     free(d);
     return NULL;
 }
@@ -185,6 +282,9 @@ void mailauth_dns_free(struct mailauth_dns *d)
     close(d->stop_pipe[1]);
     /* Queries abandoned in flight are freed with the context (their callbacks do not run). */
     ub_ctx_delete(d->ctx);
+    g_hash_table_destroy(d->front);
+    g_queue_free(d->order);
+    pthread_mutex_destroy(&d->front_lock);
     free(d);
 }
 
@@ -201,30 +301,21 @@ static struct query *query_new(void)
     return q;
 }
 
-static void fill(struct mailauth_dns_answer *out, struct ub_result *r)
+/* libunbound's result → out (packed; r is freed).  false: not to be cached. */
+static bool fill(struct mailauth_dns_answer *out, struct ub_result *r)
 {
-    if (r->rcode == 3 || r->nxdomain) {
-        out->status = MAILAUTH_DNS_NXDOMAIN;
-    } else if (r->rcode != 0) {
-        out->status = MAILAUTH_DNS_TEMP;
-    } else if (!r->havedata) {
-        out->status = MAILAUTH_DNS_NODATA;
-    } else {
-        size_t n = 0;
-        while (r->data[n] && n < MAILAUTH_DNS_RECORDS_MAX) n++;
-        size_t *lens = calloc(n ? n : 1, sizeof *lens);
-        if (!lens) {
-            out->status = MAILAUTH_DNS_TEMP;
-            ub_resolve_free(r);
-            return;
-        }
-        for (size_t i = 0; i < n; i++) lens[i] = (size_t)r->len[i];
-        out->status = MAILAUTH_DNS_OK;
-        out->count = n;
-        out->data = (const uint8_t **)r->data;
-        out->len = lens;
-    }
-    out->owner = r;
+    enum mailauth_dns_status st = MAILAUTH_DNS_OK;
+    size_t n = 0;
+    size_t lens[MAILAUTH_DNS_RECORDS_MAX] = {0};
+    if (r->rcode == 3 || r->nxdomain) st = MAILAUTH_DNS_NXDOMAIN;
+    else if (r->rcode != 0) st = MAILAUTH_DNS_TEMP;
+    else if (!r->havedata) st = MAILAUTH_DNS_NODATA;
+    else
+        for (; r->data[n] && n < MAILAUTH_DNS_RECORDS_MAX; n++) lens[n] = (size_t)r->len[n];
+    bool ok = pack(st, n, (const uint8_t *const *)r->data, lens, out);
+    ub_resolve_free(r);
+    if (!ok) out->status = MAILAUTH_DNS_TEMP;
+    return ok && st != MAILAUTH_DNS_TEMP;
 }
 
 void mailauth_dns_query(struct mailauth_dns *d, const char *name, int type, int64_t deadline_ms,
@@ -232,6 +323,11 @@ void mailauth_dns_query(struct mailauth_dns *d, const char *name, int type, int6
 {
     memset(out, 0, sizeof *out);
     out->status = MAILAUTH_DNS_TEMP;
+    char key[SPF_DOMAIN_MAX + 16];
+    int kn = snprintf(key, sizeof key, "%d/%s", type, name);
+    if (kn < 0 || (size_t)kn >= sizeof key) return;
+    for (char *c = key; *c; c++) *c = g_ascii_tolower(*c);
+    if (front_get(d, key, out)) return;
     if (mailauth_now_ms() >= deadline_ms) return;
     struct query *q = query_new();
     if (!q) return;
@@ -261,13 +357,13 @@ void mailauth_dns_query(struct mailauth_dns *d, const char *name, int type, int6
         if (r) ub_resolve_free(r);
         return;
     }
-    fill(out, r);
+    const int ttl = r->ttl;
+    if (fill(out, r)) front_put(d, key, out, ttl);
 }
 
 void mailauth_dns_answer_free(struct mailauth_dns_answer *a)
 {
-    if (a->owner) ub_resolve_free(a->owner);
-    free(a->len);
+    free(a->owner); /* the packed answer: len and data point into it */
     memset(a, 0, sizeof *a);
 }
 

@@ -28,8 +28,8 @@ struct mailauth_dns_answer {
     enum mailauth_dns_status status;
     size_t count;
     const uint8_t **data;
-    size_t *len;
-    void *owner; /* the ub_result */
+    const size_t *len;
+    void *owner; /* one allocation that len and data point into */
 };
 
 /* `server`: "" for /etc/resolv.conf, or "IP" / "IP:PORT" / "[IPv6]:PORT".  NULL with *err. */

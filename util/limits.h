@@ -74,6 +74,12 @@
 /* libunbound's caches (bytes): answers kept for their TTL within these, least recently used go. */
 #define MAILAUTH_DNS_MSG_CACHE (4 * 1024 * 1024)
 #define MAILAUTH_DNS_RRSET_CACHE (8 * 1024 * 1024)
+/* Our cache in front of libunbound's (mailauth/dns.c): answers kept, bytes of one answer's records
+ * (bigger ones are left to libunbound's cache), and the longest time one is kept (a TTL beyond it
+ * is cut: a changed record is seen within the hour). */
+#define MAILAUTH_DNS_FRONT_ENTRIES 4096
+#define MAILAUTH_DNS_FRONT_BYTES 4096
+#define MAILAUTH_DNS_FRONT_TTL_MAX 3600
 /* Records of one answer looked at (a TXT or MX set bigger than this is cut). */
 #define MAILAUTH_DNS_RECORDS_MAX 64
 /* RFC 7208 §4.6.4: terms that cause DNS lookups, void lookups, MX and PTR names per mechanism. */
