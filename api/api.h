@@ -32,6 +32,9 @@ struct api_config {
     const char *public_url;    /* --public-url: base of storage URLs and of the events' paging
                                   URLs (copied; a trailing '/' is dropped); NULL or "": derived
                                   from the first listener (api_server_public_url) */
+    int64_t console_session_ttl; /* seconds a web console login lasts (SPEC §7.1); 0: 12 hours */
+    const char *const *domains; /* the hosted domains (--domain), shown by the console */
+    size_t ndomains;
     /* Hooks into the engine (api/ does not depend on engine/); each may be NULL.  They run on an
      * MHD pool thread and must not block for long. */
     void *hooks_arg;

@@ -56,6 +56,7 @@ struct api_server {
     pthread_mutex_t health_mu;
     int64_t health_at;
     char *health_reason;
+    struct api_console *console; /* the web console (api/console.c) */
 };
 
 struct api_request;
@@ -100,6 +101,11 @@ struct api_request {
     int64_t body_started; /* monotonic microseconds when the headers were read */
     int stage;
     bool uri_too_long;
+    /* Authenticated by a console session cookie (not Basic credentials): its CSRF token and
+     * expiry (Unix seconds), for GET /ui/session. */
+    bool session;
+    char csrf[48];
+    int64_t session_expires;
 };
 
 /* The value of path parameter `name` (":name" in the pattern), or NULL. */
@@ -128,6 +134,8 @@ enum MHD_Result api_routes_update(struct api_server *api, struct api_request *re
 enum MHD_Result api_routes_delete(struct api_server *api, struct api_request *req);
 enum MHD_Result api_routes_match(struct api_server *api, struct api_request *req);
 enum MHD_Result api_routes_test(struct api_server *api, struct api_request *req);
+/* POST /v3/routes/check: compiles a route as POST /v3/routes would, stores nothing. */
+enum MHD_Result api_routes_check(struct api_server *api, struct api_request *req);
 /* "Wed, 15 Feb 2012 13:03:31 GMT" (RFC 1123, fixed English names); out holds >= 32 bytes. */
 void api_rfc1123(char *out, size_t outsz, int64_t unix_seconds);
 
@@ -153,6 +161,28 @@ enum MHD_Result api_mailboxes_get(struct api_server *api, struct api_request *re
 enum MHD_Result api_mailboxes_update(struct api_server *api, struct api_request *req);
 enum MHD_Result api_mailboxes_delete(struct api_server *api, struct api_request *req);
 enum MHD_Result api_deliveries_retry(struct api_server *api, struct api_request *req);
+/* api/console.c: the web console (SPEC §7.1): assets, login sessions, CSRF. */
+struct api_console;
+enum api_console_auth { API_CONSOLE_NONE, API_CONSOLE_OK, API_CONSOLE_EXPIRED };
+/* Loads the assets compiled into the binary; NULL with *err (g_malloc'd). */
+struct api_console *api_console_new(const struct api_config *cfg, const char *public_url, char **err);
+void api_console_free(struct api_console *c);
+/* The session of the request's cookie (see the enum); with API_CONSOLE_OK, csrf and *expires. */
+enum api_console_auth api_console_check(struct api_server *api, struct MHD_Connection *conn,
+                                        char csrf[48], int64_t *expires);
+/* Whether the request's X-CSRF-Token header is `csrf` (compared in constant time). */
+bool api_console_csrf_ok(struct MHD_Connection *conn, const char *csrf);
+enum MHD_Result api_console_redirect(struct api_server *api, struct api_request *req);
+enum MHD_Result api_console_index(struct api_server *api, struct api_request *req);
+enum MHD_Result api_console_asset(struct api_server *api, struct api_request *req);
+enum MHD_Result api_console_login(struct api_server *api, struct api_request *req);
+enum MHD_Result api_console_logout(struct api_server *api, struct api_request *req);
+enum MHD_Result api_console_session(struct api_server *api, struct api_request *req);
+enum MHD_Result api_console_html(struct api_server *api, struct api_request *req);
+/* api/messages.c: the stored copy of the request's :key and its message (both owned by the
+ * caller); false when the reply (404, 503) is queued in *r. */
+bool api_stored_load(struct api_server *api, struct api_request *req, struct store_copy **copy,
+                     struct store_message **msg, enum MHD_Result *r);
 /* api/metrics.c: GET /metrics (Prometheus text from the engine's hook). */
 enum MHD_Result api_metrics(struct api_server *api, struct api_request *req);
 

@@ -41,8 +41,8 @@ static char *storage_url(const struct api_server *api, const struct store_copy *
 
 /* The copy of the request's key with its message (msg may be NULL: the copy alone): true, or
  * false when the reply has been queued (404, 503) and *r is what queueing it returned. */
-static bool load(struct api_server *api, struct api_request *req, struct store_copy **copy,
-                 struct store_message **msg, enum MHD_Result *r)
+bool api_stored_load(struct api_server *api, struct api_request *req, struct store_copy **copy,
+                     struct store_message **msg, enum MHD_Result *r)
 {
     const char *key = api_param(req, "key");
     char *err = NULL;
@@ -135,7 +135,7 @@ static enum MHD_Result stored_get(struct api_server *api, struct api_request *re
     struct store_copy *c;
     struct store_message *msg;
     enum MHD_Result r;
-    if (!load(api, req, &c, &msg, &r)) return r;
+    if (!api_stored_load(api, req, &c, &msg, &r)) return r;
     const char *accept = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_ACCEPT);
     bool want_mime = !raw && accepts(accept, "message/rfc2822");
@@ -227,7 +227,7 @@ enum MHD_Result api_stored_attachment(struct api_server *api, struct api_request
     struct store_copy *c;
     struct store_message *msg;
     enum MHD_Result r;
-    if (!load(api, req, &c, &msg, &r)) return r;
+    if (!api_stored_load(api, req, &c, &msg, &r)) return r;
     store_copy_free(c);
     struct message *m = message_parse(msg->data, msg->len);
     if (!m) {
@@ -393,7 +393,7 @@ enum MHD_Result api_stored_resend(struct api_server *api, struct api_request *re
     struct store_copy *c;
     struct store_message *smsg;
     enum MHD_Result r;
-    if (!load(api, req, &c, &smsg, &r)) {
+    if (!api_stored_load(api, req, &c, &smsg, &r)) {
         g_ptr_array_unref(to);
         return r;
     }

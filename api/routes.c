@@ -381,6 +381,38 @@ out:
     return ret;
 }
 
+/* ---- POST /v3/routes/check ------------------------------------------------------------------ */
+
+/* Compiles `expression` (and the actions, when given) exactly as POST /v3/routes would, and
+ * stores nothing: the console checks a route as it is typed with the API's own compiler. */
+enum MHD_Result api_routes_check(struct api_server *api, struct api_request *req)
+{
+    struct route_input in;
+    char *msg = read_input(req, &in);
+    if (!msg && !in.has_expression) msg = g_strdup("Expression is missing");
+    if (msg) {
+        enum MHD_Result r = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, msg);
+        g_free(msg);
+        return r;
+    }
+    /* No action given: check the expression with a harmless one. */
+    const char *stop[] = {"stop()"};
+    struct route_def def = {.id = "check", .priority = in.priority, .seq = 1, .description = "",
+                            .expression = in.expression,
+                            .actions = in.nactions ? in.actions : stop,
+                            .nactions = in.nactions ? in.nactions : 1,
+                            .created_at = (int64_t)time(NULL)};
+    char *err = NULL;
+    struct route *r = route_compile(&def, &err);
+    if (!r) {
+        enum MHD_Result ret = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, err);
+        free(err);
+        return ret;
+    }
+    route_free(r);
+    return api_reply_json(req->conn, MHD_HTTP_OK, json_pack("{s:s}", "message", "Route is valid"));
+}
+
 /* ---- PUT /v3/routes/:id --------------------------------------------------------------------- */
 
 enum MHD_Result api_routes_update(struct api_server *api, struct api_request *req)

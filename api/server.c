@@ -22,11 +22,21 @@ static enum MHD_Result api_root(struct api_server *api, struct api_request *req)
 static const struct api_endpoint endpoints[] = {
     {"GET", "/healthz", api_health, false, false},
     {"GET", "/", api_root, true, false},
+    /* The web console (api/console.c): its page and assets need no credentials (they hold
+     * none); everything it shows comes from the endpoints below, through its session. */
+    {"GET", "/ui", api_console_redirect, false, false},
+    {"GET", "/ui/", api_console_index, false, false},
+    {"GET", "/ui/assets/:hash/:name", api_console_asset, false, false},
+    {"POST", "/ui/login", api_console_login, false, false},
+    {"GET", "/ui/session", api_console_session, true, false},
+    {"POST", "/ui/logout", api_console_logout, true, false},
+    {"GET", "/ui/html/:domain/:key", api_console_html, true, false},
     {"GET", "/v3/routes", api_routes_list, true, false},
     {"POST", "/v3/routes", api_routes_create, true, true},
     /* Before "/v3/routes/:id", which would take "match" and "test" as ids. */
     {"GET", "/v3/routes/match", api_routes_match, true, false},
     {"POST", "/v3/routes/test", api_routes_test, true, true},
+    {"POST", "/v3/routes/check", api_routes_check, true, true},
     {"GET", "/v3/routes/:id", api_routes_get, true, false},
     {"PUT", "/v3/routes/:id", api_routes_update, true, true},
     {"DELETE", "/v3/routes/:id", api_routes_delete, true, false},
@@ -99,12 +109,47 @@ enum MHD_Result api_reply_error(struct MHD_Connection *conn, unsigned status, co
     return api_reply_json(conn, status, json_pack("{s:s}", "message", message));
 }
 
-static enum MHD_Result reply_unauthorized(struct MHD_Connection *conn)
+/* The console's requests (X-Inlet-Console) get no WWW-Authenticate: a browser would answer it
+ * with its own password dialog instead of letting the console show its login form. */
+static enum MHD_Result reply_unauthorized(struct MHD_Connection *conn, const char *message)
 {
-    struct MHD_Response *resp =
-        json_response(json_pack("{s:s}", "message", "Invalid credentials"));
-    if (resp) MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Basic realm=\"inlet\"");
+    struct MHD_Response *resp = json_response(json_pack("{s:s}", "message", message));
+    if (resp && !MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Inlet-Console"))
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Basic realm=\"inlet\"");
     return queue(conn, MHD_HTTP_UNAUTHORIZED, resp);
+}
+
+/* Credentials: the API key (Basic), else a console session cookie; a change made through a
+ * session also needs its CSRF token (SPEC §7.1).  True when the request may go on, else
+ * the reply is queued in *r. */
+static bool authenticate(struct api_server *api, struct api_request *req, enum MHD_Result *r)
+{
+    struct MHD_Connection *conn = req->conn;
+    const char *authz = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                    MHD_HTTP_HEADER_AUTHORIZATION);
+    if (authz) {
+        if (api_auth_check(&api->auth, authz)) return true;
+        *r = reply_unauthorized(conn, "Invalid credentials");
+        return false;
+    }
+    switch (api_console_check(api, conn, req->csrf, &req->session_expires)) {
+    case API_CONSOLE_OK: break;
+    case API_CONSOLE_EXPIRED:
+        *r = reply_unauthorized(conn, "Session expired");
+        return false;
+    case API_CONSOLE_NONE:
+        *r = reply_unauthorized(conn, "Invalid credentials");
+        return false;
+    }
+    req->session = true;
+    bool safe = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+    if (!safe && !api_console_csrf_ok(conn, req->csrf)) {
+        log_info("http", "console request refused reason=\"CSRF token missing or wrong\" method=%s",
+                 req->method);
+        *r = api_reply_error(conn, MHD_HTTP_FORBIDDEN, "Missing or invalid CSRF token");
+        return false;
+    }
+    return true;
 }
 
 static enum MHD_Result reply_not_allowed(struct MHD_Connection *conn, const char *allow)
@@ -328,10 +373,8 @@ static enum MHD_Result begin(struct api_server *api, struct api_request *req)
     req->stage = STAGE_REPLIED; /* unless we get to the end */
     if (req->uri_too_long) return api_reply_error(conn, MHD_HTTP_URI_TOO_LONG, "URI too long");
     req->endpoint = route(req, req->method, &known, allow, sizeof allow, &auth);
-    if (auth && !api_auth_check(&api->auth, MHD_lookup_connection_value(
-                                                conn, MHD_HEADER_KIND,
-                                                MHD_HTTP_HEADER_AUTHORIZATION)))
-        return reply_unauthorized(conn);
+    enum MHD_Result refused;
+    if (auth && !authenticate(api, req, &refused)) return refused;
     long long n = announced_length(conn);
     if (n < 0) return api_reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "Request body too large");
     if (!req->endpoint) {
@@ -523,6 +566,8 @@ struct api_server *api_server_start(const struct api_config *cfg, struct store *
         if (api_routes_load(api->routes, store, &n, err) < 0) goto fail;
         log_info("http", "routes loaded=%zu registry=own", n);
     }
+    api->console = api_console_new(cfg, api->public_url, err);
+    if (!api->console) goto fail;
     if (cfg->nlisten > G_N_ELEMENTS(api->daemons)) {
         *err = g_strdup("too many HTTP listeners");
         goto fail;
@@ -546,6 +591,7 @@ void api_server_stop(struct api_server *api)
     /* MHD_stop_daemon closes the listening socket too, even one given with LISTEN_SOCKET. */
     for (size_t i = 0; i < api->ndaemons; i++) MHD_stop_daemon(api->daemons[i]);
     if (api->own_routes) route_registry_free(api->routes);
+    api_console_free(api->console);
     memset(&api->auth, 0, sizeof api->auth);
     g_free(api->public_url);
     g_free(api->health_reason);

@@ -84,6 +84,8 @@ static const struct setting settings[] = {
      "how long events and delivery history are kept"},
     {"failed-retention", SET_INT, OFF(failed_retention), "259200", 1, 315360000, "SECONDS",
      "how long failed deliveries (and their message bytes) are kept for replay"},
+    {"console-session-ttl", SET_INT, OFF(console_session_ttl), "43200", LIMIT_CONSOLE_SESSION_TTL_MIN,
+     LIMIT_CONSOLE_SESSION_TTL_MAX, "SECONDS", "a web console login lasts this long (/ui/)"},
     {"public-url", SET_STR, OFF(public_url), "", 0, 0, "URL",
      "base of storage URLs (default http://<first --http-listen>; required with a wildcard listener)"},
     {"webhook-format", SET_STR, OFF(webhook_format), "json", 0, 0, "json|mailgun",

@@ -46,6 +46,7 @@ struct inlet_config {
     int64_t mailbox_ttl;   /* seconds a mailbox message is kept by default (SPEC §9) */
     int64_t event_ttl;     /* seconds events and delivery history are kept (SPEC §6, §7) */
     int64_t failed_retention; /* seconds failed deliveries and their bytes are kept (SPEC §6) */
+    int64_t console_session_ttl; /* seconds a web console session lasts (SPEC §7.1) */
     char *public_url;      /* base of storage URLs, no trailing '/'; "" when not given: the
                               engine derives it from the first HTTP listener once bound */
     /* Deliveries (SPEC §5). */
