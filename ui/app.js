@@ -190,7 +190,7 @@ function parseMetrics(text) {
 
 pages.overview = async (view, _a, _p, gen) => {
   view.append(h("h1", {}, "Overview"));
-  const queue = h("div", { class: "grid" });
+  const queue = h("div", { class: "stats" });
   const charts = h("div", { class: "charts" });
   const note = h("p", { class: "muted", "aria-live": "polite" }, "Reading the last " + HOURS + " hours of events…");
   view.append(h("section", { "aria-labelledby": "q-h" }, h("h2", { id: "q-h" }, "Delivery queue"), queue),
@@ -210,7 +210,7 @@ pages.overview = async (view, _a, _p, gen) => {
       stat("Due now", m.inlet_deliveries_due ?? "–", "q-due"),
       stat("Oldest due", age > 0 ? Math.round(age) + " s ago" : "none", "q-oldest"),
       stat("Failed (dead letters)", m.inlet_deliveries_failed ?? "–", "q-failed"),
-      h("div", { class: "chart" }, h("h3", {}, "Queue depth since this page opened"),
+      h("div", { class: "chart", style: null }, h("h3", {}, "Queue depth since this page opened"),
         barChartSvg(depth)));
   }
   function barChartSvg(vals) { return barChart("pending", "queue", vals.length ? vals : [0], Date.now() / 1000).querySelector("svg"); }
