@@ -56,7 +56,8 @@ const char *api_server_public_url(const struct api_server *api);
 void api_server_stop(struct api_server *api);
 
 /* Loads every stored route into `reg` (store_routes_load, each route compiled once, one table
- * published): the engine calls it at start, before the listeners.  A stored route that does not
+ * published, read and published under route_registry_lock): the engine calls it at start, before
+ * the listeners, and again whenever another node changed the routes (store_watch_routes).  A stored route that does not
  * compile (it compiled when it was created, so only a downgrade or a hand-edited database can do
  * this) is logged as an error and skipped; the others load.  0 (and *loaded, may be NULL), or -1
  * with *err (malloc'd) when the store cannot be read or memory ran out (the registry keeps its

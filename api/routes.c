@@ -643,9 +643,16 @@ int api_routes_load(struct route_registry *reg, struct store *st, size_t *loaded
     struct store_route *srs = NULL;
     size_t n = 0, k = 0;
     if (loaded) *loaded = 0;
-    if (store_routes_load(st, &srs, &n, err) != STORE_OK) return -1;
+    /* Read and publish under the writers' lock: a reload (another node's change, SPEC §8) must
+     * not publish a table read before a change of this node's API that published in between. */
+    route_registry_lock(reg);
+    if (store_routes_load(st, &srs, &n, err) != STORE_OK) {
+        route_registry_unlock(reg);
+        return -1;
+    }
     struct route **rs = calloc(n ? n : 1, sizeof *rs);
     if (!rs) {
+        route_registry_unlock(reg);
         store_routes_free(srs, n);
         *err = g_strdup("out of memory");
         return -1;
@@ -666,7 +673,6 @@ int api_routes_load(struct route_registry *reg, struct store *st, size_t *loaded
         }
     }
     store_routes_free(srs, n);
-    route_registry_lock(reg);
     struct route_table *t = route_table_new(rs, k);
     free(rs);
     if (!t) {

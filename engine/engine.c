@@ -359,6 +359,25 @@ static int start_storage(struct engine *e)
     return 0;
 }
 
+/* The watcher's thread (store_watch_routes): another node changed the routes; the whole table is
+ * read again and swapped in, as the API does after its own changes.  A failed reload keeps the
+ * table (the next change, or the watcher's reconnect, tries again). */
+static void on_routes_changed(void *arg, const char *why)
+{
+    struct engine *e = arg;
+    char *err = NULL;
+    size_t loaded = 0;
+    if (api_routes_load(e->routes, e->store, &loaded, &err) < 0) {
+        char esc[1024];
+        const char *m = err ? err : "?";
+        log_warn("engine", "routes reload failed seen_by=%s error=\"%s\"", why,
+                 log_escape(esc, sizeof esc, m, strlen(m), 300));
+        g_free(err);
+        return;
+    }
+    log_info("engine", "routes reloaded loaded=%zu seen_by=%s", loaded, why);
+}
+
 /* The route table from the store, shared by the API (which replaces it on every change), the
  * pipeline and the RCPT check; then the pipeline, whose first scan is the recovery. */
 static int start_routing(struct engine *e)
@@ -377,6 +396,12 @@ static int start_routing(struct engine *e)
         return -1;
     }
     log_info("engine", "routes loaded=%zu reject_unrouted=%s", loaded, e->cfg->reject_unrouted ? "yes" : "no");
+    /* Other nodes' changes (PostgreSQL; nothing on SQLite): the watcher stops in store_close. */
+    if (store_watch_routes(e->store, on_routes_changed, e, &err) != STORE_OK) {
+        log_error("engine", "cannot watch the routes: %s", err ? err : "?");
+        free(err);
+        return -1;
+    }
     if (loaded == 0 && e->cfg->reject_unrouted && e->cfg->domains.count > 0)
         log_warn("engine", "no routes yet: every recipient but postmaster is refused (550 5.1.1) until a route "
                            "is created (POST /v3/routes) or --reject-unrouted no is given");

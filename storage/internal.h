@@ -206,6 +206,12 @@ struct store_backend {
                                    size_t nparams, int64_t *changed, struct store_rows **out,
                                    char **err);
 
+    /* ---- several nodes ---- */
+    /* Starts watching route changes made through other connections (store_watch_routes); the
+     * watcher stops in close.  May be NULL: one process owns the database (SQLite). */
+    enum store_status (*watch_routes)(void *be, store_routes_changed_fn changed, void *arg,
+                                      char **err);
+
     /* ---- for tests ---- */
     /* Runs `sql` on the write connection and copies the first column of the first row, as text,
      * into out (PRAGMA values that only the write connection can tell). */

@@ -357,6 +357,44 @@ static const struct store_migration migrations[] = {
             "ALTER TABLE stored ADD COLUMN mailbox TEXT COLLATE \"C\";"
             "CREATE INDEX stored_mailbox ON stored (mailbox, created_at) WHERE mailbox IS NOT NULL;",
     },
+    {
+        .version = 7,
+        .description = "route table version and change notifications",
+        /* One counter, bumped in the transaction of every change to routes: a node whose
+         * notification connection is down compares it every half second (SPEC §8).  On
+         * PostgreSQL the same trigger sends NOTIFY inlet_routes with the new version, which the
+         * server delivers at COMMIT to every listening node: the routes of every node follow
+         * within a second, whoever wrote them (any node's API, inlet migrate, an operator's
+         * SQL).  SQLite keeps the counter only (one process owns the database). */
+        .sqlite_sql =
+            "CREATE TABLE routes_version ("
+            "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+            "  version INTEGER NOT NULL"
+            ");"
+            "INSERT INTO routes_version (id, version) VALUES (1, 0);"
+            "CREATE TRIGGER routes_changed_insert AFTER INSERT ON routes"
+            "  BEGIN UPDATE routes_version SET version = version + 1; END;"
+            "CREATE TRIGGER routes_changed_update AFTER UPDATE ON routes"
+            "  BEGIN UPDATE routes_version SET version = version + 1; END;"
+            "CREATE TRIGGER routes_changed_delete AFTER DELETE ON routes"
+            "  BEGIN UPDATE routes_version SET version = version + 1; END;",
+        .postgres_sql =
+            "CREATE TABLE routes_version ("
+            "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+            "  version BIGINT NOT NULL"
+            ");"
+            "INSERT INTO routes_version (id, version) VALUES (1, 0);"
+            "CREATE FUNCTION routes_changed() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " DECLARE v BIGINT;"
+            " BEGIN"
+            "   UPDATE routes_version SET version = version + 1 WHERE id = 1"
+            "     RETURNING version INTO v;"
+            "   PERFORM pg_notify('inlet_routes', v::text);"
+            "   RETURN NULL;"
+            " END $$;"
+            "CREATE TRIGGER routes_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON routes"
+            "  FOR EACH STATEMENT EXECUTE FUNCTION routes_changed();",
+    },
 };
 
 const struct store_migration *store_migrations(size_t *count)

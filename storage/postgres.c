@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "storage/internal.h"
+#include "storage/internal_postgres.h"
 #include "util/log.h"
 
 #define PG_CONNECT_TIMEOUT_S "5"
@@ -48,6 +49,7 @@ struct pg_be {
     PGconn *w;            /* the writer thread's */
     pthread_mutex_t rmu;  /* guards r */
     PGconn *r;
+    struct store_pg_listen *listen; /* route changes (postgres_listen.c); NULL until watched */
 };
 
 extern const struct store_backend store_postgres_backend;
@@ -496,6 +498,7 @@ static void pg_close(void *arg)
     struct pg_be *be = arg;
 
     if (!be) return;
+    store_pg_listen_stop(be->listen); /* first: its poll reads through r */
     PQfinish(be->w);
     PQfinish(be->r);
     pthread_mutex_destroy(&be->rmu);
@@ -1358,6 +1361,40 @@ static enum store_status pg_check_writable(void *arg, char **reason)
     return st;
 }
 
+/* ---- route changes of other nodes (postgres_listen.c) ---------------------------------------- */
+
+/* The fallback poll's read (store_pg_version_fn). */
+static enum store_status pg_routes_version(void *arg, int64_t *version, char **err)
+{
+    struct pg_be *be = arg;
+    PGresult *r;
+    enum store_status st = pg_read(be, "SELECT version FROM routes_version WHERE id = 1", NULL, &r,
+                                   err, "cannot read the routes version");
+
+    if (st != STORE_OK) return st;
+    if (PQntuples(r) != 1) {
+        PQclear(r);
+        store_set_err(err, "routes_version holds no row");
+        return STORE_ERR_IO;
+    }
+    *version = col_int(r, 0, 0);
+    PQclear(r);
+    return STORE_OK;
+}
+
+static enum store_status pg_watch_routes(void *arg, store_routes_changed_fn changed, void *carg,
+                                         char **err)
+{
+    struct pg_be *be = arg;
+
+    if (be->listen) {
+        store_set_err(err, "the routes are watched already");
+        return STORE_ERR_IO;
+    }
+    be->listen = store_pg_listen_start(be->uri, pg_routes_version, be, changed, carg, err);
+    return be->listen ? STORE_OK : STORE_ERR_IO;
+}
+
 #define PG_DELIVERY_COLS                                                                           \
     "id, message_id, recipient, kind, target, format, route_ids, state, attempts,"                \
     " next_attempt_at, created_at, updated_at, last_status, last_error, copy_key"
@@ -1911,6 +1948,7 @@ const struct store_backend store_postgres_backend = {
     .list_unprocessed = pg_list_unprocessed,
     .load_message = pg_load_message,
     .check_writable = pg_check_writable,
+    .watch_routes = pg_watch_routes,
     .deliveries_due = pg_deliveries_due,
     .deliveries_next_due = pg_deliveries_next_due,
     .delivery_get = pg_delivery_get,

@@ -1027,6 +1027,14 @@ enum store_status store_route_delete(struct store *st, const char *id, char **er
     return route_write_run(st, &w, err);
 }
 
+enum store_status store_watch_routes(struct store *st, store_routes_changed_fn changed, void *arg,
+                                     char **err)
+{
+    if (err) *err = NULL;
+    if (!st->ops->watch_routes) return STORE_OK; /* one process owns the database */
+    return st->ops->watch_routes(st->be, changed, arg, err);
+}
+
 /* ---- routing outcomes ----------------------------------------------------------------------- */
 
 /* A job and the outcome it writes (the job first: store_submit_job frees the whole with free()). */

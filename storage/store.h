@@ -190,6 +190,20 @@ enum store_status store_route_insert(struct store *st, struct store_route *r, in
 enum store_status store_route_update(struct store *st, const struct store_route *r, char **err);
 enum store_status store_route_delete(struct store *st, const char *id, char **err);
 
+/* Route changes made by other nodes (SPEC §8: several nodes on one PostgreSQL).  Starts a
+ * watcher that calls `changed(arg, why)` on a thread of its own whenever the routes table may
+ * have changed under this process; the callee reloads the whole table (store_routes_load) and
+ * publishes it.  `why` (for logs): "notify" (the database's NOTIFY, sent at the writer's COMMIT),
+ * "reconnect" (the notification connection is back: what was sent while it was down is lost),
+ * "poll" (the routes version moved, seen by the fallback poll every STORE_ROUTES_POLL_MS while that
+ * connection is down).  `changed` may block on reads; it must not close the store.  On SQLite
+ * (one process owns the database) nothing is watched.  STORE_OK, or a failure with *err (e.g.
+ * out of memory; a database that is down is not one: the watcher keeps trying).  At most one
+ * watcher per store; store_close() stops it first. */
+typedef void (*store_routes_changed_fn)(void *arg, const char *why);
+enum store_status store_watch_routes(struct store *st, store_routes_changed_fn changed, void *arg,
+                                     char **err);
+
 /* ---------------------------------------------------------------------------------------------
  * The outcome of routing one message (SPEC §4), written in one transaction with the message's
  * state going from 'accepted' to 'routed': a crash before it leaves the message to be routed

@@ -124,6 +124,13 @@
  * one partly-dead segment per long-lived message: small segments waste less, large ones cost fewer
  * files. */
 #define STORE_BODY_SEGMENT_BYTES (8LL * 1024 * 1024)
+/* PostgreSQL route changes (storage/postgres_listen.c, SPEC §8): while the LISTEN connection is
+ * down the routes version is compared every ROUTES_POLL_MS (half a second, so that a change still
+ * reaches every node within a second), and the connection is tried again after RETRY_MIN_MS,
+ * doubling up to RETRY_MAX_MS. */
+#define STORE_ROUTES_POLL_MS 500
+#define STORE_LISTEN_RETRY_MIN_MS 100
+#define STORE_LISTEN_RETRY_MAX_MS 5000
 
 /* Listeners per protocol. */
 #define LIMIT_LISTENERS_MAX 16
