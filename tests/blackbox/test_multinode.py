@@ -10,13 +10,12 @@ PostgreSQL in the middle of a load: the suite's shared cluster must not feel tha
   were accepted.  Then: every message that got a 250 reaches the receiver; no two POSTs with the
   same X-Inlet-Delivery overlap in time; a route created on one node is used by the others within
   a second; a message stored through one node is served by another.
-- test_database_stopped_for_ten_seconds: two nodes under a steady load; PostgreSQL stopped for
-  10 s: the nodes answer 451 after DATA (never 250), /healthz 503; started again, the same
-  processes accept again by themselves, and every message that got a 250 is delivered.
+- PostgreSQL stopped for 10 s under a load: test_pg_outage.py (registered by default in the
+  postgres suite), with these helpers.
 
 Needs the PostgreSQL backend with claims and leases (deliveries and unrouted messages claimed with
-FOR UPDATE SKIP LOCKED and a lease) and routes refreshed through LISTEN/NOTIFY; meson registers it
-only with -Dmultinode_test=true (see tests/blackbox/meson.build).
+FOR UPDATE SKIP LOCKED and a lease; routes already follow through LISTEN/NOTIFY); meson registers
+it only with -Dmultinode_test=true (see tests/blackbox/meson.build).
 """
 
 import http.server
@@ -309,40 +308,6 @@ class MultiNode(InletTestCase):
         status, body = self.api(nodes[2], "GET", "/v3/domains/example.com/messages/%s" % rows[0]["key"])
         self.assertEqual(status, 200, body)
         self.assertEqual(body["subject"], token)
-
-    def test_database_stopped_for_ten_seconds(self):
-        nodes = [self.node()]
-        nodes.append(self.node())
-        self.add_route(nodes[0], "catch_all()", 'forward("%s")' % self.recorder.url("/hook"))
-        time.sleep(1.0)
-        senders = Senders(nodes, 300, threads=4, deadline_s=300).start()
-        deadline = time.monotonic() + timeout(60)
-        while len(senders.accepted) < 60 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        pids = [n.proc.pid for n in nodes]
-        before_451 = senders.replies.get(451, 0)
-        self.cluster.stop()
-        down_at = time.monotonic()
-        accepted_at_stop = len(senders.accepted)
-        time.sleep(2.0)
-        status, _, body = nodes[0].http_get("/healthz")
-        self.assertEqual(status, 503, body)
-        while time.monotonic() - down_at < 10:
-            time.sleep(0.1)
-        # While it was down, nothing more was accepted (what was in flight at the stop may have
-        # committed just before it), and senders were told 451.
-        self.assertLessEqual(len(senders.accepted), accepted_at_stop + 8)
-        self.assertGreater(senders.replies.get(451, 0), before_451, senders.replies)
-        self.cluster.start()
-        senders.join()
-        self.assertEqual(senders.failed, [], "messages refused for good: %r" % senders.failed[:5])
-        self.assertEqual(len(senders.accepted), 300)
-        self.assertEqual([n.proc.pid for n in nodes], pids)
-        self.assertTrue(all(n.running() for n in nodes), "a node exited when the database went away")
-        self.wait_delivered(senders.accepted, 120)
-        self.assertNoOverlap()
-        status, _, body = nodes[1].http_get("/healthz")
-        self.assertEqual(status, 200, body)
 
 
 if __name__ == "__main__":
