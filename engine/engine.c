@@ -125,6 +125,8 @@ static void on_commits_done(uv_async_t *h)
             log_warn("smtp", "not queued id=%s size=%zu reason=%s", p->id, p->size,
                      p->status == STORE_ERR_FULL ? "disk-full" : "storage-error");
         smtp_commit_done(p->commit, smtp_status(p->status)); /* its session may be gone: fine */
+        /* A spooled body whose mapping failed (logged): the pipeline's scan loads it later. */
+        if (p->msg && !p->msg->data) store_free_message(g_steal_pointer(&p->msg));
         if (p->msg) engine_pipeline_submit(e->pipeline, p->msg);
         g_free(p);
     }
@@ -152,9 +154,42 @@ static void commit_store(struct engine *e, struct smtp_commit *commit, struct sm
     m->helo = g_steal_pointer(&txn->helo);
     m->tls = g_steal_pointer(&txn->tls);
     m->data = g_steal_pointer(&txn->data);
+    m->spool = g_steal_pointer(&txn->sink); /* the bytes went to a spool as they arrived */
     m->len = txn->len;
     smtp_txn_free(txn);
     store_accept(e->store, m, on_stored, p);
+}
+
+/* Loop thread: DATA past --smtp-memory-per-message goes to a spool of the store (SQLite's body
+ * log; it becomes the message's segment at the commit, no second copy).  NULL keeps the message
+ * in memory: PostgreSQL (bodies in its rows), --sender-auth (its checks read the whole message),
+ * or a spool that cannot be made (logged; the budget still bounds memory). */
+static void *on_sink_open(void *ctx)
+{
+    struct engine *e = ctx;
+    struct store_spool *sp = NULL;
+    char *err = NULL;
+    if (e->mailauth) return NULL;
+    enum store_status st = store_spool_begin(e->store, &sp, &err);
+    if (st != STORE_OK && st != STORE_ERR_NOT_FOUND)
+        log_warn("smtp", "cannot spool a message, kept in memory error=\"%s\"", err ? err : "?");
+    free(err);
+    return sp;
+}
+
+static enum smtp_commit_status on_sink_write(void *ctx, void *sink, const void *p, size_t n)
+{
+    (void)ctx;
+    char *err = NULL;
+    enum store_status st = store_spool_append(sink, p, n, &err);
+    if (st != STORE_OK) log_warn("smtp", "spool write failed error=\"%s\"", err ? err : "?");
+    free(err);
+    return smtp_status(st);
+}
+
+static void on_sink_discard(void *sink)
+{
+    store_spool_discard(sink);
 }
 
 /* A mailauth worker: the checks of one message are done (r NULL: out of memory). */
@@ -304,6 +339,9 @@ static const struct smtp_server_ops smtp_ops = {
     .commit = on_smtp_commit,
     .check_rcpt = on_check_rcpt,
     .stopped = on_smtp_stopped,
+    .sink_open = on_sink_open,
+    .sink_write = on_sink_write,
+    .sink_discard = on_sink_discard,
 };
 
 /* Settings are read once, at start: a SIGHUP (a habit of operators and of some supervisors) must
@@ -575,6 +613,7 @@ static int start_smtp(struct engine *e)
             .max_message_size = (size_t)cfg->max_message_size,
             .max_recipients = (unsigned)cfg->max_recipients,
             .max_hops = (unsigned)cfg->max_hops,
+            .memory_per_message = (size_t)cfg->smtp_memory_per_message,
         },
         .listen = (const char *const *)cfg->smtp_listen.items,
         .nlisten = cfg->smtp_listen.count,

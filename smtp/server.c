@@ -107,6 +107,7 @@ struct smtp_server {
     bool stopping, stopped_called, grace_timer_open;
     uv_timer_t grace_timer;
     struct smtp_tls_ctx *tls_ctx; /* NULL: STARTTLS not offered */
+    struct smtp_session_ops session_ops; /* every session's (session_ops_init) */
     char *over_budget_reply;      /* the 421 of a client past SMTP_RCPT_CHECK_BUDGET_MS */
     char read_buf[SMTP_READ_CHUNK];
     bool read_buf_lent;
@@ -261,21 +262,36 @@ static int session_starttls(void *ctx)
     return 0;
 }
 
-static const struct smtp_session_ops session_ops = {
-    .commit = session_commit,
-    .check_rcpt = session_check_rcpt,
-    .check_postmaster = session_check_postmaster,
-    .reserve = session_reserve,
-};
+/* DATA past cfg.session.memory_per_message: the engine's sink. */
+static void *session_sink_open(void *ctx)
+{
+    struct conn *c = ctx;
+    return c->srv->ops->sink_open(c->srv->ctx);
+}
 
-/* With a certificate: STARTTLS offered. */
-static const struct smtp_session_ops session_ops_tls = {
-    .commit = session_commit,
-    .check_rcpt = session_check_rcpt,
-    .check_postmaster = session_check_postmaster,
-    .reserve = session_reserve,
-    .starttls = session_starttls,
-};
+static enum smtp_commit_status session_sink_write(void *ctx, void *sink, const void *p, size_t n)
+{
+    struct conn *c = ctx;
+    return c->srv->ops->sink_write(c->srv->ctx, sink, p, n);
+}
+
+/* The sessions' ops (smtp_server_start): STARTTLS with a certificate, the sink when the engine
+ * gives one. */
+static void session_ops_init(struct smtp_server *srv)
+{
+    srv->session_ops = (struct smtp_session_ops){
+        .commit = session_commit,
+        .check_rcpt = session_check_rcpt,
+        .check_postmaster = session_check_postmaster,
+        .reserve = session_reserve,
+        .starttls = srv->tls_ctx ? session_starttls : NULL,
+    };
+    if (srv->ops->sink_open && srv->ops->sink_write && srv->ops->sink_discard) {
+        srv->session_ops.sink_open = session_sink_open;
+        srv->session_ops.sink_write = session_sink_write;
+        srv->session_ops.sink_discard = srv->ops->sink_discard;
+    }
+}
 
 /* ---------------------------------------------------------------------------------------------
  * Clients. */
@@ -729,7 +745,7 @@ static void on_connection(uv_stream_t *listener, int status)
         refuse(c, "max-connections-per-ip");
         return;
     }
-    c->session = smtp_session_new(&srv->cfg.session, c->ip, srv->tls_ctx ? &session_ops_tls : &session_ops, c);
+    c->session = smtp_session_new(&srv->cfg.session, c->ip, &srv->session_ops, c);
     char tag[24];
     snprintf(tag, sizeof tag, "%llu", (unsigned long long)c->id);
     smtp_session_set_log_tag(c->session, tag);
@@ -801,6 +817,7 @@ struct smtp_server *smtp_server_start(uv_loop_t *loop, const struct smtp_server_
     if (tls_ctx) log_info("smtp", "starttls offered cert=%s", cfg->tls_cert);
     srv->ops = ops;
     srv->ctx = ctx;
+    session_ops_init(srv);
     srv->clients = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
     srv->over_budget_reply =
         g_strdup_printf("421 4.7.0 %s Error: too much time spent on recipients", cfg->session.hostname);

@@ -56,7 +56,7 @@ enum data_state {
 };
 
 /* The first error found during DATA; answered once after the final dot. */
-enum data_error { DATA_OK, DATA_TOO_BIG, DATA_LOOP, DATA_NOSPACE };
+enum data_error { DATA_OK, DATA_TOO_BIG, DATA_LOOP, DATA_NOSPACE, DATA_WRITE };
 
 /* Counts "Received:" fields in the client's header section, across any chunking. */
 struct hop_scan {
@@ -78,6 +78,10 @@ struct transaction {
     size_t received_len;     /* bytes of our Received: header at the start of data */
     size_t message_bytes;    /* client bytes stored (after dot-unstuffing) */
     size_t reserved;         /* bytes taken from ops.reserve for `data` */
+    /* Past cfg.memory_per_message the bytes go to a sink (ops.sink_open): `data` is then a
+     * buffer of what is not written yet, data[0 .. len - flushed); `len` counts them all. */
+    void *sink;
+    size_t flushed;
     enum data_error error;
     enum data_state dstate;
     struct hop_scan hop;
@@ -211,6 +215,9 @@ static void data_drop(struct smtp_session *s)
     free(t->data);
     t->data = NULL;
     t->len = t->cap = 0;
+    if (t->sink) s->ops.sink_discard(t->sink);
+    t->sink = NULL;
+    t->flushed = 0;
     if (t->reserved && s->ops.reserve) s->ops.reserve(s->ctx, -(ssize_t)t->reserved);
     t->reserved = 0;
 }
@@ -287,7 +294,7 @@ static void hop_scan(struct smtp_session *s, const uint8_t *p, size_t n)
         } else if (c == ':') {
             h->match = -1;
             if (++h->hops > s->cfg.max_hops) {
-                data_fail(s, DATA_LOOP); /* frees the buffer `p` points into */
+                data_fail(s, DATA_LOOP); /* the rest of the message is only read now */
                 return;
             }
         } else {
@@ -296,7 +303,53 @@ static void hop_scan(struct smtp_session *s, const uint8_t *p, size_t n)
     }
 }
 
-/* Stores client message bytes (already dot-unstuffed).  One copy, from the caller's chunk. */
+/* Writes the buffered bytes out to the sink.  False (the error recorded) when the sink failed. */
+static bool sink_flush(struct smtp_session *s)
+{
+    struct transaction *t = &s->txn;
+    const size_t held = t->len - t->flushed;
+    if (held == 0) return true;
+    enum smtp_commit_status st = s->ops.sink_write(s->ctx, t->sink, t->data, held);
+    if (st != SMTP_COMMIT_OK) {
+        data_fail(s, st == SMTP_COMMIT_NOSPACE ? DATA_NOSPACE : DATA_WRITE);
+        return false;
+    }
+    t->flushed += held;
+    return true;
+}
+
+/* The message is about to pass cfg.memory_per_message: from now on its bytes go to a sink, through
+ * the buffer it has (no larger: the memory a message holds stays bounded).  False when there is
+ * no sink (then the message stays in memory). */
+static bool sink_start(struct smtp_session *s)
+{
+    struct transaction *t = &s->txn;
+    if (!s->ops.sink_open || s->cfg.memory_per_message == 0) return false;
+    t->sink = s->ops.sink_open(s->ctx);
+    return t->sink != NULL;
+}
+
+/* Sink mode: `n` bytes through the buffer (flushed when full; a chunk larger than the buffer
+ * goes straight through). */
+static void sink_append(struct smtp_session *s, const char *p, size_t n)
+{
+    struct transaction *t = &s->txn;
+    if (t->len - t->flushed + n > t->cap && !sink_flush(s)) return;
+    if (n > t->cap) {
+        enum smtp_commit_status st = s->ops.sink_write(s->ctx, t->sink, p, n);
+        if (st != SMTP_COMMIT_OK) {
+            data_fail(s, st == SMTP_COMMIT_NOSPACE ? DATA_NOSPACE : DATA_WRITE);
+            return;
+        }
+        t->flushed += n;
+    } else {
+        memcpy(t->data + (t->len - t->flushed), p, n);
+    }
+    t->len += n;
+}
+
+/* Stores client message bytes (already dot-unstuffed).  One copy, from the caller's chunk: into
+ * memory, or past cfg.memory_per_message through a bounded buffer into the sink. */
 static void data_append(struct smtp_session *s, const char *p, size_t n)
 {
     struct transaction *t = &s->txn;
@@ -305,14 +358,18 @@ static void data_append(struct smtp_session *s, const char *p, size_t n)
         data_fail(s, DATA_TOO_BIG);
         return;
     }
-    if (!data_reserve(s, n)) {
+    if (t->sink || (t->len + n > s->cfg.memory_per_message && t->len + n > t->cap && sink_start(s))) {
+        sink_append(s, p, n);
+    } else if (!data_reserve(s, n)) {
         data_fail(s, DATA_NOSPACE);
         return;
+    } else {
+        memcpy(t->data + t->len, p, n);
+        t->len += n;
     }
-    memcpy(t->data + t->len, p, n);
-    t->len += n;
+    if (t->error != DATA_OK) return;
     t->message_bytes += n;
-    if (!t->hop.done) hop_scan(s, t->data + t->len - n, n);
+    if (!t->hop.done) hop_scan(s, (const uint8_t *)p, n);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1028,6 +1085,7 @@ static void reply_data_error(struct smtp_session *s)
     case DATA_TOO_BIG: reply(s, R_TOO_BIG); break;
     case DATA_LOOP: reply(s, "554 5.4.6 Mail loop detected"); break;
     case DATA_NOSPACE: reply(s, R_NO_STORAGE); break;
+    case DATA_WRITE: reply(s, "451 4.3.0 Error: queue file write error"); break;
     case DATA_OK: break;
     }
 }
@@ -1046,8 +1104,16 @@ static struct smtp_txn *txn_handover(struct smtp_session *s)
     txn->tls = xstrdup(s->tls ? s->tls : TLS_NONE);
     txn->smtputf8 = t->smtputf8;
     txn->received_at_ms = clock_now_ms();
+    txn->sink = t->sink;
+    txn->sink_discard = s->ops.sink_discard;
+    if (t->sink) { /* everything is in the sink (end_of_data flushed it): the buffer goes */
+        free(t->data);
+        t->data = NULL;
+        if (t->reserved && s->ops.reserve) s->ops.reserve(s->ctx, -(ssize_t)t->reserved);
+        t->reserved = 0;
+    }
     /* Give back the slack of the last doubling: the txn may wait a while for its commit. */
-    uint8_t *shrunk = t->len ? realloc(t->data, t->len) : NULL;
+    uint8_t *shrunk = t->len && t->data ? realloc(t->data, t->len) : NULL;
     if (shrunk) {
         if (t->reserved && s->ops.reserve) s->ops.reserve(s->ctx, -(ssize_t)(t->cap - t->len));
         if (t->reserved) t->reserved = t->len;
@@ -1065,6 +1131,7 @@ static void end_of_data(struct smtp_session *s)
     struct transaction *t = &s->txn;
     log_debug("smtp", "conn=%s end of data id=%s bytes=%zu hops=%u error=%d", s->tag, t->id,
               t->message_bytes, t->hop.hops, (int)t->error);
+    if (t->error == DATA_OK && t->sink) sink_flush(s);
     if (t->error != DATA_OK) {
         reply_data_error(s);
         txn_reset(s);
@@ -1224,5 +1291,6 @@ void smtp_txn_free(struct smtp_txn *txn)
     free(txn->peer_ip);
     free(txn->tls);
     free(txn->data);
+    if (txn->sink && txn->sink_discard) txn->sink_discard(txn->sink);
     free(txn);
 }

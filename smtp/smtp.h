@@ -34,8 +34,12 @@ struct smtp_txn {
     bool smtputf8;           /* MAIL FROM had SMTPUTF8 */
     int64_t received_at_ms;  /* when DATA ended */
     uint8_t *data;           /* our Received: header, then the message exactly as received
-                                (dot-unstuffed, CRLFs kept, bare LF/CR kept) */
+                                (dot-unstuffed, CRLFs kept, bare LF/CR kept); NULL when `sink`
+                                holds them */
     size_t len;
+    void *sink;              /* the message went to a sink as it arrived (ops.sink_open): all
+                                `len` bytes are there; whoever takes the txn takes the sink */
+    void (*sink_discard)(void *sink); /* what smtp_txn_free calls on a sink still here */
     size_t reserved;         /* bytes of the in-flight budget this txn holds (see ops.reserve) */
 };
 /* Frees every field and the struct.  NULL is fine. */
@@ -59,6 +63,8 @@ struct smtp_session_config {
     size_t max_message_size;           /* bytes of message data (excluding our Received:) */
     unsigned max_recipients;
     unsigned max_hops;                 /* more Received: headers than this → 554 5.4.6 */
+    size_t memory_per_message;         /* DATA bytes held in memory; past them (with ops.sink_open)
+                                          the message goes to a sink as it arrives; 0: never */
 };
 
 struct smtp_session_ops {
@@ -88,6 +94,16 @@ struct smtp_session_ops {
      * CVE-2011-0411).  The caller writes that 220 in plaintext, runs the handshake on the bytes
      * that follow, and calls smtp_session_tls_started(). */
     int (*starttls)(void *ctx);
+    /* Optional: DATA is about to pass cfg.memory_per_message bytes.  Return a sink that takes
+     * this message's bytes from now on (those held so far are written to it first, and the
+     * memory they held is given back), or NULL to keep the message in memory (within the
+     * budget). */
+    void *(*sink_open)(void *ctx);
+    /* Appends bytes to the sink: SMTP_COMMIT_OK, or the failure the transaction is answered
+     * with after the final dot (SMTP_COMMIT_NOSPACE: 452 4.3.1; otherwise 451 4.3.0). */
+    enum smtp_commit_status (*sink_write)(void *ctx, void *sink, const void *p, size_t n);
+    /* Drops a sink: its transaction ended without a commit.  Set whenever sink_open is. */
+    void (*sink_discard)(void *sink);
 };
 
 struct smtp_session *smtp_session_new(const struct smtp_session_config *cfg, const char *peer_ip,
@@ -162,6 +178,11 @@ struct smtp_server_ops {
     const char *(*check_rcpt)(void *ctx, const char *addr); /* optional, see session ops */
     /* Called once after smtp_server_stop() when the last connection has closed. */
     void (*stopped)(void *ctx);
+    /* Optional, all three or none: where DATA past cfg.session.memory_per_message goes (see
+     * the session ops of the same names). */
+    void *(*sink_open)(void *ctx);
+    enum smtp_commit_status (*sink_write)(void *ctx, void *sink, const void *p, size_t n);
+    void (*sink_discard)(void *sink);
 };
 
 /* Binds every listener and logs one line per listener when it is ready.  NULL with *err. */

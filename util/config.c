@@ -59,6 +59,8 @@ static const struct setting settings[] = {
      "BYTES", "message bytes held by all SMTP sessions together; past it DATA gets 452 4.3.1"},
     {"smtp-memory-per-client", SET_INT, OFF(smtp_memory_per_client), "268435456", LIMIT_MESSAGE_SIZE_MIN,
      LIMIT_SMTP_MEMORY_MAX, "BYTES", "of --smtp-memory, what the sessions of one client may hold"},
+    {"smtp-memory-per-message", SET_INT, OFF(smtp_memory_per_message), "262144", 0, LIMIT_SMTP_MEMORY_MAX,
+     "BYTES", "DATA held in memory per message; past it the message is written out as it arrives (SQLite)"},
     {"data-timeout", SET_INT, OFF(data_timeout), "900", 1, LIMIT_DATA_TIMEOUT_MAX, "SECONDS",
      "one DATA, from 354 to the final dot, at most this long; then 421 4.4.2"},
     {"postmaster-rate", SET_INT, OFF(postmaster_rate), "30", 0, LIMIT_POSTMASTER_RATE_MAX, "N",

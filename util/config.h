@@ -33,6 +33,7 @@ struct inlet_config {
     int64_t ipv6_prefix_per_client; /* an IPv6 client is its /N: caps and shares count it once */
     int64_t smtp_memory;            /* message bytes all SMTP sessions may hold (SPEC §2 452 4.3.1) */
     int64_t smtp_memory_per_client; /* of which one client (address or IPv6 /N) may hold */
+    int64_t smtp_memory_per_message; /* DATA in memory per message; past it, to the body log */
     int64_t data_timeout;           /* DATA from 354 to the final dot at most this long */
     int64_t postmaster_rate;        /* postmaster recipients per client and hour; 0: no limit */
     int64_t smtp_timeout;
