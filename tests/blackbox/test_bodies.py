@@ -201,8 +201,9 @@ class Bodies(InletTestCase):
             time.sleep(0.2)
         self.assertEqual(harness.query(d, "SELECT count(*) FROM messages")[0][0], 0, "messages purged")
         self.assertEqual(body_files(d), ([], []), "every segment deleted once no row needs it")
-        freed = [l for l in d.find_lines("info", "sweeper") if int(l.kv.get("body_segments", "0")) > 0]
-        self.assertTrue(freed, "no 'sweeper removed ... body_segments=N' line")
+        # The files go inside the sweep's job; its line is logged once the job committed.
+        d.wait_log(lambda l: l.topic == "sweeper" and int(l.kv.get("body_segments", "0")) > 0,
+                   harness.timeout(10), "'sweeper removed ... body_segments=N' (N > 0)")
         # And the log goes on: a new message after its segments were all deleted.
         body = make_message(subject="later")
         code, lines = send(d, body)
