@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "routes/routes.h"
+#include "util/limits.h"
 
 /* ---------------------------------------------------------------------------------------------
  * Lexer shared by the expression and the action parsers (routes/lex.c). */
@@ -123,15 +124,7 @@ size_t route_regex_literal_runs(const char *pat, size_t len, char *buf, struct r
 /* ---------------------------------------------------------------------------------------------
  * The parsed expression (routes/expr.c). */
 
-/* At most this many literal runs per filter are kept, and an inner key is at most this long
- * (the first or last ROUTE_INNER_KEY_MAX bytes of a run): the evaluation probes every position
- * of the recipient once per distinct key length, so few lengths keep it cheap. */
-#define ROUTE_LITERAL_RUNS_MAX 8
-#define ROUTE_INNER_KEY_MAX 8
-/* Inner keys serve recipients up to this length (longer ones, which SMTP never gives: see
- * SMTP_PATH_MAX, consider every inner-keyed route): the patterns that get inner keys backtrack
- * at most about L^2 / 2 times over L bytes, under ROUTE_MATCH_LIMIT up to here. */
-#define ROUTE_INNER_SUBJECT_MAX 1000
+/* ROUTE_LITERAL_RUNS_MAX, ROUTE_INNER_KEY_MAX and ROUTE_INNER_SUBJECT_MAX: util/limits.h. */
 
 enum filter_kind { FILTER_RECIPIENT, FILTER_HEADER, FILTER_CATCH_ALL };
 

@@ -34,12 +34,11 @@
 
 #include "storage/internal.h"
 #include "storage/internal_postgres.h"
+#include "util/limits.h"
 #include "util/log.h"
 
 #define PG_CONNECT_TIMEOUT_S "5"
 #define PG_MAX_PARAMS 16
-/* Distinct statements prepared per connection (the backend has about sixty). */
-#define PG_PREPARED_MAX 128
 /* pg_advisory_xact_lock key of the migrations: one node migrates at a time ("inlet" + 1). */
 #define PG_MIGRATION_LOCK "7597386049893137"
 
@@ -133,12 +132,12 @@ static enum store_status pg_fail(PGconn *c, PGresult *r, char **err, const char 
  * parses, analyses and plans it once instead of on every execution (a third of its CPU per
  * message in the bench before this).  The cache hangs on the connection as libpq instance data,
  * so a new connection starts with an empty one and the cache goes with the connection it names.
- * Statements are looked up by their text; past PG_PREPARED_MAX distinct texts (dynamic SQL, e.g.
+ * Statements are looked up by their text; past STORE_PG_PREPARED_MAX distinct texts (dynamic SQL, e.g.
  * inlet migrate's per-table inserts) the rest run unprepared. */
 
 struct pg_prepared {
     int n;
-    char *sql[PG_PREPARED_MAX];
+    char *sql[STORE_PG_PREPARED_MAX];
 };
 
 static int pg_prepared_event(PGEventId id, void *info, void *pass)
@@ -188,7 +187,7 @@ static bool pg_prepared_name(PGconn *c, const char *sql, int nparams, char name[
         if (!strcmp(cache->sql[i], sql)) break;
     snprintf(name, 16, "s%d", i);
     if (i < cache->n) return true;
-    if (i == PG_PREPARED_MAX || PQpipelineStatus(c) != PQ_PIPELINE_OFF) return false;
+    if (i == STORE_PG_PREPARED_MAX || PQpipelineStatus(c) != PQ_PIPELINE_OFF) return false;
     r = PQprepare(c, name, sql, nparams, NULL);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
         PQclear(r);

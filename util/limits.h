@@ -110,6 +110,8 @@
 /* Group commit: one batch holds at most this many messages or bytes. */
 #define STORE_BATCH_MAX_MESSAGES 1024
 #define STORE_BATCH_MAX_BYTES (64LL * 1024 * 1024)
+/* Distinct statements the PostgreSQL backend prepares per connection (it has about sixty). */
+#define STORE_PG_PREPARED_MAX 128
 /* SQLite (storage/sqlite.c): how long a statement waits for a lock another connection holds
  * (busy_timeout), and how long /healthz's write probe may wait; a checkpointer that found no commit
  * for TRUNCATE_IDLE_MS truncates the WAL; the writer's RESTART checkpoint (the WAL cap's valve)
@@ -266,6 +268,15 @@ _Static_assert(API_BODY_MAX < LIMIT_INFLIGHT_BYTES, "a request body fits the mem
 #define ROUTE_TARGET_MAX 8192
 /* Bytes of the input quoted in a parse error ("expected ..., found '...'"). */
 #define ROUTE_ERROR_QUOTE_MAX 64
+/* At most this many literal runs per filter are kept, and an inner key is at most this long
+ * (the first or last ROUTE_INNER_KEY_MAX bytes of a run): the evaluation probes every position
+ * of the recipient once per distinct key length, so few lengths keep it cheap. */
+#define ROUTE_LITERAL_RUNS_MAX 8
+#define ROUTE_INNER_KEY_MAX 8
+/* Inner keys serve recipients up to this length (longer ones, which SMTP never gives: see
+ * SMTP_PATH_MAX, consider every inner-keyed route): the patterns that get inner keys backtrack
+ * at most about L^2 / 2 times over L bytes, under ROUTE_MATCH_LIMIT up to here. */
+#define ROUTE_INNER_SUBJECT_MAX 1000
 
 /* Mailboxes for POP3 pollers (SPEC §9).  A name is 1..64 bytes of a-z 0-9 . _ + - @ (a
  * local part or an address fits; it is the POP3 USER and appears in URLs unescaped).  ttl= of
