@@ -144,7 +144,7 @@ void deliver_token(char out[51])
     size_t n = 0;
     while (n < 50) {
         unsigned char buf[64];
-        util_random_bytes(buf, sizeof buf);
+        util_random_bytes_pooled(buf, sizeof buf);
         /* 252 = 7 * 36: rejecting above it keeps every character equally likely. */
         for (size_t i = 0; i < sizeof buf && n < 50; i++)
             if (buf[i] < 252) out[n++] = alphabet[buf[i] % 36];
@@ -168,7 +168,7 @@ int64_t deliver_retry_delay_ms(const int64_t *schedule, size_t count, int64_t at
     if (attempt < 1 || (uint64_t)attempt > count) return -1;
     const double base = (double)schedule[attempt - 1] * 1000.0;
     uint32_t r;
-    util_random_bytes(&r, sizeof r);
+    util_random_bytes_pooled(&r, sizeof r);
     const double jitter = 0.9 + 0.2 * ((double)r / (double)UINT32_MAX); /* ±10 % */
     return (int64_t)llround(base * jitter);
 }

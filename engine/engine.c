@@ -628,6 +628,9 @@ static int start_smtp(struct engine *e)
         .tls_cert = cfg->tls_cert && *cfg->tls_cert ? cfg->tls_cert : NULL,
         .tls_key = cfg->tls_key && *cfg->tls_key ? cfg->tls_key : NULL,
     };
+    /* Test hook (tests/blackbox/test_smtp.py): a small socket send buffer. */
+    const char *sndbuf = getenv("INLET_TEST_SMTP_SNDBUF");
+    if (sndbuf) smtp_cfg.test_sndbuf = (int)(g_ascii_strtoull(sndbuf, NULL, 10) % (1u << 20));
     e->smtp = smtp_server_start(&e->loop, &smtp_cfg, &smtp_ops, e, &err);
     if (!e->smtp) goto fail;
     atomic_store(&e->smtp_ready, true); /* the metrics hook (API threads) may read it now */

@@ -30,7 +30,7 @@ void engine_plan_storage_key(char out[25])
 {
     static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     unsigned char raw[18];
-    util_random_bytes(raw, sizeof raw);
+    util_random_bytes_pooled(raw, sizeof raw);
     for (size_t i = 0, o = 0; i < sizeof raw; i += 3) {
         uint32_t v = (uint32_t)raw[i] << 16 | (uint32_t)raw[i + 1] << 8 | raw[i + 2];
         out[o++] = b64url[(v >> 18) & 63];

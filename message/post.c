@@ -546,7 +546,7 @@ static void build_multipart(struct message_post *p)
 {
     do { /* a second round needs the boundary in the body: 2^-128 for any input */
         unsigned char rnd[BOUNDARY_RANDOM_BYTES];
-        util_random_bytes(rnd, sizeof rnd);
+        util_random_bytes_pooled(rnd, sizeof rnd);
         memcpy(p->boundary, "inlet", 5);
         util_hex_encode(p->boundary + 5, rnd, sizeof rnd);
     } while (boundary_in_fields(p));

@@ -433,9 +433,32 @@ static void on_write(uv_write_t *req, int status)
     if (!c->reading && !conn_output_full(c)) conn_resume(c); /* backpressure may have stopped input */
 }
 
+/* Writes `take_data` (g_malloc'd or malloc'd: both end in free()) in order after what is queued.
+ * Nothing queued (the common case: one reply batch per read): one write(2) now, which usually
+ * takes it all, with no request to allocate and no change to the socket's epoll interest (a
+ * queued uv_write re-arms it after every reply); what it does not take is queued.  Not while
+ * input waits in c->pending: the session stopped taking it until its replies are out, and
+ * on_write is what feeds it again. */
 static void conn_write(struct conn *c, char *take_data, size_t len)
 {
     if (c->writes_in_flight == 0) c->write_progress_ms = uv_now(c->srv->loop);
+    if (c->writes_in_flight == 0 && !c->pending) {
+        uv_buf_t now = uv_buf_init(take_data, (unsigned)len);
+        const int n = uv_try_write((uv_stream_t *)&c->tcp, &now, 1);
+        if (n == (int)len) {
+            g_free(take_data);
+            if (c->closing) conn_close(c); /* as on_write would: the last words are out */
+            return;
+        }
+        if (n > 0) {
+            memmove(take_data, take_data + n, len - (size_t)n);
+            len -= (size_t)n;
+        } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+            g_free(take_data);
+            conn_close(c);
+            return;
+        }
+    }
     struct write_req *w = g_new0(struct write_req, 1);
     w->data = take_data;
     w->conn = c;
@@ -735,6 +758,11 @@ static void on_connection(uv_stream_t *listener, int status)
     c->client = client_get(srv, key);
     const unsigned per_ip = ++c->client->conns;
     uv_tcp_nodelay(&c->tcp, 1);
+    if (srv->cfg.test_sndbuf > 0) {
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &srv->cfg.test_sndbuf, sizeof srv->cfg.test_sndbuf);
+    }
 
     if (srv->nconns > srv->cfg.max_connections) {
         refuse(c, "max-connections");

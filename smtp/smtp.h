@@ -169,6 +169,9 @@ struct smtp_server_config {
      * cannot be loaded or do not match. */
     const char *tls_cert;
     const char *tls_key;
+    /* Test hook (INLET_TEST_SMTP_SNDBUF): SO_SNDBUF of every accepted socket, so that the tests
+     * see replies written partly at once and partly queued; 0: the kernel's. */
+    int test_sndbuf;
 };
 
 struct smtp_server_ops {

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -20,6 +21,30 @@ void util_random_bytes(void *buf, size_t n)
         }
         p += r;
         n -= (size_t)r;
+    }
+}
+
+/* The pool: getrandom(2) 256 bytes at a time per thread instead of one call per id.  Each byte is
+ * handed out once and then cleared; the bytes are the kernel's CSPRNG output either way. */
+#define POOL_BYTES 256
+static _Thread_local unsigned char pool[POOL_BYTES];
+static _Thread_local size_t pool_left;
+
+void util_random_bytes_pooled(void *buf, size_t n)
+{
+    unsigned char *p = buf;
+    while (n > 0) {
+        if (pool_left == 0) {
+            util_random_bytes(pool, sizeof pool);
+            pool_left = sizeof pool;
+        }
+        const size_t take = n < pool_left ? n : pool_left;
+        unsigned char *from = pool + sizeof pool - pool_left;
+        memcpy(p, from, take);
+        memset(from, 0, take);
+        pool_left -= take;
+        p += take;
+        n -= take;
     }
 }
 
@@ -42,6 +67,6 @@ void id_generate(char out[ID_LEN + 1])
     raw[1] = (unsigned char)(secs >> 16);
     raw[2] = (unsigned char)(secs >> 8);
     raw[3] = (unsigned char)secs;
-    util_random_bytes(raw + 4, sizeof raw - 4);
+    util_random_bytes_pooled(raw + 4, sizeof raw - 4);
     util_hex_encode(out, raw, sizeof raw);
 }

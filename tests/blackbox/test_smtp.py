@@ -428,6 +428,74 @@ class Data(InletTestCase):
         self.assertEqual(harness.split_received(bytes(r1["raw"]))[1], b1)
         self.assertEqual(harness.split_received(bytes(r2["raw"]))[1], b2)
 
+    def test_pipelined_replies_byte_exact(self):
+        """A pipelined batch's replies, as bytes: in order, nothing added or lost (server.c writes a
+        batch's replies with one write(2), queueing only what the socket does not take)."""
+        d = self.daemon()
+        body = make_message(subject="exact")
+        with d.session() as s:
+            s.send(b"HELO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.com>\r\n"
+                   b"RCPT TO:<y@elsewhere.invalid>\r\nNOOP\r\nDATA\r\n" + dot_stuff(body) + b".\r\n"
+                   b"RSET\r\nNOOP\r\nQUIT\r\n")
+            deadline = time.monotonic() + harness.timeout(10)
+            while not s.buf.endswith(b"221 2.0.0 Bye\r\n") and not s.eof:
+                s._fill(deadline)
+            got = s.buf
+        qid = queued_id([got.split(b"\r\n")[6]]).encode()
+        want = (b"250 " + HOSTNAME.encode() + b"\r\n"
+                b"250 2.1.0 Ok\r\n"
+                b"250 2.1.5 Ok\r\n"
+                b"550 5.7.1 Relaying denied\r\n"
+                b"250 2.0.0 Ok\r\n"
+                b"354 End data with <CR><LF>.<CR><LF>\r\n"
+                b"250 2.0.0 Ok: queued as " + qid + b"\r\n"
+                b"250 2.0.0 Ok\r\n"
+                b"250 2.0.0 Ok\r\n"
+                b"221 2.0.0 Bye\r\n")
+        self.assertEqual(got, want)
+
+    def test_replies_to_a_client_that_does_not_read(self):
+        """20,000 pipelined NOOPs from a client with a small receive buffer that reads nothing for
+        a second, to a server with a small send buffer: the server's socket fills, its writes go partly out and partly into the queue,
+        reading stops at the output cap and resumes as the client drains it; every reply arrives,
+        in order, whole."""
+        import socket
+        import threading
+        # A 2 KiB send buffer on the server's side: its write(2) of a reply batch then takes only
+        # part of it, the rest is queued (server.c conn_write).
+        d = self.daemon(env={"INLET_TEST_SMTP_SNDBUF": "2048"})
+        n = 20000
+        host, port = d.smtp_addrs[0]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        sock.settimeout(harness.timeout(30))
+        sock.connect((host, port))
+        try:
+            sent = threading.Event()
+
+            def send():
+                sock.sendall(b"NOOP\r\n" * n + b"QUIT\r\n")
+                sent.set()
+            t = threading.Thread(target=send, daemon=True)
+            t.start()
+            sent.wait(harness.timeout(1))
+            got = b""
+            want = b"220 " + HOSTNAME.encode()
+            deadline = time.monotonic() + harness.timeout(30)
+            while not got.endswith(b"221 2.0.0 Bye\r\n") and time.monotonic() < deadline:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            t.join(harness.timeout(10))
+            self.assertTrue(sent.is_set())
+            greeting, _, rest = got.partition(b"\r\n")
+            self.assertTrue(greeting.startswith(want), greeting)
+            self.assertEqual(len(rest), len(b"250 2.0.0 Ok\r\n") * n + len(b"221 2.0.0 Bye\r\n"))
+            self.assertEqual(rest, b"250 2.0.0 Ok\r\n" * n + b"221 2.0.0 Bye\r\n")
+        finally:
+            sock.close()
+
     def test_dot_stuffing(self):
         d = self.daemon()
         bodies = [
