@@ -349,6 +349,15 @@ class ConsoleBrowserTest(ConsoleCase):
         self.assertEqual(len(mine), 1, routes)
         self.assertEqual(mine[0]["expression"], 'match_recipient("shop@example.com")')
         self.assertEqual(mine[0]["actions"], ['forward("%s")' % hook.url("/hook"), "store()"])
+        # The test panel: POST /v3/routes/test on a pasted message, nothing written.
+        drv.find_element(By, "#rt-raw").send_keys("From: a@sender.test\nSubject: dry run\n\nhello\n")
+        drv.find_element(By, "#rt-rcpt").send_keys("shop@example.com, nobody@example.com")
+        drv.find_element(By, "#rt-h").find_element("xpath", "..").find_element(By, "button[type=submit]").click()
+        self.wait(drv, lambda x: mine[0]["id"] in x.find_element(By, "#rt-h").find_element("xpath", "..").text,
+                  "the matching route in the test panel")
+        panel = drv.find_element(By, "#rt-h").find_element("xpath", "..").text
+        self.assertIn("No route matches.", panel, "nobody@ matches nothing")
+        self.assertIn('forward("%s")' % hook.url("/hook"), panel, "the resolved action")
         self.shot(drv, "routes")
 
         # -- live events: a message sent over SMTP appears within seconds ------------------------
@@ -419,7 +428,11 @@ class ConsoleBrowserTest(ConsoleCase):
         with d.smtp() as c:
             c.sendmail("evil@sender.test", ["xss@example.com"], xss)
         drv.get(base + "/ui/#/events")
-        self.wait(drv, lambda x: "window.__pwned=2" in self.text(x, "#ev-rows"), "the subject shown as text")
+        self.wait(drv, lambda x: "xss@example.com" in self.text(x, "#ev-rows"), "the hostile message's events")
+        time.sleep(0.3)
+        self.assertIsNone(drv.execute_script("return window.__pwned === undefined ? null : window.__pwned"),
+                          "a payload ran in the events page")
+        self.assertIn("window.__pwned=2", self.text(drv, "#ev-rows"), "the subject shown as text")
         drv.get(base + "/ui/#/stored")
         self.wait(drv, lambda x: "window.__pwned=2" in self.text(x, "main"), "the stored copies page")
         self.shot(drv, "stored")
