@@ -324,6 +324,8 @@ pages.routes = async (view, _a, _p, gen) => {
     formBox.querySelector("h2").textContent = rt ? "Edit route " + rt.id : "New route";
     cancel.hidden = !rt;
     result.textContent = "";
+    check.className = "muted";
+    check.textContent = "";
     if (rt) { checkSoon(); expr.focus(); }
   }
   const form = h("form", { on: { submit: async (ev) => {

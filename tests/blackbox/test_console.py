@@ -290,7 +290,12 @@ class ConsoleBrowserTest(ConsoleCase):
 
     def shot(self, drv, name, widths=(1280, 360)):
         for w in widths:
+            # The whole page: the window as tall as the document (bounded), from the top.
             drv.set_window_size(w, 900)
+            time.sleep(0.1)
+            height = drv.execute_script("return document.documentElement.scrollHeight")
+            drv.set_window_size(w, max(600, min(int(height) + 140, 6000)))
+            drv.execute_script("window.scrollTo(0, 0)")
             time.sleep(0.15)
             drv.save_screenshot(os.path.join(self.shots, "%s-%d.png" % (name, w)))
         drv.set_window_size(1280, 900)
