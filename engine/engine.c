@@ -257,7 +257,7 @@ static void on_auth_done(uv_async_t *h)
 static void on_smtp_commit(void *ctx, struct smtp_commit *commit, struct smtp_txn *txn)
 {
     struct engine *e = ctx;
-    if (!e->mailauth) {
+    if (!e->mailauth || !txn->data) { /* no data: spooled (never with --sender-auth, on_sink_open) */
         commit_store(e, commit, txn);
         return;
     }
@@ -335,9 +335,18 @@ static const char *on_check_rcpt(void *ctx, const char *addr)
     return could ? NULL : "550 5.1.1 No such recipient";
 }
 
+/* Loop thread: with --sender-auth, SPF's lookups start now, while the client sends the message
+ * (the answers are cached: the check after the final dot finds them). */
+static void on_mail_from(void *ctx, const char *peer_ip, const char *helo, const char *sender)
+{
+    struct engine *e = ctx;
+    if (e->mailauth) mailauth_prefetch(e->mailauth, peer_ip, helo, sender);
+}
+
 static const struct smtp_server_ops smtp_ops = {
     .commit = on_smtp_commit,
     .check_rcpt = on_check_rcpt,
+    .mail_from = on_mail_from,
     .stopped = on_smtp_stopped,
     .sink_open = on_sink_open,
     .sink_write = on_sink_write,

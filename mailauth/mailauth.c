@@ -18,6 +18,7 @@
 
 struct job {
     struct mailauth_request req;
+    char *copy[3]; /* a prefetch's own ip, helo, sender (req points at them) */
     int64_t started_ms, deadline_ms;
     mailauth_done_fn done;
     void *arg;
@@ -33,6 +34,8 @@ struct mailauth {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct job *head, *tail;
+    struct job *pre_head, *pre_tail; /* prefetches: taken only when no message waits */
+    size_t npre, running_pre;
     bool stopping;
     pthread_t workers[MAILAUTH_WORKERS];
     size_t nworkers;
@@ -118,13 +121,52 @@ static struct mailauth_result *result_new(struct mailauth *a)
     return r;
 }
 
+static void job_free(struct job *j)
+{
+    for (size_t i = 0; i < G_N_ELEMENTS(j->copy); i++) free(j->copy[i]);
+    free(j);
+}
+
+/* A prefetch: the SPF check for its answers only. */
+static void run_prefetch(struct mailauth *a, struct job *j)
+{
+    struct mailauth_result *r = result_new(a);
+    if (r) {
+        check_spf(a, &j->req, j->deadline_ms, r);
+        char esc[LOG_CLIENT_BYTES_MAX * 4 + 8];
+        log_debug("mailauth", "prefetched spf=%s subject=\"%s\" ms=%lld", mailauth_verdict_name(r->spf),
+                  log_escape(esc, sizeof esc, r->spf_subject, strlen(r->spf_subject), LOG_CLIENT_BYTES_MAX),
+                  (long long)(mailauth_now_ms() - j->started_ms));
+    }
+    mailauth_result_free(r);
+    job_free(j);
+}
+
 static void *worker_main(void *arg)
 {
     struct mailauth *a = arg;
     for (;;) {
         pthread_mutex_lock(&a->lock);
-        while (!a->head && !a->stopping) pthread_cond_wait(&a->cond, &a->lock);
+        /* Prefetches take at most half the workers: with a slow DNS they must not leave the
+         * messages' checks waiting for a worker until their deadline. */
+#define CAN_PREFETCH (a->pre_head && !a->stopping && a->running_pre < MAILAUTH_WORKERS / 2)
+        while (!a->head && !CAN_PREFETCH && !a->stopping) pthread_cond_wait(&a->cond, &a->lock);
         struct job *j = a->head;
+        if (!j && CAN_PREFETCH) {
+            j = a->pre_head;
+            a->pre_head = j->next;
+            if (!a->pre_head) a->pre_tail = NULL;
+            a->npre--;
+            a->running_pre++;
+            pthread_mutex_unlock(&a->lock);
+            run_prefetch(a, j);
+            pthread_mutex_lock(&a->lock);
+            a->running_pre--;
+            pthread_cond_signal(&a->cond);
+            pthread_mutex_unlock(&a->lock);
+            continue;
+        }
+#undef CAN_PREFETCH
         if (!j) {
             pthread_mutex_unlock(&a->lock);
             return NULL;
@@ -141,7 +183,7 @@ static void *worker_main(void *arg)
                      mailauth_verdict_name(mailauth_result_dkim(r)), mailauth_verdict_name(r->dmarc.verdict));
         }
         j->done(j->arg, r); /* r NULL: out of memory, the message goes without verdicts */
-        free(j);
+        job_free(j);
     }
 }
 
@@ -187,6 +229,11 @@ void mailauth_stop(struct mailauth *a)
     pthread_cond_broadcast(&a->cond);
     pthread_mutex_unlock(&a->lock);
     for (size_t i = 0; i < a->nworkers; i++) pthread_join(a->workers[i], NULL);
+    while (a->pre_head) { /* prefetches nobody waits for */
+        struct job *j = a->pre_head;
+        a->pre_head = j->next;
+        job_free(j);
+    }
     mailauth_dkim_free(a->dkim);
     mailauth_dns_free(a->dns);
     mailauth_psl_free(a->psl);
@@ -212,6 +259,34 @@ int mailauth_submit(struct mailauth *a, const struct mailauth_request *req, mail
     pthread_cond_signal(&a->cond);
     pthread_mutex_unlock(&a->lock);
     return 0;
+}
+
+void mailauth_prefetch(struct mailauth *a, const char *ip, const char *helo, const char *sender)
+{
+    struct job *j = calloc(1, sizeof *j);
+    if (!j) return;
+    j->copy[0] = strdup(ip);
+    j->copy[1] = strdup(helo);
+    j->copy[2] = strdup(sender);
+    if (!j->copy[0] || !j->copy[1] || !j->copy[2]) {
+        job_free(j);
+        return;
+    }
+    j->req = (struct mailauth_request){.ip = j->copy[0], .helo = j->copy[1], .sender = j->copy[2]};
+    j->started_ms = mailauth_now_ms();
+    j->deadline_ms = j->started_ms + a->budget_ms;
+    pthread_mutex_lock(&a->lock);
+    if (a->npre >= MAILAUTH_PREFETCH_MAX || a->stopping) {
+        pthread_mutex_unlock(&a->lock);
+        job_free(j);
+        return;
+    }
+    if (a->pre_tail) a->pre_tail->next = j;
+    else a->pre_head = j;
+    a->pre_tail = j;
+    a->npre++;
+    pthread_cond_signal(&a->cond);
+    pthread_mutex_unlock(&a->lock);
 }
 
 /* ------------------------------------------------------------------------------------------ */

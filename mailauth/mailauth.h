@@ -57,6 +57,11 @@ typedef void (*mailauth_done_fn)(void *arg, struct mailauth_result *r);
 /* Queues the checks; `done` runs on a worker thread.  -1 when memory runs out (done never runs). */
 int mailauth_submit(struct mailauth *a, const struct mailauth_request *req, mailauth_done_fn done, void *arg);
 
+/* At MAIL FROM: runs the SPF check of (ip, helo, sender) on a worker when one is free, so that its
+ * DNS answers are cached when the message's checks run; the verdict itself is not kept.  Copies the
+ * strings; drops the work when MAILAUTH_PREFETCH_MAX are waiting.  Never blocks. */
+void mailauth_prefetch(struct mailauth *a, const char *ip, const char *helo, const char *sender);
+
 void mailauth_result_free(struct mailauth_result *r);
 enum mailauth_verdict mailauth_result_spf(const struct mailauth_result *r);
 /* The DKIM verdict Mailgun posts: pass when any signature passed. */

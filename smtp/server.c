@@ -275,8 +275,14 @@ static enum smtp_commit_status session_sink_write(void *ctx, void *sink, const v
     return c->srv->ops->sink_write(c->srv->ctx, sink, p, n);
 }
 
+static void session_mail_from(void *ctx, const char *peer_ip, const char *helo, const char *sender)
+{
+    struct conn *c = ctx;
+    c->srv->ops->mail_from(c->srv->ctx, peer_ip, helo, sender);
+}
+
 /* The sessions' ops (smtp_server_start): STARTTLS with a certificate, the sink when the engine
- * gives one. */
+ * gives one, MAIL FROM when the engine asks. */
 static void session_ops_init(struct smtp_server *srv)
 {
     srv->session_ops = (struct smtp_session_ops){
@@ -285,6 +291,7 @@ static void session_ops_init(struct smtp_server *srv)
         .check_postmaster = session_check_postmaster,
         .reserve = session_reserve,
         .starttls = srv->tls_ctx ? session_starttls : NULL,
+        .mail_from = srv->ops->mail_from ? session_mail_from : NULL,
     };
     if (srv->ops->sink_open && srv->ops->sink_write && srv->ops->sink_discard) {
         srv->session_ops.sink_open = session_sink_open;

@@ -631,6 +631,7 @@ static void cmd_mail(struct smtp_session *s, const char *arg)
               smtputf8 ? " smtputf8" : "");
     enter_state(s, SMTP_STATE_MAIL);
     reply(s, "250 2.1.0 Ok");
+    if (s->ops.mail_from) s->ops.mail_from(s->ctx, s->peer_ip, s->helo ? s->helo : "", s->txn.sender);
 }
 
 static bool same_recipient(const char *a, const char *b)

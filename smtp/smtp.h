@@ -104,6 +104,11 @@ struct smtp_session_ops {
     enum smtp_commit_status (*sink_write)(void *ctx, void *sink, const void *p, size_t n);
     /* Drops a sink: its transaction ended without a commit.  Set whenever sink_open is. */
     void (*sink_discard)(void *sink);
+    /* Optional.  MAIL FROM was accepted ("250 2.1.0 Ok" queued): the client, its HELO name ("" when
+     * none) and the sender ("" for <>), for work that can start before the message comes (sender
+     * authentication looks up the sender's SPF records meanwhile).  Must not block; copies what it
+     * keeps. */
+    void (*mail_from)(void *ctx, const char *peer_ip, const char *helo, const char *sender);
 };
 
 struct smtp_session *smtp_session_new(const struct smtp_session_config *cfg, const char *peer_ip,
@@ -179,6 +184,7 @@ struct smtp_server_ops {
      * loop thread. */
     void (*commit)(void *ctx, struct smtp_commit *c, struct smtp_txn *txn);
     const char *(*check_rcpt)(void *ctx, const char *addr); /* optional, see session ops */
+    void (*mail_from)(void *ctx, const char *peer_ip, const char *helo, const char *sender); /* optional, ditto */
     /* Called once after smtp_server_stop() when the last connection has closed. */
     void (*stopped)(void *ctx);
     /* Optional, all three or none: where DATA past cfg.session.memory_per_message goes (see

@@ -71,6 +71,9 @@
  * checks: they wait on DNS, not on CPU, so more than cores; a message queued behind them still ends
  * at its deadline (--auth-budget). */
 #define MAILAUTH_WORKERS 8
+/* SPF checks started at MAIL FROM (to have their DNS answers cached by the end of DATA) waiting
+ * for a worker; past it a new one is dropped (the check after DATA does the lookups itself). */
+#define MAILAUTH_PREFETCH_MAX 256
 /* libunbound's caches (bytes): answers kept for their TTL within these, least recently used go. */
 #define MAILAUTH_DNS_MSG_CACHE (4 * 1024 * 1024)
 #define MAILAUTH_DNS_RRSET_CACHE (8 * 1024 * 1024)

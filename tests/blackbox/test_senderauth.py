@@ -157,6 +157,17 @@ class SenderAuth(InletTestCase):
             got[sender] = kv.get("spf")
         self.assertEqual(got, {s: v for s, v in cases})
 
+    def test_spf_starts_at_mail_from(self):
+        d = self.start("--log-level", "debug")
+        with d.session() as s:
+            self.assertReply(s.cmd("EHLO client.example"), 250)
+            self.assertReply(s.cmd("MAIL FROM:<a@include.example>"), 250)
+            # Before any RCPT or DATA, the SPF lookups ran (their answers are now cached).
+            line = d.wait_log(lambda l: l.topic == "mailauth" and l.rest.startswith("prefetched "),
+                              what="mailauth prefetched")
+            self.assertEqual((line.kv.get("spf"), line.kv.get("subject")), ("pass", "a@include.example"))
+            self.assertReply(s.cmd("RCPT TO:<bob@example.com>"), 250)
+
     def test_null_sender_checks_helo(self):
         d = self.start()
         _, kv = self.verdicts(d, "", message("a@pass.example"), helo="pass.example")
