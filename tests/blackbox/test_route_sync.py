@@ -12,6 +12,9 @@ item 5).  PostgreSQL only by nature: on SQLite one process owns the database.
   B within a second (the fallback poll of routes_version through B's read connection); when
   connections are allowed again the listeners come back (LISTEN, pg_stat_activity), reload once,
   and a change is again seen at notification speed.
+- test_reconnect_reloads: a change that neither NOTIFY nor the poll can see (SQL with the trigger
+  disabled) reaches B when its listening connection is cut and comes back (the reload after
+  reconnecting, which covers what was notified while nobody listened).
 - test_api_answers_the_same_on_every_node: with one --public-url (a load balancer's address), a
   stored copy, the events, the dead-letter list and its replay answer the same on B as on A.
 """
@@ -193,6 +196,32 @@ class RouteSync(InletTestCase):
               % (by_poll, by_notify))
         self.assertLessEqual(by_poll, one_second(), "the fallback poll took %.3f s" % by_poll)
         self.assertLessEqual(by_notify, one_second(), "NOTIFY after reconnecting took %.3f s" % by_notify)
+
+    def test_reconnect_reloads(self):
+        """A change neither NOTIFY nor the poll can see (made by SQL with the trigger off) is picked
+        up when the listening connection comes back: the reload after reconnecting is what covers
+        the notifications lost while it was down."""
+        self.node(args=["--reject-unrouted", "yes"])
+        b = self.node(args=["--reject-unrouted", "yes"])
+        self.wait_listeners(2)
+        harness.pg_query(self.db, "ALTER TABLE routes DISABLE TRIGGER routes_changed")
+        harness.pg_query(self.db, "INSERT INTO routes (id, priority, description, expression, actions, created_at)"
+                                  " VALUES ('aaaaaaaaaaaaaaaaaaaaaaaa', 0, 'by hand', 'match_recipient(\"^quiet@\")',"
+                                  " '[\"store()\"]', 1)")
+        harness.pg_query(self.db, "ALTER TABLE routes ENABLE TRIGGER routes_changed")
+        deadline = time.monotonic() + 1.5  # three polls' worth: nothing can tell B
+        while time.monotonic() < deadline:
+            self.assertEqual(self.rcpt_code(b, "quiet@example.com"), 550, "B saw a change nothing announced")
+            time.sleep(0.1)
+        mark = len(b.lines())
+        self.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s'"
+                   " AND application_name = 'inlet-listen'" % self.dbname)
+        t0 = time.monotonic()
+        b.wait_log(lambda l: l.topic == "storage" and l.rest.startswith("routes listen lost"), after=mark,
+                   what="the listener's loss")
+        took = self.until_rcpt(b, "quiet@example.com", 250, t0)
+        print("# listener cut: back and reloaded after %.3fs" % took)
+        self.assertLessEqual(took, one_second() + 0.5, "the reload after reconnecting took %.3f s" % took)
 
     def test_api_answers_the_same_on_every_node(self):
         dead = self.hold_port()  # nobody listens: the forward fails
