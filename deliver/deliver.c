@@ -16,7 +16,20 @@
  * scan) to the task, so that a delivery is never in hand twice: a scan skips known ids, and a
  * payload that a worker built for a delivery that a scan already took is dropped.  d->recent
  * remembers the last ids that finished, for the same reason (a worker's payload arriving after
- * the scan's copy was delivered and recorded). */
+ * the scan's copy was delivered and recorded).
+ *
+ * Claims (SPEC §8).  Every task holds its delivery's claim: taken by the due scan
+ * (store_deliveries_claim) or, for a routing outcome, written with the delivery rows by this node.
+ * When several nodes share the database the claim is a lease in the database, and t->lease_end
+ * is where this node knows it ends: the monotonic time at which the claim (or its last renewal)
+ * was *sent*, plus the lease (the database's lease starts later, so this is on the safe side of
+ * it).  The lease timer renews the leases of every task in hand (off the loop, on libuv's
+ * threadpool) every third of a lease, and ends every task whose lease has less than
+ * 1/LEASE_MARGIN_PARTS of itself left: a transfer in flight is aborted, its row left to whoever
+ * claims it next.  So a node whose database is unreachable stops POSTing before any other node may
+ * claim the same delivery, and no two nodes ever POST one X-Inlet-Delivery at once.  A renewal
+ * that comes back without a task's id means its lease was lost: the task ends at once.  On SQLite
+ * (one process per database) the in-memory set is the claim: no lease, no timer. */
 #include "deliver/deliver.h"
 
 #include <curl/curl.h>
@@ -74,6 +87,9 @@ struct task {
     char tail[MESSAGE_POST_TAIL_MAX];
     char errbuf[CURL_ERROR_SIZE];
     int64_t started_wall_ms, started_mono_ms;
+
+    int64_t lease_end;              /* monotonic ms: see "Claims" above; INT64_MAX in-process */
+    bool lost;                      /* the lease ran short while being prepared: dropped then */
 };
 
 /* Preparing the deliveries of one message found by a scan (threadpool). */
@@ -94,13 +110,29 @@ struct record {
     int64_t next_attempt_at;        /* for a retry: when to scan for it */
 };
 
+/* One renewal of the leases in hand (threadpool), and its answer. */
+struct renewal {
+    uv_work_t req;
+    struct deliverer *d;
+    int64_t sent;                   /* monotonic ms when the ids were taken */
+    char **ids;
+    bool *renewed;
+    size_t n;
+    enum store_status status;
+    char *err;
+};
+
 struct deliverer {
     struct deliver_config cfg;
     char *public_url;               /* cfg.public_url points here */
     bool relay_tls_all;             /* STARTTLS required (CURLUSESSL_ALL): see deliver_relay_tls */
     uv_loop_t *loop;
     CURLM *multi;
-    uv_timer_t curl_timer, scan_timer, grace_timer;
+    uv_timer_t curl_timer, scan_timer, grace_timer, lease_timer;
+    bool shared;                    /* claims are leases in a shared database (store_claims_shared) */
+    int64_t lease_ms;               /* store_lease_ms */
+    int64_t renew_sent;             /* monotonic ms of the last renewal sent */
+    bool renewing;                  /* a renewal is on the threadpool */
     uv_async_t async;
     int handles_open;
     bool scan_armed;
@@ -134,6 +166,26 @@ struct deliverer {
 static void pump(struct deliverer *d);
 static void schedule_scan(struct deliverer *d, uint64_t delay_ms);
 static void maybe_finish_stop(struct deliverer *d);
+
+/* Monotonic ms at which a claim sent at `sent` runs out, as this node counts it. */
+static int64_t lease_end_from(const struct deliverer *d, int64_t sent)
+{
+    return d->shared ? sent + d->lease_ms : INT64_MAX;
+}
+
+/* Whether t's lease has too little left for t to go on: it must end before its lease does. */
+static bool lease_short(const struct deliverer *d, const struct task *t, int64_t now)
+{
+    return d->shared && now >= t->lease_end - d->lease_ms / LEASE_MARGIN_PARTS;
+}
+
+/* The safety-net period of due scans: with shared claims, half a lease, so that what a dead node
+ * held is taken soon after its leases ran out. */
+static uint64_t scan_period_ms(const struct deliverer *d)
+{
+    const uint64_t net = (uint64_t)DELIVER_SCAN_SECONDS * 1000;
+    return d->shared && (uint64_t)d->lease_ms / 2 < net ? (uint64_t)d->lease_ms / 2 : net;
+}
 
 /* ---------------------------------------------------------------------------------------------
  * Pure helpers. */
@@ -407,9 +459,12 @@ struct deliver_batch *deliver_prepare(struct deliverer *d, const struct store_ou
     g_queue_init(&b->tasks);
     b->msg = msg;
     size_t deferred = 0;
+    /* The outcome (with this node's claim on its deliveries) is written after this. */
+    const int64_t claimed = clock_monotonic_ms();
     for (size_t i = 0; i < o->ndeliveries; i++) {
         const struct store_delivery_plan *p = &o->deliveries[i];
         struct task *t = task_new(d, p->id, o->message_id, p->recipient, p->kind, p->target, p->format, p->copy_key, 0);
+        t->lease_end = lease_end_from(d, claimed);
         if (deferred || !task_prepare(t, m, b->msg)) { /* the rest too: keep their order */
             deferred++;
             task_free(t);
@@ -755,7 +810,13 @@ static void pump(struct deliverer *d)
     for (GList *l = d->ready.head; l && d->active < DELIVER_ACTIVE_MAX;) {
         GList *next = l->next;
         struct task *t = l->data;
-        if (GPOINTER_TO_INT(g_hash_table_lookup(d->host_active, t->host)) < DELIVER_HOST_ACTIVE_MAX) {
+        if (lease_short(d, t, clock_monotonic_ms())) { /* never start what may outlive its lease */
+            g_queue_delete_link(&d->ready, l);
+            log_warn("deliver", "lease ending id=%s state=ready: not started (left to the next claim)", t->id);
+            g_hash_table_remove(d->known, t->id);
+            release(d, t, true);
+            task_free(t);
+        } else if (GPOINTER_TO_INT(g_hash_table_lookup(d->host_active, t->host)) < DELIVER_HOST_ACTIVE_MAX) {
             g_queue_delete_link(&d->ready, l);
             start(d, t);
         }
@@ -994,7 +1055,7 @@ static void prep_done(uv_work_t *req, int status)
         if (p->status == STORE_ERR_NOT_FOUND && !t->prepare_error)
             t->prepare_error = g_strdup("the message's bytes are gone");
         deferred += t->deferred;
-        if ((p->status == STORE_OK || p->status == STORE_ERR_NOT_FOUND) && !d->stopping && !t->deferred) {
+        if ((p->status == STORE_OK || p->status == STORE_ERR_NOT_FOUND) && !d->stopping && !t->deferred && !t->lost) {
             t->state = TASK_READY;
             g_queue_push_tail(&d->ready, t);
             continue;
@@ -1006,7 +1067,7 @@ static void prep_done(uv_work_t *req, int status)
         release(d, t, true);
         task_free(t);
     }
-    if (p->status != STORE_OK && p->status != STORE_ERR_NOT_FOUND) schedule_scan(d, DELIVER_SCAN_SECONDS * 1000);
+    if (p->status != STORE_OK && p->status != STORE_ERR_NOT_FOUND) schedule_scan(d, scan_period_ms(d));
     if (deferred) {
         /* Still 'pending' and due: taken again once memory is free (on_async). */
         pthread_mutex_lock(&d->mu);
@@ -1039,8 +1100,9 @@ static void queue_prep(struct deliverer *d, GHashTable *by_message)
     }
 }
 
-/* Loop: takes due deliveries that are not in hand, as many as the memory bounds allow.  A read of
- * a few hundred small rows through an index: short enough for the loop thread. */
+/* Loop: claims due deliveries that are not in hand, as many as the memory bounds allow (no more:
+ * a claimed row is nobody else's until its lease runs out).  A read (SQLite) or one UPDATE
+ * (PostgreSQL) of a few hundred small rows through an index: short enough for the loop thread. */
 static void scan(struct deliverer *d)
 {
     const int64_t now = clock_now_ms() / 1000;
@@ -1058,8 +1120,11 @@ static void scan(struct deliverer *d)
         struct store_delivery *rows = NULL;
         size_t n = 0;
         char *err = NULL;
-        if (store_deliveries_due(d->cfg.store, now, after_at, after_id, DELIVER_SCAN_PAGE, &rows, &n, &err) != STORE_OK) {
-            log_warn("deliver", "cannot list due deliveries: %s (retried in %ds)", err ? err : "?", DELIVER_SCAN_SECONDS);
+        const size_t page = MIN((size_t)DELIVER_SCAN_PAGE, want - taken);
+        const int64_t sent = clock_monotonic_ms();
+        if (store_deliveries_claim(d->cfg.store, now, after_at, after_id, page, &rows, &n, &err) != STORE_OK) {
+            log_warn("deliver", "cannot claim due deliveries: %s (retried in %llus)", err ? err : "?",
+                     (unsigned long long)(scan_period_ms(d) / 1000));
             free(err);
             failed = true;
             break;
@@ -1075,6 +1140,7 @@ static void scan(struct deliverer *d)
             if (g_hash_table_contains(d->known, r->id)) continue;
             struct task *t = task_new(d, r->id, r->message_id, r->recipient, r->kind, r->target, r->format,
                                       r->copy_key, r->attempts);
+            t->lease_end = lease_end_from(d, sent);
             t->state = TASK_PREPARING;
             g_hash_table_insert(d->known, t->id, t);
             GPtrArray *group = g_hash_table_lookup(by_message, r->message_id);
@@ -1086,7 +1152,7 @@ static void scan(struct deliverer *d)
             taken++;
         }
         store_deliveries_free(rows, n);
-        if (n < DELIVER_SCAN_PAGE) break;
+        if (n < page) break;
     }
     if (taken) {
         pthread_mutex_lock(&d->mu);
@@ -1101,11 +1167,11 @@ static void scan(struct deliverer *d)
         d->scan_wanted = true; /* more when memory frees up */
         pthread_mutex_unlock(&d->mu);
     }
-    /* Next: the earliest retry, at most DELIVER_SCAN_SECONDS away. */
+    /* Next: the earliest retry, at most the scan period away. */
     int64_t at = 0;
-    uint64_t delay_ms = DELIVER_SCAN_SECONDS * 1000;
+    uint64_t delay_ms = scan_period_ms(d);
     const int64_t now_ms = clock_now_ms();
-    if (!failed && store_deliveries_next_due(d->cfg.store, now, &at) == STORE_OK && at - now < DELIVER_SCAN_SECONDS)
+    if (!failed && store_deliveries_next_due(d->cfg.store, now, &at) == STORE_OK && (uint64_t)(at - now) * 1000 < delay_ms)
         delay_ms = at * 1000 > now_ms ? (uint64_t)(at * 1000 - now_ms) : 0;
     d->scan_armed = false;
     schedule_scan(d, delay_ms);
@@ -1132,6 +1198,129 @@ static void schedule_scan(struct deliverer *d, uint64_t delay_ms)
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Leases (claims shared with other nodes): renewed every third of a lease, and a task whose lease
+ * is running short (or was lost) ends before the lease does. */
+
+static const char *task_state_name(enum task_state s)
+{
+    switch (s) {
+    case TASK_PREPARING: return "preparing";
+    case TASK_READY: return "ready";
+    case TASK_ACTIVE: return "active";
+    case TASK_RECORDING: return "recording";
+    }
+    return "?";
+}
+
+/* Loop: t (in d->known, through `it`) stops holding its delivery: a transfer in flight is
+ * aborted, a waiting task dropped, one being prepared is dropped when its preparing ends.  The
+ * row stays 'pending' and claimed until its lease runs out; then the next claim takes it (this
+ * node's or another's).  A task being recorded is left alone: its attempt is over.  Whether t
+ * was freed. */
+static bool end_claim(struct deliverer *d, GHashTableIter *it, struct task *t, const char *why)
+{
+    if (t->state == TASK_RECORDING || t->lost) return false;
+    log_warn("deliver", "%s id=%s state=%s: %s (left to the next claim)", why, t->id, task_state_name(t->state),
+             t->state == TASK_ACTIVE ? "attempt aborted" : "dropped");
+    if (t->state == TASK_PREPARING) {
+        t->lost = true; /* prep_done drops it */
+        return false;
+    }
+    if (t->state == TASK_ACTIVE) {
+        if (t->easy) curl_multi_remove_handle(d->multi, t->easy);
+        d->active--;
+        host_count(d, t->host, -1);
+    } else {
+        g_queue_remove(&d->ready, t);
+    }
+    g_hash_table_iter_remove(it);
+    release(d, t, true);
+    task_free(t);
+    return true;
+}
+
+/* Threadpool: one statement renewing every lease in hand. */
+static void renew_work(uv_work_t *req)
+{
+    struct renewal *r = req->data;
+    r->status = store_deliveries_renew(r->d->cfg.store, (const char *const *)r->ids, r->n, r->renewed, &r->err);
+}
+
+static void renew_done(uv_work_t *req, int status)
+{
+    (void)status;
+    struct renewal *r = req->data;
+    struct deliverer *d = r->d;
+    size_t lost = 0;
+    d->renewing = false;
+    if (r->status != STORE_OK)
+        log_warn("deliver", "cannot renew leases n=%zu: %s (attempts end before their leases do)", r->n,
+                 r->err ? r->err : "?");
+    for (size_t i = 0; r->status == STORE_OK && i < r->n; i++) {
+        GHashTableIter it;
+        gpointer key, value;
+        struct task *t = g_hash_table_lookup(d->known, r->ids[i]);
+        if (!t) continue; /* finished meanwhile */
+        if (r->renewed[i]) {
+            t->lease_end = MAX(t->lease_end, r->sent + d->lease_ms);
+            continue;
+        }
+        g_hash_table_iter_init(&it, d->known);
+        while (g_hash_table_iter_next(&it, &key, &value))
+            if (value == t) {
+                lost += end_claim(d, &it, t, "lease lost");
+                break;
+            }
+    }
+    for (size_t i = 0; i < r->n; i++) g_free(r->ids[i]);
+    g_free(r->ids);
+    g_free(r->renewed);
+    free(r->err);
+    g_free(r);
+    if (lost) pump(d);
+    maybe_finish_stop(d);
+}
+
+/* Loop: sends the renewal of every lease in hand (not those being recorded: their attempt is
+ * over, and the record ends the claim). */
+static void renew(struct deliverer *d, int64_t now)
+{
+    GHashTableIter it;
+    gpointer key, value;
+    const guint size = g_hash_table_size(d->known);
+    d->renew_sent = now;
+    if (size == 0) return;
+    struct renewal *r = g_new0(struct renewal, 1);
+    r->d = d;
+    r->sent = now;
+    r->ids = g_new0(char *, size);
+    r->renewed = g_new0(bool, size);
+    g_hash_table_iter_init(&it, d->known);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+        const struct task *t = value;
+        if (t->state != TASK_RECORDING && !t->lost) r->ids[r->n++] = g_strdup(t->id);
+    }
+    r->req.data = r;
+    d->renewing = true;
+    uv_queue_work(d->loop, &r->req, renew_work, renew_done);
+}
+
+static void on_lease_timer(uv_timer_t *h)
+{
+    struct deliverer *d = h->data;
+    const int64_t now = clock_monotonic_ms();
+    GHashTableIter it;
+    gpointer key, value;
+    size_t ended = 0;
+    g_hash_table_iter_init(&it, d->known);
+    while (g_hash_table_iter_next(&it, &key, &value))
+        if (lease_short(d, value, now)) ended += end_claim(d, &it, value, "lease ending");
+    if (!d->renewing && now - d->renew_sent >= d->lease_ms / 3) renew(d, now);
+    if (ended) pump(d);
+    maybe_finish_stop(d);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Loop: what other threads handed over. */
 
 static void on_record(struct deliverer *d, struct record *r)
@@ -1143,7 +1332,7 @@ static void on_record(struct deliverer *d, struct record *r)
         atomic_fetch_add(&d->stats.record_failures, 1);
         log_warn("deliver", "cannot record the attempt of delivery id=%s: %s (it will be made again)", t->id,
                  r->err ? r->err : "?");
-        schedule_scan(d, DELIVER_SCAN_SECONDS * 1000);
+        schedule_scan(d, scan_period_ms(d));
     } else {
         remember_finished(d, t->id);
         if (r->next_attempt_at) {
@@ -1245,9 +1434,17 @@ struct deliverer *deliver_start(uv_loop_t *loop, const struct deliver_config *cf
     uv_timer_init(loop, &d->curl_timer);
     uv_timer_init(loop, &d->scan_timer);
     uv_timer_init(loop, &d->grace_timer);
+    uv_timer_init(loop, &d->lease_timer);
     uv_async_init(loop, &d->async, on_async);
-    d->curl_timer.data = d->scan_timer.data = d->grace_timer.data = d->async.data = d;
-    d->handles_open = 4;
+    d->curl_timer.data = d->scan_timer.data = d->grace_timer.data = d->lease_timer.data = d->async.data = d;
+    d->handles_open = 5;
+    d->shared = store_claims_shared(cfg->store);
+    d->lease_ms = store_lease_ms(cfg->store);
+    d->renew_sent = clock_monotonic_ms();
+    if (d->shared) { /* a tick small enough to end a task within its lease's margin */
+        const uint64_t tick = (uint64_t)MAX(100, MIN(1000, d->lease_ms / (2 * LEASE_MARGIN_PARTS)));
+        uv_timer_start(&d->lease_timer, on_lease_timer, tick, tick);
+    }
     log_info("deliver", "started relay=%s format=%s retries=%zu timeout=%llds", cfg->relay && *cfg->relay ? "yes" : "no",
              cfg->default_format, cfg->retry_count, (long long)cfg->timeout);
     schedule_scan(d, 0); /* deliveries left by the last run */
@@ -1304,14 +1501,15 @@ static void on_grace_timer(uv_timer_t *h)
 /* Loop: once nothing is in flight, being prepared or being recorded, close everything. */
 static void maybe_finish_stop(struct deliverer *d)
 {
-    if (!d->stopping || d->handles_open != 4 || !d->stopped) return;
-    if (d->active || d->preparing || d->recording) return;
+    if (!d->stopping || d->handles_open != 5 || !d->stopped) return;
+    if (d->active || d->preparing || d->recording || d->renewing) return;
     if (!uv_is_closing((uv_handle_t *)&d->async)) {
         curl_multi_cleanup(d->multi); /* closes cached connections; sockets reported removed */
         d->multi = NULL;
         uv_close((uv_handle_t *)&d->curl_timer, on_handle_closed);
         uv_close((uv_handle_t *)&d->scan_timer, on_handle_closed);
         uv_close((uv_handle_t *)&d->grace_timer, on_handle_closed);
+        uv_close((uv_handle_t *)&d->lease_timer, on_handle_closed);
         uv_close((uv_handle_t *)&d->async, on_handle_closed);
         log_info("deliver", "stopped");
     }

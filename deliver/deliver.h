@@ -12,8 +12,15 @@
  * Durability: a delivery is a row in the database from the routing commit on.  The deliverer
  * only ever holds copies: whatever is in memory when the process dies is still 'pending' and due,
  * so the first scan after the next start delivers it again (at least once; the receiver sees the
- * same X-Inlet-Delivery).  No lease is written: with one process per SQLite database the
- * in-memory set of deliveries in hand is the claim.
+ * same X-Inlet-Delivery).
+ *
+ * Claims (SPEC §8): a delivery is in hand only under this node's claim (store_deliveries_claim,
+ * or the routing outcome written by this node).  When nodes share a PostgreSQL database the
+ * claim is a lease, renewed while the delivery is in hand (every third of --lease-seconds); an
+ * attempt whose lease could not be renewed is aborted before the lease runs out, so no two
+ * nodes ever POST one X-Inlet-Delivery at once, and an attempt lasts at most --webhook-timeout
+ * and at most as long as its lease is renewed.  With SQLite (one process per database) the
+ * in-memory set of deliveries in hand is the claim: nothing is written for it.
  *
  * Threads: everything but deliver_prepare/commit/discard/kick runs on the loop thread.  All curl_multi_* calls are on
  * the loop thread. */

@@ -388,6 +388,35 @@ static int start_lock(struct engine *e)
     return 0;
 }
 
+/* <data-dir>/node-id names the node that ran on this data dir last.  The lock file (start_lock)
+ * says that process is gone: whatever it held in the shared database is let go now, so that this
+ * run (or another node) takes it at once instead of when its leases run out.  Then the file names
+ * this run. */
+static void take_over_claims(struct engine *e)
+{
+    g_autofree char *path = g_build_filename(e->cfg->data_dir, "node-id", NULL);
+    g_autofree char *prev = NULL;
+    GError *gerr = NULL;
+    const char *id = store_node_id(e->store);
+    if (store_claims_shared(e->store) && g_file_get_contents(path, &prev, NULL, NULL)) {
+        int64_t nd = 0, nm = 0;
+        char *err = NULL;
+        g_strstrip(prev);
+        if (*prev && store_release_claims(e->store, prev, &nd, &nm, &err) == STORE_OK)
+            log_info("engine", "released claims of node=%s (the last run on this data dir) deliveries=%lld "
+                               "messages=%lld", prev, (long long)nd, (long long)nm);
+        else if (*prev)
+            log_warn("engine", "cannot release the claims of node=%s: %s (they run out with their leases)", prev,
+                     err ? err : "?");
+        free(err);
+    }
+    g_autofree char *line = g_strdup_printf("%s\n", id);
+    if (!g_file_set_contents_full(path, line, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600, &gerr)) {
+        log_warn("engine", "cannot write %s: %s", path, gerr->message);
+        g_error_free(gerr);
+    }
+}
+
 static int start_storage(struct engine *e)
 {
     char *err = NULL;
@@ -397,6 +426,10 @@ static int start_storage(struct engine *e)
         free(err);
         return -1;
     }
+    store_set_claims(e->store, e->cfg->node_id, e->cfg->lease_seconds);
+    log_info("engine", "node id=%s lease=%llds claims=%s", store_node_id(e->store), (long long)e->cfg->lease_seconds,
+             store_claims_shared(e->store) ? "shared" : "in-process");
+    take_over_claims(e);
     if (store_count_unprocessed(e->store, &e->recovered) != STORE_OK) {
         log_error("engine", "cannot count unprocessed messages");
         return -1;

@@ -10,9 +10,13 @@
  *
  * Nothing is lost: a message is 'accepted' in the database until its outcome commits, and every
  * 'accepted' message that is not in the pipeline's hands is found again by a *scan*
- * (store_list_unprocessed, a page at a time; each message loaded by a worker when its turn
+ * (store_claim_unprocessed, a page at a time; each message loaded by a worker when its turn
  * comes).  A scan runs at start-up (recovery), when the queue was full and a message had to be
- * left to it, and every PIPELINE_RETRY_SECONDS after an outcome could not be written. */
+ * left to it, every PIPELINE_RETRY_SECONDS after an outcome could not be written, and, when
+ * several nodes share a PostgreSQL database, every half lease: a message is claimed by the node
+ * that accepted it, and another node routes it once that claim's lease ran out (the node died).
+ * Two nodes routing one message is harmless: only the first outcome is written
+ * (store_write_outcome answers NOT_FOUND to the second, whose plan is dropped). */
 #ifndef INLET_ENGINE_INTERNAL_PIPELINE_H
 #define INLET_ENGINE_INTERNAL_PIPELINE_H
 

@@ -3,7 +3,9 @@
  * small batches, and the free pages given back.  Internal to engine/.
  *
  * Each pass is a store_sweep() job on libuv's threadpool: it waits for a group commit like any
- * write, so it never holds the writer for long and SMTP commits go on between its batches. */
+ * write, so it never holds the writer for long and SMTP commits go on between its batches.  Every
+ * node runs a sweeper; on a shared PostgreSQL one pass runs at a time (the store's advisory lock:
+ * a node that finds another one sweeping skips its pass quietly and tries again next period). */
 #ifndef INLET_ENGINE_INTERNAL_SWEEPER_H
 #define INLET_ENGINE_INTERNAL_SWEEPER_H
 

@@ -8,10 +8,15 @@
  *            to the loop; writing its outcome twice is harmless: store_write_outcome leaves a
  *            message that is no longer 'accepted' as it is).
  *
- * A scan ("pass") lists the oldest 'accepted' ids, PIPELINE_SCAN_PAGE at a time, skipping those
- * in flight; the next page is listed when the workers have taken the previous one.  A pass ends
- * when a page comes back short, or after a failure (storage trouble: the retry timer starts a new
- * pass PIPELINE_RETRY_SECONDS later, so a failing database is not hammered). */
+ * A scan ("pass") claims the oldest 'accepted' ids (store_claim_unprocessed: on a shared
+ * PostgreSQL those nobody holds, or this node holds, under a lease; on SQLite simply the
+ * oldest), PIPELINE_SCAN_PAGE at a time, skipping those in flight; the next page is listed when
+ * the workers have taken the previous one.  A pass ends when a page comes back short, or after a
+ * failure (storage trouble: the retry timer starts a new pass PIPELINE_RETRY_SECONDS later, so a
+ * failing database is not hammered).  When several nodes share the database, a pass also runs
+ * every half lease (claim_timer): what a dead node had accepted and not routed is routed by
+ * another once its lease ran out.  That pass is one indexed statement that finds nothing most of
+ * the time. */
 #include "engine/internal_pipeline.h"
 
 #include <glib.h>
@@ -68,7 +73,7 @@ struct pipeline {
 
     /* Loop side. */
     uv_loop_t *loop;
-    uv_timer_t retry_timer, grace_timer;
+    uv_timer_t retry_timer, grace_timer, claim_timer;
     uv_async_t exited_async;
     uv_signal_t resume_signal; /* test hook: SIGUSR1 ends the pause */
     int handles_open;
@@ -230,7 +235,7 @@ static void list_page(struct pipeline *p)
     pthread_mutex_unlock(&p->lock);
     char **ids = NULL, *err = NULL;
     size_t n = 0;
-    enum store_status rc = store_list_unprocessed(p->store, &ids, &n, max, &err);
+    enum store_status rc = store_claim_unprocessed(p->store, &ids, &n, max, &err);
     pthread_mutex_lock(&p->lock);
     p->listing = false;
     if (rc != STORE_OK) {
@@ -350,6 +355,18 @@ static void on_retry_timer(uv_timer_t *h)
     pthread_mutex_unlock(&p->lock);
 }
 
+/* Claims shared: a pass every half lease (unless one is running), for a dead node's messages. */
+static void on_claim_timer(uv_timer_t *h)
+{
+    struct pipeline *p = h->data;
+    pthread_mutex_lock(&p->lock);
+    if (!p->stopping && !p->pass_active) {
+        p->need_pass = true;
+        pthread_cond_broadcast(&p->cond);
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
 static void on_resume_signal(uv_signal_t *h, int signum)
 {
     (void)signum;
@@ -392,6 +409,7 @@ static void on_worker_exited(uv_async_t *h)
     uv_close((uv_handle_t *)&p->exited_async, on_handle_closed);
     uv_close((uv_handle_t *)&p->retry_timer, on_handle_closed);
     uv_close((uv_handle_t *)&p->grace_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&p->claim_timer, on_handle_closed);
     uv_close((uv_handle_t *)&p->resume_signal, on_handle_closed);
 }
 
@@ -426,10 +444,11 @@ struct pipeline *engine_pipeline_start(uv_loop_t *loop, const struct pipeline_co
     p->inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     uv_timer_init(loop, &p->retry_timer);
     uv_timer_init(loop, &p->grace_timer);
+    uv_timer_init(loop, &p->claim_timer);
     uv_async_init(loop, &p->exited_async, on_worker_exited);
     uv_signal_init(loop, &p->resume_signal);
-    p->retry_timer.data = p->grace_timer.data = p->exited_async.data = p->resume_signal.data = p;
-    p->handles_open = 4;
+    p->retry_timer.data = p->grace_timer.data = p->claim_timer.data = p->exited_async.data = p->resume_signal.data = p;
+    p->handles_open = 5;
     /* The start-up pass is the recovery. */
     p->need_pass = true;
     p->initial_pass = true;
@@ -446,6 +465,10 @@ struct pipeline *engine_pipeline_start(uv_loop_t *loop, const struct pipeline_co
     }
     uv_timer_start(&p->retry_timer, on_retry_timer, (uint64_t)p->retry_seconds * 1000,
                    (uint64_t)p->retry_seconds * 1000);
+    if (store_claims_shared(p->store)) {
+        const uint64_t half = (uint64_t)store_lease_ms(p->store) / 2;
+        uv_timer_start(&p->claim_timer, on_claim_timer, half, half);
+    }
     log_info("engine", "pipeline started workers=%zu", p->nthreads);
     return p;
 }
@@ -484,6 +507,7 @@ void engine_pipeline_stop(struct pipeline *p, unsigned grace_seconds, void (*sto
     pthread_cond_broadcast(&p->cond);
     pthread_mutex_unlock(&p->lock);
     uv_timer_stop(&p->retry_timer);
+    uv_timer_stop(&p->claim_timer);
     uv_signal_stop(&p->resume_signal);
     uv_timer_start(&p->grace_timer, on_grace_timer, (uint64_t)grace_seconds * 1000 + 1000, 0);
     uv_async_send(&p->exited_async); /* in case every worker is gone already */

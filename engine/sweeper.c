@@ -50,6 +50,8 @@ static void sweep_done(uv_work_t *req, int status)
     const struct store_sweep_result *r = &s->result;
     if (s->status != STORE_OK) {
         log_warn("sweeper", "pass failed: %s (retried in %us)", s->err ? s->err : "?", s->cfg.period_seconds);
+    } else if (r->skipped) {
+        log_debug("sweeper", "pass skipped reason=\"another node is sweeping\"");
     } else if (r->copies || r->events || r->deliveries || r->messages || r->pages_freed || r->body_segments) {
         log_info("sweeper",
                  "removed copies=%llu events=%llu deliveries=%llu messages=%llu pages_freed=%llu body_segments=%llu "

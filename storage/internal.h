@@ -137,6 +137,21 @@ struct store_backend {
     enum store_status (*sweep)(void *be, const struct store_sweep_args *args,
                                struct store_sweep_result *out, char **err);
 
+    /* ---- claims on shared work (store.h; NULL for a backend whose claims are in-process:
+     * the face then answers with the reads below) ---- */
+    /* This node's id and lease in milliseconds, before the store is used. */
+    void (*set_claims)(void *be, const char *node_id, int64_t lease_ms);
+    enum store_status (*deliveries_claim)(void *be, int64_t now, int64_t after_at,
+                                          const char *after_id, size_t max,
+                                          struct store_delivery **out, size_t *n, char **err);
+    enum store_status (*deliveries_renew)(void *be, const char *const *ids, size_t n,
+                                          bool *renewed, char **err);
+    enum store_status (*claim_unprocessed)(void *be, char ***ids, size_t *n, size_t max,
+                                           char **err);
+    /* A job: store_release_claims. */
+    enum store_status (*release_claims)(void *be, const char *node_id, int64_t *deliveries,
+                                        int64_t *messages, char **err);
+
     /* Called by the writer after every batch, once the batch's callbacks ran (write lock of
      * store.c held): housekeeping that must not delay a reply (SQLite: the WAL safety valve).
      * May be NULL. */
@@ -223,6 +238,10 @@ struct store_backend {
 
 extern const struct store_backend store_sqlite_backend;
 extern const struct store_backend store_postgres_backend;
+
+/* pg_try_advisory_xact_lock key of the sweeper on PostgreSQL: one node sweeps at a time (tests
+ * hold it to see a pass skipped). */
+#define STORE_PG_SWEEP_LOCK "7597386049893138"
 
 
 /* migrations.c: the ordered schema steps, shared by every backend.  Step i (0-based) brings a

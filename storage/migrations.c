@@ -395,6 +395,21 @@ static const struct store_migration migrations[] = {
             "CREATE TRIGGER routes_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON routes"
             "  FOR EACH STATEMENT EXECUTE FUNCTION routes_changed();",
     },
+    {
+        .version = 8,
+        .description = "claims on shared work",
+        /* Several nodes on one PostgreSQL (SPEC §8): a delivery and an accepted message not yet
+         * routed carry the node that took it (claimed_by) and until when (lease_until, Unix
+         * milliseconds of the database server's clock; deliveries.lease_until was reserved in
+         * step 2 and never written before).  NULL: nobody's, anyone may claim it.  On SQLite
+         * (one node per data dir) the columns stay NULL: the claims are in-process there. */
+        .sqlite_sql = "ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;"
+                      "ALTER TABLE messages ADD COLUMN claimed_by TEXT;"
+                      "ALTER TABLE messages ADD COLUMN lease_until INTEGER;",
+        .postgres_sql = "ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;"
+                        "ALTER TABLE messages ADD COLUMN claimed_by TEXT;"
+                        "ALTER TABLE messages ADD COLUMN lease_until BIGINT;",
+    },
 };
 
 const struct store_migration *store_migrations(size_t *count)

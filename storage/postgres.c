@@ -22,6 +22,7 @@
  * finds its connection dead before anything ran reconnects and tries once more.  A read that finds
  * the read connection dead reconnects and runs once more (reads change nothing). */
 #include <errno.h>
+#include <glib.h>
 #include <inttypes.h>
 #include <libpq-events.h>
 #include <libpq-fe.h>
@@ -42,13 +43,21 @@
 /* pg_advisory_xact_lock key of the migrations: one node migrates at a time ("inlet" + 1). */
 #define PG_MIGRATION_LOCK "7597386049893137"
 
+/* Unix milliseconds of the server's clock: every lease is set and compared on this one clock, so
+ * that the nodes' clocks need not agree. */
+#define PG_SERVER_NOW "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
 struct pg_be {
     char *uri;
     char name[64];
+    char node[NODE_ID_MAX + 1]; /* claimed_by of this node's claims (set_claims) */
+    int64_t lease_ms;
     PGconn *w;            /* the writer thread's */
     pthread_mutex_t rmu;  /* guards r */
     PGconn *r;
     struct store_pg_listen *listen; /* route changes (postgres_listen.c); NULL until watched */
+    pthread_mutex_t cmu;  /* guards c: claims and renewals, beside the reads */
+    PGconn *c;
 };
 
 extern const struct store_backend store_postgres_backend;
@@ -355,30 +364,38 @@ static void pg_drop(PGconn **c)
     *c = NULL;
 }
 
-/* One read on the read connection (rmu held by the caller): STORE_OK with *res, or the failure.
- * A connection found dead is replaced and the statement run once more. */
-static enum store_status pg_read_locked(struct pg_be *be, const char *sql,
-                                        const struct pg_params *p, PGresult **res, char **err,
-                                        const char *what)
+/* One statement that returns rows on connection *conn (its mutex held by the caller): STORE_OK
+ * with *res, or the failure.  A connection found dead is replaced and the statement run once
+ * more (reads change nothing; a claim or renewal run twice claims or renews the same rows). */
+static enum store_status pg_query_on(struct pg_be *be, PGconn **conn, const char *sql,
+                                     const struct pg_params *p, PGresult **res, char **err,
+                                     const char *what)
 {
     for (int attempt = 0;; attempt++) {
-        enum store_status st = pg_ready(be, &be->r, err);
+        enum store_status st = pg_ready(be, conn, err);
         PGresult *r;
 
         if (st != STORE_OK) return st;
-        r = pg_exec(be->r, sql, p);
+        r = pg_exec(*conn, sql, p);
         if (PQresultStatus(r) == PGRES_TUPLES_OK) {
             *res = r;
             return STORE_OK;
         }
-        if (attempt == 0 && PQstatus(be->r) != CONNECTION_OK) {
+        if (attempt == 0 && PQstatus(*conn) != CONNECTION_OK) {
             PQclear(r);
             continue;
         }
-        st = pg_fail(be->r, r, err, "%s", what);
-        if (PQstatus(be->r) != CONNECTION_OK) pg_drop(&be->r);
+        st = pg_fail(*conn, r, err, "%s", what);
+        if (PQstatus(*conn) != CONNECTION_OK) pg_drop(conn);
         return st;
     }
+}
+
+static enum store_status pg_read_locked(struct pg_be *be, const char *sql,
+                                        const struct pg_params *p, PGresult **res, char **err,
+                                        const char *what)
+{
+    return pg_query_on(be, &be->r, sql, p, res, err, what);
 }
 
 static enum store_status pg_read(struct pg_be *be, const char *sql, const struct pg_params *p,
@@ -500,7 +517,9 @@ static void pg_close(void *arg)
     store_pg_listen_stop(be->listen); /* first: its poll reads through r */
     PQfinish(be->w);
     PQfinish(be->r);
+    PQfinish(be->c);
     pthread_mutex_destroy(&be->rmu);
+    pthread_mutex_destroy(&be->cmu);
     free(be->uri);
     free(be);
 }
@@ -514,6 +533,7 @@ static void *pg_open(const char *uri, char **err)
         return NULL;
     }
     pthread_mutex_init(&be->rmu, NULL);
+    pthread_mutex_init(&be->cmu, NULL); /* be->c connects at the first claim */
     if (!(be->uri = strdup(uri))) {
         store_set_err(err, "out of memory");
         goto fail;
@@ -543,13 +563,17 @@ static const char *pg_name(void *arg)
 
 /* ---- group commit --------------------------------------------------------------------------- */
 
+/* The message is claimed by the accepting node (its pipeline routes it now; another node takes
+ * it only once the lease ran out: store_claim_unprocessed). */
 static const char insert_sql[] =
-    "INSERT INTO messages (id, received_at, sender, recipients, remote_ip, helo, tls, size, raw)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING";
+    "INSERT INTO messages (id, received_at, sender, recipients, remote_ip, helo, tls, size, raw,"
+    " claimed_by, lease_until)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, " PG_SERVER_NOW " + $11)"
+    " ON CONFLICT (id) DO NOTHING";
 
 /* Queues the INSERT of one message in the pipeline. */
-static bool send_insert(PGconn *c, const char *insert_name, const struct store_message *m,
-                        char **rcpts)
+static bool send_insert(const struct pg_be *be, PGconn *c, const char *insert_name,
+                        const struct store_message *m, char **rcpts)
 {
     struct pg_params p = {0};
 
@@ -564,6 +588,8 @@ static bool send_insert(PGconn *c, const char *insert_name, const struct store_m
     p_text(&p, m->tls);
     p_int(&p, (int64_t)m->len);
     p_bytes(&p, m->data, m->len);
+    p_text(&p, be->node);
+    p_int(&p, be->lease_ms);
     return PQsendQueryPrepared(c, insert_name, p.n, p.v, p.len, p.fmt, 0) == 1;
 }
 
@@ -593,14 +619,14 @@ static enum store_status pipeline_batch(struct pg_be *be, struct store_message *
 
     *begun = false;
     /* Prepared before the pipeline starts (PQprepare waits for its answer). */
-    if (!pg_prepared_name(c, insert_sql, 9, insert_name))
+    if (!pg_prepared_name(c, insert_sql, 11, insert_name))
         return pg_fail(c, NULL, err, "cannot prepare the insert");
     sent = PQenterPipelineMode(c) == 1 &&
            PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1;
     for (size_t i = 0; sent && i < n; i++) {
         char *rcpts = NULL;
 
-        sent = send_insert(c, insert_name, msgs[i], &rcpts);
+        sent = send_insert(be, c, insert_name, msgs[i], &rcpts);
         free(rcpts); /* libpq copied the parameters into its buffer */
     }
     if (sent && commit) sent = PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1;
@@ -849,10 +875,16 @@ static enum store_status outcome_delivery(struct pg_be *be, const char *message_
     p_text(&p, nz(d->format, ""));
     p_int(&p, now);
     p_text(&p, nz(d->copy_key, ""));
+    p_text(&p, be->node);
+    p_int(&p, be->lease_ms);
+    /* Claimed by the node that routed the message: it has the payloads built and delivers them
+     * at once; the others take them only if its lease runs out. */
     return pg_cmd(be->w,
                   "INSERT INTO deliveries (id, message_id, recipient, route_ids, kind, target,"
-                  " format, state, attempts, next_attempt_at, created_at, updated_at, copy_key)"
-                  " VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $8, $9)",
+                  " format, state, attempts, next_attempt_at, created_at, updated_at, copy_key,"
+                  " claimed_by, lease_until)"
+                  " VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $8, $9, $10, "
+                  PG_SERVER_NOW " + $11)",
                   &p, NULL, err, "delivery row");
 }
 
@@ -957,16 +989,17 @@ static void p_status(struct pg_params *p, int status)
 }
 
 /* The attempts row, the delivery's new state and the event, in one statement: the delivery row
- * ($1, locked, still pending) gives n = attempts + 1 and the event's fields. */
+ * ($1, locked, still pending and claimed by this node, $12) gives n = attempts + 1 and the
+ * event's fields.  The claim ends with the attempt: a retry is anyone's when it is due. */
 static const char attempt_sql[] =
     "WITH d AS (SELECT id, message_id, recipient, route_ids, kind, target, attempts + 1 AS n"
-    "   FROM deliveries WHERE id = $1 AND state = 'pending' FOR UPDATE),"
+    "   FROM deliveries WHERE id = $1 AND state = 'pending' AND claimed_by = $12 FOR UPDATE),"
     " a AS (INSERT INTO attempts (delivery_id, n, started_at, duration_ms, status, error, outcome)"
     "   SELECT id, n, $2::bigint, $3::bigint, $4::integer, $5::text, $6::text FROM d),"
     " u AS (UPDATE deliveries SET attempts = d.n, state = $7::text, last_status = $4::integer,"
     "   last_error = $5::text, updated_at = $8::bigint,"
     "   next_attempt_at = coalesce($9::bigint, deliveries.next_attempt_at),"
-    "   lease_until = NULL FROM d WHERE deliveries.id = d.id),"
+    "   claimed_by = NULL, lease_until = NULL FROM d WHERE deliveries.id = d.id),"
     " e AS (INSERT INTO events (ts, event, severity, message_id, recipient, domain, delivery_id,"
     "   detail) SELECT $2::bigint + $3::bigint, $10::text, $11::text, d.message_id, d.recipient,"
     "   coalesce(" PG_DOMAIN_OF("d.recipient") ", ''), d.id, '{\"attempt\":' || d.n ||"
@@ -978,6 +1011,27 @@ static const char attempt_sql[] =
     "   FROM events ev WHERE ev.message_id = d.message_id AND ev.event = 'accepted'"
     "   ORDER BY ev.id LIMIT 1), '') || '}' FROM d)"
     " SELECT count(*) FROM d";
+
+/* An attempt refused: says so when the reason is another node's claim (the lease ran out and
+ * it took the delivery), for the operator; a delivery gone or finished is not worth a line. */
+static void log_lease_lost(struct pg_be *be, const char *id)
+{
+    struct pg_params p = {0};
+    PGresult *r;
+    char *holder = NULL;
+
+    p_text(&p, id);
+    if (pg_rows(be->w, "SELECT coalesce(claimed_by, '') FROM deliveries"
+                       " WHERE id = $1 AND state = 'pending'",
+                &p, &r, NULL, "claim holder") != STORE_OK)
+        return;
+    if (PQntuples(r) == 1) holder = col_dup(r, 0, 0);
+    PQclear(r);
+    if (holder)
+        log_warn("storage", "attempt not recorded id=%s reason=\"lease lost\" node=%s holder=%s",
+                 id, be->node, *holder ? holder : "-");
+    free(holder);
+}
 
 static enum store_status pg_record_attempt(void *arg, const struct store_attempt *a, char **err)
 {
@@ -1006,10 +1060,12 @@ static enum store_status pg_record_attempt(void *arg, const struct store_attempt
     else p_text(&p, NULL);
     p_text(&p, e.event);
     p_text(&p, e.severity);
+    p_text(&p, be->node);
     st = pg_rows(be->w, attempt_sql, &p, &r, err, "cannot record an attempt");
     if (st != STORE_OK) return st;
     found = col_int(r, 0, 0);
     PQclear(r);
+    if (!found) log_lease_lost(be, a->delivery_id);
     return found ? STORE_OK : STORE_ERR_NOT_FOUND;
 }
 
@@ -1118,6 +1174,13 @@ static enum store_status pg_sweep(void *arg, const struct store_sweep_args *a,
     enum store_status st;
 
     *out = (struct store_sweep_result){0};
+    /* One node sweeps at a time: the lock is the batch transaction's, released by its COMMIT. */
+    st = pg_rows(be->w, "SELECT pg_try_advisory_xact_lock(" STORE_PG_SWEEP_LOCK ")", NULL, &r, err,
+                 "sweep lock");
+    if (st != STORE_OK) return st;
+    out->skipped = !col_true(r, 0, 0);
+    PQclear(r);
+    if (out->skipped) return STORE_OK;
     st = sweep_step(be,
                     "DELETE FROM stored WHERE key IN (SELECT key FROM stored WHERE expires_at <= $1"
                     " AND NOT " PG_COPY_HELD("stored.key") " AND NOT EXISTS (SELECT 1 FROM"
@@ -1239,6 +1302,8 @@ static enum store_status pg_routes_load(void *arg, struct store_route **out, siz
     return STORE_OK;
 }
 
+static enum store_status id_rows(PGresult *r, char ***ids, size_t *n, char **err, const char *what);
+
 static enum store_status pg_list_unprocessed(void *arg, char ***ids, size_t *n, size_t max,
                                              char **err)
 {
@@ -1246,15 +1311,20 @@ static enum store_status pg_list_unprocessed(void *arg, char ***ids, size_t *n, 
     struct pg_params p = {0};
     PGresult *r;
     enum store_status st;
-    char **v;
-    int rows;
 
     p_int(&p, max > (size_t)INT64_MAX ? INT64_MAX : (int64_t)max);
     st = pg_read(be,
                  "SELECT id FROM messages WHERE state = 'accepted' ORDER BY received_at, id LIMIT $1",
                  &p, &r, err, "cannot list unprocessed messages");
-    if (st != STORE_OK) return st;
-    rows = PQntuples(r);
+    return st != STORE_OK ? st : id_rows(r, ids, n, err, "cannot list unprocessed messages");
+}
+
+/* The first column of every row of r (cleared) into *ids (malloc'd strings; NULL when none). */
+static enum store_status id_rows(PGresult *r, char ***ids, size_t *n, char **err, const char *what)
+{
+    int rows = PQntuples(r);
+    char **v;
+
     v = calloc(rows ? (size_t)rows : 1, sizeof *v);
     for (int i = 0; v && i < rows; i++) {
         if (!(v[i] = col_dup(r, i, 0))) {
@@ -1265,7 +1335,7 @@ static enum store_status pg_list_unprocessed(void *arg, char ***ids, size_t *n, 
     }
     PQclear(r);
     if (!v) {
-        store_set_err(err, "cannot list unprocessed messages: out of memory");
+        store_set_err(err, "%s: out of memory", what);
         return STORE_ERR_NOMEM;
     }
     if (rows == 0) {
@@ -1478,6 +1548,165 @@ static enum store_status pg_deliveries_next_due(void *arg, int64_t after, int64_
     if (st == STORE_OK) *at = col_int(r, 0, 0);
     PQclear(r);
     return st;
+}
+
+/* ---- claims on shared work (store.h) -------------------------------------------------------- */
+
+static void pg_set_claims(void *arg, const char *node_id, int64_t lease_ms)
+{
+    struct pg_be *be = arg;
+
+    snprintf(be->node, sizeof be->node, "%s", node_id);
+    be->lease_ms = lease_ms;
+}
+
+/* A claim or renewal on the claim connection: one statement, its own transaction (autocommit),
+ * so that the rows it locks are let go at once and never wait for a group commit. */
+static enum store_status pg_claim_query(struct pg_be *be, const char *sql,
+                                        const struct pg_params *p, PGresult **res, char **err,
+                                        const char *what)
+{
+    enum store_status st;
+
+    *res = NULL;
+    pthread_mutex_lock(&be->cmu);
+    st = pg_query_on(be, &be->c, sql, p, res, err, what);
+    pthread_mutex_unlock(&be->cmu);
+    return st;
+}
+
+/* Due rows under no live lease of another node, in the due scan's order and from its cursor
+ * (this node's own: those it left to a scan, e.g. deferred for memory, are found again at once;
+ * those in hand are skipped by the deliverer); rows that another node is claiming now are
+ * skipped (SKIP LOCKED), never waited for.  The locking SELECT is a CTE, run once: as
+ * "UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)" the planner may make it
+ * the inner side of a semi join and run it again per outer row, locking more than n rows. */
+static enum store_status pg_deliveries_claim(void *arg, int64_t now, int64_t after_at,
+                                             const char *after_id, size_t max,
+                                             struct store_delivery **out, size_t *n, char **err)
+{
+    struct pg_be *be = arg;
+    const bool cursor = after_id && *after_id;
+    struct pg_params p = {0};
+    PGresult *r;
+    enum store_status st;
+
+    p_int(&p, now);
+    p_int(&p, cursor ? after_at : INT64_MIN);
+    p_text(&p, cursor ? after_id : "");
+    p_int(&p, max > (size_t)INT64_MAX ? INT64_MAX : (int64_t)max);
+    p_text(&p, be->node);
+    p_int(&p, be->lease_ms);
+    st = pg_claim_query(be,
+                        "WITH p AS (SELECT id AS pid FROM deliveries WHERE state = 'pending'"
+                        " AND next_attempt_at <= $1 AND next_attempt_at >= $2"
+                        " AND (next_attempt_at > $2 OR id > $3)"
+                        " AND (lease_until IS NULL OR lease_until < " PG_SERVER_NOW
+                        " OR claimed_by = $5)"
+                        " ORDER BY next_attempt_at, id LIMIT $4 FOR UPDATE SKIP LOCKED),"
+                        " c AS (UPDATE deliveries SET claimed_by = $5,"
+                        " lease_until = " PG_SERVER_NOW " + $6 FROM p WHERE id = p.pid"
+                        " RETURNING " PG_DELIVERY_COLS ")"
+                        " SELECT * FROM c ORDER BY next_attempt_at, id",
+                        &p, &r, err, "cannot claim due deliveries");
+    return st != STORE_OK ? st : delivery_rows(r, out, n, err);
+}
+
+/* {"a","b"}: a text[] literal of ids, '"' and '\\' escaped. */
+static char *id_array(const char *const *ids, size_t n)
+{
+    size_t size = 3, used = 0;
+    char *out;
+
+    for (size_t i = 0; i < n; i++) size += 2 * strlen(ids[i]) + 3;
+    if (!(out = malloc(size))) return NULL;
+    out[used++] = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i) out[used++] = ',';
+        out[used++] = '"';
+        for (const char *c = ids[i]; *c; c++) {
+            if (*c == '"' || *c == '\\') out[used++] = '\\';
+            out[used++] = *c;
+        }
+        out[used++] = '"';
+    }
+    out[used++] = '}';
+    out[used] = '\0';
+    return out;
+}
+
+static enum store_status pg_deliveries_renew(void *arg, const char *const *ids, size_t n,
+                                             bool *renewed, char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    char *arr = id_array(ids, n);
+    PGresult *r;
+    enum store_status st;
+    GHashTable *back;
+
+    if (!arr) {
+        store_set_err(err, "cannot renew leases: out of memory");
+        return STORE_ERR_NOMEM;
+    }
+    p_text(&p, arr);
+    p_text(&p, be->node);
+    p_int(&p, be->lease_ms);
+    st = pg_claim_query(be,
+                        "UPDATE deliveries SET lease_until = " PG_SERVER_NOW " + $3"
+                        " WHERE id = ANY($1::text[]) AND claimed_by = $2 AND state = 'pending'"
+                        " RETURNING id",
+                        &p, &r, err, "cannot renew leases");
+    free(arr);
+    if (st != STORE_OK) return st;
+    back = g_hash_table_new(g_str_hash, g_str_equal);
+    for (int i = 0; i < PQntuples(r); i++) g_hash_table_add(back, PQgetvalue(r, i, 0));
+    for (size_t i = 0; i < n; i++) renewed[i] = g_hash_table_contains(back, ids[i]);
+    g_hash_table_destroy(back);
+    PQclear(r);
+    return STORE_OK;
+}
+
+static enum store_status pg_release_claims(void *arg, const char *node_id, int64_t *deliveries,
+                                           int64_t *messages, char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    enum store_status st;
+
+    p_text(&p, node_id);
+    st = pg_cmd(be->w, "UPDATE deliveries SET claimed_by = NULL, lease_until = NULL"
+                       " WHERE claimed_by = $1 AND state = 'pending'",
+                &p, deliveries, err, "cannot release claims on deliveries");
+    if (st != STORE_OK) return st;
+    return pg_cmd(be->w, "UPDATE messages SET claimed_by = NULL, lease_until = NULL"
+                         " WHERE claimed_by = $1 AND state = 'accepted'",
+                  &p, messages, err, "cannot release claims on messages");
+}
+
+/* Accepted messages nobody holds (no claim, or its lease ran out), or this node holds already. */
+static enum store_status pg_claim_unprocessed(void *arg, char ***ids, size_t *n, size_t max,
+                                              char **err)
+{
+    struct pg_be *be = arg;
+    struct pg_params p = {0};
+    PGresult *r;
+    enum store_status st;
+
+    p_int(&p, max > (size_t)INT64_MAX ? INT64_MAX : (int64_t)max);
+    p_text(&p, be->node);
+    p_int(&p, be->lease_ms);
+    st = pg_claim_query(be,
+                        "WITH p AS (SELECT id AS pid FROM messages WHERE state = 'accepted'"
+                        " AND (lease_until IS NULL OR lease_until < " PG_SERVER_NOW
+                        " OR claimed_by = $2)"
+                        " ORDER BY received_at, id LIMIT $1 FOR UPDATE SKIP LOCKED),"
+                        " c AS (UPDATE messages SET claimed_by = $2,"
+                        " lease_until = " PG_SERVER_NOW " + $3 FROM p WHERE id = p.pid"
+                        " RETURNING id, received_at)"
+                        " SELECT id FROM c ORDER BY received_at, id",
+                        &p, &r, err, "cannot claim unprocessed messages");
+    return st != STORE_OK ? st : id_rows(r, ids, n, err, "cannot claim unprocessed messages");
 }
 
 static enum store_status pg_delivery_get(void *arg, const char *id, struct store_delivery **out,
@@ -1949,6 +2178,11 @@ const struct store_backend store_postgres_backend = {
     .check_writable = pg_check_writable,
     .watch_routes = pg_watch_routes,
     .deliveries_due = pg_deliveries_due,
+    .set_claims = pg_set_claims,
+    .deliveries_claim = pg_deliveries_claim,
+    .deliveries_renew = pg_deliveries_renew,
+    .claim_unprocessed = pg_claim_unprocessed,
+    .release_claims = pg_release_claims,
     .deliveries_next_due = pg_deliveries_next_due,
     .delivery_get = pg_delivery_get,
     .deliveries_list = pg_deliveries_list,

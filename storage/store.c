@@ -35,6 +35,7 @@
 
 #include "storage/internal.h"
 #include "util/dburl.h"
+#include "util/id.h"
 #include "util/limits.h"
 #include "util/log.h"
 
@@ -66,6 +67,8 @@ struct store {
     const struct store_backend *ops;
     void *be;
     char *path;
+    char node_id[NODE_ID_MAX + 1]; /* claims (store_set_claims) */
+    int64_t lease_ms;
 
     pthread_mutex_t mu;
     pthread_cond_t cond;
@@ -735,6 +738,7 @@ struct store *store_open(const char *data_dir, const char *database, char **err)
     if (!st->be) goto fail;
     free(location);
     location = NULL;
+    store_set_claims(st, NULL, LEASE_SECONDS_DEFAULT);
 
     /* The writer takes no signals: they belong to the thread that set up their handling. */
     sigfillset(&all);
@@ -755,6 +759,42 @@ fail:
     free(location);
     store_free(st);
     return NULL;
+}
+
+/* "<hostname>:<pid>:<8 random hex>": unique per process, and says where it runs. */
+static void default_node_id(char *out, size_t outsz)
+{
+    char host[64] = "", rnd[9];
+    uint8_t b[4];
+
+    if (gethostname(host, sizeof host - 1) != 0 || !*host) snprintf(host, sizeof host, "inlet");
+    host[strcspn(host, " \"")] = '\0';
+    util_random_bytes(b, sizeof b);
+    util_hex_encode(rnd, b, sizeof b);
+    snprintf(out, outsz, "%s:%ld:%s", host, (long)getpid(), rnd);
+}
+
+void store_set_claims(struct store *st, const char *node_id, int64_t lease_seconds)
+{
+    if (node_id && *node_id) snprintf(st->node_id, sizeof st->node_id, "%s", node_id);
+    else if (!st->node_id[0]) default_node_id(st->node_id, sizeof st->node_id);
+    st->lease_ms = lease_seconds * 1000;
+    if (st->ops->set_claims) st->ops->set_claims(st->be, st->node_id, st->lease_ms);
+}
+
+const char *store_node_id(const struct store *st)
+{
+    return st->node_id;
+}
+
+int64_t store_lease_ms(const struct store *st)
+{
+    return st->lease_ms;
+}
+
+bool store_claims_shared(const struct store *st)
+{
+    return st->ops->deliveries_claim != NULL;
 }
 
 void store_close(struct store *st)

@@ -22,6 +22,7 @@
 
 struct store;
 struct store_spool;
+struct store_delivery;
 
 /* The one error convention of storage/: every store_* function that can fail returns this (none
  * returns an int status or writes a status through an out-parameter).  Functions with a
@@ -129,6 +130,57 @@ bool store_exists(const char *data_dir, const char *database);
 enum store_status store_count_unprocessed(struct store *st, int64_t *count);
 /* STORE_OK when the database can take a write now; else a failure and *reason (malloc'd). */
 enum store_status store_check_writable(struct store *st, char **reason);
+
+/* ---------------------------------------------------------------------------------------------
+ * Claims on shared work (SPEC §8).  Several `inlet serve` nodes may share one PostgreSQL
+ * database: a delivery, and an accepted message not routed yet, is taken by one node at a time
+ * with a claim (this store's node id) that lasts a lease (until the database server's clock
+ * passes lease_until) unless renewed.  A node that dies leaves its claims to run out; then the
+ * others take the work.  Claims are written only where nodes share the database
+ * (store_claims_shared): on SQLite one process owns the data dir (its lock file), the deliverer's
+ * and the pipeline's in-memory sets are the claims, and claiming costs no write and no fsync. */
+
+/* This store's node id and lease.  `node_id` NULL or "": the default made at open,
+ * "<hostname>:<pid>:<8 random hex>".  Call it before the store is used (no lock). */
+void store_set_claims(struct store *st, const char *node_id, int64_t lease_seconds);
+/* The node id in this store's claims (valid until store_close). */
+const char *store_node_id(const struct store *st);
+/* The lease in milliseconds (20 s unless store_set_claims said otherwise). */
+int64_t store_lease_ms(const struct store *st);
+/* Whether claims are written to the database (PostgreSQL), i.e. other nodes may share it. */
+bool store_claims_shared(const struct store *st);
+
+/* Claims due deliveries as store_deliveries_due lists them (same order, cursor and answers):
+ * pending, next_attempt_at <= now, and under no live lease of another node (nobody's, the lease
+ * ran out, or this node's own: the caller skips those it has in hand); each row returned is
+ * claimed by this node until now + lease (the database's clock).  Rows
+ * another node is claiming at this instant are skipped (FOR UPDATE SKIP LOCKED), never waited
+ * for.  Any thread; one short statement (autocommit), not through the writer.  SQLite: the due
+ * read itself (the deliverer's in-memory set is the claim). */
+enum store_status store_deliveries_claim(struct store *st, int64_t now, int64_t after_at,
+                                         const char *after_id, size_t max,
+                                         struct store_delivery **out, size_t *n, char **err);
+/* Renews this node's claims on the deliveries `ids` (n of them) for another lease: renewed[i]
+ * says whether ids[i] was still pending and claimed by this node (false: the lease was lost,
+ * e.g. another node took it after it ran out, or the delivery is no longer pending).  On a
+ * failure (the database unreachable) nothing is known: renewed[] is all false.  Any thread (it
+ * may block: not the loop); SQLite: every id renewed, nothing written. */
+enum store_status store_deliveries_renew(struct store *st, const char *const *ids, size_t n,
+                                         bool *renewed, char **err);
+/* Claims 'accepted' messages for routing: those under no live lease, or claimed by this node
+ * already (a message it left to a scan), oldest first, at most `max` ids (as
+ * store_list_unprocessed).  store_accept() claims every message it commits for the node that
+ * accepted it, so this finds a dead node's messages once their lease ran out.  Any thread; one
+ * short statement.  SQLite: store_list_unprocessed. */
+enum store_status store_claim_unprocessed(struct store *st, char ***ids, size_t *n, size_t max,
+                                          char **err);
+
+/* Lets go of every claim node `node_id` holds (pending deliveries, accepted messages): what a
+ * previous run of this node held, known to be dead (engine: the data dir's lock file), goes back
+ * to everyone at once instead of when its leases run out.  Waits for the commit; *deliveries and
+ * *messages: how many.  SQLite: nothing to do (STORE_OK, 0, 0). */
+enum store_status store_release_claims(struct store *st, const char *node_id, int64_t *deliveries,
+                                       int64_t *messages, char **err);
 
 /* Schema version this binary writes. */
 int store_schema_version(void);
@@ -347,7 +399,9 @@ struct store_attempt {
     int64_t next_attempt_at; /* Unix seconds, for "retry" */
 };
 /* Queued, not waited for (store_write_done_fn above; the struct and its strings are copied).
- * STORE_ERR_NOT_FOUND when the delivery does not exist or is not 'pending' (nothing written). */
+ * STORE_ERR_NOT_FOUND when the delivery does not exist or is not 'pending', or (claims shared)
+ * when this node no longer holds its claim (its lease ran out and another node took it; logged
+ * as "lease lost"): nothing written.  A recorded attempt ends the claim (a retry is anyone's). */
 void store_record_attempt(struct store *st, const struct store_attempt *a, store_write_done_fn done,
                           void *arg);
 
@@ -433,6 +487,7 @@ struct store_sweep_result {
     uint64_t copies, events, deliveries, messages, pages_freed;
     uint64_t body_segments, body_bytes; /* body log segments deleted (SQLite), and their bytes */
     bool more;
+    bool skipped; /* another node is sweeping (PostgreSQL advisory lock): nothing done */
 };
 enum store_status store_sweep(struct store *st, int64_t now, int64_t event_ttl, int64_t failed_retention,
                               size_t batch, struct store_sweep_result *out, char **err);

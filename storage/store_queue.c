@@ -69,13 +69,14 @@ void store_events_free(struct store_event *e, size_t n)
 /* ---- writes the caller waits for ------------------------------------------------------------ */
 
 struct queue_write {
-    enum { QW_RETRY, QW_ADD, QW_COPY_DELETE, QW_SWEEP } op;
+    enum { QW_RETRY, QW_ADD, QW_COPY_DELETE, QW_SWEEP, QW_RELEASE } op;
     const char *id; /* delivery id, message id or copy key */
     int64_t now;
     const struct store_delivery_plan *plans;
     size_t nplans;
     const struct store_sweep_args *sweep;
     struct store_sweep_result *swept;
+    int64_t *released;                /* QW_RELEASE: deliveries, messages */
 };
 
 static enum store_status run_queue_write(const struct store_backend *ops, void *be, void *arg,
@@ -88,6 +89,7 @@ static enum store_status run_queue_write(const struct store_backend *ops, void *
     case QW_ADD: return ops->deliveries_add(be, w->id, w->plans, w->nplans, w->now, err);
     case QW_COPY_DELETE: return ops->copy_delete(be, w->id, w->now, err);
     case QW_SWEEP: return ops->sweep(be, w->sweep, w->swept, err);
+    case QW_RELEASE: return ops->release_claims(be, w->id, &w->released[0], &w->released[1], err);
     }
     return STORE_ERR_IO;
 }
@@ -137,6 +139,22 @@ enum store_status store_sweep(struct store *st, int64_t now, int64_t event_ttl,
     /* A rolled-back pass deleted nothing. */
     *out = rc == STORE_OK ? r : (struct store_sweep_result){0};
     return rc; /* the caller logs what was removed */
+}
+
+enum store_status store_release_claims(struct store *st, const char *node_id, int64_t *deliveries,
+                                       int64_t *messages, char **err)
+{
+    void *be;
+    const struct store_backend *ops = store_backend_of(st, &be);
+    int64_t n[2] = {0, 0};
+    struct queue_write w = {.op = QW_RELEASE, .id = node_id, .released = n};
+    enum store_status rc = STORE_OK;
+
+    clear_err(err);
+    if (ops->release_claims) rc = queue_write_run(st, &w, err);
+    *deliveries = rc == STORE_OK ? n[0] : 0;
+    *messages = rc == STORE_OK ? n[1] : 0;
+    return rc;
 }
 
 /* ---- attempts: written without waiting ------------------------------------------------------ */
@@ -218,6 +236,52 @@ enum store_status store_deliveries_due(struct store *st, int64_t now, int64_t af
     *n = 0;
     if (max == 0) return STORE_OK;
     return ops->deliveries_due(be, now, after_at, after_id, max, out, n, err);
+}
+
+enum store_status store_deliveries_claim(struct store *st, int64_t now, int64_t after_at,
+                                         const char *after_id, size_t max,
+                                         struct store_delivery **out, size_t *n, char **err)
+{
+    void *be;
+    const struct store_backend *ops = store_backend_of(st, &be);
+
+    if (!ops->deliveries_claim) /* in-process claims: the due read */
+        return store_deliveries_due(st, now, after_at, after_id, max, out, n, err);
+    clear_err(err);
+    *out = NULL;
+    *n = 0;
+    if (max == 0) return STORE_OK;
+    return ops->deliveries_claim(be, now, after_at, after_id, max, out, n, err);
+}
+
+enum store_status store_deliveries_renew(struct store *st, const char *const *ids, size_t n,
+                                         bool *renewed, char **err)
+{
+    void *be;
+    const struct store_backend *ops = store_backend_of(st, &be);
+    enum store_status rc;
+
+    clear_err(err);
+    for (size_t i = 0; i < n; i++) renewed[i] = !ops->deliveries_renew;
+    if (!ops->deliveries_renew || n == 0) return STORE_OK;
+    rc = ops->deliveries_renew(be, ids, n, renewed, err);
+    if (rc != STORE_OK)
+        for (size_t i = 0; i < n; i++) renewed[i] = false;
+    return rc;
+}
+
+enum store_status store_claim_unprocessed(struct store *st, char ***ids, size_t *n, size_t max,
+                                          char **err)
+{
+    void *be;
+    const struct store_backend *ops = store_backend_of(st, &be);
+
+    if (!ops->claim_unprocessed) return store_list_unprocessed(st, ids, n, max, err);
+    clear_err(err);
+    *ids = NULL;
+    *n = 0;
+    if (max == 0) return STORE_OK;
+    return ops->claim_unprocessed(be, ids, n, max, err);
 }
 
 enum store_status store_deliveries_next_due(struct store *st, int64_t after, int64_t *at)

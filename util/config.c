@@ -88,6 +88,11 @@ static const struct setting settings[] = {
      "how long failed deliveries (and their message bytes) are kept for replay"},
     {"console-session-ttl", SET_INT, OFF(console_session_ttl), "43200", LIMIT_CONSOLE_SESSION_TTL_MIN,
      LIMIT_CONSOLE_SESSION_TTL_MAX, "SECONDS", "a web console login lasts this long (/ui/)"},
+    {"node-id", SET_STR, OFF(node_id), "", 0, 0, "NAME",
+     "this node's name in claims on shared work (default: hostname:pid:random, logged at start)"},
+    {"lease-seconds", SET_INT, OFF(lease_seconds), "20", LEASE_SECONDS_MIN, LEASE_SECONDS_MAX, "SECONDS",
+     "a claim on a delivery or an unrouted message lasts this long unless renewed (PostgreSQL: "
+     "what a dead node holds goes to the others after it)"},
     {"public-url", SET_STR, OFF(public_url), "", 0, 0, "URL",
      "base of storage URLs (default http://<first --http-listen>; required with a wildcard listener)"},
     {"webhook-format", SET_STR, OFF(webhook_format), "json", 0, 0, "json|mailgun",
@@ -453,6 +458,17 @@ static void validate_database(const struct inlet_config *cfg, GString *errors)
     g_string_append_printf(errors, "--database: \"%s\" is not sqlite:PATH or a postgresql:// URL\n", shown);
 }
 
+/* A node id goes into claims and logs: visible ASCII, no spaces, bounded. */
+static void validate_node_id(const struct inlet_config *cfg, GString *errors)
+{
+    const char *id = cfg->node_id;
+    bool ok = strlen(id) <= NODE_ID_MAX;
+    for (const char *p = id; ok && *p; p++) ok = *p > ' ' && *p < 0x7f && *p != '"';
+    if (!ok)
+        g_string_append_printf(errors, "--node-id: at most %d visible ASCII characters (no spaces, no '\"')\n",
+                               NODE_ID_MAX);
+}
+
 static void validate_tls(struct inlet_config *cfg, GString *errors)
 {
     const bool cert = cfg->tls_cert && *cfg->tls_cert, key = cfg->tls_key && *cfg->tls_key;
@@ -484,6 +500,7 @@ static void validate(struct inlet_config *cfg, GString *errors)
     validate_public_url(cfg, errors);
     validate_smtp_memory(cfg, errors);
     validate_deliveries(cfg, errors);
+    validate_node_id(cfg, errors);
     validate_tls(cfg, errors);
     validate_database(cfg, errors);
     validate_key(&cfg->api_key, &cfg->api_key_file, "api-key", "api_key", errors);

@@ -48,6 +48,9 @@ struct inlet_config {
     int64_t event_ttl;     /* seconds events and delivery history are kept (SPEC §6, §7) */
     int64_t failed_retention; /* seconds failed deliveries and their bytes are kept (SPEC §6) */
     int64_t console_session_ttl; /* seconds a web console session lasts (SPEC §7.1) */
+    /* Several nodes on one database (SPEC §8). */
+    char *node_id;         /* "" → hostname:pid:random, made by the store */
+    int64_t lease_seconds; /* how long a claim on a delivery or an unrouted message lasts */
     char *public_url;      /* base of storage URLs, no trailing '/'; "" when not given: the
                               engine derives it from the first HTTP listener once bound */
     /* Deliveries (SPEC §5). */

@@ -393,6 +393,16 @@ _Static_assert(API_BODY_MAX < LIMIT_INFLIGHT_BYTES, "a request body fits the mem
 #define DELIVER_RECENT_MAX 4096
 #define DELIVER_HOST_MAX 255
 
+/* Claims on shared work (SPEC §8; --lease-seconds): the bounds of a lease, and of a node id
+ * (--node-id, or hostname:pid:random).  A delivery in hand is renewed every third of its lease
+ * and its attempt is aborted when less than LEASE_MARGIN_PARTS-th of the lease is left without a
+ * renewal (so that it ends before another node may claim it). */
+#define LEASE_SECONDS_MIN 3
+#define LEASE_SECONDS_DEFAULT 20 /* --lease-seconds' default too */
+#define LEASE_SECONDS_MAX 600
+#define LEASE_MARGIN_PARTS 4
+#define NODE_ID_MAX 128
+
 /* Sweeper (engine/sweeper.c): rows of each kind per pass (a pass that hit it is followed by
  * another one second later), and the period between passes. */
 #define SWEEP_BATCH 500

@@ -885,11 +885,11 @@ static void test_migration_v1(void)
     struct store *st = store_open(tmp, NULL, &err);
     CHECK(st != NULL, "open a version 1 database (%s)", err ? err : "ok");
     if (!st) goto out;
-    CHECK(store_schema_version() == 7, "this binary writes schema 7");
+    CHECK(store_schema_version() == 8, "this binary writes schema 8");
 
     db = raw_open(dbpath);
     bool q = db && raw_query(db, "SELECT value FROM meta WHERE key = 'schema_version'", buf, sizeof buf);
-    CHECK(q && !strcmp(buf, "7"), "upgraded to schema_version 7 (%s)", buf);
+    CHECK(q && !strcmp(buf, "8"), "upgraded to schema_version 8 (%s)", buf);
     q = db && raw_query(db, "PRAGMA auto_vacuum", buf, sizeof buf);
     CHECK(q && !strcmp(buf, "2"), "auto_vacuum 0 became incremental (one VACUUM at open): %s", buf);
     q = db && raw_query(db, "SELECT value FROM meta WHERE key = 'api_key'", buf, sizeof buf);
@@ -901,7 +901,7 @@ static void test_migration_v1(void)
         {"recipients", "message_id,recipient,outcome,routes,warnings"},
         {"deliveries", "id,message_id,recipient,route_ids,kind,target,format,state,attempts,"
                        "next_attempt_at,lease_until,last_status,last_error,created_at,updated_at,"
-                       "copy_key"},
+                       "copy_key,claimed_by"},
         {"attempts", "delivery_id,n,started_at,duration_ms,status,error,outcome"},
         {"events", "id,ts,event,severity,message_id,recipient,domain,delivery_id,detail"},
         {"purge_candidates", "message_id"},
@@ -909,7 +909,7 @@ static void test_migration_v1(void)
                    "mailbox"},
         {"mailboxes", "name,password_hash,retention,locked_until,created_at,updated_at"},
         {"messages", "id,received_at,sender,recipients,remote_ip,helo,tls,size,raw,state,"
-                     "parse_warnings,body_segment,body_offset,body_crc"},
+                     "parse_warnings,body_segment,body_offset,body_crc,claimed_by,lease_until"},
     };
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
         table_columns(db, tables[i].table, buf, sizeof buf);
