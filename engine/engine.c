@@ -22,6 +22,7 @@
 #include "api/api.h"
 #include "deliver/deliver.h"
 #include "engine/internal_keys.h"
+#include "engine/internal_mailboxes.h"
 #include "engine/internal_metrics.h"
 #include "engine/internal_sweeper.h"
 #include "engine/internal_pipeline.h"
@@ -41,6 +42,8 @@ struct engine {
     uv_loop_t loop;
     struct store *store;
     struct smtp_server *smtp;
+    struct pop3_server *pop3; /* NULL without --pop3-listen / --pop3s-listen */
+    struct engine_mailboxes mailboxes;
     struct api_server *api;
     struct engine_keys keys;
     struct route_registry *routes;
@@ -362,6 +365,13 @@ static void on_sighup(uv_signal_t *h, int signum)
     log_warn("engine", "SIGHUP ignored: settings are read at start; restart inlet to apply changes");
 }
 
+static void on_pop3_stopped(void *ctx)
+{
+    struct engine *e = ctx;
+
+    smtp_server_stop(e->smtp, (unsigned)e->cfg->shutdown_grace);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct engine *e = h->data;
@@ -372,7 +382,8 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_signal_stop(&e->sigint);
     api_server_stop(e->api);
     e->api = NULL;
-    smtp_server_stop(e->smtp, (unsigned)e->cfg->shutdown_grace);
+    if (e->pop3) pop3_server_stop(e->pop3, on_pop3_stopped, e); /* maildrops released first */
+    else on_pop3_stopped(e);
 }
 
 /* First of all: a second engine on this data dir would deliver everything twice. */
@@ -643,6 +654,35 @@ static int start_mailauth(struct engine *e)
     return 0;
 }
 
+/* Mailboxes for POP3 pollers (SPEC §9), when a listener is given.  Locks left by a process that
+ * died are released first: this process is the database's only node. */
+static int start_pop3(struct engine *e)
+{
+    struct inlet_config *cfg = e->cfg;
+    char *err = NULL;
+
+    if (!cfg->pop3_listen.count && !cfg->pop3s_listen.count) return 0;
+    if (store_maildrop_unlock_all(e->store, &err) != STORE_OK) goto fail;
+    e->mailboxes = (struct engine_mailboxes){.store = e->store, .loop = &e->loop};
+    struct pop3_server_config pc = {
+        .listen = (const char *const *)cfg->pop3_listen.items,
+        .nlisten = cfg->pop3_listen.count,
+        .listen_tls = (const char *const *)cfg->pop3s_listen.items,
+        .nlisten_tls = cfg->pop3s_listen.count,
+        .tls_cert = cfg->tls_cert && *cfg->tls_cert ? cfg->tls_cert : NULL,
+        .tls_key = cfg->tls_key && *cfg->tls_key ? cfg->tls_key : NULL,
+        .plaintext_login = cfg->pop3_plaintext_login,
+        .idle_timeout_s = (unsigned)cfg->pop3_timeout,
+        .hooks = engine_mailbox_hooks(&e->mailboxes),
+    };
+    e->pop3 = pop3_server_start(&e->loop, &pc, &err);
+    if (e->pop3) return 0;
+fail:
+    log_error("engine", "pop3: %s", err ? err : "cannot start");
+    g_free(err);
+    return -1;
+}
+
 /* Last: from here on mail comes in. */
 static int start_smtp(struct engine *e)
 {
@@ -706,9 +746,10 @@ int engine_serve(struct inlet_config *cfg)
 
     /* The API is up before the deliverer, which builds storage URLs from its address. */
     if (start_lock(&e) < 0 || start_storage(&e) < 0 || start_keys(&e) < 0 || start_routing(&e) < 0 ||
-        start_api(&e) < 0 || start_deliveries(&e) < 0 || start_pipeline(&e) < 0 || start_mailauth(&e) < 0 || start_smtp(&e) < 0) {
+        start_api(&e) < 0 || start_deliveries(&e) < 0 || start_pipeline(&e) < 0 || start_mailauth(&e) < 0 || start_pop3(&e) < 0 || start_smtp(&e) < 0) {
         api_server_stop(e.api);
         e.api = NULL;
+        if (e.pop3) pop3_server_stop(e.pop3, NULL, NULL);
         on_smtp_stopped(&e); /* SMTP is the last to start: it did not */
         uv_run(&e.loop, UV_RUN_DEFAULT);
         goto out;
@@ -720,6 +761,7 @@ int engine_serve(struct inlet_config *cfg)
     status = 0;
 out:
     smtp_server_free(e.smtp);
+    pop3_server_free(e.pop3);
     mailauth_stop(e.mailauth); /* every commit was answered: no job is left */
     engine_pipeline_free(e.pipeline); /* its workers are joined */
     deliver_free(e.deliver);

@@ -31,7 +31,7 @@
 #include <string.h>
 #include <uv.h>
 
-#include "smtp/internal_tls.h"
+#include "util/tls.h"
 #include "util/limits.h"
 #include "util/log.h"
 #include "util/net.h"
@@ -80,7 +80,7 @@ struct conn {
     char *pending; /* input the session could not take yet (waiting for a commit or a write) */
     size_t pending_len;
     struct smtp_commit *commit;
-    struct smtp_tls *tls; /* NULL until STARTTLS; freed with the conn */
+    struct tls *tls; /* NULL until STARTTLS; freed with the conn */
     struct client *client; /* NULL only when accept failed */
     uint64_t data_deadline_ms; /* while in DATA: loop time by which it must end; else 0 */
     unsigned writes_in_flight;
@@ -106,7 +106,7 @@ struct smtp_server {
     uint64_t next_conn_id;
     bool stopping, stopped_called, grace_timer_open;
     uv_timer_t grace_timer;
-    struct smtp_tls_ctx *tls_ctx; /* NULL: STARTTLS not offered */
+    struct tls_ctx *tls_ctx; /* NULL: STARTTLS not offered */
     struct smtp_session_ops session_ops; /* every session's (session_ops_init) */
     char *over_budget_reply;      /* the 421 of a client past SMTP_RCPT_CHECK_BUDGET_MS */
     char read_buf[SMTP_READ_CHUNK];
@@ -256,7 +256,7 @@ static int session_starttls(void *ctx)
 {
     struct conn *c = ctx;
     if (!c->srv->tls_ctx || c->tls) return -ENOTSUP;
-    c->tls = smtp_tls_new(c->srv->tls_ctx);
+    c->tls = tls_new(c->srv->tls_ctx);
     if (!c->tls) return -ENOMEM;
     c->tls_phase = TLS_ARMED;
     return 0;
@@ -408,7 +408,7 @@ static void on_handle_closed(uv_handle_t *h)
         c->client->conns--;
         client_release(srv, c->client);
     }
-    smtp_tls_free(c->tls);
+    tls_free(c->tls);
     g_free(c->pending);
     g_free(c);
     maybe_stopped(srv);
@@ -492,7 +492,7 @@ static void conn_close_after_writes(struct conn *c)
 static void tls_send(struct conn *c)
 {
     size_t len = 0;
-    char *out = smtp_tls_take_output(c->tls, &len);
+    char *out = tls_take_output(c->tls, &len);
     if (out) conn_write(c, out, len);
 }
 
@@ -512,7 +512,7 @@ static void conn_flush(struct conn *c)
     if (out) count_replies(c->srv, out, len);
     if (out && c->tls_phase == TLS_ON) {
         char why[256];
-        int rc = smtp_tls_write(c->tls, out, len, why, sizeof why);
+        int rc = tls_write(c->tls, out, len, why, sizeof why);
         free(out);
         if (rc < 0) {
             tls_failed(c, "write", why);
@@ -528,7 +528,7 @@ static void conn_flush(struct conn *c)
     if (c->tls_phase == TLS_ARMED) c->tls_phase = TLS_HANDSHAKE;
     if (smtp_session_closing(c->session)) {
         if (c->tls_phase == TLS_ON) {
-            smtp_tls_shutdown(c->tls);
+            tls_shutdown(c->tls);
             tls_send(c);
         }
         conn_close_after_writes(c);
@@ -626,7 +626,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     uv_timer_again(&c->timer);
     if (conn_data_expired(c)) return;
     if (c->tls_phase == TLS_HANDSHAKE || c->tls_phase == TLS_ON) {
-        if (smtp_tls_push(c->tls, buf->base, (size_t)nread) < 0) {
+        if (tls_push(c->tls, buf->base, (size_t)nread) < 0) {
             tls_failed(c, "read", "out of memory");
             return;
         }
@@ -640,7 +640,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 static void tls_established(struct conn *c)
 {
     char desc[SMTP_TLS_DESC_MAX];
-    smtp_tls_describe(c->tls, desc, sizeof desc);
+    tls_describe(c->tls, desc, sizeof desc);
     c->tls_phase = TLS_ON;
     atomic_fetch_add_explicit(&c->srv->n_tls, 1, memory_order_relaxed);
     log_info("smtp", "conn=%llu tls started ip=%s tls=%s", (unsigned long long)c->id, c->ip, desc);
@@ -655,7 +655,7 @@ static void tls_pump(struct conn *c)
     char why[256];
     struct smtp_server *srv = c->srv;
     if (c->tls_phase == TLS_HANDSHAKE) {
-        int rc = smtp_tls_handshake(c->tls, why, sizeof why);
+        int rc = tls_handshake(c->tls, why, sizeof why);
         if (rc < 0) {
             tls_failed(c, "handshake", why);
             return;
@@ -666,7 +666,7 @@ static void tls_pump(struct conn *c)
     }
     while (!c->pending && !c->closing && !smtp_session_committing(c->session) &&
            !conn_output_full(c) && !uv_is_closing((uv_handle_t *)&c->tcp)) {
-        ssize_t n = smtp_tls_read(c->tls, srv->tls_plain, sizeof srv->tls_plain, why, sizeof why);
+        ssize_t n = tls_read(c->tls, srv->tls_plain, sizeof srv->tls_plain, why, sizeof why);
         if (n == 0) break;
         if (n < 0) {
             log_debug("smtp", "conn=%llu tls read ended: %s", (unsigned long long)c->id, why);
@@ -837,9 +837,9 @@ struct smtp_server *smtp_server_start(uv_loop_t *loop, const struct smtp_server_
             return NULL;
         }
     }
-    struct smtp_tls_ctx *tls_ctx = NULL;
+    struct tls_ctx *tls_ctx = NULL;
     if (cfg->tls_cert && cfg->tls_key) {
-        tls_ctx = smtp_tls_ctx_new(cfg->tls_cert, cfg->tls_key, err);
+        tls_ctx = tls_ctx_new(cfg->tls_cert, cfg->tls_key, err);
         if (!tls_ctx) {
             while (nfds > 0) close(fds[--nfds]);
             return NULL;
@@ -893,6 +893,6 @@ void smtp_server_free(struct smtp_server *srv)
     if (!srv) return;
     g_hash_table_destroy(srv->clients);
     g_free(srv->over_budget_reply);
-    smtp_tls_ctx_free(srv->tls_ctx);
+    tls_ctx_free(srv->tls_ctx);
     g_free(srv);
 }

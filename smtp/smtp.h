@@ -7,7 +7,7 @@
  *  - smtp_server_*: listeners and connections on a libuv loop, timeouts, connection caps; it owns
  *    the sessions and hands each finished transaction to the engine.
  *
- * Uses only util/ (and libuv; OpenSSL in tls.c, the server's STARTTLS, behind smtp/internal_tls.h). */
+ * Uses only util/ (and libuv; STARTTLS through util/tls.h). */
 #ifndef INLET_SMTP_H
 #define INLET_SMTP_H
 

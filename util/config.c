@@ -82,6 +82,14 @@ static const struct setting settings[] = {
      "how long a copy kept by store() can be fetched"},
     {"mailbox-ttl", SET_INT, OFF(mailbox_ttl), "5184000", 1, MAILBOX_TTL_MAX, "SECONDS",
      "how long a message filed by store(mailbox=...) stays without ttl= or a mailbox retention"},
+    {"pop3-listen", SET_LIST, OFF(pop3_listen), NULL, 0, 0, "HOST:PORT",
+     "POP3 listener for mailboxes, STLS offered with --tls-cert (repeatable; default: none)"},
+    {"pop3s-listen", SET_LIST, OFF(pop3s_listen), NULL, 0, 0, "HOST:PORT",
+     "POP3 listener with implicit TLS, usually port 995 (repeatable; needs --tls-cert)"},
+    {"pop3-plaintext-login", SET_STR, OFF(pop3_plaintext_login), "no", 0, 0, "no|loopback|yes",
+     "POP3 logins without TLS: refused, allowed from loopback addresses only, or allowed"},
+    {"pop3-timeout", SET_INT, OFF(pop3_timeout), "600", 1, LIMIT_TIMEOUT_MAX, "SECONDS",
+     "idle time allowed per POP3 command (RFC 1939: at least 10 minutes)"},
     {"event-ttl", SET_INT, OFF(event_ttl), "604800", 1, 315360000, "SECONDS",
      "how long events and delivery history are kept"},
     {"failed-retention", SET_INT, OFF(failed_retention), "259200", 1, 315360000, "SECONDS",
@@ -507,6 +515,14 @@ static void validate(struct inlet_config *cfg, GString *errors)
     validate_key(&cfg->signing_key, &cfg->signing_key_file, "signing-key", "signing_key", errors);
     validate_listeners(&cfg->smtp_listen, "smtp-listen", errors);
     validate_listeners(&cfg->http_listen, "http-listen", errors);
+    if (cfg->pop3_listen.count) validate_listeners(&cfg->pop3_listen, "pop3-listen", errors);
+    if (cfg->pop3s_listen.count) validate_listeners(&cfg->pop3s_listen, "pop3s-listen", errors);
+    if (cfg->pop3s_listen.count && !(cfg->tls_cert && *cfg->tls_cert))
+        g_string_append(errors, "--pop3s-listen needs --tls-cert and --tls-key\n");
+    if (strcmp(cfg->pop3_plaintext_login, "no") != 0 && strcmp(cfg->pop3_plaintext_login, "loopback") != 0 &&
+        strcmp(cfg->pop3_plaintext_login, "yes") != 0)
+        g_string_append_printf(errors, "--pop3-plaintext-login: \"%s\" is not no, loopback or yes\n",
+                               cfg->pop3_plaintext_login);
     cfg->domain_set = domain_set_new();
     for (size_t i = 0; i < cfg->domains.count; i++) {
         char *err = NULL;

@@ -45,6 +45,10 @@ struct inlet_config {
     bool reject_unrouted;  /* RCPT that no route could match → 550 5.1.1 (SPEC §2, §4) */
     int64_t store_ttl;     /* seconds a stored copy is kept (SPEC §6) */
     int64_t mailbox_ttl;   /* seconds a mailbox message is kept by default (SPEC §9) */
+    struct strlist pop3_listen;  /* POP3 listeners, STLS with tls_cert (SPEC §9); none: off */
+    struct strlist pop3s_listen; /* POP3 with implicit TLS */
+    char *pop3_plaintext_login;  /* "no", "loopback" or "yes" */
+    int64_t pop3_timeout;        /* idle seconds per POP3 command */
     int64_t event_ttl;     /* seconds events and delivery history are kept (SPEC §6, §7) */
     int64_t failed_retention; /* seconds failed deliveries and their bytes are kept (SPEC §6) */
     int64_t console_session_ttl; /* seconds a web console session lasts (SPEC §7.1) */

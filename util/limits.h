@@ -34,11 +34,11 @@
 #define SMTP_READ_CHUNK (64 * 1024)
 /* Bytes reserved up front for the Received: header inlet prepends. */
 #define SMTP_RECEIVED_MAX 512
-/* STARTTLS (smtp/tls.c): plaintext taken from the TLS object in one step (one TLS record at most);
- * a drained memory BIO whose buffer grew past SMTP_TLS_BIO_KEEP is replaced by an empty one;
+/* STARTTLS and STLS (util/tls.c): plaintext taken from the TLS object in one step (one TLS record at most);
+ * a drained memory BIO whose buffer grew past TLS_BIO_KEEP is replaced by an empty one;
  * "TLSv1.3:TLS_AES_256_GCM_SHA384": protocol and cipher, as txn->tls and Received: show them. */
 #define SMTP_TLS_PLAIN_CHUNK (16 * 1024)
-#define SMTP_TLS_BIO_KEEP (4 * 1024)
+#define TLS_BIO_KEEP (4 * 1024)
 #define SMTP_TLS_DESC_MAX 128
 /* A client's key for per-client caps and shares (util/net.h net_client_key): an IPv4 address or
  * an IPv6 network with its prefix length, "ffff:...:ffff/128" at most. */
@@ -286,6 +286,32 @@ _Static_assert(API_BODY_MAX < LIMIT_INFLIGHT_BYTES, "a request body fits the mem
  * store(mailbox=...) and a mailbox's retention: one second to ten years. */
 #define MAILBOX_NAME_MAX 64
 #define MAILBOX_TTL_MAX (10LL * 366 * 24 * 3600)
+/* POP3 (pop3/, SPEC §9).  A command line: RFC 2449 allows 255 octets; an AUTH PLAIN response
+ * carries base64 of a name, a password (PASSWORD_MAX) and a NUL each, so 1 KiB.  Replies queued
+ * before the session stops taking input (a RETR's message is queued whole, once).  Commands per
+ * session: draining 10,000 messages takes about 4 each.  A session lasts at most an hour (its
+ * maildrop lock is a lease of that length plus a minute).  Messages listed per session: the rest
+ * waits for the next one (RFC 1939 lets a server show part of a maildrop). */
+#define POP3_LINE_MAX 1024
+#define POP3_OUTPUT_MAX (64 * 1024)
+#define POP3_COMMANDS_MAX 50000
+#define POP3_SESSION_MAX_SECONDS 3600
+#define POP3_MAILDROP_MAX 10000
+/* One socket read; unconsumed input held per connection (pipelined commands) before reading
+ * stops. */
+#define POP3_READ_CHUNK (16 * 1024)
+#define POP3_INPUT_MAX (16 * 1024)
+/* Connections at once, and per client address. */
+#define POP3_CONNECTIONS_MAX 256
+#define POP3_CONNECTIONS_PER_IP_MAX 16
+/* Failed logins: a session ends after 3; each failure's -ERR waits 250 ms doubled per earlier
+ * failure of the same address or mailbox within 15 minutes, up to 8 s; at most 4,096 addresses
+ * and mailboxes are remembered (the oldest is forgotten first). */
+#define POP3_AUTH_FAILURES_MAX 3
+#define POP3_AUTH_DELAY_MS 250
+#define POP3_AUTH_DELAY_MAX_MS 8000
+#define POP3_AUTH_WINDOW_SECONDS 900
+#define POP3_AUTH_TRACKED_MAX 4096
 /* A mailbox password: at least 8 bytes (guessing is slowed by the hash and the POP3 delays, not
  * prevented), at most 256 (a POP3 PASS line, a SASL PLAIN response). */
 #define PASSWORD_MIN 8

@@ -1,9 +1,9 @@
-/* smtp/tls.c — OpenSSL over memory BIOs for STARTTLS (see internal_tls.h).
+/* util/tls.c — OpenSSL over memory BIOs for STARTTLS and STLS (see tls.h).
  *
  * Policy (SPEC §2, RFC 3207, RFC 8314 §4.1 for the versions): TLS 1.2 and 1.3 only, the server's
  * cipher order, no renegotiation, no compression, no server-side session cache (TLS 1.3 tickets
  * are stateless and stay on).  An encrypted key is refused rather than prompted for. */
-#include "smtp/internal_tls.h"
+#include "util/tls.h"
 #include "util/limits.h"
 
 #include <errno.h>
@@ -25,11 +25,11 @@
     "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:ECDHE+AES:DHE+AES:"                        \
     "!aNULL:!eNULL:!MD5:!DSS:!RC4:!3DES:!PSK:!SRP"
 
-struct smtp_tls_ctx {
+struct tls_ctx {
     SSL_CTX *ctx;
 };
 
-struct smtp_tls {
+struct tls {
     SSL *ssl;
     BIO *rbio; /* ciphertext from the client (owned by ssl) */
     BIO *wbio; /* ciphertext to the client (owned by ssl) */
@@ -50,7 +50,7 @@ static int no_passphrase(char *buf, int size, int rwflag, void *u)
     return 0;
 }
 
-struct smtp_tls_ctx *smtp_tls_ctx_new(const char *cert_file, const char *key_file, char **err)
+struct tls_ctx *tls_ctx_new(const char *cert_file, const char *key_file, char **err)
 {
     char why[256];
     ERR_clear_error();
@@ -93,7 +93,7 @@ struct smtp_tls_ctx *smtp_tls_ctx_new(const char *cert_file, const char *key_fil
         *err = g_strdup_printf("--tls-key %s does not match --tls-cert %s: %s", key_file, cert_file, why);
         goto fail;
     }
-    struct smtp_tls_ctx *t = g_new0(struct smtp_tls_ctx, 1);
+    struct tls_ctx *t = g_new0(struct tls_ctx, 1);
     t->ctx = ctx;
     return t;
 fail:
@@ -101,7 +101,7 @@ fail:
     return NULL;
 }
 
-void smtp_tls_ctx_free(struct smtp_tls_ctx *ctx)
+void tls_ctx_free(struct tls_ctx *ctx)
 {
     if (!ctx) return;
     SSL_CTX_free(ctx->ctx);
@@ -116,7 +116,7 @@ static BIO *mem_bio(void)
     return b;
 }
 
-struct smtp_tls *smtp_tls_new(struct smtp_tls_ctx *ctx)
+struct tls *tls_new(struct tls_ctx *ctx)
 {
     ERR_clear_error();
     SSL *ssl = SSL_new(ctx->ctx);
@@ -130,14 +130,14 @@ struct smtp_tls *smtp_tls_new(struct smtp_tls_ctx *ctx)
     }
     SSL_set_bio(ssl, r, w);
     SSL_set_accept_state(ssl);
-    struct smtp_tls *t = g_new0(struct smtp_tls, 1);
+    struct tls *t = g_new0(struct tls, 1);
     t->ssl = ssl;
     t->rbio = r;
     t->wbio = w;
     return t;
 }
 
-void smtp_tls_free(struct smtp_tls *t)
+void tls_free(struct tls *t)
 {
     if (!t) return;
     SSL_free(t->ssl); /* frees both BIOs */
@@ -148,10 +148,10 @@ void smtp_tls_free(struct smtp_tls *t)
 static bool bio_oversized(BIO *b)
 {
     BUF_MEM *bm = NULL;
-    return BIO_ctrl_pending(b) == 0 && BIO_get_mem_ptr(b, &bm) == 1 && bm && bm->max > SMTP_TLS_BIO_KEEP;
+    return BIO_ctrl_pending(b) == 0 && BIO_get_mem_ptr(b, &bm) == 1 && bm && bm->max > TLS_BIO_KEEP;
 }
 
-static void trim_rbio(struct smtp_tls *t)
+static void trim_rbio(struct tls *t)
 {
     if (!bio_oversized(t->rbio)) return;
     BIO *b = mem_bio();
@@ -160,7 +160,7 @@ static void trim_rbio(struct smtp_tls *t)
     t->rbio = b;
 }
 
-static void trim_wbio(struct smtp_tls *t)
+static void trim_wbio(struct tls *t)
 {
     if (!bio_oversized(t->wbio)) return;
     BIO *b = mem_bio();
@@ -169,7 +169,7 @@ static void trim_wbio(struct smtp_tls *t)
     t->wbio = b;
 }
 
-int smtp_tls_push(struct smtp_tls *t, const char *data, size_t len)
+int tls_push(struct tls *t, const char *data, size_t len)
 {
     while (len > 0) {
         int n = BIO_write(t->rbio, data, len > INT_MAX ? INT_MAX : (int)len);
@@ -184,7 +184,7 @@ int smtp_tls_push(struct smtp_tls *t, const char *data, size_t len)
 }
 
 /* After a failed SSL call: 0 when it only wants more input, -1 otherwise with the reason. */
-static int after_failure(struct smtp_tls *t, int rc, char *why, size_t whylen)
+static int after_failure(struct tls *t, int rc, char *why, size_t whylen)
 {
     int e = SSL_get_error(t->ssl, rc);
     switch (e) {
@@ -206,7 +206,7 @@ static int after_failure(struct smtp_tls *t, int rc, char *why, size_t whylen)
     }
 }
 
-int smtp_tls_handshake(struct smtp_tls *t, char *why, size_t whylen)
+int tls_handshake(struct tls *t, char *why, size_t whylen)
 {
     ERR_clear_error();
     int rc = SSL_do_handshake(t->ssl);
@@ -214,7 +214,7 @@ int smtp_tls_handshake(struct smtp_tls *t, char *why, size_t whylen)
     return after_failure(t, rc, why, whylen);
 }
 
-ssize_t smtp_tls_read(struct smtp_tls *t, char *buf, size_t cap, char *why, size_t whylen)
+ssize_t tls_read(struct tls *t, char *buf, size_t cap, char *why, size_t whylen)
 {
     ERR_clear_error();
     int n = SSL_read(t->ssl, buf, cap > INT_MAX ? INT_MAX : (int)cap);
@@ -222,7 +222,7 @@ ssize_t smtp_tls_read(struct smtp_tls *t, char *buf, size_t cap, char *why, size
     return after_failure(t, n, why, whylen);
 }
 
-int smtp_tls_write(struct smtp_tls *t, const char *data, size_t len, char *why, size_t whylen)
+int tls_write(struct tls *t, const char *data, size_t len, char *why, size_t whylen)
 {
     while (len > 0) {
         ERR_clear_error();
@@ -237,7 +237,7 @@ int smtp_tls_write(struct smtp_tls *t, const char *data, size_t len, char *why, 
     return 0;
 }
 
-void smtp_tls_shutdown(struct smtp_tls *t)
+void tls_shutdown(struct tls *t)
 {
     if (!SSL_is_init_finished(t->ssl)) return;
     ERR_clear_error();
@@ -245,7 +245,7 @@ void smtp_tls_shutdown(struct smtp_tls *t)
     ERR_clear_error();
 }
 
-char *smtp_tls_take_output(struct smtp_tls *t, size_t *len)
+char *tls_take_output(struct tls *t, size_t *len)
 {
     size_t n = BIO_ctrl_pending(t->wbio);
     *len = 0;
@@ -266,7 +266,7 @@ char *smtp_tls_take_output(struct smtp_tls *t, size_t *len)
     return buf;
 }
 
-void smtp_tls_describe(const struct smtp_tls *t, char *out, size_t outsz)
+void tls_describe(const struct tls *t, char *out, size_t outsz)
 {
     const char *cipher = SSL_get_cipher_name(t->ssl);
     snprintf(out, outsz, "%s:%s", SSL_get_version(t->ssl), cipher ? cipher : "unknown");
