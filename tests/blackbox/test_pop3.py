@@ -335,7 +335,6 @@ class SemanticsTest(Pop3Case):
 
 
 FETCHMAILRC = """set no syslog
-set logfile {log}
 poll localhost port {port} protocol pop3 uidl
   user support password "{password}" is local here
   {keep} sslproto tls1.2+ sslcertck sslcertfile {cert}
@@ -349,12 +348,13 @@ class FetchmailTest(Pop3Case):
     def fetchmail(self, d, cert, keep, idfile, out):
         rc = os.path.join(self.tmp, "fetchmailrc")
         with open(rc, "w") as f:
-            f.write(FETCHMAILRC.format(log=os.path.join(self.tmp, "fetchmail.log"), port=self.port,
+            f.write(FETCHMAILRC.format(port=self.port,
                                        password=PASSWORD, keep="keep" if keep else "nokeep", cert=cert, out=out))
         os.chmod(rc, 0o600)
         os.makedirs(out, exist_ok=True)
-        r = subprocess.run([shutil.which("fetchmail"), "-f", rc, "-i", idfile, "--nosoftbounce", "--invisible"],
-                           env=dict(harness.clean_env(), HOME=self.tmp), stdin=subprocess.DEVNULL,
+        r = subprocess.run([shutil.which("fetchmail"), "-f", rc, "-i", idfile, "--pidfile", os.path.join(self.tmp, "fetchmail.pid"),
+                            "--nosoftbounce", "--invisible"],
+                           env=dict(harness.clean_env(), HOME=self.tmp, FETCHMAILHOME=self.tmp), stdin=subprocess.DEVNULL,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=harness.timeout(120))
         return r.returncode, r.stdout.decode(errors="replace"), sorted(os.listdir(out))
 
