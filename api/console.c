@@ -33,6 +33,7 @@
 #include "message/message.h"
 #include "util/id.h"
 #include "util/log.h"
+#include "util/net.h"
 
 /* glib-compile-resources' accessor (api/meson.build, c_name api_console). */
 GResource *api_console_get_resource(void);
@@ -71,8 +72,14 @@ struct api_console {
     bool secure;
     pthread_mutex_t mu;
     struct console_session sessions[API_CONSOLE_SESSIONS_MAX];
-    int64_t fail_minute; /* the minute of the failures counted (Unix seconds / 60) */
-    unsigned fails;
+    /* Failed logins per client (an IPv4 address or an IPv6 /64, util/net.h) in the current
+     * minute: a table of API_CONSOLE_LOGIN_CLIENTS_MAX; a new client takes a free slot, a slot
+     * of an older minute, or the one with the fewest failures. */
+    struct console_failures {
+        char client[NET_CLIENT_KEY_MAX];
+        int64_t minute; /* Unix seconds / 60 */
+        unsigned fails;
+    } failures[API_CONSOLE_LOGIN_CLIENTS_MAX];
 };
 
 /* ---- assets --------------------------------------------------------------------------------- */
@@ -370,17 +377,41 @@ static enum MHD_Result reply_with_cookie(struct MHD_Connection *conn, unsigned s
     return r;
 }
 
-/* Counts a failed login; false when this minute's failures are used up. */
-static bool login_failure_allowed(struct api_console *c, bool count)
+/* The client key of the connection's peer ("" when unknown: all such share one slot). */
+static void client_of(struct MHD_Connection *conn, char out[NET_CLIENT_KEY_MAX])
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    out[0] = '\0';
+    if (ci && ci->client_addr) net_client_key(ci->client_addr, 64, out, NET_CLIENT_KEY_MAX);
+}
+
+/* Whether `client` may still fail a login this minute; with count, one more failure is
+ * counted.  Per client, so that one client failing cannot lock the others out. */
+static bool login_failure_allowed(struct api_console *c, const char *client, bool count)
 {
     int64_t minute = (int64_t)time(NULL) / 60;
     pthread_mutex_lock(&c->mu);
-    if (minute != c->fail_minute) {
-        c->fail_minute = minute;
-        c->fails = 0;
+    struct console_failures *slot = NULL, *spare = &c->failures[0];
+    for (size_t i = 0; i < API_CONSOLE_LOGIN_CLIENTS_MAX; i++) {
+        struct console_failures *f = &c->failures[i];
+        if (f->minute == minute && strcmp(f->client, client) == 0) {
+            slot = f;
+            break;
+        }
+        if (f->minute != minute) spare = f; /* free, or of another minute */
+        else if (spare->minute == minute && f->fails < spare->fails) spare = f;
     }
-    bool ok = c->fails < API_CONSOLE_LOGIN_FAILURES_MAX;
-    if (count && ok) c->fails++;
+    unsigned fails = slot ? slot->fails : 0;
+    bool ok = fails < API_CONSOLE_LOGIN_FAILURES_MAX;
+    if (count && ok) {
+        if (!slot) {
+            slot = spare;
+            g_strlcpy(slot->client, client, sizeof slot->client);
+            slot->minute = minute;
+            slot->fails = 0;
+        }
+        slot->fails++;
+    }
     pthread_mutex_unlock(&c->mu);
     return ok;
 }
@@ -392,7 +423,9 @@ enum MHD_Result api_console_login(struct api_server *api, struct api_request *re
      * grants): no login CSRF into an attacker's key. */
     if (!MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "X-Inlet-Console"))
         return api_reply_error(req->conn, MHD_HTTP_FORBIDDEN, "The X-Inlet-Console header is missing");
-    if (!login_failure_allowed(c, false))
+    char client[NET_CLIENT_KEY_MAX];
+    client_of(req->conn, client);
+    if (!login_failure_allowed(c, client, false))
         return api_reply_error(req->conn, MHD_HTTP_TOO_MANY_REQUESTS,
                                "Too many failed logins; retry in a minute");
     const struct form_field *key = api_form_get(&req->body, "key");
@@ -410,8 +443,8 @@ enum MHD_Result api_console_login(struct api_server *api, struct api_request *re
         g_free(header);
     }
     if (!ok) {
-        login_failure_allowed(c, true);
-        log_info("http", "console login refused reason=\"wrong key\"");
+        login_failure_allowed(c, client, true);
+        log_info("http", "console login refused reason=\"wrong key\" client=%s", client);
         return api_reply_error(req->conn, MHD_HTTP_UNAUTHORIZED, "Invalid API key");
     }
     int64_t now = (int64_t)time(NULL);

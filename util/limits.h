@@ -214,13 +214,14 @@
 /* The web console (api/console.c, SPEC §7.1).  Sessions held at once (a login past it ends the
  * oldest: one operator's many tabs and logins must never lock out the next login), and the
  * bounds of --console-session-ttl.  Failed logins: at most API_CONSOLE_LOGIN_FAILURES_MAX a
- * minute from all clients together (then 429 until the minute is over), so the API key cannot
- * be guessed faster through the login form than through Basic authentication costs a client's
- * connection each time. */
+ * minute per client (an address, an IPv6 /64; then 429 until the minute is over), counted for
+ * the last API_CONSOLE_LOGIN_CLIENTS_MAX clients that failed, so one client guessing keys
+ * cannot lock the others out. */
 #define API_CONSOLE_SESSIONS_MAX 64
 #define LIMIT_CONSOLE_SESSION_TTL_MIN 1
 #define LIMIT_CONSOLE_SESSION_TTL_MAX (7 * 86400)
 #define API_CONSOLE_LOGIN_FAILURES_MAX 10
+#define API_CONSOLE_LOGIN_CLIENTS_MAX 256
 /* Bytes of the Cookie header we look at for the session cookie. */
 #define API_CONSOLE_COOKIE_MAX 4096
 

@@ -191,6 +191,18 @@ class ConsoleHttpTest(ConsoleCase):
         st, _, j = self.login(d)
         # Within the same minute even the right key waits (or a minute turned over: 200).
         self.assertIn(st, (429, 200), j)
+        # Per client: another address is not locked out by this one's failures.
+        import http.client
+        body, hdrs = form([("key", self.key)])
+        hdrs["X-Inlet-Console"] = "1"
+        conn = http.client.HTTPConnection("127.0.0.1", d.http_port, timeout=timeout(10),
+                                          source_address=("127.0.0.2", 0))
+        try:
+            conn.request("POST", "/ui/login", body, hdrs)
+            r = conn.getresponse()
+            self.assertEqual(r.status, 200, r.read())
+        finally:
+            conn.close()
 
     def test_routes_check_uses_the_api_compiler(self):
         d = self.start()
