@@ -97,8 +97,8 @@ def message(frm, subject="hello", body="Hello there.\r\n", extra=b""):
             b"\r\nMessage-ID: <" + os.urandom(6).hex().encode() + b"@test>\r\n" + extra + b"\r\n" + body.encode())
 
 
-def sign(msg, selector, domain, key, alg="rsa-sha256"):
-    out = subprocess.run([SIGNER_PY, SIGNER, selector, domain, key, alg], input=msg, capture_output=True,
+def sign(msg, selector, domain, key, alg="rsa-sha256", mode=""):
+    out = subprocess.run([SIGNER_PY, SIGNER, selector, domain, key, alg, mode], input=msg, capture_output=True,
                          timeout=30)
     if out.returncode != 0:
         raise AssertionError("signer failed: %s" % out.stderr.decode(errors="replace"))
@@ -205,7 +205,12 @@ class SenderAuth(InletTestCase):
         malformed = b"DKIM-Signature: v=1; a=rsa-sha256; d=signed.example; s=rsa; b=!!!; bh=\r\n" + base
         big = b"DKIM-Signature: v=1; a=rsa-sha256; d=signed.example; s=rsa; h=from; bh=AAAA; b=" + \
             b"A" * (64 * 1024) + b"\r\n" + base
+        expired = sign(base, "rsa", "signed.example", k.rsa, mode="expired")
+        # l=: bytes appended after the signed length do not break it; without l= they do.
+        with_length = sign(base, "rsa", "signed.example", k.rsa, mode="length") + b"Appended by a list.\r\n"
+        appended = good + b"Appended by a list.\r\n"
         cases = [("good", good, "pass"), ("ed25519", ed, "pass"), ("altered-body", altered_body, "fail"),
+                 ("expired", expired, "fail"), ("l=-appended", with_length, "pass"), ("appended", appended, "fail"),
                  ("altered-header", altered_header, "fail"), ("wrong-key", wrong_key, "fail"),
                  ("missing-key", missing_key, "permerror"), ("wrong-key-type", wrong_type, "permerror"),
                  ("malformed", malformed, "permerror"), ("64KiB", big, "fail"), ("unsigned", base, "none")]
@@ -214,6 +219,9 @@ class SenderAuth(InletTestCase):
             _, kv = self.verdicts(d, "a@signed.example", msg)
             got[name] = kv.get("dkim")
         self.assertEqual(got, {n: v for n, _, v in cases})
+        # Expired for its x=, not for a broken signature.
+        mid, _ = self.verdicts(d, "a@signed.example", expired)
+        self.assertIn(b"dkim=fail (signature expired) header.d=signed.example", self.raw(d, mid))
         # A signature that passed makes DMARC pass although SPF failed (signed.example allows 192.0.2.1 only).
         _, kv = self.verdicts(d, "a@signed.example", good)
         self.assertEqual((kv.get("spf"), kv.get("dmarc")), ("fail", "pass"))
