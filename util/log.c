@@ -31,15 +31,31 @@ int log_level_parse(const char *name)
     return -1;
 }
 
+/* "YYYY-MM-DDTHH:MM:SS.mmmZ".  The part up to the seconds is formatted once per second and
+ * thread (gmtime_r and strftime cost more than the rest of a line). */
 static size_t format_time(char *out, size_t outsz)
 {
+    static _Thread_local time_t cached_sec = (time_t)-1;
+    static _Thread_local char cached[32];
+    static _Thread_local size_t cached_len;
     struct timespec ts;
-    struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    size_t n = strftime(out, outsz, "%Y-%m-%dT%H:%M:%S", &tm);
-    int m = snprintf(out + n, outsz - n, ".%03ldZ", ts.tv_nsec / 1000000);
-    return n + (m > 0 ? (size_t)m : 0);
+    if (ts.tv_sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        cached_len = strftime(cached, sizeof cached, "%Y-%m-%dT%H:%M:%S", &tm);
+        cached_sec = ts.tv_sec;
+    }
+    if (cached_len + 6 > outsz) return 0;
+    memcpy(out, cached, cached_len);
+    const unsigned ms = (unsigned)(ts.tv_nsec / 1000000);
+    char *p = out + cached_len;
+    p[0] = '.';
+    p[1] = (char)('0' + ms / 100);
+    p[2] = (char)('0' + ms / 10 % 10);
+    p[3] = (char)('0' + ms % 10);
+    p[4] = 'Z';
+    return cached_len + 5;
 }
 
 __attribute__((format(printf, 3, 0)))
@@ -47,8 +63,17 @@ static void vlog(const char *level, const char *topic, const char *fmt, va_list 
 {
     char line[LOG_LINE_MAX];
     size_t n = format_time(line, sizeof line);
-    int m = snprintf(line + n, sizeof line - n, " %s %s ", level, topic);
-    if (m > 0) n += (size_t)m;
+    const size_t ll = strlen(level), tl = strlen(topic);
+    int m;
+    if (n + ll + tl + 3 < sizeof line) { /* " level topic " */
+        line[n++] = ' ';
+        memcpy(line + n, level, ll);
+        n += ll;
+        line[n++] = ' ';
+        memcpy(line + n, topic, tl);
+        n += tl;
+        line[n++] = ' ';
+    }
     if (n < sizeof line) {
         m = vsnprintf(line + n, sizeof line - n, fmt, ap);
         if (m > 0) n += (size_t)m;

@@ -1,9 +1,11 @@
 /* Unit tests of util/: settings precedence and validation, hosted domains, listener addresses,
  * log escaping, dates and ids. */
 #include <glib.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -288,6 +290,68 @@ static void test_clock_and_ids(void)
     id_generate(b);
     CHECK(strlen(a) == ID_LEN && strspn(a, "0123456789abcdef") == ID_LEN, "id is 24 lowercase hex");
     CHECK(strcmp(a, b) != 0, "ids differ");
+    /* The pooled bytes: 1,000 ids (8 random bytes each, so the pool is refilled many times)
+     * all distinct, and their random halves not all alike in any hex position. */
+    enum { N = 1000 };
+    char(*ids)[ID_LEN + 1] = calloc(N, sizeof *ids);
+    for (size_t i = 0; i < N; i++) id_generate(ids[i]);
+    size_t dup = 0;
+    for (size_t i = 0; i < N; i++)
+        for (size_t k = i + 1; k < N; k++) dup += memcmp(ids[i] + 8, ids[k] + 8, 16) == 0;
+    CHECK(dup == 0, "1,000 ids: the random parts all differ (%zu alike)", dup);
+    size_t constant_positions = 0;
+    for (size_t pos = 8; pos < ID_LEN; pos++) {
+        bool same = true;
+        for (size_t i = 1; i < N && same; i++) same = ids[i][pos] == ids[0][pos];
+        constant_positions += same;
+    }
+    CHECK(constant_positions == 0, "no random hex position is constant (%zu)", constant_positions);
+    free(ids);
+}
+
+/* One log line, read back through a pipe: "YYYY-MM-DDTHH:MM:SS.mmmZ level topic message\n", the
+ * time that of the call (the seconds part is cached per second and thread). */
+static void test_log_line(void)
+{
+    int fds[2];
+    CHECK(pipe(fds) == 0, "pipe");
+    const int saved = dup(STDERR_FILENO);
+    dup2(fds[1], STDERR_FILENO);
+    const time_t before = time(NULL);
+    log_write(LOG_INFO, "topic", "key=%d word=%s", 42, "x");
+    log_write(LOG_WARN, "t2", "second");
+    const time_t after = time(NULL);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(fds[1]);
+    char buf[512] = "";
+    size_t n = 0;
+    for (ssize_t r; n < sizeof buf - 1 && (r = read(fds[0], buf + n, sizeof buf - 1 - n)) > 0;) n += (size_t)r;
+    close(fds[0]);
+    buf[n] = '\0';
+    char *second = strchr(buf, '\n');
+    CHECK(second != NULL, "two lines: %s", buf);
+    if (!second) return;
+    *second++ = '\0';
+    GRegex *re = g_regex_new("^(\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d)\\.\\d{3}Z info topic key=42 word=x$", 0, 0, NULL);
+    GMatchInfo *mi = NULL;
+    const bool ok = g_regex_match(re, buf, 0, &mi);
+    CHECK(ok, "first line: %s", buf);
+    if (ok) {
+        gchar *stamp = g_match_info_fetch(mi, 1);
+        char lo[32], hi[32];
+        struct tm tm;
+        gmtime_r(&before, &tm);
+        strftime(lo, sizeof lo, "%Y-%m-%dT%H:%M:%S", &tm);
+        gmtime_r(&after, &tm);
+        strftime(hi, sizeof hi, "%Y-%m-%dT%H:%M:%S", &tm);
+        CHECK(strcmp(stamp, lo) >= 0 && strcmp(stamp, hi) <= 0, "time of the call: %s in [%s, %s]", stamp, lo, hi);
+        g_free(stamp);
+    }
+    g_match_info_free(mi);
+    g_regex_unref(re);
+    CHECK(g_regex_match_simple("^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z warn t2 second\n$", second, 0, 0),
+          "second line: %s", second);
 }
 
 int main(void)
@@ -301,5 +365,6 @@ int main(void)
     test_client_key();
     test_log_escape();
     test_clock_and_ids();
+    test_log_line();
     return check_done();
 }
