@@ -2,8 +2,8 @@
 
 Two `inlet serve` nodes on one database of a throwaway cluster of this test's own
 (scripts/pg-test-cluster: the test stops PostgreSQL, which the suite's shared cluster must not
-feel).  Senders keep sending over both nodes' SMTP ports, moving to the other node (a little
-later) when one answers 4xx.  Then PostgreSQL is stopped for 10 s:
+feel).  Senders keep sending at a steady pace over both nodes' SMTP ports, moving to the other
+node (a little later) when one answers 4xx.  Then PostgreSQL is stopped for 10 s:
 
 - SMTP answers `451 4.3.0 Error: queue file write error` after DATA, never 250; nothing more is
   accepted while it is down (what was committing at the stop may have made it);
@@ -28,6 +28,18 @@ from test_multinode import Cluster, Senders, message
 
 DOWN_S = 10
 LOAD = 240
+PACE_S = 0.1  # each sender waits this long after every answer: the load lasts past the stop
+
+
+class PacedSenders(Senders):
+    """Senders at a steady pace (4 threads: at most 40 messages a second), so that the load is
+    still running when PostgreSQL has stopped, however fast the nodes are."""
+
+    def _send_once(self, node, token):
+        try:
+            return super()._send_once(node, token)
+        finally:
+            time.sleep(PACE_S)
 
 
 @harness.unittest.skipUnless(harness.PG, "the PostgreSQL backend")
@@ -73,7 +85,7 @@ class DatabaseOutage(InletTestCase):
             time.sleep(0.02)
         pids = [n.proc.pid for n in nodes]
 
-        senders = Senders(nodes, LOAD, threads=4, deadline_s=120).start()
+        senders = PacedSenders(nodes, LOAD, threads=4, deadline_s=120).start()
         deadline = time.monotonic() + timeout(60)
         while len(senders.accepted) < LOAD // 5 and time.monotonic() < deadline:
             time.sleep(0.01)
