@@ -132,6 +132,7 @@ struct deliverer {
     bool shared;                    /* claims are leases in a shared database (store_claims_shared) */
     int64_t lease_ms;               /* store_lease_ms */
     int64_t renew_sent;             /* monotonic ms of the last renewal sent */
+    bool scanning, rescan;          /* a due scan is on the threadpool; another one is wanted */
     bool renewing;                  /* a renewal is on the threadpool */
     uv_async_t async;
     int handles_open;
@@ -1100,47 +1101,68 @@ static void queue_prep(struct deliverer *d, GHashTable *by_message)
     }
 }
 
-/* Loop: claims due deliveries that are not in hand, as many as the memory bounds allow (no more:
- * a claimed row is nobody else's until its lease runs out).  A read (SQLite) or one UPDATE
- * (PostgreSQL) of a few hundred small rows through an index: short enough for the loop thread. */
-static void scan(struct deliverer *d)
+/* A due scan.  Its claims go to the database on libuv's threadpool, never on the loop: when the
+ * database is slow or away the loop must go on ending the attempts whose leases run short. */
+struct claim_page {
+    struct store_delivery *rows;
+    size_t n;
+    int64_t sent;                   /* monotonic ms when this page's claim was sent */
+};
+
+struct claim_scan {
+    uv_work_t req;
+    struct deliverer *d;
+    int64_t now;                    /* Unix seconds: due up to it */
+    size_t want;                    /* new deliveries at most (the memory bounds) */
+    GHashTable *skip;               /* ids in hand when the scan began (own copies) */
+    GArray *pages;                  /* struct claim_page */
+    size_t fresh;                   /* rows not in `skip` */
+    bool failed;
+    char *err;
+    enum store_status next_rc;      /* store_deliveries_next_due */
+    int64_t next_at;
+};
+
+/* Threadpool: claims pages of due deliveries until `want` new ones (rows in hand, which the claim
+ * finds again since they are this node's, do not count), then asks when the next one falls due. */
+static void claim_work(uv_work_t *req)
 {
-    const int64_t now = clock_now_ms() / 1000;
-    pthread_mutex_lock(&d->mu);
-    d->scan_wanted = false;
-    size_t want = d->held < DELIVER_HELD_MAX ? DELIVER_HELD_MAX - d->held : 0;
-    if (d->held_bytes >= d->held_bytes_max) want = 0; /* the bytes are the bound: nothing now */
-    pthread_mutex_unlock(&d->mu);
-    GHashTable *by_message = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    struct claim_scan *c = req->data;
     int64_t after_at = INT64_MIN;
     char after_id[ID_LEN + 1] = "";
-    size_t taken = 0;
-    bool failed = false, full = false;
-    while (taken < want) {
-        struct store_delivery *rows = NULL;
-        size_t n = 0;
-        char *err = NULL;
-        const size_t page = MIN((size_t)DELIVER_SCAN_PAGE, want - taken);
-        const int64_t sent = clock_monotonic_ms();
-        if (store_deliveries_claim(d->cfg.store, now, after_at, after_id, page, &rows, &n, &err) != STORE_OK) {
-            log_warn("deliver", "cannot claim due deliveries: %s (retried in %llus)", err ? err : "?",
-                     (unsigned long long)(scan_period_ms(d) / 1000));
-            free(err);
-            failed = true;
+    while (c->fresh < c->want) {
+        struct claim_page pg = {.sent = clock_monotonic_ms()};
+        const size_t page = MIN((size_t)DELIVER_SCAN_PAGE, c->want - c->fresh);
+        if (store_deliveries_claim(c->d->cfg.store, c->now, after_at, after_id, page, &pg.rows, &pg.n, &c->err) !=
+            STORE_OK) {
+            c->failed = true;
             break;
         }
-        for (size_t i = 0; i < n; i++) {
-            const struct store_delivery *r = &rows[i];
-            after_at = r->next_attempt_at;
-            g_strlcpy(after_id, r->id, sizeof after_id);
-            if (taken >= want) {
-                full = true;
-                break;
-            }
+        for (size_t i = 0; i < pg.n; i++) {
+            c->fresh += !g_hash_table_contains(c->skip, pg.rows[i].id);
+            after_at = pg.rows[i].next_attempt_at;
+            g_strlcpy(after_id, pg.rows[i].id, sizeof after_id);
+        }
+        g_array_append_val(c->pages, pg);
+        if (pg.n < page) break;
+    }
+    c->next_rc = c->failed ? STORE_ERR_IO : store_deliveries_next_due(c->d->cfg.store, c->now, &c->next_at);
+}
+
+/* Loop: the claimed rows that are not in hand become tasks (every row claimed is taken: a claim
+ * left unused would keep it from everyone until its lease ran out). */
+static size_t claim_take(struct deliverer *d, struct claim_scan *c)
+{
+    GHashTable *by_message = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    size_t taken = 0;
+    for (guint p = 0; p < c->pages->len; p++) {
+        const struct claim_page *pg = &g_array_index(c->pages, struct claim_page, p);
+        for (size_t i = 0; i < pg->n && !d->stopping; i++) {
+            const struct store_delivery *r = &pg->rows[i];
             if (g_hash_table_contains(d->known, r->id)) continue;
             struct task *t = task_new(d, r->id, r->message_id, r->recipient, r->kind, r->target, r->format,
                                       r->copy_key, r->attempts);
-            t->lease_end = lease_end_from(d, sent);
+            t->lease_end = lease_end_from(d, pg->sent);
             t->state = TASK_PREPARING;
             g_hash_table_insert(d->known, t->id, t);
             GPtrArray *group = g_hash_table_lookup(by_message, r->message_id);
@@ -1151,8 +1173,7 @@ static void scan(struct deliverer *d)
             g_ptr_array_add(group, t);
             taken++;
         }
-        store_deliveries_free(rows, n);
-        if (n < page) break;
+        store_deliveries_free(pg->rows, pg->n);
     }
     if (taken) {
         pthread_mutex_lock(&d->mu);
@@ -1162,19 +1183,64 @@ static void scan(struct deliverer *d)
     }
     queue_prep(d, by_message);
     g_hash_table_destroy(by_message);
-    if (full || taken >= want) {
+    return taken;
+}
+
+static void claim_done(uv_work_t *req, int status)
+{
+    (void)status;
+    struct claim_scan *c = req->data;
+    struct deliverer *d = c->d;
+    d->scanning = false;
+    if (c->failed)
+        log_warn("deliver", "cannot claim due deliveries: %s (retried in %llus)", c->err ? c->err : "?",
+                 (unsigned long long)(scan_period_ms(d) / 1000));
+    claim_take(d, c);
+    if (c->fresh >= c->want) {
         pthread_mutex_lock(&d->mu);
         d->scan_wanted = true; /* more when memory frees up */
         pthread_mutex_unlock(&d->mu);
     }
     /* Next: the earliest retry, at most the scan period away. */
-    int64_t at = 0;
     uint64_t delay_ms = scan_period_ms(d);
     const int64_t now_ms = clock_now_ms();
-    if (!failed && store_deliveries_next_due(d->cfg.store, now, &at) == STORE_OK && (uint64_t)(at - now) * 1000 < delay_ms)
-        delay_ms = at * 1000 > now_ms ? (uint64_t)(at * 1000 - now_ms) : 0;
-    d->scan_armed = false;
+    if (c->next_rc == STORE_OK && (uint64_t)(c->next_at - c->now) * 1000 < delay_ms)
+        delay_ms = c->next_at * 1000 > now_ms ? (uint64_t)(c->next_at * 1000 - now_ms) : 0;
+    if (d->rescan) delay_ms = 0;
+    d->rescan = false;
     schedule_scan(d, delay_ms);
+    g_array_free(c->pages, TRUE);
+    g_hash_table_destroy(c->skip);
+    free(c->err);
+    g_free(c);
+    pump(d);
+    maybe_finish_stop(d);
+}
+
+/* Loop: starts a due scan (claim_work), unless one is running (then another follows it). */
+static void scan(struct deliverer *d)
+{
+    if (d->scanning) {
+        d->rescan = true;
+        return;
+    }
+    struct claim_scan *c = g_new0(struct claim_scan, 1);
+    c->d = d;
+    c->now = clock_now_ms() / 1000;
+    pthread_mutex_lock(&d->mu);
+    d->scan_wanted = false;
+    c->want = d->held < DELIVER_HELD_MAX ? DELIVER_HELD_MAX - d->held : 0;
+    if (d->held_bytes >= d->held_bytes_max) c->want = 0; /* the bytes are the bound: nothing now */
+    pthread_mutex_unlock(&d->mu);
+    c->skip = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    GHashTableIter it;
+    gpointer key;
+    g_hash_table_iter_init(&it, d->known);
+    while (g_hash_table_iter_next(&it, &key, NULL)) g_hash_table_add(c->skip, g_strdup(key));
+    c->pages = g_array_new(FALSE, FALSE, sizeof(struct claim_page));
+    c->req.data = c;
+    d->scanning = true;
+    uv_queue_work(d->loop, &c->req, claim_work, claim_done);
 }
 
 static void on_scan_timer(uv_timer_t *h)
@@ -1502,7 +1568,7 @@ static void on_grace_timer(uv_timer_t *h)
 static void maybe_finish_stop(struct deliverer *d)
 {
     if (!d->stopping || d->handles_open != 5 || !d->stopped) return;
-    if (d->active || d->preparing || d->recording || d->renewing) return;
+    if (d->active || d->preparing || d->recording || d->renewing || d->scanning) return;
     if (!uv_is_closing((uv_handle_t *)&d->async)) {
         curl_multi_cleanup(d->multi); /* closes cached connections; sockets reported removed */
         d->multi = NULL;

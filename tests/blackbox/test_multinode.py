@@ -13,6 +13,11 @@ database is nobody else's business.
   leases ran out); no two POSTs with the same X-Inlet-Delivery overlap in time; a message stored
   through one node is served by another.  Leases are short here (--lease-seconds 5) to keep the
   test short.
+- test_long_attempt_keeps_its_lease: a POST longer than the lease (3 s) is made once, to its end:
+  its node renews the lease meanwhile and the other node never takes the delivery.
+- test_attempt_aborted_when_the_database_goes_away: PostgreSQL stopped during a long POST: the
+  node, unable to renew, aborts the POST before its lease could run out; once the database is back
+  the delivery is made again, never two POSTs at once.
 
 PostgreSQL stopped for 10 s under a load: test_pg_outage.py, with the helpers here (Cluster,
 Senders).  Routes across nodes: test_route_sync.py.
@@ -22,8 +27,10 @@ import http.server
 import json
 import os
 import re
+import select
 import shutil
 import smtplib
+import socket
 import subprocess
 import tempfile
 import threading
@@ -39,11 +46,17 @@ TOKEN_RE = re.compile(r"mn-[0-9a-f]{16}")
 
 class Recorder:
     """An HTTP receiver on port 0: every POST as (X-Inlet-Delivery, token of the message, start,
-    end, path); answers 200 after POST_SECONDS."""
+    end, path); answers 200 after POST_SECONDS, or after the next delay of delays[path] (a list,
+    taken in turn).  A POST whose client goes away while it waits is recorded too, ending when the
+    client closed (`aborted` holds its (X-Inlet-Delivery, start)); `started` holds (X-Inlet-Delivery,
+    start) of every POST as soon as its body is read."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.posts = []
+        self.started = []
+        self.aborted = []
+        self.delays = {}
         rec = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -52,19 +65,39 @@ class Recorder:
             def log_message(self, *a):
                 pass
 
+            def wait(self, seconds):
+                """Sleeps `seconds`; False as soon as the client closed the connection."""
+                end = time.monotonic() + seconds
+                while True:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        return True
+                    r, _, _ = select.select([self.connection], [], [], min(left, 0.02))
+                    if r and not self.connection.recv(1, socket.MSG_PEEK):
+                        return False
+
             def do_POST(self):
                 start = time.monotonic()
+                did = self.headers.get("X-Inlet-Delivery", "")
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
-                time.sleep(POST_SECONDS)
                 m = TOKEN_RE.search(body.decode("utf-8", "replace"))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                with rec.lock:
+                    rec.started.append((did, start))
+                    queue = rec.delays.get(self.path)
+                    delay = queue.pop(0) if queue else POST_SECONDS
+                ok = self.wait(delay)
+                if ok:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                 end = time.monotonic()
                 with rec.lock:
-                    rec.posts.append((self.headers.get("X-Inlet-Delivery", ""), m.group(0) if m else "",
-                                      start, end, self.path))
+                    rec.posts.append((did, m.group(0) if m else "", start, end, self.path))
+                    if not ok:
+                        rec.aborted.append((did, start))
+                if not ok:
+                    self.close_connection = True
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -75,8 +108,11 @@ class Recorder:
         return "http://127.0.0.1:%d%s" % (self.server.server_address[1], path)
 
     def tokens(self, path=None):
+        """Tokens of the messages of the POSTs answered 200 (to `path`)."""
         with self.lock:
-            return {p[1] for p in self.posts if path is None or p[4] == path}
+            aborted = set(self.aborted)
+            return {p[1] for p in self.posts
+                    if (path is None or p[4] == path) and (p[0], p[2]) not in aborted}
 
     def stop(self):
         self.server.shutdown()
@@ -226,10 +262,23 @@ class MultiNodeCase(InletTestCase):
         self.recorder = Recorder()
         self.addCleanup(self.recorder.stop)
 
-    def node(self, **kw):
+    def node(self, lease=None, **kw):
         return self.daemon(database_url=self.db, env={"PGPASSFILE": self.cluster.pgpass},
                            args=["--retry-schedule", "1,1,2,2,5,5,10,10,30,30",
-                                 "--lease-seconds", str(self.LEASE_SECONDS)], **kw)
+                                 "--lease-seconds", str(lease or self.LEASE_SECONDS)], **kw)
+
+    def send(self, node, rcpt="user@example.com"):
+        token = "mn-" + os.urandom(8).hex()
+        with smtplib.SMTP(*node.smtp_addrs[0], timeout=timeout(30)) as s:
+            s.sendmail("sender@example.org", [rcpt], message(token, rcpt))
+        return token
+
+    def wait_started(self, count, wait_s):
+        deadline = time.monotonic() + timeout(wait_s)
+        while len(self.recorder.started) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertGreaterEqual(len(self.recorder.started), count, "POSTs started")
+        return self.recorder.started[count - 1]
 
     def api(self, d, method, path, fields=None):
         body = urllib.parse.urlencode(fields).encode() if fields is not None else None
@@ -243,11 +292,11 @@ class MultiNodeCase(InletTestCase):
         self.assertEqual(status, 200, body)
         return body["route"]["id"]
 
-    def wait_delivered(self, tokens, wait_s):
+    def wait_delivered(self, tokens, wait_s, path="/hook"):
         deadline = time.monotonic() + timeout(wait_s)
         missing = set(tokens)
         while time.monotonic() < deadline:
-            missing = set(tokens) - self.recorder.tokens("/hook")
+            missing = set(tokens) - self.recorder.tokens(path)
             if not missing:
                 return
             time.sleep(0.2)
@@ -314,6 +363,46 @@ class MultiNode(MultiNodeCase):
         status, body = self.api(nodes[2], "GET", "/v3/domains/example.com/messages/%s" % rows[0]["key"])
         self.assertEqual(status, 200, body)
         self.assertEqual(body["subject"], token)
+
+    def test_long_attempt_keeps_its_lease(self):
+        # An attempt longer than the lease (3 s): its node renews the lease while the POST runs, so
+        # the other node never takes the delivery, and the POST is made once, to its end.
+        nodes = [self.node(lease=3)]
+        self.add_route(nodes[0], "catch_all()", 'forward("%s")' % self.recorder.url("/slow"))
+        nodes.append(self.node(lease=3))
+        self.recorder.delays["/slow"] = [5.0]
+        token = self.send(nodes[0])
+        self.wait_delivered([token], 30, "/slow")
+        time.sleep(1.0)  # a second POST, if the lease had been lost, would have started by now
+        self.assertEqual(self.recorder.aborted, [], "an attempt was aborted")
+        with self.recorder.lock:
+            spans = [(p[0], p[3] - p[2]) for p in self.recorder.posts]
+        self.assertEqual(len(spans), 1, "one POST: %r" % spans)
+        self.assertGreaterEqual(spans[0][1], 5.0)
+        self.assertEqual([r["state"] for r in nodes[0].query("SELECT state FROM deliveries")], ["delivered"])
+
+    def test_attempt_aborted_when_the_database_goes_away(self):
+        # The database stops during a long POST: the node cannot renew the lease, so it aborts
+        # the POST before the lease (3 s) could run out; once the database is back the delivery
+        # is made again (same X-Inlet-Delivery, never two at once).
+        node = self.node(lease=3)
+        self.add_route(node, "catch_all()", 'forward("%s")' % self.recorder.url("/slow"))
+        self.recorder.delays["/slow"] = [60.0]
+        token = self.send(node)
+        did, start = self.wait_started(1, 30)
+        self.cluster.stop()
+        deadline = time.monotonic() + timeout(10)
+        while not self.recorder.aborted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual([a[0] for a in self.recorder.aborted], [did], "the POST was not aborted")
+        with self.recorder.lock:
+            ended = [p[3] for p in self.recorder.posts if p[0] == did]
+        self.assertLess(ended[0] - start, 3.0, "aborted before the lease could run out")
+        self.assertIn("lease ending id=%s" % did, node.log_text())
+        self.cluster.start()
+        self.wait_delivered([token], 60, "/slow")
+        self.assertNoOverlap()
+        self.assertEqual({p[0] for p in self.recorder.posts}, {did})
 
 
 if __name__ == "__main__":
