@@ -279,14 +279,16 @@ static void on_delay(uv_timer_t *t)
 
 /* ---- the hooks' answers ----------------------------------------------------------------------- */
 
-/* A hook answered: false when the connection is gone meanwhile (then it is freed here, unless a
- * maildrop must still be released). */
+/* A hook answered: false when the connection went meanwhile.  Then the maildrop it left open
+ * (the client dropped while its RETR was being read) is released now, and the connection is
+ * freed once nothing is out any more. */
 static bool answered(struct conn *c)
 {
     c->busy = false;
     c->srv->pending_calls--;
-    if (!c->dead && !c->closing) return true;
-    if (c->dead) conn_free(c);
+    if (!c->closing) return true;
+    release_maildrop(c);
+    if (c->dead && !c->busy) conn_free(c);
     return false;
 }
 

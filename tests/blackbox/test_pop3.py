@@ -227,16 +227,19 @@ class SemanticsTest(Pop3Case):
     def test_dropped_connection_deletes_nothing(self):
         d = self.start()
         big = b"X" * 998 + b"\r\n"
-        send_many(d, [message(1), message(2, big * 3000)])
+        ids = send_many(d, [message(1), message(2, big * 3000)])
         rows = wait_filed(d, 2)
+        # Their numbers: filing order is by second, then by key.
+        n_big = 1 + [r["message_id"] for r in rows].index(ids[1])
+        n_small = 3 - n_big
         a = self.login(d)
-        a.dele(1)
+        a.dele(n_small)
         a.sock.shutdown(socket.SHUT_RDWR)  # no QUIT
         a.close()
         # Killed in the middle of a RETR of 3 MB: read a little, then the socket goes.
-        deadline = time.monotonic() + harness.timeout(10)
+        deadline = time.monotonic() + harness.timeout(30)
         while True:
-            s = socket.create_connection(("127.0.0.1", self.port), timeout=harness.timeout(10))
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=harness.timeout(30))
             f = s.makefile("rb")
             f.readline()
             s.sendall(b"USER support\r\nPASS " + PASSWORD.encode() + b"\r\n")
@@ -248,14 +251,20 @@ class SemanticsTest(Pop3Case):
             s.close()
             time.sleep(0.05)
         self.assertTrue(line.startswith(b"+OK"), line)
-        s.sendall(b"DELE 1\r\nRETR 2\r\n")
+        s.sendall(b"DELE %d\r\nRETR %d\r\n" % (n_small, n_big))
         f.readline()
         f.read(4096)
         s.shutdown(socket.SHUT_RDWR)  # in the middle of the RETR
         s.close()
+        # Gone while the RETR's message is still being read from storage.
+        for _ in range(2):
+            s = self.raw_login_when_free()
+            s.sendall(b"RETR %d\r\n" % n_big)
+            s.shutdown(socket.SHUT_RDWR)
+            s.close()
         # Nothing was deleted, the lock was released, the events say what was retrieved.
         p = None
-        deadline = time.monotonic() + harness.timeout(10)
+        deadline = time.monotonic() + harness.timeout(30)
         while p is None:
             try:
                 p = self.login(d)
@@ -266,6 +275,23 @@ class SemanticsTest(Pop3Case):
         self.assertEqual(p.stat()[0], 2)
         self.assertEqual([r["key"] for r in filed(d)], [r["key"] for r in rows])
         p.quit()
+
+    def raw_login_when_free(self, wait_s=30):
+        """A raw socket logged in as support, once the maildrop is free."""
+        deadline = time.monotonic() + harness.timeout(wait_s)
+        while True:
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=harness.timeout(30))
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b"USER support\r\nPASS " + PASSWORD.encode() + b"\r\n")
+            f.readline()
+            line = f.readline()
+            f.close()
+            if line.startswith(b"+OK"):
+                return s
+            s.close()
+            self.assertLess(time.monotonic(), deadline, "the maildrop stayed locked: %r" % line)
+            time.sleep(0.05)
 
     def test_expiry_only_between_sessions(self):
         d = self.start()
