@@ -183,14 +183,18 @@ static bool pg_prepared_attach(PGconn *c)
 }
 
 /* The name of `sql` prepared on c ("s<N>"), preparing it the first time (one round trip, never
- * in pipeline mode); false when it cannot be (the cache is full, or the server refused: the
- * statement then runs unprepared and reports its own error). */
-static bool pg_prepared_name(PGconn *c, const char *sql, int nparams, char name[16])
+ * in pipeline mode): true.  False when it is not to be prepared (the cache is full, pipeline mode,
+ * no cache): the statement runs unprepared.  When the server refuses to prepare it, false with
+ * *failed set to the server's answer: the statement's own error (the same SQLSTATE its execution
+ * would give; running it again inside a transaction would only say the transaction is aborted). */
+static bool pg_prepared_name(PGconn *c, const char *sql, int nparams, char name[16],
+                             PGresult **failed)
 {
     struct pg_prepared *cache = PQinstanceData(c, pg_prepared_event);
     PGresult *r;
     int i;
 
+    *failed = NULL;
     if (!cache) return false;
     for (i = 0; i < cache->n; i++)
         if (!strcmp(cache->sql[i], sql)) break;
@@ -199,7 +203,10 @@ static bool pg_prepared_name(PGconn *c, const char *sql, int nparams, char name[
     if (i == STORE_PG_PREPARED_MAX || PQpipelineStatus(c) != PQ_PIPELINE_OFF) return false;
     r = PQprepare(c, name, sql, nparams, NULL);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-        PQclear(r);
+        if (r && PQstatus(c) == CONNECTION_OK && PQresultErrorField(r, PG_DIAG_SQLSTATE))
+            *failed = r;
+        else
+            PQclear(r);
         return false;
     }
     PQclear(r);
@@ -216,11 +223,13 @@ static bool pg_prepared_name(PGconn *c, const char *sql, int nparams, char name[
 static PGresult *pg_exec(PGconn *c, const char *sql, const struct pg_params *p)
 {
     char name[16];
+    PGresult *failed;
     int n = p ? p->n : 0;
 
-    if (pg_prepared_name(c, sql, n, name))
+    if (pg_prepared_name(c, sql, n, name, &failed))
         return PQexecPrepared(c, name, n, p ? p->v : NULL, p ? p->len : NULL,
                               p ? p->fmt : NULL, 0);
+    if (failed) return failed;
     return PQexecParams(c, sql, n, NULL, p ? p->v : NULL, p ? p->len : NULL, p ? p->fmt : NULL,
                         0);
 }
@@ -619,8 +628,8 @@ static enum store_status pipeline_batch(struct pg_be *be, struct store_message *
 
     *begun = false;
     /* Prepared before the pipeline starts (PQprepare waits for its answer). */
-    if (!pg_prepared_name(c, insert_sql, 11, insert_name))
-        return pg_fail(c, NULL, err, "cannot prepare the insert");
+    if (!pg_prepared_name(c, insert_sql, 11, insert_name, &r))
+        return pg_fail(c, r, err, "cannot prepare the insert");
     sent = PQenterPipelineMode(c) == 1 &&
            PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1;
     for (size_t i = 0; sent && i < n; i++) {
