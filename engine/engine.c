@@ -655,14 +655,14 @@ static int start_mailauth(struct engine *e)
 }
 
 /* Mailboxes for POP3 pollers (SPEC §9), when a listener is given.  Locks left by a process that
- * died are released first: this process is the database's only node. */
+ * died are released first where no other node can hold one (store_maildrop_unlock_stale). */
 static int start_pop3(struct engine *e)
 {
     struct inlet_config *cfg = e->cfg;
     char *err = NULL;
 
     if (!cfg->pop3_listen.count && !cfg->pop3s_listen.count) return 0;
-    if (store_maildrop_unlock_all(e->store, &err) != STORE_OK) goto fail;
+    if (store_maildrop_unlock_stale(e->store, &err) != STORE_OK) goto fail;
     e->mailboxes = (struct engine_mailboxes){.store = e->store, .loop = &e->loop};
     struct pop3_server_config pc = {
         .listen = (const char *const *)cfg->pop3_listen.items,

@@ -341,8 +341,12 @@ enum store_status store_maildrop_close(struct store *st, const char *name, int64
     return store_run_job(st, &job, err);
 }
 
-enum store_status store_maildrop_unlock_all(struct store *st, char **err)
+enum store_status store_maildrop_unlock_stale(struct store *st, char **err)
 {
+    void *be;
+
+    clear_err(err);
+    if (store_backend_of(st, &be)->deliveries_claim) return STORE_OK; /* shared: leases only */
     return stmt(st, "UPDATE mailboxes SET locked_until = 0 WHERE locked_until <> 0", NULL, 0, STORE_OK,
                 err);
 }

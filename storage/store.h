@@ -550,8 +550,11 @@ enum store_status store_maildrop_open(struct store *st, const char *name, int64_
 enum store_status store_maildrop_close(struct store *st, const char *name, int64_t now_ms,
                                        const char *const *retrieved, size_t nretrieved,
                                        const char *const *deleted, size_t ndeleted, char **err);
-/* Releases every mailbox lock (at start: this process is the database's only node). */
-enum store_status store_maildrop_unlock_all(struct store *st, char **err);
+/* At start: releases the mailbox locks that a dead process left, where that is safe.  With
+ * in-process claims (SQLite: the data-dir lock makes this process the database's only node) every
+ * lock; on a shared database (PostgreSQL) none, since other nodes' live sessions hold theirs, and
+ * a dead node's locks end with their lease (a session lasts at most POP3_SESSION_MAX_SECONDS). */
+enum store_status store_maildrop_unlock_stale(struct store *st, char **err);
 
 /* ---------------------------------------------------------------------------------------------
  * `inlet migrate` (SPEC §8): a single node's database copied into another (a PostgreSQL one). */

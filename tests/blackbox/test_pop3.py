@@ -224,6 +224,34 @@ class SemanticsTest(Pop3Case):
         self.assertTrue(b.pass_(PASSWORD).startswith(b"+OK Maildrop has 0 messages"))
         b.quit()
 
+    def test_start_releases_only_locks_no_other_node_can_hold(self):
+        """SQLite: a process killed while a session held the maildrop lock leaves it for the next
+        start to release (the data-dir lock makes that process the database's only node).
+        PostgreSQL: a second node starting on the same database keeps the first node's lock."""
+        d = self.start()
+        send_many(d, [message(1)])
+        wait_filed(d, 1)
+        a = self.login(d)
+        if not harness.PG:
+            d.kill9()
+            a.close()
+            d.restart()
+            self.port = pop3_port(d)
+            b = self.login(d)
+            self.assertEqual(b.stat()[0], 1)
+            b.quit()
+            return
+        other = self.daemon(database_url=d.database_url,
+                            args=["--pop3-listen", "127.0.0.1:0"] + self.extra)
+        b = poplib.POP3("127.0.0.1", pop3_port(other), timeout=harness.timeout(10))
+        b.user("support")
+        with self.assertRaisesRegex(poplib.error_proto, r"-ERR \[IN-USE\]"):
+            b.pass_(PASSWORD)
+        a.quit()
+        b.user("support")
+        self.assertTrue(b.pass_(PASSWORD).startswith(b"+OK Maildrop has 1 message"))
+        b.quit()
+
     def test_dropped_connection_deletes_nothing(self):
         d = self.start()
         big = b"X" * 998 + b"\r\n"
