@@ -410,6 +410,17 @@ static const struct store_migration migrations[] = {
                         "ALTER TABLE messages ADD COLUMN claimed_by TEXT;"
                         "ALTER TABLE messages ADD COLUMN lease_until BIGINT;",
     },
+    {
+        .version = 9,
+        .description = "message bodies kept uncompressed on PostgreSQL",
+        /* PostgreSQL compressed every body with pglz (TOAST's default): at 64 KiB that was the
+         * backend's top symbol, paid again by every node's database for every message, while real
+         * mail bodies are mostly base64 of already compressed attachments that pglz cannot
+         * shrink.  EXTERNAL keeps TOAST's out-of-line storage without the compression.  SQLite
+         * keeps bodies in its body log (step 5): nothing to do there. */
+        .sqlite_sql = "SELECT 1;",
+        .postgres_sql = "ALTER TABLE messages ALTER COLUMN raw SET STORAGE EXTERNAL;",
+    },
 };
 
 const struct store_migration *store_migrations(size_t *count)
