@@ -150,8 +150,9 @@ struct deliverer {
 
     /* Loop only. */
     GHashTable *known;              /* id → struct task * */
-    GHashTable *recent;             /* id → itself: finished lately */
+    GHashTable *recent;             /* id → finish number (GSIZE_TO_POINTER): finished lately */
     GQueue recent_order;
+    gsize finishes;                 /* attempts recorded so far: the finish numbers */
     GQueue ready;
     GHashTable *host_active;        /* host → GINT count */
     size_t active, recording, preparing;
@@ -530,9 +531,14 @@ static void release(struct deliverer *d, struct task *t, bool whole)
 
 static void remember_finished(struct deliverer *d, const char *id)
 {
-    if (g_hash_table_contains(d->recent, id)) return;
+    gpointer kept;
+    const gsize n = ++d->finishes;
+    if (g_hash_table_lookup_extended(d->recent, id, &kept, NULL)) {
+        g_hash_table_insert(d->recent, kept, GSIZE_TO_POINTER(n)); /* the key stays recent_order's */
+        return;
+    }
     char *copy = g_strdup(id); /* owned by recent_order; the table borrows it */
-    g_hash_table_add(d->recent, copy);
+    g_hash_table_insert(d->recent, copy, GSIZE_TO_POINTER(n));
     g_queue_push_tail(&d->recent_order, copy);
     if (g_queue_get_length(&d->recent_order) > DELIVER_RECENT_MAX) {
         char *old = g_queue_pop_head(&d->recent_order);
@@ -1115,6 +1121,7 @@ struct claim_scan {
     int64_t now;                    /* Unix seconds: due up to it */
     size_t want;                    /* new deliveries at most (the memory bounds) */
     GHashTable *skip;               /* ids in hand when the scan began (own copies) */
+    gsize finishes;                 /* d->finishes when the scan began */
     GArray *pages;                  /* struct claim_page */
     size_t fresh;                   /* rows not in `skip` */
     bool failed;
@@ -1149,6 +1156,16 @@ static void claim_work(uv_work_t *req)
     c->next_rc = c->failed ? STORE_ERR_IO : store_deliveries_next_due(c->d->cfg.store, c->now, &c->next_at);
 }
 
+/* Loop: whether delivery `id` had an attempt recorded after finish number `since`.  The claim
+ * scan reads on the threadpool, so a row it read while this node's attempt was in flight says
+ * 'pending' with the old attempt count: taking it would make the attempt again (a 406 POSTed
+ * twice).  Such a row is skipped; its claim is this node's, and the record cleared it anyway. */
+static bool finished_since(struct deliverer *d, const char *id, gsize since)
+{
+    gpointer n;
+    return g_hash_table_lookup_extended(d->recent, id, NULL, &n) && GPOINTER_TO_SIZE(n) > since;
+}
+
 /* Loop: the claimed rows that are not in hand become tasks (every row claimed is taken: a claim
  * left unused would keep it from everyone until its lease ran out). */
 static size_t claim_take(struct deliverer *d, struct claim_scan *c)
@@ -1159,7 +1176,7 @@ static size_t claim_take(struct deliverer *d, struct claim_scan *c)
         const struct claim_page *pg = &g_array_index(c->pages, struct claim_page, p);
         for (size_t i = 0; i < pg->n && !d->stopping; i++) {
             const struct store_delivery *r = &pg->rows[i];
-            if (g_hash_table_contains(d->known, r->id)) continue;
+            if (g_hash_table_contains(d->known, r->id) || finished_since(d, r->id, c->finishes)) continue;
             struct task *t = task_new(d, r->id, r->message_id, r->recipient, r->kind, r->target, r->format,
                                       r->copy_key, r->attempts);
             t->lease_end = lease_end_from(d, pg->sent);
@@ -1233,6 +1250,7 @@ static void scan(struct deliverer *d)
     if (d->held_bytes >= d->held_bytes_max) c->want = 0; /* the bytes are the bound: nothing now */
     pthread_mutex_unlock(&d->mu);
     c->skip = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    c->finishes = d->finishes;
     GHashTableIter it;
     gpointer key;
     g_hash_table_iter_init(&it, d->known);
