@@ -168,9 +168,11 @@ bool mailauth_authres_id(const char *value, size_t len, char *out, size_t outsz)
         }
         break;
     }
+    /* The id ends at any control byte too (NUL included): a reader in C sees it end there, so
+     * "inlet-id<NUL>junk" must count as inlet's id (and be removed), and "<NUL>inlet-id" as none. */
     size_t o = 0;
-    while (i < len && value[i] != ';' && value[i] != ' ' && value[i] != '\t' && value[i] != '\r' &&
-           value[i] != '\n' && value[i] != '(') {
+    while (i < len && value[i] != ';' && value[i] != ' ' && value[i] != '(' &&
+           (unsigned char)value[i] >= 0x20 && (unsigned char)value[i] != 0x7f) {
         if (o + 1 >= outsz) return false;
         out[o++] = value[i++];
     }
