@@ -78,8 +78,11 @@ class NonReadingClients(InletTestCase):
             socks.append(sock)
             time.sleep(0.5)
             grown = rss_kib(d.proc.pid) - before
-            # Without backpressure the replies (0.8 x total) stay queued in inlet.
-            self.assertLess(grown, 16 * 1024, "RSS grew by %d KiB after %d bytes of unread EHLO" % (grown, total))
+            # Without backpressure the replies (0.8 x total) stay queued in inlet: the bug grew
+            # 117 MiB.  Under ASan freed buffers sit in its quarantine instead of being reused, so
+            # RSS grows with the allocations made, not with what is held (18 MiB seen there).
+            bound = (32 if harness.SANITIZED else 16) * 1024
+            self.assertLess(grown, bound, "RSS grew by %d KiB after %d bytes of unread EHLO" % (grown, total))
         finally:
             for sock in socks:
                 sock.close()
