@@ -320,8 +320,15 @@ static enum store_status col_bytes(const PGresult *r, int row, int col, uint8_t 
 
 static PGconn *pg_connect(const char *uri, char **err)
 {
-    const char *const keys[] = {"dbname", "application_name", "connect_timeout", NULL};
-    const char *const vals[] = {uri, "inlet", PG_CONNECT_TIMEOUT_S, NULL};
+    /* A database host that vanishes without a reset (power loss, a partition) would otherwise
+     * hold a group commit for the kernel's retransmission timeout, about 15 minutes: keepalives
+     * find an idle peer gone in about 25 s, tcp_user_timeout one with data unacknowledged in 30 s.
+     * The URL's own settings come after these and win. */
+    const char *const keys[] = {"application_name", "connect_timeout", "keepalives",
+                                "keepalives_idle", "keepalives_interval", "keepalives_count",
+                                "tcp_user_timeout", "dbname", NULL};
+    const char *const vals[] = {"inlet", PG_CONNECT_TIMEOUT_S, "1", "10", "5", "3", "30000",
+                                uri, NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     PGresult *r;
 
@@ -1517,20 +1524,29 @@ static enum store_status delivery_rows(PGresult *r, struct store_delivery **out,
     return STORE_OK;
 }
 
+/* $1..$4 of the due scan and the claim: now, the cursor (next_attempt_at, id) the last page
+ * ended at (none: from the start), and the page size. */
+static void p_due_scan(struct pg_params *p, int64_t now, int64_t after_at, const char *after_id,
+                       size_t max)
+{
+    const bool cursor = after_id && *after_id;
+
+    p_int(p, now);
+    p_int(p, cursor ? after_at : INT64_MIN);
+    p_text(p, cursor ? after_id : "");
+    p_int(p, max > (size_t)INT64_MAX ? INT64_MAX : (int64_t)max);
+}
+
 static enum store_status pg_deliveries_due(void *arg, int64_t now, int64_t after_at,
                                            const char *after_id, size_t max,
                                            struct store_delivery **out, size_t *n, char **err)
 {
     struct pg_be *be = arg;
-    const bool cursor = after_id && *after_id;
     struct pg_params p = {0};
     PGresult *r;
     enum store_status st;
 
-    p_int(&p, now);
-    p_int(&p, cursor ? after_at : INT64_MIN);
-    p_text(&p, cursor ? after_id : "");
-    p_int(&p, max > (size_t)INT64_MAX ? INT64_MAX : (int64_t)max);
+    p_due_scan(&p, now, after_at, after_id, max);
     st = pg_read(be,
                  "SELECT " PG_DELIVERY_COLS " FROM deliveries WHERE state = 'pending'"
                  " AND next_attempt_at <= $1 AND next_attempt_at >= $2"
@@ -1595,15 +1611,11 @@ static enum store_status pg_deliveries_claim(void *arg, int64_t now, int64_t aft
                                              struct store_delivery **out, size_t *n, char **err)
 {
     struct pg_be *be = arg;
-    const bool cursor = after_id && *after_id;
     struct pg_params p = {0};
     PGresult *r;
     enum store_status st;
 
-    p_int(&p, now);
-    p_int(&p, cursor ? after_at : INT64_MIN);
-    p_text(&p, cursor ? after_id : "");
-    p_int(&p, max > (size_t)INT64_MAX ? INT64_MAX : (int64_t)max);
+    p_due_scan(&p, now, after_at, after_id, max);
     p_text(&p, be->node);
     p_int(&p, be->lease_ms);
     st = pg_claim_query(be,
