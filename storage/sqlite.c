@@ -454,7 +454,8 @@ static int setup_writer(struct sqlite_be *be, char **err)
         pragma(be->wdb, be->path, "PRAGMA synchronous", "2", err) < 0 ||
         pragma(be->wdb, be->path, "PRAGMA busy_timeout = 5000", NULL, err) < 0 ||
         pragma(be->wdb, be->path, "PRAGMA journal_size_limit = 16777216", NULL, err) < 0 ||
-        pragma(be->wdb, be->path, "PRAGMA foreign_keys = ON", NULL, err) < 0)
+        pragma(be->wdb, be->path, "PRAGMA foreign_keys = ON", NULL, err) < 0 ||
+        pragma(be->wdb, be->path, "PRAGMA temp_store = MEMORY", NULL, err) < 0)
         return -1;
     if (migrate(be->wdb, be->path, &version, err) < 0 || ensure_incremental_vacuum(be, err) < 0)
         return -1;
