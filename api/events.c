@@ -12,7 +12,9 @@
  * brackets)}, "size", "attachments" [{filename, content-type, size}], "recipients"; plus
  * "inlet-id", inlet's own message id (extension).  Detail keys read: key, route_id, route_ids,
  * routes, attempt, status, error, target, duration_ms, reason, message, mailbox (SPEC §9:
- * "mailbox" on stored, retrieved and deleted events, and "uid" on the last two).
+ * "mailbox" on stored, retrieved and deleted events, and "uid" on the last two).  "authentication"
+ * (extension): the message's sender-authentication verdicts (the payload's object), on every
+ * event of a message checked at receipt (--sender-auth), from the store's one row per message.
  *
  * Filters (query parameters; each value a Mailgun filter expression, api/internal_filter.h):
  * event, severity, recipient, recipients, message-id (the header), inlet-id (extension), from,
@@ -468,6 +470,11 @@ static json_t *event_json(const struct api_server *api, const struct store_event
      * ("dropped": nothing is delivered or stored for it). */
     if (strcmp(e->event, "accepted") == 0 && json_is_string(v = json_object_get(detail, "outcome")))
         json_object_set(item, "outcome", v);
+    /* The message's sender-authentication verdicts (extension, SPEC §2 "Sender authentication"):
+     * kept once per message by the store, the same object as the payload's "authentication". */
+    json_t *auth = *e->authentication_json ? json_loads(e->authentication_json, 0, NULL) : NULL;
+    if (json_is_object(auth)) json_object_set_new(item, "authentication", auth);
+    else json_decref(auth);
     if ((v = json_object_get(detail, "routes"))) json_object_set(item, "routes", v);
     if ((v = json_object_get(detail, "route_ids"))) {
         json_object_set(item, "route_ids", v);

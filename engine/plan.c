@@ -361,6 +361,9 @@ int engine_plan_build(struct plan *p, const struct store_message *sm, const stru
     o->message_id = sm->id;
     o->parse_warnings_json = keep_json(p, warnings);
     o->message_json = keep_json(p, message_summary(sm, m));
+    const char *auth = message_authentication_json(m); /* the plan outlives m: a copy */
+    o->authentication_json = auth ? keep(p, strdup(auth)) : NULL;
+    if (auth && !o->authentication_json) rc = -1;
     if (!o->parse_warnings_json || !o->message_json) rc = -1;
     o->recipients = p->rcpts;
     o->nrecipients = b.rcpts.n;

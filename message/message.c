@@ -30,6 +30,7 @@ const char *message_body_html(const struct message *m) { return m->body_html; }
 const char *message_stripped_text(const struct message *m) { return m->stripped_text; }
 const char *message_stripped_signature(const struct message *m) { return m->stripped_signature; }
 const char *message_stripped_html(const struct message *m) { return m->stripped_html; }
+const char *message_authentication_json(const struct message *m) { return m->authentication_text; }
 
 size_t message_header_count(const struct message *m)
 {

@@ -49,6 +49,10 @@ const char *message_body_html(const struct message *m);
 const char *message_stripped_text(const struct message *m);
 const char *message_stripped_signature(const struct message *m);
 const char *message_stripped_html(const struct message *m);
+/* inlet's sender-authentication verdicts as the compact JSON text of the "authentication" object
+ * (authres.c: read from the first header field when it is inlet's Authentication-Results), or
+ * NULL when the message has none. */
+const char *message_authentication_json(const struct message *m);
 
 /* Every header of the top-level header block (Content-* included) in the order of the message,
  * repeats kept, values unfolded and RFC 2047-decoded. */

@@ -38,6 +38,8 @@ enum sqlite_wq {
     WQ_BODY_IN_USE,
     WQ_FREELIST,
     WQ_VACUUM,
+    WQ_INS_AUTH,         /* a message's verdicts (store_outcome.authentication_json) */
+    WQ_SWEEP_AUTH,
     WQ_COUNT
 };
 

@@ -421,6 +421,24 @@ static const struct store_migration migrations[] = {
         .sqlite_sql = "SELECT 1;",
         .postgres_sql = "ALTER TABLE messages ALTER COLUMN raw SET STORAGE EXTERNAL;",
     },
+    {
+        .version = 10,
+        .description = "sender-authentication verdicts, once per message",
+        /* The "authentication" object (SPEC §2 "Sender authentication") of a message checked at
+         * receipt, as compact JSON, for its events: written with the routing outcome, once per
+         * message whatever its recipients and events (issue 13: nothing copied into every event
+         * row), read by the events API through the primary key.  Outlives the message's row: the
+         * sweeper deletes it once the message and all of its events are gone (message ids start
+         * with their arrival second, so the key orders the candidates by age). */
+        .sqlite_sql = "CREATE TABLE message_auth ("
+                      "  message_id TEXT PRIMARY KEY,"
+                      "  authentication TEXT NOT NULL"
+                      ");", /* a rowid table: inlet migrate copies tables page by rowid */
+        .postgres_sql = "CREATE TABLE message_auth ("
+                        "  message_id TEXT COLLATE \"C\" PRIMARY KEY,"
+                        "  authentication TEXT NOT NULL"
+                        ");",
+    },
 };
 
 const struct store_migration *store_migrations(size_t *count)

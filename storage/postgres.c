@@ -970,6 +970,15 @@ static enum store_status pg_write_outcome(void *arg, const struct store_outcome 
         st = outcome_delivery(be, o->message_id, &o->deliveries[i], o->now, &e);
     for (size_t i = 0; st == STORE_OK && i < o->ncopies; i++)
         st = outcome_copy(be, o, &o->copies[i], &e);
+    if (st == STORE_OK && o->authentication_json) {
+        p = (struct pg_params){0};
+        p_text(&p, o->message_id);
+        p_text(&p, o->authentication_json);
+        st = pg_cmd(be->w,
+                    "INSERT INTO message_auth (message_id, authentication) VALUES ($1, $2)"
+                    " ON CONFLICT (message_id) DO NOTHING",
+                    &p, NULL, &e, "verdicts");
+    }
     if (st != STORE_OK)
         store_set_err(err, "cannot write the outcome of message %s: %s", o->message_id,
                       e ? e : "out of memory");
@@ -1210,6 +1219,19 @@ static enum store_status pg_sweep(void *arg, const struct store_sweep_args *a,
                         " ORDER BY ts LIMIT $2)",
                         (const int64_t[]){(now - a->event_ttl) * 1000, lim}, 2, NULL,
                         &out->events, err, "sweep failed: events");
+    if (st == STORE_OK) { /* a message's verdicts, once it and all of its events are gone */
+        char cutoff[16];
+
+        snprintf(cutoff, sizeof cutoff, "%08" PRIx32,
+                 (uint32_t)(now > a->event_ttl ? now - a->event_ttl : 0));
+        st = sweep_step(be,
+                        "DELETE FROM message_auth WHERE message_id IN (SELECT message_id FROM"
+                        " message_auth a WHERE message_id < $1"
+                        " AND NOT EXISTS (SELECT 1 FROM events WHERE events.message_id = a.message_id)"
+                        " AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.id = a.message_id)"
+                        " ORDER BY message_id LIMIT $2)",
+                        (const int64_t[]){lim}, 1, cutoff, NULL, err, "sweep failed: verdicts");
+    }
     for (int k = 0; k < 2 && st == STORE_OK; k++) {
         const char *state = k == 0 ? "delivered" : "failed";
         const int64_t v[] = {now - (k == 0 ? a->event_ttl : a->failed_retention), lim};
@@ -1834,6 +1856,9 @@ static enum store_status pg_copy_get(void *arg, const char *key, int64_t now,
     return STORE_OK;
 }
 
+/* The message's verdicts, one row per message (migration 10). */
+#define PG_EVENT_AUTH "(SELECT authentication FROM message_auth a WHERE a.message_id = events.message_id)"
+
 static enum store_status pg_events_query(void *arg, const struct store_event_query *q,
                                          struct store_event **out, size_t *n, char **err)
 {
@@ -1864,12 +1889,12 @@ static enum store_status pg_events_query(void *arg, const struct store_event_que
     st = pg_read(be,
                  q->ascending
                      ? "SELECT id, ts, event, severity, message_id, recipient, domain, delivery_id,"
-                       " detail FROM events WHERE domain = lower($1) AND ts >= $2 AND ts <= $3"
+                       " detail, " PG_EVENT_AUTH " FROM events WHERE domain = lower($1) AND ts >= $2 AND ts <= $3"
                        " AND ($4::text IS NULL OR event = $4) AND ($5::text IS NULL OR message_id"
                        " = $5) AND ($6::text IS NULL OR lower(recipient) = lower($6))"
                        " AND (ts > $7 OR id > $8) ORDER BY ts, id LIMIT $9"
                      : "SELECT id, ts, event, severity, message_id, recipient, domain, delivery_id,"
-                       " detail FROM events WHERE domain = lower($1) AND ts >= $2 AND ts <= $3"
+                       " detail, " PG_EVENT_AUTH " FROM events WHERE domain = lower($1) AND ts >= $2 AND ts <= $3"
                        " AND ($4::text IS NULL OR event = $4) AND ($5::text IS NULL OR message_id"
                        " = $5) AND ($6::text IS NULL OR lower(recipient) = lower($6))"
                        " AND (ts < $7 OR id < $8) ORDER BY ts DESC, id DESC LIMIT $9",
@@ -1890,8 +1915,9 @@ static enum store_status pg_events_query(void *arg, const struct store_event_que
         e->domain = col_dup(r, i, 6);
         e->delivery_id = col_dup(r, i, 7);
         e->detail_json = col_dup(r, i, 8);
+        e->authentication_json = col_dup(r, i, 9);
         if (!e->event || !e->severity || !e->recipient || !e->domain || !e->delivery_id ||
-            !e->detail_json)
+            !e->detail_json || !e->authentication_json)
             st = STORE_ERR_NOMEM;
     }
     PQclear(r);

@@ -16,6 +16,7 @@
  * transaction into the database. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +36,10 @@
 #define DELIVERY_COLS                                                                              \
     "id, message_id, recipient, kind, target, format, route_ids, state, attempts,"                \
     " next_attempt_at, created_at, updated_at, last_status, last_error, copy_key"
-#define EVENT_COLS "id, ts, event, severity, message_id, recipient, domain, delivery_id, detail"
+/* The message's verdicts come from message_auth (one row per message, its primary key). */
+#define EVENT_COLS                                                                                 \
+    "id, ts, event, severity, message_id, recipient, domain, delivery_id, detail,"                 \
+    " (SELECT authentication FROM message_auth a WHERE a.message_id = events.message_id)"
 #define COPY_COLS                                                                                  \
     "s.key, s.message_id, s.recipient, s.domain, s.route_id, s.notify, s.format, s.expires_at,"   \
     " s.created_at, m.id IS NOT NULL"
@@ -105,6 +109,14 @@ static const char *const wq_sql[WQ_COUNT] = {
                         " ORDER BY expires_at LIMIT ?2)",
     [WQ_SWEEP_EVENTS] = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < ?1"
                         " ORDER BY ts LIMIT ?2)",
+    /* A message's verdicts go once its row and all of its events are gone; ?1: the id prefix of
+     * the events' cutoff second (ids start with their arrival second in hex, util/id.h). */
+    [WQ_SWEEP_AUTH] = "DELETE FROM message_auth WHERE message_id IN (SELECT message_id FROM message_auth a"
+                      " WHERE message_id < ?1"
+                      " AND NOT EXISTS (SELECT 1 FROM events WHERE events.message_id = a.message_id)"
+                      " AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.id = a.message_id)"
+                      " ORDER BY message_id LIMIT ?2)",
+    [WQ_INS_AUTH] = "INSERT OR IGNORE INTO message_auth (message_id, authentication) VALUES (?1, ?2)",
     [WQ_SWEEP_ATTEMPTS] = "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries"
                           " WHERE state = ?1 AND updated_at < ?2 ORDER BY updated_at, id LIMIT ?3)",
     [WQ_SWEEP_DELIVERIES] = "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
@@ -318,6 +330,14 @@ int store_sqlite_outcome_events(struct sqlite_be *be, const struct store_outcome
     for (size_t i = 0; i < o->ncopies && rc == SQLITE_DONE; i++) {
         *which = o->copies[i].key;
         rc = event_stored(be, o, &o->copies[i]);
+    }
+    if (o->authentication_json && rc == SQLITE_DONE) {
+        sqlite3_stmt *s = be->wq[WQ_INS_AUTH];
+        const char *t[] = {o->message_id, o->authentication_json};
+
+        *what = "verdicts";
+        *which = o->message_id;
+        rc = step_bound(s, store_sqlite_bind_texts(s, 1, t, 2));
     }
     return rc;
 }
@@ -683,6 +703,17 @@ enum store_status store_sqlite_sweep(void *arg, const struct store_sweep_args *a
                    (const int64_t[]){(now - a->event_ttl) * 1000, lim}, 2);
     rc = rc == SQLITE_OK ? run_delete(be, be->wq[WQ_SWEEP_EVENTS], &out->events) : rc;
     if (rc != SQLITE_DONE) goto fail;
+    step = "verdicts";
+    {
+        char cutoff[16];
+        uint64_t ignored = 0;
+
+        snprintf(cutoff, sizeof cutoff, "%08" PRIx32, (uint32_t)(now > a->event_ttl ? now - a->event_ttl : 0));
+        rc = sqlite3_bind_text(be->wq[WQ_SWEEP_AUTH], 1, cutoff, -1, SQLITE_TRANSIENT);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_int64(be->wq[WQ_SWEEP_AUTH], 2, lim);
+        rc = rc == SQLITE_OK ? run_delete(be, be->wq[WQ_SWEEP_AUTH], &ignored) : rc;
+    }
+    if (rc != SQLITE_DONE) goto fail;
     step = "deliveries";
     rc = sweep_deliveries(be, "delivered", now - a->event_ttl, lim, &out->deliveries);
     if (rc == SQLITE_DONE)
@@ -710,6 +741,7 @@ enum store_status store_sqlite_sweep(void *arg, const struct store_sweep_args *a
 fail:
     finish(be->wq[WQ_SWEEP_COPIES]);
     finish(be->wq[WQ_SWEEP_EVENTS]);
+    finish(be->wq[WQ_SWEEP_AUTH]);
     store_set_err(err, "sweep failed: %s: %s", step, store_sqlite_error(be->wdb, rc));
     return store_sqlite_status(be->wdb, rc);
 }
@@ -975,8 +1007,9 @@ static int read_event(sqlite3_stmt *s, void *elem)
     e->domain = store_sqlite_col_strdup(s, 6);
     e->delivery_id = store_sqlite_col_strdup(s, 7);
     e->detail_json = store_sqlite_col_strdup(s, 8);
+    e->authentication_json = store_sqlite_col_strdup(s, 9);
     return e->event && e->severity && e->recipient && e->domain && e->delivery_id &&
-                   e->detail_json
+                   e->detail_json && e->authentication_json
                ? 0
                : -1;
 }

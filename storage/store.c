@@ -1203,7 +1203,7 @@ void store_test_checkpoint_stats(struct store *st, struct store_checkpoint_stats
  * sweeper finds what it needs again). */
 static const char *const copy_tables[] = {
     "meta", "routes", "messages", "recipients", "deliveries", "attempts", "stored", "events",
-    "mailboxes",
+    "mailboxes", "message_auth",
 };
 
 void store_rows_free(struct store_rows *r)

@@ -308,6 +308,10 @@ struct store_outcome {
                                    ready-made JSON kept in every event's detail under "message"
                                    (the delivered / failed ones copy it from the "accepted"
                                    event); NULL: none */
+    const char *authentication_json; /* the message's sender-authentication verdicts (message/
+                                   authres.c's "authentication" object), ready-made JSON kept
+                                   once per message (not per event) and shown by every event of
+                                   it; NULL: none (no --sender-auth) */
 };
 /* Idempotent: only an 'accepted' message gets an outcome, once.  STORE_ERR_NOT_FOUND (nothing
  * written) when there is no message o->message_id, or when it is no longer 'accepted' (routed
@@ -460,6 +464,8 @@ struct store_event {
     char *domain;            /* recipient's domain, lower case */
     char *delivery_id;       /* "" when none */
     char *detail_json;       /* JSON object: route ids, target, status, error, attempt, key... */
+    char *authentication_json; /* the message's verdicts (store_outcome.authentication_json),
+                                  "" when it has none */
 };
 void store_events_free(struct store_event *e, size_t n);
 struct store_event_query {

@@ -62,6 +62,7 @@ void store_events_free(struct store_event *e, size_t n)
         free(e[i].domain);
         free(e[i].delivery_id);
         free(e[i].detail_json);
+        free(e[i].authentication_json);
     }
     free(e);
 }

@@ -325,6 +325,63 @@ class SenderAuth(InletTestCase):
         self.assertEqual(stored["authentication"], auth)
         self.assertEqual((stored["X-Mailgun-Spf"], stored["X-Mailgun-Dkim-Check-Result"]), ("Pass", "Pass"))
 
+    def route(self, d, *actions, expression='match_recipient(".*")'):
+        fields = [("priority", "0"), ("expression", expression)] + [("action", a) for a in actions]
+        status, _, body = d.http("POST", "/v3/routes", urllib.parse.urlencode(fields),
+                                 {"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(status, 200, body)
+
+    def events(self, d, mid, want, wait_s=10):
+        """The events of message `mid` (GET /v3/example.com/events, ascending) once `want` (a set of
+        event names) are all there."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            status, _, body = d.http("GET", "/v3/example.com/events?ascending=yes&inlet-id=" + mid)
+            self.assertEqual(status, 200, body)
+            items = json.loads(body)["items"]
+            if want <= {i["event"] for i in items}:
+                return items
+            if time.monotonic() > deadline:
+                self.fail("events of %s: %r, want %r" % (mid, [i["event"] for i in items], want))
+            time.sleep(0.05)
+
+    def test_events_carry_the_verdicts(self):
+        d = self.start()
+        hook = receivers.WebhookReceiver()
+        self.addCleanup(hook.stop)
+        self.route(d, 'forward("%s")' % hook.url(), "store()")
+        # Two signatures (RSA and ed25519): one dkim entry each, with its domain and selector.
+        base = message("a@signed.example")
+        signed = sign(sign(base, "rsa", "signed.example", self.keys.rsa), "ed", "signed.example", self.keys.ed,
+                      "ed25519-sha256")
+        smid, _ = self.verdicts(d, "a@pass.example", signed)
+        umid, _ = self.verdicts(d, "a@pass.example", message("a@pass.example"))
+        hook.wait_for(2)
+        for mid in (smid, umid):
+            items = self.events(d, mid, {"accepted", "stored", "delivered"})
+            (row,) = d.query("SELECT key FROM stored WHERE message_id = ?", (mid,))
+            status, _, body = d.http("GET", "/v3/domains/example.com/messages/%s" % row[0])
+            self.assertEqual(status, 200, body)
+            want = json.loads(body)["authentication"]
+            for it in items:
+                self.assertEqual(it.get("authentication"), want, "%s event of %s" % (it["event"], mid))
+        (it,) = [i for i in self.events(d, smid, {"stored"}) if i["event"] == "stored"]
+        auth = it["authentication"]
+        self.assertEqual(auth["spf"]["result"], "pass")
+        self.assertEqual([(s["result"], s["domain"], s["selector"]) for s in auth["dkim"]],
+                         [("pass", "signed.example", "ed"), ("pass", "signed.example", "rsa")])
+        self.assertEqual((auth["dmarc"]["result"], auth["dmarc"]["policy"], auth["dmarc"]["aligned"]),
+                         ("pass", "reject", ["dkim"]))
+        (it,) = [i for i in self.events(d, umid, {"accepted"}) if i["event"] == "accepted"]
+        auth = it["authentication"]
+        self.assertEqual((auth["spf"]["result"], auth["dkim"], auth["dmarc"]["result"], auth["dmarc"]["aligned"]),
+                         ("pass", [{"result": "none", "reason": ""}], "pass", ["spf"]))
+        # Kept once per message, not in every event row.
+        self.assertEqual(d.query("SELECT count(*) FROM message_auth WHERE message_id IN (?, ?)", (smid, umid))[0][0], 2)
+        for (detail,) in d.query("SELECT detail FROM events WHERE message_id IN (?, ?)", (smid, umid)):
+            self.assertNotIn("dkim", detail)
+            self.assertNotIn("authentication", detail)
+
     def test_without_sender_auth_no_object_even_if_forged(self):
         d = self.daemon(args=["--reject-unrouted", "no", "--hostname", "mx.inlet.test"])
         hook = receivers.WebhookReceiver()

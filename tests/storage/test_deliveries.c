@@ -1096,6 +1096,68 @@ static void test_sweep(void)
     tmpdir_free(tmp);
 }
 
+/* A message's verdicts (store_outcome.authentication_json): written once, shown by every event of
+ * the message; swept once the message arrived before the events' cutoff and neither its row nor
+ * an event of it is left. */
+static void test_message_auth(void)
+{
+    char *tmp = tmpdir_new(), *dbpath = join(tmp, "inlet.db"), *err = NULL;
+    struct store *st = open_store(tmp);
+    static const char *const rcpts[] = {"a@example.com", "b@example.com"};
+    static const char auth[] = "{\"spf\":{\"result\":\"pass\"},\"dkim\":[],\"dmarc\":null}";
+    char id[ID_LEN + 1], id2[ID_LEN + 1];
+
+    accept_msg(st, 81, rcpts, 2, 10);
+    accept_msg(st, 82, rcpts, 1, 10);
+    msg_id(id, 81);
+    msg_id(id2, 82);
+    const struct store_recipient_outcome ro[] = {{.recipient = rcpts[0], .outcome = "dropped"},
+                                                 {.recipient = rcpts[1], .outcome = "dropped"}};
+    struct store_outcome o = {.message_id = id, .recipients = ro, .nrecipients = 2, .now = 1750000000,
+                              .authentication_json = auth};
+    CHECK(store_write_outcome(st, &o, &err) == STORE_OK, "outcome with verdicts (%s)", err ? err : "ok");
+    o = (struct store_outcome){.message_id = id2, .recipients = ro, .nrecipients = 1, .now = 1750000000};
+    CHECK(store_write_outcome(st, &o, &err) == STORE_OK, "outcome without (%s)", err ? err : "ok");
+
+    struct store_event *ev = NULL;
+    size_t n = 0;
+    struct store_event_query q = {.domain = "example.com", .ascending = true, .limit = 10};
+    CHECK(store_events_query(st, &q, &ev, &n, &err) == STORE_OK && n == 3, "three events (%zu)", n);
+    for (size_t i = 0; i < n; i++)
+        CHECK_STR(ev[i].authentication_json, strcmp(ev[i].message_id, id) ? "" : auth,
+                  "event %zu: the message's verdicts, or none", i);
+    store_events_free(ev, n);
+
+    struct raw *db = raw_open(dbpath);
+    CHECK(raw_count(db, "SELECT count(*) FROM message_auth") == 1, "one row for two events");
+    CHECK(raw_count(db, "SELECT count(*) FROM events WHERE detail LIKE '%spf%'") == 0, "not in the events' rows");
+    /* The sweep: ids start with their arrival second in hex (util/id.h).  00000064 arrived at
+     * 100 s and has neither row nor events; 00000065 has an event; 00000066 its message row;
+     * 7fffffff arrived after the cutoff (9000 s). */
+    CHECK(raw_exec(db, "INSERT INTO message_auth (message_id, authentication) VALUES"
+                       " ('00000064aaaaaaaaaaaaaaaa', '{}'), ('00000065aaaaaaaaaaaaaaaa', '{}'),"
+                       " ('00000066aaaaaaaaaaaaaaaa', '{}'), ('7fffffffaaaaaaaaaaaaaaaa', '{}')") &&
+              raw_exec(db, "INSERT INTO events (ts, event, message_id, recipient, domain) VALUES"
+                           " (9500000, 'accepted', '00000065aaaaaaaaaaaaaaaa', 'a@x', 'x')") &&
+              raw_exec(db, "UPDATE messages SET id = '00000066aaaaaaaaaaaaaaaa' WHERE id = 'm00000000000000000000082'"),
+          "verdict rows of every kind");
+    struct store_sweep_result r;
+    CHECK(store_sweep(st, 10000, 1000, 5000, 1000, &r, &err) == STORE_OK, "sweep (%s)", err ? err : "ok");
+    char buf[256];
+    raw_query(db, pg_url ? "SELECT string_agg(message_id, ',' ORDER BY message_id) FROM message_auth"
+                         : "SELECT group_concat(message_id, ',') FROM (SELECT message_id FROM message_auth"
+                           " ORDER BY message_id)",
+              buf, sizeof buf);
+    CHECK_STR(buf, "00000065aaaaaaaaaaaaaaaa,00000066aaaaaaaaaaaaaaaa,7fffffffaaaaaaaaaaaaaaaa,"
+                   "m00000000000000000000081",
+              "only the orphan before the cutoff went (m...: test ids, after any hex)");
+    raw_close(db);
+    store_close(st);
+    free(err);
+    free(dbpath);
+    tmpdir_free(tmp);
+}
+
 /* ---- growth: TTL cycles on a fake clock ----------------------------------------------------- */
 
 #define GROWTH_CYCLES 10
@@ -1275,6 +1337,7 @@ int main(void)
     test_events_query();
     test_gauges_backup();
     test_sweep();
+    test_message_auth();
     if (!pg_url) test_growth(); /* files and WAL: SQLite's */
     return check_done();
 }
