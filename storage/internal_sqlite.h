@@ -71,6 +71,7 @@ struct sqlite_be {
     sqlite3_stmt *route_msg, *msg_exists, *ins_rcpt, *ins_delivery, *ins_stored;
     sqlite3_stmt *wq[WQ_COUNT];
     int wal_frames; /* frames in the WAL after the last commit (writer thread only) */
+    int idle_frames, force_frames; /* the checkpoint thresholds in frames of this page size */
 
     pthread_mutex_t rmu;
     sqlite3 *rdb;

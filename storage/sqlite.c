@@ -12,13 +12,13 @@
  * Checkpoints.  SQLite's automatic checkpoint would run inside whichever COMMIT crosses 1000
  * frames, on the writer thread, and delay that batch's replies (measured: ~45% of the writer's
  * time at 64 KiB messages).  Instead the write connection's WAL hook only records the frame count
- * and, past SQLITE_CHECKPOINT_IDLE_FRAMES, wakes the checkpointer thread, which runs PASSIVE
+ * and, past SQLITE_CHECKPOINT_IDLE_BYTES, wakes the checkpointer thread, which runs PASSIVE
  * checkpoints on its own connection while the writer goes on committing (WAL allows a checkpoint
  * beside a writer; synchronous=FULL there too, so the database file is synced before the WAL
  * frames count as copied).  A PASSIVE checkpoint beside a busy writer rarely catches up with the
  * WAL's end, and SQLite restarts the WAL from its start only when it has, so under sustained load
  * the WAL would grow without bound; the safety valve: when a commit leaves more than
- * SQLITE_CHECKPOINT_FORCE_FRAMES frames, the writer itself, after that batch's replies went out,
+ * SQLITE_CHECKPOINT_FORCE_BYTES, the writer itself, after that batch's replies went out,
  * waits for a checkpointer run in progress and runs a RESTART checkpoint (nothing is being written
  * meanwhile, so it copies the rest and the next commit starts the WAL over; journal_size_limit
  * then cuts the file back to 16 MiB).  store_close stops and joins the checkpointer before the
@@ -44,14 +44,21 @@
 #include "util/log.h"
 
 /* WAL checkpoints (see the top): the checkpointer thread is woken after a commit that leaves at
- * least IDLE_FRAMES frames (pages) in the WAL; past FORCE_FRAMES (16 MiB of 4 KiB pages, the
- * journal_size_limit: what the WAL adds to the database's size on disk under a steady load, measured
- * by bench/soak) the writer runs a RESTART checkpoint itself, waiting at most
- * VALVE_BUSY_MS for readers to leave the WAL. */
-#define SQLITE_CHECKPOINT_IDLE_FRAMES 1000
+ * least IDLE_BYTES of frames in the WAL; past FORCE_BYTES (the journal_size_limit: what the WAL
+ * adds to the database's size on disk under a steady load, measured by bench/soak) the writer runs
+ * a RESTART checkpoint itself, waiting at most VALVE_BUSY_MS for readers to leave the WAL.  In
+ * bytes, so that the page size (below) does not change how often a checkpoint runs; the frame
+ * counts of this database are in be->idle_frames and be->force_frames. */
+#define SQLITE_CHECKPOINT_IDLE_BYTES (4000 * 1024)
 /* After SQLITE_CHECKPOINT_TRUNCATE_IDLE_MS (util/limits.h) without a commit the checkpointer copies
  * the whole WAL back and truncates the file, so an idle database is database + empty WAL. */
-#define SQLITE_CHECKPOINT_FORCE_FRAMES 4096
+#define SQLITE_CHECKPOINT_FORCE_BYTES (16 * 1024 * 1024)
+/* The page size of a new database (docs/internals/storage.md, "What a message costs in writes"):
+ * every page a transaction changes is written whole to the WAL and again by the checkpoint, and a
+ * message changes one page in each of ~16 b-trees, mostly a few bytes each; 1 KiB pages write a
+ * quarter of what 4 KiB pages write (bench/bodies bytes, 2 KiB: 44-46 -> 23-26 KB per message).  A
+ * database made with another page size keeps it (WAL mode cannot change it). */
+#define SQLITE_NEW_PAGE_SIZE "1024"
 
 
 enum store_status store_sqlite_status(sqlite3 *db, int rc)
@@ -276,12 +283,12 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
         }
         pthread_mutex_unlock(&be->cmu);
     }
-    if (frames >= SQLITE_CHECKPOINT_IDLE_FRAMES && be->ckpt_started) {
+    if (frames >= be->idle_frames && be->ckpt_started) {
         pthread_mutex_lock(&be->cmu);
-        /* Each run copies at least IDLE_FRAMES new frames (fewer, larger runs: fewer syncs);
+        /* Each run copies at least idle_frames new frames (fewer, larger runs: fewer syncs);
          * frames below the last count mean the WAL started over. */
         if (!be->ckpt_wanted && (frames < be->ckpt_last_log ||
-                                 frames - be->ckpt_last_log >= SQLITE_CHECKPOINT_IDLE_FRAMES)) {
+                                 frames - be->ckpt_last_log >= be->idle_frames)) {
             be->ckpt_wanted = true;
             pthread_cond_signal(&be->ckpt_cv);
         }
@@ -365,7 +372,7 @@ static void sqlite_after_batch(void *arg)
     int log_frames = 0, done_frames = 0, rc;
     double ms;
 
-    if (be->wal_frames < SQLITE_CHECKPOINT_FORCE_FRAMES) return;
+    if (be->wal_frames < be->force_frames) return;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     pthread_mutex_lock(&be->cmu);
     be->ckpt_hold = true;
@@ -444,11 +451,14 @@ static int setup_writer(struct sqlite_be *be, char **err)
         "INSERT INTO messages (id, received_at, sender, recipients, remote_ip, helo, tls, size, raw,"
         " body_segment, body_offset, body_crc)"
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+    char ps[32];
+    long page_size;
     int version;
 
     if (open_conn(be->path, &be->wdb, err) < 0) return -1;
-    /* Order matters: auto_vacuum only takes effect before the first table exists. */
-    if (pragma(be->wdb, be->path, "PRAGMA auto_vacuum = INCREMENTAL", NULL, err) < 0 ||
+    /* Order matters: page_size and auto_vacuum only take effect before the first table exists. */
+    if (pragma(be->wdb, be->path, "PRAGMA page_size = " SQLITE_NEW_PAGE_SIZE, NULL, err) < 0 ||
+        pragma(be->wdb, be->path, "PRAGMA auto_vacuum = INCREMENTAL", NULL, err) < 0 ||
         pragma(be->wdb, be->path, "PRAGMA journal_mode = WAL", "wal", err) < 0 ||
         pragma(be->wdb, be->path, "PRAGMA synchronous = FULL", NULL, err) < 0 ||
         pragma(be->wdb, be->path, "PRAGMA synchronous", "2", err) < 0 ||
@@ -459,6 +469,11 @@ static int setup_writer(struct sqlite_be *be, char **err)
         return -1;
     if (migrate(be->wdb, be->path, &version, err) < 0 || ensure_incremental_vacuum(be, err) < 0)
         return -1;
+    if (store_sqlite_exec(be->wdb, "PRAGMA page_size", ps, sizeof ps, err) < 0) return -1;
+    page_size = strtol(ps, NULL, 10);
+    if (page_size < 512) page_size = 4096;
+    be->idle_frames = (int)(SQLITE_CHECKPOINT_IDLE_BYTES / page_size);
+    be->force_frames = (int)(SQLITE_CHECKPOINT_FORCE_BYTES / page_size);
     sqlite3_wal_hook(be->wdb, wal_hook, be);
     if (prepare_w(be, be->wdb, insert_sql, &be->insert, "message insert", err) < 0 ||
         prepare_w(be, be->wdb,
