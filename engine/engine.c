@@ -365,11 +365,16 @@ static void on_sighup(uv_signal_t *h, int signum)
     log_warn("engine", "SIGHUP ignored: settings are read at start; restart inlet to apply changes");
 }
 
+/* The API stops after SMTP's listeners have closed: MHD_stop_daemon waits for its pool threads,
+ * and until SMTP has stopped listening a client that connects meanwhile would wait for a
+ * greeting instead of being refused. */
 static void on_pop3_stopped(void *ctx)
 {
     struct engine *e = ctx;
 
     smtp_server_stop(e->smtp, (unsigned)e->cfg->shutdown_grace);
+    api_server_stop(e->api);
+    e->api = NULL;
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -380,8 +385,6 @@ static void on_signal(uv_signal_t *h, int signum)
              (long long)e->cfg->shutdown_grace);
     uv_signal_stop(&e->sigterm);
     uv_signal_stop(&e->sigint);
-    api_server_stop(e->api);
-    e->api = NULL;
     if (e->pop3) pop3_server_stop(e->pop3, on_pop3_stopped, e); /* maildrops released first */
     else on_pop3_stopped(e);
 }
