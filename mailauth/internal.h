@@ -1,5 +1,5 @@
 /* mailauth/internal.h — what the files of mailauth/ share: the DNS client (dns.c), the SPF
- * evaluator (spf.c), DKIM (dkim.c over libopendkim), DMARC (dmarc.c), the organizational domain
+ * evaluator (spf.c), DKIM (dkim.c, dkim_canon.c), DMARC (dmarc.c), the organizational domain
  * (psl.c) and the header block helpers (header.c).  Private to the module. */
 #ifndef INLET_MAILAUTH_INTERNAL_H
 #define INLET_MAILAUTH_INTERNAL_H
@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "mailauth/mailauth.h"
 #include "util/limits.h"
@@ -64,7 +65,7 @@ enum mailauth_verdict mailauth_spf_check(struct mailauth_dns *d, const struct ma
                                          char *explain, size_t explainsz);
 
 /* ---------------------------------------------------------------------------------------------
- * DKIM (dkim.c over libopendkim). */
+ * DKIM (dkim.c: RFC 6376 and RFC 8463 verification over OpenSSL, with a cache of decoded keys). */
 struct mailauth_dkim;
 struct mailauth_dkim_sig {
     enum mailauth_verdict verdict;
@@ -76,12 +77,57 @@ struct mailauth_dkim_sig {
 };
 struct mailauth_dkim *mailauth_dkim_new(char **err);
 void mailauth_dkim_free(struct mailauth_dkim *k);
-/* The Debian build of libopendkim verifies ed25519-sha256. */
+/* OpenSSL verifies ed25519-sha256 (it always does since 1.1.1; kept for the startup log). */
 bool mailauth_dkim_ed25519(const struct mailauth_dkim *k);
 /* Verifies every signature of the message (at most `max`, MAILAUTH_DKIM_SIGS_MAX): returns how
- * many were written to out. */
+ * many were written to out.  Keys through mailauth/dns.c. */
 size_t mailauth_dkim_check(struct mailauth_dkim *k, struct mailauth_dns *dns, const uint8_t *data, size_t len,
                            int64_t deadline_ms, struct mailauth_dkim_sig *out, size_t max);
+/* The same with another key source (tests): `lookup` puts the TXT record of `name`
+ * ("sel._domainkey.domain") into txt and says how it went; `now` is the time x= and t= are
+ * judged against. */
+enum mailauth_dkim_key_status {
+    MAILAUTH_DKIM_KEY_FOUND,
+    MAILAUTH_DKIM_KEY_NONE,    /* NXDOMAIN or no TXT record */
+    MAILAUTH_DKIM_KEY_TEMP,    /* the lookup failed or timed out */
+    MAILAUTH_DKIM_KEY_CORRUPT, /* a record that is not text or does not fit */
+};
+typedef enum mailauth_dkim_key_status (*mailauth_dkim_lookup_fn)(void *ctx, const char *name, char *txt,
+                                                                  size_t txtsz);
+size_t mailauth_dkim_verify(struct mailauth_dkim *k, mailauth_dkim_lookup_fn lookup, void *ctx, const uint8_t *data,
+                            size_t len, int64_t now_s, int64_t deadline_ms, struct mailauth_dkim_sig *out, size_t max);
+/* Decoded keys in the cache now (tests). */
+size_t mailauth_dkim_cached_keys(struct mailauth_dkim *k);
+
+/* dkim_canon.c: the tag-list parser and the canonicalizations (RFC 6376 §3.2, §3.4). */
+struct mailauth_dkim_tag {
+    size_t name, name_len;   /* offsets into the parsed text */
+    size_t value, value_len; /* the value without the blanks around it (inner FWS kept) */
+};
+/* Parses the tag-list v[0..len) into out: the number of tags, or -1 when it is not a tag-list
+ * (a bad name, no '=', a byte outside VALCHAR, a tag twice, more than max tags). */
+int mailauth_dkim_tags(const uint8_t *v, size_t len, struct mailauth_dkim_tag *out, size_t max);
+const struct mailauth_dkim_tag *mailauth_dkim_tag_find(const uint8_t *v, const struct mailauth_dkim_tag *tags,
+                                                       size_t n, const char *name);
+/* Base64 with FWS anywhere: bytes written, or -1 when malformed or longer than outsz. */
+ssize_t mailauth_dkim_base64(const uint8_t *in, size_t len, uint8_t *out, size_t outsz);
+/* Where canonical text goes: in blocks to write(), the first `limit` bytes only (l=), all counted. */
+typedef void (*mailauth_dkim_write_fn)(void *ctx, const uint8_t *p, size_t n);
+struct mailauth_dkim_sink {
+    mailauth_dkim_write_fn write;
+    void *ctx;
+    uint64_t limit, total;
+    size_t used;
+    uint8_t buf[4096];
+};
+void mailauth_dkim_sink_init(struct mailauth_dkim_sink *s, uint64_t limit, mailauth_dkim_write_fn write, void *ctx);
+/* Hands on what is buffered; returns the bytes counted. */
+uint64_t mailauth_dkim_sink_end(struct mailauth_dkim_sink *s);
+/* A header field f[0..len) (name, ':', value, line end) canonicalized; with line_end, CRLF after. */
+void mailauth_dkim_canon_header(const uint8_t *f, size_t len, bool relaxed, bool line_end,
+                                struct mailauth_dkim_sink *s);
+/* The body b[0..len) canonicalized into s (then flushed): its canonical length. */
+uint64_t mailauth_dkim_canon_body(const uint8_t *b, size_t len, bool relaxed, struct mailauth_dkim_sink *s);
 
 /* ---------------------------------------------------------------------------------------------
  * DMARC (dmarc.c, RFC 7489). */

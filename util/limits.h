@@ -101,6 +101,17 @@
 /* DKIM signatures of one message that are verified (each costs a lookup and a hash); a selector. */
 #define MAILAUTH_DKIM_SIGS_MAX 8
 #define MAILAUTH_DKIM_SELECTOR_MAX 64
+/* DKIM (mailauth/dkim.c): tags of a signature or key record; names in one h=; header fields of a
+ * message looked through (a block of more is judged on its first ones); a key record's text; the
+ * decoded keys kept (each an RSA or ed25519 public key, a few KiB at most); the RSA key size below
+ * which a key is refused (libopendkim's default); seconds a t= may lie in the future. */
+#define MAILAUTH_DKIM_TAGS_MAX 64
+#define MAILAUTH_DKIM_SIGNED_FIELDS_MAX 128
+#define MAILAUTH_DKIM_FIELDS_MAX 4096
+#define MAILAUTH_DKIM_KEY_RECORD_MAX 4096
+#define MAILAUTH_DKIM_KEYS_MAX 256
+#define MAILAUTH_DKIM_RSA_BITS_MIN 1024
+#define MAILAUTH_DKIM_CLOCK_DRIFT 300
 /* A From: value read for DMARC (longer: no single address, DMARC permerror); a DMARC record. */
 #define MAILAUTH_FROM_MAX 4096
 #define MAILAUTH_DMARC_RECORD_MAX 2048
