@@ -1,7 +1,7 @@
 /* mailauth/header.c — the little of a header block that sender authentication reads itself:
  * where it ends, the From: domain (DMARC's subject), the authserv-id of an Authentication-Results
  * field.  Bounded, never failing on input: a field it cannot understand gives "no domain".
- * DKIM's own header handling is libopendkim's.  Driven by the mailauth fuzz target. */
+ * DKIM's own header handling is in dkim.c and dkim_canon.c.  Driven by the mailauth fuzz target. */
 #include <ctype.h>
 #include <string.h>
 

@@ -8,7 +8,7 @@
  * queues a job and returns; the callback runs on a worker thread when the job is done, at the
  * latest at its deadline (the time budget from the submit): whatever is not known by then is
  * "temperror".  DNS goes through libunbound (answers cached for their TTL, bounded).
- * Uses only util/ (plus libunbound, libopendkim). */
+ * Uses only util/ (plus libunbound, OpenSSL). */
 #ifndef INLET_MAILAUTH_H
 #define INLET_MAILAUTH_H
 
