@@ -216,10 +216,13 @@ static void finish_checked(struct engine *e, struct pending_auth *p)
     struct mailauth_result *r = p->result;
     if (r) {
         const bool spf_fail = e->cfg->spf_reject && mailauth_result_spf(r) == MAILAUTH_FAIL;
+        /* p=reject applies to the messages in its pct= sample only (RFC 7489 §6.6.4). */
         const bool dmarc_reject = e->cfg->dmarc_reject && mailauth_result_dmarc(r) == MAILAUTH_FAIL &&
-                                  strcmp(mailauth_result_dmarc_policy(r), "reject") == 0;
-        log_info("mailauth", "checked id=%s %s dmarc_policy=%s ms=%lld%s", txn->id, mailauth_result_summary(r),
+                                  strcmp(mailauth_result_dmarc_applied(r), "reject") == 0;
+        log_info("mailauth", "checked id=%s %s dmarc_policy=%s dmarc_applied=%s ms=%lld%s", txn->id,
+                 mailauth_result_summary(r),
                  *mailauth_result_dmarc_policy(r) ? mailauth_result_dmarc_policy(r) : "-",
+                 mailauth_result_dmarc_applied(r),
                  (long long)mailauth_result_elapsed_ms(r),
                  spf_fail ? " refused=spf" : dmarc_reject ? " refused=dmarc" : "");
         if (spf_fail || dmarc_reject) {
@@ -270,7 +273,7 @@ static void on_smtp_commit(void *ctx, struct smtp_commit *commit, struct smtp_tx
     p->txn = txn;
     struct mailauth_request req = {
         .ip = txn->peer_ip, .helo = txn->helo ? txn->helo : "", .sender = txn->sender,
-        .data = txn->data, .len = txn->len,
+        .data = txn->data, .len = txn->len, .id = txn->id,
     };
     if (mailauth_submit(e->mailauth, &req, on_checked, p) < 0) {
         g_free(p);

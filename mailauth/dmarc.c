@@ -4,8 +4,9 @@
  *
  * Written here rather than taken from libopendmarc: its lookups use the blocking system resolver
  * (no deadline), and what remains once DNS is ours is this file: a tag list and two comparisons.
- * Reports (rua=, ruf=) and pct= sampling are not acted on: inlet reports the verdict and the
- * policy, and rejects only when asked (--dmarc-reject). */
+ * pct= is read here and sampled by mailauth.c (it needs the message's id); rua= and ruf= are kept
+ * for the verdicts but no report is ever sent.  inlet reports the verdict and the policy, and
+ * rejects only when asked (--dmarc-reject). */
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
@@ -16,13 +17,39 @@
 
 struct record {
     char p[16], sp[16];
+    int pct;
+    char rua[MAILAUTH_DMARC_URIS_MAX], ruf[MAILAUTH_DMARC_URIS_MAX];
     bool strict_spf, strict_dkim;
 };
+
+/* pct=: an integer 0..100; anything else leaves the default (100: every message). */
+static int parse_pct(const char *v, size_t vl)
+{
+    int n = 0;
+    if (vl == 0 || vl > 3) return 100;
+    for (size_t i = 0; i < vl; i++) {
+        if (!isdigit((unsigned char)v[i])) return 100;
+        n = n * 10 + (v[i] - '0');
+    }
+    return n <= 100 ? n : 100;
+}
+
+/* rua= / ruf=: the URI list as published, cut at the last ',' that fits. */
+static void keep_uris(char *out, size_t outsz, const char *v, size_t vl)
+{
+    if (vl >= outsz) {
+        vl = outsz - 1;
+        while (vl > 0 && v[vl] != ',') vl--;
+    }
+    memcpy(out, v, vl);
+    out[vl] = '\0';
+}
 
 /* "v=DMARC1; p=reject; sp=none; adkim=s" → record.  false: not a valid DMARC record. */
 static bool parse_record(const char *txt, struct record *r)
 {
     memset(r, 0, sizeof *r);
+    r->pct = 100;
     bool first = true, version = false;
     for (const char *p = txt; *p;) {
         while (*p == ' ' || *p == '\t' || *p == ';') p++;
@@ -49,6 +76,12 @@ static bool parse_record(const char *txt, struct record *r)
             r->strict_dkim = vl == 1 && v[0] == 's';
         } else if (nl == 4 && strncmp(p, "aspf", 4) == 0) {
             r->strict_spf = vl == 1 && v[0] == 's';
+        } else if (nl == 3 && strncmp(p, "pct", 3) == 0) {
+            r->pct = parse_pct(v, vl);
+        } else if (nl == 3 && strncmp(p, "rua", 3) == 0) {
+            keep_uris(r->rua, sizeof r->rua, v, vl);
+        } else if (nl == 3 && strncmp(p, "ruf", 3) == 0) {
+            keep_uris(r->ruf, sizeof r->ruf, v, vl);
         }
         first = false;
         p += len;
@@ -103,6 +136,7 @@ void mailauth_dmarc_check(struct mailauth_dns *dns, const struct mailauth_psl *p
                           size_t nsigs, int64_t deadline_ms, struct mailauth_dmarc *out)
 {
     memset(out, 0, sizeof *out);
+    out->pct = 100;
     struct record r;
     int got = fetch(dns, from_domain, deadline_ms, &r);
     bool sub = false;
@@ -125,6 +159,9 @@ void mailauth_dmarc_check(struct mailauth_dns *dns, const struct mailauth_psl *p
         return;
     }
     snprintf(out->policy, sizeof out->policy, "%s", sub && r.sp[0] ? r.sp : r.p);
+    out->pct = r.pct;
+    memcpy(out->rua, r.rua, sizeof out->rua);
+    memcpy(out->ruf, r.ruf, sizeof out->ruf);
     out->spf_aligned = spf == MAILAUTH_PASS && aligned(psl, spf_domain, from_domain, r.strict_spf);
     for (size_t i = 0; i < nsigs && !out->dkim_aligned; i++)
         out->dkim_aligned = sigs[i].verdict == MAILAUTH_PASS && aligned(psl, sigs[i].domain, from_domain, r.strict_dkim);

@@ -134,6 +134,10 @@ uint64_t mailauth_dkim_canon_body(const uint8_t *b, size_t len, bool relaxed, st
 struct mailauth_dmarc {
     enum mailauth_verdict verdict;
     char policy[16];     /* "none", "quarantine", "reject"; "" without a record */
+    int pct;             /* pct= (RFC 7489 §6.3), 0..100; 100 without the tag */
+    char applied[16];    /* the policy applied to this message after pct= sampling (§6.6.4):
+                            "" until mailauth.c samples it */
+    char rua[MAILAUTH_DMARC_URIS_MAX], ruf[MAILAUTH_DMARC_URIS_MAX]; /* as published, "" without */
     bool spf_aligned, dkim_aligned;
     char reason[64];
 };

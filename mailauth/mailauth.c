@@ -90,6 +90,22 @@ static void check_spf(struct mailauth *a, const struct mailauth_request *q, int6
     r->spf = mailauth_spf_check(a->dns, &in, local, domain, deadline, r->spf_reason, sizeof r->spf_reason);
 }
 
+bool mailauth_dmarc_sampled(const char *id, int pct)
+{
+    uint32_t h = 2166136261u; /* FNV-1a, 32 bits */
+    for (const char *p = id ? id : ""; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+    return (int)(h % 100) < pct;
+}
+
+/* RFC 7489 §6.6.4: a failing message outside the pct= sample gets the next milder policy. */
+static void apply_policy(struct mailauth_dmarc *d, const char *id)
+{
+    const char *p = d->verdict == MAILAUTH_FAIL && d->policy[0] ? d->policy : "none";
+    if (strcmp(p, "none") != 0 && !mailauth_dmarc_sampled(id, d->pct))
+        p = strcmp(p, "reject") == 0 ? "quarantine" : "none";
+    snprintf(d->applied, sizeof d->applied, "%s", p);
+}
+
 static void run_job(struct mailauth *a, struct job *j, struct mailauth_result *r)
 {
     const struct mailauth_request *q = &j->req;
@@ -107,6 +123,7 @@ static void run_job(struct mailauth *a, struct job *j, struct mailauth_result *r
             r->dmarc.verdict = MAILAUTH_TEMPERROR;
             snprintf(r->dmarc.reason, sizeof r->dmarc.reason, "SPF or DKIM temperror");
         }
+        apply_policy(&r->dmarc, q->id);
     } else {
         r->dmarc.verdict = from == 0 ? MAILAUTH_NONE : MAILAUTH_PERMERROR;
         snprintf(r->dmarc.reason, sizeof r->dmarc.reason, "%s",
@@ -320,6 +337,11 @@ const char *mailauth_result_dmarc_policy(const struct mailauth_result *r)
     return r->dmarc.policy;
 }
 
+const char *mailauth_result_dmarc_applied(const struct mailauth_result *r)
+{
+    return r->dmarc.applied[0] ? r->dmarc.applied : "none";
+}
+
 int64_t mailauth_result_elapsed_ms(const struct mailauth_result *r)
 {
     return r->elapsed_ms;
@@ -339,6 +361,16 @@ static void clean(GString *out, const char *s, size_t max)
     }
 }
 
+/* A URI list inside the comment: no blanks (they separate the comment's words), no ( ) \\ ; ". */
+static void clean_uris(GString *out, const char *s)
+{
+    for (size_t i = 0; s[i] && i < MAILAUTH_DMARC_URIS_MAX; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == ' ' || c == '\t') continue;
+        g_string_append_c(out, c > ' ' && c < 127 && !strchr("()\\;\"", c) ? (char)c : '_');
+    }
+}
+
 static const char *mailgun_spf(enum mailauth_verdict v)
 {
     switch (v) {
@@ -347,6 +379,27 @@ static const char *mailgun_spf(enum mailauth_verdict v)
     case MAILAUTH_SOFTFAIL: return "SoftFail";
     default: return "Neutral"; /* Mailgun posts only these four */
     }
+}
+
+/* "(p=reject pct=50 applied=quarantine aligned=spf rua=mailto:...)": pct= when not 100, applied=
+ * when DMARC failed, rua= / ruf= when published (message/authres.c reads them back). */
+static void dmarc_comment(const struct mailauth_result *r, GString *h)
+{
+    const struct mailauth_dmarc *d = &r->dmarc;
+    g_string_append_printf(h, " (p=%s", d->policy);
+    if (d->pct != 100) g_string_append_printf(h, " pct=%d", d->pct);
+    if (d->verdict == MAILAUTH_FAIL) g_string_append_printf(h, " applied=%s", mailauth_result_dmarc_applied(r));
+    g_string_append(h, d->spf_aligned && d->dkim_aligned ? " aligned=spf+dkim"
+                       : d->spf_aligned                  ? " aligned=spf"
+                       : d->dkim_aligned                 ? " aligned=dkim"
+                                                         : "");
+    const char *uris[] = {d->rua, d->ruf}, *names[] = {" rua=", " ruf="};
+    for (size_t i = 0; i < 2; i++) {
+        if (!*uris[i]) continue;
+        g_string_append(h, names[i]);
+        clean_uris(h, uris[i]);
+    }
+    g_string_append(h, ")");
 }
 
 static void write_headers(const struct mailauth_result *r, GString *h)
@@ -385,11 +438,7 @@ static void write_headers(const struct mailauth_result *r, GString *h)
     }
     g_string_append_printf(h, ";\r\n\tdmarc=%s", mailauth_verdict_name(r->dmarc.verdict));
     if (r->dmarc.policy[0])
-        g_string_append_printf(h, " (p=%s%s)", r->dmarc.policy,
-                               r->dmarc.spf_aligned && r->dmarc.dkim_aligned ? " aligned=spf+dkim"
-                               : r->dmarc.spf_aligned                        ? " aligned=spf"
-                               : r->dmarc.dkim_aligned                       ? " aligned=dkim"
-                                                                             : "");
+        dmarc_comment(r, h);
     else if (r->dmarc.reason[0]) {
         g_string_append(h, " (");
         clean(h, r->dmarc.reason, 60);

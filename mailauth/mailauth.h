@@ -48,6 +48,7 @@ struct mailauth_request {
     const char *sender;  /* MAIL FROM without <>, "" for the null sender */
     const uint8_t *data; /* the message as received (inlet's Received: first is fine) */
     size_t len;
+    const char *id;      /* the message's id: DMARC's pct= sampling is drawn from it */
 };
 
 /* The verdicts of one message.  Owned by the callback's receiver; free with mailauth_result_free. */
@@ -70,6 +71,13 @@ enum mailauth_verdict mailauth_result_dmarc(const struct mailauth_result *r);
 /* The DMARC policy that applies to the From: domain ("none", "quarantine", "reject"), "" when
  * there is no record. */
 const char *mailauth_result_dmarc_policy(const struct mailauth_result *r);
+/* The DMARC policy applied to this message (RFC 7489 §6.6.4): "none" unless DMARC failed; then the
+ * policy when the message is in the pct= sample, else the next milder one (reject → quarantine,
+ * quarantine → none).  The sample is deterministic: the message is in it when
+ * FNV-1a-32(its id) mod 100 < pct, so pct=0 never applies the policy and pct=100 always does. */
+const char *mailauth_result_dmarc_applied(const struct mailauth_result *r);
+/* The sampling itself: whether message `id` is in a pct= sample. */
+bool mailauth_dmarc_sampled(const char *id, int pct);
 /* Milliseconds the checks took. */
 int64_t mailauth_result_elapsed_ms(const struct mailauth_result *r);
 /* "spf=pass dkim=pass dmarc=pass" for the log. */

@@ -12,7 +12,10 @@
  *   {"authserv-id": "...",
  *    "spf": {"result": "pass", "reason": "...", "mailfrom": "a@b"},   (or "helo")
  *    "dkim": [{"result": "pass", "reason": "", "domain": "d", "selector": "s", "algorithm": "..."}],
- *    "dmarc": {"result": "pass", "reason": "", "policy": "reject", "aligned": ["spf"], "from": "d"}} */
+ *    "dmarc": {"result": "fail", "reason": "", "policy": "reject", "aligned": [], "pct": 50,
+ *              "applied": "quarantine", "rua": ["mailto:a@d"], "ruf": [], "from": "d"}}
+ * dmarc's "applied" is the policy applied to this message after pct= sampling (RFC 7489 §6.6.4,
+ * "none" unless it failed); rua/ruf are the record's report addresses (inlet sends no reports). */
 #include <string.h>
 
 #include "message/internal.h"
@@ -82,24 +85,35 @@ static const char *prop_name(const char *method, const char *prop, size_t len)
     return NULL;
 }
 
-/* dmarc's comment as inlet writes it: "p=reject aligned=spf+dkim". */
+/* "a,b,c" (split at `sep`, at most `max` parts, empty ones dropped) → ["a", "b", "c"]. */
+static json_t *split_list(const char *text, const char *sep, int max)
+{
+    json_t *a = json_array();
+    char **parts = g_strsplit(text, sep, max);
+    for (char **q = parts; *q; q++)
+        if (**q) json_array_append_new(a, msg_jstr(*q));
+    g_strfreev(parts);
+    return a;
+}
+
+/* dmarc's comment as inlet writes it (mailauth.c): "p=reject pct=50 applied=quarantine
+ * aligned=spf+dkim rua=mailto:a@x,mailto:b@y ruf=...". */
 static void dmarc_comment(json_t *o, const struct tok *c)
 {
     char *text = g_strndup(c->p, MIN(c->len, (size_t)MSG_AUTHRES_VALUE_MAX));
     char **words = g_strsplit_set(text, " \t", -1);
-    json_t *aligned = json_array();
-    const char *policy = "";
     for (char **w = words; *w; w++) {
-        if (g_str_has_prefix(*w, "p=")) policy = *w + 2;
-        else if (g_str_has_prefix(*w, "aligned=")) {
-            char **parts = g_strsplit(*w + 8, "+", 3);
-            for (char **q = parts; *q; q++)
-                if (**q) json_array_append_new(aligned, msg_jstr(*q));
-            g_strfreev(parts);
+        if (g_str_has_prefix(*w, "p=")) json_object_set_new(o, "policy", msg_jstr(*w + 2));
+        else if (g_str_has_prefix(*w, "aligned=")) json_object_set_new(o, "aligned", split_list(*w + 8, "+", 3));
+        else if (g_str_has_prefix(*w, "applied=")) json_object_set_new(o, "applied", msg_jstr(*w + 8));
+        else if (g_str_has_prefix(*w, "rua=") || g_str_has_prefix(*w, "ruf="))
+            json_object_set_new(o, (*w)[2] == 'a' ? "rua" : "ruf", split_list(*w + 4, ",", MSG_AUTHRES_URIS_MAX));
+        else if (g_str_has_prefix(*w, "pct=")) {
+            gint64 pct = 0;
+            if (g_ascii_string_to_signed(*w + 4, 10, 0, 100, &pct, NULL))
+                json_object_set_new(o, "pct", json_integer(pct));
         }
     }
-    json_object_set_new(o, "policy", msg_jstr(policy));
-    json_object_set_new(o, "aligned", aligned);
     g_strfreev(words);
     g_free(text);
 }
@@ -117,9 +131,13 @@ static json_t *resinfo(const char **s, char *method, size_t methodsz)
     json_t *o = json_object();
     json_object_set_new(o, "result", jstr_len(eq + 1, t.len - ml - 1));
     json_object_set_new(o, "reason", msg_jstr(""));
-    if (strcmp(method, "dmarc") == 0) {
+    if (strcmp(method, "dmarc") == 0) { /* the comment's words, when it has them */
         json_object_set_new(o, "policy", msg_jstr(""));
         json_object_set_new(o, "aligned", json_array());
+        json_object_set_new(o, "pct", json_integer(100));
+        json_object_set_new(o, "applied", msg_jstr("none"));
+        json_object_set_new(o, "rua", json_array());
+        json_object_set_new(o, "ruf", json_array());
     }
     for (int n = 0; n < MSG_AUTHRES_PROPS_MAX && next_tok(s, &t); n++) {
         if (t.comment) {

@@ -137,7 +137,7 @@ static const struct setting settings[] = {
     {"spf-reject", SET_BOOL, OFF(spf_reject), "no", 0, 0, "yes|no",
      "refuse a message whose SPF verdict is fail (550 5.7.23)"},
     {"dmarc-reject", SET_BOOL, OFF(dmarc_reject), "no", 0, 0, "yes|no",
-     "refuse a message that fails DMARC under p=reject (550 5.7.1)"},
+     "refuse a message that fails DMARC under p=reject, within its pct= sample (550 5.7.1)"},
     {"public-suffix-list", SET_STR, OFF(public_suffix_list), "/usr/share/publicsuffix/public_suffix_list.dat", 0, 0,
      "FILE", "the Public Suffix List, for DMARC's organizational domains"},
     {"api-key", SET_STR, OFF(api_key), NULL, 0, 0, "KEY",

@@ -115,6 +115,9 @@
 /* A From: value read for DMARC (longer: no single address, DMARC permerror); a DMARC record. */
 #define MAILAUTH_FROM_MAX 4096
 #define MAILAUTH_DMARC_RECORD_MAX 2048
+/* A DMARC record's rua= / ruf= as kept in the verdicts (reported, never used: inlet sends no
+ * reports); longer lists are cut at a URI boundary. */
+#define MAILAUTH_DMARC_URIS_MAX 256
 /* About the bytes of the header fields inlet prepends (A-R with 8 signatures, Mailgun's two). */
 #define MAILAUTH_HEADERS_MAX 4096
 /* --auth-budget bounds, milliseconds. */
@@ -397,6 +400,8 @@ _Static_assert(API_BODY_MAX < LIMIT_INFLIGHT_BYTES, "a request body fits the mem
 #define MSG_AUTHRES_VALUE_MAX 512
 #define MSG_AUTHRES_PROPS_MAX 16
 #define MSG_AUTHRES_RESULTS_MAX 16
+/* URIs of one rua= / ruf= list read back. */
+#define MSG_AUTHRES_URIS_MAX 16
 #define POST_TAIL_TIMESTAMP_MAX 20
 #define POST_TAIL_TOKEN_MAX 64
 #define POST_TAIL_SIGNATURE_MAX 64

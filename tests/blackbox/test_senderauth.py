@@ -81,6 +81,14 @@ def zones(keys):
     r.append("_dmarc.softfail IN TXT %s" % txt("v=DMARC1; p=quarantine"))
     r.append("_dmarc.signed IN TXT %s" % txt("v=DMARC1; p=reject; adkim=s"))
     r.append("_dmarc.org IN TXT %s" % txt("v=DMARC1; p=none; sp=reject"))
+    # pct= sampling (RFC 7489 §6.3): SPF fails and nothing is signed, so DMARC fails.
+    for pct in (0, 50, 100):
+        r.append("pct%d IN TXT %s" % (pct, txt("v=spf1 -all")))
+        r.append("_dmarc.pct%d IN TXT %s" % (pct, txt("v=DMARC1; p=reject; pct=%d; rua=mailto:agg@pct%d.example,"
+                                                        "mailto:agg2@pct%d.example; ruf=mailto:f@pct%d.example"
+                                                        % (pct, pct, pct, pct))))
+    r.append("qpct0 IN TXT %s" % txt("v=spf1 -all"))
+    r.append("_dmarc.qpct0 IN TXT %s" % txt("v=DMARC1; p=quarantine; pct=0"))
     # DKIM keys
     r.append("rsa._domainkey.signed IN TXT %s" % txt("v=DKIM1; k=rsa; p=" + keys.rsa_pub))
     r.append("ed._domainkey.signed IN TXT %s" % txt("v=DKIM1; k=ed25519; p=" + keys.ed_pub))
@@ -186,7 +194,7 @@ class SenderAuth(InletTestCase):
         self.assertTrue(head.startswith(b"Authentication-Results: mx.inlet.example;\r\n\tspf=fail"), head[:200])
         self.assertEqual(head.count(b"mx.inlet.example;"), 1, head)
         self.assertIn(b"smtp.mailfrom=a@fail.example", head)
-        self.assertIn(b"\tdkim=none;\r\n\tdmarc=fail (p=reject) header.from=fail.example\r\n", head)
+        self.assertIn(b"\tdkim=none;\r\n\tdmarc=fail (p=reject applied=reject) header.from=fail.example\r\n", head)
         self.assertEqual(head.count(b"X-Mailgun-Spf:"), 1)
         self.assertIn(b"\r\nX-Mailgun-Spf: Fail\r\nX-Mailgun-Dkim-Check-Result: Fail\r\nReceived: ", head)
         self.assertIn(b"Authentication-Results: other.example; spf=pass", head)  # not ours: kept
@@ -255,6 +263,53 @@ class SenderAuth(InletTestCase):
         queued_id(self.send(d, "a@softfail.example", message("a@softfail.example"))[1])
         queued_id(self.send(d, "a@pass.example", message("a@pass.example"))[1])
 
+    @staticmethod
+    def sampled(mid, pct):
+        """inlet's pct= sample (mailauth_dmarc_sampled): FNV-1a-32 of the message id, mod 100."""
+        h = 2166136261
+        for c in mid.encode():
+            h = ((h ^ c) * 16777619) & 0xFFFFFFFF
+        return h % 100 < pct
+
+    def test_dmarc_pct_samples_the_reject_policy(self):
+        d = self.start("--dmarc-reject", "yes")
+        self.route(d, "store()")
+        # pct=100: always rejected; pct=0: never, the verdict says quarantine was applied.
+        for _ in range(3):
+            self.assertReply(self.send(d, "a@pct100.example", message("a@pct100.example")), 550,
+                             "550 5.7.1 Rejected by the DMARC policy of the From: domain")
+        mids = [self.verdicts(d, "a@pct0.example", message("a@pct0.example")) for _ in range(3)]
+        for mid, kv in mids:
+            self.assertEqual((kv.get("dmarc"), kv.get("dmarc_policy"), kv.get("dmarc_applied")),
+                             ("fail", "reject", "quarantine"))
+        head = self.raw(d, mids[0][0]).split(b"\r\n\r\n", 1)[0]
+        self.assertIn(b"\tdmarc=fail (p=reject pct=0 applied=quarantine rua=mailto:agg@pct0.example,"
+                      b"mailto:agg2@pct0.example ruf=mailto:f@pct0.example) header.from=pct0.example\r\n", head)
+        (row,) = d.query("SELECT key FROM stored WHERE message_id = ?", (mids[0][0],))
+        status, _, body = d.http("GET", "/v3/domains/example.com/messages/%s" % row[0])
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(body)["authentication"]["dmarc"],
+                         {"result": "fail", "reason": "", "policy": "reject", "aligned": [], "pct": 0,
+                          "applied": "quarantine", "rua": ["mailto:agg@pct0.example", "mailto:agg2@pct0.example"],
+                          "ruf": ["mailto:f@pct0.example"], "from": "pct0.example"})
+        # p=quarantine outside the sample: none applied (nothing is refused for quarantine anyway).
+        _, kv = self.verdicts(d, "a@qpct0.example", message("a@qpct0.example"))
+        self.assertEqual((kv.get("dmarc_policy"), kv.get("dmarc_applied")), ("quarantine", "none"))
+
+    def test_dmarc_pct_sample_is_drawn_from_the_message_id(self):
+        d = self.start("--dmarc-reject", "yes")
+        for _ in range(20):
+            self.send(d, "a@pct50.example", message("a@pct50.example"))
+        lines = d.find_lines(topic="mailauth", startswith="checked ")
+        self.assertEqual(len(lines), 20)
+        refused = {l.kv["id"]: l.kv.get("refused") == "dmarc" for l in lines}
+        # Both kinds occur (each message is in the sample with probability 1/2: all 20 alike
+        # happens once in 2^19 runs), and each is where FNV-1a of its id puts it.
+        self.assertEqual(set(refused.values()), {True, False}, refused)
+        self.assertEqual(refused, {mid: self.sampled(mid, 50) for mid in refused})
+        for l in lines:
+            self.assertEqual(l.kv["dmarc_applied"], "reject" if refused[l.kv["id"]] else "quarantine")
+
     def test_off_by_default_policies_accept(self):
         d = self.start()
         queued_id(self.send(d, "a@fail.example", message("a@fail.example"))[1])
@@ -313,6 +368,7 @@ class SenderAuth(InletTestCase):
         self.assertEqual({k: sig[k] for k in ("result", "domain", "selector", "algorithm")},
                          {"result": "pass", "domain": "signed.example", "selector": "rsa", "algorithm": "rsa-sha256"})
         self.assertEqual(auth["dmarc"], {"result": "pass", "reason": "", "policy": "reject", "aligned": ["dkim"],
+                                         "pct": 100, "applied": "none", "rua": [], "ruf": [],
                                          "from": "signed.example"})
         headers = dict((k, v) for k, v in payload["message-headers"])
         self.assertEqual((headers["X-Mailgun-Spf"], headers["X-Mailgun-Dkim-Check-Result"]), ("Pass", "Pass"))
