@@ -438,6 +438,39 @@ class SenderAuth(InletTestCase):
             self.assertNotIn("dkim", detail)
             self.assertNotIn("authentication", detail)
 
+    def test_mailgun_form_has_the_verdict_fields(self):
+        """A Mailgun receiver reads request.form["X-Mailgun-Spf"]: the urlencoded form (no attachment),
+        the multipart one (an attachment) and a store() notify POST, each parsed as such a receiver
+        would (receivers.py: urllib.parse for urlencoded, the email package for multipart)."""
+        d = self.start()
+        hook = receivers.WebhookReceiver()
+        self.addCleanup(hook.stop)
+        self.route(d, 'forward("%s", format="mailgun")' % hook.url("/mg"),
+                   'store(notify="%s", format="mailgun")' % hook.url("/notify"))
+        signed = sign(message("a@signed.example"), "rsa", "signed.example", self.keys.rsa)
+        self.verdicts(d, "a@fail.example", signed)  # SPF fails, the signature passes
+        attached = message("a@pass.example", extra=b"MIME-Version: 1.0\r\n"
+                           b"Content-Type: multipart/mixed; boundary=b1\r\n",
+                           body="--b1\r\nContent-Type: text/plain\r\n\r\nHello.\r\n--b1\r\n"
+                                "Content-Type: application/octet-stream\r\n"
+                                "Content-Disposition: attachment; filename=a.bin\r\n\r\nxyz\r\n--b1--\r\n")
+        self.verdicts(d, "a@pass.example", attached)
+        reqs = hook.wait_for(4)
+        forms = {}
+        for req in reqs:
+            form = req.form()
+            forms[(req.path, form.kind, form.one("X-Mailgun-Spf"))] = form
+        self.assertEqual(sorted(forms), [("/mg", "multipart", "Pass"), ("/mg", "urlencoded", "Fail"),
+                                         ("/notify", "urlencoded", "Fail"), ("/notify", "urlencoded", "Pass")])
+        for (path, kind, spf), form in forms.items():
+            want_dkim = "Pass" if spf == "Fail" else "Fail"  # the signed message came with SPF fail
+            self.assertEqual(form.one("X-Mailgun-Dkim-Check-Result"), want_dkim, (path, kind))
+            self.assertTrue(form.one("Authentication-Results").startswith("mx.inlet.example;"), form.fields)
+            headers = json.loads(form.one("message-headers"))
+            self.assertEqual([v for n, v in headers if n == "X-Mailgun-Spf"], [spf])
+            self.assertEqual([v for n, v in headers if n == "X-Mailgun-Dkim-Check-Result"], [want_dkim])
+        self.assertEqual(forms[("/mg", "multipart", "Pass")].file("attachment-1").data, b"xyz")
+
     def test_without_sender_auth_no_object_even_if_forged(self):
         d = self.daemon(args=["--reject-unrouted", "no", "--hostname", "mx.inlet.test"])
         hook = receivers.WebhookReceiver()
