@@ -40,6 +40,7 @@ enum sqlite_wq {
     WQ_VACUUM,
     WQ_INS_AUTH,         /* a message's verdicts (store_outcome.authentication_json) */
     WQ_SWEEP_AUTH,
+    WQ_NOTE_CANDIDATE,   /* a routed message nothing keeps, for the sweeper (migration 11) */
     WQ_COUNT
 };
 

@@ -439,6 +439,19 @@ static const struct store_migration migrations[] = {
                         "  authentication TEXT NOT NULL"
                         ");",
     },
+    {
+        .version = 11,
+        .description = "a routed message is noted for the purge only when nothing keeps it",
+        /* Step 3's purge_on_routed noted every message at its routing, and the sweeper then read
+         * the note, found the message kept by its stored copy or its pending delivery, and
+         * deleted the note: a row written and deleted per message for nothing (two b-tree pages,
+         * issue 13).  The routing outcome now notes its message itself when it plans no stored
+         * copy and no delivery (store_write_outcome, both backends); whatever keeps a message
+         * still notes it when it goes (the other triggers of step 3). */
+        .sqlite_sql = "DROP TRIGGER purge_on_routed;",
+        .postgres_sql = "DROP TRIGGER purge_on_routed ON messages;"
+                        "DROP FUNCTION purge_note_new_id();",
+    },
 };
 
 const struct store_migration *store_migrations(size_t *count)

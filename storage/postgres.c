@@ -958,10 +958,16 @@ static enum store_status pg_write_outcome(void *arg, const struct store_outcome 
 
     p_text(&p, o->message_id);
     p_text(&p, nz(o->parse_warnings_json, "[]"));
-    /* First the state: only an 'accepted' message gets an outcome, once. */
+    p_text(&p, o->ncopies == 0 && o->ndeliveries == 0 ? "true" : "false");
+    /* First the state: only an 'accepted' message gets an outcome, once.  A message that nothing
+     * keeps (no copy, no delivery) is noted for the sweeper in the same round trip (migration
+     * 11; a copy or a delivery notes it when it goes, by trigger). */
     st = pg_cmd(be->w,
-                "UPDATE messages SET state = 'routed', parse_warnings = $2"
-                " WHERE id = $1 AND state = 'accepted'",
+                "WITH u AS (UPDATE messages SET state = 'routed', parse_warnings = $2"
+                "   WHERE id = $1 AND state = 'accepted' RETURNING id),"
+                " n AS (INSERT INTO purge_candidates (message_id) SELECT id FROM u WHERE $3::boolean"
+                "   ON CONFLICT DO NOTHING)"
+                " SELECT id FROM u",
                 &p, &changed, &e, "message state");
     if (st == STORE_OK && !changed) return STORE_ERR_NOT_FOUND;
     for (size_t i = 0; st == STORE_OK && i < o->nrecipients; i++)

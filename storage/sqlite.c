@@ -1168,6 +1168,19 @@ static enum store_status sqlite_write_outcome(void *arg, const struct store_outc
         rc = rc == SQLITE_OK ? store_sqlite_step_reset(be->ins_stored) : rc;
         if (rc != SQLITE_DONE) goto fail_reset;
     }
+    if (o->ncopies == 0 && o->ndeliveries == 0) {
+        /* Nothing keeps the message: the sweeper purges it (a copy or a delivery notes it when
+         * it goes, by trigger; migration 11). */
+        what = "purge note";
+        which = o->message_id;
+        rc = sqlite3_bind_text(be->wq[WQ_NOTE_CANDIDATE], 1, o->message_id, -1, SQLITE_STATIC);
+        rc = rc == SQLITE_OK ? store_sqlite_step_reset(be->wq[WQ_NOTE_CANDIDATE]) : rc;
+        if (rc != SQLITE_DONE) {
+            sqlite3_reset(be->wq[WQ_NOTE_CANDIDATE]);
+            sqlite3_clear_bindings(be->wq[WQ_NOTE_CANDIDATE]);
+            goto fail;
+        }
+    }
     rc = store_sqlite_outcome_events(be, o, &what, &which);
     if (rc != SQLITE_DONE) goto fail;
     return STORE_OK;

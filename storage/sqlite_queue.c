@@ -116,6 +116,7 @@ static const char *const wq_sql[WQ_COUNT] = {
                       " AND NOT EXISTS (SELECT 1 FROM events WHERE events.message_id = a.message_id)"
                       " AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.id = a.message_id)"
                       " ORDER BY message_id LIMIT ?2)",
+    [WQ_NOTE_CANDIDATE] = "INSERT OR IGNORE INTO purge_candidates (message_id) VALUES (?1)",
     [WQ_INS_AUTH] = "INSERT OR IGNORE INTO message_auth (message_id, authentication) VALUES (?1, ?2)",
     [WQ_SWEEP_ATTEMPTS] = "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries"
                           " WHERE state = ?1 AND updated_at < ?2 ORDER BY updated_at, id LIMIT ?3)",

@@ -885,11 +885,11 @@ static void test_migration_v1(void)
     struct store *st = store_open(tmp, NULL, &err);
     CHECK(st != NULL, "open a version 1 database (%s)", err ? err : "ok");
     if (!st) goto out;
-    CHECK(store_schema_version() == 10, "this binary writes schema 10");
+    CHECK(store_schema_version() == 11, "this binary writes schema 11");
 
     db = raw_open(dbpath);
     bool q = db && raw_query(db, "SELECT value FROM meta WHERE key = 'schema_version'", buf, sizeof buf);
-    CHECK(q && !strcmp(buf, "10"), "upgraded to schema_version 10 (%s)", buf);
+    CHECK(q && !strcmp(buf, "11"), "upgraded to schema_version 11 (%s)", buf);
     q = db && raw_query(db, "PRAGMA auto_vacuum", buf, sizeof buf);
     CHECK(q && !strcmp(buf, "2"), "auto_vacuum 0 became incremental (one VACUUM at open): %s", buf);
     q = db && raw_query(db, "SELECT value FROM meta WHERE key = 'api_key'", buf, sizeof buf);
@@ -923,6 +923,13 @@ static void test_migration_v1(void)
     CHECK_STR(buf, "deliveries_copy_key,deliveries_due,deliveries_message,deliveries_state_updated,events_domain_ts,"
                    "events_message,events_ts,messages_accepted,messages_body_segment,routes_order,stored_expires,"
                    "stored_mailbox,stored_message", "indexes");
+    /* Migration 11: the routing outcome notes a message for the purge itself, no trigger. */
+    q = db && raw_query(db,
+                        "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_master"
+                        " WHERE type = 'trigger' ORDER BY name)",
+                        buf, sizeof buf);
+    CHECK_STR(buf, "purge_on_copy_gone,purge_on_delivery_end,purge_on_delivery_gone,routes_changed_delete,"
+                   "routes_changed_insert,routes_changed_update", "triggers");
     q = db && raw_query(db, "SELECT sql FROM sqlite_master WHERE name = 'deliveries_due'", buf,
                         sizeof buf);
     CHECK(q && strstr(buf, "WHERE state = 'pending'"), "deliveries_due is partial (%s)", buf);
