@@ -230,6 +230,11 @@ struct mailauth_dns *mailauth_dns_new(const char *server, char **err)
     if (!set_option(d->ctx, "rrset-cache-size:", num, err)) goto fail;
     /* Our own deadline bounds every wait; these keep the resolver from retrying for long too. */
     if (!set_option(d->ctx, "do-not-query-localhost:", "no", err)) goto fail;
+    /* The reverse zones of private networks (RFC 1918) go to the server too: libunbound would
+     * answer NXDOMAIN for them itself, so a ptr mechanism or %{p} for a client on an internal
+     * network (a relay at 10.x) would never see the PTR that the site's resolver holds. */
+    if (!set_option(d->ctx, "unblock-lan-zones:", "yes", err)) goto fail;
+    if (!set_option(d->ctx, "insecure-lan-zones:", "yes", err)) goto fail;
     int rc;
     if (server && *server) {
         if (!forwarder(server, fwd, sizeof fwd)) {
@@ -252,6 +257,13 @@ struct mailauth_dns *mailauth_dns_new(const char *server, char **err)
         if (asprintf(err, "dns: %s", ub_strerror(rc)) < 0) *err = NULL;
         goto fail;
     }
+    /* Likewise the documentation networks' reverse zones (RFC 5737, RFC 3849), which no real
+     * client has: what the server says about them is what the RFC 7208 test suite's ptr cases ask
+     * (tests/mailauth).  After ub_ctx_async: removing a zone finalizes the context. */
+    static const char *const doc_zones[] = {"2.0.192.in-addr.arpa.", "100.51.198.in-addr.arpa.",
+                                            "113.0.203.in-addr.arpa.", "8.b.d.0.1.0.0.2.ip6.arpa."};
+    for (size_t i = 0; i < sizeof doc_zones / sizeof doc_zones[0]; i++)
+        (void)ub_ctx_zone_remove(d->ctx, doc_zones[i]); /* UB_NOERROR, or absent in this version */
     if (pipe(d->stop_pipe) < 0 || pthread_create(&d->thread, NULL, process_main, d) != 0) {
         if (asprintf(err, "dns: cannot start its thread: %s", strerror(errno)) < 0) *err = NULL;
         if (d->stop_pipe[0] >= 0) close(d->stop_pipe[0]);
