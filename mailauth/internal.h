@@ -58,11 +58,18 @@ struct mailauth_spf_input {
     const char *sender; /* MAIL FROM without <>, "" for the null sender */
     const char *receiver; /* our host name, for %{r} */
 };
-/* Checks `domain` (the MAIL FROM's domain, or the HELO name) for `local` part.  *explain: a short
- * reason for the log and the comment ("matched ip4:192.0.2.0/24", "too many DNS lookups"). */
-enum mailauth_verdict mailauth_spf_check(struct mailauth_dns *d, const struct mailauth_spf_input *in,
-                                         const char *local, const char *domain, int64_t deadline_ms,
-                                         char *explain, size_t explainsz);
+/* The MAIL FROM identity (RFC 7208 §2.4, §4.3): the domain of `in->sender` with its local-part
+ * ("postmaster" when it has none), or postmaster@HELO for the null sender.  *reason: a short reason
+ * for the log and the A-R comment ("matched ip4:192.0.2.0/24", "more than 10 DNS lookups").
+ * exp (NULL: not wanted): on fail, the domain's explanation (exp=, §6.2), else "". */
+enum mailauth_verdict mailauth_spf_mailfrom(struct mailauth_dns *d, const struct mailauth_spf_input *in,
+                                            int64_t deadline_ms, char *reason, size_t reasonsz, char *exp,
+                                            size_t expsz);
+/* The HELO identity (§2.3): postmaster@HELO.  none without any lookup when the HELO is not a
+ * domain name (an address literal, a single label). */
+enum mailauth_verdict mailauth_spf_helo(struct mailauth_dns *d, const struct mailauth_spf_input *in,
+                                        int64_t deadline_ms, char *reason, size_t reasonsz, char *exp,
+                                        size_t expsz);
 
 /* ---------------------------------------------------------------------------------------------
  * DKIM (dkim.c: RFC 6376 and RFC 8463 verification over OpenSSL, with a cache of decoded keys). */

@@ -74,12 +74,7 @@ const char *mailauth_verdict_name(enum mailauth_verdict v)
 static void check_spf(struct mailauth *a, const struct mailauth_request *q, int64_t deadline, struct mailauth_result *r)
 {
     struct mailauth_spf_input in = {.ip = q->ip, .helo = q->helo, .sender = q->sender, .receiver = a->authserv_id};
-    char local[SMTP_LOCAL_PART_MAX + 1] = "postmaster";
-    const char *domain = q->helo;
-    const char *at = strrchr(q->sender, '@');
-    if (*q->sender && at) {
-        snprintf(local, sizeof local, "%.*s", (int)(at - q->sender), q->sender);
-        domain = at + 1;
+    if (*q->sender && strrchr(q->sender, '@')) {
         snprintf(r->spf_identity, sizeof r->spf_identity, "mailfrom");
         snprintf(r->spf_subject, sizeof r->spf_subject, "%s", q->sender);
     } else {
@@ -87,7 +82,7 @@ static void check_spf(struct mailauth *a, const struct mailauth_request *q, int6
         snprintf(r->spf_identity, sizeof r->spf_identity, "helo");
         snprintf(r->spf_subject, sizeof r->spf_subject, "%s", q->helo);
     }
-    r->spf = mailauth_spf_check(a->dns, &in, local, domain, deadline, r->spf_reason, sizeof r->spf_reason);
+    r->spf = mailauth_spf_mailfrom(a->dns, &in, deadline, r->spf_reason, sizeof r->spf_reason, NULL, 0);
 }
 
 bool mailauth_dmarc_sampled(const char *id, int pct)

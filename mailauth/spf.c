@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "mailauth/internal.h"
 #include "util/limits.h"
@@ -33,6 +34,11 @@ struct spf {
     int64_t deadline_ms;
     char *explain;
     size_t explainsz;
+    char *exp;          /* the explanation (exp=) on fail; expsz 0: not wanted */
+    size_t expsz;
+    int in_include;     /* §6.2: an included record's exp= is not used */
+    char p_domain[SPF_DOMAIN_MAX + 1]; /* %{p} last computed for this domain */
+    char p_name[SPF_DOMAIN_MAX + 1];
 };
 
 /* What a mechanism gave: no match, match, or an error that ends the check. */
@@ -79,8 +85,39 @@ static void ip_text(const struct spf *s, bool dotted_nibbles, char *out, size_t 
     out[o ? o - 1 : 0] = '\0';
 }
 
-/* One macro's value, before its transformers. */
-static bool macro_value(const struct spf *s, char letter, const char *domain, char *out, size_t outsz)
+static bool valid_domain(const char *d);
+static enum mres match_addr(struct spf *s, const char *name, int v4, int v6, bool count_void);
+static void reverse_name(const struct spf *s, char *out, size_t outsz);
+static bool subdomain_of(const char *name, const char *target);
+
+/* %{p} (§7.3): a name of the client that its PTR gives and whose address lookup gives the client
+ * back; `domain` itself first, then one of its subdomains, then any; "unknown" when none is.  At
+ * most SPF_PTR_NAMES_MAX names looked up; not counted as a DNS mechanism (it is none). */
+static const char *validated_name(struct spf *s, const char *domain)
+{
+    if (strcasecmp(s->p_domain, domain) == 0 && s->p_name[0]) return s->p_name;
+    snprintf(s->p_domain, sizeof s->p_domain, "%s", domain);
+    snprintf(s->p_name, sizeof s->p_name, "unknown");
+    char rev[80];
+    reverse_name(s, rev, sizeof rev);
+    struct mailauth_dns_answer a;
+    mailauth_dns_query(s->dns, rev, T_PTR, s->deadline_ms, &a);
+    int best = 0; /* 3: domain itself, 2: a subdomain, 1: any */
+    for (size_t i = 0; i < a.count && i < SPF_PTR_NAMES_MAX && best < 3; i++) {
+        char name[SPF_DOMAIN_MAX + 2];
+        size_t off = 0;
+        if (!mailauth_dns_name(a.data[i], a.len[i], &off, name, sizeof name) || !valid_domain(name)) continue;
+        int rank = strcasecmp(name, domain) == 0 ? 3 : subdomain_of(name, domain) ? 2 : 1;
+        if (rank <= best || match_addr(s, name, 32, 128, false) != MATCH) continue;
+        best = rank;
+        snprintf(s->p_name, sizeof s->p_name, "%.*s", SPF_DOMAIN_MAX, name);
+    }
+    mailauth_dns_answer_free(&a);
+    return s->p_name;
+}
+
+/* One macro's value, before its transformers.  c, r and t only in an explanation (`explain`). */
+static bool macro_value(struct spf *s, char letter, const char *domain, bool explain, char *out, size_t outsz)
 {
     const char *v = NULL;
     switch (tolower((unsigned char)letter)) {
@@ -95,10 +132,22 @@ static bool macro_value(const struct spf *s, char letter, const char *domain, ch
     case 'o': v = s->sender_domain; break;
     case 'd': v = domain; break;
     case 'i': ip_text(s, true, out, outsz); return true;
-    case 'p': v = "unknown"; break; /* §7.3: SHOULD NOT be used; we do not validate it */
+    case 'p': v = validated_name(s, domain); break; /* §7.3: SHOULD NOT be used, but may be */
     case 'v': v = s->family == AF_INET ? "in-addr" : "ip6"; break;
     case 'h': v = s->in->helo; break;
-    default: return false; /* c, r, t only in exp=, which we do not expand */
+    case 'c':
+        if (!explain) return false;
+        ip_text(s, false, out, outsz);
+        return true;
+    case 'r':
+        if (!explain) return false;
+        v = s->in->receiver && *s->in->receiver ? s->in->receiver : "unknown";
+        break;
+    case 't':
+        if (!explain) return false;
+        snprintf(out, outsz, "%lld", (long long)time(NULL));
+        return true;
+    default: return false;
     }
     snprintf(out, outsz, "%s", v);
     return true;
@@ -139,8 +188,25 @@ static bool transform(const char *val, const char *delims, int keep, bool revers
     return true;
 }
 
-/* Expands a domain-spec.  false: a syntax error (permerror). */
-static bool expand(const struct spf *s, const char *spec, size_t speclen, const char *domain, char *out,
+/* §7.3: an upper-case macro letter's value is URL-escaped: all but ALPHA DIGIT - . _ ~. */
+static bool url_escape(const char *v, size_t n, char *out, size_t outsz, size_t *o)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (isalnum(c) || strchr("-._~", c)) {
+            if (!append(out, outsz, o, (const char *)&v[i], 1)) return false;
+        } else {
+            char e[3] = {'%', hex[c >> 4], hex[c & 15]};
+            if (!append(out, outsz, o, e, 3)) return false;
+        }
+    }
+    return true;
+}
+
+/* Expands a domain-spec, or with `explain` an explanation (spaces allowed, c r t macros, no
+ * length cut).  false: a syntax error (permerror), or it does not fit. */
+static bool expand(struct spf *s, const char *spec, size_t speclen, const char *domain, bool explain, char *out,
                    size_t outsz)
 {
     size_t o = 0;
@@ -148,7 +214,8 @@ static bool expand(const struct spf *s, const char *spec, size_t speclen, const 
     for (size_t i = 0; i < speclen; i++) {
         char c = spec[i];
         if (c != '%') {
-            if ((unsigned char)c <= ' ' || (unsigned char)c > '~' || !append(out, outsz, &o, &c, 1)) return false;
+            if ((unsigned char)c < (explain ? ' ' : '!') || (unsigned char)c > '~' || !append(out, outsz, &o, &c, 1))
+                return false;
             continue;
         }
         if (++i >= speclen) return false;
@@ -170,13 +237,18 @@ static bool expand(const struct spf *s, const char *spec, size_t speclen, const 
         if (i < speclen && (spec[i] == 'r' || spec[i] == 'R')) { reverse = true; i++; }
         char delims[8] = "";
         size_t nd = 0;
-        while (i < speclen && strchr(".-+,/_=", spec[i]) && nd + 1 < sizeof delims) delims[nd++] = spec[i++];
+        while (i < speclen && spec[i] && strchr(".-+,/_=", spec[i]) && nd + 1 < sizeof delims) delims[nd++] = spec[i++];
         delims[nd] = '\0';
         if (i >= speclen || spec[i] != '}') return false;
-        char val[SPF_DOMAIN_MAX * 2];
-        if (!macro_value(s, letter, domain, val, sizeof val)) return false;
-        if (!transform(val, nd ? delims : ".", keep, reverse, out, outsz, &o)) return false;
+        char val[SPF_DOMAIN_MAX * 2], part[SPF_DOMAIN_MAX * 2];
+        size_t pn = 0;
+        part[0] = '\0';
+        if (!macro_value(s, letter, domain, explain, val, sizeof val)) return false;
+        if (!transform(val, nd ? delims : ".", keep, reverse, part, sizeof part, &pn)) return false;
+        if (isupper((unsigned char)letter) ? !url_escape(part, pn, out, outsz, &o) : !append(out, outsz, &o, part, pn))
+            return false;
     }
+    if (explain) return true;
     /* §7.3: longer than 253 octets → leftmost labels dropped. */
     size_t len = strlen(out);
     while (len > 253) {
@@ -186,6 +258,59 @@ static bool expand(const struct spf *s, const char *spec, size_t speclen, const 
         len = strlen(out);
     }
     return true;
+}
+
+/* §7.1: a macro-string's syntax, without expanding it (records are checked whole before anything
+ * is evaluated, §4.6).  *ends_in_macro: its last token is a macro-expand. */
+static bool macro_string_ok(const char *p, size_t len, bool *ends_in_macro)
+{
+    *ends_in_macro = false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)p[i];
+        *ends_in_macro = false;
+        if (c != '%') {
+            if (c < '!' || c > '~') return false;
+            continue;
+        }
+        *ends_in_macro = true;
+        if (++i >= len) return false;
+        if (p[i] == '%' || p[i] == '_' || p[i] == '-') continue;
+        if (p[i] != '{' || ++i >= len || !strchr("slodipvhSLODIPVH", p[i]) || !p[i]) return false;
+        i++;
+        size_t digits = 0;
+        while (i < len && isdigit((unsigned char)p[i])) {
+            if (++digits > 3) return false;
+            i++;
+        }
+        if (i < len && (p[i] == 'r' || p[i] == 'R')) i++;
+        while (i < len && p[i] && strchr(".-+,/_=", p[i])) i++;
+        if (i >= len || p[i] != '}') return false;
+    }
+    return true;
+}
+
+/* §7.1: domain-spec = macro-string domain-end; domain-end = ( "." toplabel [ "." ] ) /
+ * macro-expand; toplabel = ( *alphanum ALPHA *alphanum ) / ( 1*alphanum "-" *( alphanum / "-" )
+ * alphanum ). */
+static bool domain_spec_ok(const char *p, size_t len)
+{
+    bool macro_end;
+    if (len == 0 || !macro_string_ok(p, len, &macro_end)) return false;
+    if (macro_end) return true;
+    if (p[len - 1] == '.') len--;
+    size_t dot = len;
+    while (dot > 0 && p[dot - 1] != '.') dot--;
+    if (dot == 0 || dot == len) return false; /* no "." before it, or an empty top label */
+    const char *top = p + dot;
+    size_t tl = len - dot;
+    bool alpha = false, dash = false;
+    for (size_t i = 0; i < tl; i++) {
+        if (top[i] == '-') dash = true;
+        else if (isalpha((unsigned char)top[i])) alpha = true;
+        else if (!isdigit((unsigned char)top[i])) return false;
+    }
+    if (dash) return top[0] != '-' && top[tl - 1] != '-';
+    return alpha;
 }
 
 /* A name we may look up: labels of 1..63, a top label that is not all digits. */
@@ -307,6 +432,7 @@ static enum mres mech_mx(struct spf *s, const char *target, int v4, int v6)
         char name[SPF_DOMAIN_MAX + 2];
         size_t off = 2;
         if (a.len[i] < 3 || !mailauth_dns_name(a.data[i], a.len[i], &off, name, sizeof name)) continue;
+        if (!name[0]) continue; /* RFC 7505's null MX: "." */
         r = match_addr(s, name, v4, v6, false);
     }
 out:
@@ -369,6 +495,7 @@ struct term {
     const char *arg;       /* after ':' or '=' (or the cidr for "a/24"), may be empty */
     size_t arg_len;
     bool modifier;
+    bool colon;            /* "name:arg" (an empty domain-spec after it is a syntax error) */
 };
 
 static bool name_is(const struct term *t, const char *n)
@@ -392,6 +519,7 @@ static bool parse_term(const char *p, size_t len, struct term *t)
         t->qualifier = 0;
         i++;
     } else if (i < len && p[i] == ':') {
+        t->colon = true;
         i++;
     } else if (i < len && p[i] != '/') {
         return false;
@@ -411,58 +539,97 @@ static size_t spec_len(const char *arg, size_t len)
     return i;
 }
 
+/* "ip4:192.0.2.0/24", "ip6:2001:db8::/32" → the network and its prefix length.  false: a syntax
+ * error. */
+static bool parse_ip(const struct term *t, bool six, uint8_t net[16], int *bits)
+{
+    char addr[64];
+    size_t alen = t->arg_len;
+    const char *slash = memchr(t->arg, '/', t->arg_len);
+    *bits = six ? 128 : 32;
+    if (!t->colon) return false;
+    if (slash) {
+        alen = (size_t)(slash - t->arg);
+        size_t dl = t->arg_len - alen - 1;
+        if (dl == 0 || dl > 3) return false;
+        *bits = 0;
+        for (size_t i = 0; i < dl; i++) {
+            if (!isdigit((unsigned char)slash[1 + i])) return false;
+            *bits = *bits * 10 + (slash[1 + i] - '0');
+        }
+        if (dl > 1 && slash[1] == '0') return false;
+        if (*bits > (six ? 128 : 32)) return false;
+    }
+    if (alen == 0 || alen >= sizeof addr) return false;
+    memcpy(addr, t->arg, alen);
+    addr[alen] = '\0';
+    return inet_pton(six ? AF_INET6 : AF_INET, addr, net) == 1;
+}
+
+/* §4.6, §5, §6, §7.1: one term's syntax, checked for the whole record before any is evaluated. */
+static bool term_ok(const struct term *t)
+{
+    int v4, v6;
+    uint8_t net[16];
+    bool macro_end;
+    if (t->modifier) {
+        if (name_is(t, "redirect") || name_is(t, "exp")) return domain_spec_ok(t->arg, t->arg_len);
+        return macro_string_ok(t->arg, t->arg_len, &macro_end); /* §6: unknown ones are ignored */
+    }
+    if (name_is(t, "all")) return t->arg_len == 0 && !t->colon;
+    if (name_is(t, "ip4") || name_is(t, "ip6")) return parse_ip(t, name_is(t, "ip6"), net, &v4);
+    if (name_is(t, "include") || name_is(t, "exists")) return t->colon && domain_spec_ok(t->arg, t->arg_len);
+    if (name_is(t, "ptr")) return t->colon ? domain_spec_ok(t->arg, t->arg_len) : t->arg_len == 0;
+    if (name_is(t, "a") || name_is(t, "mx")) {
+        size_t sl = t->colon ? spec_len(t->arg, t->arg_len) : 0;
+        if (t->colon && !domain_spec_ok(t->arg, sl)) return false;
+        return parse_dual_cidr(t->arg + sl, t->arg_len - sl, &v4, &v6) == 0;
+    }
+    return false; /* unknown mechanism */
+}
+
+/* A mechanism's domain-spec expanded, or `domain` without one.  false: it does not expand. */
+static bool target_of(struct spf *s, const char *spec, size_t len, const char *domain, char *out, size_t outsz)
+{
+    if (len == 0) {
+        snprintf(out, outsz, "%s", domain);
+        return true;
+    }
+    return expand(s, spec, len, domain, false, out, outsz);
+}
+
 static enum mres run_mechanism(struct spf *s, const struct term *t, const char *domain)
 {
     char target[SPF_DOMAIN_MAX * 2];
     int v4 = 32, v6 = 128;
-    if (name_is(t, "all")) return t->arg_len ? ERR_PERM : MATCH;
+    if (name_is(t, "all")) return MATCH;
     if (name_is(t, "ip4") || name_is(t, "ip6")) {
         bool six = name_is(t, "ip6");
-        char addr[64];
-        size_t alen = t->arg_len;
-        const char *slash = memchr(t->arg, '/', t->arg_len);
-        int bits = six ? 128 : 32;
-        if (slash) {
-            alen = (size_t)(slash - t->arg);
-            size_t dl = t->arg_len - alen - 1;
-            if (dl == 0 || dl > 3) return ERR_PERM;
-            bits = 0;
-            for (size_t i = 0; i < dl; i++) {
-                if (!isdigit((unsigned char)slash[1 + i])) return ERR_PERM;
-                bits = bits * 10 + (slash[1 + i] - '0');
-            }
-            if (dl > 1 && slash[1] == '0') return ERR_PERM;
-            if (bits > (six ? 128 : 32)) return ERR_PERM;
-        }
-        if (alen == 0 || alen >= sizeof addr) return ERR_PERM;
-        memcpy(addr, t->arg, alen);
-        addr[alen] = '\0';
         uint8_t net[16];
-        if (inet_pton(six ? AF_INET6 : AF_INET, addr, net) != 1) return ERR_PERM;
+        int bits;
+        if (!parse_ip(t, six, net, &bits)) return ERR_PERM;
         if ((s->family == AF_INET6) != six) return NOMATCH;
         return prefix_match(net, s->ip, bits) ? MATCH : NOMATCH;
     }
+    /* Every other mechanism is a DNS one (§4.6.4).  A name that its macros make invalid (a HELO
+     * that is no domain in %{h}) matches nothing, like a name that does not exist. */
+    if (count_lookup(s) != NOMATCH) return ERR_PERM;
     bool is_a = name_is(t, "a"), is_mx = name_is(t, "mx");
     if (is_a || is_mx) {
-        size_t sl = spec_len(t->arg, t->arg_len);
+        size_t sl = t->colon ? spec_len(t->arg, t->arg_len) : 0;
         if (parse_dual_cidr(t->arg + sl, t->arg_len - sl, &v4, &v6) < 0) return ERR_PERM;
-        if (sl == 0) snprintf(target, sizeof target, "%s", domain);
-        else if (!expand(s, t->arg, sl, domain, target, sizeof target)) return ERR_PERM;
-        if (!valid_domain(target)) return ERR_PERM;
-        if (count_lookup(s) != NOMATCH) return ERR_PERM;
+        if (!target_of(s, t->arg, sl, domain, target, sizeof target)) return ERR_PERM;
+        if (!valid_domain(target)) return NOMATCH;
         return is_a ? match_addr(s, target, v4, v6, true) : mech_mx(s, target, v4, v6);
     }
     if (name_is(t, "ptr")) {
-        if (t->arg_len == 0) snprintf(target, sizeof target, "%s", domain);
-        else if (!expand(s, t->arg, t->arg_len, domain, target, sizeof target)) return ERR_PERM;
-        if (count_lookup(s) != NOMATCH) return ERR_PERM;
-        return mech_ptr(s, target);
+        if (!target_of(s, t->arg, t->arg_len, domain, target, sizeof target)) return ERR_PERM;
+        return valid_domain(target) ? mech_ptr(s, target) : NOMATCH;
     }
     if (name_is(t, "include") || name_is(t, "exists")) {
-        if (t->arg_len == 0 || !expand(s, t->arg, t->arg_len, domain, target, sizeof target)) return ERR_PERM;
-        if (!valid_domain(target)) return ERR_PERM;
-        if (count_lookup(s) != NOMATCH) return ERR_PERM;
+        if (!expand(s, t->arg, t->arg_len, domain, false, target, sizeof target)) return ERR_PERM;
         if (name_is(t, "exists")) {
+            if (!valid_domain(target)) return NOMATCH;
             struct mailauth_dns_answer a;
             mailauth_dns_query(s->dns, target, T_A, s->deadline_ms, &a);
             enum mres r = answer_status(s, a.status);
@@ -470,7 +637,9 @@ static enum mres run_mechanism(struct spf *s, const struct term *t, const char *
             mailauth_dns_answer_free(&a);
             return r;
         }
+        s->in_include++;
         enum mailauth_verdict v = check_host(s, target);
+        s->in_include--;
         switch (v) {
         case MAILAUTH_PASS: return MATCH;
         case MAILAUTH_FAIL:
@@ -512,7 +681,11 @@ static bool fetch_record(struct spf *s, const char *domain, char *rec, size_t re
     for (size_t i = 0; i < a.count; i++) {
         if (!mailauth_dns_txt(a.data[i], a.len[i], txt, SPF_RECORD_MAX)) continue;
         if (strncasecmp(txt, "v=spf1", 6) != 0 || (txt[6] && txt[6] != ' ')) continue;
-        if (found++ == 0) snprintf(rec, recsz, "%s", txt + 6);
+        /* A NUL octet in the record (which would end our string early): a character no term may
+         * have, so the record is a syntax error (§7.1 "a-null"). */
+        size_t total = 0;
+        for (size_t j = 0; j < a.len[i]; j += 1 + a.data[i][j]) total += a.data[i][j];
+        if (found++ == 0) snprintf(rec, recsz, "%s%s", txt + 6, strlen(txt) < total ? " \x01" : "");
     }
     free(txt);
     if (found == 0) {
@@ -527,6 +700,25 @@ static bool fetch_record(struct spf *s, const char *domain, char *rec, size_t re
 out:
     mailauth_dns_answer_free(&a);
     return ok;
+}
+
+/* §6.2: the explanation of a fail, from the TXT record that exp= names, its macros expanded.
+ * When the name does not expand, has no single TXT record, or its text does not expand, there is
+ * none (not an error).  Asked only when the caller wants it (expsz): inlet does not post it. */
+static void explanation(struct spf *s, const struct term *exp, const char *domain)
+{
+    if (s->expsz == 0) return;
+    char target[SPF_DOMAIN_MAX * 2];
+    if (!expand(s, exp->arg, exp->arg_len, domain, false, target, sizeof target) || !valid_domain(target)) return;
+    struct mailauth_dns_answer a;
+    mailauth_dns_query(s->dns, target, T_TXT, s->deadline_ms, &a);
+    char *txt = malloc(SPF_RECORD_MAX);
+    size_t n;
+    if (txt && a.status == MAILAUTH_DNS_OK && a.count == 1 && mailauth_dns_txt(a.data[0], a.len[0], txt, SPF_RECORD_MAX)
+        && (n = strlen(txt)) > 0 && !expand(s, txt, n, domain, true, s->exp, s->expsz))
+        s->exp[0] = '\0';
+    free(txt);
+    mailauth_dns_answer_free(&a);
 }
 
 static enum mailauth_verdict check_host(struct spf *s, const char *domain)
@@ -544,13 +736,12 @@ static enum mailauth_verdict check_host(struct spf *s, const char *domain)
     /* §4.6: any syntax error anywhere is a permerror before anything is evaluated. */
     struct term terms[SPF_TERMS_MAX];
     size_t nterms = 0;
-    const struct term *redirect = NULL;
-    bool seen_exp = false;
+    const struct term *redirect = NULL, *exp = NULL;
     for (const char *p = rec; *p;) {
         while (*p == ' ') p++;
         if (!*p) break;
         size_t len = strcspn(p, " ");
-        if (nterms == SPF_TERMS_MAX || !parse_term(p, len, &terms[nterms])) {
+        if (nterms == SPF_TERMS_MAX || !parse_term(p, len, &terms[nterms]) || !term_ok(&terms[nterms])) {
             say(s, "syntax error in the SPF record of %s", domain);
             v = MAILAUTH_PERMERROR;
             goto out;
@@ -560,14 +751,8 @@ static enum mailauth_verdict check_host(struct spf *s, const char *domain)
             if (redirect) { say(s, "two redirect= in %s", domain); v = MAILAUTH_PERMERROR; goto out; }
             redirect = t;
         } else if (t->modifier && name_is(t, "exp")) {
-            if (seen_exp) { say(s, "two exp= in %s", domain); v = MAILAUTH_PERMERROR; goto out; }
-            seen_exp = true;
-        } else if (!t->modifier && !(name_is(t, "all") || name_is(t, "include") || name_is(t, "a") ||
-                                     name_is(t, "mx") || name_is(t, "ptr") || name_is(t, "ip4") ||
-                                     name_is(t, "ip6") || name_is(t, "exists"))) {
-            say(s, "unknown mechanism in the SPF record of %s", domain);
-            v = MAILAUTH_PERMERROR;
-            goto out;
+            if (exp) { say(s, "two exp= in %s", domain); v = MAILAUTH_PERMERROR; goto out; }
+            exp = t;
         }
         p += len;
     }
@@ -587,12 +772,14 @@ static enum mailauth_verdict check_host(struct spf *s, const char *domain)
             snprintf(what, sizeof what, "matched %.*s", (int)(tl < 80 ? tl : 80), t->name);
             say(s, "%s", what);
             v = qualified(t->qualifier);
+            if (v == MAILAUTH_FAIL && exp && !s->in_include) explanation(s, exp, domain);
             goto out;
         }
     }
     if (redirect) {
         char target[SPF_DOMAIN_MAX * 2];
-        if (!expand(s, redirect->arg, redirect->arg_len, domain, target, sizeof target) || !valid_domain(target)) {
+        if (!expand(s, redirect->arg, redirect->arg_len, domain, false, target, sizeof target) ||
+            !valid_domain(target)) {
             v = MAILAUTH_PERMERROR;
             goto out;
         }
@@ -609,13 +796,14 @@ out:
     return v;
 }
 
-enum mailauth_verdict mailauth_spf_check(struct mailauth_dns *d, const struct mailauth_spf_input *in,
-                                         const char *local, const char *domain, int64_t deadline_ms,
-                                         char *explain, size_t explainsz)
+static enum mailauth_verdict run(struct mailauth_dns *d, const struct mailauth_spf_input *in, const char *local,
+                                const char *domain, int64_t deadline_ms, char *reason, size_t reasonsz, char *exp,
+                                size_t expsz)
 {
-    struct spf s = {.dns = d, .in = in, .local = local, .sender_domain = domain,
-                    .deadline_ms = deadline_ms, .explain = explain, .explainsz = explainsz};
-    explain[0] = '\0';
+    struct spf s = {.dns = d, .in = in, .local = local, .sender_domain = domain, .deadline_ms = deadline_ms,
+                    .explain = reason, .explainsz = reasonsz, .exp = exp, .expsz = exp ? expsz : 0};
+    reason[0] = '\0';
+    if (exp && expsz) exp[0] = '\0';
     const char *ip = in->ip;
     if (strncasecmp(ip, "::ffff:", 7) == 0 && strchr(ip + 7, '.')) ip += 7; /* §5: IPv4-mapped */
     if (inet_pton(AF_INET, ip, s.ip) == 1) s.family = AF_INET;
@@ -629,4 +817,25 @@ enum mailauth_verdict mailauth_spf_check(struct mailauth_dns *d, const struct ma
         return MAILAUTH_NONE;
     }
     return check_host(&s, domain);
+}
+
+enum mailauth_verdict mailauth_spf_mailfrom(struct mailauth_dns *d, const struct mailauth_spf_input *in,
+                                            int64_t deadline_ms, char *reason, size_t reasonsz, char *exp,
+                                            size_t expsz)
+{
+    const char *at = strrchr(in->sender, '@');
+    if (!*in->sender || !at) return mailauth_spf_helo(d, in, deadline_ms, reason, reasonsz, exp, expsz);
+    char local[SMTP_LOCAL_PART_MAX + 1] = "postmaster"; /* §4.3: no local-part, "postmaster" */
+    if (at > in->sender) snprintf(local, sizeof local, "%.*s", (int)(at - in->sender), in->sender);
+    return run(d, in, local, at + 1, deadline_ms, reason, reasonsz, exp, expsz);
+}
+
+enum mailauth_verdict mailauth_spf_helo(struct mailauth_dns *d, const struct mailauth_spf_input *in,
+                                        int64_t deadline_ms, char *reason, size_t reasonsz, char *exp,
+                                        size_t expsz)
+{
+    /* %{s} is then postmaster@HELO (macro_value): the sender is not this identity's. */
+    struct mailauth_spf_input h = *in;
+    h.sender = "";
+    return run(d, &h, "postmaster", in->helo, deadline_ms, reason, reasonsz, exp, expsz);
 }

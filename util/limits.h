@@ -98,6 +98,8 @@
 #define SPF_RECORD_MAX 8192
 #define SPF_DOMAIN_MAX 253
 #define SPF_MACRO_PARTS_MAX 128
+/* A domain's explanation (exp=, RFC 7208 §6.2) after its macros: a longer one is dropped. */
+#define SPF_EXP_MAX 512
 /* DKIM signatures of one message that are verified (each costs a lookup and a hash); a selector. */
 #define MAILAUTH_DKIM_SIGS_MAX 8
 #define MAILAUTH_DKIM_SELECTOR_MAX 64
