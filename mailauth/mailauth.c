@@ -46,6 +46,12 @@ struct mailauth_result {
     char spf_identity[9];          /* "mailfrom" or "helo" */
     char spf_subject[SMTP_ADDRESS_MAX + 16];
     char spf_reason[96];
+    /* The HELO identity (RFC 7208 §2.3), checked besides a MAIL FROM (for the null sender spf is
+     * already HELO's); helo_checked false: not checked (the null sender, an address literal). */
+    bool helo_checked;
+    enum mailauth_verdict spf_helo;
+    char helo[SMTP_DOMAIN_MAX + 1];
+    char spf_helo_reason[96];
     struct mailauth_dkim_sig sigs[MAILAUTH_DKIM_SIGS_MAX];
     size_t nsigs;
     char from_domain[SPF_DOMAIN_MAX + 1];
@@ -101,6 +107,19 @@ static void apply_policy(struct mailauth_dmarc *d, const char *id)
     snprintf(d->applied, sizeof d->applied, "%s", p);
 }
 
+/* The HELO identity when the MAIL FROM one was the sender's and the HELO is a name, not an address
+ * literal.  Run last of a message's checks: it has what is left of the budget and cannot make
+ * DKIM or DMARC late.  Its verdict goes only into Authentication-Results (X-Mailgun-Spf, DMARC and
+ * --spf-reject keep MAIL FROM's). */
+static void check_helo(struct mailauth *a, const struct mailauth_request *q, int64_t deadline, struct mailauth_result *r)
+{
+    if (!*q->sender || !strrchr(q->sender, '@') || !*q->helo || q->helo[0] == '[') return;
+    struct mailauth_spf_input in = {.ip = q->ip, .helo = q->helo, .sender = q->sender, .receiver = a->authserv_id};
+    r->helo_checked = true;
+    snprintf(r->helo, sizeof r->helo, "%s", q->helo);
+    r->spf_helo = mailauth_spf_helo(a->dns, &in, deadline, r->spf_helo_reason, sizeof r->spf_helo_reason, NULL, 0);
+}
+
 static void run_job(struct mailauth *a, struct job *j, struct mailauth_result *r)
 {
     const struct mailauth_request *q = &j->req;
@@ -124,6 +143,7 @@ static void run_job(struct mailauth *a, struct job *j, struct mailauth_result *r
         snprintf(r->dmarc.reason, sizeof r->dmarc.reason, "%s",
                  from == 0 ? "no From: field" : "no single From: address with a domain");
     }
+    check_helo(a, q, j->deadline_ms, r);
 }
 
 static struct mailauth_result *result_new(struct mailauth *a)
@@ -145,8 +165,10 @@ static void run_prefetch(struct mailauth *a, struct job *j)
     struct mailauth_result *r = result_new(a);
     if (r) {
         check_spf(a, &j->req, j->deadline_ms, r);
+        check_helo(a, &j->req, j->deadline_ms, r);
         char esc[LOG_CLIENT_BYTES_MAX * 4 + 8];
-        log_debug("mailauth", "prefetched spf=%s subject=\"%s\" ms=%lld", mailauth_verdict_name(r->spf),
+        log_debug("mailauth", "prefetched spf=%s spf_helo=%s subject=\"%s\" ms=%lld", mailauth_verdict_name(r->spf),
+                  r->helo_checked ? mailauth_verdict_name(r->spf_helo) : "-",
                   log_escape(esc, sizeof esc, r->spf_subject, strlen(r->spf_subject), LOG_CLIENT_BYTES_MAX),
                   (long long)(mailauth_now_ms() - j->started_ms));
     }
@@ -191,7 +213,8 @@ static void *worker_main(void *arg)
         if (r) {
             run_job(a, j, r);
             r->elapsed_ms = mailauth_now_ms() - j->started_ms;
-            snprintf(r->summary, sizeof r->summary, "spf=%s dkim=%s dmarc=%s", mailauth_verdict_name(r->spf),
+            snprintf(r->summary, sizeof r->summary, "spf=%s spf_helo=%s dkim=%s dmarc=%s", mailauth_verdict_name(r->spf),
+                     r->helo_checked ? mailauth_verdict_name(r->spf_helo) : "-",
                      mailauth_verdict_name(mailauth_result_dkim(r)), mailauth_verdict_name(r->dmarc.verdict));
         }
         j->done(j->arg, r); /* r NULL: out of memory, the message goes without verdicts */
@@ -409,6 +432,16 @@ static void write_headers(const struct mailauth_result *r, GString *h)
     }
     g_string_append_printf(h, " smtp.%s=", r->spf_identity);
     clean(h, r->spf_subject, SMTP_ADDRESS_MAX);
+    if (r->helo_checked) { /* RFC 8601 §2.7.2: a second spf resinfo for the HELO identity */
+        g_string_append_printf(h, ";\r\n\tspf=%s", mailauth_verdict_name(r->spf_helo));
+        if (r->spf_helo_reason[0]) {
+            g_string_append(h, " (");
+            clean(h, r->spf_helo_reason, 90);
+            g_string_append(h, ")");
+        }
+        g_string_append(h, " smtp.helo=");
+        clean(h, r->helo, SMTP_DOMAIN_MAX);
+    }
     if (r->nsigs == 0) g_string_append(h, ";\r\n\tdkim=none");
     for (size_t i = 0; i < r->nsigs; i++) {
         const struct mailauth_dkim_sig *s = &r->sigs[i];

@@ -11,6 +11,9 @@
  * spf and dmarc become objects (the first of each), dkim an array with one entry per signature:
  *   {"authserv-id": "...",
  *    "spf": {"result": "pass", "reason": "...", "mailfrom": "a@b"},   (or "helo")
+ *    "spf-helo": {"result": "none", "reason": "...", "helo": "mx.b"},  (the first spf with smtp.helo:
+ *                the HELO identity, RFC 7208 §2.3; for the null sender the same check as "spf";
+ *                null when the HELO was not checked)
  *    "dkim": [{"result": "pass", "reason": "", "domain": "d", "selector": "s", "algorithm": "..."}],
  *    "dmarc": {"result": "fail", "reason": "", "policy": "reject", "aligned": [], "pct": 50,
  *              "applied": "quarantine", "rua": ["mailto:a@d"], "ruf": [], "from": "d"}}
@@ -168,7 +171,7 @@ json_t *msg_authres_json(const struct message *m)
     json_t *o = json_object();
     json_object_set_new(o, "authserv-id", jstr_len(t.p, t.len));
     json_t *dkim = json_array();
-    json_t *spf = NULL, *dmarc = NULL;
+    json_t *spf = NULL, *spf_helo = NULL, *dmarc = NULL;
     while (*s && json_array_size(dkim) < MSG_AUTHRES_RESULTS_MAX) {
         s = strchr(s, ';'); /* skips what is left of the previous resinfo */
         if (!s) break;
@@ -176,12 +179,15 @@ json_t *msg_authres_json(const struct message *m)
         char method[16];
         json_t *r = resinfo(&s, method, sizeof method);
         if (!r) continue;
+        if (strcmp(method, "spf") == 0 && !spf_helo && json_object_get(r, "helo"))
+            spf_helo = json_deep_copy(r);
         if (strcmp(method, "spf") == 0 && !spf) spf = r;
         else if (strcmp(method, "dmarc") == 0 && !dmarc) dmarc = r;
         else if (strcmp(method, "dkim") == 0) json_array_append_new(dkim, r);
         else json_decref(r);
     }
     json_object_set_new(o, "spf", spf ? spf : json_null());
+    json_object_set_new(o, "spf-helo", spf_helo ? spf_helo : json_null());
     json_object_set_new(o, "dkim", dkim);
     json_object_set_new(o, "dmarc", dmarc ? dmarc : json_null());
     return o;

@@ -174,6 +174,7 @@ class SenderAuth(InletTestCase):
             line = d.wait_log(lambda l: l.topic == "mailauth" and l.rest.startswith("prefetched "),
                               what="mailauth prefetched")
             self.assertEqual((line.kv.get("spf"), line.kv.get("subject")), ("pass", "a@include.example"))
+            self.assertEqual(line.kv.get("spf_helo"), "none")  # the HELO identity's lookups too
             self.assertReply(s.cmd("RCPT TO:<bob@example.com>"), 250)
 
     def test_null_sender_checks_helo(self):
@@ -182,6 +183,29 @@ class SenderAuth(InletTestCase):
         self.assertEqual(kv.get("spf"), "pass")
         _, kv = self.verdicts(d, "", message("a@pass.example"), helo="fail.example")
         self.assertEqual(kv.get("spf"), "fail")
+
+    def test_helo_checked_as_a_second_identity(self):
+        """RFC 7208 §2.3: the HELO name is checked besides the MAIL FROM and reported as its own
+        spf resinfo (smtp.helo); X-Mailgun-Spf, DMARC and --spf-reject stay MAIL FROM's."""
+        d = self.start("--spf-reject", "yes")
+        mid, kv = self.verdicts(d, "a@pass.example", message("a@pass.example"), helo="fail.example")
+        self.assertEqual((kv.get("spf"), kv.get("spf_helo"), kv.get("dmarc")), ("pass", "fail", "pass"))
+        head = self.raw(d, mid).split(b"\r\n\r\n", 1)[0]
+        self.assertIn(b";\r\n\tspf=pass (matched ip4:127.0.0.0/8) smtp.mailfrom=a@pass.example;\r\n"
+                      b"\tspf=fail (matched all) smtp.helo=fail.example;\r\n\tdkim=none;", head)
+        self.assertIn(b"\r\nX-Mailgun-Spf: Pass\r\n", head)  # a HELO fail refuses nothing either
+        mid, kv = self.verdicts(d, "a@softfail.example", message("a@softfail.example"), helo="pass.example")
+        self.assertEqual((kv.get("spf"), kv.get("spf_helo")), ("softfail", "pass"))
+        head = self.raw(d, mid).split(b"\r\n\r\n", 1)[0]
+        self.assertIn(b"\tspf=pass (matched ip4:127.0.0.0/8) smtp.helo=pass.example;", head)
+        self.assertIn(b"\r\nX-Mailgun-Spf: SoftFail\r\n", head)
+        # An address literal is no identity to check; the null sender's one check is HELO's already.
+        for sender, helo in (("a@pass.example", "[127.0.0.1]"), ("", "pass.example")):
+            mid, kv = self.verdicts(d, sender, message("a@pass.example"), helo=helo)
+            self.assertEqual(kv.get("spf_helo"), "-", (sender, helo))
+            head = self.raw(d, mid).split(b"\r\n\r\n", 1)[0]
+            self.assertEqual(head.count(b"\tspf="), 1, head)
+            self.assertEqual(head.count(b"smtp.helo="), 0 if sender else 1, head)
 
     def test_headers_written_and_impostors_removed(self):
         d = self.start()
@@ -322,8 +346,8 @@ class SenderAuth(InletTestCase):
             t0 = time.monotonic()
             mid, kv = self.verdicts(d, "a@pass.example", signed)
             took = time.monotonic() - t0
-            self.assertEqual((kv.get("spf"), kv.get("dkim"), kv.get("dmarc")),
-                             ("temperror", "temperror", "temperror"))
+            self.assertEqual((kv.get("spf"), kv.get("spf_helo"), kv.get("dkim"), kv.get("dmarc")),
+                             ("temperror", "temperror", "temperror", "temperror"))
             self.assertLess(took, 3.0)
             self.assertGreater(hole.count, 0)
             self.assertIn(b"X-Mailgun-Spf: Neutral", self.raw(d, mid))
@@ -364,6 +388,8 @@ class SenderAuth(InletTestCase):
         self.assertEqual(auth["authserv-id"], "mx.inlet.example")
         self.assertEqual(auth["spf"], {"result": "pass", "reason": "matched ip4:127.0.0.0/8",
                                        "mailfrom": "a@pass.example"})
+        self.assertEqual(auth["spf-helo"], {"result": "none", "reason": "client.example has no SPF record",
+                                            "helo": "client.example"})
         (sig,) = auth["dkim"]
         self.assertEqual({k: sig[k] for k in ("result", "domain", "selector", "algorithm")},
                          {"result": "pass", "domain": "signed.example", "selector": "rsa", "algorithm": "rsa-sha256"})
