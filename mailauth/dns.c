@@ -330,15 +330,33 @@ static bool fill(struct mailauth_dns_answer *out, struct ub_result *r)
     return ok && st != MAILAUTH_DNS_TEMP;
 }
 
+/* The front cache's key of (name, type): "TYPE/name" in lower case; false when too long. */
+static bool front_key(const char *name, int type, char *key, size_t keysz)
+{
+    int kn = snprintf(key, keysz, "%d/%s", type, name);
+    if (kn < 0 || (size_t)kn >= keysz) return false;
+    for (char *c = key; *c; c++) *c = g_ascii_tolower(*c);
+    return true;
+}
+
+bool mailauth_dns_cached(struct mailauth_dns *d, const char *name, int type)
+{
+    char key[SPF_DOMAIN_MAX + 16];
+    if (!front_key(name, type, key, sizeof key)) return false;
+    pthread_mutex_lock(&d->front_lock);
+    struct front_entry *f = g_hash_table_lookup(d->front, key);
+    bool fresh = f && f->expires_ms > mailauth_now_ms();
+    pthread_mutex_unlock(&d->front_lock);
+    return fresh;
+}
+
 void mailauth_dns_query(struct mailauth_dns *d, const char *name, int type, int64_t deadline_ms,
                         struct mailauth_dns_answer *out)
 {
     memset(out, 0, sizeof *out);
     out->status = MAILAUTH_DNS_TEMP;
     char key[SPF_DOMAIN_MAX + 16];
-    int kn = snprintf(key, sizeof key, "%d/%s", type, name);
-    if (kn < 0 || (size_t)kn >= sizeof key) return;
-    for (char *c = key; *c; c++) *c = g_ascii_tolower(*c);
+    if (!front_key(name, type, key, sizeof key)) return;
     if (front_get(d, key, out)) return;
     if (mailauth_now_ms() >= deadline_ms) return;
     struct query *q = query_new();

@@ -41,6 +41,8 @@ void mailauth_dns_free(struct mailauth_dns *d);
 void mailauth_dns_query(struct mailauth_dns *d, const char *name, int type, int64_t deadline_ms,
                         struct mailauth_dns_answer *out);
 void mailauth_dns_answer_free(struct mailauth_dns_answer *a);
+/* An answer for (name, type) is in the front cache and fresh: asking now costs no DNS. */
+bool mailauth_dns_cached(struct mailauth_dns *d, const char *name, int type);
 /* TXT rdata → its strings concatenated into out (NUL-terminated, at most outsz - 1 bytes).
  * false when it does not fit or is malformed. */
 bool mailauth_dns_txt(const uint8_t *rd, size_t len, char *out, size_t outsz);

@@ -176,6 +176,15 @@ class SenderAuth(InletTestCase):
             self.assertEqual((line.kv.get("spf"), line.kv.get("subject")), ("pass", "a@include.example"))
             self.assertEqual(line.kv.get("spf_helo"), "none")  # the HELO identity's lookups too
             self.assertReply(s.cmd("RCPT TO:<bob@example.com>"), 250)
+            # Within the record's TTL a second sender of the domain finds it cached: no prefetch
+            # (two thread hand-offs saved per message; the check after DATA looks up what it needs).
+            self.assertReply(s.cmd("RSET"), 250)
+            self.assertReply(s.cmd("MAIL FROM:<b@include.example>"), 250)
+            line = d.wait_log(lambda l: l.topic == "mailauth" and l.rest.startswith("prefetch skipped "),
+                              what="mailauth prefetch skipped")
+            self.assertEqual(line.kv.get("cached"), "include.example")
+            self.assertFalse([l for l in d.lines() if l.topic == "mailauth" and l.rest.startswith("prefetched ")
+                              and l.kv.get("subject") == "b@include.example"])
 
     def test_null_sender_checks_helo(self):
         d = self.start()
