@@ -280,6 +280,16 @@ enum store_status store_run_job(struct store *st, struct store_job *job, char **
 void store_submit_job(struct store *st, struct store_job *job, store_write_done_fn done,
                       void *arg);
 
+/* store_submit_job for a waiting write's job argument (`size` bytes at `arg`, usually a struct on
+ * the waiting caller's stack): copies it, shallowly (what it points to stays the caller's until
+ * `done` ran), into one allocation with the job, so that the same `run` serves the write's twin
+ * that does not wait (store.h, "Writes without waiting").  `done` as for store_submit_job; out of
+ * memory: done(done_arg, STORE_ERR_NOMEM, err) at once. */
+void store_submit_copy(struct store *st,
+                       enum store_status (*run)(const struct store_backend *ops, void *be,
+                                                void *arg, char **err),
+                       const void *arg, size_t size, store_write_done_fn done, void *done_arg);
+
 /* The backend table and handle of an open store (for the face's files beside store.c). */
 const struct store_backend *store_backend_of(struct store *st, void **be);
 

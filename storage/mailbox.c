@@ -87,10 +87,13 @@ nomem:
 
 /* ---- jobs ------------------------------------------------------------------------------------- */
 
-/* One portable statement run as a job: its *changed, and its answer when nothing changed. */
+/* One portable statement run as a job: its *changed, and its answer when nothing changed.  The
+ * parameters are kept inside (their strings are borrowed), so that a copy of the struct is the
+ * whole job (store_submit_copy). */
+#define STMT_PARAMS_MAX 4
 struct stmt_job {
     const char *sql;
-    const struct store_param *params;
+    struct store_param params[STMT_PARAMS_MAX];
     size_t nparams;
     enum store_status if_unchanged; /* STORE_OK: changing nothing is fine */
 };
@@ -105,46 +108,83 @@ static enum store_status run_stmt(const struct store_backend *ops, void *be, voi
     return st;
 }
 
-static enum store_status stmt(struct store *st, const char *sql, const struct store_param *params,
-                              size_t n, enum store_status if_unchanged, char **err)
+/* Runs `j` through the writer and waits. */
+static enum store_status stmt(struct store *st, const struct stmt_job *j, char **err)
 {
-    struct stmt_job j = {.sql = sql, .params = params, .nparams = n, .if_unchanged = if_unchanged};
-    struct store_job job = {.run = run_stmt, .arg = &j};
+    struct store_job job = {.run = run_stmt, .arg = (void *)(uintptr_t)j};
 
     clear_err(err);
     return store_run_job(st, &job, err);
 }
 
+static struct stmt_job mailbox_create_job(const char *name, const char *password_hash,
+                                          int64_t retention, int64_t now)
+{
+    return (struct stmt_job){
+        .sql = "INSERT INTO mailboxes (name, password_hash, retention, locked_until, created_at,"
+               " updated_at) VALUES ($1, $2, CASE WHEN $3 > 0 THEN $3 END, 0, $4, $4)"
+               " ON CONFLICT (name) DO NOTHING",
+        .params = {STORE_P_TEXT(name), STORE_P_TEXT(password_hash), STORE_P_INT(retention),
+                   STORE_P_INT(now)},
+        .nparams = 4,
+        .if_unchanged = STORE_ERR_CONFLICT};
+}
+
+static struct stmt_job mailbox_update_job(const char *name, const char *password_hash,
+                                          int64_t retention, int64_t now)
+{
+    return (struct stmt_job){
+        .sql = "UPDATE mailboxes SET password_hash = coalesce($2, password_hash),"
+               " retention = CASE WHEN $3 < 0 THEN retention WHEN $3 = 0 THEN NULL ELSE $3 END,"
+               " updated_at = $4 WHERE name = $1",
+        .params = {STORE_P_TEXT(name), STORE_P_TEXT(password_hash), STORE_P_INT(retention),
+                   STORE_P_INT(now)},
+        .nparams = 4,
+        .if_unchanged = STORE_ERR_NOT_FOUND};
+}
+
 enum store_status store_mailbox_create(struct store *st, const char *name, const char *password_hash,
                                        int64_t retention, int64_t now, char **err)
 {
-    const struct store_param p[] = {STORE_P_TEXT(name), STORE_P_TEXT(password_hash),
-                                    STORE_P_INT(retention), STORE_P_INT(now)};
+    const struct stmt_job j = mailbox_create_job(name, password_hash, retention, now);
 
-    return stmt(st,
-                "INSERT INTO mailboxes (name, password_hash, retention, locked_until, created_at,"
-                " updated_at) VALUES ($1, $2, CASE WHEN $3 > 0 THEN $3 END, 0, $4, $4)"
-                " ON CONFLICT (name) DO NOTHING",
-                p, 4, STORE_ERR_CONFLICT, err);
+    return stmt(st, &j, err);
+}
+
+void store_mailbox_create_async(struct store *st, const char *name, const char *password_hash,
+                                int64_t retention, int64_t now, store_write_done_fn done, void *arg)
+{
+    const struct stmt_job j = mailbox_create_job(name, password_hash, retention, now);
+
+    store_submit_copy(st, run_stmt, &j, sizeof j, done, arg);
 }
 
 enum store_status store_mailbox_update(struct store *st, const char *name, const char *password_hash,
                                        int64_t retention, int64_t now, char **err)
 {
-    const struct store_param p[] = {STORE_P_TEXT(name), STORE_P_TEXT(password_hash),
-                                    STORE_P_INT(retention), STORE_P_INT(now)};
+    const struct stmt_job j = mailbox_update_job(name, password_hash, retention, now);
 
-    return stmt(st,
-                "UPDATE mailboxes SET password_hash = coalesce($2, password_hash),"
-                " retention = CASE WHEN $3 < 0 THEN retention WHEN $3 = 0 THEN NULL ELSE $3 END,"
-                " updated_at = $4 WHERE name = $1",
-                p, 4, STORE_ERR_NOT_FOUND, err);
+    return stmt(st, &j, err);
 }
 
-/* The mailbox row, then its messages (their bytes go with the sweeper's next purge). */
+void store_mailbox_update_async(struct store *st, const char *name, const char *password_hash,
+                                int64_t retention, int64_t now, store_write_done_fn done, void *arg)
+{
+    const struct stmt_job j = mailbox_update_job(name, password_hash, retention, now);
+
+    store_submit_copy(st, run_stmt, &j, sizeof j, done, arg);
+}
+
+/* The mailbox row, then its messages (their bytes go with the sweeper's next purge).  `arg`: a
+ * struct mailbox_delete. */
+struct mailbox_delete {
+    const char *name;
+};
+
 static enum store_status run_delete(const struct store_backend *ops, void *be, void *arg, char **err)
 {
-    const struct store_param p[] = {STORE_P_TEXT(arg)};
+    const struct mailbox_delete *d = arg;
+    const struct store_param p[] = {STORE_P_TEXT(d->name)};
     int64_t changed = 0;
     enum store_status st = ops->sql_write(be, "DELETE FROM mailboxes WHERE name = $1", p, 1, &changed,
                                           NULL, err);
@@ -156,10 +196,19 @@ static enum store_status run_delete(const struct store_backend *ops, void *be, v
 
 enum store_status store_mailbox_delete(struct store *st, const char *name, char **err)
 {
-    struct store_job job = {.run = run_delete, .arg = (void *)(uintptr_t)name};
+    struct mailbox_delete d = {.name = name};
+    struct store_job job = {.run = run_delete, .arg = &d};
 
     clear_err(err);
     return store_run_job(st, &job, err);
+}
+
+void store_mailbox_delete_async(struct store *st, const char *name, store_write_done_fn done,
+                                void *arg)
+{
+    const struct mailbox_delete d = {.name = name};
+
+    store_submit_copy(st, run_delete, &d, sizeof d, done, arg);
 }
 
 enum store_status store_mailbox_get(struct store *st, const char *name, struct store_mailbox **out,
@@ -343,10 +392,11 @@ enum store_status store_maildrop_close(struct store *st, const char *name, int64
 
 enum store_status store_maildrop_unlock_stale(struct store *st, char **err)
 {
+    const struct stmt_job j = {.sql = "UPDATE mailboxes SET locked_until = 0 WHERE locked_until <> 0",
+                               .if_unchanged = STORE_OK};
     void *be;
 
     clear_err(err);
     if (store_backend_of(st, &be)->deliveries_claim) return STORE_OK; /* shared: leases only */
-    return stmt(st, "UPDATE mailboxes SET locked_until = 0 WHERE locked_until <> 0", NULL, 0, STORE_OK,
-                err);
+    return stmt(st, &j, err);
 }

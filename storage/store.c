@@ -25,6 +25,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -902,6 +903,29 @@ void store_submit_job(struct store *st, struct store_job *job, store_write_done_
     done(arg, why_status, strdup(why));
 }
 
+/* A job and a copy of its argument in one allocation (store_submit_job frees it with free()). */
+struct copied_job {
+    struct store_job job;
+    max_align_t arg[];
+};
+
+void store_submit_copy(struct store *st,
+                       enum store_status (*run)(const struct store_backend *ops, void *be,
+                                                void *arg, char **err),
+                       const void *arg, size_t size, store_write_done_fn done, void *done_arg)
+{
+    size_t units = (size + sizeof(max_align_t) - 1) / sizeof(max_align_t);
+    struct copied_job *j = malloc(sizeof *j + units * sizeof(max_align_t));
+
+    if (!j) {
+        done(done_arg, STORE_ERR_NOMEM, strdup("cannot queue a write: out of memory"));
+        return;
+    }
+    memcpy(j->arg, arg, size);
+    j->job = (struct store_job){.run = run, .arg = j->arg};
+    store_submit_job(st, &j->job, done, done_arg);
+}
+
 const struct store_backend *store_backend_of(struct store *st, void **be)
 {
     *be = st->be;
@@ -1065,6 +1089,73 @@ enum store_status store_route_delete(struct store *st, const char *id, char **er
 
     if (err) *err = NULL;
     return route_write_run(st, &w, err);
+}
+
+/* A route write queued without waiting: the job's argument, its actions JSON, and whom to tell. */
+struct route_async {
+    struct route_write w;
+    char *json;
+    struct store_route *seq_to; /* insert: where the stored seq goes */
+    store_write_done_fn done;
+    void *arg;
+};
+
+/* Writer thread (or the caller's, when the job could not be queued). */
+static void route_async_done(void *arg, enum store_status status, char *err)
+{
+    struct route_async *a = arg;
+
+    if (status == STORE_OK && a->seq_to) a->seq_to->seq = a->w.seq;
+    a->done(a->arg, status, err);
+    free(a->json);
+    free(a);
+}
+
+static void route_write_submit(struct store *st, const struct route_write *w,
+                               struct store_route *seq_to, store_write_done_fn done, void *arg)
+{
+    struct route_async *a = calloc(1, sizeof *a);
+    struct store_job *job = calloc(1, sizeof *job);
+
+    if (!a || !job) goto oom;
+    a->w = *w;
+    if (w->r && !(a->json = route_actions_json(w->r, NULL))) goto oom;
+    a->w.actions_json = a->json;
+    a->seq_to = seq_to;
+    a->done = done;
+    a->arg = arg;
+    *job = (struct store_job){.run = run_route_write, .arg = &a->w};
+    store_submit_job(st, job, route_async_done, a); /* owns job from here on */
+    return;
+
+oom:
+    if (a) free(a->json);
+    free(a);
+    free(job);
+    done(arg, STORE_ERR_NOMEM, strdup("cannot queue a route write: out of memory"));
+}
+
+void store_route_insert_async(struct store *st, struct store_route *r, int64_t quota,
+                              store_write_done_fn done, void *arg)
+{
+    const struct route_write w = {.op = ROUTE_INSERT, .r = r, .quota = quota};
+
+    route_write_submit(st, &w, r, done, arg);
+}
+
+void store_route_update_async(struct store *st, const struct store_route *r,
+                              store_write_done_fn done, void *arg)
+{
+    const struct route_write w = {.op = ROUTE_UPDATE, .r = r};
+
+    route_write_submit(st, &w, NULL, done, arg);
+}
+
+void store_route_delete_async(struct store *st, const char *id, store_write_done_fn done, void *arg)
+{
+    const struct route_write w = {.op = ROUTE_DELETE, .id = id};
+
+    route_write_submit(st, &w, NULL, done, arg);
 }
 
 enum store_status store_watch_routes(struct store *st, store_routes_changed_fn changed, void *arg,

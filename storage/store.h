@@ -337,10 +337,31 @@ enum store_status store_load_message(struct store *st, const char *id, struct st
                                      char **err);
 
 /* ---------------------------------------------------------------------------------------------
- * Writes without waiting.  store_submit_job() queues a write for the next batch like
- * store_run_job() does, but returns at once; `done(arg, status, err)` runs on the writer thread
- * once the batch committed (STORE_OK: durable) or the write failed (err malloc'd, owned by the
- * callee; NULL with STORE_OK).  For the event loop, which must never wait for a commit. */
+ * Writes without waiting: the twins of the waiting writes a caller must not block a thread for
+ * (the HTTP API: a pool thread must not sit through a group commit).  Each queues the same job as
+ * its twin and returns at once; `done(arg, status, err)` (store_write_done_fn) runs exactly once,
+ * on the writer thread once the batch committed or failed, or at once on the calling thread when
+ * the store is closing or memory ran out.  The statuses are the twin's.  Every argument passed by
+ * pointer (and what it points to) must stay valid until `done` ran; store_route_insert_async
+ * writes r->seq before `done` runs with STORE_OK. */
+void store_route_insert_async(struct store *st, struct store_route *r, int64_t quota,
+                              store_write_done_fn done, void *arg);
+void store_route_update_async(struct store *st, const struct store_route *r,
+                              store_write_done_fn done, void *arg);
+void store_route_delete_async(struct store *st, const char *id, store_write_done_fn done, void *arg);
+void store_delivery_retry_async(struct store *st, const char *id, int64_t now,
+                                store_write_done_fn done, void *arg);
+void store_deliveries_add_async(struct store *st, const char *message_id,
+                                const struct store_delivery_plan *plans, size_t n, int64_t now,
+                                store_write_done_fn done, void *arg);
+void store_copy_delete_async(struct store *st, const char *key, int64_t now,
+                             store_write_done_fn done, void *arg);
+void store_mailbox_create_async(struct store *st, const char *name, const char *password_hash,
+                                int64_t retention, int64_t now, store_write_done_fn done, void *arg);
+void store_mailbox_update_async(struct store *st, const char *name, const char *password_hash,
+                                int64_t retention, int64_t now, store_write_done_fn done, void *arg);
+void store_mailbox_delete_async(struct store *st, const char *name, store_write_done_fn done,
+                                void *arg);
 
 /* ---------------------------------------------------------------------------------------------
  * Deliveries (SPEC §5): the durable retry queue.  Rows are planned by store_write_outcome()

@@ -158,6 +158,40 @@ enum store_status store_release_claims(struct store *st, const char *node_id, in
     return rc;
 }
 
+/* ---- the same writes without waiting (store.h: "Writes without waiting") ------------------- */
+
+static void queue_write_submit(struct store *st, const struct queue_write *w,
+                               store_write_done_fn done, void *arg)
+{
+    store_submit_copy(st, run_queue_write, w, sizeof *w, done, arg);
+}
+
+void store_delivery_retry_async(struct store *st, const char *id, int64_t now,
+                                store_write_done_fn done, void *arg)
+{
+    const struct queue_write w = {.op = QW_RETRY, .id = id, .now = now};
+
+    queue_write_submit(st, &w, done, arg);
+}
+
+void store_deliveries_add_async(struct store *st, const char *message_id,
+                                const struct store_delivery_plan *plans, size_t n, int64_t now,
+                                store_write_done_fn done, void *arg)
+{
+    const struct queue_write w = {.op = QW_ADD, .id = message_id, .now = now, .plans = plans,
+                                  .nplans = n};
+
+    queue_write_submit(st, &w, done, arg);
+}
+
+void store_copy_delete_async(struct store *st, const char *key, int64_t now,
+                             store_write_done_fn done, void *arg)
+{
+    const struct queue_write w = {.op = QW_COPY_DELETE, .id = key, .now = now};
+
+    queue_write_submit(st, &w, done, arg);
+}
+
 /* ---- attempts: written without waiting ------------------------------------------------------ */
 
 /* One queued attempt: a copy of the caller's struct and strings, and whom to tell. */
