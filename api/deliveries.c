@@ -128,20 +128,54 @@ enum MHD_Result api_deliveries_list(struct api_server *api, struct api_request *
                           json_pack("{s:o, s:{s:o}}", "items", items, "paging", "next", next));
 }
 
+/* A retry, kept while the request waits, suspended, for the commit (api/writes.c). */
+struct retry_op {
+    struct api_write w; /* first (api/internal.h) */
+    char id[ID_LEN + 1];
+};
+
+static void retry_free(struct api_write *w)
+{
+    g_free(w);
+}
+
+/* The delivery is due now: the deliverer hears of it without waiting for its scan. */
+static void retry_settle(struct api_server *api, struct api_write *w)
+{
+    struct retry_op *o = (struct retry_op *)w;
+
+    if (w->status != STORE_OK) return;
+    log_info("http", "delivery retry queued id=%s", o->id);
+    if (api->cfg.deliveries_due) api->cfg.deliveries_due(api->cfg.hooks_arg);
+}
+
+static enum MHD_Result retry_reply(struct api_server *api, struct api_request *req, struct api_write *w)
+{
+    struct retry_op *o = (struct retry_op *)w;
+    char *err = w->err;
+
+    w->err = NULL;
+    if (w->status == STORE_ERR_NOT_FOUND) {
+        free(err);
+        return api_reply_error(req->conn, MHD_HTTP_NOT_FOUND, "Delivery not found");
+    }
+    if (w->status != STORE_OK) return api_reply_store_error(req, "delivery retry", w->status, err);
+    return api_reply_json(req->conn, MHD_HTTP_OK,
+                          json_pack("{s:s, s:o}", "message", "Delivery queued", "id", api_jstr(o->id)));
+}
+
 enum MHD_Result api_deliveries_retry(struct api_server *api, struct api_request *req)
 {
     const char *id = api_param(req, "id");
     if (!id || !*id || strlen(id) > ID_LEN)
         return api_reply_error(req->conn, MHD_HTTP_NOT_FOUND, "Delivery not found");
-    char *err = NULL;
-    enum store_status st = store_delivery_retry(api->store, id, (int64_t)time(NULL), &err);
-    if (st == STORE_ERR_NOT_FOUND) {
-        free(err);
-        return api_reply_error(req->conn, MHD_HTTP_NOT_FOUND, "Delivery not found");
-    }
-    if (st != STORE_OK) return api_reply_store_error(req, "delivery retry", st, err);
-    log_info("http", "delivery retry queued id=%s", id);
-    if (api->cfg.deliveries_due) api->cfg.deliveries_due(api->cfg.hooks_arg);
-    return api_reply_json(req->conn, MHD_HTTP_OK,
-                          json_pack("{s:s, s:o}", "message", "Delivery queued", "id", api_jstr(id)));
+    struct retry_op *o = g_new0(struct retry_op, 1);
+    o->w.settle = retry_settle;
+    o->w.reply = retry_reply;
+    o->w.free = retry_free;
+    snprintf(o->id, sizeof o->id, "%s", id);
+    enum MHD_Result r;
+    if (!api_write_suspend(api, req, &o->w, &r)) return r;
+    store_delivery_retry_async(api->store, o->id, (int64_t)time(NULL), api_write_done, req);
+    return MHD_YES;
 }

@@ -13,11 +13,14 @@
  *      API_BODIES_INFLIGHT_MAX; by API_SMALL_BODY_MAX for the others; closed when it comes slower
  *      than API_BODY_MIN_RATE), then parsed as a form when it has one of the form content types.
  *   4. The handler runs, on one of MHD's pool threads, and queues exactly one reply with
- *      api_reply_json()/api_reply_error().  It may block (e.g. on a storage write through the
- *      writer thread, one group commit): with API_THREADS pool threads that is acceptable for
- *      now; suspending the connection and resuming it from the writer's callback is the later
- *      improvement.
- *   5. MHD's completion callback frees the request. */
+ *      api_reply_json()/api_reply_error().  It never waits for a commit: a handler that writes
+ *      (an endpoint with `writes`, admitted in step 2 against API_WRITES_MAX and
+ *      API_WRITES_PER_CLIENT_MAX, else 503) suspends the connection and queues its write without
+ *      waiting (api/writes.c); the writer thread's callback resumes it, and MHD calls the access
+ *      handler again, on a pool thread, which queues the reply.  Route writes also take turns
+ *      (api_write_turn), waiting suspended too.
+ *   5. MHD's completion callback frees the request (and a write's context: a client that left
+ *      while suspended is freed there too, once its write ended). */
 #ifndef INLET_API_INTERNAL_H
 #define INLET_API_INTERNAL_H
 
@@ -57,9 +60,11 @@ struct api_server {
     int64_t health_at;
     char *health_reason;
     struct api_console *console; /* the web console (api/console.c) */
+    struct api_writes *writes;   /* writes in flight (api/writes.c) */
 };
 
 struct api_request;
+struct api_writes;
 
 /* An endpoint's handler: runs once the whole request is read and checked; must queue one reply
  * on req->conn (api_reply_json/api_reply_error) and return what that returned. */
@@ -77,6 +82,8 @@ struct api_endpoint {
                              * credentials are checked; the others take at most
                              * API_SMALL_BODY_MAX bytes of form fields, not reserved (the
                              * connection limit bounds them) */
+    bool writes;            /* writes to the store: admitted against the in-flight caps, and its
+                             * handler suspends while the write commits (api/writes.c) */
 };
 
 /* One request (libmicrohttpd's req_cls).  Everything a handler reads is here. */
@@ -101,6 +108,13 @@ struct api_request {
     int64_t body_started; /* monotonic microseconds when the headers were read */
     int stage;
     bool uri_too_long;
+    /* Writes (api/writes.c). */
+    bool admitted;            /* counted in the in-flight caps (begin(), for a `writes` endpoint) */
+    uint8_t client[17];       /* the client's address (family byte, then 4 or 16 bytes) */
+    bool suspended;           /* suspended now: the next call of the access handler is a resume */
+    int turn;                 /* route writes' turn: none, waiting, held */
+    struct api_request *turn_next; /* the queue of requests waiting their turn */
+    struct api_write *write;  /* the write in flight or ended, until the request is freed */
     /* Authenticated by a console session cookie (not Basic credentials): its CSRF token and
      * expiry (Unix seconds), for GET /ui/session. */
     bool session;
@@ -108,11 +122,73 @@ struct api_request {
     int64_t session_expires;
 };
 
+/* ---- writes (api/writes.c) ------------------------------------------------------------------
+ *
+ * A handler that writes never waits for the group commit on its pool thread: it prepares
+ * everything the write needs in a context of its own whose first member is a struct api_write,
+ * then
+ *     if (!api_write_suspend(api, req, &ctx->w, &ret)) return ret;
+ *     store_xxx_async(api->store, ..., api_write_done, req);
+ *     return MHD_YES;
+ * The writer thread's callback (api_write_done) keeps the status and resumes the connection; MHD
+ * calls the access handler again, on a pool thread: `settle` runs (what the write changes in this
+ * process: the route table published, the deliverer nudged), then `reply` queues the answer.  A
+ * client that closed the connection meanwhile may never get that call: then `settle` runs when
+ * the request is freed (MHD's completed callback), so that it runs exactly once either way. */
+struct api_write {
+    /* Set by the handler. */
+    void (*settle)(struct api_server *api, struct api_write *w); /* may be NULL */
+    enum MHD_Result (*reply)(struct api_server *api, struct api_request *req, struct api_write *w);
+    void (*free)(struct api_write *w); /* frees the handler's context (w is its first member) */
+    /* Set by the plumbing once the write ended (read them in settle and reply). */
+    enum store_status status;
+    char *err;                         /* malloc'd, NULL unless a failure; a reply may take it */
+    /* Plumbing. */
+    struct api_server *api;
+    bool settled;
+};
+
+/* Starts and stops the bookkeeping of writes (api_server_start/stop).  api_writes_drain: no new
+ * write is admitted or suspended from now on (503), and it waits until every suspended request
+ * was resumed, so that MHD_stop_daemon finds none suspended. */
+struct api_writes *api_writes_new(void);
+void api_writes_drain(struct api_writes *ws);
+void api_writes_free(struct api_writes *ws);
+/* Admits a request to a `writes` endpoint (begin(), before its body): false when a cap is reached
+ * or the server is stopping, and the 503 with Retry-After is queued in *r. */
+bool api_write_admit(struct api_server *api, struct api_request *req, enum MHD_Result *r);
+/* Runs the request's handler (the whole request read, or its turn come). */
+enum MHD_Result api_write_run(struct api_server *api, struct api_request *req);
+/* The access handler called for a suspended request: the write ended (settle, reply), or its turn
+ * came (the handler again). */
+enum MHD_Result api_write_resumed(struct api_server *api, struct api_request *req);
+/* Suspends `req` until its write ends, with `w` (taken: freed with w->free whatever happens).
+ * True: submit the write now, with api_write_done and `req` as its callback and argument; false:
+ * the server is stopping, and the 503 is queued in *r. */
+bool api_write_suspend(struct api_server *api, struct api_request *req, struct api_write *w,
+                       enum MHD_Result *r);
+/* store_write_done_fn for the write of a suspended request (arg: the request).  Any thread. */
+void api_write_done(void *arg, enum store_status status, char *err);
+/* Route writes take turns, in arrival order, as they did when each held the registry's lock
+ * across its commit: each builds on the table the previous one published.  True: it is this
+ * request's turn (held until its reply is queued or it is freed); false: *r is what the handler
+ * returns: MHD_YES, suspended until its turn comes (the handler is then called again), or a 503
+ * when the server is stopping. */
+bool api_write_turn(struct api_server *api, struct api_request *req, enum MHD_Result *r);
+/* What the request ends with (MHD's completed callback): settles and frees its write, gives up
+ * its turn, and its place in the caps. */
+void api_write_release(struct api_server *api, struct api_request *req);
+/* The Prometheus lines of the writes (GET /metrics; g_malloc'd). */
+char *api_writes_metrics(struct api_server *api);
+
 /* The value of path parameter `name` (":name" in the pattern), or NULL. */
 const char *api_param(const struct api_request *req, const char *name);
 
 /* Queues `body` (taken; its reference is dropped) as the JSON answer with `status`. */
 enum MHD_Result api_reply_json(struct MHD_Connection *conn, unsigned status, json_t *body);
+/* The same with one more header (name, value). */
+enum MHD_Result api_reply_json_headers(struct MHD_Connection *conn, unsigned status, json_t *body,
+                                       const char *name, const char *value);
 /* {"message": message} with `status`. */
 enum MHD_Result api_reply_error(struct MHD_Connection *conn, unsigned status, const char *message);
 

@@ -89,12 +89,86 @@ static enum MHD_Result reply_mailbox(struct api_server *api, struct api_request 
     return api_reply_json(req->conn, MHD_HTTP_OK, json_pack("{s:o}", "mailbox", j));
 }
 
+/* ---- writes (api/writes.c): the request waits for the commit suspended ---------------------- */
+
+/* One mailbox write: its name and hash kept while the request waits, and what to answer. */
+struct mailbox_op {
+    struct api_write w; /* first (api/internal.h) */
+    enum { MB_CREATE, MB_UPDATE, MB_DELETE } op;
+    char *name;         /* g_malloc'd */
+    char *hash;         /* malloc'd; NULL: kept (update) */
+    bool password;      /* update: a password was given */
+    int64_t retention;  /* update: < 0 kept */
+};
+
+static void mailbox_op_free(struct api_write *w)
+{
+    struct mailbox_op *o = (struct mailbox_op *)w;
+
+    g_free(o->name);
+    free(o->hash);
+    g_free(o);
+}
+
+static enum MHD_Result mailbox_op_reply(struct api_server *api, struct api_request *req, struct api_write *w)
+{
+    struct mailbox_op *o = (struct mailbox_op *)w;
+    static const char *const what[] = {"mailbox create", "mailbox update", "mailbox delete"};
+
+    if (o->op == MB_CREATE && w->status == STORE_ERR_CONFLICT)
+        return api_reply_error(req->conn, MHD_HTTP_CONFLICT, "Mailbox already exists");
+    if (o->op != MB_CREATE && w->status == STORE_ERR_NOT_FOUND) return reply_not_found(req);
+    if (w->status != STORE_OK) {
+        char *err = w->err;
+        w->err = NULL;
+        return api_reply_store_error(req, what[o->op], w->status, err);
+    }
+    switch (o->op) {
+    case MB_CREATE:
+        log_info("http", "mailbox created name=%s", o->name);
+        return reply_mailbox(api, req, o->name, "Mailbox has been created");
+    case MB_UPDATE:
+        log_info("http", "mailbox updated name=%s password=%s retention=%s", o->name,
+                 o->password ? "changed" : "kept", o->retention < 0 ? "kept" : "set");
+        return reply_mailbox(api, req, o->name, "Mailbox has been updated");
+    case MB_DELETE:
+        log_info("http", "mailbox deleted name=%s", o->name);
+        return api_reply_json(req->conn, MHD_HTTP_OK,
+                              json_pack("{s:s, s:o}", "message", "Mailbox has been deleted", "name", api_jstr(o->name)));
+    }
+    return api_reply_error(req->conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "Internal error");
+}
+
+/* Suspends the request and queues the write; takes name (g_malloc'd) and hash (malloc'd). */
+static enum MHD_Result mailbox_op_submit(struct api_server *api, struct api_request *req, int op, char *name,
+                                         char *hash, bool password, int64_t retention)
+{
+    struct mailbox_op *o = g_new0(struct mailbox_op, 1);
+    int64_t now = clock_now_ms() / 1000;
+    enum MHD_Result ret;
+
+    *o = (struct mailbox_op){.w = {.reply = mailbox_op_reply, .free = mailbox_op_free}, .op = op,
+                             .name = name, .hash = hash, .password = password, .retention = retention};
+    if (!api_write_suspend(api, req, &o->w, &ret)) return ret;
+    switch (o->op) {
+    case MB_CREATE:
+        store_mailbox_create_async(api->store, o->name, o->hash, retention < 0 ? 0 : retention, now,
+                                   api_write_done, req);
+        break;
+    case MB_UPDATE:
+        store_mailbox_update_async(api->store, o->name, o->hash, retention, now, api_write_done, req);
+        break;
+    case MB_DELETE: store_mailbox_delete_async(api->store, o->name, api_write_done, req); break;
+    }
+    return MHD_YES;
+}
+
 #define PASSWORD_RULE "a password of 8 to 256 bytes without CR, LF or NUL is expected"
 
 enum MHD_Result api_mailboxes_create(struct api_server *api, struct api_request *req)
 {
     const char *given = api_form_value(&req->body, "name");
-    char *name = given ? g_ascii_strdown(given, -1) : NULL, *hash = NULL, *err = NULL;
+    char *name = given ? g_ascii_strdown(given, -1) : NULL, *hash = NULL;
     bool present, bad;
     int64_t retention;
     enum MHD_Result ret;
@@ -116,29 +190,18 @@ enum MHD_Result api_mailboxes_create(struct api_server *api, struct api_request 
                                                 "Invalid 'password' parameter: " PASSWORD_RULE);
         goto out;
     }
-    enum store_status st = store_mailbox_create(api->store, name, hash, retention < 0 ? 0 : retention,
-                                                clock_now_ms() / 1000, &err);
-    if (st == STORE_ERR_CONFLICT) {
-        ret = api_reply_error(req->conn, MHD_HTTP_CONFLICT, "Mailbox already exists");
-        goto out;
-    }
-    if (st != STORE_OK) {
-        ret = api_reply_store_error(req, "mailbox create", st, err);
-        err = NULL;
-        goto out;
-    }
-    log_info("http", "mailbox created name=%s", name);
-    ret = reply_mailbox(api, req, name, "Mailbox has been created");
+    ret = mailbox_op_submit(api, req, MB_CREATE, name, hash, true, retention);
+    name = NULL; /* taken */
+    hash = NULL;
 out:
     free(hash);
-    free(err);
     g_free(name);
     return ret;
 }
 
 enum MHD_Result api_mailboxes_update(struct api_server *api, struct api_request *req)
 {
-    char *name = g_ascii_strdown(api_param(req, "name"), -1), *hash = NULL, *err = NULL;
+    char *name = g_ascii_strdown(api_param(req, "name"), -1), *hash = NULL;
     bool present, bad;
     int64_t retention;
     enum MHD_Result ret;
@@ -162,22 +225,11 @@ enum MHD_Result api_mailboxes_update(struct api_server *api, struct api_request 
         ret = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, "Nothing to change: 'password' or 'retention' is expected");
         goto out;
     }
-    enum store_status st = store_mailbox_update(api->store, name, hash, retention, clock_now_ms() / 1000, &err);
-    if (st == STORE_ERR_NOT_FOUND) {
-        ret = reply_not_found(req);
-        goto out;
-    }
-    if (st != STORE_OK) {
-        ret = api_reply_store_error(req, "mailbox update", st, err);
-        err = NULL;
-        goto out;
-    }
-    log_info("http", "mailbox updated name=%s password=%s retention=%s", name, present ? "changed" : "kept",
-             retention < 0 ? "kept" : "set");
-    ret = reply_mailbox(api, req, name, "Mailbox has been updated");
+    ret = mailbox_op_submit(api, req, MB_UPDATE, name, hash, present, retention);
+    name = NULL; /* taken */
+    hash = NULL;
 out:
     free(hash);
-    free(err);
     g_free(name);
     return ret;
 }
@@ -193,28 +245,16 @@ enum MHD_Result api_mailboxes_get(struct api_server *api, struct api_request *re
 
 enum MHD_Result api_mailboxes_delete(struct api_server *api, struct api_request *req)
 {
-    char *name = g_ascii_strdown(api_param(req, "name"), -1), *err = NULL;
+    char *name = g_ascii_strdown(api_param(req, "name"), -1);
     enum MHD_Result ret;
 
     if (!route_mailbox_name_ok(name)) {
         ret = reply_not_found(req);
         goto out;
     }
-    enum store_status st = store_mailbox_delete(api->store, name, &err);
-    if (st == STORE_ERR_NOT_FOUND) {
-        ret = reply_not_found(req);
-        goto out;
-    }
-    if (st != STORE_OK) {
-        ret = api_reply_store_error(req, "mailbox delete", st, err);
-        err = NULL;
-        goto out;
-    }
-    log_info("http", "mailbox deleted name=%s", name);
-    ret = api_reply_json(req->conn, MHD_HTTP_OK,
-                         json_pack("{s:s, s:o}", "message", "Mailbox has been deleted", "name", api_jstr(name)));
+    ret = mailbox_op_submit(api, req, MB_DELETE, name, NULL, false, -1);
+    name = NULL; /* taken */
 out:
-    free(err);
     g_free(name);
     return ret;
 }

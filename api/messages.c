@@ -380,6 +380,60 @@ static char *collect_to(const struct api_request *req, GPtrArray *out)
     return msg;
 }
 
+/* A resend or a delete, kept while the request waits, suspended, for the commit (api/writes.c). */
+struct stored_op {
+    struct api_write w;                 /* first (api/internal.h) */
+    struct store_copy *copy;            /* resend: the stored copy */
+    GPtrArray *to;                      /* resend: the addresses (the plans' targets) */
+    struct store_delivery_plan *plans;  /* resend: one per address */
+    char *answer_id;                    /* resend: the answer's id */
+    char key[48];                       /* delete: the copy's key */
+};
+
+static void stored_op_free(struct api_write *w)
+{
+    struct stored_op *o = (struct stored_op *)w;
+
+    store_copy_free(o->copy);
+    if (o->to) g_ptr_array_unref(o->to);
+    g_free(o->plans);
+    g_free(o->answer_id);
+    g_free(o);
+}
+
+/* The new deliveries are due now: the deliverer hears of them without waiting for its scan. */
+static void resend_settle(struct api_server *api, struct api_write *w)
+{
+    struct stored_op *o = (struct stored_op *)w;
+
+    if (w->status != STORE_OK) return;
+    log_info("http", "stored message resent key=%s id=%s deliveries=%u", o->copy->key,
+             o->copy->message_id, o->to->len);
+    if (api->cfg.deliveries_due) api->cfg.deliveries_due(api->cfg.hooks_arg);
+}
+
+static enum MHD_Result stored_op_failed(struct api_request *req, struct api_write *w, const char *what)
+{
+    char *err = w->err;
+
+    w->err = NULL;
+    if (w->status == STORE_ERR_NOT_FOUND) {
+        free(err);
+        return reply_not_found(req);
+    }
+    return api_reply_store_error(req, what, w->status, err);
+}
+
+static enum MHD_Result resend_reply(struct api_server *api, struct api_request *req, struct api_write *w)
+{
+    struct stored_op *o = (struct stored_op *)w;
+
+    if (w->status != STORE_OK) return stored_op_failed(req, w, "resend");
+    return api_reply_json(req->conn, MHD_HTTP_OK,
+                          json_pack("{s:o, s:s}", "id", api_jstr(o->answer_id), "message",
+                                    "Queued. Thank you."));
+}
+
 enum MHD_Result api_stored_resend(struct api_server *api, struct api_request *req)
 {
     GPtrArray *to = g_ptr_array_new_with_free_func(g_free);
@@ -397,62 +451,56 @@ enum MHD_Result api_stored_resend(struct api_server *api, struct api_request *re
         g_ptr_array_unref(to);
         return r;
     }
+    struct stored_op *o = g_new0(struct stored_op, 1);
+    o->w.settle = resend_settle;
+    o->w.reply = resend_reply;
+    o->w.free = stored_op_free;
+    o->copy = c;
+    o->to = to;
     /* The answer's id: the Message-Id header (without <>), or inlet's id when there is none. */
     struct message *m = message_parse(smsg->data, smsg->len);
     const char *mid = m ? message_message_id(m) : NULL;
-    char *answer_id = g_strdup(mid && *mid ? mid : c->message_id);
+    o->answer_id = g_strdup(mid && *mid ? mid : c->message_id);
     message_free(m);
     store_free_message(smsg);
 
-    struct store_delivery_plan *plans = g_new0(struct store_delivery_plan, to->len);
+    o->plans = g_new0(struct store_delivery_plan, to->len);
     for (guint i = 0; i < to->len; i++) {
-        id_generate(plans[i].id);
-        plans[i].recipient = c->recipient;
-        plans[i].kind = "address";
-        plans[i].target = g_ptr_array_index(to, i);
-        plans[i].format = "";
-        plans[i].route_ids_json = "[]";
+        id_generate(o->plans[i].id);
+        o->plans[i].recipient = c->recipient;
+        o->plans[i].kind = "address";
+        o->plans[i].target = g_ptr_array_index(to, i);
+        o->plans[i].format = "";
+        o->plans[i].route_ids_json = "[]";
     }
-    char *err = NULL;
-    enum store_status st = store_deliveries_add(api->store, c->message_id, plans, to->len,
-                                                (int64_t)time(NULL), &err);
-    if (st == STORE_OK) {
-        log_info("http", "stored message resent key=%s id=%s deliveries=%u", c->key,
-                 c->message_id, to->len);
-        if (api->cfg.deliveries_due) api->cfg.deliveries_due(api->cfg.hooks_arg);
-        r = api_reply_json(req->conn, MHD_HTTP_OK,
-                           json_pack("{s:o, s:s}", "id", api_jstr(answer_id), "message",
-                                     "Queued. Thank you."));
-    } else if (st == STORE_ERR_NOT_FOUND) {
-        free(err);
-        r = reply_not_found(req);
-    } else {
-        r = api_reply_store_error(req, "resend", st, err);
-    }
-    g_free(plans);
-    g_free(answer_id);
-    store_copy_free(c);
-    g_ptr_array_unref(to);
-    return r;
+    if (!api_write_suspend(api, req, &o->w, &r)) return r;
+    store_deliveries_add_async(api->store, c->message_id, o->plans, to->len, (int64_t)time(NULL),
+                               api_write_done, req);
+    return MHD_YES;
 }
 
 /* ---- DELETE --------------------------------------------------------------------------------- */
+
+static enum MHD_Result delete_reply(struct api_server *api, struct api_request *req, struct api_write *w)
+{
+    struct stored_op *o = (struct stored_op *)w;
+
+    if (w->status != STORE_OK) return stored_op_failed(req, w, "stored message delete");
+    log_info("http", "stored message deleted key=%s", o->key);
+    return api_reply_json(req->conn, MHD_HTTP_OK, json_pack("{s:s}", "message", "Message has been deleted"));
+}
 
 enum MHD_Result api_stored_delete(struct api_server *api, struct api_request *req)
 {
     const char *key = api_param(req, "key");
     if (!key || !*key || strlen(key) >= sizeof(((struct store_copy *)0)->key))
         return reply_not_found(req);
-    char *err = NULL;
-    enum store_status st = store_copy_delete(api->store, key, (int64_t)time(NULL), &err);
-    if (st == STORE_OK) {
-        log_info("http", "stored message deleted key=%s", key);
-        return api_reply_json(req->conn, MHD_HTTP_OK,
-                              json_pack("{s:s}", "message", "Message has been deleted"));
-    }
-    if (st == STORE_ERR_NOT_FOUND) {
-        free(err);
-        return reply_not_found(req);
-    }
-    return api_reply_store_error(req, "stored message delete", st, err);
+    struct stored_op *o = g_new0(struct stored_op, 1);
+    o->w.reply = delete_reply;
+    o->w.free = stored_op_free;
+    snprintf(o->key, sizeof o->key, "%s", key);
+    enum MHD_Result r;
+    if (!api_write_suspend(api, req, &o->w, &r)) return r;
+    store_copy_delete_async(api->store, o->key, (int64_t)time(NULL), api_write_done, req);
+    return MHD_YES;
 }

@@ -1,12 +1,14 @@
 /* api/routes.c — the routes endpoints of SPEC §7 (Mailgun's Routes API), the dry run
  * POST /v3/routes/test, and loading the stored routes at start.
  *
- * Every change follows one path, under the registry's writer lock:
+ * Every change follows one path, one change at a time (api_write_turn: route writes take turns in
+ * arrival order, waiting suspended, holding no pool thread):
  *     compile the changed route (400 with route_compile's text, which names the position)
- *  -> write it to the store (a writer job: blocks this pool thread until its batch committed)
- *  -> build the next table from the current one: every other route is shared (route_ref), never
- *     recompiled; the changed one is added, replaced or left out
- *  -> publish it -> unlock -> answer.
+ *  -> queue its store write without waiting and suspend the request (api/writes.c)
+ *  -> once committed, under the registry's lock, build the next table from the current one:
+ *     every other route is shared (route_ref), never recompiled; the changed one is added,
+ *     replaced or left out
+ *  -> publish it -> unlock -> answer -> the next route write's turn.
  * So a change the API answered 200 for is in the table the next message is evaluated against,
  * and two changes never build on the same old table.  Reads (list, get, match, test) take the
  * current table with a reference and never wait for a writer.
@@ -302,83 +304,179 @@ enum MHD_Result api_routes_get(struct api_server *api, struct api_request *req)
     return api_reply_json(req->conn, MHD_HTTP_OK, body);
 }
 
-/* ---- POST /v3/routes ------------------------------------------------------------------------ */
+/* ---- route writes: POST /v3/routes, PUT and DELETE /v3/routes/:id -------------------------- */
+
+/* One route write, from its turn (api_write_turn) to its reply: everything the store write and
+ * the table to publish need, kept while the request waits, suspended, for the commit. */
+struct route_op {
+    struct api_write w;        /* first (api/internal.h) */
+    enum { OP_CREATE, OP_UPDATE, OP_DELETE } op;
+    struct route_input in;     /* the fields (strings in the request's forms) */
+    char id[ID_LEN + 1];
+    struct route_def def;      /* create, update: the route written */
+    struct route *r;           /* create, update: def compiled; taken by the published table */
+    struct store_route sr;     /* the store's view of def (create: the stored seq comes back) */
+    struct route_table *old;   /* update: the table def's unchanged fields point into */
+};
+
+static void route_op_free(struct api_write *w)
+{
+    struct route_op *o = (struct route_op *)w;
+
+    route_free(o->r);
+    if (o->old) route_table_unref(o->old);
+    g_free(o);
+}
+
+/* What a committed write changes in this process: the next table, built from the current one
+ * under the registry's lock (every route but this id, plus the new version of it when there is
+ * one: a table another node's change reloaded meanwhile may hold this id already).  Published
+ * before the reply, so a change the API answered 200 for is in the table the next message is
+ * evaluated against. */
+static void route_op_settle(struct api_server *api, struct api_write *w)
+{
+    struct route_op *o = (struct route_op *)w;
+    bool ok = w->status == STORE_OK || (o->op == OP_DELETE && w->status == STORE_ERR_NOT_FOUND);
+    char *err = NULL;
+
+    if (!ok) return;
+    if (o->op == OP_CREATE && o->sr.seq != o->def.seq) {
+        /* The store's seq differs from the guess (e.g. after deletions of the last routes): the
+         * order uses the stored value. */
+        o->def.seq = o->sr.seq;
+        route_free(o->r);
+        o->r = route_compile(&o->def, &err); /* compiled a moment ago: only memory can fail */
+        g_free(err);
+        if (!o->r) {
+            log_error("http", "routes: out of memory compiling route id=%s; the change is stored "
+                              "and takes effect at the next start", o->id);
+            return;
+        }
+    }
+    route_registry_lock(api->routes);
+    struct route_table *cur = route_registry_current(api->routes);
+    publish(api, route_table_derive(cur, o->id, o->r));
+    o->r = NULL; /* taken by the table (or freed with it) */
+    route_table_unref(cur);
+    route_registry_unlock(api->routes);
+    log_info("http", "route %s id=%s", o->op == OP_CREATE ? "created" : o->op == OP_UPDATE ? "updated" : "deleted",
+             o->id);
+}
+
+/* A store error (not QUOTA / NOT_FOUND, which the replies answer themselves); takes w->err. */
+static enum MHD_Result reply_write_failed(struct api_request *req, struct api_write *w)
+{
+    char *err = w->err;
+
+    w->err = NULL;
+    return reply_store_error(req, w->status, err);
+}
+
+static enum MHD_Result route_op_reply(struct api_server *api, struct api_request *req,
+                                      struct api_write *w)
+{
+    struct route_op *o = (struct route_op *)w;
+
+    switch (o->op) {
+    case OP_CREATE:
+        if (w->status == STORE_ERR_QUOTA) return reply_quota(api, req);
+        if (w->status != STORE_OK) return reply_write_failed(req, w);
+        return api_reply_json(req->conn, MHD_HTTP_OK,
+                              json_pack("{s:s, s:o}", "message", "Route has been created", "route",
+                                        route_json(&o->def)));
+    case OP_UPDATE: {
+        if (w->status == STORE_ERR_NOT_FOUND) return reply_not_found(req);
+        if (w->status != STORE_OK) return reply_write_failed(req, w);
+        json_t *body = route_json(&o->def);
+        json_object_set_new(body, "message", json_string("Route has been updated"));
+        json_object_set_new(body, "route", route_json(&o->def));
+        return api_reply_json(req->conn, MHD_HTTP_OK, body);
+    }
+    case OP_DELETE:
+        /* NOT_FOUND: another node deleted it; it went from this table too (settle). */
+        if (w->status != STORE_OK && w->status != STORE_ERR_NOT_FOUND) return reply_write_failed(req, w);
+        return api_reply_json(req->conn, MHD_HTTP_OK,
+                              json_pack("{s:s, s:o}", "message", "Route has been deleted", "id",
+                                        jstr(o->id)));
+    }
+    return api_reply_error(req->conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "Internal error");
+}
+
+static struct route_op *route_op_new(int op)
+{
+    struct route_op *o = g_new0(struct route_op, 1);
+
+    o->w.settle = route_op_settle;
+    o->w.reply = route_op_reply;
+    o->w.free = route_op_free;
+    o->op = op;
+    return o;
+}
+
+/* Suspends the request and queues the write of `o` (taken). */
+static enum MHD_Result route_op_submit(struct api_server *api, struct api_request *req,
+                                       struct route_op *o)
+{
+    enum MHD_Result ret;
+
+    if (o->op != OP_DELETE) o->sr = store_view(&o->def);
+    if (!api_write_suspend(api, req, &o->w, &ret)) return ret;
+    switch (o->op) {
+    case OP_CREATE: store_route_insert_async(api->store, &o->sr, api->cfg.route_quota, api_write_done, req); break;
+    case OP_UPDATE: store_route_update_async(api->store, &o->sr, api_write_done, req); break;
+    case OP_DELETE: store_route_delete_async(api->store, o->id, api_write_done, req); break;
+    }
+    return MHD_YES;
+}
+
+/* A 400 with route_compile's or read_input's message (taken, freed with g_free). */
+static enum MHD_Result reply_bad(struct api_request *req, struct route_op *o, char *msg)
+{
+    enum MHD_Result r = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, msg);
+    g_free(msg);
+    route_op_free(&o->w);
+    return r;
+}
 
 enum MHD_Result api_routes_create(struct api_server *api, struct api_request *req)
 {
-    struct route_input in;
-    char *msg = read_input(req, &in);
-    if (!msg && !in.has_expression) msg = g_strdup("Expression is missing");
-    if (!msg && in.nactions == 0) msg = g_strdup("'action' parameter is missing");
-    if (msg) {
-        enum MHD_Result r = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, msg);
-        g_free(msg);
-        return r;
-    }
-
-    route_registry_lock(api->routes);
-    struct route_table *cur = route_registry_current(api->routes);
     enum MHD_Result ret;
-    char *err = NULL;
-    size_t n = route_table_count(cur);
-    if ((int64_t)n >= api->cfg.route_quota) {
-        ret = reply_quota(api, req);
-        goto out;
-    }
+    if (!api_write_turn(api, req, &ret)) return ret;
+    struct route_op *o = route_op_new(OP_CREATE);
+    char *msg = read_input(req, &o->in);
+    if (!msg && !o->in.has_expression) msg = g_strdup("Expression is missing");
+    if (!msg && o->in.nactions == 0) msg = g_strdup("'action' parameter is missing");
+    if (msg) return reply_bad(req, o, msg);
 
+    struct route_table *cur = route_registry_current(api->routes);
+    size_t n = route_table_count(cur);
     /* The store assigns the hidden sequence; the route is compiled with the next one this table
      * would give it (the largest so far + 1) and recompiled in the rare case the store says
-     * otherwise (e.g. after deletions of the last routes), so ordering always uses the stored
-     * value. */
+     * otherwise (route_op_settle).  The store checks the quota again, in its transaction. */
     int64_t seq = 1;
     for (size_t i = 0; i < n; i++) {
         int64_t s = route_get_def(route_table_at(cur, i))->seq;
         if (s >= seq) seq = s + 1;
     }
-    char id[ID_LEN + 1];
-    id_generate(id);
-    struct route_def def = {.id = id, .priority = in.has_priority ? in.priority : 0, .seq = seq,
-                            .description = in.has_description ? in.description : "",
-                            .expression = in.expression, .actions = in.actions,
-                            .nactions = in.nactions, .created_at = (int64_t)time(NULL)};
-    struct route *r = route_compile(&def, &err);
-    if (!r) {
-        ret = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, err);
-        goto out;
-    }
-    struct store_route sr = store_view(&def);
-    enum store_status st = store_route_insert(api->store, &sr, api->cfg.route_quota, &err);
-    if (st != STORE_OK) {
-        route_free(r);
-        if (st == STORE_ERR_QUOTA) {
-            free(err);
-            err = NULL;
-            ret = reply_quota(api, req);
-        } else {
-            ret = reply_store_error(req, st, err);
-            err = NULL;
-        }
-        goto out;
-    }
-    if (sr.seq != seq) {
-        def.seq = sr.seq;
-        route_free(r);
-        r = route_compile(&def, &err);
-        if (!r) { /* compiled a moment ago: only memory can fail */
-            ret = api_reply_error(req->conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "Out of memory");
-            goto out;
-        }
-    }
-    json_t *rj = route_json(route_get_def(r));
-    publish(api, route_table_derive(cur, NULL, r));
-    log_info("http", "route created id=%s", id);
-    ret = api_reply_json(req->conn, MHD_HTTP_OK,
-                         json_pack("{s:s, s:o}", "message", "Route has been created", "route", rj));
-out:
     route_table_unref(cur);
-    route_registry_unlock(api->routes);
-    free(err);
-    return ret;
+    if ((int64_t)n >= api->cfg.route_quota) {
+        route_op_free(&o->w);
+        return reply_quota(api, req);
+    }
+    id_generate(o->id);
+    o->def = (struct route_def){.id = o->id, .priority = o->in.has_priority ? o->in.priority : 0,
+                                .seq = seq,
+                                .description = o->in.has_description ? o->in.description : "",
+                                .expression = o->in.expression, .actions = o->in.actions,
+                                .nactions = o->in.nactions, .created_at = (int64_t)time(NULL)};
+    char *err = NULL;
+    o->r = route_compile(&o->def, &err);
+    if (!o->r) {
+        msg = g_strdup(err ? err : "Invalid route");
+        free(err);
+        return reply_bad(req, o, msg);
+    }
+    return route_op_submit(api, req, o);
 }
 
 /* ---- POST /v3/routes/check ------------------------------------------------------------------ */
@@ -417,93 +515,52 @@ enum MHD_Result api_routes_check(struct api_server *api, struct api_request *req
 
 enum MHD_Result api_routes_update(struct api_server *api, struct api_request *req)
 {
-    struct route_input in;
-    char *msg = read_input(req, &in);
-    if (msg) {
-        enum MHD_Result r = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, msg);
-        g_free(msg);
-        return r;
-    }
-    const char *id = api_param(req, "id");
-    route_registry_lock(api->routes);
-    struct route_table *cur = route_registry_current(api->routes);
     enum MHD_Result ret;
-    char *err = NULL;
-    const struct route *old = find_route(cur, id, NULL);
+    if (!api_write_turn(api, req, &ret)) return ret;
+    struct route_op *o = route_op_new(OP_UPDATE);
+    char *msg = read_input(req, &o->in);
+    if (msg) return reply_bad(req, o, msg);
+    snprintf(o->id, sizeof o->id, "%s", api_param(req, "id"));
+    o->old = route_registry_current(api->routes);
+    const struct route *old = find_route(o->old, api_param(req, "id"), NULL);
     if (!old) {
-        ret = reply_not_found(req);
-        goto out;
+        route_op_free(&o->w);
+        return reply_not_found(req);
     }
     /* Absent fields keep their values; given actions replace the whole list. */
-    const struct route_def *od = route_get_def(old);
-    struct route_def def = *od;
-    if (in.has_priority) def.priority = in.priority;
-    if (in.has_description) def.description = in.description;
-    if (in.has_expression) def.expression = in.expression;
-    if (in.nactions) {
-        def.actions = in.actions;
-        def.nactions = in.nactions;
+    o->def = *route_get_def(old);
+    o->def.id = o->id;
+    if (o->in.has_priority) o->def.priority = o->in.priority;
+    if (o->in.has_description) o->def.description = o->in.description;
+    if (o->in.has_expression) o->def.expression = o->in.expression;
+    if (o->in.nactions) {
+        o->def.actions = o->in.actions;
+        o->def.nactions = o->in.nactions;
     }
-    struct route *r = route_compile(&def, &err);
-    if (!r) {
-        ret = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, err);
-        goto out;
+    char *err = NULL;
+    o->r = route_compile(&o->def, &err);
+    if (!o->r) {
+        msg = g_strdup(err ? err : "Invalid route");
+        free(err);
+        return reply_bad(req, o, msg);
     }
-    struct store_route sr = store_view(&def);
-    enum store_status st = store_route_update(api->store, &sr, &err);
-    if (st != STORE_OK) {
-        route_free(r);
-        if (st == STORE_ERR_NOT_FOUND) {
-            ret = reply_not_found(req);
-        } else {
-            ret = reply_store_error(req, st, err);
-            err = NULL;
-        }
-        goto out;
-    }
-    const struct route_def *nd = route_get_def(r);
-    json_t *body = route_json(nd);
-    json_object_set_new(body, "message", json_string("Route has been updated"));
-    json_object_set_new(body, "route", route_json(nd));
-    publish(api, route_table_derive(cur, id, r));
-    log_info("http", "route updated id=%s", id);
-    ret = api_reply_json(req->conn, MHD_HTTP_OK, body);
-out:
-    route_table_unref(cur);
-    route_registry_unlock(api->routes);
-    free(err);
-    return ret;
+    return route_op_submit(api, req, o);
 }
 
 /* ---- DELETE /v3/routes/:id ------------------------------------------------------------------ */
 
 enum MHD_Result api_routes_delete(struct api_server *api, struct api_request *req)
 {
-    const char *id = api_param(req, "id");
-    route_registry_lock(api->routes);
-    struct route_table *cur = route_registry_current(api->routes);
     enum MHD_Result ret;
-    char *err = NULL;
-    if (!find_route(cur, id, NULL)) {
-        ret = reply_not_found(req);
-        goto out;
-    }
-    enum store_status st = store_route_delete(api->store, id, &err);
-    if (st != STORE_OK && st != STORE_ERR_NOT_FOUND) {
-        ret = reply_store_error(req, st, err);
-        err = NULL;
-        goto out;
-    }
-    /* NOT_FOUND: another node deleted it; it goes from this table too. */
-    publish(api, route_table_derive(cur, id, NULL));
-    log_info("http", "route deleted id=%s", id);
-    ret = api_reply_json(req->conn, MHD_HTTP_OK,
-                         json_pack("{s:s, s:o}", "message", "Route has been deleted", "id", jstr(id)));
-out:
+    if (!api_write_turn(api, req, &ret)) return ret;
+    const char *id = api_param(req, "id");
+    struct route_table *cur = route_registry_current(api->routes);
+    bool known = find_route(cur, id, NULL) != NULL;
     route_table_unref(cur);
-    route_registry_unlock(api->routes);
-    free(err);
-    return ret;
+    if (!known) return reply_not_found(req);
+    struct route_op *o = route_op_new(OP_DELETE);
+    snprintf(o->id, sizeof o->id, "%s", id);
+    return route_op_submit(api, req, o);
 }
 
 /* ---- GET /v3/routes/match ------------------------------------------------------------------- */

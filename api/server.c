@@ -20,45 +20,45 @@ static enum MHD_Result api_root(struct api_server *api, struct api_request *req)
 /* Every endpoint.  The first row whose pattern matches the path and whose method matches the
  * request's wins; a path that matches rows of other methods only gets 405 with Allow. */
 static const struct api_endpoint endpoints[] = {
-    {"GET", "/healthz", api_health, false, false},
-    {"GET", "/", api_root, true, false},
+    {"GET", "/healthz", api_health, false, false, false},
+    {"GET", "/", api_root, true, false, false},
     /* The web console (api/console.c): its page and assets need no credentials (they hold
      * none); everything it shows comes from the endpoints below, through its session. */
-    {"GET", "/ui", api_console_redirect, false, false},
-    {"GET", "/ui/", api_console_index, false, false},
-    {"GET", "/ui/assets/:hash/:name", api_console_asset, false, false},
-    {"POST", "/ui/login", api_console_login, false, false},
-    {"GET", "/ui/session", api_console_session, true, false},
-    {"POST", "/ui/logout", api_console_logout, true, false},
-    {"GET", "/ui/html/:domain/:key", api_console_html, true, false},
-    {"GET", "/v3/routes", api_routes_list, true, false},
-    {"POST", "/v3/routes", api_routes_create, true, true},
+    {"GET", "/ui", api_console_redirect, false, false, false},
+    {"GET", "/ui/", api_console_index, false, false, false},
+    {"GET", "/ui/assets/:hash/:name", api_console_asset, false, false, false},
+    {"POST", "/ui/login", api_console_login, false, false, false},
+    {"GET", "/ui/session", api_console_session, true, false, false},
+    {"POST", "/ui/logout", api_console_logout, true, false, false},
+    {"GET", "/ui/html/:domain/:key", api_console_html, true, false, false},
+    {"GET", "/v3/routes", api_routes_list, true, false, false},
+    {"POST", "/v3/routes", api_routes_create, true, true, true},
     /* Before "/v3/routes/:id", which would take "match" and "test" as ids. */
-    {"GET", "/v3/routes/match", api_routes_match, true, false},
-    {"POST", "/v3/routes/test", api_routes_test, true, true},
-    {"POST", "/v3/routes/check", api_routes_check, true, true},
-    {"GET", "/v3/routes/:id", api_routes_get, true, false},
-    {"PUT", "/v3/routes/:id", api_routes_update, true, true},
-    {"DELETE", "/v3/routes/:id", api_routes_delete, true, false},
+    {"GET", "/v3/routes/match", api_routes_match, true, false, false},
+    {"POST", "/v3/routes/test", api_routes_test, true, true, false},
+    {"POST", "/v3/routes/check", api_routes_check, true, true, false},
+    {"GET", "/v3/routes/:id", api_routes_get, true, false, false},
+    {"PUT", "/v3/routes/:id", api_routes_update, true, true, true},
+    {"DELETE", "/v3/routes/:id", api_routes_delete, true, false, true},
     /* Stored copies (SPEC §6): looked up by key alone, whatever the domain segment says. */
-    {"GET", "/v3/domains/:domain/messages/:key", api_stored_get, true, false},
-    {"POST", "/v3/domains/:domain/messages/:key", api_stored_resend, true, true},
-    {"DELETE", "/v3/domains/:domain/messages/:key", api_stored_delete, true, false},
-    {"GET", "/v3/domains/:domain/messages/:key/raw", api_stored_raw, true, false},
-    {"GET", "/v3/domains/:domain/messages/:key/attachments/:n", api_stored_attachment, true, false},
+    {"GET", "/v3/domains/:domain/messages/:key", api_stored_get, true, false, false},
+    {"POST", "/v3/domains/:domain/messages/:key", api_stored_resend, true, true, true},
+    {"DELETE", "/v3/domains/:domain/messages/:key", api_stored_delete, true, false, true},
+    {"GET", "/v3/domains/:domain/messages/:key/raw", api_stored_raw, true, false, false},
+    {"GET", "/v3/domains/:domain/messages/:key/attachments/:n", api_stored_attachment, true, false, false},
     /* Events (Mailgun's shape): the page token of the paging URLs is a path segment. */
-    {"GET", "/v3/:domain/events", api_events_list, true, false},
-    {"GET", "/v3/:domain/events/:page", api_events_list, true, false},
+    {"GET", "/v3/:domain/events", api_events_list, true, false, false},
+    {"GET", "/v3/:domain/events/:page", api_events_list, true, false, false},
     /* The dead-letter list and its replay. */
-    {"GET", "/v3/deliveries", api_deliveries_list, true, false},
-    {"POST", "/v3/deliveries/:id/retry", api_deliveries_retry, true, false},
+    {"GET", "/v3/deliveries", api_deliveries_list, true, false, false},
+    {"POST", "/v3/deliveries/:id/retry", api_deliveries_retry, true, false, true},
     /* Mailboxes for POP3 pollers (SPEC §9). */
-    {"GET", "/v3/mailboxes", api_mailboxes_list, true, false},
-    {"POST", "/v3/mailboxes", api_mailboxes_create, true, false},
-    {"GET", "/v3/mailboxes/:name", api_mailboxes_get, true, false},
-    {"PUT", "/v3/mailboxes/:name", api_mailboxes_update, true, false},
-    {"DELETE", "/v3/mailboxes/:name", api_mailboxes_delete, true, false},
-    {"GET", "/metrics", api_metrics, true, false},
+    {"GET", "/v3/mailboxes", api_mailboxes_list, true, false, false},
+    {"POST", "/v3/mailboxes", api_mailboxes_create, true, false, true},
+    {"GET", "/v3/mailboxes/:name", api_mailboxes_get, true, false, false},
+    {"PUT", "/v3/mailboxes/:name", api_mailboxes_update, true, false, true},
+    {"DELETE", "/v3/mailboxes/:name", api_mailboxes_delete, true, false, true},
+    {"GET", "/metrics", api_metrics, true, false, false},
 };
 
 enum { STAGE_NEW, STAGE_BODY, STAGE_REPLIED };
@@ -102,6 +102,14 @@ static enum MHD_Result queue(struct MHD_Connection *conn, unsigned status,
 enum MHD_Result api_reply_json(struct MHD_Connection *conn, unsigned status, json_t *body)
 {
     return queue(conn, status, json_response(body));
+}
+
+enum MHD_Result api_reply_json_headers(struct MHD_Connection *conn, unsigned status, json_t *body,
+                                       const char *name, const char *value)
+{
+    struct MHD_Response *resp = json_response(body);
+    if (resp) MHD_add_response_header(resp, name, value);
+    return queue(conn, status, resp);
 }
 
 enum MHD_Result api_reply_error(struct MHD_Connection *conn, unsigned status, const char *message)
@@ -291,6 +299,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 static void request_free(struct api_server *api, struct api_request *req)
 {
     if (!req) return;
+    api_write_release(api, req); /* first: a write's context may point into the forms */
     if (req->reserved) atomic_fetch_sub(&api->body_bytes, req->reserved);
     clear_params(req);
     api_form_free(&req->query);
@@ -383,6 +392,7 @@ static enum MHD_Result begin(struct api_server *api, struct api_request *req)
     }
     if (n > body_max(req->endpoint))
         return api_reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "Request body too large");
+    if (req->endpoint->writes && !api_write_admit(api, req, &refused)) return refused;
     if (n > 0) {
         if (req->endpoint->big_body && !reserve(api, req, n))
             return api_reply_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
@@ -463,7 +473,7 @@ static enum MHD_Result finish(struct api_server *api, struct api_request *req)
         enum form_status st = api_form_parse(&req->body, req->content_type, req->raw, req->len, &err);
         if (st != FORM_OK) return reply_form_error(req, st, err, "Request body");
     }
-    return req->endpoint->handler(api, req);
+    return api_write_run(api, req);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -474,6 +484,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     struct api_request *req = *req_cls;
 
     if (!req) return MHD_NO; /* on_uri could not allocate: close */
+    if (req->suspended) return api_write_resumed(api, req); /* its write ended, or its turn came */
     switch (req->stage) {
     case STAGE_NEW:
         req->conn = conn;
@@ -508,7 +519,9 @@ static int start_daemon(struct api_server *api, const char *spec, char **err)
     int fd;
     if (net_listen(spec, &fd, err) < 0) return -1;
     struct MHD_Daemon *d = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
+            MHD_ALLOW_SUSPEND_RESUME, /* writes wait for their commit suspended (api/writes.c) */
+        0, NULL, NULL,
         on_request, api,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, /* first, or MHD logs on its own */
         MHD_OPTION_LISTEN_SOCKET, fd,
@@ -552,6 +565,7 @@ struct api_server *api_server_start(const struct api_config *cfg, struct store *
         while (n > 0 && api->public_url[n - 1] == '/') api->public_url[--n] = '\0';
     }
     atomic_init(&api->body_bytes, 0);
+    api->writes = api_writes_new();
     pthread_mutex_init(&api->health_mu, NULL);
     api_auth_init(&api->auth, cfg->api_key);
     api->routes = cfg->routes;
@@ -588,8 +602,12 @@ const char *api_server_public_url(const struct api_server *api)
 void api_server_stop(struct api_server *api)
 {
     if (!api) return;
+    /* MHD_stop_daemon must find no connection suspended: the writes in flight end first (the
+     * store's writer is still running), and nothing suspends any more. */
+    api_writes_drain(api->writes);
     /* MHD_stop_daemon closes the listening socket too, even one given with LISTEN_SOCKET. */
     for (size_t i = 0; i < api->ndaemons; i++) MHD_stop_daemon(api->daemons[i]);
+    api_writes_free(api->writes);
     if (api->own_routes) route_registry_free(api->routes);
     api_console_free(api->console);
     memset(&api->auth, 0, sizeof api->auth);

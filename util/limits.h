@@ -167,6 +167,13 @@
 #define API_CONNECTIONS_PER_IP_MAX 32
 #define API_TIMEOUT_SECONDS 30
 #define API_THREADS 2
+/* API writes in flight (api/writes.c): a request that writes (routes, resends, deletes, retries,
+ * mailboxes) waits for its group commit suspended, holding no pool thread.  Admitted before its
+ * body is read: at most API_WRITES_MAX at once in all and API_WRITES_PER_CLIENT_MAX from one
+ * client address; past either, 503 with Retry-After: API_WRITES_RETRY_AFTER_SECONDS. */
+#define API_WRITES_MAX 64
+#define API_WRITES_PER_CLIENT_MAX 16
+#define API_WRITES_RETRY_AFTER_SECONDS 1
 /* A request body (SPEC §7): 413 above it, checked on Content-Length before any byte is read and
  * again while the body streams in. */
 #define API_BODY_MAX (50LL * 1024 * 1024)
@@ -259,6 +266,9 @@
 #define KEY_RANDOM_BYTES 32
 
 _Static_assert(API_BODY_MAX < LIMIT_INFLIGHT_BYTES, "a request body fits the memory budget");
+_Static_assert(API_WRITES_PER_CLIENT_MAX <= API_WRITES_MAX, "a client's writes fit the total");
+_Static_assert(API_WRITES_PER_CLIENT_MAX < API_CONNECTIONS_PER_IP_MAX,
+               "one client reaches its write cap (503) before MHD's connection limit (a close)");
 
 /* Routes (SPEC §4).  The expression and each action are at most 4 KiB (Mailgun's limit). */
 #define ROUTE_EXPRESSION_MAX 4096
