@@ -163,7 +163,7 @@ class Daemon:
 
     def __init__(self, workdir, args=None, env=None, domains=("example.com",), defaults=True,
                  shim=False, shim_enospc=None, data_dir=None, umask=None, log_level=None,
-                 database_url=None):
+                 database_url=None, shim_hold=None):
         self.workdir = workdir
         self.data_dir = data_dir or os.path.join(workdir, "data")
         # --database of this daemon: the postgres backend's database made for it, or a test's
@@ -176,6 +176,7 @@ class Daemon:
         self.shim = shim
         self.shim_log = os.path.join(workdir, "shim.log") if shim else None
         self.shim_enospc = shim_enospc
+        self.shim_hold = shim_hold  # INLET_SHIM_HOLD: syncs of the data dir wait while it exists
         self.umask = umask
         self.log_level = log_level
         self.proc = None
@@ -227,6 +228,8 @@ class Daemon:
             env["INLET_SHIM_DATADIR"] = os.path.realpath(self.data_dir)
             if self.shim_enospc:
                 env["INLET_SHIM_ENOSPC"] = self.shim_enospc
+            if self.shim_hold:
+                env["INLET_SHIM_HOLD"] = self.shim_hold
             asan = env.get("ASAN_OPTIONS", "")
             env["ASAN_OPTIONS"] = (asan + ":" if asan else "") + "verify_asan_link_order=0"
         return env

@@ -10,6 +10,9 @@
  *   INLET_SHIM_DATADIR  absolute, canonical path of the data dir (prefix of the files concerned)
  *   INLET_SHIM_ENOSPC   while a file of this name exists, writes and syncs of regular files under
  *                       INLET_SHIM_DATADIR fail with ENOSPC
+ *   INLET_SHIM_HOLD     while a file of this name exists, syncs of regular files under
+ *                       INLET_SHIM_DATADIR wait (polled every 2 ms, HOLD_MAX_MS at most): a test
+ *                       holds a group commit in flight for as long as it needs, with no timing
  *
  * Lines (fields separated by one space, the escaped data last):
  *   <seq> SYNC tid=<tid> fd=<fd> call=fsync|fdatasync rc=<rc> path=<path>
@@ -42,6 +45,7 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The banned functions, poisoned after the C library headers above (see util/banned.h). */
@@ -49,6 +53,7 @@
 #include "../../util/banned.h"
 
 #define HEAD_BYTES 80
+#define HOLD_MAX_MS 120000
 #define TAIL_BYTES 32
 
 /* Prototypes of the exported hooks (the project builds with -Wmissing-prototypes; the libc
@@ -99,6 +104,7 @@ static int log_fd = -1;             /* INLET_SHIM_LOG, or -1: record nothing */
 static char datadir[PATH_MAX];      /* INLET_SHIM_DATADIR, or "" */
 static size_t datadir_len;
 static char enospc_flag[PATH_MAX];  /* INLET_SHIM_ENOSPC, or "" */
+static char hold_flag[PATH_MAX];    /* INLET_SHIM_HOLD, or "" */
 static unsigned long seq_counter;   /* atomic */
 static _Thread_local int in_hook;        /* our own calls (logging, readlink) pass straight through */
 
@@ -146,6 +152,9 @@ __attribute__((constructor)) static void shim_init(void)
     v = getenv("INLET_SHIM_ENOSPC");
     if (v && *v && strlen(v) < sizeof enospc_flag)
         memcpy(enospc_flag, v, strlen(v) + 1);
+    v = getenv("INLET_SHIM_HOLD");
+    if (v && *v && strlen(v) < sizeof hold_flag)
+        memcpy(hold_flag, v, strlen(v) + 1);
     v = getenv("INLET_SHIM_LOG");
     if (v && *v)
         log_fd = open(v, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
@@ -256,6 +265,21 @@ static bool inject(int fd, const char *call)
     if (fail)
         errno = ENOSPC;
     return fail;
+}
+
+/* Waits while INLET_SHIM_HOLD exists, when fd is a file under the data dir (a sync). */
+static void hold(int fd)
+{
+    if (!hold_flag[0] || !datadir_len || in_hook)
+        return;
+    in_hook++;
+    char path[PATH_MAX];
+    if (access(hold_flag, F_OK) == 0 && fd_path(fd, path, sizeof path) && under_datadir(path)) {
+        const struct timespec tick = {0, 2 * 1000 * 1000};
+        for (int i = 0; i < HOLD_MAX_MS / 2 && access(hold_flag, F_OK) == 0; i++)
+            nanosleep(&tick, NULL);
+    }
+    in_hook--;
 }
 
 static bool recording(void)
@@ -472,6 +496,7 @@ int fsync(int fd)
     RESOLVE(fsync);
     if (inject(fd, "fsync"))
         return -1;
+    hold(fd);
     int rc = real.fsync(fd);
     record_sync(fd, "fsync", rc);
     return rc;
@@ -482,6 +507,7 @@ int fdatasync(int fd)
     RESOLVE(fdatasync);
     if (inject(fd, "fdatasync"))
         return -1;
+    hold(fd);
     int rc = real.fdatasync(fd);
     record_sync(fd, "fdatasync", rc);
     return rc;
