@@ -112,6 +112,7 @@ struct api_request {
     bool admitted;            /* counted in the in-flight caps (begin(), for a `writes` endpoint) */
     uint8_t client[17];       /* the client's address (family byte, then 4 or 16 bytes) */
     bool suspended;           /* suspended now: the next call of the access handler is a resume */
+    bool held;                /* suspended at least once: api_writes_drain waits until it is freed */
     int turn;                 /* route writes' turn: none, waiting, held */
     struct api_request *turn_next; /* the queue of requests waiting their turn */
     struct api_write *write;  /* the write in flight or ended, until the request is freed */
@@ -150,7 +151,8 @@ struct api_write {
 
 /* Starts and stops the bookkeeping of writes (api_server_start/stop).  api_writes_drain: no new
  * write is admitted or suspended from now on (503), and it waits until every suspended request
- * was resumed, so that MHD_stop_daemon finds none suspended. */
+ * was resumed, so that MHD_stop_daemon finds none suspended, then (bounded) until each was
+ * answered and freed, so that it does not close them before their replies left. */
 struct api_writes *api_writes_new(void);
 void api_writes_drain(struct api_writes *ws);
 void api_writes_free(struct api_writes *ws);

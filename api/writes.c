@@ -16,18 +16,22 @@
  * the next table from the one the previous write published, and a PUT's absent fields keep the
  * values the previous write left.
  *
- * Shutdown: MHD_stop_daemon must find no connection suspended (it panics), so api_writes_drain()
- * refuses new writes and suspensions and waits until every suspended request was resumed; the
- * store's writer, still running, ends every write it was given.
+ * Shutdown: MHD_stop_daemon must find no connection suspended (it panics), and would close a
+ * resumed one before its reply left, so api_writes_drain() refuses new writes and suspensions,
+ * waits until every suspended request was resumed (the store's writer, still running, ends every
+ * write it was given), then, for at most API_TIMEOUT_SECONDS, until every request that was
+ * suspended has been answered and freed.
  *
  * Locks: ws->mu guards the counters, the client table and the turn queue.  MHD functions are
  * never called under it. */
+#include <errno.h>
 #include <glib.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "api/internal.h"
 #include "util/limits.h"
@@ -43,10 +47,11 @@ struct write_client {
 
 struct api_writes {
     pthread_mutex_t mu;
-    pthread_cond_t cv;      /* signalled when `suspended` drops to 0 */
+    pthread_cond_t cv;      /* signalled when `suspended` or `held` drops to 0 (monotonic clock) */
     bool stopping;
     unsigned admitted;      /* write requests admitted, not yet freed */
     unsigned suspended;     /* requests suspended now */
+    unsigned held;          /* requests suspended at least once, not yet freed */
     uint64_t refused;       /* 503s past a cap (metrics) */
     /* Every admitted request's client has a row (admitted <= API_WRITES_MAX); n == 0: free. */
     struct write_client clients[API_WRITES_MAX];
@@ -58,8 +63,13 @@ struct api_writes *api_writes_new(void)
 {
     struct api_writes *ws = g_new0(struct api_writes, 1);
 
+    pthread_condattr_t attr;
+
     pthread_mutex_init(&ws->mu, NULL);
-    pthread_cond_init(&ws->cv, NULL);
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&ws->cv, &attr);
+    pthread_condattr_destroy(&attr);
     ws->turn_tail = &ws->turn_head;
     return ws;
 }
@@ -72,6 +82,13 @@ void api_writes_drain(struct api_writes *ws)
     if (ws->suspended > 0)
         log_info("http", "stopping: waiting for suspended writes suspended=%u", ws->suspended);
     while (ws->suspended > 0) pthread_cond_wait(&ws->cv, &ws->mu);
+    /* Resumed: their replies leave from the pool threads, which still run.  Bounded: a reply
+     * that cannot be sent is MHD's connection timeout's. */
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += API_TIMEOUT_SECONDS;
+    while (ws->held > 0 && pthread_cond_timedwait(&ws->cv, &ws->mu, &deadline) != ETIMEDOUT) {}
+    if (ws->held > 0) log_warn("http", "stopping: replies not sent held=%u", ws->held);
     pthread_mutex_unlock(&ws->mu);
 }
 
@@ -87,13 +104,17 @@ void api_writes_free(struct api_writes *ws)
 
 /* Counts one more suspended request unless the server is stopping (then nothing may suspend:
  * api_writes_drain may have seen none left). */
-static bool reserve_suspension(struct api_writes *ws)
+static bool reserve_suspension(struct api_writes *ws, struct api_request *req)
 {
     bool ok;
 
     pthread_mutex_lock(&ws->mu);
     ok = !ws->stopping;
-    if (ok) ws->suspended++;
+    if (ok) {
+        ws->suspended++;
+        if (!req->held) ws->held++;
+        req->held = true;
+    }
     pthread_mutex_unlock(&ws->mu);
     return ok;
 }
@@ -127,7 +148,7 @@ static enum MHD_Result reply_stopping(struct api_request *req)
 bool api_write_suspend(struct api_server *api, struct api_request *req, struct api_write *w,
                        enum MHD_Result *r)
 {
-    if (!reserve_suspension(api->writes)) {
+    if (!reserve_suspension(api->writes, req)) {
         w->free(w);
         *r = reply_stopping(req);
         return false;
@@ -175,7 +196,7 @@ bool api_write_turn(struct api_server *api, struct api_request *req, enum MHD_Re
         req->turn = TURN_HELD;
         return true;
     }
-    if (!reserve_suspension(ws)) {
+    if (!reserve_suspension(ws, req)) {
         *r = reply_stopping(req);
         return false;
     }
@@ -317,13 +338,17 @@ void api_write_release(struct api_server *api, struct api_request *req)
         req->write = NULL;
     }
     turn_leave(ws, req);
-    if (!req->admitted) return;
-    req->admitted = false;
+    if (!req->admitted && !req->held) return;
     pthread_mutex_lock(&ws->mu);
-    struct write_client *c = client_row(ws, req->client);
-    if (c && c->n > 0) c->n--;
-    ws->admitted--;
+    if (req->admitted) {
+        struct write_client *c = client_row(ws, req->client);
+        if (c && c->n > 0) c->n--;
+        ws->admitted--;
+    }
+    if (req->held && --ws->held == 0) pthread_cond_broadcast(&ws->cv);
     pthread_mutex_unlock(&ws->mu);
+    req->admitted = false;
+    req->held = false;
 }
 
 char *api_writes_metrics(struct api_server *api)
