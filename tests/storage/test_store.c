@@ -1788,6 +1788,130 @@ static void run_child(const char *what, int (*fn)(const char *tmp))
     tmpdir_free(tmp);
 }
 
+/* ---- writes without waiting (store.h): the twins the HTTP API uses ----------------------------- */
+
+/* One write's answer: status, err, and whether it came on a thread other than the caller's. */
+struct wslot {
+    struct waiter *w;
+    enum store_status status;
+    char *err;
+    bool other_thread;
+    pthread_t caller;
+};
+
+static void on_write_done(void *arg, enum store_status status, char *err)
+{
+    struct wslot *s = arg;
+
+    pthread_mutex_lock(&s->w->mu);
+    s->status = status;
+    s->err = err;
+    s->other_thread = !pthread_equal(pthread_self(), s->caller);
+    s->w->called++;
+    pthread_cond_broadcast(&s->w->cv);
+    pthread_mutex_unlock(&s->w->mu);
+}
+
+/* Waits for the answer of the write just queued with `s` (armed by wslot_arm). */
+static enum store_status wslot_wait(struct wslot *s, const char *what)
+{
+    bool ok = waiter_wait(s->w, 1, 30);
+
+    CHECK(ok, "%s: answered", what);
+    CHECK(s->other_thread, "%s: answered on the writer thread", what);
+    CHECK(store_status_failed(s->status) == (s->err != NULL), "%s: err exactly with a failure (%s)", what,
+          s->err ? s->err : "none");
+    free(s->err);
+    s->err = NULL;
+    return ok ? s->status : STORE_ERR_IO;
+}
+
+static void wslot_arm(struct wslot *s, struct waiter *w)
+{
+    waiter_destroy(w);
+    waiter_init(w);
+    *s = (struct wslot){.w = w, .status = STORE_ERR_IO, .caller = pthread_self()};
+}
+
+static void test_async_writes(void)
+{
+    char *tmp = tmpdir_new(), *err = NULL;
+    struct store *st = store_open(tmp, NULL, &err);
+    static char stop[] = "stop()";
+    char *acts[] = {stop};
+    struct store_route r[2] = {0};
+    struct waiter w;
+    struct wslot s;
+
+    CHECK(st != NULL, "open");
+    if (!st) goto out;
+    waiter_init(&w);
+    route_fill(&r[0], 0, 1, acts, 1);
+    route_fill(&r[1], 1, 1, acts, 1);
+    wslot_arm(&s, &w);
+    store_route_insert_async(st, &r[0], 1, on_write_done, &s);
+    CHECK(wslot_wait(&s, "route insert") == STORE_OK && r[0].seq > 0,
+          "async route insert: OK, seq written back before done (%lld)", (long long)r[0].seq);
+    wslot_arm(&s, &w);
+    store_route_insert_async(st, &r[1], 1, on_write_done, &s);
+    CHECK(wslot_wait(&s, "route insert past quota") == STORE_ERR_QUOTA, "async route insert past the quota: QUOTA");
+    wslot_arm(&s, &w);
+    store_route_update_async(st, &r[1], on_write_done, &s);
+    CHECK(wslot_wait(&s, "route update") == STORE_ERR_NOT_FOUND, "async update of a missing route: NOT_FOUND");
+    wslot_arm(&s, &w);
+    store_route_delete_async(st, r[0].id, on_write_done, &s);
+    CHECK(wslot_wait(&s, "route delete") == STORE_OK, "async route delete: OK");
+    struct store_route *v = NULL;
+    size_t n = 99;
+    CHECK(store_routes_load(st, &v, &n, &err) == STORE_OK && n == 0, "no route left");
+    store_routes_free(v, n);
+
+    /* The mailbox jobs' arguments are copied from the caller's stack (store_submit_copy). */
+    wslot_arm(&s, &w);
+    store_mailbox_create_async(st, "box", "$y$hash", 0, 1700000000, on_write_done, &s);
+    CHECK(wslot_wait(&s, "mailbox create") == STORE_OK, "async mailbox create: OK");
+    wslot_arm(&s, &w);
+    store_mailbox_create_async(st, "box", "$y$hash", 0, 1700000000, on_write_done, &s);
+    CHECK(wslot_wait(&s, "mailbox create again") == STORE_ERR_CONFLICT, "async mailbox create again: CONFLICT");
+    wslot_arm(&s, &w);
+    store_mailbox_update_async(st, "box", NULL, 3600, 1700000001, on_write_done, &s);
+    CHECK(wslot_wait(&s, "mailbox update") == STORE_OK, "async mailbox update: OK");
+    struct store_mailbox *m = NULL;
+    CHECK(store_mailbox_get(st, "box", &m, &err) == STORE_OK && m && m->retention == 3600 &&
+              !strcmp(m->password_hash, "$y$hash") && m->updated_at == 1700000001,
+          "the update is read back (hash kept, retention set)");
+    store_mailboxes_free(m, 1);
+    wslot_arm(&s, &w);
+    store_mailbox_delete_async(st, "box", on_write_done, &s);
+    CHECK(wslot_wait(&s, "mailbox delete") == STORE_OK, "async mailbox delete: OK");
+    wslot_arm(&s, &w);
+    store_mailbox_delete_async(st, "box", on_write_done, &s);
+    CHECK(wslot_wait(&s, "mailbox delete again") == STORE_ERR_NOT_FOUND, "async mailbox delete again: NOT_FOUND");
+
+    /* The queue writes: answers of their waiting twins. */
+    wslot_arm(&s, &w);
+    store_copy_delete_async(st, "nokey", 1700000000, on_write_done, &s);
+    CHECK(wslot_wait(&s, "copy delete") == STORE_ERR_NOT_FOUND, "async copy delete of no copy: NOT_FOUND");
+    wslot_arm(&s, &w);
+    store_delivery_retry_async(st, "nodelivery", 1700000000, on_write_done, &s);
+    CHECK(wslot_wait(&s, "delivery retry") == STORE_ERR_NOT_FOUND, "async retry of no delivery: NOT_FOUND");
+    struct store_delivery_plan plan = {.recipient = "a@example.com", .kind = "address",
+                                       .target = "b@example.org", .format = "", .route_ids_json = "[]"};
+    snprintf(plan.id, sizeof plan.id, "%s", "d00000000000000000000001");
+    wslot_arm(&s, &w);
+    store_deliveries_add_async(st, "m00000000000000000000001", &plan, 1, 1700000000, on_write_done, &s);
+    CHECK(wslot_wait(&s, "deliveries add") == STORE_ERR_NOT_FOUND, "async resend of no message: NOT_FOUND");
+    waiter_destroy(&w);
+out:
+    store_close(st);
+    for (unsigned k = 0; k < 2; k++) {
+        free(r[k].description);
+        free(r[k].expression);
+    }
+    free(err);
+    tmpdir_free(tmp);
+}
+
 int main(void)
 {
     /* The commit log lines are part of what the black-box tests count; show them here too. */
@@ -1805,6 +1929,7 @@ int main(void)
     test_json_parse();
     test_migration_v1();
     test_routes();
+    test_async_writes();
     test_outcome();
     test_outcome_fails_alone();
     test_checkpointer();
