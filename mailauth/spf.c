@@ -812,6 +812,10 @@ static enum mailauth_verdict run(struct mailauth_dns *d, const struct mailauth_s
         say(&s, "%s", "client address not understood");
         return MAILAUTH_NONE;
     }
+    if (domain[0] == '[') { /* §4.3: an address literal ("foo@[192.0.2.1]", "EHLO [192.0.2.1]") */
+        say(&s, "%s", "an address literal, no domain to check");
+        return MAILAUTH_NONE;
+    }
     if (!valid_domain(domain)) {
         say(&s, "%s", "no valid domain to check");
         return MAILAUTH_NONE;
