@@ -65,11 +65,22 @@ struct field {
     size_t start, end, name_len;
 };
 
+/* A body hash computed for one signature, kept for the others of the message that ask for the
+ * same one (senders often sign twice, e.g. their provider and their own domain, alike). */
+struct body_hash {
+    bool relaxed, sha1, has_l;
+    uint64_t l, total;
+    uint8_t digest[EVP_MAX_MD_SIZE];
+    unsigned int len;
+};
+
 struct message {
     const uint8_t *data;
     size_t len, hend;
     struct field *fields;
     size_t nfields;
+    struct body_hash hashes[MAILAUTH_DKIM_SIGS_MAX];
+    size_t nhashes;
 };
 
 struct mailauth_dkim *mailauth_dkim_new(char **err)
@@ -453,21 +464,40 @@ static void digest_write(void *ctx, const uint8_t *p, size_t n)
     EVP_DigestUpdate(ctx, p, n);
 }
 
-/* The body hash of s compared with its bh=: "" when equal, else the reason of a fail. */
-static const char *check_body(struct mailauth_dkim *k, const struct sig *s, const struct message *m, EVP_MD_CTX *md)
+/* The body hash s asks for: one an earlier signature of the message computed, or computed now
+ * (and kept).  NULL when OpenSSL fails. */
+static const struct body_hash *body_hash(struct mailauth_dkim *k, const struct sig *s, struct message *m,
+                                         EVP_MD_CTX *md)
 {
-    const uint8_t *v = s->field + s->voff;
-    uint8_t want[EVP_MAX_MD_SIZE], got[EVP_MAX_MD_SIZE];
-    ssize_t wl = mailauth_dkim_base64(v + s->bh->value, s->bh->value_len, want, sizeof want);
-    if (wl < 0) return "body hash did not verify";
-    if (EVP_DigestInit_ex(md, s->alg == ALG_RSA_SHA1 ? k->sha1 : k->sha256, NULL) != 1) return "body hash did not verify";
+    const bool sha1 = s->alg == ALG_RSA_SHA1;
+    for (size_t i = 0; i < m->nhashes; i++) {
+        const struct body_hash *h = &m->hashes[i];
+        if (h->relaxed == s->brelaxed && h->sha1 == sha1 && h->has_l == s->has_l && (!s->has_l || h->l == s->l))
+            return h;
+    }
+    if (m->nhashes == MAILAUTH_DKIM_SIGS_MAX) return NULL; /* one per signature at most: never */
+    struct body_hash *h = &m->hashes[m->nhashes];
+    *h = (struct body_hash){.relaxed = s->brelaxed, .sha1 = sha1, .has_l = s->has_l, .l = s->l};
+    if (EVP_DigestInit_ex(md, sha1 ? k->sha1 : k->sha256, NULL) != 1) return NULL;
     struct mailauth_dkim_sink sink;
     mailauth_dkim_sink_init(&sink, s->has_l ? s->l : UINT64_MAX, digest_write, md);
-    uint64_t total = mailauth_dkim_canon_body(m->data + m->hend, m->len - m->hend, s->brelaxed, &sink);
-    if (s->has_l && s->l > total) return "length tag value exceeds body size";
-    unsigned int gl = 0;
-    if (EVP_DigestFinal_ex(md, got, &gl) != 1 || (size_t)wl != gl || memcmp(want, got, gl) != 0)
-        return "body hash did not verify";
+    h->total = mailauth_dkim_canon_body(m->data + m->hend, m->len - m->hend, s->brelaxed, &sink);
+    if (EVP_DigestFinal_ex(md, h->digest, &h->len) != 1) return NULL;
+    m->nhashes++;
+    return h;
+}
+
+/* The body hash of s compared with its bh=: "" when equal, else the reason of a fail. */
+static const char *check_body(struct mailauth_dkim *k, const struct sig *s, struct message *m, EVP_MD_CTX *md)
+{
+    const uint8_t *v = s->field + s->voff;
+    uint8_t want[EVP_MAX_MD_SIZE];
+    ssize_t wl = mailauth_dkim_base64(v + s->bh->value, s->bh->value_len, want, sizeof want);
+    if (wl < 0) return "body hash did not verify";
+    const struct body_hash *h = body_hash(k, s, m, md);
+    if (!h) return "body hash did not verify";
+    if (s->has_l && s->l > h->total) return "length tag value exceeds body size";
+    if ((size_t)wl != h->len || memcmp(want, h->digest, h->len) != 0) return "body hash did not verify";
     return "";
 }
 
@@ -570,7 +600,7 @@ static void describe(const struct sig *s, struct mailauth_dkim_sig *o)
 }
 
 static enum mailauth_verdict verify_one(struct mailauth_dkim *k, mailauth_dkim_lookup_fn lookup, void *ctx,
-                                        struct sig *s, const struct message *m, int64_t now, const char **reason)
+                                        struct sig *s, struct message *m, int64_t now, const char **reason)
 {
     *reason = parse_sig(s);
     if (**reason) return MAILAUTH_PERMERROR;

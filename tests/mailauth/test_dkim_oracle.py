@@ -192,6 +192,13 @@ s2 = sign(msg, "ed", CANONS[1], None)
 write("two-good", s1 + s2 + msg)
 write("two-one-bad", s1 + s2.replace(b"bh=", b"bh=AA", 1) + msg)
 write("two-one-nokey", sign(msg, "nokey", CANONS[1], None) + s1 + msg)
+# Several signatures asking for the same body hash (inlet computes it once per message).
+r1, e1 = sign(msg, "rsa", CANONS[1], None), sign(msg, "ed", CANONS[1], None)
+write("same-body-hash", r1 + e1 + msg)
+write("same-body-hash-one-bad", r1 + e1.replace(b"bh=", b"bh=AA", 1) + msg)
+write("same-body-hash-altered", r1 + e1 + msg.replace(b"the body", b"the b0dy"))
+write("same-canon-l-and-not", sign(msg, "rsa", CANONS[1], None, length=True) + e1 + msg + b"Appended.\r\n")
+write("same-canon-not-and-l", e1 + sign(msg, "rsa", CANONS[1], None, length=True) + msg + b"Appended.\r\n")
 # rsa-sha1 (RFC 8301 deprecates it; both verifiers still read it).
 write("rsa-sha1", sign(msg, "rsa", CANONS[1], None, alg=b"rsa-sha1") + msg)
 write("rsa-sha1-sha1only", sign(msg, "sha1only", CANONS[1], None, alg=b"rsa-sha1") + msg)
