@@ -1,6 +1,7 @@
 /* api/api.h — the HTTP API on libmicrohttpd (SPEC §7).
  *
- * A thread pool with epoll per listener.  Every endpoint but GET /healthz needs HTTP Basic
+ * A thread pool with epoll per listener; a request that writes waits for its commit suspended,
+ * holding none of its threads (api/writes.c).  Every endpoint but GET /healthz needs HTTP Basic
  * credentials (user "api", the API key); request bodies are urlencoded or multipart forms
  * (api/internal_form.h).  The routes endpoints (SPEC §7) are in api/routes.c, stored copies (SPEC §6) in
  * api/messages.c, events in api/events.c, the dead-letter list in api/deliveries.c, metrics in
@@ -35,8 +36,9 @@ struct api_config {
     int64_t console_session_ttl; /* seconds a web console login lasts (SPEC §7.1); 0: 12 hours */
     const char *const *domains; /* the hosted domains (--domain), shown by the console */
     size_t ndomains;
-    /* Hooks into the engine (api/ does not depend on engine/); each may be NULL.  They run on an
-     * MHD pool thread and must not block for long. */
+    /* Hooks into the engine (api/ does not depend on engine/); each may be NULL.  They run on a
+     * libmicrohttpd thread (a pool thread, or the one stopping the server) and must not block for
+     * long. */
     void *hooks_arg;
     /* New deliveries are due now (a resend, a dead-letter retry): deliver them without waiting
      * for the next scan. */
@@ -52,7 +54,8 @@ struct api_server *api_server_start(const struct api_config *cfg, struct store *
  * that was NULL or "", "http://<first listener as bound>" (its real port, also for port 0).
  * Valid until api_server_stop(). */
 const char *api_server_public_url(const struct api_server *api);
-/* Stops accepting, finishes requests in progress, frees.  NULL is fine. */
+/* Stops accepting, finishes requests in progress (writes: new ones get 503, suspended ones are
+ * answered once their commit ended), frees.  NULL is fine. */
 void api_server_stop(struct api_server *api);
 
 /* Loads every stored route into `reg` (store_routes_load, each route compiled once, one table
