@@ -346,6 +346,10 @@ static void test_open_modes_pragmas(void)
         {"PRAGMA busy_timeout", "5000"},
         {"PRAGMA journal_size_limit", "16777216"},
         {"PRAGMA foreign_keys", "1"},
+        /* docs/internals/storage.md, "What a message costs in writes": a new database has 1 KiB
+         * pages, and statement journals stay in memory (2: MEMORY). */
+        {"PRAGMA page_size", "1024"},
+        {"PRAGMA temp_store", "2"},
     };
     for (size_t i = 0; i < sizeof pragmas / sizeof pragmas[0]; i++) {
         enum store_status rc = store_test_writer_query(st, pragmas[i].sql, buf, sizeof buf);
@@ -892,6 +896,8 @@ static void test_migration_v1(void)
     CHECK(q && !strcmp(buf, "11"), "upgraded to schema_version 11 (%s)", buf);
     q = db && raw_query(db, "PRAGMA auto_vacuum", buf, sizeof buf);
     CHECK(q && !strcmp(buf, "2"), "auto_vacuum 0 became incremental (one VACUUM at open): %s", buf);
+    q = db && raw_query(db, "PRAGMA page_size", buf, sizeof buf);
+    CHECK(q && !strcmp(buf, "4096"), "a database made with 4 KiB pages keeps them: %s", buf);
     q = db && raw_query(db, "SELECT value FROM meta WHERE key = 'api_key'", buf, sizeof buf);
     CHECK(q && !strcmp(buf, "k1"), "meta rows kept");
     static const struct {
