@@ -90,10 +90,11 @@ nomem:
 /* One portable statement run as a job: its *changed, and its answer when nothing changed.  The
  * parameters are kept inside (their strings are borrowed), so that a copy of the struct is the
  * whole job (store_submit_copy). */
-#define STMT_PARAMS_MAX 4
+/* The most parameters any of these statements takes: a size of the struct, not a limit on input. */
+#define STMT_PARAM_SLOTS 4
 struct stmt_job {
     const char *sql;
-    struct store_param params[STMT_PARAMS_MAX];
+    struct store_param params[STMT_PARAM_SLOTS];
     size_t nparams;
     enum store_status if_unchanged; /* STORE_OK: changing nothing is fine */
 };
