@@ -511,16 +511,31 @@ static size_t len0(const char *s)
     return s ? strlen(s) : 0;
 }
 
+/* What put_string adds to an escaped byte's one: "\n" is one more, "\u0001" five. */
+static inline size_t escape_extra(unsigned c)
+{
+    switch (c) {
+    case '"': case '\\': case '\b': case '\f': case '\n': case '\r': case '\t': return 1;
+    default: return 5;
+    }
+}
+
 /* The bytes put_string() writes for s when s is valid UTF-8 (NULL as ""): exact, without
- * writing. */
+ * writing.  It walks the big fields of every payload before put_string walks them again, so it
+ * skips plain runs 8 bytes at a time as put_string does (byte by byte, with a strchr per escaped
+ * byte, it was the top of inlet's own code in bench/ingest's end-to-end profile at 64 KiB). */
 static size_t json_string_len(const char *s)
 {
-    size_t n = 2;
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-        if (byte_class[*p] != C_ESCAPE) n++;
-        else n += strchr("\"\\\b\f\n\r\t", *p) ? 2 : 6;
+    const size_t n = len0(s);
+    const unsigned char *p = (const unsigned char *)(s ? s : ""), *const end = p + n;
+    size_t extra = 0;
+    for (;;) {
+        while (end - p >= 8 && plain8(p)) p += 8;
+        if (p == end) break;
+        if (byte_class[*p] == C_ESCAPE) extra += escape_extra(*p);
+        p++;
     }
-    return n;
+    return 2 + n + extra;
 }
 
 /* About the size of the document (a little more when there is little to escape), so that the

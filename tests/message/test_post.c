@@ -552,6 +552,26 @@ static void test_shared_values(void)
     g_string_free(raw, TRUE);
 }
 
+/* The estimate is the delivery's memory budget admission: it must cover what is built when every
+ * byte of the body needs an escape ("\u0001" is six bytes for one, "\"" two). */
+static void test_estimate_escapes(void)
+{
+    GString *raw = g_string_new("From: a@example.org\r\nSubject: escapes\r\n"
+                                "Content-Type: text/plain; charset=utf-8\r\n\r\n");
+    for (int i = 0; i < 2000; i++) g_string_append(raw, "\x01\x02\"\\\x7f\x1b\t\r\n");
+    struct message *m = message_parse((const uint8_t *)raw->str, raw->len);
+    struct message_post_options po = {
+        .json = {.recipient = "r@example.com", .sender = SENDER, .id = "ID", .inline_attachments_max = 0}};
+    const size_t est = message_post_estimate(m, MESSAGE_POST_JSON, &po);
+    struct message_post *p = message_post_new(m, (const uint8_t *)raw->str, raw->len, MESSAGE_POST_JSON, &po);
+    const size_t built = message_post_own_len(p);
+    CHECK(est >= built && est <= built + built / 4 + 8192,
+          "json, every body byte escaped: the estimate %zu covers the %zu bytes built", est, built);
+    message_post_free(p);
+    message_free(m);
+    g_string_free(raw, TRUE);
+}
+
 int main(int argc, char **argv)
 {
     message_lib_init();
@@ -567,6 +587,7 @@ int main(int argc, char **argv)
     test_json_post();
     test_form_choice();
     test_shared_values();
+    test_estimate_escapes();
     message_lib_shutdown();
     return check_done();
 }
