@@ -438,6 +438,21 @@ static enum MHD_Result reply_bad(struct api_request *req, struct route_op *o, ch
     return r;
 }
 
+/* Create and update end alike: the new definition compiled (a 400 naming the position when it
+ * does not), then its store write queued and the request suspended. */
+static enum MHD_Result compile_and_submit(struct api_server *api, struct api_request *req,
+                                          struct route_op *o)
+{
+    char *err = NULL;
+    o->r = route_compile(&o->def, &err);
+    if (!o->r) {
+        char *msg = g_strdup(err ? err : "Invalid route");
+        free(err);
+        return reply_bad(req, o, msg);
+    }
+    return route_op_submit(api, req, o);
+}
+
 enum MHD_Result api_routes_create(struct api_server *api, struct api_request *req)
 {
     enum MHD_Result ret;
@@ -469,14 +484,7 @@ enum MHD_Result api_routes_create(struct api_server *api, struct api_request *re
                                 .description = o->in.has_description ? o->in.description : "",
                                 .expression = o->in.expression, .actions = o->in.actions,
                                 .nactions = o->in.nactions, .created_at = (int64_t)time(NULL)};
-    char *err = NULL;
-    o->r = route_compile(&o->def, &err);
-    if (!o->r) {
-        msg = g_strdup(err ? err : "Invalid route");
-        free(err);
-        return reply_bad(req, o, msg);
-    }
-    return route_op_submit(api, req, o);
+    return compile_and_submit(api, req, o);
 }
 
 /* ---- POST /v3/routes/check ------------------------------------------------------------------ */
@@ -537,14 +545,7 @@ enum MHD_Result api_routes_update(struct api_server *api, struct api_request *re
         o->def.actions = o->in.actions;
         o->def.nactions = o->in.nactions;
     }
-    char *err = NULL;
-    o->r = route_compile(&o->def, &err);
-    if (!o->r) {
-        msg = g_strdup(err ? err : "Invalid route");
-        free(err);
-        return reply_bad(req, o, msg);
-    }
-    return route_op_submit(api, req, o);
+    return compile_and_submit(api, req, o);
 }
 
 /* ---- DELETE /v3/routes/:id ------------------------------------------------------------------ */
