@@ -219,10 +219,10 @@ static void finish_checked(struct engine *e, struct pending_auth *p)
         /* p=reject applies to the messages in its pct= sample only (RFC 7489 §6.6.4). */
         const bool dmarc_reject = e->cfg->dmarc_reject && mailauth_result_dmarc(r) == MAILAUTH_FAIL &&
                                   strcmp(mailauth_result_dmarc_applied(r), "reject") == 0;
-        log_info("mailauth", "checked id=%s %s dmarc_policy=%s dmarc_applied=%s ms=%lld%s", txn->id,
+        log_info("mailauth", "checked id=%s %s dmarc_policy=%s dmarc_applied=%s path=%s ms=%lld%s", txn->id,
                  mailauth_result_summary(r),
                  *mailauth_result_dmarc_policy(r) ? mailauth_result_dmarc_policy(r) : "-",
-                 mailauth_result_dmarc_applied(r),
+                 mailauth_result_dmarc_applied(r), mailauth_result_path(r),
                  (long long)mailauth_result_elapsed_ms(r),
                  spf_fail ? " refused=spf" : dmarc_reject ? " refused=dmarc" : "");
         if (spf_fail || dmarc_reject) {
@@ -258,8 +258,9 @@ static void on_auth_done(uv_async_t *h)
     }
 }
 
-/* Loop thread: a transaction ended with the final dot.  With --sender-auth its checks run first
- * (mailauth's workers, never this thread), within --auth-budget. */
+/* Loop thread: a transaction ended with the final dot.  With --sender-auth its checks run first:
+ * here when every DNS answer they need is cached and the message is small (no hand-off to a worker
+ * and back, which costs more than the checks), else on mailauth's workers within --auth-budget. */
 static void on_smtp_commit(void *ctx, struct smtp_commit *commit, struct smtp_txn *txn)
 {
     struct engine *e = ctx;
@@ -275,6 +276,11 @@ static void on_smtp_commit(void *ctx, struct smtp_commit *commit, struct smtp_tx
         .ip = txn->peer_ip, .helo = txn->helo ? txn->helo : "", .sender = txn->sender,
         .data = txn->data, .len = txn->len, .id = txn->id,
     };
+    p->result = mailauth_check_cached(e->mailauth, &req);
+    if (p->result) {
+        finish_checked(e, p);
+        return;
+    }
     if (mailauth_submit(e->mailauth, &req, on_checked, p) < 0) {
         g_free(p);
         commit_store(e, commit, txn);
@@ -600,6 +606,7 @@ static char *hook_metrics(void *arg)
         .pipeline = e->pipeline,
         .deliver = e->deliver,
         .smtp = atomic_load(&e->smtp_ready) ? e->smtp : NULL,
+        .mailauth = atomic_load(&e->smtp_ready) ? e->mailauth : NULL, /* set before SMTP starts */
     };
     return engine_metrics_render(&src);
 }

@@ -4,6 +4,7 @@
 #define INLET_ENGINE_INTERNAL_METRICS_H
 
 struct deliverer;
+struct mailauth;
 struct pipeline;
 struct smtp_server;
 struct store;
@@ -13,6 +14,7 @@ struct metrics_sources {
     struct pipeline *pipeline;
     struct deliverer *deliver;
     struct smtp_server *smtp;
+    struct mailauth *mailauth; /* NULL without --sender-auth */
 };
 
 /* Text exposition format 0.0.4 (malloc'd), or NULL when memory ran out.  Any thread. */

@@ -8,6 +8,7 @@
 
 #include "deliver/deliver.h"
 #include "engine/internal_pipeline.h"
+#include "mailauth/mailauth.h"
 #include "smtp/smtp.h"
 #include "storage/store.h"
 #include "util/clock.h"
@@ -49,6 +50,17 @@ static void smtp_part(GString *out, struct smtp_server *srv)
         if (s->replies[code])
             g_string_append_printf(out, "inlet_smtp_replies_total{code=\"%zu\"} %" PRIu64 "\n", code, s->replies[code]);
     g_free(s);
+}
+
+static void mailauth_part(GString *out, struct mailauth *a)
+{
+    struct mailauth_stats s;
+    mailauth_get_stats(a, &s);
+    family(out, "inlet_mailauth_checks_total", "counter",
+           "Messages whose sender authentication checks ran, by path: cached (on the SMTP loop, every DNS "
+           "answer cached) or async (a worker).");
+    g_string_append_printf(out, "inlet_mailauth_checks_total{path=\"cached\"} %" PRIu64 "\n", s.checks_cached);
+    g_string_append_printf(out, "inlet_mailauth_checks_total{path=\"async\"} %" PRIu64 "\n", s.checks_async);
 }
 
 static void store_part(GString *out, struct store *st)
@@ -128,6 +140,7 @@ char *engine_metrics_render(const struct metrics_sources *src)
 {
     GString *out = g_string_sized_new(8192);
     if (src->smtp) smtp_part(out, src->smtp);
+    if (src->mailauth) mailauth_part(out, src->mailauth);
     if (src->store) store_part(out, src->store);
     if (src->pipeline) pipeline_part(out, src->pipeline);
     if (src->deliver) deliver_part(out, src->deliver);

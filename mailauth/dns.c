@@ -17,7 +17,13 @@
  * In front of it, a small cache of our own (MAILAUTH_DNS_FRONT_ENTRIES answers of at most
  * MAILAUTH_DNS_FRONT_BYTES, each for its TTL, oldest out first): an answer from libunbound's cache
  * still crosses two threads and two pipes (its background thread, our process thread), which cost
- * about as much as the checks themselves for a warm domain (bench/senderauth). */
+ * about as much as the checks themselves for a warm domain (bench/senderauth).
+ *
+ * Cache-only mode (mailauth_dns_cache_only): a thread that must not wait (the SMTP loop, for
+ * mailauth_check_cached) asks the front cache alone; a miss sends no query, answers TEMP and is
+ * remembered, so the caller throws the pass's verdicts away and hands the message to a worker.
+ * The mode is the thread's (thread-local), so the checks in spf.c, dkim.c and dmarc.c run
+ * unchanged in both modes. */
 #include <errno.h>
 #include <glib.h>
 #include <poll.h>
@@ -48,6 +54,11 @@ struct front_entry {
     int64_t expires_ms;
     void *packed;
 };
+
+/* This thread's cache-only pass: on while it runs, missed once a lookup found no fresh answer. */
+static _Thread_local struct {
+    bool on, missed;
+} cache_only;
 
 struct query {
     pthread_mutex_t lock;
@@ -358,6 +369,10 @@ void mailauth_dns_query(struct mailauth_dns *d, const char *name, int type, int6
     char key[SPF_DOMAIN_MAX + 16];
     if (!front_key(name, type, key, sizeof key)) return;
     if (front_get(d, key, out)) return;
+    if (cache_only.on) { /* no query from this thread: the pass is void, the caller goes async */
+        cache_only.missed = true;
+        return;
+    }
     if (mailauth_now_ms() >= deadline_ms) return;
     struct query *q = query_new();
     if (!q) return;
@@ -389,6 +404,17 @@ void mailauth_dns_query(struct mailauth_dns *d, const char *name, int type, int6
     }
     const int ttl = r->ttl;
     if (fill(out, r)) front_put(d, key, out, ttl);
+}
+
+void mailauth_dns_cache_only(bool on)
+{
+    cache_only.on = on;
+    cache_only.missed = false;
+}
+
+bool mailauth_dns_cache_missed(void)
+{
+    return cache_only.missed;
 }
 
 void mailauth_dns_answer_free(struct mailauth_dns_answer *a)

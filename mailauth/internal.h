@@ -41,6 +41,11 @@ void mailauth_dns_free(struct mailauth_dns *d);
 void mailauth_dns_query(struct mailauth_dns *d, const char *name, int type, int64_t deadline_ms,
                         struct mailauth_dns_answer *out);
 void mailauth_dns_answer_free(struct mailauth_dns_answer *a);
+/* Cache-only mode for the calling thread (on: from now; off: back to normal), which also clears
+ * the miss flag: while on, mailauth_dns_query answers from the front cache only, and a miss sends
+ * no query, gives TEMP and sets the flag (mailauth_dns_cache_missed).  For mailauth_check_cached. */
+void mailauth_dns_cache_only(bool on);
+bool mailauth_dns_cache_missed(void);
 /* An answer for (name, type) is in the front cache and fresh: asking now costs no DNS. */
 bool mailauth_dns_cached(struct mailauth_dns *d, const char *name, int type);
 /* TXT rdata → its strings concatenated into out (NUL-terminated, at most outsz - 1 bytes).

@@ -8,6 +8,7 @@
  * so there are more of them than cores. */
 #include <glib.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,7 @@ struct mailauth {
     bool stopping;
     pthread_t workers[MAILAUTH_WORKERS];
     size_t nworkers;
+    atomic_uint_fast64_t checks_cached, checks_async; /* for GET /metrics */
 };
 
 struct mailauth_result {
@@ -58,6 +60,7 @@ struct mailauth_result {
     struct mailauth_dmarc dmarc;
     int64_t elapsed_ms;
     char *authserv_id;             /* the module's, not owned */
+    const char *path;              /* "cached" or "async": which pass gave it */
     char summary[96];
 };
 
@@ -120,16 +123,20 @@ static void check_helo(struct mailauth *a, const struct mailauth_request *q, int
     r->spf_helo = mailauth_spf_helo(a->dns, &in, deadline, r->spf_helo_reason, sizeof r->spf_helo_reason, NULL, 0);
 }
 
-static void run_job(struct mailauth *a, struct job *j, struct mailauth_result *r)
+/* The checks of one message, on the calling thread: a worker's job, or the loop's cache-only pass
+ * (mailauth_check_cached), which stops at the first DNS answer that is not cached (the pass is then
+ * thrown away: in a worker the flag never rises). */
+static void run_checks(struct mailauth *a, const struct mailauth_request *q, int64_t deadline, struct mailauth_result *r)
 {
-    const struct mailauth_request *q = &j->req;
-    check_spf(a, q, j->deadline_ms, r);
-    r->nsigs = mailauth_dkim_check(a->dkim, a->dns, q->data, q->len, j->deadline_ms, r->sigs, MAILAUTH_DKIM_SIGS_MAX);
+    check_spf(a, q, deadline, r);
+    if (mailauth_dns_cache_missed()) return;
+    r->nsigs = mailauth_dkim_check(a->dkim, a->dns, q->data, q->len, deadline, r->sigs, MAILAUTH_DKIM_SIGS_MAX);
+    if (mailauth_dns_cache_missed()) return;
     int from = mailauth_from_domain(q->data, q->len, r->from_domain, sizeof r->from_domain);
     if (from == 1) {
         const char *at = strrchr(q->sender, '@');
         const char *spf_domain = *q->sender && at ? at + 1 : q->helo;
-        mailauth_dmarc_check(a->dns, a->psl, r->from_domain, r->spf, spf_domain, r->sigs, r->nsigs, j->deadline_ms,
+        mailauth_dmarc_check(a->dns, a->psl, r->from_domain, r->spf, spf_domain, r->sigs, r->nsigs, deadline,
                              &r->dmarc);
         bool temp = r->spf == MAILAUTH_TEMPERROR;
         for (size_t i = 0; i < r->nsigs; i++) temp |= r->sigs[i].verdict == MAILAUTH_TEMPERROR;
@@ -143,7 +150,18 @@ static void run_job(struct mailauth *a, struct job *j, struct mailauth_result *r
         snprintf(r->dmarc.reason, sizeof r->dmarc.reason, "%s",
                  from == 0 ? "no From: field" : "no single From: address with a domain");
     }
-    check_helo(a, q, j->deadline_ms, r);
+    if (mailauth_dns_cache_missed()) return;
+    check_helo(a, q, deadline, r);
+}
+
+/* What the log and the caller read once the checks are done. */
+static void finish_result(struct mailauth_result *r, int64_t started_ms, const char *path)
+{
+    r->elapsed_ms = mailauth_now_ms() - started_ms;
+    r->path = path;
+    snprintf(r->summary, sizeof r->summary, "spf=%s spf_helo=%s dkim=%s dmarc=%s", mailauth_verdict_name(r->spf),
+             r->helo_checked ? mailauth_verdict_name(r->spf_helo) : "-",
+             mailauth_verdict_name(mailauth_result_dkim(r)), mailauth_verdict_name(r->dmarc.verdict));
 }
 
 static struct mailauth_result *result_new(struct mailauth *a)
@@ -211,11 +229,8 @@ static void *worker_main(void *arg)
 
         struct mailauth_result *r = result_new(a);
         if (r) {
-            run_job(a, j, r);
-            r->elapsed_ms = mailauth_now_ms() - j->started_ms;
-            snprintf(r->summary, sizeof r->summary, "spf=%s spf_helo=%s dkim=%s dmarc=%s", mailauth_verdict_name(r->spf),
-                     r->helo_checked ? mailauth_verdict_name(r->spf_helo) : "-",
-                     mailauth_verdict_name(mailauth_result_dkim(r)), mailauth_verdict_name(r->dmarc.verdict));
+            run_checks(a, &j->req, j->deadline_ms, r);
+            finish_result(r, j->started_ms, "async");
         }
         j->done(j->arg, r); /* r NULL: out of memory, the message goes without verdicts */
         job_free(j);
@@ -278,10 +293,37 @@ void mailauth_stop(struct mailauth *a)
     free(a);
 }
 
+struct mailauth_result *mailauth_check_cached(struct mailauth *a, const struct mailauth_request *req)
+{
+    /* The loop hashes the body: a large one would hold every other session back. */
+    if (req->len > MAILAUTH_CACHED_BYTES_MAX) return NULL;
+    struct mailauth_result *r = result_new(a);
+    if (!r) return NULL;
+    const int64_t started = mailauth_now_ms();
+    mailauth_dns_cache_only(true);
+    run_checks(a, req, started + a->budget_ms, r);
+    const bool missed = mailauth_dns_cache_missed();
+    mailauth_dns_cache_only(false);
+    if (missed) {
+        mailauth_result_free(r);
+        return NULL;
+    }
+    finish_result(r, started, "cached");
+    atomic_fetch_add_explicit(&a->checks_cached, 1, memory_order_relaxed);
+    return r;
+}
+
+void mailauth_get_stats(struct mailauth *a, struct mailauth_stats *out)
+{
+    out->checks_cached = atomic_load_explicit(&a->checks_cached, memory_order_relaxed);
+    out->checks_async = atomic_load_explicit(&a->checks_async, memory_order_relaxed);
+}
+
 int mailauth_submit(struct mailauth *a, const struct mailauth_request *req, mailauth_done_fn done, void *arg)
 {
     struct job *j = calloc(1, sizeof *j);
     if (!j) return -1;
+    atomic_fetch_add_explicit(&a->checks_async, 1, memory_order_relaxed);
     j->req = *req;
     j->started_ms = mailauth_now_ms();
     j->deadline_ms = j->started_ms + a->budget_ms;
@@ -381,6 +423,11 @@ int64_t mailauth_result_elapsed_ms(const struct mailauth_result *r)
 const char *mailauth_result_summary(const struct mailauth_result *r)
 {
     return r->summary;
+}
+
+const char *mailauth_result_path(const struct mailauth_result *r)
+{
+    return r->path;
 }
 
 /* Text safe inside an A-R comment or value: printable ASCII without ( ) \ ; " CR LF. */

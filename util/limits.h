@@ -74,6 +74,11 @@
 /* SPF checks started at MAIL FROM (to have their DNS answers cached by the end of DATA) waiting
  * for a worker; past it a new one is dropped (the check after DATA does the lookups itself). */
 #define MAILAUTH_PREFETCH_MAX 256
+/* Messages up to this size are checked on the SMTP loop when every DNS answer is cached
+ * (mailauth_check_cached: no thread hand-off); larger ones always go to a worker, so that the loop
+ * never hashes a large body while other sessions wait (~1 ms per 256 KiB of SHA-256 and
+ * canonicalization). */
+#define MAILAUTH_CACHED_BYTES_MAX (256 * 1024)
 /* libunbound's caches (bytes): answers kept for their TTL within these, least recently used go. */
 #define MAILAUTH_DNS_MSG_CACHE (4 * 1024 * 1024)
 #define MAILAUTH_DNS_RRSET_CACHE (8 * 1024 * 1024)

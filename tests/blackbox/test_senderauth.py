@@ -506,6 +506,104 @@ class SenderAuth(InletTestCase):
             self.assertEqual([v for n, v in headers if n == "X-Mailgun-Dkim-Check-Result"], [want_dkim])
         self.assertEqual(forms[("/mg", "multipart", "Pass")].file("attachment-1").data, b"xyz")
 
+    # --- The cached path (mailauth_check_cached): checks on the SMTP loop when every answer is cached.
+
+    def checks(self, d):
+        """inlet_mailauth_checks_total by path, from GET /metrics."""
+        status, _, body = d.http("GET", "/metrics")
+        self.assertEqual(status, 200, body)
+        got = {}
+        for line in body.decode().splitlines():
+            if line.startswith("inlet_mailauth_checks_total{"):
+                got[line.split('path="', 1)[1].split('"', 1)[0]] = int(float(line.rsplit(" ", 1)[1]))
+        return got
+
+    def hooked(self, d, sender, msg, hook, n):
+        """Sends msg, waits for its mailauth line and its POST (the n-th): (log kv, payload)."""
+        mid, kv = self.verdicts(d, sender, msg)
+        payload = hook.wait_for(n)[n - 1].json()
+        self.assertEqual(payload["message-headers"][0][0], "Authentication-Results")
+        return kv, payload
+
+    @staticmethod
+    def auth_headers(payload):
+        return [(k, v) for k, v in payload["message-headers"]
+                if k in ("Authentication-Results", "X-Mailgun-Spf", "X-Mailgun-Dkim-Check-Result")]
+
+    def test_cached_path_gives_the_async_verdicts(self):
+        """The same signed message twice: the first finds the DKIM key and the DMARC record
+        uncached (a worker checks it), the second finds every answer cached (checked on the loop);
+        the verdicts, the authentication object and the header fields are the same."""
+        d = self.start()
+        hook = receivers.WebhookReceiver()
+        self.addCleanup(hook.stop)
+        self.route(d, 'forward("%s")' % hook.url())
+        signed = sign(message("a@signed.example"), "rsa", "signed.example", self.keys.rsa)
+        cold, cold_payload = self.hooked(d, "a@pass.example", signed, hook, 1)
+        warm, warm_payload = self.hooked(d, "a@pass.example", signed, hook, 2)
+        self.assertEqual((cold.get("path"), warm.get("path")), ("async", "cached"))
+        self.assertEqual(self.checks(d), {"cached": 1, "async": 1})
+        verdicts = ("spf", "spf_helo", "dkim", "dmarc", "dmarc_policy", "dmarc_applied")
+        self.assertEqual([warm.get(k) for k in verdicts], ["pass", "none", "pass", "pass", "reject", "none"])
+        self.assertEqual([warm.get(k) for k in verdicts], [cold.get(k) for k in verdicts])
+        self.assertEqual(warm_payload["authentication"], cold_payload["authentication"])
+        self.assertEqual(self.auth_headers(warm_payload), self.auth_headers(cold_payload))
+        self.assertEqual(len(self.auth_headers(warm_payload)), 3)
+        # The refusal policies hold on the cached path: the second SPF fail is refused from the loop.
+        d2 = self.start("--spf-reject", "yes", "--dmarc-reject", "yes")
+        for sender, frm, reply, refused in (
+                ("a@fail.example", "a@pass.example", "550 5.7.23 SPF validation failed", "spf"),
+                ("a@pass.example", "a@fail.example", "550 5.7.1 Rejected by the DMARC policy of the From: domain",
+                 "dmarc")):
+            for path in ("async", "cached"):
+                after = len(d2.lines())
+                self.assertReply(self.send(d2, sender, message(frm)), 550, reply)
+                line = d2.wait_log(lambda l: l.topic == "mailauth" and l.rest.startswith("checked "), after=after,
+                                   what="mailauth checked")
+                self.assertEqual((line.kv.get("path"), line.kv.get("refused")), (path, refused))
+        self.assertEqual(self.checks(d2), {"cached": 2, "async": 2})
+
+    def test_large_message_always_async(self):
+        """Past MAILAUTH_CACHED_BYTES_MAX (256 KiB) the loop never hashes the body: a worker does,
+        however warm the cache."""
+        d = self.start()
+        big = sign(message("a@signed.example", body=("z" * 1022 + "\r\n") * 270), "rsa", "signed.example",
+                   self.keys.rsa)
+        small = sign(message("a@signed.example"), "rsa", "signed.example", self.keys.rsa)
+        got = [self.verdicts(d, "a@pass.example", m)[1] for m in (small, small, big, big)]
+        self.assertGreater(len(big), 256 * 1024)
+        self.assertEqual([(kv.get("path"), kv.get("dkim"), kv.get("dmarc")) for kv in got],
+                         [("async", "pass", "pass"), ("cached", "pass", "pass"),
+                          ("async", "pass", "pass"), ("async", "pass", "pass")])
+        self.assertEqual(self.checks(d), {"cached": 1, "async": 3})
+
+    def test_uncached_key_falls_back_to_a_worker(self):
+        """Every answer cached but one signature's key: the loop gives up, a worker looks the key up
+        and both signatures pass; once that key is cached too, the loop checks it alike."""
+        d = self.start()
+        k = self.keys
+        rsa_only = sign(message("a@signed.example"), "rsa", "signed.example", k.rsa)
+        self.verdicts(d, "a@pass.example", rsa_only)  # caches SPF, DMARC and the rsa key
+        self.assertEqual(self.verdicts(d, "a@pass.example", rsa_only)[1].get("path"), "cached")
+        both = sign(sign(message("a@signed.example"), "rsa", "signed.example", k.rsa), "ed", "signed.example",
+                    k.ed, "ed25519-sha256")
+        mids = []
+        for path in ("async", "cached"):
+            mid, kv = self.verdicts(d, "a@pass.example", both)
+            mids.append(mid)
+            self.assertEqual((kv.get("path"), kv.get("dkim"), kv.get("dmarc")), (path, "pass", "pass"))
+        heads = [self.raw(d, mid).split(b"\r\n\r\n", 1)[0] for mid in mids]
+        for head in heads:
+            self.assertIn(b"\tdkim=pass header.d=signed.example header.s=ed", head)
+            self.assertIn(b"\tdkim=pass header.d=signed.example header.s=rsa", head)
+        self.assertEqual(heads[0].split(b"\r\nReceived: ")[0], heads[1].split(b"\r\nReceived: ")[0])
+        # A key that does not exist (NXDOMAIN) is an answer too: cached, it is permerror on the loop.
+        missing = sign(message("a@signed.example"), "nokey", "signed.example", k.rsa)
+        got = [self.verdicts(d, "a@pass.example", missing)[1] for _ in range(2)]
+        self.assertEqual([(kv.get("path"), kv.get("dkim")) for kv in got],
+                         [("async", "permerror"), ("cached", "permerror")])
+        self.assertEqual(self.checks(d), {"cached": 3, "async": 3})
+
     def test_without_sender_auth_no_object_even_if_forged(self):
         d = self.daemon(args=["--reject-unrouted", "no", "--hostname", "mx.inlet.test"])
         hook = receivers.WebhookReceiver()
