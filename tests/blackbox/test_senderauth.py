@@ -562,6 +562,14 @@ class SenderAuth(InletTestCase):
                                    what="mailauth checked")
                 self.assertEqual((line.kv.get("path"), line.kv.get("refused")), (path, refused))
         self.assertEqual(self.checks(d2), {"cached": 2, "async": 2})
+        # The loop answers at once (a synchronous commit): the session goes on after each reply.
+        with d2.session() as s:
+            for sender, frm, code in (("a@fail.example", "a@pass.example", 550),
+                                      ("a@pass.example", "a@fail.example", 550),
+                                      ("a@pass.example", "a@pass.example", 250),
+                                      ("a@fail.example", "a@pass.example", 550)):
+                self.assertReply(s.transaction(sender, ["bob@example.com"], message(frm), ehlo="client.example"), code)
+        self.assertEqual(self.checks(d2), {"cached": 6, "async": 2})
 
     def test_large_message_always_async(self):
         """Past MAILAUTH_CACHED_BYTES_MAX (256 KiB) the loop never hashes the body: a worker does,
