@@ -160,6 +160,8 @@ static void commit_store(struct engine *e, struct smtp_commit *commit, struct sm
     m->spool = g_steal_pointer(&txn->sink); /* the bytes went to a spool as they arrived */
     m->len = txn->len;
     smtp_txn_free(txn);
+    /* One commit for the message and its outcome when a worker can route it now; else two. */
+    if (e->pipeline && engine_pipeline_route_first(e->pipeline, m, on_stored, p)) return;
     store_accept(e->store, m, on_stored, p);
 }
 

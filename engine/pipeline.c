@@ -50,6 +50,9 @@ struct pipeline {
 
     pthread_mutex_t lock;
     pthread_cond_t cond;
+    pthread_cond_t first_cond; /* the first workers': a message in `first`, or the stop */
+    GQueue first;              /* struct first_entry *: not committed yet, routed first */
+    size_t first_bytes;
     GQueue live;               /* struct store_message * */
     size_t live_bytes;
     GQueue ids;                /* char * (g_malloc'd) */
@@ -67,7 +70,11 @@ struct pipeline {
     size_t outcomes_inflight;  /* messages taken by a worker whose outcome is not committed yet */
     atomic_ullong n_routed, n_rcpt_routed, n_rcpt_dropped, n_failures;
 
-    pthread_t threads[PIPELINE_WORKERS];
+    struct worker {
+        struct pipeline *p;
+        bool first;            /* routes messages before their commit only, at normal priority */
+        pthread_t thread;
+    } workers[PIPELINE_FIRST_WORKERS + PIPELINE_WORKERS];
     size_t nthreads;
     size_t exited;             /* workers that left their loop */
 
@@ -94,7 +101,18 @@ struct routing {
     struct plan plan;
     struct deliver_batch *batch;   /* payloads, handed over once the outcome committed */
     bool from_scan;
+    bool first;                    /* routed before its commit (engine_pipeline_route_first) */
+    store_done_fn accepted;        /* first: the caller's callback for the message's commit */
+    void *accepted_arg;
+    enum store_status accepted_status; /* first: the message's own status, known before on_outcome */
     int64_t t0;                    /* monotonic microseconds */
+};
+
+/* A message not committed yet, waiting for a worker to route it (engine_pipeline_route_first). */
+struct first_entry {
+    struct store_message *msg;
+    store_done_fn accepted;
+    void *arg;
 };
 
 static void end_pass(struct pipeline *p);
@@ -128,6 +146,7 @@ static void routing_done(struct pipeline *p, const char *id, bool from_scan, enu
         if (--p->pass_pending == 0 && !p->more_pages && !p->listing) end_pass(p);
     }
     pthread_cond_broadcast(&p->cond);
+    if (p->stopping) pthread_cond_broadcast(&p->first_cond);
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -155,6 +174,10 @@ static void on_outcome(void *arg, enum store_status st, char *err)
         atomic_fetch_add(&p->n_rcpt_routed, r->plan.nrouted);
         atomic_fetch_add(&p->n_rcpt_dropped, r->plan.ndropped);
         log_routed(r);
+    } else if (r->first && r->accepted_status != STORE_OK) {
+        /* The message itself was not stored (its sender gets a 4xx): nothing to retry. */
+        log_debug("engine", "not routed id=%s reason=not-stored", r->id);
+        st = STORE_ERR_NOT_FOUND;
     } else if (st == STORE_ERR_NOT_FOUND) {
         /* Deleted meanwhile, or routed already by a scan that met it while this routing was
          * committing: nothing was written, so nothing is delivered from this plan. */
@@ -173,18 +196,11 @@ static void on_outcome(void *arg, enum store_status st, char *err)
     g_free(r);
 }
 
-/* Worker thread: routes `sm` (taken).  Ends through on_outcome(), or at once when the message
- * cannot even be planned (out of memory: it stays 'accepted' for a later scan). */
-static void route_message(struct pipeline *p, struct route_matcher *matcher, struct store_message *sm,
-                          bool from_scan)
+/* Worker thread: parses `sm` and builds its plan and its deliveries' payloads into `r`.  False
+ * when memory runs out. */
+static bool plan_message(struct pipeline *p, struct route_matcher *matcher, struct routing *r)
 {
-    struct routing *r = g_new0(struct routing, 1);
-    r->p = p;
-    r->sm = sm;
-    r->from_scan = from_scan;
-    r->t0 = g_get_monotonic_time();
-    memcpy(r->id, sm->id, sizeof r->id);
-    struct message *m = message_parse(sm->data, sm->len);
+    struct message *m = message_parse(r->sm->data, r->sm->len);
     struct route_table *t = route_registry_current(p->routes);
     const int64_t now_ms = clock_now_ms();
     const struct plan_options opts = {
@@ -193,23 +209,79 @@ static void route_message(struct pipeline *p, struct route_matcher *matcher, str
         .inline_attachments_max = p->inline_attachments_max,
         .default_json = p->default_json,
     };
-    const bool planned = m && engine_plan_build(&r->plan, sm, m, t, matcher, now_ms / 1000, &opts) == 0;
+    const bool planned = m && engine_plan_build(&r->plan, r->sm, m, t, matcher, now_ms / 1000, &opts) == 0;
     route_table_unref(t);
     if (!planned) {
-        log_warn("engine", "not routed id=%s reason=out-of-memory (stays accepted)", r->id);
         engine_plan_clear(&r->plan);
         message_free(m);
-        store_free_message(sm);
-        routing_done(p, r->id, from_scan, STORE_ERR_IO);
-        g_free(r);
-        return;
+        return false;
     }
     r->plan.outcome.now_ms = now_ms;
     /* The message is parsed here and now: the payloads are built from it before it is freed
      * (a GMime object stays on the thread that made it). */
     r->batch = deliver_prepare(p->deliver, &r->plan.outcome, m, &r->sm);
     message_free(m);
+    return true;
+}
+
+static struct routing *routing_new(struct pipeline *p, struct store_message *sm, bool from_scan)
+{
+    struct routing *r = g_new0(struct routing, 1);
+    r->p = p;
+    r->sm = sm;
+    r->from_scan = from_scan;
+    r->t0 = g_get_monotonic_time();
+    memcpy(r->id, sm->id, sizeof r->id);
+    return r;
+}
+
+/* Worker thread: routes `sm` (taken, committed).  Ends through on_outcome(), or at once when the
+ * message cannot even be planned (out of memory: it stays 'accepted' for a later scan). */
+static void route_message(struct pipeline *p, struct route_matcher *matcher, struct store_message *sm,
+                          bool from_scan)
+{
+    struct routing *r = routing_new(p, sm, from_scan);
+    if (!plan_message(p, matcher, r)) {
+        log_warn("engine", "not routed id=%s reason=out-of-memory (stays accepted)", r->id);
+        store_free_message(r->sm);
+        routing_done(p, r->id, from_scan, STORE_ERR_IO);
+        g_free(r);
+        return;
+    }
     store_write_outcome_async(p->store, &r->plan.outcome, on_outcome, r);
+}
+
+/* Writer thread: the message of a routing done first committed or failed; its outcome's
+ * callback (on_outcome) comes next. */
+static void on_first_accepted(void *arg, enum store_status st, struct store_message *msg)
+{
+    struct routing *r = arg;
+    r->accepted_status = st;
+    r->accepted(r->accepted_arg, st, msg);
+}
+
+/* Worker thread: routes a message that is not committed yet, then commits it with its outcome in
+ * one transaction (store_accept_routed).  When it cannot be planned (out of memory) it is
+ * committed alone, as store_accept would have, and routed after. */
+static void route_first(struct pipeline *p, struct route_matcher *matcher, struct first_entry *f)
+{
+    struct store_message *sm = f->msg;
+    struct routing *r = routing_new(p, sm, false);
+    r->first = true;
+    if (!plan_message(p, matcher, r)) {
+        log_warn("engine", "not routed before the commit id=%s reason=out-of-memory (routed after it)", r->id);
+        routing_done(p, r->id, false, STORE_OK);
+        g_free(r);
+        store_accept(p->store, sm, f->accepted, f->arg);
+        g_free(f);
+        return;
+    }
+    /* deliver_prepare may have moved sm into the batch (r->sm NULL): it stays alive until
+     * on_outcome, which runs after the message's own callback. */
+    r->accepted = f->accepted;
+    r->accepted_arg = f->arg;
+    store_accept_routed(p->store, sm, on_first_accepted, r, &r->plan.outcome, on_outcome, r);
+    g_free(f);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -269,9 +341,39 @@ static void list_page(struct pipeline *p)
 /* ---------------------------------------------------------------------------------------------
  * Workers. */
 
+/* A worker that routes messages before their commit: the SMTP reply waits for it, so it runs at
+ * the loop's priority and takes nothing else (a backlog goes to the others, committed first). */
+static void *first_worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct pipeline *p = w->p;
+    struct route_matcher *matcher = route_matcher_new();
+    if (!matcher) log_fatal("engine: cannot allocate a route matcher");
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        /* Even when stopping: SMTP waits for their commits, and stops only after. */
+        struct first_entry *f = g_queue_pop_head(&p->first);
+        if (f) {
+            p->first_bytes -= f->msg->len;
+            pthread_mutex_unlock(&p->lock);
+            route_first(p, matcher, f);
+            pthread_mutex_lock(&p->lock);
+            continue;
+        }
+        if (p->stopping && p->outcomes_inflight == 0) break;
+        pthread_cond_wait(&p->first_cond, &p->lock);
+    }
+    p->exited++;
+    pthread_mutex_unlock(&p->lock);
+    route_matcher_free(matcher);
+    uv_async_send(&p->exited_async);
+    return NULL;
+}
+
 static void *worker_main(void *arg)
 {
-    struct pipeline *p = arg;
+    struct worker *w = arg;
+    struct pipeline *p = w->p;
     /* Below the loop (SMTP replies) and the writer (commits): when the CPUs are short, accepting
      * mail comes first and routing catches up after; the messages wait durably meanwhile. */
     setpriority(PRIO_PROCESS, (id_t)gettid(), PIPELINE_WORKER_NICE);
@@ -387,6 +489,12 @@ static void on_handle_closed(uv_handle_t *h)
 
 static void free_queues(struct pipeline *p)
 {
+    struct first_entry *f;
+    while ((f = g_queue_pop_head(&p->first))) { /* none: SMTP waited for them before the stop */
+        store_free_message(f->msg);
+        g_free(f);
+    }
+    p->first_bytes = 0;
     struct store_message *msg;
     while ((msg = g_queue_pop_head(&p->live))) store_free_message(msg);
     p->live_bytes = 0;
@@ -402,7 +510,7 @@ static void on_worker_exited(uv_async_t *h)
     size_t left = g_queue_get_length(&p->live) + g_queue_get_length(&p->ids);
     pthread_mutex_unlock(&p->lock);
     if (!all || !p->stopping) return;
-    for (size_t i = 0; i < p->nthreads; i++) pthread_join(p->threads[i], NULL);
+    for (size_t i = 0; i < p->nthreads; i++) pthread_join(p->workers[i].thread, NULL);
     p->nthreads = 0;
     free_queues(p);
     log_info("engine", "pipeline stopped left_accepted=%zu", left);
@@ -439,6 +547,8 @@ struct pipeline *engine_pipeline_start(uv_loop_t *loop, const struct pipeline_co
     p->loop = loop;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->cond, NULL);
+    pthread_cond_init(&p->first_cond, NULL);
+    g_queue_init(&p->first);
     g_queue_init(&p->live);
     g_queue_init(&p->ids);
     p->inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -457,8 +567,11 @@ struct pipeline *engine_pipeline_start(uv_loop_t *loop, const struct pipeline_co
                            "until SIGUSR1");
         uv_signal_start(&p->resume_signal, on_resume_signal, SIGUSR1);
     }
-    for (size_t i = 0; i < PIPELINE_WORKERS; i++) {
-        int rc = pthread_create(&p->threads[i], NULL, worker_main, p);
+    for (size_t i = 0; i < PIPELINE_FIRST_WORKERS + PIPELINE_WORKERS; i++) {
+        struct worker *w = &p->workers[i];
+        w->p = p;
+        w->first = i < PIPELINE_FIRST_WORKERS;
+        int rc = pthread_create(&w->thread, NULL, w->first ? first_worker_main : worker_main, w);
         /* At start-up, before any listener: nothing is lost by giving up. */
         if (rc != 0) log_fatal("engine: cannot start a pipeline worker: %s", g_strerror(rc));
         p->nthreads++;
@@ -469,7 +582,7 @@ struct pipeline *engine_pipeline_start(uv_loop_t *loop, const struct pipeline_co
         const uint64_t half = (uint64_t)store_lease_ms(p->store) / 2;
         uv_timer_start(&p->claim_timer, on_claim_timer, half, half);
     }
-    log_info("engine", "pipeline started workers=%zu", p->nthreads);
+    log_info("engine", "pipeline started workers=%d first_workers=%d", PIPELINE_WORKERS, PIPELINE_FIRST_WORKERS);
     return p;
 }
 
@@ -498,6 +611,28 @@ void engine_pipeline_submit(struct pipeline *p, struct store_message *msg)
     pthread_mutex_unlock(&p->lock);
 }
 
+bool engine_pipeline_route_first(struct pipeline *p, struct store_message *msg, store_done_fn accepted, void *arg)
+{
+    if (!msg->data) return false; /* spooled: its bytes are mapped after the commit */
+    pthread_mutex_lock(&p->lock);
+    const size_t n = g_queue_get_length(&p->first);
+    const bool room = n < PIPELINE_FIRST_MAX && p->first_bytes + msg->len <= PIPELINE_FIRST_BYTES_MAX &&
+                      p->outcomes_inflight < PIPELINE_OUTCOMES_MAX;
+    if (p->stopping || p->paused || !room || g_hash_table_contains(p->inflight, msg->id)) {
+        pthread_mutex_unlock(&p->lock);
+        return false;
+    }
+    struct first_entry *f = g_new(struct first_entry, 1);
+    *f = (struct first_entry){.msg = msg, .accepted = accepted, .arg = arg};
+    g_hash_table_add(p->inflight, g_strdup(msg->id));
+    p->outcomes_inflight++;
+    g_queue_push_tail(&p->first, f);
+    p->first_bytes += msg->len;
+    pthread_cond_signal(&p->first_cond);
+    pthread_mutex_unlock(&p->lock);
+    return true;
+}
+
 void engine_pipeline_stop(struct pipeline *p, unsigned grace_seconds, void (*stopped)(void *), void *arg)
 {
     p->stopped = stopped;
@@ -505,6 +640,7 @@ void engine_pipeline_stop(struct pipeline *p, unsigned grace_seconds, void (*sto
     pthread_mutex_lock(&p->lock);
     p->stopping = true;
     pthread_cond_broadcast(&p->cond);
+    pthread_cond_broadcast(&p->first_cond);
     pthread_mutex_unlock(&p->lock);
     uv_timer_stop(&p->retry_timer);
     uv_timer_stop(&p->claim_timer);
@@ -519,6 +655,7 @@ void engine_pipeline_free(struct pipeline *p)
     free_queues(p);
     g_hash_table_destroy(p->inflight);
     pthread_cond_destroy(&p->cond);
+    pthread_cond_destroy(&p->first_cond);
     pthread_mutex_destroy(&p->lock);
     g_free(p);
 }

@@ -45,15 +45,19 @@ _Static_assert(STORE_BATCH_MAX_BYTES > 0, "a batch holds at least one byte");
 
 #define STORE_DB_FILE "inlet.db"
 
-/* One queued write: a message (msg, done, arg), a job someone waits for (job, waiter), or a job
- * nobody waits for (job, job_done, arg; store_submit_job: the entry owns the job). */
+/* One queued write: a message (msg, done, arg), a job someone waits for (job, waiter), a job
+ * nobody waits for (job, job_done, job_arg; store_submit_job: the entry owns the job), or a
+ * message and the job of its outcome together (store_accept_routed: both, in one batch, the
+ * message borrowed from the caller). */
 struct store_entry {
     struct store_message *msg;
     store_done_fn done;
     void *arg;
+    bool borrowed; /* msg stays the caller's: never freed, never handed back */
     struct store_job *job;
     struct job_waiter *waiter;
     store_write_done_fn job_done;
+    void *job_arg;
     struct store_entry *next;
 };
 
@@ -572,6 +576,20 @@ void store_get_histograms(struct store *st, struct store_histograms *out)
     memcpy(out->latency_bounds, latency_bounds, sizeof latency_bounds);
 }
 
+/* A message's callback.  A committed message goes back to the caller (the pipeline parses it
+ * next) unless the caller kept it (store_accept_routed). */
+static void message_done(struct store_entry *e, enum store_status status)
+{
+    if (e->borrowed) {
+        e->done(e->arg, status, NULL);
+    } else if (status == STORE_OK) {
+        e->done(e->arg, status, e->msg);
+    } else {
+        store_free_message(e->msg);
+        e->done(e->arg, status, NULL);
+    }
+}
+
 static void run_batch(struct store *st, size_t nentries)
 {
     struct timespec t0, t1;
@@ -579,11 +597,10 @@ static void run_batch(struct store *st, size_t nentries)
     char *err = NULL;
     size_t n = 0, njobs = 0, ok = 0, ok_bytes = 0;
 
+    /* Messages are inserted before every job runs: a message's own outcome job finds its row. */
     for (size_t i = 0; i < nentries; i++) {
-        if (st->batch[i]->job)
-            st->jobs[njobs++] = st->batch[i]->job;
-        else
-            st->msgs[n++] = st->batch[i]->msg;
+        if (st->batch[i]->msg) st->msgs[n++] = st->batch[i]->msg;
+        if (st->batch[i]->job) st->jobs[njobs++] = st->batch[i]->job;
     }
 
     pthread_mutex_lock(&st->write_mu);
@@ -628,21 +645,13 @@ static void run_batch(struct store *st, size_t nentries)
     for (size_t i = 0, m = 0; i < nentries; i++) {
         struct store_entry *e = st->batch[i];
 
+        if (e->msg) message_done(e, st->status[m++]);
         if (e->job && e->waiter) {
             job_finish(e);
         } else if (e->job) {
             /* err goes to the callee; the job struct is ours (store_submit_job). */
-            e->job_done(e->arg, e->job->status, e->job->err);
+            e->job_done(e->job_arg, e->job->status, e->job->err);
             free(e->job);
-        } else {
-            enum store_status status = st->status[m++];
-            /* A committed message goes back to the caller (the pipeline parses it next). */
-            if (status == STORE_OK) {
-                e->done(e->arg, status, e->msg);
-            } else {
-                store_free_message(e->msg);
-                e->done(e->arg, status, NULL);
-            }
         }
         free(e);
         st->batch[i] = NULL;
@@ -809,6 +818,22 @@ void store_close(struct store *st)
     store_free(st);
 }
 
+/* Appends `e` to the queue and wakes the writer; false when the store is closing (a caller bug:
+ * a write after close began), and then nothing was queued. */
+static bool enqueue(struct store *st, struct store_entry *e)
+{
+    pthread_mutex_lock(&st->mu);
+    if (st->stopping) {
+        pthread_mutex_unlock(&st->mu);
+        return false;
+    }
+    *st->tail = e;
+    st->tail = &e->next;
+    pthread_cond_signal(&st->cond);
+    pthread_mutex_unlock(&st->mu);
+    return true;
+}
+
 void store_accept(struct store *st, struct store_message *msg, store_done_fn done, void *arg)
 {
     struct store_entry *e = malloc(sizeof *e);
@@ -820,20 +845,11 @@ void store_accept(struct store *st, struct store_message *msg, store_done_fn don
         return;
     }
     *e = (struct store_entry){.msg = msg, .done = done, .arg = arg};
-
-    pthread_mutex_lock(&st->mu);
-    if (st->stopping) {
-        /* A caller bug (accept after close began); still answer exactly once. */
-        pthread_mutex_unlock(&st->mu);
+    if (!enqueue(st, e)) {
         free(e);
         store_free_message(msg);
-        done(arg, STORE_ERR_IO, NULL);
-        return;
+        done(arg, STORE_ERR_IO, NULL); /* still answered exactly once */
     }
-    *st->tail = e;
-    st->tail = &e->next;
-    pthread_cond_signal(&st->cond);
-    pthread_mutex_unlock(&st->mu);
 }
 
 enum store_status store_run_job(struct store *st, struct store_job *job, char **err)
@@ -852,17 +868,11 @@ enum store_status store_run_job(struct store *st, struct store_job *job, char **
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);
 
-    pthread_mutex_lock(&st->mu);
-    if (st->stopping) {
-        pthread_mutex_unlock(&st->mu);
+    if (!enqueue(st, e)) {
         free(e);
         job->status = STORE_ERR_IO;
         job->err = strdup("storage is closing");
     } else {
-        *st->tail = e;
-        st->tail = &e->next;
-        pthread_cond_signal(&st->cond);
-        pthread_mutex_unlock(&st->mu);
         pthread_mutex_lock(&w.mu);
         while (!w.done) pthread_cond_wait(&w.cv, &w.mu);
         pthread_mutex_unlock(&w.mu);
@@ -885,16 +895,8 @@ void store_submit_job(struct store *st, struct store_job *job, store_write_done_
     job->status = STORE_ERR_IO;
     job->err = NULL;
     if (e) {
-        *e = (struct store_entry){.job = job, .job_done = done, .arg = arg};
-        pthread_mutex_lock(&st->mu);
-        if (!st->stopping) {
-            *st->tail = e;
-            st->tail = &e->next;
-            pthread_cond_signal(&st->cond);
-            pthread_mutex_unlock(&st->mu);
-            return;
-        }
-        pthread_mutex_unlock(&st->mu);
+        *e = (struct store_entry){.job = job, .job_done = done, .job_arg = arg};
+        if (enqueue(st, e)) return;
         free(e);
         why = "storage is closing";
         why_status = STORE_ERR_IO;
@@ -1193,6 +1195,32 @@ void store_write_outcome_async(struct store *st, const struct store_outcome *o,
     }
     *j = (struct outcome_job){.job = {.run = run_outcome, .arg = j}, .o = o};
     store_submit_job(st, &j->job, done, arg);
+}
+
+void store_accept_routed(struct store *st, struct store_message *msg, store_done_fn accepted, void *arg,
+                         const struct store_outcome *o, store_write_done_fn routed, void *routed_arg)
+{
+    struct outcome_job *j = malloc(sizeof *j);
+    struct store_entry *e = malloc(sizeof *e);
+
+    if (!j || !e) {
+        free(j);
+        free(e);
+        log_warn("storage", "queue failed error=\"out of memory\"");
+        accepted(arg, STORE_ERR_NOMEM, NULL);
+        routed(routed_arg, STORE_ERR_NOMEM, strdup("out of memory"));
+        return;
+    }
+    *j = (struct outcome_job){.job = {.run = run_outcome, .arg = j, .status = STORE_ERR_IO}, .o = o};
+    /* One entry, so that no batch boundary falls between the message and its outcome. */
+    *e = (struct store_entry){.msg = msg, .done = accepted, .arg = arg, .borrowed = true,
+                              .job = &j->job, .job_done = routed, .job_arg = routed_arg};
+    if (!enqueue(st, e)) {
+        free(e);
+        free(j);
+        accepted(arg, STORE_ERR_IO, NULL);
+        routed(routed_arg, STORE_ERR_IO, strdup("storage is closing"));
+    }
 }
 
 enum store_status store_write_outcome(struct store *st, const struct store_outcome *o, char **err)

@@ -327,6 +327,15 @@ enum store_status store_write_outcome(struct store *st, const struct store_outco
  * everything it points to must stay valid until `done` runs. */
 void store_write_outcome_async(struct store *st, const struct store_outcome *o, store_write_done_fn done,
                                void *arg);
+/* store_accept and store_write_outcome_async of the same message in one transaction: a single
+ * commit makes the message and its outcome durable together (the routing done before the
+ * commit, engine/pipeline.c).  The caller keeps `msg` (the outcome points into it): on the writer
+ * thread `accepted(arg, status, NULL)` runs first, as store_accept's callback, then `routed`, as
+ * store_write_outcome_async's (STORE_ERR_NOT_FOUND when the message alone could not be stored).
+ * `msg`, `o` and what they point to must stay valid until `routed` ran.  Each callback runs
+ * exactly once. */
+void store_accept_routed(struct store *st, struct store_message *msg, store_done_fn accepted, void *arg,
+                         const struct store_outcome *o, store_write_done_fn routed, void *routed_arg);
 /* Ids of messages still 'accepted', oldest first, at most `max` (malloc'd array of malloc'd
  * strings; free each and the array). */
 enum store_status store_list_unprocessed(struct store *st, char ***ids, size_t *n, size_t max,

@@ -432,6 +432,13 @@ _Static_assert(API_WRITES_PER_CLIENT_MAX < API_CONNECTIONS_PER_IP_MAX,
  * committed yet: at most PIPELINE_OUTCOMES_MAX (the workers wait).  Ids listed per page of a scan;
  * after a failed outcome write, the next scan comes at most PIPELINE_RETRY_SECONDS later. */
 #define PIPELINE_WORKERS 2
+/* Messages routed before their commit (engine_pipeline_route_first) by their own workers, at the
+ * loop's priority (the 250 waits for them): PIPELINE_FIRST_WORKERS of them, at most
+ * PIPELINE_FIRST_MAX messages and PIPELINE_FIRST_BYTES_MAX bytes waiting; past either a message
+ * is committed alone and routed after by the others, as under any backlog. */
+#define PIPELINE_FIRST_WORKERS 2
+#define PIPELINE_FIRST_MAX 64
+#define PIPELINE_FIRST_BYTES_MAX (32 * 1024 * 1024)
 #define PIPELINE_QUEUE_MAX 1000
 #define PIPELINE_QUEUE_BYTES_MAX (128 * 1024 * 1024)
 #define PIPELINE_OUTCOMES_MAX 256

@@ -278,6 +278,70 @@ class Recovery(InletTestCase):
         self.assertEqual([tuple(r) for r in states], [("routed", len(results))])
 
 
+def metric(d, name):
+    """One value of GET /metrics."""
+    status, _, body = d.http("GET", "/metrics")
+    assert status == 200, (status, body)
+    for l in body.decode().splitlines():
+        if l.startswith(name + " "):
+            return float(l.split()[1])
+    raise AssertionError("no %s in /metrics" % name)
+
+
+class OneCommit(InletTestCase):
+    """Issue 13: a message a worker can route at once is routed before its commit, and the message
+    and its outcome go to the disk in one transaction: one commit per message, not two, and the
+    250 means the outcome is durable too."""
+
+    def test_message_and_its_outcome_are_one_commit(self):
+        d = self.daemon()
+        create_route(d, "catch_all()", ["store()"])
+        before = metric(d, "inlet_store_commits_total")
+        ids = []
+        for i in range(5):  # one at a time, each routed before the next: no batch holds two
+            ids.append(send(d, ["r%d@example.com" % i]))
+            wait_routed(d, ids[-1])
+        self.assertEqual(metric(d, "inlet_store_commits_total") - before, 5)
+        for i in ids:
+            self.assertEqual(self.message(d, i)["state"], "routed")
+
+    def test_outcome_durable_at_the_250(self):
+        """kill -9 right after the 250: the next start has nothing to recover, the copy is there."""
+        d = self.daemon()
+        create_route(d, "catch_all()", ["store()"])
+        msg_id = send(d, ["bob@example.com"])
+        d.kill9()
+        d.start()
+        rec = [l for l in d.find_lines("info", "engine") if "recovered" in l.kv]
+        self.assertEqual(rec[-1].kv["recovered"], "0")
+        self.assertEqual(self.message(d, msg_id)["state"], "routed")
+        self.assertEqual(len(harness.query(d, "SELECT * FROM stored WHERE message_id = ?", (msg_id,))), 1)
+
+    def test_outcome_failing_in_the_messages_commit_is_retried(self):
+        """The outcome fails inside the message's own transaction (a trigger refuses the state
+        change): the message alone commits, its sender gets the 250, and the routing is retried
+        like any failed outcome (INLET_TEST_RETRY_SECONDS=1)."""
+        d = self.daemon(env=dict(INLET_TEST_RETRY_SECONDS="1"))
+        create_route(d, "catch_all()", ["store()"])
+        if harness.PG:
+            harness.query(d, "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$"
+                             " BEGIN RAISE EXCEPTION 'refused by test_refuse'; END $$")
+            harness.query(d, "CREATE TRIGGER test_refuse BEFORE UPDATE ON messages FOR EACH ROW"
+                             " EXECUTE FUNCTION test_refuse()")
+        else:
+            harness.query(d, "CREATE TRIGGER main.test_refuse BEFORE UPDATE ON main.messages"
+                             " BEGIN SELECT RAISE(ABORT, 'refused by test_refuse'); END")
+        msg_id = send(d, ["bob@example.com"])
+        warn = d.wait_log(lambda l: l.level == "warn" and l.topic == "engine" and l.rest.startswith("not routed")
+                          and l.kv.get("id") == msg_id, 10, "'engine not routed id=%s'" % msg_id)
+        self.assertIn("stays accepted", warn.rest)
+        self.assertEqual(self.message(d, msg_id)["state"], "accepted")
+        harness.query(d, "DROP TRIGGER test_refuse ON messages" if harness.PG else "DROP TRIGGER main.test_refuse")
+        line = wait_routed(d, msg_id, 15)
+        self.assertEqual(line.kv["stored"], "1")
+        self.assertEqual(self.message(d, msg_id)["state"], "routed")
+
+
 class Retry(InletTestCase):
     def test_outcome_write_fails_then_is_retried(self):
         """A full disk while the outcome is written: a warning, the message stays 'accepted', and
