@@ -103,7 +103,8 @@ struct api_request {
     size_t len;
 
     /* Plumbing (api/server.c). */
-    size_t cap;
+    size_t cap;         /* bytes allocated at raw: grown as the body arrives */
+    size_t announced;   /* the Content-Length (0: none, or chunked) */
     long long reserved; /* bytes of api->body_bytes this request holds */
     int64_t body_started; /* monotonic microseconds when the headers were read */
     int stage;

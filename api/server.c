@@ -393,14 +393,12 @@ static enum MHD_Result begin(struct api_server *api, struct api_request *req)
     if (n > body_max(req->endpoint))
         return api_reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "Request body too large");
     if (req->endpoint->writes && !api_write_admit(api, req, &refused)) return refused;
-    if (n > 0) {
-        if (req->endpoint->big_body && !reserve(api, req, n))
-            return api_reply_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
-                                   "Too many request bodies in progress; retry later");
-        req->raw = malloc((size_t)n);
-        if (!req->raw) return api_reply_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "Out of memory");
-        req->cap = (size_t)n;
-    }
+    /* The announced length is reserved now, but no memory is taken for it before its bytes come
+     * (take_body): what a client only announces must cost the pool thread nothing. */
+    if (n > 0 && req->endpoint->big_body && !reserve(api, req, n))
+        return api_reply_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+                               "Too many request bodies in progress; retry later");
+    req->announced = (size_t)n;
 
     const char *q = strchr(req->uri, '?');
     if (q) {
@@ -429,6 +427,38 @@ static bool too_slow(struct api_request *req, size_t more)
     return (long double)(req->len + more) < owed;
 }
 
+/* A body's first buffer; it doubles as the bytes come. */
+enum { BODY_FIRST_ALLOC = 16384 };
+
+/* Grows the body's buffer to hold at least `need` bytes (need <= max), doubling, so that the
+ * memory taken follows the bytes received (at most twice them), never past the announced length
+ * (MHD passes no more than Content-Length) nor `max`.  Not the announced length at once: an
+ * allocator may touch what it gives (glibc under MALLOC_PERTURB_, which meson sets for every
+ * test, fills it: ~0.2 s of the pool thread per 50 MiB), and a client that announces 50 MiB and
+ * sends a byte must not cost that.  A large-body endpoint's buffer stays within its share of
+ * the in-flight budget: an announced length reserved it whole in begin(), a chunked body
+ * reserves as it grows. */
+static bool grow_body(struct api_server *api, struct api_request *req, size_t need, size_t max)
+{
+    size_t cap = req->cap ? req->cap : BODY_FIRST_ALLOC;
+    while (cap < need) cap *= 2;
+    if (req->announced >= need && cap > req->announced) cap = req->announced;
+    if (cap > max) cap = max;
+    if (req->endpoint->big_body && (long long)cap > req->reserved &&
+        !reserve(api, req, (long long)cap - req->reserved)) {
+        log_info("http", "request body over the in-flight budget: connection closed size=%zu", cap);
+        return false;
+    }
+    uint8_t *nb = realloc(req->raw, cap);
+    if (!nb) {
+        log_warn("http", "request body: out of memory, connection closed size=%zu", cap);
+        return false;
+    }
+    req->raw = nb;
+    req->cap = cap;
+    return true;
+}
+
 /* A chunk of the body.  MHD_NO closes the connection: a body that grows past the endpoint's
  * limit (only possible without Content-Length, i.e. chunked) is not read further, nor one that
  * comes too slowly (too_slow).  libmicrohttpd 0.9.75 cannot queue a reply while the body is
@@ -447,16 +477,7 @@ static enum MHD_Result take_body(struct api_server *api, struct api_request *req
                  req->len + n, API_BODY_MIN_RATE);
         return MHD_NO;
     }
-    if (req->len + n > req->cap) {
-        size_t cap = req->cap ? req->cap : 16384;
-        while (cap < req->len + n) cap *= 2;
-        if (cap > max) cap = max;
-        if (req->endpoint->big_body && !reserve(api, req, (long long)(cap - req->cap))) return MHD_NO;
-        uint8_t *nb = realloc(req->raw, cap);
-        if (!nb) return MHD_NO;
-        req->raw = nb;
-        req->cap = cap;
-    }
+    if (req->len + n > req->cap && !grow_body(api, req, req->len + n, max)) return MHD_NO;
     memcpy(req->raw + req->len, data, n);
     req->len += n;
     return MHD_YES;
