@@ -254,6 +254,16 @@ def open_upload(d, head):
     return s
 
 
+def open_budget_uploads(d, auth):
+    """Six authenticated POST /v3/routes announcing 5 x 50 MiB + 6 MiB, the whole in-flight body
+    budget (API_BODIES_INFLIGHT_MAX), each with one body byte sent."""
+    return [open_upload(d, b"POST /v3/routes HTTP/1.1\r\nHost: x\r\n"
+                           b"Authorization: " + auth + b"\r\n"
+                           b"Content-Type: application/x-www-form-urlencoded\r\n"
+                           b"Content-Length: %d\r\n\r\n" % size)
+            for size in [50 << 20] * 5 + [6 << 20]]
+
+
 def closed_by_server(s, wait_s):
     """True when the server closed `s` (or answered and closed) within wait_s seconds."""
     s.settimeout(wait_s)
@@ -346,11 +356,7 @@ class HostileBodies(InletTestCase):
         before = rss_bytes(d)
         socks = []
         try:
-            for size in [50 << 20] * 5 + [6 << 20]:
-                socks.append(open_upload(d, b"POST /v3/routes HTTP/1.1\r\nHost: x\r\n"
-                                            b"Authorization: " + auth + b"\r\n"
-                                            b"Content-Type: application/x-www-form-urlencoded\r\n"
-                                            b"Content-Length: %d\r\n\r\n" % size))
+            socks += open_budget_uploads(d, auth)
             wait_metric(self, d, "inlet_api_body_bytes_reserved", 256 << 20, 10)
             grown = rss_bytes(d) - before
             self.assertLess(grown, 32 << 20, "resident memory grew by %d MiB for 6 bytes received"
@@ -364,11 +370,7 @@ class HostileBodies(InletTestCase):
         auth = basic_auth(d).encode()
         socks = []
         try:
-            for size in [50 << 20] * 5 + [6 << 20]:
-                socks.append(open_upload(d, b"POST /v3/routes HTTP/1.1\r\nHost: x\r\n"
-                                            b"Authorization: " + auth + b"\r\n"
-                                            b"Content-Type: application/x-www-form-urlencoded\r\n"
-                                            b"Content-Length: %d\r\n\r\n" % size))
+            socks += open_budget_uploads(d, auth)
             # Once the server has read their headers they hold the whole budget (256 MiB): a
             # write is told to come back later.  How soon it has read them depends on the
             # machine's load, and a write sent before would reserve its own body first and push
