@@ -161,6 +161,9 @@ static void convert_run(GString *out, const char *charset, GByteArray *bytes)
 
 char *msg_header_decode_unfolded(const char *s, size_t n)
 {
+    /* Most values hold no encoded word: then the value is one literal, and the word list below
+     * would only add three allocations per header field to the same result. */
+    if (!memmem(s, n, "=?", 2)) return msg_text_undeclared(s, n);
     GArray *words = g_array_new(FALSE, FALSE, sizeof(struct word));
     struct dead_range dead = {0, 0};
     size_t lit = 0;
