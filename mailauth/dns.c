@@ -341,12 +341,23 @@ static bool fill(struct mailauth_dns_answer *out, struct ub_result *r)
     return ok && st != MAILAUTH_DNS_TEMP;
 }
 
-/* The front cache's key of (name, type): "TYPE/name" in lower case; false when too long. */
+/* The front cache's key of (name, type): "TYPE/name" in lower case; false when too long.  Built by
+ * hand: it is made for every lookup of every message (four with a usual signed one). */
 static bool front_key(const char *name, int type, char *key, size_t keysz)
 {
-    int kn = snprintf(key, keysz, "%d/%s", type, name);
-    if (kn < 0 || (size_t)kn >= keysz) return false;
-    for (char *c = key; *c; c++) *c = g_ascii_tolower(*c);
+    char digits[12];
+    size_t nd = 0, o = 0;
+    unsigned t = type < 0 ? 0 : (unsigned)type;
+    do digits[nd++] = (char)('0' + t % 10);
+    while ((t /= 10) && nd < sizeof digits);
+    if (nd + 2 > keysz) return false;
+    while (nd) key[o++] = digits[--nd];
+    key[o++] = '/';
+    for (const char *c = name; *c; c++) {
+        if (o + 1 >= keysz) return false;
+        key[o++] = g_ascii_tolower(*c);
+    }
+    key[o] = '\0';
     return true;
 }
 

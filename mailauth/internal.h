@@ -64,6 +64,8 @@ struct mailauth_spf_input {
     const char *helo;
     const char *sender; /* MAIL FROM without <>, "" for the null sender */
     const char *receiver; /* our host name, for %{r} */
+    bool *sender_macros;  /* NULL, or set when a record expanded %{s} or %{l}: the verdict then
+                             depends on the sender's local-part, not only on the domain */
 };
 /* The MAIL FROM identity (RFC 7208 §2.4, §4.3): the domain of `in->sender` with its local-part
  * ("postmaster" when it has none), or postmaster@HELO for the null sender.  *reason: a short reason

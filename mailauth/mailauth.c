@@ -51,6 +51,7 @@ struct mailauth_result {
     /* The HELO identity (RFC 7208 §2.3), checked besides a MAIL FROM (for the null sender spf is
      * already HELO's); helo_checked false: not checked (the null sender, an address literal). */
     bool helo_checked;
+    bool spf_sender_macros; /* the MAIL FROM check expanded %{s} or %{l} */
     enum mailauth_verdict spf_helo;
     char helo[SMTP_DOMAIN_MAX + 1];
     char spf_helo_reason[96];
@@ -82,7 +83,8 @@ const char *mailauth_verdict_name(enum mailauth_verdict v)
 
 static void check_spf(struct mailauth *a, const struct mailauth_request *q, int64_t deadline, struct mailauth_result *r)
 {
-    struct mailauth_spf_input in = {.ip = q->ip, .helo = q->helo, .sender = q->sender, .receiver = a->authserv_id};
+    struct mailauth_spf_input in = {.ip = q->ip, .helo = q->helo, .sender = q->sender, .receiver = a->authserv_id,
+                                    .sender_macros = &r->spf_sender_macros};
     if (*q->sender && strrchr(q->sender, '@')) {
         snprintf(r->spf_identity, sizeof r->spf_identity, "mailfrom");
         snprintf(r->spf_subject, sizeof r->spf_subject, "%s", q->sender);
@@ -116,10 +118,21 @@ static void apply_policy(struct mailauth_dmarc *d, const char *id)
  * --spf-reject keep MAIL FROM's). */
 static void check_helo(struct mailauth *a, const struct mailauth_request *q, int64_t deadline, struct mailauth_result *r)
 {
-    if (!*q->sender || !strrchr(q->sender, '@') || !*q->helo || q->helo[0] == '[') return;
+    const char *at = strrchr(q->sender, '@');
+    if (!*q->sender || !at || !*q->helo || q->helo[0] == '[') return;
     struct mailauth_spf_input in = {.ip = q->ip, .helo = q->helo, .sender = q->sender, .receiver = a->authserv_id};
     r->helo_checked = true;
     snprintf(r->helo, sizeof r->helo, "%s", q->helo);
+    /* The usual case: the HELO name is the sender's domain.  Its check would then ask the same
+     * records the same questions (the identities differ only in the local-part, which %{s} and
+     * %{l} alone show) and come to MAIL FROM's verdict and reason: take them.  A temperror is
+     * asked again, with what is left of the budget. */
+    if (strcmp(at + 1, q->helo) == 0 && !r->spf_sender_macros && r->spf != MAILAUTH_TEMPERROR) {
+        r->spf_helo = r->spf;
+        _Static_assert(sizeof r->spf_helo_reason == sizeof r->spf_reason, "same reasons");
+        memcpy(r->spf_helo_reason, r->spf_reason, sizeof r->spf_helo_reason);
+        return;
+    }
     r->spf_helo = mailauth_spf_helo(a->dns, &in, deadline, r->spf_helo_reason, sizeof r->spf_helo_reason, NULL, 0);
 }
 

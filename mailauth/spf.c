@@ -120,7 +120,9 @@ static const char *validated_name(struct spf *s, const char *domain)
 static bool macro_value(struct spf *s, char letter, const char *domain, bool explain, char *out, size_t outsz)
 {
     const char *v = NULL;
-    switch (tolower((unsigned char)letter)) {
+    const char lower = (char)tolower((unsigned char)letter);
+    if ((lower == 's' || lower == 'l') && s->in->sender_macros) *s->in->sender_macros = true;
+    switch (lower) {
     case 's':
         if (*s->in->sender) v = s->in->sender;
         else {
@@ -664,7 +666,26 @@ static enum mailauth_verdict qualified(char q)
     }
 }
 
-/* The domain's single "v=spf1" record into rec.  A verdict when there is none or an error. */
+/* The text of TXT rdata rd (its strings concatenated): its length, and its first outsz - 1 bytes
+ * in out (NUL-terminated); -1 when malformed or SPF_RECORD_MAX bytes or more (such a record is
+ * skipped, as one mailauth_dns_txt cannot read).  Finds the SPF record among a name's TXT records
+ * without copying the others whole. */
+static ssize_t txt_head(const uint8_t *rd, size_t len, char *out, size_t outsz)
+{
+    size_t total = 0, o = 0;
+    for (size_t i = 0; i < len;) {
+        size_t n = rd[i++];
+        if (n > len - i) return -1;
+        for (size_t j = 0; j < n && o + 1 < outsz; j++) out[o++] = (char)rd[i + j];
+        total += n;
+        i += n;
+    }
+    out[o] = '\0';
+    return total < SPF_RECORD_MAX ? (ssize_t)total : -1;
+}
+
+/* The domain's single "v=spf1" record into rec (recsz > SPF_RECORD_MAX + 2), "v=spf1" and all.  A
+ * verdict when there is none or an error. */
 static bool fetch_record(struct spf *s, const char *domain, char *rec, size_t recsz, enum mailauth_verdict *v)
 {
     struct mailauth_dns_answer a;
@@ -676,18 +697,16 @@ static bool fetch_record(struct spf *s, const char *domain, char *rec, size_t re
         *v = MAILAUTH_TEMPERROR;
         goto out;
     }
-    char *txt = malloc(SPF_RECORD_MAX);
-    if (!txt) { *v = MAILAUTH_TEMPERROR; goto out; }
     for (size_t i = 0; i < a.count; i++) {
-        if (!mailauth_dns_txt(a.data[i], a.len[i], txt, SPF_RECORD_MAX)) continue;
-        if (strncasecmp(txt, "v=spf1", 6) != 0 || (txt[6] && txt[6] != ' ')) continue;
+        char head[8];
+        ssize_t total = txt_head(a.data[i], a.len[i], head, sizeof head);
+        if (total < 0 || strncasecmp(head, "v=spf1", 6) != 0 || (head[6] && head[6] != ' ')) continue;
+        if (found++ > 0 || !mailauth_dns_txt(a.data[i], a.len[i], rec, recsz)) continue;
         /* A NUL octet in the record (which would end our string early): a character no term may
          * have, so the record is a syntax error (§7.1 "a-null"). */
-        size_t total = 0;
-        for (size_t j = 0; j < a.len[i]; j += 1 + a.data[i][j]) total += a.data[i][j];
-        if (found++ == 0) snprintf(rec, recsz, "%s%s", txt + 6, strlen(txt) < total ? " \x01" : "");
+        size_t l = strlen(rec);
+        if (l < (size_t)total) memcpy(rec + l, " \x01", 3);
     }
-    free(txt);
     if (found == 0) {
         say(s, "%s has no SPF record", domain);
         *v = MAILAUTH_NONE;
@@ -729,15 +748,16 @@ static enum mailauth_verdict check_host(struct spf *s, const char *domain)
         return MAILAUTH_PERMERROR;
     }
     enum mailauth_verdict v = MAILAUTH_PERMERROR;
-    char *rec = malloc(SPF_RECORD_MAX);
+    const size_t recsz = SPF_RECORD_MAX + 8; /* room for " \x01" after the longest record */
+    char *rec = malloc(recsz);
     if (!rec) return MAILAUTH_TEMPERROR;
-    if (!fetch_record(s, domain, rec, SPF_RECORD_MAX, &v)) goto out;
+    if (!fetch_record(s, domain, rec, recsz, &v)) goto out;
 
     /* §4.6: any syntax error anywhere is a permerror before anything is evaluated. */
     struct term terms[SPF_TERMS_MAX];
     size_t nterms = 0;
     const struct term *redirect = NULL, *exp = NULL;
-    for (const char *p = rec; *p;) {
+    for (const char *p = rec + 6; *p;) { /* after "v=spf1" */
         while (*p == ' ') p++;
         if (!*p) break;
         size_t len = strcspn(p, " ");

@@ -61,6 +61,7 @@ def zones(keys):
         "redirect": "v=spf1 redirect=pass.example",
         "mx": "v=spf1 mx -all",
         "macro": "v=spf1 exists:%{ir}._ip.macro.example -all",
+        "bylocal": "v=spf1 exists:%{l}._l.bylocal.example -all",  # the local-part decides
         "twice": "v=spf1 -all",
         "signed": "v=spf1 ip4:192.0.2.1 -all",
         "org": "v=spf1 ip4:127.0.0.1 -all",
@@ -75,6 +76,7 @@ def zones(keys):
     r.append("mx IN MX 10 mail.mx.example.")
     r.append("mail.mx IN A 127.0.0.1")
     r.append("1.0.0.127._ip.macro IN A 127.0.0.2")
+    r.append("good._l.bylocal IN A 127.0.0.2")
     # DMARC
     r.append("_dmarc.pass IN TXT %s" % txt("v=DMARC1; p=reject"))
     r.append("_dmarc.fail IN TXT %s" % txt("v=DMARC1; p=reject"))
@@ -208,6 +210,16 @@ class SenderAuth(InletTestCase):
         head = self.raw(d, mid).split(b"\r\n\r\n", 1)[0]
         self.assertIn(b"\tspf=pass (matched ip4:127.0.0.0/8) smtp.helo=pass.example;", head)
         self.assertIn(b"\r\nX-Mailgun-Spf: SoftFail\r\n", head)
+        # HELO the sender's domain (the usual case): the same verdict, from the same record...
+        mid, kv = self.verdicts(d, "a@pass.example", message("a@pass.example"), helo="pass.example")
+        self.assertEqual((kv.get("spf"), kv.get("spf_helo")), ("pass", "pass"))
+        self.assertIn(b"\tspf=pass (matched ip4:127.0.0.0/8) smtp.helo=pass.example;", self.raw(d, mid))
+        # ...unless the record reads the local-part (%{l}): postmaster@HELO is then another question.
+        mid, kv = self.verdicts(d, "good@bylocal.example", message("a@pass.example"), helo="bylocal.example")
+        self.assertEqual((kv.get("spf"), kv.get("spf_helo")), ("pass", "fail"))
+        head = self.raw(d, mid).split(b"\r\n\r\n", 1)[0]
+        self.assertIn(b"\tspf=pass (matched exists:%{l}._l.bylocal.example) smtp.mailfrom=good@bylocal.example;\r\n"
+                      b"\tspf=fail (matched all) smtp.helo=bylocal.example;", head)
         # An address literal is no identity to check; the null sender's one check is HELO's already.
         for sender, helo in (("a@pass.example", "[127.0.0.1]"), ("", "pass.example")):
             mid, kv = self.verdicts(d, sender, message("a@pass.example"), helo=helo)
