@@ -32,9 +32,8 @@ struct message {
     GArray *headers;        /* struct message_header_rec */
     GArray *attachments;    /* struct message_attachment_rec */
     GPtrArray *warnings;    /* char *, no duplicates */
-    /* inlet's sender-authentication verdicts (authres.c), NULL when the message has none; and the
-     * same as compact JSON text (what jsonw.c writes: the bytes of the tree's dump). */
-    json_t *authentication;
+    /* inlet's sender-authentication verdicts as compact JSON text (authres.c), NULL when the
+     * message has none. */
     char *authentication_text;
 };
 
@@ -101,8 +100,11 @@ GByteArray *msg_part_bytes(const struct message *m, GMimeObject *part);
  * missing field. */
 json_t *msg_jstr(const char *s);
 /* authres.c: the "authentication" member from the message's first header field, when that is
- * inlet's Authentication-Results; NULL otherwise.  New reference. */
-json_t *msg_authres_json(const struct message *m);
+ * inlet's Authentication-Results, as compact JSON text (free()); NULL otherwise. */
+char *msg_authres_text(const struct message *m);
+/* The same member as a tree (new reference) from m's text, for json.c and stored.c; NULL when
+ * the message has none. */
+json_t *msg_authres_tree(const struct message *m);
 /* The recipient's domain, lower case ("" when there is no @).  g_free(). */
 char *msg_domain_of(const char *recipient);
 /* The headers Mailgun adds to inbound mail (X-Mailgun-Incoming: Yes, X-Envelope-From: <sender>),
@@ -128,6 +130,11 @@ json_t *msg_attachment_ref_json(const struct message_attachment *at, const char 
  * "index" in every content-id-map entry, and "message-url" after "id". */
 void msg_json_write(GString *out, const struct message *m, const struct message_json_options *opts,
                     const char *message_url);
+/* A JSON string of s as jansson dumps it; false (nothing appended) when jansson would refuse s
+ * (not valid UTF-8). */
+bool msg_jsonw_string(GString *out, const char *s);
+/* The same with msg_jstr()'s repair: invalid UTF-8 becomes U+FFFD (false only if that fails too). */
+bool msg_jsonw_jstr(GString *out, const char *s);
 
 /* post.c / jsonw.c — what the posts of one message share (message_post_shared, message.h). */
 /* One value written once per message: its bytes, or refused (jansson would drop the member). */

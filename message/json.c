@@ -144,7 +144,8 @@ json_t *message_to_json(const struct message *m, const struct message_json_optio
         json_array_append_new(w, msg_jstr(message_warning(m, i)));
     json_object_set_new(o, "parse-warnings", w);
     json_object_set_new(o, "id", msg_jstr(opts->id));
-    if (m->authentication) json_object_set(o, "authentication", m->authentication);
+    json_t *authentication = msg_authres_tree(m);
+    if (authentication) json_object_set_new(o, "authentication", authentication);
     g_free(domain);
     return o;
 }

@@ -196,6 +196,16 @@ static bool put_jstr(GString *out, const char *s)
     return ok;
 }
 
+bool msg_jsonw_string(GString *out, const char *s)
+{
+    return put_string(out, s);
+}
+
+bool msg_jsonw_jstr(GString *out, const char *s)
+{
+    return put_jstr(out, s);
+}
+
 static void put_int(GString *out, size_t v)
 {
     g_string_append_printf(out, "%" JSON_INTEGER_FORMAT, (json_int_t)v);

@@ -233,9 +233,7 @@ struct message *message_parse(const uint8_t *data, size_t len)
 
     if (m->gm) {
         collect_headers(m);
-        m->authentication = msg_authres_json(m);
-        if (m->authentication)
-            m->authentication_text = json_dumps(m->authentication, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        m->authentication_text = msg_authres_text(m);
         msg_walk(m, m->gm);
     } else {
         /* Only empty input gets here: prescan turned anything else into a header-less message. */
@@ -275,7 +273,6 @@ void message_free(struct message *m)
     }
     g_array_unref(m->attachments);
     g_ptr_array_unref(m->warnings);
-    json_decref(m->authentication);
     free(m->authentication_text);
     if (m->gm) g_object_unref(m->gm);
     g_object_unref(m->stream);

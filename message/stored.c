@@ -55,7 +55,8 @@ json_t *message_stored_json(const struct message *m, const char *recipient, cons
     json_object_set_new(o, "attachments", atts);
     json_object_set_new(o, "message-headers", msg_headers_json(m, sender));
     json_object_set_new(o, "content-id-map", map);
-    if (m->authentication) json_object_set(o, "authentication", m->authentication);
+    json_t *authentication = msg_authres_tree(m);
+    if (authentication) json_object_set_new(o, "authentication", authentication);
 
     GHashTable *seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     const size_t added = MSG_MAILGUN_HEADERS;

@@ -420,6 +420,10 @@ _Static_assert(API_WRITES_PER_CLIENT_MAX < API_CONNECTIONS_PER_IP_MAX,
 #define MSG_AUTHRES_RESULTS_MAX 16
 /* URIs of one rua= / ruf= list read back. */
 #define MSG_AUTHRES_URIS_MAX 16
+/* Bytes of a property's name kept as written (lower case); members of one result: "result",
+ * "reason", dmarc's six, and the properties. */
+#define MSG_AUTHRES_KEY_MAX 64
+#define MSG_AUTHRES_MEMBERS_MAX (8 + MSG_AUTHRES_PROPS_MAX)
 #define POST_TAIL_TIMESTAMP_MAX 20
 #define POST_TAIL_TOKEN_MAX 64
 #define POST_TAIL_SIGNATURE_MAX 64
