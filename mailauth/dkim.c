@@ -501,7 +501,11 @@ static enum mailauth_verdict get_key(struct mailauth_dkim *k, mailauth_dkim_look
 {
     char name[MAILAUTH_DKIM_SELECTOR_MAX + SPF_DOMAIN_MAX + 16];
     char txt[MAILAUTH_DKIM_KEY_RECORD_MAX];
-    snprintf(name, sizeof name, "%s._domainkey.%s", s->selector, s->domain);
+    struct mailauth_buf b; /* "%s._domainkey.%s": always fits */
+    mailauth_buf_init(&b, name, sizeof name);
+    mailauth_buf_str(&b, s->selector);
+    mailauth_buf_str(&b, "._domainkey.");
+    mailauth_buf_str(&b, s->domain);
     switch (lookup(ctx, name, txt, sizeof txt)) {
     case MAILAUTH_DKIM_KEY_FOUND: return parse_key(k, s, txt, key, reason);
     case MAILAUTH_DKIM_KEY_NONE: *reason = "key not found in DNS"; return MAILAUTH_PERMERROR;
@@ -730,7 +734,7 @@ size_t mailauth_dkim_verify(struct mailauth_dkim *k, mailauth_dkim_lookup_fn loo
             o->verdict = MAILAUTH_TEMPERROR;
             reason = "time budget spent";
         }
-        snprintf(o->reason, sizeof o->reason, "%s", reason);
+        mailauth_copy(o->reason, sizeof o->reason, reason);
         describe(s, o);
     }
 out:

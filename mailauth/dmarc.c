@@ -100,8 +100,11 @@ static bool parse_record(const char *txt, struct record *r)
 static int fetch(struct mailauth_dns *dns, const char *domain, int64_t deadline_ms, struct record *r)
 {
     char name[SPF_DOMAIN_MAX + 16];
-    int n = snprintf(name, sizeof name, "_dmarc.%s", domain);
-    if (n < 0 || (size_t)n >= sizeof name) return 0;
+    struct mailauth_buf b;
+    mailauth_buf_init(&b, name, sizeof name);
+    mailauth_buf_str(&b, "_dmarc.");
+    mailauth_buf_str(&b, domain);
+    if (b.cut) return 0;
     struct mailauth_dns_answer a;
     mailauth_dns_query(dns, name, 16, deadline_ms, &a);
     int found = 0;
@@ -158,7 +161,7 @@ void mailauth_dmarc_check(struct mailauth_dns *dns, const struct mailauth_psl *p
         snprintf(out->reason, sizeof out->reason, "no DMARC record");
         return;
     }
-    snprintf(out->policy, sizeof out->policy, "%s", sub && r.sp[0] ? r.sp : r.p);
+    mailauth_copy(out->policy, sizeof out->policy, sub && r.sp[0] ? r.sp : r.p);
     out->pct = r.pct;
     memcpy(out->rua, r.rua, sizeof out->rua);
     memcpy(out->ruf, r.ruf, sizeof out->ruf);

@@ -7,10 +7,46 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "mailauth/mailauth.h"
 #include "util/limits.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * Text into fixed buffers, for what every message's checks write (names to look up, reasons, the
+ * summary): snprintf's "%s" without its format parsing, which cost more than the copies. */
+struct mailauth_buf {
+    char *p;
+    size_t size, len; /* size > 0; p[len] is always the NUL */
+    bool cut;         /* something did not fit */
+};
+static inline void mailauth_buf_init(struct mailauth_buf *b, char *p, size_t size)
+{
+    *b = (struct mailauth_buf){.p = p, .size = size};
+    p[0] = '\0';
+}
+static inline void mailauth_buf_add(struct mailauth_buf *b, const char *s, size_t n)
+{
+    if (n > b->size - 1 - b->len) {
+        n = b->size - 1 - b->len;
+        b->cut = true;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+static inline void mailauth_buf_str(struct mailauth_buf *b, const char *s)
+{
+    mailauth_buf_add(b, s, strlen(s));
+}
+/* snprintf(dst, dstsz, "%s", src). */
+static inline void mailauth_copy(char *dst, size_t dstsz, const char *src)
+{
+    struct mailauth_buf b;
+    mailauth_buf_init(&b, dst, dstsz);
+    mailauth_buf_str(&b, src);
+}
 
 /* ---------------------------------------------------------------------------------------------
  * DNS (dns.c): libunbound's asynchronous resolver with its TTL cache, and a deadline per query. */

@@ -86,12 +86,12 @@ static void check_spf(struct mailauth *a, const struct mailauth_request *q, int6
     struct mailauth_spf_input in = {.ip = q->ip, .helo = q->helo, .sender = q->sender, .receiver = a->authserv_id,
                                     .sender_macros = &r->spf_sender_macros};
     if (*q->sender && strrchr(q->sender, '@')) {
-        snprintf(r->spf_identity, sizeof r->spf_identity, "mailfrom");
-        snprintf(r->spf_subject, sizeof r->spf_subject, "%s", q->sender);
+        mailauth_copy(r->spf_identity, sizeof r->spf_identity, "mailfrom");
+        mailauth_copy(r->spf_subject, sizeof r->spf_subject, q->sender);
     } else {
         /* RFC 7208 §2.4: the null sender is checked as postmaster@<HELO>. */
-        snprintf(r->spf_identity, sizeof r->spf_identity, "helo");
-        snprintf(r->spf_subject, sizeof r->spf_subject, "%s", q->helo);
+        mailauth_copy(r->spf_identity, sizeof r->spf_identity, "helo");
+        mailauth_copy(r->spf_subject, sizeof r->spf_subject, q->helo);
     }
     r->spf = mailauth_spf_mailfrom(a->dns, &in, deadline, r->spf_reason, sizeof r->spf_reason, NULL, 0);
 }
@@ -109,7 +109,7 @@ static void apply_policy(struct mailauth_dmarc *d, const char *id)
     const char *p = d->verdict == MAILAUTH_FAIL && d->policy[0] ? d->policy : "none";
     if (strcmp(p, "none") != 0 && !mailauth_dmarc_sampled(id, d->pct))
         p = strcmp(p, "reject") == 0 ? "quarantine" : "none";
-    snprintf(d->applied, sizeof d->applied, "%s", p);
+    mailauth_copy(d->applied, sizeof d->applied, p);
 }
 
 /* The HELO identity when the MAIL FROM one was the sender's and the HELO is a name, not an address
@@ -122,7 +122,7 @@ static void check_helo(struct mailauth *a, const struct mailauth_request *q, int
     if (!*q->sender || !at || !*q->helo || q->helo[0] == '[') return;
     struct mailauth_spf_input in = {.ip = q->ip, .helo = q->helo, .sender = q->sender, .receiver = a->authserv_id};
     r->helo_checked = true;
-    snprintf(r->helo, sizeof r->helo, "%s", q->helo);
+    mailauth_copy(r->helo, sizeof r->helo, q->helo);
     /* The usual case: the HELO name is the sender's domain.  Its check would then ask the same
      * records the same questions (the identities differ only in the local-part, which %{s} and
      * %{l} alone show) and come to MAIL FROM's verdict and reason: take them.  A temperror is
@@ -172,9 +172,16 @@ static void finish_result(struct mailauth_result *r, int64_t started_ms, const c
 {
     r->elapsed_ms = mailauth_now_ms() - started_ms;
     r->path = path;
-    snprintf(r->summary, sizeof r->summary, "spf=%s spf_helo=%s dkim=%s dmarc=%s", mailauth_verdict_name(r->spf),
-             r->helo_checked ? mailauth_verdict_name(r->spf_helo) : "-",
-             mailauth_verdict_name(mailauth_result_dkim(r)), mailauth_verdict_name(r->dmarc.verdict));
+    struct mailauth_buf b; /* "spf=%s spf_helo=%s dkim=%s dmarc=%s" */
+    mailauth_buf_init(&b, r->summary, sizeof r->summary);
+    mailauth_buf_str(&b, "spf=");
+    mailauth_buf_str(&b, mailauth_verdict_name(r->spf));
+    mailauth_buf_str(&b, " spf_helo=");
+    mailauth_buf_str(&b, r->helo_checked ? mailauth_verdict_name(r->spf_helo) : "-");
+    mailauth_buf_str(&b, " dkim=");
+    mailauth_buf_str(&b, mailauth_verdict_name(mailauth_result_dkim(r)));
+    mailauth_buf_str(&b, " dmarc=");
+    mailauth_buf_str(&b, mailauth_verdict_name(r->dmarc.verdict));
 }
 
 static struct mailauth_result *result_new(struct mailauth *a)
@@ -443,12 +450,23 @@ const char *mailauth_result_path(const struct mailauth_result *r)
     return r->path;
 }
 
-/* Text safe inside an A-R comment or value: printable ASCII without ( ) \ ; " CR LF. */
+/* Printable ASCII but ( ) \\ ; " (and so no blank, CR or LF). */
+static bool plain(unsigned char c)
+{
+    return c > ' ' && c < 127 && c != '(' && c != ')' && c != '\\' && c != ';' && c != '"';
+}
+
+/* Text safe inside an A-R comment or value: plain bytes as they are, a space as itself, any other
+ * byte as '_'.  Copied by runs: the rewrite runs for every message. */
 static void clean(GString *out, const char *s, size_t max)
 {
-    for (size_t i = 0; s[i] && i < max; i++) {
-        unsigned char c = (unsigned char)s[i];
-        g_string_append_c(out, c > ' ' && c < 127 && !strchr("()\\;\"", c) ? (char)c : c == ' ' ? ' ' : '_');
+    for (size_t i = 0; i < max && s[i];) {
+        size_t run = i;
+        while (run < max && s[run] && plain((unsigned char)s[run])) run++;
+        g_string_append_len(out, s + i, (gssize)(run - i));
+        if (run >= max || !s[run]) break;
+        g_string_append_c(out, s[run] == ' ' ? ' ' : '_');
+        i = run + 1;
     }
 }
 
@@ -458,7 +476,7 @@ static void clean_uris(GString *out, const char *s)
     for (size_t i = 0; s[i] && i < MAILAUTH_DMARC_URIS_MAX; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == ' ' || c == '\t') continue;
-        g_string_append_c(out, c > ' ' && c < 127 && !strchr("()\\;\"", c) ? (char)c : '_');
+        g_string_append_c(out, plain(c) ? (char)c : '_');
     }
 }
 
@@ -477,9 +495,13 @@ static const char *mailgun_spf(enum mailauth_verdict v)
 static void dmarc_comment(const struct mailauth_result *r, GString *h)
 {
     const struct mailauth_dmarc *d = &r->dmarc;
-    g_string_append_printf(h, " (p=%s", d->policy);
+    g_string_append(h, " (p=");
+    g_string_append(h, d->policy);
     if (d->pct != 100) g_string_append_printf(h, " pct=%d", d->pct);
-    if (d->verdict == MAILAUTH_FAIL) g_string_append_printf(h, " applied=%s", mailauth_result_dmarc_applied(r));
+    if (d->verdict == MAILAUTH_FAIL) {
+        g_string_append(h, " applied=");
+        g_string_append(h, mailauth_result_dmarc_applied(r));
+    }
     g_string_append(h, d->spf_aligned && d->dkim_aligned ? " aligned=spf+dkim"
                        : d->spf_aligned                  ? " aligned=spf"
                        : d->dkim_aligned                 ? " aligned=dkim"
@@ -497,16 +519,20 @@ static void write_headers(const struct mailauth_result *r, GString *h)
 {
     g_string_append(h, "Authentication-Results: ");
     clean(h, r->authserv_id, SPF_DOMAIN_MAX);
-    g_string_append_printf(h, ";\r\n\tspf=%s", mailauth_verdict_name(r->spf));
+    g_string_append(h, ";\r\n\tspf=");
+    g_string_append(h, mailauth_verdict_name(r->spf));
     if (r->spf_reason[0]) {
         g_string_append(h, " (");
         clean(h, r->spf_reason, 90);
         g_string_append(h, ")");
     }
-    g_string_append_printf(h, " smtp.%s=", r->spf_identity);
+    g_string_append(h, " smtp.");
+    g_string_append(h, r->spf_identity);
+    g_string_append_c(h, '=');
     clean(h, r->spf_subject, SMTP_ADDRESS_MAX);
     if (r->helo_checked) { /* RFC 8601 §2.7.2: a second spf resinfo for the HELO identity */
-        g_string_append_printf(h, ";\r\n\tspf=%s", mailauth_verdict_name(r->spf_helo));
+        g_string_append(h, ";\r\n\tspf=");
+        g_string_append(h, mailauth_verdict_name(r->spf_helo));
         if (r->spf_helo_reason[0]) {
             g_string_append(h, " (");
             clean(h, r->spf_helo_reason, 90);
@@ -518,7 +544,8 @@ static void write_headers(const struct mailauth_result *r, GString *h)
     if (r->nsigs == 0) g_string_append(h, ";\r\n\tdkim=none");
     for (size_t i = 0; i < r->nsigs; i++) {
         const struct mailauth_dkim_sig *s = &r->sigs[i];
-        g_string_append_printf(h, ";\r\n\tdkim=%s", mailauth_verdict_name(s->verdict));
+        g_string_append(h, ";\r\n\tdkim=");
+        g_string_append(h, mailauth_verdict_name(s->verdict));
         if (s->reason[0] && s->verdict != MAILAUTH_PASS) {
             g_string_append(h, " (");
             clean(h, s->reason, 60);
@@ -537,7 +564,8 @@ static void write_headers(const struct mailauth_result *r, GString *h)
             clean(h, s->b, 8);
         }
     }
-    g_string_append_printf(h, ";\r\n\tdmarc=%s", mailauth_verdict_name(r->dmarc.verdict));
+    g_string_append(h, ";\r\n\tdmarc=");
+    g_string_append(h, mailauth_verdict_name(r->dmarc.verdict));
     if (r->dmarc.policy[0])
         dmarc_comment(r, h);
     else if (r->dmarc.reason[0]) {
@@ -549,9 +577,10 @@ static void write_headers(const struct mailauth_result *r, GString *h)
         g_string_append(h, " header.from=");
         clean(h, r->from_domain, SPF_DOMAIN_MAX);
     }
-    g_string_append_printf(h, "\r\nX-Mailgun-Spf: %s\r\n", mailgun_spf(r->spf));
-    g_string_append_printf(h, "X-Mailgun-Dkim-Check-Result: %s\r\n",
-                           mailauth_result_dkim(r) == MAILAUTH_PASS ? "Pass" : "Fail");
+    g_string_append(h, "\r\nX-Mailgun-Spf: ");
+    g_string_append(h, mailgun_spf(r->spf));
+    g_string_append(h, "\r\nX-Mailgun-Dkim-Check-Result: ");
+    g_string_append(h, mailauth_result_dkim(r) == MAILAUTH_PASS ? "Pass\r\n" : "Fail\r\n");
 }
 
 /* A field the sender may not bring: ours by name, or an A-R claiming our authserv-id. */

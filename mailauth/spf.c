@@ -786,11 +786,12 @@ static enum mailauth_verdict check_host(struct spf *s, const char *domain)
             v = MAILAUTH_PERMERROR;
             goto out;
         }
-        if (r == MATCH) {
-            char what[96];
+        if (r == MATCH) { /* "matched %.80s" */
             size_t tl = (size_t)(t->arg + t->arg_len - t->name);
-            snprintf(what, sizeof what, "matched %.*s", (int)(tl < 80 ? tl : 80), t->name);
-            say(s, "%s", what);
+            struct mailauth_buf b;
+            mailauth_buf_init(&b, s->explain, s->explainsz);
+            mailauth_buf_str(&b, "matched ");
+            mailauth_buf_add(&b, t->name, tl < 80 ? tl : 80);
             v = qualified(t->qualifier);
             if (v == MAILAUTH_FAIL && exp && !s->in_include) explanation(s, exp, domain);
             goto out;
@@ -850,7 +851,11 @@ enum mailauth_verdict mailauth_spf_mailfrom(struct mailauth_dns *d, const struct
     const char *at = strrchr(in->sender, '@');
     if (!*in->sender || !at) return mailauth_spf_helo(d, in, deadline_ms, reason, reasonsz, exp, expsz);
     char local[SMTP_LOCAL_PART_MAX + 1] = "postmaster"; /* §4.3: no local-part, "postmaster" */
-    if (at > in->sender) snprintf(local, sizeof local, "%.*s", (int)(at - in->sender), in->sender);
+    if (at > in->sender) {
+        struct mailauth_buf b;
+        mailauth_buf_init(&b, local, sizeof local);
+        mailauth_buf_add(&b, in->sender, (size_t)(at - in->sender));
+    }
     return run(d, in, local, at + 1, deadline_ms, reason, reasonsz, exp, expsz);
 }
 

@@ -228,6 +228,16 @@ class SenderAuth(InletTestCase):
             self.assertEqual(head.count(b"\tspf="), 1, head)
             self.assertEqual(head.count(b"smtp.helo="), 0 if sender else 1, head)
 
+    def test_header_values_cleaned(self):
+        """What a client chose (here its HELO name) goes into Authentication-Results only as plain
+        printable ASCII: ( ) \\ ; " and control bytes become '_', blanks stay, the rest is kept."""
+        d = self.start()
+        mid, kv = self.verdicts(d, "a@pass.example", message("a@pass.example"), helo='odd(name);"x\\y.example')
+        self.assertEqual(kv.get("spf_helo"), "none")
+        head = self.raw(d, mid).split(b"\r\n\r\n", 1)[0]
+        self.assertIn(b";\r\n\tspf=none (odd_name___x_y.example has no SPF record) smtp.helo=odd_name___x_y.example;\r\n",
+                      head)
+
     def test_headers_written_and_impostors_removed(self):
         d = self.start()
         forged = (b"Authentication-Results: mx.inlet.example; spf=pass smtp.mailfrom=a@fail.example\r\n"
