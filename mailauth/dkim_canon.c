@@ -46,10 +46,13 @@ int mailauth_dkim_tags(const uint8_t *v, size_t len, struct mailauth_dkim_tag *o
         i++;
         while (i < len && is_fws(v[i])) i++;
         size_t vs = i, ve = i;
-        for (; i < len && v[i] != ';'; i++) {
-            if (is_fws(v[i])) continue;
-            if (v[i] < 0x21 || v[i] > 0x7e) return -1; /* VALCHAR, §3.2 */
-            ve = i + 1;
+        for (; i < len; i++) { /* VALCHAR (§3.2) first: nearly every byte of a value is one */
+            if (v[i] >= 0x21 && v[i] <= 0x7e) {
+                if (v[i] == ';') break;
+                ve = i + 1;
+            } else if (!is_fws(v[i])) {
+                return -1;
+            }
         }
         if (i < len) i++; /* the ';' */
         for (size_t k = 0; k < n; k++) /* §3.2: a tag twice makes the list invalid */
@@ -85,13 +88,14 @@ ssize_t mailauth_dkim_base64(const uint8_t *in, size_t len, uint8_t *out, size_t
     size_t bits = 0, o = 0, pad = 0;
     for (size_t i = 0; i < len; i++) {
         uint8_t c = in[i];
-        if (is_fws(c)) continue;
-        if (c == '=') {
+        int d = b64_value(c); /* first: nearly every byte is a digit */
+        if (d < 0) {
+            if (is_fws(c)) continue;
+            if (c != '=') return -1; /* a foreign byte */
             pad++;
             continue;
         }
-        int d = b64_value(c);
-        if (d < 0 || pad) return -1; /* a foreign byte, or data after the padding */
+        if (pad) return -1; /* data after the padding */
         acc = (acc << 6) | (uint32_t)d;
         bits += 6;
         if (bits >= 8) {
