@@ -114,7 +114,39 @@ static char *fold_raw(const char *name, const char *enc)
  * parameters), every other header as the same text with its 8-bit words as RFC 2047 encoded
  * words (g_mime_utils_header_encode_text), so that reading it back gives the same value (GMime's
  * address formatter would drop quotes and change white space). */
-static void fix_headers(GMimeObject *obj, GMimeFormatOptions *fo)
+/* Whether GMime can format these parameters.  GMime 3.2.13's g_mime_param_list_encode never
+ * returns (appending to its string until memory runs out) for a parameter whose value needs
+ * RFC 2231 encoding and whose name is 70 to 72 bytes long: its continuations then get no bytes
+ * of the value each (gmime-param.c; upstream issue #165).  Real names are a few bytes; a longer
+ * one comes from hostile or broken input, and that field is written as text instead. */
+static bool params_formattable(GMimeParamList *params)
+{
+    int n = params ? g_mime_param_list_length(params) : 0;
+    for (int i = 0; i < n; i++) {
+        const char *name = g_mime_param_get_name(g_mime_param_list_get_parameter_at(params, i));
+        if (name && strlen(name) > MSG_PARAM_NAME_FORMAT_MAX) return false;
+    }
+    return true;
+}
+
+/* Content-Type or Content-Disposition `value` parsed as g_mime_header_set_value() will parse it,
+ * and whether GMime's formatter can write it back. */
+static bool formattable(GMimeParserOptions *options, bool content_type, const char *value)
+{
+    bool ok = false;
+    if (content_type) {
+        GMimeContentType *ct = g_mime_content_type_parse(options, value);
+        ok = ct && params_formattable(g_mime_content_type_get_parameters(ct));
+        if (ct) g_object_unref(ct);
+    } else {
+        GMimeContentDisposition *cd = g_mime_content_disposition_parse(options, value);
+        ok = cd && params_formattable(g_mime_content_disposition_get_parameters(cd));
+        if (cd) g_object_unref(cd);
+    }
+    return ok;
+}
+
+static void fix_headers(GMimeObject *obj, GMimeFormatOptions *fo, GMimeParserOptions *options)
 {
     GMimeHeaderList *list = g_mime_object_get_header_list(obj);
     int n = list ? g_mime_header_list_get_count(list) : 0;
@@ -124,8 +156,9 @@ static void fix_headers(GMimeObject *obj, GMimeFormatOptions *fo)
         const char *name = g_mime_header_get_name(h);
         if (!has_8bit(raw) && !has_8bit(name)) continue;
         char *value = msg_header_decode(raw);
-        if (g_ascii_strcasecmp(name, "Content-Type") == 0 ||
-            g_ascii_strcasecmp(name, "Content-Disposition") == 0) {
+        const bool content_type = g_ascii_strcasecmp(name, "Content-Type") == 0;
+        if ((content_type || g_ascii_strcasecmp(name, "Content-Disposition") == 0) &&
+            formattable(options, content_type, value)) {
             g_mime_header_set_value(h, fo, value, "utf-8");
         } else {
             char *enc = g_mime_utils_header_encode_text(NULL, value, "utf-8");
@@ -192,15 +225,15 @@ static void fix_leaf(GMimePart *part)
     }
 }
 
-static void fix_tree(GMimeObject *obj, GMimeFormatOptions *fo, int depth)
+static void fix_tree(GMimeObject *obj, GMimeFormatOptions *fo, GMimeParserOptions *options, int depth)
 {
     if (!obj || depth > 4 * LIMIT_MIME_DEPTH + 8) return;
-    fix_headers(obj, fo);
+    fix_headers(obj, fo, options);
     if (GMIME_IS_MESSAGE(obj)) {
-        fix_tree(g_mime_message_get_mime_part(GMIME_MESSAGE(obj)), fo, depth + 1);
+        fix_tree(g_mime_message_get_mime_part(GMIME_MESSAGE(obj)), fo, options, depth + 1);
     } else if (GMIME_IS_MESSAGE_PART(obj)) {
         GMimeMessage *inner = g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj));
-        if (inner) fix_tree(GMIME_OBJECT(inner), fo, depth + 1);
+        if (inner) fix_tree(GMIME_OBJECT(inner), fo, options, depth + 1);
     } else if (GMIME_IS_PART(obj)) {
         fix_leaf(GMIME_PART(obj));
     } else if (GMIME_IS_MULTIPART(obj)) {
@@ -209,7 +242,7 @@ static void fix_tree(GMimeObject *obj, GMimeFormatOptions *fo, int depth)
         if (has_8bit(g_mime_multipart_get_prologue(mp))) g_mime_multipart_set_prologue(mp, NULL);
         if (has_8bit(g_mime_multipart_get_epilogue(mp))) g_mime_multipart_set_epilogue(mp, NULL);
         int n = g_mime_multipart_get_count(mp);
-        for (int i = 0; i < n; i++) fix_tree(g_mime_multipart_get_part(mp, i), fo, depth + 1);
+        for (int i = 0; i < n; i++) fix_tree(g_mime_multipart_get_part(mp, i), fo, options, depth + 1);
     }
 }
 
@@ -229,7 +262,7 @@ char *message_body_mime(const uint8_t *raw, size_t raw_len, size_t *len)
         GMimeFormatOptions *fo = g_mime_format_options_new();
         g_mime_format_options_set_newline_format(
             fo, m->crlf ? GMIME_NEWLINE_FORMAT_DOS : GMIME_NEWLINE_FORMAT_UNIX);
-        fix_tree(GMIME_OBJECT(m->gm), fo, 0);
+        fix_tree(GMIME_OBJECT(m->gm), fo, m->options, 0);
         g_mime_object_encode(GMIME_OBJECT(m->gm), GMIME_ENCODING_CONSTRAINT_7BIT);
         GMimeStream *st = g_mime_stream_mem_new_with_byte_array(ba);
         g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(st), FALSE);

@@ -418,6 +418,9 @@ _Static_assert(API_WRITES_PER_CLIENT_MAX < API_CONNECTIONS_PER_IP_MAX,
 #define MSG_AUTHRES_VALUE_MAX 512
 #define MSG_AUTHRES_PROPS_MAX 16
 #define MSG_AUTHRES_RESULTS_MAX 16
+/* The longest parameter name that message_body_mime lets GMime's parameter formatter write (its
+ * loop never ends for names of 70-72 bytes; message/stored.c); longer ones are written as text. */
+#define MSG_PARAM_NAME_FORMAT_MAX 60
 /* URIs of one rua= / ruf= list read back. */
 #define MSG_AUTHRES_URIS_MAX 16
 /* Bytes of a property's name kept as written (lower case); members of one result: "result",

@@ -371,6 +371,37 @@ static void test_body_mime(void)
     message_free(back);
     g_free(b);
 
+    /* An 8-bit Content-Type or Content-Disposition whose parameter needs RFC 2231 encoding and
+     * has a name of 70-72 bytes: GMime 3.2.13's formatter never returns for it (gmime#165).  The
+     * field is written as text instead, for every length around the bad ones. */
+    for (size_t len = 60; len <= 80; len++) {
+        for (int field = 0; field < 2; field++) {
+            char *name = g_strnfill(len, 'x');
+            char *raw = g_strdup_printf("Subject: s\r\n%s; %s=\"caf\xE9\"\r\n\r\nbody\r\n",
+                                        field ? "Content-Disposition: attachment" : "Content-Type: text/plain",
+                                        name);
+            b = message_body_mime((const uint8_t *)raw, strlen(raw), &n);
+            CHECK(b && all_7bit(b, n), "body-mime: %s with a %zu-byte parameter name",
+                  field ? "Content-Disposition" : "Content-Type", len);
+            g_free(b);
+            g_free(raw);
+            g_free(name);
+        }
+    }
+    /* the fuzzer's find: 32 bytes 0xFF (64 in UTF-8) + "boundary" as a name */
+    static const char ff_name[] = "Content-Type: multipart/alternative; "
+                                  "\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF"
+                                  "\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF"
+                                  "boundary=\"inner-\xFF" "boundary=\"inner-boundarsu\r\n\r\nAAA\r\n\r\n";
+    b = message_body_mime((const uint8_t *)ff_name, sizeof ff_name - 1, &n);
+    CHECK(b && all_7bit(b, n), "body-mime: an 8-bit 72-byte parameter name");
+    g_free(b);
+    /* a short name keeps GMime's RFC 2231 form */
+    static const char short_name[] = "Content-Type: text/plain; name=\"caf\xE9\"\r\n\r\nbody\r\n";
+    b = message_body_mime((const uint8_t *)short_name, sizeof short_name - 1, &n);
+    CHECK(b && strstr(b, "name*=") != NULL, "body-mime: a short parameter name keeps RFC 2231 (%s)", b ? b : "");
+    g_free(b);
+
     /* not MIME at all, 8-bit */
     static const char junk[] = "\xFF\xFE garbage \xE9\n\n\xC3";
     b = message_body_mime((const uint8_t *)junk, sizeof junk - 1, &n);
