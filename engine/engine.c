@@ -52,6 +52,7 @@ struct engine {
     struct deliverer *deliver;
     struct sweeper *sweeper;
     struct mailauth *mailauth; /* NULL unless --sender-auth */
+    struct metrics_auth_outcomes auth_outcomes; /* counted on the loop, read by GET /metrics */
     uv_async_t auth_async;
     struct pending_auth *auth_done; /* checked by a mailauth worker, under done_lock */
     atomic_bool smtp_ready;
@@ -210,6 +211,15 @@ static void on_checked(void *arg, struct mailauth_result *r)
     uv_async_send(&e->auth_async);
 }
 
+static void count_verdicts(struct metrics_auth_outcomes *o, const struct mailauth_result *r)
+{
+    const enum mailauth_verdict v[METRICS_AUTH_CHECKS] = {mailauth_result_spf(r), mailauth_result_dkim(r),
+                                                          mailauth_result_dmarc(r)};
+    for (int c = 0; c < METRICS_AUTH_CHECKS; c++)
+        if ((unsigned)v[c] < METRICS_AUTH_VERDICTS)
+            atomic_fetch_add_explicit(&o->verdicts[c][v[c]], 1, memory_order_relaxed);
+}
+
 /* Loop thread: the verdicts go in front of the message (one copy of its bytes, bounded by
  * --max-message-size), or the policy refuses it. */
 static void finish_checked(struct engine *e, struct pending_auth *p)
@@ -227,7 +237,10 @@ static void finish_checked(struct engine *e, struct pending_auth *p)
                  mailauth_result_dmarc_applied(r), mailauth_result_path(r),
                  (long long)mailauth_result_elapsed_ms(r),
                  spf_fail ? " refused=spf" : dmarc_reject ? " refused=dmarc" : "");
+        count_verdicts(&e->auth_outcomes, r);
         if (spf_fail || dmarc_reject) {
+            atomic_fetch_add_explicit(spf_fail ? &e->auth_outcomes.refused_spf : &e->auth_outcomes.refused_dmarc, 1,
+                                      memory_order_relaxed);
             smtp_commit_done(p->commit, spf_fail ? SMTP_COMMIT_SPF_FAIL : SMTP_COMMIT_DMARC_REJECT);
             smtp_txn_free(txn);
             goto out;
@@ -609,6 +622,7 @@ static char *hook_metrics(void *arg)
         .deliver = e->deliver,
         .smtp = atomic_load(&e->smtp_ready) ? e->smtp : NULL,
         .mailauth = atomic_load(&e->smtp_ready) ? e->mailauth : NULL, /* set before SMTP starts */
+        .auth = &e->auth_outcomes,
     };
     return engine_metrics_render(&src);
 }

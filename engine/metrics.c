@@ -52,7 +52,9 @@ static void smtp_part(GString *out, struct smtp_server *srv)
     g_free(s);
 }
 
-static void mailauth_part(GString *out, struct mailauth *a)
+_Static_assert(MAILAUTH_PERMERROR + 1 == METRICS_AUTH_VERDICTS, "a counter per mailauth verdict");
+
+static void mailauth_part(GString *out, struct mailauth *a, const struct metrics_auth_outcomes *o)
 {
     struct mailauth_stats s;
     mailauth_get_stats(a, &s);
@@ -61,6 +63,22 @@ static void mailauth_part(GString *out, struct mailauth *a)
            "answer cached) or async (a worker).");
     g_string_append_printf(out, "inlet_mailauth_checks_total{path=\"cached\"} %" PRIu64 "\n", s.checks_cached);
     g_string_append_printf(out, "inlet_mailauth_checks_total{path=\"async\"} %" PRIu64 "\n", s.checks_async);
+    if (!o) return;
+    static const char *const checks[METRICS_AUTH_CHECKS] = {"spf", "dkim", "dmarc"};
+    family(out, "inlet_mailauth_verdicts_total", "counter",
+           "Verdicts of the checked messages: spf (MAIL FROM), dkim (pass when a signature passed, as "
+           "X-Mailgun-Dkim-Check-Result) and dmarc, by result.");
+    for (int c = 0; c < METRICS_AUTH_CHECKS; c++)
+        for (int v = 0; v < METRICS_AUTH_VERDICTS; v++)
+            g_string_append_printf(out, "inlet_mailauth_verdicts_total{check=\"%s\",result=\"%s\"} %llu\n",
+                                   checks[c], mailauth_verdict_name((enum mailauth_verdict)v),
+                                   atomic_load_explicit(&o->verdicts[c][v], memory_order_relaxed));
+    family(out, "inlet_mailauth_refused_total", "counter",
+           "Messages refused with 550 by --spf-reject (policy spf) or --dmarc-reject (policy dmarc).");
+    g_string_append_printf(out, "inlet_mailauth_refused_total{policy=\"spf\"} %llu\n",
+                           atomic_load_explicit(&o->refused_spf, memory_order_relaxed));
+    g_string_append_printf(out, "inlet_mailauth_refused_total{policy=\"dmarc\"} %llu\n",
+                           atomic_load_explicit(&o->refused_dmarc, memory_order_relaxed));
 }
 
 static void store_part(GString *out, struct store *st)
@@ -140,7 +158,7 @@ char *engine_metrics_render(const struct metrics_sources *src)
 {
     GString *out = g_string_sized_new(8192);
     if (src->smtp) smtp_part(out, src->smtp);
-    if (src->mailauth) mailauth_part(out, src->mailauth);
+    if (src->mailauth) mailauth_part(out, src->mailauth, src->auth);
     if (src->store) store_part(out, src->store);
     if (src->pipeline) pipeline_part(out, src->pipeline);
     if (src->deliver) deliver_part(out, src->deliver);

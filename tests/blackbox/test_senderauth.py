@@ -317,6 +317,29 @@ class SenderAuth(InletTestCase):
         # quarantine is not reject; softfail is not fail.
         queued_id(self.send(d, "a@softfail.example", message("a@softfail.example"))[1])
         queued_id(self.send(d, "a@pass.example", message("a@pass.example"))[1])
+        # GET /metrics counts every checked message's verdicts and each refusal by its policy.
+        verdicts, refused = self.outcome_metrics(d)
+        self.assertEqual(refused, {"spf": 1, "dmarc": 1})
+        self.assertEqual({r: n for r, n in verdicts["spf"].items() if n},
+                         {"fail": 1, "pass": 2, "softfail": 1})
+        self.assertEqual({r: n for r, n in verdicts["dkim"].items() if n}, {"none": 4})
+        self.assertEqual(sum(verdicts["dmarc"].values()), 4)
+        self.assertEqual(len(verdicts["dmarc"]), 7)  # every result, zeros included
+
+    def outcome_metrics(self, d):
+        """inlet_mailauth_verdicts_total as {check: {result: n}}, inlet_mailauth_refused_total as
+        {policy: n}, from GET /metrics."""
+        status, _, body = d.http("GET", "/metrics")
+        self.assertEqual(status, 200, body)
+        verdicts, refused = {}, {}
+        for line in body.decode().splitlines():
+            if line.startswith("inlet_mailauth_verdicts_total{"):
+                labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:line.index("}")].split(","))
+                verdicts.setdefault(labels["check"].strip('"'), {})[labels["result"].strip('"')] = \
+                    int(line.rsplit(" ", 1)[1])
+            elif line.startswith("inlet_mailauth_refused_total{"):
+                refused[line.split('policy="', 1)[1].split('"', 1)[0]] = int(line.rsplit(" ", 1)[1])
+        return verdicts, refused
 
     @staticmethod
     def sampled(mid, pct):
