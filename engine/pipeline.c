@@ -341,6 +341,17 @@ static void list_page(struct pipeline *p)
 /* ---------------------------------------------------------------------------------------------
  * Workers. */
 
+/* A worker's end, p->lock held: counted, its matcher freed, the loop told (on_worker_exited joins
+ * them all once every one has ended). */
+static void *worker_exit(struct pipeline *p, struct route_matcher *matcher)
+{
+    p->exited++;
+    pthread_mutex_unlock(&p->lock);
+    route_matcher_free(matcher);
+    uv_async_send(&p->exited_async);
+    return NULL;
+}
+
 /* A worker that routes messages before their commit: the SMTP reply waits for it, so it runs at
  * the loop's priority and takes nothing else (a backlog goes to the others, committed first). */
 static void *first_worker_main(void *arg)
@@ -363,11 +374,7 @@ static void *first_worker_main(void *arg)
         if (p->stopping && p->outcomes_inflight == 0) break;
         pthread_cond_wait(&p->first_cond, &p->lock);
     }
-    p->exited++;
-    pthread_mutex_unlock(&p->lock);
-    route_matcher_free(matcher);
-    uv_async_send(&p->exited_async);
-    return NULL;
+    return worker_exit(p, matcher);
 }
 
 static void *worker_main(void *arg)
@@ -435,11 +442,7 @@ static void *worker_main(void *arg)
         }
         pthread_cond_wait(&p->cond, &p->lock);
     }
-    p->exited++;
-    pthread_mutex_unlock(&p->lock);
-    route_matcher_free(matcher);
-    uv_async_send(&p->exited_async);
-    return NULL;
+    return worker_exit(p, matcher);
 }
 
 /* ---------------------------------------------------------------------------------------------
