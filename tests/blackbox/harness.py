@@ -150,8 +150,16 @@ def run_cli(args, env=None, timeout_s=20, cwd=None):
 
 def clean_env(extra=None):
     """The test's environment without any INLET_* variable (the binary would read them as
-    settings) and without a stray LD_PRELOAD, plus `extra`."""
+    settings) and without a stray LD_PRELOAD, plus `extra`.
+
+    RES_OPTIONS bounds glibc's resolver to one try of one second.  Routes in the tests forward to
+    names that do not exist (hooks.test, ...), and libcurl resolves them with getaddrinfo through
+    the machine's resolver; when that drops a query glibc waits 5 s, twice, and a stop waits for the
+    delivery in flight, so the daemon outlived the harness's stop_timeout now and then (bb-pipeline's
+    Outcome, about one stop in three on a lossy resolver).  A test never needs an answer from that
+    resolver: a name it must reach is 127.0.0.1 or the test's own DNS server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INLET_") and k != "LD_PRELOAD"}
+    env["RES_OPTIONS"] = "timeout:1 attempts:1"
     if extra:
         env.update(extra)
     return env
