@@ -74,14 +74,12 @@ struct pending_commit {
     struct pending_commit *next;
 };
 
-/* One message between the end of DATA and the end of its checks (--sender-auth), on its way back
- * to the loop: checked by a mailauth worker, or refused by a policy on a pipeline worker. */
+/* One message between the end of DATA and the end of its checks (--sender-auth). */
 struct pending_auth {
     struct engine *engine;
     struct smtp_commit *commit;
-    struct store_message *msg;
-    struct mailauth_result *result;  /* a mailauth worker's (NULL: out of memory, or refused) */
-    enum smtp_commit_status refused; /* result NULL: SMTP_COMMIT_OK, or the policy's refusal */
+    struct smtp_txn *txn;
+    struct mailauth_result *result;
     struct pending_auth *next;
 };
 
@@ -138,10 +136,17 @@ static void on_commits_done(uv_async_t *h)
     }
 }
 
-/* Loop thread: the store message of a finished transaction, without copying its bytes (the
- * pointers move from the txn; the txn is freed). */
-static struct store_message *message_of_txn(struct smtp_txn *txn)
+/* Loop thread: hand the bytes of a finished transaction to the writer without copying them (the
+ * pointers move from the txn to the store message). */
+static void commit_store(struct engine *e, struct smtp_commit *commit, struct smtp_txn *txn)
 {
+    struct pending_commit *p = g_new0(struct pending_commit, 1);
+    p->engine = e;
+    p->commit = commit;
+    memcpy(p->id, txn->id, sizeof p->id);
+    p->size = txn->len;
+    p->nrcpts = txn->nrcpts;
+
     struct store_message *m = g_new0(struct store_message, 1);
     memcpy(m->id, txn->id, sizeof m->id);
     m->received_at_ms = txn->received_at_ms;
@@ -156,37 +161,8 @@ static struct store_message *message_of_txn(struct smtp_txn *txn)
     m->spool = g_steal_pointer(&txn->sink); /* the bytes went to a spool as they arrived */
     m->len = txn->len;
     smtp_txn_free(txn);
-    return m;
-}
-
-static struct pending_commit *pending_commit_new(struct engine *e, struct smtp_commit *commit,
-                                                 const struct store_message *m)
-{
-    struct pending_commit *p = g_new0(struct pending_commit, 1);
-    p->engine = e;
-    p->commit = commit;
-    memcpy(p->id, m->id, sizeof p->id);
-    p->size = m->len;
-    p->nrcpts = m->nrcpts;
-    return p;
-}
-
-static bool check_on_worker(void *arg, struct store_message *m);
-static void check_on_loop(struct engine *e, struct smtp_commit *commit, struct store_message *m);
-
-/* Loop thread: hands `m` (taken) to the writer.  One commit for the message and its outcome when
- * a first worker can route it now (it runs the sender-authentication checks first when `check`);
- * else the message is committed alone (checked here first when `check`) and routed after. */
-static void commit_message(struct engine *e, struct smtp_commit *commit, struct store_message *m, bool check)
-{
-    struct pending_commit *p = pending_commit_new(e, commit, m);
-    if (e->pipeline && engine_pipeline_route_first(e->pipeline, m, check ? check_on_worker : NULL, on_stored, p))
-        return;
-    if (check) {
-        g_free(p);
-        check_on_loop(e, commit, m);
-        return;
-    }
+    /* One commit for the message and its outcome when a worker can route it now; else two. */
+    if (e->pipeline && engine_pipeline_route_first(e->pipeline, m, on_stored, p)) return;
     store_accept(e->store, m, on_stored, p);
 }
 
@@ -222,23 +198,17 @@ static void on_sink_discard(void *sink)
     store_spool_discard(sink);
 }
 
-/* Any thread: back to the loop, which answers the message's client (finish_checked). */
-static void auth_to_loop(struct pending_auth *p)
+/* A mailauth worker: the checks of one message are done (r NULL: out of memory). */
+static void on_checked(void *arg, struct mailauth_result *r)
 {
+    struct pending_auth *p = arg;
     struct engine *e = p->engine;
+    p->result = r;
     pthread_mutex_lock(&e->done_lock);
     p->next = e->auth_done;
     e->auth_done = p;
     pthread_mutex_unlock(&e->done_lock);
     uv_async_send(&e->auth_async);
-}
-
-/* A mailauth worker: the checks of one message are done (r NULL: out of memory). */
-static void on_checked(void *arg, struct mailauth_result *r)
-{
-    struct pending_auth *p = arg;
-    p->result = r;
-    auth_to_loop(p);
 }
 
 static void count_verdicts(struct metrics_auth_outcomes *o, const struct mailauth_result *r)
@@ -250,69 +220,42 @@ static void count_verdicts(struct metrics_auth_outcomes *o, const struct mailaut
             atomic_fetch_add_explicit(&o->verdicts[c][v[c]], 1, memory_order_relaxed);
 }
 
-/* Any thread (`thread` names it for the log: "pipeline" or "loop"): logs and counts the
- * verdicts of `m`, then either a policy refuses it (the refusal is returned) or they go in front
- * of its bytes (one copy, bounded by --max-message-size; when memory runs out it goes without
- * them) and SMTP_COMMIT_OK is returned. */
-static enum smtp_commit_status apply_verdicts(struct engine *e, struct store_message *m,
-                                              const struct mailauth_result *r, const char *thread)
-{
-    const bool spf_fail = e->cfg->spf_reject && mailauth_result_spf(r) == MAILAUTH_FAIL;
-    /* p=reject applies to the messages in its pct= sample only (RFC 7489 §6.6.4). */
-    const bool dmarc_reject = e->cfg->dmarc_reject && mailauth_result_dmarc(r) == MAILAUTH_FAIL &&
-                              strcmp(mailauth_result_dmarc_applied(r), "reject") == 0;
-    log_info("mailauth", "checked id=%s %s dmarc_policy=%s dmarc_applied=%s path=%s thread=%s ms=%lld%s", m->id,
-             mailauth_result_summary(r),
-             *mailauth_result_dmarc_policy(r) ? mailauth_result_dmarc_policy(r) : "-",
-             mailauth_result_dmarc_applied(r), mailauth_result_path(r), thread,
-             (long long)mailauth_result_elapsed_ms(r),
-             spf_fail ? " refused=spf" : dmarc_reject ? " refused=dmarc" : "");
-    count_verdicts(&e->auth_outcomes, r);
-    if (spf_fail || dmarc_reject) {
-        atomic_fetch_add_explicit(spf_fail ? &e->auth_outcomes.refused_spf : &e->auth_outcomes.refused_dmarc, 1,
-                                  memory_order_relaxed);
-        return spf_fail ? SMTP_COMMIT_SPF_FAIL : SMTP_COMMIT_DMARC_REJECT;
-    }
-    size_t len = 0;
-    uint8_t *data = mailauth_rewrite(r, m->data, m->len, &len);
-    if (data) {
-        free(m->data);
-        m->data = data;
-        m->len = len;
-    }
-    return SMTP_COMMIT_OK;
-}
-
-static struct pending_auth *pending_auth_new(struct engine *e, struct smtp_commit *commit, struct store_message *m)
-{
-    struct pending_auth *p = g_new0(struct pending_auth, 1);
-    p->engine = e;
-    p->commit = commit;
-    p->msg = m;
-    p->refused = SMTP_COMMIT_OK;
-    return p;
-}
-
-static struct mailauth_request request_of(const struct store_message *m)
-{
-    return (struct mailauth_request){
-        .ip = m->remote_ip, .helo = m->helo ? m->helo : "", .sender = m->sender,
-        .data = m->data, .len = m->len, .id = m->id,
-    };
-}
-
-/* Loop thread: the message's checks are over (p taken).  A refused message is answered and
- * dropped; the rest is committed, verdicts in front. */
+/* Loop thread: the verdicts go in front of the message (one copy of its bytes, bounded by
+ * --max-message-size), or the policy refuses it. */
 static void finish_checked(struct engine *e, struct pending_auth *p)
 {
-    enum smtp_commit_status st = p->result ? apply_verdicts(e, p->msg, p->result, "loop") : p->refused;
-    mailauth_result_free(p->result);
-    if (st != SMTP_COMMIT_OK) {
-        smtp_commit_done(p->commit, st);
-        store_free_message(p->msg);
-    } else {
-        commit_message(e, p->commit, p->msg, false);
+    struct smtp_txn *txn = p->txn;
+    struct mailauth_result *r = p->result;
+    if (r) {
+        const bool spf_fail = e->cfg->spf_reject && mailauth_result_spf(r) == MAILAUTH_FAIL;
+        /* p=reject applies to the messages in its pct= sample only (RFC 7489 §6.6.4). */
+        const bool dmarc_reject = e->cfg->dmarc_reject && mailauth_result_dmarc(r) == MAILAUTH_FAIL &&
+                                  strcmp(mailauth_result_dmarc_applied(r), "reject") == 0;
+        log_info("mailauth", "checked id=%s %s dmarc_policy=%s dmarc_applied=%s path=%s ms=%lld%s", txn->id,
+                 mailauth_result_summary(r),
+                 *mailauth_result_dmarc_policy(r) ? mailauth_result_dmarc_policy(r) : "-",
+                 mailauth_result_dmarc_applied(r), mailauth_result_path(r),
+                 (long long)mailauth_result_elapsed_ms(r),
+                 spf_fail ? " refused=spf" : dmarc_reject ? " refused=dmarc" : "");
+        count_verdicts(&e->auth_outcomes, r);
+        if (spf_fail || dmarc_reject) {
+            atomic_fetch_add_explicit(spf_fail ? &e->auth_outcomes.refused_spf : &e->auth_outcomes.refused_dmarc, 1,
+                                      memory_order_relaxed);
+            smtp_commit_done(p->commit, spf_fail ? SMTP_COMMIT_SPF_FAIL : SMTP_COMMIT_DMARC_REJECT);
+            smtp_txn_free(txn);
+            goto out;
+        }
+        size_t len = 0;
+        uint8_t *data = mailauth_rewrite(r, txn->data, txn->len, &len);
+        if (data) {
+            free(txn->data);
+            txn->data = data;
+            txn->len = len;
+        }
     }
+    commit_store(e, p->commit, txn);
+out:
+    mailauth_result_free(r);
     g_free(p);
 }
 
@@ -330,12 +273,24 @@ static void on_auth_done(uv_async_t *h)
     }
 }
 
-/* Loop thread: the checks of a message that no first worker could take.  Here when every DNS
- * answer they need is cached, else on mailauth's workers within --auth-budget. */
-static void check_on_loop(struct engine *e, struct smtp_commit *commit, struct store_message *m)
+/* Loop thread: a transaction ended with the final dot.  With --sender-auth its checks run first:
+ * here when every DNS answer they need is cached and the message is small (no hand-off to a worker
+ * and back, which costs more than the checks), else on mailauth's workers within --auth-budget. */
+static void on_smtp_commit(void *ctx, struct smtp_commit *commit, struct smtp_txn *txn)
 {
-    struct pending_auth *p = pending_auth_new(e, commit, m);
-    const struct mailauth_request req = request_of(m);
+    struct engine *e = ctx;
+    if (!e->mailauth || !txn->data) { /* no data: spooled (never with --sender-auth, on_sink_open) */
+        commit_store(e, commit, txn);
+        return;
+    }
+    struct pending_auth *p = g_new0(struct pending_auth, 1);
+    p->engine = e;
+    p->commit = commit;
+    p->txn = txn;
+    struct mailauth_request req = {
+        .ip = txn->peer_ip, .helo = txn->helo ? txn->helo : "", .sender = txn->sender,
+        .data = txn->data, .len = txn->len, .id = txn->id,
+    };
     p->result = mailauth_check_cached(e->mailauth, &req);
     if (p->result) {
         finish_checked(e, p);
@@ -343,51 +298,8 @@ static void check_on_loop(struct engine *e, struct smtp_commit *commit, struct s
     }
     if (mailauth_submit(e->mailauth, &req, on_checked, p) < 0) {
         g_free(p);
-        commit_message(e, commit, m, false);
+        commit_store(e, commit, txn);
     }
-}
-
-/* A first worker (pipeline_check_fn), before it routes the message: the checks, on this thread
- * when every DNS answer they need is cached (the SMTP loop goes on meanwhile, and no hand-off is
- * added: the reply waits for this worker anyway).  A message they would refuse, and one whose
- * answers are not all cached (then mailauth's workers check it within --auth-budget), go back to
- * the loop, which commits it alone or answers the refusal. */
-static bool check_on_worker(void *arg, struct store_message *m)
-{
-    struct pending_commit *c = arg;
-    struct engine *e = c->engine;
-    const struct mailauth_request req = request_of(m);
-    struct mailauth_result *r = mailauth_check_cached(e->mailauth, &req);
-    if (!r) {
-        struct pending_auth *p = pending_auth_new(e, c->commit, m);
-        if (mailauth_submit(e->mailauth, &req, on_checked, p) < 0) {
-            g_free(p); /* out of memory: it goes without verdicts */
-            return true;
-        }
-        g_free(c);
-        return false;
-    }
-    const enum smtp_commit_status st = apply_verdicts(e, m, r, "pipeline");
-    mailauth_result_free(r);
-    if (st == SMTP_COMMIT_OK) {
-        c->size = m->len;
-        return true;
-    }
-    struct pending_auth *p = pending_auth_new(e, c->commit, m);
-    p->refused = st;
-    g_free(c);
-    auth_to_loop(p);
-    return false;
-}
-
-/* Loop thread: a transaction ended with the final dot.  With --sender-auth its checks run before
- * its commit: on the first worker that routes it (check_on_worker), or here. */
-static void on_smtp_commit(void *ctx, struct smtp_commit *commit, struct smtp_txn *txn)
-{
-    struct engine *e = ctx;
-    struct store_message *m = message_of_txn(txn);
-    /* No bytes in memory: spooled (never with --sender-auth, on_sink_open). */
-    commit_message(e, commit, m, e->mailauth && m->data);
 }
 
 static void on_sweeper_stopped(void *ctx)

@@ -57,21 +57,14 @@ struct pipeline *engine_pipeline_start(uv_loop_t *loop, const struct pipeline_co
 /* Loop thread.  Takes `msg` (just committed, STORE_OK).  When the queue is full, or the pipeline
  * is stopping, the message is freed and stays 'accepted' for a scan or the next start. */
 void engine_pipeline_submit(struct pipeline *p, struct store_message *msg);
-/* Worker thread, before a message taken by engine_pipeline_route_first is routed: work that
- * must precede its commit (sender authentication).  It may replace msg->data and msg->len.  True:
- * route and commit it.  False: the function took `msg` (it ends its way itself, `accepted` never
- * runs) and the pipeline forgets it. */
-typedef bool (*pipeline_check_fn)(void *arg, struct store_message *msg);
-
 /* Loop thread.  Takes `msg` (not committed yet, bytes in memory) when a worker can route it at
- * once: the worker runs `check(arg, msg)` first when `check` is set, routes it and commits it
- * with its outcome in one transaction (store_accept_routed), and `accepted(arg, status, NULL)`
- * runs on the writer thread as store_accept's callback would (exactly once unless `check` took
- * the message; NULL msg: the pipeline keeps it).  False, `msg` untouched, when it cannot (paused,
- * stopping, PIPELINE_FIRST_MAX waiting, or the bytes are in a spool): the caller commits it alone
- * (store_accept) and submits it after. */
-bool engine_pipeline_route_first(struct pipeline *p, struct store_message *msg, pipeline_check_fn check,
-                                 store_done_fn accepted, void *arg);
+ * once: the worker routes it and commits it with its outcome in one transaction
+ * (store_accept_routed), and `accepted(arg, status, NULL)` runs on the writer thread as
+ * store_accept's callback would (always exactly once; NULL msg: the pipeline keeps it).  False,
+ * `msg` untouched, when it cannot (paused, stopping, PIPELINE_FIRST_MAX waiting, or the bytes
+ * are in a spool): the caller commits it alone (store_accept) and submits it after. */
+bool engine_pipeline_route_first(struct pipeline *p, struct store_message *msg, store_done_fn accepted,
+                                 void *arg);
 /* Loop thread.  Workers finish the message in hand (up to `grace_seconds`), queued messages are
  * left 'accepted'; then the workers are joined and `stopped(arg)` runs on the loop.  If a worker
  * is still busy after the grace, the process exits 0 at once (its message stays 'accepted'). */

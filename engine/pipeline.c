@@ -111,7 +111,6 @@ struct routing {
 /* A message not committed yet, waiting for a worker to route it (engine_pipeline_route_first). */
 struct first_entry {
     struct store_message *msg;
-    pipeline_check_fn check;       /* NULL: none */
     store_done_fn accepted;
     void *arg;
 };
@@ -267,15 +266,6 @@ static void on_first_accepted(void *arg, enum store_status st, struct store_mess
 static void route_first(struct pipeline *p, struct route_matcher *matcher, struct first_entry *f)
 {
     struct store_message *sm = f->msg;
-    if (f->check) {
-        char id[ID_LEN + 1];
-        memcpy(id, sm->id, sizeof id);
-        if (!f->check(f->arg, sm)) { /* taken: nothing of it is routed or committed here */
-            routing_done(p, id, false, STORE_OK);
-            g_free(f);
-            return;
-        }
-    }
     struct routing *r = routing_new(p, sm, false);
     r->first = true;
     if (!plan_message(p, matcher, r)) {
@@ -624,8 +614,7 @@ void engine_pipeline_submit(struct pipeline *p, struct store_message *msg)
     pthread_mutex_unlock(&p->lock);
 }
 
-bool engine_pipeline_route_first(struct pipeline *p, struct store_message *msg, pipeline_check_fn check,
-                                 store_done_fn accepted, void *arg)
+bool engine_pipeline_route_first(struct pipeline *p, struct store_message *msg, store_done_fn accepted, void *arg)
 {
     if (!msg->data) return false; /* spooled: its bytes are mapped after the commit */
     pthread_mutex_lock(&p->lock);
@@ -637,7 +626,7 @@ bool engine_pipeline_route_first(struct pipeline *p, struct store_message *msg, 
         return false;
     }
     struct first_entry *f = g_new(struct first_entry, 1);
-    *f = (struct first_entry){.msg = msg, .check = check, .accepted = accepted, .arg = arg};
+    *f = (struct first_entry){.msg = msg, .accepted = accepted, .arg = arg};
     g_hash_table_add(p->inflight, g_strdup(msg->id));
     p->outcomes_inflight++;
     g_queue_push_tail(&p->first, f);

@@ -132,10 +132,10 @@ class SenderAuth(InletTestCase):
         shutil.rmtree(cls.tmpd, ignore_errors=True)
         super().tearDownClass()
 
-    def start(self, *extra, server=None, env=None):
+    def start(self, *extra, server=None):
         args = ["--sender-auth", "yes", "--dns-server", server or "127.0.0.1:%d" % self.nsd.port,
                 "--reject-unrouted", "no", "--auth-budget", "3000", "--hostname", "mx.inlet.example"] + list(extra)
-        return self.daemon(args=args, env=env)
+        return self.daemon(args=args)
 
     def send(self, d, sender, msg, helo="client.example"):
         with d.session() as s:
@@ -551,9 +551,7 @@ class SenderAuth(InletTestCase):
             self.assertEqual([v for n, v in headers if n == "X-Mailgun-Dkim-Check-Result"], [want_dkim])
         self.assertEqual(forms[("/mg", "multipart", "Pass")].file("attachment-1").data, b"xyz")
 
-    # --- The cached path (mailauth_check_cached): checks on the thread that holds the message when
-    # every answer is cached: the first pipeline worker that routes it before its commit, or the
-    # SMTP loop when no such worker can take it.
+    # --- The cached path (mailauth_check_cached): checks on the SMTP loop when every answer is cached.
 
     def checks(self, d):
         """inlet_mailauth_checks_total by path, from GET /metrics."""
@@ -579,9 +577,8 @@ class SenderAuth(InletTestCase):
 
     def test_cached_path_gives_the_async_verdicts(self):
         """The same signed message twice: the first finds the DKIM key and the DMARC record
-        uncached (a mailauth worker checks it, the loop applies the verdicts), the second finds every
-        answer cached (checked by the pipeline worker that routes it); the verdicts, the
-        authentication object and the header fields are the same."""
+        uncached (a worker checks it), the second finds every answer cached (checked on the loop);
+        the verdicts, the authentication object and the header fields are the same."""
         d = self.start()
         hook = receivers.WebhookReceiver()
         self.addCleanup(hook.stop)
@@ -589,8 +586,7 @@ class SenderAuth(InletTestCase):
         signed = sign(message("a@signed.example"), "rsa", "signed.example", self.keys.rsa)
         cold, cold_payload = self.hooked(d, "a@pass.example", signed, hook, 1)
         warm, warm_payload = self.hooked(d, "a@pass.example", signed, hook, 2)
-        self.assertEqual([(kv.get("path"), kv.get("thread")) for kv in (cold, warm)],
-                         [("async", "loop"), ("cached", "pipeline")])
+        self.assertEqual((cold.get("path"), warm.get("path")), ("async", "cached"))
         self.assertEqual(self.checks(d), {"cached": 1, "async": 1})
         verdicts = ("spf", "spf_helo", "dkim", "dmarc", "dmarc_policy", "dmarc_applied")
         self.assertEqual([warm.get(k) for k in verdicts], ["pass", "none", "pass", "pass", "reject", "none"])
@@ -598,10 +594,18 @@ class SenderAuth(InletTestCase):
         self.assertEqual(warm_payload["authentication"], cold_payload["authentication"])
         self.assertEqual(self.auth_headers(warm_payload), self.auth_headers(cold_payload))
         self.assertEqual(len(self.auth_headers(warm_payload)), 3)
-        # The refusal policies hold on the cached path: the second SPF fail is refused by the
-        # pipeline worker (the loop answers it).
+        # The refusal policies hold on the cached path: the second SPF fail is refused from the loop.
         d2 = self.start("--spf-reject", "yes", "--dmarc-reject", "yes")
-        self.assert_refusals(d2, "pipeline")
+        for sender, frm, reply, refused in (
+                ("a@fail.example", "a@pass.example", "550 5.7.23 SPF validation failed", "spf"),
+                ("a@pass.example", "a@fail.example", "550 5.7.1 Rejected by the DMARC policy of the From: domain",
+                 "dmarc")):
+            for path in ("async", "cached"):
+                after = len(d2.lines())
+                self.assertReply(self.send(d2, sender, message(frm)), 550, reply)
+                line = d2.wait_log(lambda l: l.topic == "mailauth" and l.rest.startswith("checked "), after=after,
+                                   what="mailauth checked")
+                self.assertEqual((line.kv.get("path"), line.kv.get("refused")), (path, refused))
         self.assertEqual(self.checks(d2), {"cached": 2, "async": 2})
         # The loop answers at once (a synchronous commit): the session goes on after each reply.
         with d2.session() as s:
@@ -611,37 +615,6 @@ class SenderAuth(InletTestCase):
                                       ("a@fail.example", "a@pass.example", 550)):
                 self.assertReply(s.transaction(sender, ["bob@example.com"], message(frm), ehlo="client.example"), code)
         self.assertEqual(self.checks(d2), {"cached": 6, "async": 2})
-
-    def assert_refusals(self, d, cached_thread):
-        """An SPF fail, then a DMARC fail, each twice (uncached, cached): 550 with the RFC's reply
-        each time, the second decided on `cached_thread`."""
-        for sender, frm, reply, refused in (
-                ("a@fail.example", "a@pass.example", "550 5.7.23 SPF validation failed", "spf"),
-                ("a@pass.example", "a@fail.example", "550 5.7.1 Rejected by the DMARC policy of the From: domain",
-                 "dmarc")):
-            for path, thread in (("async", "loop"), ("cached", cached_thread)):
-                after = len(d.lines())
-                self.assertReply(self.send(d, sender, message(frm)), 550, reply)
-                line = d.wait_log(lambda l: l.topic == "mailauth" and l.rest.startswith("checked "), after=after,
-                                  what="mailauth checked")
-                self.assertEqual((line.kv.get("path"), line.kv.get("thread"), line.kv.get("refused")),
-                                 (path, thread, refused))
-
-    def test_cached_path_on_the_loop_when_no_worker_can_take_it(self):
-        """Routing held (INLET_TEST_PAUSE_PIPELINE): no pipeline worker takes a message before its
-        commit, so the loop checks it (cached) and commits it alone, verdicts in front; the
-        policies refuse from the loop alike."""
-        d = self.start("--spf-reject", "yes", "--dmarc-reject", "yes", env={"INLET_TEST_PAUSE_PIPELINE": "1"})
-        signed = sign(message("a@signed.example"), "rsa", "signed.example", self.keys.rsa)
-        got = [self.verdicts(d, "a@pass.example", signed) for _ in range(2)]
-        self.assertEqual([(kv.get("path"), kv.get("thread"), kv.get("dkim"), kv.get("dmarc")) for _, kv in got],
-                         [("async", "loop", "pass", "pass"), ("cached", "loop", "pass", "pass")])
-        for mid, _ in got:
-            head = self.raw(d, mid).split(b"\r\n\r\n", 1)[0]
-            self.assertTrue(head.startswith(b"Authentication-Results: mx.inlet.example;"), head[:200])
-            self.assertIn(b"\r\nX-Mailgun-Dkim-Check-Result: Pass\r\n", head)
-        self.assert_refusals(d, "loop")
-        self.assertEqual(self.checks(d), {"cached": 3, "async": 3})
 
     def test_large_message_always_async(self):
         """Past MAILAUTH_CACHED_BYTES_MAX (256 KiB) the loop never hashes the body: a worker does,
