@@ -9,7 +9,9 @@ them (bodies and fields altered, blanks added, line ends changed to LF, fields a
 renamed, b=/bh= damaged, tags broken, keys missing, revoked, of the wrong type, refusing the hash or
 the subdomain, a lookup that fails).  dkim-oracle verifies each with both and must see the same
 verdicts; this script also checks that the verdicts are varied (so that "everything permerror"
-cannot pass) and that some expected ones hold."""
+cannot pass) and that some expected ones hold.  Then, in a run of their own, 310 messages signed by
+300 ed25519 keys of their own (more than the decoded-key cache holds): every one passes, also
+after its key was evicted, and the cache ends holding exactly its bound."""
 
 import base64
 import os
@@ -202,6 +204,20 @@ write("same-canon-not-and-l", e1 + sign(msg, "rsa", CANONS[1], None, length=True
 # rsa-sha1 (RFC 8301 deprecates it; both verifiers still read it).
 write("rsa-sha1", sign(msg, "rsa", CANONS[1], None, alg=b"rsa-sha1") + msg)
 write("rsa-sha1-sha1only", sign(msg, "sha1only", CANONS[1], None, alg=b"rsa-sha1") + msg)
+# Past the key cache's bound (MAILAUTH_DKIM_KEYS_MAX): an ed25519 key of its own for each of
+# `many` selectors m0, m1, ..., each signing one message, then m0-m9 again (evicted by then, the
+# least recently used): every one must still pass, in both passes of dkim-oracle.
+import nacl.signing
+many = int(keys["many"])
+seeds = []
+with open(keys["table"], "a") as t:
+    for i in range(many):
+        sk = nacl.signing.SigningKey.generate()
+        seeds.append(base64.b64encode(bytes(sk)))
+        t.write("m%d._domainkey.o.example\tv=DKIM1; k=ed25519; p=%s\n" % (i, base64.b64encode(bytes(sk.verify_key)).decode()))
+for i in list(range(many)) + list(range(10)):
+    m = HEADS[0] + b"\r\n" + BODIES[0]
+    write("many-m%d" % i, dkim.sign(m, b"m%d" % i, b"o.example", seeds[i], signature_algorithm=b"ed25519-sha256") + m)
 '''
 
 
@@ -213,6 +229,27 @@ write("rsa-sha1-sha1only", sign(msg, "sha1only", CANONS[1], None, alg=b"rsa-sha1
 # - a key lookup that fails: libopendkim then lists no signature at all (inlet's old code turned
 #   that into temperror, as inlet does now).
 KNOWN = {"-dup-tag": "permerror", "key-edasrsa": "permerror", "key-temp": "temperror"}
+
+# Selectors with a key of their own, more than mailauth/dkim.c's cache holds (MAILAUTH_DKIM_KEYS_MAX).
+MANY_KEYS = 300
+
+
+def many_keys(oracle, keys, files):
+    """The messages of the many keys, in a run of their own: all pass, in both of dkim-oracle's
+    passes and with libopendkim, and the key cache ends full, and no fuller."""
+    r = subprocess.run([oracle, keys] + files, capture_output=True, text=True, timeout=300)
+    sys.stdout.write(r.stdout)
+    sys.stderr.write(r.stderr)
+    summary = (r.stdout.strip().splitlines() or [""])[-1]
+    kv = dict(p.split("=", 1) for p in summary.split() if "=" in p)
+    bound = int(kv.get("cached_keys_max", "0"))
+    ok = r.returncode == 0 and len(files) == MANY_KEYS + 10 and kv.get("pass") == str(len(files))
+    if not ok:
+        print("many keys: want %d messages, all pass, no mismatch" % (MANY_KEYS + 10))
+    if not 0 < bound < MANY_KEYS or kv.get("cached_keys") != str(bound):
+        print("many keys: the key cache holds %s keys, want its bound %d" % (kv.get("cached_keys"), bound))
+        ok = False
+    return ok
 
 
 def main():
@@ -228,8 +265,12 @@ def main():
         gen = os.path.join(d, "gen.py")
         with open(gen, "w") as f:
             f.write(GEN)
+        keys["table"] = os.path.join(d, "keys")
+        keys["many"] = str(MANY_KEYS)
         subprocess.run([SIGNER_PY, gen, out, "1"] + ["%s=%s" % kv for kv in keys.items()], check=True)
         files = sorted(os.path.join(out, n) for n in os.listdir(out))
+        many = [f for f in files if "-many-m" in f]
+        files = [f for f in files if f not in many]
         r = subprocess.run([oracle, os.path.join(d, "keys")] + files, capture_output=True, text=True, timeout=300)
         sys.stdout.write(r.stdout)
         sys.stderr.write(r.stderr)
@@ -256,6 +297,7 @@ def main():
         if int(kv.get("cached_keys", "0")) < 3:
             print("the key cache kept fewer than 3 keys")
             ok = False
+        ok = many_keys(oracle, os.path.join(d, "keys"), many) and ok
         print("files=%d" % len(files))
         return 0 if ok else 1
 
