@@ -143,25 +143,30 @@ def split_addr(addr):
 
 def run_cli(args, env=None, timeout_s=20, cwd=None):
     """Runs `inlet ARGS` to completion; returns CompletedProcess (text, stdout/stderr captured)."""
-    return subprocess.run([INLET_BIN] + list(args), env=clean_env(env), cwd=cwd,
+    return subprocess.run([INLET_BIN] + list(args), env=inlet_env(env), cwd=cwd,
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           timeout=timeout(timeout_s), text=True, errors="replace")
 
 
 def clean_env(extra=None):
     """The test's environment without any INLET_* variable (the binary would read them as
-    settings) and without a stray LD_PRELOAD, plus `extra`.
-
-    RES_OPTIONS bounds glibc's resolver to one try of one second.  Routes in the tests forward to
-    names that do not exist (hooks.test, ...), and libcurl resolves them with getaddrinfo through
-    the machine's resolver; when that drops a query glibc waits 5 s, twice, and a stop waits for the
-    delivery in flight, so the daemon outlived the harness's stop_timeout now and then (bb-pipeline's
-    Outcome, about one stop in three on a lossy resolver).  A test never needs an answer from that
-    resolver: a name it must reach is 127.0.0.1 or the test's own DNS server."""
+    settings) and without a stray LD_PRELOAD, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INLET_") and k != "LD_PRELOAD"}
-    env["RES_OPTIONS"] = "timeout:1 attempts:1"
     if extra:
         env.update(extra)
+    return env
+
+
+def inlet_env(extra=None):
+    """clean_env for the inlet binary itself, with glibc's resolver bounded to one try of one
+    second (RES_OPTIONS).  Routes in the tests forward to names that do not exist (hooks.test, ...),
+    and libcurl resolves them with getaddrinfo through the machine's resolver; when that drops a
+    query glibc waits 5 s, twice, and a stop waits for the delivery in flight, so the daemon outlived
+    the harness's stop_timeout now and then (bb-pipeline's Outcome, about one stop in three on a
+    lossy resolver).  inlet never needs an answer from that resolver in a test: a name it must reach
+    is 127.0.0.1 or the test's own DNS server.  (Not for npm and the other tools: they do.)"""
+    env = clean_env(extra)
+    env.setdefault("RES_OPTIONS", "timeout:1 attempts:1")
     return env
 
 
@@ -224,7 +229,7 @@ class Daemon:
         return a
 
     def environ(self):
-        env = clean_env(self.extra_env)
+        env = inlet_env(self.extra_env)
         if self.shim:
             if not INLET_SHIM:
                 raise unittest.SkipTest("INLET_SHIM is not set: cannot preload the sync shim")
