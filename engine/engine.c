@@ -396,6 +396,7 @@ static void on_pop3_stopped(void *ctx)
 {
     struct engine *e = ctx;
 
+    engine_mailboxes_stop(&e->mailboxes); /* every session has closed */
     smtp_server_stop(e->smtp, (unsigned)e->cfg->shutdown_grace);
     api_server_stop(e->api);
     e->api = NULL;
@@ -684,7 +685,8 @@ static int start_mailauth(struct engine *e)
 }
 
 /* Mailboxes for POP3 pollers (SPEC §9), when a listener is given.  Locks left by a process that
- * died are released first where no other node can hold one (store_maildrop_unlock_stale). */
+ * died are released first where no other node can hold one (store_maildrop_unlock_stale); a
+ * session's lock is a lease of --lease-seconds, renewed while it lives (engine/mailboxes.c). */
 static int start_pop3(struct engine *e)
 {
     struct inlet_config *cfg = e->cfg;
@@ -692,7 +694,7 @@ static int start_pop3(struct engine *e)
 
     if (!cfg->pop3_listen.count && !cfg->pop3s_listen.count) return 0;
     if (store_maildrop_unlock_stale(e->store, &err) != STORE_OK) goto fail;
-    e->mailboxes = (struct engine_mailboxes){.store = e->store, .loop = &e->loop};
+    engine_mailboxes_start(&e->mailboxes, &e->loop, e->store, cfg->lease_seconds);
     struct pop3_server_config pc = {
         .listen = (const char *const *)cfg->pop3_listen.items,
         .nlisten = cfg->pop3_listen.count,
@@ -779,6 +781,7 @@ int engine_serve(struct inlet_config *cfg)
         api_server_stop(e.api);
         e.api = NULL;
         if (e.pop3) pop3_server_stop(e.pop3, NULL, NULL);
+        engine_mailboxes_stop(&e.mailboxes);
         on_smtp_stopped(&e); /* SMTP is the last to start: it did not */
         uv_run(&e.loop, UV_RUN_DEFAULT);
         goto out;
@@ -791,6 +794,7 @@ int engine_serve(struct inlet_config *cfg)
 out:
     smtp_server_free(e.smtp);
     pop3_server_free(e.pop3);
+    engine_mailboxes_free(&e.mailboxes);
     mailauth_stop(e.mailauth); /* every commit was answered: no job is left */
     engine_pipeline_free(e.pipeline); /* its workers are joined */
     deliver_free(e.deliver);

@@ -4,7 +4,13 @@
  * check (yescrypt, tens of milliseconds on purpose), the maildrop's open and close (writer jobs
  * that wait for their commit), a message's bytes (a read).  The answer is handed to pop3/ in the
  * after-work callback, on the loop thread.  A login for a mailbox that does not exist checks the
- * password against a fixed hash all the same, so that its answer takes as long. */
+ * password against a fixed hash all the same, so that its answer takes as long.
+ *
+ * A session's maildrop lock names it (a token: this node's id and 64 random bits) and lasts
+ * --lease-seconds; `held` lists the sessions holding one, and every third of the lease one job
+ * renews them all.  A session whose lock was taken meanwhile (its lease ran out: the database was
+ * unreachable, or this process stalled) is logged, and its QUIT commits nothing (the store checks
+ * the token). */
 #include <glib.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -16,21 +22,34 @@
 #include "util/log.h"
 #include "util/password.h"
 
-enum work_kind { W_LOGIN, W_FETCH, W_CLOSE };
+enum work_kind { W_LOGIN, W_FETCH, W_CLOSE, W_RENEW };
+
+/* A session holding its maildrop's lock. */
+struct held_lock {
+    char *name, *owner;
+    bool lost; /* logged once */
+};
 
 struct work {
     uv_work_t req;
     enum work_kind kind;
-    struct store *store;
+    struct engine_mailboxes *mb;
     struct pop3_call *call;
-    char *name, *password, *message_id;
+    char *name, *password, *message_id, *owner;
     char **retrieved, **deleted;
     size_t nretrieved, ndeleted;
+    int64_t lock_until;
+    /* W_RENEW: the sessions (calls[i] holding names[i] as owners[i]) and the answer */
+    struct pop3_call **calls;
+    char **names, **owners;
+    size_t nheld;
+    bool *renewed;
     /* results */
     enum pop3_login_result login;
     struct store_maildrop_entry *entries;
     size_t n;
     struct store_message *msg;
+    enum pop3_close_result close;
     bool ok;
 };
 
@@ -42,7 +61,7 @@ static void do_login(struct work *w)
 {
     struct store_mailbox *m = NULL;
     char *err = NULL;
-    enum store_status st = store_mailbox_get(w->store, w->name, &m, &err);
+    enum store_status st = store_mailbox_get(w->mb->store, w->name, &m, &err);
     int64_t now = clock_now_ms() / 1000;
 
     if (st != STORE_OK && st != STORE_ERR_NOT_FOUND) {
@@ -57,7 +76,7 @@ static void do_login(struct work *w)
     }
     free(err);
     err = NULL;
-    st = store_maildrop_open(w->store, w->name, now, now + POP3_SESSION_MAX_SECONDS + 60, POP3_MAILDROP_MAX,
+    st = store_maildrop_open(w->mb->store, w->name, w->owner, now, now + w->mb->lease_seconds, POP3_MAILDROP_MAX,
                              &w->entries, &w->n, &err);
     if (st == STORE_OK) w->login = POP3_LOGIN_OK;
     else if (st == STORE_ERR_CONFLICT) w->login = POP3_LOGIN_IN_USE;
@@ -75,7 +94,7 @@ out:
 static void do_fetch(struct work *w)
 {
     char *err = NULL;
-    enum store_status st = store_load_message(w->store, w->message_id, &w->msg, &err);
+    enum store_status st = store_load_message(w->mb->store, w->message_id, &w->msg, &err);
 
     if (st != STORE_OK) {
         log_warn("pop3", "message read failed id=%s error=\"%s\"", w->message_id, err ? err : store_status_text(st));
@@ -87,12 +106,28 @@ static void do_fetch(struct work *w)
 static void do_close(struct work *w)
 {
     char *err = NULL;
-    enum store_status st = store_maildrop_close(w->store, w->name, clock_now_ms(), (const char *const *)w->retrieved,
-                                                w->nretrieved, (const char *const *)w->deleted, w->ndeleted, &err);
+    enum store_status st = store_maildrop_close(w->mb->store, w->name, w->owner, clock_now_ms(),
+                                                (const char *const *)w->retrieved, w->nretrieved,
+                                                (const char *const *)w->deleted, w->ndeleted, &err);
+
+    w->close = st == STORE_OK ? POP3_CLOSE_OK : st == STORE_ERR_CONFLICT ? POP3_CLOSE_LOCK_LOST : POP3_CLOSE_UNAVAILABLE;
+    if (st != STORE_OK)
+        log_warn("pop3", "maildrop close failed mailbox=%s deleted=0 error=\"%s\"", w->name,
+                 err ? err : store_status_text(st));
+    free(err);
+}
+
+static void do_renew(struct work *w)
+{
+    char *err = NULL;
+    enum store_status st = store_maildrop_renew(w->mb->store, (const char *const *)w->names,
+                                                (const char *const *)w->owners, w->nheld, w->lock_until,
+                                                w->renewed, &err);
 
     w->ok = st == STORE_OK;
     if (!w->ok)
-        log_warn("pop3", "maildrop close failed mailbox=%s error=\"%s\"", w->name, err ? err : store_status_text(st));
+        log_warn("pop3", "maildrop locks not renewed sessions=%zu error=\"%s\" (retried in %llds)", w->nheld,
+                 err ? err : store_status_text(st), (long long)(w->mb->lease_seconds / 3));
     free(err);
 }
 
@@ -102,7 +137,37 @@ static void on_work(uv_work_t *req)
 
     if (w->kind == W_LOGIN) do_login(w);
     else if (w->kind == W_FETCH) do_fetch(w);
-    else do_close(w);
+    else if (w->kind == W_CLOSE) do_close(w);
+    else do_renew(w);
+}
+
+static void held_free(void *p)
+{
+    struct held_lock *h = p;
+
+    g_free(h->name);
+    g_free(h->owner);
+    g_free(h);
+}
+
+/* Loop thread: the renewal's answer.  A lock that was not renewed while its session still holds it
+ * is lost (logged once); the session finds out at QUIT. */
+static void renewed(struct work *w, int status)
+{
+    struct engine_mailboxes *mb = w->mb;
+
+    mb->renewing = false;
+    for (size_t i = 0; status == 0 && w->ok && i < w->nheld; i++) {
+        struct held_lock *h = g_hash_table_lookup(mb->held, w->calls[i]);
+        if (w->renewed[i] || !h || h->lost || strcmp(h->owner, w->owners[i]) != 0) continue;
+        h->lost = true;
+        log_warn("pop3", "maildrop lock lost mailbox=%s (its lease ran out and another session took it: "
+                 "this session's deletions will not be committed)", h->name);
+    }
+    g_free(w->calls);
+    g_strfreev(w->names);
+    g_strfreev(w->owners);
+    g_free(w->renewed);
 }
 
 static void on_done(uv_work_t *req, int status)
@@ -116,16 +181,26 @@ static void on_done(uv_work_t *req, int status)
             memcpy(e[i].message_id, w->entries[i].message_id, sizeof e[i].message_id);
             e[i].size = w->entries[i].size;
         }
-        pop3_call_login_done(w->call, status == 0 ? w->login : POP3_LOGIN_UNAVAILABLE, e, w->n);
+        const enum pop3_login_result r = status == 0 ? w->login : POP3_LOGIN_UNAVAILABLE;
+        if (r == POP3_LOGIN_OK) { /* before the answer: a client already gone closes at once */
+            struct held_lock *h = g_new0(struct held_lock, 1);
+            h->name = g_steal_pointer(&w->name);
+            h->owner = g_steal_pointer(&w->owner);
+            g_hash_table_insert(w->mb->held, w->call, h);
+        }
+        pop3_call_login_done(w->call, r, e, w->n);
         g_free(e);
     } else if (w->kind == W_FETCH) {
         pop3_call_fetch_done(w->call, w->msg ? w->msg->data : NULL, w->msg ? w->msg->len : 0);
+    } else if (w->kind == W_CLOSE) {
+        pop3_call_close_done(w->call, status == 0 ? w->close : POP3_CLOSE_UNAVAILABLE);
     } else {
-        pop3_call_close_done(w->call, status == 0 && w->ok);
+        renewed(w, status);
     }
     g_free(w->name);
     g_free(w->password);
     g_free(w->message_id);
+    g_free(w->owner);
     g_strfreev(w->retrieved);
     g_strfreev(w->deleted);
     free(w->entries);
@@ -133,11 +208,17 @@ static void on_done(uv_work_t *req, int status)
     g_free(w);
 }
 
-static void queue(const struct engine_mailboxes *mb, struct work *w)
+static void queue(struct engine_mailboxes *mb, struct work *w)
 {
-    w->store = mb->store;
+    w->mb = mb;
     w->req.data = w;
     if (uv_queue_work(mb->loop, &w->req, on_work, on_done) < 0) on_done(&w->req, -1);
+}
+
+/* A token no other session has: this node's id and 64 random bits. */
+static char *new_owner(const struct engine_mailboxes *mb)
+{
+    return g_strdup_printf("%s/%08x%08x", store_node_id(mb->store), g_random_int(), g_random_int());
 }
 
 static void hook_login(void *arg, struct pop3_call *call, const char *name, const char *password)
@@ -148,6 +229,7 @@ static void hook_login(void *arg, struct pop3_call *call, const char *name, cons
     w->call = call;
     w->name = g_strdup(name);
     w->password = g_strdup(password);
+    w->owner = new_owner(arg);
     queue(arg, w);
 }
 
@@ -172,11 +254,16 @@ static char **copy_strv(const char *const *v, size_t n)
 static void hook_close(void *arg, struct pop3_call *call, const char *name, const char *const *retrieved,
                        size_t nretrieved, const char *const *deleted, size_t ndeleted)
 {
+    struct engine_mailboxes *mb = arg;
     struct work *w = g_new0(struct work, 1);
+    struct held_lock *h = g_hash_table_lookup(mb->held, call);
 
     w->kind = W_CLOSE;
     w->call = call;
     w->name = g_strdup(name);
+    /* No held lock: never (a close follows a login that took one); the store then commits nothing. */
+    w->owner = g_strdup(h ? h->owner : "");
+    g_hash_table_remove(mb->held, call);
     w->retrieved = copy_strv(retrieved, nretrieved);
     w->nretrieved = nretrieved;
     w->deleted = copy_strv(deleted, ndeleted);
@@ -184,9 +271,58 @@ static void hook_close(void *arg, struct pop3_call *call, const char *name, cons
     queue(arg, w);
 }
 
-struct pop3_hooks engine_mailbox_hooks(const struct engine_mailboxes *mb)
+struct pop3_hooks engine_mailbox_hooks(struct engine_mailboxes *mb)
 {
-    /* The hooks only read mb: the casts drop a const the pop3_hooks signature does not carry. */
-    return (struct pop3_hooks){.arg = (void *)(uintptr_t)mb, .login = hook_login, .fetch = hook_fetch,
-                               .close = hook_close};
+    return (struct pop3_hooks){.arg = mb, .login = hook_login, .fetch = hook_fetch, .close = hook_close};
+}
+
+/* Loop thread, every third of the lease: one job renews every held lock. */
+static void on_renew_timer(uv_timer_t *t)
+{
+    struct engine_mailboxes *mb = t->data;
+    const size_t n = g_hash_table_size(mb->held);
+
+    if (mb->renewing || n == 0) return;
+    struct work *w = g_new0(struct work, 1);
+    w->kind = W_RENEW;
+    w->calls = g_new0(struct pop3_call *, n);
+    w->names = g_new0(char *, n + 1);
+    w->owners = g_new0(char *, n + 1);
+    w->renewed = g_new0(bool, n);
+    GHashTableIter it;
+    gpointer key, value;
+    g_hash_table_iter_init(&it, mb->held);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+        const struct held_lock *h = value;
+        w->calls[w->nheld] = key;
+        w->names[w->nheld] = g_strdup(h->name);
+        w->owners[w->nheld++] = g_strdup(h->owner);
+    }
+    w->lock_until = clock_now_ms() / 1000 + mb->lease_seconds;
+    mb->renewing = true;
+    queue(mb, w);
+}
+
+void engine_mailboxes_start(struct engine_mailboxes *mb, uv_loop_t *loop, struct store *store, int64_t lease_seconds)
+{
+    *mb = (struct engine_mailboxes){.store = store, .loop = loop, .lease_seconds = lease_seconds};
+    mb->held = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, held_free);
+    uv_timer_init(loop, &mb->renew_timer);
+    mb->renew_timer.data = mb;
+    const uint64_t every_ms = (uint64_t)lease_seconds * 1000 / 3;
+    uv_timer_start(&mb->renew_timer, on_renew_timer, every_ms, every_ms);
+}
+
+void engine_mailboxes_stop(struct engine_mailboxes *mb)
+{
+    if (!mb->held || mb->stopped) return;
+    mb->stopped = true;
+    uv_timer_stop(&mb->renew_timer);
+    uv_close((uv_handle_t *)&mb->renew_timer, NULL);
+}
+
+void engine_mailboxes_free(struct engine_mailboxes *mb)
+{
+    if (mb->held) g_hash_table_destroy(mb->held);
+    mb->held = NULL;
 }

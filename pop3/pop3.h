@@ -56,6 +56,13 @@ enum pop3_login_result {
     POP3_LOGIN_UNAVAILABLE, /* storage failed: -ERR [SYS/TEMP] */
 };
 
+enum pop3_close_result {
+    POP3_CLOSE_OK,          /* committed: +OK Bye */
+    POP3_CLOSE_UNAVAILABLE, /* storage failed: -ERR [SYS/TEMP], nothing deleted */
+    POP3_CLOSE_LOCK_LOST,   /* the session's lock ran out and another took it: -ERR [SYS/TEMP],
+                               nothing deleted */
+};
+
 struct pop3_session *pop3_session_new(const struct pop3_session_config *cfg);
 void pop3_session_free(struct pop3_session *s);
 /* Queues the greeting. */
@@ -89,8 +96,8 @@ const char *const *pop3_session_retrieved(const struct pop3_session *s, size_t *
 /* Whether a maildrop is open (logged in): a connection that ends without QUIT must still
  * release it (with no deletions). */
 bool pop3_session_has_maildrop(const struct pop3_session *s);
-/* Answer to POP3_REQ_CLOSE: committed or not (-ERR [SYS/TEMP], nothing deleted). */
-void pop3_session_close_done(struct pop3_session *s, bool ok);
+/* Answer to POP3_REQ_CLOSE. */
+void pop3_session_close_done(struct pop3_session *s, enum pop3_close_result r);
 /* Answer to POP3_REQ_TLS: the handshake is done, the session starts over (RFC 2595). */
 void pop3_session_tls_started(struct pop3_session *s);
 /* Failed logins in this session so far. */
@@ -119,7 +126,7 @@ void pop3_call_login_done(struct pop3_call *call, enum pop3_login_result r, cons
                           size_t n);
 /* `data` is borrowed for the call (NULL: unreadable). */
 void pop3_call_fetch_done(struct pop3_call *call, const uint8_t *data, size_t len);
-void pop3_call_close_done(struct pop3_call *call, bool ok);
+void pop3_call_close_done(struct pop3_call *call, enum pop3_close_result r);
 
 struct pop3_server_config {
     const char *const *listen;     /* plain POP3 (STLS when tls_cert is set) */

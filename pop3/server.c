@@ -338,13 +338,13 @@ void pop3_call_fetch_done(struct pop3_call *call, const uint8_t *data, size_t le
     conn_step(c);
 }
 
-void pop3_call_close_done(struct pop3_call *call, bool ok)
+void pop3_call_close_done(struct pop3_call *call, enum pop3_close_result r)
 {
     struct conn *c = call->c;
 
     c->mailbox[0] = '\0';
     if (!answered(c)) return;
-    pop3_session_close_done(c->session, ok);
+    pop3_session_close_done(c->session, r);
     conn_step(c);
 }
 

@@ -263,14 +263,15 @@ void pop3_session_fetch_done(struct pop3_session *s, const uint8_t *data, size_t
     s->retrieved[s->fetch_index] = true;
 }
 
-void pop3_session_close_done(struct pop3_session *s, bool ok)
+void pop3_session_close_done(struct pop3_session *s, enum pop3_close_result r)
 {
     size_t deleted = 0;
 
     if (s->req != POP3_REQ_CLOSE) return;
     s->req = POP3_REQ_NONE;
     for (size_t i = 0; i < s->n; i++) deleted += s->deleted[i];
-    if (ok) reply(s, "+OK Bye, %zu messages deleted", deleted);
+    if (r == POP3_CLOSE_OK) reply(s, "+OK Bye, %zu messages deleted", deleted);
+    else if (r == POP3_CLOSE_LOCK_LOST) reply(s, "-ERR [SYS/TEMP] Maildrop lock lost: no message was deleted");
     else reply(s, "-ERR [SYS/TEMP] Storage unavailable: no message was deleted");
     g_free(s->entries);
     s->entries = NULL;

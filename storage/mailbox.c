@@ -258,7 +258,7 @@ enum store_status store_mailboxes_list(struct store *st, const char *after, size
 /* ---- maildrops -------------------------------------------------------------------------------- */
 
 struct open_job {
-    const char *name;
+    const char *name, *owner;
     int64_t now, lock_until, max;
     struct store_rows *rows;
 };
@@ -267,13 +267,14 @@ static enum store_status run_open(const struct store_backend *ops, void *be, voi
 {
     struct open_job *j = arg;
     const struct store_param p[] = {STORE_P_TEXT(j->name), STORE_P_INT(j->now),
-                                    STORE_P_INT(j->lock_until)};
+                                    STORE_P_INT(j->lock_until), STORE_P_TEXT(j->owner)};
     int64_t changed = 0;
     enum store_status st;
 
     st = ops->sql_write(be,
-                        "UPDATE mailboxes SET locked_until = $3 WHERE name = $1 AND locked_until <= $2",
-                        p, 3, &changed, NULL, err);
+                        "UPDATE mailboxes SET locked_until = $3, lock_owner = $4"
+                        " WHERE name = $1 AND locked_until <= $2",
+                        p, 4, &changed, NULL, err);
     if (st != STORE_OK) return st;
     if (changed == 0) {
         struct store_rows *r = NULL;
@@ -296,11 +297,11 @@ static enum store_status run_open(const struct store_backend *ops, void *be, voi
                           q, 2, NULL, &j->rows, err);
 }
 
-enum store_status store_maildrop_open(struct store *st, const char *name, int64_t now, int64_t lock_until,
-                                      size_t max, struct store_maildrop_entry **out, size_t *n,
-                                      char **err)
+enum store_status store_maildrop_open(struct store *st, const char *name, const char *owner, int64_t now,
+                                      int64_t lock_until, size_t max, struct store_maildrop_entry **out,
+                                      size_t *n, char **err)
 {
-    struct open_job j = {.name = name, .now = now, .lock_until = lock_until,
+    struct open_job j = {.name = name, .owner = owner, .now = now, .lock_until = lock_until,
                          .max = max > INT64_MAX ? INT64_MAX : (int64_t)max};
     struct store_job job = {.run = run_open, .arg = &j};
     enum store_status rc;
@@ -333,7 +334,7 @@ enum store_status store_maildrop_open(struct store *st, const char *name, int64_
 }
 
 struct close_job {
-    const char *name;
+    const char *name, *owner;
     int64_t now_ms;
     const char *const *retrieved, *const *deleted;
     size_t nretrieved, ndeleted;
@@ -358,8 +359,18 @@ static enum store_status close_event(const struct store_backend *ops, void *be, 
 static enum store_status run_close(const struct store_backend *ops, void *be, void *arg, char **err)
 {
     const struct close_job *j = arg;
-    enum store_status st = STORE_OK;
+    const struct store_param lock[] = {STORE_P_TEXT(j->name), STORE_P_TEXT(j->owner)};
+    int64_t released = 0;
+    /* First the lock: a session that lost it (its lease ran out, another took it) writes nothing. */
+    enum store_status st = ops->sql_write(be,
+                                          "UPDATE mailboxes SET locked_until = 0, lock_owner = ''"
+                                          " WHERE name = $1 AND lock_owner = $2",
+                                          lock, 2, &released, NULL, err);
 
+    if (st == STORE_OK && released == 0) {
+        store_set_err(err, "mailbox %s: this session's lock was lost (its lease ran out)", j->name);
+        return STORE_ERR_CONFLICT;
+    }
     for (size_t i = 0; st == STORE_OK && i < j->nretrieved; i++)
         st = close_event(ops, be, j, "retrieved", j->retrieved[i], err);
     for (size_t i = 0; st == STORE_OK && i < j->ndeleted; i++) {
@@ -370,20 +381,14 @@ static enum store_status run_close(const struct store_backend *ops, void *be, vo
             st = ops->sql_write(be, "DELETE FROM stored WHERE key = $1 AND mailbox = $2", p, 2, NULL,
                                 NULL, err);
     }
-    if (st == STORE_OK) {
-        const struct store_param p[] = {STORE_P_TEXT(j->name)};
-
-        st = ops->sql_write(be, "UPDATE mailboxes SET locked_until = 0 WHERE name = $1", p, 1, NULL,
-                            NULL, err);
-    }
     return st;
 }
 
-enum store_status store_maildrop_close(struct store *st, const char *name, int64_t now_ms,
+enum store_status store_maildrop_close(struct store *st, const char *name, const char *owner, int64_t now_ms,
                                        const char *const *retrieved, size_t nretrieved,
                                        const char *const *deleted, size_t ndeleted, char **err)
 {
-    struct close_job j = {.name = name, .now_ms = now_ms, .retrieved = retrieved,
+    struct close_job j = {.name = name, .owner = owner, .now_ms = now_ms, .retrieved = retrieved,
                           .nretrieved = nretrieved, .deleted = deleted, .ndeleted = ndeleted};
     struct store_job job = {.run = run_close, .arg = &j};
 
@@ -391,9 +396,45 @@ enum store_status store_maildrop_close(struct store *st, const char *name, int64
     return store_run_job(st, &job, err);
 }
 
+struct renew_job {
+    const char *const *names, *const *owners;
+    size_t n;
+    int64_t lock_until;
+    bool *renewed;
+};
+
+static enum store_status run_renew(const struct store_backend *ops, void *be, void *arg, char **err)
+{
+    const struct renew_job *j = arg;
+    enum store_status st = STORE_OK;
+
+    for (size_t i = 0; st == STORE_OK && i < j->n; i++) {
+        const struct store_param p[] = {STORE_P_TEXT(j->names[i]), STORE_P_TEXT(j->owners[i]),
+                                        STORE_P_INT(j->lock_until)};
+        int64_t changed = 0;
+
+        /* Also past its lease: while nobody took the lock, it is still this session's. */
+        st = ops->sql_write(be, "UPDATE mailboxes SET locked_until = $3 WHERE name = $1 AND lock_owner = $2",
+                            p, 3, &changed, NULL, err);
+        j->renewed[i] = st == STORE_OK && changed > 0;
+    }
+    return st;
+}
+
+enum store_status store_maildrop_renew(struct store *st, const char *const *names, const char *const *owners,
+                                       size_t n, int64_t lock_until, bool *renewed, char **err)
+{
+    struct renew_job j = {.names = names, .owners = owners, .n = n, .lock_until = lock_until, .renewed = renewed};
+    struct store_job job = {.run = run_renew, .arg = &j};
+
+    clear_err(err);
+    for (size_t i = 0; i < n; i++) renewed[i] = false;
+    return n ? store_run_job(st, &job, err) : STORE_OK;
+}
+
 enum store_status store_maildrop_unlock_stale(struct store *st, char **err)
 {
-    const struct stmt_job j = {.sql = "UPDATE mailboxes SET locked_until = 0 WHERE locked_until <> 0",
+    const struct stmt_job j = {.sql = "UPDATE mailboxes SET locked_until = 0, lock_owner = '' WHERE locked_until <> 0",
                                .if_unchanged = STORE_OK};
     void *be;
 

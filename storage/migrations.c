@@ -452,6 +452,17 @@ static const struct store_migration migrations[] = {
         .postgres_sql = "DROP TRIGGER purge_on_routed ON messages;"
                         "DROP FUNCTION purge_note_new_id();",
     },
+    {
+        .version = 12,
+        .description = "a maildrop lock names its session and is a short, renewed lease",
+        /* locked_until was a lease of an hour (the longest session) plus a minute: a node that
+         * died holding a lock on a shared database kept the mailbox from every poller for up to
+         * that long.  The lock is now --lease-seconds long and renewed by its session while it
+         * lives (engine/mailboxes.c), and lock_owner names that session, so that a session whose
+         * lease ran out and was taken by another renews nothing and commits none of its DELEs. */
+        .sqlite_sql = "ALTER TABLE mailboxes ADD COLUMN lock_owner TEXT NOT NULL DEFAULT '';",
+        .postgres_sql = "ALTER TABLE mailboxes ADD COLUMN lock_owner TEXT COLLATE \"C\" NOT NULL DEFAULT '';",
+    },
 };
 
 const struct store_migration *store_migrations(size_t *count)

@@ -573,23 +573,30 @@ struct store_maildrop_entry {
     int64_t size;                  /* bytes as stored */
 };
 /* Opens a POP3 session's maildrop (a job): takes the mailbox's lock unless another session holds
- * it (locked_until > now: STORE_ERR_CONFLICT), sets it to `lock_until` (a lease: a process that
- * dies holding it frees it by then), deletes the messages past their expiry (only here and in the
- * sweeper of unlocked mailboxes: never under a session), and lists the rest in filing order, at
- * most `max` (*out malloc'd, NULL when empty).  STORE_ERR_NOT_FOUND: no such mailbox. */
-enum store_status store_maildrop_open(struct store *st, const char *name, int64_t now, int64_t lock_until,
-                                      size_t max, struct store_maildrop_entry **out, size_t *n,
-                                      char **err);
-/* Ends a session (a job, one transaction): an event "retrieved" per key in `retrieved`, then, per
- * key in `deleted`, an event "deleted" and the message removed from the mailbox; then the lock
- * released.  A dropped connection passes no deleted keys. */
-enum store_status store_maildrop_close(struct store *st, const char *name, int64_t now_ms,
+ * it (locked_until > now: STORE_ERR_CONFLICT) for session `owner` (a token unique to the session)
+ * until `lock_until` (a lease, renewed by store_maildrop_renew: a process that dies holding it
+ * frees it by then), deletes the messages past their expiry (only here and in the sweeper of
+ * unlocked mailboxes: never under a session), and lists the rest in filing order, at most `max`
+ * (*out malloc'd, NULL when empty).  STORE_ERR_NOT_FOUND: no such mailbox. */
+enum store_status store_maildrop_open(struct store *st, const char *name, const char *owner, int64_t now,
+                                      int64_t lock_until, size_t max, struct store_maildrop_entry **out,
+                                      size_t *n, char **err);
+/* Extends the locks of n sessions (names[i], owners[i]) to `lock_until` (a job, one transaction):
+ * renewed[i] false when session owners[i] no longer holds mailbox names[i] (its lease ran out and
+ * another session took the lock). */
+enum store_status store_maildrop_renew(struct store *st, const char *const *names, const char *const *owners,
+                                       size_t n, int64_t lock_until, bool *renewed, char **err);
+/* Ends session `owner` (a job, one transaction): an event "retrieved" per key in `retrieved`,
+ * then, per key in `deleted`, an event "deleted" and the message removed from the mailbox; then
+ * the lock released.  A dropped connection passes no deleted keys.  STORE_ERR_CONFLICT, nothing
+ * written, when the session no longer holds the lock (its lease ran out and another took it). */
+enum store_status store_maildrop_close(struct store *st, const char *name, const char *owner, int64_t now_ms,
                                        const char *const *retrieved, size_t nretrieved,
                                        const char *const *deleted, size_t ndeleted, char **err);
 /* At start: releases the mailbox locks that a dead process left, where that is safe.  With
  * in-process claims (SQLite: the data-dir lock makes this process the database's only node) every
  * lock; on a shared database (PostgreSQL) none, since other nodes' live sessions hold theirs, and
- * a dead node's locks end with their lease (a session lasts at most POP3_SESSION_MAX_SECONDS). */
+ * a dead node's locks end with their lease (--lease-seconds: its sessions no longer renew them). */
 enum store_status store_maildrop_unlock_stale(struct store *st, char **err);
 
 /* ---------------------------------------------------------------------------------------------

@@ -99,8 +99,8 @@ static const struct setting settings[] = {
     {"node-id", SET_STR, OFF(node_id), "", 0, 0, "NAME",
      "this node's name in claims on shared work (default: hostname:pid:random, logged at start)"},
     {"lease-seconds", SET_INT, OFF(lease_seconds), "20", LEASE_SECONDS_MIN, LEASE_SECONDS_MAX, "SECONDS",
-     "a claim on a delivery or an unrouted message lasts this long unless renewed (PostgreSQL: "
-     "what a dead node holds goes to the others after it)"},
+     "a claim on a delivery or an unrouted message, and a POP3 session's maildrop lock, lasts this "
+     "long unless renewed (PostgreSQL: what a dead node holds goes to the others after it)"},
     {"public-url", SET_STR, OFF(public_url), "", 0, 0, "URL",
      "base of storage URLs (default http://<first --http-listen>; required with a wildcard listener)"},
     {"webhook-format", SET_STR, OFF(webhook_format), "json", 0, 0, "json|mailgun",

@@ -323,7 +323,7 @@ _Static_assert(API_WRITES_PER_CLIENT_MAX < API_CONNECTIONS_PER_IP_MAX,
  * carries base64 of a name, a password (PASSWORD_MAX) and a NUL each, so 1 KiB.  Replies queued
  * before the session stops taking input (a RETR's message is queued whole, once).  Commands per
  * session: draining 10,000 messages takes about 4 each.  A session lasts at most an hour (its
- * maildrop lock is a lease of that length plus a minute).  Messages listed per session: the rest
+ * maildrop lock is a lease of --lease-seconds, renewed while it lives).  Messages listed per session: the rest
  * waits for the next one (RFC 1939 lets a server show part of a maildrop). */
 #define POP3_LINE_MAX 1024
 #define POP3_OUTPUT_MAX (64 * 1024)

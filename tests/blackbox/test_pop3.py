@@ -1,6 +1,8 @@
 """The POP3 server of mailboxes (SPEC §9) with real clients: Python's poplib (every command, USER/PASS
 and SASL PLAIN, STLS, implicit TLS) and fetchmail draining 500 messages twice, with `keep` and
-without.  Semantics: the maildrop lock (-ERR [IN-USE]), stable UIDs, RETR's exact bytes
+without.  Semantics: the maildrop lock (-ERR [IN-USE]; a lease renewed while its session lives, a
+dead node's lock gone with its lease, a session that lost its lock committing nothing: the last two
+on PostgreSQL, with a second node), stable UIDs, RETR's exact bytes
 (dot-stuffed), DELE only at QUIT, a dropped connection (also in the middle of a RETR) deletes
 nothing, expiry only between sessions, retrieved/deleted events, the delay after wrong passwords,
 limits (line length, idle time, connections per address)."""
@@ -251,6 +253,90 @@ class SemanticsTest(Pop3Case):
         b.user("support")
         self.assertTrue(b.pass_(PASSWORD).startswith(b"+OK Maildrop has 1 message"))
         b.quit()
+
+    # --- The lock is a lease of --lease-seconds (3 s here), renewed every second while its session
+    # lives (engine/mailboxes.c).
+
+    LEASE = 3
+
+    def in_use(self, port):
+        """Whether a login now gets -ERR [IN-USE] (True) or the maildrop (False, session closed)."""
+        p = poplib.POP3("127.0.0.1", port, timeout=harness.timeout(10))
+        p.user("support")
+        try:
+            p.pass_(PASSWORD)
+        except poplib.error_proto as e:
+            self.assertRegex(str(e), r"-ERR \[IN-USE\]")
+            p.close()
+            return True
+        p.quit()
+        return False
+
+    def test_lock_outlives_its_lease_while_the_session_lives(self):
+        d = self.start(["--lease-seconds", str(self.LEASE)])
+        send_many(d, [message(1)])
+        wait_filed(d, 1)
+        a = self.login(d)
+        time.sleep(self.LEASE * 1.6)  # past the first lease: its renewals keep it
+        self.assertTrue(self.in_use(self.port))
+        a.noop()
+        a.dele(1)
+        self.assertTrue(a.quit().startswith(b"+OK Bye, 1 messages deleted"))
+        self.assertFalse(self.in_use(self.port))
+        row = harness.query(d, "SELECT locked_until, lock_owner FROM mailboxes WHERE name = 'support'")[0]
+        self.assertEqual((row[0], row[1]), (0, ""))
+
+    @unittest.skipUnless(harness.PG, "a node that dies while another is up: PostgreSQL only")
+    def test_dead_nodes_lock_ends_with_its_lease(self):
+        """A node killed while its session held the lock: another node's poller gets the maildrop
+        once the lease ran out (it was an hour before the lease became short and renewed)."""
+        d = self.start(["--lease-seconds", str(self.LEASE)])
+        send_many(d, [message(1)])
+        wait_filed(d, 1)
+        a = self.login(d)
+        other = self.daemon(database_url=d.database_url, args=["--pop3-listen", "127.0.0.1:0"] + self.extra)
+        port = pop3_port(other)
+        self.assertTrue(self.in_use(port))
+        d.kill9()
+        a.close()
+        killed = time.monotonic()
+        deadline = killed + harness.timeout(self.LEASE + 10)
+        while self.in_use(port):
+            self.assertLess(time.monotonic(), deadline, "the dead node's lock outlived its lease")
+            time.sleep(0.2)
+        self.assertLess(time.monotonic() - killed, harness.timeout(self.LEASE + 5))
+        b = self.login(other, port)
+        self.assertEqual(b.stat()[0], 1)
+        b.quit()
+
+    @unittest.skipUnless(harness.PG, "another node takes the lock: PostgreSQL only")
+    def test_session_that_lost_its_lock_commits_nothing(self):
+        """A node stalled past its lease (SIGSTOP): another node's session takes the lock; the
+        stalled session's QUIT then commits none of its DELEs."""
+        import signal
+        d = self.start(["--lease-seconds", str(self.LEASE)])
+        send_many(d, [message(1)])
+        wait_filed(d, 1)
+        a = self.login(d)
+        a.dele(1)
+        other = self.daemon(database_url=d.database_url, args=["--pop3-listen", "127.0.0.1:0"] + self.extra)
+        port = pop3_port(other)
+        d.send_signal(signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + harness.timeout(self.LEASE + 10)
+            while self.in_use(port):  # the stalled node's lease runs out; this login keeps nothing
+                self.assertLess(time.monotonic(), deadline, "the stalled node's lock outlived its lease")
+                time.sleep(0.2)
+            b = self.login(other, port)  # and this one holds the lock when the stalled node wakes up
+        finally:
+            d.send_signal(signal.SIGCONT)
+        with self.assertRaisesRegex(poplib.error_proto, r"-ERR \[SYS/TEMP\] Maildrop lock lost: no message was deleted"):
+            a.quit()
+        self.assertEqual(b.stat()[0], 1)
+        b.quit()
+        self.assertEqual(len(filed(d)), 1)
+        d.wait_log(lambda l: l.level == "warn" and l.topic == "pop3" and l.rest.startswith("maildrop close failed")
+                   and l.kv.get("mailbox") == "support", what="the lost lock's close logged")
 
     def test_dropped_connection_deletes_nothing(self):
         d = self.start()

@@ -50,7 +50,7 @@ static void answer(struct pop3_session *s, uint8_t mode)
         if (n > 3) abort();
         pop3_session_retrieved(s, &n);
         if (n > 3) abort();
-        pop3_session_close_done(s, !(mode & 64));
+        pop3_session_close_done(s, (enum pop3_close_result)((mode >> 6) % 3));
         break;
     case POP3_REQ_TLS:
         pop3_session_tls_started(s);
