@@ -8,6 +8,7 @@
 #define INLET_ENGINE_INTERNAL_MAILBOXES_H
 
 #include <glib.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -21,7 +22,9 @@ struct engine_mailboxes {
     int64_t lease_seconds;     /* a maildrop lock's lease */
     GHashTable *held;          /* struct pop3_call * → struct held_lock *: sessions holding a lock */
     uv_timer_t renew_timer;
-    bool renewing;             /* a renewal job is out */
+    uv_async_t renew_async;    /* the writer answered a renewal */
+    struct renewal *_Atomic renew_done; /* that answer, handed to the loop */
+    bool renewing;             /* a renewal is out */
     bool stopped;
 };
 /* Loop thread, before the POP3 server starts: the renewal timer.  Exits (fatal) when memory runs

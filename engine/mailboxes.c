@@ -8,10 +8,12 @@
  *
  * A session's maildrop lock names it (a token: this node's id and 64 random bits) and lasts
  * --lease-seconds; `held` lists the sessions holding one, and every third of the lease one job
- * renews them all.  A session whose lock was taken meanwhile (its lease ran out: the database was
+ * renews them all (queued to the store's writer directly, not on the thread pool: a renewal never
+ * waits behind the password checks of a flood of logins).  A session whose lock was taken meanwhile (its lease ran out: the database was
  * unreachable, or this process stalled) is logged, and its QUIT commits nothing (the store checks
  * the token). */
 #include <glib.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +24,7 @@
 #include "util/log.h"
 #include "util/password.h"
 
-enum work_kind { W_LOGIN, W_FETCH, W_CLOSE, W_RENEW };
+enum work_kind { W_LOGIN, W_FETCH, W_CLOSE };
 
 /* A session holding its maildrop's lock. */
 struct held_lock {
@@ -38,12 +40,6 @@ struct work {
     char *name, *password, *message_id, *owner;
     char **retrieved, **deleted;
     size_t nretrieved, ndeleted;
-    int64_t lock_until;
-    /* W_RENEW: the sessions (calls[i] holding names[i] as owners[i]) and the answer */
-    struct pop3_call **calls;
-    char **names, **owners;
-    size_t nheld;
-    bool *renewed;
     /* results */
     enum pop3_login_result login;
     struct store_maildrop_entry *entries;
@@ -117,19 +113,6 @@ static void do_close(struct work *w)
     free(err);
 }
 
-static void do_renew(struct work *w)
-{
-    char *err = NULL;
-    enum store_status st = store_maildrop_renew(w->mb->store, (const char *const *)w->names,
-                                                (const char *const *)w->owners, w->nheld, w->lock_until,
-                                                w->renewed, &err);
-
-    w->ok = st == STORE_OK;
-    if (!w->ok)
-        log_warn("pop3", "maildrop locks not renewed sessions=%zu error=\"%s\" (retried in %llds)", w->nheld,
-                 err ? err : store_status_text(st), (long long)(w->mb->lease_seconds / 3));
-    free(err);
-}
 
 static void on_work(uv_work_t *req)
 {
@@ -137,8 +120,7 @@ static void on_work(uv_work_t *req)
 
     if (w->kind == W_LOGIN) do_login(w);
     else if (w->kind == W_FETCH) do_fetch(w);
-    else if (w->kind == W_CLOSE) do_close(w);
-    else do_renew(w);
+    else do_close(w);
 }
 
 static void held_free(void *p)
@@ -150,25 +132,6 @@ static void held_free(void *p)
     g_free(h);
 }
 
-/* Loop thread: the renewal's answer.  A lock that was not renewed while its session still holds it
- * is lost (logged once); the session finds out at QUIT. */
-static void renewed(struct work *w, int status)
-{
-    struct engine_mailboxes *mb = w->mb;
-
-    mb->renewing = false;
-    for (size_t i = 0; status == 0 && w->ok && i < w->nheld; i++) {
-        struct held_lock *h = g_hash_table_lookup(mb->held, w->calls[i]);
-        if (w->renewed[i] || !h || h->lost || strcmp(h->owner, w->owners[i]) != 0) continue;
-        h->lost = true;
-        log_warn("pop3", "maildrop lock lost mailbox=%s (its lease ran out and another session took it: "
-                 "this session's deletions will not be committed)", h->name);
-    }
-    g_free(w->calls);
-    g_strfreev(w->names);
-    g_strfreev(w->owners);
-    g_free(w->renewed);
-}
 
 static void on_done(uv_work_t *req, int status)
 {
@@ -192,10 +155,8 @@ static void on_done(uv_work_t *req, int status)
         g_free(e);
     } else if (w->kind == W_FETCH) {
         pop3_call_fetch_done(w->call, w->msg ? w->msg->data : NULL, w->msg ? w->msg->len : 0);
-    } else if (w->kind == W_CLOSE) {
-        pop3_call_close_done(w->call, status == 0 ? w->close : POP3_CLOSE_UNAVAILABLE);
     } else {
-        renewed(w, status);
+        pop3_call_close_done(w->call, status == 0 ? w->close : POP3_CLOSE_UNAVAILABLE);
     }
     g_free(w->name);
     g_free(w->password);
@@ -276,31 +237,95 @@ struct pop3_hooks engine_mailbox_hooks(struct engine_mailboxes *mb)
     return (struct pop3_hooks){.arg = mb, .login = hook_login, .fetch = hook_fetch, .close = hook_close};
 }
 
-/* Loop thread, every third of the lease: one job renews every held lock. */
+/* ---- renewals ------------------------------------------------------------------------------------ */
+
+/* One renewal of every held lock, on its way through the writer: calls[i] held names[i] as
+ * owners[i] when it was queued. */
+struct renewal {
+    struct engine_mailboxes *mb;
+    struct pop3_call **calls;
+    char **names, **owners;
+    size_t n;
+    bool *renewed;
+    enum store_status status;
+    char *err;
+};
+
+static void renewal_free(struct renewal *r)
+{
+    g_free(r->calls);
+    g_strfreev(r->names);
+    g_strfreev(r->owners);
+    g_free(r->renewed);
+    free(r->err);
+    g_free(r);
+}
+
+/* Writer thread (or the loop, when the store is closing): back to the loop. */
+static void on_renewed(void *arg, enum store_status status, char *err)
+{
+    struct renewal *r = arg;
+
+    r->status = status;
+    r->err = err;
+    atomic_store(&r->mb->renew_done, r);
+    uv_async_send(&r->mb->renew_async);
+}
+
+static void close_handles(struct engine_mailboxes *mb)
+{
+    uv_close((uv_handle_t *)&mb->renew_timer, NULL);
+    uv_close((uv_handle_t *)&mb->renew_async, NULL);
+}
+
+/* Loop thread: the renewal's answer.  A lock that was not renewed while its session still holds it
+ * is lost (logged once); the session finds out at QUIT. */
+static void on_renew_async(uv_async_t *h)
+{
+    struct engine_mailboxes *mb = h->data;
+    struct renewal *r = atomic_exchange(&mb->renew_done, NULL);
+
+    if (!r) return;
+    mb->renewing = false;
+    if (r->status != STORE_OK)
+        log_warn("pop3", "maildrop locks not renewed sessions=%zu error=\"%s\" (retried in %llds)", r->n,
+                 r->err ? r->err : store_status_text(r->status), (long long)(mb->lease_seconds / 3));
+    for (size_t i = 0; r->status == STORE_OK && i < r->n; i++) {
+        struct held_lock *held = g_hash_table_lookup(mb->held, r->calls[i]);
+        if (r->renewed[i] || !held || held->lost || strcmp(held->owner, r->owners[i]) != 0) continue;
+        held->lost = true;
+        log_warn("pop3", "maildrop lock lost mailbox=%s (its lease ran out and another session took it: "
+                 "this session's deletions will not be committed)", held->name);
+    }
+    renewal_free(r);
+    if (mb->stopped) close_handles(mb);
+}
+
+/* Loop thread, every third of the lease: one writer job renews every held lock. */
 static void on_renew_timer(uv_timer_t *t)
 {
     struct engine_mailboxes *mb = t->data;
     const size_t n = g_hash_table_size(mb->held);
 
     if (mb->renewing || n == 0) return;
-    struct work *w = g_new0(struct work, 1);
-    w->kind = W_RENEW;
-    w->calls = g_new0(struct pop3_call *, n);
-    w->names = g_new0(char *, n + 1);
-    w->owners = g_new0(char *, n + 1);
-    w->renewed = g_new0(bool, n);
+    struct renewal *r = g_new0(struct renewal, 1);
+    r->mb = mb;
+    r->calls = g_new0(struct pop3_call *, n);
+    r->names = g_new0(char *, n + 1);
+    r->owners = g_new0(char *, n + 1);
+    r->renewed = g_new0(bool, n);
     GHashTableIter it;
     gpointer key, value;
     g_hash_table_iter_init(&it, mb->held);
     while (g_hash_table_iter_next(&it, &key, &value)) {
-        const struct held_lock *h = value;
-        w->calls[w->nheld] = key;
-        w->names[w->nheld] = g_strdup(h->name);
-        w->owners[w->nheld++] = g_strdup(h->owner);
+        const struct held_lock *held = value;
+        r->calls[r->n] = key;
+        r->names[r->n] = g_strdup(held->name);
+        r->owners[r->n++] = g_strdup(held->owner);
     }
-    w->lock_until = clock_now_ms() / 1000 + mb->lease_seconds;
     mb->renewing = true;
-    queue(mb, w);
+    store_maildrop_renew_async(mb->store, (const char *const *)r->names, (const char *const *)r->owners, r->n,
+                               clock_now_ms() / 1000 + mb->lease_seconds, r->renewed, on_renewed, r);
 }
 
 void engine_mailboxes_start(struct engine_mailboxes *mb, uv_loop_t *loop, struct store *store, int64_t lease_seconds)
@@ -309,6 +334,8 @@ void engine_mailboxes_start(struct engine_mailboxes *mb, uv_loop_t *loop, struct
     mb->held = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, held_free);
     uv_timer_init(loop, &mb->renew_timer);
     mb->renew_timer.data = mb;
+    uv_async_init(loop, &mb->renew_async, on_renew_async);
+    mb->renew_async.data = mb;
     const uint64_t every_ms = (uint64_t)lease_seconds * 1000 / 3;
     uv_timer_start(&mb->renew_timer, on_renew_timer, every_ms, every_ms);
 }
@@ -318,7 +345,7 @@ void engine_mailboxes_stop(struct engine_mailboxes *mb)
     if (!mb->held || mb->stopped) return;
     mb->stopped = true;
     uv_timer_stop(&mb->renew_timer);
-    uv_close((uv_handle_t *)&mb->renew_timer, NULL);
+    if (!mb->renewing) close_handles(mb); /* else once its answer came (on_renew_async) */
 }
 
 void engine_mailboxes_free(struct engine_mailboxes *mb)

@@ -421,15 +421,14 @@ static enum store_status run_renew(const struct store_backend *ops, void *be, vo
     return st;
 }
 
-enum store_status store_maildrop_renew(struct store *st, const char *const *names, const char *const *owners,
-                                       size_t n, int64_t lock_until, bool *renewed, char **err)
+void store_maildrop_renew_async(struct store *st, const char *const *names, const char *const *owners, size_t n,
+                                int64_t lock_until, bool *renewed, store_write_done_fn done, void *arg)
 {
-    struct renew_job j = {.names = names, .owners = owners, .n = n, .lock_until = lock_until, .renewed = renewed};
-    struct store_job job = {.run = run_renew, .arg = &j};
+    const struct renew_job j = {.names = names, .owners = owners, .n = n, .lock_until = lock_until,
+                                .renewed = renewed};
 
-    clear_err(err);
     for (size_t i = 0; i < n; i++) renewed[i] = false;
-    return n ? store_run_job(st, &job, err) : STORE_OK;
+    store_submit_copy(st, run_renew, &j, sizeof j, done, arg);
 }
 
 enum store_status store_maildrop_unlock_stale(struct store *st, char **err)

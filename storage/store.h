@@ -581,11 +581,13 @@ struct store_maildrop_entry {
 enum store_status store_maildrop_open(struct store *st, const char *name, const char *owner, int64_t now,
                                       int64_t lock_until, size_t max, struct store_maildrop_entry **out,
                                       size_t *n, char **err);
-/* Extends the locks of n sessions (names[i], owners[i]) to `lock_until` (a job, one transaction):
- * renewed[i] false when session owners[i] no longer holds mailbox names[i] (its lease ran out and
- * another session took the lock). */
-enum store_status store_maildrop_renew(struct store *st, const char *const *names, const char *const *owners,
-                                       size_t n, int64_t lock_until, bool *renewed, char **err);
+/* Extends the locks of n sessions (names[i], owners[i]) to `lock_until`, queued without waiting
+ * (one transaction; `done` as for store_write_outcome_async): renewed[i] false when session
+ * owners[i] no longer holds mailbox names[i] (its lease ran out and another session took the
+ * lock).  Every pointer stays valid until `done` ran.  Not on a thread pool: a renewal never
+ * waits behind password checks. */
+void store_maildrop_renew_async(struct store *st, const char *const *names, const char *const *owners, size_t n,
+                                int64_t lock_until, bool *renewed, store_write_done_fn done, void *arg);
 /* Ends session `owner` (a job, one transaction): an event "retrieved" per key in `retrieved`,
  * then, per key in `deleted`, an event "deleted" and the message removed from the mailbox; then
  * the lock released.  A dropped connection passes no deleted keys.  STORE_ERR_CONFLICT, nothing
