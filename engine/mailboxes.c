@@ -72,7 +72,7 @@ static void do_login(struct work *w)
     }
     free(err);
     err = NULL;
-    st = store_maildrop_open(w->mb->store, w->name, w->owner, now, now + w->mb->lease_seconds, POP3_MAILDROP_MAX,
+    st = store_maildrop_open(w->mb->store, w->name, w->owner, now, w->mb->lease_seconds, POP3_MAILDROP_MAX,
                              &w->entries, &w->n, &err);
     if (st == STORE_OK) w->login = POP3_LOGIN_OK;
     else if (st == STORE_ERR_CONFLICT) w->login = POP3_LOGIN_IN_USE;
@@ -325,7 +325,7 @@ static void on_renew_timer(uv_timer_t *t)
     }
     mb->renewing = true;
     store_maildrop_renew_async(mb->store, (const char *const *)r->names, (const char *const *)r->owners, r->n,
-                               clock_now_ms() / 1000 + mb->lease_seconds, r->renewed, on_renewed, r);
+                               mb->lease_seconds, r->renewed, on_renewed, r);
 }
 
 void engine_mailboxes_start(struct engine_mailboxes *mb, uv_loop_t *loop, struct store *store, int64_t lease_seconds)

@@ -220,6 +220,9 @@ struct store_backend {
     enum store_status (*sql_write)(void *be, const char *sql, const struct store_param *params,
                                    size_t nparams, int64_t *changed, struct store_rows **out,
                                    char **err);
+    /* The database's clock in Unix seconds, as an SQL expression for portable statements: on a
+     * shared database the server's, so that the nodes' clocks need not agree (leases). */
+    const char *now_seconds_sql;
 
     /* ---- several nodes ---- */
     /* Starts watching route changes made through other connections (store_watch_routes); the

@@ -259,22 +259,46 @@ enum store_status store_mailboxes_list(struct store *st, const char *after, size
 
 struct open_job {
     const char *name, *owner;
-    int64_t now, lock_until, max;
+    int64_t now, lease_seconds, max;
     struct store_rows *rows;
 };
+
+/* A maildrop lock's statement: `parts` joined by the database's clock (leases are read and
+ * written by that clock, as the claims are: the nodes' clocks need not agree).  malloc'd; NULL
+ * when memory runs out. */
+static char *lock_sql(const struct store_backend *ops, const char *const *parts, size_t n)
+{
+    const size_t nowlen = strlen(ops->now_seconds_sql);
+    size_t len = 1;
+
+    for (size_t i = 0; i < n; i++) len += strlen(parts[i]) + (i + 1 < n ? nowlen : 0);
+    char *sql = malloc(len), *p = sql;
+    if (!sql) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        p = stpcpy(p, parts[i]);
+        if (i + 1 < n) p = stpcpy(p, ops->now_seconds_sql);
+    }
+    return sql;
+}
 
 static enum store_status run_open(const struct store_backend *ops, void *be, void *arg, char **err)
 {
     struct open_job *j = arg;
-    const struct store_param p[] = {STORE_P_TEXT(j->name), STORE_P_INT(j->now),
-                                    STORE_P_INT(j->lock_until), STORE_P_TEXT(j->owner)};
+    const struct store_param p[] = {STORE_P_TEXT(j->name), STORE_P_INT(j->now)};
+    const struct store_param lock[] = {STORE_P_TEXT(j->name), STORE_P_INT(j->lease_seconds),
+                                       STORE_P_TEXT(j->owner)};
     int64_t changed = 0;
     enum store_status st;
+    static const char *const parts[] = {"UPDATE mailboxes SET locked_until = ",
+                                        " + $2, lock_owner = $3 WHERE name = $1 AND locked_until <= ", ""};
+    char *sql = lock_sql(ops, parts, 3);
 
-    st = ops->sql_write(be,
-                        "UPDATE mailboxes SET locked_until = $3, lock_owner = $4"
-                        " WHERE name = $1 AND locked_until <= $2",
-                        p, 4, &changed, NULL, err);
+    if (!sql) {
+        store_set_err(err, "cannot open mailbox %s: out of memory", j->name);
+        return STORE_ERR_NOMEM;
+    }
+    st = ops->sql_write(be, sql, lock, 3, &changed, NULL, err);
+    free(sql);
     if (st != STORE_OK) return st;
     if (changed == 0) {
         struct store_rows *r = NULL;
@@ -298,10 +322,10 @@ static enum store_status run_open(const struct store_backend *ops, void *be, voi
 }
 
 enum store_status store_maildrop_open(struct store *st, const char *name, const char *owner, int64_t now,
-                                      int64_t lock_until, size_t max, struct store_maildrop_entry **out,
+                                      int64_t lease_seconds, size_t max, struct store_maildrop_entry **out,
                                       size_t *n, char **err)
 {
-    struct open_job j = {.name = name, .owner = owner, .now = now, .lock_until = lock_until,
+    struct open_job j = {.name = name, .owner = owner, .now = now, .lease_seconds = lease_seconds,
                          .max = max > INT64_MAX ? INT64_MAX : (int64_t)max};
     struct store_job job = {.run = run_open, .arg = &j};
     enum store_status rc;
@@ -399,7 +423,7 @@ enum store_status store_maildrop_close(struct store *st, const char *name, const
 struct renew_job {
     const char *const *names, *const *owners;
     size_t n;
-    int64_t lock_until;
+    int64_t lease_seconds;
     bool *renewed;
 };
 
@@ -407,24 +431,31 @@ static enum store_status run_renew(const struct store_backend *ops, void *be, vo
 {
     const struct renew_job *j = arg;
     enum store_status st = STORE_OK;
+    /* Also past its lease: while nobody took the lock, it is still this session's. */
+    static const char *const parts[] = {"UPDATE mailboxes SET locked_until = ",
+                                        " + $3 WHERE name = $1 AND lock_owner = $2"};
+    char *sql = lock_sql(ops, parts, 2);
 
+    if (!sql) {
+        store_set_err(err, "cannot renew maildrop locks: out of memory");
+        return STORE_ERR_NOMEM;
+    }
     for (size_t i = 0; st == STORE_OK && i < j->n; i++) {
         const struct store_param p[] = {STORE_P_TEXT(j->names[i]), STORE_P_TEXT(j->owners[i]),
-                                        STORE_P_INT(j->lock_until)};
+                                        STORE_P_INT(j->lease_seconds)};
         int64_t changed = 0;
 
-        /* Also past its lease: while nobody took the lock, it is still this session's. */
-        st = ops->sql_write(be, "UPDATE mailboxes SET locked_until = $3 WHERE name = $1 AND lock_owner = $2",
-                            p, 3, &changed, NULL, err);
+        st = ops->sql_write(be, sql, p, 3, &changed, NULL, err);
         j->renewed[i] = st == STORE_OK && changed > 0;
     }
+    free(sql);
     return st;
 }
 
 void store_maildrop_renew_async(struct store *st, const char *const *names, const char *const *owners, size_t n,
-                                int64_t lock_until, bool *renewed, store_write_done_fn done, void *arg)
+                                int64_t lease_seconds, bool *renewed, store_write_done_fn done, void *arg)
 {
-    const struct renew_job j = {.names = names, .owners = owners, .n = n, .lock_until = lock_until,
+    const struct renew_job j = {.names = names, .owners = owners, .n = n, .lease_seconds = lease_seconds,
                                 .renewed = renewed};
 
     for (size_t i = 0; i < n; i++) renewed[i] = false;

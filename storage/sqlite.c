@@ -1467,4 +1467,5 @@ const struct store_backend store_sqlite_backend = {
     .holds_data = store_sqlite_holds_data,
     .sql_read = store_sqlite_sql_read,
     .sql_write = store_sqlite_sql_write,
+    .now_seconds_sql = "CAST(strftime('%s', 'now') AS INTEGER)",
 };

@@ -573,21 +573,23 @@ struct store_maildrop_entry {
     int64_t size;                  /* bytes as stored */
 };
 /* Opens a POP3 session's maildrop (a job): takes the mailbox's lock unless another session holds
- * it (locked_until > now: STORE_ERR_CONFLICT) for session `owner` (a token unique to the session)
- * until `lock_until` (a lease, renewed by store_maildrop_renew: a process that dies holding it
- * frees it by then), deletes the messages past their expiry (only here and in the sweeper of
- * unlocked mailboxes: never under a session), and lists the rest in filing order, at most `max`
- * (*out malloc'd, NULL when empty).  STORE_ERR_NOT_FOUND: no such mailbox. */
+ * it (its lease not over: STORE_ERR_CONFLICT) for session `owner` (a token unique to the session)
+ * for `lease_seconds` (by the database's clock, as the claims; renewed by
+ * store_maildrop_renew_async: a process that dies holding it frees it by then), deletes the
+ * messages past their expiry at `now` (only here and in the sweeper of unlocked mailboxes: never
+ * under a session), and lists the rest in filing order, at most `max` (*out malloc'd, NULL when
+ * empty).  STORE_ERR_NOT_FOUND: no such mailbox. */
 enum store_status store_maildrop_open(struct store *st, const char *name, const char *owner, int64_t now,
-                                      int64_t lock_until, size_t max, struct store_maildrop_entry **out,
+                                      int64_t lease_seconds, size_t max, struct store_maildrop_entry **out,
                                       size_t *n, char **err);
-/* Extends the locks of n sessions (names[i], owners[i]) to `lock_until`, queued without waiting
+/* Extends the locks of n sessions (names[i], owners[i]) by `lease_seconds` from now (the
+ * database's clock), queued without waiting
  * (one transaction; `done` as for store_write_outcome_async): renewed[i] false when session
  * owners[i] no longer holds mailbox names[i] (its lease ran out and another session took the
  * lock).  Every pointer stays valid until `done` ran.  Not on a thread pool: a renewal never
  * waits behind password checks. */
 void store_maildrop_renew_async(struct store *st, const char *const *names, const char *const *owners, size_t n,
-                                int64_t lock_until, bool *renewed, store_write_done_fn done, void *arg);
+                                int64_t lease_seconds, bool *renewed, store_write_done_fn done, void *arg);
 /* Ends session `owner` (a job, one transaction): an event "retrieved" per key in `retrieved`,
  * then, per key in `deleted`, an event "deleted" and the message removed from the mailbox; then
  * the lock released.  A dropped connection passes no deleted keys.  STORE_ERR_CONFLICT, nothing

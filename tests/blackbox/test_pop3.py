@@ -338,6 +338,28 @@ class SemanticsTest(Pop3Case):
         d.wait_log(lambda l: l.level == "warn" and l.topic == "pop3" and l.rest.startswith("maildrop close failed")
                    and l.kv.get("mailbox") == "support", what="the lost lock's close logged")
 
+    @unittest.skipUnless(harness.PG, "nodes whose clocks disagree: PostgreSQL only")
+    def test_lock_goes_by_the_databases_clock(self):
+        """A second node whose clock is an hour ahead (libfaketime) still finds the first node's
+        lock held: the lease is written and read by the database server's clock, as the claims
+        are, not by each node's."""
+        lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+        self.assertTrue(os.path.exists(lib), "%s missing: scripts/install-deps --test installs faketime" % lib)
+        d = self.start(["--lease-seconds", str(self.LEASE)])
+        send_many(d, [message(1)])
+        wait_filed(d, 1)
+        a = self.login(d)
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        ahead = self.daemon(database_url=d.database_url, args=["--pop3-listen", "127.0.0.1:0"] + self.extra,
+                            env={"LD_PRELOAD": lib, "FAKETIME": "+1h", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+                                 "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"})
+        port = pop3_port(ahead)
+        self.assertTrue(self.in_use(port))
+        time.sleep(self.LEASE * 1.6)  # renewed by the first node meanwhile
+        self.assertTrue(self.in_use(port))
+        a.quit()
+        self.assertFalse(self.in_use(port))
+
     def test_dropped_connection_deletes_nothing(self):
         d = self.start()
         big = b"X" * 998 + b"\r\n"
