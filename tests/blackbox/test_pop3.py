@@ -91,6 +91,21 @@ class Pop3Case(InletTestCase):
         p.pass_(PASSWORD)
         return p
 
+    LEASE = 3
+
+    def in_use(self, port):
+        """Whether a login now gets -ERR [IN-USE] (True) or the maildrop (False, session closed)."""
+        p = poplib.POP3("127.0.0.1", port, timeout=harness.timeout(10))
+        p.user("support")
+        try:
+            p.pass_(PASSWORD)
+        except poplib.error_proto as e:
+            self.assertRegex(str(e), r"-ERR \[IN-USE\]")
+            p.close()
+            return True
+        p.quit()
+        return False
+
 
 class CommandsTest(Pop3Case):
     def test_every_command(self):
@@ -257,21 +272,6 @@ class SemanticsTest(Pop3Case):
     # --- The lock is a lease of --lease-seconds (3 s here), renewed every second while its session
     # lives (engine/mailboxes.c).
 
-    LEASE = 3
-
-    def in_use(self, port):
-        """Whether a login now gets -ERR [IN-USE] (True) or the maildrop (False, session closed)."""
-        p = poplib.POP3("127.0.0.1", port, timeout=harness.timeout(10))
-        p.user("support")
-        try:
-            p.pass_(PASSWORD)
-        except poplib.error_proto as e:
-            self.assertRegex(str(e), r"-ERR \[IN-USE\]")
-            p.close()
-            return True
-        p.quit()
-        return False
-
     def test_lock_outlives_its_lease_while_the_session_lives(self):
         d = self.start(["--lease-seconds", str(self.LEASE)])
         send_many(d, [message(1)])
@@ -285,80 +285,6 @@ class SemanticsTest(Pop3Case):
         self.assertFalse(self.in_use(self.port))
         row = harness.query(d, "SELECT locked_until, lock_owner FROM mailboxes WHERE name = 'support'")[0]
         self.assertEqual((row[0], row[1]), (0, ""))
-
-    @unittest.skipUnless(harness.PG, "a node that dies while another is up: PostgreSQL only")
-    def test_dead_nodes_lock_ends_with_its_lease(self):
-        """A node killed while its session held the lock: another node's poller gets the maildrop
-        once the lease ran out (it was an hour before the lease became short and renewed)."""
-        d = self.start(["--lease-seconds", str(self.LEASE)])
-        send_many(d, [message(1)])
-        wait_filed(d, 1)
-        a = self.login(d)
-        other = self.daemon(database_url=d.database_url, args=["--pop3-listen", "127.0.0.1:0"] + self.extra)
-        port = pop3_port(other)
-        self.assertTrue(self.in_use(port))
-        d.kill9()
-        a.close()
-        killed = time.monotonic()
-        deadline = killed + harness.timeout(self.LEASE + 10)
-        while self.in_use(port):
-            self.assertLess(time.monotonic(), deadline, "the dead node's lock outlived its lease")
-            time.sleep(0.2)
-        self.assertLess(time.monotonic() - killed, harness.timeout(self.LEASE + 5))
-        b = self.login(other, port)
-        self.assertEqual(b.stat()[0], 1)
-        b.quit()
-
-    @unittest.skipUnless(harness.PG, "another node takes the lock: PostgreSQL only")
-    def test_session_that_lost_its_lock_commits_nothing(self):
-        """A node stalled past its lease (SIGSTOP): another node's session takes the lock; the
-        stalled session's QUIT then commits none of its DELEs."""
-        import signal
-        d = self.start(["--lease-seconds", str(self.LEASE)])
-        send_many(d, [message(1)])
-        wait_filed(d, 1)
-        a = self.login(d)
-        a.dele(1)
-        other = self.daemon(database_url=d.database_url, args=["--pop3-listen", "127.0.0.1:0"] + self.extra)
-        port = pop3_port(other)
-        d.send_signal(signal.SIGSTOP)
-        try:
-            deadline = time.monotonic() + harness.timeout(self.LEASE + 10)
-            while self.in_use(port):  # the stalled node's lease runs out; this login keeps nothing
-                self.assertLess(time.monotonic(), deadline, "the stalled node's lock outlived its lease")
-                time.sleep(0.2)
-            b = self.login(other, port)  # and this one holds the lock when the stalled node wakes up
-        finally:
-            d.send_signal(signal.SIGCONT)
-        with self.assertRaisesRegex(poplib.error_proto, r"-ERR \[SYS/TEMP\] Maildrop lock lost: no message was deleted"):
-            a.quit()
-        self.assertEqual(b.stat()[0], 1)
-        b.quit()
-        self.assertEqual(len(filed(d)), 1)
-        d.wait_log(lambda l: l.level == "warn" and l.topic == "pop3" and l.rest.startswith("maildrop close failed")
-                   and l.kv.get("mailbox") == "support", what="the lost lock's close logged")
-
-    @unittest.skipUnless(harness.PG, "nodes whose clocks disagree: PostgreSQL only")
-    def test_lock_goes_by_the_databases_clock(self):
-        """A second node whose clock is an hour ahead (libfaketime) still finds the first node's
-        lock held: the lease is written and read by the database server's clock, as the claims
-        are, not by each node's."""
-        lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
-        self.assertTrue(os.path.exists(lib), "%s missing: scripts/install-deps --test installs faketime" % lib)
-        d = self.start(["--lease-seconds", str(self.LEASE)])
-        send_many(d, [message(1)])
-        wait_filed(d, 1)
-        a = self.login(d)
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        ahead = self.daemon(database_url=d.database_url, args=["--pop3-listen", "127.0.0.1:0"] + self.extra,
-                            env={"LD_PRELOAD": lib, "FAKETIME": "+1h", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-                                 "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"})
-        port = pop3_port(ahead)
-        self.assertTrue(self.in_use(port))
-        time.sleep(self.LEASE * 1.6)  # renewed by the first node meanwhile
-        self.assertTrue(self.in_use(port))
-        a.quit()
-        self.assertFalse(self.in_use(port))
 
     def test_dropped_connection_deletes_nothing(self):
         d = self.start()
