@@ -47,7 +47,7 @@
  * that the nodes' clocks need not agree. */
 #define PG_SERVER_NOW "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 /* The same in seconds (maildrop locks). */
-#define PG_SERVER_SECONDS "floor(extract(epoch FROM clock_timestamp()))::bigint"
+#define PG_SERVER_NOW_S "floor(extract(epoch FROM clock_timestamp()))::bigint"
 
 struct pg_be {
     char *uri;
@@ -1217,7 +1217,7 @@ static enum store_status pg_sweep(void *arg, const struct store_sweep_args *a,
     st = sweep_step(be,
                     "DELETE FROM stored WHERE key IN (SELECT key FROM stored WHERE expires_at <= $1"
                     " AND NOT " PG_COPY_HELD("stored.key") " AND NOT EXISTS (SELECT 1 FROM"
-                    " mailboxes WHERE name = stored.mailbox AND locked_until > " PG_SERVER_SECONDS ")"
+                    " mailboxes WHERE name = stored.mailbox AND locked_until > " PG_SERVER_NOW_S ")"
                     " ORDER BY expires_at LIMIT $2)",
                     (const int64_t[]){now, lim}, 2, NULL, &out->copies, err,
                     "sweep failed: stored copies");
@@ -2250,7 +2250,7 @@ const struct store_backend store_postgres_backend = {
     .holds_data = pg_holds_data,
     .sql_read = pg_sql_read,
     .sql_write = pg_sql_write,
-    .now_seconds_sql = PG_SERVER_SECONDS,
+    .now_seconds_sql = PG_SERVER_NOW_S,
     .writer_query = pg_writer_query,
     .checkpoint_stats = NULL,
 };
