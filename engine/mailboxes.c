@@ -9,9 +9,9 @@
  * A session's maildrop lock names it (a token: this node's id and 64 random bits) and lasts
  * --lease-seconds; `held` lists the sessions holding one, and every third of the lease one job
  * renews them all (queued to the store's writer directly, not on the thread pool: a renewal never
- * waits behind the password checks of a flood of logins).  A session whose lock was taken meanwhile (its lease ran out: the database was
- * unreachable, or this process stalled) is logged, and its QUIT commits nothing (the store checks
- * the token). */
+ * waits behind the password checks of a flood of logins).  A session whose lock was taken
+ * meanwhile (its lease ran out: the database was unreachable, or this process stalled) is logged,
+ * and its QUIT commits nothing (the store checks the token). */
 #include <glib.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -113,7 +113,6 @@ static void do_close(struct work *w)
     free(err);
 }
 
-
 static void on_work(uv_work_t *req)
 {
     struct work *w = req->data;
@@ -131,7 +130,6 @@ static void held_free(void *p)
     g_free(h->owner);
     g_free(h);
 }
-
 
 static void on_done(uv_work_t *req, int status)
 {
