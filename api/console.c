@@ -18,11 +18,14 @@
  *                                     data: unless ?images=1)
  *
  * The assets are compiled into the binary (ui/console.gresource.xml, GLib's GResource); their
- * hashes are computed once at start.  Sessions live in memory (a restart logs everyone out): a
- * table of API_CONSOLE_SESSIONS_MAX under a mutex, each the SHA-256 of its cookie's 256 random
- * bits (the table never holds a usable cookie), its CSRF token and its absolute expiry.  A
- * request with the cookie is authenticated like one with the API key (api/server.c begin()); a
- * change (any method but GET and HEAD) also needs the header X-CSRF-Token, or 403. */
+ * hashes are computed once at start.  Sessions live in the database (storage/console.c), so that
+ * every node on one PostgreSQL knows every login and a restart logs nobody out: at most
+ * API_CONSOLE_SESSIONS_MAX rows, each the SHA-256 of its cookie's 256 random bits (the database
+ * never holds a usable cookie), its CSRF token and its absolute expiry; login and logout are
+ * writes that wait for their commit suspended (api/writes.c).  A request with the cookie is
+ * authenticated like one with the API key (api/server.c begin()), by one read of its row; a
+ * change (any method but GET and HEAD) also needs the header X-CSRF-Token, or 403.  The failed
+ * logins are counted per process. */
 #include <gio/gio.h>
 #include <glib.h>
 #include <stdlib.h>
@@ -58,20 +61,13 @@ struct console_asset {
     GBytes *bytes;
 };
 
-struct console_session {
-    unsigned char digest[API_AUTH_DIGEST_LEN]; /* SHA-256 of the cookie's token; all 0: free */
-    char csrf[48];
-    int64_t expires; /* Unix seconds */
-};
-
 struct api_console {
     struct console_asset *assets;
     size_t nassets;
     GBytes *index; /* index.html with the asset URLs */
     int64_t ttl;
     bool secure;
-    pthread_mutex_t mu;
-    struct console_session sessions[API_CONSOLE_SESSIONS_MAX];
+    pthread_mutex_t mu; /* guards failures */
     /* Failed logins per client (an IPv4 address or an IPv6 /64, util/net.h) in the current
      * minute: a table of API_CONSOLE_LOGIN_CLIENTS_MAX; a new client takes a free slot, a slot
      * of an older minute, or the one with the fewest failures. */
@@ -187,7 +183,6 @@ void api_console_free(struct api_console *c)
     }
     g_free(c->assets);
     if (c->index) g_bytes_unref(c->index);
-    memset(c->sessions, 0, sizeof c->sessions);
     pthread_mutex_destroy(&c->mu);
     g_free(c);
 }
@@ -250,19 +245,14 @@ enum MHD_Result api_console_asset(struct api_server *api, struct api_request *re
 
 /* ---- sessions ------------------------------------------------------------------------------- */
 
-static void token_digest(const char *token, unsigned char out[API_AUTH_DIGEST_LEN])
-{
-    gsize n = API_AUTH_DIGEST_LEN;
-    GChecksum *ck = g_checksum_new(G_CHECKSUM_SHA256);
-    g_checksum_update(ck, (const guchar *)token, (gssize)strlen(token));
-    g_checksum_get_digest(ck, out, &n);
-    g_checksum_free(ck);
-}
+/* The hex SHA-256 of a cookie's token: the session's key in the database. */
+#define DIGEST_HEX_LEN 64
 
-static bool slot_free(const struct console_session *s)
+static void token_digest(const char *token, char out[DIGEST_HEX_LEN + 1])
 {
-    static const unsigned char zero[API_AUTH_DIGEST_LEN];
-    return memcmp(s->digest, zero, sizeof zero) == 0;
+    gchar *hex = g_compute_checksum_for_string(G_CHECKSUM_SHA256, token, -1);
+    g_strlcpy(out, hex, DIGEST_HEX_LEN + 1);
+    g_free(hex);
 }
 
 static char *random_token(void)
@@ -274,57 +264,42 @@ static char *random_token(void)
     return t;
 }
 
-/* A new session: its cookie token (g_malloc'd) and, in csrf, its CSRF token.  Past
- * API_CONSOLE_SESSIONS_MAX the session nearest its end gives way. */
-static char *session_new(struct api_console *c, int64_t now, char csrf[48])
+/* A session that ended is deleted when it is next shown (then "Invalid credentials", as for a
+ * session never made); nobody waits for that write. */
+static void ended_deleted(void *arg, enum store_status status, char *err)
 {
-    char *token = random_token(), *ct = random_token();
-    pthread_mutex_lock(&c->mu);
-    struct console_session *slot = &c->sessions[0];
-    for (size_t i = 0; i < API_CONSOLE_SESSIONS_MAX; i++) {
-        struct console_session *s = &c->sessions[i];
-        if (slot_free(s) || s->expires <= now) {
-            slot = s;
-            break;
-        }
-        if (s->expires < slot->expires) slot = s;
-    }
-    token_digest(token, slot->digest);
-    g_strlcpy(slot->csrf, ct, sizeof slot->csrf);
-    slot->expires = now + c->ttl;
-    g_strlcpy(csrf, ct, 48);
-    pthread_mutex_unlock(&c->mu);
-    g_free(ct);
-    return token;
+    if (status != STORE_OK) log_warn("http", "console session delete failed error=\"%s\"", err ? err : "?");
+    free(err);
+    g_free(arg);
 }
 
 /* The session of the request's cookie: API_CONSOLE_OK (csrf and *expires filled), _NONE (no
- * cookie, or not a session we know), _EXPIRED (it was ours and ended; its slot is freed). */
+ * cookie, or not a session the database knows), _EXPIRED (it was one and ended; it is deleted),
+ * _UNAVAILABLE (the database could not be read). */
 enum api_console_auth api_console_check(struct api_server *api, struct MHD_Connection *conn,
                                         char csrf[48], int64_t *expires)
 {
-    struct api_console *c = api->console;
     const char *token = MHD_lookup_connection_value(conn, MHD_COOKIE_KIND, COOKIE_NAME);
-    if (!c || !token || !*token || strlen(token) > API_CONSOLE_COOKIE_MAX) return API_CONSOLE_NONE;
-    unsigned char d[API_AUTH_DIGEST_LEN];
+    if (!api->console || !token || !*token || strlen(token) > API_CONSOLE_COOKIE_MAX) return API_CONSOLE_NONE;
+    char d[DIGEST_HEX_LEN + 1], *got = NULL, *err = NULL;
+    int64_t until = 0;
     token_digest(token, d);
-    int64_t now = (int64_t)time(NULL);
+    enum store_status st = store_console_session_get(api->store, d, &got, &until, &err);
     enum api_console_auth res = API_CONSOLE_NONE;
-    pthread_mutex_lock(&c->mu);
-    for (size_t i = 0; i < API_CONSOLE_SESSIONS_MAX; i++) {
-        struct console_session *s = &c->sessions[i];
-        if (slot_free(s) || !api_ct_equal(s->digest, d, sizeof d)) continue;
-        if (s->expires <= now) {
-            memset(s, 0, sizeof *s);
-            res = API_CONSOLE_EXPIRED;
-        } else {
-            g_strlcpy(csrf, s->csrf, 48);
-            *expires = s->expires;
-            res = API_CONSOLE_OK;
-        }
-        break;
+    if (st == STORE_OK && until <= (int64_t)time(NULL)) {
+        res = API_CONSOLE_EXPIRED;
+        char *key = g_strdup(d); /* the job's, until ended_deleted */
+        store_console_session_delete_async(api->store, key, ended_deleted, key);
+    } else if (st == STORE_OK) {
+        g_strlcpy(csrf, got, 48);
+        *expires = until;
+        res = API_CONSOLE_OK;
+    } else if (st != STORE_ERR_NOT_FOUND) {
+        log_error("http", "console session read failed error=\"%s\"", err ? err : store_status_text(st));
+        res = API_CONSOLE_UNAVAILABLE;
     }
-    pthread_mutex_unlock(&c->mu);
+    free(got);
+    free(err);
     return res;
 }
 
@@ -416,6 +391,48 @@ static bool login_failure_allowed(struct api_console *c, const char *client, boo
     return ok;
 }
 
+/* A login or a logout: the session's row written, then the reply with its cookie. */
+struct session_write {
+    struct api_write w; /* first: api/writes.c hands it back */
+    char *token, *csrf; /* login: the cookie's token and the CSRF token (g_malloc'd) */
+    char digest[DIGEST_HEX_LEN + 1];
+    int64_t expires;
+};
+
+static void session_write_free(struct api_write *w)
+{
+    struct session_write *s = (struct session_write *)w;
+    if (s->token) memset(s->token, 0, strlen(s->token));
+    g_free(s->token);
+    g_free(s->csrf);
+    g_free(s);
+}
+
+static enum MHD_Result login_reply(struct api_server *api, struct api_request *req, struct api_write *w)
+{
+    struct session_write *s = (struct session_write *)w;
+    struct api_console *c = api->console;
+    if (w->status != STORE_OK) {
+        char *err = w->err;
+        w->err = NULL;
+        return api_reply_store_error(req, "console login", w->status, err);
+    }
+    log_info("http", "console login ttl=%lld", (long long)c->ttl);
+    return reply_with_cookie(req->conn, MHD_HTTP_OK, session_json(api, s->csrf, s->expires),
+                             cookie(c, s->token, c->ttl));
+}
+
+static enum MHD_Result logout_reply(struct api_server *api, struct api_request *req, struct api_write *w)
+{
+    if (w->status != STORE_OK) {
+        char *err = w->err;
+        w->err = NULL;
+        return api_reply_store_error(req, "console logout", w->status, err);
+    }
+    return reply_with_cookie(req->conn, MHD_HTTP_OK, json_pack("{s:s}", "message", "Logged out"),
+                             cookie(api->console, "", 0));
+}
+
 enum MHD_Result api_console_login(struct api_server *api, struct api_request *req)
 {
     struct api_console *c = api->console;
@@ -447,14 +464,16 @@ enum MHD_Result api_console_login(struct api_server *api, struct api_request *re
         log_info("http", "console login refused reason=\"wrong key\" client=%s", client);
         return api_reply_error(req->conn, MHD_HTTP_UNAUTHORIZED, "Invalid API key");
     }
-    int64_t now = (int64_t)time(NULL);
-    char csrf[48];
-    char *token = session_new(c, now, csrf);
-    char *set = cookie(c, token, c->ttl);
-    memset(token, 0, strlen(token));
-    g_free(token);
-    log_info("http", "console login ttl=%lld", (long long)c->ttl);
-    return reply_with_cookie(req->conn, MHD_HTTP_OK, session_json(api, csrf, now + c->ttl), set);
+    struct session_write *s = g_new0(struct session_write, 1);
+    enum MHD_Result ret;
+    *s = (struct session_write){.w = {.reply = login_reply, .free = session_write_free},
+                                .token = random_token(), .csrf = random_token(),
+                                .expires = (int64_t)time(NULL) + c->ttl};
+    token_digest(s->token, s->digest);
+    if (!api_write_suspend(api, req, &s->w, &ret)) return ret;
+    store_console_session_create_async(api->store, s->digest, s->csrf, s->expires, s->expires - c->ttl,
+                                       API_CONSOLE_SESSIONS_MAX, api_write_done, req);
+    return MHD_YES;
 }
 
 enum MHD_Result api_console_session(struct api_server *api, struct api_request *req)
@@ -467,19 +486,17 @@ enum MHD_Result api_console_session(struct api_server *api, struct api_request *
 
 enum MHD_Result api_console_logout(struct api_server *api, struct api_request *req)
 {
-    struct api_console *c = api->console;
     const char *token = MHD_lookup_connection_value(req->conn, MHD_COOKIE_KIND, COOKIE_NAME);
-    if (token && strlen(token) <= API_CONSOLE_COOKIE_MAX) {
-        unsigned char d[API_AUTH_DIGEST_LEN];
-        token_digest(token, d);
-        pthread_mutex_lock(&c->mu);
-        for (size_t i = 0; i < API_CONSOLE_SESSIONS_MAX; i++)
-            if (!slot_free(&c->sessions[i]) && api_ct_equal(c->sessions[i].digest, d, sizeof d))
-                memset(&c->sessions[i], 0, sizeof c->sessions[i]);
-        pthread_mutex_unlock(&c->mu);
-    }
-    return reply_with_cookie(req->conn, MHD_HTTP_OK,
-                             json_pack("{s:s}", "message", "Logged out"), cookie(c, "", 0));
+    if (!token || !*token || strlen(token) > API_CONSOLE_COOKIE_MAX) /* Basic credentials: no session */
+        return reply_with_cookie(req->conn, MHD_HTTP_OK, json_pack("{s:s}", "message", "Logged out"),
+                                 cookie(api->console, "", 0));
+    struct session_write *s = g_new0(struct session_write, 1);
+    enum MHD_Result ret;
+    *s = (struct session_write){.w = {.reply = logout_reply, .free = session_write_free}};
+    token_digest(token, s->digest);
+    if (!api_write_suspend(api, req, &s->w, &ret)) return ret;
+    store_console_session_delete_async(api->store, s->digest, api_write_done, req);
+    return MHD_YES;
 }
 
 /* ---- a stored copy's HTML body -------------------------------------------------------------- */

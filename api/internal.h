@@ -242,7 +242,7 @@ enum MHD_Result api_mailboxes_delete(struct api_server *api, struct api_request 
 enum MHD_Result api_deliveries_retry(struct api_server *api, struct api_request *req);
 /* api/console.c: the web console (SPEC §7.1): assets, login sessions, CSRF. */
 struct api_console;
-enum api_console_auth { API_CONSOLE_NONE, API_CONSOLE_OK, API_CONSOLE_EXPIRED };
+enum api_console_auth { API_CONSOLE_NONE, API_CONSOLE_OK, API_CONSOLE_EXPIRED, API_CONSOLE_UNAVAILABLE };
 /* Loads the assets compiled into the binary; NULL with *err (g_malloc'd). */
 struct api_console *api_console_new(const struct api_config *cfg, const char *public_url, char **err);
 void api_console_free(struct api_console *c);

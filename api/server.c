@@ -27,9 +27,9 @@ static const struct api_endpoint endpoints[] = {
     {"GET", "/ui", api_console_redirect, false, false, false},
     {"GET", "/ui/", api_console_index, false, false, false},
     {"GET", "/ui/assets/:hash/:name", api_console_asset, false, false, false},
-    {"POST", "/ui/login", api_console_login, false, false, false},
+    {"POST", "/ui/login", api_console_login, false, false, true},
     {"GET", "/ui/session", api_console_session, true, false, false},
-    {"POST", "/ui/logout", api_console_logout, true, false, false},
+    {"POST", "/ui/logout", api_console_logout, true, false, true},
     {"GET", "/ui/html/:domain/:key", api_console_html, true, false, false},
     {"GET", "/v3/routes", api_routes_list, true, false, false},
     {"POST", "/v3/routes", api_routes_create, true, true, true},
@@ -147,6 +147,9 @@ static bool authenticate(struct api_server *api, struct api_request *req, enum M
         return false;
     case API_CONSOLE_NONE:
         *r = reply_unauthorized(conn, "Invalid credentials");
+        return false;
+    case API_CONSOLE_UNAVAILABLE: /* not a 401: the browser's session is still good */
+        *r = api_reply_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "Storage unavailable: cannot read the console session");
         return false;
     }
     req->session = true;

@@ -463,6 +463,28 @@ static const struct store_migration migrations[] = {
         .sqlite_sql = "ALTER TABLE mailboxes ADD COLUMN lock_owner TEXT NOT NULL DEFAULT '';",
         .postgres_sql = "ALTER TABLE mailboxes ADD COLUMN lock_owner TEXT COLLATE \"C\" NOT NULL DEFAULT '';",
     },
+    {
+        .version = 13,
+        .description = "web console sessions in the database",
+        /* They were held in each process's memory: behind a load balancer, a login made on one
+         * node was unknown to the others, and a restart logged everyone out.  digest: the hex
+         * SHA-256 of the cookie's token (never a usable cookie); seq: the logins' order; at most
+         * API_CONSOLE_SESSIONS_MAX rows (storage/console.c). */
+        .sqlite_sql = "CREATE TABLE console_sessions ("
+                      "  digest TEXT PRIMARY KEY,"
+                      "  csrf TEXT NOT NULL,"
+                      "  expires_at INTEGER NOT NULL,"
+                      "  created_at INTEGER NOT NULL,"
+                      "  seq INTEGER NOT NULL"
+                      ");",
+        .postgres_sql = "CREATE TABLE console_sessions ("
+                        "  digest TEXT COLLATE \"C\" PRIMARY KEY,"
+                        "  csrf TEXT NOT NULL,"
+                        "  expires_at BIGINT NOT NULL,"
+                        "  created_at BIGINT NOT NULL,"
+                        "  seq BIGINT NOT NULL"
+                        ");",
+    },
 };
 
 const struct store_migration *store_migrations(size_t *count)

@@ -1319,7 +1319,8 @@ void store_test_checkpoint_stats(struct store *st, struct store_checkpoint_stats
 /* ---- inlet migrate ---------------------------------------------------------------------------- */
 
 /* Every table a copy carries, in the order it copies them (purge_candidates is derived: the
- * sweeper finds what it needs again). */
+ * sweeper finds what it needs again; console_sessions are logins, which a move to another
+ * database ends). */
 static const char *const copy_tables[] = {
     "meta", "routes", "messages", "recipients", "deliveries", "attempts", "stored", "events",
     "mailboxes", "message_auth",

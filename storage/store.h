@@ -539,6 +539,23 @@ enum store_status store_gauges(struct store *st, int64_t now, struct store_gauge
                                char **err);
 
 /* ---------------------------------------------------------------------------------------------
+ * Web console sessions (SPEC §7.1; storage/console.c): shared by every node on one database and
+ * kept across restarts.  `digest`: the hex SHA-256 of the session cookie's token (the database
+ * never holds a usable cookie).  Times in Unix seconds. */
+/* The session of `digest`: STORE_OK with *csrf (malloc'd) and *expires_at (it may have ended:
+ * the caller compares), or STORE_ERR_NOT_FOUND.  A read. */
+enum store_status store_console_session_get(struct store *st, const char *digest, char **csrf,
+                                            int64_t *expires_at, char **err);
+/* A new session, queued without waiting: the sessions that ended by `now` go first, then, past
+ * `max`, those nearest their end.  The strings stay valid until `done` ran. */
+void store_console_session_create_async(struct store *st, const char *digest, const char *csrf,
+                                        int64_t expires_at, int64_t now, size_t max,
+                                        store_write_done_fn done, void *arg);
+/* Ends a session (none: nothing changes, STORE_OK), queued without waiting. */
+void store_console_session_delete_async(struct store *st, const char *digest, store_write_done_fn done,
+                                        void *arg);
+
+/* ---------------------------------------------------------------------------------------------
  * Mailboxes for POP3 pollers (SPEC §9).  A mailbox message is a stored copy filed into a mailbox
  * by a store(mailbox=...) action: its key is the POP3 UID.  Names are lower case (the caller
  * checks them).  Writes wait for their commit. */

@@ -14,6 +14,7 @@ and 360 px wide go to $INLET_SCREENSHOT_DIR (tests/blackbox/meson.build: <build>
 <test name>/).
 """
 import base64
+import hashlib
 import email.utils
 import json
 import os
@@ -178,10 +179,47 @@ class ConsoleHttpTest(ConsoleCase):
                 break
             time.sleep(0.2)
         self.assertEqual((st, json.loads(b)), (401, {"message": "Session expired"}))
-        st, _, b = d.http("GET", "/v3/routes", headers=c, auth=False)
+        # That answer deleted its row (a write of its own, not waited for): then the cookie is
+        # unknown, as a forged one.
+        deadline = time.monotonic() + timeout(5)
+        while True:
+            st, _, b = d.http("GET", "/v3/routes", headers=c, auth=False)
+            if json.loads(b)["message"] != "Session expired" or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         self.assertEqual((st, json.loads(b)["message"]), (401, "Invalid credentials"), "an expired session is gone")
+        self.assertEqual(d.query("SELECT count(*) FROM console_sessions")[0][0], 0, "its row deleted")
         st, _, b = d.http("GET", "/v3/routes", headers={"Cookie": "inlet_session=forged"}, auth=False)
         self.assertEqual(st, 401)
+
+    def test_session_outlives_a_restart(self):
+        """Sessions are rows in the database (migration 13), not in the process: a restart logs
+        nobody out, and the database holds the cookie's SHA-256, never the cookie."""
+        d = self.start()
+        cookie, csrf = self.session(d)
+        c = {"Cookie": cookie, "X-Inlet-Console": "1"}
+        token = cookie.split("=", 1)[1]
+        (digest,) = [r[0] for r in d.query("SELECT digest FROM console_sessions")]
+        self.assertEqual(digest, hashlib.sha256(token.encode()).hexdigest())
+        d.restart()
+        st, _, b = d.http("GET", "/ui/session", headers=c, auth=False)
+        self.assertEqual(st, 200, b)
+        self.assertEqual(json.loads(b)["csrf"], csrf)
+        st, _, _ = d.http("POST", "/ui/logout", headers=dict(c, **{"X-CSRF-Token": csrf}), auth=False)
+        self.assertEqual(st, 200)
+        self.assertEqual(d.query("SELECT count(*) FROM console_sessions")[0][0], 0)
+        d.restart()
+        st, _, b = d.http("GET", "/v3/routes", headers=c, auth=False)
+        self.assertEqual((st, json.loads(b)["message"]), (401, "Invalid credentials"))
+
+    def test_sessions_are_bounded(self):
+        """At most API_CONSOLE_SESSIONS_MAX (64) sessions: the 65th login ends the one nearest its
+        end (the first), never the new one."""
+        d = self.start()
+        cookies = [self.session(d)[0] for _ in range(65)]
+        self.assertEqual(d.query("SELECT count(*) FROM console_sessions")[0][0], 64)
+        status = [d.http("GET", "/ui/session", headers={"Cookie": c}, auth=False)[0] for c in (cookies[0], cookies[1], cookies[-1])]
+        self.assertEqual(status, [401, 200, 200])
 
     def test_failed_logins_are_throttled(self):
         d = self.start()

@@ -889,11 +889,11 @@ static void test_migration_v1(void)
     struct store *st = store_open(tmp, NULL, &err);
     CHECK(st != NULL, "open a version 1 database (%s)", err ? err : "ok");
     if (!st) goto out;
-    CHECK(store_schema_version() == 12, "this binary writes schema 12");
+    CHECK(store_schema_version() == 13, "this binary writes schema 13");
 
     db = raw_open(dbpath);
     bool q = db && raw_query(db, "SELECT value FROM meta WHERE key = 'schema_version'", buf, sizeof buf);
-    CHECK(q && !strcmp(buf, "12"), "upgraded to schema_version 12 (%s)", buf);
+    CHECK(q && !strcmp(buf, "13"), "upgraded to schema_version 13 (%s)", buf);
     q = db && raw_query(db, "PRAGMA auto_vacuum", buf, sizeof buf);
     CHECK(q && !strcmp(buf, "2"), "auto_vacuum 0 became incremental (one VACUUM at open): %s", buf);
     q = db && raw_query(db, "PRAGMA page_size", buf, sizeof buf);
@@ -914,6 +914,7 @@ static void test_migration_v1(void)
         {"stored", "key,message_id,recipient,domain,route_id,notify,format,expires_at,created_at,"
                    "mailbox"},
         {"message_auth", "message_id,authentication"},
+        {"console_sessions", "digest,csrf,expires_at,created_at,seq"},
         {"mailboxes", "name,password_hash,retention,locked_until,created_at,updated_at,lock_owner"},
         {"messages", "id,received_at,sender,recipients,remote_ip,helo,tls,size,raw,state,"
                      "parse_warnings,body_segment,body_offset,body_crc,claimed_by,lease_until"},
