@@ -438,12 +438,13 @@ static void take_over_claims(struct engine *e)
     GError *gerr = NULL;
     const char *id = store_node_id(e->store);
     if (store_claims_shared(e->store) && g_file_get_contents(path, &prev, NULL, NULL)) {
-        int64_t nd = 0, nm = 0;
+        struct store_released n = {0};
         char *err = NULL;
         g_strstrip(prev);
-        if (*prev && store_release_claims(e->store, prev, &nd, &nm, &err) == STORE_OK)
+        if (*prev && store_release_claims(e->store, prev, &n, &err) == STORE_OK)
             log_info("engine", "released claims of node=%s (the last run on this data dir) deliveries=%lld "
-                               "messages=%lld", prev, (long long)nd, (long long)nm);
+                               "messages=%lld mailboxes=%lld", prev, (long long)n.deliveries,
+                     (long long)n.messages, (long long)n.mailboxes);
         else if (*prev)
             log_warn("engine", "cannot release the claims of node=%s: %s (they run out with their leases)", prev,
                      err ? err : "?");

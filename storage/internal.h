@@ -149,8 +149,8 @@ struct store_backend {
     enum store_status (*claim_unprocessed)(void *be, char ***ids, size_t *n, size_t max,
                                            char **err);
     /* A job: store_release_claims. */
-    enum store_status (*release_claims)(void *be, const char *node_id, int64_t *deliveries,
-                                        int64_t *messages, char **err);
+    enum store_status (*release_claims)(void *be, const char *node_id, struct store_released *out,
+                                        char **err);
 
     /* Called by the writer after every batch, once the batch's callbacks ran (write lock of
      * store.c held): housekeeping that must not delay a reply (SQLite: the WAL safety valve).

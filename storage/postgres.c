@@ -1718,8 +1718,8 @@ static enum store_status pg_deliveries_renew(void *arg, const char *const *ids, 
     return STORE_OK;
 }
 
-static enum store_status pg_release_claims(void *arg, const char *node_id, int64_t *deliveries,
-                                           int64_t *messages, char **err)
+static enum store_status pg_release_claims(void *arg, const char *node_id, struct store_released *out,
+                                           char **err)
 {
     struct pg_be *be = arg;
     struct pg_params p = {0};
@@ -1728,11 +1728,17 @@ static enum store_status pg_release_claims(void *arg, const char *node_id, int64
     p_text(&p, node_id);
     st = pg_cmd(be->w, "UPDATE deliveries SET claimed_by = NULL, lease_until = NULL"
                        " WHERE claimed_by = $1 AND state = 'pending'",
-                &p, deliveries, err, "cannot release claims on deliveries");
-    if (st != STORE_OK) return st;
-    return pg_cmd(be->w, "UPDATE messages SET claimed_by = NULL, lease_until = NULL"
-                         " WHERE claimed_by = $1 AND state = 'accepted'",
-                  &p, messages, err, "cannot release claims on messages");
+                &p, &out->deliveries, err, "cannot release claims on deliveries");
+    if (st == STORE_OK)
+        st = pg_cmd(be->w, "UPDATE messages SET claimed_by = NULL, lease_until = NULL"
+                           " WHERE claimed_by = $1 AND state = 'accepted'",
+                    &p, &out->messages, err, "cannot release claims on messages");
+    /* A session's lock owner is "<node id>/<64 random bits>" (engine/mailboxes.c). */
+    if (st == STORE_OK)
+        st = pg_cmd(be->w, "UPDATE mailboxes SET locked_until = 0, lock_owner = ''"
+                           " WHERE starts_with(lock_owner, $1::text || '/')",
+                    &p, &out->mailboxes, err, "cannot release maildrop locks");
+    return st;
 }
 
 /* Accepted messages nobody holds (no claim, or its lease ran out), or this node holds already. */

@@ -175,12 +175,16 @@ enum store_status store_deliveries_renew(struct store *st, const char *const *id
 enum store_status store_claim_unprocessed(struct store *st, char ***ids, size_t *n, size_t max,
                                           char **err);
 
-/* Lets go of every claim node `node_id` holds (pending deliveries, accepted messages): what a
- * previous run of this node held, known to be dead (engine: the data dir's lock file), goes back
- * to everyone at once instead of when its leases run out.  Waits for the commit; *deliveries and
- * *messages: how many.  SQLite: nothing to do (STORE_OK, 0, 0). */
-enum store_status store_release_claims(struct store *st, const char *node_id, int64_t *deliveries,
-                                       int64_t *messages, char **err);
+/* Lets go of every claim node `node_id` holds (pending deliveries, accepted messages) and of the
+ * maildrop locks of its POP3 sessions (owners "<node_id>/..."): what a previous run of this node
+ * held, known to be dead (engine: the data dir's lock file), goes back to everyone at once instead
+ * of when its leases run out.  Waits for the commit; *out: how many of each.  SQLite: nothing to
+ * do (STORE_OK, all 0: store_maildrop_unlock_stale releases every lock there). */
+struct store_released {
+    int64_t deliveries, messages, mailboxes;
+};
+enum store_status store_release_claims(struct store *st, const char *node_id, struct store_released *out,
+                                       char **err);
 
 /* Schema version this binary writes. */
 int store_schema_version(void);
@@ -616,8 +620,9 @@ enum store_status store_maildrop_close(struct store *st, const char *name, const
                                        const char *const *deleted, size_t ndeleted, char **err);
 /* At start: releases the mailbox locks that a dead process left, where that is safe.  With
  * in-process claims (SQLite: the data-dir lock makes this process the database's only node) every
- * lock; on a shared database (PostgreSQL) none, since other nodes' live sessions hold theirs, and
- * a dead node's locks end with their lease (--lease-seconds: its sessions no longer renew them). */
+ * lock; on a shared database (PostgreSQL) none, since other nodes' live sessions hold theirs: a
+ * dead node's locks end with their lease (--lease-seconds: its sessions no longer renew them), or
+ * when it starts again on its data dir (store_release_claims). */
 enum store_status store_maildrop_unlock_stale(struct store *st, char **err);
 
 /* ---------------------------------------------------------------------------------------------

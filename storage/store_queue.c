@@ -77,7 +77,7 @@ struct queue_write {
     size_t nplans;
     const struct store_sweep_args *sweep;
     struct store_sweep_result *swept;
-    int64_t *released;                /* QW_RELEASE: deliveries, messages */
+    struct store_released *released; /* QW_RELEASE */
 };
 
 static enum store_status run_queue_write(const struct store_backend *ops, void *be, void *arg,
@@ -90,7 +90,7 @@ static enum store_status run_queue_write(const struct store_backend *ops, void *
     case QW_ADD: return ops->deliveries_add(be, w->id, w->plans, w->nplans, w->now, err);
     case QW_COPY_DELETE: return ops->copy_delete(be, w->id, w->now, err);
     case QW_SWEEP: return ops->sweep(be, w->sweep, w->swept, err);
-    case QW_RELEASE: return ops->release_claims(be, w->id, &w->released[0], &w->released[1], err);
+    case QW_RELEASE: return ops->release_claims(be, w->id, w->released, err);
     }
     return STORE_ERR_IO;
 }
@@ -142,19 +142,18 @@ enum store_status store_sweep(struct store *st, int64_t now, int64_t event_ttl,
     return rc; /* the caller logs what was removed */
 }
 
-enum store_status store_release_claims(struct store *st, const char *node_id, int64_t *deliveries,
-                                       int64_t *messages, char **err)
+enum store_status store_release_claims(struct store *st, const char *node_id, struct store_released *out,
+                                       char **err)
 {
     void *be;
     const struct store_backend *ops = store_backend_of(st, &be);
-    int64_t n[2] = {0, 0};
-    struct queue_write w = {.op = QW_RELEASE, .id = node_id, .released = n};
+    struct store_released n = {0};
+    struct queue_write w = {.op = QW_RELEASE, .id = node_id, .released = &n};
     enum store_status rc = STORE_OK;
 
     clear_err(err);
     if (ops->release_claims) rc = queue_write_run(st, &w, err);
-    *deliveries = rc == STORE_OK ? n[0] : 0;
-    *messages = rc == STORE_OK ? n[1] : 0;
+    *out = rc == STORE_OK ? n : (struct store_released){0};
     return rc;
 }
 

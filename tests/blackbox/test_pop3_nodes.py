@@ -1,8 +1,9 @@
 """POP3 maildrop locks across nodes on one PostgreSQL (SPEC §9): a lock is a lease of --lease-seconds
 (3 s here) by the database server's clock, in its session's name, renewed while the session lives.
-A node killed while its session held a lock frees the mailbox within the lease; a node stalled past
-its lease (SIGSTOP) commits none of its DELEs once another session took the lock; a node whose clock
-is an hour ahead (libfaketime) still finds another node's lock held.  PostgreSQL only by nature
+A node killed while its session held a lock frees the mailbox within the lease, or at once when it
+starts again on its data dir; a node stalled past its lease (SIGSTOP) commits none of its DELEs once
+another session took the lock; a node whose clock is an hour ahead (libfaketime) still finds
+another node's lock held.  PostgreSQL only by nature
 (registered as bb-pop3-nodes-pg); the single-node behaviour of the lock is test_pop3.py's."""
 
 import os
@@ -36,6 +37,23 @@ class NodesTest(Pop3Case):
         b = self.login(other, port)
         self.assertEqual(b.stat()[0], 1)
         b.quit()
+
+    def test_restarted_node_lets_go_of_its_dead_runs_locks(self):
+        """A node killed while its session held the lock and started again on its data dir: the
+        lock of its dead run goes at its start (as its claims do), not when its lease (60 s
+        here) runs out."""
+        d = self.start(["--lease-seconds", "60"])
+        send_many(d, [message(1)])
+        wait_filed(d, 1)
+        a = self.login(d)
+        d.kill9()
+        a.close()
+        d.restart()
+        b = self.login(d, pop3_port(d))  # -ERR [IN-USE] for the rest of the lease without it
+        self.assertEqual(b.stat()[0], 1)
+        b.quit()
+        self.assertTrue(any(line.topic == "engine" and line.rest.startswith("released claims")
+                            and line.kv.get("mailboxes") == "1" for line in d.lines()), d.log_text())
 
     def test_session_that_lost_its_lock_commits_nothing(self):
         """A node stalled past its lease (SIGSTOP): another node's session takes the lock; the

@@ -433,17 +433,27 @@ static void test_message_claims(struct store *a, struct store *b, PGconn *raw)
 static void test_release(struct store *a, struct store *b, PGconn *raw)
 {
     char got[256];
-    int64_t nd = -1, nm = -1;
+    struct store_released n = {-1, -1, -1};
 
     raw_query(raw, "DELETE FROM deliveries", got, sizeof got); /* the earlier cases' */
+    /* Maildrop locks: A's session's, a node whose id starts with A's, B's. */
+    raw_query(raw, "INSERT INTO mailboxes (name, password_hash, locked_until, created_at, updated_at, lock_owner)"
+                   " VALUES ('ma', 'h', 9999999999, 1, 1, 'node-a/0123456789abcdef'),"
+                   " ('mab', 'h', 9999999999, 1, 1, 'node-ab/0123456789abcdef'),"
+                   " ('mb', 'h', 9999999999, 1, 1, 'node-b/0123456789abcdef')",
+              got, sizeof got);
     accept_msg(a, 40);
     accept_msg(a, 41);
     CHECK(route_msg(a, 40, 1) == STORE_OK, "A accepts messages 40 and 41 and routes 40");
     claim_all(b, got, sizeof got);
     CHECK_STR(got, "", "B claims no delivery of A's");
-    CHECK(store_release_claims(b, "node-a", &nd, &nm, NULL) == STORE_OK && nd == 1 && nm == 1,
-          "A's claims released (its next run does this): 1 delivery, 1 message (%lld, %lld)",
-          (long long)nd, (long long)nm);
+    CHECK(store_release_claims(b, "node-a", &n, NULL) == STORE_OK && n.deliveries == 1 && n.messages == 1 &&
+              n.mailboxes == 1,
+          "A's claims released (its next run does this): 1 delivery, 1 message, 1 maildrop lock (%lld, %lld, %lld)",
+          (long long)n.deliveries, (long long)n.messages, (long long)n.mailboxes);
+    raw_query(raw, "SELECT string_agg(name || '=' || lock_owner, ',' ORDER BY name) FROM mailboxes", got, sizeof got);
+    CHECK_STR(got, "ma=,mab=node-ab/0123456789abcdef,mb=node-b/0123456789abcdef",
+              "only the locks of A's sessions (not node-ab's, not B's)");
     claim_all(b, got, sizeof got);
     CHECK_STR(got, "d40-0", "B claims the delivery at once");
     claim_messages(b, got, sizeof got);
