@@ -356,6 +356,7 @@ static void *worker_exit(struct pipeline *p, struct route_matcher *matcher)
  * the loop's priority and takes nothing else (a backlog goes to the others, committed first). */
 static void *first_worker_main(void *arg)
 {
+    log_thread_name("route-first");
     struct worker *w = arg;
     struct pipeline *p = w->p;
     struct route_matcher *matcher = route_matcher_new();
@@ -379,6 +380,7 @@ static void *first_worker_main(void *arg)
 
 static void *worker_main(void *arg)
 {
+    log_thread_name("route");
     struct worker *w = arg;
     struct pipeline *p = w->p;
     /* Below the loop (SMTP replies) and the writer (commits): when the CPUs are short, accepting

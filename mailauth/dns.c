@@ -37,6 +37,7 @@
 
 #include "mailauth/internal.h"
 #include "util/limits.h"
+#include "util/log.h"
 
 struct mailauth_dns {
     struct ub_ctx *ctx;
@@ -78,6 +79,7 @@ int64_t mailauth_now_ms(void)
 static void *process_main(void *arg)
 {
     struct mailauth_dns *d = arg;
+    log_thread_name("mailauth-dns");
     struct pollfd p[2] = {{.fd = ub_fd(d->ctx), .events = POLLIN}, {.fd = d->stop_pipe[0], .events = POLLIN}};
     for (;;) {
         int n = poll(p, 2, 1000);

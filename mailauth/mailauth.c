@@ -217,6 +217,7 @@ static void run_prefetch(struct mailauth *a, struct job *j)
 static void *worker_main(void *arg)
 {
     struct mailauth *a = arg;
+    log_thread_name("mailauth");
     for (;;) {
         pthread_mutex_lock(&a->lock);
         /* Prefetches take at most half the workers: with a slow DNS they must not leave the

@@ -242,6 +242,7 @@ static void listen_poll(struct store_pg_listen *l)
 static void *listen_main(void *arg)
 {
     struct store_pg_listen *l = arg;
+    log_thread_name("pg-listen");
     int64_t backoff = STORE_LISTEN_RETRY_MIN_MS, next_try = 0, next_poll = 0;
     bool ever = false, warned = false;
 

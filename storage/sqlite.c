@@ -300,6 +300,7 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
 static void *checkpointer_main(void *arg)
 {
     struct sqlite_be *be = arg;
+    log_thread_name("checkpointer");
 
     pthread_mutex_lock(&be->cmu);
     for (;;) {

@@ -668,6 +668,7 @@ static size_t entry_bytes(const struct store_entry *e)
 static void *writer_main(void *arg)
 {
     struct store *st = arg;
+    log_thread_name("writer");
 
     pthread_mutex_lock(&st->mu);
     for (;;) {

@@ -1,6 +1,7 @@
 /* util/log.c — see log.h. */
 #include "util/log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -137,4 +138,10 @@ const char *log_escape(char *out, size_t outsz, const char *in, size_t len, size
     }
     out[o] = '\0';
     return out;
+}
+
+void log_thread_name(const char *name)
+{
+    /* Linux refuses names of 16 bytes or more: the caller's are short literals. */
+    (void)pthread_setname_np(pthread_self(), name);
 }

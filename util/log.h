@@ -33,6 +33,10 @@ _Noreturn void log_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 
         if (log_enabled(LOG_DEBUG)) log_write(LOG_DEBUG, topic, __VA_ARGS__);                       \
     } while (0)
 
+/* Names the calling thread (at most 15 bytes): what `top -H`, `ps -L`, gdb and perf show for it
+ * instead of "inlet", so that an operator can tell the writer from the routing workers. */
+void log_thread_name(const char *name);
+
 /* Writes at most `max` bytes of `in` into `out` (size `outsz`) with everything outside printable
  * ASCII, and `"` and `\`, escaped as \xNN / \" / \\; appends "..." when cut.  Always terminates
  * `out` (outsz > 0).  Returns `out`, so it can be used inline as a printf argument. */
