@@ -24,6 +24,7 @@
 #ifndef INLET_API_INTERNAL_H
 #define INLET_API_INTERNAL_H
 
+#include <glib.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <pthread.h>
@@ -61,6 +62,7 @@ struct api_server {
     char *health_reason;
     struct api_console *console; /* the web console (api/console.c) */
     struct api_writes *writes;   /* writes in flight (api/writes.c) */
+    GThreadPool *hashers;        /* mailbox passwords (api/mailboxes.c), API_PASSWORD_HASHERS */
 };
 
 struct api_request;
@@ -239,6 +241,8 @@ enum MHD_Result api_mailboxes_create(struct api_server *api, struct api_request 
 enum MHD_Result api_mailboxes_get(struct api_server *api, struct api_request *req);
 enum MHD_Result api_mailboxes_update(struct api_server *api, struct api_request *req);
 enum MHD_Result api_mailboxes_delete(struct api_server *api, struct api_request *req);
+/* The threads that hash mailbox passwords while their requests wait suspended; NULL with *err. */
+GThreadPool *api_mailboxes_hashers_new(char **err);
 enum MHD_Result api_deliveries_retry(struct api_server *api, struct api_request *req);
 /* api/console.c: the web console (SPEC §7.1): assets, login sessions, CSRF. */
 struct api_console;

@@ -9,7 +9,10 @@
  *
  * A mailbox: {"name", "retention" (seconds, null: --mailbox-ttl), "messages", "size" (bytes),
  * "created_at", "updated_at"}.  The password is hashed here (util/password.h, yescrypt) before it
- * reaches storage/; neither the password nor its hash is ever answered or logged. */
+ * reaches storage/, on one of API_PASSWORD_HASHERS threads of the API's own while the request
+ * waits suspended (a hash takes tens of milliseconds: on a pool thread, a burst of mailbox writes
+ * would hold the threads that answer everything else); neither the password nor its hash is ever
+ * answered or logged. */
 #include <glib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,20 +61,14 @@ static bool parse_retention(const struct api_request *req, int64_t *out)
 
 /* The password field hashed: NULL with *bad when absent or not acceptable (bad = false only when
  * out of memory). */
-static char *hash_password(const struct api_request *req, bool *present, bool *bad)
+/* The request's password, when it gave an acceptable one (g_malloc'd: the hasher wipes it). */
+static char *given_password(const struct api_request *req, bool *present, bool *bad)
 {
     const struct form_field *f = api_form_get(&req->body, "password");
-    char *h;
 
     *present = f != NULL;
-    *bad = false;
-    if (!f) return NULL;
-    if (!password_acceptable(f->value, f->len)) {
-        *bad = true;
-        return NULL;
-    }
-    h = password_hash(f->value);
-    return h;
+    *bad = f && !password_acceptable(f->value, f->len);
+    return f && !*bad ? g_strndup(f->value, f->len) : NULL;
 }
 
 static enum MHD_Result reply_mailbox(struct api_server *api, struct api_request *req, const char *name,
@@ -95,16 +92,28 @@ static enum MHD_Result reply_mailbox(struct api_server *api, struct api_request 
 struct mailbox_op {
     struct api_write w; /* first (api/internal.h) */
     enum { MB_CREATE, MB_UPDATE, MB_DELETE } op;
+    struct api_server *api;
+    struct api_request *req; /* suspended until the write ended */
     char *name;         /* g_malloc'd */
+    char *plain;        /* the password until hashed (g_malloc'd, wiped), NULL: none given */
     char *hash;         /* malloc'd; NULL: kept (update) */
+    bool hash_failed;   /* out of memory or entropy: 500, nothing written */
     bool password;      /* update: a password was given */
     int64_t retention;  /* update: < 0 kept */
 };
+
+static void wipe_plain(struct mailbox_op *o)
+{
+    if (o->plain) memset(o->plain, 0, strlen(o->plain));
+    g_free(o->plain);
+    o->plain = NULL;
+}
 
 static void mailbox_op_free(struct api_write *w)
 {
     struct mailbox_op *o = (struct mailbox_op *)w;
 
+    wipe_plain(o);
     g_free(o->name);
     free(o->hash);
     g_free(o);
@@ -115,6 +124,7 @@ static enum MHD_Result mailbox_op_reply(struct api_server *api, struct api_reque
     struct mailbox_op *o = (struct mailbox_op *)w;
     static const char *const what[] = {"mailbox create", "mailbox update", "mailbox delete"};
 
+    if (o->hash_failed) return api_reply_error(req->conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "Cannot hash the password");
     if (o->op == MB_CREATE && w->status == STORE_ERR_CONFLICT)
         return api_reply_error(req->conn, MHD_HTTP_CONFLICT, "Mailbox already exists");
     if (o->op != MB_CREATE && w->status == STORE_ERR_NOT_FOUND) return reply_not_found(req);
@@ -139,26 +149,77 @@ static enum MHD_Result mailbox_op_reply(struct api_server *api, struct api_reque
     return api_reply_error(req->conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "Internal error");
 }
 
-/* Suspends the request and queues the write; takes name (g_malloc'd) and hash (malloc'd). */
-static enum MHD_Result mailbox_op_submit(struct api_server *api, struct api_request *req, int op, char *name,
-                                         char *hash, bool password, int64_t retention)
+/* Queues the write of a suspended request (its password hashed already, if any). */
+static void mailbox_op_write(struct mailbox_op *o)
 {
-    struct mailbox_op *o = g_new0(struct mailbox_op, 1);
+    struct store *st = o->api->store;
     int64_t now = clock_now_ms() / 1000;
-    enum MHD_Result ret;
 
-    *o = (struct mailbox_op){.w = {.reply = mailbox_op_reply, .free = mailbox_op_free}, .op = op,
-                             .name = name, .hash = hash, .password = password, .retention = retention};
-    if (!api_write_suspend(api, req, &o->w, &ret)) return ret;
     switch (o->op) {
     case MB_CREATE:
-        store_mailbox_create_async(api->store, o->name, o->hash, retention < 0 ? 0 : retention, now,
-                                   api_write_done, req);
+        store_mailbox_create_async(st, o->name, o->hash, o->retention < 0 ? 0 : o->retention, now,
+                                   api_write_done, o->req);
         break;
     case MB_UPDATE:
-        store_mailbox_update_async(api->store, o->name, o->hash, retention, now, api_write_done, req);
+        store_mailbox_update_async(st, o->name, o->hash, o->retention, now, api_write_done, o->req);
         break;
-    case MB_DELETE: store_mailbox_delete_async(api->store, o->name, api_write_done, req); break;
+    case MB_DELETE: store_mailbox_delete_async(st, o->name, api_write_done, o->req); break;
+    }
+}
+
+/* A hasher thread (api->hashers): the password of a suspended request, then its write; a hash
+ * that fails resumes the request with nothing written. */
+static void hash_then_write(gpointer data, gpointer user_data)
+{
+    struct mailbox_op *o = data;
+
+    (void)user_data;
+    log_thread_name("password");
+    o->hash = password_hash(o->plain);
+    wipe_plain(o);
+    if (!o->hash) {
+        o->hash_failed = true;
+        api_write_done(o->req, STORE_ERR_NOMEM, NULL);
+        return;
+    }
+    mailbox_op_write(o);
+}
+
+GThreadPool *api_mailboxes_hashers_new(char **err)
+{
+    GError *gerr = NULL;
+    GThreadPool *pool = g_thread_pool_new(hash_then_write, NULL, API_PASSWORD_HASHERS, FALSE, &gerr);
+
+    if (!pool) {
+        *err = g_strdup_printf("cannot start the password hashers: %s", gerr ? gerr->message : "?");
+        g_clear_error(&gerr);
+    }
+    return pool;
+}
+
+/* Suspends the request, then hashes its password (plain: g_malloc'd, NULL: none) on a hasher and
+ * queues the write; takes name and plain. */
+static enum MHD_Result mailbox_op_submit(struct api_server *api, struct api_request *req, int op, char *name,
+                                         char *plain, bool password, int64_t retention)
+{
+    struct mailbox_op *o = g_new0(struct mailbox_op, 1);
+    enum MHD_Result ret;
+
+    *o = (struct mailbox_op){.w = {.reply = mailbox_op_reply, .free = mailbox_op_free}, .op = op, .api = api,
+                             .req = req, .name = name, .plain = plain, .password = password,
+                             .retention = retention};
+    if (!api_write_suspend(api, req, &o->w, &ret)) return ret;
+    if (!o->plain) {
+        mailbox_op_write(o);
+        return MHD_YES;
+    }
+    GError *gerr = NULL;
+    if (!g_thread_pool_push(api->hashers, o, &gerr)) { /* no thread could be started */
+        log_error("http", "cannot hash a password: %s", gerr ? gerr->message : "?");
+        g_clear_error(&gerr);
+        wipe_plain(o);
+        o->hash_failed = true;
+        api_write_done(req, STORE_ERR_NOMEM, NULL);
     }
     return MHD_YES;
 }
@@ -168,7 +229,7 @@ static enum MHD_Result mailbox_op_submit(struct api_server *api, struct api_requ
 enum MHD_Result api_mailboxes_create(struct api_server *api, struct api_request *req)
 {
     const char *given = api_form_value(&req->body, "name");
-    char *name = given ? g_ascii_strdown(given, -1) : NULL, *hash = NULL;
+    char *name = given ? g_ascii_strdown(given, -1) : NULL, *plain = NULL;
     bool present, bad;
     int64_t retention;
     enum MHD_Result ret;
@@ -183,25 +244,21 @@ enum MHD_Result api_mailboxes_create(struct api_server *api, struct api_request 
                               "Invalid 'retention' parameter: seconds from 0 to 316224000 are expected");
         goto out;
     }
-    hash = hash_password(req, &present, &bad);
-    if (!hash) {
-        ret = present && !bad ? api_reply_error(req->conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "Cannot hash the password")
-                              : api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST,
-                                                "Invalid 'password' parameter: " PASSWORD_RULE);
+    plain = given_password(req, &present, &bad);
+    if (!plain) {
+        ret = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, "Invalid 'password' parameter: " PASSWORD_RULE);
         goto out;
     }
-    ret = mailbox_op_submit(api, req, MB_CREATE, name, hash, true, retention);
+    ret = mailbox_op_submit(api, req, MB_CREATE, name, plain, true, retention);
     name = NULL; /* taken */
-    hash = NULL;
 out:
-    free(hash);
     g_free(name);
     return ret;
 }
 
 enum MHD_Result api_mailboxes_update(struct api_server *api, struct api_request *req)
 {
-    char *name = g_ascii_strdown(api_param(req, "name"), -1), *hash = NULL;
+    char *name = g_ascii_strdown(api_param(req, "name"), -1), *plain = NULL;
     bool present, bad;
     int64_t retention;
     enum MHD_Result ret;
@@ -215,21 +272,21 @@ enum MHD_Result api_mailboxes_update(struct api_server *api, struct api_request 
                               "Invalid 'retention' parameter: seconds from 0 to 316224000 are expected");
         goto out;
     }
-    hash = hash_password(req, &present, &bad);
-    if (present && !hash) {
-        ret = !bad ? api_reply_error(req->conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "Cannot hash the password")
-                   : api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, "Invalid 'password' parameter: " PASSWORD_RULE);
+    plain = given_password(req, &present, &bad);
+    if (bad) {
+        ret = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, "Invalid 'password' parameter: " PASSWORD_RULE);
         goto out;
     }
     if (!present && retention < 0) {
         ret = api_reply_error(req->conn, MHD_HTTP_BAD_REQUEST, "Nothing to change: 'password' or 'retention' is expected");
         goto out;
     }
-    ret = mailbox_op_submit(api, req, MB_UPDATE, name, hash, present, retention);
+    ret = mailbox_op_submit(api, req, MB_UPDATE, name, plain, present, retention);
     name = NULL; /* taken */
-    hash = NULL;
+    plain = NULL;
 out:
-    free(hash);
+    if (plain) memset(plain, 0, strlen(plain));
+    g_free(plain);
     g_free(name);
     return ret;
 }

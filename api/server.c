@@ -606,6 +606,8 @@ struct api_server *api_server_start(const struct api_config *cfg, struct store *
     }
     api->console = api_console_new(cfg, api->public_url, err);
     if (!api->console) goto fail;
+    api->hashers = api_mailboxes_hashers_new(err);
+    if (!api->hashers) goto fail;
     if (cfg->nlisten > G_N_ELEMENTS(api->daemons)) {
         *err = g_strdup("too many HTTP listeners");
         goto fail;
@@ -629,6 +631,8 @@ void api_server_stop(struct api_server *api)
     /* MHD_stop_daemon must find no connection suspended: the writes in flight end first (the
      * store's writer is still running), and nothing suspends any more. */
     api_writes_drain(api->writes);
+    /* Every request a hasher had was resumed: its task ran.  The threads go. */
+    if (api->hashers) g_thread_pool_free(api->hashers, FALSE, TRUE);
     /* MHD_stop_daemon closes the listening socket too, even one given with LISTEN_SOCKET. */
     for (size_t i = 0; i < api->ndaemons; i++) MHD_stop_daemon(api->daemons[i]);
     api_writes_free(api->writes);

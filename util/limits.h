@@ -173,6 +173,9 @@
 #define API_CONNECTIONS_PER_IP_MAX 32
 #define API_TIMEOUT_SECONDS 30
 #define API_THREADS 2
+/* Threads that hash mailbox passwords for the API (yescrypt: tens of milliseconds each, on
+ * purpose), so that a burst of mailbox writes never holds the API_THREADS that answer reads. */
+#define API_PASSWORD_HASHERS 2
 /* API writes in flight (api/writes.c): a request that writes (routes, resends, deletes, retries,
  * mailboxes) waits for its group commit suspended, holding no pool thread.  Admitted before its
  * body is read: at most API_WRITES_MAX at once in all and API_WRITES_PER_CLIENT_MAX from one

@@ -6,6 +6,9 @@ event naming the mailbox; deleting a mailbox deletes its messages.  The POP3 sid
 test_pop3.py."""
 
 import json
+import os
+import threading
+import time
 import urllib.parse
 
 import harness
@@ -71,6 +74,46 @@ class MailboxApiTest(InletTestCase):
             self.assertEqual((status, json.loads(body)), (404, {"message": "Mailbox not found"}))
         status, _, body = form(d, "PUT", "/v3/mailboxes/support", [("password", PASSWORD)])
         self.assertEqual(status, 404)
+
+    def test_password_hashing_holds_no_api_thread(self):
+        """A mailbox write hashes its password (yescrypt, tens of ms) on the API's own hashers
+        while the request waits suspended: three writes whose hashes are held (the shim's
+        INLET_SHIM_CRYPT_HOLD) leave the API_THREADS (2) free, and a read is answered meanwhile."""
+        hold = os.path.join(self.tmp, "crypt-hold")
+        open(hold, "w").close()
+        d = self.daemon(shim=True, env={"INLET_SHIM_CRYPT_HOLD": hold})
+        results = {}
+
+        def create(name):
+            results[name] = form(d, "POST", "/v3/mailboxes", [("name", name), ("password", PASSWORD)])[0]
+
+        writers = [threading.Thread(target=create, args=("m%d" % i,)) for i in range(3)]
+        for t in writers:
+            t.start()
+        # Let go of the hashes after a while whatever happens, so that the test ends either way.
+        release = threading.Timer(harness.timeout(8), lambda: os.path.exists(hold) and os.unlink(hold))
+        release.start()
+        try:
+            # Two hashes under way (two hashers; the third write waits for one): before, the two
+            # API threads would have been the ones hashing, and the read would wait for them.
+            deadline = time.monotonic() + harness.timeout(10)
+            while sum(1 for e in d.shim_events() if e["kind"] == "CRYPT") < 2:
+                self.assertLess(time.monotonic(), deadline, "no two password hashes began")
+                time.sleep(0.05)
+            status, _, body = d.http("GET", "/v3/mailboxes", http_timeout=harness.timeout(30))
+            answered_while_held = os.path.exists(hold)
+            self.assertEqual(status, 200, body)
+            self.assertTrue(answered_while_held, "the read waited for the held hashes")
+            self.assertTrue(all(t.is_alive() for t in writers), "the writes waited for their hashes")
+        finally:
+            release.cancel()
+            if os.path.exists(hold):
+                os.unlink(hold)
+            for t in writers:
+                t.join(harness.timeout(30))
+        self.assertEqual(results, {"m0": 200, "m1": 200, "m2": 200})
+        status, _, body = d.http("GET", "/v3/mailboxes")
+        self.assertEqual(sorted(m["name"] for m in json.loads(body)["items"]), ["m0", "m1", "m2"])
 
     def test_errors(self):
         d = self.daemon()

@@ -13,6 +13,9 @@
  *   INLET_SHIM_HOLD     while a file of this name exists, syncs of regular files under
  *                       INLET_SHIM_DATADIR wait (polled every 2 ms, HOLD_MAX_MS at most): a test
  *                       holds a group commit in flight for as long as it needs, with no timing
+ *   INLET_SHIM_CRYPT_HOLD  while a file of this name exists, crypt_r() (a password's hash or its
+ *                       check) waits before hashing (polled every 2 ms, HOLD_MAX_MS at most): a
+ *                       test holds password work in flight, with no timing
  *
  * Lines (fields separated by one space, the escaped data last):
  *   <seq> SYNC tid=<tid> fd=<fd> call=fsync|fdatasync rc=<rc> path=<path>
@@ -20,6 +23,7 @@
  *   <seq> WRITE tid=<tid> fd=<fd> rc=<rc> head=<first 80 bytes, escaped>
  *   <seq> FWRITE tid=<tid> fd=<fd> call=pwrite|pwrite64|pwritev|pwritev64 path=<path>
  *   <seq> ENOSPC tid=<tid> fd=<fd> call=<name> path=<path>
+ *   <seq> CRYPT tid=<tid>                 (a crypt_r() call begins: before INLET_SHIM_CRYPT_HOLD)
  * <seq> comes from one atomic counter: for SYNC and READ it is taken after the call returned, for
  * WRITE and FWRITE before the call, so "sync seq < write seq" means the sync had finished before the reply
  * was handed to the kernel.  Reads and writes are recorded for sockets only; FWRITE records the
@@ -105,6 +109,7 @@ static char datadir[PATH_MAX];      /* INLET_SHIM_DATADIR, or "" */
 static size_t datadir_len;
 static char enospc_flag[PATH_MAX];  /* INLET_SHIM_ENOSPC, or "" */
 static char hold_flag[PATH_MAX];    /* INLET_SHIM_HOLD, or "" */
+static char crypt_hold_flag[PATH_MAX]; /* INLET_SHIM_CRYPT_HOLD, or "" */
 static unsigned long seq_counter;   /* atomic */
 static _Thread_local int in_hook;        /* our own calls (logging, readlink) pass straight through */
 
@@ -155,6 +160,9 @@ __attribute__((constructor)) static void shim_init(void)
     v = getenv("INLET_SHIM_HOLD");
     if (v && *v && strlen(v) < sizeof hold_flag)
         memcpy(hold_flag, v, strlen(v) + 1);
+    v = getenv("INLET_SHIM_CRYPT_HOLD");
+    if (v && *v && strlen(v) < sizeof crypt_hold_flag)
+        memcpy(crypt_hold_flag, v, strlen(v) + 1);
     v = getenv("INLET_SHIM_LOG");
     if (v && *v)
         log_fd = open(v, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
@@ -543,4 +551,33 @@ int fallocate64(int fd, int mode, off64_t off, off64_t len)
     if (inject(fd, "fallocate64"))
         return -1;
     return real.fallocate64(fd, mode, off, len);
+}
+
+/* crypt_r(): waits while INLET_SHIM_CRYPT_HOLD exists, then hashes (libcrypt's, found at the
+ * first call: the shim does not link libcrypt, inlet does). */
+typedef char *(*crypt_r_fn)(const char *, const char *, void *);
+
+char *crypt_r(const char *phrase, const char *setting, void *data);
+char *crypt_r(const char *phrase, const char *setting, void *data)
+{
+    static crypt_r_fn real_crypt_r;
+    if (!real_crypt_r) {
+        void *sym = dlsym(RTLD_NEXT, "crypt_r");
+        memcpy(&real_crypt_r, &sym, sizeof real_crypt_r);
+    }
+    if (recording()) {
+        in_hook++;
+        emit("%lu CRYPT tid=%ld", next_seq(), tid());
+        in_hook--;
+    }
+    if (crypt_hold_flag[0]) {
+        const struct timespec tick = {0, 2 * 1000 * 1000};
+        for (int i = 0; i < HOLD_MAX_MS / 2 && access(crypt_hold_flag, F_OK) == 0; i++)
+            nanosleep(&tick, NULL);
+    }
+    if (!real_crypt_r) {
+        errno = ENOSYS;
+        return NULL;
+    }
+    return real_crypt_r(phrase, setting, data);
 }
