@@ -59,9 +59,8 @@ static bool parse_retention(const struct api_request *req, int64_t *out)
     return true;
 }
 
-/* The password field hashed: NULL with *bad when absent or not acceptable (bad = false only when
- * out of memory). */
-/* The request's password, when it gave an acceptable one (g_malloc'd: the hasher wipes it). */
+/* The request's password field, when it is acceptable (g_malloc'd: the hasher wipes it); NULL
+ * when absent (*present false) or not acceptable (*bad). */
 static char *given_password(const struct api_request *req, bool *present, bool *bad)
 {
     const struct form_field *f = api_form_get(&req->body, "password");
