@@ -211,14 +211,22 @@ class OperationsTest(InletTestCase):
     def test_threads_are_named(self):
         """top -H, ps -L and perf tell inlet's threads apart by name (log_thread_name())."""
         d = self.daemon()
-        names = []
-        for tid in os.listdir("/proc/%d/task" % d.proc.pid):
-            with open("/proc/%d/task/%s/comm" % (d.proc.pid, tid)) as f:
-                names.append(f.read().strip())
-        for want, n in (("writer", 1), ("route-first", 2), ("route", 2)):
-            self.assertEqual(names.count(want), n, names)
-        self.assertEqual(names.count("checkpointer"), 0 if harness.PG else 1, names)
-        self.assertEqual(names.count("pg-listen"), 1 if harness.PG else 0, names)
+        want = {"writer": 1, "route-first": 2, "route": 2, "checkpointer": 0 if harness.PG else 1,
+                "pg-listen": 1 if harness.PG else 0}
+
+        def names():
+            out = []
+            for tid in os.listdir("/proc/%d/task" % d.proc.pid):
+                with open("/proc/%d/task/%s/comm" % (d.proc.pid, tid)) as f:
+                    out.append(f.read().strip())
+            return out
+
+        # A thread names itself when it begins to run, which may come after the daemon's "ready".
+        deadline = time.monotonic() + timeout(5)
+        while {k: names().count(k) for k in want} != want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got = names()
+        self.assertEqual({k: got.count(k) for k in want}, want, got)
 
     @harness.sqlite_only("inlet backup copies the SQLite database; PostgreSQL has pg_dump")
     def test_backup_restores_routes_and_stored_copies(self):
