@@ -167,6 +167,12 @@ enum store_status store_sqlite_gauges(void *be, int64_t now, struct store_gauges
 enum store_status store_sqlite_backup(void *be, const char *path, char **err);
 enum store_status store_sqlite_spool_open(void *be, struct store_spool **out, char **err);
 
+/* sqlite_walbuf.c: the VFS of the write connection, which gathers a commit's WAL writes into one
+ * write (only for a connection that runs synchronous=FULL: see the file).  Registered once, not as
+ * the default; SQLITE_OK when it can be used. */
+#define STORE_SQLITE_WALBUF_VFS "inlet-walbuf"
+int store_sqlite_walbuf_register(void);
+
 /* sqlite_rows.c: whole tables in and out (inlet migrate; struct store_backend's rows_read,
  * rows_insert, holds_data). */
 enum store_status store_sqlite_rows_read(void *be, const char *table, int64_t after, size_t max_rows,

@@ -111,9 +111,10 @@ enum store_status store_sqlite_exec(sqlite3 *db, const char *sql, char *out, siz
     return STORE_OK;
 }
 
-static int open_conn(const char *path, sqlite3 **db, char **err)
+/* vfs: NULL for the default. */
+static int open_conn(const char *path, sqlite3 **db, const char *vfs, char **err)
 {
-    int rc = sqlite3_open_v2(path, db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    int rc = sqlite3_open_v2(path, db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, vfs);
 
     if (rc != SQLITE_OK) {
         store_set_err(err, "cannot open database %s: %s", path,
@@ -456,13 +457,18 @@ static int setup_writer(struct sqlite_be *be, char **err)
     long page_size;
     int version;
 
-    if (open_conn(be->path, &be->wdb, err) < 0) return -1;
+    /* The WAL's writes gathered per commit (sqlite_walbuf.c), which needs synchronous=FULL: set
+     * and checked before anything is written, and never changed on this connection. */
+    if (open_conn(be->path, &be->wdb, store_sqlite_walbuf_register() == SQLITE_OK ? STORE_SQLITE_WALBUF_VFS : NULL,
+                  err) < 0)
+        return -1;
+    if (pragma(be->wdb, be->path, "PRAGMA synchronous = FULL", NULL, err) < 0 ||
+        pragma(be->wdb, be->path, "PRAGMA synchronous", "2", err) < 0)
+        return -1;
     /* Order matters: page_size and auto_vacuum only take effect before the first table exists. */
     if (pragma(be->wdb, be->path, "PRAGMA page_size = " SQLITE_NEW_PAGE_SIZE, NULL, err) < 0 ||
         pragma(be->wdb, be->path, "PRAGMA auto_vacuum = INCREMENTAL", NULL, err) < 0 ||
         pragma(be->wdb, be->path, "PRAGMA journal_mode = WAL", "wal", err) < 0 ||
-        pragma(be->wdb, be->path, "PRAGMA synchronous = FULL", NULL, err) < 0 ||
-        pragma(be->wdb, be->path, "PRAGMA synchronous", "2", err) < 0 ||
         pragma(be->wdb, be->path, "PRAGMA busy_timeout = 5000", NULL, err) < 0 ||
         pragma(be->wdb, be->path, "PRAGMA journal_size_limit = 16777216", NULL, err) < 0 ||
         pragma(be->wdb, be->path, "PRAGMA foreign_keys = ON", NULL, err) < 0 ||
@@ -508,7 +514,7 @@ static int setup_writer(struct sqlite_be *be, char **err)
 
 static int setup_reader(struct sqlite_be *be, char **err)
 {
-    if (open_conn(be->path, &be->rdb, err) < 0) return -1;
+    if (open_conn(be->path, &be->rdb, NULL, err) < 0) return -1;
     if (pragma(be->rdb, be->path, "PRAGMA journal_mode = WAL", "wal", err) < 0 ||
         pragma(be->rdb, be->path, "PRAGMA busy_timeout = 5000", NULL, err) < 0 ||
         pragma(be->rdb, be->path, "PRAGMA query_only = ON", NULL, err) < 0)
@@ -528,7 +534,7 @@ static int setup_reader(struct sqlite_be *be, char **err)
                   &be->load, "message query", err) < 0)
         return -1;
 
-    if (open_conn(be->path, &be->pdb, err) < 0) return -1;
+    if (open_conn(be->path, &be->pdb, NULL, err) < 0) return -1;
     sqlite3_busy_timeout(be->pdb, SQLITE_PROBE_TIMEOUT_MS);
     if (store_sqlite_queue_prepare_reader(be, err) != STORE_OK) return -1;
     return pragma(be->pdb, be->path, "PRAGMA journal_mode = WAL", "wal", err);
@@ -540,7 +546,7 @@ static int setup_checkpointer(struct sqlite_be *be, char **err)
     sigset_t all, old;
     int rc;
 
-    if (open_conn(be->path, &be->cdb, err) < 0) return -1;
+    if (open_conn(be->path, &be->cdb, NULL, err) < 0) return -1;
     /* synchronous=FULL: the database file is synced before the copied frames count as copied
      * (and before the WAL may start over).  A first read opens the WAL. */
     if (pragma(be->cdb, be->path, "PRAGMA journal_mode = WAL", "wal", err) < 0 ||

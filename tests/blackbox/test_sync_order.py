@@ -6,6 +6,7 @@ socket read and write of the daemon.  Under a load of 10 concurrent sessions the
 the order of events and not by timing, with routing held (the test hook) and with routing on:
   - the writer thread (the one that writes the WAL) syncs the WAL exactly once per committed batch
     ("storage commit" debug lines, in order), and there are fewer batches than messages;
+  - it writes each batch's frames into the WAL in one write, not two per page;
   - with routing held, every "250 2.0.0 Ok: queued as" is written after the writer's sync of *its
     own* batch, which follows the read that ended that message's data.  The batches are then FIFO
     runs of the writer's queue: sorted by the read that ended their data, the first n1 messages are
@@ -72,6 +73,14 @@ class SyncOrder(InletTestCase):
         (writer,) = wal_writers
         syncs = [e["seq"] for e in events if e["kind"] == "SYNC" and e["rc"] == 0 and e["tid"] == writer
                  and e["path"] == wal]
+
+        # A commit's frames reach the WAL in one write (storage/sqlite_walbuf.c; SQLite alone makes
+        # two per frame, some 20 frames a commit here): between two of the writer's syncs, one
+        # write, two when the WAL started over (its header) or the frames passed 64 KiB.
+        wal_writes = sum(n for tid, n in wal_writers.items() if tid == writer)
+        self.assertLessEqual(wal_writes, 2 * len(syncs),
+                             "the writer's WAL writes (%d) over its WAL syncs (%d): a commit's frames were not "
+                             "gathered into one write" % (wal_writes, len(syncs)))
 
         # One commit line per batch, in order; one WAL sync of the writer per batch.
         commits = [int(l.kv["messages"]) for l in d.find_lines("debug", "storage", "commit")]
