@@ -1,7 +1,7 @@
 /* bench/latency_client.c — an open-loop, paced SMTP sender for bench/latency (a benchmark tool, not a
  * test).
  *
- *   build/bench/latency-client -p PORT -r RATE -n COUNT [-s SESSIONS] [-l SIZE] -o OUT
+ *   build/bench/latency-client -p PORT -r RATE -n COUNT [-s SESSIONS] [-l SIZE] [-m FILE -f FROM -t TO -e HELO] -o OUT
  *
  * Opens SESSIONS connections to 127.0.0.1:PORT (EHLO once each), then sends COUNT messages of SIZE
  * bytes (headers included), message i due at start + i / RATE whatever the server does (open loop:
@@ -9,7 +9,10 @@
  * none is idle when it is due it starts as soon as one is, which the output shows as lateness).
  * Each message is MAIL, RCPT, DATA and the body, one command at a time, on a connection kept open.
  * Message i carries `Message-Id: <latseq-<i, ten digits>@bench.example>`, which bench/webhook-sink
- * finds in the POST.
+ * finds in the POST.  With -m FILE, every message is FILE's bytes as they are instead (CRLF lines,
+ * dot-stuffed, without the final dot: a signed message that must not change), from FROM to TO (the
+ * envelope; sender@example.org to rcpt@example.com otherwise), after EHLO HELO (latency.bench);
+ * bench/senderauth sends its signed message this way.
  *
  * OUT gets one line per message: `seq due_ns start_ns dot_ns reply_ns code`, CLOCK_MONOTONIC
  * nanoseconds: when it was due, when its MAIL was written, when the last byte of its final
@@ -61,7 +64,12 @@ struct opts {
     long count;
     size_t size;
     const char *out;
+    const char *file; /* -m: the message as it is, or NULL */
+    const char *from, *to, *helo;
 };
+
+#define SEQ_NONE ((size_t)-1) /* a message from -m: no sequence digits to write */
+#define ADDR_MAX 200
 
 static int64_t now_ns(void)
 {
@@ -139,29 +147,54 @@ static void conn_send(struct conn *c, const char *s, size_t n)
         c->state = C_DEAD;
 }
 
+/* FILE's bytes and the final dot (malloc'd), or NULL. */
+static char *message_from_file(const char *path, size_t *len, size_t *seq_at, size_t *seq_at2)
+{
+    FILE *f = fopen(path, "rb");
+    char *m = NULL;
+    long n;
+
+    if (!f || fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0 ||
+        !(m = malloc((size_t)n + 8)) || fread(m, 1, (size_t)n, f) != (size_t)n) {
+        perror(path);
+        free(m);
+        if (f)
+            fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    memcpy(m + n, ".\r\n", 3);
+    *len = (size_t)n + 3;
+    *seq_at = *seq_at2 = SEQ_NONE;
+    return m;
+}
+
+static const struct opts *options;
+
 static void conn_start(struct conn *c, long seq, struct sample *s, int64_t now)
 {
+    char mail[ADDR_MAX + 16];
     long v = seq;   /* < 10^8 (parse_opts), so ten digits hold it */
-    for (int i = SEQ_DIGITS - 1; i >= 0; i--, v /= 10) {
+    for (int i = SEQ_DIGITS - 1; c->seq_at != SEQ_NONE && i >= 0; i--, v /= 10) {
         c->msg[c->seq_at + (size_t)i] = (char)('0' + v % 10);
         c->msg[c->seq_at2 + (size_t)i] = (char)('0' + v % 10);
     }
     c->seq = seq;
     c->state = C_MAIL;
     s->start = now;
-    conn_send(c, "MAIL FROM:<sender@example.org>\r\n", 32);
+    conn_send(c, mail, (size_t)snprintf(mail, sizeof mail, "MAIL FROM:<%s>\r\n", options->from));
 }
 
 /* One reply has come: the next step of the transaction.  Returns 1 when a message ended. */
 static int conn_on_reply(struct conn *c, int code, struct sample *samples, size_t msg_len)
 {
-    static const char rcpt[] = "RCPT TO:<rcpt@example.com>\r\n";
+    char rcpt[ADDR_MAX + 16];
     switch (c->state) {
     case C_GREETING:
         if (code != 220)
             break;
         c->state = C_EHLO;
-        conn_send(c, "EHLO latency.bench\r\n", 20);
+        conn_send(c, rcpt, (size_t)snprintf(rcpt, sizeof rcpt, "EHLO %s\r\n", options->helo));
         return 0;
     case C_EHLO:
         if (code != 250)
@@ -172,7 +205,7 @@ static int conn_on_reply(struct conn *c, int code, struct sample *samples, size_
         if (code != 250)
             break;
         c->state = C_RCPT;
-        conn_send(c, rcpt, sizeof rcpt - 1);
+        conn_send(c, rcpt, (size_t)snprintf(rcpt, sizeof rcpt, "RCPT TO:<%s>\r\n", options->to));
         return 0;
     case C_RCPT:
         if (code != 250)
@@ -255,7 +288,8 @@ static int conn_open(struct conn *c, int port, size_t size)
     fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
     c->state = C_GREETING;
     size_t len;
-    c->msg = message_new(size, &len, &c->seq_at, &c->seq_at2);
+    c->msg = options->file ? message_from_file(options->file, &len, &c->seq_at, &c->seq_at2)
+                           : message_new(size, &len, &c->seq_at, &c->seq_at2);
     if (!c->msg) {
         close(c->fd);
         return -1;
@@ -275,8 +309,9 @@ static long number(const char *s, long max)
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
     int ch;
-    *o = (struct opts){ .sessions = 20, .size = 2048 };
-    while ((ch = getopt(argc, argv, "p:r:n:s:l:o:")) != -1) {
+    *o = (struct opts){ .sessions = 20, .size = 2048, .from = "sender@example.org", .to = "rcpt@example.com",
+                         .helo = "latency.bench" };
+    while ((ch = getopt(argc, argv, "p:r:n:s:l:o:m:f:t:e:")) != -1) {
         switch (ch) {
         case 'p': o->port = (int)number(optarg, 65535); break;
         case 'r': o->rate = strtod(optarg, NULL); break;
@@ -284,11 +319,16 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         case 's': o->sessions = (int)number(optarg, SESSIONS_MAX); break;
         case 'l': o->size = (size_t)number(optarg, 1L << 30); break;
         case 'o': o->out = optarg; break;
+        case 'm': o->file = optarg; break;
+        case 'f': o->from = optarg; break;
+        case 't': o->to = optarg; break;
+        case 'e': o->helo = optarg; break;
         default: return -1;
         }
     }
     if (o->port <= 0 || o->rate <= 0 || o->count <= 0 || o->sessions <= 0 ||
-        o->sessions > SESSIONS_MAX || (long)o->size < 256 || !o->out)
+        o->sessions > SESSIONS_MAX || (long)o->size < 256 || !o->out || strlen(o->from) > ADDR_MAX ||
+        strlen(o->to) > ADDR_MAX || strlen(o->helo) > ADDR_MAX)
         return -1;
     return 0;
 }
@@ -311,7 +351,12 @@ static long run(const struct opts *o, struct conn *conns, struct sample *samples
             next++;
         }
         int64_t wait = 50000000;   /* 50 ms at most, so the deadline is seen */
-        if (next < o->count && t0 + next * interval - now < wait)
+        int idle = 0;
+        for (int i = 0; i < o->sessions; i++)
+            idle += conns[i].state == C_IDLE;
+        /* The next message's due time matters only when a connection could start it: with none
+         * idle (a rate above what the server takes) the loop waits for replies, not spins. */
+        if (idle && next < o->count && t0 + next * interval - now < wait)
             wait = t0 + next * interval - now;
         if (wait < 0)
             wait = 0;
@@ -356,11 +401,15 @@ int main(int argc, char **argv)
     FILE *out = NULL;
 
     if (parse_opts(argc, argv, &o) < 0) {
-        fprintf(stderr, "usage: latency-client -p PORT -r RATE -n COUNT [-s SESSIONS] [-l SIZE] -o OUT\n");
+        fprintf(stderr, "usage: latency-client -p PORT -r RATE -n COUNT [-s SESSIONS] [-l SIZE]"
+                        " [-m FILE -f FROM -t TO -e HELO] -o OUT\n");
         return 2;
     }
+    options = &o;
     signal(SIGPIPE, SIG_IGN);
-    free(message_new(o.size, &msg_len, &a, &b));
+    free(o.file ? message_from_file(o.file, &msg_len, &a, &b) : message_new(o.size, &msg_len, &a, &b));
+    if (!msg_len)
+        return 2;
     samples = calloc((size_t)o.count, sizeof *samples);
     if (!samples)
         goto out;
