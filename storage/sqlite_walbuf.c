@@ -24,6 +24,7 @@
  * One connection owns each file object (the writer thread's), so nothing here takes a lock. */
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
