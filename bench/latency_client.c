@@ -37,6 +37,7 @@
 #define SESSIONS_MAX 256
 #define REPLY_MAX 4096
 #define SEQ_DIGITS 10
+#define ADDR_MAX 200 /* -f, -t, -e */
 
 enum conn_state { C_GREETING, C_EHLO, C_IDLE, C_MAIL, C_RCPT, C_DATA, C_BODY, C_DOT, C_DEAD };
 
@@ -46,6 +47,7 @@ struct conn {
     char reply[REPLY_MAX];
     size_t reply_len;
     const char *out;    /* bytes still to write (a command or the message) */
+    char cmd[ADDR_MAX + 16]; /* the command in flight: out may point into it until it is written */
     size_t out_len;
     char *msg;          /* this connection's copy of the message, its sequence digits rewritten */
     size_t seq_at;      /* where the digits are in msg */
@@ -69,7 +71,6 @@ struct opts {
 };
 
 #define SEQ_NONE ((size_t)-1) /* a message from -m: no sequence digits to write */
-#define ADDR_MAX 200
 
 static int64_t now_ns(void)
 {
@@ -173,7 +174,6 @@ static const struct opts *options;
 
 static void conn_start(struct conn *c, long seq, struct sample *s, int64_t now)
 {
-    char mail[ADDR_MAX + 16];
     long v = seq;   /* < 10^8 (parse_opts), so ten digits hold it */
     for (int i = SEQ_DIGITS - 1; c->seq_at != SEQ_NONE && i >= 0; i--, v /= 10) {
         c->msg[c->seq_at + (size_t)i] = (char)('0' + v % 10);
@@ -182,19 +182,18 @@ static void conn_start(struct conn *c, long seq, struct sample *s, int64_t now)
     c->seq = seq;
     c->state = C_MAIL;
     s->start = now;
-    conn_send(c, mail, (size_t)snprintf(mail, sizeof mail, "MAIL FROM:<%s>\r\n", options->from));
+    conn_send(c, c->cmd, (size_t)snprintf(c->cmd, sizeof c->cmd, "MAIL FROM:<%s>\r\n", options->from));
 }
 
 /* One reply has come: the next step of the transaction.  Returns 1 when a message ended. */
 static int conn_on_reply(struct conn *c, int code, struct sample *samples, size_t msg_len)
 {
-    char rcpt[ADDR_MAX + 16];
     switch (c->state) {
     case C_GREETING:
         if (code != 220)
             break;
         c->state = C_EHLO;
-        conn_send(c, rcpt, (size_t)snprintf(rcpt, sizeof rcpt, "EHLO %s\r\n", options->helo));
+        conn_send(c, c->cmd, (size_t)snprintf(c->cmd, sizeof c->cmd, "EHLO %s\r\n", options->helo));
         return 0;
     case C_EHLO:
         if (code != 250)
@@ -205,7 +204,7 @@ static int conn_on_reply(struct conn *c, int code, struct sample *samples, size_
         if (code != 250)
             break;
         c->state = C_RCPT;
-        conn_send(c, rcpt, (size_t)snprintf(rcpt, sizeof rcpt, "RCPT TO:<%s>\r\n", options->to));
+        conn_send(c, c->cmd, (size_t)snprintf(c->cmd, sizeof c->cmd, "RCPT TO:<%s>\r\n", options->to));
         return 0;
     case C_RCPT:
         if (code != 250)
