@@ -4,12 +4,12 @@
  * SQLite writes each WAL frame as two pwrite()s, its 24-byte header and its page, so a commit
  * that changes 20 pages of 1 KiB makes 40 system calls, and the writer thread, the one thread
  * every message waits on, spent most of its time in the kernel doing them (22.5 write calls per
- * 2 KiB message; docs/internals/storage.md, "What a message costs in writes").  This VFS wraps the default one and, for the WAL file only,
- * keeps a run of contiguous writes in a buffer, written out in one pwrite() before anything
- * that needs the bytes in the file: xSync (every commit: the write connection runs
- * synchronous=FULL), a read, a write elsewhere in the file, the file's size or truncation, a file
- * control, close, or a full buffer.  Every other file (the database, its shared-memory index,
- * journals) is opened by the default VFS itself, untouched.
+ * 2 KiB message; docs/internals/storage.md, "What a message costs in writes").  This VFS wraps
+ * the default one and, for the WAL file only, keeps a run of contiguous writes in a buffer,
+ * written out in one pwrite() before anything that needs the bytes in the file: xSync (every
+ * commit: the write connection runs synchronous=FULL), a read, a write elsewhere in the file, the
+ * file's size or truncation, a file control, close, or a full buffer.  Every other file (the
+ * database, its shared-memory index, journals) is opened by the default VFS itself, untouched.
  *
  * Why it is safe.  Other connections (readers, the checkpointer) see a commit's frames only once
  * the wal-index header names them, and SQLite updates that header after the commit's xSync when
@@ -19,7 +19,9 @@
  * xSync SQLite promises nothing about the bytes (a crash may tear any of them; recovery reads
  * frames by their checksums), so holding them in memory changes no promise.  A write that fails
  * drops the buffer: those frames were never in the file, and SQLite rolls the transaction back
- * and writes its next one from the same offset.
+ * and writes its next one from the same offset.  A write before the end of the run (SQLite
+ * rewriting a frame of the transaction in place) first writes the run out, so every byte reaches
+ * the file in the order SQLite wrote it.
  *
  * One connection owns each file object (the writer thread's), so nothing here takes a lock. */
 #include <pthread.h>
